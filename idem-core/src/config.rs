@@ -1,0 +1,115 @@
+//! How the executor behaves: lease and retention times, payload limit, waiting.
+
+use std::time::Duration;
+
+use crate::error::{Error, InvalidInput};
+use crate::ttl::Ttl;
+
+/// The executor's settings. [`Config::default`] gives what most services want.
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_core::{Config, WaitPolicy};
+///
+/// let config = Config {
+///     lease_ttl: Duration::from_secs(10),
+///     wait: WaitPolicy::wait(Duration::from_secs(5)),
+///     ..Config::default()
+/// };
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// How long a claim holds its key before another request may take it over. The
+    /// executor renews the lease while the operation runs, so this bounds how long a crashed
+    /// owner blocks the key, not how long an operation may take. Default 30 s.
+    pub lease_ttl: Duration,
+    /// How long a success is replayed. Default 24 h (Stripe keeps keys 24 hours).
+    pub success_retention: Duration,
+    /// How long a permanent failure is replayed. Default 24 h.
+    pub failure_retention: Duration,
+    /// The largest serialized response or failure the executor stores. Default 1 MiB.
+    pub max_payload: usize,
+    /// What a repeat does while the first request is still running. Default: fail fast.
+    pub wait: WaitPolicy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            success_retention: Duration::from_secs(24 * 60 * 60),
+            failure_retention: Duration::from_secs(24 * 60 * 60),
+            max_payload: 1024 * 1024,
+            wait: WaitPolicy::FailFast,
+        }
+    }
+}
+
+/// What a repeat does when it finds the key in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitPolicy {
+    /// Return [`Error::InProgress`] at once, with how long the lease has left.
+    FailFast,
+    /// Poll with exponential backoff until the first request finishes, its lease lapses (then
+    /// this caller takes over), or `timeout` passes (then [`Error::InProgress`]).
+    Wait {
+        /// The longest a caller waits in all.
+        timeout: Duration,
+        /// The first pause between polls; it doubles up to `max_backoff`.
+        initial_backoff: Duration,
+        /// The longest pause between polls.
+        max_backoff: Duration,
+    },
+}
+
+impl WaitPolicy {
+    /// Waits up to `timeout`, polling from every 10 ms up to every 500 ms.
+    pub fn wait(timeout: Duration) -> Self {
+        Self::Wait {
+            timeout,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// [`Config`] checked once, in the units stores take.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) lease_ttl: Ttl,
+    pub(crate) success_retention: Ttl,
+    pub(crate) failure_retention: Ttl,
+    pub(crate) max_payload: usize,
+    pub(crate) wait: WaitPolicy,
+    /// A third of the lease: two renewals may fail before the lease lapses.
+    pub(crate) renew_every: Duration,
+}
+
+impl TryFrom<Config> for Settings {
+    type Error = Error;
+
+    fn try_from(config: Config) -> Result<Self, Error> {
+        let lease_ttl = Ttl::new(config.lease_ttl)?;
+        if let WaitPolicy::Wait {
+            initial_backoff,
+            max_backoff,
+            ..
+        } = config.wait
+            && (initial_backoff.is_zero() || max_backoff < initial_backoff)
+        {
+            return Err(InvalidInput::Other(
+                "wait backoff must be positive and max_backoff at least initial_backoff",
+            )
+            .into());
+        }
+        Ok(Self {
+            lease_ttl,
+            success_retention: Ttl::new(config.success_retention)?,
+            failure_retention: Ttl::new(config.failure_retention)?,
+            max_payload: config.max_payload,
+            wait: config.wait,
+            renew_every: lease_ttl.as_duration() / 3,
+        })
+    }
+}

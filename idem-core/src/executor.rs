@@ -1,0 +1,453 @@
+//! The executor: runs an operation at most once per key and replays its outcome.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tracing::{Instrument, field};
+
+use crate::claim::{Claim, ClaimRequest};
+use crate::config::{Config, Settings, WaitPolicy};
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::key::Key;
+use crate::lease::{Lease, OwnerToken};
+use crate::retryable::Retryable;
+use crate::store::IdempotencyStore;
+
+/// Runs operations at most once per key, on any [`IdempotencyStore`].
+///
+/// For each call [`execute`](Self::execute):
+/// 1. claims the key with a fresh [`OwnerToken`];
+/// 2. on a repeat, returns the stored success or permanent failure without running anything;
+///    if the first request is still running, fails fast or waits, as [`WaitPolicy`] says;
+/// 3. otherwise runs the operation, renewing the lease every third of its TTL so a live
+///    owner is never taken over;
+/// 4. stores the serialized success, stores a permanent failure, or releases the key after a
+///    retryable one ([`Retryable`]).
+///
+/// If the operation panics or its future is dropped, the key is released at once (on the
+/// Tokio runtime), and in any case no later than the end of its lease.
+///
+/// Cloning is cheap: clones share the store.
+pub struct Idempotency<S> {
+    store: Arc<S>,
+    settings: Settings,
+}
+
+/// The outcome of [`Idempotency::execute_outcome`]: the operation's result, and whether
+/// it was replayed from the store rather than run by this call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Execution<T, E> {
+    /// The operation's success or permanent failure (a retryable failure is never replayed).
+    pub result: Result<T, E>,
+    /// `true` when this call found the outcome stored and did not run the operation.
+    pub replayed: bool,
+}
+
+/// The error of [`Idempotency::execute`]: the operation's own error, or idem's.
+#[derive(Debug)]
+pub enum ExecuteError<E> {
+    /// The operation failed (now, or the first time, replayed).
+    Operation(E),
+    /// idem could not run or replay the operation: in progress elsewhere, fingerprint
+    /// mismatch, lease lost, store unavailable, ...
+    Idempotency(Error),
+}
+
+impl<E: fmt::Display> fmt::Display for ExecuteError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operation(e) => write!(f, "operation failed: {e}"),
+            Self::Idempotency(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ExecuteError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Operation(e) => Some(e),
+            Self::Idempotency(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for ExecuteError<E> {
+    fn from(error: Error) -> Self {
+        Self::Idempotency(error)
+    }
+}
+
+/// What the executor writes for a failed key. A success is stored as the plain JSON of the
+/// value; a failure carries this envelope so the executor can also record outcomes it could
+/// not store, and a repeat gets a typed error instead of running the operation again.
+#[derive(Serialize, Deserialize)]
+enum StoredFailure<E> {
+    Operation(E),
+    TooLarge { size: usize, limit: usize },
+    Unserializable { reason: String },
+}
+
+impl<S> Clone for Idempotency<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            settings: self.settings.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("store", &self.store)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<S: IdempotencyStore> Idempotency<S> {
+    /// An executor with the default [`Config`].
+    pub fn new(store: S) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// An executor over a store already in an `Arc`.
+    pub fn from_arc(store: Arc<S>) -> Self {
+        let settings = Settings::try_from(Config::default())
+            .unwrap_or_else(|_| unreachable!("the default config is valid"));
+        Self { store, settings }
+    }
+
+    /// An executor with `config`; fails with [`Error::InvalidInput`] on zero TTLs or a bad
+    /// backoff.
+    pub fn with_config(store: S, config: Config) -> Result<Self, Error> {
+        Ok(Self {
+            store: Arc::new(store),
+            settings: Settings::try_from(config)?,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Runs `operation` once for `key`; every repeat gets the same outcome back.
+    ///
+    /// `fingerprint` identifies the request: a repeat with a different one fails with
+    /// [`Error::FingerprintMismatch`] instead of replaying another request's result.
+    pub async fn execute<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Result<T, ExecuteError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        match self.execute_outcome(key, fingerprint, operation).await {
+            Ok(execution) => execution.result.map_err(ExecuteError::Operation),
+            Err(error) => Err(ExecuteError::Idempotency(error)),
+        }
+    }
+
+    /// Like [`execute`](Self::execute), and also says whether the outcome was replayed
+    /// (for an `Idempotent-Replayed` header, say).
+    pub async fn execute_outcome<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Result<Execution<T, E>, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        self.execute_with_lease(key, fingerprint, |_| operation())
+            .await
+    }
+
+    /// Like [`execute_outcome`](Self::execute_outcome), handing the operation its
+    /// [`Lease`], so it can guard its own writes with the fencing number.
+    pub async fn execute_with_lease<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Result<Execution<T, E>, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        let span = tracing::info_span!(
+            "idem.execute",
+            namespace = key.namespace(),
+            outcome = field::Empty,
+            fencing = field::Empty,
+            elapsed_us = field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .run(key, fingerprint, operation)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome_label(&result));
+        span.record("elapsed_us", started.elapsed().as_micros() as u64);
+        result
+    }
+
+    async fn run<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Result<Execution<T, E>, Error>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        let request = ClaimRequest {
+            key: key.clone(),
+            owner: OwnerToken::random(),
+            lease_ttl: self.settings.lease_ttl,
+            fingerprint,
+        };
+        let lease = match self.claim_or_wait(&request).await? {
+            Claim::Acquired(lease) => lease,
+            Claim::Completed(response) => return replay_success(&response),
+            Claim::Failed(failure) => return replay_failure(&failure),
+            Claim::InProgress { retry_after } => return Err(Error::InProgress { retry_after }),
+        };
+        tracing::Span::current().record("fencing", lease.fencing);
+
+        let guard = ReleaseOnDrop {
+            store: Arc::clone(&self.store),
+            lease: Some(lease.clone()),
+        };
+        let result = self.run_renewing(&lease, operation(lease.clone())).await;
+        let recorded = self.record(&lease, &result).await;
+        guard.disarm();
+        recorded?;
+        Ok(Execution {
+            result,
+            replayed: false,
+        })
+    }
+
+    /// Claims, and while the key is in progress elsewhere waits as the policy says.
+    async fn claim_or_wait(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let WaitPolicy::Wait {
+            timeout,
+            initial_backoff,
+            max_backoff,
+        } = self.settings.wait
+        else {
+            return self.store.claim(request).await;
+        };
+        let deadline = Instant::now() + timeout;
+        let mut backoff = initial_backoff;
+        loop {
+            let claim = self.store.claim(request).await?;
+            let Claim::InProgress { retry_after } = claim else {
+                return Ok(claim);
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(claim);
+            }
+            // Poll no later than the lease's end, so a crashed owner is taken over promptly.
+            let pause = backoff
+                .min(retry_after.max(Duration::from_millis(1)))
+                .min(deadline - now);
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(max_backoff);
+        }
+    }
+
+    /// Runs the operation while renewing its lease; renewal stops when it finishes or is
+    /// dropped, since both live in this one future.
+    async fn run_renewing<Fut: Future>(&self, lease: &Lease, operation: Fut) -> Fut::Output {
+        tokio::select! {
+            biased;
+            output = operation => output,
+            never = self.keep_renewed(lease) => match never {},
+        }
+    }
+
+    async fn keep_renewed(&self, lease: &Lease) -> Infallible {
+        let every = self.settings.renew_every;
+        let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.store.renew(lease, self.settings.lease_ttl).await {
+                Ok(()) => tracing::trace!(fencing = lease.fencing, "lease renewed"),
+                Err(Error::LeaseLost) => {
+                    tracing::warn!(
+                        fencing = lease.fencing,
+                        "lease lost while the operation runs; its outcome will not be stored"
+                    );
+                    return std::future::pending().await;
+                }
+                Err(error) => tracing::warn!(%error, "renewing the lease failed; retrying"),
+            }
+        }
+    }
+
+    /// Stores what the operation produced, or frees the key after a retryable failure.
+    async fn record<T, E>(&self, lease: &Lease, result: &Result<T, E>) -> Result<(), Error>
+    where
+        T: Serialize,
+        E: Serialize + Retryable,
+    {
+        let limit = self.settings.max_payload;
+        match result {
+            Ok(value) => match serde_json::to_vec(value) {
+                Ok(bytes) if bytes.len() <= limit => {
+                    let retention = self.settings.success_retention;
+                    self.store
+                        .complete(lease, Bytes::from(bytes), retention)
+                        .await
+                }
+                Ok(bytes) => {
+                    tracing::warn!(size = bytes.len(), limit, "response too large to store");
+                    self.store_failure::<E>(
+                        lease,
+                        &StoredFailure::TooLarge {
+                            size: bytes.len(),
+                            limit,
+                        },
+                    )
+                    .await
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    self.store_failure::<E>(lease, &StoredFailure::Unserializable { reason })
+                        .await
+                }
+            },
+            Err(error) if error.is_retryable() => self.store.release(lease).await,
+            Err(error) => {
+                let envelope = StoredFailure::Operation(error);
+                self.store_failure::<&E>(lease, &envelope).await
+            }
+        }
+    }
+
+    async fn store_failure<E: Serialize>(
+        &self,
+        lease: &Lease,
+        envelope: &StoredFailure<E>,
+    ) -> Result<(), Error> {
+        let limit = self.settings.max_payload;
+        let bytes = match serde_json::to_vec(envelope) {
+            Ok(bytes) if bytes.len() <= limit => bytes,
+            Ok(bytes) => encode_marker::<E>(StoredFailure::TooLarge {
+                size: bytes.len(),
+                limit,
+            }),
+            Err(error) => encode_marker::<E>(StoredFailure::Unserializable {
+                reason: error.to_string(),
+            }),
+        };
+        self.store
+            .fail(lease, Bytes::from(bytes), self.settings.failure_retention)
+            .await
+    }
+}
+
+/// Encodes an envelope that holds no `E`; it always serializes.
+fn encode_marker<E: Serialize>(marker: StoredFailure<E>) -> Vec<u8> {
+    serde_json::to_vec(&marker).unwrap_or_default()
+}
+
+fn replay_success<T: DeserializeOwned, E>(response: &[u8]) -> Result<Execution<T, E>, Error> {
+    let value = serde_json::from_slice(response).map_err(|e| {
+        Error::corrupt_with(
+            "the stored response does not decode as the expected type",
+            e,
+        )
+    })?;
+    Ok(Execution {
+        result: Ok(value),
+        replayed: true,
+    })
+}
+
+fn replay_failure<T, E: DeserializeOwned>(failure: &[u8]) -> Result<Execution<T, E>, Error> {
+    let envelope = serde_json::from_slice(failure).map_err(|e| {
+        Error::corrupt_with("the stored failure does not decode as the expected type", e)
+    })?;
+    match envelope {
+        StoredFailure::Operation(error) => Ok(Execution {
+            result: Err(error),
+            replayed: true,
+        }),
+        StoredFailure::TooLarge { size, limit } => Err(Error::PayloadTooLarge { size, limit }),
+        StoredFailure::Unserializable { reason } => Err(Error::Serialization {
+            source: reason.into(),
+        }),
+    }
+}
+
+fn outcome_label<T, E>(result: &Result<Execution<T, E>, Error>) -> &'static str {
+    match result {
+        Ok(Execution { replayed: true, .. }) => "replayed",
+        Ok(_) => "executed",
+        Err(Error::InProgress { .. }) => "in_progress",
+        Err(Error::FingerprintMismatch) => "mismatch",
+        Err(Error::LeaseLost) => "lease_lost",
+        Err(_) => "error",
+    }
+}
+
+/// Releases the lease if the operation never finished: its future was dropped, or it
+/// panicked (drops run while unwinding).
+struct ReleaseOnDrop<S: IdempotencyStore> {
+    store: Arc<S>,
+    lease: Option<Lease>,
+}
+
+impl<S: IdempotencyStore> ReleaseOnDrop<S> {
+    fn disarm(mut self) {
+        self.lease = None;
+    }
+}
+
+impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        tracing::warn!(
+            namespace = lease.key.namespace(),
+            "operation cancelled or panicked; releasing its key"
+        );
+        // Without a runtime the lease simply runs out.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.store);
+            runtime.spawn(async move {
+                if let Err(error) = store.release(&lease).await {
+                    tracing::debug!(%error, "releasing an abandoned lease failed; it will expire");
+                }
+            });
+        }
+    }
+}

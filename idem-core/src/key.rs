@@ -1,0 +1,173 @@
+//! Idempotency keys: a namespace plus the client's key.
+
+use std::fmt;
+
+use crate::error::{Error, InvalidInput};
+
+/// The longest namespace or key accepted, in bytes.
+///
+/// 255 bytes holds any key clients send in practice (UUIDs, hashes, message IDs) and fits a
+/// MySQL unique index on `VARBINARY(255)` twice over within InnoDB's 3072-byte limit.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// An idempotency key: a namespace (a tenant or an operation's scope) and the key the client
+/// sent. The same key in two namespaces names two independent records.
+///
+/// A `Key` is valid by construction: both parts are non-empty, at most [`MAX_KEY_LEN`] bytes
+/// and free of control characters, so a store never sees a malformed key.
+///
+/// ```
+/// use idem_core::Key;
+///
+/// let key = Key::new("payments", "9f6c1c3e-4d8a-4c1e-b1a9-0b8f7f1f2a10")?;
+/// assert_eq!(key.namespace(), "payments");
+/// assert!(Key::new("payments", "").is_err());
+/// # Ok::<(), idem_core::Error>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    namespace: String,
+    id: String,
+}
+
+impl Key {
+    /// Validates and builds a key.
+    pub fn new(namespace: impl Into<String>, id: impl Into<String>) -> Result<Self, Error> {
+        let namespace = namespace.into();
+        let id = id.into();
+        validate("namespace", &namespace)?;
+        validate("key", &id)?;
+        Ok(Self { namespace, id })
+    }
+
+    /// The namespace part.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The client's key.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// An unambiguous single-string encoding of both parts, for stores that index one
+    /// string: the namespace's length in decimal, `:`, the namespace, `:`, the key.
+    ///
+    /// Length-prefixing makes `("a:b", "c")` and `("a", "b:c")` encode differently, which a
+    /// plain separator would not.
+    pub fn encoded(&self) -> String {
+        format!("{}:{}:{}", self.namespace.len(), self.namespace, self.id)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?}/{:?})", self.namespace, self.id)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.id)
+    }
+}
+
+fn validate(field: &'static str, value: &str) -> Result<(), InvalidInput> {
+    if value.is_empty() {
+        return Err(InvalidInput::Empty { field });
+    }
+    if value.len() > MAX_KEY_LEN {
+        return Err(InvalidInput::TooLong {
+            field,
+            len: value.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    if let Some((at, _)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(InvalidInput::ControlCharacter { field, at });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(namespace: &str, id: &str) -> InvalidInput {
+        match Key::new(namespace, id) {
+            Err(Error::InvalidInput(reason)) => reason,
+            other => panic!("expected InvalidInput for {namespace:?}/{id:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_ordinary_keys() {
+        let key = Key::new("orders", "ab-12_ü🙂").expect("valid key");
+        assert_eq!(key.namespace(), "orders");
+        assert_eq!(key.id(), "ab-12_ü🙂");
+        let longest = "k".repeat(MAX_KEY_LEN);
+        assert_eq!(
+            Key::new("n", longest.clone()).expect("255 bytes").id(),
+            longest
+        );
+    }
+
+    #[test]
+    fn rejects_empty_parts() {
+        assert_eq!(
+            rejection("", "k"),
+            InvalidInput::Empty { field: "namespace" }
+        );
+        assert_eq!(rejection("n", ""), InvalidInput::Empty { field: "key" });
+    }
+
+    #[test]
+    fn rejects_oversized_parts_by_bytes_not_chars() {
+        let too_long = "é".repeat(128); // 256 bytes, 128 chars
+        assert_eq!(
+            rejection("n", &too_long),
+            InvalidInput::TooLong {
+                field: "key",
+                len: 256,
+                max: MAX_KEY_LEN
+            }
+        );
+        assert!(matches!(
+            rejection(&"n".repeat(256), "k"),
+            InvalidInput::TooLong {
+                field: "namespace",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rejects_control_characters() {
+        assert_eq!(
+            rejection("n", "ab\ncd"),
+            InvalidInput::ControlCharacter {
+                field: "key",
+                at: 2
+            }
+        );
+        assert!(matches!(
+            rejection("n\0", "k"),
+            InvalidInput::ControlCharacter {
+                field: "namespace",
+                at: 1
+            }
+        ));
+        assert!(matches!(
+            rejection("n", "\u{7f}"),
+            InvalidInput::ControlCharacter { .. }
+        ));
+    }
+
+    #[test]
+    fn encoding_is_unambiguous() {
+        let a = Key::new("a:b", "c").expect("valid");
+        let b = Key::new("a", "b:c").expect("valid");
+        assert_ne!(a.encoded(), b.encoded());
+        assert_eq!(a.encoded(), "3:a:b:c");
+    }
+}

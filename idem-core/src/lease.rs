@@ -1,0 +1,73 @@
+//! Owner tokens and leases.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::key::Key;
+
+/// Names one attempt at a request. Made once per attempt (the executor makes one per call)
+/// and sent with every claim of that attempt.
+///
+/// A claim retried with the same token, say after its reply was lost to a timeout, finds
+/// its own claim and gets the same lease back instead of "in progress".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerToken(Uuid);
+
+impl OwnerToken {
+    /// A fresh random token (UUIDv4, 122 random bits).
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    /// Wraps a UUID kept elsewhere, for example in a job's state.
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// Rebuilds a token from the 16 bytes a store kept.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(Uuid::from_bytes(bytes))
+    }
+
+    /// The 16 bytes to store.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// The token as a UUID.
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for OwnerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for OwnerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OwnerToken({})", self.0)
+    }
+}
+
+/// The right to finish a claimed key: proof that this attempt acquired it.
+///
+/// Every transition after the claim (complete, fail, renew, release) presents the lease,
+/// and the store applies it only if the record is still claimed by the same owner with the
+/// same fencing number. A stale lease changes nothing and gets [`Error::LeaseLost`].
+///
+/// [`Error::LeaseLost`]: crate::Error::LeaseLost
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The key this lease holds.
+    pub key: Key,
+    /// The attempt that acquired it.
+    pub owner: OwnerToken,
+    /// Grows strictly each time the key is acquired again while the store remembers it,
+    /// including after a lease expired. Guard downstream writes with it: reject a write
+    /// whose fencing number is lower than one already seen.
+    pub fencing: u64,
+}

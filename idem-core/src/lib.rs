@@ -1,0 +1,113 @@
+//! # idem-core
+//!
+//! The contract of **idem**, the toolkit that makes APIs and message consumers idempotent:
+//! a request or message that arrives twice (a double-clicked submit, a client retrying after
+//! a timeout, a queue redelivering after a lost ack) takes effect once, and every repeat gets
+//! the first result back.
+//!
+//! This crate holds what every backend shares: the [`IdempotencyStore`] trait, the
+//! lifecycle of a key, [`Key`]s, [`Fingerprint`]s, the [`Error`] enum, and the
+//! [`Idempotency`] executor. Applications usually depend on the `idem` facade, which picks a
+//! backend by cargo feature; backends (`idem-memory`, `idem-redis`, `idem-mysql`, your own)
+//! depend on this crate alone.
+//!
+//! ## The lifecycle
+//!
+//! ```text
+//!             claim                 complete
+//!   (free) ─────────▶ Claimed ─────────────────▶ Completed ──┐
+//!      ▲                │ │      fail (permanent)            │ retention
+//!      │   release,     │ └────────────────────▶ Failed ─────┤ expires
+//!      │   lease expiry │                                    │
+//!      └────────────────┴────────────────────────────────────┘
+//! ```
+//!
+//! - **claim**: exactly one concurrent caller acquires a free key and gets a [`Lease`]
+//!   (owner token + fencing number); the others learn it is in progress, or get the stored
+//!   outcome.
+//! - **Claimed**: the lease lasts its TTL unless renewed. When it lapses, the next claim takes
+//!   the key over with a larger fencing number, and the old lease can no longer change it.
+//! - **Completed / Failed**: the response or permanent failure is stored for a retention TTL
+//!   and replayed byte for byte. A retryable failure releases the key instead.
+//!
+//! ## Example
+//!
+//! ```
+//! use idem_core::{Idempotency, Key, Fingerprint, Retryable};
+//! # use idem_core::{lifecycle, async_trait, Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Lease, Record, Ttl};
+//! # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<Key, lifecycle::Entry>>);
+//! # impl Store { fn step<T>(&self, key: &Key, f: impl FnOnce(Option<&lifecycle::Entry>, u64) -> lifecycle::Step<T>) -> Result<T, Error> {
+//! #     let mut map = self.0.lock().unwrap(); let step = f(map.get(key), 0);
+//! #     match step.write { lifecycle::Write::Put(e) => { map.insert(key.clone(), e); } lifecycle::Write::Remove => { map.remove(key); } lifecycle::Write::Keep => {} }
+//! #     step.answer } }
+//! # #[async_trait] impl IdempotencyStore for Store {
+//! #   async fn claim(&self, r: &ClaimRequest) -> Result<Claim, Error> { self.step(&r.key, |c, n| lifecycle::claim(c, r, n)) }
+//! #   async fn complete(&self, l: &Lease, b: Bytes, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::complete(c, l, b, t, n)) }
+//! #   async fn fail(&self, l: &Lease, b: Bytes, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::fail(c, l, b, t, n)) }
+//! #   async fn renew(&self, l: &Lease, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::renew(c, l, t, n)) }
+//! #   async fn release(&self, l: &Lease) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::release(c, l, n)) }
+//! #   async fn read(&self, k: &Key) -> Result<Option<Record>, Error> { self.step(k, |c, n| lifecycle::Step::keep(Ok(c.and_then(|e| e.record(k, n))))) }
+//! #   async fn remove(&self, k: &Key) -> Result<bool, Error> { self.step(k, |c, n| lifecycle::remove(c, k, n)) }
+//! # }
+//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+//! struct Receipt { charge_id: u64 }
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug)]
+//! enum ChargeError { Declined }
+//! impl Retryable for ChargeError {
+//!     fn is_retryable(&self) -> bool { false }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! // Any store: idem-memory's `MemoryStore`, idem-redis, idem-mysql or your own.
+//! let idem = Idempotency::new(Store::default());
+//! let key = Key::new("charges", "order-1042")?;
+//! let fingerprint = Some(Fingerprint::of(&("order-1042", 4_999))?);
+//!
+//! let mut runs = 0;
+//! for _ in 0..3 {
+//!     let receipt = idem
+//!         .execute(&key, fingerprint, || async {
+//!             runs += 1;
+//!             Ok::<_, ChargeError>(Receipt { charge_id: 77 })
+//!         })
+//!         .await
+//!         .expect("charged");
+//!     assert_eq!(receipt, Receipt { charge_id: 77 });
+//! }
+//! assert_eq!(runs, 1); // the charge ran once; the repeats were replayed
+//! # Ok::<(), Error>(())
+//! # }).unwrap();
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+
+mod claim;
+mod config;
+mod error;
+mod executor;
+mod fingerprint;
+mod key;
+mod lease;
+pub mod lifecycle;
+mod record;
+mod retryable;
+mod store;
+mod ttl;
+
+pub use claim::{Claim, ClaimRequest};
+pub use config::{Config, WaitPolicy};
+pub use error::{BoxError, Error, InvalidInput, check_payload};
+pub use executor::{ExecuteError, Execution, Idempotency};
+pub use fingerprint::Fingerprint;
+pub use key::{Key, MAX_KEY_LEN};
+pub use lease::{Lease, OwnerToken};
+pub use record::{Record, RecordState};
+pub use retryable::Retryable;
+pub use store::IdempotencyStore;
+pub use ttl::Ttl;
+
+/// Re-exported so stores implement the trait with matching versions.
+pub use async_trait::async_trait;
+/// Re-exported: payloads are [`Bytes`].
+pub use bytes::Bytes;

@@ -1,0 +1,285 @@
+//! The lifecycle as a pure state machine, for stores that keep records as Rust values.
+//!
+//! A store built on a map, a cache or any key-value engine with an atomic read-modify-write
+//! runs each transition here under its per-key atomicity and writes back what the
+//! [`Step`] says. The rules of the lifecycle then live once, here, instead of in every store.
+//! Stores that decide inside their server (Redis Lua, SQL) implement the same rules there,
+//! and the conformance suite holds both to them.
+//!
+//! Time is the store's own clock in milliseconds from any fixed origin.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::claim::{Claim, ClaimRequest};
+use crate::error::Error;
+use crate::fingerprint::Fingerprint;
+use crate::key::Key;
+use crate::lease::{Lease, OwnerToken};
+use crate::record::{Record, RecordState};
+use crate::ttl::Ttl;
+
+/// What a store keeps for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Where the key is.
+    pub phase: Phase,
+    /// The fencing number of the latest acquisition.
+    pub fencing: u64,
+    /// The fingerprint of the latest claim.
+    pub fingerprint: Option<Fingerprint>,
+    /// When the store may forget the entry, in store milliseconds.
+    pub expires_at: u64,
+}
+
+/// The phases of an [`Entry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Held by a lease (live until `lease_until`).
+    Claimed {
+        /// The attempt holding it.
+        owner: OwnerToken,
+        /// When the lease ends, in store milliseconds.
+        lease_until: u64,
+        /// The lease's TTL, kept so the key is remembered one more TTL after it ends.
+        lease_ttl: u64,
+    },
+    /// Free again after a release; kept only to remember the fencing number.
+    Vacant,
+    /// Finished with a response.
+    Completed(Bytes),
+    /// Finished with a permanent failure.
+    Failed(Bytes),
+}
+
+/// What a transition answers and what the store must write.
+#[derive(Debug)]
+pub struct Step<T> {
+    /// The answer for the caller.
+    pub answer: Result<T, Error>,
+    /// What to do with the stored entry.
+    pub write: Write,
+}
+
+/// The write a [`Step`] asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Leave the entry as it is.
+    Keep,
+    /// Store this entry (it carries its own `expires_at`).
+    Put(Entry),
+    /// Delete the entry.
+    Remove,
+}
+
+impl<T> Step<T> {
+    /// Answers without writing.
+    pub fn keep(answer: Result<T, Error>) -> Self {
+        Self {
+            answer,
+            write: Write::Keep,
+        }
+    }
+
+    fn put(answer: T, entry: Entry) -> Self {
+        Self {
+            answer: Ok(answer),
+            write: Write::Put(entry),
+        }
+    }
+}
+
+impl Entry {
+    /// Whether the store may drop the entry at `now`. Stores treat an expired entry as absent.
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// The record a reader sees at `now`: `None` for a free key.
+    pub fn record(&self, key: &Key, now: u64) -> Option<Record> {
+        if self.is_expired(now) {
+            return None;
+        }
+        let (state, until) = match &self.phase {
+            Phase::Claimed {
+                owner, lease_until, ..
+            } if *lease_until > now => (RecordState::Claimed { owner: *owner }, *lease_until),
+            Phase::Claimed { .. } | Phase::Vacant => return None,
+            Phase::Completed(response) => (
+                RecordState::Completed {
+                    response: response.clone(),
+                },
+                self.expires_at,
+            ),
+            Phase::Failed(failure) => (
+                RecordState::Failed {
+                    failure: failure.clone(),
+                },
+                self.expires_at,
+            ),
+        };
+        Some(Record {
+            key: key.clone(),
+            state,
+            fencing: self.fencing,
+            fingerprint: self.fingerprint,
+            expires_in: Duration::from_millis(until - now),
+        })
+    }
+
+    /// Whether `lease` still holds this entry (a lapsed lease nobody took over still does).
+    pub fn is_held_by(&self, lease: &Lease) -> bool {
+        matches!(self.phase, Phase::Claimed { owner, .. } if owner == lease.owner)
+            && self.fencing == lease.fencing
+    }
+
+    fn claimed(
+        owner: OwnerToken,
+        fencing: u64,
+        fingerprint: Option<Fingerprint>,
+        ttl: Ttl,
+        now: u64,
+    ) -> Self {
+        let lease_until = now.saturating_add(ttl.as_millis());
+        Self {
+            phase: Phase::Claimed {
+                owner,
+                lease_until,
+                lease_ttl: ttl.as_millis(),
+            },
+            fencing,
+            fingerprint,
+            expires_at: lease_until.saturating_add(ttl.as_millis()),
+        }
+    }
+}
+
+/// Claims a key (see [`IdempotencyStore::claim`](crate::IdempotencyStore::claim)).
+pub fn claim(current: Option<&Entry>, request: &ClaimRequest, now: u64) -> Step<Claim> {
+    let Some(entry) = current.filter(|e| !e.is_expired(now)) else {
+        return acquire(request, 1, now);
+    };
+    let found = match &entry.phase {
+        Phase::Completed(response) => Claim::Completed(response.clone()),
+        Phase::Failed(failure) => Claim::Failed(failure.clone()),
+        // The same attempt asking again (its first reply was lost): same lease, extended.
+        Phase::Claimed { owner, .. } if *owner == request.owner => {
+            if entry.fingerprint != request.fingerprint {
+                return Step::keep(Err(Error::FingerprintMismatch));
+            }
+            return acquire(request, entry.fencing, now);
+        }
+        Phase::Claimed { lease_until, .. } if *lease_until > now => Claim::InProgress {
+            retry_after: Duration::from_millis(lease_until - now),
+        },
+        // Released, or a lapsed lease of another owner: free for anyone.
+        Phase::Claimed { .. } | Phase::Vacant => {
+            return acquire(request, entry.fencing.saturating_add(1), now);
+        }
+    };
+    if entry.fingerprint != request.fingerprint {
+        return Step::keep(Err(Error::FingerprintMismatch));
+    }
+    Step::keep(Ok(found))
+}
+
+fn acquire(request: &ClaimRequest, fencing: u64, now: u64) -> Step<Claim> {
+    let lease = Lease {
+        key: request.key.clone(),
+        owner: request.owner,
+        fencing,
+    };
+    let entry = Entry::claimed(
+        request.owner,
+        fencing,
+        request.fingerprint,
+        request.lease_ttl,
+        now,
+    );
+    Step::put(Claim::Acquired(lease), entry)
+}
+
+/// Finishes a claimed key with its response.
+pub fn complete(
+    current: Option<&Entry>,
+    lease: &Lease,
+    response: Bytes,
+    retention: Ttl,
+    now: u64,
+) -> Step<()> {
+    finish(current, lease, Phase::Completed(response), retention, now)
+}
+
+/// Finishes a claimed key with a permanent failure.
+pub fn fail(
+    current: Option<&Entry>,
+    lease: &Lease,
+    failure: Bytes,
+    retention: Ttl,
+    now: u64,
+) -> Step<()> {
+    finish(current, lease, Phase::Failed(failure), retention, now)
+}
+
+fn finish(
+    current: Option<&Entry>,
+    lease: &Lease,
+    phase: Phase,
+    retention: Ttl,
+    now: u64,
+) -> Step<()> {
+    transition(current, lease, now, |entry| Entry {
+        phase,
+        fencing: entry.fencing,
+        fingerprint: entry.fingerprint,
+        expires_at: now.saturating_add(retention.as_millis()),
+    })
+}
+
+/// Extends a held lease to `ttl` from `now`.
+pub fn renew(current: Option<&Entry>, lease: &Lease, ttl: Ttl, now: u64) -> Step<()> {
+    transition(current, lease, now, |entry| {
+        Entry::claimed(lease.owner, entry.fencing, entry.fingerprint, ttl, now)
+    })
+}
+
+/// Frees a held key, remembering its fencing number for one more lease TTL.
+pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
+    transition(current, lease, now, |entry| {
+        let lease_ttl = match entry.phase {
+            Phase::Claimed { lease_ttl, .. } => lease_ttl,
+            _ => 0,
+        };
+        Entry {
+            phase: Phase::Vacant,
+            fencing: entry.fencing,
+            fingerprint: None,
+            expires_at: now.saturating_add(lease_ttl),
+        }
+    })
+}
+
+/// Deletes an entry whatever its phase; answers whether a record (a live claim or a
+/// finished key, what [`Entry::record`] shows) was there.
+pub fn remove(current: Option<&Entry>, key: &Key, now: u64) -> Step<bool> {
+    match current {
+        Some(entry) => Step {
+            answer: Ok(entry.record(key, now).is_some()),
+            write: Write::Remove,
+        },
+        None => Step::keep(Ok(false)),
+    }
+}
+
+fn transition(
+    current: Option<&Entry>,
+    lease: &Lease,
+    now: u64,
+    next: impl FnOnce(&Entry) -> Entry,
+) -> Step<()> {
+    match current.filter(|e| !e.is_expired(now) && e.is_held_by(lease)) {
+        Some(entry) => Step::put((), next(entry)),
+        None => Step::keep(Err(Error::LeaseLost)),
+    }
+}

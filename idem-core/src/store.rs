@@ -1,0 +1,188 @@
+//! The storage contract every backend implements.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::claim::{Claim, ClaimRequest};
+use crate::error::Error;
+use crate::key::Key;
+use crate::lease::Lease;
+use crate::record::Record;
+use crate::ttl::Ttl;
+
+/// Where idempotency records live. Implement this trait, and nothing else, to add a backend;
+/// then run the `idem-tests` conformance suite against it with one line.
+///
+/// # The contract
+///
+/// Every method is atomic with respect to every other call on the same key.
+///
+/// - [`claim`](Self::claim): exactly one of any number of concurrent claims of a free key
+///   acquires it. A key is free when it was never seen, was released, or its lease expired
+///   without being finished. The fingerprint is compared first, in every state: a stored
+///   fingerprint that differs from the request's (`Some` vs `None` included) is
+///   [`Error::FingerprintMismatch`] and changes nothing. A claim by the owner that already
+///   holds the key (same [`OwnerToken`](crate::OwnerToken)) returns the same lease again
+///   and extends it by `lease_ttl`.
+/// - Fencing: each acquisition gets a fencing number greater than any the store issued
+///   for the key before, as long as the store remembers the key. A store remembers a key
+///   while it holds its record, and at least one further `lease_ttl` after a lease ended by
+///   expiry or release.
+/// - [`complete`](Self::complete), [`fail`](Self::fail), [`renew`](Self::renew) and
+///   [`release`](Self::release) apply only while the record is claimed by the lease's
+///   owner with the lease's fencing number (a lapsed lease nobody took over still counts).
+///   Otherwise they return [`Error::LeaseLost`] and change nothing.
+/// - Finished records keep their payload byte for byte for their retention TTL, then the
+///   key is free again.
+/// - Payloads over the store's limit are [`Error::PayloadTooLarge`] and nothing is written.
+/// - Anything found in the store that does not decode is [`Error::CorruptRecord`]; an
+///   unreachable backend is [`Error::Unavailable`], with the driver error as `source`.
+///
+/// Keys, TTLs and fingerprints arrive validated ([`Key`], [`Ttl`]), so a store never has
+/// to check them; it must store them faithfully: two different keys never share a record.
+///
+/// # Implementing a custom store
+///
+/// A store that answers every claim with "acquired" and keeps nothing compiles, and the
+/// conformance suite rejects it; a real one keeps state. This one keeps it in a
+/// `Mutex<HashMap>` on top of the pure state machine in [`lifecycle`](crate::lifecycle):
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::Instant;
+/// use idem_core::{
+///     async_trait, lifecycle, Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key,
+///     Lease, Record, Ttl,
+/// };
+///
+/// #[derive(Debug)]
+/// struct MapStore {
+///     started: Instant,
+///     entries: Mutex<HashMap<Key, lifecycle::Entry>>,
+/// }
+///
+/// impl MapStore {
+///     fn now(&self) -> u64 {
+///         self.started.elapsed().as_millis() as u64
+///     }
+///
+///     /// Runs one transition of the state machine on one key, atomically.
+///     fn step<T>(
+///         &self,
+///         key: &Key,
+///         transition: impl FnOnce(Option<&lifecycle::Entry>, u64) -> lifecycle::Step<T>,
+///     ) -> Result<T, Error> {
+///         let now = self.now();
+///         let mut entries = self.entries.lock().map_err(|_| Error::backend("poisoned"))?;
+///         let current = entries.get(key).filter(|e| !e.is_expired(now));
+///         let step = transition(current, now);
+///         match step.write {
+///             lifecycle::Write::Keep => {}
+///             lifecycle::Write::Put(entry) => { entries.insert(key.clone(), entry); }
+///             lifecycle::Write::Remove => { entries.remove(key); }
+///         }
+///         step.answer
+///     }
+/// }
+///
+/// #[async_trait]
+/// impl IdempotencyStore for MapStore {
+///     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+///         self.step(&request.key, |current, now| lifecycle::claim(current, request, now))
+///     }
+///     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+///         self.step(&lease.key, |current, now| lifecycle::complete(current, lease, response, retention, now))
+///     }
+///     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+///         self.step(&lease.key, |current, now| lifecycle::fail(current, lease, failure, retention, now))
+///     }
+///     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+///         self.step(&lease.key, |current, now| lifecycle::renew(current, lease, ttl, now))
+///     }
+///     async fn release(&self, lease: &Lease) -> Result<(), Error> {
+///         self.step(&lease.key, |current, now| lifecycle::release(current, lease, now))
+///     }
+///     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+///         self.step(key, |current, now| lifecycle::Step::keep(Ok(current.and_then(|e| e.record(key, now)))))
+///     }
+///     async fn remove(&self, key: &Key) -> Result<bool, Error> {
+///         self.step(key, |current, now| lifecycle::remove(current, key, now))
+///     }
+/// }
+///
+/// # tokio_test_block_on(async {
+/// let store = MapStore { started: Instant::now(), entries: Default::default() };
+/// let request = ClaimRequest::new(Key::new("demo", "k1")?, Ttl::from_secs(30)?);
+/// let Claim::Acquired(lease) = store.claim(&request).await? else { panic!("fresh key") };
+/// store.complete(&lease, Bytes::from_static(b"done"), Ttl::from_secs(60)?).await?;
+/// let again = ClaimRequest::new(Key::new("demo", "k1")?, Ttl::from_secs(30)?);
+/// assert_eq!(store.claim(&again).await?, Claim::Completed(Bytes::from_static(b"done")));
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[async_trait]
+pub trait IdempotencyStore: Debug + Send + Sync + 'static {
+    /// Claims a key: acquires it, or reports who has it and how it ended.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error>;
+
+    /// Stores the response of a finished operation, replayed to every repeat for `retention`.
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error>;
+
+    /// Stores a permanent failure, replayed to every repeat for `retention`.
+    ///
+    /// A retryable failure is not stored: [`release`](Self::release) the lease instead, and
+    /// the next request runs the operation again.
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error>;
+
+    /// Extends a live lease to `ttl` from now, so a slow operation keeps its key.
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error>;
+
+    /// Gives the key up without an outcome: the next claim acquires it, with a larger
+    /// fencing number.
+    async fn release(&self, lease: &Lease) -> Result<(), Error>;
+
+    /// Reads a key's record, or `None` when the key is free.
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error>;
+
+    /// Deletes a key's record whatever its state; says whether there was one. A current
+    /// owner's lease is lost by this.
+    async fn remove(&self, key: &Key) -> Result<bool, Error>;
+}
+
+macro_rules! forward_store {
+    ($($ty:ty),+) => {$(
+        #[async_trait]
+        impl<T: IdempotencyStore + ?Sized> IdempotencyStore for $ty {
+            async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+                (**self).claim(request).await
+            }
+            async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+                (**self).complete(lease, response, retention).await
+            }
+            async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+                (**self).fail(lease, failure, retention).await
+            }
+            async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+                (**self).renew(lease, ttl).await
+            }
+            async fn release(&self, lease: &Lease) -> Result<(), Error> {
+                (**self).release(lease).await
+            }
+            async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+                (**self).read(key).await
+            }
+            async fn remove(&self, key: &Key) -> Result<bool, Error> {
+                (**self).remove(key).await
+            }
+        }
+    )+};
+}
+
+forward_store!(Arc<T>, Box<T>);

@@ -1,0 +1,106 @@
+//! Times to live, validated once.
+
+use std::time::Duration;
+
+use crate::error::{Error, InvalidInput};
+
+/// A time to live of at least one millisecond, in whole milliseconds.
+///
+/// Stores work in milliseconds (Redis `PX`, MySQL `TIMESTAMP(6)` arithmetic), so a TTL is
+/// kept as whole milliseconds; sub-millisecond parts are rounded up rather than lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ttl(u64);
+
+impl Ttl {
+    /// The longest TTL accepted: about ten years. Longer ones are almost always a unit mistake.
+    pub const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 60 * 60);
+
+    /// Validates a TTL: zero is [`InvalidInput::ZeroTtl`]; over [`Ttl::MAX`] is
+    /// [`InvalidInput::TtlOutOfRange`].
+    pub fn new(ttl: Duration) -> Result<Self, Error> {
+        if ttl.is_zero() {
+            return Err(InvalidInput::ZeroTtl.into());
+        }
+        if ttl > Self::MAX {
+            return Err(InvalidInput::TtlOutOfRange {
+                ttl,
+                max: Self::MAX,
+            }
+            .into());
+        }
+        let millis = ttl.as_nanos().div_ceil(1_000_000);
+        // In range by the check above: MAX is far below u64::MAX milliseconds.
+        Ok(Self(u64::try_from(millis).unwrap_or(u64::MAX)))
+    }
+
+    /// A TTL of whole seconds.
+    pub fn from_secs(secs: u64) -> Result<Self, Error> {
+        Self::new(Duration::from_secs(secs))
+    }
+
+    /// A TTL of whole milliseconds.
+    pub fn from_millis(millis: u64) -> Result<Self, Error> {
+        Self::new(Duration::from_millis(millis))
+    }
+
+    /// The TTL in milliseconds, never zero.
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+
+    /// The TTL as a [`Duration`].
+    pub fn as_duration(self) -> Duration {
+        Duration::from_millis(self.0)
+    }
+}
+
+impl TryFrom<Duration> for Ttl {
+    type Error = Error;
+
+    fn try_from(ttl: Duration) -> Result<Self, Error> {
+        Self::new(ttl)
+    }
+}
+
+impl From<Ttl> for Duration {
+    fn from(ttl: Ttl) -> Self {
+        ttl.as_duration()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_is_rejected() {
+        assert!(matches!(
+            Ttl::new(Duration::ZERO),
+            Err(Error::InvalidInput(InvalidInput::ZeroTtl))
+        ));
+    }
+
+    #[test]
+    fn too_long_is_rejected() {
+        assert!(matches!(
+            Ttl::new(Ttl::MAX + Duration::from_secs(1)),
+            Err(Error::InvalidInput(InvalidInput::TtlOutOfRange { .. }))
+        ));
+        assert!(Ttl::new(Ttl::MAX).is_ok());
+    }
+
+    #[test]
+    fn sub_millisecond_rounds_up() {
+        assert_eq!(
+            Ttl::new(Duration::from_nanos(1)).map(Ttl::as_millis).ok(),
+            Some(1)
+        );
+        assert_eq!(
+            Ttl::new(Duration::from_micros(1500))
+                .map(Ttl::as_millis)
+                .ok(),
+            Some(2)
+        );
+        assert_eq!(Ttl::from_secs(3).map(Ttl::as_millis).ok(), Some(3000));
+    }
+}

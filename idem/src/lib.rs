@@ -1,0 +1,67 @@
+//! # idem
+//!
+//! Make APIs and message consumers idempotent: a request or message that arrives twice (a
+//! double-clicked submit, a client retrying after a timeout, a queue redelivering after a
+//! lost ack) takes effect once, and every repeat gets the first result back.
+//!
+//! This is the crate applications depend on. It re-exports the contract from `idem-core`
+//! (the [`Idempotency`] executor, [`Key`], [`Fingerprint`], [`Error`], the
+//! [`IdempotencyStore`] trait) and, by cargo feature, the stores:
+//!
+//! | feature | store | when |
+//! |---|---|---|
+//! | `memory` (default) | [`MemoryStore`] | one process, tests, getting started |
+//! | `redis` | `idem::redis::RedisStore` | many processes, low latency |
+//! | `mysql` | `idem::mysql::MySqlStore` | many processes, the claim committed with your own rows |
+//!
+//! ```
+//! use idem::{Idempotency, Key, MemoryStore, Retryable};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug)]
+//! struct OutOfStock;
+//! impl Retryable for OutOfStock {
+//!     fn is_retryable(&self) -> bool { false }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let idem = Idempotency::new(MemoryStore::new());
+//! let key = Key::new("orders", "client-key-1")?;
+//! let order_id: u64 = idem.execute(&key, None, || async { Ok::<_, OutOfStock>(1001) }).await.unwrap();
+//! let replayed: u64 = idem.execute(&key, None, || async { Ok::<_, OutOfStock>(9999) }).await.unwrap();
+//! assert_eq!(order_id, replayed);
+//! # Ok::<(), idem::Error>(())
+//! # }).unwrap();
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+
+#[doc(inline)]
+pub use idem_core::*;
+
+/// The in-memory store.
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory {
+    #[doc(inline)]
+    pub use idem_memory::*;
+}
+
+#[cfg(feature = "memory")]
+#[doc(inline)]
+pub use idem_memory::MemoryStore;
+
+/// The Redis store.
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis {
+    #[doc(inline)]
+    pub use idem_redis::*;
+}
+
+/// The MySQL/MariaDB store.
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql {
+    #[doc(inline)]
+    pub use idem_mysql::*;
+}
