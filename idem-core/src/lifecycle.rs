@@ -7,6 +7,10 @@
 //! and the conformance suite holds both to them.
 //!
 //! Time is the store's own clock in milliseconds from any fixed origin.
+//!
+//! A key whose lease ended (released, or lapsed) is free, but the store keeps a trace of it
+//! for [`trace_ttl`] more, so that the next acquisition's fencing number still grows and a
+//! lapsed lease nobody took over can still finish.
 
 use std::time::Duration;
 
@@ -42,7 +46,7 @@ pub enum Phase {
         owner: OwnerToken,
         /// When the lease ends, in store milliseconds.
         lease_until: u64,
-        /// The lease's TTL, kept so the key is remembered one more TTL after it ends.
+        /// The lease's TTL, kept to size the trace left when it ends ([`trace_ttl`]).
         lease_ttl: u64,
     },
     /// Free again after a release; kept only to remember the fencing number.
@@ -71,6 +75,16 @@ pub enum Write {
     Put(Entry),
     /// Delete the entry.
     Remove,
+}
+
+/// The least time a store remembers a key after its lease ended: a paused process that wakes
+/// up this long after its lease still finds a larger fencing number in place.
+pub const FENCING_MEMORY: Duration = Duration::from_secs(60);
+
+/// How long, in milliseconds, a store keeps the trace of a key whose lease of `lease_ttl_ms`
+/// ended: the longer of one lease TTL and [`FENCING_MEMORY`].
+pub fn trace_ttl(lease_ttl_ms: u64) -> u64 {
+    lease_ttl_ms.max(FENCING_MEMORY.as_millis() as u64)
 }
 
 impl<T> Step<T> {
@@ -150,7 +164,7 @@ impl Entry {
             },
             fencing,
             fingerprint,
-            expires_at: lease_until.saturating_add(ttl.as_millis()),
+            expires_at: lease_until.saturating_add(trace_ttl(ttl.as_millis())),
         }
     }
 }
@@ -244,7 +258,7 @@ pub fn renew(current: Option<&Entry>, lease: &Lease, ttl: Ttl, now: u64) -> Step
     })
 }
 
-/// Frees a held key, remembering its fencing number for one more lease TTL.
+/// Frees a held key, remembering its fencing number for [`trace_ttl`].
 pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
     transition(current, lease, now, |entry| {
         let lease_ttl = match entry.phase {
@@ -255,7 +269,7 @@ pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
             phase: Phase::Vacant,
             fencing: entry.fencing,
             fingerprint: None,
-            expires_at: now.saturating_add(lease_ttl),
+            expires_at: now.saturating_add(trace_ttl(lease_ttl)),
         }
     })
 }

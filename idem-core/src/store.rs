@@ -29,11 +29,16 @@ use crate::ttl::Ttl;
 ///   and extends it by `lease_ttl`.
 /// - Fencing: each acquisition gets a fencing number greater than any the store issued
 ///   for the key before, as long as the store remembers the key. A store remembers a key
-///   while it holds its record, and at least one further `lease_ttl` after a lease ended by
-///   expiry or release.
+///   while it holds its record, and after a lease ended (by expiry or release) for at least
+///   [`lifecycle::trace_ttl`] more: the longer of the lease TTL and
+///   [`lifecycle::FENCING_MEMORY`] (60 s).
+///
+/// [`lifecycle::trace_ttl`]: crate::lifecycle::trace_ttl
+/// [`lifecycle::FENCING_MEMORY`]: crate::lifecycle::FENCING_MEMORY
 /// - [`complete`](Self::complete), [`fail`](Self::fail), [`renew`](Self::renew) and
 ///   [`release`](Self::release) apply only while the record is claimed by the lease's
-///   owner with the lease's fencing number (a lapsed lease nobody took over still counts).
+///   owner with the lease's fencing number (a lapsed lease nobody took over still counts,
+///   while the store remembers the key).
 ///   Otherwise they return [`Error::LeaseLost`] and change nothing.
 /// - Finished records keep their payload byte for byte for their retention TTL, then the
 ///   key is free again.
