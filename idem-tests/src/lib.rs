@@ -1,1 +1,246 @@
-//! placeholder
+//! # idem-tests
+//!
+//! The conformance suite for [`IdempotencyStore`]s: the definition of a correct store.
+//! Every backend in the idem workspace runs it, and so can yours, with one line in a test
+//! file:
+//!
+//! ```
+//! # mod hidden {
+//! # use idem_memory::MemoryStore as MyStore;
+//! async fn make_store() -> MyStore {
+//!     MyStore::new() // connect, pick a unique prefix, ...
+//! }
+//!
+//! idem_tests::conformance!(make_store);
+//! # }
+//! ```
+//!
+//! That stamps out one named `#[test]` per rule in a `conformance` module
+//! (`conformance::exclusive_claim`, `conformance::stale_lease`, ...), so a failure names the
+//! rule a store broke and `cargo test conformance::lease` style filters work. The factory is
+//! called once per check. A store that cannot meet a rule exactly (a coarse clock, a smaller
+//! payload limit) says so in [`Capabilities`], passed as a second argument:
+//!
+//! ```
+//! # mod hidden {
+//! # use idem_memory::MemoryStore as MyStore;
+//! # async fn make_store() -> MyStore { MyStore::new().with_max_payload(4 << 20) }
+//! idem_tests::conformance!(make_store, idem_tests::Capabilities {
+//!     max_payload: 4 << 20,
+//!     ..Default::default()
+//! });
+//! # }
+//! ```
+//!
+//! Each check is also a plain `pub async fn` in [`checks`], listed in [`CHECKS`], returning
+//! which rule broke and how; call them from anywhere. Each works in a fresh, uniquely named
+//! namespace, so checks run in parallel against one shared server, and whatever they write
+//! expires within a minute.
+//!
+//! The suite proves it can fail: [`broken`] holds stores with one deliberate defect each,
+//! and this crate's tests assert that every defect is caught by the checks meant to catch it.
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_core::IdempotencyStore;
+
+pub mod broken;
+pub mod checks;
+mod context;
+
+/// The store under test, shared by the tasks of a check.
+pub type Store = Arc<dyn IdempotencyStore>;
+
+/// What a store declares about itself, so checks neither demand the impossible nor skip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The largest payload the store under test accepts; one byte more must be refused with
+    /// `PayloadTooLarge`. At least 1 MiB (the replay check stores 1 MiB). Default 4 MiB.
+    pub max_payload: usize,
+    /// The lease and retention TTL time-dependent checks use. Default 300 ms.
+    pub short_ttl: Duration,
+    /// How much longer than `short_ttl` checks wait for something to expire: clock
+    /// granularity, a busy machine. Default 700 ms.
+    pub time_slack: Duration,
+    /// How many tasks race for one key in the exclusivity check. Default 64.
+    pub concurrency: usize,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            max_payload: 4 * 1024 * 1024,
+            short_ttl: Duration::from_millis(300),
+            time_slack: Duration::from_millis(700),
+            concurrency: 64,
+        }
+    }
+}
+
+/// A broken rule: which check, and what it saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckFailure {
+    /// The check's name, as in [`CHECKS`].
+    pub check: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "conformance check `{}` failed: {}",
+            self.check, self.message
+        )
+    }
+}
+
+impl std::error::Error for CheckFailure {}
+
+/// What a check returns.
+pub type CheckResult = Result<(), CheckFailure>;
+
+/// A running check, boxed so checks fit in one list.
+pub type CheckFuture = Pin<Box<dyn Future<Output = CheckResult> + Send>>;
+
+/// A check as a value, to run the suite in a loop.
+#[derive(Clone, Copy)]
+pub struct Check {
+    /// The rule's name.
+    pub name: &'static str,
+    /// Runs the check.
+    pub run: fn(Store, Capabilities) -> CheckFuture,
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// Stamps out one `#[test]` per check; see the crate docs.
+#[macro_export]
+macro_rules! conformance {
+    ($factory:expr $(,)?) => {
+        $crate::conformance!($factory, $crate::Capabilities::default());
+    };
+    ($factory:expr, $capabilities:expr $(,)?) => {
+        $crate::__with_check_names!(__conformance_tests { ($factory) ($capabilities) });
+    };
+}
+
+/// Calls back `$callback!` with the arguments given and the name of every check: the one
+/// list both [`CHECKS`] and [`conformance!`] are made from.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_check_names {
+    ($callback:ident { $($args:tt)* }) => {
+        $crate::$callback! { [$($args)*]
+            exclusive_claim
+            exclusive_claim_many_keys
+            uncertain_claim
+            replay_fidelity
+            lease_expiry
+            stale_lease
+            renewal
+            lapsed_lease_still_finishes
+            failures
+            fingerprints
+            retention
+            namespace_isolation
+            key_fidelity
+            bad_input
+            inspection_and_removal
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ([($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
+        /// The idem-tests conformance suite, one test per rule.
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $crate::run_check($crate::checks::$name, $factory, $capabilities);
+                }
+            )*
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __check_list {
+    ([] $($name:ident)*) => {
+        /// Every check of the suite, in order.
+        pub const CHECKS: &[$crate::Check] = &[$($crate::Check {
+            name: stringify!($name),
+            run: |store, capabilities| Box::pin($crate::checks::$name(store, capabilities)),
+        }),*];
+    };
+}
+
+__with_check_names!(__check_list {});
+
+/// Runs every check against one store, concurrently; returns the failures.
+pub async fn run_all(store: Store, capabilities: Capabilities) -> Vec<CheckFailure> {
+    let runs: Vec<_> = CHECKS
+        .iter()
+        .map(|check| tokio::spawn((check.run)(Arc::clone(&store), capabilities.clone())))
+        .collect();
+    let mut failures = Vec::new();
+    for (check, run) in CHECKS.iter().zip(runs) {
+        match run.await {
+            Ok(Ok(())) => {}
+            Ok(Err(failure)) => failures.push(failure),
+            Err(panic) => failures.push(CheckFailure {
+                check: check.name,
+                message: format!("the check panicked: {panic}"),
+            }),
+        }
+    }
+    failures
+}
+
+/// The longest one check may take before it counts as hung.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs one check on a fresh multi-threaded runtime and panics with its failure. Used by
+/// [`conformance!`]; call it yourself to run a single check in a `#[test]`.
+pub fn run_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
+where
+    C: FnOnce(Store, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+    S: IdempotencyStore,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => panic!("could not start a Tokio runtime for the check: {error}"),
+    };
+    let outcome = runtime.block_on(async {
+        let store: Store = Arc::new(factory().await);
+        tokio::time::timeout(CHECK_TIMEOUT, check(store, capabilities)).await
+    });
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(failure)) => panic!("{failure}"),
+        Err(_) => panic!("the check did not finish within {CHECK_TIMEOUT:?}: a hung store call?"),
+    }
+}

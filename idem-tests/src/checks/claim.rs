@@ -1,0 +1,130 @@
+use std::sync::Arc;
+
+use idem_core::Claim;
+use tokio::sync::Barrier;
+
+use crate::context::{Ctx, LONG, ensure, run};
+use crate::{Capabilities, CheckResult, Store};
+
+/// `capabilities.concurrency` tasks claim one key at the same instant: exactly one acquires,
+/// every other one is told it is in progress; after completion all of them get the response.
+pub async fn exclusive_claim(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("exclusive_claim", store, capabilities, |ctx| async move {
+        let ctx = Arc::new(ctx);
+        let key = ctx.key("contended")?;
+        let claims = race(&ctx, std::slice::from_ref(&key), ctx.caps.concurrency).await?;
+        let winners: Vec<_> = claims
+            .iter()
+            .filter(|c| matches!(c, Claim::Acquired(_)))
+            .collect();
+        ensure!(
+            winners.len() == 1,
+            "{} of {} racing claims acquired the key",
+            winners.len(),
+            claims.len()
+        );
+        let others_in_progress = claims
+            .iter()
+            .filter(|c| matches!(c, Claim::InProgress { .. }))
+            .count();
+        ensure!(
+            others_in_progress == claims.len() - 1,
+            "the losers should all see InProgress: {claims:?}"
+        );
+        let Some(Claim::Acquired(lease)) = winners.first() else {
+            return Err("no winner".into());
+        };
+        ctx.complete(lease, &b"winner"[..]).await?;
+        let after = ctx.probe(&key).await?;
+        ensure!(
+            after == Claim::Completed((&b"winner"[..]).into()),
+            "after completion a repeat got {after:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// 200 keys, each raced by 4 claimers at once: exactly one winner per key.
+pub async fn exclusive_claim_many_keys(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "exclusive_claim_many_keys",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let keys = (0..200)
+                .map(|i| ctx.key(&format!("k{i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let claims = race(&ctx, &keys, 4).await?;
+            for (i, per_key) in claims.chunks(4).enumerate() {
+                let winners = per_key
+                    .iter()
+                    .filter(|c| matches!(c, Claim::Acquired(_)))
+                    .count();
+                ensure!(
+                    winners == 1,
+                    "key k{i}: {winners} of 4 racing claims acquired it: {per_key:?}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Claims every key `per_key` times at once, each by its own owner; results grouped by key.
+async fn race(
+    ctx: &Arc<Ctx>,
+    keys: &[idem_core::Key],
+    per_key: usize,
+) -> Result<Vec<Claim>, String> {
+    let barrier = Arc::new(Barrier::new(keys.len() * per_key));
+    let mut tasks = Vec::new();
+    for key in keys {
+        for _ in 0..per_key {
+            let request = ctx.request(key, LONG)?;
+            let (store, barrier) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                store.claim(&request).await
+            }));
+        }
+    }
+    let mut claims = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let claim = task
+            .await
+            .map_err(|e| format!("a claiming task panicked: {e}"))?;
+        claims.push(claim.map_err(|e| format!("a racing claim failed: {e:?}"))?);
+    }
+    Ok(claims)
+}
+
+/// A claim retried by the same owner (its first reply lost) gets the same lease back, not
+/// "in progress"; another owner still sees it in progress.
+pub async fn uncertain_claim(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("uncertain_claim", store, capabilities, |ctx| async move {
+        let key = ctx.key("retried")?;
+        let request = ctx.request(&key, LONG)?;
+        let first = ctx.acquire_with(&request).await?;
+        let again = ctx.claim(&request).await?;
+        ensure!(
+            again == Claim::Acquired(first.clone()),
+            "the same owner claiming again should get its lease {first:?} back, got {again:?}"
+        );
+        let other = ctx.probe(&key).await?;
+        ensure!(
+            matches!(other, Claim::InProgress { .. }),
+            "another owner should see InProgress, got {other:?}"
+        );
+        ctx.complete(&first, &b"ok"[..]).await?;
+        let after = ctx.claim(&request).await?;
+        ensure!(
+            after == Claim::Completed((&b"ok"[..]).into()),
+            "once completed, even the same owner gets the response, got {after:?}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,96 @@
+use idem_core::{Claim, ClaimRequest, Error, Fingerprint, Key, Lease};
+
+use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
+use crate::{Capabilities, CheckResult, Store};
+
+/// A claim with a different fingerprint gets FingerprintMismatch in every state (in progress,
+/// completed, failed) and changes nothing; the same fingerprint is answered as usual.
+pub async fn fingerprints(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("fingerprints", store, capabilities, |ctx| async move {
+        let original = Fingerprint::from_bytes(b"POST /transfers amount=100");
+
+        let key = ctx.key("in-progress")?;
+        let lease = acquire_with(&ctx, &key, Some(original)).await?;
+        expect_mismatches(&ctx, &key, Some(original)).await?;
+        let same = ctx.claim(&request(&ctx, &key, Some(original))?).await?;
+        ensure!(
+            matches!(same, Claim::InProgress { .. }),
+            "same fingerprint while in progress: expected InProgress, got {same:?}"
+        );
+        let record = ctx.read(&key).await?.ok_or("the claim vanished")?;
+        ensure!(
+            record.fingerprint == Some(original) && record.fencing == lease.fencing,
+            "a mismatched claim changed the record: {record:?}"
+        );
+        ctx.complete(&lease, &b"receipt"[..]).await?;
+        expect_mismatches(&ctx, &key, Some(original)).await?;
+        let replay = ctx.claim(&request(&ctx, &key, Some(original))?).await?;
+        ensure!(
+            replay == Claim::Completed((&b"receipt"[..]).into()),
+            "same fingerprint after completion: got {replay:?}"
+        );
+
+        let failed = ctx.key("failed")?;
+        let lease = acquire_with(&ctx, &failed, Some(original)).await?;
+        ctx.store
+            .fail(&lease, "declined".into(), ttl(RETENTION)?)
+            .await
+            .doing("fail")?;
+        expect_mismatches(&ctx, &failed, Some(original)).await?;
+        let replay = ctx.claim(&request(&ctx, &failed, Some(original))?).await?;
+        ensure!(
+            replay == Claim::Failed("declined".into()),
+            "same fingerprint after failure: got {replay:?}"
+        );
+
+        // No fingerprint is a fingerprint too: it does not match a stored one, nor the reverse.
+        let bare = ctx.key("without")?;
+        acquire_with(&ctx, &bare, None).await?;
+        expect_mismatches(&ctx, &bare, None).await?;
+        Ok(())
+    })
+    .await
+}
+
+fn request(ctx: &Ctx, key: &Key, fingerprint: Option<Fingerprint>) -> Result<ClaimRequest, String> {
+    Ok(ctx.request(key, LONG)?.with_fingerprint(fingerprint))
+}
+
+async fn acquire_with(
+    ctx: &Ctx,
+    key: &Key,
+    fingerprint: Option<Fingerprint>,
+) -> Result<Lease, String> {
+    ctx.acquire_with(&request(ctx, key, fingerprint)?).await
+}
+
+/// Every fingerprint other than `stored` (another digest, or none) is refused, and the
+/// record reads the same before and after.
+async fn expect_mismatches(
+    ctx: &Ctx,
+    key: &Key,
+    stored: Option<Fingerprint>,
+) -> Result<(), String> {
+    let before = ctx.read(key).await?;
+    let others = [
+        Some(Fingerprint::from_bytes(b"POST /transfers amount=999")),
+        None,
+        Some(Fingerprint::from_bytes(b"x")),
+    ];
+    for fingerprint in others.into_iter().filter(|f| *f != stored) {
+        let result = ctx.store.claim(&request(ctx, key, fingerprint)?).await;
+        ensure!(
+            matches!(result, Err(Error::FingerprintMismatch)),
+            "{key} stored with {stored:?}, claimed with {fingerprint:?}: expected FingerprintMismatch, got {result:?}"
+        );
+    }
+    let after = ctx.read(key).await?;
+    ensure!(
+        before
+            .as_ref()
+            .map(|r| (&r.state, r.fencing, r.fingerprint))
+            == after.as_ref().map(|r| (&r.state, r.fencing, r.fingerprint)),
+        "mismatched claims changed the record: {before:?} -> {after:?}"
+    );
+    Ok(())
+}

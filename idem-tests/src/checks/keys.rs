@@ -1,0 +1,99 @@
+use idem_core::{Claim, Key};
+
+use crate::context::{Ctx, Doing, LONG, ensure, run};
+use crate::{Capabilities, CheckResult, Store};
+
+/// The same key in two namespaces is two independent records.
+pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "namespace_isolation",
+        store,
+        capabilities,
+        |ctx| async move {
+            let left = Key::new(format!("{}.left", ctx.namespace), "order-1").doing("key")?;
+            let right = Key::new(format!("{}.right", ctx.namespace), "order-1").doing("key")?;
+            let left_lease = ctx.acquire(&left, LONG).await?;
+            let right_lease = ctx
+                .acquire(&right, LONG)
+                .await
+                .map_err(|e| format!("the same key in another namespace must be free: {e}"))?;
+            ctx.complete(&left_lease, &b"left"[..]).await?;
+            ctx.complete(&right_lease, &b"right"[..]).await?;
+            ensure!(
+                ctx.probe(&left).await? == Claim::Completed((&b"left"[..]).into()),
+                "left namespace replays another record"
+            );
+            ensure!(
+                ctx.probe(&right).await? == Claim::Completed((&b"right"[..]).into()),
+                "right namespace replays another record"
+            );
+            ctx.store.remove(&left).await.doing("remove")?;
+            ensure!(
+                ctx.read(&right).await?.is_some(),
+                "removing a key in one namespace removed it in another"
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Keys are stored exactly: keys that a careless encoding, collation, truncation or
+/// normalization would merge stay distinct.
+pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("key_fidelity", store, capabilities, |ctx| async move {
+        let ns = ctx.namespace.clone();
+        let long_a = format!("{}a", "k".repeat(254));
+        let long_b = format!("{}b", "k".repeat(254));
+        let groups: Vec<Vec<(String, String)>> = vec![
+            // A separator inside a part must not move the boundary between the parts.
+            vec![(format!("{ns}:x"), "y".into()), (ns.clone(), "x:y".into())],
+            // Case, trailing space, Unicode normalization and collation equivalence.
+            pairs(&ns, &["Key", "key", "KEY"]),
+            pairs(&ns, &["k", "k ", " k"]),
+            pairs(&ns, &["\u{e9}", "e\u{301}"]),
+            pairs(&ns, &["straße", "strasse"]),
+            // Keys of the maximum length that differ only in the last byte.
+            pairs(&ns, &[&long_a, &long_b]),
+            // Characters that are special somewhere: hash tags, wildcards, quotes, escapes.
+            pairs(&ns, &["{t}", "t", "{t", "t}"]),
+            pairs(&ns, &["a%", "a_", "a\\", "a'", "a\""]),
+        ];
+        for group in groups {
+            check_distinct(&ctx, &group).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn pairs(namespace: &str, ids: &[&str]) -> Vec<(String, String)> {
+    ids.iter()
+        .map(|id| (namespace.to_owned(), (*id).to_owned()))
+        .collect()
+}
+
+/// Completes every key of a group with its own payload, then checks each replays its own.
+async fn check_distinct(ctx: &Ctx, group: &[(String, String)]) -> Result<(), String> {
+    let keys = group
+        .iter()
+        .map(|(namespace, id)| Key::new(namespace.clone(), id.clone()).doing("key"))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, key) in keys.iter().enumerate() {
+        let lease = ctx.acquire(key, LONG).await.map_err(|e| {
+            format!(
+                "{key:?} should be a key of its own, distinct from {:?}: {e}",
+                &keys[..i]
+            )
+        })?;
+        ctx.complete(&lease, i.to_string().into_bytes()).await?;
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let replay = ctx.probe(key).await?;
+        ensure!(
+            replay == Claim::Completed(i.to_string().into_bytes().into()),
+            "{key:?} replayed another key's record: {replay:?}"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! What every check needs: a namespace of its own and short ways to drive the store.
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use idem_core::{Claim, ClaimRequest, Error, Key, Lease, Record, Ttl};
+
+use crate::{Capabilities, CheckFailure, CheckResult, Store};
+
+/// Fails the running check with a formatted message unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err(format!($($message)+));
+        }
+    };
+}
+pub(crate) use ensure;
+
+/// A lease long enough that nothing expires during a check that does not wait for expiry.
+pub(crate) const LONG: Duration = Duration::from_secs(30);
+/// Retention for records a check leaves behind: gone a minute later.
+pub(crate) const RETENTION: Duration = Duration::from_secs(60);
+
+/// A check's view of the store, inside its own namespace.
+pub(crate) struct Ctx {
+    pub(crate) store: Store,
+    pub(crate) caps: Capabilities,
+    pub(crate) namespace: String,
+}
+
+/// Runs a check body in a fresh namespace and names the check in its failure.
+pub(crate) async fn run<F, Fut>(
+    check: &'static str,
+    store: Store,
+    caps: Capabilities,
+    body: F,
+) -> CheckResult
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let namespace = format!("idem-tests.{check}.{}", uuid::Uuid::new_v4().simple());
+    body(Ctx {
+        store,
+        caps,
+        namespace,
+    })
+    .await
+    .map_err(|message| CheckFailure { check, message })
+}
+
+/// Turns a store error into a check failure that says what was being done.
+pub(crate) trait Doing<T> {
+    fn doing(self, what: &str) -> Result<T, String>;
+}
+
+impl<T> Doing<T> for Result<T, Error> {
+    fn doing(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: unexpected error {e:?}"))
+    }
+}
+
+pub(crate) fn ttl(duration: Duration) -> Result<Ttl, String> {
+    Ttl::new(duration).doing("building a TTL")
+}
+
+impl Ctx {
+    pub(crate) fn key(&self, id: &str) -> Result<Key, String> {
+        Key::new(self.namespace.clone(), id).doing("building a key")
+    }
+
+    /// A claim by a fresh owner.
+    pub(crate) fn request(&self, key: &Key, lease: Duration) -> Result<ClaimRequest, String> {
+        Ok(ClaimRequest::new(key.clone(), ttl(lease)?))
+    }
+
+    pub(crate) async fn claim(&self, request: &ClaimRequest) -> Result<Claim, String> {
+        self.store.claim(request).await.doing("claim")
+    }
+
+    /// Claims by a fresh owner and insists on acquiring.
+    pub(crate) async fn acquire(&self, key: &Key, lease: Duration) -> Result<Lease, String> {
+        let request = self.request(key, lease)?;
+        self.acquire_with(&request).await
+    }
+
+    pub(crate) async fn acquire_with(&self, request: &ClaimRequest) -> Result<Lease, String> {
+        match self.claim(request).await? {
+            Claim::Acquired(lease) => {
+                ensure!(
+                    lease.key == request.key && lease.owner == request.owner,
+                    "the lease names another key or owner: {lease:?} for {request:?}"
+                );
+                Ok(lease)
+            }
+            other => Err(format!(
+                "claiming {} expected Acquired, got {other:?}",
+                request.key
+            )),
+        }
+    }
+
+    /// What a fresh owner's claim finds.
+    pub(crate) async fn probe(&self, key: &Key) -> Result<Claim, String> {
+        self.claim(&self.request(key, LONG)?).await
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        lease: &Lease,
+        response: impl Into<Bytes>,
+    ) -> Result<(), String> {
+        let retention = ttl(RETENTION)?;
+        self.store
+            .complete(lease, response.into(), retention)
+            .await
+            .doing("complete")
+    }
+
+    pub(crate) async fn read(&self, key: &Key) -> Result<Option<Record>, String> {
+        self.store.read(key).await.doing("read")
+    }
+
+    pub(crate) fn short(&self) -> Duration {
+        self.caps.short_ttl
+    }
+
+    /// Sleeps until something given `short_ttl` to live has surely expired.
+    pub(crate) async fn outlive_short_ttl(&self) {
+        tokio::time::sleep(self.caps.short_ttl + self.caps.time_slack).await;
+    }
+}
+
+/// Insists that a store call failed with `LeaseLost`.
+pub(crate) fn expect_lease_lost<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, Error>,
+) -> Result<(), String> {
+    match result {
+        Err(Error::LeaseLost) => Ok(()),
+        other => Err(format!(
+            "{what} with a stale lease: expected LeaseLost, got {other:?}"
+        )),
+    }
+}

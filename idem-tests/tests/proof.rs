@@ -1,0 +1,75 @@
+//! The suite proves it can fail: every deliberately broken store is caught by the checks
+//! meant to catch it, every check catches something, and the correct store passes all.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use idem_memory::MemoryStore;
+use idem_tests::broken::Defect;
+use idem_tests::{CHECKS, Capabilities, Store, run_all};
+
+fn capabilities() -> Capabilities {
+    Capabilities::default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_defect_is_caught_by_its_checks() {
+    let max_payload = capabilities().max_payload;
+    let runs: Vec<_> = Defect::ALL
+        .iter()
+        .map(|defect| {
+            let store: Store = Arc::new(defect.store(max_payload));
+            (defect, tokio::spawn(run_all(store, capabilities())))
+        })
+        .collect();
+    let mut uncaught = Vec::new();
+    for (defect, run) in runs {
+        let failures = run.await.expect("the suite itself must not panic");
+        let failed: BTreeSet<_> = failures.iter().map(|f| f.check).collect();
+        for expected in defect.caught_by() {
+            if !failed.contains(expected) {
+                uncaught.push(format!(
+                    "{defect:?} passed `{expected}` (failed: {failed:?})"
+                ));
+            }
+        }
+    }
+    assert!(
+        uncaught.is_empty(),
+        "the suite missed defects:\n{}",
+        uncaught.join("\n")
+    );
+}
+
+#[test]
+fn every_check_is_proven_by_some_defect() {
+    let proven: BTreeSet<_> = Defect::ALL
+        .iter()
+        .flat_map(|d| d.caught_by().iter().copied())
+        .collect();
+    let unproven: Vec<_> = CHECKS
+        .iter()
+        .map(|c| c.name)
+        .filter(|name| !proven.contains(name))
+        .collect();
+    assert!(
+        unproven.is_empty(),
+        "checks no broken store proves able to fail: {unproven:?}"
+    );
+    for name in &proven {
+        assert!(
+            CHECKS.iter().any(|c| c.name == *name),
+            "caught_by names an unknown check `{name}`"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_memory_store_passes_every_check() {
+    let store: Store = Arc::new(MemoryStore::new().with_max_payload(capabilities().max_payload));
+    let failures = run_all(store, capabilities()).await;
+    assert!(
+        failures.is_empty(),
+        "the reference store fails: {failures:#?}"
+    );
+}
