@@ -156,6 +156,16 @@ pub enum InvalidInput {
         /// The longest TTL accepted.
         max: Duration,
     },
+    /// A token that is not in its generator's format (or empty, too long, or holds control
+    /// characters). Rejected before the store is asked.
+    #[error("malformed token: {reason}")]
+    MalformedToken {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A token that was already issued; the existing one was left untouched.
+    #[error("the token was already issued")]
+    DuplicateToken,
     /// A value, such as a setting, that is out of its range.
     #[error("{0}")]
     Other(&'static str),

@@ -72,7 +72,7 @@ impl fmt::Display for Key {
     }
 }
 
-fn validate(field: &'static str, value: &str) -> Result<(), InvalidInput> {
+pub(crate) fn validate(field: &'static str, value: &str) -> Result<(), InvalidInput> {
     if value.is_empty() {
         return Err(InvalidInput::Empty { field });
     }

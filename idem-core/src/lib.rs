@@ -93,6 +93,7 @@ pub mod lifecycle;
 mod record;
 mod retryable;
 mod store;
+mod token;
 mod ttl;
 
 pub use claim::{Claim, ClaimRequest};
@@ -105,6 +106,10 @@ pub use lease::{Lease, OwnerToken};
 pub use record::{Record, RecordState};
 pub use retryable::Retryable;
 pub use store::IdempotencyStore;
+pub use token::{
+    Consumption, MAX_TOKEN_LEN, Rejection, Scope, Token, TokenGenerator, TokenRecord, TokenStore,
+    Tokens, UuidV7Tokens,
+};
 pub use ttl::Ttl;
 
 /// Re-exported so stores implement the trait with matching versions.

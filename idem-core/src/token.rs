@@ -1,0 +1,358 @@
+//! One-time tokens: issue a token, then consume it exactly once.
+//!
+//! The flow, for forms and APIs whose clients can ask first:
+//!
+//! 1. before showing the form (or before a business call), the client asks for a token; the
+//!    server makes a globally unique, unguessable ID, stores it for the user's scope with a
+//!    TTL, and hands it out ([`Tokens::issue`]);
+//! 2. the business request carries the token;
+//! 3. the server consumes it ([`Tokens::consume`]): the check and the invalidation are one
+//!    atomic step in the store, so of any number of concurrent submissions exactly one is
+//!    [`Consumption::Consumed`] and runs the business;
+//! 4. every repeat is [`Consumption::Rejected`] with the reason, and gets the "already done"
+//!    answer.
+//!
+//! Pick tokens when the server must refuse requests it did not hand a ticket out for, and
+//! key-based idempotency ([`Idempotency`](crate::Idempotency)) when clients make their own
+//! keys and repeats should get the first response back. The two combine: use the token as
+//! the idempotency key ([`Token::key`]) and a repeat is answered with the stored response.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::error::{Error, InvalidInput};
+use crate::key::{self, Key};
+use crate::ttl::Ttl;
+
+/// The longest token accepted, in bytes.
+pub const MAX_TOKEN_LEN: usize = 128;
+
+/// A token in its generator's format. Made by [`Tokens::issue`] or [`Tokens::parse`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(String);
+
+impl Token {
+    /// The token's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The idempotency key of the request this token guards, in `namespace`: run the
+    /// request through [`Idempotency`](crate::Idempotency) under it, and a repeat with a used
+    /// token gets the stored response instead of a bare rejection.
+    pub fn key(&self, namespace: &str) -> Result<Key, Error> {
+        Key::new(namespace, self.0.clone())
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({:?})", self.0)
+    }
+}
+
+/// Whom a token belongs to: a user, a session or a tenant. A token issued for one scope is
+/// rejected for any other, without being used up.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(String);
+
+impl Scope {
+    /// Validates a scope: non-empty, at most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes, no
+    /// control characters.
+    pub fn new(scope: impl Into<String>) -> Result<Self, Error> {
+        let scope = scope.into();
+        key::validate("scope", &scope)?;
+        Ok(Self(scope))
+    }
+
+    /// The scope's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Scope({:?})", self.0)
+    }
+}
+
+/// What consuming a token found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consumption {
+    /// This call used the token up: run the business.
+    Consumed,
+    /// The token cannot be used: answer with the reason.
+    Rejected(Rejection),
+}
+
+/// Why a token was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Never issued, or expired.
+    Unknown,
+    /// Consumed before: a repeat of a request that already ran.
+    AlreadyUsed,
+    /// Issued for another scope. The token stays usable by its own scope.
+    WrongScope,
+}
+
+/// Makes token IDs. The default is [`UuidV7Tokens`]; plug in your own scheme (a Snowflake- or
+/// Leaf-style ID service, say) by implementing this.
+pub trait TokenGenerator: fmt::Debug + Send + Sync + 'static {
+    /// A new ID, unique across processes and machines, and unguessable.
+    fn generate(&self) -> String;
+
+    /// Whether `raw` is in this generator's format. Checked before any store is asked.
+    fn is_well_formed(&self, raw: &str) -> bool;
+}
+
+/// UUIDv7 tokens as 32 lowercase hex digits: time-ordered (kind to B-tree indexes) with 74
+/// random bits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UuidV7Tokens;
+
+impl TokenGenerator for UuidV7Tokens {
+    fn generate(&self) -> String {
+        Uuid::now_v7().simple().to_string()
+    }
+
+    fn is_well_formed(&self, raw: &str) -> bool {
+        raw.len() == 32
+            && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            && Uuid::try_parse(raw).is_ok_and(|uuid| uuid.get_version_num() == 7)
+    }
+}
+
+/// Where tokens live. Implement this to add a backend; `idem-tests` checks it.
+///
+/// Both operations are atomic per token. A consumed token is kept, marked used, until it
+/// expires, so a repeat is told [`Rejection::AlreadyUsed`] rather than
+/// [`Rejection::Unknown`].
+#[async_trait]
+pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
+    /// Stores a new token for `scope`, valid for `ttl`. A token already stored is left
+    /// untouched and the call fails with [`InvalidInput::DuplicateToken`].
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error>;
+
+    /// Uses the token up if it is live, unused and belongs to `scope`, in one atomic step.
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error>;
+}
+
+#[async_trait]
+impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        (**self).issue(token, scope, ttl).await
+    }
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        (**self).consume(token, scope).await
+    }
+}
+
+#[async_trait]
+impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        (**self).issue(token, scope, ttl).await
+    }
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        (**self).consume(token, scope).await
+    }
+}
+
+/// What a token store keeps per token, for stores that hold Rust values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Whom it was issued to.
+    pub scope: Scope,
+    /// Whether it was consumed.
+    pub used: bool,
+}
+
+impl TokenRecord {
+    /// The consume rule, once for every store that keeps [`TokenRecord`]s: answers what
+    /// consuming finds, and the record to write back when the token was used up.
+    pub fn consume(
+        current: Option<&TokenRecord>,
+        scope: &Scope,
+    ) -> (Consumption, Option<TokenRecord>) {
+        match current {
+            None => (Consumption::Rejected(Rejection::Unknown), None),
+            Some(record) if record.used => (Consumption::Rejected(Rejection::AlreadyUsed), None),
+            Some(record) if record.scope != *scope => {
+                (Consumption::Rejected(Rejection::WrongScope), None)
+            }
+            Some(record) => (
+                Consumption::Consumed,
+                Some(TokenRecord {
+                    scope: record.scope.clone(),
+                    used: true,
+                }),
+            ),
+        }
+    }
+}
+
+/// Issues and consumes tokens on a [`TokenStore`].
+///
+/// ```
+/// use idem_core::{Consumption, Rejection, Scope, Tokens};
+/// # use idem_core::{async_trait, Error, Token, TokenRecord, TokenStore, Ttl};
+/// # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<Token, TokenRecord>>);
+/// # #[async_trait] impl TokenStore for Store {
+/// #   async fn issue(&self, t: &Token, s: &Scope, _: Ttl) -> Result<(), Error> {
+/// #     self.0.lock().unwrap().insert(t.clone(), TokenRecord { scope: s.clone(), used: false }); Ok(()) }
+/// #   async fn consume(&self, t: &Token, s: &Scope) -> Result<Consumption, Error> {
+/// #     let mut map = self.0.lock().unwrap();
+/// #     let (answer, write) = TokenRecord::consume(map.get(t), s);
+/// #     if let Some(r) = write { map.insert(t.clone(), r); } Ok(answer) } }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let tokens = Tokens::new(Store::default()); // idem-memory's MemoryTokenStore, or Redis, MySQL
+/// let alice = Scope::new("user:alice")?;
+/// let token = tokens.issue(&alice).await?;      // handed to the client with the form
+///
+/// let first = tokens.consume(&alice, token.as_str()).await?;
+/// let repeat = tokens.consume(&alice, token.as_str()).await?;
+/// assert_eq!(first, Consumption::Consumed);     // run the business
+/// assert_eq!(repeat, Consumption::Rejected(Rejection::AlreadyUsed));
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct Tokens<S> {
+    store: S,
+    generator: Arc<dyn TokenGenerator>,
+    ttl: Ttl,
+}
+
+impl<S: TokenStore> Tokens<S> {
+    /// The default token lifetime: 30 minutes, time enough to fill in a form.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+
+    /// Tokens on `store`, made by [`UuidV7Tokens`], living [`Self::DEFAULT_TTL`].
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            generator: Arc::new(UuidV7Tokens),
+            ttl: Ttl::new(Self::DEFAULT_TTL)
+                .unwrap_or_else(|_| unreachable!("30 minutes is a valid TTL")),
+        }
+    }
+
+    /// Sets how long an issued token stays usable.
+    pub fn with_ttl(mut self, ttl: Duration) -> Result<Self, Error> {
+        self.ttl = Ttl::new(ttl)?;
+        Ok(self)
+    }
+
+    /// Makes tokens with another generator.
+    pub fn with_generator(mut self, generator: impl TokenGenerator) -> Self {
+        self.generator = Arc::new(generator);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Makes a token for `scope`, stores it and returns it for the client.
+    pub async fn issue(&self, scope: &Scope) -> Result<Token, Error> {
+        let token = self.parse(&self.generator.generate())?;
+        self.store.issue(&token, scope, self.ttl).await?;
+        Ok(token)
+    }
+
+    /// Checks that `raw` is a well-formed token, without asking the store.
+    pub fn parse(&self, raw: &str) -> Result<Token, Error> {
+        let reason = if raw.is_empty() {
+            Some("empty")
+        } else if raw.len() > MAX_TOKEN_LEN {
+            Some("longer than MAX_TOKEN_LEN")
+        } else if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            Some("holds whitespace or control characters")
+        } else if !self.generator.is_well_formed(raw) {
+            Some("not in the generator's format")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(InvalidInput::MalformedToken { reason }.into()),
+            None => Ok(Token(raw.to_owned())),
+        }
+    }
+
+    /// Uses up the token the client presented, if it is live, unused and belongs to `scope`.
+    /// A malformed token is [`InvalidInput::MalformedToken`], and the store is not asked.
+    pub async fn consume(&self, scope: &Scope, raw: &str) -> Result<Consumption, Error> {
+        let token = self.parse(raw)?;
+        self.store.consume(&token, scope).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v7_tokens_are_well_formed_and_distinct() {
+        let generator = UuidV7Tokens;
+        let tokens: std::collections::HashSet<_> =
+            (0..10_000).map(|_| generator.generate()).collect();
+        assert_eq!(tokens.len(), 10_000);
+        assert!(tokens.iter().all(|t| generator.is_well_formed(t)));
+    }
+
+    #[test]
+    fn other_formats_are_not_well_formed() {
+        let generator = UuidV7Tokens;
+        let v4 = Uuid::new_v4().simple().to_string();
+        let v7 = generator.generate();
+        assert!(!generator.is_well_formed(&v4), "a UUIDv4 is not a v7 token");
+        assert!(!generator.is_well_formed(&v7.to_uppercase()));
+        assert!(!generator.is_well_formed(&Uuid::now_v7().hyphenated().to_string()));
+        assert!(!generator.is_well_formed(&v7[..31]));
+    }
+
+    #[test]
+    fn consume_rule() {
+        let alice = Scope::new("alice").expect("valid");
+        let bob = Scope::new("bob").expect("valid");
+        let fresh = TokenRecord {
+            scope: alice.clone(),
+            used: false,
+        };
+        assert_eq!(
+            TokenRecord::consume(None, &alice).0,
+            Consumption::Rejected(Rejection::Unknown)
+        );
+        assert_eq!(
+            TokenRecord::consume(Some(&fresh), &bob),
+            (Consumption::Rejected(Rejection::WrongScope), None)
+        );
+        let (answer, write) = TokenRecord::consume(Some(&fresh), &alice);
+        assert_eq!(answer, Consumption::Consumed);
+        let used = write.expect("consuming writes the used mark");
+        assert!(used.used);
+        assert_eq!(
+            TokenRecord::consume(Some(&used), &alice).0,
+            Consumption::Rejected(Rejection::AlreadyUsed)
+        );
+    }
+
+    #[test]
+    fn scopes_are_validated() {
+        assert!(Scope::new("").is_err());
+        assert!(Scope::new("a\tb").is_err());
+        assert!(Scope::new("s".repeat(256)).is_err());
+    }
+}
