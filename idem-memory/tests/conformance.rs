@@ -16,3 +16,9 @@ idem_tests::conformance!(
         ..Default::default()
     }
 );
+
+async fn make_token_store() -> idem_memory::MemoryTokenStore {
+    idem_memory::MemoryTokenStore::new()
+}
+
+idem_tests::token_conformance!(make_token_store);

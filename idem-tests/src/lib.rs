@@ -47,14 +47,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_core::IdempotencyStore;
+use idem_core::{IdempotencyStore, TokenStore};
 
 pub mod broken;
 pub mod checks;
 mod context;
+pub mod token_checks;
 
 /// The store under test, shared by the tasks of a check.
 pub type Store = Arc<dyn IdempotencyStore>;
+
+/// The token store under test, shared by the tasks of a check.
+pub type SharedTokenStore = Arc<dyn TokenStore>;
 
 /// What a store declares about itself, so checks neither demand the impossible nor skip.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,33 +114,56 @@ pub type CheckResult = Result<(), CheckFailure>;
 pub type CheckFuture = Pin<Box<dyn Future<Output = CheckResult> + Send>>;
 
 /// A check as a value, to run the suite in a loop.
-#[derive(Clone, Copy)]
-pub struct Check {
+pub struct Check<S = Store> {
     /// The rule's name.
     pub name: &'static str,
     /// Runs the check.
-    pub run: fn(Store, Capabilities) -> CheckFuture,
+    pub run: fn(S, Capabilities) -> CheckFuture,
 }
 
-impl fmt::Debug for Check {
+impl<S> Clone for Check<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Check<S> {}
+
+impl<S> fmt::Debug for Check<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name)
     }
 }
 
-/// Stamps out one `#[test]` per check; see the crate docs.
+/// Stamps out one `#[test]` per check in a `conformance` module; see the crate docs.
 #[macro_export]
 macro_rules! conformance {
     ($factory:expr $(,)?) => {
         $crate::conformance!($factory, $crate::Capabilities::default());
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
-        $crate::__with_check_names!(__conformance_tests { ($factory) ($capabilities) });
+        $crate::__with_check_names!(__conformance_tests {
+            conformance run_check checks ($factory) ($capabilities)
+        });
     };
 }
 
-/// Calls back `$callback!` with the arguments given and the name of every check: the one
-/// list both [`CHECKS`] and [`conformance!`] are made from.
+/// Stamps out one `#[test]` per token check in a `token_conformance` module, for a
+/// [`TokenStore`]: `idem_tests::token_conformance!(make_token_store);`.
+#[macro_export]
+macro_rules! token_conformance {
+    ($factory:expr $(,)?) => {
+        $crate::token_conformance!($factory, $crate::Capabilities::default());
+    };
+    ($factory:expr, $capabilities:expr $(,)?) => {
+        $crate::__with_token_check_names!(__conformance_tests {
+            token_conformance run_token_check token_checks ($factory) ($capabilities)
+        });
+    };
+}
+
+/// Calls back `$callback!` with the arguments given and the name of every store check: the
+/// one list both [`CHECKS`] and [`conformance!`] are made from.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __with_check_names {
@@ -161,18 +188,34 @@ macro_rules! __with_check_names {
     };
 }
 
+/// The same for token checks: [`TOKEN_CHECKS`] and [`token_conformance!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __with_token_check_names {
+    ($callback:ident { $($args:tt)* }) => {
+        $crate::$callback! { [$($args)*]
+            exclusive_consume
+            token_expiry
+            scope_binding
+            malformed_tokens
+            issue_never_overwrites
+            distinct_tokens
+        }
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ([($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
+    ([$module:ident $runner:ident $checks:ident ($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
         /// The idem-tests conformance suite, one test per rule.
-        mod conformance {
+        mod $module {
             #[allow(unused_imports)]
             use super::*;
             $(
                 #[test]
                 fn $name() {
-                    $crate::run_check($crate::checks::$name, $factory, $capabilities);
+                    $crate::$runner($crate::$checks::$name, $factory, $capabilities);
                 }
             )*
         }
@@ -182,25 +225,44 @@ macro_rules! __conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __check_list {
-    ([] $($name:ident)*) => {
-        /// Every check of the suite, in order.
-        pub const CHECKS: &[$crate::Check] = &[$($crate::Check {
+    ([$list:ident $store:ty, $checks:ident, $doc:literal] $($name:ident)*) => {
+        #[doc = $doc]
+        pub const $list: &[$crate::Check<$store>] = &[$($crate::Check {
             name: stringify!($name),
-            run: |store, capabilities| Box::pin($crate::checks::$name(store, capabilities)),
+            run: |store, capabilities| Box::pin($crate::$checks::$name(store, capabilities)),
         }),*];
     };
 }
 
-__with_check_names!(__check_list {});
+__with_check_names!(__check_list { CHECKS Store, checks, "Every store check, in order." });
+__with_token_check_names!(__check_list {
+    TOKEN_CHECKS SharedTokenStore, token_checks, "Every token check, in order."
+});
 
-/// Runs every check against one store, concurrently; returns the failures.
+/// Runs every store check against one store, concurrently; returns the failures.
 pub async fn run_all(store: Store, capabilities: Capabilities) -> Vec<CheckFailure> {
-    let runs: Vec<_> = CHECKS
+    run_checks(CHECKS, store, capabilities).await
+}
+
+/// Runs every token check against one token store, concurrently; returns the failures.
+pub async fn run_all_tokens(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> Vec<CheckFailure> {
+    run_checks(TOKEN_CHECKS, store, capabilities).await
+}
+
+async fn run_checks<S: Clone + Send + 'static>(
+    checks: &[Check<S>],
+    store: S,
+    capabilities: Capabilities,
+) -> Vec<CheckFailure> {
+    let runs: Vec<_> = checks
         .iter()
-        .map(|check| tokio::spawn((check.run)(Arc::clone(&store), capabilities.clone())))
+        .map(|check| tokio::spawn((check.run)(store.clone(), capabilities.clone())))
         .collect();
     let mut failures = Vec::new();
-    for (check, run) in CHECKS.iter().zip(runs) {
+    for (check, run) in checks.iter().zip(runs) {
         match run.await {
             Ok(Ok(())) => {}
             Ok(Err(failure)) => failures.push(failure),
@@ -216,8 +278,8 @@ pub async fn run_all(store: Store, capabilities: Capabilities) -> Vec<CheckFailu
 /// The longest one check may take before it counts as hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs one check on a fresh multi-threaded runtime and panics with its failure. Used by
-/// [`conformance!`]; call it yourself to run a single check in a `#[test]`.
+/// Runs one store check on a fresh multi-threaded runtime and panics with its failure. Used
+/// by [`conformance!`]; call it yourself to run a single check in a `#[test]`.
 pub fn run_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
 where
     C: FnOnce(Store, Capabilities) -> CFut,
@@ -226,6 +288,28 @@ where
     FFut: Future<Output = S>,
     S: IdempotencyStore,
 {
+    block_on_check(async {
+        let store: Store = Arc::new(factory().await);
+        check(store, capabilities).await
+    });
+}
+
+/// Runs one token check, like [`run_check`]. Used by [`token_conformance!`].
+pub fn run_token_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
+where
+    C: FnOnce(SharedTokenStore, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+    S: TokenStore,
+{
+    block_on_check(async {
+        let store: SharedTokenStore = Arc::new(factory().await);
+        check(store, capabilities).await
+    });
+}
+
+fn block_on_check(check: impl Future<Output = CheckResult>) {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -234,11 +318,7 @@ where
         Ok(runtime) => runtime,
         Err(error) => panic!("could not start a Tokio runtime for the check: {error}"),
     };
-    let outcome = runtime.block_on(async {
-        let store: Store = Arc::new(factory().await);
-        tokio::time::timeout(CHECK_TIMEOUT, check(store, capabilities)).await
-    });
-    match outcome {
+    match runtime.block_on(async { tokio::time::timeout(CHECK_TIMEOUT, check).await }) {
         Ok(Ok(())) => {}
         Ok(Err(failure)) => panic!("{failure}"),
         Err(_) => panic!("the check did not finish within {CHECK_TIMEOUT:?}: a hung store call?"),

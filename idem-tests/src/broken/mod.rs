@@ -267,3 +267,5 @@ impl IdempotencyStore for BrokenStore {
         self.inner.remove(&self.key(key)?).await
     }
 }
+
+pub mod tokens;

@@ -1,0 +1,137 @@
+//! Token stores with one deliberate defect each, for the token checks' proof.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use idem_core::{Consumption, Error, InvalidInput, Scope, Token, TokenRecord, TokenStore, Ttl};
+
+/// One way a token store can be wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenDefect {
+    /// Consume checks, then marks in a second step: concurrent consumes both win.
+    CheckThenMark,
+    /// Consume ignores the scope: anyone's token works for anybody.
+    IgnoresScope,
+    /// A consume by the wrong scope uses the token up.
+    BurnsOnWrongScope,
+    /// Tokens never expire.
+    NeverExpires,
+    /// Issuing overwrites a token already issued.
+    Overwrites,
+}
+
+impl TokenDefect {
+    /// Every defect.
+    pub const ALL: &'static [TokenDefect] = &[
+        TokenDefect::CheckThenMark,
+        TokenDefect::IgnoresScope,
+        TokenDefect::BurnsOnWrongScope,
+        TokenDefect::NeverExpires,
+        TokenDefect::Overwrites,
+    ];
+
+    /// The token checks that must fail against this defect.
+    pub fn caught_by(self) -> &'static [&'static str] {
+        match self {
+            TokenDefect::CheckThenMark => &["exclusive_consume"],
+            TokenDefect::IgnoresScope => &["scope_binding"],
+            TokenDefect::BurnsOnWrongScope => &["scope_binding"],
+            TokenDefect::NeverExpires => &["token_expiry"],
+            TokenDefect::Overwrites => &["issue_never_overwrites"],
+        }
+    }
+
+    /// A store with this defect.
+    pub fn store(self) -> BrokenTokenStore {
+        BrokenTokenStore {
+            tokens: Mutex::default(),
+            defect: self,
+        }
+    }
+}
+
+/// A map-backed token store with one [`TokenDefect`].
+#[derive(Debug)]
+pub struct BrokenTokenStore {
+    tokens: Mutex<HashMap<Token, (TokenRecord, Instant)>>,
+    defect: TokenDefect,
+}
+
+impl BrokenTokenStore {
+    fn with_tokens<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<Token, (TokenRecord, Instant)>) -> T,
+    ) -> Result<T, Error> {
+        let mut tokens = self
+            .tokens
+            .lock()
+            .map_err(|_| Error::backend("a token map lock was poisoned"))?;
+        Ok(f(&mut tokens))
+    }
+
+    fn live(&self, token: &Token) -> Result<Option<TokenRecord>, Error> {
+        let never_expires = self.defect == TokenDefect::NeverExpires;
+        self.with_tokens(|tokens| {
+            tokens
+                .get(token)
+                .filter(|(_, deadline)| never_expires || *deadline > Instant::now())
+                .map(|(record, _)| record.clone())
+        })
+    }
+
+    fn write(&self, token: &Token, record: TokenRecord) -> Result<(), Error> {
+        self.with_tokens(|tokens| {
+            if let Some(entry) = tokens.get_mut(token) {
+                entry.0 = record;
+            }
+        })
+    }
+}
+
+#[async_trait]
+impl TokenStore for BrokenTokenStore {
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        let overwrite = self.defect == TokenDefect::Overwrites;
+        let live = self.live(token)?;
+        if live.is_some() && !overwrite {
+            return Err(InvalidInput::DuplicateToken.into());
+        }
+        let record = TokenRecord {
+            scope: scope.clone(),
+            used: false,
+        };
+        let deadline = Instant::now() + ttl.as_duration();
+        self.with_tokens(|tokens| tokens.insert(token.clone(), (record, deadline)))?;
+        Ok(())
+    }
+
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        let Some(record) = self.live(token)? else {
+            return Ok(TokenRecord::consume(None, scope).0);
+        };
+        let asked_as = match self.defect {
+            TokenDefect::IgnoresScope => record.scope.clone(),
+            _ => scope.clone(),
+        };
+        let (answer, write) = TokenRecord::consume(Some(&record), &asked_as);
+        if self.defect == TokenDefect::BurnsOnWrongScope && !record.used {
+            self.write(
+                token,
+                TokenRecord {
+                    used: true,
+                    ..record.clone()
+                },
+            )?;
+        }
+        if let Some(used) = write {
+            if self.defect == TokenDefect::CheckThenMark {
+                // The window between the check and the write that a single atomic step closes.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.write(token, used)?;
+        }
+        Ok(answer)
+    }
+}

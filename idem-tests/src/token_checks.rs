@@ -1,0 +1,301 @@
+//! The token flow's rules as checks, for every [`TokenStore`].
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use idem_core::{
+    Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
+    Ttl, UuidV7Tokens, async_trait,
+};
+use tokio::sync::Barrier;
+
+use crate::context::{Doing, ensure};
+use crate::{Capabilities, CheckFailure, CheckResult, SharedTokenStore};
+
+/// A check's tokens service and a scope of its own.
+struct Ctx {
+    tokens: Tokens<SharedTokenStore>,
+    caps: Capabilities,
+    scope: Scope,
+}
+
+async fn run<F, Fut>(
+    check: &'static str,
+    store: SharedTokenStore,
+    caps: Capabilities,
+    body: F,
+) -> CheckResult
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let scope = Scope::new(format!(
+        "idem-tests.{check}.{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let scope = scope.map_err(|e| CheckFailure {
+        check,
+        message: format!("scope: {e}"),
+    })?;
+    let ctx = Ctx {
+        tokens: Tokens::new(store),
+        caps,
+        scope,
+    };
+    body(ctx)
+        .await
+        .map_err(|message| CheckFailure { check, message })
+}
+
+impl Ctx {
+    fn other_scope(&self, suffix: &str) -> Result<Scope, String> {
+        Scope::new(format!("{}.{suffix}", self.scope.as_str())).doing("scope")
+    }
+
+    async fn consume(&self, scope: &Scope, token: &Token) -> Result<Consumption, String> {
+        self.tokens
+            .consume(scope, token.as_str())
+            .await
+            .doing("consume")
+    }
+}
+
+/// Of `capabilities.concurrency` concurrent consumes of one token, exactly one consumes it;
+/// the others are told it was already used.
+pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("exclusive_consume", store, capabilities, |ctx| async move {
+        let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+        let barrier = Arc::new(Barrier::new(ctx.caps.concurrency));
+        let ctx = Arc::new(ctx);
+        let tasks: Vec<_> = (0..ctx.caps.concurrency)
+            .map(|_| {
+                let (ctx, barrier, token) = (Arc::clone(&ctx), Arc::clone(&barrier), token.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    ctx.tokens.store().consume(&token, &ctx.scope).await
+                })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(
+                task.await
+                    .map_err(|e| format!("a consuming task panicked: {e}"))?
+                    .doing("consume")?,
+            );
+        }
+        let consumed = answers
+            .iter()
+            .filter(|a| **a == Consumption::Consumed)
+            .count();
+        let used = answers
+            .iter()
+            .filter(|a| **a == Consumption::Rejected(Rejection::AlreadyUsed))
+            .count();
+        ensure!(
+            consumed == 1,
+            "{consumed} of {} concurrent consumes used the token up",
+            answers.len()
+        );
+        ensure!(
+            used == answers.len() - 1,
+            "the others should be AlreadyUsed: {answers:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A token is usable within its TTL and unknown after it.
+pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("token_expiry", store, capabilities, |ctx| async move {
+        let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
+        let generator = UuidV7Tokens;
+        let store = ctx.tokens.store();
+        let fresh = ctx.tokens.parse(&generator.generate()).doing("parse")?;
+        let stale = ctx.tokens.parse(&generator.generate()).doing("parse")?;
+        store
+            .issue(&fresh, &ctx.scope, short)
+            .await
+            .doing("issue")?;
+        store
+            .issue(&stale, &ctx.scope, short)
+            .await
+            .doing("issue")?;
+        let now = ctx.consume(&ctx.scope, &fresh).await?;
+        ensure!(
+            now == Consumption::Consumed,
+            "a token within its TTL: expected Consumed, got {now:?}"
+        );
+        tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
+        let late = ctx.consume(&ctx.scope, &stale).await?;
+        ensure!(
+            late == Consumption::Rejected(Rejection::Unknown),
+            "a token past its TTL: expected Rejected(Unknown), got {late:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A token issued for one scope is rejected for another, and the attempt does not use it up.
+pub async fn scope_binding(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("scope_binding", store, capabilities, |ctx| async move {
+        let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+        let intruder = ctx.other_scope("intruder")?;
+        for attempt in 0..2 {
+            let answer = ctx.consume(&intruder, &token).await?;
+            ensure!(
+                answer == Consumption::Rejected(Rejection::WrongScope),
+                "attempt {attempt} by another scope: expected Rejected(WrongScope), got {answer:?}"
+            );
+        }
+        let owner = ctx.consume(&ctx.scope, &token).await?;
+        ensure!(
+            owner == Consumption::Consumed,
+            "after another scope tried, the owner got {owner:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Malformed tokens are refused with a typed error before the store is asked; a
+/// well-formed token never issued is unknown.
+pub async fn malformed_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("malformed_tokens", store, capabilities, |ctx| async move {
+        let counting = Arc::new(CountingStore {
+            inner: Arc::clone(ctx.tokens.store()),
+            calls: AtomicUsize::new(0),
+        });
+        let tokens = Tokens::new(Arc::clone(&counting));
+        let valid = UuidV7Tokens.generate();
+        let too_long = "a".repeat(idem_core::MAX_TOKEN_LEN + 1);
+        let malformed = [
+            String::new(),
+            too_long,
+            "not-a-token".to_owned(),
+            valid.to_uppercase(),
+            format!("{valid} "),
+            format!("{}\n", &valid[..31]),
+            uuid::Uuid::new_v4().simple().to_string(),
+        ];
+        for raw in &malformed {
+            let answer = tokens.consume(&ctx.scope, raw).await;
+            ensure!(
+                matches!(
+                    answer,
+                    Err(Error::InvalidInput(InvalidInput::MalformedToken { .. }))
+                ),
+                "consuming {raw:?}: expected MalformedToken, got {answer:?}"
+            );
+        }
+        ensure!(
+            counting.calls.load(Ordering::SeqCst) == 0,
+            "malformed tokens reached the store"
+        );
+        let unknown = tokens.consume(&ctx.scope, &valid).await.doing("consume")?;
+        ensure!(
+            unknown == Consumption::Rejected(Rejection::Unknown),
+            "a token never issued: got {unknown:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// 10,000 issued tokens are all distinct, and issuing never overwrites a live token.
+pub async fn issue_never_overwrites(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run(
+        "issue_never_overwrites",
+        store,
+        capabilities,
+        |ctx| async move {
+            let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+            let thief = ctx.other_scope("thief")?;
+            let ttl = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
+            let again = ctx.tokens.store().issue(&token, &thief, ttl).await;
+            ensure!(
+                matches!(
+                    again,
+                    Err(Error::InvalidInput(InvalidInput::DuplicateToken))
+                ),
+                "issuing a live token again: expected DuplicateToken, got {again:?}"
+            );
+            let owner = ctx.consume(&ctx.scope, &token).await?;
+            ensure!(
+                owner == Consumption::Consumed,
+                "the original owner lost its token to a second issue: {owner:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// 10,000 tokens issued (32 at a time) are all distinct, and all were stored.
+pub async fn distinct_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("distinct_tokens", store, capabilities, |ctx| async move {
+        let ctx = Arc::new(ctx);
+        let workers: Vec<_> = (0..32)
+            .map(|_| {
+                let ctx = Arc::clone(&ctx);
+                tokio::spawn(async move {
+                    let mut issued = Vec::with_capacity(313);
+                    for _ in 0..313 {
+                        issued.push(ctx.tokens.issue(&ctx.scope).await?);
+                    }
+                    Ok::<_, Error>(issued)
+                })
+            })
+            .collect();
+        let mut all = HashSet::new();
+        let mut count = 0;
+        for worker in workers {
+            let issued = worker
+                .await
+                .map_err(|e| format!("an issuing task panicked: {e}"))?
+                .doing("issue")?;
+            count += issued.len();
+            all.extend(issued);
+        }
+        ensure!(
+            all.len() == count && count >= 10_000,
+            "{count} tokens issued, {} distinct",
+            all.len()
+        );
+        let sample = all.iter().next().ok_or("no token issued")?;
+        let answer = ctx.consume(&ctx.scope, sample).await?;
+        ensure!(
+            answer == Consumption::Consumed,
+            "an issued token was not stored: {answer:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// Counts the calls that reach the store.
+#[derive(Debug)]
+struct CountingStore {
+    inner: SharedTokenStore,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl TokenStore for CountingStore {
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.issue(token, scope, ttl).await
+    }
+
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.consume(token, scope).await
+    }
+}
