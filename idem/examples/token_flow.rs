@@ -1,0 +1,82 @@
+//! The token flow on the in-memory store: the client asks for a token before it submits,
+//! the server consumes the token atomically and runs the business only if that succeeded.
+//!
+//! Run with `cargo run --example token_flow`.
+
+use idem::memory::MemoryTokenStore;
+use idem::{Consumption, Error, Idempotency, MemoryStore, Rejection, Retryable, Scope, Tokens};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Refused;
+
+impl Retryable for Refused {
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let tokens = Tokens::new(MemoryTokenStore::new());
+    let alice = Scope::new("user:alice")?;
+
+    // 1. The form is rendered with a fresh token.
+    let token = tokens.issue(&alice).await?;
+    println!("issued token {token}");
+
+    // 2. The user double-clicks "Place order": two submissions carry the same token.
+    for submission in 1..=2 {
+        match tokens.consume(&alice, token.as_str()).await? {
+            Consumption::Consumed => {
+                println!("submission {submission}: token consumed, order placed")
+            }
+            Consumption::Rejected(Rejection::AlreadyUsed) => {
+                println!(
+                    "submission {submission}: rejected, the token was already used (order already placed)"
+                )
+            }
+            Consumption::Rejected(reason) => {
+                println!("submission {submission}: rejected: {reason:?}")
+            }
+        }
+    }
+
+    // 3. Another user cannot spend Alice's token, and trying does not burn it.
+    let mallory = Scope::new("user:mallory")?;
+    let alices = tokens.issue(&alice).await?;
+    let stolen = tokens.consume(&mallory, alices.as_str()).await?;
+    println!("mallory presenting alice's token: {stolen:?}");
+    println!(
+        "alice presenting it after: {:?}",
+        tokens.consume(&alice, alices.as_str()).await?
+    );
+
+    // 4. Tokens and keys combine: with the token as the idempotency key, the repeat of a
+    //    request gets the first response back instead of a bare rejection.
+    let idem = Idempotency::new(MemoryStore::new());
+    let token = tokens.issue(&alice).await?;
+    let key = token.key("orders")?;
+    for submission in 1..=2 {
+        let outcome = idem
+            .execute_outcome(&key, None, || async {
+                match tokens.consume(&alice, token.as_str()).await {
+                    Ok(Consumption::Consumed) => Ok(Order { id: 1001 }),
+                    _ => Err(Refused),
+                }
+            })
+            .await?;
+        let how = if outcome.replayed {
+            "replayed"
+        } else {
+            "executed"
+        };
+        println!("keyed submission {submission}: {how}: {:?}", outcome.result);
+    }
+    Ok(())
+}
