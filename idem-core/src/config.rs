@@ -54,7 +54,7 @@ pub enum WaitPolicy {
     /// Poll with exponential backoff until the first request finishes, its lease lapses (then
     /// this caller takes over), or `timeout` passes (then [`Error::InProgress`]).
     Wait {
-        /// The longest a caller waits in all.
+        /// The longest a caller waits in all. `Duration::MAX` waits as long as it takes.
         timeout: Duration,
         /// The first pause between polls; it doubles up to `max_backoff`.
         initial_backoff: Duration,

@@ -261,7 +261,8 @@ impl<S: IdempotencyStore> Idempotency<S> {
         else {
             return self.store.claim(request).await;
         };
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to represent as an instant (`Duration::MAX`, say) never ends.
+        let deadline = Instant::now().checked_add(timeout);
         let mut backoff = initial_backoff;
         loop {
             let claim = self.store.claim(request).await?;
@@ -269,15 +270,17 @@ impl<S: IdempotencyStore> Idempotency<S> {
                 return Ok(claim);
             };
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(claim);
-            }
+            let left = match deadline {
+                Some(deadline) if now >= deadline => return Ok(claim),
+                Some(deadline) => deadline - now,
+                None => Duration::MAX,
+            };
             // Poll no later than the lease's end, so a crashed owner is taken over promptly.
             let pause = backoff
                 .min(retry_after.max(Duration::from_millis(1)))
-                .min(deadline - now);
+                .min(left);
             tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(max_backoff);
+            backoff = backoff.saturating_mul(2).min(max_backoff);
         }
     }
 
