@@ -320,65 +320,94 @@ impl<S: IdempotencyStore> Idempotency<S> {
         T: Serialize,
         E: Serialize + Retryable,
     {
-        let limit = self.settings.max_payload;
         match result {
-            Ok(value) => match serde_json::to_vec(value) {
-                Ok(bytes) if bytes.len() <= limit => {
-                    let retention = self.settings.success_retention;
-                    self.store
-                        .complete(lease, Bytes::from(bytes), retention)
-                        .await
-                }
-                Ok(bytes) => {
-                    tracing::warn!(size = bytes.len(), limit, "response too large to store");
-                    self.store_failure::<E>(
-                        lease,
-                        &StoredFailure::TooLarge {
-                            size: bytes.len(),
-                            limit,
-                        },
-                    )
-                    .await
-                }
-                Err(error) => {
-                    let reason = error.to_string();
-                    self.store_failure::<E>(lease, &StoredFailure::Unserializable { reason })
-                        .await
-                }
-            },
+            Ok(value) => self.store_success(lease, value).await,
             Err(error) if error.is_retryable() => self.store.release(lease).await,
             Err(error) => {
-                let envelope = StoredFailure::Operation(error);
-                self.store_failure::<&E>(lease, &envelope).await
+                self.store_failure(lease, &StoredFailure::Operation(error))
+                    .await
             }
         }
     }
 
+    /// Stores a success. One that cannot be stored, because it does not serialize or is over
+    /// the executor's or the store's limit, is recorded as a marker instead, so repeats get a
+    /// typed error rather than run the operation again.
+    async fn store_success<T: Serialize>(&self, lease: &Lease, value: &T) -> Result<(), Error> {
+        let bytes = match serde_json::to_vec(value) {
+            Ok(bytes) => bytes,
+            Err(error) => return self.store_unserializable(lease, &error).await,
+        };
+        let (size, limit) = (bytes.len(), self.settings.max_payload);
+        if size > limit {
+            return self.store_too_large(lease, size, limit).await;
+        }
+        let retention = self.settings.success_retention;
+        match self
+            .store
+            .complete(lease, Bytes::from(bytes), retention)
+            .await
+        {
+            Err(Error::PayloadTooLarge { size, limit }) => {
+                self.store_too_large(lease, size, limit).await
+            }
+            stored => stored,
+        }
+    }
+
+    /// Stores a permanent failure, or a marker when it cannot be stored (as for successes).
     async fn store_failure<E: Serialize>(
         &self,
         lease: &Lease,
         envelope: &StoredFailure<E>,
     ) -> Result<(), Error> {
-        let limit = self.settings.max_payload;
         let bytes = match serde_json::to_vec(envelope) {
-            Ok(bytes) if bytes.len() <= limit => bytes,
-            Ok(bytes) => encode_marker::<E>(StoredFailure::TooLarge {
-                size: bytes.len(),
-                limit,
-            }),
-            Err(error) => encode_marker::<E>(StoredFailure::Unserializable {
-                reason: error.to_string(),
-            }),
+            Ok(bytes) => bytes,
+            Err(error) => return self.store_unserializable(lease, &error).await,
         };
+        let (size, limit) = (bytes.len(), self.settings.max_payload);
+        if size > limit {
+            return self.store_too_large(lease, size, limit).await;
+        }
+        let retention = self.settings.failure_retention;
+        match self.store.fail(lease, Bytes::from(bytes), retention).await {
+            Err(Error::PayloadTooLarge { size, limit }) => {
+                self.store_too_large(lease, size, limit).await
+            }
+            stored => stored,
+        }
+    }
+
+    async fn store_too_large(&self, lease: &Lease, size: usize, limit: usize) -> Result<(), Error> {
+        tracing::warn!(
+            size,
+            limit,
+            "outcome too large to store; repeats get PayloadTooLarge"
+        );
+        self.store_marker(lease, &StoredFailure::TooLarge { size, limit })
+            .await
+    }
+
+    async fn store_unserializable(
+        &self,
+        lease: &Lease,
+        error: &serde_json::Error,
+    ) -> Result<(), Error> {
+        let reason = error.to_string();
+        self.store_marker(lease, &StoredFailure::Unserializable { reason })
+            .await
+    }
+
+    /// Stores an envelope that holds no operation error: a few dozen bytes that always
+    /// serialize, under any sane payload limit.
+    async fn store_marker(&self, lease: &Lease, marker: &StoredFailure<()>) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(marker).map_err(|e| Error::Serialization {
+            source: Box::new(e),
+        })?;
         self.store
             .fail(lease, Bytes::from(bytes), self.settings.failure_retention)
             .await
     }
-}
-
-/// Encodes an envelope that holds no `E`; it always serializes.
-fn encode_marker<E: Serialize>(marker: StoredFailure<E>) -> Vec<u8> {
-    serde_json::to_vec(&marker).unwrap_or_default()
 }
 
 fn replay_success<T: DeserializeOwned, E>(response: &[u8]) -> Result<Execution<T, E>, Error> {
