@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
@@ -411,22 +412,14 @@ impl<S: IdempotencyStore> Idempotency<S> {
 }
 
 fn replay_success<T: DeserializeOwned, E>(response: &[u8]) -> Result<Execution<T, E>, Error> {
-    let value = serde_json::from_slice(response).map_err(|e| {
-        Error::corrupt_with(
-            "the stored response does not decode as the expected type",
-            e,
-        )
-    })?;
     Ok(Execution {
-        result: Ok(value),
+        result: Ok(decode(response, "response")?),
         replayed: true,
     })
 }
 
 fn replay_failure<T, E: DeserializeOwned>(failure: &[u8]) -> Result<Execution<T, E>, Error> {
-    let envelope = serde_json::from_slice(failure).map_err(|e| {
-        Error::corrupt_with("the stored failure does not decode as the expected type", e)
-    })?;
+    let envelope = decode(failure, "failure")?;
     match envelope {
         StoredFailure::Operation(error) => Ok(Execution {
             result: Err(error),
@@ -437,6 +430,21 @@ fn replay_failure<T, E: DeserializeOwned>(failure: &[u8]) -> Result<Execution<T,
             source: reason.into(),
         }),
     }
+}
+
+/// Decodes a stored outcome. Bytes that are not JSON were never written by the executor: a
+/// corrupt record. JSON of another shape means the caller's type is not the one stored (it
+/// changed between deployments, or the key is shared by two operations): a serialization
+/// error, as [`Error::Serialization`] documents.
+fn decode<V: DeserializeOwned>(stored: &[u8], what: &str) -> Result<V, Error> {
+    serde_json::from_slice(stored).map_err(|error| match error.classify() {
+        Category::Data => Error::Serialization {
+            source: Box::new(error),
+        },
+        Category::Syntax | Category::Eof | Category::Io => {
+            Error::corrupt_with(format!("the stored {what} is not JSON"), error)
+        }
+    })
 }
 
 fn outcome_label<T, E>(result: &Result<Execution<T, E>, Error>) -> &'static str {
