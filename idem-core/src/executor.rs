@@ -202,14 +202,19 @@ impl<S: IdempotencyStore> Idempotency<S> {
             fencing = field::Empty,
             elapsed_us = field::Empty,
         );
-        let started = Instant::now();
-        let result = self
-            .run(key, fingerprint, operation)
-            .instrument(span.clone())
-            .await;
-        span.record("outcome", outcome_label(&result));
-        span.record("elapsed_us", started.elapsed().as_micros() as u64);
-        result
+        // The fields are recorded inside the instrumented future, while the span is open and
+        // entered: subscribers that finish a span on its last exit see them too.
+        async {
+            let started = Instant::now();
+            let result = self.run(key, fingerprint, operation).await;
+            let span = tracing::Span::current();
+            span.record("outcome", outcome_label(&result));
+            let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            span.record("elapsed_us", elapsed_us);
+            result
+        }
+        .instrument(span)
+        .await
     }
 
     async fn run<T, E, F, Fut>(
