@@ -1,0 +1,910 @@
+//! The `Idempotency` executor proven on `MemoryStore`, rule by rule (issue 2's "done when").
+//!
+//! Real time with short leases: `MemoryStore` reads `std::time::Instant`, so paused Tokio
+//! time would not move its clock. Margins are generous because CI boxes are busy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Config, Error, ExecuteError, Execution, Fingerprint, Idempotency,
+    IdempotencyStore, InvalidInput, Key, Lease, RecordState, Retryable, Ttl, WaitPolicy,
+};
+use idem_memory::MemoryStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep};
+
+/// An operation's error: `Transient` is retried, `Permanent` is stored and replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum OpError {
+    Transient(String),
+    Permanent(String),
+}
+
+impl Retryable for OpError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+type Outcome<T> = Result<T, ExecuteError<OpError>>;
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+fn key(id: &str) -> Key {
+    Key::new("executor-tests", id).expect("valid key")
+}
+
+fn config(lease: Duration, wait: WaitPolicy) -> Config {
+    Config {
+        lease_ttl: lease,
+        wait,
+        ..Config::default()
+    }
+}
+
+fn executor(config: Config) -> Idempotency<MemoryStore> {
+    Idempotency::with_config(MemoryStore::new(), config).expect("valid config")
+}
+
+fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+fn count(runs: &AtomicUsize) -> usize {
+    runs.load(Ordering::SeqCst)
+}
+
+/// An execute whose operation counts its run and returns `value` at once.
+async fn run_counted<T>(
+    idem: &Idempotency<MemoryStore>,
+    key: &Key,
+    runs: &AtomicUsize,
+    value: T,
+) -> Result<Execution<T, OpError>, Error>
+where
+    T: Serialize + serde::de::DeserializeOwned,
+{
+    idem.execute_outcome(key, None, || async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok(value)
+    })
+    .await
+}
+
+/// Starts a call whose operation holds the key for `hold`, and returns once it runs.
+async fn start_slow_call(
+    idem: &Idempotency<MemoryStore>,
+    key: &Key,
+    hold: Duration,
+    value: u64,
+    runs: &Arc<AtomicUsize>,
+) -> JoinHandle<Outcome<u64>> {
+    let (started_tx, started_rx) = oneshot::channel();
+    let (idem, key, runs) = (idem.clone(), key.clone(), Arc::clone(runs));
+    let call = tokio::spawn(async move {
+        idem.execute(&key, None, move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _ = started_tx.send(());
+            sleep(hold).await;
+            Ok(value)
+        })
+        .await
+    });
+    started_rx.await.expect("the slow operation started");
+    call
+}
+
+/// Waits until the store reports the key free, failing after `within`.
+async fn await_free(store: &MemoryStore, key: &Key, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        match store.read(key).await.expect("read") {
+            None => return,
+            Some(record) if Instant::now() >= deadline => {
+                panic!("the key is still held after {within:?}: {record:?}")
+            }
+            Some(_) => sleep(ms(10)).await,
+        }
+    }
+}
+
+fn expect_in_progress<T: std::fmt::Debug>(outcome: Outcome<T>) -> Duration {
+    match outcome {
+        Err(ExecuteError::Idempotency(Error::InProgress { retry_after })) => retry_after,
+        other => panic!("expected InProgress, got {other:?}"),
+    }
+}
+
+// 1. One key, 100 concurrent waiting callers: one run, one value for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hundred_concurrent_calls_run_the_operation_once() {
+    let idem = executor(config(ms(5_000), WaitPolicy::wait(ms(20_000))));
+    let key = key("concurrent");
+    let runs = counter();
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let calls: Vec<_> = (0..100u64)
+        .map(|caller| {
+            let (idem, key, runs, barrier) = (
+                idem.clone(),
+                key.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&barrier),
+            );
+            tokio::spawn(async move {
+                barrier.wait().await;
+                idem.execute(&key, None, || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    sleep(ms(200)).await;
+                    Ok::<_, OpError>(format!("made by caller {caller}"))
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for call in calls {
+        values.push(
+            call.await
+                .expect("no panic")
+                .expect("every caller gets the value"),
+        );
+    }
+    assert_eq!(count(&runs), 1, "the operation ran more than once");
+    assert!(
+        values.iter().all(|v| v == &values[0]),
+        "callers got different values: {values:?}"
+    );
+}
+
+// 2. A retryable failure releases the key: the next call runs again.
+#[tokio::test]
+async fn retryable_failure_reruns_on_the_next_call() {
+    let idem = executor(Config::default());
+    let key = key("retryable");
+    let runs = counter();
+    let first: Outcome<String> = idem
+        .execute(&key, None, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err(OpError::Transient("provider timeout".into()))
+        })
+        .await;
+    assert!(matches!(
+        first,
+        Err(ExecuteError::Operation(OpError::Transient(_)))
+    ));
+    assert_eq!(idem.store().read(&key).await.expect("read"), None);
+
+    let second = run_counted(&idem, &key, &runs, "second".to_string()).await;
+    assert_eq!(second.expect("runs").result, Ok("second".to_string()));
+    assert_eq!(count(&runs), 2);
+
+    let third = run_counted(&idem, &key, &runs, "third".to_string()).await;
+    let third = third.expect("replays");
+    assert_eq!(
+        (third.result, third.replayed),
+        (Ok("second".to_string()), true)
+    );
+    assert_eq!(count(&runs), 2);
+}
+
+// 3. A permanent failure is stored and replayed, not rerun.
+#[tokio::test]
+async fn permanent_failure_replays_without_rerunning() {
+    let idem = executor(Config::default());
+    let key = key("permanent");
+    let runs = counter();
+    let declined = OpError::Permanent("card declined".into());
+    let first: Execution<u64, OpError> = idem
+        .execute_outcome(&key, None, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Err(declined.clone())
+        })
+        .await
+        .expect("the operation ran");
+    assert_eq!(
+        (first.result, first.replayed),
+        (Err(declined.clone()), false)
+    );
+
+    let repeat = run_counted(&idem, &key, &runs, 7u64)
+        .await
+        .expect("replays");
+    assert_eq!(
+        (repeat.result, repeat.replayed),
+        (Err(declined.clone()), true)
+    );
+    let via_execute: Outcome<u64> = idem.execute(&key, None, || async { Ok(8) }).await;
+    assert!(matches!(via_execute, Err(ExecuteError::Operation(e)) if e == declined));
+    assert_eq!(count(&runs), 1);
+}
+
+// 4a. Fail fast: a repeat during the first run gets InProgress with the lease's time left.
+#[tokio::test]
+async fn fail_fast_reports_in_progress_with_retry_after() {
+    let lease = ms(2_000);
+    let idem = executor(config(lease, WaitPolicy::FailFast));
+    let key = key("fail-fast");
+    let runs = counter();
+    let first = start_slow_call(&idem, &key, ms(500), 11, &runs).await;
+
+    let retry_after = expect_in_progress(idem.execute(&key, None, || async { Ok(12u64) }).await);
+    assert!(
+        !retry_after.is_zero() && retry_after <= lease,
+        "retry_after {retry_after:?} is not within (0, {lease:?}]"
+    );
+    assert_eq!(first.await.expect("no panic").expect("first value"), 11);
+    assert_eq!(count(&runs), 1);
+    let after = run_counted(&idem, &key, &runs, 13u64)
+        .await
+        .expect("replay");
+    assert_eq!((after.result, after.replayed), (Ok(11), true));
+}
+
+// 4b. Wait mode: a repeat waits for the first run and gets its value without running.
+#[tokio::test]
+async fn wait_mode_returns_the_first_value_without_running() {
+    let idem = executor(config(ms(2_000), WaitPolicy::wait(ms(10_000))));
+    let key = key("wait");
+    let runs = counter();
+    let first = start_slow_call(&idem, &key, ms(400), 21, &runs).await;
+
+    let repeat = run_counted(&idem, &key, &runs, 22u64)
+        .await
+        .expect("waited");
+    assert_eq!((repeat.result, repeat.replayed), (Ok(21), true));
+    assert_eq!(first.await.expect("no panic").expect("first value"), 21);
+    assert_eq!(count(&runs), 1);
+}
+
+// 4c. Wait mode with a timeout shorter than the operation gives up with InProgress.
+#[tokio::test]
+async fn wait_mode_times_out_with_in_progress() {
+    let timeout = ms(300);
+    let idem = executor(config(ms(3_000), WaitPolicy::wait(timeout)));
+    let key = key("wait-timeout");
+    let runs = counter();
+    let finished = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = oneshot::channel();
+    let first = tokio::spawn({
+        let (idem, key, runs, finished) = (
+            idem.clone(),
+            key.clone(),
+            Arc::clone(&runs),
+            Arc::clone(&finished),
+        );
+        async move {
+            idem.execute(&key, None, move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let _ = started_tx.send(());
+                sleep(ms(2_500)).await;
+                finished.store(true, Ordering::SeqCst);
+                Ok::<_, OpError>(31u64)
+            })
+            .await
+        }
+    });
+    started_rx.await.expect("started");
+
+    let began = Instant::now();
+    let waited = idem.execute(&key, None, || async { Ok(32u64) }).await;
+    let elapsed = began.elapsed();
+    expect_in_progress(waited);
+    assert!(
+        elapsed >= timeout,
+        "gave up after {elapsed:?}, before the timeout"
+    );
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the waiter waited for the operation instead of timing out"
+    );
+    assert_eq!(first.await.expect("no panic").expect("first value"), 31);
+    assert_eq!(count(&runs), 1);
+}
+
+// 5. An operation slower than three lease TTLs keeps its key through renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_operation_keeps_its_lease() {
+    let lease = ms(600);
+    let idem = executor(config(lease, WaitPolicy::FailFast));
+    let key = key("renewed");
+    let runs = counter();
+    let first = start_slow_call(&idem, &key, lease * 3 + ms(400), 41, &runs).await;
+
+    let intruder_runs = counter();
+    let mut refused = 0;
+    while !first.is_finished() {
+        let poll = run_counted(&idem, &key, &intruder_runs, 42u64).await;
+        match poll {
+            Err(Error::InProgress { retry_after }) => {
+                assert!(retry_after <= lease);
+                refused += 1;
+            }
+            // Only once the first run has finished and stored its value.
+            Ok(Execution {
+                result: Ok(41),
+                replayed: true,
+            }) => {}
+            other => panic!("a repeat during the slow run got {other:?}"),
+        }
+        sleep(ms(50)).await;
+    }
+    assert_eq!(
+        count(&intruder_runs),
+        0,
+        "a repeat took over a renewed lease"
+    );
+    assert!(
+        refused > 10,
+        "only {refused} repeats were polled during the slow run"
+    );
+    assert_eq!(first.await.expect("no panic").expect("stored value"), 41);
+    let replay = run_counted(&idem, &key, &runs, 43u64)
+        .await
+        .expect("replay");
+    assert_eq!((replay.result, replay.replayed), (Ok(41), true));
+    assert_eq!(count(&runs), 1);
+}
+
+// 6a. A panicking operation frees its key at once (the drop guard), well before its lease ends.
+#[tokio::test]
+async fn panicking_operation_frees_the_key() {
+    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
+    let key = key("panic");
+    let runs = counter();
+    let panicked = tokio::spawn({
+        let (idem, key, runs) = (idem.clone(), key.clone(), Arc::clone(&runs));
+        async move {
+            idem.execute(&key, None, || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                if count(&runs) > 0 {
+                    panic!("the operation panics (expected by this test)");
+                }
+                Ok::<u64, OpError>(0)
+            })
+            .await
+        }
+    });
+    assert!(panicked.await.expect_err("the task panicked").is_panic());
+
+    await_free(idem.store(), &key, ms(5_000)).await;
+    let next = run_counted(&idem, &key, &runs, 51u64).await.expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(51), false));
+    assert_eq!(count(&runs), 2);
+}
+
+// 6b. A dropped (cancelled) execute future frees its key.
+#[tokio::test]
+async fn cancelled_execution_frees_the_key() {
+    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
+    let key = key("cancelled");
+    let runs = counter();
+    let cancelled = tokio::time::timeout(
+        ms(100),
+        idem.execute(&key, None, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            sleep(ms(30_000)).await;
+            Ok::<u64, OpError>(0)
+        }),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the operation should still have been running"
+    );
+
+    await_free(idem.store(), &key, ms(5_000)).await;
+    let next = run_counted(&idem, &key, &runs, 61u64).await.expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(61), false));
+    assert_eq!(count(&runs), 2);
+}
+
+// 7. A fingerprint mismatch is rejected and leaves the stored record as it was.
+#[tokio::test]
+async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
+    let idem = executor(Config::default());
+    let key = key("fingerprint");
+    let runs = counter();
+    let original = Some(Fingerprint::of(&("order-1", 100)).expect("fingerprint"));
+    let other = Some(Fingerprint::of(&("order-1", 999)).expect("fingerprint"));
+    let stored: u64 = idem
+        .execute(&key, original, || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, OpError>(71)
+        })
+        .await
+        .expect("runs");
+    assert_eq!(stored, 71);
+    let before = idem
+        .store()
+        .read(&key)
+        .await
+        .expect("read")
+        .expect("stored");
+
+    for fingerprint in [other, None] {
+        let outcome: Outcome<u64> = idem
+            .execute(&key, fingerprint, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(72)
+            })
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ExecuteError::Idempotency(Error::FingerprintMismatch))
+            ),
+            "got {outcome:?}"
+        );
+    }
+    let after = idem
+        .store()
+        .read(&key)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(
+        (&after.state, after.fencing, after.fingerprint),
+        (&before.state, before.fencing, before.fingerprint)
+    );
+    assert_eq!(count(&runs), 1);
+}
+
+// 8a. At the store: a lapsed lease taken over by another owner cannot finish the key.
+#[tokio::test]
+async fn stale_lease_cannot_complete() {
+    let store = MemoryStore::new();
+    let key = key("stale-store");
+    let short = Ttl::from_millis(100).expect("ttl");
+    let Claim::Acquired(stale) = store
+        .claim(&ClaimRequest::new(key.clone(), short))
+        .await
+        .expect("claim")
+    else {
+        panic!("a fresh key is acquired");
+    };
+    sleep(ms(400)).await;
+    let long = Ttl::from_secs(30).expect("ttl");
+    let Claim::Acquired(current) = store
+        .claim(&ClaimRequest::new(key.clone(), long))
+        .await
+        .expect("claim")
+    else {
+        panic!("a lapsed lease is taken over");
+    };
+    assert!(current.fencing > stale.fencing);
+
+    let retention = Ttl::from_secs(60).expect("ttl");
+    let stale_complete = store
+        .complete(&stale, Bytes::from_static(b"1"), retention)
+        .await;
+    assert!(matches!(stale_complete, Err(Error::LeaseLost)));
+    let stale_fail = store
+        .fail(&stale, Bytes::from_static(b"1"), retention)
+        .await;
+    assert!(matches!(stale_fail, Err(Error::LeaseLost)));
+    assert!(matches!(
+        store.renew(&stale, long).await,
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(store.release(&stale).await, Err(Error::LeaseLost)));
+    assert_claimed_by(&store, &key, &current).await;
+}
+
+async fn assert_claimed_by(store: &MemoryStore, key: &Key, lease: &Lease) {
+    let record = store.read(key).await.expect("read").expect("claimed");
+    assert_eq!(
+        (record.state, record.fencing),
+        (RecordState::Claimed { owner: lease.owner }, lease.fencing)
+    );
+}
+
+// 8b. Through the executor: a run whose lease was taken over gets LeaseLost and stores nothing.
+#[tokio::test]
+async fn taken_over_execution_gets_lease_lost() {
+    let store = MemoryStore::new();
+    let idem = Idempotency::with_config(store.clone(), config(ms(5_000), WaitPolicy::FailFast))
+        .expect("valid config");
+    let key = key("stale-executor");
+    let usurper = Arc::new(Mutex::new(None));
+    let outcome: Outcome<String> = idem
+        .execute(&key, None, || async {
+            assert!(store.remove(&key).await.expect("remove"));
+            let request = ClaimRequest::new(key.clone(), Ttl::from_secs(30).expect("ttl"));
+            let Claim::Acquired(lease) = store.claim(&request).await.expect("claim") else {
+                panic!("a removed key is free");
+            };
+            *usurper.lock().expect("lock") = Some(lease);
+            Ok("from the stale owner".to_string())
+        })
+        .await;
+    assert!(
+        matches!(outcome, Err(ExecuteError::Idempotency(Error::LeaseLost))),
+        "got {outcome:?}"
+    );
+    let usurper = usurper.lock().expect("lock").take().expect("claimed");
+    assert_claimed_by(&store, &key, &usurper).await;
+}
+
+// 9. A response over Config::max_payload: the first caller gets it, repeats get
+// PayloadTooLarge, and the operation never reruns.
+#[tokio::test]
+async fn oversized_response_is_returned_once_then_reported() {
+    let idem = executor(Config {
+        max_payload: 64,
+        ..Config::default()
+    });
+    let runs = counter();
+    let big = "x".repeat(1_000);
+    let key = key("too-large");
+    let first = run_counted(&idem, &key, &runs, big.clone())
+        .await
+        .expect("runs");
+    assert_eq!((first.result, first.replayed), (Ok(big.clone()), false));
+    for _ in 0..2 {
+        let repeat = run_counted(&idem, &key, &runs, big.clone()).await;
+        assert!(
+            matches!(repeat, Err(Error::PayloadTooLarge { size, limit: 64 }) if size > 1_000),
+            "got {repeat:?}"
+        );
+    }
+    assert_eq!(count(&runs), 1);
+
+    let failure_key = self::key("too-large-failure");
+    let huge = OpError::Permanent("y".repeat(1_000));
+    let first: Outcome<u64> = idem
+        .execute(&failure_key, None, || async { Err(huge.clone()) })
+        .await;
+    assert!(matches!(first, Err(ExecuteError::Operation(e)) if e == huge));
+    let repeat = run_counted(&idem, &failure_key, &runs, 0u64).await;
+    assert!(
+        matches!(repeat, Err(Error::PayloadTooLarge { limit: 64, .. })),
+        "got {repeat:?}"
+    );
+    assert_eq!(count(&runs), 1);
+}
+
+// 9b. The same when the store's own payload limit is the smaller one.
+#[tokio::test]
+async fn response_over_the_store_limit_is_returned_once_then_reported() {
+    let store = MemoryStore::new().with_max_payload(64);
+    let idem = Idempotency::with_config(store, Config::default()).expect("valid config");
+    let runs = counter();
+    let big = "z".repeat(1_000);
+    let key = key("too-large-for-store");
+    let first = run_counted(&idem, &key, &runs, big.clone())
+        .await
+        .expect("runs");
+    assert_eq!((first.result, first.replayed), (Ok(big.clone()), false));
+    let repeat = run_counted(&idem, &key, &runs, big).await;
+    assert!(
+        matches!(repeat, Err(Error::PayloadTooLarge { size, limit: 64 }) if size > 1_000),
+        "got {repeat:?}"
+    );
+    assert_eq!(count(&runs), 1);
+}
+
+// 10. Invalid settings are rejected up front.
+#[test]
+fn invalid_config_is_rejected() {
+    let zero = Duration::ZERO;
+    let bad = [
+        Config {
+            lease_ttl: zero,
+            ..Config::default()
+        },
+        Config {
+            lease_ttl: Ttl::MAX + ms(1),
+            ..Config::default()
+        },
+        Config {
+            success_retention: zero,
+            ..Config::default()
+        },
+        Config {
+            failure_retention: zero,
+            ..Config::default()
+        },
+        config(
+            ms(1_000),
+            WaitPolicy::Wait {
+                timeout: ms(100),
+                initial_backoff: zero,
+                max_backoff: ms(10),
+            },
+        ),
+        config(
+            ms(1_000),
+            WaitPolicy::Wait {
+                timeout: ms(100),
+                initial_backoff: ms(20),
+                max_backoff: ms(10),
+            },
+        ),
+    ];
+    for config in bad {
+        let built = Idempotency::with_config(MemoryStore::new(), config.clone());
+        assert!(
+            matches!(built, Err(Error::InvalidInput(_))),
+            "{config:?} was accepted"
+        );
+    }
+    let zero_lease =
+        Idempotency::with_config(MemoryStore::new(), config(zero, WaitPolicy::FailFast));
+    assert!(matches!(
+        zero_lease,
+        Err(Error::InvalidInput(InvalidInput::ZeroTtl))
+    ));
+    assert!(Idempotency::with_config(MemoryStore::new(), Config::default()).is_ok());
+}
+
+// 10b. Huge but valid wait settings mean "wait as long as it takes", never an overflow.
+#[tokio::test]
+async fn unbounded_wait_settings_do_not_overflow() {
+    let forever = WaitPolicy::Wait {
+        timeout: Duration::MAX,
+        initial_backoff: Duration::MAX,
+        max_backoff: Duration::MAX,
+    };
+    let idem = executor(config(ms(300), forever));
+    let key = key("forever");
+    let runs = counter();
+    let first = start_slow_call(&idem, &key, ms(100), 81, &runs).await;
+    let repeat = run_counted(&idem, &key, &runs, 82u64)
+        .await
+        .expect("waited");
+    assert_eq!(repeat.result, Ok(81));
+    assert_eq!(first.await.expect("no panic").expect("first value"), 81);
+    assert_eq!(count(&runs), 1);
+}
+
+// 12a. A stored success is decoded into the caller's type.
+#[tokio::test]
+async fn replay_decodes_into_the_callers_type() {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Receipt {
+        charge_id: u64,
+        lines: Vec<String>,
+        note: Option<String>,
+    }
+    let idem = executor(Config::default());
+    let key = key("typed");
+    let runs = counter();
+    let receipt = Receipt {
+        charge_id: 77,
+        lines: vec!["a".into(), "ü🙂".into()],
+        note: None,
+    };
+    let first = run_counted(&idem, &key, &runs, receipt.clone())
+        .await
+        .expect("runs");
+    assert_eq!(first.result, Ok(receipt.clone()));
+    let other = Receipt {
+        charge_id: 0,
+        lines: vec![],
+        note: Some("never".into()),
+    };
+    let replay = run_counted(&idem, &key, &runs, other)
+        .await
+        .expect("replays");
+    assert_eq!((replay.result, replay.replayed), (Ok(receipt), true));
+
+    // Asking for another type is a typed error, not a panic and not a rerun.
+    let wrong_type = run_counted(&idem, &key, &runs, 5u64).await;
+    assert!(
+        matches!(wrong_type, Err(Error::Serialization { .. })),
+        "got {wrong_type:?}"
+    );
+    assert_eq!(count(&runs), 1);
+}
+
+// 12b. Garbage in the store is a CorruptRecord from execute.
+#[tokio::test]
+async fn stored_garbage_is_a_corrupt_record() {
+    let idem = executor(Config::default());
+    let store = idem.store();
+    let runs = counter();
+    let retention = Ttl::from_secs(60).expect("ttl");
+    for (id, completed) in [("garbage-completed", true), ("garbage-failed", false)] {
+        let key = key(id);
+        let request = ClaimRequest::new(key.clone(), Ttl::from_secs(30).expect("ttl"));
+        let Claim::Acquired(lease) = store.claim(&request).await.expect("claim") else {
+            panic!("a fresh key is acquired");
+        };
+        let garbage = Bytes::from_static(b"\xff\x00 not json {");
+        if completed {
+            store
+                .complete(&lease, garbage, retention)
+                .await
+                .expect("complete");
+        } else {
+            store.fail(&lease, garbage, retention).await.expect("fail");
+        }
+        let outcome: Outcome<u64> = idem
+            .execute(&key, None, || async {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(1)
+            })
+            .await;
+        assert!(
+            matches!(
+                outcome,
+                Err(ExecuteError::Idempotency(Error::CorruptRecord { .. }))
+            ),
+            "{id}: got {outcome:?}"
+        );
+    }
+    assert_eq!(count(&runs), 0);
+}
+
+// 11. Tracing: one "idem.execute" span per execution, with the namespace and the outcome,
+// recorded while the span is open, and no payloads anywhere.
+mod tracing_capture {
+    use super::*;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    type Fields = BTreeMap<String, String>;
+
+    #[derive(Debug, Clone)]
+    struct SpanSeen {
+        name: &'static str,
+        fields: Fields,
+    }
+
+    #[derive(Default, Clone)]
+    struct Capture {
+        open: Arc<Mutex<HashMap<u64, SpanSeen>>>,
+        closed: Arc<Mutex<Vec<SpanSeen>>>,
+        events: Arc<Mutex<Vec<Fields>>>,
+    }
+
+    struct Collect<'a>(&'a mut Fields);
+
+    impl Visit for Collect<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .insert(field.name().to_string(), format!("{value:?}"));
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_string(), value.to_string());
+        }
+    }
+
+    impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+            let mut fields = Fields::new();
+            attrs.record(&mut Collect(&mut fields));
+            let name = attrs.metadata().name();
+            let seen = SpanSeen { name, fields };
+            self.open.lock().expect("lock").insert(id.into_u64(), seen);
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            if let Some(span) = self.open.lock().expect("lock").get_mut(&id.into_u64()) {
+                values.record(&mut Collect(&mut span.fields));
+            }
+        }
+
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            let mut fields = Fields::new();
+            event.record(&mut Collect(&mut fields));
+            self.events.lock().expect("lock").push(fields);
+        }
+
+        fn on_close(&self, id: Id, _: Context<'_, S>) {
+            if let Some(span) = self.open.lock().expect("lock").remove(&id.into_u64()) {
+                self.closed.lock().expect("lock").push(span);
+            }
+        }
+    }
+
+    const NAMESPACE: &str = "traced";
+    const SECRET: &str = "SECRET-PAYLOAD-5f1d";
+
+    fn traced_key(id: &str) -> Key {
+        Key::new(NAMESPACE, id).expect("valid key")
+    }
+
+    /// Produces one execution of each outcome.
+    async fn run_every_outcome() {
+        let store = MemoryStore::new();
+        let idem = Idempotency::with_config(store.clone(), config(ms(5_000), WaitPolicy::FailFast))
+            .expect("valid config");
+        let runs = counter();
+        let done = traced_key("done");
+        let fingerprint = Some(Fingerprint::from_bytes(SECRET.as_bytes()));
+        let secret = || async { Ok::<_, OpError>(SECRET.to_string()) };
+        idem.execute(&done, fingerprint, secret)
+            .await
+            .expect("executed");
+        idem.execute(&done, fingerprint, secret)
+            .await
+            .expect("replayed");
+        let mismatch = idem.execute(&done, None, secret).await;
+        assert!(matches!(
+            mismatch,
+            Err(ExecuteError::Idempotency(Error::FingerprintMismatch))
+        ));
+
+        let busy = traced_key("busy");
+        let first = start_slow_call(&idem, &busy, ms(200), 1, &runs).await;
+        expect_in_progress(idem.execute(&busy, None, || async { Ok(2u64) }).await);
+        first.await.expect("no panic").expect("executed");
+
+        let stolen = traced_key("stolen");
+        let lost: Outcome<String> = idem
+            .execute(&stolen, None, || async {
+                store.remove(&stolen).await.expect("remove");
+                let request = ClaimRequest::new(stolen.clone(), Ttl::from_secs(30).expect("ttl"));
+                store.claim(&request).await.expect("claim");
+                Ok(SECRET.to_string())
+            })
+            .await;
+        assert!(matches!(
+            lost,
+            Err(ExecuteError::Idempotency(Error::LeaseLost))
+        ));
+    }
+
+    #[tokio::test]
+    async fn execute_spans_carry_namespace_and_outcome_but_no_payload() {
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        {
+            let _default = tracing::subscriber::set_default(subscriber);
+            run_every_outcome().await;
+        }
+        let closed = capture.closed.lock().expect("lock").clone();
+        let executions: Vec<_> = closed.iter().filter(|s| s.name == "idem.execute").collect();
+        let mut outcomes: Vec<_> = executions
+            .iter()
+            .map(|s| {
+                s.fields
+                    .get("outcome")
+                    .map(String::as_str)
+                    .unwrap_or("<unrecorded>")
+            })
+            .collect();
+        outcomes.sort_unstable();
+        assert_eq!(
+            outcomes,
+            [
+                "executed",
+                "executed",
+                "in_progress",
+                "lease_lost",
+                "mismatch",
+                "replayed"
+            ],
+            "spans: {executions:?}"
+        );
+        for span in &executions {
+            assert_eq!(
+                span.fields.get("namespace").map(String::as_str),
+                Some(NAMESPACE)
+            );
+        }
+        let events = capture.events.lock().expect("lock").clone();
+        let all_values = closed
+            .iter()
+            .flat_map(|s| s.fields.values())
+            .chain(events.iter().flat_map(|e| e.values()));
+        for value in all_values {
+            assert!(
+                !value.contains(SECRET),
+                "a payload reached tracing: {value}"
+            );
+        }
+    }
+}
