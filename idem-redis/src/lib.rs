@@ -1,1 +1,111 @@
-//! placeholder
+//! # idem-redis
+//!
+//! The Redis store of [idem](https://docs.rs/idem): idempotency records in Redis (or any
+//! server speaking its protocol and Lua, such as Valkey), shared by every process that
+//! connects to it. Pick it when several instances of a service must agree on one key and
+//! the records may live in memory for hours; pick `idem-mysql` when they must survive a
+//! server restart with your data, and `idem-memory` for a single process.
+//!
+//! ```no_run
+//! use idem_core::{ExecuteError, Idempotency, Key, Fingerprint, Retryable};
+//! use idem_redis::RedisStore;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug)]
+//! struct Receipt { charge_id: u64 }
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug)]
+//! enum ChargeError { Declined }
+//! impl Retryable for ChargeError {
+//!     fn is_retryable(&self) -> bool { false }
+//! }
+//!
+//! # async fn charge() -> Result<Receipt, ChargeError> { Ok(Receipt { charge_id: 7 }) }
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::builder()
+//!     .prefix("billing:idem:")
+//!     .connect("redis://127.0.0.1:6379")
+//!     .await?;
+//! store.load_scripts().await?; // optional: even the first calls take one round trip
+//! let idem = Idempotency::new(store);
+//!
+//! let key = Key::new("charges", "order-1042")?;
+//! let fingerprint = Some(Fingerprint::of(&("order-1042", 4_999))?);
+//! // Runs `charge` once across every process using this Redis; repeats get its receipt.
+//! match idem.execute(&key, fingerprint, || charge()).await {
+//!     Ok(receipt) => println!("charged: {receipt:?}"),
+//!     Err(ExecuteError::Operation(declined)) => println!("declined: {declined:?}"),
+//!     // In progress elsewhere, reused key, Redis unavailable, ...
+//!     Err(ExecuteError::Idempotency(err)) => return Err(err.into()),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The store is cheap to clone and shared across tasks. Build it from a URL
+//! ([`RedisStore::connect`]), a [`redis::Client`] ([`RedisStore::from_client`]) or a
+//! [`redis::aio::ConnectionManager`] you already have ([`RedisStore::from_manager`]);
+//! [`RedisStore::builder`] sets the key prefix, payload limit and timeouts. The `redis`
+//! crate is re-exported as [`redis`], so versions always match.
+//!
+//! ## How it works
+//!
+//! - **One round trip, atomic.** Every call (claim, complete, fail, renew, release, read,
+//!   remove) is one Lua script run by `EVALSHA`: Redis runs it without interleaving any
+//!   other command, so the compare-and-set on owner token and fencing number cannot race.
+//!   A repeated claim gets the stored response in the same reply. Scripts are loaded on
+//!   the first `NOSCRIPT` (or up front by [`RedisStore::load_scripts`]).
+//! - **Redis's clock.** Lease and retention deadlines are computed in the scripts from
+//!   `TIME` and enforced with key TTLs (`PX`), so application clocks never matter and no
+//!   sweeper is needed.
+//! - **Fencing.** Each acquisition gets a larger fencing number than the last while Redis
+//!   remembers the key: for its retention once finished, and for
+//!   [`trace_ttl`](idem_core::lifecycle::trace_ttl) (the longer of the lease TTL and 60 s)
+//!   after a lease ends by expiry or release.
+//! - **Keys.** An idem key lives under `prefix{tag}`, where the tag is
+//!   [`Key::encoded`](idem_core::Key::encoded) with `%`, `{` and `}` percent-escaped:
+//!   distinct keys never collide, whatever characters they hold, and each one is a hash tag
+//!   of its own, so the store works on Redis Cluster.
+//! - **Records.** One binary string per key, version 1, big-endian: `version u8 | phase u8
+//!   | fencing u64 | expires_at u64 (ms)`, then for a claim `fingerprint flag u8 [32
+//!   bytes] | owner 16 bytes | trace TTL u64` (the lease ends at `expires_at` minus the
+//!   trace TTL), for a finished key `fingerprint flag u8 [32
+//!   bytes] | payload` (the bytes exactly as given), and nothing for a released key. A value
+//!   that does not decode, or a Redis type other than a string, is
+//!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord);
+//!   [`remove`](idem_core::IdempotencyStore::remove) deletes it.
+//!
+//! ## Errors and outages
+//!
+//! A server that cannot be reached, times out, is loading, failing over, busy or out of
+//! memory gives [`Error::Unavailable`](idem_core::Error::Unavailable), with the
+//! [`redis::RedisError`] as its source; other server errors give
+//! [`Error::Backend`](idem_core::Error::Backend). No call waits longer than the connection
+//! timeout plus the response timeout. The connection reconnects by itself: once the server
+//! is back, the same store works again.
+//!
+//! The builder checks its settings before it connects:
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use idem_redis::RedisStore;
+//!
+//! let braces = RedisStore::builder().prefix("app{1}:").connect("redis://127.0.0.1:6379").await;
+//! assert!(matches!(braces, Err(idem_core::Error::InvalidInput(_))));
+//! # });
+//! ```
+#![deny(missing_docs)]
+
+mod builder;
+mod errors;
+mod keys;
+mod reply;
+mod scripts;
+mod store;
+
+pub use builder::RedisStoreBuilder;
+pub use reply::UnexpectedReply;
+pub use store::RedisStore;
+
+/// The `redis` crate this store is built on, to build a [`redis::Client`] or a
+/// [`redis::aio::ConnectionManager`] of the matching version.
+pub use redis;

@@ -1,0 +1,67 @@
+//! Redis errors sorted into idem's: worth retrying later, or not.
+
+use std::io;
+use std::time::Duration;
+
+use idem_core::Error;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+/// [`Error::Unavailable`] for what may pass (no connection, timeouts, a server loading,
+/// failing over, busy or out of memory); [`Error::Backend`] for the rest (permissions,
+/// authentication, a bad URL, script errors). The Redis error is kept as the source.
+pub(crate) fn from_redis(err: RedisError) -> Error {
+    if is_transient(&err) {
+        Error::unavailable(err)
+    } else {
+        Error::backend(err)
+    }
+}
+
+fn is_transient(err: &RedisError) -> bool {
+    if err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+    {
+        return true;
+    }
+    match err.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => true,
+        _ => matches!(err.code(), Some("BUSY" | "OOM")),
+    }
+}
+
+/// The error of a call that outlived the store's deadline, as Redis's own timeouts report.
+pub(crate) fn deadline_passed(deadline: Duration) -> Error {
+    Error::unavailable(RedisError::from(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no reply from Redis within {deadline:?}"),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_transient() {
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(matches!(from_redis(refused), Error::Unavailable { .. }));
+        assert!(matches!(
+            deadline_passed(Duration::from_secs(1)),
+            Error::Unavailable { .. }
+        ));
+    }
+
+    #[test]
+    fn configuration_errors_are_not() {
+        let bad_url = RedisError::from((ErrorKind::InvalidClientConfig, "bad URL"));
+        assert!(matches!(from_redis(bad_url), Error::Backend { .. }));
+    }
+}
