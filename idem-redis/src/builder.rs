@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::errors::{deadline_passed, from_redis};
 use crate::keys::validate_prefix;
-use crate::store::RedisStore;
+use crate::store::{RedisConnection, RedisStore};
 
 /// Builds a [`RedisStore`]: key prefix, payload limit and timeouts, then a connection.
 ///
@@ -111,15 +111,18 @@ impl RedisStoreBuilder {
         self.build(manager)
     }
 
-    /// Uses a [`ConnectionManager`] the application already has; clones of it share one
-    /// multiplexed connection. Its own reconnect and timeout settings apply; on top of
-    /// them, every store call is bounded by this builder's connection timeout plus
+    /// Uses a connection the application already has: a [`ConnectionManager`] (clones of it
+    /// share one multiplexed connection), a
+    /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection), or a Redis Cluster
+    /// connection (the `redis` crate's `cluster-async` feature): every key one call touches
+    /// is in one hash slot. The connection's own reconnect and timeout settings apply; on
+    /// top of them, every store call is bounded by this builder's connection timeout plus
     /// response timeout.
-    pub fn build(self, manager: ConnectionManager) -> Result<RedisStore, Error> {
+    pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisStore<C>, Error> {
         validate_prefix(&self.prefix)?;
         let deadline = self.deadline();
         Ok(RedisStore::from_parts(
-            manager,
+            connection,
             self.prefix,
             self.max_payload,
             deadline,

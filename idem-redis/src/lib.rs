@@ -43,8 +43,10 @@
 //!
 //! The store is cheap to clone and shared across tasks. Build it from a URL
 //! ([`RedisStore::connect`]), a [`redis::Client`] ([`RedisStore::from_client`]) or a
-//! [`redis::aio::ConnectionManager`] you already have ([`RedisStore::from_manager`]);
-//! [`RedisStore::builder`] sets the key prefix, payload limit and timeouts. The `redis`
+//! [`redis::aio::ConnectionManager`] you already have ([`RedisStore::from_manager`]), or
+//! any other [`RedisConnection`], a Redis Cluster one included
+//! ([`RedisStoreBuilder::build`]); [`RedisStore::builder`] sets the key prefix, payload
+//! limit and timeouts. The `redis`
 //! crate is re-exported as [`redis`], so versions always match.
 //!
 //! ## How it works
@@ -104,7 +106,7 @@ mod store;
 
 pub use builder::RedisStoreBuilder;
 pub use reply::UnexpectedReply;
-pub use store::RedisStore;
+pub use store::{RedisConnection, RedisStore};
 
 /// The `redis` crate this store is built on, to build a [`redis::Client`] or a
 /// [`redis::aio::ConnectionManager`] of the matching version.

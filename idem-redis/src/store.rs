@@ -8,7 +8,7 @@ use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
     async_trait, check_payload, lifecycle,
 };
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Client, ScriptInvocation, Value};
 
 use crate::builder::RedisStoreBuilder;
@@ -19,15 +19,37 @@ use crate::scripts::{MAX_EXACT, PHASE_CLAIMED, PHASE_COMPLETED, PHASE_FAILED, SC
 
 /// The Redis [`IdempotencyStore`]. Cloning is cheap: clones share one multiplexed
 /// connection, which any number of tasks use at once.
-#[derive(Clone)]
-pub struct RedisStore {
-    connection: ConnectionManager,
+///
+/// It runs on a [`ConnectionManager`] (the default: one multiplexed connection that
+/// reconnects by itself) or on any other [`RedisConnection`], such as a
+/// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) or, with the `redis`
+/// crate's `cluster-async` feature, a Redis Cluster connection; see
+/// [`RedisStoreBuilder::build`].
+pub struct RedisStore<C = ConnectionManager> {
+    connection: C,
     prefix: Arc<str>,
     max_payload: usize,
     deadline: Duration,
 }
 
-impl fmt::Debug for RedisStore {
+/// The connections a [`RedisStore`] runs on: any async Redis connection that can be cloned
+/// and shared across tasks.
+pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
+
+impl<C: Clone> Clone for RedisStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            connection: self.connection.clone(),
+            prefix: Arc::clone(&self.prefix),
+            max_payload: self.max_payload,
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
@@ -71,9 +93,11 @@ impl RedisStore {
             Self::DEFAULT_CONNECTION_TIMEOUT.saturating_add(Self::DEFAULT_RESPONSE_TIMEOUT),
         )
     }
+}
 
+impl<C: RedisConnection> RedisStore<C> {
     pub(crate) fn from_parts(
-        connection: ConnectionManager,
+        connection: C,
         prefix: String,
         max_payload: usize,
         deadline: Duration,
@@ -178,7 +202,7 @@ impl RedisStore {
 }
 
 #[async_trait]
-impl IdempotencyStore for RedisStore {
+impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         let fingerprint: &[u8] = match &request.fingerprint {
             Some(fingerprint) => fingerprint.as_bytes(),

@@ -62,13 +62,23 @@ pub fn ttl_ms(millis: u64) -> Ttl {
 /// when the test fails).
 pub struct RedisServer {
     pub port: u16,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server with more command-line options.
+    pub fn start_with(extra_args: Vec<String>) -> Self {
         let port = free_port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port,
+            extra_args,
+            child: None,
+        };
         server.restart();
         server
     }
@@ -83,6 +93,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -120,7 +131,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("a bound address").port()
 }
