@@ -46,8 +46,8 @@
 //! [`redis::aio::ConnectionManager`] you already have ([`RedisStore::from_manager`]), or
 //! any other [`RedisConnection`], a Redis Cluster one included
 //! ([`RedisStoreBuilder::build`]); [`RedisStore::builder`] sets the key prefix, payload
-//! limit and timeouts. The `redis`
-//! crate is re-exported as [`redis`], so versions always match.
+//! limit and timeouts. The `redis` crate is re-exported as [`redis`], so versions always
+//! match.
 //!
 //! ## How it works
 //!
@@ -70,9 +70,9 @@
 //! - **Records.** One binary string per key, version 1, big-endian: `version u8 | phase u8
 //!   | fencing u64 | expires_at u64 (ms)`, then for a claim `fingerprint flag u8 [32
 //!   bytes] | owner 16 bytes | trace TTL u64` (the lease ends at `expires_at` minus the
-//!   trace TTL), for a finished key `fingerprint flag u8 [32
-//!   bytes] | payload` (the bytes exactly as given), and nothing for a released key. A value
-//!   that does not decode, or a Redis type other than a string, is
+//!   trace TTL), for a finished key `fingerprint flag u8 [32 bytes] | payload` (the bytes
+//!   exactly as given), and nothing for a released key. A value that does not decode, or a
+//!   Redis type other than a string, is
 //!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord);
 //!   [`remove`](idem_core::IdempotencyStore::remove) deletes it.
 //!
