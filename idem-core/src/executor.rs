@@ -177,7 +177,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
     {
-        self.execute_with_lease(key, fingerprint, |_| operation())
+        self.execute_traced(key, fingerprint, |_: &Lease| operation())
             .await
     }
 
@@ -191,6 +191,24 @@ impl<S: IdempotencyStore> Idempotency<S> {
     ) -> Result<Execution<T, E>, Error>
     where
         F: FnOnce(Lease) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        self.execute_traced(key, fingerprint, |lease: &Lease| operation(lease.clone()))
+            .await
+    }
+
+    /// Runs in a span; the operation borrows the lease, so only callers that want it
+    /// pay for a copy.
+    async fn execute_traced<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Result<Execution<T, E>, Error>
+    where
+        F: FnOnce(&Lease) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
@@ -224,7 +242,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         operation: F,
     ) -> Result<Execution<T, E>, Error>
     where
-        F: FnOnce(Lease) -> Fut,
+        F: FnOnce(&Lease) -> Fut,
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
@@ -244,10 +262,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
         tracing::Span::current().record("fencing", lease.fencing);
 
         let guard = ReleaseOnDrop {
-            store: Arc::clone(&self.store),
-            lease: Some(lease.clone()),
+            store: &self.store,
+            lease: &lease,
+            armed: true,
         };
-        let result = self.run_renewing(&lease, operation(lease.clone())).await;
+        let result = self.run_renewing(&lease, operation(&lease)).await;
         let recorded = self.record(&lease, &result).await;
         guard.disarm();
         recorded?;
@@ -328,7 +347,14 @@ impl<S: IdempotencyStore> Idempotency<S> {
     {
         match result {
             Ok(value) => self.store_success(lease, value).await,
-            Err(error) if error.is_retryable() => self.store.release(lease).await,
+            Err(error) if error.is_retryable() => {
+                // The caller gets its operation's error either way; a failed release only
+                // means the key frees itself when the lease runs out.
+                if let Err(release) = self.store.release(lease).await {
+                    tracing::warn!(error = %release, "releasing after a retryable failure failed; the lease will expire");
+                }
+                Ok(())
+            }
             Err(error) => {
                 self.store_failure(lease, &StoredFailure::Operation(error))
                     .await
@@ -465,29 +491,34 @@ fn outcome_label<T, E>(result: &Result<Execution<T, E>, Error>) -> &'static str 
 
 /// Releases the lease if the operation never finished: its future was dropped, or it
 /// panicked (drops run while unwinding).
-struct ReleaseOnDrop<S: IdempotencyStore> {
-    store: Arc<S>,
-    lease: Option<Lease>,
+///
+/// It borrows the store and lease and copies them only when it has to release: the happy
+/// path pays nothing for it.
+struct ReleaseOnDrop<'a, S: IdempotencyStore> {
+    store: &'a Arc<S>,
+    lease: &'a Lease,
+    armed: bool,
 }
 
-impl<S: IdempotencyStore> ReleaseOnDrop<S> {
+impl<S: IdempotencyStore> ReleaseOnDrop<'_, S> {
     fn disarm(mut self) {
-        self.lease = None;
+        self.armed = false;
     }
 }
 
-impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
+impl<S: IdempotencyStore> Drop for ReleaseOnDrop<'_, S> {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        if !self.armed {
             return;
-        };
+        }
+        let lease = self.lease.clone();
         tracing::warn!(
             namespace = lease.key.namespace(),
             "operation cancelled or panicked; releasing its key"
         );
         // Without a runtime the lease simply runs out.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
+            let store = Arc::clone(self.store);
             runtime.spawn(async move {
                 if let Err(error) = store.release(&lease).await {
                     tracing::debug!(%error, "releasing an abandoned lease failed; it will expire");
