@@ -1,7 +1,6 @@
 //! The in-memory [`IdempotencyStore`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use idem_core::lifecycle::{self, Entry, Phase, Step, Write};
@@ -22,7 +21,6 @@ const ENTRY_OVERHEAD: u64 = 160;
 pub struct MemoryStore {
     cache: Cache<Key, Arc<Entry>>,
     origin: Instant,
-    held_bytes: Arc<AtomicU64>,
     capacity: u64,
     max_payload: usize,
 }
@@ -66,19 +64,14 @@ impl MemoryStore {
     /// for what happens when full).
     pub fn with_capacity(capacity: u64) -> Self {
         let origin = Instant::now();
-        let held_bytes = Arc::new(AtomicU64::new(0));
-        let released = Arc::clone(&held_bytes);
         let cache = Cache::builder()
             .expire_after(EntryExpiry { origin })
-            // Every value leaving the cache (expired, removed, replaced) gives its bytes back.
-            .eviction_listener(move |key: Arc<Key>, entry: Arc<Entry>, _cause| {
-                released.fetch_sub(weight(&key, &entry), Ordering::Relaxed);
-            })
+            // No max_capacity: moka only keeps the weighted size, it never evicts by it.
+            .weigher(|key: &Key, entry: &Arc<Entry>| weight(key, entry))
             .build();
         Self {
             cache,
             origin,
-            held_bytes,
             capacity,
             max_payload: Self::DEFAULT_MAX_PAYLOAD,
         }
@@ -90,9 +83,10 @@ impl MemoryStore {
         self
     }
 
-    /// The bytes the records held take, by the store's own count.
+    /// The bytes the records held take, by the store's own count (as of moka's last
+    /// housekeeping; [`run_pending_tasks`](Self::run_pending_tasks) brings it up to date).
     pub fn held_bytes(&self) -> u64 {
-        self.held_bytes.load(Ordering::Relaxed)
+        self.cache.weighted_size()
     }
 
     /// Drops expired records now rather than lazily, and returns their bytes to the budget.
@@ -120,11 +114,7 @@ impl MemoryStore {
                 std::future::ready(match step.write {
                     Write::Keep => Op::Nop,
                     Write::Remove => Op::Remove,
-                    Write::Put(entry) => {
-                        self.held_bytes
-                            .fetch_add(weight(key, &entry), Ordering::Relaxed);
-                        Op::Put(Arc::new(entry))
-                    }
+                    Write::Put(entry) => Op::Put(Arc::new(entry)),
                 })
             })
             .await;
@@ -146,12 +136,13 @@ impl MemoryStore {
     }
 }
 
-fn weight(key: &Key, entry: &Entry) -> u64 {
+fn weight(key: &Key, entry: &Entry) -> u32 {
     let payload = match &entry.phase {
         Phase::Completed(bytes) | Phase::Failed(bytes) => bytes.len(),
         Phase::Claimed { .. } | Phase::Vacant => 0,
     };
-    (key.namespace().len() + key.id().len() + payload) as u64 + ENTRY_OVERHEAD
+    let bytes = (key.namespace().len() + key.id().len() + payload) as u64 + ENTRY_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// Tells moka when each entry's own `expires_at` comes.
@@ -190,6 +181,14 @@ impl Expiry<Key, Arc<Entry>> for EntryExpiry {
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        // Replays and "in progress" answers only read: decided on a snapshot, they need
+        // neither the per-key lock nor a write. Only acquiring goes through the lock.
+        if let Some(entry) = self.cache.get(&request.key).await {
+            let step = lifecycle::claim(Some(&entry), request, self.now());
+            if step.write == Write::Keep {
+                return step.answer;
+            }
+        }
         self.ensure_room_for(&request.key).await?;
         self.step(&request.key, |current, now| {
             lifecycle::claim(current, request, now)

@@ -1,0 +1,63 @@
+//! The documented policy when full: never evict, refuse claims of new keys.
+
+use std::error::Error as _;
+
+use idem_core::{Claim, ClaimRequest, Error, IdempotencyStore, Key, Ttl};
+use idem_memory::{MemoryStore, StoreFull};
+
+fn request(i: usize) -> ClaimRequest {
+    let key = Key::new("capacity", format!("key-{i}")).expect("valid key");
+    ClaimRequest::new(key, Ttl::from_secs(30).expect("valid ttl"))
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_new_keys_and_keeps_serving_held_ones() {
+    let store = MemoryStore::with_capacity(4 * 1024);
+    let mut leases = Vec::new();
+    let refused_at = loop {
+        let i = leases.len();
+        assert!(i < 1000, "a 4 KiB store accepted 1000 claims");
+        match store.claim(&request(i)).await {
+            Ok(Claim::Acquired(lease)) => leases.push(lease),
+            Err(Error::Unavailable { source }) => {
+                assert!(
+                    source.is::<StoreFull>(),
+                    "refused with another cause: {source}"
+                );
+                break i;
+            }
+            other => panic!("claim {i}: {other:?}"),
+        }
+        // Let moka's housekeeping account for the write, as it does on its own over time.
+        store.run_pending_tasks().await;
+    };
+    assert!(refused_at > 0, "refused before anything was stored");
+
+    // Nothing held was evicted: every claim can still be completed and replayed.
+    let retention = Ttl::from_secs(60).expect("valid ttl");
+    for (i, lease) in leases.iter().enumerate() {
+        store
+            .complete(lease, format!("r{i}").into(), retention)
+            .await
+            .expect("complete a held key");
+        let replay = store.claim(&request(i)).await.expect("replay");
+        assert_eq!(
+            replay,
+            Claim::Completed(format!("r{i}").into()),
+            "key {i} lost its record"
+        );
+    }
+
+    // Room made by removing records lets new keys in again.
+    for i in 0..refused_at {
+        store.remove(&request(i).key).await.expect("remove");
+    }
+    store.run_pending_tasks().await;
+    let again = store.claim(&request(refused_at)).await;
+    assert!(
+        matches!(again, Ok(Claim::Acquired(_))),
+        "after freeing room: {again:?}"
+    );
+    let source = Error::unavailable(StoreFull { capacity: 1 });
+    assert!(source.source().is_some(), "the cause travels as the source");
+}
