@@ -1,0 +1,123 @@
+//! Rows of the result table, their medians over rounds, and printing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::measure::{Figure, median};
+
+/// Whether a row was timed at one task (latency) or many (throughput).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// One task: p50 latency compared.
+    Latency,
+    /// Many tasks: operations per second compared.
+    Throughput(usize),
+}
+
+/// One comparison: idem and the raw client doing the same round trips.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub operation: &'static str,
+    pub backend: &'static str,
+    pub mode: Mode,
+    pub idem: Figure,
+    pub raw: Figure,
+    /// The least acceptable idem/raw ratio, where the issue sets one.
+    pub target: Option<f64>,
+}
+
+impl Row {
+    /// idem's speed over raw's: >1 means idem is faster.
+    pub fn ratio(&self) -> f64 {
+        match self.mode {
+            Mode::Latency => self.raw.p50.as_secs_f64() / self.idem.p50.as_secs_f64(),
+            Mode::Throughput(_) => self.idem.per_sec / self.raw.per_sec,
+        }
+    }
+}
+
+/// Folds the rows of several rounds into one row each, with median figures and ratio.
+pub fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
+    let mut grouped: BTreeMap<(&str, &str, Mode), Vec<&Row>> = BTreeMap::new();
+    let mut order = Vec::new();
+    for row in rounds.iter().flatten() {
+        let id = (row.backend, row.operation, row.mode);
+        if !grouped.contains_key(&id) {
+            order.push(id);
+        }
+        grouped.entry(id).or_default().push(row);
+    }
+    order
+        .into_iter()
+        .filter_map(|id| {
+            let rows = grouped.remove(&id)?;
+            let first = rows.first()?;
+            let pick = |f: fn(&Row) -> f64| median(rows.iter().map(|r| f(r)).collect());
+            let figure = |which: fn(&Row) -> Figure| Figure {
+                p50: Duration::from_secs_f64(median(
+                    rows.iter().map(|r| which(r).p50.as_secs_f64()).collect(),
+                )),
+                p99: Duration::from_secs_f64(median(
+                    rows.iter().map(|r| which(r).p99.as_secs_f64()).collect(),
+                )),
+                per_sec: median(rows.iter().map(|r| which(r).per_sec).collect()),
+            };
+            let row = Row {
+                idem: figure(|r| r.idem),
+                raw: figure(|r| r.raw),
+                ..(*first).clone()
+            };
+            Some((row, pick(Row::ratio)))
+        })
+        .collect()
+}
+
+fn describe(mode: Mode, figure: &Figure) -> String {
+    match mode {
+        Mode::Latency => format!(
+            "p50 {:>7.1}µs p99 {:>7.1}µs",
+            micros(figure.p50),
+            micros(figure.p99)
+        ),
+        Mode::Throughput(_) => format!("{:>10.0} ops/s", figure.per_sec),
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Prints the table; returns how many rows missed their target.
+pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
+    println!(
+        "\n{:<14} {:<8} {:<9} {:<30} {:<30} {:>6} {:>7}  verdict",
+        "operation", "backend", "tasks", "idem", "raw", "ratio", "target"
+    );
+    let mut missed = 0;
+    for (row, ratio) in rows {
+        let tasks = match row.mode {
+            Mode::Latency => "1".to_owned(),
+            Mode::Throughput(n) => n.to_string(),
+        };
+        let (verdict, target) = match row.target {
+            Some(target) if *ratio >= target => ("ok", format!("{target:.2}")),
+            Some(target) => ("MISSED", format!("{target:.2}")),
+            None => ("-", "-".to_owned()),
+        };
+        missed += usize::from(verdict == "MISSED");
+        println!(
+            "{:<14} {:<8} {:<9} {:<30} {:<30} {:>6.2} {:>7}  {verdict}",
+            row.operation,
+            row.backend,
+            tasks,
+            describe(row.mode, &row.idem),
+            describe(row.mode, &row.raw),
+            ratio,
+            target,
+        );
+    }
+    println!(
+        "\nratio = idem speed / raw speed (raw p50 / idem p50 at 1 task; idem ops/s / raw ops/s at many), median of {rounds} rounds"
+    );
+    missed
+}
