@@ -1,1 +1,174 @@
-//! placeholder
+//! # idem-mysql
+//!
+//! The MySQL / MariaDB store of **idem**: idempotency records as rows of one InnoDB table,
+//! through sqlx.
+//!
+//! Pick it when the service already has MySQL 8 or MariaDB 10.11+ and either wants no extra
+//! moving part (no Redis), or wants what only a SQL store gives: **the claim and the
+//! business write committed together** in one transaction (see [Transactional
+//! mode](#transactional-mode)), so a crash can never leave a charge without its
+//! idempotency record or the reverse.
+//!
+//! ## Setup
+//!
+//! ```no_run
+//! use idem_core::{Idempotency, Key, Retryable};
+//! use idem_mysql::MySqlStore;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Declined;
+//! impl Retryable for Declined {
+//!     fn is_retryable(&self) -> bool { false }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MySqlStore::connect("mysql://app:secret@127.0.0.1:3306/shop")
+//!     .await?
+//!     .with_table("idem_records")?      // the default name
+//!     .with_max_payload(1024 * 1024);   // default 4 MiB
+//! store.migrate().await?;               // creates the table once; harmless afterwards
+//!
+//! let idem = Idempotency::new(store);
+//! let key = Key::new("charges", "order-1042")?;
+//! let charged = idem
+//!     .execute(&key, None, || async { Ok::<u64, Declined>(77) }) // runs once per key
+//!     .await;
+//! assert!(matches!(charged, Ok(77)));
+//! # Ok(()) }
+//! ```
+//!
+//! [`MySqlStore::from_pool`] takes the application's existing `MySqlPool` instead, and
+//! [`sqlx`] is re-exported so the versions always match.
+//!
+//! ## The table
+//!
+//! [`MySqlStore::migration_sql`] prints exactly the DDL that [`MySqlStore::migrate`] runs,
+//! for teams that apply schema changes themselves:
+//!
+//! ```text
+//! CREATE TABLE IF NOT EXISTS `idem_records` (
+//!   namespace VARBINARY(255) NOT NULL,
+//!   idem_key VARBINARY(255) NOT NULL,
+//!   state TINYINT UNSIGNED NOT NULL,      -- 1 claimed, 2 released, 3 completed, 4 failed
+//!   fingerprint BINARY(32) NULL,
+//!   owner BINARY(16) NOT NULL,
+//!   fencing BIGINT UNSIGNED NOT NULL,
+//!   lease_until DATETIME(6) NULL,         -- UTC, while claimed
+//!   expires_at DATETIME(6) NOT NULL,      -- UTC; the row counts as absent from then on
+//!   payload LONGBLOB NULL,
+//!   PRIMARY KEY (namespace, idem_key),
+//!   KEY expires_at_idx (expires_at)
+//! ) ENGINE=InnoDB COMMENT='idem-mysql schema v1'
+//! ```
+//!
+//! - Keys are `VARBINARY`: compared byte for byte, so `Key` ≠ `key`, `k` ≠ `k ` and a
+//!   precomposed `é` ≠ a decomposed one, whatever the server's collation.
+//! - The schema version is the table comment. `migrate` creates the table if it is missing
+//!   and fails on a table of the same name that is not at this version, so running it at
+//!   every start is harmless; [`MySqlStore::check_schema`] only checks. sqlx's migrator is
+//!   not used, since its one `_sqlx_migrations` table per database cannot track two idem
+//!   tables of different names.
+//! - Times are the server's (`UTC_TIMESTAMP(6)` and `TIMESTAMPADD`), never the application's,
+//!   so instances with skewed clocks agree on when a lease ends.
+//!
+//! ## How each call maps to SQL
+//!
+//! - **claim** of a new key is one `INSERT`. A duplicate key (1062) means the row exists: it
+//!   is read and the rules of [`idem_core::lifecycle`] decide (in progress, completed,
+//!   failed, fingerprint mismatch). A lapsed lease, a released key or an expired record is
+//!   taken over by one conditional `UPDATE` whose WHERE clause re-checks the rule under the
+//!   row lock; its affected-row count picks the single winner, and it hands back the new
+//!   fencing number through `LAST_INSERT_ID(expr)`.
+//! - **complete**, **fail**, **renew**, **release** are one `UPDATE` each, conditioned on
+//!   state, owner token, fencing number and the row not having expired; no row matched is
+//!   [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing changed.
+//! - Deadlocks (1213) and lock wait timeouts (1205) on pooled connections are retried a
+//!   bounded number of times ([`MySqlStore::with_lock_retries`]); pool timeouts and lost
+//!   connections are [`Error::Unavailable`](idem_core::Error::Unavailable) with the sqlx
+//!   error as source; rows that do not decode are
+//!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord).
+//!
+//! ## Transactional mode
+//!
+//! [`MySqlStore::claim_in`], [`MySqlStore::complete_in`] and [`MySqlStore::fail_in`] run on
+//! the caller's own connection, inside its transaction. The business rows and the
+//! idempotency record then commit together or not at all: after a rollback the key is free
+//! again and no business row exists.
+//!
+//! ```no_run
+//! use idem_core::{Claim, ClaimRequest, Key, Ttl};
+//! use idem_mysql::{MySqlStore, sqlx};
+//!
+//! # async fn run(store: MySqlStore) -> Result<(), Box<dyn std::error::Error>> {
+//! let request = ClaimRequest::new(Key::new("orders", "client-key-1")?, Ttl::from_secs(30)?);
+//! let mut tx = store.pool().begin().await?;
+//! match store.claim_in(&mut tx, &request).await? {
+//!     Claim::Acquired(lease) => {
+//!         // Guard the business write with the fencing number, if it may race a
+//!         // takeover after a long pause.
+//!         sqlx::query("INSERT INTO orders (client_key, amount, fencing) VALUES (?, ?, ?)")
+//!             .bind("client-key-1")
+//!             .bind(4_999)
+//!             .bind(lease.fencing)
+//!             .execute(&mut *tx)
+//!             .await?;
+//!         store
+//!             .complete_in(&mut tx, &lease, "order 1042".into(), Ttl::from_secs(86_400)?)
+//!             .await?;
+//!         tx.commit().await?; // the order and its idempotency record, together
+//!     }
+//!     Claim::Completed(response) => { /* replay `response`; nothing was written */ }
+//!     Claim::Failed(failure) => { /* replay the permanent failure */ }
+//!     Claim::InProgress { retry_after } => { /* 409 Conflict, Retry-After */ }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Locking: the claim's row is locked until the transaction ends. A concurrent claim of
+//! the same key, transactional or not, waits on that lock, then sees the committed outcome
+//! (and replays it) or, after a rollback, a free key. Keep such transactions short;
+//! a wait longer than `innodb_lock_wait_timeout` (50 s by default) fails. In this mode
+//! lock errors are not retried: InnoDB rolls back the whole transaction of a deadlock
+//! victim, so the error ([`Error::Unavailable`](idem_core::Error::Unavailable)) means:
+//! run the transaction again.
+//!
+//! ## Expiry and purging
+//!
+//! A row past `expires_at` already counts as absent: claims take it over, reads return
+//! `None`. [`MySqlStore::purge_expired`] reclaims the space in bounded batches. Run it on a
+//! schedule, from one instance or from all (concurrent purges are harmless):
+//!
+//! ```no_run
+//! # async fn run(store: idem_mysql::MySqlStore) {
+//! let purger = store.clone();
+//! tokio::spawn(async move {
+//!     let mut every = tokio::time::interval(std::time::Duration::from_secs(300));
+//!     loop {
+//!         every.tick().await;
+//!         if let Err(error) = purger.purge_expired(1_000).await {
+//!             tracing::warn!(%error, "purging expired idempotency records failed");
+//!         }
+//!     }
+//! });
+//! # }
+//! ```
+//!
+//! or in the database itself, with the event scheduler:
+//! `CREATE EVENT idem_purge ON SCHEDULE EVERY 5 MINUTE DO DELETE FROM idem_records WHERE
+//! expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT 10000;`
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+
+mod errors;
+mod ops;
+mod row;
+mod schema;
+mod statements;
+mod store;
+mod transaction;
+
+pub use schema::{DEFAULT_TABLE, SCHEMA_VERSION};
+pub use store::MySqlStore;
+
+/// Re-exported so the pool, connections and transactions passed in match this crate's sqlx.
+pub use sqlx;

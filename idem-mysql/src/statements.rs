@@ -1,0 +1,151 @@
+//! Every statement the store sends, written out once per table name.
+//!
+//! Each statement reads the clock once: MySQL and MariaDB evaluate `UTC_TIMESTAMP(6)` at the
+//! start of a statement, so every mention in one statement is the same instant, and it is
+//! the server's clock, shared by every application instance.
+//!
+//! Writes are conditional and their affected-row count is the verdict. sqlx always connects
+//! with `CLIENT_FOUND_ROWS`, so "affected" means "matched by the WHERE clause", even when an
+//! UPDATE happens to write the values a row already had (a same-owner re-claim within the
+//! same microsecond, say).
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+use crate::schema::TableName;
+
+/// `state` values.
+pub(crate) mod state {
+    /// Held by a lease.
+    pub(crate) const CLAIMED: u8 = 1;
+    /// Released; kept only to remember the fencing number.
+    pub(crate) const VACANT: u8 = 2;
+    /// Finished with a response.
+    pub(crate) const COMPLETED: u8 = 3;
+    /// Finished with a permanent failure.
+    pub(crate) const FAILED: u8 = 4;
+}
+
+/// The row's columns as the store reads them: times become microseconds from the
+/// statement's instant, so no clock or time zone of the application is involved.
+/// `trace_us` is `expires_at - lease_until`, which for a claimed row is the trace the
+/// lifecycle keeps after the lease ([`idem_core::lifecycle::trace_ttl`]).
+const COLUMNS: &str = "state, fingerprint, owner, fencing, \
+     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until) AS lease_left_us, \
+     TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at) AS trace_us, \
+     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS expires_left_us, \
+     payload";
+
+/// The row of one key.
+const KEY: &str = "namespace = ? AND idem_key = ?";
+
+/// The lifecycle's `is_held_by` on a remembered row: claimed by this owner with this
+/// fencing number, the lease live or lapsed, as long as the row has not expired.
+const HELD: &str = "namespace = ? AND idem_key = ? AND state = 1 AND owner = ? AND fencing = ? \
+     AND expires_at > UTC_TIMESTAMP(6)";
+
+/// The statements for one table.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// Claims a never-seen key. Binds: namespace, key, fingerprint, owner, lease µs,
+    /// lease + trace µs.
+    pub(crate) insert: Arc<str>,
+    /// Reads a key's row without locking (autocommit).
+    pub(crate) select: Arc<str>,
+    /// Reads a key's row under a shared lock (inside the caller's transaction).
+    pub(crate) select_locked: Arc<str>,
+    /// Acquires a remembered row that the lifecycle says is free for this claim, and
+    /// reports the new fencing number through `LAST_INSERT_ID`. Binds: owner, owner,
+    /// fingerprint, lease µs, lease + trace µs, namespace, key, owner, fingerprint, owner.
+    pub(crate) take_over: Arc<str>,
+    /// Completes or fails. Binds: state, payload, retention µs, then [`HELD`].
+    pub(crate) finish: Arc<str>,
+    /// Extends a lease. Binds: lease µs, lease + trace µs, then [`HELD`].
+    pub(crate) renew: Arc<str>,
+    /// Releases a lease. Binds: [`HELD`].
+    pub(crate) release: Arc<str>,
+    /// Whether a key shows a record (a live claim or a finished key), locking its row.
+    pub(crate) probe_locked: Arc<str>,
+    /// Deletes a key's row.
+    pub(crate) delete: Arc<str>,
+    /// Deletes up to `?` expired rows, oldest first.
+    pub(crate) purge: Arc<str>,
+}
+
+impl Statements {
+    pub(crate) fn new(table: &TableName) -> Self {
+        let t = table.quoted();
+        let select = format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}");
+        Self {
+            insert: format!(
+                "INSERT INTO {t} \
+                 (namespace, idem_key, state, fingerprint, owner, fencing, lease_until, expires_at, payload) \
+                 VALUES (?, ?, 1, ?, ?, 1, \
+                 TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
+                 TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), NULL)"
+            )
+            .into(),
+            select_locked: format!("{select} LOCK IN SHARE MODE").into(),
+            select: select.into(),
+            // The SET list is evaluated left to right on the changing row, so `fencing` is
+            // computed first, from the row as it was. The WHERE clause is the lifecycle's
+            // claim rule, re-checked under the row lock at the server's time, so of many
+            // claimers that read the same free row exactly one matches it.
+            take_over: format!(
+                "UPDATE {t} SET \
+                 fencing = LAST_INSERT_ID(CASE \
+                   WHEN expires_at <= UTC_TIMESTAMP(6) THEN 1 \
+                   WHEN state = 1 AND owner = ? THEN fencing \
+                   WHEN fencing < 18446744073709551615 THEN fencing + 1 \
+                   ELSE fencing END), \
+                 state = 1, owner = ?, fingerprint = ?, payload = NULL, \
+                 lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
+                 expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) \
+                 WHERE {KEY} AND (expires_at <= UTC_TIMESTAMP(6) \
+                   OR state = 2 \
+                   OR (state = 1 AND owner = ? AND fingerprint <=> ?) \
+                   OR (state = 1 AND owner <> ? AND lease_until <= UTC_TIMESTAMP(6)))"
+            )
+            .into(),
+            finish: format!(
+                "UPDATE {t} SET state = ?, payload = ?, lease_until = NULL, \
+                 expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
+            )
+            .into(),
+            renew: format!(
+                "UPDATE {t} SET \
+                 lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
+                 expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
+            )
+            .into(),
+            // `expires_at - lease_until` of a claimed row is trace_ttl(lease TTL), exactly
+            // what the lifecycle keeps after a release; it is read before `lease_until` is
+            // cleared (left-to-right SET).
+            release: format!(
+                "UPDATE {t} SET state = 2, fingerprint = NULL, payload = NULL, \
+                 expires_at = TIMESTAMPADD(MICROSECOND, \
+                   TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at), UTC_TIMESTAMP(6)), \
+                 lease_until = NULL WHERE {HELD}"
+            )
+            .into(),
+            probe_locked: format!(
+                "SELECT COALESCE(expires_at > UTC_TIMESTAMP(6) AND (state IN (3, 4) \
+                 OR (state = 1 AND lease_until > UTC_TIMESTAMP(6))), 0) AS visible \
+                 FROM {t} WHERE {KEY} FOR UPDATE"
+            )
+            .into(),
+            delete: format!("DELETE FROM {t} WHERE {KEY}").into(),
+            purge: format!(
+                "DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?"
+            )
+            .into(),
+        }
+    }
+}
+
+/// A statement as sqlx takes it. The text is built only from constants and a validated
+/// [`TableName`], and every value travels as a bound parameter.
+pub(crate) fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(Arc::clone(text))
+}

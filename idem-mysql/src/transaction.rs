@@ -1,0 +1,75 @@
+//! The transactional mode: the claim and the outcome written in the caller's own
+//! transaction, so they commit or roll back with the business rows.
+
+use bytes::Bytes;
+use idem_core::{Claim, ClaimRequest, Error, Lease, Ttl};
+use sqlx::MySqlConnection;
+
+use crate::ops::{self, Outcome, Reading};
+use crate::store::MySqlStore;
+
+impl MySqlStore {
+    /// Claims a key inside the caller's transaction (pass `&mut tx` for a
+    /// `sqlx::Transaction`, or any `&mut MySqlConnection` in a transaction).
+    ///
+    /// Same answers as [`IdempotencyStore::claim`](idem_core::IdempotencyStore::claim).
+    /// The claim is visible to others only once the transaction commits; until then the
+    /// row is locked, so a concurrent claim of the same key waits for this transaction to
+    /// end and then sees its outcome (or, after a rollback, a free key). The row lock is
+    /// held until commit or rollback even when the answer is not `Acquired`.
+    ///
+    /// Lock errors are not retried here: a deadlock (1213) has rolled the whole
+    /// transaction back, so it comes back as [`Error::Unavailable`] and the caller must run
+    /// its transaction again from the start.
+    pub async fn claim_in(
+        &self,
+        conn: &mut MySqlConnection,
+        request: &ClaimRequest,
+    ) -> Result<Claim, Error> {
+        ops::claim(conn, self.statements(), request, Reading::Locked).await
+    }
+
+    /// Completes a key inside the caller's transaction: the response is stored if, and
+    /// when, the transaction commits. [`Error::LeaseLost`] when the lease no longer holds
+    /// the key; [`Error::PayloadTooLarge`] over the store's limit, with nothing written.
+    pub async fn complete_in(
+        &self,
+        conn: &mut MySqlConnection,
+        lease: &Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> Result<(), Error> {
+        self.check_payload(&response)?;
+        let statements = self.statements();
+        ops::finish(
+            conn,
+            statements,
+            lease,
+            Outcome::Completed,
+            &response,
+            retention,
+        )
+        .await
+    }
+
+    /// Stores a permanent failure inside the caller's transaction; see
+    /// [`complete_in`](Self::complete_in).
+    pub async fn fail_in(
+        &self,
+        conn: &mut MySqlConnection,
+        lease: &Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> Result<(), Error> {
+        self.check_payload(&failure)?;
+        ops::finish(
+            conn,
+            self.statements(),
+            lease,
+            Outcome::Failed,
+            &failure,
+            retention,
+        )
+        .await
+    }
+}
