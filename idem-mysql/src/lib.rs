@@ -82,6 +82,9 @@
 //! - **complete**, **fail**, **renew**, **release** are one `UPDATE` each, conditioned on
 //!   state, owner token, fencing number and the row not having expired; no row matched is
 //!   [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing changed.
+//! - Round trips per call, as the test suite counts them on the server: a first claim 1,
+//!   a replay 2, a takeover 3; complete, fail, renew, release and read 1 each; remove 4
+//!   (its own short transaction, so the answer and the deletion see the same row).
 //! - Deadlocks (1213) and lock wait timeouts (1205) on pooled connections are retried a
 //!   bounded number of times ([`MySqlStore::with_lock_retries`]); pool timeouts and lost
 //!   connections are [`Error::Unavailable`](idem_core::Error::Unavailable) with the sqlx

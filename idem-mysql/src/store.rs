@@ -52,7 +52,9 @@ impl MySqlStore {
     pub const DEFAULT_LOCK_RETRIES: u32 = 3;
 
     /// Connects a pool with sqlx's default settings to `url`
-    /// (`mysql://user:password@host:3306/database`).
+    /// (`mysql://user:password@host:3306/database`): up to 10 connections, and a 30 s wait
+    /// for one. For other settings build the pool with
+    /// [`MySqlPoolOptions`](sqlx::mysql::MySqlPoolOptions) and use [`from_pool`](Self::from_pool).
     ///
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
     /// is [`Error::Backend`]. Either way the sqlx error is the `source`.

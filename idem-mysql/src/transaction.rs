@@ -18,6 +18,10 @@ impl MySqlStore {
     /// end and then sees its outcome (or, after a rollback, a free key). The row lock is
     /// held until commit or rollback even when the answer is not `Acquired`.
     ///
+    /// Taking over a lapsed or released key reports the new fencing number through
+    /// `LAST_INSERT_ID(expr)`, so it also sets the session's `LAST_INSERT_ID()`: read any
+    /// value of your own from it before claiming, or after your next auto-increment insert.
+    ///
     /// Lock errors are not retried here: a deadlock (1213) has rolled the whole
     /// transaction back, so it comes back as [`Error::Unavailable`] and the caller must run
     /// its transaction again from the start.

@@ -1,10 +1,14 @@
 //! How many statements each call sends, counted by the server on a one-connection pool.
 
+use std::time::Duration;
+
 use idem_core::{Claim, IdempotencyStore};
 use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::{self, MySqlPool};
 
 use crate::support::*;
+
+const SHORT: Duration = Duration::from_millis(100);
 
 /// The session's `Questions` counter: statements the server ran for this connection.
 async fn questions(pool: &MySqlPool) -> u64 {
@@ -50,20 +54,41 @@ async fn a_first_claim_and_a_completion_are_one_statement_each() {
         .await
         .expect("replay");
 
-    let key = key(&ns, "counted");
-    let (claim_statements, claim) = count(&pool, store.claim(&request(&key, LONG))).await;
+    let counted = key(&ns, "counted");
+    let (n, claim) = count(&pool, store.claim(&request(&counted, LONG))).await;
     let lease = acquired(claim.expect("claim"));
-    assert_eq!(claim_statements, 1, "a first claim is one INSERT");
+    assert_eq!(n, 1, "a first claim is one INSERT");
 
-    let (complete_statements, done) =
-        count(&pool, store.complete(&lease, "r".into(), ttl(RETENTION))).await;
+    let (n, done) = count(&pool, store.complete(&lease, "r".into(), ttl(RETENTION))).await;
     done.expect("complete");
-    assert_eq!(complete_statements, 1, "a completion is one UPDATE");
+    assert_eq!(n, 1, "a completion is one UPDATE");
 
-    let (replay_statements, replay) = count(&pool, store.claim(&request(&key, LONG))).await;
+    let (n, replay) = count(&pool, store.claim(&request(&counted, LONG))).await;
     assert_eq!(replay.expect("replay"), Claim::Completed("r".into()));
+    assert_eq!(n, 2, "a replay is the refused INSERT and one SELECT");
+
+    let other = key(&ns, "others");
+    let lease = acquired(store.claim(&request(&other, SHORT)).await.expect("claim"));
+    let (n, renewed) = count(&pool, store.renew(&lease, ttl(SHORT))).await;
+    renewed.expect("renew");
+    assert_eq!(n, 1, "a renewal is one UPDATE");
+    let (n, read) = count(&pool, store.read(&other)).await;
+    assert!(read.expect("read").is_some());
+    assert_eq!(n, 1, "a read is one SELECT");
+    tokio::time::sleep(SHORT * 3).await;
+    let (n, taken) = count(&pool, store.claim(&request(&other, LONG))).await;
+    let lease = acquired(taken.expect("takeover"));
     assert_eq!(
-        replay_statements, 2,
-        "a replay is the refused INSERT and one SELECT"
+        n, 3,
+        "a takeover is the refused INSERT, one SELECT and one UPDATE"
+    );
+    let (n, released) = count(&pool, store.release(&lease)).await;
+    released.expect("release");
+    assert_eq!(n, 1, "a release is one UPDATE");
+    let (n, removed) = count(&pool, store.remove(&other)).await;
+    assert!(!removed.expect("remove"), "a released key shows no record");
+    assert_eq!(
+        n, 4,
+        "a removal is BEGIN, SELECT ... FOR UPDATE, DELETE, COMMIT"
     );
 }
