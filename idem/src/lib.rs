@@ -65,3 +65,10 @@ pub mod mysql {
     #[doc(inline)]
     pub use idem_mysql::*;
 }
+
+/// The README's examples, compiled and run as doctests so the README never lies. They use
+/// every store, so they run when the `redis` and `mysql` features are on, as they are in
+/// `cargo test --workspace` (idem-bench turns them on).
+#[cfg(all(doctest, feature = "redis", feature = "mysql"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
