@@ -21,8 +21,9 @@ use crate::ttl::Ttl;
 /// Every method is atomic with respect to every other call on the same key.
 ///
 /// - [`claim`](Self::claim): exactly one of any number of concurrent claims of a free key
-///   acquires it. A key is free when it was never seen, was released, or its lease expired
-///   without being finished. The fingerprint is compared first, in every state: a stored
+///   acquires it. A key is free when it was never seen, was released, its lease expired
+///   without being finished, or its record outlived its retention. On a key that is not
+///   free (claimed, completed, failed) the fingerprint is compared first: a stored
 ///   fingerprint that differs from the request's (`Some` vs `None` included) is
 ///   [`Error::FingerprintMismatch`] and changes nothing. A claim by the owner that already
 ///   holds the key (same [`OwnerToken`](crate::OwnerToken)) returns the same lease again
