@@ -6,7 +6,7 @@ use idem_core::Error;
 use redis::Client;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::errors::{deadline_passed, from_redis};
+use crate::errors::{bounded, from_redis};
 use crate::keys::validate_prefix;
 use crate::store::{RedisConnection, RedisStore};
 
@@ -96,18 +96,8 @@ impl RedisStoreBuilder {
     /// [`Error::Unavailable`]; the next one after the server is back succeeds.
     pub async fn connect_client(self, client: Client) -> Result<RedisStore, Error> {
         validate_prefix(&self.prefix)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connection_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            // Callers see an outage at once instead of waiting out a backoff; the next call
-            // starts a fresh attempt.
-            .set_number_of_retries(0);
-        let deadline = self.deadline();
         let manager =
-            tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
-                .await
-                .map_err(|_| deadline_passed(deadline))?
-                .map_err(from_redis)?;
+            connect_manager(client, self.connection_timeout, self.response_timeout).await?;
         self.build(manager)
     }
 
@@ -120,7 +110,7 @@ impl RedisStoreBuilder {
     /// response timeout.
     pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisStore<C>, Error> {
         validate_prefix(&self.prefix)?;
-        let deadline = self.deadline();
+        let deadline = deadline(self.connection_timeout, self.response_timeout);
         Ok(RedisStore::from_parts(
             connection,
             self.prefix,
@@ -128,10 +118,26 @@ impl RedisStoreBuilder {
             deadline,
         ))
     }
+}
 
-    /// The longest any call may take: one connection attempt and one answer.
-    fn deadline(&self) -> Duration {
-        self.connection_timeout
-            .saturating_add(self.response_timeout)
-    }
+/// A [`ConnectionManager`] on `client` with these timeouts, connected within their sum. The
+/// way every store of this crate connects when given a URL or a [`Client`].
+pub(crate) async fn connect_manager(
+    client: Client,
+    connection_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, Error> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connection_timeout))
+        .set_response_timeout(Some(response_timeout))
+        // Callers see an outage at once instead of waiting out a backoff; the next call
+        // starts a fresh attempt.
+        .set_number_of_retries(0);
+    let deadline = deadline(connection_timeout, response_timeout);
+    bounded(deadline, ConnectionManager::new_with_config(client, config)).await
+}
+
+/// The longest any call may take: one connection attempt and one answer.
+pub(crate) fn deadline(connection_timeout: Duration, response_timeout: Duration) -> Duration {
+    connection_timeout.saturating_add(response_timeout)
 }

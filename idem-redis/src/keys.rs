@@ -12,11 +12,17 @@ use idem_core::{Error, InvalidInput, Key};
 ///   `{` is always the tag's, and any key this crate ever adds for the same idem key
 ///   (`prefix{tag}suffix`) lands in the same slot.
 pub(crate) fn record_key(prefix: &str, key: &Key) -> String {
-    let encoded = key.encoded();
-    let mut out = String::with_capacity(prefix.len() + encoded.len() + 8);
+    tagged_key(prefix, &key.encoded())
+}
+
+/// `prefix{tag}` with `%`, `{` and `}` in `tag` percent-escaped: the Redis key of anything
+/// identified by one string (an encoded idem key, a token), with the same guarantees as
+/// [`record_key`].
+pub(crate) fn tagged_key(prefix: &str, tag: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + tag.len() + 8);
     out.push_str(prefix);
     out.push('{');
-    for c in encoded.chars() {
+    for c in tag.chars() {
         match c {
             '%' => out.push_str("%25"),
             '{' => out.push_str("%7B"),

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Client, ScriptInvocation, Value};
 
 use crate::builder::RedisStoreBuilder;
-use crate::errors::{deadline_passed, from_redis};
+use crate::errors::bounded;
 use crate::keys::record_key;
 use crate::reply::{self, Reply, unknown_code};
 use crate::scripts::{MAX_EXACT, PHASE_CLAIMED, PHASE_COMPLETED, PHASE_FAILED, SCRIPTS};
@@ -151,10 +151,7 @@ impl<C: RedisConnection> RedisStore<C> {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
-        tokio::time::timeout(self.deadline, call)
-            .await
-            .map_err(|_| deadline_passed(self.deadline))?
-            .map_err(from_redis)
+        bounded(self.deadline, call).await
     }
 
     /// Runs a transition script (finish, renew, release) for `lease`, with `extra` arguments
