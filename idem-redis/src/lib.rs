@@ -76,6 +76,40 @@
 //!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord);
 //!   [`remove`](idem_core::IdempotencyStore::remove) deletes it.
 //!
+//! ## One-time tokens
+//!
+//! [`RedisTokenStore`] keeps the tokens of [`idem_core::Tokens`] (issue a token with the
+//! form, consume it once when the form comes back), shared by every process on the server.
+//! Issuing is one `SET key value NX PX ttl`: a live token is never overwritten, and Redis
+//! expires it on its own clock. Consuming is one script that reads the token, checks that it
+//! is unused and belongs to the caller's scope, and marks it used keeping its TTL (`SET ...
+//! KEEPTTL`, Redis 6.0 or later), so the check and the invalidation cannot be split by a
+//! concurrent consume. A token lives under `prefix{token}` (prefix `idem:token:` by default,
+//! escaped as idem keys are); its value is `version u8 = 1 | used u8 | scope`. Garbage under
+//! a token key is [`Error::CorruptRecord`](idem_core::Error::CorruptRecord).
+//!
+//! ```no_run
+//! use idem_core::{Consumption, Scope, Tokens};
+//! use idem_redis::RedisTokenStore;
+//!
+//! # async fn run() -> Result<(), idem_core::Error> {
+//! let store = RedisTokenStore::builder()
+//!     .prefix("shop:token:")
+//!     .connect("redis://127.0.0.1:6379")
+//!     .await?;
+//! let tokens = Tokens::new(store);
+//! let alice = Scope::new("user:alice")?;
+//!
+//! let token = tokens.issue(&alice).await?; // rendered into the order form
+//! // The form comes back, maybe twice:
+//! match tokens.consume(&alice, token.as_str()).await? {
+//!     Consumption::Consumed => println!("placing the order"),
+//!     Consumption::Rejected(why) => println!("not placing it again: {why:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! ## Errors and outages
 //!
 //! A server that cannot be reached, times out, is loading, failing over, busy or out of
@@ -103,10 +137,12 @@ mod keys;
 mod reply;
 mod scripts;
 mod store;
+mod token;
 
 pub use builder::RedisStoreBuilder;
 pub use reply::UnexpectedReply;
 pub use store::{RedisConnection, RedisStore};
+pub use token::{RedisTokenStore, RedisTokenStoreBuilder};
 
 /// The `redis` crate this store is built on, to build a [`redis::Client`] or a
 /// [`redis::aio::ConnectionManager`] of the matching version.

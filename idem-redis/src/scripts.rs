@@ -23,6 +23,7 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
+    /// The idempotency store's scripts, for [`RedisStore::load_scripts`](crate::RedisStore::load_scripts).
     pub(crate) fn all(&self) -> [&Script; 6] {
         [
             &self.claim,
@@ -43,6 +44,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     read: Script::new(with_codec!("lua/read.lua")),
     remove: Script::new(with_codec!("lua/remove.lua")),
 });
+
+/// The token store's one script: consume a token (issuing is a plain `SET NX`). It carries
+/// its own value layout, so it is not prefixed with the record codec.
+pub(crate) static CONSUME_TOKEN: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/token_consume.lua")));
 
 /// The `phase` argument of the finish script.
 pub(crate) const PHASE_COMPLETED: u8 = 3;

@@ -3,51 +3,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
-
-use common::{RedisServer, key, raw_connection, store_at, ttl_ms};
+use common::{
+    RedisServer, commands_during, expected, key, raw_connection, sent_by_client, store_at, ttl_ms,
+};
 use idem_core::{Bytes, Claim, ClaimRequest, IdempotencyStore};
 use idem_redis::RedisStore;
-use idem_redis::redis::aio::MultiplexedConnection;
-
-/// Commands only a script can send here: the scripts' own `redis.call`s, which Redis counts
-/// in `commandstats` too.
-const INSIDE_SCRIPTS: [&str; 4] = ["time", "get", "set", "del"];
-
-/// What one call made the server run, minus the `INFO` that measured it.
-async fn commands_during<F: Future>(
-    stats: &mut MultiplexedConnection,
-    call: F,
-) -> (F::Output, BTreeMap<String, u64>) {
-    let before = common::command_calls(stats).await;
-    let output = call.await;
-    let after = common::command_calls(stats).await;
-    (output, delta(&before, &after))
-}
-
-fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> BTreeMap<String, u64> {
-    let mut delta: BTreeMap<String, u64> = after
-        .iter()
-        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
-        .filter(|(_, calls)| *calls > 0)
-        .collect();
-    // The first INFO is counted by the second.
-    assert_eq!(delta.remove("info"), Some(1), "{delta:?}");
-    delta
-}
-
-/// The commands the client sent itself: what is left once script-internal calls are set aside.
-fn sent_by_client(delta: &BTreeMap<String, u64>) -> u64 {
-    delta
-        .iter()
-        .filter(|(name, _)| !INSIDE_SCRIPTS.contains(&name.as_str()))
-        .map(|(_, calls)| calls)
-        .sum()
-}
-
-fn expected(commands: &[&str]) -> BTreeMap<String, u64> {
-    commands.iter().map(|c| ((*c).to_owned(), 1)).collect()
-}
 
 #[tokio::test]
 async fn claim_repeat_and_complete_are_one_command_each() {

@@ -2,14 +2,14 @@
 //! throwaway servers for tests that need one of their own.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idem_core::{Key, Ttl};
-use idem_redis::RedisStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
+use idem_redis::{RedisStore, RedisTokenStore, RedisTokenStoreBuilder};
 
 pub const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
      --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
@@ -30,13 +30,29 @@ pub async fn store() -> RedisStore {
 }
 
 pub async fn store_at(url: &str, builder: idem_redis::RedisStoreBuilder) -> RedisStore {
-    match builder.connect(url).await {
-        Ok(store) => store,
-        Err(err) => panic!(
-            "Redis at {url} did not answer ({err}). Start it with:\n    {START_REDIS}\n\
-             or point IDEM_REDIS_URL at a running server."
-        ),
-    }
+    builder
+        .connect(url)
+        .await
+        .unwrap_or_else(|err| not_reachable(url, &err))
+}
+
+/// A token store on the shared server under a fresh prefix; fails with how to start Redis.
+pub async fn token_store() -> RedisTokenStore {
+    token_store_at(&url(), RedisTokenStore::builder().prefix(unique_prefix())).await
+}
+
+pub async fn token_store_at(url: &str, builder: RedisTokenStoreBuilder) -> RedisTokenStore {
+    builder
+        .connect(url)
+        .await
+        .unwrap_or_else(|err| not_reachable(url, &err))
+}
+
+fn not_reachable(url: &str, err: &idem_core::Error) -> ! {
+    panic!(
+        "Redis at {url} did not answer ({err}). Start it with:\n    {START_REDIS}\n\
+         or point IDEM_REDIS_URL at a running server."
+    )
 }
 
 /// A plain connection to the shared server, to write under the store's keys directly.
@@ -150,4 +166,45 @@ pub async fn command_calls(connection: &mut MultiplexedConnection) -> HashMap<St
             Some((name.to_owned(), calls.parse().ok()?))
         })
         .collect()
+}
+
+/// Commands only a script can send in the idempotency store's traffic: the scripts' own
+/// `redis.call`s, which Redis counts in `commandstats` too.
+pub const INSIDE_SCRIPTS: [&str; 4] = ["time", "get", "set", "del"];
+
+/// What one call made the server run, minus the `INFO` that measured it. Meant for a server
+/// of the test's own, so no other test's traffic is counted.
+pub async fn commands_during<F: Future>(
+    stats: &mut MultiplexedConnection,
+    call: F,
+) -> (F::Output, BTreeMap<String, u64>) {
+    let before = command_calls(stats).await;
+    let output = call.await;
+    let after = command_calls(stats).await;
+    (output, delta(&before, &after))
+}
+
+fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut delta: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, calls)| *calls > 0)
+        .collect();
+    // The first INFO is counted by the second.
+    assert_eq!(delta.remove("info"), Some(1), "{delta:?}");
+    delta
+}
+
+/// The commands the client sent itself: what is left once script-internal calls are set aside.
+pub fn sent_by_client(delta: &BTreeMap<String, u64>) -> u64 {
+    delta
+        .iter()
+        .filter(|(name, _)| !INSIDE_SCRIPTS.contains(&name.as_str()))
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
+/// Each of `commands` run once.
+pub fn expected(commands: &[&str]) -> BTreeMap<String, u64> {
+    commands.iter().map(|c| ((*c).to_owned(), 1)).collect()
 }
