@@ -171,6 +171,7 @@ macro_rules! __with_check_names {
         $crate::$callback! { [$($args)*]
             exclusive_claim
             exclusive_claim_many_keys
+            exclusive_takeover
             uncertain_claim
             replay_fidelity
             lease_expiry

@@ -5,6 +5,8 @@
 //! against every defect and assert exactly that, so emptying or weakening a check shows up
 //! as a defect that is no longer caught.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +21,9 @@ use idem_memory::MemoryStore;
 pub enum Defect {
     /// A claim that should be "in progress" acquires too: two owners run the operation.
     TwoWinners,
+    /// Like `TwoWinners`, but only when taking over a key that was freed (lapsed or
+    /// released): new keys are claimed correctly.
+    TwoWinnersOnTakeover,
     /// Complete, fail, renew and release ignore the owner token and fencing number.
     IgnoresOwner,
     /// Leases never expire: a crashed owner blocks its key for good.
@@ -53,6 +58,7 @@ impl Defect {
     /// Every defect.
     pub const ALL: &'static [Defect] = &[
         Defect::TwoWinners,
+        Defect::TwoWinnersOnTakeover,
         Defect::IgnoresOwner,
         Defect::NeverExpiresLeases,
         Defect::ReencodesPayloads,
@@ -73,6 +79,7 @@ impl Defect {
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             Defect::TwoWinners => &["exclusive_claim", "exclusive_claim_many_keys"],
+            Defect::TwoWinnersOnTakeover => &["exclusive_takeover"],
             Defect::IgnoresOwner => &["stale_lease"],
             Defect::NeverExpiresLeases => &["lease_expiry"],
             Defect::ReencodesPayloads => &["replay_fidelity"],
@@ -100,6 +107,7 @@ impl Defect {
         BrokenStore {
             inner: MemoryStore::new().with_max_payload(limit),
             defect: self,
+            acquired: Arc::default(),
         }
     }
 }
@@ -109,6 +117,8 @@ impl Defect {
 pub struct BrokenStore {
     inner: MemoryStore,
     defect: Defect,
+    /// Keys acquired before, for the takeover defect.
+    acquired: Arc<Mutex<HashSet<Key>>>,
 }
 
 impl BrokenStore {
@@ -167,6 +177,33 @@ impl BrokenStore {
         }
     }
 
+    /// Claims correctly, except that a key acquired before and free now is handed to every
+    /// claimer that finds it free, as a check-then-set on an existing row would.
+    async fn claim_racing_takeovers(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let known = self
+            .acquired
+            .lock()
+            .map_err(|_| Error::backend("poisoned"))?
+            .contains(&request.key);
+        let freed = known && self.inner.read(&request.key).await?.is_none();
+        let claim = self.inner.claim(request).await?;
+        match claim {
+            Claim::Acquired(_) => {
+                self.acquired
+                    .lock()
+                    .map_err(|_| Error::backend("poisoned"))?
+                    .insert(request.key.clone());
+                Ok(claim)
+            }
+            Claim::InProgress { .. } if freed => Ok(Claim::Acquired(Lease {
+                key: request.key.clone(),
+                owner: request.owner,
+                fencing: u64::MAX,
+            })),
+            other => Ok(other),
+        }
+    }
+
     fn payload(&self, payload: Bytes) -> Bytes {
         match self.defect {
             Defect::ReencodesPayloads => {
@@ -189,6 +226,9 @@ impl IdempotencyStore for BrokenStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         let mut request = request.clone();
         request.key = self.key(&request.key)?;
+        if self.defect == Defect::TwoWinnersOnTakeover {
+            return self.claim_racing_takeovers(&request).await;
+        }
         match self.defect {
             Defect::NeverExpiresLeases => request.lease_ttl = Self::stretched(request.lease_ttl)?,
             Defect::IgnoresFingerprints => request.fingerprint = None,

@@ -73,6 +73,66 @@ pub async fn exclusive_claim_many_keys(store: Store, capabilities: Capabilities)
     .await
 }
 
+/// Keys freed by a lapsed lease or a release are raced by 8 new owners each at once: exactly
+/// one takes each key over, with a larger fencing number; the others see it in progress.
+/// (Takeover is where stores built on a unique index or `SET NX` race: the key exists.)
+pub async fn exclusive_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "exclusive_takeover",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let keys = (0..20)
+                .map(|i| ctx.key(&format!("freed-{i}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut first = Vec::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                let lease = ctx.acquire(key, ctx.short()).await?;
+                if i % 2 == 1 {
+                    ctx.store
+                        .release(&lease)
+                        .await
+                        .map_err(|e| format!("release: {e:?}"))?;
+                }
+                first.push(lease);
+            }
+            ctx.outlive_short_ttl().await;
+            let claims = race(&ctx, &keys, 8).await?;
+            for ((per_key, before), key) in claims.chunks(8).zip(&first).zip(&keys) {
+                let winners: Vec<_> = per_key
+                    .iter()
+                    .filter_map(|c| match c {
+                        Claim::Acquired(lease) => Some(lease),
+                        _ => None,
+                    })
+                    .collect();
+                ensure!(
+                    winners.len() == 1,
+                    "{key}: {} of 8 racing takeovers acquired it: {per_key:?}",
+                    winners.len()
+                );
+                ensure!(
+                    winners.iter().all(|w| w.fencing > before.fencing),
+                    "{key}: the takeover's fencing {:?} is not above the freed lease's {}",
+                    winners.iter().map(|w| w.fencing).collect::<Vec<_>>(),
+                    before.fencing
+                );
+                let in_progress = per_key
+                    .iter()
+                    .filter(|c| matches!(c, Claim::InProgress { .. }))
+                    .count();
+                ensure!(
+                    in_progress == 7,
+                    "{key}: the losers should see InProgress: {per_key:?}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// Claims every key `per_key` times at once, each by its own owner; results grouped by key.
 async fn race(
     ctx: &Arc<Ctx>,

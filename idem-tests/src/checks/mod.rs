@@ -11,7 +11,7 @@ mod lease;
 mod outcome;
 mod replay;
 
-pub use claim::{exclusive_claim, exclusive_claim_many_keys, uncertain_claim};
+pub use claim::{exclusive_claim, exclusive_claim_many_keys, exclusive_takeover, uncertain_claim};
 pub use fingerprint::fingerprints;
 pub use inspection::inspection_and_removal;
 pub use keys::{key_fidelity, namespace_isolation};
