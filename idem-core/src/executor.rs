@@ -19,8 +19,10 @@ use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::Key;
 use crate::lease::{Lease, OwnerToken};
+use crate::record::RecordState;
 use crate::retryable::Retryable;
 use crate::store::IdempotencyStore;
+use crate::ttl::Ttl;
 
 /// Runs operations at most once per key, on any [`IdempotencyStore`].
 ///
@@ -376,8 +378,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
         }
         let retention = self.settings.success_retention;
         match self
-            .store
-            .complete(lease, Bytes::from(bytes), retention)
+            .write_outcome(lease, Outcome::Completed, Bytes::from(bytes), retention)
             .await
         {
             Err(Error::PayloadTooLarge { size, limit }) => {
@@ -402,7 +403,10 @@ impl<S: IdempotencyStore> Idempotency<S> {
             return self.store_too_large(lease, size, limit).await;
         }
         let retention = self.settings.failure_retention;
-        match self.store.fail(lease, Bytes::from(bytes), retention).await {
+        match self
+            .write_outcome(lease, Outcome::Failed, Bytes::from(bytes), retention)
+            .await
+        {
             Err(Error::PayloadTooLarge { size, limit }) => {
                 self.store_too_large(lease, size, limit).await
             }
@@ -436,10 +440,69 @@ impl<S: IdempotencyStore> Idempotency<S> {
         let bytes = serde_json::to_vec(marker).map_err(|e| Error::Serialization {
             source: Box::new(e),
         })?;
-        self.store
-            .fail(lease, Bytes::from(bytes), self.settings.failure_retention)
+        let retention = self.settings.failure_retention;
+        self.write_outcome(lease, Outcome::Failed, Bytes::from(bytes), retention)
             .await
     }
+
+    /// Writes an outcome, retrying a few times while the store is unavailable: the
+    /// operation has run, and an outcome left unstored lets the key run again once its
+    /// lease ends.
+    async fn write_outcome(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        payload: Bytes,
+        retention: Ttl,
+    ) -> Result<(), Error> {
+        let mut attempt = 1;
+        loop {
+            let written = match outcome {
+                Outcome::Completed => self.store.complete(lease, payload.clone(), retention).await,
+                Outcome::Failed => self.store.fail(lease, payload.clone(), retention).await,
+            };
+            match written {
+                Err(Error::Unavailable { source }) if attempt < WRITE_ATTEMPTS => {
+                    tracing::warn!(attempt, error = %source, "storing the outcome failed; retrying");
+                    tokio::time::sleep(WRITE_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                // An earlier attempt may have been applied and only its reply lost: then
+                // the key holds this outcome under this lease's fencing number.
+                Err(Error::LeaseLost)
+                    if attempt > 1 && self.holds(lease, outcome, &payload).await =>
+                {
+                    return Ok(());
+                }
+                written => return written,
+            }
+        }
+    }
+
+    /// Whether the key holds `payload` as its `outcome`, written under `lease`.
+    async fn holds(&self, lease: &Lease, outcome: Outcome, payload: &Bytes) -> bool {
+        let Ok(Some(record)) = self.store.read(&lease.key).await else {
+            return false;
+        };
+        record.fencing == lease.fencing
+            && match (outcome, record.state) {
+                (Outcome::Completed, RecordState::Completed { response }) => response == payload,
+                (Outcome::Failed, RecordState::Failed { failure }) => failure == payload,
+                _ => false,
+            }
+    }
+}
+
+/// How often an outcome is written before a store that stays unavailable wins.
+const WRITE_ATTEMPTS: u32 = 3;
+/// The pause before the second attempt; the third waits twice as long.
+const WRITE_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Which of the two finished states an outcome is written as.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Completed,
+    Failed,
 }
 
 fn replay_success<T: DeserializeOwned, E>(response: &[u8]) -> Result<Execution<T, E>, Error> {
