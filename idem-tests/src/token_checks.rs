@@ -108,33 +108,38 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
     .await
 }
 
-/// A token is usable within its TTL and unknown after it.
+/// A token is usable within its TTL and unknown after it; a used token's mark expires
+/// with it too (it is kept only to tell repeats "already used" meanwhile).
 pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("token_expiry", store, capabilities, |ctx| async move {
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
         let generator = UuidV7Tokens;
         let store = ctx.tokens.store();
-        let fresh = ctx.tokens.parse(&generator.generate()).doing("parse")?;
+        let used = ctx.tokens.parse(&generator.generate()).doing("parse")?;
         let stale = ctx.tokens.parse(&generator.generate()).doing("parse")?;
-        store
-            .issue(&fresh, &ctx.scope, short)
-            .await
-            .doing("issue")?;
+        store.issue(&used, &ctx.scope, short).await.doing("issue")?;
         store
             .issue(&stale, &ctx.scope, short)
             .await
             .doing("issue")?;
-        let now = ctx.consume(&ctx.scope, &fresh).await?;
+        let now = ctx.consume(&ctx.scope, &used).await?;
         ensure!(
             now == Consumption::Consumed,
             "a token within its TTL: expected Consumed, got {now:?}"
         );
-        tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
-        let late = ctx.consume(&ctx.scope, &stale).await?;
+        let repeat = ctx.consume(&ctx.scope, &used).await?;
         ensure!(
-            late == Consumption::Rejected(Rejection::Unknown),
-            "a token past its TTL: expected Rejected(Unknown), got {late:?}"
+            repeat == Consumption::Rejected(Rejection::AlreadyUsed),
+            "a used token within its TTL: expected Rejected(AlreadyUsed), got {repeat:?}"
         );
+        tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
+        for (what, token) in [("an unused", &stale), ("a used", &used)] {
+            let late = ctx.consume(&ctx.scope, token).await?;
+            ensure!(
+                late == Consumption::Rejected(Rejection::Unknown),
+                "{what} token past its TTL: expected Rejected(Unknown), got {late:?}"
+            );
+        }
         Ok(())
     })
     .await

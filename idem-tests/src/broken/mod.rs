@@ -186,6 +186,10 @@ impl BrokenStore {
             .map_err(|_| Error::backend("poisoned"))?
             .contains(&request.key);
         let freed = known && self.inner.read(&request.key).await?.is_none();
+        if freed {
+            // The gap between the check and the write, where the other claimers get in.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let claim = self.inner.claim(request).await?;
         match claim {
             Claim::Acquired(_) => {

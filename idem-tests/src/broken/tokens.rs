@@ -18,6 +18,8 @@ pub enum TokenDefect {
     BurnsOnWrongScope,
     /// Tokens never expire.
     NeverExpires,
+    /// A used token's mark never expires (its TTL is dropped when it is marked).
+    UsedMarkNeverExpires,
     /// Issuing overwrites a token already issued.
     Overwrites,
 }
@@ -29,6 +31,7 @@ impl TokenDefect {
         TokenDefect::IgnoresScope,
         TokenDefect::BurnsOnWrongScope,
         TokenDefect::NeverExpires,
+        TokenDefect::UsedMarkNeverExpires,
         TokenDefect::Overwrites,
     ];
 
@@ -39,6 +42,7 @@ impl TokenDefect {
             TokenDefect::IgnoresScope => &["scope_binding"],
             TokenDefect::BurnsOnWrongScope => &["scope_binding"],
             TokenDefect::NeverExpires => &["token_expiry"],
+            TokenDefect::UsedMarkNeverExpires => &["token_expiry"],
             TokenDefect::Overwrites => &["issue_never_overwrites"],
         }
     }
@@ -82,9 +86,13 @@ impl BrokenTokenStore {
     }
 
     fn write(&self, token: &Token, record: TokenRecord) -> Result<(), Error> {
+        let forever = self.defect == TokenDefect::UsedMarkNeverExpires && record.used;
         self.with_tokens(|tokens| {
             if let Some(entry) = tokens.get_mut(token) {
                 entry.0 = record;
+                if forever {
+                    entry.1 = Instant::now() + Duration::from_secs(24 * 60 * 60);
+                }
             }
         })
     }
