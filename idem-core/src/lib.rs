@@ -33,22 +33,9 @@
 //! ## Example
 //!
 //! ```
-//! use idem_core::{Idempotency, Key, Fingerprint, Retryable};
-//! # use idem_core::{lifecycle, async_trait, Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Lease, Record, Ttl};
-//! # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<Key, lifecycle::Entry>>);
-//! # impl Store { fn step<T>(&self, key: &Key, f: impl FnOnce(Option<&lifecycle::Entry>, u64) -> lifecycle::Step<T>) -> Result<T, Error> {
-//! #     let mut map = self.0.lock().unwrap(); let step = f(map.get(key), 0);
-//! #     match step.write { lifecycle::Write::Put(e) => { map.insert(key.clone(), e); } lifecycle::Write::Remove => { map.remove(key); } lifecycle::Write::Keep => {} }
-//! #     step.answer } }
-//! # #[async_trait] impl IdempotencyStore for Store {
-//! #   async fn claim(&self, r: &ClaimRequest) -> Result<Claim, Error> { self.step(&r.key, |c, n| lifecycle::claim(c, r, n)) }
-//! #   async fn complete(&self, l: &Lease, b: Bytes, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::complete(c, l, b, t, n)) }
-//! #   async fn fail(&self, l: &Lease, b: Bytes, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::fail(c, l, b, t, n)) }
-//! #   async fn renew(&self, l: &Lease, t: Ttl) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::renew(c, l, t, n)) }
-//! #   async fn release(&self, l: &Lease) -> Result<(), Error> { self.step(&l.key, |c, n| lifecycle::release(c, l, n)) }
-//! #   async fn read(&self, k: &Key) -> Result<Option<Record>, Error> { self.step(k, |c, n| lifecycle::Step::keep(Ok(c.and_then(|e| e.record(k, n))))) }
-//! #   async fn remove(&self, k: &Key) -> Result<bool, Error> { self.step(k, |c, n| lifecycle::remove(c, k, n)) }
-//! # }
+//! use idem_core::{Fingerprint, Idempotency, Key, Retryable};
+//! use idem_memory::MemoryStore; // or idem-redis, idem-mysql, your own store
+//!
 //! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
 //! struct Receipt { charge_id: u64 }
 //!
@@ -59,8 +46,7 @@
 //! }
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-//! // Any store: idem-memory's `MemoryStore`, idem-redis, idem-mysql or your own.
-//! let idem = Idempotency::new(Store::default());
+//! let idem = Idempotency::new(MemoryStore::new());
 //! let key = Key::new("charges", "order-1042")?;
 //! let fingerprint = Some(Fingerprint::of(&("order-1042", 4_999))?);
 //!
@@ -76,7 +62,7 @@
 //!     assert_eq!(receipt, Receipt { charge_id: 77 });
 //! }
 //! assert_eq!(runs, 1); // the charge ran once; the repeats were replayed
-//! # Ok::<(), Error>(())
+//! # Ok::<(), idem_core::Error>(())
 //! # }).unwrap();
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -206,17 +206,10 @@ impl TokenRecord {
 ///
 /// ```
 /// use idem_core::{Consumption, Rejection, Scope, Tokens};
-/// # use idem_core::{async_trait, Error, Token, TokenRecord, TokenStore, Ttl};
-/// # #[derive(Debug, Default)] struct Store(std::sync::Mutex<std::collections::HashMap<Token, TokenRecord>>);
-/// # #[async_trait] impl TokenStore for Store {
-/// #   async fn issue(&self, t: &Token, s: &Scope, _: Ttl) -> Result<(), Error> {
-/// #     self.0.lock().unwrap().insert(t.clone(), TokenRecord { scope: s.clone(), used: false }); Ok(()) }
-/// #   async fn consume(&self, t: &Token, s: &Scope) -> Result<Consumption, Error> {
-/// #     let mut map = self.0.lock().unwrap();
-/// #     let (answer, write) = TokenRecord::consume(map.get(t), s);
-/// #     if let Some(r) = write { map.insert(t.clone(), r); } Ok(answer) } }
+/// use idem_memory::MemoryTokenStore; // or idem-redis's, idem-mysql's
+///
 /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let tokens = Tokens::new(Store::default()); // idem-memory's MemoryTokenStore, or Redis, MySQL
+/// let tokens = Tokens::new(MemoryTokenStore::new());
 /// let alice = Scope::new("user:alice")?;
 /// let token = tokens.issue(&alice).await?;      // handed to the client with the form
 ///
@@ -224,7 +217,7 @@ impl TokenRecord {
 /// let repeat = tokens.consume(&alice, token.as_str()).await?;
 /// assert_eq!(first, Consumption::Consumed);     // run the business
 /// assert_eq!(repeat, Consumption::Rejected(Rejection::AlreadyUsed));
-/// # Ok::<(), Error>(())
+/// # Ok::<(), idem_core::Error>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone)]
