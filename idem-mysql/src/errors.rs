@@ -1,5 +1,8 @@
 //! sqlx errors as idem errors, and which server errors mean what.
 
+use std::future::Future;
+use std::time::Duration;
+
 use idem_core::Error;
 use sqlx::mysql::MySqlDatabaseError;
 
@@ -48,9 +51,30 @@ pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
     server_error(error) == Some(DUPLICATE_KEY)
 }
 
+/// Runs `op`, and again after a deadlock or a lock wait timeout, at most `retries` more
+/// times. Only for autocommit statements: those roll back alone, so running them again is
+/// exactly a retry.
+pub(crate) async fn retry_lock_conflicts<T, F, Fut>(retries: u32, mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(error) if attempt < retries && is_lock_conflict(&error) => {
+                attempt += 1;
+                tracing::debug!(%error, attempt, "idem-mysql: lock conflict, running again");
+                tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Whether an idem error is a deadlock or lock wait timeout, which an autocommit statement
 /// can simply run again.
-pub(crate) fn is_lock_conflict(error: &Error) -> bool {
+fn is_lock_conflict(error: &Error) -> bool {
     let Error::Unavailable { source } = error else {
         return false;
     };

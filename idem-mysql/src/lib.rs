@@ -135,6 +135,53 @@
 //! victim, so the error ([`Error::Unavailable`](idem_core::Error::Unavailable)) means:
 //! run the transaction again.
 //!
+//! ## One-time tokens
+//!
+//! [`MySqlTokenStore`] keeps the tokens of [`idem_core::Tokens`] (issue one with the form,
+//! consume it once with the submission) in a table of its own, `idem_tokens` by default.
+//! It can share the application's pool, or a [`MySqlStore`]'s:
+//!
+//! ```no_run
+//! use idem_core::{Consumption, Scope, Tokens};
+//! use idem_mysql::MySqlTokenStore;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MySqlTokenStore::connect("mysql://app:secret@127.0.0.1:3306/shop")
+//!     .await?
+//!     .with_table("idem_tokens")?;       // the default name
+//! store.migrate().await?;                 // harmless when the table is there
+//!
+//! let tokens = Tokens::new(store);
+//! let alice = Scope::new("user:alice")?;
+//! let token = tokens.issue(&alice).await?; // hand it out with the form
+//! match tokens.consume(&alice, token.as_str()).await? {
+//!     Consumption::Consumed => { /* run the business: this happens once per token */ }
+//!     Consumption::Rejected(why) => { /* a repeat, expired, or not alice's: answer `why` */ }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The table, as [`MySqlTokenStore::migration_sql`] prints it:
+//!
+//! ```text
+//! CREATE TABLE IF NOT EXISTS `idem_tokens` (
+//!   token VARBINARY(128) NOT NULL,
+//!   scope VARBINARY(255) NOT NULL,
+//!   used_at DATETIME(6) NULL,             -- UTC; NULL until consumed
+//!   expires_at DATETIME(6) NOT NULL,      -- UTC; the token is unknown from then on
+//!   PRIMARY KEY (token),
+//!   KEY expires_at_idx (expires_at)
+//! ) ENGINE=InnoDB COMMENT='idem-mysql token schema v1'
+//! ```
+//!
+//! Issuing is one `INSERT`; a token already stored is refused with
+//! [`InvalidInput::DuplicateToken`](idem_core::InvalidInput::DuplicateToken) unless its row
+//! has expired, which one `UPDATE` conditioned on the expiry then replaces (a refusal costs
+//! three statements). Consuming is one conditional `UPDATE` that marks the token used; its
+//! affected-row count picks the one winner of concurrent consumes, and a rejection costs one
+//! more `SELECT` to tell why. Used tokens stay, marked, until they expire;
+//! [`MySqlTokenStore::purge_expired`] reclaims their rows like the records' below.
+//!
 //! ## Expiry and purging
 //!
 //! A row past `expires_at` already counts as absent: claims take it over, reads return
@@ -168,10 +215,12 @@ mod row;
 mod schema;
 mod statements;
 mod store;
+mod token;
 mod transaction;
 
 pub use schema::{DEFAULT_TABLE, SCHEMA_VERSION};
 pub use store::MySqlStore;
+pub use token::MySqlTokenStore;
 
 /// Re-exported so the pool, connections and transactions passed in match this crate's sqlx.
 pub use sqlx;

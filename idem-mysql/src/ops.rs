@@ -1,9 +1,11 @@
 //! The lifecycle's transitions as statements on one connection, used both on pooled
 //! autocommit connections and inside a caller's transaction.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use idem_core::lifecycle::{self, Entry};
-use idem_core::{Claim, ClaimRequest, Error, Key, Lease, Record, Ttl};
+use idem_core::{Claim, ClaimRequest, Error, InvalidInput, Key, Lease, Record, Ttl};
 use sqlx::{MySqlConnection, Row};
 
 use crate::errors::{from_sqlx, is_duplicate_key};
@@ -20,9 +22,10 @@ pub(crate) enum Reading {
     Locked,
 }
 
-/// How many read-then-write rounds a claim makes before it gives up. A round fails only
-/// when another caller changed the row in between, so a second round nearly always settles.
-const ROUNDS: usize = 16;
+/// How many read-then-write rounds a claim (or a token's consume) makes before it gives
+/// up. A round fails only when another caller changed the row in between, so a second
+/// round nearly always settles.
+pub(crate) const ROUNDS: usize = 16;
 
 /// Claims a key: INSERT for a never-seen key; otherwise read the row, let the lifecycle
 /// decide, and take the row over with one conditional UPDATE when it says "acquire".
@@ -73,7 +76,8 @@ fn claim_spans(lease_ttl: Ttl) -> (u64, u64) {
     (micros(lease), micros(life))
 }
 
-fn micros(millis: u64) -> u64 {
+/// Milliseconds as the microseconds `TIMESTAMPADD(MICROSECOND, ...)` takes.
+pub(crate) fn micros(millis: u64) -> u64 {
     millis.saturating_mul(1000)
 }
 
@@ -268,15 +272,19 @@ pub(crate) async fn remove(
     Ok(visible.is_some_and(|v| v != 0))
 }
 
-/// Deletes expired rows in batches of `batch_size`, each its own short statement; how many.
+/// Deletes expired rows in batches of `batch_size`, each its own short statement `purge`
+/// (see [`statements::purge`](crate::statements::purge)); how many.
 pub(crate) async fn purge_expired(
     conn: &mut MySqlConnection,
-    sql_for: &Statements,
+    purge: &Arc<str>,
     batch_size: u32,
 ) -> Result<u64, Error> {
+    if batch_size == 0 {
+        return Err(InvalidInput::Other("a purge batch holds at least one row").into());
+    }
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(sql(&sql_for.purge))
+        let deleted = sqlx::query(sql(purge))
             .bind(batch_size)
             .execute(&mut *conn)
             .await

@@ -59,10 +59,17 @@ impl TableName {
     }
 }
 
+impl TableName {
+    /// The name a `kind` table has unless another is configured.
+    pub(crate) fn default_for(kind: &TableKind) -> Self {
+        Self(kind.default_table.to_owned())
+    }
+}
+
 impl Default for TableName {
     /// [`DEFAULT_TABLE`].
     fn default() -> Self {
-        Self(DEFAULT_TABLE.to_owned())
+        Self::default_for(&RECORDS)
     }
 }
 
@@ -78,18 +85,43 @@ impl fmt::Debug for TableName {
     }
 }
 
-/// One step of the schema, applied to tables below its version.
-struct Migration {
-    version: u32,
-    ddl: fn(&TableName) -> String,
+/// One step of a table's schema, applied to tables below its version.
+pub(crate) struct Migration {
+    pub(crate) version: u32,
+    pub(crate) ddl: fn(&TableName) -> String,
 }
 
-/// Every schema step in order. A later version appends a step of `ALTER TABLE`s that ends
-/// by setting the table comment to its version.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    ddl: create_table_v1,
-}];
+/// A kind of table idem-mysql keeps (idempotency records, one-time tokens), each with a
+/// schema history of its own. The kinds carry different comments, so a store pointed at a
+/// table of the other kind refuses it instead of misreading its rows.
+pub(crate) struct TableKind {
+    /// What this kind's table comment says before the version number.
+    pub(crate) comment_prefix: &'static str,
+    /// How error messages name such a table.
+    pub(crate) noun: &'static str,
+    /// The store type that migrates it, for error messages.
+    pub(crate) store: &'static str,
+    /// The table's name unless another is configured; a valid [`TableName`].
+    pub(crate) default_table: &'static str,
+    /// The version this build reads and writes: the last migration's.
+    pub(crate) version: u32,
+    /// Every schema step in order. A later version appends a step of `ALTER TABLE`s that
+    /// ends by setting the table comment to its version.
+    pub(crate) migrations: &'static [Migration],
+}
+
+/// The idempotency records table of [`MySqlStore`](crate::MySqlStore).
+pub(crate) const RECORDS: TableKind = TableKind {
+    comment_prefix: COMMENT_PREFIX,
+    noun: "an idem-mysql table",
+    store: "MySqlStore",
+    default_table: DEFAULT_TABLE,
+    version: SCHEMA_VERSION,
+    migrations: &[Migration {
+        version: 1,
+        ddl: create_table_v1,
+    }],
+};
 
 /// Version 1. Why each column is what it is:
 /// - `namespace`, `idem_key`: `VARBINARY`, so keys compare byte for byte: no collation
@@ -119,47 +151,66 @@ fn create_table_v1(table: &TableName) -> String {
     )
 }
 
-/// The whole DDL for `table`, one statement per version, each ending in `;`: the text to
-/// hand to a DBA or a migration tool. [`migrate`] runs exactly these statements.
-pub(crate) fn migration_sql(table: &TableName) -> String {
-    MIGRATIONS
+/// The whole DDL for a `kind` table called `table`, one statement per version, each ending
+/// in `;`: the text to hand to a DBA or a migration tool. [`migrate`] runs exactly these
+/// statements.
+pub(crate) fn migration_sql(kind: &TableKind, table: &TableName) -> String {
+    kind.migrations
         .iter()
-        .map(|m| format!("-- idem-mysql schema v{}\n{};\n", m.version, (m.ddl)(table)))
+        .map(|m| {
+            format!(
+                "-- {}{}\n{};\n",
+                kind.comment_prefix,
+                m.version,
+                (m.ddl)(table)
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// Brings `table` up to [`SCHEMA_VERSION`]; a table already there is left alone.
-pub(crate) async fn migrate(conn: &mut MySqlConnection, table: &TableName) -> Result<(), Error> {
-    let current = version(conn, table).await?.unwrap_or(0);
-    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+/// Brings `table` up to the kind's version; a table already there is left alone.
+pub(crate) async fn migrate(
+    conn: &mut MySqlConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<(), Error> {
+    let current = version(conn, kind, table).await?.unwrap_or(0);
+    for migration in kind.migrations.iter().filter(|m| m.version > current) {
         tracing::info!(table = %table, version = migration.version, "idem-mysql: migrating");
         sqlx::raw_sql(AssertSqlSafe((migration.ddl)(table)))
             .execute(&mut *conn)
             .await
             .map_err(from_sqlx)?;
     }
-    check_version(conn, table).await
+    check_version(conn, kind, table).await
 }
 
-/// Fails unless `table` exists at [`SCHEMA_VERSION`].
+/// Fails unless `table` exists at the kind's version.
 pub(crate) async fn check_version(
     conn: &mut MySqlConnection,
+    kind: &TableKind,
     table: &TableName,
 ) -> Result<(), Error> {
-    match version(conn, table).await? {
-        Some(SCHEMA_VERSION) => Ok(()),
+    let store = kind.store;
+    match version(conn, kind, table).await? {
+        Some(v) if v == kind.version => Ok(()),
         None => Err(Error::backend(format!(
-            "table {table} does not exist: run MySqlStore::migrate() or apply MySqlStore::migration_sql()"
+            "table {table} does not exist: run {store}::migrate() or apply {store}::migration_sql()"
         ))),
         Some(other) => Err(Error::backend(format!(
-            "table {table} has idem-mysql schema v{other}; this build uses v{SCHEMA_VERSION}"
+            "table {table} has {}{other}; this build uses v{}",
+            kind.comment_prefix, kind.version
         ))),
     }
 }
 
 /// The schema version `table` carries in its comment, `None` when the table does not exist.
-async fn version(conn: &mut MySqlConnection, table: &TableName) -> Result<Option<u32>, Error> {
+async fn version(
+    conn: &mut MySqlConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<Option<u32>, Error> {
     let comment: Option<String> = sqlx::query_scalar(
         "SELECT CAST(TABLE_COMMENT AS CHAR) FROM information_schema.TABLES \
          WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
@@ -171,11 +222,12 @@ async fn version(conn: &mut MySqlConnection, table: &TableName) -> Result<Option
     comment
         .map(|comment| {
             comment
-                .strip_prefix(COMMENT_PREFIX)
+                .strip_prefix(kind.comment_prefix)
                 .and_then(|v| v.parse::<u32>().ok())
                 .ok_or_else(|| {
                     Error::backend(format!(
-                        "table {table} exists but is not an idem-mysql table (its comment is {comment:?})"
+                        "table {table} exists but is not {} (its comment is {comment:?})",
+                        kind.noun
                     ))
                 })
         })
@@ -216,9 +268,29 @@ mod tests {
 
     #[test]
     fn ddl_names_the_table_and_version() {
-        let sql = migration_sql(&TableName::new("my_idem").expect("valid"));
+        let sql = migration_sql(&RECORDS, &TableName::new("my_idem").expect("valid"));
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_idem`"));
         assert!(sql.contains("COMMENT='idem-mysql schema v1'"));
         assert!(sql.trim_end().ends_with(';'));
+    }
+
+    #[test]
+    fn every_kind_is_consistent() {
+        for kind in [&RECORDS, &crate::token::TOKENS] {
+            let last = kind.migrations.last().map(|m| m.version);
+            assert_eq!(last, Some(kind.version), "{}", kind.noun);
+            assert!(TableName::new(kind.default_table).is_ok(), "{}", kind.noun);
+        }
+        // Neither kind's comment reads as the other's, so neither store takes the other's table.
+        assert!(
+            !RECORDS
+                .comment_prefix
+                .starts_with(crate::token::TOKENS.comment_prefix)
+        );
+        assert!(
+            !crate::token::TOKENS
+                .comment_prefix
+                .starts_with(RECORDS.comment_prefix)
+        );
     }
 }

@@ -136,12 +136,19 @@ impl Statements {
             )
             .into(),
             delete: format!("DELETE FROM {t} WHERE {KEY}").into(),
-            purge: format!(
-                "DELETE FROM {t} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?"
-            )
-            .into(),
+            purge: purge(table),
         }
     }
+}
+
+/// Deletes up to `?` rows past `expires_at`, oldest first, on the `expires_at` index: the
+/// purge of every idem-mysql table.
+pub(crate) fn purge(table: &TableName) -> Arc<str> {
+    format!(
+        "DELETE FROM {} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?",
+        table.quoted()
+    )
+    .into()
 }
 
 /// A statement as sqlx takes it. The text is built only from constants and a validated

@@ -3,20 +3,18 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use idem_core::{
-    Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput, Key, Lease, Record, Ttl,
-    check_payload,
+    Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, check_payload,
 };
 use sqlx::MySqlPool;
 use sqlx::pool::PoolConnection;
 
-use crate::errors::{from_sqlx, is_lock_conflict};
+use crate::errors::{from_sqlx, retry_lock_conflicts};
 use crate::ops::{self, Outcome, Reading};
-use crate::schema::{self, TableName};
+use crate::schema::{self, RECORDS, TableName};
 use crate::statements::Statements;
 
 /// An [`IdempotencyStore`] on MySQL 8 or MariaDB 10.11+, one row per key in one InnoDB
@@ -122,25 +120,25 @@ impl MySqlStore {
     /// idem-mysql table, or carries a newer schema version.
     pub async fn migrate(&self) -> Result<(), Error> {
         let mut conn = self.connection().await?;
-        schema::migrate(&mut conn, &self.table).await
+        schema::migrate(&mut conn, &RECORDS, &self.table).await
     }
 
     /// Checks that the table exists at this build's schema version, without changing
     /// anything: for deployments where the application may not run DDL.
     pub async fn check_schema(&self) -> Result<(), Error> {
         let mut conn = self.connection().await?;
-        schema::check_version(&mut conn, &self.table).await
+        schema::check_version(&mut conn, &RECORDS, &self.table).await
     }
 
     /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text: for teams
     /// that apply schema changes with their own tooling.
     pub fn migration_sql(&self) -> String {
-        schema::migration_sql(&self.table)
+        schema::migration_sql(&RECORDS, &self.table)
     }
 
     /// The DDL for a table called `table`, without a store (say, in a build script).
     pub fn migration_sql_for(table: &str) -> Result<String, Error> {
-        Ok(schema::migration_sql(&TableName::new(table)?))
+        Ok(schema::migration_sql(&RECORDS, &TableName::new(table)?))
     }
 
     /// Deletes every record past its retention (and every trace of a lease past its
@@ -151,12 +149,9 @@ impl MySqlStore {
     /// a separate short `DELETE ... ORDER BY expires_at LIMIT n` on the `expires_at` index,
     /// so no lock is held for long. Run it on a schedule; see the [crate docs](crate).
     pub async fn purge_expired(&self, batch_size: u32) -> Result<u64, Error> {
-        if batch_size == 0 {
-            return Err(InvalidInput::Other("a purge batch holds at least one row").into());
-        }
         self.retrying(|| async {
             let mut conn = self.connection().await?;
-            ops::purge_expired(&mut conn, &self.statements, batch_size).await
+            ops::purge_expired(&mut conn, &self.statements.purge, batch_size).await
         })
         .await
     }
@@ -173,25 +168,13 @@ impl MySqlStore {
         self.pool.acquire().await.map_err(from_sqlx)
     }
 
-    /// Runs `op` again after a deadlock or a lock wait timeout, a bounded number of times.
-    /// Only for autocommit statements: those roll back alone, so running them again is
-    /// exactly a retry.
-    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    /// Runs `op` again after a lock conflict; see [`retry_lock_conflicts`].
+    async fn retrying<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Err(error) if attempt < self.lock_retries && is_lock_conflict(&error) => {
-                    attempt += 1;
-                    tracing::debug!(%error, attempt, "idem-mysql: lock conflict, running again");
-                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-                }
-                outcome => return outcome,
-            }
-        }
+        retry_lock_conflicts(self.lock_retries, op).await
     }
 }
 

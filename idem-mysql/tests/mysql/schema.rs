@@ -2,18 +2,9 @@
 
 use idem_core::{Error, IdempotencyStore};
 use idem_mysql::MySqlStore;
-use idem_mysql::sqlx::{self, AssertSqlSafe, MySqlPool};
+use idem_mysql::sqlx::{self, AssertSqlSafe};
 
 use crate::support::*;
-
-async fn show_create(pool: &MySqlPool, table: &str) -> String {
-    let (_, ddl): (String, String) =
-        sqlx::query_as(AssertSqlSafe(format!("SHOW CREATE TABLE `{table}`")))
-            .fetch_one(pool)
-            .await
-            .expect("show create table");
-    ddl.replace(table, "TABLE")
-}
 
 #[tokio::test]
 async fn migrating_twice_is_harmless() {

@@ -4,29 +4,10 @@ use std::time::Duration;
 
 use idem_core::{Claim, IdempotencyStore};
 use idem_mysql::MySqlStore;
-use idem_mysql::sqlx::{self, MySqlPool};
 
 use crate::support::*;
 
 const SHORT: Duration = Duration::from_millis(100);
-
-/// The session's `Questions` counter: statements the server ran for this connection.
-async fn questions(pool: &MySqlPool) -> u64 {
-    let (_, value): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Questions'")
-        .fetch_one(pool)
-        .await
-        .expect("read Questions");
-    value.parse().expect("a number")
-}
-
-/// Statements `call` sent, net of the counter's own query.
-async fn count<F: std::future::Future>(pool: &MySqlPool, call: F) -> (u64, F::Output) {
-    let a = questions(pool).await;
-    let b = questions(pool).await;
-    let output = call.await;
-    let c = questions(pool).await;
-    ((c - b) - (b - a), output)
-}
 
 #[tokio::test]
 async fn a_first_claim_and_a_completion_are_one_statement_each() {

@@ -138,3 +138,31 @@ pub async fn raw_row(store: &MySqlStore, key: &Key) -> Option<String> {
     .await
     .expect("read a raw row")
 }
+
+/// The session's `Questions` counter: statements the server ran for this connection.
+pub async fn questions(pool: &MySqlPool) -> u64 {
+    let (_, value): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Questions'")
+        .fetch_one(pool)
+        .await
+        .expect("read Questions");
+    value.parse().expect("a number")
+}
+
+/// Statements `call` sent, net of the counter's own query.
+pub async fn count<F: std::future::Future>(pool: &MySqlPool, call: F) -> (u64, F::Output) {
+    let a = questions(pool).await;
+    let b = questions(pool).await;
+    let output = call.await;
+    let c = questions(pool).await;
+    ((c - b) - (b - a), output)
+}
+
+/// A table's `SHOW CREATE TABLE`, its name replaced by `TABLE`, to compare two tables.
+pub async fn show_create(pool: &MySqlPool, table: &str) -> String {
+    let (_, ddl): (String, String) =
+        sqlx::query_as(AssertSqlSafe(format!("SHOW CREATE TABLE `{table}`")))
+            .fetch_one(pool)
+            .await
+            .expect("show create table");
+    ddl.replace(table, "TABLE")
+}

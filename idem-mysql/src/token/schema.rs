@@ -1,0 +1,66 @@
+//! The token table: its versioned DDL, run by the shared migration of [`crate::schema`].
+
+use crate::schema::{Migration, TableKind, TableName};
+
+/// The token table's schema version this build reads and writes.
+pub(crate) const SCHEMA_VERSION: u32 = 1;
+
+/// The token table's name unless another is configured.
+pub(crate) const DEFAULT_TABLE: &str = "idem_tokens";
+
+/// What a token table's comment starts with. It differs from the records table's, so neither
+/// store mistakes the other's table for its own.
+const COMMENT_PREFIX: &str = "idem-mysql token schema v";
+
+/// The one-time tokens table of [`MySqlTokenStore`](crate::MySqlTokenStore).
+pub(crate) const TOKENS: TableKind = TableKind {
+    comment_prefix: COMMENT_PREFIX,
+    noun: "an idem-mysql token table",
+    store: "MySqlTokenStore",
+    default_table: DEFAULT_TABLE,
+    version: SCHEMA_VERSION,
+    migrations: &[Migration {
+        version: 1,
+        ddl: create_table_v1,
+    }],
+};
+
+/// Version 1. Why each column is what it is:
+/// - `token`: `VARBINARY(128)`, [`MAX_TOKEN_LEN`](idem_core::MAX_TOKEN_LEN) bytes compared
+///   byte for byte, whatever the server's collation. The primary key, so issuing the same
+///   token twice collides on it.
+/// - `scope`: `VARBINARY(255)`, [`MAX_KEY_LEN`](idem_core::MAX_KEY_LEN) bytes, byte for byte
+///   as well, so `alice` and `Alice` are different owners.
+/// - `used_at`: NULL until consumed. A used row is kept until it expires, so a repeat is told
+///   "already used" rather than "unknown".
+/// - `expires_at`: UTC from the server's clock; the row counts as absent from then on, and
+///   the index serves `purge_expired`.
+fn create_table_v1(table: &TableName) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+  token VARBINARY(128) NOT NULL,
+  scope VARBINARY(255) NOT NULL,
+  used_at DATETIME(6) NULL,
+  expires_at DATETIME(6) NOT NULL,
+  PRIMARY KEY (token),
+  KEY expires_at_idx (expires_at)
+) ENGINE=InnoDB COMMENT='{COMMENT_PREFIX}1'",
+        table = table.quoted()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::migration_sql;
+
+    #[test]
+    fn ddl_names_the_table_and_version() {
+        let sql = migration_sql(&TOKENS, &TableName::new("my_tokens").expect("valid"));
+        assert!(sql.starts_with("-- idem-mysql token schema v1\n"), "{sql}");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_tokens`"));
+        assert!(sql.contains("token VARBINARY(128) NOT NULL"));
+        assert!(sql.contains("COMMENT='idem-mysql token schema v1'"));
+        assert!(sql.trim_end().ends_with(';'));
+    }
+}
