@@ -36,6 +36,27 @@ pub const MAX_TOKEN_LEN: usize = 128;
 pub struct Token(String);
 
 impl Token {
+    /// Checks that `raw` is a well-formed token of `generator`'s format: non-empty, at most
+    /// [`MAX_TOKEN_LEN`] bytes, no whitespace or control characters. Else
+    /// [`InvalidInput::MalformedToken`].
+    pub fn parse(raw: &str, generator: &dyn TokenGenerator) -> Result<Self, Error> {
+        let reason = if raw.is_empty() {
+            Some("empty")
+        } else if raw.len() > MAX_TOKEN_LEN {
+            Some("longer than MAX_TOKEN_LEN")
+        } else if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            Some("holds whitespace or control characters")
+        } else if !generator.is_well_formed(raw) {
+            Some("not in the generator's format")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(InvalidInput::MalformedToken { reason }.into()),
+            None => Ok(Self(raw.to_owned())),
+        }
+    }
+
     /// The token's text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -267,21 +288,7 @@ impl<S: TokenStore> Tokens<S> {
 
     /// Checks that `raw` is a well-formed token, without asking the store.
     pub fn parse(&self, raw: &str) -> Result<Token, Error> {
-        let reason = if raw.is_empty() {
-            Some("empty")
-        } else if raw.len() > MAX_TOKEN_LEN {
-            Some("longer than MAX_TOKEN_LEN")
-        } else if raw.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            Some("holds whitespace or control characters")
-        } else if !self.generator.is_well_formed(raw) {
-            Some("not in the generator's format")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(InvalidInput::MalformedToken { reason }.into()),
-            None => Ok(Token(raw.to_owned())),
-        }
+        Token::parse(raw, self.generator.as_ref())
     }
 
     /// Uses up the token the client presented, if it is live, unused and belongs to `scope`.
