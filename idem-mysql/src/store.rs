@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use idem_core::{
     Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, check_payload,
 };
 use sqlx::MySqlPool;
+use sqlx::mysql::MySqlPoolOptions;
 use sqlx::pool::PoolConnection;
 
 use crate::errors::{from_sqlx, retry_lock_conflicts};
@@ -49,16 +51,20 @@ impl MySqlStore {
     /// on a pooled connection, unless configured otherwise.
     pub const DEFAULT_LOCK_RETRIES: u32 = 3;
 
-    /// Connects a pool with sqlx's default settings to `url`
-    /// (`mysql://user:password@host:3306/database`): up to 10 connections, and a 30 s wait
-    /// for one. For other settings build the pool with
-    /// [`MySqlPoolOptions`](sqlx::mysql::MySqlPoolOptions) and use [`from_pool`](Self::from_pool).
+    /// How long a call waits for a pooled connection before it is [`Error::Unavailable`],
+    /// on pools made by [`connect`](Self::connect): bounded, so a dead server fails calls
+    /// quickly instead of after sqlx's default 30 s.
+    pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Connects a pool to `url` (`mysql://user:password@host:3306/database`): up to 10
+    /// connections, and [`ACQUIRE_TIMEOUT`](Self::ACQUIRE_TIMEOUT) to get one. For other
+    /// settings build the pool with [`MySqlPoolOptions`] and use
+    /// [`from_pool`](Self::from_pool).
     ///
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
     /// is [`Error::Backend`]. Either way the sqlx error is the `source`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let pool = MySqlPool::connect(url).await.map_err(from_sqlx)?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(connect_pool(url).await?))
     }
 
     /// Uses an existing pool, shared with the rest of the application.
@@ -251,4 +257,15 @@ impl IdempotencyStore for MySqlStore {
         })
         .await
     }
+}
+
+/// The pool [`MySqlStore::connect`] and [`MySqlTokenStore::connect`] make.
+///
+/// [`MySqlTokenStore::connect`]: crate::MySqlTokenStore::connect
+pub(crate) async fn connect_pool(url: &str) -> Result<MySqlPool, Error> {
+    MySqlPoolOptions::new()
+        .acquire_timeout(MySqlStore::ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(from_sqlx)
 }

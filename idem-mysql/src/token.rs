@@ -61,14 +61,13 @@ impl MySqlTokenStore {
     /// comment (`idem-mysql token schema v1`), apart from the records table's.
     pub const SCHEMA_VERSION: u32 = schema::SCHEMA_VERSION;
 
-    /// Connects a pool with sqlx's default settings to `url`, as
-    /// [`MySqlStore::connect`] does; for other settings use [`from_pool`](Self::from_pool).
+    /// Connects a pool to `url` as [`MySqlStore::connect`] does; for other settings use
+    /// [`from_pool`](Self::from_pool).
     ///
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
     /// is [`Error::Backend`]. Either way the sqlx error is the `source`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let pool = MySqlPool::connect(url).await.map_err(from_sqlx)?;
-        Ok(Self::from_pool(pool))
+        Ok(Self::from_pool(crate::store::connect_pool(url).await?))
     }
 
     /// Uses an existing pool, shared with the rest of the application (or with a
