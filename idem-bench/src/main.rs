@@ -9,6 +9,7 @@
 
 mod measure;
 mod memory;
+mod redis;
 mod report;
 
 use std::process::ExitCode;
@@ -122,6 +123,13 @@ async fn run(settings: &Settings) -> Result<usize, String> {
                 memory::run(settings)
                     .await
                     .map_err(|e| format!("memory: {e}"))?,
+            );
+        }
+        if settings.wants("redis") {
+            rows.extend(
+                redis::run(settings)
+                    .await
+                    .map_err(|e| format!("redis: {e}"))?,
             );
         }
         rounds.push(rows);
