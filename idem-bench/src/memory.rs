@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use idem_core::{
+use idem::{
     Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl,
 };
-use idem_memory::MemoryStore;
+use idem::MemoryStore;
 use moka::future::Cache;
 
 use crate::Settings;
