@@ -4,10 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use idem::{
-    Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl,
-};
 use idem::MemoryStore;
+use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl};
 use moka::future::Cache;
 
 use crate::Settings;

@@ -11,8 +11,8 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, Value};
 use bytes::Bytes;
-use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Ttl};
 use idem::redis::RedisStore;
+use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Ttl};
 
 use crate::Settings;
 use crate::measure::{Figure, latency, throughput};
