@@ -368,24 +368,14 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// the executor's or the store's limit, is recorded as a marker instead, so repeats get a
     /// typed error rather than run the operation again.
     async fn store_success<T: Serialize>(&self, lease: &Lease, value: &T) -> Result<(), Error> {
-        let bytes = match serde_json::to_vec(value) {
-            Ok(bytes) => bytes,
-            Err(error) => return self.store_unserializable(lease, &error).await,
-        };
-        let (size, limit) = (bytes.len(), self.settings.max_payload);
-        if size > limit {
-            return self.store_too_large(lease, size, limit).await;
-        }
         let retention = self.settings.success_retention;
-        match self
-            .write_outcome(lease, Outcome::Completed, Bytes::from(bytes), retention)
-            .await
-        {
-            Err(Error::PayloadTooLarge { size, limit }) => {
-                self.store_too_large(lease, size, limit).await
-            }
-            stored => stored,
-        }
+        self.store_encoded(
+            lease,
+            Outcome::Completed,
+            serde_json::to_vec(value),
+            retention,
+        )
+        .await
     }
 
     /// Stores a permanent failure, or a marker when it cannot be stored (as for successes).
@@ -394,7 +384,25 @@ impl<S: IdempotencyStore> Idempotency<S> {
         lease: &Lease,
         envelope: &StoredFailure<E>,
     ) -> Result<(), Error> {
-        let bytes = match serde_json::to_vec(envelope) {
+        let retention = self.settings.failure_retention;
+        self.store_encoded(
+            lease,
+            Outcome::Failed,
+            serde_json::to_vec(envelope),
+            retention,
+        )
+        .await
+    }
+
+    /// Writes an encoded outcome, or the marker that says why it could not be.
+    async fn store_encoded(
+        &self,
+        lease: &Lease,
+        outcome: Outcome,
+        encoded: Result<Vec<u8>, serde_json::Error>,
+        retention: Ttl,
+    ) -> Result<(), Error> {
+        let bytes = match encoded {
             Ok(bytes) => bytes,
             Err(error) => return self.store_unserializable(lease, &error).await,
         };
@@ -402,9 +410,8 @@ impl<S: IdempotencyStore> Idempotency<S> {
         if size > limit {
             return self.store_too_large(lease, size, limit).await;
         }
-        let retention = self.settings.failure_retention;
         match self
-            .write_outcome(lease, Outcome::Failed, Bytes::from(bytes), retention)
+            .write_outcome(lease, outcome, Bytes::from(bytes), retention)
             .await
         {
             Err(Error::PayloadTooLarge { size, limit }) => {

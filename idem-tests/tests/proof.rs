@@ -8,39 +8,69 @@ use idem_memory::{MemoryStore, MemoryTokenStore};
 use idem_tests::broken::Defect;
 use idem_tests::broken::tokens::TokenDefect;
 use idem_tests::{
-    CHECKS, Capabilities, SharedTokenStore, Store, TOKEN_CHECKS, run_all, run_all_tokens,
+    CHECKS, Capabilities, CheckFailure, SharedTokenStore, Store, TOKEN_CHECKS, run_all,
+    run_all_tokens,
 };
 
 fn capabilities() -> Capabilities {
     Capabilities::default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_defect_is_caught_by_its_checks() {
-    let max_payload = capabilities().max_payload;
-    let runs: Vec<_> = Defect::ALL
+/// Runs the suite against every broken store at once; lists each expected check a defect
+/// passed.
+async fn uncaught<D, F>(
+    defects: &[D],
+    caught_by: fn(D) -> &'static [&'static str],
+    run: impl Fn(D) -> F,
+) -> Vec<String>
+where
+    D: Copy + std::fmt::Debug,
+    F: std::future::Future<Output = Vec<CheckFailure>> + Send + 'static,
+{
+    let runs: Vec<_> = defects
         .iter()
-        .map(|defect| {
-            let store: Store = Arc::new(defect.store(max_payload));
-            (defect, tokio::spawn(run_all(store, capabilities())))
-        })
+        .map(|defect| (*defect, tokio::spawn(run(*defect))))
         .collect();
     let mut uncaught = Vec::new();
     for (defect, run) in runs {
         let failures = run.await.expect("the suite itself must not panic");
         let failed: BTreeSet<_> = failures.iter().map(|f| f.check).collect();
-        for expected in defect.caught_by() {
-            if !failed.contains(expected) {
-                uncaught.push(format!(
-                    "{defect:?} passed `{expected}` (failed: {failed:?})"
-                ));
-            }
-        }
+        uncaught.extend(
+            caught_by(defect)
+                .iter()
+                .filter(|check| !failed.contains(*check))
+                .map(|check| format!("{defect:?} passed `{check}` (failed: {failed:?})")),
+        );
     }
+    uncaught
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_defect_is_caught_by_its_checks() {
+    let max_payload = capabilities().max_payload;
+    let missed = uncaught(Defect::ALL, Defect::caught_by, |defect| {
+        let store: Store = Arc::new(defect.store(max_payload));
+        run_all(store, capabilities())
+    })
+    .await;
     assert!(
-        uncaught.is_empty(),
+        missed.is_empty(),
         "the suite missed defects:\n{}",
-        uncaught.join("\n")
+        missed.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_token_defect_is_caught_by_its_checks() {
+    let missed = uncaught(TokenDefect::ALL, TokenDefect::caught_by, |defect| {
+        let store: SharedTokenStore = Arc::new(defect.store());
+        run_all_tokens(store, capabilities())
+    })
+    .await;
+    assert!(
+        missed.is_empty(),
+        "the token suite missed defects:\n{}",
+        missed.join("\n")
     );
 }
 
@@ -98,34 +128,6 @@ async fn the_memory_store_passes_every_check() {
     assert!(
         failures.is_empty(),
         "the reference store fails: {failures:#?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_token_defect_is_caught_by_its_checks() {
-    let runs: Vec<_> = TokenDefect::ALL
-        .iter()
-        .map(|defect| {
-            let store: SharedTokenStore = Arc::new(defect.store());
-            (defect, tokio::spawn(run_all_tokens(store, capabilities())))
-        })
-        .collect();
-    let mut uncaught = Vec::new();
-    for (defect, run) in runs {
-        let failures = run.await.expect("the suite itself must not panic");
-        let failed: BTreeSet<_> = failures.iter().map(|f| f.check).collect();
-        for expected in defect.caught_by() {
-            if !failed.contains(expected) {
-                uncaught.push(format!(
-                    "{defect:?} passed `{expected}` (failed: {failed:?})"
-                ));
-            }
-        }
-    }
-    assert!(
-        uncaught.is_empty(),
-        "the token suite missed defects:\n{}",
-        uncaught.join("\n")
     );
 }
 
