@@ -8,11 +8,15 @@
 //! (the [`Idempotency`] executor, [`Key`], [`Fingerprint`], [`Error`], the
 //! [`IdempotencyStore`] trait) and, by cargo feature, the stores:
 //!
-//! | feature | store | when |
+//! | feature | stores | when |
 //! |---|---|---|
-//! | `memory` (default) | [`MemoryStore`] | one process, tests, getting started |
-//! | `redis` | `idem::redis::RedisStore` | many processes, low latency |
-//! | `mysql` | `idem::mysql::MySqlStore` | many processes, the claim committed with your own rows |
+//! | `memory` (default) | [`MemoryStore`], `memory::MemoryTokenStore` | one process, tests, getting started |
+//! | `redis` | `redis::RedisStore`, `redis::RedisTokenStore` | many processes, low latency |
+//! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
+//!
+//! Two flows: key-based idempotency with the [`Idempotency`] executor (the client sends a
+//! key, repeats get the first response), and one-time [`Tokens`] (the server hands a token
+//! out, the submission consumes it atomically, repeats are rejected).
 //!
 //! ```
 //! use idem::{Idempotency, Key, MemoryStore, Retryable};
