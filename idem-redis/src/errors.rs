@@ -37,6 +37,17 @@ fn is_transient(err: &RedisError) -> bool {
     }
 }
 
+/// [`from_redis`], except that a command on a key of another Redis type (`WRONGTYPE`, from a
+/// plain command or a script's `redis.call`) means the record under an idem key is not one
+/// of ours: [`Error::CorruptRecord`].
+pub(crate) fn from_record_call(err: RedisError) -> Error {
+    if err.code() == Some("WRONGTYPE") {
+        tracing::warn!(error = %err, "corrupt idem record in Redis");
+        return Error::corrupt_with("the key holds a value of another type", err);
+    }
+    from_redis(err)
+}
+
 /// Awaits one Redis call for at most `deadline`: a call that outlives it, or fails, is sorted
 /// by [`from_redis`].
 pub(crate) async fn bounded<T>(

@@ -1,5 +1,7 @@
 //! Where a record lives: the Redis key of an idem key.
 
+use std::fmt::Write;
+
 use idem_core::{Error, InvalidInput, Key};
 
 /// The Redis key of `key`: `prefix{tag}`, where the tag is [`Key::encoded`] with `%`, `{`
@@ -12,7 +14,20 @@ use idem_core::{Error, InvalidInput, Key};
 ///   `{` is always the tag's, and any key this crate ever adds for the same idem key
 ///   (`prefix{tag}suffix`) lands in the same slot.
 pub(crate) fn record_key(prefix: &str, key: &Key) -> String {
-    tagged_key(prefix, &key.encoded())
+    // Written straight into one string: the same bytes as escaping `key.encoded()`, which
+    // is `namespace length:namespace:id`, without building that string first.
+    let (namespace, id) = (key.namespace(), key.id());
+    let mut out = String::with_capacity(prefix.len() + namespace.len() + id.len() + 16);
+    out.push_str(prefix);
+    out.push('{');
+    // Writing to a String cannot fail.
+    let _ = write!(out, "{}", namespace.len());
+    out.push(':');
+    push_escaped(&mut out, namespace);
+    out.push(':');
+    push_escaped(&mut out, id);
+    out.push('}');
+    out
 }
 
 /// `prefix{tag}` with `%`, `{` and `}` in `tag` percent-escaped: the Redis key of anything
@@ -22,7 +37,18 @@ pub(crate) fn tagged_key(prefix: &str, tag: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + tag.len() + 8);
     out.push_str(prefix);
     out.push('{');
-    for c in tag.chars() {
+    push_escaped(&mut out, tag);
+    out.push('}');
+    out
+}
+
+fn push_escaped(out: &mut String, text: &str) {
+    // Most keys hold none of the three: copy them whole.
+    if !text.contains(['%', '{', '}']) {
+        out.push_str(text);
+        return;
+    }
+    for c in text.chars() {
         match c {
             '%' => out.push_str("%25"),
             '{' => out.push_str("%7B"),
@@ -30,8 +56,6 @@ pub(crate) fn tagged_key(prefix: &str, tag: &str) -> String {
             c => out.push(c),
         }
     }
-    out.push('}');
-    out
 }
 
 /// A prefix with a brace would move or empty the hash tag, and with it the slot rules above.
@@ -68,6 +92,17 @@ mod tests {
         assert_eq!(key, "p:{4:n%7Bs%7D:a%7Db%7Bc%257D}");
         // The whole escaped key is the tag, so the slot depends on all of it.
         assert_eq!(hash_tag(&key), &key[3..key.len() - 1]);
+    }
+
+    #[test]
+    fn record_keys_escape_the_encoded_key() {
+        for (namespace, id) in [("orders", "k-1"), ("n{s}", "a}b{c%7D"), ("ns", "é{}%")] {
+            let key = Key::new(namespace, id).expect("valid key");
+            assert_eq!(record_key("p:", &key), tagged_key("p:", &key.encoded()));
+        }
+        let long = "n".repeat(123);
+        let key = Key::new(long.as_str(), "x").expect("valid key");
+        assert_eq!(record_key("", &key), tagged_key("", &key.encoded()));
     }
 
     #[test]

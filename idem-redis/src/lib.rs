@@ -51,14 +51,18 @@
 //!
 //! ## How it works
 //!
-//! - **One round trip, atomic.** Every call (claim, complete, fail, renew, release, read,
-//!   remove) is one Lua script run by `EVALSHA`: Redis runs it without interleaving any
-//!   other command, so the compare-and-set on owner token and fencing number cannot race.
-//!   A repeated claim gets the stored response in the same reply. Scripts are loaded on
-//!   the first `NOSCRIPT` (or up front by [`RedisStore::load_scripts`]).
-//! - **Redis's clock.** Lease and retention deadlines are computed in the scripts from
-//!   `TIME` and enforced with key TTLs (`PX`), so application clocks never matter and no
-//!   sweeper is needed.
+//! - **One round trip, atomic.** A claim is one plain `SET key record NX PX ttl GET`: a
+//!   new key is acquired by that very write, and a finished key is replayed from the value
+//!   the same command returns. Complete, fail, renew, release, read and remove are each one
+//!   Lua script run by `EVALSHA`: Redis runs it without interleaving any other command, so
+//!   the compare-and-set on owner token and fencing number cannot race. Only a claim that
+//!   finds a lease (live, lapsed or released) takes a second round trip, the claim script,
+//!   which decides atomically whether to report it in progress or take it over. Scripts
+//!   are loaded on the first `NOSCRIPT` (or up front by [`RedisStore::load_scripts`]).
+//! - **Redis's clock.** Deadlines are key TTLs (`PX`), enforced by Redis: a record is live
+//!   exactly while its key exists, so completing, failing, renewing and releasing need no
+//!   clock at all, and a claim that meets another owner's lease reads how much of it is
+//!   left from the key's `PTTL`. Application clocks never matter and no sweeper is needed.
 //! - **Fencing.** Each acquisition gets a larger fencing number than the last while Redis
 //!   remembers the key: for its retention once finished, and for
 //!   [`trace_ttl`](idem_core::lifecycle::trace_ttl) (the longer of the lease TTL and 60 s)
@@ -67,12 +71,14 @@
 //!   [`Key::encoded`](idem_core::Key::encoded) with `%`, `{` and `}` percent-escaped:
 //!   distinct keys never collide, whatever characters they hold, and each one is a hash tag
 //!   of its own, so the store works on Redis Cluster.
-//! - **Records.** One binary string per key, version 1, big-endian: `version u8 | phase u8
-//!   | fencing u64 | expires_at u64 (ms)`, then for a claim `fingerprint flag u8 [32
-//!   bytes] | owner 16 bytes | trace TTL u64` (the lease ends at `expires_at` minus the
-//!   trace TTL), for a finished key `fingerprint flag u8 [32 bytes] | payload` (the bytes
-//!   exactly as given), and nothing for a released key. A value that does not decode, or a
-//!   Redis type other than a string, is
+//! - **Records.** One binary string per key, version 2, big-endian: `version u8 = 2 | phase
+//!   u8 | fencing u64`, then for a claim `fingerprint flag u8 [32 bytes] | owner 16 bytes |
+//!   trace TTL u64`, for a finished key `fingerprint flag u8 [32 bytes] | payload` (the
+//!   bytes exactly as given), and nothing for a released key. A record holds no instant:
+//!   its key's TTL is its expiry. A claimed key is written with `PX` lease TTL + trace TTL,
+//!   so its lease ends when `PTTL` falls to the trace TTL and the key stays a trace TTL
+//!   more; a released key lives a trace TTL, a finished one its retention. A value that
+//!   does not decode (version 1 records included), or a Redis type other than a string, is
 //!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord);
 //!   [`remove`](idem_core::IdempotencyStore::remove) deletes it.
 //!
@@ -134,6 +140,7 @@
 mod builder;
 mod errors;
 mod keys;
+mod record;
 mod reply;
 mod scripts;
 mod store;

@@ -1,30 +1,46 @@
-//! The Lua scripts: each store call is one of them, run atomically by Redis.
+//! The Lua scripts: the calls that must read before they write are one of them each, run
+//! atomically by Redis.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Every script begins with the shared record codec and clock.
+/// Every script begins with the shared record codec.
 macro_rules! with_codec {
     ($file:literal) => {
         concat!(include_str!("lua/record.lua"), include_str!($file))
     };
 }
 
-/// The scripts, hashed once per process. [`Script`] runs them by `EVALSHA` and loads them
+/// A script's code and its SHA1, to run it by `EVALSHA` and load it on `NOSCRIPT`.
+pub(crate) struct LuaScript {
+    pub(crate) code: &'static str,
+    pub(crate) hash: String,
+}
+
+impl LuaScript {
+    fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            hash: Script::new(code).get_hash().to_owned(),
+        }
+    }
+}
+
+/// The scripts, hashed once per process. The store runs them by `EVALSHA` and loads them
 /// only when the server answers `NOSCRIPT`, so a warm call is one round trip.
 pub(crate) struct Scripts {
-    pub(crate) claim: Script,
-    pub(crate) finish: Script,
-    pub(crate) renew: Script,
-    pub(crate) release: Script,
-    pub(crate) read: Script,
-    pub(crate) remove: Script,
+    pub(crate) claim: LuaScript,
+    pub(crate) finish: LuaScript,
+    pub(crate) renew: LuaScript,
+    pub(crate) release: LuaScript,
+    pub(crate) read: LuaScript,
+    pub(crate) remove: LuaScript,
 }
 
 impl Scripts {
     /// The idempotency store's scripts, for [`RedisStore::load_scripts`](crate::RedisStore::load_scripts).
-    pub(crate) fn all(&self) -> [&Script; 6] {
+    pub(crate) fn all(&self) -> [&LuaScript; 6] {
         [
             &self.claim,
             &self.finish,
@@ -37,25 +53,18 @@ impl Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    claim: Script::new(with_codec!("lua/claim.lua")),
-    finish: Script::new(with_codec!("lua/finish.lua")),
-    renew: Script::new(with_codec!("lua/renew.lua")),
-    release: Script::new(with_codec!("lua/release.lua")),
-    read: Script::new(with_codec!("lua/read.lua")),
-    remove: Script::new(with_codec!("lua/remove.lua")),
+    claim: LuaScript::new(with_codec!("lua/claim.lua")),
+    finish: LuaScript::new(with_codec!("lua/finish.lua")),
+    renew: LuaScript::new(with_codec!("lua/renew.lua")),
+    release: LuaScript::new(with_codec!("lua/release.lua")),
+    read: LuaScript::new(with_codec!("lua/read.lua")),
+    remove: LuaScript::new(with_codec!("lua/remove.lua")),
 });
 
 /// The token store's one script: consume a token (issuing is a plain `SET NX`). It carries
 /// its own value layout, so it is not prefixed with the record codec.
 pub(crate) static CONSUME_TOKEN: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/token_consume.lua")));
-
-/// The `phase` argument of the finish script.
-pub(crate) const PHASE_COMPLETED: u8 = 3;
-/// The `phase` argument of the finish script.
-pub(crate) const PHASE_FAILED: u8 = 4;
-/// The read script's phase of a live claim.
-pub(crate) const PHASE_CLAIMED: i64 = 1;
 
 /// The first integer the scripts do not handle exactly (Lua numbers are doubles); the store
 /// never issues a fencing number this large.

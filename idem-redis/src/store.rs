@@ -1,4 +1,5 @@
-//! The store: each call of the contract is one script, one round trip.
+//! The store: each call of the contract is one command, one round trip (a claim that finds
+//! a lease takes two).
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,13 +10,14 @@ use idem_core::{
     async_trait, check_payload, lifecycle,
 };
 use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Client, ScriptInvocation, Value};
+use redis::{Client, Cmd, ErrorKind, ServerErrorKind, Value};
 
 use crate::builder::RedisStoreBuilder;
-use crate::errors::bounded;
+use crate::errors::{bounded, deadline_passed, from_record_call};
 use crate::keys::record_key;
+use crate::record::{self, Found};
 use crate::reply::{self, Reply, unknown_code};
-use crate::scripts::{MAX_EXACT, PHASE_CLAIMED, PHASE_COMPLETED, PHASE_FAILED, SCRIPTS};
+use crate::scripts::{LuaScript, MAX_EXACT, SCRIPTS};
 
 /// The Redis [`IdempotencyStore`]. Cloning is cheap: clones share one multiplexed
 /// connection, which any number of tasks use at once.
@@ -126,25 +128,16 @@ impl<C: RedisConnection> RedisStore<C> {
         record_key(&self.prefix, key)
     }
 
-    /// Loads the scripts into the server now, so that even the first call of each kind is
-    /// one round trip. Optional: without it, the first call of a kind after a server
+    /// Loads the scripts into the server now, so that even the first call of each kind that
+    /// runs one is one round trip. Optional: without it, the first such call after a server
     /// restart loads its script (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`).
     pub async fn load_scripts(&self) -> Result<(), Error> {
         for script in SCRIPTS.all() {
             let mut connection = self.connection.clone();
-            self.bounded(script.prepare_invoke().load_async(&mut connection))
+            self.bounded(load(script).query_async::<()>(&mut connection))
                 .await?;
         }
         Ok(())
-    }
-
-    /// Runs one script call within the deadline.
-    async fn run(&self, invocation: &ScriptInvocation<'_>) -> Result<Reply, Error> {
-        let mut connection = self.connection.clone();
-        let value: Value = self
-            .bounded(invocation.invoke_async(&mut connection))
-            .await?;
-        Reply::new(value)
     }
 
     async fn bounded<T>(
@@ -154,25 +147,51 @@ impl<C: RedisConnection> RedisStore<C> {
         bounded(self.deadline, call).await
     }
 
-    /// Runs a transition script (finish, renew, release) for `lease`, with `extra` arguments
-    /// after the owner and fencing number.
-    async fn transition(
-        &self,
-        script: &redis::Script,
-        lease: &Lease,
-        extra: impl FnOnce(&mut ScriptInvocation<'_>),
-    ) -> Result<(), Error> {
+    /// Sends one command on a record within the deadline; a value of another Redis type
+    /// under the key is a corrupt record.
+    async fn query(&self, command: &Cmd) -> Result<Value, Error> {
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(self.deadline, command.query_async(&mut connection))
+            .await
+            .map_err(|_| deadline_passed(self.deadline))?
+            .map_err(from_record_call)
+    }
+
+    /// Runs `call`, an `EVALSHA` of `script` from [`evalsha`], within the deadline, loading
+    /// the script first if the server does not know it.
+    async fn run(&self, script: &LuaScript, call: &Cmd) -> Result<Reply, Error> {
+        let mut connection = self.connection.clone();
+        let attempt = async {
+            match call.query_async::<Value>(&mut connection).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    load(script).query_async::<()>(&mut connection).await?;
+                    call.query_async(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        let value = tokio::time::timeout(self.deadline, attempt)
+            .await
+            .map_err(|_| deadline_passed(self.deadline))?
+            .map_err(from_record_call)?;
+        Reply::new(value)
+    }
+
+    /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: its record
+    /// header and owner come first, then what `extra` adds.
+    fn transition(&self, script: &LuaScript, lease: &Lease) -> Result<Cmd, Error> {
         // The store never issues a fencing number the scripts cannot compare exactly.
         if lease.fencing >= MAX_EXACT {
             return Err(Error::LeaseLost);
         }
-        let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.redis_key(&lease.key))
-            .arg(lease.owner.as_bytes().as_slice())
-            .arg(lease.fencing);
-        extra(&mut invocation);
-        let mut reply = self.run(&invocation).await?;
+        let mut call = evalsha(script, &self.redis_key(&lease.key));
+        call.arg(&record::header(record::CLAIMED, lease.fencing)[..])
+            .arg(&lease.owner.as_bytes()[..]);
+        Ok(call)
+    }
+
+    async fn run_transition(&self, script: &LuaScript, call: &Cmd) -> Result<(), Error> {
+        let mut reply = self.run(script, call).await?;
         match reply.code()? {
             reply::DONE => Ok(()),
             reply::LEASE_LOST => Err(Error::LeaseLost),
@@ -188,31 +207,25 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        self.transition(&SCRIPTS.finish, lease, |invocation| {
-            invocation
-                .arg(retention.as_millis())
-                .arg(payload.as_ref())
-                .arg(phase);
-        })
-        .await
+        let mut call = self.transition(&SCRIPTS.finish, lease)?;
+        call.arg(&record::header(phase, lease.fencing)[..])
+            .arg(retention.as_millis())
+            .arg(payload.as_ref());
+        self.run_transition(&SCRIPTS.finish, &call).await
     }
-}
 
-#[async_trait]
-impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        let fingerprint: &[u8] = match &request.fingerprint {
-            Some(fingerprint) => fingerprint.as_bytes(),
-            None => &[],
-        };
-        let mut invocation = SCRIPTS.claim.prepare_invoke();
-        invocation
-            .key(self.redis_key(&request.key))
-            .arg(request.owner.as_bytes().as_slice())
-            .arg(request.lease_ttl.as_millis())
-            .arg(lifecycle::trace_ttl(request.lease_ttl.as_millis()))
-            .arg(fingerprint);
-        let mut reply = self.run(&invocation).await?;
+    /// The claim script, for a key the plain claim found claimed or released: only there
+    /// does Redis's clock decide, atomically with the write.
+    async fn claim_by_script(
+        &self,
+        request: &ClaimRequest,
+        redis_key: &str,
+        value: &[u8],
+        px: u64,
+    ) -> Result<Claim, Error> {
+        let mut call = evalsha(&SCRIPTS.claim, redis_key);
+        call.arg(value).arg(px);
+        let mut reply = self.run(&SCRIPTS.claim, &call).await?;
         match reply.code()? {
             reply::ACQUIRED => Ok(Claim::Acquired(Lease {
                 key: request.key.clone(),
@@ -228,33 +241,105 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
             code => Err(unknown_code(code)),
         }
     }
+}
+
+/// `EVALSHA sha 1 key`, for the script's arguments to follow.
+fn evalsha(script: &LuaScript, redis_key: &str) -> Cmd {
+    let mut call = redis::cmd("EVALSHA");
+    call.arg(&script.hash).arg(1).arg(redis_key);
+    call
+}
+
+fn load(script: &LuaScript) -> Cmd {
+    let mut call = redis::cmd("SCRIPT");
+    call.arg("LOAD").arg(script.code);
+    call
+}
+
+/// What a claim that found a finished record answers, as idem_core::lifecycle::claim does:
+/// the outcome, unless the fingerprints differ.
+fn replay(request: &ClaimRequest, found: Found) -> Option<Result<Claim, Error>> {
+    let Found::Finished {
+        phase,
+        fingerprint,
+        payload,
+    } = found
+    else {
+        return None;
+    };
+    if fingerprint != request.fingerprint {
+        return Some(Err(Error::FingerprintMismatch));
+    }
+    Some(Ok(if phase == record::FAILED {
+        Claim::Failed(payload)
+    } else {
+        Claim::Completed(payload)
+    }))
+}
+
+#[async_trait]
+impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
+    /// One plain `SET key record NX PX ttl GET`: a new key is acquired (fencing 1) and a
+    /// finished one replayed from the value the same command returns. Only a key found
+    /// claimed or released takes a second round trip, the claim script, because only Redis's
+    /// clock can tell whether that lease lapsed.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let lease_ttl = request.lease_ttl.as_millis();
+        let trace_ttl = lifecycle::trace_ttl(lease_ttl);
+        let px = lease_ttl.saturating_add(trace_ttl);
+        let value = record::claimed(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
+        let redis_key = self.redis_key(&request.key);
+        let mut set = redis::cmd("SET");
+        set.arg(&redis_key)
+            .arg(&value)
+            .arg("NX")
+            .arg("PX")
+            .arg(px)
+            .arg("GET");
+        let found = match self.query(&set).await? {
+            Value::Nil => {
+                return Ok(Claim::Acquired(Lease {
+                    key: request.key.clone(),
+                    owner: request.owner,
+                    fencing: 1,
+                }));
+            }
+            Value::BulkString(raw) => record::found(raw)?,
+            other => {
+                return Err(reply::unexpected(format!("SET NX GET answered {other:?}")));
+            }
+        };
+        match replay(request, found) {
+            Some(answer) => answer,
+            None => self.claim_by_script(request, &redis_key, &value, px).await,
+        }
+    }
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
-        self.finish(lease, response, retention, PHASE_COMPLETED)
+        self.finish(lease, response, retention, record::COMPLETED)
             .await
     }
 
     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
-        self.finish(lease, failure, retention, PHASE_FAILED).await
+        self.finish(lease, failure, retention, record::FAILED).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
-        self.transition(&SCRIPTS.renew, lease, |invocation| {
-            invocation
-                .arg(ttl.as_millis())
-                .arg(lifecycle::trace_ttl(ttl.as_millis()));
-        })
-        .await
+        let trace_ttl = lifecycle::trace_ttl(ttl.as_millis());
+        let mut call = self.transition(&SCRIPTS.renew, lease)?;
+        call.arg(ttl.as_millis().saturating_add(trace_ttl))
+            .arg(&trace_ttl.to_be_bytes()[..]);
+        self.run_transition(&SCRIPTS.renew, &call).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        self.transition(&SCRIPTS.release, lease, |_| {}).await
+        let call = self.transition(&SCRIPTS.release, lease)?;
+        self.run_transition(&SCRIPTS.release, &call).await
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
-        let mut invocation = SCRIPTS.read.prepare_invoke();
-        invocation.key(self.redis_key(key));
-        let mut reply = self.run(&invocation).await?;
+        let call = evalsha(&SCRIPTS.read, &self.redis_key(key));
+        let mut reply = self.run(&SCRIPTS.read, &call).await?;
         match reply.code()? {
             reply::FREE => Ok(None),
             reply::RECORD => read_record(key, &mut reply).map(Some),
@@ -263,9 +348,8 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        let mut invocation = SCRIPTS.remove.prepare_invoke();
-        invocation.key(self.redis_key(key));
-        let mut reply = self.run(&invocation).await?;
+        let call = evalsha(&SCRIPTS.remove, &self.redis_key(key));
+        let mut reply = self.run(&SCRIPTS.remove, &call).await?;
         match reply.code()? {
             reply::DONE => Ok(reply.int()? == 1),
             code => Err(unknown_code(code)),
@@ -280,13 +364,13 @@ fn read_record(key: &Key, reply: &mut Reply) -> Result<Record, Error> {
     let fingerprint = reply.fingerprint()?;
     let expires_in = reply.millis()?;
     let state = match phase {
-        PHASE_CLAIMED => RecordState::Claimed {
+        p if p == i64::from(record::CLAIMED) => RecordState::Claimed {
             owner: reply.owner()?,
         },
-        p if p == i64::from(PHASE_COMPLETED) => RecordState::Completed {
+        p if p == i64::from(record::COMPLETED) => RecordState::Completed {
             response: Bytes::from(reply.bytes()?),
         },
-        p if p == i64::from(PHASE_FAILED) => RecordState::Failed {
+        p if p == i64::from(record::FAILED) => RecordState::Failed {
             failure: Bytes::from(reply.bytes()?),
         },
         other => return Err(reply::unexpected(format!("unknown phase {other}"))),

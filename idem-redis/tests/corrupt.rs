@@ -7,54 +7,56 @@ use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease,
 use idem_redis::RedisStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
 
-/// A well-formed claimed record's header, to corrupt one field at a time.
-fn header(version: u8, phase: u8, fencing: u64, expires_at: u64) -> Vec<u8> {
+/// A well-formed record header (layout version 2), to corrupt one field at a time.
+fn header(version: u8, phase: u8, fencing: u64) -> Vec<u8> {
     let mut out = vec![version, phase];
     out.extend_from_slice(&fencing.to_be_bytes());
-    out.extend_from_slice(&expires_at.to_be_bytes());
     out
 }
 
-const FAR: u64 = 4_000_000_000_000; // year 2096, in ms
-
 fn garbage() -> Vec<(&'static str, Vec<u8>)> {
-    let claimed_body = |mut v: Vec<u8>| {
+    let claimed_body = |mut v: Vec<u8>, trace_ttl: u64| {
         v.push(0);
         v.extend_from_slice(&[9u8; 16]);
-        v.extend_from_slice(&1000u64.to_be_bytes());
+        v.extend_from_slice(&trace_ttl.to_be_bytes());
         v
     };
     vec![
         ("empty", Vec::new()),
         ("text", b"hello, world".to_vec()),
-        ("short header", header(1, 3, 1, FAR)[..10].to_vec()),
-        ("unknown version", [header(2, 3, 1, FAR), vec![0]].concat()),
-        ("unknown phase", [header(1, 9, 1, FAR), vec![0]].concat()),
-        ("no fingerprint flag", header(1, 3, 1, FAR)),
+        ("short header", header(2, 3, 1)[..6].to_vec()),
+        ("unknown version", [header(3, 3, 1), vec![0]].concat()),
         (
-            "bad fingerprint flag",
-            [header(1, 3, 1, FAR), vec![7]].concat(),
+            "layout version 1",
+            [header(1, 3, 1), vec![0; 8], vec![0]].concat(),
         ),
+        ("unknown phase", [header(2, 9, 1), vec![0]].concat()),
+        ("no fingerprint flag", header(2, 3, 1)),
+        ("bad fingerprint flag", [header(2, 3, 1), vec![7]].concat()),
         (
             "truncated fingerprint",
-            [header(1, 3, 1, FAR), vec![1], vec![0; 31]].concat(),
+            [header(2, 3, 1), vec![1], vec![0; 31]].concat(),
         ),
         (
             "vacant with trailing bytes",
-            [header(1, 2, 1, FAR), vec![0]].concat(),
+            [header(2, 2, 1), vec![0]].concat(),
         ),
         (
             "claimed too short",
-            [header(1, 1, 1, FAR), vec![0], vec![9; 16]].concat(),
+            [header(2, 1, 1), vec![0], vec![9; 16]].concat(),
         ),
         (
             "claimed too long",
-            [claimed_body(header(1, 1, 1, FAR)), vec![0]].concat(),
+            [claimed_body(header(2, 1, 1), 1000), vec![0]].concat(),
         ),
-        ("zero fencing", claimed_body(header(1, 1, 0, FAR))),
+        (
+            "claimed with no trace TTL",
+            claimed_body(header(2, 1, 1), 0),
+        ),
+        ("zero fencing", claimed_body(header(2, 1, 0), 1000)),
         (
             "fencing beyond 2^53",
-            claimed_body(header(1, 1, (1 << 53) + 1, FAR)),
+            claimed_body(header(2, 1, (1 << 53) + 1), 1000),
         ),
         ("all ones", vec![0xff; 64]),
     ]
@@ -161,7 +163,7 @@ async fn a_record_written_by_the_store_decodes() {
     let store = store().await;
     let mut raw = raw_connection(&url()).await;
     let k = key("handmade");
-    let mut value = header(1, 3, 7, FAR);
+    let mut value = header(2, 3, 7);
     value.push(0);
     value.extend_from_slice(b"\x00handmade\xff");
     write(&mut raw, &store.redis_key(&k), &value).await;

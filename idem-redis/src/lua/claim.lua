@@ -1,21 +1,24 @@
--- Claim KEYS[1]. ARGV: owner (16 bytes), lease TTL (ms), trace TTL (ms), fingerprint
--- ('' or 32 bytes).
+-- Claim KEYS[1], when a plain `SET key value NX PX ttl GET` from the client found a claimed
+-- or released record there. ARGV: the claimed record to write (with fencing number 1) and
+-- its PX (lease TTL + trace TTL, ms).
 -- The rules are idem_core::lifecycle::claim, line for line.
-local key, owner, ttl, trace_ttl, fp = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local now = now_ms()
-local e, why = load(key, now)
-if why then
+local key, value, px = KEYS[1], ARGV[1], ARGV[2]
+local raw = redis.call('GET', key)
+if not raw then
+  redis.call('SET', key, value, 'PX', px)
+  return { R_ACQUIRED, 1 }
+end
+local e, why = decode(raw)
+if not e then
   return { R_CORRUPT, why }
 end
 
 local function acquire(fencing)
-  put_claimed(key, now, fencing, fp, owner, ttl, trace_ttl)
+  redis.call('SET', key, '\2\1' .. struct.pack('>I8', fencing) .. string.sub(value, 11), 'PX', px)
   return { R_ACQUIRED, fencing }
 end
 
-if not e then
-  return acquire(1)
-end
+local fp, owner = string.sub(value, 11, -25), string.sub(value, -24, -9)
 if e.phase == CLAIMED and e.owner == owner then
   -- The same attempt asking again (its first reply was lost): same lease, extended.
   if e.fp ~= fp then
@@ -28,10 +31,18 @@ if e.phase == COMPLETED then
   found = { R_COMPLETED, e.payload }
 elseif e.phase == FAILED then
   found = { R_FAILED, e.payload }
-elseif e.phase == CLAIMED and e.lease_until > now then
-  found = { R_IN_PROGRESS, e.lease_until - now }
+elseif e.phase == CLAIMED then
+  local left, bad = lease_left(key, e)
+  if not left then
+    return { R_CORRUPT, bad }
+  end
+  if left <= 0 then
+    -- A lapsed lease of another owner: free for anyone, fingerprint unchecked.
+    return acquire(e.fencing + 1)
+  end
+  found = { R_IN_PROGRESS, left }
 else
-  -- Released, or a lapsed lease of another owner: free for anyone, fingerprint unchecked.
+  -- Released: free for anyone, fingerprint unchecked.
   return acquire(e.fencing + 1)
 end
 if e.fp ~= fp then

@@ -1,20 +1,29 @@
--- Report KEYS[1] as idem_core::lifecycle::Entry::record does: free (vacant, lapsed, expired)
+-- Report KEYS[1] as idem_core::lifecycle::Entry::record does: free (vacant, lapsed, gone)
 -- or { R_RECORD, phase, fencing, fingerprint, ms left, owner or payload }.
-local now = now_ms()
-local e, why = load(KEYS[1], now)
-if why then
-  return { R_CORRUPT, why }
-end
-if not e then
+local key = KEYS[1]
+local raw = redis.call('GET', key)
+if not raw then
   return { R_FREE }
 end
-if e.phase == CLAIMED then
-  if e.lease_until <= now then
-    return { R_FREE }
-  end
-  return { R_RECORD, CLAIMED, e.fencing, e.fp, e.lease_until - now, e.owner }
+local e, why = decode(raw)
+if not e then
+  return { R_CORRUPT, why }
 end
 if e.phase == VACANT then
   return { R_FREE }
 end
-return { R_RECORD, e.phase, e.fencing, e.fp, e.expires_at - now, e.payload }
+if e.phase == CLAIMED then
+  local left, bad = lease_left(key, e)
+  if not left then
+    return { R_CORRUPT, bad }
+  end
+  if left <= 0 then
+    return { R_FREE }
+  end
+  return { R_RECORD, CLAIMED, e.fencing, string.sub(e.fp, 2), left, e.owner }
+end
+local pttl = redis.call('PTTL', key)
+if pttl < 0 then
+  return { R_CORRUPT, 'finished record without an expiry' }
+end
+return { R_RECORD, e.phase, e.fencing, string.sub(e.fp, 2), pttl, e.payload }

@@ -1,15 +1,13 @@
--- Extend the lease on KEYS[1] to a TTL from now. ARGV: owner, fencing, lease TTL (ms),
--- trace TTL (ms).
+-- Extend the lease on KEYS[1] to a TTL from now. ARGV: the lease's record header, its
+-- owner, PX (lease TTL + trace TTL, ms), the trace TTL as u64 big-endian.
 -- idem_core::lifecycle::renew.
-local key, owner, fencing = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local ttl, trace_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local e, why = load(key, now)
-if why then
-  return { R_CORRUPT, why }
-end
-if not held_by(e, owner, fencing) then
+local key = KEYS[1]
+local raw = redis.call('GET', key)
+if not raw then
   return { R_LEASE_LOST }
 end
-put_claimed(key, now, e.fencing, e.fp, owner, ttl, trace_ttl)
+if not held(raw, ARGV[1], ARGV[2]) then
+  return not_held(raw)
+end
+redis.call('SET', key, string.sub(raw, 1, -9) .. ARGV[4], 'PX', ARGV[3])
 return { R_DONE }

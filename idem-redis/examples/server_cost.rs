@@ -1,0 +1,129 @@
+//! Server time per call, from `INFO commandstats`: what each store call costs Redis itself,
+//! free of client and network noise. Point it at a server of its own (it resets the
+//! statistics): `cargo run --release -p idem-redis --example server_cost -- redis://127.0.0.1:6400`.
+
+use std::time::Duration;
+
+use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Ttl};
+use idem_redis::RedisStore;
+use idem_redis::redis::{self, aio::MultiplexedConnection};
+
+const CALLS: usize = 20_000;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "redis://127.0.0.1:6400".to_owned());
+    let store = RedisStore::builder()
+        .prefix(format!("cost:{}:", std::process::id()))
+        .connect(&url)
+        .await?;
+    store.load_scripts().await?;
+    let mut stats = redis::Client::open(url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let ttl = Ttl::from_secs(600)?;
+    let key = |i: usize| Key::new("cost", format!("k{i}"));
+
+    reset(&mut stats).await?;
+    let mut leases = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        match store.claim(&ClaimRequest::new(key(i)?, ttl)).await? {
+            Claim::Acquired(lease) => leases.push(lease),
+            other => return Err(format!("claim new: {other:?}").into()),
+        }
+    }
+    report("claim new", &mut stats).await?;
+
+    for i in 0..CALLS {
+        let claim = store.claim(&ClaimRequest::new(key(i)?, ttl)).await?;
+        if !matches!(claim, Claim::InProgress { .. }) {
+            return Err(format!("in progress: {claim:?}").into());
+        }
+    }
+    report("claim in progress", &mut stats).await?;
+
+    let payload = Bytes::from(vec![b'x'; 100]);
+    for lease in &leases {
+        store.complete(lease, payload.clone(), ttl).await?;
+    }
+    report("complete", &mut stats).await?;
+
+    for _ in 0..CALLS {
+        let claim = store.claim(&ClaimRequest::new(key(0)?, ttl)).await?;
+        if !matches!(claim, Claim::Completed(_)) {
+            return Err(format!("replay: {claim:?}").into());
+        }
+    }
+    report("replay claim", &mut stats).await?;
+
+    let short = Ttl::from_millis(1)?;
+    let mut lapsed: Vec<Lease> = Vec::with_capacity(CALLS / 10);
+    for i in 0..CALLS / 10 {
+        if let Claim::Acquired(lease) = store
+            .claim(&ClaimRequest::new(key(CALLS + i)?, short))
+            .await?
+        {
+            lapsed.push(lease);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    reset(&mut stats).await?;
+    for i in 0..CALLS / 10 {
+        let claim = store
+            .claim(&ClaimRequest::new(key(CALLS + i)?, ttl))
+            .await?;
+        if !matches!(claim, Claim::Acquired(_)) {
+            return Err(format!("takeover: {claim:?}").into());
+        }
+    }
+    report("takeover", &mut stats).await?;
+    for i in 0..CALLS {
+        store.remove(&key(i)?).await?;
+    }
+    for i in 0..CALLS / 10 {
+        store.remove(&key(CALLS + i)?).await?;
+    }
+    Ok(())
+}
+
+async fn reset(stats: &mut MultiplexedConnection) -> Result<(), Error> {
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(stats)
+        .await
+        .map_err(Error::backend)
+}
+
+/// Prints the commands run since the last reset: calls and µs per call. A script's own
+/// `redis.call`s are listed too, and their time is also inside the script's.
+async fn report(what: &str, stats: &mut MultiplexedConnection) -> Result<(), Error> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(stats)
+        .await
+        .map_err(Error::backend)?;
+    let mut line = String::new();
+    for entry in info.lines().filter_map(|l| l.strip_prefix("cmdstat_")) {
+        let Some((name, fields)) = entry.split_once(':') else {
+            continue;
+        };
+        if name == "config" {
+            continue;
+        }
+        let field = |f: &str| {
+            fields
+                .split(',')
+                .find_map(|s| s.strip_prefix(f))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (calls, usec) = (field("calls="), field("usec="));
+        if calls > 0.0 && !name.starts_with("config") {
+            line.push_str(&format!(" {name} {calls} × {:.2} µs;", usec / calls));
+        }
+    }
+    println!("{what:18}{line}");
+    reset(stats).await
+}

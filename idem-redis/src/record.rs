@@ -1,0 +1,167 @@
+//! The record layout, version 2, on the client's side: what a claim writes with a plain
+//! `SET key value NX PX ttl GET`, and what it makes of the value that command finds.
+//!
+//! The layout is described in `lua/record.lua` and the crate docs; the scripts hold the
+//! rest of the rules. A record holds no instant (the key's TTL is its expiry), which is what
+//! lets the client write a claimed record without knowing Redis's time.
+
+use idem_core::{Bytes, Error, Fingerprint, OwnerToken};
+
+use crate::scripts::MAX_EXACT;
+
+const VERSION: u8 = 2;
+/// A held lease.
+pub(crate) const CLAIMED: u8 = 1;
+/// A released key, kept for its fencing number.
+const VACANT: u8 = 2;
+/// Finished with a response.
+pub(crate) const COMPLETED: u8 = 3;
+/// Finished with a permanent failure.
+pub(crate) const FAILED: u8 = 4;
+/// `version | phase | fencing`.
+const HEADER_LEN: usize = 10;
+/// The first byte after the fingerprint flag.
+const FINGERPRINT_AT: usize = HEADER_LEN + 1;
+
+/// `version | phase | fencing`: how a record under `fencing` in `phase` begins.
+pub(crate) fn header(phase: u8, fencing: u64) -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    out[0] = VERSION;
+    out[1] = phase;
+    out[2..].copy_from_slice(&fencing.to_be_bytes());
+    out
+}
+
+/// A claimed record: `header | fingerprint flag [digest] | owner | trace TTL`.
+pub(crate) fn claimed(
+    fencing: u64,
+    fingerprint: Option<&Fingerprint>,
+    owner: &OwnerToken,
+    trace_ttl: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 1 + 32 + 16 + 8);
+    out.extend_from_slice(&header(CLAIMED, fencing));
+    match fingerprint {
+        Some(fingerprint) => {
+            out.push(1);
+            out.extend_from_slice(fingerprint.as_bytes());
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(owner.as_bytes());
+    out.extend_from_slice(&trace_ttl.to_be_bytes());
+    out
+}
+
+/// What a claim found under its key.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// A finished record: `phase` is [`COMPLETED`] or [`FAILED`].
+    Finished {
+        phase: u8,
+        fingerprint: Option<Fingerprint>,
+        payload: Bytes,
+    },
+    /// A claimed or released record: only Redis's clock can tell whether it is free, so
+    /// the claim script decides (and checks the rest of the record).
+    Held,
+}
+
+/// Reads the value a claim found; anything that does not decode is
+/// [`Error::CorruptRecord`], with the reasons the scripts give.
+pub(crate) fn found(raw: Vec<u8>) -> Result<Found, Error> {
+    if raw.len() < HEADER_LEN {
+        return Err(Error::corrupt(format!(
+            "record of {} bytes is shorter than its header",
+            raw.len()
+        )));
+    }
+    if raw[0] != VERSION {
+        return Err(Error::corrupt(format!("unknown record version {}", raw[0])));
+    }
+    let mut fencing = [0; 8];
+    fencing.copy_from_slice(&raw[2..HEADER_LEN]);
+    if !(1..MAX_EXACT).contains(&u64::from_be_bytes(fencing)) {
+        return Err(Error::corrupt("fencing number out of range"));
+    }
+    let phase = raw[1];
+    match phase {
+        CLAIMED | VACANT => Ok(Found::Held),
+        COMPLETED | FAILED => finished(phase, raw),
+        other => Err(Error::corrupt(format!("unknown phase {other}"))),
+    }
+}
+
+fn finished(phase: u8, raw: Vec<u8>) -> Result<Found, Error> {
+    let (fingerprint, body) = match raw.get(HEADER_LEN) {
+        None => return Err(Error::corrupt("record lacks its fingerprint flag")),
+        Some(0) => (None, FINGERPRINT_AT),
+        Some(1) => {
+            let digest = raw
+                .get(FINGERPRINT_AT..FINGERPRINT_AT + 32)
+                .ok_or_else(|| Error::corrupt("truncated fingerprint"))?;
+            (Some(Fingerprint::try_from(digest)?), FINGERPRINT_AT + 32)
+        }
+        Some(flag) => return Err(Error::corrupt(format!("bad fingerprint flag {flag}"))),
+    };
+    Ok(Found::Finished {
+        phase,
+        fingerprint,
+        // The payload is the tail of the reply's own buffer: no copy.
+        payload: Bytes::from(raw).slice(body..),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claimed_records_are_held() {
+        let owner = OwnerToken::random();
+        let fingerprint = Fingerprint::from_digest([7; 32]);
+        for fp in [None, Some(&fingerprint)] {
+            let raw = claimed(3, fp, &owner, 60_000);
+            assert_eq!(raw.len(), if fp.is_some() { 67 } else { 35 });
+            assert_eq!(&raw[..HEADER_LEN], &header(CLAIMED, 3));
+            assert!(matches!(found(raw), Ok(Found::Held)));
+        }
+    }
+
+    #[test]
+    fn finished_records_give_their_payload() {
+        let mut raw = header(FAILED, 9).to_vec();
+        raw.push(1);
+        raw.extend_from_slice(&[5; 32]);
+        raw.extend_from_slice(b"why");
+        let Ok(Found::Finished {
+            phase,
+            fingerprint,
+            payload,
+        }) = found(raw)
+        else {
+            panic!("a finished record")
+        };
+        assert_eq!(phase, FAILED);
+        assert_eq!(fingerprint, Some(Fingerprint::from_digest([5; 32])));
+        assert_eq!(payload, Bytes::from_static(b"why"));
+    }
+
+    #[test]
+    fn garbage_is_corrupt() {
+        let cases: [&[u8]; 6] = [
+            b"",
+            b"short",
+            &[1, 3, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[2, 9, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            &[2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &[2, 3, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0],
+        ];
+        for raw in cases {
+            assert!(
+                matches!(found(raw.to_vec()), Err(Error::CorruptRecord { .. })),
+                "{raw:?}"
+            );
+        }
+    }
+}
