@@ -10,6 +10,15 @@ use idem_redis::redis::{self, aio::MultiplexedConnection};
 
 const CALLS: usize = 20_000;
 
+const COMPARE_AND_SET: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v or string.sub(v, 1, 16) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
@@ -57,6 +66,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     report("replay claim", &mut stats).await?;
+
+    // The bench's raw compare-and-set (idem-bench/src/redis.rs), for scale.
+    let cas = redis::Script::new(COMPARE_AND_SET);
+    let owner = [b'o'; 16];
+    let mut value = owner.to_vec();
+    value.resize(43, b'c');
+    for i in 0..CALLS {
+        redis::cmd("SET")
+            .arg(format!("cost-raw:{{{i}}}"))
+            .arg(&value)
+            .arg("PX")
+            .arg(600_000)
+            .query_async::<()>(&mut stats)
+            .await?;
+    }
+    reset(&mut stats).await?;
+    for i in 0..CALLS {
+        let swapped: i64 = cas
+            .key(format!("cost-raw:{{{i}}}"))
+            .arg(&owner[..])
+            .arg(&payload[..])
+            .arg(600_000)
+            .invoke_async(&mut stats)
+            .await?;
+        if swapped != 1 {
+            return Err("raw compare-and-set did not match".into());
+        }
+    }
+    report("raw CAS (bench)", &mut stats).await?;
+    for i in 0..CALLS {
+        redis::cmd("DEL")
+            .arg(format!("cost-raw:{{{i}}}"))
+            .query_async::<()>(&mut stats)
+            .await?;
+    }
 
     let short = Ttl::from_millis(1)?;
     let mut lapsed: Vec<Lease> = Vec::with_capacity(CALLS / 10);

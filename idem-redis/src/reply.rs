@@ -1,6 +1,7 @@
 //! Script replies, read back into idem's types.
 //!
-//! Every script answers an array whose first element is a code from `lua/record.lua`.
+//! Every script answers a code from `lua/record.lua`: alone (an integer), or first in an
+//! array with what goes with it.
 
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ impl Reply {
         match value {
             Value::Array(items) => Ok(Self {
                 items: items.into_iter(),
+            }),
+            code @ Value::Int(_) => Ok(Self {
+                items: vec![code].into_iter(),
             }),
             other => Err(unexpected(format!("expected an array, got {other:?}"))),
         }
@@ -120,6 +124,8 @@ mod tests {
     #[test]
     fn malformed_replies_are_backend_errors() {
         assert!(matches!(Reply::new(Value::Nil), Err(Error::Backend { .. })));
+        let mut alone = Reply::new(Value::Int(DONE)).expect("a bare code");
+        assert_eq!(alone.code().expect("a code"), DONE);
         let mut reply = Reply::new(Value::Array(vec![Value::Int(-1)])).expect("an array");
         assert!(matches!(reply.count(), Err(Error::Backend { .. })));
         assert!(matches!(reply.int(), Err(Error::Backend { .. })));

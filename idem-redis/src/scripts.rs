@@ -5,10 +5,11 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Every script begins with the shared record codec.
+/// Every script begins with the shared record codec, and then the helpers it uses (each
+/// one a closure built on every call, so a script carries only its own).
 macro_rules! with_codec {
-    ($file:literal) => {
-        concat!(include_str!("lua/record.lua"), include_str!($file))
+    ($($file:literal),+) => {
+        concat!(include_str!("lua/record.lua"), $(include_str!($file)),+)
     };
 }
 
@@ -53,12 +54,12 @@ impl Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    claim: LuaScript::new(with_codec!("lua/claim.lua")),
-    finish: LuaScript::new(with_codec!("lua/finish.lua")),
-    renew: LuaScript::new(with_codec!("lua/renew.lua")),
-    release: LuaScript::new(with_codec!("lua/release.lua")),
-    read: LuaScript::new(with_codec!("lua/read.lua")),
-    remove: LuaScript::new(with_codec!("lua/remove.lua")),
+    claim: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/claim.lua")),
+    finish: LuaScript::new(with_codec!("lua/held.lua", "lua/finish.lua")),
+    renew: LuaScript::new(with_codec!("lua/held.lua", "lua/renew.lua")),
+    release: LuaScript::new(with_codec!("lua/held.lua", "lua/release.lua")),
+    read: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/read.lua")),
+    remove: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/remove.lua")),
 });
 
 /// The token store's one script: consume a token (issuing is a plain `SET NX`). It carries

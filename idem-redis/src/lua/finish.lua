@@ -5,10 +5,10 @@
 local key = KEYS[1]
 local raw = redis.call('GET', key)
 if not raw then
-  return { R_LEASE_LOST }
+  return R_LEASE_LOST
 end
 if not held(raw, ARGV[1], ARGV[2]) then
   return not_held(raw)
 end
 redis.call('SET', key, ARGV[3] .. string.sub(raw, 11, -25) .. ARGV[5], 'PX', ARGV[4])
-return { R_DONE }
+return R_DONE

@@ -4,10 +4,10 @@
 local key = KEYS[1]
 local raw = redis.call('GET', key)
 if not raw then
-  return { R_LEASE_LOST }
+  return R_LEASE_LOST
 end
 if not held(raw, ARGV[1], ARGV[2]) then
   return not_held(raw)
 end
 redis.call('SET', key, string.sub(raw, 1, -9) .. ARGV[4], 'PX', ARGV[3])
-return { R_DONE }
+return R_DONE
