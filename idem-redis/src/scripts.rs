@@ -5,11 +5,24 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Every script begins with the shared record codec, and then the helpers it uses (each
-/// one a closure built on every call, so a script carries only its own).
+/// A script that decodes the record: the codec first, then the helpers it uses (each one a
+/// closure built on every call, so a script carries only its own).
 macro_rules! with_codec {
     ($($file:literal),+) => {
         concat!(include_str!("lua/record.lua"), $(include_str!($file)),+)
+    };
+}
+
+/// A transition (finish, renew, release): its hot path first, ahead of the codec, which only
+/// a key not held by the lease gets to (to tell a lost lease from a corrupt record).
+macro_rules! transition {
+    ($file:literal) => {
+        concat!(
+            include_str!("lua/held.lua"),
+            include_str!($file),
+            include_str!("lua/record.lua"),
+            include_str!("lua/not_held.lua")
+        )
     };
 }
 
@@ -55,9 +68,9 @@ impl Scripts {
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     claim: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/claim.lua")),
-    finish: LuaScript::new(with_codec!("lua/held.lua", "lua/finish.lua")),
-    renew: LuaScript::new(with_codec!("lua/held.lua", "lua/renew.lua")),
-    release: LuaScript::new(with_codec!("lua/held.lua", "lua/release.lua")),
+    finish: LuaScript::new(transition!("lua/finish.lua")),
+    renew: LuaScript::new(transition!("lua/renew.lua")),
+    release: LuaScript::new(transition!("lua/release.lua")),
     read: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/read.lua")),
     remove: LuaScript::new(with_codec!("lua/lease_left.lua", "lua/remove.lua")),
 });

@@ -1,4 +1,5 @@
--- The record codec, prepended to every script of idem-redis.
+-- The record codec, in every script of idem-redis (ahead of claim, read and remove; after
+-- the hot path of finish, renew and release, which only reach it for a key not theirs).
 --
 -- One Redis string per idem key. Big-endian, version 2:
 --   version u8 = 2 | phase u8 | fencing u64 | then by phase:

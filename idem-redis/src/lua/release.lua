@@ -1,13 +1,6 @@
--- Free KEYS[1] without an outcome, remembering its fencing number for the trace TTL.
--- ARGV: the lease's record header, its owner. idem_core::lifecycle::release.
-local key = KEYS[1]
-local raw = redis.call('GET', key)
-if not raw then
-  return R_LEASE_LOST
+-- Free KEYS[1] without an outcome, remembering its fencing number for the trace TTL, after
+-- held.lua. ARGV: the lease's record header and owner. idem_core::lifecycle::release.
+if held then
+  redis.call('SET', key, '\2\2' .. string.sub(raw, 3, 10), 'PX', trace_ttl)
+  return 6 -- R_DONE
 end
-if not held(raw, ARGV[1], ARGV[2]) then
-  return not_held(raw)
-end
-local trace_ttl = struct.unpack('>I8', raw, #raw - 7)
-redis.call('SET', key, '\2\2' .. string.sub(raw, 3, 10), 'PX', trace_ttl)
-return R_DONE
