@@ -9,6 +9,7 @@
 
 mod measure;
 mod memory;
+mod mysql;
 mod redis;
 mod report;
 
@@ -130,6 +131,13 @@ async fn run(settings: &Settings) -> Result<usize, String> {
                 redis::run(settings)
                     .await
                     .map_err(|e| format!("redis: {e}"))?,
+            );
+        }
+        if settings.wants("mysql") {
+            rows.extend(
+                mysql::run(settings)
+                    .await
+                    .map_err(|e| format!("mysql: {e}"))?,
             );
         }
         rounds.push(rows);
