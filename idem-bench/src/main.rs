@@ -7,6 +7,7 @@
 //! `--backends memory,redis,mysql`, `--records N` for the memory footprint (default
 //! 1,000,000; 0 skips it).
 
+mod claims;
 mod measure;
 mod memory;
 mod mysql;

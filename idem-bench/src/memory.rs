@@ -5,24 +5,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use idem::MemoryStore;
-use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl};
+use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Ttl};
 use moka::future::Cache;
 
 use crate::Settings;
-use crate::measure::{Figure, latency, throughput};
+use crate::claims::{Never, expect_lease};
+use crate::measure::{compare, keys_needed};
 use crate::report::{Mode, Row};
 
 const BACKEND: &str = "memory";
-
-/// The executor's operations never fail in the benchmark.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Never;
-
-impl Retryable for Never {
-    fn is_retryable(&self) -> bool {
-        false
-    }
-}
 
 struct Bench {
     store: MemoryStore,
@@ -53,47 +44,6 @@ pub async fn run(settings: &Settings) -> Result<Vec<Row>, Error> {
     Ok(rows)
 }
 
-/// Times `idem` and `raw` in `mode`, over fresh key numbers.
-async fn compare<I, R, IF, RF>(
-    settings: &Settings,
-    mode: Mode,
-    idem: I,
-    raw: R,
-) -> Result<(Figure, Figure), Error>
-where
-    I: Fn(usize) -> IF + Send + Sync + 'static,
-    IF: Future<Output = Result<(), Error>> + Send,
-    R: Fn(usize) -> RF + Send + Sync + 'static,
-    RF: Future<Output = Result<(), Error>> + Send,
-{
-    match mode {
-        Mode::Latency => Ok((
-            latency(settings.ops, idem).await?,
-            latency(settings.ops, raw).await?,
-        )),
-        Mode::Throughput(tasks) => Ok((
-            throughput(settings.ops * 4, tasks, idem).await?,
-            throughput(settings.ops * 4, tasks, raw).await?,
-        )),
-    }
-}
-
-fn row(
-    operation: &'static str,
-    mode: Mode,
-    target: Option<f64>,
-    (idem, raw): (Figure, Figure),
-) -> Row {
-    Row {
-        operation,
-        backend: BACKEND,
-        mode,
-        idem,
-        raw,
-        target,
-    }
-}
-
 fn key(prefix: &str, i: usize) -> Result<Key, Error> {
     Key::new("bench", format!("{prefix}{i}"))
 }
@@ -108,7 +58,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
             let (b, k) = (Arc::clone(&b), key(&run_i, i));
             async move {
                 let claim = b.store.claim(&ClaimRequest::new(k?, b.ttl)).await?;
-                expect_acquired(&claim)
+                expect_lease(claim).map(drop)
             }
         },
         move |i| {
@@ -121,7 +71,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
         },
     )
     .await?;
-    Ok(row("claim new", mode, None, figures))
+    Ok(Row::new(BACKEND, "claim new", mode, None, figures))
 }
 
 async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
@@ -168,14 +118,11 @@ async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<R
         },
     )
     .await?;
-    Ok(row("replay claim", mode, Some(0.8), figures))
+    Ok(Row::new(BACKEND, "replay claim", mode, Some(0.8), figures))
 }
 
 async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
-    let ops = match mode {
-        Mode::Latency => settings.ops + settings.ops / 10,
-        Mode::Throughput(_) => settings.ops * 4,
-    };
+    let ops = keys_needed(settings, mode);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut leases = Vec::with_capacity(ops);
     for i in 0..ops {
@@ -193,9 +140,7 @@ async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result
         move |i| {
             let (b, leases) = (Arc::clone(&b), Arc::clone(&leases));
             async move {
-                let lease = leases
-                    .get(i % leases.len())
-                    .ok_or_else(|| Error::backend("no lease"))?;
+                let lease = leases.get(i).ok_or_else(|| Error::backend("no lease"))?;
                 b.store.complete(lease, b.payload.clone(), b.ttl).await
             }
         },
@@ -208,7 +153,7 @@ async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result
         },
     )
     .await?;
-    Ok(row("complete", mode, None, figures))
+    Ok(Row::new(BACKEND, "complete", mode, None, figures))
 }
 
 async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
@@ -237,21 +182,7 @@ async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<
         },
     )
     .await?;
-    Ok(row("execute", mode, Some(0.5), figures))
-}
-
-fn expect_acquired(claim: &Claim) -> Result<(), Error> {
-    match claim {
-        Claim::Acquired(_) => Ok(()),
-        other => Err(Error::backend(format!("expected Acquired, got {other:?}"))),
-    }
-}
-
-fn expect_lease(claim: Claim) -> Result<Lease, Error> {
-    match claim {
-        Claim::Acquired(lease) => Ok(lease),
-        other => Err(Error::backend(format!("expected Acquired, got {other:?}"))),
-    }
+    Ok(Row::new(BACKEND, "execute", mode, Some(0.5), figures))
 }
 
 /// Bytes of resident memory per record: `idem` for completed records in the store, `raw` for

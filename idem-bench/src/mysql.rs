@@ -10,7 +10,7 @@
 //! or not the run succeeded.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use idem::mysql::MySqlStore;
@@ -20,8 +20,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
 use crate::Settings;
-use crate::measure::{Figure, throughput};
-use crate::memory::Never;
+use crate::claims::{Never, expect_lease};
+use crate::measure::{compare, keys_needed, throughput};
 use crate::report::{Mode, Row};
 
 const BACKEND: &str = "mysql";
@@ -241,139 +241,6 @@ fn server_error(error: &sqlx::Error) -> Option<u16> {
         .map(MySqlDatabaseError::number)
 }
 
-/// How many distinct key numbers one side uses in `mode`: the measured ones and the warm-up.
-fn keys_needed(settings: &Settings, mode: Mode) -> usize {
-    let measured = measured_ops(settings, mode);
-    measured + measured / 10
-}
-
-fn measured_ops(settings: &Settings, mode: Mode) -> usize {
-    match mode {
-        Mode::Latency => settings.ops,
-        Mode::Throughput(_) => settings.ops * 4,
-    }
-}
-
-/// Times `idem` and `raw` in `mode`, after a warm-up of each on key numbers past the
-/// measured ones.
-///
-/// The measured operations are cut into [`SLICES`] slices that the two sides take in turns
-/// (idem, raw, then raw, idem, ...), so both see the same server: the shared MariaDB's
-/// state drifts within a run (its flushing, its buffer pool, other clients' load), and
-/// one side timed wholly after the other picks up that drift as a difference.
-async fn compare<I, R, IF, RF>(
-    settings: &Settings,
-    mode: Mode,
-    idem: I,
-    raw: R,
-) -> Result<(Figure, Figure), Error>
-where
-    I: Fn(usize) -> IF + Clone + Send + Sync + 'static,
-    IF: Future<Output = Result<(), Error>> + Send,
-    R: Fn(usize) -> RF + Clone + Send + Sync + 'static,
-    RF: Future<Output = Result<(), Error>> + Send,
-{
-    let ops = measured_ops(settings, mode);
-    let warm_up = 0..ops / 10;
-    Timing::default()
-        .slice(mode, ops, warm_up.clone(), &idem)
-        .await?;
-    Timing::default().slice(mode, ops, warm_up, &raw).await?;
-    let (mut idem_timing, mut raw_timing) = (Timing::default(), Timing::default());
-    let per_slice = ops.div_ceil(SLICES);
-    for (n, start) in (0..ops).step_by(per_slice).enumerate() {
-        let range = start..(start + per_slice).min(ops);
-        if n % 2 == 0 {
-            idem_timing.slice(mode, 0, range.clone(), &idem).await?;
-            raw_timing.slice(mode, 0, range, &raw).await?;
-        } else {
-            raw_timing.slice(mode, 0, range.clone(), &raw).await?;
-            idem_timing.slice(mode, 0, range, &idem).await?;
-        }
-    }
-    Ok((idem_timing.figure(), raw_timing.figure()))
-}
-
-/// How many turns each side takes in one measurement; even, so each side goes first
-/// equally often.
-const SLICES: usize = 8;
-
-/// One side's measurement, gathered over its slices.
-#[derive(Default)]
-struct Timing {
-    /// Latency of every operation (one task only).
-    samples: Vec<Duration>,
-    ops: usize,
-    elapsed: Duration,
-}
-
-impl Timing {
-    /// Runs `op(offset + i)` for `i` in `range`: one at a time, each timed, at one task;
-    /// from `tasks` tasks with [`throughput`] at many.
-    async fn slice<F, Fut>(
-        &mut self,
-        mode: Mode,
-        offset: usize,
-        range: std::ops::Range<usize>,
-        op: &F,
-    ) -> Result<(), Error>
-    where
-        F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send,
-    {
-        let count = range.len();
-        match mode {
-            Mode::Latency => {
-                let started = Instant::now();
-                for i in range {
-                    let t = Instant::now();
-                    op(offset + i).await?;
-                    self.samples.push(t.elapsed());
-                }
-                self.elapsed += started.elapsed();
-            }
-            Mode::Throughput(tasks) => {
-                let (op, first) = (op.clone(), offset + range.start);
-                let figure = throughput(count, tasks, move |i| op(first + i)).await?;
-                self.elapsed += Duration::from_secs_f64(count as f64 / figure.per_sec);
-            }
-        }
-        self.ops += count;
-        Ok(())
-    }
-
-    fn figure(mut self) -> Figure {
-        self.samples.sort_unstable();
-        let at = |share: usize| {
-            self.samples
-                .get(self.samples.len() * share / 100)
-                .copied()
-                .unwrap_or_default()
-        };
-        Figure {
-            p50: at(50),
-            p99: at(99),
-            per_sec: self.ops as f64 / self.elapsed.as_secs_f64(),
-        }
-    }
-}
-
-fn row(
-    operation: &'static str,
-    mode: Mode,
-    target: Option<f64>,
-    (idem, raw): (Figure, Figure),
-) -> Row {
-    Row {
-        operation,
-        backend: BACKEND,
-        mode,
-        idem,
-        raw,
-        target,
-    }
-}
-
 /// Key number `i` under `tag`: idem's key id and the raw side's `idem_key` are these bytes.
 fn key_id(tag: &str, i: usize) -> String {
     format!("{tag}:{i}")
@@ -413,7 +280,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
         },
     )
     .await?;
-    Ok(row("claim new", mode, Some(0.9), figures))
+    Ok(Row::new(BACKEND, "claim new", mode, Some(0.9), figures))
 }
 
 async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
@@ -458,7 +325,7 @@ async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<R
         },
     )
     .await?;
-    Ok(row("replay claim", mode, None, figures))
+    Ok(Row::new(BACKEND, "replay claim", mode, None, figures))
 }
 
 /// The raw replay's read: the row idem's replay reads, its payload taken out.
@@ -544,7 +411,7 @@ async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result
     )
     .await?;
     // Both sides send one UPDATE with the same WHERE clause to rows of the same shape.
-    Ok(row("complete", mode, Some(0.9), figures))
+    Ok(Row::new(BACKEND, "complete", mode, Some(0.9), figures))
 }
 
 /// Claims keys `0..count` under `tag` through the store, `tasks` at a time (more would wait
@@ -636,12 +503,5 @@ async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<
         },
     )
     .await?;
-    Ok(row("execute", mode, Some(0.45), figures))
-}
-
-fn expect_lease(claim: Claim) -> Result<Lease, Error> {
-    match claim {
-        Claim::Acquired(lease) => Ok(lease),
-        other => Err(Error::backend(format!("expected Acquired, got {other:?}"))),
-    }
+    Ok(Row::new(BACKEND, "execute", mode, Some(0.45), figures))
 }

@@ -15,8 +15,8 @@ use idem::redis::RedisStore;
 use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Ttl};
 
 use crate::Settings;
-use crate::measure::{Figure, latency, throughput};
-use crate::memory::Never;
+use crate::claims::{Never, expect_lease};
+use crate::measure::{compare, keys_needed};
 use crate::report::{Mode, Row};
 
 const BACKEND: &str = "redis";
@@ -138,69 +138,6 @@ fn driver(error: RedisError) -> Error {
     Error::backend(error)
 }
 
-/// How many distinct key numbers one side uses in `mode`: the measured ones and the warm-up.
-fn keys_needed(settings: &Settings, mode: Mode) -> usize {
-    let measured = measured_ops(settings, mode);
-    measured + measured / 10
-}
-
-fn measured_ops(settings: &Settings, mode: Mode) -> usize {
-    match mode {
-        Mode::Latency => settings.ops,
-        Mode::Throughput(_) => settings.ops * 4,
-    }
-}
-
-/// Times `idem`, then `raw`, in `mode`, each after a warm-up on key numbers past the
-/// measured ones (`latency` warms up by itself; throughput gets a tenth of its count first).
-async fn compare<I, R, IF, RF>(
-    settings: &Settings,
-    mode: Mode,
-    idem: I,
-    raw: R,
-) -> Result<(Figure, Figure), Error>
-where
-    I: Fn(usize) -> IF + Clone + Send + Sync + 'static,
-    IF: Future<Output = Result<(), Error>> + Send,
-    R: Fn(usize) -> RF + Clone + Send + Sync + 'static,
-    RF: Future<Output = Result<(), Error>> + Send,
-{
-    let ops = measured_ops(settings, mode);
-    match mode {
-        Mode::Latency => Ok((latency(ops, idem).await?, latency(ops, raw).await?)),
-        Mode::Throughput(tasks) => Ok((
-            warm_throughput(ops, tasks, idem).await?,
-            warm_throughput(ops, tasks, raw).await?,
-        )),
-    }
-}
-
-async fn warm_throughput<F, Fut>(ops: usize, tasks: usize, op: F) -> Result<Figure, Error>
-where
-    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Error>> + Send,
-{
-    let warm = op.clone();
-    throughput(ops / 10, tasks, move |i| warm(ops + i)).await?;
-    throughput(ops, tasks, op).await
-}
-
-fn row(
-    operation: &'static str,
-    mode: Mode,
-    target: Option<f64>,
-    (idem, raw): (Figure, Figure),
-) -> Row {
-    Row {
-        operation,
-        backend: BACKEND,
-        mode,
-        idem,
-        raw,
-        target,
-    }
-}
-
 fn key(tag: &str, i: usize) -> Result<Key, Error> {
     Key::new(NAMESPACE, format!("{tag}:{i}"))
 }
@@ -249,7 +186,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
         },
     )
     .await?;
-    Ok(row("claim new", mode, Some(0.9), figures))
+    Ok(Row::new(BACKEND, "claim new", mode, Some(0.9), figures))
 }
 
 async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
@@ -292,7 +229,7 @@ async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<R
         },
     )
     .await?;
-    Ok(row("replay claim", mode, Some(0.9), figures))
+    Ok(Row::new(BACKEND, "replay claim", mode, Some(0.9), figures))
 }
 
 async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
@@ -333,7 +270,7 @@ async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result
         },
     )
     .await?;
-    Ok(row("complete", mode, Some(0.9), figures))
+    Ok(Row::new(BACKEND, "complete", mode, Some(0.9), figures))
 }
 
 /// Claims keys `0..count` under `tag`, all at once, and hands back their leases in order.
@@ -412,14 +349,7 @@ async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<
         },
     )
     .await?;
-    Ok(row("execute", mode, Some(0.45), figures))
-}
-
-fn expect_lease(claim: Claim) -> Result<Lease, Error> {
-    match claim {
-        Claim::Acquired(lease) => Ok(lease),
-        other => Err(Error::backend(format!("expected Acquired, got {other:?}"))),
-    }
+    Ok(Row::new(BACKEND, "execute", mode, Some(0.45), figures))
 }
 
 /// Deletes every key under `prefix` (SCAN, then UNLINK each batch found).

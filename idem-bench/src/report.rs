@@ -27,6 +27,24 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row from the figures of [`compare`](crate::measure::compare).
+    pub fn new(
+        backend: &'static str,
+        operation: &'static str,
+        mode: Mode,
+        target: Option<f64>,
+        (idem, raw): (Figure, Figure),
+    ) -> Self {
+        Self {
+            operation,
+            backend,
+            mode,
+            idem,
+            raw,
+            target,
+        }
+    }
+
     /// idem's speed over raw's: >1 means idem is faster.
     pub fn ratio(&self) -> f64 {
         match self.mode {
