@@ -35,18 +35,18 @@ pub struct Key {
 
 impl Key {
     /// Validates and builds a key.
-    pub fn new(namespace: impl Into<String>, id: impl Into<String>) -> Result<Self, Error> {
-        let namespace: String = namespace.into();
-        let id: String = id.into();
-        validate("namespace", &namespace)?;
-        validate("key", &id)?;
-        // Both parts are at most MAX_KEY_LEN bytes, so the split fits a u16.
-        let split = namespace.len() as u16;
-        let mut text = namespace;
-        text.push_str(&id);
+    pub fn new(namespace: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self, Error> {
+        let (namespace, id) = (namespace.as_ref(), id.as_ref());
+        validate("namespace", namespace)?;
+        validate("key", id)?;
+        // One exact allocation: keys are built on every request.
+        let mut text = String::with_capacity(namespace.len() + id.len());
+        text.push_str(namespace);
+        text.push_str(id);
         Ok(Self {
             text: text.into_boxed_str(),
-            split,
+            // Both parts are at most MAX_KEY_LEN bytes, so the split fits a u16.
+            split: namespace.len() as u16,
         })
     }
 
