@@ -1,0 +1,152 @@
+//! The stored form of a response: status, selected headers and body, in a small binary
+//! layout, so binary bodies are kept byte for byte without base64 or JSON escaping.
+//!
+//! ```text
+//! b"IH1"  status:u16  header_count:u16  { name_len:u16 name  value_len:u32 value }*  body
+//! ```
+//! All integers are big-endian; the body is everything after the last header.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+/// Marks the layout's version: a record of another version is refused, not misread.
+const MAGIC: &[u8; 3] = b"IH1";
+
+/// A response as stored and replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredResponse {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Bytes,
+}
+
+impl StoredResponse {
+    /// Encodes the record. Fails only when a header or the header count does not fit its
+    /// length field, which no real response reaches.
+    pub(crate) fn encode(&self) -> Result<Bytes, &'static str> {
+        let headers_len: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| 6 + name.as_str().len() + value.len())
+            .sum();
+        let mut out = BytesMut::with_capacity(7 + headers_len + self.body.len());
+        out.put_slice(MAGIC);
+        out.put_u16(self.status.as_u16());
+        let count = u16::try_from(self.headers.len()).map_err(|_| "too many headers")?;
+        out.put_u16(count);
+        for (name, value) in &self.headers {
+            let name_len =
+                u16::try_from(name.as_str().len()).map_err(|_| "header name too long")?;
+            let value_len = u32::try_from(value.len()).map_err(|_| "header value too long")?;
+            out.put_u16(name_len);
+            out.put_slice(name.as_str().as_bytes());
+            out.put_u32(value_len);
+            out.put_slice(value.as_bytes());
+        }
+        out.put_slice(&self.body);
+        Ok(out.freeze())
+    }
+
+    /// Decodes a record, refusing anything this crate did not write.
+    pub(crate) fn decode(stored: &Bytes) -> Result<Self, &'static str> {
+        let mut reader = Reader { stored, at: 0 };
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err("not an idem-http response record");
+        }
+        let status = StatusCode::from_u16(reader.u16()?).map_err(|_| "invalid status code")?;
+        let count = reader.u16()?;
+        let mut headers = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let name_len = usize::from(reader.u16()?);
+            let name = HeaderName::from_bytes(reader.take(name_len)?)
+                .map_err(|_| "invalid header name")?;
+            let value_len = usize::try_from(reader.u32()?).map_err(|_| "header too long")?;
+            let value = HeaderValue::from_bytes(reader.take(value_len)?)
+                .map_err(|_| "invalid header value")?;
+            headers.push((name, value));
+        }
+        Ok(Self {
+            status,
+            headers,
+            body: stored.slice(reader.at..),
+        })
+    }
+}
+
+/// A bounds-checked cursor over stored bytes.
+struct Reader<'a> {
+    stored: &'a Bytes,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, len: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(len).ok_or("truncated record")?;
+        let slice = self.stored.get(self.at..end).ok_or("truncated record")?;
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        let bytes = self.take(2)?;
+        Ok(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        let bytes = self.take(4)?;
+        Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> StoredResponse {
+        StoredResponse {
+            status: StatusCode::CREATED,
+            headers: vec![
+                (
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                ),
+                (
+                    http::header::LOCATION,
+                    HeaderValue::from_static("/orders/7"),
+                ),
+                (http::header::LOCATION, HeaderValue::from_static("/second")),
+            ],
+            body: Bytes::from_static(&[0, 159, 146, 150, 255, b'I', b'H']),
+        }
+    }
+
+    #[test]
+    fn round_trips_byte_for_byte() {
+        let record = sample();
+        let encoded = record.encode().expect("encodes");
+        assert_eq!(StoredResponse::decode(&encoded), Ok(record));
+    }
+
+    #[test]
+    fn empty_body_and_no_headers_round_trip() {
+        let record = StoredResponse {
+            status: StatusCode::NO_CONTENT,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        let encoded = record.encode().expect("encodes");
+        assert_eq!(StoredResponse::decode(&encoded), Ok(record));
+    }
+
+    #[test]
+    fn refuses_foreign_and_truncated_bytes() {
+        assert!(StoredResponse::decode(&Bytes::from_static(b"{\"ok\":1}")).is_err());
+        assert!(StoredResponse::decode(&Bytes::new()).is_err());
+        let encoded = sample().encode().expect("encodes");
+        // Cut inside the headers: the declared lengths no longer fit.
+        assert!(StoredResponse::decode(&encoded.slice(..12)).is_err());
+        let mut bad_status = encoded.to_vec();
+        bad_status[3..5].copy_from_slice(&42u16.to_be_bytes());
+        assert!(StoredResponse::decode(&Bytes::from(bad_status)).is_err());
+    }
+}
