@@ -14,6 +14,9 @@
 //! | `redis` | `redis::RedisStore`, `redis::RedisTokenStore` | many processes, low latency |
 //! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
 //!
+//! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
+//! `Idempotency-Key` header on any store.
+//!
 //! Two flows: key-based idempotency with the [`Idempotency`] executor (the client sends a
 //! key, repeats get the first response), and one-time [`Tokens`] (the server hands a token
 //! out, the submission consumes it atomically, repeats are rejected).
@@ -60,6 +63,14 @@ pub use idem_memory::MemoryStore;
 pub mod redis {
     #[doc(inline)]
     pub use idem_redis::*;
+}
+
+/// The tower layer for the `Idempotency-Key` HTTP header.
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http {
+    #[doc(inline)]
+    pub use idem_http::*;
 }
 
 /// The MySQL/MariaDB store.
