@@ -46,6 +46,8 @@ pub enum Defect {
     NoopRenew,
     /// A claim retried by the same owner is told "in progress".
     ForgetsOwnClaim,
+    /// A claim retried by the same owner gets its lease back but not extended.
+    ReclaimDoesNotExtend,
     /// A lapsed lease nobody took over can no longer finish.
     DropsLapsedLeases,
     /// Reading always finds nothing.
@@ -70,6 +72,7 @@ impl Defect {
         Defect::IgnoresRetention,
         Defect::NoopRenew,
         Defect::ForgetsOwnClaim,
+        Defect::ReclaimDoesNotExtend,
         Defect::DropsLapsedLeases,
         Defect::ReadsNothing,
         Defect::RemoveIsNoop,
@@ -91,6 +94,7 @@ impl Defect {
             Defect::IgnoresRetention => &["retention"],
             Defect::NoopRenew => &["renewal"],
             Defect::ForgetsOwnClaim => &["uncertain_claim"],
+            Defect::ReclaimDoesNotExtend => &["uncertain_claim"],
             Defect::DropsLapsedLeases => &["lapsed_lease_still_finishes"],
             Defect::ReadsNothing => &["inspection_and_removal"],
             Defect::RemoveIsNoop => &["inspection_and_removal"],
@@ -238,6 +242,21 @@ impl IdempotencyStore for BrokenStore {
             Defect::IgnoresFingerprints => request.fingerprint = None,
             Defect::ReusesFencing if self.inner.read(&request.key).await?.is_none() => {
                 self.inner.remove(&request.key).await?;
+            }
+            Defect::ReclaimDoesNotExtend => {
+                if let Some(Record {
+                    state: RecordState::Claimed { owner },
+                    fencing,
+                    ..
+                }) = self.inner.read(&request.key).await?
+                    && owner == request.owner
+                {
+                    return Ok(Claim::Acquired(Lease {
+                        key: request.key,
+                        owner,
+                        fencing,
+                    }));
+                }
             }
             Defect::ForgetsOwnClaim => {
                 if let Some(Record {

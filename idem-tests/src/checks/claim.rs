@@ -184,7 +184,30 @@ pub async fn uncertain_claim(store: Store, capabilities: Capabilities) -> CheckR
             after == Claim::Completed((&b"ok"[..]).into()),
             "once completed, even the same owner gets the response, got {after:?}"
         );
-        Ok(())
+        same_owner_reclaim_extends(&ctx).await
     })
     .await
+}
+
+/// The same owner claiming again extends its lease by the TTL from then: past the first
+/// lease's end, before the extended one's, others still see it in progress.
+async fn same_owner_reclaim_extends(ctx: &Ctx) -> Result<(), String> {
+    let lease_ttl = ctx.short() + ctx.caps.time_slack;
+    let key = ctx.key("retried-late")?;
+    let request = ctx.request(&key, lease_ttl)?;
+    let first = ctx.acquire_with(&request).await?;
+    tokio::time::sleep(lease_ttl.mul_f64(0.7)).await;
+    let again = ctx.claim(&request).await?;
+    ensure!(
+        again == Claim::Acquired(first.clone()),
+        "a late retry of the same claim should get its lease back, got {again:?}"
+    );
+    // Now 1.35 lease TTLs after the first claim, 0.65 after the retry.
+    tokio::time::sleep(lease_ttl.mul_f64(0.65)).await;
+    let other = ctx.probe(&key).await?;
+    ensure!(
+        matches!(other, Claim::InProgress { .. }),
+        "the retried claim should have extended the lease, but another owner got {other:?}"
+    );
+    Ok(())
 }
