@@ -9,7 +9,7 @@ use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Ttl};
 use moka::future::Cache;
 
 use crate::Settings;
-use crate::claims::{Never, expect_lease};
+use crate::claims::{acquire_fresh, claim_replay, execute_noop, expect_lease};
 use crate::measure::{compare, keys_needed};
 use crate::report::{Mode, Row};
 
@@ -56,10 +56,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
         mode,
         move |i| {
             let (b, k) = (Arc::clone(&b), key(&run_i, i));
-            async move {
-                let claim = b.store.claim(&ClaimRequest::new(k?, b.ttl)).await?;
-                expect_lease(claim).map(drop)
-            }
+            async move { acquire_fresh(&b.store, k?, b.ttl).await }
         },
         move |i| {
             let (r, k) = (Arc::clone(&r), format!("{run_r}{i}"));
@@ -97,14 +94,7 @@ async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<R
         move |_| {
             // Both sides build their key per call, as a request handler would.
             let (b, k) = (Arc::clone(&b), Key::new(done.namespace(), done.id()));
-            async move {
-                match b.store.claim(&ClaimRequest::new(k?, b.ttl)).await? {
-                    Claim::Completed(_) => Ok(()),
-                    other => Err(Error::backend(format!(
-                        "replay expected Completed, got {other:?}"
-                    ))),
-                }
-            }
+            async move { claim_replay(&b.store, k?, b.ttl).await }
         },
         move |_| {
             let (r, k) = (Arc::clone(&r), String::from("replayed"));
@@ -164,13 +154,7 @@ async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<
         mode,
         move |i| {
             let (b, k) = (Arc::clone(&b), key(&run_i, i));
-            async move {
-                let k = k?;
-                b.idem
-                    .execute(&k, None, || async { Ok::<_, Never>(()) })
-                    .await
-                    .map_err(|e| Error::backend(format!("{e:?}")))
-            }
+            async move { execute_noop(&b.idem, k?).await }
         },
         move |i| {
             let (r, k) = (Arc::clone(&r), format!("{run_r}{i}"));

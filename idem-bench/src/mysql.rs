@@ -14,13 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use idem::mysql::MySqlStore;
-use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Ttl};
+use idem::{ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Ttl};
 use sqlx::mysql::{MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{AssertSqlSafe, MySql, MySqlConnection, MySqlPool};
 
 use crate::Settings;
-use crate::claims::{Never, expect_lease};
+use crate::claims::{acquire_fresh, claim_replay, execute_noop, expect_lease};
 use crate::measure::{compare, keys_needed, throughput};
 use crate::report::{Mode, Row};
 
@@ -263,10 +263,7 @@ async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Resul
         mode,
         move |i| {
             let (b, k) = (Arc::clone(&b), key(&tag_i, i));
-            async move {
-                let claim = b.store.claim(&ClaimRequest::new(k?, b.ttl)).await?;
-                expect_lease(claim).map(drop)
-            }
+            async move { acquire_fresh(&b.store, k?, b.ttl).await }
         },
         move |i| {
             let (r, k) = (Arc::clone(&r), key_id(&tag_r, i));
@@ -303,14 +300,7 @@ async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<R
         move |_| {
             // Both sides build their key per call, as a request handler would.
             let (b, k) = (Arc::clone(&b), key(&tag_i, 0));
-            async move {
-                match b.store.claim(&ClaimRequest::new(k?, b.ttl)).await? {
-                    Claim::Completed(_) => Ok(()),
-                    other => Err(Error::backend(format!(
-                        "replay expected Completed, got {other:?}"
-                    ))),
-                }
-            }
+            async move { claim_replay(&b.store, k?, b.ttl).await }
         },
         move |_| {
             let (r, k) = (Arc::clone(&r), key_id(&tag_r, 0));
@@ -484,12 +474,7 @@ async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<
         mode,
         move |i| {
             let (b, k) = (Arc::clone(&b), key(&tag_i, i));
-            async move {
-                b.idem
-                    .execute(&k?, None, || async { Ok::<_, Never>(()) })
-                    .await
-                    .map_err(|e| Error::backend(format!("{e:?}")))
-            }
+            async move { execute_noop(&b.idem, k?).await }
         },
         move |i| {
             let (r, k) = (Arc::clone(&r), key_id(&tag_r, i));
