@@ -95,3 +95,31 @@ impl Settings {
         self.backends.iter().any(|b| b == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        Settings::parse(args.iter().map(|a| (*a).to_owned()))
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
+        assert!(matches!(parse(&["--ops", "500", "-h"]), Ok(Command::Help)));
+    }
+
+    #[test]
+    fn options_are_read_and_unknown_ones_refused() {
+        let Ok(Command::Run(settings)) = parse(&["--ops", "500", "--backends", "redis,mysql"])
+        else {
+            panic!("a valid command line was refused");
+        };
+        assert_eq!(settings.ops, 500);
+        assert_eq!(settings.backends, ["redis", "mysql"]);
+        assert!(parse(&["--speed", "9"]).is_err());
+        assert!(parse(&["--ops"]).is_err());
+        assert!(parse(&["--ops", "many"]).is_err());
+    }
+}
