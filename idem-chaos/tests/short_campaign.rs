@@ -26,11 +26,11 @@ const PENDING: &[(Scenario, &str)] = &[
     ),
     (
         Scenario::MysqlKill,
-        "KILL QUERY (1317) reported as Backend (MySQL error mapping fix)",
+        "KILL QUERY (1317) reported as Backend (MySQL error mapping fix); a caller that goes away",
     ),
     (
         Scenario::MysqlLocks,
-        "outcome write retried only ~150 ms (executor retry fix)",
+        "a caller that goes away after the effect (lease-engine fix)",
     ),
 ];
 
