@@ -11,6 +11,7 @@
 
 mod backend;
 mod claims;
+mod http;
 mod measure;
 mod memory;
 mod mysql;
@@ -40,6 +41,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("memory", |s| Box::pin(backend::rows::<memory::Memory>(s))),
     ("redis", |s| Box::pin(backend::rows::<redis::Redis>(s))),
     ("mysql", |s| Box::pin(backend::rows::<mysql::Mysql>(s))),
+    ("http", |s| Box::pin(http::rows(s))),
 ];
 
 fn main() -> ExitCode {
