@@ -83,6 +83,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod attempt;
 mod claim;
 mod config;
