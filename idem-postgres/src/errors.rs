@@ -17,7 +17,15 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 fn is_transient(code: &str) -> bool {
     matches!(
         code,
-        SERIALIZATION_FAILURE | DEADLOCK | LOCK_NOT_AVAILABLE | "57014" | "57P01" | "57P02" | "57P03" | "57P05" | "25P03"
+        SERIALIZATION_FAILURE
+            | DEADLOCK
+            | LOCK_NOT_AVAILABLE
+            | "57014"
+            | "57P01"
+            | "57P02"
+            | "57P03"
+            | "57P05"
+            | "25P03"
     ) || code.starts_with("08")
         || code.starts_with("53")
 }
@@ -66,7 +74,9 @@ mod tests {
 
     #[test]
     fn transient_codes() {
-        for code in ["40001", "40P01", "55P03", "57014", "57P01", "08006", "53300"] {
+        for code in [
+            "40001", "40P01", "55P03", "57014", "57P01", "08006", "53300",
+        ] {
             assert!(is_transient(code), "{code}");
         }
         for code in ["23505", "42P01", "22P02", "42501"] {

@@ -74,8 +74,7 @@ async fn select(
 fn decode(row: &PgRow) -> Result<StoredRow, Error> {
     let state: i16 = column(row, "state")?;
     Ok(StoredRow {
-        state: u8::try_from(state)
-            .map_err(|_| Error::corrupt(format!("unknown state {state}")))?,
+        state: u8::try_from(state).map_err(|_| Error::corrupt(format!("unknown state {state}")))?,
         fingerprint: column(row, "fingerprint")?,
         owner: column(row, "owner")?,
         fencing: row::fencing(column(row, "fencing")?)?,
@@ -146,7 +145,11 @@ pub(crate) async fn release(
     statements: &Statements,
     lease: &Lease,
 ) -> Result<(), Error> {
-    held(conn, bind_held(sqlx::query(sql(&statements.release)), lease)).await
+    held(
+        conn,
+        bind_held(sqlx::query(sql(&statements.release)), lease),
+    )
+    .await
 }
 
 type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;

@@ -112,7 +112,9 @@ pub(crate) async fn migrate(
     kind: &TableKind,
     table: &TableName,
 ) -> Result<(), Error> {
-    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(from_sqlx)?;
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("idem-postgres migrate {table}"))
         .execute(&mut *tx)

@@ -48,7 +48,12 @@ impl PgStore {
     /// Uses an existing pool with every default, on table `idem_records`.
     pub fn from_pool(pool: PgPool) -> Self {
         let table = TableName::default_for(&RECORDS);
-        Self::from_parts(pool, table, CallPolicy::default(), Self::DEFAULT_MAX_PAYLOAD)
+        Self::from_parts(
+            pool,
+            table,
+            CallPolicy::default(),
+            Self::DEFAULT_MAX_PAYLOAD,
+        )
     }
 
     /// The pool, to begin the transactions of the transactional mode.
@@ -138,12 +143,14 @@ impl IdempotencyStore for PgStore {
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
         self.check_payload(&response)?;
-        self.finish(lease, Outcome::Completed, &response, retention).await
+        self.finish(lease, Outcome::Completed, &response, retention)
+            .await
     }
 
     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
         self.check_payload(&failure)?;
-        self.finish(lease, Outcome::Failed, &failure, retention).await
+        self.finish(lease, Outcome::Failed, &failure, retention)
+            .await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
@@ -194,7 +201,15 @@ impl PgStore {
         self.table
             .run(None, || async {
                 let mut conn = self.table.connection().await?;
-                ops::finish(&mut conn, &self.statements, lease, outcome, payload, retention).await
+                ops::finish(
+                    &mut conn,
+                    &self.statements,
+                    lease,
+                    outcome,
+                    payload,
+                    retention,
+                )
+                .await
             })
             .await
     }

@@ -25,7 +25,12 @@ pub(crate) struct PgTable {
 }
 
 impl PgTable {
-    pub(crate) fn new(pool: PgPool, name: TableName, kind: &'static TableKind, policy: CallPolicy) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        name: TableName,
+        kind: &'static TableKind,
+        policy: CallPolicy,
+    ) -> Self {
         let purge = purge_statement(&name);
         Self {
             pool,

@@ -43,7 +43,12 @@ impl PgTokenStore {
     /// Uses an existing pool (the application's, or a [`PgStore`](crate::PgStore)'s) with
     /// every default, on table `idem_tokens`.
     pub fn from_pool(pool: PgPool) -> Self {
-        Self::from_parts(pool, TableName::default_for(&TOKENS), CallPolicy::default(), 0)
+        Self::from_parts(
+            pool,
+            TableName::default_for(&TOKENS),
+            CallPolicy::default(),
+            0,
+        )
     }
 
     /// The pool.

@@ -53,7 +53,15 @@ impl PgStore {
     ) -> Result<(), Error> {
         self.check_payload(&response)?;
         let statements = self.statements();
-        ops::finish(conn, statements, lease, Outcome::Completed, &response, retention).await
+        ops::finish(
+            conn,
+            statements,
+            lease,
+            Outcome::Completed,
+            &response,
+            retention,
+        )
+        .await
     }
 
     /// Stores a permanent failure inside the caller's transaction; see
@@ -70,6 +78,14 @@ impl PgStore {
     ) -> Result<(), Error> {
         self.check_payload(&failure)?;
         let statements = self.statements();
-        ops::finish(conn, statements, lease, Outcome::Failed, &failure, retention).await
+        ops::finish(
+            conn,
+            statements,
+            lease,
+            Outcome::Failed,
+            &failure,
+            retention,
+        )
+        .await
     }
 }

@@ -93,7 +93,10 @@ mod tests {
 
     #[tokio::test]
     async fn retries_conflicts_a_bounded_number_of_times() {
-        let policy = CallPolicy { lock_retries: 2, timeout: Duration::from_secs(10) };
+        let policy = CallPolicy {
+            lock_retries: 2,
+            timeout: Duration::from_secs(10),
+        };
         let mut runs = 0;
         let outcome: Result<(), Error> = policy
             .run(policy.timeout, conflict, || {
@@ -118,13 +121,21 @@ mod tests {
     async fn a_call_past_its_bound_is_unavailable() {
         let policy = CallPolicy::default();
         let outcome: Result<(), Error> = policy
-            .run(Duration::from_millis(10), conflict, || std::future::pending())
+            .run(Duration::from_millis(10), conflict, || {
+                std::future::pending()
+            })
             .await;
         match outcome {
             Err(Error::Unavailable { source }) => assert!(source.is::<CallTimedOut>()),
             other => panic!("{other:?}"),
         }
-        assert_eq!(policy.bound_for(Duration::from_secs(1)), Duration::from_secs(1));
-        assert_eq!(policy.bound_for(Duration::from_secs(60)), CallPolicy::DEFAULT_TIMEOUT);
+        assert_eq!(
+            policy.bound_for(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            policy.bound_for(Duration::from_secs(60)),
+            CallPolicy::DEFAULT_TIMEOUT
+        );
     }
 }

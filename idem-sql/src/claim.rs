@@ -18,7 +18,10 @@ pub const ROUNDS: usize = 16;
 pub trait ClaimSteps {
     /// Inserts a claimed row with fencing number 1 for a key without a row; `false` when
     /// the key already has one (nothing changed).
-    fn insert(&mut self, request: &ClaimRequest) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn insert(
+        &mut self,
+        request: &ClaimRequest,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Reads a key's row as a lifecycle entry at [`NOW`]; `None` when there is none.
     fn select(&mut self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send;

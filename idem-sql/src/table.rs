@@ -104,7 +104,14 @@ impl TableKind {
     pub fn migration_sql(&self, table: &TableName) -> String {
         self.migrations
             .iter()
-            .map(|m| format!("-- {}{}\n{};\n", self.comment_prefix, m.version, (m.ddl)(table)))
+            .map(|m| {
+                format!(
+                    "-- {}{}\n{};\n",
+                    self.comment_prefix,
+                    m.version,
+                    (m.ddl)(table)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -117,7 +124,11 @@ impl TableKind {
 
     /// The schema version a table's `comment` names (`None`: no such table); a comment of
     /// another kind or of no idem table is [`Error::Backend`].
-    pub fn version_in(&self, table: &TableName, comment: Option<&str>) -> Result<Option<u32>, Error> {
+    pub fn version_in(
+        &self,
+        table: &TableName,
+        comment: Option<&str>,
+    ) -> Result<Option<u32>, Error> {
         comment
             .map(|comment| {
                 comment
@@ -199,7 +210,10 @@ mod tests {
     fn versions_come_from_the_comment() {
         let t = TableName::new("t", 64).expect("valid");
         assert_eq!(KIND.version_in(&t, None).ok(), Some(None));
-        assert_eq!(KIND.version_in(&t, Some("idem-test schema v1")).ok(), Some(Some(1)));
+        assert_eq!(
+            KIND.version_in(&t, Some("idem-test schema v1")).ok(),
+            Some(Some(1))
+        );
         assert!(KIND.version_in(&t, Some("not ours")).is_err());
         assert!(KIND.version_in(&t, Some("idem-test schema vX")).is_err());
         assert!(KIND.check(&t, Some(1)).is_ok());

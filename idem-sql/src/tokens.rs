@@ -28,11 +28,17 @@ pub trait TokenSteps {
 
     /// Marks the token used where it is live, unused and of `scope`, in one conditional
     /// write whose affected-row count picks the one winner; whether it did.
-    fn mark_used(&self, token: &Token, scope: &Scope)
-    -> impl Future<Output = Result<bool, Error>> + Send;
+    fn mark_used(
+        &self,
+        token: &Token,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// A live token's record; `None` when it was never issued or has expired.
-    fn inspect(&self, token: &Token) -> impl Future<Output = Result<Option<TokenRecord>, Error>> + Send;
+    fn inspect(
+        &self,
+        token: &Token,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, Error>> + Send;
 }
 
 /// Issues a token: one INSERT; a collision replaces an expired row, or is

@@ -41,7 +41,12 @@ async fn fencing_saturates_at_the_largest_bigint() {
     let at_max = key(&ns, "k");
     let first = acquired(store.claim(&request(&at_max, LONG)).await.expect("claim"));
     plant_lapsed_fencing(&store, &first, i64::MAX).await;
-    let taken = acquired(store.claim(&request(&at_max, LONG)).await.expect("takeover at the limit"));
+    let taken = acquired(
+        store
+            .claim(&request(&at_max, LONG))
+            .await
+            .expect("takeover at the limit"),
+    );
     assert_eq!(taken.fencing, i64::MAX as u64);
     let stale = Lease {
         fencing: i64::MAX as u64,
@@ -71,7 +76,10 @@ async fn a_negative_fencing_number_is_a_corrupt_record() {
     let first = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
     plant_lapsed_fencing(&store, &first, -5).await;
     let result = store.claim(&request(&key, LONG)).await;
-    assert!(matches!(result, Err(Error::CorruptRecord { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::CorruptRecord { .. })),
+        "{result:?}"
+    );
     assert!(store.remove(&key).await.is_ok());
 }
 
@@ -80,7 +88,11 @@ async fn payloads_are_stored_byte_for_byte() {
     let store = shared_store().await;
     let ns = namespace("bytes");
     let every_byte: Vec<u8> = (0..=255u8).collect();
-    let payloads = [Vec::new(), every_byte, vec![0xff, 0xfe, 0x00, 0x5c, 0x27, 0xc0]];
+    let payloads = [
+        Vec::new(),
+        every_byte,
+        vec![0xff, 0xfe, 0x00, 0x5c, 0x27, 0xc0],
+    ];
     for (i, payload) in payloads.iter().enumerate() {
         let key = key(&ns, &format!("{i}"));
         let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
@@ -99,7 +111,10 @@ async fn payloads_are_stored_byte_for_byte() {
         .expect("raw payload");
         assert!(stored == *payload, "payload {i} stored altered");
         let replay = store.claim(&request(&key, LONG)).await.expect("replay");
-        assert!(replay == Claim::Completed(bytes), "payload {i} replayed altered");
+        assert!(
+            replay == Claim::Completed(bytes),
+            "payload {i} replayed altered"
+        );
     }
 }
 
@@ -113,22 +128,44 @@ async fn a_stale_lease_changes_nothing() {
     assert_eq!(current.fencing, stale.fencing + 1);
     let before = raw_row(&store, &key).await;
     let retention = ttl(RETENTION);
-    assert!(matches!(store.complete(&stale, "x".into(), retention).await, Err(Error::LeaseLost)));
-    assert!(matches!(store.fail(&stale, "x".into(), retention).await, Err(Error::LeaseLost)));
-    assert!(matches!(store.renew(&stale, ttl(LONG)).await, Err(Error::LeaseLost)));
+    assert!(matches!(
+        store.complete(&stale, "x".into(), retention).await,
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(
+        store.fail(&stale, "x".into(), retention).await,
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(
+        store.renew(&stale, ttl(LONG)).await,
+        Err(Error::LeaseLost)
+    ));
     assert!(matches!(store.release(&stale).await, Err(Error::LeaseLost)));
     let forged = Lease {
         owner: OwnerToken::random(),
         ..current.clone()
     };
-    assert!(matches!(store.complete(&forged, "x".into(), retention).await, Err(Error::LeaseLost)));
+    assert!(matches!(
+        store.complete(&forged, "x".into(), retention).await,
+        Err(Error::LeaseLost)
+    ));
     let forged = Lease {
         fencing: u64::MAX,
         ..current.clone()
     };
-    assert!(matches!(store.release(&forged).await, Err(Error::LeaseLost)));
-    assert_eq!(raw_row(&store, &key).await, before, "a stale lease changed the row");
-    store.complete(&current, "ok".into(), retention).await.expect("the current lease completes");
+    assert!(matches!(
+        store.release(&forged).await,
+        Err(Error::LeaseLost)
+    ));
+    assert_eq!(
+        raw_row(&store, &key).await,
+        before,
+        "a stale lease changed the row"
+    );
+    store
+        .complete(&current, "ok".into(), retention)
+        .await
+        .expect("the current lease completes");
 }
 
 /// 64 claims of one lapsed key at once, over a pool of 8 connections: one winner.

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use idem_core::{Error, IdempotencyStore, Idempotency, Retryable};
+use idem_core::{Error, Idempotency, IdempotencyStore, Retryable};
 use idem_postgres::PgStore;
-use idem_postgres::sqlx::postgres::PgPoolOptions;
 use idem_postgres::sqlx;
+use idem_postgres::sqlx::postgres::PgPoolOptions;
 
 use crate::support::*;
 
@@ -38,7 +38,10 @@ async fn terminate(admin: &sqlx::PgPool, application: &str) -> i64 {
 /// every call succeeds again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn terminated_connections_are_unavailable_then_recover() {
-    let application = format!("idem-pg-fault-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let application = format!(
+        "idem-pg-fault-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let admin = pool(1).await;
     let store = PgStore::builder()
         .table(SHARED_TABLE)
@@ -66,7 +69,10 @@ async fn terminated_connections_are_unavailable_then_recover() {
                     };
                     let lease = acquired(claim);
                     let payload = format!("{w}-{i}");
-                    match store.complete(&lease, payload.clone().into(), ttl(RETENTION)).await {
+                    match store
+                        .complete(&lease, payload.clone().into(), ttl(RETENTION))
+                        .await
+                    {
                         Ok(()) => completed.push((key, payload)),
                         Err(Error::Unavailable { .. }) => unavailable += 1,
                         Err(other) => panic!("a completion failed with {other:?}"),
@@ -94,14 +100,27 @@ async fn terminated_connections_are_unavailable_then_recover() {
         unavailable += u;
         completed.extend(c);
     }
-    assert!(rounds >= 3, "the store's connections were never found to terminate");
-    assert!(unavailable > 0, "terminating connections under load caused no Unavailable");
+    assert!(
+        rounds >= 3,
+        "the store's connections were never found to terminate"
+    );
+    assert!(
+        unavailable > 0,
+        "terminating connections under load caused no Unavailable"
+    );
     assert!(!completed.is_empty(), "nothing completed");
 
     // Recovery: the pool opens new connections; every completed key replays its payload.
     for (key, payload) in &completed {
-        let replay = store.claim(&request(key, LONG)).await.expect("claim after recovery");
-        assert_eq!(replay, idem_core::Claim::Completed(payload.clone().into()), "{key:?}");
+        let replay = store
+            .claim(&request(key, LONG))
+            .await
+            .expect("claim after recovery");
+        assert_eq!(
+            replay,
+            idem_core::Claim::Completed(payload.clone().into()),
+            "{key:?}"
+        );
     }
     let idem = Idempotency::new(store.clone());
     let key = key(&ns, "after");
@@ -125,15 +144,26 @@ async fn a_call_never_waits_longer_than_the_statement_timeout() {
         .expect("connect");
     let key = key(&namespace("timeout"), "k");
     let mut tx = holder.pool().begin().await.expect("begin");
-    acquired(holder.claim_in(&mut tx, &request(&key, LONG)).await.expect("claim_in"));
+    acquired(
+        holder
+            .claim_in(&mut tx, &request(&key, LONG))
+            .await
+            .expect("claim_in"),
+    );
     let started = Instant::now();
     let result = impatient.claim(&request(&key, LONG)).await;
     let waited = started.elapsed();
     tx.rollback().await.expect("rollback");
-    assert!(matches!(result, Err(Error::Unavailable { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(Error::Unavailable { .. })),
+        "{result:?}"
+    );
     assert!(waited < Duration::from_secs(20), "waited {waited:?}");
     // The server cancelled the statement too (57014), the same connection works again.
-    let after = impatient.claim(&request(&key, LONG)).await.expect("claim after");
+    let after = impatient
+        .claim(&request(&key, LONG))
+        .await
+        .expect("claim after");
     acquired(after);
 }
 
@@ -145,7 +175,9 @@ async fn an_unreachable_server_is_unavailable() {
         .connect_lazy("postgres://postgres@127.0.0.1:1/test")
         .expect("a well-formed URL");
     let store = PgStore::from_pool(pool);
-    let result = store.claim(&request(&key("idem-postgres.down", "k"), LONG)).await;
+    let result = store
+        .claim(&request(&key("idem-postgres.down", "k"), LONG))
+        .await;
     match result {
         Err(Error::Unavailable { source }) => {
             assert!(source.downcast_ref::<sqlx::Error>().is_some(), "{source:?}")

@@ -40,14 +40,22 @@ async fn rows_that_do_not_decode_are_corrupt_records() {
         let key = key(&ns, id);
         let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
         if finish {
-            store.complete(&lease, "x".into(), ttl(RETENTION)).await.expect("complete");
+            store
+                .complete(&lease, "x".into(), ttl(RETENTION))
+                .await
+                .expect("complete");
         }
         corrupt(&store, &key, set).await;
         assert!(is_corrupt(store.read(&key).await), "{id}");
         assert!(is_corrupt(store.claim(&request(&key, LONG)).await), "{id}");
         // Removing a corrupt row works, which is how an operator clears one.
         store.remove(&key).await.expect("remove");
-        acquired(store.claim(&request(&key, LONG)).await.expect("claim after removal"));
+        acquired(
+            store
+                .claim(&request(&key, LONG))
+                .await
+                .expect("claim after removal"),
+        );
     }
 }
 
@@ -63,14 +71,20 @@ async fn purge_removes_only_expired_rows_in_batches() {
                 .await
                 .expect("claim"),
         );
-        store.complete(&lease, "old".into(), short).await.expect("complete");
+        store
+            .complete(&lease, "old".into(), short)
+            .await
+            .expect("complete");
     }
     let mut kept = Vec::new();
     for i in 0..5 {
         let key = key(&ns, &format!("kept-{i}"));
         let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
         if i % 2 == 0 {
-            store.complete(&lease, "new".into(), ttl(RETENTION)).await.expect("complete");
+            store
+                .complete(&lease, "new".into(), ttl(RETENTION))
+                .await
+                .expect("complete");
         } else {
             // A released key's trace is kept for its fencing memory.
             store.release(&lease).await.expect("release");
@@ -92,6 +106,9 @@ async fn purge_removes_only_expired_rows_in_batches() {
     for key in &kept {
         assert!(raw_row(&store, key).await.is_some(), "{key:?} was purged");
     }
-    assert!(matches!(store.purge_expired(0).await, Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        store.purge_expired(0).await,
+        Err(Error::InvalidInput(_))
+    ));
     drop_table(store.pool(), store.table()).await;
 }

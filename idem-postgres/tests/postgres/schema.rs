@@ -36,14 +36,26 @@ async fn the_printed_ddl_is_what_migrate_creates() {
         let migrated = fresh_table(&pool).await;
         let printed = fresh_table(&pool).await;
         let (ddl, by_hand_ddl) = if tokens {
-            let store = PgTokenStore::builder().table(&migrated).build(pool.clone()).expect("store");
+            let store = PgTokenStore::builder()
+                .table(&migrated)
+                .build(pool.clone())
+                .expect("store");
             store.migrate().await.expect("migrate");
-            let by_hand = PgTokenStore::builder().table(&printed).build(pool.clone()).expect("store");
+            let by_hand = PgTokenStore::builder()
+                .table(&printed)
+                .build(pool.clone())
+                .expect("store");
             (store.migration_sql(), by_hand.migration_sql())
         } else {
-            let store = PgStore::builder().table(&migrated).build(pool.clone()).expect("store");
+            let store = PgStore::builder()
+                .table(&migrated)
+                .build(pool.clone())
+                .expect("store");
             store.migrate().await.expect("migrate");
-            let by_hand = PgStore::builder().table(&printed).build(pool.clone()).expect("store");
+            let by_hand = PgStore::builder()
+                .table(&printed)
+                .build(pool.clone())
+                .expect("store");
             (store.migration_sql(), by_hand.migration_sql())
         };
         assert_eq!(by_hand_ddl, ddl.replace(&migrated, &printed));
@@ -53,16 +65,34 @@ async fn the_printed_ddl_is_what_migrate_creates() {
             .await
             .expect("apply the printed DDL");
         let definition_migrated = definition(&pool, &migrated).await;
-        assert!(definition_migrated.contains("comment idem-postgres"), "{definition_migrated}");
-        assert!(definition_migrated.contains("index CREATE INDEX"), "{definition_migrated}");
+        assert!(
+            definition_migrated.contains("comment idem-postgres"),
+            "{definition_migrated}"
+        );
+        assert!(
+            definition_migrated.contains("index CREATE INDEX"),
+            "{definition_migrated}"
+        );
         assert_eq!(definition(&pool, &printed).await, definition_migrated);
         if tokens {
-            let store = PgTokenStore::builder().table(&printed).build(pool.clone()).expect("store");
-            store.check_schema().await.expect("hand-applied DDL is current");
+            let store = PgTokenStore::builder()
+                .table(&printed)
+                .build(pool.clone())
+                .expect("store");
+            store
+                .check_schema()
+                .await
+                .expect("hand-applied DDL is current");
             store.migrate().await.expect("and migrate leaves it alone");
         } else {
-            let store = PgStore::builder().table(&printed).build(pool.clone()).expect("store");
-            store.check_schema().await.expect("hand-applied DDL is current");
+            let store = PgStore::builder()
+                .table(&printed)
+                .build(pool.clone())
+                .expect("store");
+            store
+                .check_schema()
+                .await
+                .expect("hand-applied DDL is current");
             store.migrate().await.expect("and migrate leaves it alone");
         }
         drop_table(&pool, &migrated).await;
@@ -74,8 +104,14 @@ async fn the_printed_ddl_is_what_migrate_creates() {
 async fn migrating_twice_is_harmless() {
     let pool = pool(2).await;
     let table = fresh_table(&pool).await;
-    let store = PgStore::builder().table(&table).build(pool.clone()).expect("store");
-    assert!(matches!(store.check_schema().await, Err(Error::Backend { .. })));
+    let store = PgStore::builder()
+        .table(&table)
+        .build(pool.clone())
+        .expect("store");
+    assert!(matches!(
+        store.check_schema().await,
+        Err(Error::Backend { .. })
+    ));
     store.migrate().await.expect("first migration");
     let lease = acquired(
         store
@@ -85,7 +121,11 @@ async fn migrating_twice_is_harmless() {
     );
     store.migrate().await.expect("second migration");
     store.check_schema().await.expect("at the current version");
-    let record = store.read(&lease.key).await.expect("read").expect("still there");
+    let record = store
+        .read(&lease.key)
+        .await
+        .expect("read")
+        .expect("still there");
     assert_eq!(record.fencing, 1);
     drop_table(&pool, &table).await;
 }
@@ -94,30 +134,58 @@ async fn migrating_twice_is_harmless() {
 async fn a_foreign_table_of_the_same_name_is_refused() {
     let pool = pool(2).await;
     let table = fresh_table(&pool).await;
-    exec(&pool, format!("CREATE TABLE \"{table}\" (id int PRIMARY KEY)")).await;
-    let store = PgStore::builder().table(&table).build(pool.clone()).expect("store");
+    exec(
+        &pool,
+        format!("CREATE TABLE \"{table}\" (id int PRIMARY KEY)"),
+    )
+    .await;
+    let store = PgStore::builder()
+        .table(&table)
+        .build(pool.clone())
+        .expect("store");
     let refused = store.migrate().await;
     assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");
-    exec(&pool, format!("COMMENT ON TABLE \"{table}\" IS 'idem-postgres schema v9'")).await;
+    exec(
+        &pool,
+        format!("COMMENT ON TABLE \"{table}\" IS 'idem-postgres schema v9'"),
+    )
+    .await;
     let refused = store.migrate().await;
     assert!(
         matches!(&refused, Err(Error::Backend { source }) if source.to_string().contains("v9")),
         "{refused:?}"
     );
     // A token table is not a records table.
-    exec(&pool, format!("COMMENT ON TABLE \"{table}\" IS 'idem-postgres token schema v1'")).await;
-    assert!(matches!(store.check_schema().await, Err(Error::Backend { .. })));
+    exec(
+        &pool,
+        format!("COMMENT ON TABLE \"{table}\" IS 'idem-postgres token schema v1'"),
+    )
+    .await;
+    assert!(matches!(
+        store.check_schema().await,
+        Err(Error::Backend { .. })
+    ));
     drop_table(&pool, &table).await;
 }
 
 #[tokio::test]
 async fn table_names_are_identifiers_only() {
-    for bad in ["", "idem-records", "t; DROP TABLE x", "s.t", "\"t\"", &"t".repeat(53)] {
+    for bad in [
+        "",
+        "idem-records",
+        "t; DROP TABLE x",
+        "s.t",
+        "\"t\"",
+        &"t".repeat(53),
+    ] {
         let pool = idem_postgres::sqlx::postgres::PgPoolOptions::new()
             .connect_lazy("postgres://postgres@127.0.0.1:1/test")
             .expect("lazy pool");
         assert!(
-            matches!(PgStore::builder().table(bad).build(pool), Err(Error::InvalidInput(_))),
+            matches!(
+                PgStore::builder().table(bad).build(pool),
+                Err(Error::InvalidInput(_))
+            ),
             "{bad:?} accepted"
         );
     }

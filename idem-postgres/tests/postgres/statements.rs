@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use idem_core::{Claim, IdempotencyStore};
-use idem_postgres::{PgStore, PgTokenStore, PurgeExpired};
 use idem_core::{Scope, TokenGenerator, Tokens, UuidV7Tokens};
+use idem_postgres::{PgStore, PgTokenStore, PurgeExpired};
 
 use crate::support::*;
 
@@ -33,7 +33,10 @@ async fn a_first_claim_and_each_finish_are_one_statement() {
 
     let (n, replay) = count(&proxy, store.claim(&request(&counted, LONG))).await;
     assert_eq!(replay.expect("replay"), Claim::Completed("r".into()));
-    assert_eq!(n, 2, "a replay is the INSERT that did nothing and one SELECT");
+    assert_eq!(
+        n, 2,
+        "a replay is the INSERT that did nothing and one SELECT"
+    );
 
     let failed = key(&ns, "failed");
     let lease = acquired(store.claim(&request(&failed, LONG)).await.expect("claim"));
@@ -61,7 +64,10 @@ async fn a_first_claim_and_each_finish_are_one_statement() {
     assert_eq!(n, 1, "a removal is one DELETE ... RETURNING");
     let (n, purged) = count(&proxy, store.purge_expired(1_000_000)).await;
     purged.expect("purge");
-    assert_eq!(n, 1, "a purge with fewer expired rows than a batch is one DELETE");
+    assert_eq!(
+        n, 1,
+        "a purge with fewer expired rows than a batch is one DELETE"
+    );
 }
 
 #[tokio::test]

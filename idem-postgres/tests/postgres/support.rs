@@ -72,7 +72,10 @@ pub async fn shared_token_store() -> PgTokenStore {
         .table(SHARED_TOKEN_TABLE)
         .build(pool(8).await)
         .expect("valid settings");
-    store.migrate().await.expect("migrate the shared token table");
+    store
+        .migrate()
+        .await
+        .expect("migrate the shared token table");
     store
 }
 
@@ -97,7 +100,10 @@ pub async fn fresh_table(pool: &PgPool) -> String {
             drop_table(pool, &table).await;
         }
     }
-    format!("idem_t_{now}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "idem_t_{now}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 pub async fn drop_table(pool: &PgPool, table: &str) {
@@ -177,7 +183,9 @@ pub struct CountingProxy {
 impl CountingProxy {
     pub async fn start() -> Self {
         let server = server_address();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let statements = Arc::new(AtomicU64::new(0));
         let counter = statements.clone();
@@ -227,7 +235,9 @@ async fn relay_counting(
         let mut message = length.to_be_bytes().to_vec();
         message.extend_from_slice(&body);
         to_server.write_all(&message).await?;
-        let code = body.get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let code = body
+            .get(..4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         if !matches!(code, Some(80_877_103 | 80_877_104)) {
             break;
         }

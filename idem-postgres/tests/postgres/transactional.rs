@@ -116,7 +116,10 @@ async fn a_concurrent_claim_waits_for_the_transaction() {
             tokio::spawn(async move { store.claim(&request).await })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!waiting.is_finished(), "the claim did not wait for the transaction");
+        assert!(
+            !waiting.is_finished(),
+            "the claim did not wait for the transaction"
+        );
         store
             .complete_in(&mut tx, &lease, "done".into(), ttl(RETENTION))
             .await
@@ -130,7 +133,11 @@ async fn a_concurrent_claim_waits_for_the_transaction() {
         if commit {
             assert_eq!(seen, Claim::Completed("done".into()));
         } else {
-            assert_eq!(acquired(seen).fencing, 1, "after a rollback the key is free");
+            assert_eq!(
+                acquired(seen).fencing,
+                1,
+                "after a rollback the key is free"
+            );
         }
     }
 }
@@ -161,7 +168,10 @@ async fn a_claim_late_in_a_transaction_uses_the_current_clock() {
     .fetch_one(&mut *tx)
     .await
     .expect("read the lease");
-    assert!(live, "the lease was timed from the start of the transaction");
+    assert!(
+        live,
+        "the lease was timed from the start of the transaction"
+    );
     tx.commit().await.expect("commit");
 }
 
@@ -171,13 +181,21 @@ async fn a_claim_late_in_a_transaction_uses_the_current_clock() {
 async fn a_serialization_failure_is_unavailable() {
     let store = shared_store().await;
     let key = key(&namespace("tx-serialize"), "k");
-    let first = acquired(store.claim(&request(&key, Duration::from_millis(100))).await.expect("claim"));
+    let first = acquired(
+        store
+            .claim(&request(&key, Duration::from_millis(100)))
+            .await
+            .expect("claim"),
+    );
     let mut tx = store.pool().begin().await.expect("begin");
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await
         .expect("repeatable read");
-    sqlx::query("SELECT 1").execute(&mut *tx).await.expect("take the snapshot");
+    sqlx::query("SELECT 1")
+        .execute(&mut *tx)
+        .await
+        .expect("take the snapshot");
     // Changed after the snapshot, by another connection.
     store.release(&first).await.expect("release");
     let result = store.claim_in(&mut tx, &request(&key, LONG)).await;
