@@ -62,9 +62,9 @@ impl<S: FromTable> PgBuilder<S> {
     }
 
     /// The longest any call may take, retries included, before it is
-    /// [`Error::Unavailable`]; a claim or renewal is bounded by its lease TTL too, if
-    /// shorter. Pools made by [`connect`](Self::connect) also set it as the server's
-    /// `statement_timeout`, so the server gives up on the statement as well.
+    /// [`Error::Unavailable`]. Keep it below the shortest lease TTL in use, so that no call
+    /// outwaits its lease. Pools made by [`connect`](Self::connect) also set it as the
+    /// server's `statement_timeout`, so the server gives up on the statement as well.
     /// Default: 5 s, below the executor's 30 s lease.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.policy.timeout = timeout;

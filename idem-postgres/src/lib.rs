@@ -85,8 +85,9 @@
 //!   changed. **remove** is one `DELETE ... RETURNING`.
 //! - Statements per call: a first claim 1, a replay 2, a takeover 3; complete, fail, renew,
 //!   release, read and remove 1 each.
-//! - Every call is bounded by the statement timeout (default 5 s, and the lease TTL when
-//!   that is shorter), so no call waits longer than its lease; pools made by
+//! - Every call is bounded by the statement timeout (default 5 s; keep it below your
+//!   lease TTL, 30 s in the executor by default), so no call waits longer than its lease;
+//!   pools made by
 //!   [`PgBuilder::connect`] also set it as the server's `statement_timeout`. Deadlocks
 //!   (40P01), serialization failures (40001) and lock timeouts (55P03) on pooled
 //!   connections are run again a bounded number of times within that bound; cancelled

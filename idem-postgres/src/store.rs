@@ -128,9 +128,8 @@ impl PurgeExpired for PgStore {
 #[async_trait]
 impl IdempotencyStore for PgStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        let lease = Some(request.lease_ttl.as_duration());
         self.table
-            .run(lease, || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 let mut steps = OnConnection {
                     conn: &mut conn,
@@ -155,7 +154,7 @@ impl IdempotencyStore for PgStore {
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
         self.table
-            .run(Some(ttl.as_duration()), || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 ops::renew(&mut conn, &self.statements, lease, ttl).await
             })
@@ -164,7 +163,7 @@ impl IdempotencyStore for PgStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
         self.table
-            .run(None, || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 ops::release(&mut conn, &self.statements, lease).await
             })
@@ -173,7 +172,7 @@ impl IdempotencyStore for PgStore {
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
         self.table
-            .run(None, || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 ops::read(&mut conn, &self.statements, key).await
             })
@@ -182,7 +181,7 @@ impl IdempotencyStore for PgStore {
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.table
-            .run(None, || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 ops::remove(&mut conn, &self.statements, key).await
             })
@@ -199,7 +198,7 @@ impl PgStore {
         retention: Ttl,
     ) -> Result<(), Error> {
         self.table
-            .run(None, || async {
+            .run(|| async {
                 let mut conn = self.table.connection().await?;
                 ops::finish(
                     &mut conn,

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use idem_core::Error;
 use idem_sql::{CallPolicy, TableKind, TableName, purge};
@@ -45,15 +44,15 @@ impl PgTable {
         self.pool.acquire().await.map_err(from_sqlx)
     }
 
-    /// Runs `op` within the store's call bound (or `lease`, if shorter), again after a lock
-    /// conflict.
-    pub(crate) async fn run<T, F, Fut>(&self, lease: Option<Duration>, op: F) -> Result<T, Error>
+    /// Runs `op` within the store's statement timeout, again after a lock conflict.
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let bound = lease.map_or(self.policy.timeout, |lease| self.policy.bound_for(lease));
-        self.policy.run(bound, is_lock_conflict, op).await
+        self.policy
+            .run(self.policy.timeout, is_lock_conflict, op)
+            .await
     }
 
     pub(crate) async fn migrate(&self) -> Result<(), Error> {
@@ -72,7 +71,7 @@ impl PgTable {
 
     pub(crate) async fn purge_expired(&self, batch_size: u32) -> Result<u64, Error> {
         purge::in_batches(batch_size, |batch| {
-            self.run(None, move || async move {
+            self.run(move || async move {
                 let done = sqlx::query(sql(&self.purge))
                     .bind(i64::from(batch))
                     .execute(&self.pool)

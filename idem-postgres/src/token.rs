@@ -164,14 +164,14 @@ impl TokenStore for PgTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         let steps = Steps(self);
         self.table
-            .run(None, || tokens::issue(&steps, token, scope, ttl))
+            .run(|| tokens::issue(&steps, token, scope, ttl))
             .await
     }
 
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
         let steps = Steps(self);
         self.table
-            .run(None, || tokens::consume(&steps, token, scope))
+            .run(|| tokens::consume(&steps, token, scope))
             .await
     }
 }

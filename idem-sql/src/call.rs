@@ -11,7 +11,9 @@ pub struct CallPolicy {
     /// How many times a statement that hit a deadlock or a lock wait timeout is run again.
     pub lock_retries: u32,
     /// The longest a call may take in all, retries included, before it is
-    /// [`Error::Unavailable`]: below the lease TTL, so no call outwaits its lease.
+    /// [`Error::Unavailable`]. Keep it below the shortest lease TTL in use, so that no
+    /// call outwaits its lease: a renewal stuck behind a row lock must give up while the
+    /// lease is still its own.
     pub timeout: Duration,
 }
 
@@ -22,12 +24,7 @@ impl CallPolicy {
     /// Five seconds: far below the executor's 30 s lease, far above a healthy statement.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-    /// The bound of a call on a lease of `lease`: the shorter of the two.
-    pub fn bound_for(&self, lease: Duration) -> Duration {
-        self.timeout.min(lease)
-    }
-
-    /// Runs `op` within `bound`, and again after an error `is_lock_conflict` accepts, at most
+    /// Runs `op` within `bound` (the [`timeout`](Self::timeout), or a caller's own), and again after an error `is_lock_conflict` accepts, at most
     /// [`lock_retries`](Self::lock_retries) more times. Only for statements that roll back
     /// alone (autocommit), so that running them again is exactly a retry.
     pub async fn run<T, F, Fut>(
@@ -129,13 +126,5 @@ mod tests {
             Err(Error::Unavailable { source }) => assert!(source.is::<CallTimedOut>()),
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            policy.bound_for(Duration::from_secs(1)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            policy.bound_for(Duration::from_secs(60)),
-            CallPolicy::DEFAULT_TIMEOUT
-        );
     }
 }
