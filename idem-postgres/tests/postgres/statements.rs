@@ -9,7 +9,8 @@ use idem_postgres::{PgStore, PgTokenStore, PurgeExpired};
 
 use crate::support::*;
 
-const SHORT: Duration = Duration::from_millis(100);
+/// Long enough that a loaded machine gets from the claim to the read inside it.
+const SHORT: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_first_claim_and_each_finish_are_one_statement() {
@@ -52,7 +53,7 @@ async fn a_first_claim_and_each_finish_are_one_statement() {
     let (n, read) = count(&proxy, store.read(&other)).await;
     assert!(read.expect("read").is_some());
     assert_eq!(n, 1, "a read is one SELECT");
-    tokio::time::sleep(SHORT * 3).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(500)).await;
     let (n, taken) = count(&proxy, store.claim(&request(&other, LONG))).await;
     let lease = acquired(taken.expect("takeover"));
     assert_eq!(n, 3, "a takeover is the INSERT, one SELECT and one UPDATE");

@@ -29,7 +29,7 @@ async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten() {
     let token = tokens.parse(&UuidV7Tokens.generate()).expect("token");
 
     store
-        .issue(&token, &alice, ttl(Duration::from_millis(100)))
+        .issue(&token, &alice, ttl(Duration::from_millis(1_500)))
         .await
         .expect("issue");
     let again = store.issue(&token, &bob, ttl(LONG)).await;
@@ -44,7 +44,7 @@ async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten() {
         store.consume(&token, &bob).await.expect("consume"),
         Consumption::Rejected(Rejection::WrongScope)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
     // Expired: reissued for bob, and now only bob can use it.
     store
         .issue(&token, &bob, ttl(LONG))
