@@ -9,7 +9,9 @@ USAGE:
 
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
-                      [default: memory,redis,mysql,http]
+                      (memory, redis, mysql, redis+cache: the replay cache
+                      in front of Redis, http: an axum handler behind the layer)
+                      [default: memory,redis,mysql,redis+cache,http]
     --ops N           operations per latency measurement; throughput uses 4N
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
@@ -55,12 +57,9 @@ impl Default for Settings {
             ops: 2000,
             rounds: 3,
             tasks: 64,
-            backends: vec![
-                "memory".into(),
-                "redis".into(),
-                "mysql".into(),
-                "http".into(),
-            ],
+            backends: ["memory", "redis", "mysql", "redis+cache", "http"]
+                .map(String::from)
+                .to_vec(),
             records: 1_000_000,
             footprint_of: None,
         }
