@@ -13,7 +13,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use idem_core::attempt::{AttemptError, Engine};
 use idem_core::{
-    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput, Key, Lease, WaitPolicy,
+    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
+    WaitPolicy,
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -406,14 +407,14 @@ where
 fn is_namespace_error(reason: &InvalidInput) -> bool {
     matches!(
         reason,
-        InvalidInput::Empty { field: "namespace" }
-            | InvalidInput::TooLong {
-                field: "namespace",
-                ..
-            }
-            | InvalidInput::ControlCharacter {
-                field: "namespace",
-                ..
-            }
+        InvalidInput::Empty {
+            field: InputField::Namespace
+        } | InvalidInput::TooLong {
+            field: InputField::Namespace,
+            ..
+        } | InvalidInput::ControlCharacter {
+            field: InputField::Namespace,
+            ..
+        }
     )
 }
