@@ -145,6 +145,7 @@ mod connection;
 mod errors;
 mod keys;
 mod record;
+mod replication;
 mod reply;
 mod scripts;
 mod store;
@@ -152,6 +153,7 @@ mod token;
 
 pub use builder::{RedisStoreBuilder, RedisTokenStoreBuilder};
 pub use connection::RedisConnection;
+pub use replication::ReplicasNotReached;
 pub use reply::UnexpectedReply;
 pub use store::RedisStore;
 pub use token::RedisTokenStore;

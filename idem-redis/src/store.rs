@@ -14,6 +14,7 @@ use redis::{Cmd, Value};
 use crate::connection::{Connection, RedisConnection};
 use crate::keys::{RecordKey, record_key};
 use crate::record::{self, Claimed, Found, MAX_EXACT};
+use crate::replication::Replication;
 use crate::reply::{self, Reply, unknown_code};
 use crate::scripts::{LuaScript, SCRIPTS};
 
@@ -28,6 +29,8 @@ use crate::scripts::{LuaScript, SCRIPTS};
 pub struct RedisStore<C = ConnectionManager> {
     connection: Connection<C>,
     max_payload: usize,
+    /// Replicas to wait for after each finish, if any.
+    replication: Option<Replication>,
 }
 
 impl<C: Clone> Clone for RedisStore<C> {
@@ -35,6 +38,7 @@ impl<C: Clone> Clone for RedisStore<C> {
         Self {
             connection: self.connection.clone(),
             max_payload: self.max_payload,
+            replication: self.replication,
         }
     }
 }
@@ -44,6 +48,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("connection", &self.connection)
             .field("max_payload", &self.max_payload)
+            .field("replication", &self.replication)
             .finish_non_exhaustive()
     }
 }
@@ -60,10 +65,15 @@ impl RedisStore {
 }
 
 impl<C: RedisConnection> RedisStore<C> {
-    pub(crate) fn new(connection: Connection<C>, max_payload: usize) -> Self {
+    pub(crate) fn new(
+        connection: Connection<C>,
+        max_payload: usize,
+        replication: Option<Replication>,
+    ) -> Self {
         Self {
             connection,
             max_payload,
+            replication,
         }
     }
 
@@ -114,12 +124,7 @@ impl<C: RedisConnection> RedisStore<C> {
     }
 
     async fn run_transition(&self, script: &LuaScript, call: &Cmd) -> Result<(), Error> {
-        let mut reply = self.connection.run(script, call).await?;
-        match reply.code()? {
-            reply::DONE => Ok(()),
-            reply::LEASE_LOST => Err(Error::LeaseLost),
-            code => Err(unknown_code(code)),
-        }
+        transition_done(self.connection.run(script, call).await?)
     }
 
     async fn finish(
@@ -134,7 +139,16 @@ impl<C: RedisConnection> RedisStore<C> {
         call.arg(&record::header(phase, lease.fencing)[..])
             .arg(retention.as_millis())
             .arg(payload.as_ref());
-        self.run_transition(&SCRIPTS.finish, &call).await
+        let Some(replication) = &self.replication else {
+            return self.run_transition(&SCRIPTS.finish, &call).await;
+        };
+        // `WAIT` rides in the same round trip, right behind the script.
+        let (reply, waited) = self
+            .connection
+            .run_then(&SCRIPTS.finish, &call, &replication.wait())
+            .await?;
+        transition_done(reply)?;
+        replication.check(waited)
     }
 
     /// The claim script, for a key the plain claim found claimed or released: only there
@@ -163,6 +177,15 @@ impl<C: RedisConnection> RedisStore<C> {
             reply::MISMATCH => Err(Error::FingerprintMismatch),
             code => Err(unknown_code(code)),
         }
+    }
+}
+
+/// What a transition script (finish, renew, release) answered: done, or the lease is lost.
+fn transition_done(mut reply: Reply) -> Result<(), Error> {
+    match reply.code()? {
+        reply::DONE => Ok(()),
+        reply::LEASE_LOST => Err(Error::LeaseLost),
+        code => Err(unknown_code(code)),
     }
 }
 
