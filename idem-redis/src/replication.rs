@@ -74,7 +74,9 @@ impl Replication {
 /// not `Unavailable` on purpose: writing the outcome again cannot help (the lease is
 /// finished), so the executor reports it at once instead of retrying.
 #[derive(Debug, thiserror::Error)]
-#[error("{acknowledged} of {wanted} Redis replicas acknowledged the finished record within {timeout:?}")]
+#[error(
+    "{acknowledged} of {wanted} Redis replicas acknowledged the finished record within {timeout:?}"
+)]
 #[non_exhaustive]
 pub struct ReplicasNotReached {
     /// The replicas asked for.

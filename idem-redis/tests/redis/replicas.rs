@@ -47,7 +47,10 @@ async fn a_finish_returns_once_the_replica_has_the_record() {
     let ttl = ttl_ms(60_000);
 
     let k = key("replicated");
-    let Claim::Acquired(lease) = store.claim(&ClaimRequest::new(k.clone(), ttl)).await.expect("claim")
+    let Claim::Acquired(lease) = store
+        .claim(&ClaimRequest::new(k.clone(), ttl))
+        .await
+        .expect("claim")
     else {
         panic!("a new key is acquired")
     };
@@ -68,17 +71,24 @@ async fn a_finish_returns_once_the_replica_has_the_record() {
                 .expect("GET")
         }
     };
-    let on_primary = on(primary.url()).await.expect("the record is on the primary");
+    let on_primary = on(primary.url())
+        .await
+        .expect("the record is on the primary");
     assert_eq!(on(replica.url()).await.as_ref(), Some(&on_primary));
 
     // Without the replica, the finish is applied on the primary but reported.
     replica.kill();
     let k = key("unreplicated");
-    let Claim::Acquired(lease) = store.claim(&ClaimRequest::new(k.clone(), ttl)).await.expect("claim")
+    let Claim::Acquired(lease) = store
+        .claim(&ClaimRequest::new(k.clone(), ttl))
+        .await
+        .expect("claim")
     else {
         panic!("a new key is acquired")
     };
-    let result = store.fail(&lease, Bytes::from_static(b"declined"), ttl).await;
+    let result = store
+        .fail(&lease, Bytes::from_static(b"declined"), ttl)
+        .await;
     let Err(Error::Backend { source }) = &result else {
         panic!("expected a backend error, got {result:?}")
     };
