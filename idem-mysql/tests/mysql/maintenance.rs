@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use idem_core::{Error, IdempotencyStore, Key};
-use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, AssertSqlSafe};
+use idem_mysql::{MySqlStore, PurgeExpired};
 
 use crate::support::*;
 
