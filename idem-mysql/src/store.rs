@@ -61,7 +61,7 @@ impl MySqlStore {
     /// is [`Error::Backend`]. Either way the sqlx error is the `source`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Ok(Self::from_pool(
-            connect_pool(url, Self::DEFAULT_STATEMENT_TIMEOUT).await?,
+            connect_pool(url, CallPolicy::default()).await?,
         ))
     }
 

@@ -108,14 +108,16 @@ fn purge_statement(table: &TableName) -> Arc<str> {
 ///   the executor retries, and sqlx discards it; connections are closed after 10 minutes
 ///   idle and 30 minutes of life, well inside the server's `wait_timeout` (8 h), so the
 ///   server rarely drops one first;
-/// - `timeout` to get a connection, and on every connection the server's own bounds:
-///   `innodb_lock_wait_timeout` (whole seconds, at least 1) and MariaDB's
-///   `max_statement_time` (MySQL 8 has no equivalent for writes), so the server gives up
-///   on a statement no later than the client does.
-pub(crate) async fn connect_pool(url: &str, timeout: Duration) -> Result<MySqlPool, Error> {
+/// - the statement timeout to get a connection, and on every connection the server's own
+///   bounds at [`CallPolicy::server_timeout`]: `innodb_lock_wait_timeout` (whole seconds,
+///   rounded down, at least 1) and MariaDB's `max_statement_time` (MySQL 8 has no
+///   equivalent for writes), so on a live server the server gives up first, with a clean
+///   error on a connection that stays usable.
+pub(crate) async fn connect_pool(url: &str, policy: CallPolicy) -> Result<MySqlPool, Error> {
     let options: MySqlConnectOptions = url.parse().map_err(from_sqlx)?;
+    let timeout = policy.server_timeout();
     MySqlPoolOptions::new()
-        .acquire_timeout(timeout)
+        .acquire_timeout(policy.timeout)
         .test_before_acquire(false)
         .idle_timeout(Duration::from_secs(600))
         .max_lifetime(Duration::from_secs(1800))
@@ -127,7 +129,7 @@ pub(crate) async fn connect_pool(url: &str, timeout: Duration) -> Result<MySqlPo
 
 /// Sets the session's server-side bounds; see [`connect_pool`].
 async fn bound_session(conn: &mut MySqlConnection, timeout: Duration) -> Result<(), sqlx::Error> {
-    let lock_wait = timeout.as_secs_f64().ceil().max(1.0);
+    let lock_wait = timeout.as_secs().max(1);
     conn.execute(sqlx::AssertSqlSafe(format!(
         "SET SESSION innodb_lock_wait_timeout = {lock_wait}"
     )))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use idem_core::{Consumption, Error, Scope, Token, TokenRecord, TokenStore, Ttl};
 use idem_sql::tokens::{self, TokenSteps, decode_scope};
-use idem_sql::{PurgeExpired, TableName};
+use idem_sql::{CallPolicy, PurgeExpired, TableName};
 use sqlx::{MySqlPool, Row};
 
 use crate::errors::{from_sqlx, is_duplicate_key};
@@ -57,7 +57,7 @@ impl MySqlTokenStore {
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
     /// is [`Error::Backend`]. Either way the sqlx error is the `source`.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let pool = connect_pool(url, MySqlStore::DEFAULT_STATEMENT_TIMEOUT).await?;
+        let pool = connect_pool(url, CallPolicy::default()).await?;
         Ok(Self::from_pool(pool))
     }
 
