@@ -15,7 +15,6 @@ use sqlx::{MySqlPool, Row};
 use crate::errors::{from_sqlx, is_duplicate_key};
 use crate::schema::table_name;
 use crate::statements::sql;
-use crate::store::MySqlStore;
 use crate::table::{MySqlTable, connect_pool};
 pub(crate) use schema::TOKENS;
 use statements::TokenStatements;
@@ -50,7 +49,7 @@ impl MySqlTokenStore {
     /// comment (`idem-mysql token schema v1`), apart from the records table's.
     pub const SCHEMA_VERSION: u32 = schema::SCHEMA_VERSION;
 
-    /// Connects a pool to `url` as [`MySqlStore::connect`] does; for other settings use
+    /// Connects a pool to `url` as [`MySqlStore::connect`](crate::MySqlStore::connect) does; for other settings use
     /// [`from_pool`](Self::from_pool).
     ///
     /// # Errors
@@ -62,7 +61,7 @@ impl MySqlTokenStore {
     }
 
     /// Uses an existing pool, shared with the rest of the application (or with a
-    /// [`MySqlStore`]: `MySqlTokenStore::from_pool(store.pool().clone())`).
+    /// [`MySqlStore`](crate::MySqlStore): `MySqlTokenStore::from_pool(store.pool().clone())`).
     pub fn from_pool(pool: MySqlPool) -> Self {
         let name = TableName::default_for(&TOKENS);
         Self {
@@ -84,14 +83,14 @@ impl MySqlTokenStore {
     }
 
     /// Sets how many times a statement that hit a deadlock or a lock wait timeout is run
-    /// again, as [`MySqlStore::with_lock_retries`] does. Zero turns retrying off.
+    /// again, as [`MySqlStore::with_lock_retries`](crate::MySqlStore::with_lock_retries) does. Zero turns retrying off.
     #[must_use]
     pub fn with_lock_retries(mut self, retries: u32) -> Self {
         self.table.policy.lock_retries = retries;
         self
     }
 
-    /// Sets the longest a call may take, as [`MySqlStore::with_statement_timeout`] does.
+    /// Sets the longest a call may take, as [`MySqlStore::with_statement_timeout`](crate::MySqlStore::with_statement_timeout) does.
     #[must_use]
     pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
         self.table.policy.timeout = timeout;
