@@ -11,6 +11,7 @@ mod corrupt;
 mod executor_conformance;
 mod faults;
 mod lifecycle;
+mod replicas;
 mod round_trips;
 mod token_conformance;
 mod token_corrupt;
