@@ -210,6 +210,8 @@
 #![deny(missing_docs)]
 
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 mod row;
 mod schema;
