@@ -246,10 +246,20 @@ impl<S: IdempotencyStore> Caller<S> {
                     Answer::Executed(id)
                 }
             }
-            Some(Err(error)) if ran.load(Ordering::SeqCst) => {
-                Answer::RanUnstored(ErrorKind::of(&error))
+            Some(Err(error)) => {
+                let kind = ErrorKind::of(&error);
+                if matches!(
+                    kind,
+                    ErrorKind::Backend | ErrorKind::Corrupt | ErrorKind::Other
+                ) {
+                    self.history.note(format!("{kind:?}: {error}"));
+                }
+                if ran.load(Ordering::SeqCst) {
+                    Answer::RanUnstored(kind)
+                } else {
+                    Answer::Error(kind)
+                }
             }
-            Some(Err(error)) => Answer::Error(ErrorKind::of(&error)),
         };
         self.history.answered(n, request, answer);
         Some(answer)
