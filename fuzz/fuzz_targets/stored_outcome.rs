@@ -2,12 +2,13 @@
 //! operation never run again, never a panic.
 #![no_main]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use idem_core::{
-    Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Record, Retryable, Ttl,
+    Claim, ClaimRequest, Error, ExecuteError, Idempotency, IdempotencyStore, Key, Lease, Record, Retryable, Ttl,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,7 @@
 //! each store's file implements the trait; [`SECTIONS`] lists what can run.
 
 mod backend;
+mod cached;
 mod claims;
 mod measure;
 mod memory;
@@ -40,6 +41,9 @@ const SECTIONS: &[(&str, Section)] = &[
     ("memory", |s| Box::pin(backend::rows::<memory::Memory>(s))),
     ("redis", |s| Box::pin(backend::rows::<redis::Redis>(s))),
     ("mysql", |s| Box::pin(backend::rows::<mysql::Mysql>(s))),
+    ("redis+cache", |s| {
+        Box::pin(backend::rows::<cached::Cached<redis::Redis>>(s))
+    }),
 ];
 
 fn main() -> ExitCode {

@@ -9,7 +9,8 @@ USAGE:
 
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
-                      [default: memory,redis,mysql]
+                      (memory, redis, mysql, redis+cache: the replay cache
+                      in front of Redis) [default: memory,redis,mysql,redis+cache]
     --ops N           operations per latency measurement; throughput uses 4N
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
@@ -55,7 +56,9 @@ impl Default for Settings {
             ops: 2000,
             rounds: 3,
             tasks: 64,
-            backends: vec!["memory".into(), "redis".into(), "mysql".into()],
+            backends: ["memory", "redis", "mysql", "redis+cache"]
+                .map(String::from)
+                .to_vec(),
             records: 1_000_000,
             footprint_of: None,
         }

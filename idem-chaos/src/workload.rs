@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idem::{Error, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable};
+use idem::{
+    Error, ExecuteError, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Answer, ErrorKind, History, RunId};
@@ -247,12 +249,12 @@ impl<S: IdempotencyStore> Caller<S> {
                 }
             }
             Some(Err(error)) => {
-                let kind = ErrorKind::of(&error);
+                let kind = execute_error_kind(&error);
                 if matches!(
                     kind,
                     ErrorKind::Backend | ErrorKind::Corrupt | ErrorKind::Other
                 ) {
-                    self.history.note(format!("{kind:?}: {error}"));
+                    self.history.note(format!("{kind:?}: {error:?}"));
                 }
                 if ran.load(Ordering::SeqCst) {
                     Answer::RanUnstored(kind)
@@ -298,4 +300,16 @@ struct Plan {
     transient: bool,
     decline: bool,
     cancel_after: Option<Duration>,
+}
+
+/// The kind of idem's error behind an execution; for "ran but not recorded", its cause's.
+fn execute_error_kind<T>(error: &ExecuteError<OpError, T>) -> ErrorKind {
+    match error {
+        ExecuteError::Idempotency(error) => ErrorKind::of(error),
+        ExecuteError::NotRecorded {
+            error: Error::NotRecorded { cause },
+            ..
+        } => ErrorKind::of(cause),
+        _ => ErrorKind::Other,
+    }
 }

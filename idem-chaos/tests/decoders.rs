@@ -5,6 +5,7 @@
 //!
 //! The fuzz targets in `fuzz/` drive the same decoders in process (`cargo fuzz run ...`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
@@ -12,8 +13,8 @@ use bytes::Bytes;
 use idem::mysql::MySqlStore;
 use idem::redis::RedisStore;
 use idem::{
-    Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, OwnerToken, Record,
-    Scope, Token, Tokens, Ttl, UuidV7Tokens,
+    Claim, ClaimRequest, Error, ExecuteError, Idempotency, IdempotencyStore, Key, Lease,
+    OwnerToken, Record, Scope, Token, Tokens, Ttl, UuidV7Tokens,
 };
 use idem_chaos::{MariaDb, OpError, Receipt, RedisServer};
 use proptest::prelude::*;
@@ -287,10 +288,11 @@ fn stored_outcomes_of_any_bytes_replay_or_give_typed_errors() {
         .run(&(any::<bool>(), outcomes()), |(completed, bytes)| {
             runtime.block_on(async {
                 let idem = Idempotency::new(Planted::new(completed, bytes));
-                let ran = AtomicUsize::new(0);
+                let ran = Arc::new(AtomicUsize::new(0));
+                let counter = Arc::clone(&ran);
                 let result = idem
-                    .execute_outcome(&fresh_key(), None, || async {
-                        ran.fetch_add(1, Ordering::SeqCst);
+                    .execute_outcome(&fresh_key(), None, move || async move {
+                        counter.fetch_add(1, Ordering::SeqCst);
                         Ok::<Receipt, OpError>(Receipt {
                             key: 0,
                             request: 0,
@@ -302,11 +304,11 @@ fn stored_outcomes_of_any_bytes_replay_or_give_typed_errors() {
                 prop_assert_eq!(idem.store().writes.load(Ordering::SeqCst), 0);
                 match result {
                     Ok(execution) => prop_assert!(execution.replayed),
-                    Err(
+                    Err(ExecuteError::Idempotency(
                         Error::CorruptRecord { .. }
                         | Error::Serialization { .. }
                         | Error::PayloadTooLarge { .. },
-                    ) => {}
+                    )) => {}
                     Err(other) => prop_assert!(false, "untyped answer {other:?}"),
                 }
                 Ok(())

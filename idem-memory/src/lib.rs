@@ -46,6 +46,13 @@
 //! already held can still be completed, failed, renewed, released and replayed. The bound is
 //! soft by the payloads of claims in flight. This is Redis's `noeviction` policy.
 //!
+//! ## Replays of a remote store, from memory
+//!
+//! [`ReplayCache`] puts this crate's moka in front of any store (Redis, MySQL): finished
+//! records, immutable until their retention ends, are replayed from process memory without
+//! a round trip; claims always go to the shared store. A `remove` made by another process
+//! is seen after at most the cache's TTL.
+//!
 //! ## One-time tokens
 //!
 //! [`MemoryTokenStore`] keeps the tokens of the token flow ([`idem_core::Tokens`]) the same
@@ -55,9 +62,11 @@
 
 mod clock;
 mod full;
+mod replay_cache;
 mod store;
 mod token;
 
 pub use full::StoreFull;
+pub use replay_cache::{ReplayCache, ReplayCacheBuilder};
 pub use store::{MemoryStore, RECORD_OVERHEAD, Records};
 pub use token::{MemoryTokenStore, TOKEN_OVERHEAD, Tokens};
