@@ -210,8 +210,6 @@
 #![deny(missing_docs)]
 
 mod errors;
-#[doc(hidden)]
-pub mod fuzzing;
 mod ops;
 mod row;
 mod schema;

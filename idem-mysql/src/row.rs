@@ -45,30 +45,6 @@ impl StoredRow {
         })
     }
 
-    /// A row from its column values, as [`crate::fuzzing`] hands them over.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn from_columns(
-        state: u8,
-        fingerprint: Option<Vec<u8>>,
-        owner: Vec<u8>,
-        fencing: u64,
-        lease_left_us: Option<i64>,
-        trace_us: Option<i64>,
-        expires_left_us: Option<i64>,
-        payload: Option<Vec<u8>>,
-    ) -> Self {
-        Self {
-            state,
-            fingerprint,
-            owner,
-            fencing,
-            lease_left_us,
-            trace_us,
-            expires_left_us,
-            payload,
-        }
-    }
-
     /// The lifecycle entry this row stands for, at [`NOW`].
     pub(crate) fn into_entry(self) -> Result<Entry, Error> {
         let fingerprint = self
