@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use bytes::Bytes;
 use idem_core::{
-    Claim, ClaimRequest, Error, ExecuteError, Idempotency, IdempotencyStore, Key, Lease, Record, Retryable, Ttl,
+    Claim, ClaimRequest, Error, ExecuteError, Idempotency, IdempotencyStore, Key, Lease, Record,
+    Retryable, Ttl,
 };
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
@@ -77,25 +78,24 @@ fuzz_target!(|input: (bool, &[u8])| {
     let Ok(key) = Key::new("fuzz", "k") else {
         return;
     };
-    let ran = AtomicUsize::new(0);
-    let result =
-        runtime.block_on(
-            Idempotency::new(Planted(claim)).execute_outcome(&key, None, || async {
-                ran.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Declined>(Receipt {
-                    id: 0,
-                    note: String::new(),
-                })
-            }),
-        );
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ran);
+    let idem = Idempotency::new(Planted(claim));
+    let result = runtime.block_on(idem.execute_outcome(&key, None, move || async move {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Declined>(Receipt {
+            id: 0,
+            note: String::new(),
+        })
+    }));
     assert_eq!(ran.load(Ordering::SeqCst), 0, "a stored outcome ran again");
     match result {
         Ok(execution) => assert!(execution.replayed),
-        Err(
+        Err(ExecuteError::Idempotency(
             Error::CorruptRecord { .. }
             | Error::Serialization { .. }
             | Error::PayloadTooLarge { .. },
-        ) => {}
+        )) => {}
         Err(other) => panic!("a stored outcome replayed as {other:?}"),
     }
 });

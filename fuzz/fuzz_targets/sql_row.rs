@@ -1,10 +1,11 @@
-//! A MySQL row's columns into the lifecycle's entry: a value or `CorruptRecord`, never a
-//! panic (times at the ends of i64, fencing numbers at the ends of u64, any bytes).
+//! A SQL row's columns (MySQL, PostgreSQL) into the lifecycle's entry: a value or
+//! `CorruptRecord`, never a panic (times at the ends of i64, fencing numbers at the ends of
+//! u64, any bytes).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use idem_core::Error;
-use idem_mysql::fuzzing::{Columns, decode_row};
+use idem_sql::StoredRow;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -20,7 +21,7 @@ struct Row {
 }
 
 fuzz_target!(|row: Row| {
-    let columns = Columns {
+    let row = StoredRow {
         state: row.state,
         fingerprint: row.fingerprint,
         owner: row.owner,
@@ -30,8 +31,8 @@ fuzz_target!(|row: Row| {
         expires_left_us: row.expires_left_us,
         payload: row.payload,
     };
-    match decode_row(columns) {
-        Ok(()) | Err(Error::CorruptRecord { .. }) => {}
+    match row.into_entry() {
+        Ok(_) | Err(Error::CorruptRecord { .. }) => {}
         Err(other) => panic!("a row decoded to {other:?}"),
     }
 });
