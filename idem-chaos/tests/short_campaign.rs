@@ -7,10 +7,7 @@ use idem_chaos::{Mode, Scenario};
 /// second runs are printed but do not fail the suite yet. Panics, wrong replays and
 /// fencing numbers going backwards fail them like any other. Empty this list as the fixes
 /// land.
-const PENDING: &[(Scenario, &str)] = &[(
-    Scenario::MysqlKill,
-    "KILL QUERY (1317) reported as Backend (MySQL error mapping fix)",
-)];
+const PENDING: &[(Scenario, &str)] = &[];
 
 fn seed() -> u64 {
     std::env::var("IDEM_CHAOS_SEED")
