@@ -348,7 +348,9 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        let call = evalsha(&SCRIPTS.remove, &self.redis_key(key));
+        let mut call = evalsha(&SCRIPTS.remove, &self.redis_key(key));
+        // A removed finished key leaves its trace as long as a lease-less release would.
+        call.arg(lifecycle::trace_ttl(0));
         let mut reply = self.run(&SCRIPTS.remove, &call).await?;
         match reply.code()? {
             reply::DONE => Ok(reply.int()? == 1),
