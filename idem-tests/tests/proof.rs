@@ -35,6 +35,7 @@ where
     for (defect, run) in runs {
         let failures = run.await.expect("the suite itself must not panic");
         let failed: BTreeSet<_> = failures.iter().map(|f| f.check).collect();
+        eprintln!("{defect:?} is caught by {failed:?}");
         uncaught.extend(
             caught_by(defect)
                 .iter()
