@@ -1,8 +1,12 @@
-//! Frees a claimed key when the request never finishes.
+//! Frees a claimed key when the request never finishes, and keeps the lease alive while
+//! the handler runs.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
-use idem_core::{IdempotencyStore, Lease};
+use idem_core::{Error, IdempotencyStore, Lease, Ttl};
+use tokio::time::Instant;
 
 /// Releases the lease if dropped armed: the response future was dropped (client gone,
 /// timeout layer) or the inner service panicked. Without it the key would stay blocked
@@ -43,6 +47,39 @@ impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
                     tracing::debug!(%error, "releasing an abandoned lease failed; it will expire");
                 }
             });
+        }
+    }
+}
+
+/// Runs `operation` while renewing its lease; renewal stops when it finishes or is
+/// dropped, since both live in this one future.
+pub(crate) async fn run_renewing<S: IdempotencyStore, Fut: Future>(
+    store: &S,
+    lease: &Lease,
+    lease_ttl: Ttl,
+    operation: Fut,
+) -> Fut::Output {
+    tokio::select! {
+        biased;
+        output = operation => output,
+        never = keep_renewed(store, lease, lease_ttl) => match never {},
+    }
+}
+
+async fn keep_renewed<S: IdempotencyStore>(store: &S, lease: &Lease, lease_ttl: Ttl) -> Infallible {
+    // A third of the lease: two renewals may fail before it lapses.
+    let every = lease_ttl.as_duration() / 3;
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.renew(lease, lease_ttl).await {
+            Ok(()) => tracing::trace!(fencing = lease.fencing, "lease renewed"),
+            Err(Error::LeaseLost) => {
+                tracing::warn!(fencing = lease.fencing, "lease lost while the handler runs");
+                return std::future::pending().await;
+            }
+            Err(error) => tracing::warn!(%error, "renewing the lease failed; retrying"),
         }
     }
 }

@@ -137,7 +137,11 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod lua_shared;
+
 mod builder;
+mod connection;
 mod errors;
 mod keys;
 mod record;
@@ -146,10 +150,11 @@ mod scripts;
 mod store;
 mod token;
 
-pub use builder::RedisStoreBuilder;
+pub use builder::{RedisStoreBuilder, RedisTokenStoreBuilder};
+pub use connection::RedisConnection;
 pub use reply::UnexpectedReply;
-pub use store::{RedisConnection, RedisStore};
-pub use token::{RedisTokenStore, RedisTokenStoreBuilder};
+pub use store::RedisStore;
+pub use token::RedisTokenStore;
 
 /// The `redis` crate this store is built on, to build a [`redis::Client`] or a
 /// [`redis::aio::ConnectionManager`] of the matching version.

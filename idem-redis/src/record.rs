@@ -1,5 +1,6 @@
 //! The record layout, version 2, on the client's side: what a claim writes with a plain
-//! `SET key value NX PX ttl GET`, and what it makes of the value that command finds.
+//! `SET key value NX PX ttl GET`, and what it makes of the value that command finds; and the
+//! layout of a one-time token.
 //!
 //! The layout is described in `lua/record.lua` and the crate docs; the scripts hold the
 //! rest of the rules. A record holds no instant (the key's TTL is its expiry), which is what
@@ -7,17 +8,38 @@
 
 use idem_core::{Bytes, Error, Fingerprint, OwnerToken};
 
-use crate::scripts::MAX_EXACT;
+shared_with_lua! {
+    /// The layout's version and phases as Lua locals, under the same names.
+    LUA_LAYOUT, lua prefix "";
+    /// The layout version, the first byte of every record.
+    const VERSION: u8 = 2;
+    /// A held lease.
+    const CLAIMED: u8 = 1;
+    /// A released key, kept for its fencing number.
+    const VACANT: u8 = 2;
+    /// Finished with a response.
+    const COMPLETED: u8 = 3;
+    /// Finished with a permanent failure.
+    const FAILED: u8 = 4;
+    /// The first integer the scripts do not handle exactly (Lua numbers are doubles): no
+    /// fencing number or TTL in a record reaches it.
+    #[allow(clippy::unreadable_literal)] // Lua reads it as written
+    const MAX_EXACT: u64 = 9007199254740992;
+}
 
-const VERSION: u8 = 2;
-/// A held lease.
-pub(crate) const CLAIMED: u8 = 1;
-/// A released key, kept for its fencing number.
-const VACANT: u8 = 2;
-/// Finished with a response.
-pub(crate) const COMPLETED: u8 = 3;
-/// Finished with a permanent failure.
-pub(crate) const FAILED: u8 = 4;
+shared_with_lua! {
+    /// The token layout as Lua locals, under the same names.
+    LUA_TOKEN_LAYOUT, lua prefix "";
+    /// The token layout version: `version u8 | state u8 | scope`, written by
+    /// [`RedisTokenStore`](crate::RedisTokenStore), read by `lua/token_consume.lua`.
+    const TOKEN_VERSION: u8 = 1;
+    /// A token not used yet.
+    const ISSUED: u8 = 0;
+    /// A consumed token (only the consume script writes it).
+    #[allow(dead_code)]
+    const USED: u8 = 1;
+}
+
 /// `version | phase | fencing`.
 const HEADER_LEN: usize = 10;
 /// The first byte after the fingerprint flag.

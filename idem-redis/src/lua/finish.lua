@@ -3,5 +3,5 @@
 -- (ms), payload. idem_core::lifecycle::{complete, fail}.
 if held then
   redis.call('SET', key, ARGV[3] .. string.sub(raw, 11, -25) .. ARGV[5], 'PX', ARGV[4])
-  return 6 -- R_DONE
+  return R_DONE
 end

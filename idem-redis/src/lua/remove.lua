@@ -31,5 +31,5 @@ if e.phase == CLAIMED then
     live = 0
   end
 end
-redis.call('SET', key, '\2\2' .. string.sub(raw, 3, 10), 'PX', trace)
+redis.call('SET', key, string.char(VERSION, VACANT) .. string.sub(raw, 3, 10), 'PX', trace)
 return { R_DONE, live }

@@ -1,8 +1,6 @@
 //! Values under a managed key that do not decode are corrupt records, never a panic.
 
-mod common;
-
-use common::{key, raw_connection, store, ttl_ms, url};
+use crate::common::{key, raw_connection, store, ttl_ms, url};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
 use idem_redis::RedisStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};

@@ -1,9 +1,7 @@
 //! Values under a token key that the store did not write are corrupt records: never a
 //! panic, never a guess, and never overwritten.
 
-mod common;
-
-use common::{raw_connection, token_store, url};
+use crate::common::{raw_connection, token_store, url};
 use idem_core::{
     Consumption, Error, InvalidInput, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl,
     UuidV7Tokens,

@@ -1,13 +1,11 @@
 //! The store on a real Redis Cluster of the test's own (three primaries): every call
 //! touches one hash slot, so keys spread over all nodes and every rule still holds.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, free_port, ttl_ms, unique_prefix};
+use crate::common::{RedisServer, free_port, ttl_ms, unique_prefix};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key};
 use idem_redis::RedisStore;
 use idem_redis::redis::{self, cluster::ClusterClient};

@@ -1,7 +1,7 @@
 //! The idem-tests conformance suite against the real server, one test per rule, each
 //! check in a store of its own prefix.
 
-mod common;
+use crate::common;
 
 use idem_redis::RedisStore;
 

@@ -1,11 +1,11 @@
 //! The lifecycle against the real server: exclusivity, replay, leases, fencing, fingerprints.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{key, store, ttl_ms, unique_prefix, url};
+use crate::common::{key, store, ttl_ms, unique_prefix, url};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Lease, OwnerToken,
     RecordState,

@@ -1,11 +1,11 @@
 //! Outages: with its server killed, the token store fails fast with `Unavailable`, never
 //! hangs or panics, and the same store works again once the server is back.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, token_store_at, unique_prefix};
+use crate::common::{RedisServer, token_store_at, unique_prefix};
 use idem_core::{Consumption, Error, Scope, Tokens};
 use idem_redis::{RedisTokenStore, RedisTokenStoreBuilder};
 

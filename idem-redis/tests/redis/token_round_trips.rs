@@ -1,9 +1,9 @@
 //! Each token call is one command on the wire: measured with `INFO commandstats` on a
 //! server of this test's own, so no other test's traffic is counted.
 
-mod common;
+use crate::common;
 
-use common::{RedisServer, commands_during, expected, raw_connection, sent_by_client};
+use crate::common::{RedisServer, commands_during, expected, raw_connection, sent_by_client};
 use idem_core::{Consumption, Error, InvalidInput, Rejection, Scope, TokenStore, Tokens, Ttl};
 use idem_redis::RedisTokenStore;
 use idem_redis::redis;

@@ -1,7 +1,7 @@
 //! The idem-tests token checks against the real server, one test per rule, each check in a
 //! token store of its own prefix.
 
-mod common;
+use crate::common;
 
 use idem_redis::RedisTokenStore;
 

@@ -1,11 +1,9 @@
 //! The token store's own behaviour beyond the conformance checks: what it writes, how long
 //! a used token lives, the order of the checks, and scopes and tokens of any characters.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{raw_connection, token_store, url};
+use crate::common::{raw_connection, token_store, url};
 use idem_core::{
     Consumption, Rejection, Scope, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
 };

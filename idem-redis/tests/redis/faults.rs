@@ -1,15 +1,14 @@
 //! Outages: a server of the test's own is killed mid-run and restarted; calls fail fast
 //! with `Unavailable`, never hang or panic, and the same store works again afterwards.
 
-mod common;
-
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, key, store_at, ttl_ms, unique_prefix};
+use crate::common::{RedisServer, key, store_at, ttl_ms, unique_prefix};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
+use idem_redis::redis::AsyncConnectionConfig;
 use idem_redis::{RedisStore, RedisStoreBuilder};
 
 const CONNECTION_TIMEOUT: Duration = Duration::from_millis(300);
@@ -162,4 +161,38 @@ async fn a_server_that_never_answers_times_out() {
 async fn a_malformed_url_is_a_backend_error() {
     let result = RedisStore::connect("mysql://127.0.0.1/").await;
     assert!(matches!(result, Err(Error::Backend { .. })), "{result:?}");
+}
+
+/// A server that stops answering after the store connected (paused with SIGSTOP): every
+/// call gives up within the timeouts, whether the connection bounds it (the store's own
+/// manager) or the store does (a connection from the application).
+#[tokio::test]
+async fn a_hung_server_times_out_every_call() {
+    let server = RedisServer::start();
+    let managed = store_at(&server.url(), builder()).await;
+    let client = idem_redis::redis::Client::open(server.url()).expect("a valid URL");
+    // No response timeout of its own: only the store's deadline can end a call.
+    let unbounded = AsyncConnectionConfig::new().set_response_timeout(None);
+    let plain = client
+        .get_multiplexed_async_connection_with_config(&unbounded)
+        .await
+        .expect("a connection");
+    let own = builder().build(plain).expect("a valid prefix");
+    let k = key("hung");
+    server.pause();
+    for result in [
+        timed(managed.claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))).await,
+        timed(own.claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))).await,
+    ] {
+        assert!(is_unavailable(&result), "{result:?}");
+    }
+    server.resume();
+}
+
+/// `call`, which must end well before [`NO_HANG`].
+async fn timed<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    let started = Instant::now();
+    let result = call.await;
+    assert!(started.elapsed() < NO_HANG, "took {:?}", started.elapsed());
+    result
 }

@@ -1,9 +1,7 @@
 //! Each call is one command on the wire: measured with `INFO commandstats` on a server of
 //! this test's own, so no other test's traffic is counted.
 
-mod common;
-
-use common::{
+use crate::common::{
     RedisServer, commands_during, expected, key, raw_connection, sent_by_client, store_at, ttl_ms,
 };
 use idem_core::{Bytes, Claim, ClaimRequest, IdempotencyStore};
