@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use idem::{Error, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable};
+use idem::{
+    Error, ExecuteError, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{Answer, ErrorKind, History, RunId};
@@ -247,9 +249,9 @@ impl<S: IdempotencyStore> Caller<S> {
                 }
             }
             Some(Err(error)) if ran.load(Ordering::SeqCst) => {
-                Answer::RanUnstored(ErrorKind::of(&error))
+                Answer::RanUnstored(execute_error_kind(&error))
             }
-            Some(Err(error)) => Answer::Error(ErrorKind::of(&error)),
+            Some(Err(error)) => Answer::Error(execute_error_kind(&error)),
         };
         self.history.answered(n, request, answer);
         Some(answer)
@@ -288,4 +290,16 @@ struct Plan {
     transient: bool,
     decline: bool,
     cancel_after: Option<Duration>,
+}
+
+/// The kind of idem's error behind an execution; for "ran but not recorded", its cause's.
+fn execute_error_kind<T>(error: &ExecuteError<OpError, T>) -> ErrorKind {
+    match error {
+        ExecuteError::Idempotency(error) => ErrorKind::of(error),
+        ExecuteError::NotRecorded {
+            error: Error::NotRecorded { cause },
+            ..
+        } => ErrorKind::of(cause),
+        _ => ErrorKind::Other,
+    }
 }

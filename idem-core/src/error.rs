@@ -70,6 +70,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The operation ran, but its outcome could not be stored: the lease was lost while it
+    /// ran, or the store stayed unavailable for as long as the lease lasted, or refused the
+    /// payload. The caller that ran it gets its value along with this error
+    /// ([`ExecuteError::NotRecorded`](crate::ExecuteError::NotRecorded),
+    /// [`AttemptError::NotRecorded`](crate::attempt::AttemptError::NotRecorded)); a later
+    /// request may run the operation again once the lease ends.
+    #[error("the operation ran but its outcome was not recorded: {cause}")]
+    NotRecorded {
+        /// Why the outcome could not be stored.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// A value could not be serialized or a stored value could not be deserialized into the
     /// caller's type.
     #[error("serialization failed: {source}")]
@@ -108,6 +121,13 @@ impl Error {
         Self::CorruptRecord {
             reason: reason.into(),
             source: Some(source.into()),
+        }
+    }
+
+    /// The operation ran, but its outcome could not be stored, because of `cause`.
+    pub fn not_recorded(cause: Error) -> Self {
+        Self::NotRecorded {
+            cause: Box::new(cause),
         }
     }
 

@@ -36,6 +36,9 @@
 //!     Err(ExecuteError::Operation(declined)) => println!("declined: {declined:?}"),
 //!     // In progress elsewhere, reused key, Redis unavailable, ...
 //!     Err(ExecuteError::Idempotency(err)) => return Err(err.into()),
+//!     // It ran, but its receipt could not be stored (lease lost, Redis down).
+//!     Err(ExecuteError::NotRecorded { result, error }) => println!("{error}: {result:?}"),
+//!     Err(other) => return Err(format!("{other:?}").into()),
 //! }
 //! # Ok(())
 //! # }

@@ -13,6 +13,7 @@
 //! | `memory` (default) | [`MemoryStore`], `memory::MemoryTokenStore` | one process, tests, getting started |
 //! | `redis` | `redis::RedisStore`, `redis::RedisTokenStore` | many processes, low latency |
 //! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
+//! | `postgres` | `postgres::PgStore`, `postgres::PgTokenStore` | the same, on PostgreSQL |
 //!
 //! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
 //! `Idempotency-Key` header on any store.
@@ -112,9 +113,17 @@ pub mod mysql {
     pub use idem_mysql::*;
 }
 
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    #[doc(inline)]
+    pub use idem_postgres::*;
+}
+
 /// The README's examples, compiled and run as doctests so the README never lies. They use
-/// every store, so they run when the `redis` and `mysql` features are on, as they are in
+/// every store, so they run when the `redis`, `mysql` and `postgres` features are on, as they are in
 /// `cargo test --workspace` (idem-bench turns them on).
-#[cfg(all(doctest, feature = "redis", feature = "mysql"))]
+#[cfg(all(doctest, feature = "redis", feature = "mysql", feature = "postgres"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -600,7 +600,8 @@ async fn works_under_the_executor() {
     let mut runs = 0;
     for _ in 0..3 {
         let value: u64 = idem
-            .execute(&k, None, || async {
+            // The operation borrows `runs`: the scoped entry point (it releases on drop).
+            .execute_scoped(&k, None, || async {
                 runs += 1;
                 Ok::<_, Declined>(42)
             })
