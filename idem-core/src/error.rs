@@ -144,14 +144,14 @@ pub enum InvalidInput {
     /// A key or namespace was empty.
     #[error("{field} is empty")]
     Empty {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
     },
     /// A key or namespace was longer than allowed.
     #[error("{field} is {len} bytes long; the limit is {max}")]
     TooLong {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
         /// Its length in bytes.
         len: usize,
         /// The limit in bytes.
@@ -160,8 +160,8 @@ pub enum InvalidInput {
     /// A key or namespace held a control character.
     #[error("{field} holds a control character at byte {at}")]
     ControlCharacter {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
         /// The byte offset of the character.
         at: usize,
     },
@@ -189,6 +189,28 @@ pub enum InvalidInput {
     /// A value, such as a setting, that is out of its range.
     #[error("{0}")]
     Other(&'static str),
+}
+
+/// Which input an [`InvalidInput`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InputField {
+    /// A [`Key`](crate::Key)'s namespace (shown as `namespace`).
+    Namespace,
+    /// A [`Key`](crate::Key)'s id within its namespace (shown as `key`).
+    Key,
+    /// A token [`Scope`](crate::Scope) (shown as `scope`).
+    Scope,
+}
+
+impl std::fmt::Display for InputField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Namespace => "namespace",
+            Self::Key => "key",
+            Self::Scope => "scope",
+        })
+    }
 }
 
 /// Fails with [`Error::PayloadTooLarge`] when `size` is over `limit`.

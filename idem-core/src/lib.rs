@@ -101,7 +101,7 @@ mod ttl;
 
 pub use claim::{Claim, ClaimRequest};
 pub use config::{Config, WaitPolicy};
-pub use error::{BoxError, Error, InvalidInput, check_payload};
+pub use error::{BoxError, Error, InputField, InvalidInput, check_payload};
 pub use executor::{ExecuteError, Execution, Idempotency};
 pub use fingerprint::Fingerprint;
 pub use key::{Key, MAX_KEY_LEN};

@@ -12,7 +12,8 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use idem_core::{
-    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput, Key, Lease, WaitPolicy,
+    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
+    WaitPolicy,
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -475,14 +476,14 @@ where
 fn is_namespace_error(reason: &InvalidInput) -> bool {
     matches!(
         reason,
-        InvalidInput::Empty { field: "namespace" }
-            | InvalidInput::TooLong {
-                field: "namespace",
-                ..
-            }
-            | InvalidInput::ControlCharacter {
-                field: "namespace",
-                ..
-            }
+        InvalidInput::Empty {
+            field: InputField::Namespace
+        } | InvalidInput::TooLong {
+            field: InputField::Namespace,
+            ..
+        } | InvalidInput::ControlCharacter {
+            field: InputField::Namespace,
+            ..
+        }
     )
 }

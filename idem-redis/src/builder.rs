@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::connection::{Connection, Deadline, RedisConnection};
 use crate::errors::{bounded, from_redis};
 use crate::keys::validate_prefix;
+use crate::replication::Replication;
 use crate::store::RedisStore;
 use crate::token::RedisTokenStore;
 
@@ -46,6 +47,7 @@ pub struct RedisStoreBuilder<S = RedisStore> {
     max_payload: usize,
     connection_timeout: Duration,
     response_timeout: Duration,
+    replicas: Option<(u32, Duration)>,
     store: PhantomData<fn() -> S>,
 }
 
@@ -68,6 +70,7 @@ impl<S> fmt::Debug for RedisStoreBuilder<S> {
             .field("max_payload", &self.max_payload)
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
+            .field("replicas", &self.replicas)
             .finish()
     }
 }
@@ -79,6 +82,7 @@ impl<S> RedisStoreBuilder<S> {
             max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
             connection_timeout: RedisStore::DEFAULT_CONNECTION_TIMEOUT,
             response_timeout: RedisStore::DEFAULT_RESPONSE_TIMEOUT,
+            replicas: None,
             store: PhantomData,
         }
     }
@@ -175,13 +179,38 @@ impl RedisStoreBuilder<RedisStore> {
         self
     }
 
+    /// After each complete or fail, waits until `replicas` replicas acknowledged the
+    /// finished record (`WAIT replicas timeout`, sent in the same round trip as the write),
+    /// for records that must survive a failover to a replica. When fewer acknowledge within
+    /// `timeout`, the call fails with an [`Error::Backend`] whose source is a
+    /// [`ReplicasNotReached`](crate::ReplicasNotReached); the record is written on the
+    /// primary all the same. `WAIT` makes a write durable on more servers, not atomic
+    /// across them: see the crate docs on durability. Not for Redis Cluster connections.
+    ///
+    /// `replicas` must be at least 1, and `timeout` at least 1 ms and shorter than the
+    /// response timeout (checked when the store is built).
+    ///
+    /// Default: no waiting (a finish returns once the primary applied it).
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = Some((replicas, timeout));
+        self
+    }
+
+    /// The replica wait, checked.
+    fn replication(&self) -> Result<Option<Replication>, Error> {
+        self.replicas
+            .map(|(replicas, timeout)| Replication::new(replicas, timeout, self.response_timeout))
+            .transpose()
+    }
+
     /// Connects to the server at `url` (`redis://host:port/db`, `rediss://` with TLS when
     /// the `redis` crate's TLS features are enabled).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with a brace, [`Error::Unavailable`] when the
-    /// server does not answer, [`Error::Backend`] for a malformed URL or a refused login.
+    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range,
+    /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a
+    /// malformed URL or a refused login.
     pub async fn connect(self, url: &str) -> Result<RedisStore, Error> {
         let client = Client::open(url).map_err(from_redis)?;
         self.connect_client(client).await
@@ -196,8 +225,9 @@ impl RedisStoreBuilder<RedisStore> {
     ///
     /// As [`connect`](Self::connect).
     pub async fn connect_client(self, client: Client) -> Result<RedisStore, Error> {
+        let replication = self.replication()?;
         let connection = self.managed(client).await?;
-        Ok(RedisStore::new(connection, self.max_payload))
+        Ok(RedisStore::new(connection, self.max_payload, replication))
     }
 
     /// Uses a connection the application already has: a [`ConnectionManager`] (clones of it
@@ -210,9 +240,11 @@ impl RedisStoreBuilder<RedisStore> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with a brace.
+    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range.
     pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisStore<C>, Error> {
-        Ok(RedisStore::new(self.checked(connection)?, self.max_payload))
+        let replication = self.replication()?;
+        let connection = self.checked(connection)?;
+        Ok(RedisStore::new(connection, self.max_payload, replication))
     }
 }
 
@@ -283,7 +315,7 @@ impl RedisStore {
     pub fn from_manager(manager: ConnectionManager) -> Self {
         let builder = Self::builder();
         let connection = builder.on(manager, Deadline::Store(builder.deadline()));
-        Self::new(connection, builder.max_payload)
+        Self::new(connection, builder.max_payload, None)
     }
 }
 

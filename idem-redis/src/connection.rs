@@ -100,6 +100,30 @@ impl<C: RedisConnection> Connection<C> {
         Reply::new(value)
     }
 
+    /// [`run`](Self::run), with `then` sent right behind the script in the same round trip
+    /// (a pipeline); its reply comes back beside the script's.
+    pub(crate) async fn run_then(
+        &self,
+        script: &LuaScript,
+        call: &Cmd,
+        then: &Cmd,
+    ) -> Result<(Reply, Value), Error> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.clone()).add_command(then.clone());
+        let mut connection = self.connection.clone();
+        let attempt = async {
+            match pipe.query_async::<(Value, Value)>(&mut connection).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load().query_async::<()>(&mut connection).await?;
+                    pipe.query_async(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        let (value, then) = self.bounded(attempt).await?.map_err(from_record_call)?;
+        Ok((Reply::new(value)?, then))
+    }
+
     /// Loads `scripts` into the server, in one round trip.
     pub(crate) async fn load(&self, scripts: &[&LuaScript]) -> Result<(), Error> {
         let mut pipe = redis::pipe();

@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use redis::{Cmd, Script};
+use redis::{Cmd, Script, ToRedisArgs};
 
 use crate::{record, reply};
 
@@ -22,10 +22,11 @@ impl LuaScript {
         Self { code, hash }
     }
 
-    /// `EVALSHA hash 1 key`, for the script's arguments to follow.
-    pub(crate) fn call(&self, redis_key: &str) -> Cmd {
-        let mut call = redis::cmd("EVALSHA");
-        call.arg(&self.hash).arg(1).arg(redis_key);
+    /// `EVALSHA hash 1 key`, for `args` more arguments of about `bytes` bytes in all to
+    /// follow (sized once, so building the command does not reallocate).
+    pub(crate) fn call(&self, key: impl ToRedisArgs, args: usize, bytes: usize) -> Cmd {
+        let mut call = Cmd::with_capacity(4 + args, 128 + bytes);
+        call.arg("EVALSHA").arg(&self.hash).arg(1).arg(key);
         call
     }
 

@@ -8,12 +8,13 @@ use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
     async_trait, check_payload, lifecycle,
 };
-use redis::Value;
 use redis::aio::ConnectionManager;
+use redis::{Cmd, Value};
 
 use crate::connection::{Connection, RedisConnection};
-use crate::keys::record_key;
-use crate::record::{self, Found, MAX_EXACT};
+use crate::keys::{RecordKey, record_key};
+use crate::record::{self, Claimed, Found, MAX_EXACT};
+use crate::replication::Replication;
 use crate::reply::{self, Reply, unknown_code};
 use crate::scripts::{LuaScript, SCRIPTS};
 
@@ -28,6 +29,8 @@ use crate::scripts::{LuaScript, SCRIPTS};
 pub struct RedisStore<C = ConnectionManager> {
     connection: Connection<C>,
     max_payload: usize,
+    /// Replicas to wait for after each finish, if any.
+    replication: Option<Replication>,
 }
 
 impl<C: Clone> Clone for RedisStore<C> {
@@ -35,6 +38,7 @@ impl<C: Clone> Clone for RedisStore<C> {
         Self {
             connection: self.connection.clone(),
             max_payload: self.max_payload,
+            replication: self.replication,
         }
     }
 }
@@ -44,6 +48,7 @@ impl<C> fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("connection", &self.connection)
             .field("max_payload", &self.max_payload)
+            .field("replication", &self.replication)
             .finish_non_exhaustive()
     }
 }
@@ -60,10 +65,15 @@ impl RedisStore {
 }
 
 impl<C: RedisConnection> RedisStore<C> {
-    pub(crate) fn new(connection: Connection<C>, max_payload: usize) -> Self {
+    pub(crate) fn new(
+        connection: Connection<C>,
+        max_payload: usize,
+        replication: Option<Replication>,
+    ) -> Self {
         Self {
             connection,
             max_payload,
+            replication,
         }
     }
 
@@ -91,25 +101,30 @@ impl<C: RedisConnection> RedisStore<C> {
     }
 
     /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: its record
-    /// header and owner come first, then what the caller adds.
-    fn transition(&self, script: &LuaScript, lease: &Lease) -> Result<redis::Cmd, Error> {
+    /// header and owner come first, then `args` more arguments of about `bytes` bytes.
+    fn transition(
+        &self,
+        script: &LuaScript,
+        lease: &Lease,
+        args: usize,
+        bytes: usize,
+    ) -> Result<Cmd, Error> {
         // The store never issues a fencing number the scripts cannot compare exactly.
         if lease.fencing >= MAX_EXACT {
             return Err(Error::LeaseLost);
         }
-        let mut call = script.call(&self.redis_key(&lease.key));
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &lease.key,
+        };
+        let mut call = script.call(key, 2 + args, 26 + bytes);
         call.arg(&record::header(record::CLAIMED, lease.fencing)[..])
             .arg(&lease.owner.as_bytes()[..]);
         Ok(call)
     }
 
-    async fn run_transition(&self, script: &LuaScript, call: &redis::Cmd) -> Result<(), Error> {
-        let mut reply = self.connection.run(script, call).await?;
-        match reply.code()? {
-            reply::DONE => Ok(()),
-            reply::LEASE_LOST => Err(Error::LeaseLost),
-            code => Err(unknown_code(code)),
-        }
+    async fn run_transition(&self, script: &LuaScript, call: &Cmd) -> Result<(), Error> {
+        transition_done(self.connection.run(script, call).await?)
     }
 
     async fn finish(
@@ -120,11 +135,20 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let mut call = self.transition(&SCRIPTS.finish, lease)?;
+        let mut call = self.transition(&SCRIPTS.finish, lease, 3, 32 + payload.len())?;
         call.arg(&record::header(phase, lease.fencing)[..])
             .arg(retention.as_millis())
             .arg(payload.as_ref());
-        self.run_transition(&SCRIPTS.finish, &call).await
+        let Some(replication) = &self.replication else {
+            return self.run_transition(&SCRIPTS.finish, &call).await;
+        };
+        // `WAIT` rides in the same round trip, right behind the script.
+        let (reply, waited) = self
+            .connection
+            .run_then(&SCRIPTS.finish, &call, &replication.wait())
+            .await?;
+        transition_done(reply)?;
+        replication.check(waited)
     }
 
     /// The claim script, for a key the plain claim found claimed or released: only there
@@ -136,7 +160,7 @@ impl<C: RedisConnection> RedisStore<C> {
         value: &[u8],
         px: u64,
     ) -> Result<Claim, Error> {
-        let mut call = SCRIPTS.claim.call(redis_key);
+        let mut call = SCRIPTS.claim.call(redis_key, 2, value.len() + 20);
         call.arg(value).arg(px);
         let mut reply = self.connection.run(&SCRIPTS.claim, &call).await?;
         match reply.code()? {
@@ -153,6 +177,15 @@ impl<C: RedisConnection> RedisStore<C> {
             reply::MISMATCH => Err(Error::FingerprintMismatch),
             code => Err(unknown_code(code)),
         }
+    }
+}
+
+/// What a transition script (finish, renew, release) answered: done, or the lease is lost.
+fn transition_done(mut reply: Reply) -> Result<(), Error> {
+    match reply.code()? {
+        reply::DONE => Ok(()),
+        reply::LEASE_LOST => Err(Error::LeaseLost),
+        code => Err(unknown_code(code)),
     }
 }
 
@@ -187,11 +220,17 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
         let lease_ttl = request.lease_ttl.as_millis();
         let trace_ttl = lifecycle::trace_ttl(lease_ttl);
         let px = lease_ttl.saturating_add(trace_ttl);
-        let value = record::claimed(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
-        let redis_key = self.redis_key(&request.key);
-        let mut set = redis::cmd("SET");
-        set.arg(&redis_key)
-            .arg(&value)
+        // Built on the stack and written straight into one command buffer of the right size:
+        // a replay, which only reads what the command answers, allocates nothing else.
+        let value = Claimed::new(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &request.key,
+        };
+        let mut set = Cmd::with_capacity(7, self.connection.prefix().len() + 160);
+        set.arg("SET")
+            .arg(&key)
+            .arg(value.as_bytes())
             .arg("NX")
             .arg("PX")
             .arg(px)
@@ -211,7 +250,11 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
         };
         match replay(request, found) {
             Some(answer) => answer,
-            None => self.claim_by_script(request, &redis_key, &value, px).await,
+            None => {
+                let redis_key = self.redis_key(&request.key);
+                self.claim_by_script(request, &redis_key, value.as_bytes(), px)
+                    .await
+            }
         }
     }
 
@@ -226,19 +269,19 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
         let trace_ttl = lifecycle::trace_ttl(ttl.as_millis());
-        let mut call = self.transition(&SCRIPTS.renew, lease)?;
+        let mut call = self.transition(&SCRIPTS.renew, lease, 2, 28)?;
         call.arg(ttl.as_millis().saturating_add(trace_ttl))
             .arg(&trace_ttl.to_be_bytes()[..]);
         self.run_transition(&SCRIPTS.renew, &call).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        let call = self.transition(&SCRIPTS.release, lease)?;
+        let call = self.transition(&SCRIPTS.release, lease, 0, 0)?;
         self.run_transition(&SCRIPTS.release, &call).await
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
-        let call = SCRIPTS.read.call(&self.redis_key(key));
+        let call = SCRIPTS.read.call(self.redis_key(key), 0, 0);
         let mut reply = self.connection.run(&SCRIPTS.read, &call).await?;
         match reply.code()? {
             reply::FREE => Ok(None),
@@ -248,7 +291,7 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        let mut call = SCRIPTS.remove.call(&self.redis_key(key));
+        let mut call = SCRIPTS.remove.call(self.redis_key(key), 1, 0);
         // A removed finished key leaves its trace as long as a lease-less release would.
         call.arg(lifecycle::trace_ttl(0));
         let mut reply = self.connection.run(&SCRIPTS.remove, &call).await?;

@@ -104,7 +104,7 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
     /// is [`Error::CorruptRecord`] and is left as it is.
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
         let script = &SCRIPTS.consume_token;
-        let mut call = script.call(&self.redis_key(token));
+        let mut call = script.call(self.redis_key(token), 1, scope.as_str().len());
         call.arg(scope.as_str());
         match self.connection.run(script, &call).await?.code()? {
             reply::CONSUMED => Ok(Consumption::Consumed),

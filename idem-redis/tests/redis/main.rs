@@ -10,6 +10,7 @@ mod conformance;
 mod corrupt;
 mod faults;
 mod lifecycle;
+mod replicas;
 mod round_trips;
 mod token_conformance;
 mod token_corrupt;
