@@ -12,6 +12,7 @@
 mod backend;
 mod cached;
 mod claims;
+mod http;
 mod measure;
 mod memory;
 mod mysql;
@@ -44,6 +45,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("redis+cache", |s| {
         Box::pin(backend::rows::<cached::Cached<redis::Redis>>(s))
     }),
+    ("http", |s| Box::pin(http::rows(s))),
 ];
 
 fn main() -> ExitCode {

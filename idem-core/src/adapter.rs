@@ -109,9 +109,11 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 }
 
-#[async_trait]
-impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
-    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+/// The steps of [`IdempotencyStore`], also callable without the trait's boxed futures (a
+/// store wrapping a `LifecycleStore` forwards to these and boxes once).
+impl<M: EntryMap> LifecycleStore<M> {
+    /// As [`IdempotencyStore::claim`].
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         // Replays and "in progress" answers only read: decided on a snapshot, they need
         // neither the per-key serialization nor a write.
         if let Some(entry) = self.map.get(&request.key).await? {
@@ -127,7 +129,13 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
         .await
     }
 
-    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+    /// As [`IdempotencyStore::complete`].
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> Result<(), Error> {
         check_payload(response.len(), self.max_payload)?;
         self.step(&lease.key, |current, now| {
             lifecycle::complete(current, lease, response, retention, now)
@@ -135,7 +143,8 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
         .await
     }
 
-    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+    /// As [`IdempotencyStore::fail`].
+    pub async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
         check_payload(failure.len(), self.max_payload)?;
         self.step(&lease.key, |current, now| {
             lifecycle::fail(current, lease, failure, retention, now)
@@ -143,21 +152,24 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
         .await
     }
 
-    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+    /// As [`IdempotencyStore::renew`].
+    pub async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
         self.step(&lease.key, |current, now| {
             lifecycle::renew(current, lease, ttl, now)
         })
         .await
     }
 
-    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+    /// As [`IdempotencyStore::release`].
+    pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
         self.step(&lease.key, |current, now| {
             lifecycle::release(current, lease, now)
         })
         .await
     }
 
-    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+    /// As [`IdempotencyStore::read`].
+    pub async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
         let now = self.map.now();
         Ok(self
             .map
@@ -166,9 +178,35 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
             .and_then(|entry| entry.record(key, now)))
     }
 
-    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+    /// As [`IdempotencyStore::remove`].
+    pub async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.step(key, |current, now| lifecycle::remove(current, key, now))
             .await
+    }
+}
+
+#[async_trait]
+impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        LifecycleStore::claim(self, request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        LifecycleStore::complete(self, lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        LifecycleStore::fail(self, lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        LifecycleStore::renew(self, lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        LifecycleStore::release(self, lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        LifecycleStore::read(self, key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        LifecycleStore::remove(self, key).await
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, Method, StatusCode};
+use idem_core::attempt::{CancelPolicy, Engine};
 use idem_core::{Error, IdempotencyStore, InvalidInput, Ttl, WaitPolicy};
 
 use crate::key_header::KeySyntax;
@@ -21,6 +22,7 @@ pub struct IdempotencyLayerBuilder<S> {
     scope: KeyScope,
     retention: Duration,
     lease_ttl: Duration,
+    cancel_policy: CancelPolicy,
     options: Options,
 }
 
@@ -33,6 +35,7 @@ impl<S: IdempotencyStore> IdempotencyLayer<S> {
             scope,
             retention: DEFAULT_RETENTION,
             lease_ttl: DEFAULT_LEASE_TTL,
+            cancel_policy: CancelPolicy::Detach,
             options: Options::default(),
         }
     }
@@ -113,6 +116,17 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
         self
     }
 
+    /// What happens when the client goes away (disconnects, or a timeout layer drops the
+    /// request) while the handler runs. Default: [`CancelPolicy::Detach`]: the handler runs
+    /// to the end on a task of its own and its response is stored, so the client's retry
+    /// gets 409 meanwhile and the replay after, never a second run.
+    /// [`CancelPolicy::Release`] drops the handler and frees the key at once, for handlers
+    /// known to have no effect until they finish.
+    pub fn cancel_policy(mut self, policy: CancelPolicy) -> Self {
+        self.cancel_policy = policy;
+        self
+    }
+
     /// Whether 5xx responses (but 503, which is never stored) are stored and replayed, or
     /// free the key so a retry runs the handler again. Default: [`Storage::Store`], as
     /// Stripe: a handler that answered 500 may have done part of its work (charged the
@@ -170,11 +184,12 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
         let settings = Settings {
             scope: self.scope,
             retention: Ttl::new(self.retention)?,
-            lease_ttl: Ttl::new(self.lease_ttl)?,
             options: self.options,
         };
+        let engine = Engine::new(Arc::new(self.store), Ttl::new(self.lease_ttl)?)
+            .with_cancel_policy(self.cancel_policy);
         Ok(IdempotencyLayer {
-            store: Arc::new(self.store),
+            engine,
             settings: Arc::new(settings),
             runs: Arc::default(),
         })

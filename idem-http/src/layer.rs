@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use idem_core::attempt::Engine;
 use tower_layer::Layer;
 
 use crate::estimate::RunTimes;
@@ -15,7 +16,7 @@ use crate::settings::Settings;
 ///
 /// Cloning is cheap: clones share the store and the settings.
 pub struct IdempotencyLayer<S> {
-    pub(crate) store: Arc<S>,
+    pub(crate) engine: Engine<S>,
     pub(crate) settings: Arc<Settings>,
     pub(crate) runs: Arc<RunTimes>,
 }
@@ -23,7 +24,7 @@ pub struct IdempotencyLayer<S> {
 impl<S> Clone for IdempotencyLayer<S> {
     fn clone(&self) -> Self {
         Self {
-            store: Arc::clone(&self.store),
+            engine: self.engine.clone(),
             settings: Arc::clone(&self.settings),
             runs: Arc::clone(&self.runs),
         }
@@ -33,7 +34,7 @@ impl<S> Clone for IdempotencyLayer<S> {
 impl<S: fmt::Debug> fmt::Debug for IdempotencyLayer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
-            .field("store", &self.store)
+            .field("engine", &self.engine)
             .field("settings", &self.settings)
             .finish()
     }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use idem_core::attempt::{AttemptError, Engine};
 use idem_core::{
     BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
     WaitPolicy,
@@ -23,15 +24,15 @@ use crate::body::{
 };
 use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
-use crate::guard::{ReleaseOnDrop, run_renewing};
 use crate::header::IDEMPOTENT_REPLAYED;
 use crate::key_header::{KeyHeader, read_key};
 use crate::layer::IdempotencyLayer;
-use crate::policy::{OversizedResponse, Storage};
+use crate::policy::OversizedResponse;
 use crate::problem::{self, in_progress, problem, store_error};
-use crate::record::{StoredOutcome, StoredResponse};
+use crate::record::StoredOutcome;
 use crate::scope::route;
 use crate::settings::Settings;
+use crate::settle::SettleResponse;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer): wraps `Inner` so each
 /// request with an `Idempotency-Key` runs it at most once and repeats get the first
@@ -44,7 +45,7 @@ pub struct IdempotencyService<S, Inner> {
 /// What every request of a service shares: `Sync`, so a request's future can borrow it
 /// across awaits while the inner service (which need not be `Sync`) is busy.
 struct Shared<S> {
-    store: Arc<S>,
+    engine: Engine<S>,
     settings: Arc<Settings>,
     runs: Arc<RunTimes>,
 }
@@ -52,7 +53,7 @@ struct Shared<S> {
 impl<S> Clone for Shared<S> {
     fn clone(&self) -> Self {
         Self {
-            store: Arc::clone(&self.store),
+            engine: self.engine.clone(),
             settings: Arc::clone(&self.settings),
             runs: Arc::clone(&self.runs),
         }
@@ -63,7 +64,7 @@ impl<S, Inner> IdempotencyService<S, Inner> {
     pub(crate) fn new(layer: IdempotencyLayer<S>, inner: Inner) -> Self {
         Self {
             shared: Shared {
-                store: layer.store,
+                engine: layer.engine,
                 settings: layer.settings,
                 runs: layer.runs,
             },
@@ -84,7 +85,7 @@ impl<S, Inner: Clone> Clone for IdempotencyService<S, Inner> {
 impl<S: fmt::Debug, Inner: fmt::Debug> fmt::Debug for IdempotencyService<S, Inner> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
-            .field("store", &self.shared.store)
+            .field("engine", &self.shared.engine)
             .field("settings", &self.shared.settings)
             .field("inner", &self.inner)
             .finish()
@@ -135,10 +136,12 @@ impl<S: IdempotencyStore> Shared<S> {
         request: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
     where
-        Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ReqBody: Body<Data = Bytes> + From<Bytes>,
+        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        Inner::Future: Send + 'static,
+        Inner::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
         ReqBody::Error: Into<BoxError>,
-        ResBody: Body<Data = Bytes>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
         let options = &self.settings.options;
@@ -175,7 +178,7 @@ impl<S: IdempotencyStore> Shared<S> {
             Ok(body) => body,
             Err(refusal) => return Ok(own(self.request_body_refusal(refusal))),
         };
-        let claim = ClaimRequest::new(key, self.settings.lease_ttl)
+        let claim = ClaimRequest::new(key, self.engine.lease_ttl())
             .with_fingerprint(request_fingerprint(&parts, &body));
         match self.claim_or_wait(&claim).await {
             Ok(Claim::Acquired(lease)) => {
@@ -258,13 +261,13 @@ impl<S: IdempotencyStore> Shared<S> {
             max_backoff,
         } = self.settings.options.wait
         else {
-            return self.store.claim(request).await;
+            return self.engine.claim(request).await;
         };
         // A timeout too long to represent as an instant never ends.
         let deadline = Instant::now().checked_add(timeout);
         let mut backoff = initial_backoff;
         loop {
-            let claim = self.store.claim(request).await?;
+            let claim = self.engine.claim(request).await?;
             let Claim::InProgress { retry_after } = claim else {
                 return Ok(claim);
             };
@@ -283,7 +286,11 @@ impl<S: IdempotencyStore> Shared<S> {
         }
     }
 
-    /// Runs the inner service under the lease and decides the key's fate.
+    /// Runs the inner service under the lease, through the engine: the response is read
+    /// and its outcome written on a task of its own (under the default
+    /// [`CancelPolicy::Detach`](idem_core::attempt::CancelPolicy::Detach)), so a client that
+    /// disconnects mid-handler changes nothing: the handler finishes, its response is
+    /// stored, and a retry gets 409 meanwhile and the replay after.
     async fn run<Inner, ReqBody, ResBody>(
         &self,
         mut inner: Inner,
@@ -291,131 +298,55 @@ impl<S: IdempotencyStore> Shared<S> {
         request: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
     where
-        Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body<Data = Bytes>,
+        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        Inner::Future: Send + 'static,
+        Inner::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let guard = ReleaseOnDrop::new(Arc::clone(&self.store), lease.clone());
         let usual = self.runs.route(route(request.extensions(), request.uri()));
         let limit = self.settings.options.max_response_body;
         let started = Instant::now();
-        let produced = run_renewing(&*self.store, &lease, self.settings.lease_ttl, async move {
+        let handler = async move {
             let response = inner.call(request).await?;
             Ok(buffer_response(response, limit).await)
-        })
-        .await;
+        };
+        let settle = SettleResponse::new(Arc::clone(&self.settings));
+        let ran = self.engine.attempt(lease).run(handler, settle).await;
         usual.record(started.elapsed());
-        let answer = match produced {
+        let output = match ran {
+            Ok(output) => output,
+            // The handler ran; its client gets the response even though no retry can.
+            Err(AttemptError::NotRecorded { output, error }) => {
+                tracing::error!(%error, "the handler ran but its response was not stored");
+                output
+            }
             Err(error) => {
-                self.release(&lease, "the inner service failed").await;
-                Err(error)
+                tracing::error!(%error, "the handler's task stopped before it returned");
+                return Ok(own(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    problem::RESPONSE_FAILED,
+                    "the request was interrupted",
+                )));
             }
-            Ok(BufferedResponse::Complete(parts, body)) => Ok(self
-                .finish(&lease, parts, body)
-                .await
-                .map(ResponseBody::full)),
-            Ok(BufferedResponse::TooLarge(response, size)) => {
-                Ok(self.too_large(&lease, response, size).await)
+        };
+        match output? {
+            BufferedResponse::Complete(parts, body) => {
+                Ok(Response::from_parts(parts, ResponseBody::full(body)))
             }
-            Ok(BufferedResponse::Unreadable(error)) => {
-                tracing::warn!(%error, "reading the response body failed");
-                self.release(&lease, "the response body failed").await;
+            BufferedResponse::TooLarge(response, _) => match self.settings.options.oversized {
+                OversizedResponse::PassOn => Ok(response),
+                OversizedResponse::Refuse => Ok(own(self.not_stored(response.status()))),
+            },
+            BufferedResponse::Unreadable(error) => {
+                tracing::warn!(%error, "reading the response body failed; its key was freed");
                 Ok(own(problem(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     problem::RESPONSE_FAILED,
                     "the response could not be produced",
                 )))
             }
-        };
-        guard.disarm();
-        answer
-    }
-
-    /// Stores a finished response, or frees its key as the status policy says, and returns
-    /// it.
-    async fn finish(
-        &self,
-        lease: &Lease,
-        parts: http::response::Parts,
-        body: Bytes,
-    ) -> Response<Bytes> {
-        if self.settings.options.statuses.decide(parts.status) == Storage::Release {
-            self.release(lease, "the status policy does not store this status")
-                .await;
-            return Response::from_parts(parts, body);
-        }
-        let record = StoredResponse {
-            status: parts.status,
-            headers: self.selected_headers(&parts),
-            body,
-        };
-        match record.encode() {
-            Ok(encoded) => self.complete(lease, encoded).await,
-            Err(reason) => {
-                tracing::error!(reason, "the response cannot be encoded; releasing its key");
-                self.release(lease, "encoding failed").await;
-            }
-        }
-        // The client that ran the handler gets its response whatever the store said.
-        Response::from_parts(parts, record.body)
-    }
-
-    /// Marks the key as run with a response too large to replay: never a second run.
-    async fn too_large<B>(
-        &self,
-        lease: &Lease,
-        response: Response<ResponseBody<B>>,
-        size: u64,
-    ) -> Response<ResponseBody<B>> {
-        let status = response.status();
-        tracing::warn!(
-            %status,
-            size,
-            limit = self.settings.options.max_response_body,
-            "the response is over the storable size: retries will get a response-not-stored problem"
-        );
-        let marker = StoredOutcome::encode_too_large(status, size);
-        self.complete(lease, marker).await;
-        match self.settings.options.oversized {
-            OversizedResponse::PassOn => response,
-            OversizedResponse::Refuse => own(self.not_stored(status)),
-        }
-    }
-
-    async fn complete(&self, lease: &Lease, record: Bytes) {
-        match self
-            .store
-            .complete(lease, record, self.settings.retention)
-            .await
-        {
-            Ok(()) => {}
-            // Someone else holds the key now: it is theirs to finish or free.
-            Err(Error::LeaseLost) => {
-                tracing::warn!(
-                    "the lease was lost while the handler ran; its response is not stored"
-                );
-            }
-            Err(error) => {
-                tracing::warn!(%error, "storing the response failed; releasing the key");
-                self.release(lease, "storing failed").await;
-            }
-        }
-    }
-
-    fn selected_headers(&self, parts: &http::response::Parts) -> Vec<(HeaderName, HeaderValue)> {
-        let mut selected = Vec::new();
-        for name in &self.settings.options.replay_headers {
-            for value in parts.headers.get_all(name) {
-                selected.push((name.clone(), value.clone()));
-            }
-        }
-        selected
-    }
-
-    async fn release(&self, lease: &Lease, why: &'static str) {
-        tracing::debug!(why, "releasing the idempotency key");
-        if let Err(error) = self.store.release(lease).await {
-            tracing::warn!(%error, why, "releasing the idempotency key failed; it frees itself when the lease ends");
         }
     }
 

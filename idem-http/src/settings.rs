@@ -8,12 +8,12 @@ use crate::key_header::KeySyntax;
 use crate::policy::{OversizedResponse, StatusPolicy};
 use crate::scope::KeyScope;
 
-/// A layer's settings: the options, and the times in the units the stores take.
+/// A layer's settings: the options, and the retention in the units the stores take (the
+/// lease is the engine's).
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) scope: KeyScope,
     pub(crate) retention: Ttl,
-    pub(crate) lease_ttl: Ttl,
     pub(crate) options: Options,
 }
 

@@ -29,10 +29,10 @@
 //!
 //! [`MemoryStore`] is the core's [`LifecycleStore`](idem_core::adapter::LifecycleStore) over
 //! a moka cache: every transition runs the core's [`lifecycle`](idem_core::lifecycle) state
-//! machine inside moka's per-key `and_compute_with`, which serializes calls on one key
-//! without holding a lock across an await of the caller's code: one winner per key, and no
-//! lost updates.
-//!
+//! machine on the key's entry while holding the key's lock stripe (one of [`STRIPES`]
+//! mutexes, never held across an await), so steps on one key are serialized: one winner
+//! per key, and no lost updates. Replays and reads take no lock.
+
 //! ## When it is full
 //!
 //! The store is bounded by bytes of process memory ([`MemoryStore::with_capacity`]): each
@@ -68,5 +68,5 @@ mod token;
 
 pub use full::StoreFull;
 pub use replay_cache::{ReplayCache, ReplayCacheBuilder};
-pub use store::{MemoryStore, RECORD_OVERHEAD, Records};
+pub use store::{MemoryStore, RECORD_OVERHEAD, Records, STRIPES};
 pub use token::{MemoryTokenStore, TOKEN_OVERHEAD, Tokens};

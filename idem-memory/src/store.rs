@@ -1,5 +1,9 @@
 //! The in-memory [`IdempotencyStore`]: the core's [`LifecycleStore`] over a moka cache.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use idem_core::adapter::{EntryMap, LifecycleStore};
@@ -8,8 +12,7 @@ use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, async_trait,
 };
 use moka::Expiry;
-use moka::future::Cache;
-use moka::ops::compute::Op;
+use moka::sync::Cache;
 
 use crate::clock::Clock;
 use crate::full::StoreFull;
@@ -18,31 +21,105 @@ use crate::full::StoreFull;
 /// entry with its per-entry expiry bookkeeping, the key's and the payload's headers, and
 /// the lifecycle entry, allocator rounding included. Measured against the process RSS by
 /// `tests/footprint.rs`, which fails if the capacity stops meaning what it says.
-pub const RECORD_OVERHEAD: u64 = 580;
+pub const RECORD_OVERHEAD: u64 = 540;
 
 /// The in-memory [`IdempotencyStore`]. Cloning is cheap and clones share the records.
 ///
 /// It is the core's [`LifecycleStore`] over a moka cache ([`Records`]): every step is one
-/// atomic `and_compute_with` on the key, and replays are answered from a plain `get`.
+/// `get` and at most one `insert` under the key's lock stripe, and replays are answered from
+/// a plain `get`.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: LifecycleStore<Records>,
 }
 
-/// The records of a [`MemoryStore`]: a moka cache with per-entry expiry, bounded by bytes.
+/// The records of a [`MemoryStore`], in two places by phase:
+///
+/// - **finished** records (completed, failed), which make up nearly all of a store's
+///   memory, live in a moka cache with per-entry expiry: one insert per record;
+/// - **open** entries (a live or lapsed claim, the trace of a released one) are short-lived
+///   and live in small hash maps, one per lock stripe.
+///
+/// A step on a key holds its stripe's mutex (one of [`STRIPES`], picked by the key's hash)
+/// while it reads the key's entry and writes the next one, so steps on one key are
+/// serialized and a key is in one place at a time. The lock is never held across an await;
+/// under it run a lookup, the pure lifecycle step and at most one insert. This is cheaper
+/// than moka's `and_compute_with`, which allocates, registers and notifies a per-key waiter
+/// on every call, and a finished record costs one moka entry instead of an entry that was
+/// written twice (claimed, then finished).
 #[derive(Clone)]
 pub struct Records {
-    cache: Cache<Key, Entry, foldhash::fast::RandomState>,
+    finished: Cache<Key, Entry, foldhash::fast::RandomState>,
+    stripes: Arc<[Mutex<Stripe>]>,
+    /// The weight of every open entry, which moka does not see.
+    open_bytes: Arc<AtomicU64>,
+    hasher: foldhash::fast::RandomState,
     clock: Clock,
     capacity: u64,
+}
+
+/// How many lock stripes serialize the steps: far more than cores, so two busy keys rarely
+/// share one.
+pub const STRIPES: usize = 1024;
+
+/// How often, at most, a stripe drops its expired open entries (on its next write).
+const SWEEP_EVERY_MS: u64 = 1000;
+
+/// The open entries of one stripe.
+#[derive(Default)]
+struct Stripe {
+    open: HashMap<Key, Entry, foldhash::fast::RandomState>,
+    swept_at: u64,
 }
 
 impl std::fmt::Debug for Records {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Records")
-            .field("held_bytes", &self.cache.weighted_size())
+            .field("held_bytes", &self.held_bytes())
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
+    }
+}
+
+impl Records {
+    fn held_bytes(&self) -> u64 {
+        self.finished
+            .weighted_size()
+            .saturating_add(self.open_bytes.load(Ordering::Relaxed))
+    }
+
+    fn stripe(&self, key: &Key) -> MutexGuard<'_, Stripe> {
+        let index = (self.hasher.hash_one(key) as usize) % self.stripes.len();
+        // The stripe's map is only ever changed by whole inserts and removes, so a panic
+        // under the lock leaves it consistent: a poisoned stripe is used as it is.
+        self.stripes[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops a stripe's expired open entries, at most once per [`SWEEP_EVERY_MS`].
+    fn sweep(&self, stripe: &mut Stripe, now: u64, force: bool) {
+        if !force && now.saturating_sub(stripe.swept_at) < SWEEP_EVERY_MS {
+            return;
+        }
+        stripe.swept_at = now;
+        let mut freed = 0_u64;
+        stripe.open.retain(|key, entry| {
+            let keep = !entry.is_expired(now);
+            if !keep {
+                freed += u64::from(weight(key, entry));
+            }
+            keep
+        });
+        self.open_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Takes `key` out of the open entries, returning its weight to the budget.
+    fn close(&self, stripe: &mut Stripe, key: &Key) {
+        if let Some(entry) = stripe.open.remove(key) {
+            self.open_bytes
+                .fetch_sub(u64::from(weight(key, &entry)), Ordering::Relaxed);
+        }
     }
 }
 
@@ -75,7 +152,10 @@ impl MemoryStore {
             // cheaper than the default SipHash on short keys.
             .build_with_hasher(foldhash::fast::RandomState::default());
         let records = Records {
-            cache,
+            finished: cache,
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            open_bytes: Arc::default(),
+            hasher: foldhash::fast::RandomState::default(),
             clock,
             capacity,
         };
@@ -100,12 +180,18 @@ impl MemoryStore {
     /// The bytes the records held take, by the store's own count (as of moka's last
     /// housekeeping; [`run_pending_tasks`](Self::run_pending_tasks) brings it up to date).
     pub fn held_bytes(&self) -> u64 {
-        self.inner.map().cache.weighted_size()
+        self.inner.map().held_bytes()
     }
 
     /// Drops expired records now rather than lazily, and returns their bytes to the budget.
     pub async fn run_pending_tasks(&self) {
-        self.inner.map().cache.run_pending_tasks().await;
+        let records = self.inner.map();
+        records.finished.run_pending_tasks();
+        let now = records.clock.now();
+        for stripe in records.stripes.iter() {
+            let mut stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+            records.sweep(&mut stripe, now, true);
+        }
     }
 }
 
@@ -129,38 +215,76 @@ impl EntryMap for Records {
         key: &Key,
         step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
     ) -> Result<T, Error> {
-        let mut answer = None;
-        self.cache
-            .entry_by_ref(key)
-            .and_compute_with(|current| {
-                let step = step(current.as_ref().map(|e| e.value()));
-                answer = Some(step.answer);
-                std::future::ready(match step.write {
-                    Write::Keep => Op::Nop,
-                    Write::Remove => Op::Remove,
-                    Write::Put(entry) => Op::Put(entry),
-                })
-            })
-            .await;
-        answer.unwrap_or_else(|| Err(Error::backend("the cache did not run the transition")))
+        let mut stripe = self.stripe(key);
+        let finished;
+        let step = match stripe.open.get(key) {
+            Some(open) => step(Some(open)),
+            None => {
+                finished = self.finished.get(key);
+                step(finished.as_ref())
+            }
+        };
+        match step.write {
+            Write::Keep => {}
+            Write::Remove => {
+                self.close(&mut stripe, key);
+                self.finished.invalidate(key);
+            }
+            Write::Put(entry) => match entry.phase {
+                Phase::Completed(_) | Phase::Failed(_) => {
+                    self.close(&mut stripe, key);
+                    self.finished.insert(key.clone(), entry);
+                }
+                // Only a key with no live finished record gets an open entry (finished
+                // records change only by removal), so nothing in moka needs dropping.
+                Phase::Claimed { .. } | Phase::Vacant => {
+                    self.open_bytes
+                        .fetch_add(u64::from(weight(key, &entry)), Ordering::Relaxed);
+                    if let Some(old) = stripe.open.insert(key.clone(), entry) {
+                        self.open_bytes
+                            .fetch_sub(u64::from(weight(key, &old)), Ordering::Relaxed);
+                    }
+                    let now = self.clock.now();
+                    self.sweep(&mut stripe, now, false);
+                }
+            },
+        }
+        step.answer
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {
-        Ok(self.cache.get(key).await)
+        // A live finished record is read without the stripe: the only write its key can
+        // get is its removal. Anything else is read under the stripe, where a key moving
+        // from open to finished is never seen half-way.
+        if let Some(finished) = self.finished.get(key) {
+            return Ok(Some(finished));
+        }
+        let stripe = self.stripe(key);
+        Ok(match stripe.open.get(key) {
+            Some(open) => Some(open.clone()),
+            None => self.finished.get(key),
+        })
     }
 
     /// Refuses keys it does not hold yet while at capacity; keys it holds always get in.
     async fn admit(&self, key: &Key) -> Result<(), Error> {
-        if self.cache.weighted_size() < self.capacity || self.cache.contains_key(key) {
+        if self.held_bytes() < self.capacity || self.holds(key) {
             return Ok(());
         }
-        self.cache.run_pending_tasks().await;
-        if self.cache.weighted_size() < self.capacity {
+        self.finished.run_pending_tasks();
+        if self.held_bytes() < self.capacity {
             return Ok(());
         }
         Err(Error::unavailable(StoreFull {
             capacity: self.capacity,
         }))
+    }
+}
+
+impl Records {
+    fn holds(&self, key: &Key) -> bool {
+        let stripe = self.stripe(key);
+        stripe.open.contains_key(key) || self.finished.contains_key(key)
     }
 }
 

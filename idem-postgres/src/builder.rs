@@ -63,8 +63,9 @@ impl<S: FromTable> PgBuilder<S> {
 
     /// The longest any call may take, retries included, before it is
     /// [`Error::Unavailable`]. Keep it below the shortest lease TTL in use, so that no call
-    /// outwaits its lease. Pools made by [`connect`](Self::connect) also set it as the
-    /// server's `statement_timeout`, so the server gives up on the statement as well.
+    /// outwaits its lease. Pools made by [`connect`](Self::connect) also set nine tenths of
+    /// it as the server's `statement_timeout`, so the server gives up on a stuck statement
+    /// first, with a clean error on a connection that stays usable.
     /// Default: 5 s, below the executor's 30 s lease.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.policy.timeout = timeout;
@@ -111,7 +112,7 @@ impl<S: FromTable> PgBuilder<S> {
     /// [`Error::InvalidInput`].
     pub async fn connect(self, url: &str) -> Result<S, Error> {
         let options: PgConnectOptions = url.parse().map_err(from_sqlx)?;
-        let timeout_ms = self.policy.timeout.as_millis().max(1).to_string();
+        let timeout_ms = self.policy.server_timeout().as_millis().max(1).to_string();
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(self.max_connections)

@@ -24,6 +24,15 @@ impl CallPolicy {
     /// Five seconds: far below the executor's 30 s lease, far above a healthy statement.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
+    /// The bound to give the server itself (`statement_timeout`, `max_statement_time`):
+    /// nine tenths of [`timeout`](Self::timeout), so that on a live server the server
+    /// cancels a stuck statement first and answers with a clean error on a connection that
+    /// stays usable, while the store's own bound still catches a server that does not
+    /// answer at all.
+    pub fn server_timeout(&self) -> Duration {
+        self.timeout.mul_f64(0.9)
+    }
+
     /// Runs `op` within `bound` (the [`timeout`](Self::timeout), or a caller's own), and again after an error `is_lock_conflict` accepts, at most
     /// [`lock_retries`](Self::lock_retries) more times. Only for statements that roll back
     /// alone (autocommit), so that running them again is exactly a retry.

@@ -396,3 +396,43 @@ pub async fn an_oversized_request_is_413<S: IdempotencyStore>(store: S) {
     assert_eq!(at.status, StatusCode::CREATED);
     assert_eq!(app.runs(), 1);
 }
+
+/// Issue 11's case: a client with a short timeout hangs up while the handler runs; its
+/// retry must never run the handler a second time.
+pub async fn a_client_that_hangs_up_never_causes_a_second_run<S: IdempotencyStore>(store: S) {
+    let app = serve(builder(store, by_principal()).build().expect("valid")).await;
+    let key = key("hang-up");
+    let impatient = tokio::spawn({
+        let (addr, key) = (app.addr, key.clone());
+        async move { send(addr, &Call::post("/gated", &key, "alice", "")).await }
+    });
+    app.until_started(1).await;
+    impatient.abort(); // the connection is dropped mid-handler
+    let _ = impatient.await;
+
+    let retry = send(app.addr, &Call::post("/gated", &key, "alice", "")).await;
+    assert_eq!(
+        retry.status,
+        StatusCode::CONFLICT,
+        "still running: {}",
+        retry.text()
+    );
+    app.gate.add_permits(1);
+    let mut replay = retry;
+    for _ in 0..400 {
+        replay = send(app.addr, &Call::post("/gated", &key, "alice", "")).await;
+        if replay.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        (replay.status, replay.text()),
+        (StatusCode::CREATED, "done".to_owned())
+    );
+    assert!(
+        replay.replayed(),
+        "the disconnected request's response was stored"
+    );
+    assert_eq!(app.runs(), 1, "the handler ran once");
+}

@@ -46,4 +46,7 @@ on_every_store!(
     bare_keys_are_accepted_only_when_allowed,
     missing_keys_and_other_methods,
     an_oversized_request_is_413,
+    a_client_that_hangs_up_never_causes_a_second_run,
 );
+
+mod unit;

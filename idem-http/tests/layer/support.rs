@@ -255,8 +255,15 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Sends one request on a connection of its own and reads the whole answer.
+/// Sends one request on a connection of its own and reads the whole answer; a minute
+/// without one fails the test rather than hanging it.
 pub async fn send(addr: SocketAddr, call: &Call<'_>) -> Reply {
+    tokio::time::timeout(Duration::from_secs(60), exchange(addr, call))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {} {} within a minute", call.method, call.path))
+}
+
+async fn exchange(addr: SocketAddr, call: &Call<'_>) -> Reply {
     let mut sender = connect(addr).await;
     let response = sender
         .send_request(call.request())

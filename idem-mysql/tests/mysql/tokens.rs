@@ -1,10 +1,6 @@
 //! MySqlTokenStore against the real server at IDEM_MYSQL_URL: what the token conformance
 //! suite does not cover. Each test works on a fresh table of its own.
 
-#[allow(dead_code)]
-#[path = "mysql/support.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +10,10 @@ use idem_core::{
 };
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, AssertSqlSafe};
-use idem_mysql::{MySqlStore, MySqlTokenStore};
+use idem_mysql::{MySqlStore, MySqlTokenStore, PurgeExpired};
 use tokio::sync::Barrier;
 
-use support::*;
+use crate::support::*;
 
 const SHORT: Duration = Duration::from_millis(100);
 /// Long enough past [`SHORT`] for the server's clock to have passed it.
