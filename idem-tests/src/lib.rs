@@ -52,6 +52,7 @@ use idem_core::{IdempotencyStore, TokenStore};
 pub mod broken;
 pub mod checks;
 mod context;
+pub mod executor_checks;
 pub mod token_checks;
 
 /// The store under test, shared by the tasks of a check.
