@@ -20,6 +20,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{
@@ -155,44 +156,55 @@ async fn start(
 /// broker confirms the cancel and the stream ends.
 async fn stop(channel: &Channel, consumer: &mut lapin::Consumer, tally: &Tally) {
     use futures::StreamExt;
-    if let Err(error) = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await
-    {
-        tracing::debug!(%error, "cancelling the consumer failed; closing the channel requeues its messages");
-        return;
+    // On a connection that died unnoticed the cancel would wait for ever.
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    match tokio::time::timeout(SETTLE_TIMEOUT, cancel).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "cancelling the consumer failed; closing the channel requeues its messages");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("cancelling the consumer timed out; closing the channel requeues its messages");
+            return;
+        }
     }
     let requeue = Disposition::Requeue {
-        delay: std::time::Duration::ZERO,
+        delay: Duration::ZERO,
         reason: crate::RequeueReason::InProgressElsewhere,
     };
     while let Ok(Some(Ok(delivery))) =
-        tokio::time::timeout(std::time::Duration::from_secs(5), consumer.next()).await
+        tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
     {
-        let requeued = delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
-            .await;
+        let nack = delivery.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        });
+        let requeued = tokio::time::timeout(SETTLE_TIMEOUT, nack)
+            .await
+            .unwrap_or(Ok(false));
         tally.count(&requeue, matches!(requeued, Ok(true)));
     }
 }
 
+/// The longest an ack, nack or reject may take: on a connection that died without lapin
+/// noticing yet, it would wait for ever.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Applies a disposition; says whether the broker took it.
 async fn apply(acker: &lapin::Acker, disposition: &Disposition, mut stopping: Stopping) -> bool {
-    let applied = match disposition {
-        Disposition::Ack { .. } => acker.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue { delay, .. } => {
-            stopping.sleep(*delay).await;
-            acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
-        }
-        Disposition::DeadLetter { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+    if let Disposition::Requeue { delay, .. } = disposition {
+        stopping.sleep(*delay).await;
+    }
+    let applied = tokio::select! {
+        settled = tokio::time::timeout(SETTLE_TIMEOUT, settle(acker, disposition)) => match settled {
+            Ok(applied) => applied,
+            Err(_) => {
+                tracing::warn!(%disposition, "settling timed out; the broker will redeliver");
+                return false;
+            }
+        },
+        () = channel_lost(acker) => Ok(false),
     };
     match applied {
         Ok(true) => true,
@@ -203,6 +215,33 @@ async fn apply(acker: &lapin::Acker, disposition: &Disposition, mut stopping: St
         Err(error) => {
             tracing::debug!(%error, %disposition, "settling failed; the broker will redeliver");
             false
+        }
+    }
+}
+
+/// Resolves once lapin has seen the channel die (it then poisons every acker).
+async fn channel_lost(acker: &lapin::Acker) {
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    while !acker.poisoned() {
+        every.tick().await;
+    }
+}
+
+async fn settle(acker: &lapin::Acker, disposition: &Disposition) -> lapin::Result<bool> {
+    match disposition {
+        Disposition::Ack { .. } => acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue { .. } => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+        Disposition::DeadLetter { .. } => {
+            acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await
         }
     }
 }

@@ -191,12 +191,14 @@ where
     }
     // Graceful: nothing new is taken; what started finishes and is settled.
     let _ = stop.send(true);
+    tracing::debug!(in_flight = tasks.len(), "consume loop draining");
     while let Some(joined) = tasks.join_next().await {
         if let Err(error) = joined {
             tracing::error!(%error, "a message handler panicked; the broker will redeliver its message");
             tally.unsettled.fetch_add(1, Ordering::Relaxed);
         }
     }
+    tracing::debug!("consume loop drained");
     let summary = tally.summary();
     match failure {
         None => Ok(summary),

@@ -131,9 +131,13 @@ where
         }
     };
     let outcome = consume::run(messages, options.concurrency, shutdown, tally, process).await;
-    if tokio::time::timeout(FLUSH_TIMEOUT, jetstream.client().flush())
-        .await
-        .map_or(true, |flushed| flushed.is_err())
+    let client = jetstream.client();
+    // Disconnected, the acks cannot go out: no point waiting for them.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if !connected
+        || tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+            .await
+            .map_or(true, |flushed| flushed.is_err())
     {
         tracing::warn!(
             "the last acks may not have reached the server; JetStream will redeliver those messages"

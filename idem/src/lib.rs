@@ -15,7 +15,10 @@
 //! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
 //!
 //! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
-//! `Idempotency-Key` header on any store.
+//! `Idempotency-Key` header on any store. The `consumer` feature adds `consumer`: message
+//! consumers that take each message's effect once and say what to do with the message
+//! (ack, requeue, dead-letter), with adapters for RabbitMQ (`amqp`) and NATS JetStream
+//! (`nats`), and, with `mysql` too, exactly-once effects in one transaction.
 //!
 //! Two flows: key-based idempotency with the [`Idempotency`] executor (the client sends a
 //! key, repeats get the first response), and one-time [`Tokens`] (the server hands a token
@@ -71,6 +74,15 @@ pub mod redis {
 pub mod http {
     #[doc(inline)]
     pub use idem_http::*;
+}
+
+/// Idempotent message consumers: the disposition of every message, the RabbitMQ and NATS
+/// adapters.
+#[cfg(feature = "consumer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+pub mod consumer {
+    #[doc(inline)]
+    pub use idem_consumer::*;
 }
 
 /// The MySQL/MariaDB store.
