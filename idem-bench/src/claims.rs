@@ -1,6 +1,14 @@
 //! What the benchmarks expect of idem's answers, shared by every backend's rows.
 
+use std::sync::{Arc, Mutex};
+
 use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl};
+
+use crate::backend::key;
+use crate::measure::throughput;
+
+/// What the executor's operation returns: serialized, 100 bytes, as the floor's payload.
+const RESPONSE: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// The executor's operations never fail in the benchmark.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -35,12 +43,52 @@ pub async fn claim_replay(store: &impl IdempotencyStore, key: Key, ttl: Ttl) -> 
     }
 }
 
-/// The idem side of "execute": a no-op run once under `key`.
+/// The idem side of "execute": an operation answering a 100-byte response, run once under
+/// `key`.
 pub async fn execute_noop<S: IdempotencyStore>(
     idem: &Idempotency<S>,
     key: Key,
 ) -> Result<(), Error> {
-    idem.execute(&key, None, || async { Ok::<_, Never>(()) })
-        .await
-        .map_err(|e| Error::backend(format!("{e:?}")))
+    idem.execute(&key, None, || async {
+        Ok::<_, Never>(std::borrow::Cow::Borrowed(RESPONSE))
+    })
+    .await
+    .map(drop)
+    .map_err(|e| Error::backend(format!("{e:?}")))
+}
+
+/// Claims keys `0..count` of the measurement `tag`, `tasks` at a time (a pooled store would
+/// wait past its acquire timeout on more), and hands back their leases in order.
+pub async fn claim_all<S: IdempotencyStore + Clone>(
+    store: &S,
+    tag: &Arc<str>,
+    count: usize,
+    tasks: usize,
+    ttl: Ttl,
+) -> Result<Vec<Lease>, Error> {
+    let slots = Arc::new(Mutex::new(vec![None; count]));
+    let (store, t, s) = (store.clone(), Arc::clone(tag), Arc::clone(&slots));
+    throughput(count, tasks, move |i| {
+        let (store, k, s) = (store.clone(), key(&t, i), Arc::clone(&s));
+        async move {
+            let lease = expect_lease(store.claim(&ClaimRequest::new(k?, ttl)).await?)?;
+            let mut slots = s
+                .lock()
+                .map_err(|_| Error::backend("a claim task panicked"))?;
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some(lease);
+            }
+            Ok::<_, Error>(())
+        }
+    })
+    .await?;
+    let slots = std::mem::take(
+        &mut *slots
+            .lock()
+            .map_err(|_| Error::backend("a claim task panicked"))?,
+    );
+    slots
+        .into_iter()
+        .map(|slot| slot.ok_or_else(|| Error::backend("a key was not claimed")))
+        .collect()
 }

@@ -1,4 +1,7 @@
 //! Timing: latency at one task, throughput at many, and the figures of a run.
+//!
+//! Figures only: the table they end up in is [`report`](crate::report)'s, which reads this
+//! module and is never read by it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,8 +10,21 @@ use std::time::{Duration, Instant};
 
 use idem::Error;
 
-use crate::Settings;
-use crate::report::Mode;
+use crate::settings::Settings;
+
+/// Whether a row was timed at one task (latency) or many (throughput).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// One task: p50 latency compared.
+    Latency,
+    /// Many tasks: operations per second compared.
+    Throughput(usize),
+}
+
+/// The modes every row is measured in: one task for latency, then many for throughput.
+pub fn modes(settings: &Settings) -> [Mode; 2] {
+    [Mode::Latency, Mode::Throughput(settings.tasks)]
+}
 
 /// What one measurement found.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +86,7 @@ pub fn keys_needed(settings: &Settings, mode: Mode) -> usize {
     measured + measured / 10
 }
 
+/// How many operations one side times in `mode`.
 pub fn measured_ops(settings: &Settings, mode: Mode) -> usize {
     match mode {
         Mode::Latency => settings.ops,
@@ -147,13 +164,24 @@ impl Timing {
         let count = range.len();
         match mode {
             Mode::Latency => {
-                let started = Instant::now();
-                for i in range {
-                    let t = Instant::now();
-                    op(offset + i).await?;
-                    self.samples.push(t.elapsed());
-                }
-                self.elapsed += started.elapsed();
+                // Timed inside a worker task, as a request handler runs: from the main
+                // thread's `block_on` every round trip would pay two cross-thread wake-ups.
+                let (op, first) = (op.clone(), offset + range.start);
+                let timed = tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(count);
+                    let started = Instant::now();
+                    for i in 0..count {
+                        let t = Instant::now();
+                        op(first + i).await?;
+                        samples.push(t.elapsed());
+                    }
+                    Ok::<_, Error>((samples, started.elapsed()))
+                });
+                let (samples, elapsed) = timed
+                    .await
+                    .map_err(|e| Error::backend(format!("latency task: {e}")))??;
+                self.samples.extend(samples);
+                self.elapsed += elapsed;
             }
             Mode::Throughput(tasks) => {
                 let (op, first) = (op.clone(), offset + range.start);

@@ -1,172 +1,136 @@
-//! idem-memory against bare moka.
+//! idem-memory against bare moka with per-entry expiry, the policy the store needs.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use idem::MemoryStore;
-use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Ttl};
+use idem::{ClaimRequest, Error, IdempotencyStore, Ttl};
 use moka::future::Cache;
 
-use crate::Settings;
-use crate::claims::{acquire_fresh, claim_replay, execute_noop, expect_lease};
-use crate::measure::{compare, keys_needed};
-use crate::report::{Mode, Row};
+use crate::backend::{BenchBackend, NAMESPACE, Operation, payload};
+use crate::claims::expect_lease;
+use crate::measure::Mode;
+use crate::settings::Settings;
 
-const BACKEND: &str = "memory";
-
-struct Bench {
+/// The store, and bare moka with the same key and payload types' bytes as the floor.
+pub struct Memory {
     store: MemoryStore,
-    idem: Idempotency<MemoryStore>,
     raw: Cache<String, Bytes>,
     ttl: Ttl,
     payload: Bytes,
 }
 
-pub async fn run(settings: &Settings) -> Result<Vec<Row>, Error> {
-    let store = MemoryStore::with_capacity(u64::MAX);
-    let bench = Arc::new(Bench {
-        idem: Idempotency::new(store.clone()),
-        store,
-        raw: Cache::builder()
-            .time_to_live(Duration::from_secs(3600))
-            .build(),
-        ttl: Ttl::from_secs(3600)?,
-        payload: Bytes::from(vec![b'x'; 100]),
-    });
-    let mut rows = Vec::new();
-    for mode in settings.modes() {
-        rows.push(claim_new(&bench, settings, mode).await?);
-        rows.push(replay(&bench, settings, mode).await?);
-        rows.push(complete(&bench, settings, mode).await?);
-        rows.push(execute(&bench, settings, mode).await?);
+/// Every raw entry lives for one hour from its write, through moka's per-entry expiry (a
+/// cache-wide TTL would be cheaper, and not what a store with per-record retention can use).
+struct OneHour;
+
+impl moka::Expiry<String, Bytes> for OneHour {
+    fn expire_after_create(&self, _: &String, _: &Bytes, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
     }
-    Ok(rows)
-}
 
-fn key(prefix: &str, i: usize) -> Result<Key, Error> {
-    Key::new("bench", format!("{prefix}{i}"))
-}
-
-async fn claim_new(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (b, r, run_i, run_r) = (Arc::clone(bench), Arc::clone(bench), run.clone(), run);
-    let figures = compare(
-        settings,
-        mode,
-        move |i| {
-            let (b, k) = (Arc::clone(&b), key(&run_i, i));
-            async move { acquire_fresh(&b.store, k?, b.ttl).await }
-        },
-        move |i| {
-            let (r, k) = (Arc::clone(&r), format!("{run_r}{i}"));
-            async move {
-                let p = r.payload.clone();
-                r.raw.entry(k).or_insert_with(async move { p }).await;
-                Ok(())
-            }
-        },
-    )
-    .await?;
-    Ok(Row::new(BACKEND, "claim new", mode, None, figures))
-}
-
-async fn replay(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
-    let done = key("replayed-", 0)?;
-    if let Claim::Acquired(lease) = bench
-        .store
-        .claim(&ClaimRequest::new(done.clone(), bench.ttl))
-        .await?
-    {
-        bench
-            .store
-            .complete(&lease, bench.payload.clone(), bench.ttl)
-            .await?;
+    fn expire_after_update(
+        &self,
+        _: &String,
+        _: &Bytes,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(3600))
     }
-    bench
-        .raw
-        .insert("replayed".to_owned(), bench.payload.clone())
-        .await;
-    let (b, r) = (Arc::clone(bench), Arc::clone(bench));
-    let figures = compare(
-        settings,
-        mode,
-        move |_| {
-            // Both sides build their key per call, as a request handler would.
-            let (b, k) = (Arc::clone(&b), Key::new(done.namespace(), done.id()));
-            async move { claim_replay(&b.store, k?, b.ttl).await }
-        },
-        move |_| {
-            let (r, k) = (Arc::clone(&r), String::from("replayed"));
-            async move {
-                r.raw
-                    .get(&k)
-                    .await
-                    .map(|_| ())
-                    .ok_or_else(|| Error::backend("raw key vanished"))
-            }
-        },
-    )
-    .await?;
-    Ok(Row::new(BACKEND, "replay claim", mode, Some(0.8), figures))
 }
 
-async fn complete(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
-    let ops = keys_needed(settings, mode);
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let mut leases = Vec::with_capacity(ops);
-    for i in 0..ops {
-        let claim = bench
-            .store
-            .claim(&ClaimRequest::new(key(&run, i)?, bench.ttl))
-            .await?;
-        leases.push(expect_lease(claim)?);
+fn raw_cache() -> Cache<String, Bytes> {
+    Cache::builder().expire_after(OneHour).build()
+}
+
+impl Memory {
+    /// The raw key of `(tag, i)`: as long as idem's namespace and id.
+    fn raw_key(tag: &str, i: usize) -> String {
+        format!("{NAMESPACE}/{tag}:{i}")
     }
-    let leases = Arc::new(leases);
-    let (b, r) = (Arc::clone(bench), Arc::clone(bench));
-    let figures = compare(
-        settings,
-        mode,
-        move |i| {
-            let (b, leases) = (Arc::clone(&b), Arc::clone(&leases));
-            async move {
-                let lease = leases.get(i).ok_or_else(|| Error::backend("no lease"))?;
-                b.store.complete(lease, b.payload.clone(), b.ttl).await
-            }
-        },
-        move |i| {
-            let (r, k) = (Arc::clone(&r), format!("{run}{i}"));
-            async move {
-                r.raw.insert(k, r.payload.clone()).await;
-                Ok(())
-            }
-        },
-    )
-    .await?;
-    Ok(Row::new(BACKEND, "complete", mode, None, figures))
 }
 
-async fn execute(bench: &Arc<Bench>, settings: &Settings, mode: Mode) -> Result<Row, Error> {
-    let run = uuid::Uuid::new_v4().simple().to_string();
-    let (b, r, run_i, run_r) = (Arc::clone(bench), Arc::clone(bench), run.clone(), run);
-    let figures = compare(
-        settings,
-        mode,
-        move |i| {
-            let (b, k) = (Arc::clone(&b), key(&run_i, i));
-            async move { execute_noop(&b.idem, k?).await }
-        },
-        move |i| {
-            let (r, k) = (Arc::clone(&r), format!("{run_r}{i}"));
-            async move {
-                let p = r.payload.clone();
-                r.raw.entry(k).or_insert_with(async move { p }).await;
-                Ok(())
-            }
-        },
-    )
-    .await?;
-    Ok(Row::new(BACKEND, "execute", mode, Some(0.5), figures))
+impl BenchBackend for Memory {
+    type Store = MemoryStore;
+    const NAME: &'static str = "memory";
+
+    async fn connect(_: &Settings) -> Result<Self, Error> {
+        Ok(Self {
+            store: MemoryStore::with_capacity(u64::MAX),
+            raw: raw_cache(),
+            ttl: Ttl::from_secs(3600)?,
+            payload: payload(),
+        })
+    }
+
+    fn store(&self) -> &MemoryStore {
+        &self.store
+    }
+
+    fn ttl(&self) -> Ttl {
+        self.ttl
+    }
+
+    fn floor(&self, operation: Operation) -> &'static str {
+        match operation {
+            Operation::ClaimNew => "moka entry().or_insert_with",
+            Operation::Replay => "moka get",
+            Operation::Complete => "moka insert",
+            Operation::Execute => "moka or_insert_with + insert",
+        }
+    }
+
+    fn target(&self, operation: Operation, _: Mode) -> Option<f64> {
+        match operation {
+            Operation::ClaimNew => None,
+            Operation::Replay => Some(0.8),
+            Operation::Complete => Some(0.6),
+            Operation::Execute => Some(0.85),
+        }
+    }
+
+    async fn raw_claim_new(&self, tag: &str, i: usize) -> Result<(), Error> {
+        let payload = self.payload.clone();
+        let entry = self
+            .raw
+            .entry(Self::raw_key(tag, i))
+            .or_insert_with(async move { payload })
+            .await;
+        match entry.is_fresh() {
+            true => Ok(()),
+            false => Err(Error::backend("raw claim of a new key found a value")),
+        }
+    }
+
+    async fn raw_seed_replay(&self, tag: &str) -> Result<(), Error> {
+        self.raw.insert(Self::raw_key(tag, 0), payload()).await;
+        Ok(())
+    }
+
+    async fn raw_replay(&self, tag: &str) -> Result<(), Error> {
+        self.raw
+            .get(&Self::raw_key(tag, 0))
+            .await
+            .map(drop)
+            .ok_or_else(|| Error::backend("raw replay found no value"))
+    }
+
+    async fn raw_seed_claimed(&self, _: &str, _: usize) -> Result<(), Error> {
+        Ok(())
+    }
+
+    async fn raw_complete(&self, tag: &str, i: usize) -> Result<(), Error> {
+        self.raw
+            .insert(Self::raw_key(tag, i), self.payload.clone())
+            .await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), Error> {
+        self.raw.invalidate_all();
+        Ok(())
+    }
 }
 
 /// Bytes of resident memory per record: `idem` for completed records in the store, `raw` for
@@ -187,7 +151,10 @@ async fn bytes_per_record(records: usize) -> Result<f64, Error> {
     let before = resident_bytes();
     for i in 0..records {
         let claim = store
-            .claim(&ClaimRequest::new(key("footprint-", i)?, ttl))
+            .claim(&ClaimRequest::new(
+                idem::Key::new(NAMESPACE, format!("footprint-{i}"))?,
+                ttl,
+            ))
             .await?;
         let lease = expect_lease(claim)?;
         // A fresh copy per record, as a real response would be.
@@ -204,22 +171,14 @@ async fn bytes_per_record(records: usize) -> Result<f64, Error> {
 /// The same for bare moka holding `String` keys and 100-byte `Bytes` with a per-entry
 /// expiry policy (what the store needs): the floor moka itself sets.
 async fn raw_bytes_per_record(records: usize) -> f64 {
-    struct OneHour;
-    impl moka::Expiry<String, Bytes> for OneHour {
-        fn expire_after_create(
-            &self,
-            _: &String,
-            _: &Bytes,
-            _: std::time::Instant,
-        ) -> Option<Duration> {
-            Some(Duration::from_secs(3600))
-        }
-    }
-    let cache: Cache<String, Bytes> = Cache::builder().expire_after(OneHour).build();
+    let cache = raw_cache();
     let before = resident_bytes();
     for i in 0..records {
         cache
-            .insert(format!("bench/footprint-{i}"), Bytes::from(vec![b'x'; 100]))
+            .insert(
+                format!("{NAMESPACE}/footprint-{i}"),
+                Bytes::from(vec![b'x'; 100]),
+            )
             .await;
     }
     cache.run_pending_tasks().await;

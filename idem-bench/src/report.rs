@@ -3,49 +3,29 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::measure::{Figure, median};
+use crate::measure::{Figure, Mode, median};
 
-/// Whether a row was timed at one task (latency) or many (throughput).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    /// One task: p50 latency compared.
-    Latency,
-    /// Many tasks: operations per second compared.
-    Throughput(usize),
-}
-
-/// One comparison: idem and the raw client doing the same round trips.
+/// One comparison: idem and its floor, the raw client doing the same steps.
 #[derive(Debug, Clone)]
 pub struct Row {
-    pub operation: &'static str,
+    /// The section (store or layer) measured.
     pub backend: &'static str,
+    /// What idem does.
+    pub operation: &'static str,
+    /// What the floor side does, in a few words (`SET NX PX GET`).
+    pub floor: &'static str,
+    /// One task or many.
     pub mode: Mode,
+    /// idem's figure.
     pub idem: Figure,
+    /// The floor's figure.
     pub raw: Figure,
-    /// The least acceptable idem/raw ratio, where the issue sets one.
+    /// The least acceptable idem/floor ratio, where the issue sets one.
     pub target: Option<f64>,
 }
 
 impl Row {
-    /// A row from the figures of [`compare`](crate::measure::compare).
-    pub fn new(
-        backend: &'static str,
-        operation: &'static str,
-        mode: Mode,
-        target: Option<f64>,
-        (idem, raw): (Figure, Figure),
-    ) -> Self {
-        Self {
-            operation,
-            backend,
-            mode,
-            idem,
-            raw,
-            target,
-        }
-    }
-
-    /// idem's speed over raw's: >1 means idem is faster.
+    /// idem's speed over the floor's: >1 means idem is faster.
     pub fn ratio(&self) -> f64 {
         match self.mode {
             Mode::Latency => self.raw.p50.as_secs_f64() / self.idem.p50.as_secs_f64(),
@@ -108,8 +88,8 @@ fn micros(d: Duration) -> f64 {
 /// Prints the table; returns how many rows missed their target.
 pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
     println!(
-        "\n{:<14} {:<8} {:<9} {:<30} {:<30} {:>6} {:>7}  verdict",
-        "operation", "backend", "tasks", "idem", "raw", "ratio", "target"
+        "\n{:<14} {:<11} {:<5} {:<30} {:<30} {:>6} {:>6}  {:<7} floor",
+        "operation", "backend", "tasks", "idem", "floor", "ratio", "target", "verdict"
     );
     let mut missed = 0;
     for (row, ratio) in rows {
@@ -124,7 +104,7 @@ pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
         };
         missed += usize::from(verdict == "MISSED");
         println!(
-            "{:<14} {:<8} {:<9} {:<30} {:<30} {:>6.2} {:>7}  {verdict}",
+            "{:<14} {:<11} {:<5} {:<30} {:<30} {:>6.2} {:>6}  {verdict:<7} {}",
             row.operation,
             row.backend,
             tasks,
@@ -132,10 +112,12 @@ pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
             describe(row.mode, &row.raw),
             ratio,
             target,
+            row.floor,
         );
     }
     println!(
-        "\nratio = idem speed / raw speed (raw p50 / idem p50 at 1 task; idem ops/s / raw ops/s at many), median of {rounds} rounds"
+        "\nratio = idem speed / floor speed (floor p50 / idem p50 at 1 task; idem ops/s / floor ops/s at many), median of {rounds} rounds; \
+         the floor is the raw client doing the same steps"
     );
     missed
 }

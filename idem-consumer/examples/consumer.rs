@@ -66,12 +66,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The producer sets each message's ID once, from the order: a retried publish
     // carries the same ID.
-    let orders = ["order-1", "order-2", "order-3", "order-2", "order-4", "order-5", "order-4"];
+    let orders = [
+        "order-1", "order-2", "order-3", "order-2", "order-4", "order-5", "order-4",
+    ];
     for order in orders {
         let properties = BasicProperties::default().with_message_id(order.into());
         let body = format!("{{\"ship\":\"{order}\"}}");
         channel
-            .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), body.as_bytes(), properties)
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
             .await?
             .await?;
     }
@@ -83,12 +91,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let handler = {
         let (shipped, settled) = (Arc::clone(&shipped), Arc::clone(&settled));
         move |message: Message| {
-            let (consumer, shipped, settled) = (consumer.clone(), Arc::clone(&shipped), Arc::clone(&settled));
+            let (consumer, shipped, settled) =
+                (consumer.clone(), Arc::clone(&shipped), Arc::clone(&settled));
             async move {
                 let disposition = consumer
                     .handle_message(&message, || async {
                         // The business effect: runs once per order.
-                        *shipped.lock().expect("lock").entry(message.id().to_owned()).or_default() += 1;
+                        *shipped
+                            .lock()
+                            .expect("lock")
+                            .entry(message.id().to_owned())
+                            .or_default() += 1;
                         Ok::<_, ShipError>(format!("shipped {}", message.id()))
                     })
                     .await;
@@ -110,10 +123,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::time::timeout(Duration::from_secs(30), wait).await;
         }
     };
-    let summary = amqp::consume(&channel, &queue, ConsumeOptions::default().concurrency(4), all_settled, handler).await?;
+    let summary = amqp::consume(
+        &channel,
+        &queue,
+        ConsumeOptions::default().concurrency(4),
+        all_settled,
+        handler,
+    )
+    .await?;
     conn.close(200, "done".into()).await?;
 
-    println!("\nacked {} messages, requeued {}", summary.acked, summary.requeued);
+    println!(
+        "\nacked {} messages, requeued {}",
+        summary.acked, summary.requeued
+    );
     for (order, times) in shipped.lock().expect("lock").iter() {
         println!("{order}: shipped {times} time(s)");
     }

@@ -165,7 +165,9 @@ async fn stop(channel: &Channel, consumer: &mut lapin::Consumer, tally: &Tally) 
             return;
         }
         Err(_) => {
-            tracing::debug!("cancelling the consumer timed out; closing the channel requeues its messages");
+            tracing::debug!(
+                "cancelling the consumer timed out; closing the channel requeues its messages"
+            );
             return;
         }
     }
@@ -238,11 +240,7 @@ async fn settle(acker: &lapin::Acker, disposition: &Disposition) -> lapin::Resul
                 })
                 .await
         }
-        Disposition::DeadLetter { .. } => {
-            acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await
-        }
+        Disposition::DeadLetter { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
     }
 }
 

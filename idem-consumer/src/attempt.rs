@@ -1,12 +1,14 @@
-//! One attempt to run a message's operation, as the executor reports it.
+//! One attempt to run a message's operation, as the executor (on idem-core's lease
+//! engine) reports it.
 //!
-//! This is the only place that talks to the executor, so moving to another engine changes
-//! this file alone.
+//! This is the only place that talks to the executor. The engine renews the lease while
+//! the operation runs, retries the outcome write while the lease is ours, and reports "ran
+//! but not recorded" as its own result.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use idem_core::{Error, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable};
+use idem_core::{Error, ExecuteError, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -59,24 +61,26 @@ where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + Retryable,
 {
-    // The executor answers an error both when it never ran the operation and when it ran
-    // it but could not store the outcome; only this flag tells the two apart.
+    // A replay returns what the first run returned without calling the operation: only
+    // this flag tells a replay from a run.
     let ran = AtomicBool::new(false);
     let execution = idem
-        .execute_outcome(key, fingerprint, || {
+        .execute_scoped(key, fingerprint, || {
             ran.store(true, Ordering::Relaxed);
             operation()
         })
         .await;
+    let ran = ran.load(Ordering::Relaxed);
     match execution {
-        Ok(Execution {
-            result,
-            replayed: true,
-        }) => Attempt::Replayed {
-            failed: result.is_err(),
-        },
-        Ok(Execution { result, .. }) => Attempt::Ran(Ran::of(&result)),
-        Err(error) if ran.load(Ordering::Relaxed) => Attempt::RanNotRecorded(error),
-        Err(error) => Attempt::NotRun(error),
+        Ok(_) if ran => Attempt::Ran(Ran::Succeeded),
+        Ok(_) => Attempt::Replayed { failed: false },
+        Err(ExecuteError::Operation(error)) if ran => Attempt::Ran(Ran::of::<(), E>(&Err(error))),
+        // Only permanent failures are stored, so only they are replayed.
+        Err(ExecuteError::Operation(_)) => Attempt::Replayed { failed: true },
+        Err(ExecuteError::NotRecorded { error, .. }) => Attempt::RanNotRecorded(error),
+        Err(ExecuteError::Idempotency(error)) => Attempt::NotRun(error),
+        // ExecuteError is non-exhaustive: whatever else comes, do not ack what may not
+        // have taken effect.
+        Err(_) => Attempt::NotRun(Error::backend("unknown executor outcome")),
     }
 }

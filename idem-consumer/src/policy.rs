@@ -152,7 +152,7 @@ fn dead_letter(reason: DeadLetterReason) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idem_core::{InvalidInput, OwnerToken};
+    use idem_core::{InputField, InvalidInput, OwnerToken};
 
     fn decide(attempt: Attempt) -> Disposition {
         Policy::default().decide(&attempt)
@@ -201,7 +201,12 @@ mod tests {
             dead_letter(D::IdReused)
         );
         assert_eq!(
-            decide(Attempt::NotRun(InvalidInput::Empty { field: "key" }.into())),
+            decide(Attempt::NotRun(
+                InvalidInput::Empty {
+                    field: InputField::Key
+                }
+                .into()
+            )),
             dead_letter(D::InvalidId)
         );
         assert_eq!(

@@ -71,7 +71,7 @@ async fn every_disposition_is_observed_on_the_broker() {
                 if body.as_ref() == b"poison" {
                     seen.poison_deliveries
                         .lock()
-                        .unwrap()
+                        .expect("lock")
                         .push(message.deliveries());
                 }
                 let disposition = consumer
@@ -97,7 +97,7 @@ async fn every_disposition_is_observed_on_the_broker() {
                 }
                 seen.dispositions
                     .lock()
-                    .unwrap()
+                    .expect("lock")
                     .push((message.id().to_owned(), disposition));
                 disposition
             }
@@ -166,11 +166,11 @@ async fn every_disposition_is_observed_on_the_broker() {
     assert_eq!(seen.permanent_runs.load(Ordering::SeqCst), 1);
     assert_eq!(seen.poison_runs.load(Ordering::SeqCst), 3);
     assert_eq!(
-        *seen.poison_deliveries.lock().unwrap(),
+        *seen.poison_deliveries.lock().expect("lock"),
         vec![Some(1), Some(2), Some(3), Some(4)],
         "the quorum queue's delivery count reaches the handler"
     );
-    let dispositions = seen.dispositions.lock().unwrap().clone();
+    let dispositions = seen.dispositions.lock().expect("lock").clone();
     assert!(dispositions.contains(&(
         "m-poison".into(),
         Disposition::DeadLetter {
@@ -222,7 +222,7 @@ async fn an_unavailable_store_requeues_and_never_runs() {
                         Ok::<_, Failure>(())
                     })
                     .await;
-                dispositions.lock().unwrap().push(disposition);
+                dispositions.lock().expect("lock").push(disposition);
                 disposition
             }
         }
@@ -246,7 +246,7 @@ async fn an_unavailable_store_requeues_and_never_runs() {
         summary
     });
     wait_until("three deliveries", DEADLINE, || async {
-        dispositions.lock().unwrap().len() >= 3
+        dispositions.lock().expect("lock").len() >= 3
     })
     .await;
     let _ = stop.send(());
@@ -257,7 +257,7 @@ async fn an_unavailable_store_requeues_and_never_runs() {
         0,
         "nothing runs without a claim"
     );
-    for disposition in dispositions.lock().unwrap().iter() {
+    for disposition in dispositions.lock().expect("lock").iter() {
         assert!(
             matches!(
                 disposition,

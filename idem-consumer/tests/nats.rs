@@ -94,18 +94,23 @@ async fn every_disposition_is_observed_on_jetstream() {
                 let body = message.body().clone();
                 let id = message.id().to_owned();
                 if body.as_ref() == b"poison" {
-                    seen.poison_deliveries.lock().unwrap().push(message.deliveries());
+                    seen.poison_deliveries
+                        .lock()
+                        .expect("lock")
+                        .push(message.deliveries());
                 }
                 let (seen_in_op, body_in_op) = (Arc::clone(&seen), body.clone());
                 let disposition = consumer
                     .handle_message(&message, |conn| {
                         Box::pin(async move {
                             // The business write, in the claim's transaction.
-                            sqlx::query(AssertSqlSafe(format!("INSERT INTO `{ledger}` (order_id) VALUES (?)")))
-                                .bind(&id)
-                                .execute(&mut *conn)
-                                .await
-                                .map_err(|e| Failure::Database(e.to_string()))?;
+                            sqlx::query(AssertSqlSafe(format!(
+                                "INSERT INTO `{ledger}` (order_id) VALUES (?)"
+                            )))
+                            .bind(&id)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(|e| Failure::Database(e.to_string()))?;
                             match body_in_op.as_ref() {
                                 b"ok" => Ok(()),
                                 b"permanent" => Err(Failure::Permanent),
@@ -120,7 +125,10 @@ async fn every_disposition_is_observed_on_jetstream() {
                 if body.as_ref() == b"ok" && matches!(disposition, Disposition::Ack { .. }) {
                     seen.ok_acked.fetch_add(1, Ordering::SeqCst);
                 }
-                seen.dispositions.lock().unwrap().push((message.id().to_owned(), disposition));
+                seen.dispositions
+                    .lock()
+                    .expect("lock")
+                    .push((message.id().to_owned(), disposition));
                 disposition
             }
         }
@@ -139,9 +147,14 @@ async fn every_disposition_is_observed_on_jetstream() {
         nats::consume(&js, &pull, options, shutdown, handler).await
     });
 
-    wait_until("three dead letters and both copies of m-ok acked", DEADLINE, || async {
-        jet.messages_in(&jet.dead_stream).await == 3 && seen.ok_acked.load(Ordering::SeqCst) == 2
-    })
+    wait_until(
+        "three dead letters and both copies of m-ok acked",
+        DEADLINE,
+        || async {
+            jet.messages_in(&jet.dead_stream).await == 3
+                && seen.ok_acked.load(Ordering::SeqCst) == 2
+        },
+    )
     .await;
     let _ = stop.send(());
     let summary = running.await.expect("consume task").expect("consume");
@@ -152,7 +165,11 @@ async fn every_disposition_is_observed_on_jetstream() {
         pending == 0 && ack_pending == 0
     })
     .await;
-    let dead = jet.js.get_stream(&jet.dead_stream).await.expect("dead stream");
+    let dead = jet
+        .js
+        .get_stream(&jet.dead_stream)
+        .await
+        .expect("dead stream");
     let mut reasons = BTreeSet::new();
     for sequence in 1..=3 {
         let message = dead.get_raw_message(sequence).await.expect("a dead letter");
@@ -161,7 +178,11 @@ async fn every_disposition_is_observed_on_jetstream() {
             .get(nats::DEAD_LETTER_REASON)
             .map(|v| v.as_str().to_owned())
             .unwrap_or_default();
-        let id = message.headers.get(ORDER_ID).map(|v| v.as_str().to_owned()).unwrap_or_else(|| "<none>".into());
+        let id = message
+            .headers
+            .get(ORDER_ID)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_else(|| "<none>".into());
         reasons.insert(format!("{id}: {reason}"));
     }
     let expected: BTreeSet<String> = [
@@ -175,14 +196,15 @@ async fn every_disposition_is_observed_on_jetstream() {
 
     // The ledger holds m-ok once; the permanent failure's write was rolled back with its
     // savepoint while its failure was stored; the poison's writes were rolled back.
-    let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!("SELECT order_id FROM `{ledger}`")))
-        .fetch_all(store.pool())
-        .await
-        .expect("ledger");
+    let rows: Vec<(String,)> =
+        sqlx::query_as(AssertSqlSafe(format!("SELECT order_id FROM `{ledger}`")))
+            .fetch_all(store.pool())
+            .await
+            .expect("ledger");
     assert_eq!(rows, vec![("m-ok".to_owned(),)]);
     assert_eq!(seen.poison_runs.load(Ordering::SeqCst), 3);
     assert_eq!(
-        *seen.poison_deliveries.lock().unwrap(),
+        *seen.poison_deliveries.lock().expect("lock"),
         vec![Some(1), Some(2), Some(3), Some(4)],
         "JetStream's delivery count reaches the handler"
     );
@@ -201,9 +223,10 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
         .acquire_timeout(Duration::from_millis(200))
         .connect_lazy("mysql://root@127.0.0.1:1/test")
         .expect("lazy pool");
-    let consumer = TransactionalConsumer::new(idem_mysql::MySqlStore::from_pool(pool), "nats-unavailable")
-        .expect("consumer")
-        .with_policy(Policy::default().unavailable_delay(Duration::from_millis(100)));
+    let consumer =
+        TransactionalConsumer::new(idem_mysql::MySqlStore::from_pool(pool), "nats-unavailable")
+            .expect("consumer")
+            .with_policy(Policy::default().unavailable_delay(Duration::from_millis(100)));
     jet.publish(Some("m-1"), b"pay").await;
 
     let runs = Arc::new(AtomicUsize::new(0));
@@ -221,7 +244,9 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
                         })
                     })
                     .await;
-                seen.lock().unwrap().push((message.deliveries(), disposition));
+                seen.lock()
+                    .expect("lock")
+                    .push((message.deliveries(), disposition));
                 disposition
             }
         }
@@ -236,16 +261,33 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
         // The default ID source: JetStream's Nats-Msg-Id.
         nats::consume(&js, &pull, ConsumeOptions::default(), shutdown, handler).await
     });
-    wait_until("three deliveries", DEADLINE, || async { seen.lock().unwrap().len() >= 3 }).await;
+    wait_until("three deliveries", DEADLINE, || async {
+        seen.lock().expect("lock").len() >= 3
+    })
+    .await;
     let _ = stop.send(());
     running.await.expect("consume task").expect("consume");
 
-    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing runs without a claim");
-    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "nothing runs without a claim"
+    );
+    let seen = seen.lock().expect("lock").clone();
     for (i, (deliveries, disposition)) in seen.iter().enumerate() {
-        assert_eq!(*deliveries, Some(i as u32 + 1), "JetStream counts each nak'ed delivery");
+        assert_eq!(
+            *deliveries,
+            Some(i as u32 + 1),
+            "JetStream counts each nak'ed delivery"
+        );
         assert!(
-            matches!(disposition, Disposition::Requeue { reason: RequeueReason::StoreUnavailable, .. }),
+            matches!(
+                disposition,
+                Disposition::Requeue {
+                    reason: RequeueReason::StoreUnavailable,
+                    ..
+                }
+            ),
             "{disposition:?}"
         );
     }
@@ -262,7 +304,10 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
 fn the_id_comes_from_nats_msg_id_by_default() {
     let mut headers = nats::async_nats::HeaderMap::new();
     headers.insert(idem_consumer::NATS_MSG_ID, "m-9");
-    assert_eq!(nats::message_id(&IdSource::nats_msg_id(), Some(&headers), b"x").as_deref(), Ok("m-9"));
+    assert_eq!(
+        nats::message_id(&IdSource::nats_msg_id(), Some(&headers), b"x").as_deref(),
+        Ok("m-9")
+    );
     assert!(nats::message_id(&IdSource::nats_msg_id(), None, b"x").is_err());
     assert!(
         nats::message_id(&IdSource::AmqpMessageId, Some(&headers), b"x").is_err(),

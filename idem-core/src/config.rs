@@ -1,9 +1,15 @@
-//! How the executor behaves: lease and retention times, payload limit, waiting.
+//! How the executor behaves: lease and retention times, payload limit, waiting, and what a
+//! caller that goes away does.
 
 use std::time::Duration;
 
+use crate::attempt::CancelPolicy;
 use crate::error::{Error, InvalidInput};
 use crate::ttl::Ttl;
+
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// The executor's settings. [`Config::default`] gives what most services want.
 ///
@@ -32,16 +38,23 @@ pub struct Config {
     pub max_payload: usize,
     /// What a repeat does while the first request is still running. Default: fail fast.
     pub wait: WaitPolicy,
+    /// What happens when the caller of [`Idempotency::execute`](crate::Idempotency::execute)
+    /// goes away (its future is dropped) while the operation runs. Default:
+    /// [`CancelPolicy::Detach`]: the operation finishes on a task of its own and its outcome
+    /// is stored. [`Idempotency::execute_scoped`](crate::Idempotency::execute_scoped) always
+    /// releases.
+    pub cancel_policy: CancelPolicy,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            lease_ttl: Duration::from_secs(30),
-            success_retention: Duration::from_secs(24 * 60 * 60),
-            failure_retention: Duration::from_secs(24 * 60 * 60),
-            max_payload: 1024 * 1024,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            success_retention: DEFAULT_RETENTION,
+            failure_retention: DEFAULT_RETENTION,
+            max_payload: DEFAULT_MAX_PAYLOAD,
             wait: WaitPolicy::FailFast,
+            cancel_policy: CancelPolicy::Detach,
         }
     }
 }
@@ -75,15 +88,31 @@ impl WaitPolicy {
 }
 
 /// [`Config`] checked once, in the units stores take.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settings {
     pub(crate) lease_ttl: Ttl,
     pub(crate) success_retention: Ttl,
     pub(crate) failure_retention: Ttl,
     pub(crate) max_payload: usize,
     pub(crate) wait: WaitPolicy,
-    /// A third of the lease: two renewals may fail before the lease lapses.
-    pub(crate) renew_every: Duration,
+    pub(crate) cancel_policy: CancelPolicy,
+}
+
+/// [`Config::default`], checked at compile time.
+impl Default for Settings {
+    fn default() -> Self {
+        const fn ttl(duration: Duration) -> Ttl {
+            Ttl::from_millis_clamped(duration.as_millis() as u64)
+        }
+        Self {
+            lease_ttl: ttl(DEFAULT_LEASE_TTL),
+            success_retention: ttl(DEFAULT_RETENTION),
+            failure_retention: ttl(DEFAULT_RETENTION),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            wait: WaitPolicy::FailFast,
+            cancel_policy: CancelPolicy::Detach,
+        }
+    }
 }
 
 impl TryFrom<Config> for Settings {
@@ -109,7 +138,20 @@ impl TryFrom<Config> for Settings {
             failure_retention: Ttl::new(config.failure_retention)?,
             max_payload: config.max_payload,
             wait: config.wait,
-            renew_every: lease_ttl.as_duration() / 3,
+            cancel_policy: config.cancel_policy,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_are_the_default_config_checked() {
+        assert_eq!(
+            Settings::try_from(Config::default()).ok(),
+            Some(Settings::default())
+        );
     }
 }

@@ -70,6 +70,19 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The operation ran, but its outcome could not be stored: the lease was lost while it
+    /// ran, or the store stayed unavailable for as long as the lease lasted, or refused the
+    /// payload. The caller that ran it gets its value along with this error
+    /// ([`ExecuteError::NotRecorded`](crate::ExecuteError::NotRecorded),
+    /// [`AttemptError::NotRecorded`](crate::attempt::AttemptError::NotRecorded)); a later
+    /// request may run the operation again once the lease ends.
+    #[error("the operation ran but its outcome was not recorded: {cause}")]
+    NotRecorded {
+        /// Why the outcome could not be stored.
+        #[source]
+        cause: Box<Error>,
+    },
+
     /// A value could not be serialized or a stored value could not be deserialized into the
     /// caller's type.
     #[error("serialization failed: {source}")]
@@ -111,6 +124,13 @@ impl Error {
         }
     }
 
+    /// The operation ran, but its outcome could not be stored, because of `cause`.
+    pub fn not_recorded(cause: Error) -> Self {
+        Self::NotRecorded {
+            cause: Box::new(cause),
+        }
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::InProgress { .. })
@@ -124,14 +144,14 @@ pub enum InvalidInput {
     /// A key or namespace was empty.
     #[error("{field} is empty")]
     Empty {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
     },
     /// A key or namespace was longer than allowed.
     #[error("{field} is {len} bytes long; the limit is {max}")]
     TooLong {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
         /// Its length in bytes.
         len: usize,
         /// The limit in bytes.
@@ -140,8 +160,8 @@ pub enum InvalidInput {
     /// A key or namespace held a control character.
     #[error("{field} holds a control character at byte {at}")]
     ControlCharacter {
-        /// `"key"` or `"namespace"`.
-        field: &'static str,
+        /// Which input.
+        field: InputField,
         /// The byte offset of the character.
         at: usize,
     },
@@ -169,6 +189,28 @@ pub enum InvalidInput {
     /// A value, such as a setting, that is out of its range.
     #[error("{0}")]
     Other(&'static str),
+}
+
+/// Which input an [`InvalidInput`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InputField {
+    /// A [`Key`](crate::Key)'s namespace (shown as `namespace`).
+    Namespace,
+    /// A [`Key`](crate::Key)'s id within its namespace (shown as `key`).
+    Key,
+    /// A token [`Scope`](crate::Scope) (shown as `scope`).
+    Scope,
+}
+
+impl std::fmt::Display for InputField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Namespace => "namespace",
+            Self::Key => "key",
+            Self::Scope => "scope",
+        })
+    }
 }
 
 /// Fails with [`Error::PayloadTooLarge`] when `size` is over `limit`.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::{Error, InvalidInput};
+use crate::error::{Error, InputField, InvalidInput};
 
 /// The longest namespace or key accepted, in bytes.
 ///
@@ -37,8 +37,8 @@ impl Key {
     /// Validates and builds a key.
     pub fn new(namespace: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self, Error> {
         let (namespace, id) = (namespace.as_ref(), id.as_ref());
-        validate("namespace", namespace)?;
-        validate("key", id)?;
+        validate(InputField::Namespace, namespace)?;
+        validate(InputField::Key, id)?;
         // One exact allocation: keys are built on every request.
         let mut text = String::with_capacity(namespace.len() + id.len());
         text.push_str(namespace);
@@ -95,7 +95,7 @@ impl fmt::Display for Key {
     }
 }
 
-pub(crate) fn validate(field: &'static str, value: &str) -> Result<(), InvalidInput> {
+pub(crate) fn validate(field: InputField, value: &str) -> Result<(), InvalidInput> {
     if value.is_empty() {
         return Err(InvalidInput::Empty { field });
     }
@@ -139,9 +139,16 @@ mod tests {
     fn rejects_empty_parts() {
         assert_eq!(
             rejection("", "k"),
-            InvalidInput::Empty { field: "namespace" }
+            InvalidInput::Empty {
+                field: InputField::Namespace
+            }
         );
-        assert_eq!(rejection("n", ""), InvalidInput::Empty { field: "key" });
+        assert_eq!(
+            rejection("n", ""),
+            InvalidInput::Empty {
+                field: InputField::Key
+            }
+        );
     }
 
     #[test]
@@ -150,7 +157,7 @@ mod tests {
         assert_eq!(
             rejection("n", &too_long),
             InvalidInput::TooLong {
-                field: "key",
+                field: InputField::Key,
                 len: 256,
                 max: MAX_KEY_LEN
             }
@@ -158,7 +165,7 @@ mod tests {
         assert!(matches!(
             rejection(&"n".repeat(256), "k"),
             InvalidInput::TooLong {
-                field: "namespace",
+                field: InputField::Namespace,
                 ..
             }
         ));
@@ -169,14 +176,14 @@ mod tests {
         assert_eq!(
             rejection("n", "ab\ncd"),
             InvalidInput::ControlCharacter {
-                field: "key",
+                field: InputField::Key,
                 at: 2
             }
         );
         assert!(matches!(
             rejection("n\0", "k"),
             InvalidInput::ControlCharacter {
-                field: "namespace",
+                field: InputField::Namespace,
                 at: 1
             }
         ));

@@ -33,6 +33,8 @@
 //! ## Example
 //!
 //! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
 //! use idem_core::{Fingerprint, Idempotency, Key, Retryable};
 //! use idem_memory::MemoryStore; // or idem-redis, idem-mysql, your own store
 //!
@@ -50,24 +52,39 @@
 //! let key = Key::new("charges", "order-1042")?;
 //! let fingerprint = Some(Fingerprint::of(&("order-1042", 4_999))?);
 //!
-//! let mut runs = 0;
+//! let runs = Arc::new(AtomicU32::new(0));
 //! for _ in 0..3 {
+//!     let runs = Arc::clone(&runs);
+//!     // The operation owns what it uses: it runs to the end even if this caller goes away.
 //!     let receipt = idem
-//!         .execute(&key, fingerprint, || async {
-//!             runs += 1;
+//!         .execute(&key, fingerprint, move || async move {
+//!             runs.fetch_add(1, Ordering::SeqCst);
 //!             Ok::<_, ChargeError>(Receipt { charge_id: 77 })
 //!         })
 //!         .await
 //!         .expect("charged");
 //!     assert_eq!(receipt, Receipt { charge_id: 77 });
 //! }
-//! assert_eq!(runs, 1); // the charge ran once; the repeats were replayed
+//! assert_eq!(runs.load(Ordering::SeqCst), 1); // the charge ran once; the repeats were replayed
 //! # Ok::<(), idem_core::Error>(())
 //! # }).unwrap();
 //! ```
+//!
+//! ## When a caller goes away
+//!
+//! Once a key is acquired and its operation started, a caller that goes away (its future
+//! dropped: a timeout, a client that disconnected) never causes a second run. By default the
+//! operation runs on a task of its own and finishes; its outcome is stored and replayed
+//! ([`attempt::CancelPolicy::Detach`]). Operations known to have no effect until they
+//! finish may opt into [`attempt::CancelPolicy::Release`] (the key is freed at once), the
+//! only policy for operations that borrow from their caller
+//! ([`Idempotency::execute_scoped`]). The [`attempt`] module is the engine behind both, for
+//! every integration (executor, HTTP layer, message consumers).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+pub mod adapter;
+pub mod attempt;
 mod claim;
 mod config;
 mod error;
@@ -84,7 +101,7 @@ mod ttl;
 
 pub use claim::{Claim, ClaimRequest};
 pub use config::{Config, WaitPolicy};
-pub use error::{BoxError, Error, InvalidInput, check_payload};
+pub use error::{BoxError, Error, InputField, InvalidInput, check_payload};
 pub use executor::{ExecuteError, Execution, Idempotency};
 pub use fingerprint::Fingerprint;
 pub use key::{Key, MAX_KEY_LEN};

@@ -54,74 +54,53 @@ use crate::ttl::Ttl;
 ///
 /// A store that answers every claim with "acquired" and keeps nothing compiles, and the
 /// conformance suite rejects it; a real one keeps state. This one keeps it in a
-/// `Mutex<HashMap>` on top of the pure state machine in [`lifecycle`](crate::lifecycle):
+/// `Mutex<HashMap>`: it says how to update one key atomically, and the core's
+/// [`LifecycleStore`](crate::adapter::LifecycleStore) runs the pure state machine in
+/// [`lifecycle`](crate::lifecycle) on it for every method of this trait:
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use std::time::Instant;
-/// use idem_core::{
-///     async_trait, lifecycle, Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key,
-///     Lease, Record, Ttl,
-/// };
+/// use idem_core::adapter::{EntryMap, LifecycleStore};
+/// use idem_core::lifecycle::{Entry, Step, Write};
+/// use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Ttl};
 ///
 /// #[derive(Debug)]
-/// struct MapStore {
+/// struct LockedMap {
 ///     started: Instant,
-///     entries: Mutex<HashMap<Key, lifecycle::Entry>>,
+///     entries: Mutex<HashMap<Key, Entry>>,
 /// }
 ///
-/// impl MapStore {
+/// impl EntryMap for LockedMap {
 ///     fn now(&self) -> u64 {
 ///         self.started.elapsed().as_millis() as u64
 ///     }
 ///
-///     /// Runs one transition of the state machine on one key, atomically.
-///     fn step<T>(
+///     /// One update under the lock: the whole of this store's atomicity.
+///     async fn update<T: Send>(
 ///         &self,
 ///         key: &Key,
-///         transition: impl FnOnce(Option<&lifecycle::Entry>, u64) -> lifecycle::Step<T>,
+///         step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
 ///     ) -> Result<T, Error> {
-///         let now = self.now();
 ///         let mut entries = self.entries.lock().map_err(|_| Error::backend("poisoned"))?;
-///         let current = entries.get(key).filter(|e| !e.is_expired(now));
-///         let step = transition(current, now);
+///         let step = step(entries.get(key));
 ///         match step.write {
-///             lifecycle::Write::Keep => {}
-///             lifecycle::Write::Put(entry) => { entries.insert(key.clone(), entry); }
-///             lifecycle::Write::Remove => { entries.remove(key); }
+///             Write::Keep => {}
+///             Write::Put(entry) => { entries.insert(key.clone(), entry); }
+///             Write::Remove => { entries.remove(key); }
 ///         }
 ///         step.answer
 ///     }
-/// }
 ///
-/// #[async_trait]
-/// impl IdempotencyStore for MapStore {
-///     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-///         self.step(&request.key, |current, now| lifecycle::claim(current, request, now))
-///     }
-///     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
-///         self.step(&lease.key, |current, now| lifecycle::complete(current, lease, response, retention, now))
-///     }
-///     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
-///         self.step(&lease.key, |current, now| lifecycle::fail(current, lease, failure, retention, now))
-///     }
-///     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
-///         self.step(&lease.key, |current, now| lifecycle::renew(current, lease, ttl, now))
-///     }
-///     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-///         self.step(&lease.key, |current, now| lifecycle::release(current, lease, now))
-///     }
-///     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
-///         self.step(key, |current, now| lifecycle::Step::keep(Ok(current.and_then(|e| e.record(key, now)))))
-///     }
-///     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-///         self.step(key, |current, now| lifecycle::remove(current, key, now))
+///     async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {
+///         let entries = self.entries.lock().map_err(|_| Error::backend("poisoned"))?;
+///         Ok(entries.get(key).cloned())
 ///     }
 /// }
 ///
-/// # tokio_test_block_on(async {
-/// let store = MapStore { started: Instant::now(), entries: Default::default() };
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let store = LifecycleStore::new(LockedMap { started: Instant::now(), entries: Default::default() });
 /// let request = ClaimRequest::new(Key::new("demo", "k1")?, Ttl::from_secs(30)?);
 /// let Claim::Acquired(lease) = store.claim(&request).await? else { panic!("fresh key") };
 /// store.complete(&lease, Bytes::from_static(b"done"), Ttl::from_secs(60)?).await?;
@@ -129,9 +108,6 @@ use crate::ttl::Ttl;
 /// assert_eq!(store.claim(&again).await?, Claim::Completed(Bytes::from_static(b"done")));
 /// # Ok::<(), Error>(())
 /// # }).unwrap();
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
-/// # }
 /// ```
 #[async_trait]
 pub trait IdempotencyStore: Debug + Send + Sync + 'static {

@@ -24,7 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::error::{Error, InvalidInput};
+use crate::error::{Error, InputField, InvalidInput};
 use crate::key::{self, Key};
 use crate::ttl::Ttl;
 
@@ -92,7 +92,7 @@ impl Scope {
     /// control characters.
     pub fn new(scope: impl Into<String>) -> Result<Self, Error> {
         let scope = scope.into();
-        key::validate("scope", &scope)?;
+        key::validate(InputField::Scope, &scope)?;
         Ok(Self(scope))
     }
 
@@ -257,8 +257,8 @@ impl<S: TokenStore> Tokens<S> {
         Self {
             store,
             generator: Arc::new(UuidV7Tokens),
-            ttl: Ttl::new(Self::DEFAULT_TTL)
-                .unwrap_or_else(|_| unreachable!("30 minutes is a valid TTL")),
+            // In range by construction: no `Result` to handle.
+            ttl: Ttl::from_millis_clamped(Self::DEFAULT_TTL.as_secs() * 1000),
         }
     }
 

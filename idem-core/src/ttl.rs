@@ -33,6 +33,19 @@ impl Ttl {
         Ok(Self(u64::try_from(millis).unwrap_or(u64::MAX)))
     }
 
+    /// A TTL of `millis` milliseconds, brought into range: zero becomes one millisecond,
+    /// anything over [`Ttl::MAX`] becomes `MAX`. For constants that need no `Result`.
+    pub const fn from_millis_clamped(millis: u64) -> Self {
+        const MAX_MILLIS: u64 = Ttl::MAX.as_secs() * 1000;
+        if millis == 0 {
+            Self(1)
+        } else if millis > MAX_MILLIS {
+            Self(MAX_MILLIS)
+        } else {
+            Self(millis)
+        }
+    }
+
     /// A TTL of whole seconds.
     pub fn from_secs(secs: u64) -> Result<Self, Error> {
         Self::new(Duration::from_secs(secs))
@@ -87,6 +100,14 @@ mod tests {
             Err(Error::InvalidInput(InvalidInput::TtlOutOfRange { .. }))
         ));
         assert!(Ttl::new(Ttl::MAX).is_ok());
+    }
+
+    #[test]
+    fn clamped_constructor_stays_in_range() {
+        assert_eq!(Ttl::from_millis_clamped(0).as_millis(), 1);
+        assert_eq!(Ttl::from_millis_clamped(1500).as_millis(), 1500);
+        let max = Ttl::new(Ttl::MAX).map(Ttl::as_millis).ok();
+        assert_eq!(Some(Ttl::from_millis_clamped(u64::MAX).as_millis()), max);
     }
 
     #[test]

@@ -1,15 +1,122 @@
-//! Buffering request and response bodies under a limit.
+//! Bodies: buffering requests and responses under a limit, and the layer's response body.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
 use http::Response;
 use http::response::Parts;
-use http_body::{Frame, SizeHint};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::BoxError;
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of every response the layer returns: a buffered body (a stored or replayed
+    /// response, or the layer's own answer), the inner service's body passed through
+    /// untouched, or an oversized body streamed on after the part the layer read.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    enum Kind<B> {
+        Full { data: Option<Bytes> },
+        Inner { #[pin] body: B },
+        Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn full(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    fn prefixed(prefix: Bytes, rest: Pin<Box<B>>) -> Self {
+        Self {
+            kind: Kind::Prefixed {
+                prefix: Some(prefix),
+                rest,
+            },
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Full { .. } => "full",
+            Kind::Inner { .. } => "inner",
+            Kind::Prefixed { .. } => "prefixed",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProjection::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProjection::Inner { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProjection::Prefixed { prefix, rest } => {
+                if let Some(prefix) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
+                }
+                rest.as_mut().poll_frame(cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full { data } => data.is_none(),
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Prefixed { prefix, rest } => {
+                let prefix = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(prefix));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(prefix));
+                }
+                hint
+            }
+        }
+    }
+}
 
 /// Why a request body could not be buffered.
 pub(crate) enum RequestBodyError {
@@ -22,7 +129,7 @@ pub(crate) enum RequestBodyError {
 /// Reads a whole request body, up to `limit` bytes.
 pub(crate) async fn buffer_request<B>(body: B, limit: usize) -> Result<Bytes, RequestBodyError>
 where
-    B: HttpBody<Data = Bytes>,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     match Limited::new(body, limit).collect().await {
@@ -33,24 +140,25 @@ where
 }
 
 /// A response body read as far as the limit allows.
-pub(crate) enum BufferedResponse {
+pub(crate) enum BufferedResponse<B> {
     /// The whole body. Trailers, if any, are dropped.
     Complete(Parts, Bytes),
-    /// Over the limit: the response, still streaming, with what was read put back in front.
-    TooLarge(Response<Body>),
+    /// Over the limit: the response, still streaming, with what was read put back in
+    /// front; and how many bytes were read.
+    TooLarge(Response<ResponseBody<B>>, u64),
     /// The body failed mid-way.
     Unreadable(BoxError),
 }
 
 /// Reads a whole response body, up to `limit` bytes.
-pub(crate) async fn buffer_response<B>(response: Response<B>, limit: usize) -> BufferedResponse
+pub(crate) async fn buffer_response<B>(response: Response<B>, limit: usize) -> BufferedResponse<B>
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     let (parts, body) = response.into_parts();
-    let mut body = Body::new(body);
     let mut collected = BytesMut::new();
+    let mut body = Box::pin(body);
     loop {
         let data = match body.frame().await {
             None => return BufferedResponse::Complete(parts, collected.freeze()),
@@ -60,49 +168,25 @@ where
                 Err(_trailers) => continue,
             },
         };
+        if collected.is_empty() && body.is_end_stream() {
+            // The common case, one frame: keep its bytes as they are.
+            if data.len() > limit {
+                let size = data.len() as u64;
+                return BufferedResponse::TooLarge(
+                    Response::from_parts(parts, ResponseBody::prefixed(data, body)),
+                    size,
+                );
+            }
+            return BufferedResponse::Complete(parts, data);
+        }
         collected.extend_from_slice(&data);
         if collected.len() > limit {
-            let rest = Prefixed {
-                prefix: Some(collected.freeze()),
-                rest: body,
-            };
-            return BufferedResponse::TooLarge(Response::from_parts(parts, Body::new(rest)));
+            let size = collected.len() as u64;
+            let read = collected.freeze();
+            return BufferedResponse::TooLarge(
+                Response::from_parts(parts, ResponseBody::prefixed(read, body)),
+                size,
+            );
         }
-    }
-}
-
-/// A body that yields `prefix`, then the rest of a partly read body.
-struct Prefixed {
-    prefix: Option<Bytes>,
-    rest: Body,
-}
-
-impl HttpBody for Prefixed {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(prefix));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(prefix));
-        }
-        hint
     }
 }

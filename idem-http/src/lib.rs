@@ -1,67 +1,81 @@
 //! # idem-http
 //!
-//! A tower [`Layer`](tower_layer::Layer) that makes HTTP endpoints idempotent, following
-//! the IETF draft *The Idempotency-Key HTTP Header Field*, on any idem
+//! A tower [`Layer`](tower_layer::Layer) that makes HTTP endpoints idempotent with the
+//! `Idempotency-Key` header, following the IETF draft *The Idempotency-Key HTTP Header
+//! Field* (draft-ietf-httpapi-idempotency-key-header-06), on any idem
 //! [`IdempotencyStore`](idem_core::IdempotencyStore) (memory, Redis, MySQL, your own).
 //!
-//! Use it in front of non-idempotent endpoints (creating a payment, placing an order)
-//! whose clients retry: a retry with the same `Idempotency-Key` gets the first response
-//! back instead of running the handler again. It works with axum, or any tower service
-//! taking `Request<axum::body::Body>`.
+//! Put it in front of non-idempotent endpoints (creating a payment, placing an order) whose
+//! clients retry: a retry with the same key gets the first response back instead of running
+//! the handler again. It works with axum or any tower service whose request body can be
+//! rebuilt from bytes (`From<Bytes>`), and depends on `http`, `http-body` and tower only.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicUsize, Ordering};
 //! use axum::{Router, body::Body, routing::post};
 //! use http::{Request, StatusCode};
-//! use idem_http::IdempotencyLayer;
+//! use idem_http::{IdempotencyLayer, KeyScope};
 //! use idem_memory::MemoryStore;
 //! use tower::ServiceExt;
+//!
+//! /// Who is calling: the app's auth layer puts it in the request's extensions.
+//! #[derive(Clone)]
+//! struct Account(String);
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! let charges = Arc::new(AtomicUsize::new(0));
 //! let counter = Arc::clone(&charges);
+//! let idempotency = IdempotencyLayer::builder(
+//!     MemoryStore::new(),
+//!     KeyScope::principal(|account: &Account| account.0.clone()),
+//! )
+//! .require_key(true)
+//! .build()?;
 //! let app = Router::new()
 //!     .route("/charges", post(move |body: String| async move {
 //!         counter.fetch_add(1, Ordering::SeqCst);
 //!         (StatusCode::CREATED, format!("charged {body}"))
 //!     }))
-//!     .layer(IdempotencyLayer::new(MemoryStore::new()).required(true));
+//!     .layer(idempotency);
 //!
 //! for _ in 0..2 {
-//!     let request = Request::post("/charges")
-//!         .header("Idempotency-Key", "\"order-1042\"")
-//!         .body(Body::from("4999"))
-//!         .unwrap();
-//!     let response = app.clone().oneshot(request).await.unwrap();
+//!     let mut request = Request::post("/charges")
+//!         .header("Idempotency-Key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
+//!         .body(Body::from("4999"))?;
+//!     request.extensions_mut().insert(Account("acct-17".into())); // your auth layer's job
+//!     let response = app.clone().oneshot(request).await?;
 //!     assert_eq!(response.status(), StatusCode::CREATED);
 //! }
 //! assert_eq!(charges.load(Ordering::SeqCst), 1); // the second was replayed
-//! # });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 //!
-//! ## Behaviour
+//! `cargo run -p idem-http --example http_server` serves this on loopback, on the memory
+//! store (Redis with `IDEM_REDIS_URL`); the README has the curl commands.
 //!
-//! - Only the configured methods (POST and PATCH by default) are handled; others pass
-//!   through untouched. So do requests without the header, unless it is
-//!   [`required`](IdempotencyLayer::required) (then 400).
-//! - The key is the header value (quoted as the draft shows, or bare) in a namespace,
-//!   `"http"` or [computed per request](IdempotencyLayer::namespace_with). An invalid key
-//!   (empty, over 255 bytes, control characters, several headers) is 400.
-//! - The request body is buffered (1 MiB by default, larger is 413) and fingerprinted with
-//!   the method, path and query: the same key on a different request is 422.
-//! - The first request runs the handler, its lease renewed meanwhile. Its status, body and
-//!   `Content-Type`, `Location` (plus [configured](IdempotencyLayer::replay_header)) headers
-//!   are stored for 24 h; every repeat gets them back byte for byte, with
-//!   `Idempotent-Replayed: true`. A repeat while the first still runs gets 409 with
-//!   `Retry-After`.
-//! - The key is released, so a retry runs the handler again, when the response is 5xx
-//!   (unless [`store_server_errors`](IdempotencyLayer::store_server_errors)), when the
-//!   inner service fails, when the response body is over the storable size (1 MiB by
-//!   default; that response is passed on unstored), and when the request is cancelled.
-//! - Store errors answer 503 (unavailable) or 500; a stored response that does not
-//!   decode is logged and answers 500. The layer's own answers are
-//!   `application/problem+json`.
+//! ## Behaviour, next to the draft and Stripe
+//!
+//! | | the draft says | Stripe | idem-http |
+//! |---|---|---|---|
+//! | key syntax | "an Item Structured Header … Its value MUST be a String" (Syntax) | any string up to 255 characters, unquoted | a structured-field string (`"…"`), 1 to 255 bytes, no parameters; else 400 [`INVALID_KEY`](problem::INVALID_KEY). Bare keys only with [`allow_bare_keys`](IdempotencyLayerBuilder::allow_bare_keys), and then only token characters (`"abc`, `"k";x=1`, `a, b` stay 400) |
+//! | whose key | keys are generated by the client and should be unique (Uniqueness); silent on scoping | keys are per account | scoped by the application's principal ([`KeyScope::principal`]) or, stated explicitly, [`KeyScope::global`]; route (method + path template) included by default |
+//! | missing key | "SHOULD reply with an HTTP 400 status code with body containing a link pointing to relevant documentation" (Error Scenarios), where the key is required | optional: no key, no idempotency | optional by default; 400 [`MISSING_KEY`](problem::MISSING_KEY) with [`require_key`](IdempotencyLayerBuilder::require_key) |
+//! | first request | "process the request normally" (Idempotency Enforcement) | runs it | runs the handler once, its lease renewed meanwhile |
+//! | a repeat | "SHOULD respond with the result of the previously completed operation, success or an error" (Idempotency Enforcement) | "saves the resulting status code and body of the first request … regardless of whether it succeeds or fails" | replays status, body and `Content-Type`, `Location` (plus [configured](IdempotencyLayerBuilder::replay_header) headers) byte for byte, with `Idempotent-Replayed: true` |
+//! | same key, other request | "SHOULD reply with a HTTP 422 status code with body containing a link" (Error Scenarios) | an `idempotency_error` | 422 [`KEY_REUSED`](problem::KEY_REUSED); the request is method, path, query and body (headers are left out: proxies rewrite them) |
+//! | while the first runs | "SHOULD reply with an HTTP 409 status code with body containing problem description" (Error Scenarios) | 409 | 409 [`IN_PROGRESS`](problem::IN_PROGRESS) with `Retry-After` = the handler's usual run time on this route (never more than the lease has left); or, with [`wait`](IdempotencyLayerBuilder::wait), the duplicate waits for the outcome up to a deadline and gets the replay |
+//! | which outcomes are stored | "success or an error" | every result once the endpoint started, 500s included; validation failures and concurrency conflicts are not saved | 2xx, 3xx, 4xx stored; 408, 409, 425, 429, 503 ("try again") and the layer's own answers never; other 5xx stored by default, like Stripe ([`server_errors`](IdempotencyLayerBuilder::server_errors)); any status overridable ([`status`](IdempotencyLayerBuilder::status)) |
+//! | a response too large to store | silent | n/a | never a second run: a marker is stored, the first client gets the response ([`OversizedResponse::PassOn`], the default) or a problem ([`OversizedResponse::Refuse`]), retries get 500 [`RESPONSE_NOT_STORED`](problem::RESPONSE_NOT_STORED) |
+//! | expiry | "MAY enforce time based idempotency keys" and "SHOULD publish expiration policy" (Validity and Expiry) | keys kept at least 24 hours | 24 h ([`retention`](IdempotencyLayerBuilder::retention)) |
+//! | error format | problem details (RFC 7807/9457) in its examples | Stripe's own JSON errors | `application/problem+json` with a `type` link into [`problem`] |
+//!
+//! Other cases: methods other than POST and PATCH pass through untouched
+//! ([`methods`](IdempotencyLayerBuilder::methods)); a request body over 1 MiB is 413
+//! ([`max_request_body`](IdempotencyLayerBuilder::max_request_body)); an inner service
+//! error, or a response body that fails mid-way, frees the key; a store that does not
+//! answer is 503 [`STORE_UNAVAILABLE`](problem::STORE_UNAVAILABLE).
 //!
 //! ## Limits
 //!
@@ -70,12 +84,26 @@
 #![deny(missing_docs)]
 
 mod body;
+mod builder;
+mod estimate;
 mod fingerprint;
-mod guard;
+mod header;
+mod key_header;
 mod layer;
-mod problem;
+mod policy;
+pub mod problem;
 mod record;
+mod scope;
 mod service;
+mod settings;
+mod settle;
 
-pub use layer::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, IdempotencyLayer};
+pub use body::ResponseBody;
+pub use builder::IdempotencyLayerBuilder;
+pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
+pub use idem_core::WaitPolicy;
+pub use idem_core::attempt::CancelPolicy;
+pub use layer::IdempotencyLayer;
+pub use policy::{OversizedResponse, Storage};
+pub use scope::KeyScope;
 pub use service::{IdempotencyService, ResponseFuture};

@@ -1,21 +1,76 @@
-//! The responses the layer answers with itself, as RFC 9457 problem details (the draft
-//! recommends them).
+//! The layer's own answers: RFC 9457 problem details (`application/problem+json`), as the
+//! draft recommends, each with a `type` link to its entry below.
+//!
+//! None of them is ever stored: a retry after one gets a fresh answer.
+//!
+//! | `type` | status | when |
+//! |---|---|---|
+//! | [`MISSING_KEY`] | 400 | the route requires a key and the request has none |
+//! | [`INVALID_KEY`] | 400 | the header is not one structured-field string of 1 to 255 visible characters |
+//! | [`KEY_REUSED`] | 422 | the key was used before with a different request (method, path, query, body) |
+//! | [`IN_PROGRESS`] | 409 | the first request with the key is still running; `Retry-After` says when to ask again |
+//! | [`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit |
+//! | [`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
+//! | [`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
+//! | [`RESPONSE_FAILED`] | 500 | the handler's response body failed while being read; nothing was stored and the key was freed |
+//! | [`NO_SCOPE`] | 500 | the request carries no principal to scope its key (the auth layer must run first) |
+//! | [`STORE_UNAVAILABLE`] | 503 | the idempotency store did not answer |
+//! | [`STORE_FAILED`] | 500 | the idempotency store failed, or a stored response does not decode |
 
 use std::time::Duration;
 
-use axum::body::Body;
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use idem_core::Error;
 
-/// A `application/problem+json` response.
-pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+/// The base of every problem `type`: this module's documentation.
+const BASE: &str = "https://docs.rs/idem-http/latest/idem_http/problem/index.html#";
+
+macro_rules! problem_types {
+    ($($(#[$doc:meta])* $name:ident = $anchor:literal;)*) => {
+        $($(#[$doc])* pub const $name: &str = concat!(
+            "https://docs.rs/idem-http/latest/idem_http/problem/index.html#", $anchor
+        );)*
+    };
+}
+
+problem_types! {
+    /// 400: the route requires an `Idempotency-Key` and the request has none.
+    MISSING_KEY = "missing-key";
+    /// 400: the `Idempotency-Key` is malformed: not exactly one structured-field string
+    /// (`"…"`, double quotes included), empty, over 255 bytes, or with parameters.
+    INVALID_KEY = "invalid-key";
+    /// 422: the key was already used with a different request.
+    KEY_REUSED = "key-reused";
+    /// 409: a request with this key is still being processed.
+    IN_PROGRESS = "in-progress";
+    /// 413: the request body is over the limit for idempotent requests.
+    REQUEST_TOO_LARGE = "request-too-large";
+    /// 400: the request body could not be read.
+    REQUEST_UNREADABLE = "request-unreadable";
+    /// 500: the first request with this key ran, but its response was over the storable
+    /// size; it is not replayed, and the handler does not run again for this key.
+    RESPONSE_NOT_STORED = "response-not-stored";
+    /// 500: the handler's response body failed while being read; the key was freed.
+    RESPONSE_FAILED = "response-failed";
+    /// 500: the request carries no principal to scope its key.
+    NO_SCOPE = "no-scope";
+    /// 503: the idempotency store is unavailable.
+    STORE_UNAVAILABLE = "store-unavailable";
+    /// 500: the idempotency store failed.
+    STORE_FAILED = "store-failed";
+}
+
+/// A `application/problem+json` response whose body is already bytes.
+pub(crate) fn problem(status: StatusCode, kind: &str, detail: &str) -> Response<Bytes> {
+    debug_assert!(kind.starts_with(BASE));
     let body = serde_json::json!({
-        "type": "about:blank",
+        "type": kind,
         "title": status.canonical_reason().unwrap_or("Error"),
         "status": status.as_u16(),
         "detail": detail,
     });
-    let mut response = Response::new(Body::from(body.to_string()));
+    let mut response = Response::new(Bytes::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -26,23 +81,28 @@ pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 
 /// 409 while the first request with the key still runs, with `Retry-After` in whole
 /// seconds, rounded up and at least one so clients do not spin.
-pub(crate) fn in_progress(retry_after: Duration) -> Response<Body> {
+pub(crate) fn in_progress(retry_after: Duration) -> Response<Bytes> {
     let mut response = problem(
         StatusCode::CONFLICT,
+        IN_PROGRESS,
         "a request with this Idempotency-Key is still being processed",
     );
-    let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+    let seconds = u64::try_from(retry_after.as_millis().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1);
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     response
 }
 
-/// Maps a store error to the response the client gets.
-pub(crate) fn store_error(error: &Error) -> Response<Body> {
+/// Maps a store error to the client's answer. `InProgress` is answered by the caller,
+/// which knows a better `Retry-After`.
+pub(crate) fn store_error(error: &Error) -> Response<Bytes> {
     match error {
         Error::FingerprintMismatch => problem(
             StatusCode::UNPROCESSABLE_ENTITY,
+            KEY_REUSED,
             "this Idempotency-Key was already used with a different request",
         ),
         Error::InProgress { retry_after } => in_progress(*retry_after),
@@ -50,6 +110,7 @@ pub(crate) fn store_error(error: &Error) -> Response<Body> {
             tracing::warn!(%error, "idempotency store unavailable");
             problem(
                 StatusCode::SERVICE_UNAVAILABLE,
+                STORE_UNAVAILABLE,
                 "the idempotency store is unavailable; retry later",
             )
         }
@@ -57,8 +118,41 @@ pub(crate) fn store_error(error: &Error) -> Response<Body> {
             tracing::error!(%error, "idempotency store failed");
             problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                STORE_FAILED,
                 "the idempotency store failed",
             )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_links_its_type() {
+        let response = problem(StatusCode::BAD_REQUEST, INVALID_KEY, "bad");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body()).expect("problem JSON");
+        assert_eq!(body["type"], INVALID_KEY);
+        assert!(INVALID_KEY.ends_with("#invalid-key"));
+        assert_eq!(body["status"], 400);
+        assert_eq!(body["detail"], "bad");
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_at_least_one() {
+        for (wait, seconds) in [(0, "1"), (1, "1"), (1000, "1"), (1001, "2"), (2500, "3")] {
+            let response = in_progress(Duration::from_millis(wait));
+            assert_eq!(
+                response.headers()[header::RETRY_AFTER],
+                seconds,
+                "{wait} ms"
+            );
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The stored form of a response: status, selected headers and body, in a small binary
-//! layout, so binary bodies are kept byte for byte without base64 or JSON escaping.
+//! layout, so binary bodies are kept byte for byte without base64 or JSON escaping; or the
+//! marker left by a response too large to store.
 //!
 //! ```text
 //! b"IH1"  status:u16  header_count:u16  { name_len:u16 name  value_len:u32 value }*  body
+//! b"IHM"  status:u16  size:u64          (a response of `size` bytes or more, not stored)
 //! ```
 //! All integers are big-endian; the body is everything after the last header.
 
@@ -11,6 +13,48 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 /// Marks the layout's version: a record of another version is refused, not misread.
 const MAGIC: &[u8; 3] = b"IH1";
+
+/// Marks a response that ran but was too large to store.
+const MARKER: &[u8; 3] = b"IHM";
+
+/// What a key's record holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredOutcome {
+    /// The response, to replay.
+    Response(StoredResponse),
+    /// The handler ran and answered `status`, but its body was over the storable size.
+    TooLarge {
+        /// The handler's status.
+        status: StatusCode,
+        /// How many body bytes had been read when the limit was passed.
+        size: u64,
+    },
+}
+
+impl StoredOutcome {
+    /// Decodes either layout.
+    pub(crate) fn decode(stored: &Bytes) -> Result<Self, &'static str> {
+        if stored.starts_with(MARKER) {
+            let mut reader = Reader {
+                stored,
+                at: MARKER.len(),
+            };
+            let status = StatusCode::from_u16(reader.u16()?).map_err(|_| "invalid status code")?;
+            let size = reader.u64()?;
+            return Ok(Self::TooLarge { status, size });
+        }
+        StoredResponse::decode(stored).map(Self::Response)
+    }
+
+    /// The marker for a response of `status` that was over the storable size.
+    pub(crate) fn encode_too_large(status: StatusCode, size: u64) -> Bytes {
+        let mut out = BytesMut::with_capacity(MARKER.len() + 10);
+        out.put_slice(MARKER);
+        out.put_u16(status.as_u16());
+        out.put_u64(size);
+        out.freeze()
+    }
+}
 
 /// A response as stored and replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +140,11 @@ impl<'a> Reader<'a> {
         let bytes = self.take(4)?;
         Ok(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
+
+    fn u64(&mut self) -> Result<u64, &'static str> {
+        let bytes: [u8; 8] = self.take(8)?.try_into().map_err(|_| "truncated record")?;
+        Ok(u64::from_be_bytes(bytes))
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +185,25 @@ mod tests {
         };
         let encoded = record.encode().expect("encodes");
         assert_eq!(StoredResponse::decode(&encoded), Ok(record));
+    }
+
+    #[test]
+    fn the_too_large_marker_round_trips_and_is_no_response() {
+        let marker = StoredOutcome::encode_too_large(StatusCode::CREATED, 1 << 40);
+        assert_eq!(
+            StoredOutcome::decode(&marker),
+            Ok(StoredOutcome::TooLarge {
+                status: StatusCode::CREATED,
+                size: 1 << 40
+            })
+        );
+        assert!(StoredResponse::decode(&marker).is_err());
+        assert!(StoredOutcome::decode(&marker.slice(..8)).is_err());
+        let response = sample().encode().expect("encodes");
+        assert_eq!(
+            StoredOutcome::decode(&response),
+            Ok(StoredOutcome::Response(sample()))
+        );
     }
 
     #[test]

@@ -1,41 +1,73 @@
 //! The service: claim, run once, store, replay.
 
-use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode};
-use idem_core::{BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput, Key, Lease};
+use http_body::Body;
+use idem_core::attempt::{AttemptError, Engine};
+use idem_core::{
+    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
+    WaitPolicy,
+};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::{BufferedResponse, RequestBodyError, buffer_request, buffer_response};
+use crate::body::{
+    BufferedResponse, RequestBodyError, ResponseBody, buffer_request, buffer_response,
+};
+use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
-use crate::guard::ReleaseOnDrop;
-use crate::layer::{IDEMPOTENT_REPLAYED, Settings};
-use crate::problem::{in_progress, problem, store_error};
-use crate::record::StoredResponse;
+use crate::header::IDEMPOTENT_REPLAYED;
+use crate::key_header::{KeyHeader, read_key};
+use crate::layer::IdempotencyLayer;
+use crate::policy::OversizedResponse;
+use crate::problem::{self, in_progress, problem, store_error};
+use crate::record::StoredOutcome;
+use crate::scope::route;
+use crate::settings::Settings;
+use crate::settle::SettleResponse;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer): wraps `Inner` so each
 /// request with an `Idempotency-Key` runs it at most once and repeats get the first
 /// response back.
 pub struct IdempotencyService<S, Inner> {
-    store: Arc<S>,
-    settings: Arc<Settings>,
+    shared: Shared<S>,
     inner: Inner,
 }
 
-impl<S, Inner> IdempotencyService<S, Inner> {
-    pub(crate) fn new(store: Arc<S>, settings: Arc<Settings>, inner: Inner) -> Self {
+/// What every request of a service shares: `Sync`, so a request's future can borrow it
+/// across awaits while the inner service (which need not be `Sync`) is busy.
+struct Shared<S> {
+    engine: Engine<S>,
+    settings: Arc<Settings>,
+    runs: Arc<RunTimes>,
+}
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
         Self {
-            store,
-            settings,
+            engine: self.engine.clone(),
+            settings: Arc::clone(&self.settings),
+            runs: Arc::clone(&self.runs),
+        }
+    }
+}
+
+impl<S, Inner> IdempotencyService<S, Inner> {
+    pub(crate) fn new(layer: IdempotencyLayer<S>, inner: Inner) -> Self {
+        Self {
+            shared: Shared {
+                engine: layer.engine,
+                settings: layer.settings,
+                runs: layer.runs,
+            },
             inner,
         }
     }
@@ -44,8 +76,7 @@ impl<S, Inner> IdempotencyService<S, Inner> {
 impl<S, Inner: Clone> Clone for IdempotencyService<S, Inner> {
     fn clone(&self) -> Self {
         Self {
-            store: Arc::clone(&self.store),
-            settings: Arc::clone(&self.settings),
+            shared: self.shared.clone(),
             inner: self.inner.clone(),
         }
     }
@@ -54,30 +85,31 @@ impl<S, Inner: Clone> Clone for IdempotencyService<S, Inner> {
 impl<S: fmt::Debug, Inner: fmt::Debug> fmt::Debug for IdempotencyService<S, Inner> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
-            .field("store", &self.store)
-            .field("settings", &self.settings)
+            .field("engine", &self.shared.engine)
+            .field("settings", &self.shared.settings)
             .field("inner", &self.inner)
             .finish()
     }
 }
 
 /// The future of [`IdempotencyService`].
-pub type ResponseFuture<E> = Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>;
+pub type ResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
 impl<S, Inner, ReqBody, ResBody> Service<Request<ReqBody>> for IdempotencyService<S, Inner>
 where
     S: IdempotencyStore,
-    Inner: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     Inner::Future: Send + 'static,
     Inner::Error: Send + 'static,
-    ReqBody: HttpBody<Data = Bytes> + Send + 'static,
+    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<Body>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = Inner::Error;
-    type Future = ResponseFuture<Inner::Error>;
+    type Future = ResponseFuture<ResBody, Inner::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -87,373 +119,302 @@ where
         // The instance polled ready goes with this request; `self` keeps a fresh clone.
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let call = Call {
-            shared: Shared {
-                store: Arc::clone(&self.store),
-                settings: Arc::clone(&self.settings),
-            },
-            inner,
-        };
-        Box::pin(call.handle(request))
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.handle(inner, request).await })
     }
 }
 
-/// One request's journey through the layer.
-struct Call<S, Inner> {
-    shared: Shared<S>,
-    inner: Inner,
-}
-
-/// The `Sync` half of a call, borrowed across awaits while the inner service (which
-/// need not be `Sync`) is busy.
-struct Shared<S> {
-    store: Arc<S>,
-    settings: Arc<Settings>,
-}
-
-/// What the key header says.
-enum KeyHeader {
-    Missing,
-    Invalid(String),
-    Misconfigured(Error),
-    Valid(Key),
-}
-
-impl<S, Inner, ResBody> Call<S, Inner>
-where
-    S: IdempotencyStore,
-    Inner: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
-    Inner::Future: Send + 'static,
-    Inner::Error: Send + 'static,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
-{
-    async fn handle<ReqBody>(
-        self,
-        request: Request<ReqBody>,
-    ) -> Result<Response<Body>, Inner::Error>
-    where
-        ReqBody: HttpBody<Data = Bytes> + Send + 'static,
-        ReqBody::Error: Into<BoxError>,
-    {
-        if !self.shared.settings.methods.contains(request.method()) {
-            return self.pass_through(request.map(Body::new)).await;
-        }
-        let (parts, body) = request.into_parts();
-        let key = match self.shared.read_key(&parts) {
-            KeyHeader::Valid(key) => key,
-            KeyHeader::Missing if self.shared.settings.required => {
-                let detail = format!(
-                    "this request needs a {} header",
-                    self.shared.settings.header
-                );
-                return Ok(problem(StatusCode::BAD_REQUEST, &detail));
-            }
-            KeyHeader::Missing => {
-                return self
-                    .pass_through(Request::from_parts(parts, Body::new(body)))
-                    .await;
-            }
-            KeyHeader::Invalid(detail) => return Ok(problem(StatusCode::BAD_REQUEST, &detail)),
-            KeyHeader::Misconfigured(error) => {
-                tracing::error!(%error, "the idempotency key namespace is invalid");
-                return Ok(problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the idempotency key namespace is misconfigured",
-                ));
-            }
-        };
-        let body = match buffer_request(body, self.shared.settings.max_request_body).await {
-            Ok(body) => body,
-            Err(RequestBodyError::TooLarge) => {
-                let detail = format!(
-                    "the request body is over the {} byte limit for idempotent requests",
-                    self.shared.settings.max_request_body
-                );
-                return Ok(problem(StatusCode::PAYLOAD_TOO_LARGE, &detail));
-            }
-            Err(RequestBodyError::Unreadable(error)) => {
-                tracing::debug!(%error, "reading the request body failed");
-                return Ok(problem(
-                    StatusCode::BAD_REQUEST,
-                    "the request body could not be read",
-                ));
-            }
-        };
-        let claim = ClaimRequest::new(key, self.shared.settings.lease_ttl)
-            .with_fingerprint(request_fingerprint(&parts, &body));
-        match self.shared.store.claim(&claim).await {
-            Ok(Claim::Acquired(lease)) => {
-                self.run(lease, Request::from_parts(parts, Body::from(body)))
-                    .await
-            }
-            // The layer never writes failures, but a record is a record: replay it.
-            Ok(Claim::Completed(stored) | Claim::Failed(stored)) => Ok(replay(&stored)),
-            Ok(Claim::InProgress { retry_after }) => Ok(in_progress(retry_after)),
-            Err(error) => Ok(store_error(&error)),
-        }
-    }
-
-    async fn pass_through(
-        mut self,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, Inner::Error> {
-        let response = self.inner.call(request).await?;
-        Ok(response.map(Body::new))
-    }
-
-    /// Runs the inner service under the lease and decides the key's fate.
-    async fn run(
-        mut self,
-        lease: Lease,
-        request: Request<Body>,
-    ) -> Result<Response<Body>, Inner::Error> {
-        let guard = ReleaseOnDrop::new(Arc::clone(&self.shared.store), lease.clone());
-        let limit = self.shared.settings.max_response_body;
-        let inner = &mut self.inner;
-        let produced = run_renewing(
-            &*self.shared.store,
-            &lease,
-            self.shared.settings.lease_ttl,
-            async move {
-                let response = inner.call(request).await?;
-                Ok(buffer_response(response, limit).await)
-            },
-        )
-        .await;
-        let answer = match produced {
-            Err(error) => {
-                self.shared
-                    .release(&lease, "the inner service failed")
-                    .await;
-                Err(error)
-            }
-            Ok(BufferedResponse::Complete(parts, body)) => {
-                Ok(self.shared.finish(&lease, parts, body).await)
-            }
-            Ok(BufferedResponse::TooLarge(response)) => {
-                self.shared
-                    .release(&lease, "the response is over the storable size")
-                    .await;
-                Ok(response)
-            }
-            Ok(BufferedResponse::Unreadable(error)) => {
-                tracing::warn!(%error, "reading the response body failed");
-                self.shared
-                    .release(&lease, "the response body failed")
-                    .await;
-                Ok(problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the response could not be produced",
-                ))
-            }
-        };
-        guard.disarm();
-        answer
-    }
+/// The layer's own answer, as a response of the service.
+fn own<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {
+    response.map(ResponseBody::full)
 }
 
 impl<S: IdempotencyStore> Shared<S> {
-    fn read_key(&self, parts: &Parts) -> KeyHeader {
-        let mut values = parts.headers.get_all(&self.settings.header).iter();
-        let Some(value) = values.next() else {
-            return KeyHeader::Missing;
-        };
-        if values.next().is_some() {
-            return KeyHeader::Invalid(format!("more than one {} header", self.settings.header));
+    async fn handle<Inner, ReqBody, ResBody>(
+        &self,
+        inner: Inner,
+        request: Request<ReqBody>,
+    ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
+    where
+        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        Inner::Future: Send + 'static,
+        Inner::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let options = &self.settings.options;
+        if !options.methods.contains(request.method()) {
+            return pass_through(inner, request).await;
         }
-        let Ok(text) = value.to_str() else {
-            return KeyHeader::Invalid(format!(
-                "the {} header must be visible ASCII",
-                self.settings.header
-            ));
-        };
-        let id = unquote(text);
-        let namespace = (self.settings.namespace)(parts);
-        match Key::new(namespace, id) {
-            Ok(key) => KeyHeader::Valid(key),
-            Err(Error::InvalidInput(reason)) if is_namespace_error(&reason) => {
-                KeyHeader::Misconfigured(Error::InvalidInput(reason))
+        let (parts, body) = request.into_parts();
+        let id = match read_key(&parts.headers, &options.header, options.key_syntax) {
+            KeyHeader::Valid(id) => id,
+            KeyHeader::Missing if options.required => {
+                let detail = format!("this request needs an {} header", options.header);
+                return Ok(own(problem(
+                    StatusCode::BAD_REQUEST,
+                    problem::MISSING_KEY,
+                    &detail,
+                )));
             }
-            Err(error) => {
-                KeyHeader::Invalid(format!("invalid {} header: {error}", self.settings.header))
+            KeyHeader::Missing => {
+                return pass_through(inner, Request::from_parts(parts, body)).await;
+            }
+            KeyHeader::Invalid(detail) => {
+                return Ok(own(problem(
+                    StatusCode::BAD_REQUEST,
+                    problem::INVALID_KEY,
+                    &detail,
+                )));
+            }
+        };
+        let key = match self.key(&parts, &id) {
+            Ok(key) => key,
+            Err(refusal) => return Ok(own(*refusal)),
+        };
+        let body = match buffer_request(body, options.max_request_body).await {
+            Ok(body) => body,
+            Err(refusal) => return Ok(own(self.request_body_refusal(refusal))),
+        };
+        let claim = ClaimRequest::new(key, self.engine.lease_ttl())
+            .with_fingerprint(request_fingerprint(&parts, &body));
+        match self.claim_or_wait(&claim).await {
+            Ok(Claim::Acquired(lease)) => {
+                self.run(
+                    inner,
+                    lease,
+                    Request::from_parts(parts, ReqBody::from(body)),
+                )
+                .await
+            }
+            // The layer never writes failures, but a record is a record: replay it.
+            Ok(Claim::Completed(stored) | Claim::Failed(stored)) => Ok(own(self.replay(&stored))),
+            Ok(Claim::InProgress { retry_after }) => {
+                let usual = self.runs.route(route(&parts.extensions, &parts.uri));
+                Ok(own(in_progress(usual.retry_after(retry_after))))
+            }
+            Err(error) => Ok(own(store_error(&error))),
+        }
+    }
+
+    /// The request's key: its scope, its route and the client's key.
+    /// The refusal is boxed: it is the rare path, and keeps the result small.
+    fn key(&self, parts: &Parts, id: &str) -> Result<Key, Box<Response<Bytes>>> {
+        let Ok(namespace) = self.settings.scope.namespace(parts) else {
+            tracing::error!(
+                "a request reached the idempotency layer without the principal its scope \
+                 reads: run the auth layer first"
+            );
+            return Err(Box::new(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                problem::NO_SCOPE,
+                "the request has no principal to scope its Idempotency-Key",
+            )));
+        };
+        Key::new(namespace, id).map_err(|error| {
+            Box::new(match error {
+                Error::InvalidInput(reason) if is_namespace_error(&reason) => {
+                    tracing::error!(%reason, "the idempotency scope makes an invalid namespace");
+                    problem(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        problem::NO_SCOPE,
+                        "the request's principal is not a valid idempotency scope",
+                    )
+                }
+                error => problem(
+                    StatusCode::BAD_REQUEST,
+                    problem::INVALID_KEY,
+                    &format!("invalid {} header: {error}", self.settings.options.header),
+                ),
+            })
+        })
+    }
+
+    fn request_body_refusal(&self, refusal: RequestBodyError) -> Response<Bytes> {
+        match refusal {
+            RequestBodyError::TooLarge => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                problem::REQUEST_TOO_LARGE,
+                &format!(
+                    "the request body is over the {} byte limit for idempotent requests",
+                    self.settings.options.max_request_body
+                ),
+            ),
+            RequestBodyError::Unreadable(error) => {
+                tracing::debug!(%error, "reading the request body failed");
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    problem::REQUEST_UNREADABLE,
+                    "the request body could not be read",
+                )
             }
         }
     }
 
-    /// Stores a finished response (or releases the key after a 5xx) and returns it.
-    async fn finish(
-        &self,
-        lease: &Lease,
-        parts: http::response::Parts,
-        body: Bytes,
-    ) -> Response<Body> {
-        if parts.status.is_server_error() && !self.settings.store_server_errors {
-            self.release(lease, "server error responses are not stored")
-                .await;
-            return Response::from_parts(parts, Body::from(body));
+    /// Claims, and while the key is in progress elsewhere waits as the policy says.
+    async fn claim_or_wait(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let WaitPolicy::Wait {
+            timeout,
+            initial_backoff,
+            max_backoff,
+        } = self.settings.options.wait
+        else {
+            return self.engine.claim(request).await;
+        };
+        // A timeout too long to represent as an instant never ends.
+        let deadline = Instant::now().checked_add(timeout);
+        let mut backoff = initial_backoff;
+        loop {
+            let claim = self.engine.claim(request).await?;
+            let Claim::InProgress { retry_after } = claim else {
+                return Ok(claim);
+            };
+            let now = Instant::now();
+            let left = match deadline {
+                Some(deadline) if now >= deadline => return Ok(claim),
+                Some(deadline) => deadline - now,
+                None => Duration::MAX,
+            };
+            // Poll no later than the lease's end, so a crashed owner is taken over promptly.
+            let pause = backoff
+                .min(retry_after.max(Duration::from_millis(1)))
+                .min(left);
+            tokio::time::sleep(pause).await;
+            backoff = backoff.saturating_mul(2).min(max_backoff);
         }
-        let record = StoredResponse {
-            status: parts.status,
-            headers: self.selected_headers(&parts),
-            body: body.clone(),
+    }
+
+    /// Runs the inner service under the lease, through the engine: the response is read
+    /// and its outcome written on a task of its own (under the default
+    /// [`CancelPolicy::Detach`](idem_core::attempt::CancelPolicy::Detach)), so a client that
+    /// disconnects mid-handler changes nothing: the handler finishes, its response is
+    /// stored, and a retry gets 409 meanwhile and the replay after.
+    async fn run<Inner, ReqBody, ResBody>(
+        &self,
+        mut inner: Inner,
+        lease: Lease,
+        request: Request<ReqBody>,
+    ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
+    where
+        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        Inner::Future: Send + 'static,
+        Inner::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let usual = self.runs.route(route(request.extensions(), request.uri()));
+        let limit = self.settings.options.max_response_body;
+        let started = Instant::now();
+        let handler = async move {
+            let response = inner.call(request).await?;
+            Ok(buffer_response(response, limit).await)
         };
-        let stored = match record.encode() {
-            Ok(encoded) => {
-                self.store
-                    .complete(lease, encoded, self.settings.retention)
-                    .await
+        let settle = SettleResponse::new(Arc::clone(&self.settings));
+        let ran = self.engine.attempt(lease).run(handler, settle).await;
+        usual.record(started.elapsed());
+        let output = match ran {
+            Ok(output) => output,
+            // The handler ran; its client gets the response even though no retry can.
+            Err(AttemptError::NotRecorded { output, error }) => {
+                tracing::error!(%error, "the handler ran but its response was not stored");
+                output
             }
-            Err(reason) => Err(Error::corrupt(reason)),
+            Err(error) => {
+                tracing::error!(%error, "the handler's task stopped before it returned");
+                return Ok(own(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    problem::RESPONSE_FAILED,
+                    "the request was interrupted",
+                )));
+            }
         };
-        match stored {
-            Ok(()) => {}
-            // Someone else holds the key now: it is theirs to finish or free.
-            Err(Error::LeaseLost) => {
-                tracing::warn!(
-                    "the lease was lost while the handler ran; its response is not stored"
+        match output? {
+            BufferedResponse::Complete(parts, body) => {
+                Ok(Response::from_parts(parts, ResponseBody::full(body)))
+            }
+            BufferedResponse::TooLarge(response, _) => match self.settings.options.oversized {
+                OversizedResponse::PassOn => Ok(response),
+                OversizedResponse::Refuse => Ok(own(self.not_stored(response.status()))),
+            },
+            BufferedResponse::Unreadable(error) => {
+                tracing::warn!(%error, "reading the response body failed; its key was freed");
+                Ok(own(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    problem::RESPONSE_FAILED,
+                    "the response could not be produced",
+                )))
+            }
+        }
+    }
+
+    /// Replays a stored outcome, marked with `Idempotent-Replayed: true`.
+    fn replay(&self, stored: &Bytes) -> Response<Bytes> {
+        let mut response = match StoredOutcome::decode(stored) {
+            Ok(StoredOutcome::Response(record)) => {
+                let mut response = Response::new(record.body);
+                *response.status_mut() = record.status;
+                let headers = response.headers_mut();
+                for (name, value) in record.headers {
+                    headers.append(name, value);
+                }
+                response
+            }
+            Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
+            Err(reason) => {
+                tracing::error!(reason, "a stored response does not decode");
+                return problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    problem::STORE_FAILED,
+                    "the stored response is unreadable",
                 );
             }
-            Err(error) => {
-                tracing::warn!(%error, "storing the response failed; releasing the key");
-                self.release(lease, "storing failed").await;
-            }
-        }
-        // The client that ran the handler gets its response whatever the store said.
-        Response::from_parts(parts, Body::from(body))
+        };
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        response
     }
 
-    fn selected_headers(
-        &self,
-        parts: &http::response::Parts,
-    ) -> Vec<(http::HeaderName, HeaderValue)> {
-        let mut selected = Vec::new();
-        for name in &self.settings.replay_headers {
-            // A name configured twice is stored once.
-            if selected.iter().any(|(seen, _)| seen == name) {
-                continue;
-            }
-            for value in parts.headers.get_all(name) {
-                selected.push((name.clone(), value.clone()));
-            }
-        }
-        selected
-    }
-
-    async fn release(&self, lease: &Lease, why: &'static str) {
-        tracing::debug!(why, "releasing the idempotency key");
-        if let Err(error) = self.store.release(lease).await {
-            tracing::warn!(%error, why, "releasing the idempotency key failed; it frees itself when the lease ends");
-        }
+    fn not_stored(&self, status: StatusCode) -> Response<Bytes> {
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            problem::RESPONSE_NOT_STORED,
+            &format!(
+                "the first request with this Idempotency-Key ran and answered {}, but its \
+                 response was over the {} byte storable size and cannot be replayed; it will \
+                 not run again with this key",
+                status.as_u16(),
+                self.settings.options.max_response_body
+            ),
+        )
     }
 }
 
-/// Replays a stored response, marked with `Idempotent-Replayed: true`.
-fn replay(stored: &Bytes) -> Response<Body> {
-    let record = match StoredResponse::decode(stored) {
-        Ok(record) => record,
-        Err(reason) => {
-            tracing::error!(reason, "a stored response does not decode");
-            return problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the stored response is unreadable",
-            );
-        }
-    };
-    let mut response = Response::new(Body::from(record.body));
-    *response.status_mut() = record.status;
-    let headers = response.headers_mut();
-    for (name, value) in record.headers {
-        headers.append(name, value);
-    }
-    headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    response
-}
-
-/// The draft sends the key as a structured-field string (`"abc"`); bare tokens are
-/// accepted too, and both spellings name the same key.
-fn unquote(text: &str) -> &str {
-    text.strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-        .unwrap_or(text)
+async fn pass_through<Inner, ReqBody, ResBody>(
+    mut inner: Inner,
+    request: Request<ReqBody>,
+) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = inner.call(request).await?;
+    Ok(response.map(ResponseBody::inner))
 }
 
 fn is_namespace_error(reason: &InvalidInput) -> bool {
     matches!(
         reason,
-        InvalidInput::Empty { field: "namespace" }
-            | InvalidInput::TooLong {
-                field: "namespace",
-                ..
-            }
-            | InvalidInput::ControlCharacter {
-                field: "namespace",
-                ..
-            }
-    )
-}
-
-/// Runs `operation` while renewing its lease; renewal stops when it finishes or is
-/// dropped, since both live in this one future.
-async fn run_renewing<S: IdempotencyStore, Fut: Future>(
-    store: &S,
-    lease: &Lease,
-    lease_ttl: idem_core::Ttl,
-    operation: Fut,
-) -> Fut::Output {
-    tokio::select! {
-        biased;
-        output = operation => output,
-        never = keep_renewed(store, lease, lease_ttl) => match never {},
-    }
-}
-
-async fn keep_renewed<S: IdempotencyStore>(
-    store: &S,
-    lease: &Lease,
-    lease_ttl: idem_core::Ttl,
-) -> Infallible {
-    // A third of the lease: two renewals may fail before it lapses.
-    let every = lease_ttl.as_duration() / 3;
-    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        match store.renew(lease, lease_ttl).await {
-            Ok(()) => tracing::trace!(fencing = lease.fencing, "lease renewed"),
-            Err(Error::LeaseLost) => {
-                tracing::warn!(fencing = lease.fencing, "lease lost while the handler runs");
-                return std::future::pending().await;
-            }
-            Err(error) => tracing::warn!(%error, "renewing the lease failed; retrying"),
+        InvalidInput::Empty {
+            field: InputField::Namespace
+        } | InvalidInput::TooLong {
+            field: InputField::Namespace,
+            ..
+        } | InvalidInput::ControlCharacter {
+            field: InputField::Namespace,
+            ..
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    #[tokio::test]
-    async fn an_undecodable_record_is_500() {
-        let response = replay(&Bytes::from_static(b"not a record"));
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(response.headers().get(IDEMPOTENT_REPLAYED).is_none());
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        assert!(body.starts_with(b"{"), "a problem document");
-    }
-
-    #[test]
-    fn quotes_are_optional() {
-        assert_eq!(unquote("\"abc\""), "abc");
-        assert_eq!(unquote("abc"), "abc");
-        assert_eq!(unquote("\""), "\"");
-        assert_eq!(unquote("\"\""), "");
-    }
+    )
 }

@@ -27,13 +27,18 @@
 //!
 //! ## Atomicity
 //!
-//! Every transition runs the core's [`lifecycle`](idem_core::lifecycle) state machine inside
-//! moka's per-key `and_compute_with`, which serializes calls on one key without holding a
-//! lock across an await of the caller's code: one winner per key, and no lost updates.
-//!
+//! [`MemoryStore`] is the core's [`LifecycleStore`](idem_core::adapter::LifecycleStore) over
+//! a moka cache: every transition runs the core's [`lifecycle`](idem_core::lifecycle) state
+//! machine on the key's entry while holding the key's lock stripe (one of [`STRIPES`]
+//! mutexes, never held across an await), so steps on one key are serialized: one winner
+//! per key, and no lost updates. Replays and reads take no lock.
+
 //! ## When it is full
 //!
-//! The store is bounded by bytes ([`MemoryStore::with_capacity`]). It never evicts to make
+//! The store is bounded by bytes of process memory ([`MemoryStore::with_capacity`]): each
+//! record counts its key, its payload and [`RECORD_OVERHEAD`] for the bookkeeping, a figure
+//! measured against the process's resident memory, so a 512 MiB store grows the process by
+//! about 512 MiB when full. It never evicts to make
 //! room: a live claim evicted would let a second caller run the operation while the first
 //! still runs, and a completed record evicted would run it again on the next repeat, both
 //! silently. Instead, when the bytes held reach the capacity, claims of *new* keys fail with
@@ -41,14 +46,27 @@
 //! already held can still be completed, failed, renewed, released and replayed. The bound is
 //! soft by the payloads of claims in flight. This is Redis's `noeviction` policy.
 //!
+//! ## Replays of a remote store, from memory
+//!
+//! [`ReplayCache`] puts this crate's moka in front of any store (Redis, MySQL): finished
+//! records, immutable until their retention ends, are replayed from process memory without
+//! a round trip; claims always go to the shared store. A `remove` made by another process
+//! is seen after at most the cache's TTL.
+//!
 //! ## One-time tokens
 //!
 //! [`MemoryTokenStore`] keeps the tokens of the token flow ([`idem_core::Tokens`]) the same
-//! way, with one atomic consume per token.
+//! way (the core's [`TokenMapStore`](idem_core::adapter::TokenMapStore) over moka), with one
+//! atomic consume per token, and is bounded by bytes too.
 #![deny(missing_docs)]
 
+mod clock;
+mod full;
+mod replay_cache;
 mod store;
 mod token;
 
-pub use store::{MemoryStore, StoreFull};
-pub use token::MemoryTokenStore;
+pub use full::StoreFull;
+pub use replay_cache::{ReplayCache, ReplayCacheBuilder};
+pub use store::{MemoryStore, RECORD_OVERHEAD, Records, STRIPES};
+pub use token::{MemoryTokenStore, TOKEN_OVERHEAD, Tokens};

@@ -1,42 +1,51 @@
-//! The in-memory [`TokenStore`].
+//! The in-memory [`TokenStore`]: the core's [`TokenMapStore`] over a moka cache.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem_core::{
-    Consumption, Error, InvalidInput, Scope, Token, TokenRecord, TokenStore, Ttl, async_trait,
-};
+use idem_core::adapter::{TokenEntry, TokenMap, TokenMapStore};
+use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 
-use crate::StoreFull;
+use crate::clock::Clock;
+use crate::full::StoreFull;
+
+/// Bytes of process memory one token takes besides its text and its scope's: moka's entry
+/// with per-entry expiry, the headers, allocator rounding (as [`RECORD_OVERHEAD`] for
+/// records, of which a token's bookkeeping is a little smaller).
+///
+/// [`RECORD_OVERHEAD`]: crate::RECORD_OVERHEAD
+pub const TOKEN_OVERHEAD: u64 = 460;
 
 /// One-time tokens in process memory. Issuing refuses to overwrite a live token; consuming
-/// runs [`TokenRecord::consume`] inside moka's per-key `and_compute_with`, so of any number
-/// of concurrent consumes exactly one wins. Used tokens are kept, marked, until they expire.
+/// runs [`TokenRecord::consume`](idem_core::TokenRecord::consume) inside moka's per-key
+/// `and_compute_with`, so of any number of concurrent consumes exactly one wins. Used tokens
+/// are kept, marked, until they expire.
 ///
-/// Like [`MemoryStore`](crate::MemoryStore) it never evicts: at capacity, issuing fails
-/// with [`Error::Unavailable`] until tokens expire.
-#[derive(Clone)]
+/// Like [`MemoryStore`](crate::MemoryStore) it is bounded by bytes and never evicts: at
+/// capacity, issuing fails with [`Error::Unavailable`] until tokens expire.
+#[derive(Debug, Clone)]
 pub struct MemoryTokenStore {
-    cache: Cache<Token, Arc<Slot>>,
+    inner: TokenMapStore<Tokens>,
+}
+
+/// The tokens of a [`MemoryTokenStore`]: a moka cache with per-entry expiry, bounded by
+/// bytes.
+#[derive(Clone)]
+pub struct Tokens {
+    cache: Cache<Token, TokenEntry, foldhash::fast::RandomState>,
+    clock: Clock,
     capacity: u64,
 }
 
-/// A token's record and the instant it expires.
-#[derive(Debug)]
-struct Slot {
-    record: TokenRecord,
-    deadline: Instant,
-}
-
-impl std::fmt::Debug for MemoryTokenStore {
+impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryTokenStore")
+        f.debug_struct("Tokens")
             .field("tokens", &self.cache.entry_count())
+            .field("held_bytes", &self.cache.weighted_size())
             .field("capacity", &self.capacity)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,28 +56,78 @@ impl Default for MemoryTokenStore {
 }
 
 impl MemoryTokenStore {
-    /// The default capacity: a million tokens.
-    pub const DEFAULT_CAPACITY: u64 = 1_000_000;
+    /// The default capacity: 256 MiB of tokens (about 500,000).
+    pub const DEFAULT_CAPACITY: u64 = 256 * 1024 * 1024;
 
     /// A store with the default capacity.
     pub fn new() -> Self {
         Self::with_capacity(Self::DEFAULT_CAPACITY)
     }
 
-    /// A store holding at most about `capacity` tokens, used or not.
+    /// A store whose tokens take at most about `capacity` bytes of process memory, used or
+    /// not (bytes, as [`MemoryStore::with_capacity`](crate::MemoryStore::with_capacity)).
     pub fn with_capacity(capacity: u64) -> Self {
+        let clock = Clock::new();
+        let cache = Cache::builder()
+            .expire_after(TokenExpiry { clock })
+            .weigher(|token: &Token, entry: &TokenEntry| {
+                let bytes = (token.as_str().len() + entry.record.scope.as_str().len()) as u64
+                    + TOKEN_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
-            cache: Cache::builder().expire_after(SlotExpiry).build(),
-            capacity,
+            inner: TokenMapStore::new(Tokens {
+                cache,
+                clock,
+                capacity,
+            }),
         }
     }
 
-    async fn ensure_room(&self) -> Result<(), Error> {
-        if self.cache.entry_count() < self.capacity {
+    /// The capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.map().capacity
+    }
+
+    /// The bytes the tokens held take, by the store's own count (as of moka's last
+    /// housekeeping).
+    pub fn held_bytes(&self) -> u64 {
+        self.inner.map().cache.weighted_size()
+    }
+}
+
+impl TokenMap for Tokens {
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    async fn update<T: Send>(
+        &self,
+        token: &Token,
+        step: impl FnOnce(Option<&TokenEntry>) -> (T, Option<TokenEntry>) + Send,
+    ) -> Result<T, Error> {
+        let mut answer = None;
+        self.cache
+            .entry_by_ref(token)
+            .and_compute_with(|current| {
+                let (value, write) = step(current.as_ref().map(|e| e.value()));
+                answer = Some(value);
+                std::future::ready(match write {
+                    Some(entry) => Op::Put(entry),
+                    None => Op::Nop,
+                })
+            })
+            .await;
+        answer.ok_or_else(|| Error::backend("the cache did not run the update"))
+    }
+
+    async fn admit(&self) -> Result<(), Error> {
+        if self.cache.weighted_size() < self.capacity {
             return Ok(());
         }
         self.cache.run_pending_tasks().await;
-        if self.cache.entry_count() < self.capacity {
+        if self.cache.weighted_size() < self.capacity {
             return Ok(());
         }
         Err(Error::unavailable(StoreFull {
@@ -77,77 +136,33 @@ impl MemoryTokenStore {
     }
 }
 
-struct SlotExpiry;
+/// Tells moka when each token's own `expires_at` comes.
+struct TokenExpiry {
+    clock: Clock,
+}
 
-impl Expiry<Token, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(&self, _: &Token, slot: &Arc<Slot>, now: Instant) -> Option<Duration> {
-        Some(slot.deadline.saturating_duration_since(now))
+impl Expiry<Token, TokenEntry> for TokenExpiry {
+    fn expire_after_create(&self, _: &Token, entry: &TokenEntry, now: Instant) -> Option<Duration> {
+        Some(self.clock.until(entry.expires_at, now))
     }
 
     fn expire_after_update(
         &self,
         _: &Token,
-        slot: &Arc<Slot>,
+        entry: &TokenEntry,
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(slot.deadline.saturating_duration_since(now))
+        Some(self.clock.until(entry.expires_at, now))
     }
-}
-
-fn live(slot: &Slot) -> bool {
-    slot.deadline > Instant::now()
 }
 
 #[async_trait]
 impl TokenStore for MemoryTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
-        self.ensure_room().await?;
-        let mut duplicate = false;
-        self.cache
-            .entry_by_ref(token)
-            .and_compute_with(|current| {
-                duplicate = current.is_some_and(|entry| live(entry.value()));
-                std::future::ready(if duplicate {
-                    Op::Nop
-                } else {
-                    Op::Put(Arc::new(Slot {
-                        record: TokenRecord {
-                            scope: scope.clone(),
-                            used: false,
-                        },
-                        deadline: Instant::now() + ttl.as_duration(),
-                    }))
-                })
-            })
-            .await;
-        if duplicate {
-            return Err(InvalidInput::DuplicateToken.into());
-        }
-        Ok(())
+        self.inner.issue(token, scope, ttl).await
     }
-
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-        let mut answer = None;
-        self.cache
-            .entry_by_ref(token)
-            .and_compute_with(|current| {
-                let slot = current
-                    .map(|entry| entry.into_value())
-                    .filter(|slot| live(slot));
-                let (consumption, write) =
-                    TokenRecord::consume(slot.as_ref().map(|s| &s.record), scope);
-                answer = Some(consumption);
-                std::future::ready(match (write, slot) {
-                    // The used mark keeps the token's own deadline.
-                    (Some(record), Some(slot)) => Op::Put(Arc::new(Slot {
-                        record,
-                        deadline: slot.deadline,
-                    })),
-                    _ => Op::Nop,
-                })
-            })
-            .await;
-        answer.ok_or_else(|| Error::backend("the cache did not run the consume"))
+        self.inner.consume(token, scope).await
     }
 }

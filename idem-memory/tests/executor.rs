@@ -1,5 +1,10 @@
 //! The `Idempotency` executor proven on `MemoryStore`, rule by rule (issue 2's "done when").
 //!
+//! Issue 11 changed two rules pinned here: a dropped caller no longer frees the key under the
+//! default `CancelPolicy::Detach` (6b now pins `Release`; the Detach rule is an executor check
+//! in idem-tests), and a run whose lease was taken over gets its value back as "not recorded"
+//! instead of a bare `LeaseLost` (8b).
+//!
 //! Real time with short leases: `MemoryStore` reads `std::time::Instant`, so paused Tokio
 //! time would not move its clock. Margins are generous because CI boxes are busy.
 
@@ -8,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use idem_core::attempt::CancelPolicy;
 use idem_core::{
     Bytes, Claim, ClaimRequest, Config, Error, ExecuteError, Execution, Fingerprint, Idempotency,
     IdempotencyStore, InvalidInput, Key, Lease, RecordState, Retryable, Ttl, WaitPolicy,
@@ -31,7 +37,8 @@ impl Retryable for OpError {
     }
 }
 
-type Outcome<T> = Result<T, ExecuteError<OpError>>;
+type Outcome<T> = Result<T, ExecuteError<OpError, T>>;
+type Executed<T> = Result<Execution<T, OpError>, ExecuteError<OpError, T>>;
 
 fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
@@ -65,13 +72,14 @@ fn count(runs: &AtomicUsize) -> usize {
 async fn run_counted<T>(
     idem: &Idempotency<MemoryStore>,
     key: &Key,
-    runs: &AtomicUsize,
+    runs: &Arc<AtomicUsize>,
     value: T,
-) -> Result<Execution<T, OpError>, Error>
+) -> Executed<T>
 where
-    T: Serialize + serde::de::DeserializeOwned,
+    T: Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    idem.execute_outcome(key, None, || async {
+    let runs = Arc::clone(runs);
+    idem.execute_outcome(key, None, move || async move {
         runs.fetch_add(1, Ordering::SeqCst);
         Ok(value)
     })
@@ -170,9 +178,12 @@ async fn retryable_failure_reruns_on_the_next_call() {
     let key = key("retryable");
     let runs = counter();
     let first: Outcome<String> = idem
-        .execute(&key, None, || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Err(OpError::Transient("provider timeout".into()))
+        .execute(&key, None, {
+            let runs = Arc::clone(&runs);
+            || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err(OpError::Transient("provider timeout".into()))
+            }
         })
         .await;
     assert!(matches!(
@@ -202,9 +213,12 @@ async fn permanent_failure_replays_without_rerunning() {
     let runs = counter();
     let declined = OpError::Permanent("card declined".into());
     let first: Execution<u64, OpError> = idem
-        .execute_outcome(&key, None, || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Err(declined.clone())
+        .execute_outcome(&key, None, {
+            let (runs, declined) = (Arc::clone(&runs), declined.clone());
+            || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err(declined)
+            }
         })
         .await
         .expect("the operation ran");
@@ -322,7 +336,7 @@ async fn slow_operation_keeps_its_lease() {
     while !first.is_finished() {
         let poll = run_counted(&idem, &key, &intruder_runs, 42u64).await;
         match poll {
-            Err(Error::InProgress { retry_after }) => {
+            Err(ExecuteError::Idempotency(Error::InProgress { retry_after })) => {
                 assert!(retry_after <= lease);
                 refused += 1;
             }
@@ -379,18 +393,26 @@ async fn panicking_operation_frees_the_key() {
     assert_eq!(count(&runs), 2);
 }
 
-// 6b. A dropped (cancelled) execute future frees its key.
+// 6b. Under CancelPolicy::Release, and always for `execute_scoped`, a dropped (cancelled)
+// execute future frees its key. (Under the default Detach it no longer does: issue 11.)
 #[tokio::test]
-async fn cancelled_execution_frees_the_key() {
-    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
+async fn cancelled_execution_frees_the_key_under_release() {
+    let release = Config {
+        cancel_policy: CancelPolicy::Release,
+        ..config(ms(20_000), WaitPolicy::FailFast)
+    };
+    let idem = executor(release);
     let key = key("cancelled");
     let runs = counter();
     let cancelled = tokio::time::timeout(
         ms(100),
-        idem.execute(&key, None, || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            sleep(ms(30_000)).await;
-            Ok::<u64, OpError>(0)
+        idem.execute(&key, None, {
+            let runs = Arc::clone(&runs);
+            || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                sleep(ms(30_000)).await;
+                Ok::<u64, OpError>(0)
+            }
         }),
     )
     .await;
@@ -405,6 +427,78 @@ async fn cancelled_execution_frees_the_key() {
     assert_eq!(count(&runs), 2);
 }
 
+// 6c. Under the default CancelPolicy::Detach, a dropped caller changes nothing: the operation
+// finishes on its own task, a repeat meanwhile is InProgress, and the one after is a replay.
+#[tokio::test]
+async fn dropped_caller_under_detach_runs_once_then_replays() {
+    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
+    let key = key("detached");
+    let runs = counter();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let (started_tx, started_rx) = oneshot::channel();
+    let call = idem.execute(&key, None, {
+        let runs = Arc::clone(&runs);
+        || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _ = started_tx.send(());
+            let _ = release_rx.await;
+            Ok::<u64, OpError>(63)
+        }
+    });
+    let dropped = tokio::time::timeout(ms(10_000), async {
+        tokio::select! {
+            _ = call => panic!("the operation finished before it was let go"),
+            _ = started_rx => {}
+        }
+    })
+    .await;
+    assert!(dropped.is_ok(), "the operation never started");
+    // The caller's future is gone; the operation still holds the key.
+    expect_in_progress(idem.execute(&key, None, || async { Ok(64u64) }).await);
+    release_tx
+        .send(())
+        .expect("the detached operation still runs");
+    let deadline = Instant::now() + ms(10_000);
+    let replay = loop {
+        match run_counted(&idem, &key, &runs, 65u64).await {
+            Err(ExecuteError::Idempotency(Error::InProgress { .. }))
+                if Instant::now() < deadline =>
+            {
+                sleep(ms(10)).await;
+            }
+            other => break other.expect("a replay"),
+        }
+    };
+    assert_eq!((replay.result, replay.replayed), (Ok(63), true));
+    assert_eq!(count(&runs), 1);
+}
+
+#[tokio::test]
+async fn cancelled_scoped_execution_frees_the_key() {
+    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
+    let key = key("cancelled-scoped");
+    let runs = counter();
+    let borrowed = AtomicUsize::new(0);
+    let cancelled = tokio::time::timeout(
+        ms(100),
+        idem.execute_scoped(&key, None, || async {
+            borrowed.fetch_add(1, Ordering::SeqCst);
+            sleep(ms(30_000)).await;
+            Ok::<u64, OpError>(0)
+        }),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the operation should still have been running"
+    );
+    assert_eq!(count(&borrowed), 1);
+
+    await_free(idem.store(), &key, ms(5_000)).await;
+    let next = run_counted(&idem, &key, &runs, 62u64).await.expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(62), false));
+}
+
 // 7. A fingerprint mismatch is rejected and leaves the stored record as it was.
 #[tokio::test]
 async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
@@ -414,9 +508,12 @@ async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
     let original = Some(Fingerprint::of(&("order-1", 100)).expect("fingerprint"));
     let other = Some(Fingerprint::of(&("order-1", 999)).expect("fingerprint"));
     let stored: u64 = idem
-        .execute(&key, original, || async {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, OpError>(71)
+        .execute(&key, original, {
+            let runs = Arc::clone(&runs);
+            || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, OpError>(71)
+            }
         })
         .await
         .expect("runs");
@@ -430,9 +527,12 @@ async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
 
     for fingerprint in [other, None] {
         let outcome: Outcome<u64> = idem
-            .execute(&key, fingerprint, || async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok(72)
+            .execute(&key, fingerprint, {
+                let runs = Arc::clone(&runs);
+                || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(72)
+                }
             })
             .await;
         assert!(
@@ -505,29 +605,40 @@ async fn assert_claimed_by(store: &MemoryStore, key: &Key, lease: &Lease) {
     );
 }
 
-// 8b. Through the executor: a run whose lease was taken over gets LeaseLost and stores nothing.
+// 8b. Through the executor: a run whose lease was taken over stores nothing, and its caller
+// gets the value back as "not recorded", with LeaseLost as the cause (issue 11: it used to
+// get a bare LeaseLost and lose the value).
 #[tokio::test]
-async fn taken_over_execution_gets_lease_lost() {
+async fn taken_over_execution_is_not_recorded() {
     let store = MemoryStore::new();
     let idem = Idempotency::with_config(store.clone(), config(ms(5_000), WaitPolicy::FailFast))
         .expect("valid config");
     let key = key("stale-executor");
     let usurper = Arc::new(Mutex::new(None));
     let outcome: Outcome<String> = idem
-        .execute(&key, None, || async {
-            assert!(store.remove(&key).await.expect("remove"));
-            let request = ClaimRequest::new(key.clone(), Ttl::from_secs(30).expect("ttl"));
-            let Claim::Acquired(lease) = store.claim(&request).await.expect("claim") else {
-                panic!("a removed key is free");
-            };
-            *usurper.lock().expect("lock") = Some(lease);
-            Ok("from the stale owner".to_string())
+        .execute(&key, None, {
+            let (store, key, usurper) = (store.clone(), key.clone(), Arc::clone(&usurper));
+            || async move {
+                assert!(store.remove(&key).await.expect("remove"));
+                let request = ClaimRequest::new(key.clone(), Ttl::from_secs(30).expect("ttl"));
+                let Claim::Acquired(lease) = store.claim(&request).await.expect("claim") else {
+                    panic!("a removed key is free");
+                };
+                *usurper.lock().expect("lock") = Some(lease);
+                Ok("from the stale owner".to_string())
+            }
         })
         .await;
-    assert!(
-        matches!(outcome, Err(ExecuteError::Idempotency(Error::LeaseLost))),
-        "got {outcome:?}"
-    );
+    match outcome {
+        Err(ExecuteError::NotRecorded {
+            result: Ok(value),
+            error: Error::NotRecorded { cause },
+        }) => {
+            assert_eq!(value, "from the stale owner");
+            assert!(matches!(*cause, Error::LeaseLost), "cause {cause:?}");
+        }
+        other => panic!("expected NotRecorded with the value, got {other:?}"),
+    }
     let usurper = usurper.lock().expect("lock").take().expect("claimed");
     assert_claimed_by(&store, &key, &usurper).await;
 }
@@ -550,7 +661,7 @@ async fn oversized_response_is_returned_once_then_reported() {
     for _ in 0..2 {
         let repeat = run_counted(&idem, &key, &runs, big.clone()).await;
         assert!(
-            matches!(repeat, Err(Error::PayloadTooLarge { size, limit: 64 }) if size > 1_000),
+            matches!(repeat, Err(ExecuteError::Idempotency(Error::PayloadTooLarge { size, limit: 64 })) if size > 1_000),
             "got {repeat:?}"
         );
     }
@@ -559,12 +670,21 @@ async fn oversized_response_is_returned_once_then_reported() {
     let failure_key = self::key("too-large-failure");
     let huge = OpError::Permanent("y".repeat(1_000));
     let first: Outcome<u64> = idem
-        .execute(&failure_key, None, || async { Err(huge.clone()) })
+        .execute(&failure_key, None, {
+            let huge = huge.clone();
+            || async move { Err(huge) }
+        })
         .await;
     assert!(matches!(first, Err(ExecuteError::Operation(e)) if e == huge));
     let repeat = run_counted(&idem, &failure_key, &runs, 0u64).await;
     assert!(
-        matches!(repeat, Err(Error::PayloadTooLarge { limit: 64, .. })),
+        matches!(
+            repeat,
+            Err(ExecuteError::Idempotency(Error::PayloadTooLarge {
+                limit: 64,
+                ..
+            }))
+        ),
         "got {repeat:?}"
     );
     assert_eq!(count(&runs), 1);
@@ -584,7 +704,7 @@ async fn response_over_the_store_limit_is_returned_once_then_reported() {
     assert_eq!((first.result, first.replayed), (Ok(big.clone()), false));
     let repeat = run_counted(&idem, &key, &runs, big).await;
     assert!(
-        matches!(repeat, Err(Error::PayloadTooLarge { size, limit: 64 }) if size > 1_000),
+        matches!(repeat, Err(ExecuteError::Idempotency(Error::PayloadTooLarge { size, limit: 64 })) if size > 1_000),
         "got {repeat:?}"
     );
     assert_eq!(count(&runs), 1);
@@ -698,7 +818,10 @@ async fn replay_decodes_into_the_callers_type() {
     // Asking for another type is a typed error, not a panic and not a rerun.
     let wrong_type = run_counted(&idem, &key, &runs, 5u64).await;
     assert!(
-        matches!(wrong_type, Err(Error::Serialization { .. })),
+        matches!(
+            wrong_type,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
         "got {wrong_type:?}"
     );
     assert_eq!(count(&runs), 1);
@@ -727,9 +850,12 @@ async fn stored_garbage_is_a_corrupt_record() {
             store.fail(&lease, garbage, retention).await.expect("fail");
         }
         let outcome: Outcome<u64> = idem
-            .execute(&key, None, || async {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok(1)
+            .execute(&key, None, {
+                let runs = Arc::clone(&runs);
+                || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(1)
+                }
             })
             .await;
         assert!(
@@ -844,17 +970,18 @@ mod tracing_capture {
 
         let stolen = traced_key("stolen");
         let lost: Outcome<String> = idem
-            .execute(&stolen, None, || async {
-                store.remove(&stolen).await.expect("remove");
-                let request = ClaimRequest::new(stolen.clone(), Ttl::from_secs(30).expect("ttl"));
-                store.claim(&request).await.expect("claim");
-                Ok(SECRET.to_string())
+            .execute(&stolen, None, {
+                let (store, stolen) = (store.clone(), stolen.clone());
+                || async move {
+                    store.remove(&stolen).await.expect("remove");
+                    let request =
+                        ClaimRequest::new(stolen.clone(), Ttl::from_secs(30).expect("ttl"));
+                    store.claim(&request).await.expect("claim");
+                    Ok(SECRET.to_string())
+                }
             })
             .await;
-        assert!(matches!(
-            lost,
-            Err(ExecuteError::Idempotency(Error::LeaseLost))
-        ));
+        assert!(matches!(lost, Err(ExecuteError::NotRecorded { .. })));
     }
 
     #[tokio::test]
@@ -883,8 +1010,8 @@ mod tracing_capture {
                 "executed",
                 "executed",
                 "in_progress",
-                "lease_lost",
                 "mismatch",
+                "not_recorded",
                 "replayed"
             ],
             "spans: {executions:?}"

@@ -1,13 +1,15 @@
 //! The executor keeps an operation that ran from running again when the store blinks while
 //! its outcome is written: it retries, and recognises a write that was applied but whose
-//! reply was lost.
+//! reply was lost. Since issue 16 the write is retried for as long as the lease lasts (it
+//! used to give up after three attempts, ~150 ms), and a store that stays down past that
+//! gives the caller its value back as "not recorded".
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use idem_core::{
-    Bytes, Claim, ClaimRequest, Error, ExecuteError, Idempotency, IdempotencyStore, Key, Lease,
-    Record, Retryable, Ttl, async_trait,
+    Bytes, Claim, ClaimRequest, Config, Error, ExecuteError, Idempotency, IdempotencyStore, Key,
+    Lease, Record, Retryable, Ttl, async_trait,
 };
 use idem_memory::MemoryStore;
 
@@ -100,22 +102,23 @@ impl IdempotencyStore for FlakyStore {
     }
 }
 
-/// Runs the same request twice; returns both results and how often the operation ran.
-async fn twice(
+type Outcome = Result<u32, ExecuteError<Never, u32>>;
+
+/// Runs the same request `times`; returns the results and how often the operation ran.
+async fn repeatedly(
     store: FlakyStore,
-) -> (
-    Arc<FlakyStore>,
-    Vec<Result<u32, ExecuteError<Never>>>,
-    usize,
-) {
+    config: Config,
+    times: usize,
+) -> (Arc<FlakyStore>, Vec<Outcome>, usize) {
     let store = Arc::new(store);
-    let idem = Idempotency::from_arc(Arc::clone(&store));
+    let idem = Idempotency::with_config(Arc::clone(&store), config).expect("valid config");
     let key = Key::new("flaky", "order-1").expect("valid key");
-    let runs = AtomicUsize::new(0);
+    let runs = Arc::new(AtomicUsize::new(0));
     let mut results = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..times {
+        let runs = Arc::clone(&runs);
         let result = idem
-            .execute(&key, None, || async {
+            .execute(&key, None, || async move {
                 runs.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Never>(7)
             })
@@ -123,6 +126,10 @@ async fn twice(
         results.push(result);
     }
     (store, results, runs.load(Ordering::SeqCst))
+}
+
+async fn twice(store: FlakyStore) -> (Arc<FlakyStore>, Vec<Outcome>, usize) {
+    repeatedly(store, Config::default(), 2).await
 }
 
 #[tokio::test]
@@ -150,22 +157,30 @@ async fn a_write_whose_reply_was_lost_is_recognised() {
 }
 
 #[tokio::test]
-async fn a_store_that_stays_down_is_reported_after_bounded_attempts() {
-    let (store, results, _) = twice(FlakyStore::new(Blink::Refused, u32::MAX)).await;
-    assert!(
-        matches!(
-            results[0],
-            Err(ExecuteError::Idempotency(Error::Unavailable { .. }))
+async fn a_store_that_stays_down_is_retried_while_the_lease_lasts_then_not_recorded() {
+    let config = Config {
+        lease_ttl: std::time::Duration::from_secs(2),
+        ..Config::default()
+    };
+    let (store, results, runs) =
+        repeatedly(FlakyStore::new(Blink::Refused, u32::MAX), config, 1).await;
+    match &results[..] {
+        [
+            Err(ExecuteError::NotRecorded {
+                result: Ok(7),
+                error: Error::NotRecorded { cause },
+            }),
+        ] => assert!(
+            matches!(**cause, Error::Unavailable { .. }),
+            "cause {cause:?}"
         ),
-        "{results:?}"
-    );
-    // The first call tried 3 times; the second found the key still claimed (in progress).
-    assert_eq!(store.completes.load(Ordering::SeqCst), 3);
+        other => panic!("expected NotRecorded with the value, got {other:?}"),
+    }
+    assert_eq!(runs, 1);
+    // More than the three attempts of old: the 2 s lease leaves time for several pauses.
+    let completes = store.completes.load(Ordering::SeqCst);
     assert!(
-        matches!(
-            results[1],
-            Err(ExecuteError::Idempotency(Error::InProgress { .. }))
-        ),
-        "{results:?}"
+        completes >= 4,
+        "only {completes} attempts to store the outcome"
     );
 }

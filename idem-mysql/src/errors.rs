@@ -1,8 +1,5 @@
 //! sqlx errors as idem errors, and which server errors mean what.
 
-use std::future::Future;
-use std::time::Duration;
-
 use idem_core::Error;
 use sqlx::mysql::MySqlDatabaseError;
 
@@ -13,10 +10,30 @@ const DEADLOCK: u16 = 1213;
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock was held longer than `innodb_lock_wait_timeout`.
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
 
-/// Server errors after which the same call may succeed later: lock conflicts, and the
-/// server refusing or dropping connections (too many connections, shutting down, the
-/// connection killed, MySQL 8's idle disconnect).
-const TRANSIENT: &[u16] = &[DEADLOCK, LOCK_WAIT_TIMEOUT, 1040, 1053, 1927, 4031];
+/// Server errors after which the same call may succeed later, on MariaDB and MySQL 8:
+/// - lock conflicts: deadlock (1213), lock wait timeout (1205), `NOWAIT` refused (3572);
+/// - the statement interrupted: `KILL QUERY` (1317 `ER_QUERY_INTERRUPTED`), MariaDB's
+///   `max_statement_time` (1969 `ER_STATEMENT_TIMEOUT`), MySQL's `max_execution_time`
+///   (3024 `ER_QUERY_TIMEOUT`);
+/// - the server refusing or dropping connections: too many connections (1040, 1203),
+///   shutting down (1053), the connection killed (1927), MySQL 8's idle disconnect (4031).
+///
+/// An interrupted statement changed nothing (InnoDB rolls the statement back), so running
+/// it again, or letting the executor retry the outcome write, is safe; reporting it as
+/// `Backend` made the executor give the key up and the operation run a second time.
+const TRANSIENT: &[u16] = &[
+    DEADLOCK,
+    LOCK_WAIT_TIMEOUT,
+    3572,
+    1317,
+    1969,
+    3024,
+    1040,
+    1203,
+    1053,
+    1927,
+    4031,
+];
 
 /// Maps a sqlx error to the idem error a caller acts on; the sqlx error stays the source.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
@@ -26,9 +43,7 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => Error::unavailable(error),
-        sqlx::Error::Database(_)
-            if server_error(&error).is_some_and(|n| TRANSIENT.contains(&n)) =>
-        {
+        sqlx::Error::Database(_) if server_error(&error).is_some_and(is_transient) => {
             Error::unavailable(error)
         }
         sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
@@ -36,6 +51,11 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
         }
         _ => Error::backend(error),
     }
+}
+
+/// Whether a server error number means "interrupted, or try again".
+fn is_transient(number: u16) -> bool {
+    TRANSIENT.contains(&number)
 }
 
 /// The MySQL error number of a server error.
@@ -51,30 +71,9 @@ pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
     server_error(error) == Some(DUPLICATE_KEY)
 }
 
-/// Runs `op`, and again after a deadlock or a lock wait timeout, at most `retries` more
-/// times. Only for autocommit statements: those roll back alone, so running them again is
-/// exactly a retry.
-pub(crate) async fn retry_lock_conflicts<T, F, Fut>(retries: u32, mut op: F) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(error) if attempt < retries && is_lock_conflict(&error) => {
-                attempt += 1;
-                tracing::debug!(%error, attempt, "idem-mysql: lock conflict, running again");
-                tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-            }
-            outcome => return outcome,
-        }
-    }
-}
-
 /// Whether an idem error is a deadlock or lock wait timeout, which an autocommit statement
 /// can simply run again.
-fn is_lock_conflict(error: &Error) -> bool {
+pub(crate) fn is_lock_conflict(error: &Error) -> bool {
     let Error::Unavailable { source } = error else {
         return false;
     };
@@ -82,4 +81,21 @@ fn is_lock_conflict(error: &Error) -> bool {
         .downcast_ref::<sqlx::Error>()
         .and_then(server_error)
         .is_some_and(|n| n == DEADLOCK || n == LOCK_WAIT_TIMEOUT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The "interrupted / try again" codes of MariaDB and MySQL 8 are transient; errors a
+    /// retry cannot fix are not.
+    #[test]
+    fn interrupted_statements_are_transient() {
+        for number in [1317, 1969, 3024, 3572, 1205, 1213, 1040, 1053, 1927, 4031] {
+            assert!(is_transient(number), "{number}");
+        }
+        for number in [1062, 1146, 1142, 1064, 1406, 1916] {
+            assert!(!is_transient(number), "{number}");
+        }
+    }
 }

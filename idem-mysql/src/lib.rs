@@ -78,17 +78,24 @@
 //!   failed, fingerprint mismatch). A lapsed lease, a released key or an expired record is
 //!   taken over by one conditional `UPDATE` whose WHERE clause re-checks the rule under the
 //!   row lock; its affected-row count picks the single winner, and it hands back the new
-//!   fencing number through `LAST_INSERT_ID(expr)`.
+//!   fencing number through `LAST_INSERT_ID(expr)` (saturating at 2^64−1).
 //! - **complete**, **fail**, **renew**, **release** are one `UPDATE` each, conditioned on
 //!   state, owner token, fencing number and the row not having expired; no row matched is
 //!   [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing changed.
 //! - Round trips per call, as the test suite counts them on the server: a first claim 1,
 //!   a replay 2, a takeover 3; complete, fail, renew, release and read 1 each; remove 4
 //!   (its own short transaction, so the answer and the deletion see the same row).
+//! - Every call is bounded by a statement timeout ([`MySqlStore::with_statement_timeout`],
+//!   default 5 s; keep it below your lease TTL), so a renewal stuck behind a row lock
+//!   gives up while its lease is still its own. Pools made by [`MySqlStore::connect`] set
+//!   the server's own bounds too (`innodb_lock_wait_timeout`, MariaDB's
+//!   `max_statement_time`) and check connections out without a ping.
 //! - Deadlocks (1213) and lock wait timeouts (1205) on pooled connections are retried a
-//!   bounded number of times ([`MySqlStore::with_lock_retries`]); pool timeouts and lost
-//!   connections are [`Error::Unavailable`](idem_core::Error::Unavailable) with the sqlx
-//!   error as source; rows that do not decode are
+//!   bounded number of times ([`MySqlStore::with_lock_retries`]); interrupted statements
+//!   (`KILL QUERY` 1317, MariaDB's `max_statement_time` 1969, MySQL's
+//!   `max_execution_time` 3024), pool timeouts and lost connections are
+//!   [`Error::Unavailable`](idem_core::Error::Unavailable) with the sqlx error as source,
+//!   so the executor retries them; rows that do not decode are
 //!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord).
 //!
 //! ## Transactional mode
@@ -180,15 +187,17 @@
 //! three statements). Consuming is one conditional `UPDATE` that marks the token used; its
 //! affected-row count picks the one winner of concurrent consumes, and a rejection costs one
 //! more `SELECT` to tell why. Used tokens stay, marked, until they expire;
-//! [`MySqlTokenStore::purge_expired`] reclaims their rows like the records' below.
+//! [`PurgeExpired::purge_expired`] reclaims their rows like the records' below.
 //!
 //! ## Expiry and purging
 //!
 //! A row past `expires_at` already counts as absent: claims take it over, reads return
-//! `None`. [`MySqlStore::purge_expired`] reclaims the space in bounded batches. Run it on a
-//! schedule, from one instance or from all (concurrent purges are harmless):
+//! `None`. [`PurgeExpired::purge_expired`] (both stores implement it) reclaims the space
+//! in bounded batches. Run it on a schedule, from one instance or from all (concurrent
+//! purges are harmless):
 //!
 //! ```no_run
+//! use idem_mysql::PurgeExpired;
 //! # async fn run(store: idem_mysql::MySqlStore) {
 //! let purger = store.clone();
 //! tokio::spawn(async move {
@@ -211,13 +220,14 @@
 
 mod errors;
 mod ops;
-mod row;
 mod schema;
 mod statements;
 mod store;
+mod table;
 mod token;
 mod transaction;
 
+pub use idem_sql::PurgeExpired;
 pub use schema::{DEFAULT_TABLE, SCHEMA_VERSION};
 pub use store::MySqlStore;
 pub use token::MySqlTokenStore;

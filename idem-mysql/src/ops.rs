@@ -1,15 +1,15 @@
 //! The lifecycle's transitions as statements on one connection, used both on pooled
 //! autocommit connections and inside a caller's transaction.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
-use idem_core::lifecycle::{self, Entry};
-use idem_core::{Claim, ClaimRequest, Error, InvalidInput, Key, Lease, Record, Ttl};
+use idem_core::lifecycle::Entry;
+use idem_core::{ClaimRequest, Error, Key, Lease, Record, Ttl};
+use idem_sql::row::{NOW, claim_spans, micros, state};
+use idem_sql::{ClaimSteps, StoredRow};
+use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlConnection, Row};
 
 use crate::errors::{from_sqlx, is_duplicate_key};
-use crate::row::{NOW, StoredRow};
 use crate::statements::{Statements, sql};
 
 /// How a claim reads a row it could not insert.
@@ -22,85 +22,66 @@ pub(crate) enum Reading {
     Locked,
 }
 
-/// How many read-then-write rounds a claim (or a token's consume) makes before it gives
-/// up. A round fails only when another caller changed the row in between, so a second
-/// round nearly always settles.
-pub(crate) const ROUNDS: usize = 16;
+/// The statements of a claim on one connection, for [`idem_sql::claim`].
+pub(crate) struct OnConnection<'c> {
+    pub(crate) conn: &'c mut MySqlConnection,
+    pub(crate) statements: &'c Statements,
+    pub(crate) reading: Reading,
+}
 
-/// Claims a key: INSERT for a never-seen key; otherwise read the row, let the lifecycle
-/// decide, and take the row over with one conditional UPDATE when it says "acquire".
-pub(crate) async fn claim(
-    conn: &mut MySqlConnection,
-    sql_for: &Statements,
-    request: &ClaimRequest,
-    reading: Reading,
-) -> Result<Claim, Error> {
-    for _ in 0..ROUNDS {
-        if insert(conn, sql_for, request).await? {
-            return Ok(Claim::Acquired(lease(request, 1)));
-        }
-        // The row vanished (removed, purged) since the INSERT saw it: insert again.
-        let Some(entry) = select(conn, sql_for, &request.key, reading).await? else {
-            continue;
-        };
-        let step = lifecycle::claim(Some(&entry), request, NOW);
-        match step.answer {
-            Ok(Claim::Acquired(_)) => {
-                if let Some(fencing) = take_over(conn, sql_for, request).await? {
-                    tracing::debug!(key = %request.key, fencing, "idem-mysql: took a free key over");
-                    return Ok(Claim::Acquired(lease(request, fencing)));
-                }
-                // Another caller changed the row first: look again.
-            }
-            answer => return answer,
+impl ClaimSteps for OnConnection<'_> {
+    /// Inserts a claimed row; `false` when the key already has one (1062).
+    async fn insert(&mut self, request: &ClaimRequest) -> Result<bool, Error> {
+        let (lease_us, life_us) = claim_spans(request.lease_ttl);
+        let inserted = sqlx::query(sql(&self.statements.insert))
+            .bind(request.key.namespace().as_bytes())
+            .bind(request.key.id().as_bytes())
+            .bind(request.fingerprint.as_ref().map(|f| &f.as_bytes()[..]))
+            .bind(&request.owner.as_bytes()[..])
+            .bind(lease_us)
+            .bind(life_us)
+            .execute(&mut *self.conn)
+            .await;
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(e) if is_duplicate_key(&e) => Ok(false),
+            Err(e) => Err(from_sqlx(e)),
         }
     }
-    Err(Error::unavailable(format!(
-        "the claim of {} did not settle in {ROUNDS} rounds: the row kept changing",
-        request.key
-    )))
-}
 
-fn lease(request: &ClaimRequest, fencing: u64) -> Lease {
-    Lease {
-        key: request.key.clone(),
-        owner: request.owner,
-        fencing,
+    async fn select(&mut self, key: &Key) -> Result<Option<Entry>, Error> {
+        select(self.conn, self.statements, key, self.reading).await
     }
-}
 
-/// The lease TTL and the whole life of a claimed row (lease + trace), in microseconds.
-fn claim_spans(lease_ttl: Ttl) -> (u64, u64) {
-    let lease = lease_ttl.as_millis();
-    let life = lease.saturating_add(lifecycle::trace_ttl(lease));
-    (micros(lease), micros(life))
-}
-
-/// Milliseconds as the microseconds `TIMESTAMPADD(MICROSECOND, ...)` takes.
-pub(crate) fn micros(millis: u64) -> u64 {
-    millis.saturating_mul(1000)
-}
-
-/// Inserts a claimed row; `false` when the key already has one.
-async fn insert(
-    conn: &mut MySqlConnection,
-    sql_for: &Statements,
-    request: &ClaimRequest,
-) -> Result<bool, Error> {
-    let (lease_us, life_us) = claim_spans(request.lease_ttl);
-    let inserted = sqlx::query(sql(&sql_for.insert))
-        .bind(request.key.namespace().as_bytes())
-        .bind(request.key.id().as_bytes())
-        .bind(request.fingerprint.as_ref().map(|f| &f.as_bytes()[..]))
-        .bind(&request.owner.as_bytes()[..])
-        .bind(lease_us)
-        .bind(life_us)
-        .execute(&mut *conn)
-        .await;
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(e) if is_duplicate_key(&e) => Ok(false),
-        Err(e) => Err(from_sqlx(e)),
+    /// The takeover reports the new fencing number through `LAST_INSERT_ID(expr)`.
+    async fn take_over(&mut self, request: &ClaimRequest) -> Result<Option<u64>, Error> {
+        let (lease_us, life_us) = claim_spans(request.lease_ttl);
+        let owner = &request.owner.as_bytes()[..];
+        let fingerprint = request.fingerprint.as_ref().map(|f| &f.as_bytes()[..]);
+        let done = sqlx::query(sql(&self.statements.take_over))
+            .bind(owner)
+            .bind(owner)
+            .bind(fingerprint)
+            .bind(lease_us)
+            .bind(life_us)
+            .bind(request.key.namespace().as_bytes())
+            .bind(request.key.id().as_bytes())
+            .bind(owner)
+            .bind(fingerprint)
+            .bind(owner)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(from_sqlx)?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        match done.last_insert_id() {
+            // Fencing numbers start at 1; 0 means the server did not pass LAST_INSERT_ID on.
+            0 => Err(Error::backend(
+                "the server did not report the fencing number (LAST_INSERT_ID) of a takeover",
+            )),
+            fencing => Ok(Some(fencing)),
+        }
     }
 }
 
@@ -121,44 +102,29 @@ pub(crate) async fn select(
         .fetch_optional(&mut *conn)
         .await
         .map_err(from_sqlx)?;
-    row.map(|row| StoredRow::decode(&row)?.into_entry())
-        .transpose()
+    row.map(|row| decode(&row)?.into_entry()).transpose()
 }
 
-/// Takes a free row over; the new fencing number, or `None` when the row was no longer free
-/// for this claim.
-async fn take_over(
-    conn: &mut MySqlConnection,
-    sql_for: &Statements,
-    request: &ClaimRequest,
-) -> Result<Option<u64>, Error> {
-    let (lease_us, life_us) = claim_spans(request.lease_ttl);
-    let owner = &request.owner.as_bytes()[..];
-    let fingerprint = request.fingerprint.as_ref().map(|f| &f.as_bytes()[..]);
-    let done = sqlx::query(sql(&sql_for.take_over))
-        .bind(owner)
-        .bind(owner)
-        .bind(fingerprint)
-        .bind(lease_us)
-        .bind(life_us)
-        .bind(request.key.namespace().as_bytes())
-        .bind(request.key.id().as_bytes())
-        .bind(owner)
-        .bind(fingerprint)
-        .bind(owner)
-        .execute(&mut *conn)
-        .await
-        .map_err(from_sqlx)?;
-    if done.rows_affected() == 0 {
-        return Ok(None);
-    }
-    match done.last_insert_id() {
-        // Fencing numbers start at 1; 0 means the server did not pass LAST_INSERT_ID on.
-        0 => Err(Error::backend(
-            "the server did not report the fencing number (LAST_INSERT_ID) of a takeover",
-        )),
-        fencing => Ok(Some(fencing)),
-    }
+/// Decodes the columns of [`crate::statements`]' `COLUMNS`.
+fn decode(row: &MySqlRow) -> Result<StoredRow, Error> {
+    Ok(StoredRow {
+        state: column(row, "state")?,
+        fingerprint: column(row, "fingerprint")?,
+        owner: column(row, "owner")?,
+        fencing: column(row, "fencing")?,
+        lease_left_us: column(row, "lease_left_us")?,
+        trace_us: column(row, "trace_us")?,
+        expires_left_us: column(row, "expires_left_us")?,
+        payload: column(row, "payload")?,
+    })
+}
+
+fn column<'r, T>(row: &'r MySqlRow, name: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+{
+    row.try_get(name)
+        .map_err(|e| Error::corrupt_with(format!("column {name} did not decode"), e))
 }
 
 /// What a finished record holds.
@@ -178,8 +144,8 @@ pub(crate) async fn finish(
     retention: Ttl,
 ) -> Result<(), Error> {
     let state = match outcome {
-        Outcome::Completed => crate::statements::state::COMPLETED,
-        Outcome::Failed => crate::statements::state::FAILED,
+        Outcome::Completed => state::COMPLETED,
+        Outcome::Failed => state::FAILED,
     };
     let query = sqlx::query(sql(&sql_for.finish))
         .bind(state)
@@ -270,29 +236,4 @@ pub(crate) async fn remove(
     }
     tx.commit().await.map_err(from_sqlx)?;
     Ok(visible.is_some_and(|v| v != 0))
-}
-
-/// Deletes expired rows in batches of `batch_size`, each its own short statement `purge`
-/// (see [`statements::purge`](crate::statements::purge)); how many.
-pub(crate) async fn purge_expired(
-    conn: &mut MySqlConnection,
-    purge: &Arc<str>,
-    batch_size: u32,
-) -> Result<u64, Error> {
-    if batch_size == 0 {
-        return Err(InvalidInput::Other("a purge batch holds at least one row").into());
-    }
-    let mut total = 0;
-    loop {
-        let deleted = sqlx::query(sql(purge))
-            .bind(batch_size)
-            .execute(&mut *conn)
-            .await
-            .map_err(from_sqlx)?
-            .rows_affected();
-        total += deleted;
-        if deleted < u64::from(batch_size) {
-            return Ok(total);
-        }
-    }
 }

@@ -13,19 +13,9 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use crate::schema::TableName;
+use idem_sql::TableName;
 
-/// `state` values.
-pub(crate) mod state {
-    /// Held by a lease.
-    pub(crate) const CLAIMED: u8 = 1;
-    /// Released; kept only to remember the fencing number.
-    pub(crate) const VACANT: u8 = 2;
-    /// Finished with a response.
-    pub(crate) const COMPLETED: u8 = 3;
-    /// Finished with a permanent failure.
-    pub(crate) const FAILED: u8 = 4;
-}
+use crate::schema::quoted;
 
 /// The row's columns as the store reads them: times become microseconds from the
 /// statement's instant, so no clock or time zone of the application is involved.
@@ -69,13 +59,11 @@ pub(crate) struct Statements {
     pub(crate) probe_locked: Arc<str>,
     /// Deletes a key's row.
     pub(crate) delete: Arc<str>,
-    /// Deletes up to `?` expired rows, oldest first.
-    pub(crate) purge: Arc<str>,
 }
 
 impl Statements {
     pub(crate) fn new(table: &TableName) -> Self {
-        let t = table.quoted();
+        let t = quoted(table);
         let select = format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}");
         Self {
             insert: format!(
@@ -91,11 +79,14 @@ impl Statements {
             // The SET list is evaluated left to right on the changing row, so `fencing` is
             // computed first, from the row as it was. The WHERE clause is the lifecycle's
             // claim rule, re-checked under the row lock at the server's time, so of many
-            // claimers that read the same free row exactly one matches it.
+            // claimers that read the same free row exactly one matches it. Every branch of
+            // the CASE is unsigned: with a signed `1` among them the CASE is signed, and
+            // 2^63 overflows it (error 1916), so a key at 2^63−1 could never be taken over.
+            // At 2^64−1 the number saturates, as the lifecycle's `saturating_add` does.
             take_over: format!(
                 "UPDATE {t} SET \
                  fencing = LAST_INSERT_ID(CASE \
-                   WHEN expires_at <= UTC_TIMESTAMP(6) THEN 1 \
+                   WHEN expires_at <= UTC_TIMESTAMP(6) THEN CAST(1 AS UNSIGNED) \
                    WHEN state = 1 AND owner = ? THEN fencing \
                    WHEN fencing < 18446744073709551615 THEN fencing + 1 \
                    ELSE fencing END), \
@@ -136,19 +127,8 @@ impl Statements {
             )
             .into(),
             delete: format!("DELETE FROM {t} WHERE {KEY}").into(),
-            purge: purge(table),
         }
     }
-}
-
-/// Deletes up to `?` rows past `expires_at`, oldest first, on the `expires_at` index: the
-/// purge of every idem-mysql table.
-pub(crate) fn purge(table: &TableName) -> Arc<str> {
-    format!(
-        "DELETE FROM {} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?",
-        table.quoted()
-    )
-    .into()
 }
 
 /// A statement as sqlx takes it. The text is built only from constants and a validated

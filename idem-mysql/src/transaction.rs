@@ -5,7 +5,7 @@ use bytes::Bytes;
 use idem_core::{Claim, ClaimRequest, Error, Lease, Ttl};
 use sqlx::MySqlConnection;
 
-use crate::ops::{self, Outcome, Reading};
+use crate::ops::{self, OnConnection, Outcome, Reading};
 use crate::store::MySqlStore;
 
 impl MySqlStore {
@@ -30,7 +30,12 @@ impl MySqlStore {
         conn: &mut MySqlConnection,
         request: &ClaimRequest,
     ) -> Result<Claim, Error> {
-        ops::claim(conn, self.statements(), request, Reading::Locked).await
+        let mut steps = OnConnection {
+            conn,
+            statements: self.statements(),
+            reading: Reading::Locked,
+        };
+        idem_sql::claim(&mut steps, request).await
     }
 
     /// Completes a key inside the caller's transaction: the response is stored if, and

@@ -1,20 +1,29 @@
-//! Settings of a [`RedisStore`] and the ways to connect one.
+//! One builder for both stores: key prefix, payload limit and timeouts, then a connection.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use idem_core::Error;
 use redis::Client;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::connection::{Connection, Deadline, RedisConnection};
 use crate::errors::{bounded, from_redis};
 use crate::keys::validate_prefix;
-use crate::store::{RedisConnection, RedisStore};
+use crate::replication::Replication;
+use crate::store::RedisStore;
+use crate::token::RedisTokenStore;
 
-/// Builds a [`RedisStore`]: key prefix, payload limit and timeouts, then a connection.
+/// Builds a [`RedisStore`] (`RedisStore::builder()`) or a [`RedisTokenStore`]
+/// (`RedisTokenStore::builder()`, a [`RedisTokenStoreBuilder`]): settings first, then a
+/// connection, from a URL ([`connect`](Self::connect)), a [`Client`]
+/// ([`connect_client`](Self::connect_client)) or a connection the application already has
+/// ([`build`](Self::build)). The settings are checked before anything connects.
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use idem_redis::RedisStore;
+/// use idem_redis::{RedisStore, RedisTokenStore};
 ///
 /// # async fn setup() -> Result<(), idem_core::Error> {
 /// let store = RedisStore::builder()
@@ -24,81 +33,201 @@ use crate::store::{RedisConnection, RedisStore};
 ///     .response_timeout(Duration::from_secs(1))
 ///     .connect("redis://127.0.0.1:6379")
 ///     .await?;
-/// # let _ = store;
+/// let tokens = RedisTokenStore::builder()
+///     .prefix("shop:token:")
+///     .connect("redis://127.0.0.1:6379")
+///     .await?;
+/// # let _ = (store, tokens);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone)]
-pub struct RedisStoreBuilder {
+#[must_use = "a builder does nothing until it connects or builds"]
+pub struct RedisStoreBuilder<S = RedisStore> {
     prefix: String,
     max_payload: usize,
     connection_timeout: Duration,
     response_timeout: Duration,
+    replicas: Option<(u32, Duration)>,
+    store: PhantomData<fn() -> S>,
 }
 
-impl Default for RedisStoreBuilder {
-    fn default() -> Self {
+/// The builder of a [`RedisTokenStore`]: the same settings, less the payload limit.
+pub type RedisTokenStoreBuilder = RedisStoreBuilder<RedisTokenStore>;
+
+impl<S> Clone for RedisStoreBuilder<S> {
+    fn clone(&self) -> Self {
         Self {
-            prefix: RedisStore::DEFAULT_PREFIX.to_owned(),
-            max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
-            connection_timeout: RedisStore::DEFAULT_CONNECTION_TIMEOUT,
-            response_timeout: RedisStore::DEFAULT_RESPONSE_TIMEOUT,
+            prefix: self.prefix.clone(),
+            ..*self
         }
     }
 }
 
-impl RedisStoreBuilder {
-    /// Starts from the defaults: prefix `idem:`, 4 MiB payloads, 1 s to connect, 2 s to answer.
-    pub fn new() -> Self {
-        Self::default()
+impl<S> fmt::Debug for RedisStoreBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("max_payload", &self.max_payload)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+impl<S> RedisStoreBuilder<S> {
+    fn with_prefix(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
+            connection_timeout: RedisStore::DEFAULT_CONNECTION_TIMEOUT,
+            response_timeout: RedisStore::DEFAULT_RESPONSE_TIMEOUT,
+            replicas: None,
+            store: PhantomData,
+        }
     }
 
-    /// Sets the prefix of every Redis key the store writes (default `idem:`), to share a
-    /// server between applications or environments. It must not contain `{` or `}`: the
-    /// store puts each key in a hash tag of its own.
+    /// Sets the prefix of every Redis key the store writes, to share a server between
+    /// applications or environments. It must not contain `{` or `}`: the store puts each key
+    /// in a hash tag of its own.
+    ///
+    /// Default: [`RedisStore::DEFAULT_PREFIX`] (`idem:`), or
+    /// [`RedisTokenStore::DEFAULT_PREFIX`] (`idem:token:`) for tokens.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// Sets the largest response or failure payload stored, in bytes (default 4 MiB).
-    /// Larger ones get [`Error::PayloadTooLarge`] without reaching Redis.
-    pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
-        self
-    }
-
-    /// Sets how long one attempt to (re)connect may take (default 1 s).
+    /// Sets how long one attempt to (re)connect may take.
+    ///
+    /// Default: [`RedisStore::DEFAULT_CONNECTION_TIMEOUT`] (1 s).
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
         self
     }
 
-    /// Sets how long Redis may take to answer a command (default 2 s).
+    /// Sets how long Redis may take to answer a command.
+    ///
+    /// Default: [`RedisStore::DEFAULT_RESPONSE_TIMEOUT`] (2 s).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
     }
 
+    /// The longest any call may take: one connection attempt and one answer.
+    fn deadline(&self) -> Duration {
+        self.connection_timeout
+            .saturating_add(self.response_timeout)
+    }
+
+    /// A [`ConnectionManager`] on `client` with these timeouts, connected within their sum:
+    /// it bounds every call itself, so the store adds no timer of its own. It reconnects by
+    /// itself after a connection is lost: a call made while the server is down makes one
+    /// connection attempt and fails with [`Error::Unavailable`]; the next one after the
+    /// server is back succeeds.
+    async fn managed(&self, client: Client) -> Result<Connection<ConnectionManager>, Error> {
+        validate_prefix(&self.prefix)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connection_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            // Callers see an outage at once instead of waiting out a backoff; the next call
+            // starts a fresh attempt.
+            .set_number_of_retries(0);
+        let manager = bounded(
+            self.deadline(),
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await?;
+        Ok(self.on(manager, Deadline::Connection))
+    }
+
+    /// An application's connection, whose settings are unknown: the store bounds each call.
+    fn checked<C: RedisConnection>(&self, connection: C) -> Result<Connection<C>, Error> {
+        validate_prefix(&self.prefix)?;
+        Ok(self.on(connection, Deadline::Store(self.deadline())))
+    }
+
+    fn on<C: RedisConnection>(&self, connection: C, deadline: Deadline) -> Connection<C> {
+        Connection::new(connection, self.prefix.clone(), deadline)
+    }
+}
+
+impl Default for RedisStoreBuilder<RedisStore> {
+    fn default() -> Self {
+        Self::with_prefix(RedisStore::DEFAULT_PREFIX)
+    }
+}
+
+impl Default for RedisStoreBuilder<RedisTokenStore> {
+    fn default() -> Self {
+        Self::with_prefix(RedisTokenStore::DEFAULT_PREFIX)
+    }
+}
+
+impl RedisStoreBuilder<RedisStore> {
+    /// Starts from the defaults: prefix `idem:`, 4 MiB payloads, 1 s to connect, 2 s to answer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the largest response or failure payload stored, in bytes. Larger ones get
+    /// [`Error::PayloadTooLarge`] without reaching Redis.
+    ///
+    /// Default: [`RedisStore::DEFAULT_MAX_PAYLOAD`] (4 MiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// After each complete or fail, waits until `replicas` replicas acknowledged the
+    /// finished record (`WAIT replicas timeout`, sent in the same round trip as the write),
+    /// for records that must survive a failover to a replica. When fewer acknowledge within
+    /// `timeout`, the call fails with an [`Error::Backend`] whose source is a
+    /// [`ReplicasNotReached`](crate::ReplicasNotReached); the record is written on the
+    /// primary all the same. `WAIT` makes a write durable on more servers, not atomic
+    /// across them: see the crate docs on durability. Not for Redis Cluster connections.
+    ///
+    /// `replicas` must be at least 1, and `timeout` at least 1 ms and shorter than the
+    /// response timeout (checked when the store is built).
+    ///
+    /// Default: no waiting (a finish returns once the primary applied it).
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = Some((replicas, timeout));
+        self
+    }
+
+    /// The replica wait, checked.
+    fn replication(&self) -> Result<Option<Replication>, Error> {
+        self.replicas
+            .map(|(replicas, timeout)| Replication::new(replicas, timeout, self.response_timeout))
+            .transpose()
+    }
+
     /// Connects to the server at `url` (`redis://host:port/db`, `rediss://` with TLS when
     /// the `redis` crate's TLS features are enabled).
     ///
-    /// Fails with [`Error::Unavailable`] when the server does not answer, and with
-    /// [`Error::Backend`] for a malformed URL or a refused login.
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range,
+    /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a
+    /// malformed URL or a refused login.
     pub async fn connect(self, url: &str) -> Result<RedisStore, Error> {
         let client = Client::open(url).map_err(from_redis)?;
         self.connect_client(client).await
     }
 
     /// Connects through an existing [`Client`], with a [`ConnectionManager`] configured from
-    /// these settings. The manager reconnects by itself after a connection is lost: a call
-    /// made while the server is down makes one connection attempt and fails with
-    /// [`Error::Unavailable`]; the next one after the server is back succeeds.
+    /// these settings, which reconnects by itself: a call made while the server is down
+    /// fails with [`Error::Unavailable`] within the two timeouts; the next one after the
+    /// server is back succeeds.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
     pub async fn connect_client(self, client: Client) -> Result<RedisStore, Error> {
-        validate_prefix(&self.prefix)?;
-        let manager =
-            connect_manager(client, self.connection_timeout, self.response_timeout).await?;
-        self.build(manager)
+        let replication = self.replication()?;
+        let connection = self.managed(client).await?;
+        Ok(RedisStore::new(connection, self.max_payload, replication))
     }
 
     /// Uses a connection the application already has: a [`ConnectionManager`] (clones of it
@@ -108,36 +237,116 @@ impl RedisStoreBuilder {
     /// is in one hash slot. The connection's own reconnect and timeout settings apply; on
     /// top of them, every store call is bounded by this builder's connection timeout plus
     /// response timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range.
     pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisStore<C>, Error> {
-        validate_prefix(&self.prefix)?;
-        let deadline = deadline(self.connection_timeout, self.response_timeout);
-        Ok(RedisStore::from_parts(
-            connection,
-            self.prefix,
-            self.max_payload,
-            deadline,
-        ))
+        let replication = self.replication()?;
+        let connection = self.checked(connection)?;
+        Ok(RedisStore::new(connection, self.max_payload, replication))
     }
 }
 
-/// A [`ConnectionManager`] on `client` with these timeouts, connected within their sum. The
-/// way every store of this crate connects when given a URL or a [`Client`].
-pub(crate) async fn connect_manager(
-    client: Client,
-    connection_timeout: Duration,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, Error> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(connection_timeout))
-        .set_response_timeout(Some(response_timeout))
-        // Callers see an outage at once instead of waiting out a backoff; the next call
-        // starts a fresh attempt.
-        .set_number_of_retries(0);
-    let deadline = deadline(connection_timeout, response_timeout);
-    bounded(deadline, ConnectionManager::new_with_config(client, config)).await
+impl RedisStoreBuilder<RedisTokenStore> {
+    /// Starts from the defaults: prefix `idem:token:`, 1 s to connect, 2 s to answer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects to the server at `url`, as [`RedisStoreBuilder::connect`] does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a prefix with a brace, [`Error::Unavailable`] when the
+    /// server does not answer, [`Error::Backend`] for a malformed URL or a refused login.
+    pub async fn connect(self, url: &str) -> Result<RedisTokenStore, Error> {
+        let client = Client::open(url).map_err(from_redis)?;
+        self.connect_client(client).await
+    }
+
+    /// Connects through an existing [`Client`], as [`RedisStoreBuilder::connect_client`]
+    /// does.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_client(self, client: Client) -> Result<RedisTokenStore, Error> {
+        Ok(RedisTokenStore::new(self.managed(client).await?))
+    }
+
+    /// Uses a connection the application already has, as [`RedisStoreBuilder::build`] does:
+    /// every store call is bounded by the connection timeout plus the response timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a prefix with a brace.
+    pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisTokenStore<C>, Error> {
+        Ok(RedisTokenStore::new(self.checked(connection)?))
+    }
 }
 
-/// The longest any call may take: one connection attempt and one answer.
-pub(crate) fn deadline(connection_timeout: Duration, response_timeout: Duration) -> Duration {
-    connection_timeout.saturating_add(response_timeout)
+impl RedisStore {
+    /// Settings first, then a connection: see [`RedisStoreBuilder`].
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder::default()
+    }
+
+    /// Connects to `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder().connect(url).await
+    }
+
+    /// Connects through an existing [`Client`] with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn from_client(client: Client) -> Result<Self, Error> {
+        Self::builder().connect_client(client).await
+    }
+
+    /// Uses an existing [`ConnectionManager`] with the default settings; its own timeouts
+    /// apply, and the store bounds each call by the default deadline on top.
+    pub fn from_manager(manager: ConnectionManager) -> Self {
+        let builder = Self::builder();
+        let connection = builder.on(manager, Deadline::Store(builder.deadline()));
+        Self::new(connection, builder.max_payload, None)
+    }
+}
+
+impl RedisTokenStore {
+    /// Settings first, then a connection: see [`RedisTokenStoreBuilder`].
+    pub fn builder() -> RedisTokenStoreBuilder {
+        RedisTokenStoreBuilder::default()
+    }
+
+    /// Connects to `url` with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder().connect(url).await
+    }
+
+    /// Connects through an existing [`Client`] with the default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn from_client(client: Client) -> Result<Self, Error> {
+        Self::builder().connect_client(client).await
+    }
+
+    /// Uses an existing [`ConnectionManager`] with the default settings; a clone of the one
+    /// a [`RedisStore`] runs on shares its connection.
+    pub fn from_manager(manager: ConnectionManager) -> Self {
+        let builder = Self::builder();
+        Self::new(builder.on(manager, Deadline::Store(builder.deadline())))
+    }
 }

@@ -1,8 +1,10 @@
 //! Where a record lives: the Redis key of an idem key.
 
-use std::fmt::Write;
+use std::fmt;
+use std::io;
 
 use idem_core::{Error, InvalidInput, Key};
+use redis::{RedisWrite, ToRedisArgs};
 
 /// The Redis key of `key`: `prefix{tag}`, where the tag is [`Key::encoded`] with `%`, `{`
 /// and `}` percent-escaped.
@@ -14,20 +16,48 @@ use idem_core::{Error, InvalidInput, Key};
 ///   `{` is always the tag's, and any key this crate ever adds for the same idem key
 ///   (`prefix{tag}suffix`) lands in the same slot.
 pub(crate) fn record_key(prefix: &str, key: &Key) -> String {
-    // Written straight into one string: the same bytes as escaping `key.encoded()`, which
-    // is `namespace length:namespace:id`, without building that string first.
     let (namespace, id) = (key.namespace(), key.id());
     let mut out = String::with_capacity(prefix.len() + namespace.len() + id.len() + 16);
-    out.push_str(prefix);
-    out.push('{');
     // Writing to a String cannot fail.
-    let _ = write!(out, "{}", namespace.len());
-    out.push(':');
-    push_escaped(&mut out, namespace);
-    out.push(':');
-    push_escaped(&mut out, id);
-    out.push('}');
+    let _ = write_record_key(&mut out, prefix, key);
     out
+}
+
+/// [`record_key`] written where it goes (a command's buffer), with no string of its own:
+/// the same bytes as escaping `key.encoded()`, which is `namespace length:namespace:id`,
+/// without building that string either.
+fn write_record_key(out: &mut impl fmt::Write, prefix: &str, key: &Key) -> fmt::Result {
+    let (namespace, id) = (key.namespace(), key.id());
+    out.write_str(prefix)?;
+    write!(out, "{{{}:", namespace.len())?;
+    push_escaped(out, namespace)?;
+    out.write_char(':')?;
+    push_escaped(out, id)?;
+    out.write_char('}')
+}
+
+/// The Redis key of an idem key as a command argument, written straight into the command
+/// (see [`record_key`]): a claim builds no key string.
+pub(crate) struct RecordKey<'a> {
+    pub(crate) prefix: &'a str,
+    pub(crate) key: &'a Key,
+}
+
+impl ToRedisArgs for RecordKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut writer = TextWriter(out.writer_for_next_arg());
+        // The writer is a growable buffer: it cannot fail.
+        let _ = write_record_key(&mut writer, self.prefix, self.key);
+    }
+}
+
+/// Text into a byte sink.
+struct TextWriter<W>(W);
+
+impl<W: io::Write> fmt::Write for TextWriter<W> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0.write_all(text.as_bytes()).map_err(|_| fmt::Error)
+    }
 }
 
 /// `prefix{tag}` with `%`, `{` and `}` in `tag` percent-escaped: the Redis key of anything
@@ -37,25 +67,26 @@ pub(crate) fn tagged_key(prefix: &str, tag: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + tag.len() + 8);
     out.push_str(prefix);
     out.push('{');
-    push_escaped(&mut out, tag);
+    // Writing to a String cannot fail.
+    let _ = push_escaped(&mut out, tag);
     out.push('}');
     out
 }
 
-fn push_escaped(out: &mut String, text: &str) {
+fn push_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
     // Most keys hold none of the three: copy them whole.
     if !text.contains(['%', '{', '}']) {
-        out.push_str(text);
-        return;
+        return out.write_str(text);
     }
     for c in text.chars() {
         match c {
-            '%' => out.push_str("%25"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
+            '%' => out.write_str("%25")?,
+            '{' => out.write_str("%7B")?,
+            '}' => out.write_str("%7D")?,
+            c => out.write_char(c)?,
         }
     }
+    Ok(())
 }
 
 /// A prefix with a brace would move or empty the hash tag, and with it the slot rules above.
@@ -103,6 +134,19 @@ mod tests {
         let long = "n".repeat(123);
         let key = Key::new(long.as_str(), "x").expect("valid key");
         assert_eq!(record_key("", &key), tagged_key("", &key.encoded()));
+    }
+
+    #[test]
+    fn command_arguments_are_the_same_bytes() {
+        for (namespace, id) in [("orders", "k-1"), ("n{s}", "a}b{c%7D"), ("ns", "é{}%")] {
+            let key = Key::new(namespace, id).expect("valid key");
+            let arg = RecordKey {
+                prefix: "p:",
+                key: &key,
+            };
+            let written = arg.to_redis_args();
+            assert_eq!(written, vec![record_key("p:", &key).into_bytes()]);
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@
 //!     Err(ExecuteError::Operation(declined)) => println!("declined: {declined:?}"),
 //!     // In progress elsewhere, reused key, Redis unavailable, ...
 //!     Err(ExecuteError::Idempotency(err)) => return Err(err.into()),
+//!     // It ran, but its receipt could not be stored (lease lost, Redis down).
+//!     Err(ExecuteError::NotRecorded { result, error }) => println!("{error}: {result:?}"),
+//!     Err(other) => return Err(format!("{other:?}").into()),
 //! }
 //! # Ok(())
 //! # }
@@ -116,6 +119,35 @@
 //! # }
 //! ```
 //!
+//! ## Durability: which Redis settings the guarantees need
+//!
+//! idem's rules (one run per key, every repeat gets the first outcome byte for byte, fencing
+//! numbers never go backwards) hold for as long as Redis keeps what it acknowledged. Redis
+//! acknowledges a write once it is in memory, so what a crash loses depends on its settings:
+//!
+//! | Redis settings | what a crash or failover loses | what that means here |
+//! |---|---|---|
+//! | no persistence (`save ""`, `appendonly no`) | everything, at every restart | every key runs again on its next request; fencing restarts at 1 |
+//! | RDB snapshots only | the writes since the last snapshot (minutes) | those keys run again |
+//! | `appendonly yes`, `appendfsync everysec` (Redis's usual) | nothing when only the process dies; about the last second of writes when the machine or its power fails | the claims and finishes of that second are forgotten: those keys run again |
+//! | `appendonly yes`, `appendfsync always` | nothing acknowledged (each write is on disk before Redis answers, at the cost of an `fsync` per write) | none |
+//! | a replica promoted by a failover (Sentinel, a managed service) | what the primary acknowledged but had not sent yet (replication is asynchronous) | those keys run again, unless finishes wait for replicas (below) |
+//!
+//! Also set `maxmemory-policy noeviction`: every idem key has a TTL, so the `volatile-*`
+//! policies evict records as readily as the `allkeys-*` ones, and an evicted record runs
+//! again; with `noeviction` a full server refuses writes, which the store reports as
+//! [`Error::Unavailable`](idem_core::Error::Unavailable).
+//!
+//! For records that must survive a failover, [`RedisStoreBuilder::wait_for_replicas`] makes
+//! each complete and fail send `WAIT n timeout` behind its script, in the same round trip, and
+//! fail with a [`ReplicasNotReached`] source when fewer than `n` replicas acknowledged in time
+//! (the record is on the primary all the same). `WAIT` makes a finished record durable on more
+//! servers; it does not make Redis a consensus system: a failover that promotes a replica which
+//! had not acknowledged can still lose it, and claims are not waited for (a claim lost in a
+//! failover lets a repeat start a second run while the first is still going; fence the
+//! operation's own writes with [`Lease::fencing`](idem_core::Lease::fencing) where that
+//! matters).
+//!
 //! ## Errors and outages
 //!
 //! A server that cannot be reached, times out, is loading, failing over, busy or out of
@@ -137,19 +169,26 @@
 //! ```
 #![deny(missing_docs)]
 
+#[macro_use]
+mod lua_shared;
+
 mod builder;
+mod connection;
 mod errors;
 mod keys;
 mod record;
+mod replication;
 mod reply;
 mod scripts;
 mod store;
 mod token;
 
-pub use builder::RedisStoreBuilder;
+pub use builder::{RedisStoreBuilder, RedisTokenStoreBuilder};
+pub use connection::RedisConnection;
+pub use replication::ReplicasNotReached;
 pub use reply::UnexpectedReply;
-pub use store::{RedisConnection, RedisStore};
-pub use token::{RedisTokenStore, RedisTokenStoreBuilder};
+pub use store::RedisStore;
+pub use token::RedisTokenStore;
 
 /// The `redis` crate this store is built on, to build a [`redis::Client`] or a
 /// [`redis::aio::ConnectionManager`] of the matching version.

@@ -1,5 +1,6 @@
 //! The record layout, version 2, on the client's side: what a claim writes with a plain
-//! `SET key value NX PX ttl GET`, and what it makes of the value that command finds.
+//! `SET key value NX PX ttl GET`, and what it makes of the value that command finds; and the
+//! layout of a one-time token.
 //!
 //! The layout is described in `lua/record.lua` and the crate docs; the scripts hold the
 //! rest of the rules. A record holds no instant (the key's TTL is its expiry), which is what
@@ -7,17 +8,38 @@
 
 use idem_core::{Bytes, Error, Fingerprint, OwnerToken};
 
-use crate::scripts::MAX_EXACT;
+shared_with_lua! {
+    /// The layout's version and phases as Lua locals, under the same names.
+    LUA_LAYOUT, lua prefix "";
+    /// The layout version, the first byte of every record.
+    const VERSION: u8 = 2;
+    /// A held lease.
+    const CLAIMED: u8 = 1;
+    /// A released key, kept for its fencing number.
+    const VACANT: u8 = 2;
+    /// Finished with a response.
+    const COMPLETED: u8 = 3;
+    /// Finished with a permanent failure.
+    const FAILED: u8 = 4;
+    /// The first integer the scripts do not handle exactly (Lua numbers are doubles): no
+    /// fencing number or TTL in a record reaches it.
+    #[allow(clippy::unreadable_literal)] // Lua reads it as written
+    const MAX_EXACT: u64 = 9007199254740992;
+}
 
-const VERSION: u8 = 2;
-/// A held lease.
-pub(crate) const CLAIMED: u8 = 1;
-/// A released key, kept for its fencing number.
-const VACANT: u8 = 2;
-/// Finished with a response.
-pub(crate) const COMPLETED: u8 = 3;
-/// Finished with a permanent failure.
-pub(crate) const FAILED: u8 = 4;
+shared_with_lua! {
+    /// The token layout as Lua locals, under the same names.
+    LUA_TOKEN_LAYOUT, lua prefix "";
+    /// The token layout version: `version u8 | state u8 | scope`, written by
+    /// [`RedisTokenStore`](crate::RedisTokenStore), read by `lua/token_consume.lua`.
+    const TOKEN_VERSION: u8 = 1;
+    /// A token not used yet.
+    const ISSUED: u8 = 0;
+    /// A consumed token (only the consume script writes it).
+    #[allow(dead_code)]
+    const USED: u8 = 1;
+}
+
 /// `version | phase | fencing`.
 const HEADER_LEN: usize = 10;
 /// The first byte after the fingerprint flag.
@@ -32,25 +54,43 @@ pub(crate) fn header(phase: u8, fencing: u64) -> [u8; HEADER_LEN] {
     out
 }
 
-/// A claimed record: `header | fingerprint flag [digest] | owner | trace TTL`.
-pub(crate) fn claimed(
-    fencing: u64,
-    fingerprint: Option<&Fingerprint>,
-    owner: &OwnerToken,
-    trace_ttl: u64,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 1 + 32 + 16 + 8);
-    out.extend_from_slice(&header(CLAIMED, fencing));
-    match fingerprint {
-        Some(fingerprint) => {
-            out.push(1);
-            out.extend_from_slice(fingerprint.as_bytes());
+/// The longest claimed record: with a fingerprint.
+const CLAIMED_MAX: usize = HEADER_LEN + 1 + 32 + 16 + 8;
+
+/// A claimed record, `header | fingerprint flag [digest] | owner | trace TTL`, built on the
+/// stack: every claim sends one, and most claims are new keys or replays that never look at
+/// it again.
+pub(crate) struct Claimed {
+    bytes: [u8; CLAIMED_MAX],
+    len: usize,
+}
+
+impl Claimed {
+    pub(crate) fn new(
+        fencing: u64,
+        fingerprint: Option<&Fingerprint>,
+        owner: &OwnerToken,
+        trace_ttl: u64,
+    ) -> Self {
+        let mut bytes = [0; CLAIMED_MAX];
+        bytes[..HEADER_LEN].copy_from_slice(&header(CLAIMED, fencing));
+        let mut at = FINGERPRINT_AT;
+        if let Some(fingerprint) = fingerprint {
+            bytes[HEADER_LEN] = 1;
+            bytes[at..at + 32].copy_from_slice(fingerprint.as_bytes());
+            at += 32;
         }
-        None => out.push(0),
+        bytes[at..at + 16].copy_from_slice(owner.as_bytes());
+        bytes[at + 16..at + 24].copy_from_slice(&trace_ttl.to_be_bytes());
+        Self {
+            bytes,
+            len: at + 24,
+        }
     }
-    out.extend_from_slice(owner.as_bytes());
-    out.extend_from_slice(&trace_ttl.to_be_bytes());
-    out
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// What a claim found under its key.
@@ -121,8 +161,10 @@ mod tests {
         let owner = OwnerToken::random();
         let fingerprint = Fingerprint::from_digest([7; 32]);
         for fp in [None, Some(&fingerprint)] {
-            let raw = claimed(3, fp, &owner, 60_000);
+            let raw = Claimed::new(3, fp, &owner, 60_000).as_bytes().to_vec();
             assert_eq!(raw.len(), if fp.is_some() { 67 } else { 35 });
+            assert_eq!(&raw[raw.len() - 24..raw.len() - 8], owner.as_bytes());
+            assert_eq!(raw[HEADER_LEN], u8::from(fp.is_some()));
             assert_eq!(&raw[..HEADER_LEN], &header(CLAIMED, 3));
             assert!(matches!(found(raw), Ok(Found::Held)));
         }

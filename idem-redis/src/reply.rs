@@ -1,23 +1,45 @@
 //! Script replies, read back into idem's types.
 //!
-//! Every script answers a code from `lua/record.lua`: alone (an integer), or first in an
-//! array with what goes with it.
+//! Every script answers a code defined below (and given to the scripts as `R_` locals):
+//! alone (an integer), or first in an array with what goes with it.
 
 use std::time::Duration;
 
 use idem_core::{Error, Fingerprint, OwnerToken};
 use redis::Value;
 
-pub(crate) const CORRUPT: i64 = 0;
-pub(crate) const ACQUIRED: i64 = 1;
-pub(crate) const IN_PROGRESS: i64 = 2;
-pub(crate) const COMPLETED: i64 = 3;
-pub(crate) const FAILED: i64 = 4;
-pub(crate) const MISMATCH: i64 = 5;
-pub(crate) const DONE: i64 = 6;
-pub(crate) const LEASE_LOST: i64 = 7;
-pub(crate) const FREE: i64 = 8;
-pub(crate) const RECORD: i64 = 9;
+shared_with_lua! {
+    /// The reply codes as Lua locals, `R_` before each name.
+    LUA_CODES, lua prefix "R_";
+    /// The record does not decode; the reason follows.
+    const CORRUPT: i64 = 0;
+    /// The claim acquired the key; the fencing number follows.
+    const ACQUIRED: i64 = 1;
+    /// Another owner's lease is live; its milliseconds left follow.
+    const IN_PROGRESS: i64 = 2;
+    /// The key is completed; the response follows.
+    const COMPLETED: i64 = 3;
+    /// The key failed permanently; the failure follows.
+    const FAILED: i64 = 4;
+    /// The key is known with another fingerprint.
+    const MISMATCH: i64 = 5;
+    /// The transition (or removal) was applied.
+    const DONE: i64 = 6;
+    /// The lease no longer holds the key.
+    const LEASE_LOST: i64 = 7;
+    /// Nothing live under the key.
+    const FREE: i64 = 8;
+    /// A live record; its fields follow.
+    const RECORD: i64 = 9;
+    /// The token was consumed by this call.
+    const CONSUMED: i64 = 10;
+    /// No token under the key.
+    const UNKNOWN: i64 = 11;
+    /// The token was consumed before.
+    const ALREADY_USED: i64 = 12;
+    /// The token belongs to another scope.
+    const WRONG_SCOPE: i64 = 13;
+}
 
 /// A reply that is not what the scripts send: a different script under the same name, or a
 /// proxy in the way. Retrying will not fix it, so it is a [`Error::Backend`].

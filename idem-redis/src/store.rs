@@ -2,22 +2,21 @@
 //! a lease takes two).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
     async_trait, check_payload, lifecycle,
 };
-use redis::aio::{ConnectionLike, ConnectionManager};
-use redis::{Client, Cmd, ErrorKind, ServerErrorKind, Value};
+use redis::aio::ConnectionManager;
+use redis::{Cmd, Value};
 
-use crate::builder::RedisStoreBuilder;
-use crate::errors::{bounded, deadline_passed, from_record_call};
-use crate::keys::record_key;
-use crate::record::{self, Found};
+use crate::connection::{Connection, RedisConnection};
+use crate::keys::{RecordKey, record_key};
+use crate::record::{self, Claimed, Found, MAX_EXACT};
+use crate::replication::Replication;
 use crate::reply::{self, Reply, unknown_code};
-use crate::scripts::{LuaScript, MAX_EXACT, SCRIPTS};
+use crate::scripts::{LuaScript, SCRIPTS};
 
 /// The Redis [`IdempotencyStore`]. Cloning is cheap: clones share one multiplexed
 /// connection, which any number of tasks use at once.
@@ -26,27 +25,20 @@ use crate::scripts::{LuaScript, MAX_EXACT, SCRIPTS};
 /// reconnects by itself) or on any other [`RedisConnection`], such as a
 /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection) or, with the `redis`
 /// crate's `cluster-async` feature, a Redis Cluster connection; see
-/// [`RedisStoreBuilder::build`].
+/// [`RedisStoreBuilder::build`](crate::RedisStoreBuilder::build).
 pub struct RedisStore<C = ConnectionManager> {
-    connection: C,
-    prefix: Arc<str>,
+    connection: Connection<C>,
     max_payload: usize,
-    deadline: Duration,
+    /// Replicas to wait for after each finish, if any.
+    replication: Option<Replication>,
 }
-
-/// The connections a [`RedisStore`] runs on: any async Redis connection that can be cloned
-/// and shared across tasks.
-pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
-
-impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
 
 impl<C: Clone> Clone for RedisStore<C> {
     fn clone(&self) -> Self {
         Self {
             connection: self.connection.clone(),
-            prefix: Arc::clone(&self.prefix),
             max_payload: self.max_payload,
-            deadline: self.deadline,
+            replication: self.replication,
         }
     }
 }
@@ -54,9 +46,9 @@ impl<C: Clone> Clone for RedisStore<C> {
 impl<C> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.prefix)
+            .field("connection", &self.connection)
             .field("max_payload", &self.max_payload)
-            .field("deadline", &self.deadline)
+            .field("replication", &self.replication)
             .finish_non_exhaustive()
     }
 }
@@ -70,51 +62,24 @@ impl RedisStore {
     pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(1);
     /// The default time Redis may take to answer.
     pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-    /// Settings first, then a connection: see [`RedisStoreBuilder`].
-    pub fn builder() -> RedisStoreBuilder {
-        RedisStoreBuilder::new()
-    }
-
-    /// Connects to `url` with the default settings.
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        Self::builder().connect(url).await
-    }
-
-    /// Connects through an existing [`Client`] with the default settings.
-    pub async fn from_client(client: Client) -> Result<Self, Error> {
-        Self::builder().connect_client(client).await
-    }
-
-    /// Uses an existing [`ConnectionManager`] with the default settings.
-    pub fn from_manager(manager: ConnectionManager) -> Self {
-        Self::from_parts(
-            manager,
-            Self::DEFAULT_PREFIX.to_owned(),
-            Self::DEFAULT_MAX_PAYLOAD,
-            Self::DEFAULT_CONNECTION_TIMEOUT.saturating_add(Self::DEFAULT_RESPONSE_TIMEOUT),
-        )
-    }
 }
 
 impl<C: RedisConnection> RedisStore<C> {
-    pub(crate) fn from_parts(
-        connection: C,
-        prefix: String,
+    pub(crate) fn new(
+        connection: Connection<C>,
         max_payload: usize,
-        deadline: Duration,
+        replication: Option<Replication>,
     ) -> Self {
         Self {
             connection,
-            prefix: prefix.into(),
             max_payload,
-            deadline,
+            replication,
         }
     }
 
     /// The key prefix.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.connection.prefix()
     }
 
     /// The largest payload stored, in bytes.
@@ -125,78 +90,41 @@ impl<C: RedisConnection> RedisStore<C> {
     /// The Redis key holding `key`'s record, to inspect it with `redis-cli` (the value is
     /// binary; see the crate docs for its layout).
     pub fn redis_key(&self, key: &Key) -> String {
-        record_key(&self.prefix, key)
+        record_key(self.connection.prefix(), key)
     }
 
     /// Loads the scripts into the server now, so that even the first call of each kind that
     /// runs one is one round trip. Optional: without it, the first such call after a server
     /// restart loads its script (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`).
     pub async fn load_scripts(&self) -> Result<(), Error> {
-        for script in SCRIPTS.all() {
-            let mut connection = self.connection.clone();
-            self.bounded(load(script).query_async::<()>(&mut connection))
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Error> {
-        bounded(self.deadline, call).await
-    }
-
-    /// Sends one command on a record within the deadline; a value of another Redis type
-    /// under the key is a corrupt record.
-    async fn query(&self, command: &Cmd) -> Result<Value, Error> {
-        let mut connection = self.connection.clone();
-        tokio::time::timeout(self.deadline, command.query_async(&mut connection))
-            .await
-            .map_err(|_| deadline_passed(self.deadline))?
-            .map_err(from_record_call)
-    }
-
-    /// Runs `call`, an `EVALSHA` of `script` from [`evalsha`], within the deadline, loading
-    /// the script first if the server does not know it.
-    async fn run(&self, script: &LuaScript, call: &Cmd) -> Result<Reply, Error> {
-        let mut connection = self.connection.clone();
-        let attempt = async {
-            match call.query_async::<Value>(&mut connection).await {
-                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    load(script).query_async::<()>(&mut connection).await?;
-                    call.query_async(&mut connection).await
-                }
-                other => other,
-            }
-        };
-        let value = tokio::time::timeout(self.deadline, attempt)
-            .await
-            .map_err(|_| deadline_passed(self.deadline))?
-            .map_err(from_record_call)?;
-        Reply::new(value)
+        self.connection.load(&SCRIPTS.of_records()).await
     }
 
     /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: its record
-    /// header and owner come first, then what `extra` adds.
-    fn transition(&self, script: &LuaScript, lease: &Lease) -> Result<Cmd, Error> {
+    /// header and owner come first, then `args` more arguments of about `bytes` bytes.
+    fn transition(
+        &self,
+        script: &LuaScript,
+        lease: &Lease,
+        args: usize,
+        bytes: usize,
+    ) -> Result<Cmd, Error> {
         // The store never issues a fencing number the scripts cannot compare exactly.
         if lease.fencing >= MAX_EXACT {
             return Err(Error::LeaseLost);
         }
-        let mut call = evalsha(script, &self.redis_key(&lease.key));
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &lease.key,
+        };
+        let mut call = script.call(key, 2 + args, 26 + bytes);
         call.arg(&record::header(record::CLAIMED, lease.fencing)[..])
             .arg(&lease.owner.as_bytes()[..]);
         Ok(call)
     }
 
     async fn run_transition(&self, script: &LuaScript, call: &Cmd) -> Result<(), Error> {
-        let mut reply = self.run(script, call).await?;
-        match reply.code()? {
-            reply::DONE => Ok(()),
-            reply::LEASE_LOST => Err(Error::LeaseLost),
-            code => Err(unknown_code(code)),
-        }
+        transition_done(self.connection.run(script, call).await?)
     }
 
     async fn finish(
@@ -207,11 +135,20 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let mut call = self.transition(&SCRIPTS.finish, lease)?;
+        let mut call = self.transition(&SCRIPTS.finish, lease, 3, 32 + payload.len())?;
         call.arg(&record::header(phase, lease.fencing)[..])
             .arg(retention.as_millis())
             .arg(payload.as_ref());
-        self.run_transition(&SCRIPTS.finish, &call).await
+        let Some(replication) = &self.replication else {
+            return self.run_transition(&SCRIPTS.finish, &call).await;
+        };
+        // `WAIT` rides in the same round trip, right behind the script.
+        let (reply, waited) = self
+            .connection
+            .run_then(&SCRIPTS.finish, &call, &replication.wait())
+            .await?;
+        transition_done(reply)?;
+        replication.check(waited)
     }
 
     /// The claim script, for a key the plain claim found claimed or released: only there
@@ -223,9 +160,9 @@ impl<C: RedisConnection> RedisStore<C> {
         value: &[u8],
         px: u64,
     ) -> Result<Claim, Error> {
-        let mut call = evalsha(&SCRIPTS.claim, redis_key);
+        let mut call = SCRIPTS.claim.call(redis_key, 2, value.len() + 20);
         call.arg(value).arg(px);
-        let mut reply = self.run(&SCRIPTS.claim, &call).await?;
+        let mut reply = self.connection.run(&SCRIPTS.claim, &call).await?;
         match reply.code()? {
             reply::ACQUIRED => Ok(Claim::Acquired(Lease {
                 key: request.key.clone(),
@@ -243,17 +180,13 @@ impl<C: RedisConnection> RedisStore<C> {
     }
 }
 
-/// `EVALSHA sha 1 key`, for the script's arguments to follow.
-fn evalsha(script: &LuaScript, redis_key: &str) -> Cmd {
-    let mut call = redis::cmd("EVALSHA");
-    call.arg(&script.hash).arg(1).arg(redis_key);
-    call
-}
-
-fn load(script: &LuaScript) -> Cmd {
-    let mut call = redis::cmd("SCRIPT");
-    call.arg("LOAD").arg(script.code);
-    call
+/// What a transition script (finish, renew, release) answered: done, or the lease is lost.
+fn transition_done(mut reply: Reply) -> Result<(), Error> {
+    match reply.code()? {
+        reply::DONE => Ok(()),
+        reply::LEASE_LOST => Err(Error::LeaseLost),
+        code => Err(unknown_code(code)),
+    }
 }
 
 /// What a claim that found a finished record answers, as idem_core::lifecycle::claim does:
@@ -287,16 +220,22 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
         let lease_ttl = request.lease_ttl.as_millis();
         let trace_ttl = lifecycle::trace_ttl(lease_ttl);
         let px = lease_ttl.saturating_add(trace_ttl);
-        let value = record::claimed(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
-        let redis_key = self.redis_key(&request.key);
-        let mut set = redis::cmd("SET");
-        set.arg(&redis_key)
-            .arg(&value)
+        // Built on the stack and written straight into one command buffer of the right size:
+        // a replay, which only reads what the command answers, allocates nothing else.
+        let value = Claimed::new(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &request.key,
+        };
+        let mut set = Cmd::with_capacity(7, self.connection.prefix().len() + 160);
+        set.arg("SET")
+            .arg(&key)
+            .arg(value.as_bytes())
             .arg("NX")
             .arg("PX")
             .arg(px)
             .arg("GET");
-        let found = match self.query(&set).await? {
+        let found = match self.connection.query(&set).await? {
             Value::Nil => {
                 return Ok(Claim::Acquired(Lease {
                     key: request.key.clone(),
@@ -311,7 +250,11 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
         };
         match replay(request, found) {
             Some(answer) => answer,
-            None => self.claim_by_script(request, &redis_key, &value, px).await,
+            None => {
+                let redis_key = self.redis_key(&request.key);
+                self.claim_by_script(request, &redis_key, value.as_bytes(), px)
+                    .await
+            }
         }
     }
 
@@ -326,20 +269,20 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
         let trace_ttl = lifecycle::trace_ttl(ttl.as_millis());
-        let mut call = self.transition(&SCRIPTS.renew, lease)?;
+        let mut call = self.transition(&SCRIPTS.renew, lease, 2, 28)?;
         call.arg(ttl.as_millis().saturating_add(trace_ttl))
             .arg(&trace_ttl.to_be_bytes()[..]);
         self.run_transition(&SCRIPTS.renew, &call).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
-        let call = self.transition(&SCRIPTS.release, lease)?;
+        let call = self.transition(&SCRIPTS.release, lease, 0, 0)?;
         self.run_transition(&SCRIPTS.release, &call).await
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
-        let call = evalsha(&SCRIPTS.read, &self.redis_key(key));
-        let mut reply = self.run(&SCRIPTS.read, &call).await?;
+        let call = SCRIPTS.read.call(self.redis_key(key), 0, 0);
+        let mut reply = self.connection.run(&SCRIPTS.read, &call).await?;
         match reply.code()? {
             reply::FREE => Ok(None),
             reply::RECORD => read_record(key, &mut reply).map(Some),
@@ -348,8 +291,8 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        let call = evalsha(&SCRIPTS.remove, &self.redis_key(key));
-        let mut reply = self.run(&SCRIPTS.remove, &call).await?;
+        let call = SCRIPTS.remove.call(self.redis_key(key), 0, 0);
+        let mut reply = self.connection.run(&SCRIPTS.remove, &call).await?;
         match reply.code()? {
             reply::DONE => Ok(reply.int()? == 1),
             code => Err(unknown_code(code)),

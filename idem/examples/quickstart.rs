@@ -58,7 +58,15 @@ async fn main() -> Result<(), Error> {
                     })
                 }
             })
-            .await?;
+            .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // In progress elsewhere, store unavailable, ran but not recorded, ...
+            Err(ExecuteError::Idempotency(error) | ExecuteError::NotRecorded { error, .. }) => {
+                return Err(error);
+            }
+            Err(other) => return Err(Error::backend(format!("{other:?}"))),
+        };
         let receipt = outcome
             .result
             .map_err(|e| Error::backend(format!("{e:?}")))?;
@@ -83,7 +91,7 @@ async fn main() -> Result<(), Error> {
         cents: 1,
     };
     let result = idem
-        .execute(&key, Some(Fingerprint::of(&other)?), || async {
+        .execute(&key, Some(Fingerprint::of(&other)?), || async move {
             Ok::<Receipt, ChargeError>(Receipt {
                 charge_id: 0,
                 cents: other.cents,

@@ -4,7 +4,9 @@
 //! Run with `cargo run --example token_flow`.
 
 use idem::memory::MemoryTokenStore;
-use idem::{Consumption, Error, Idempotency, MemoryStore, Rejection, Retryable, Scope, Tokens};
+use idem::{
+    Consumption, Error, ExecuteError, Idempotency, MemoryStore, Rejection, Retryable, Scope, Tokens,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,14 +65,24 @@ async fn main() -> Result<(), Error> {
     let token = tokens.issue(&alice).await?;
     let key = token.key("orders")?;
     for submission in 1..=2 {
+        // The operation owns what it uses: it may finish on its own task if we go away.
+        let (tokens, alice, token) = (tokens.clone(), alice.clone(), token.clone());
         let outcome = idem
-            .execute_outcome(&key, None, || async {
+            .execute_outcome(&key, None, || async move {
                 match tokens.consume(&alice, token.as_str()).await {
                     Ok(Consumption::Consumed) => Ok(Order { id: 1001 }),
                     _ => Err(Refused),
                 }
             })
-            .await?;
+            .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // In progress elsewhere, store unavailable, ran but not recorded, ...
+            Err(ExecuteError::Idempotency(error) | ExecuteError::NotRecorded { error, .. }) => {
+                return Err(error);
+            }
+            Err(other) => return Err(Error::backend(format!("{other:?}"))),
+        };
         let how = if outcome.replayed {
             "replayed"
         } else {

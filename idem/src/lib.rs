@@ -13,6 +13,7 @@
 //! | `memory` (default) | [`MemoryStore`], `memory::MemoryTokenStore` | one process, tests, getting started |
 //! | `redis` | `redis::RedisStore`, `redis::RedisTokenStore` | many processes, low latency |
 //! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
+//! | `postgres` | `postgres::PgStore`, `postgres::PgTokenStore` | the same, on PostgreSQL |
 //!
 //! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
 //! `Idempotency-Key` header on any store. The `consumer` feature adds `consumer`: message
@@ -68,7 +69,38 @@ pub mod redis {
     pub use idem_redis::*;
 }
 
-/// The tower layer for the `Idempotency-Key` HTTP header.
+/// HTTP endpoints made idempotent by the `Idempotency-Key` header: a tower layer (axum
+/// included) on any store, following the IETF draft and ahead of Stripe where they differ.
+///
+/// The application states whose keys they are (its authenticated principal, or an explicit
+/// global scope); retries get the first response byte for byte with
+/// `Idempotent-Replayed: true`; the same key on another request is 422; a duplicate while
+/// the first runs is 409 with a useful `Retry-After`, or waits for the replay; which
+/// statuses are stored is a documented policy; the layer's own answers are
+/// `application/problem+json` with a `type` link. The crate docs of [`idem_http`] hold the
+/// table of behaviours, next to the draft's wording and Stripe's.
+///
+/// ```
+/// use idem::MemoryStore;
+/// use idem::http::{IdempotencyLayer, KeyScope};
+///
+/// /// Set by your auth layer: `request.extensions_mut().insert(Account(..))`.
+/// #[derive(Clone)]
+/// struct Account(String);
+///
+/// let layer = IdempotencyLayer::builder(
+///     MemoryStore::new(),
+///     KeyScope::principal(|account: &Account| account.0.clone()),
+/// )
+/// .require_key(true)
+/// .build()?;
+/// // axum: Router::new().route("/payments", post(charge)).layer(layer).layer(auth)
+/// # let _ = layer;
+/// # Ok::<(), idem::Error>(())
+/// ```
+///
+/// `cargo run --example http_server` serves a payments API with it; the README shows the
+/// curl commands for a first request, a replay, a 422 and a 409.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http {
@@ -93,9 +125,17 @@ pub mod mysql {
     pub use idem_mysql::*;
 }
 
+/// The PostgreSQL store.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    #[doc(inline)]
+    pub use idem_postgres::*;
+}
+
 /// The README's examples, compiled and run as doctests so the README never lies. They use
-/// every store, so they run when the `redis` and `mysql` features are on, as they are in
+/// every store, so they run when the `redis`, `mysql` and `postgres` features are on, as they are in
 /// `cargo test --workspace` (idem-bench turns them on).
-#[cfg(all(doctest, feature = "redis", feature = "mysql"))]
+#[cfg(all(doctest, feature = "redis", feature = "mysql", feature = "postgres"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

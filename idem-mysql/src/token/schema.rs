@@ -1,6 +1,8 @@
 //! The token table: its versioned DDL, run by the shared migration of [`crate::schema`].
 
-use crate::schema::{Migration, TableKind, TableName};
+use idem_sql::{Migration, TableKind, TableName};
+
+use crate::schema::quoted;
 
 /// The token table's schema version this build reads and writes.
 pub(crate) const SCHEMA_VERSION: u32 = 1;
@@ -18,7 +20,6 @@ pub(crate) const TOKENS: TableKind = TableKind {
     noun: "an idem-mysql token table",
     store: "MySqlTokenStore",
     default_table: DEFAULT_TABLE,
-    version: SCHEMA_VERSION,
     migrations: &[Migration {
         version: 1,
         ddl: create_table_v1,
@@ -45,18 +46,19 @@ fn create_table_v1(table: &TableName) -> String {
   PRIMARY KEY (token),
   KEY expires_at_idx (expires_at)
 ) ENGINE=InnoDB COMMENT='{COMMENT_PREFIX}1'",
-        table = table.quoted()
+        table = quoted(table)
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::migration_sql;
+    use crate::schema::table_name;
 
     #[test]
     fn ddl_names_the_table_and_version() {
-        let sql = migration_sql(&TOKENS, &TableName::new("my_tokens").expect("valid"));
+        let sql = TOKENS.migration_sql(&table_name("my_tokens").expect("valid"));
+        assert_eq!(TOKENS.version(), SCHEMA_VERSION);
         assert!(sql.starts_with("-- idem-mysql token schema v1\n"), "{sql}");
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_tokens`"));
         assert!(sql.contains("token VARBINARY(128) NOT NULL"));

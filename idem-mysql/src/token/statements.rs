@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::schema::TableName;
-use crate::statements::purge;
+use idem_sql::TableName;
+
+use crate::schema::quoted;
 
 /// A token that is still usable: not expired, on the server's clock.
 const LIVE: &str = "expires_at > UTC_TIMESTAMP(6)";
@@ -26,13 +27,11 @@ pub(crate) struct TokenStatements {
     /// A live token's scope and whether it was used, to say why a consume matched nothing.
     /// Binds: token.
     pub(crate) inspect: Arc<str>,
-    /// Deletes up to `?` expired tokens, oldest first.
-    pub(crate) purge: Arc<str>,
 }
 
 impl TokenStatements {
     pub(crate) fn new(table: &TableName) -> Self {
-        let t = table.quoted();
+        let t = quoted(table);
         Self {
             insert: format!(
                 "INSERT INTO {t} (token, scope, used_at, expires_at) \
@@ -56,7 +55,6 @@ impl TokenStatements {
                  FROM {t} WHERE token = ? AND {LIVE}"
             )
             .into(),
-            purge: purge(table),
         }
     }
 }

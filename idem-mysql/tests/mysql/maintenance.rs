@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use idem_core::{Error, IdempotencyStore, Key};
-use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, AssertSqlSafe};
+use idem_mysql::{MySqlStore, PurgeExpired};
 
 use crate::support::*;
 
@@ -186,6 +186,25 @@ async fn a_lost_connection_is_unavailable() {
         .expect("connection id");
     let killer = crate::support::pool(1).await;
     exec(&killer, format!("KILL CONNECTION {id}")).await;
+    // KILL returns before the server has closed the connection: wait until it is gone, so
+    // the claim below cannot slip in first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?")
+                .bind(id)
+                .fetch_one(&killer)
+                .await
+                .expect("processlist");
+        if alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection {id} never went away"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let result = store
         .claim(&request(&key(&namespace("lost"), "k"), LONG))
         .await;

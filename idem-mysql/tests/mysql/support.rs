@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use idem_core::{Claim, ClaimRequest, Key, Lease, Ttl};
-use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, AssertSqlSafe, MySqlPool};
+use idem_mysql::{MySqlStore, PurgeExpired};
 
 /// The shared table of tests that isolate themselves by namespace.
 pub const SHARED_TABLE: &str = "idem_test_records";

@@ -14,7 +14,7 @@ if not e then
 end
 
 local function acquire(fencing)
-  redis.call('SET', key, '\2\1' .. struct.pack('>I8', fencing) .. string.sub(value, 11), 'PX', px)
+  redis.call('SET', key, string.char(VERSION, CLAIMED) .. struct.pack('>I8', fencing) .. string.sub(value, 11), 'PX', px)
   return { R_ACQUIRED, fencing }
 end
 

@@ -15,13 +15,9 @@
 -- clock (PTTL); none uses TIME.
 --
 -- Lua numbers are doubles: every u64 read is refused from 2^53 up, where doubles stop being
--- exact, so fencing arithmetic never rounds (a key would need 2^53 acquisitions to get there).
-
-local CLAIMED, VACANT, COMPLETED, FAILED = 1, 2, 3, 4
-
--- Reply codes, shared with src/reply.rs.
-local R_CORRUPT, R_ACQUIRED, R_IN_PROGRESS, R_COMPLETED, R_FAILED, R_MISMATCH = 0, 1, 2, 3, 4, 5
-local R_DONE, R_LEASE_LOST, R_FREE, R_RECORD = 6, 7, 8, 9
+-- exact (MAX_EXACT), so fencing arithmetic never rounds (a key would need 2^53 acquisitions
+-- to get there). The phases, VERSION, MAX_EXACT and the R_ reply codes are locals defined
+-- ahead of every script from src/record.rs and src/reply.rs.
 
 -- The entry in raw: phase, fencing, fp (the fingerprint field: flag byte and digest), then
 -- owner and trace_ttl (claimed) or payload (finished); or nil and why it does not decode.
@@ -31,10 +27,10 @@ local function decode(raw)
     return nil, 'record of ' .. len .. ' bytes is shorter than its header'
   end
   local version, phase, fencing, pos = struct.unpack('>BBI8', raw)
-  if version ~= 2 then
+  if version ~= VERSION then
     return nil, 'unknown record version ' .. version
   end
-  if fencing < 1 or fencing >= 9007199254740992 then
+  if fencing < 1 or fencing >= MAX_EXACT then
     return nil, 'fencing number out of range'
   end
   if phase == VACANT then
@@ -66,7 +62,7 @@ local function decode(raw)
     end
     e.owner = string.sub(raw, body, body + 15)
     e.trace_ttl = struct.unpack('>I8', raw, body + 16)
-    if e.trace_ttl < 1 or e.trace_ttl >= 9007199254740992 then
+    if e.trace_ttl < 1 or e.trace_ttl >= MAX_EXACT then
       return nil, 'trace TTL out of range'
     end
   else

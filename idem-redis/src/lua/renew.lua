@@ -3,5 +3,5 @@
 -- idem_core::lifecycle::renew.
 if held then
   redis.call('SET', key, string.sub(raw, 1, -9) .. ARGV[4], 'PX', ARGV[3])
-  return 6 -- R_DONE
+  return R_DONE
 end

@@ -7,9 +7,8 @@
 -- Consuming rewrites the state with SET ... KEEPTTL (Redis >= 6.0): a used token stays,
 -- marked, until the instant it was issued to expire, so repeats are told it was used.
 
--- Reply codes, shared with src/token.rs; 0 is src/reply.rs's CORRUPT.
-local R_CORRUPT, R_CONSUMED, R_UNKNOWN, R_ALREADY_USED, R_WRONG_SCOPE = 0, 10, 11, 12, 13
-local VERSION, ISSUED, USED = 1, 0, 1
+-- TOKEN_VERSION, ISSUED, USED and the R_ reply codes are locals defined ahead of the script
+-- from src/token.rs and src/reply.rs.
 
 local key, scope = KEYS[1], ARGV[1]
 local raw = redis.pcall('GET', key)
@@ -24,7 +23,7 @@ if #raw < 3 then
   return { R_CORRUPT, 'token record of ' .. #raw .. ' bytes is shorter than its header and scope' }
 end
 local version, state = string.byte(raw, 1, 2)
-if version ~= VERSION then
+if version ~= TOKEN_VERSION then
   return { R_CORRUPT, 'unknown token record version ' .. version }
 end
 if state == USED then
@@ -37,5 +36,5 @@ end
 if string.sub(raw, 3) ~= scope then
   return { R_WRONG_SCOPE }
 end
-redis.call('SET', key, string.char(VERSION, USED) .. scope, 'KEEPTTL')
+redis.call('SET', key, string.char(TOKEN_VERSION, USED) .. scope, 'KEEPTTL')
 return { R_CONSUMED }

@@ -1,0 +1,514 @@
+//! What happened during a scenario, and the check of it afterwards.
+//!
+//! Callers write into a [`History`] as they go: every run of an operation (its effect, with
+//! the fencing number it ran under), every answer a caller got, and every fault the
+//! scenario injected. [`History::check`] then classifies each second run of a key as
+//! explained by one of the documented [`Rule`]s or not, and counts wrong replays, fencing
+//! numbers that went backwards and lost completions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The value an operation returns, and what a repeat must get back: unique per run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RunId {
+    /// The key's number in the scenario.
+    pub key: u32,
+    /// The request that ran it.
+    pub request: u64,
+    /// The fencing number it ran under.
+    pub fencing: u64,
+}
+
+/// One run of an operation: its effect took place.
+#[derive(Debug, Clone)]
+struct Run {
+    id: RunId,
+    /// When the operation began: its claim was acquired just before.
+    started: Instant,
+    /// When the effect took place (the end of the operation).
+    at: Instant,
+}
+
+/// What one attempt of a caller came back with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This attempt ran the operation and idem stored its outcome.
+    Executed(RunId),
+    /// This attempt got a stored outcome back.
+    Replayed(RunId),
+    /// This attempt ran the operation, but idem reported an error: its outcome may not be
+    /// stored.
+    RanUnstored(ErrorKind),
+    /// idem answered with an error and nothing ran.
+    Error(ErrorKind),
+    /// The caller went away (its future was dropped).
+    Cancelled,
+}
+
+/// The kinds of [`idem::Error`], for the tally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ErrorKind {
+    /// `InProgress`.
+    InProgress,
+    /// `Unavailable`.
+    Unavailable,
+    /// `LeaseLost`.
+    LeaseLost,
+    /// `CorruptRecord`.
+    Corrupt,
+    /// `Backend`.
+    Backend,
+    /// `FingerprintMismatch`.
+    Mismatch,
+    /// `Serialization`.
+    Serialization,
+    /// `PayloadTooLarge`.
+    TooLarge,
+    /// Any other variant.
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind of an idem error.
+    pub fn of(error: &idem::Error) -> Self {
+        match error {
+            idem::Error::InProgress { .. } => Self::InProgress,
+            idem::Error::Unavailable { .. } => Self::Unavailable,
+            idem::Error::LeaseLost => Self::LeaseLost,
+            idem::Error::CorruptRecord { .. } => Self::Corrupt,
+            idem::Error::Backend { .. } => Self::Backend,
+            idem::Error::FingerprintMismatch => Self::Mismatch,
+            idem::Error::Serialization { .. } => Self::Serialization,
+            idem::Error::PayloadTooLarge { .. } => Self::TooLarge,
+            _ => Self::Other,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::InProgress => "in_progress",
+            Self::Unavailable => "unavailable",
+            Self::LeaseLost => "lease_lost",
+            Self::Corrupt => "corrupt",
+            Self::Backend => "backend",
+            Self::Mismatch => "mismatch",
+            Self::Serialization => "serialization",
+            Self::TooLarge => "too_large",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A fault the scenario injected.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// The store could not serve `key` (or any key, for `None`) from `from` to `to`: a
+    /// server down or paused, a row lock held.
+    Outage {
+        /// What it was, for the report.
+        what: &'static str,
+        /// The key it kept from being served, or every key.
+        key: Option<u32>,
+        /// When it began.
+        from: Instant,
+        /// When the store answered again.
+        to: Instant,
+    },
+    /// The store lost every record at this instant (a server without persistence killed).
+    DataLoss {
+        /// When.
+        at: Instant,
+    },
+    /// A fault with no duration that no rule may explain a second run by: a query or a
+    /// connection killed, a rollback injected.
+    Instant {
+        /// What it was, for the report.
+        what: &'static str,
+    },
+}
+
+/// The documented rules that explain a second run of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    /// The store lost its records (Redis without AOF, killed): README "Guarantees".
+    DataLoss,
+    /// The store could not be reached, between the first run's claim and the second run,
+    /// for longer than the first lease had left: two thirds of the lease at least, since
+    /// the executor renews it every third. The first owner could neither store its outcome
+    /// nor keep its lease.
+    OutageLongerThanLease,
+}
+
+impl Rule {
+    fn label(self) -> &'static str {
+        match self {
+            Self::DataLoss => "data-loss",
+            Self::OutageLongerThanLease => "outage>lease-left",
+        }
+    }
+}
+
+/// Everything recorded during one scenario. Shared by all callers.
+#[derive(Debug)]
+pub struct History {
+    lease: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    runs: HashMap<u32, Vec<Run>>,
+    answers: Vec<(u32, u64, Instant, Answer)>,
+    faults: Vec<Fault>,
+    panics: usize,
+    gave_up: usize,
+    requests: usize,
+}
+
+impl History {
+    /// An empty history for callers whose leases last `lease`.
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            lease,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panicking caller is counted, not propagated: keep using the data.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The operation of `id`, begun at `started`, took effect now.
+    pub fn ran(&self, id: RunId, started: Instant) {
+        let run = Run {
+            id,
+            started,
+            at: Instant::now(),
+        };
+        self.inner().runs.entry(id.key).or_default().push(run);
+    }
+
+    /// The caller of `request` got `answer` for `key`.
+    pub fn answered(&self, key: u32, request: u64, answer: Answer) {
+        self.inner()
+            .answers
+            .push((key, request, Instant::now(), answer));
+    }
+
+    /// A fault was injected.
+    pub fn fault(&self, fault: Fault) {
+        self.inner().faults.push(fault);
+    }
+
+    /// A caller panicked.
+    pub fn panicked(&self) {
+        self.inner().panics += 1;
+    }
+
+    /// A request ended: served, or given up after its deadline.
+    pub fn request_done(&self, served: bool) {
+        let mut inner = self.inner();
+        inner.requests += 1;
+        if !served {
+            inner.gave_up += 1;
+        }
+    }
+
+    /// Checks the history.
+    pub fn check(&self, scenario: &str) -> Summary {
+        let inner = self.inner();
+        let mut summary = Summary {
+            scenario: scenario.to_owned(),
+            requests: inner.requests,
+            gave_up: inner.gave_up,
+            panics: inner.panics,
+            ..Summary::default()
+        };
+        for fault in &inner.faults {
+            let label = match fault {
+                Fault::Outage { what, .. } | Fault::Instant { what } => *what,
+                Fault::DataLoss { .. } => "data-loss",
+            };
+            *summary.faults.entry(label).or_default() += 1;
+            if let Fault::Outage { from, to, .. } = fault {
+                summary.longest_outage = summary.longest_outage.max(*to - *from);
+            }
+        }
+        for (_, _, _, answer) in &inner.answers {
+            match answer {
+                Answer::Error(kind) | Answer::RanUnstored(kind) => {
+                    *summary.errors.entry(*kind).or_default() += 1;
+                }
+                Answer::Cancelled => summary.cancelled += 1,
+                Answer::Executed(_) | Answer::Replayed(_) => {}
+            }
+        }
+        for runs in inner.runs.values() {
+            summary.runs += runs.len();
+            self.check_key(&inner, runs, &mut summary);
+        }
+        summary.keys = inner.runs.len();
+        self.check_replays(&inner, &mut summary);
+        summary
+    }
+
+    /// Classifies every run of a key after its first (in the order the effects took
+    /// place), and checks its fencing numbers (in the order the claims were granted).
+    fn check_key(&self, inner: &Inner, runs: &[Run], summary: &mut Summary) {
+        let mut runs = runs.to_vec();
+        runs.sort_by_key(|run| run.at);
+        for pair in runs.windows(2) {
+            let (first, second) = (&pair[0], &pair[1]);
+            let rule = self.explain(inner, first, second);
+            match rule {
+                Some(rule) => *summary.explained.entry(rule).or_default() += 1,
+                None => {
+                    summary.unexplained += 1;
+                    summary.examples.push(format!(
+                        "key {} ran at fencing {} (request {}, for {:?}, which then got {:?}) and again {:?} later at fencing {} (request {})",
+                        first.id.key,
+                        first.id.fencing,
+                        first.id.request,
+                        first.at - first.started,
+                        answers_after(inner, first),
+                        second.at - first.at,
+                        second.id.fencing,
+                        second.id.request
+                    ));
+                }
+            }
+            let acknowledged = inner.answers.iter().any(|(key, _, at, answer)| {
+                *key == first.id.key
+                    && *at < second.at
+                    && matches!(answer, Answer::Executed(id) if *id == first.id)
+            });
+            if acknowledged {
+                match rule {
+                    Some(Rule::DataLoss) => summary.lost_completions_explained += 1,
+                    _ => summary.lost_completions += 1,
+                }
+            }
+        }
+        // Fencing numbers in the order the claims were granted (each run starts right
+        // after its claim): each must be above the one before, unless the store lost it.
+        runs.sort_by_key(|run| run.started);
+        for pair in runs.windows(2) {
+            let (first, second) = (&pair[0], &pair[1]);
+            if second.id.fencing > first.id.fencing {
+                continue;
+            }
+            if self.explain(inner, first, second) == Some(Rule::DataLoss) {
+                summary.fencing_back_explained += 1;
+            } else {
+                summary.fencing_back += 1;
+                summary.examples.push(format!(
+                    "key {}: a claim granted after fencing {} got fencing {}",
+                    first.id.key, first.id.fencing, second.id.fencing
+                ));
+            }
+        }
+    }
+
+    /// The rule that explains `second` running after `first` took effect, if any.
+    fn explain(&self, inner: &Inner, first: &Run, second: &Run) -> Option<Rule> {
+        // The first run's claim was written before it started, at most a lease earlier.
+        let since = first
+            .started
+            .checked_sub(self.lease)
+            .unwrap_or(first.started);
+        let between = |at: Instant| at > since && at < second.at;
+        let lost = inner
+            .faults
+            .iter()
+            .any(|f| matches!(f, Fault::DataLoss { at } if between(*at)));
+        if lost {
+            return Some(Rule::DataLoss);
+        }
+        let long_outage = inner.faults.iter().any(|f| match f {
+            Fault::Outage { key, from, to, .. } => {
+                key.is_none_or(|k| k == first.id.key)
+                    && *to > first.started
+                    && *from < second.at
+                    && (*to - *from) * 3 >= self.lease * 2
+            }
+            _ => false,
+        });
+        long_outage.then_some(Rule::OutageLongerThanLease)
+    }
+
+    /// A replay must return a run of its own key.
+    fn check_replays(&self, inner: &Inner, summary: &mut Summary) {
+        for (key, _, _, answer) in &inner.answers {
+            let Answer::Replayed(id) = answer else {
+                continue;
+            };
+            summary.replays += 1;
+            let known = inner
+                .runs
+                .get(key)
+                .is_some_and(|runs| runs.iter().any(|run| run.id == *id));
+            if id.key != *key || !known {
+                summary.wrong_replays += 1;
+                summary.examples.push(format!(
+                    "key {key} replayed {id:?}, which no run of it produced"
+                ));
+            }
+        }
+    }
+}
+
+/// What the caller of `run` got back from the attempts that ended after its effect.
+fn answers_after(inner: &Inner, run: &Run) -> Vec<Answer> {
+    inner
+        .answers
+        .iter()
+        .filter(|(key, request, at, _)| {
+            *key == run.id.key && *request == run.id.request && *at >= run.at
+        })
+        .map(|(_, _, _, answer)| *answer)
+        .take(3)
+        .collect()
+}
+
+/// The figures of one scenario.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Requests made (each retried by its caller until served or its deadline).
+    pub requests: usize,
+    /// Requests not served before their deadline.
+    pub gave_up: usize,
+    /// Keys that ran at least once.
+    pub keys: usize,
+    /// Runs of operations (effects).
+    pub runs: usize,
+    /// Answers replayed from the store.
+    pub replays: usize,
+    /// Second runs of a key explained by a rule, by rule.
+    pub explained: BTreeMap<Rule, usize>,
+    /// Second runs of a key that no rule explains.
+    pub unexplained: usize,
+    /// Replays of a value that no run of the key produced.
+    pub wrong_replays: usize,
+    /// A run under a fencing number not above the previous run's, unexplained.
+    pub fencing_back: usize,
+    /// The same, explained by data loss.
+    pub fencing_back_explained: usize,
+    /// An outcome acknowledged as stored, and the key ran again, unexplained.
+    pub lost_completions: usize,
+    /// The same, explained by data loss.
+    pub lost_completions_explained: usize,
+    /// Panics in callers or in idem.
+    pub panics: usize,
+    /// Attempts whose caller went away.
+    pub cancelled: usize,
+    /// Errors by kind.
+    pub errors: BTreeMap<ErrorKind, usize>,
+    /// Error kinds the scenario must never see, with counts (reported, not fatal).
+    pub unexpected_kinds: BTreeMap<ErrorKind, usize>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<&'static str, usize>,
+    /// The longest outage.
+    pub longest_outage: Duration,
+    /// Up to a few examples of what went wrong.
+    pub examples: Vec<String>,
+    /// Wall time of the scenario.
+    pub elapsed: Duration,
+    /// Why the scenario could not run (a server that did not start, say): a failure.
+    pub setup_error: Option<String>,
+}
+
+impl Summary {
+    /// Whether the scenario passed: no unexplained second run, no wrong replay, no fencing
+    /// number going backwards unexplained, no panic.
+    pub fn passed(&self) -> bool {
+        self.unexplained == 0
+            && self.wrong_replays == 0
+            && self.fencing_back == 0
+            && self.panics == 0
+            && self.setup_error.is_none()
+    }
+
+    /// Marks every error of `kinds` as one this scenario must not see.
+    pub fn flag_kinds(&mut self, kinds: &[ErrorKind]) {
+        for kind in kinds {
+            if let Some(count) = self.errors.get(kind) {
+                self.unexpected_kinds.insert(*kind, *count);
+            }
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(error) = &self.setup_error {
+            return write!(f, "{:<16} FAIL could not run: {error}", self.scenario);
+        }
+        let explained: usize = self.explained.values().sum();
+        write!(
+            f,
+            "{:<16} {} requests={} runs={} keys={} replays={} doubles: unexplained={} explained={}",
+            self.scenario,
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.requests,
+            self.runs,
+            self.keys,
+            self.replays,
+            self.unexplained,
+            explained,
+        )?;
+        if !self.explained.is_empty() {
+            let rules: Vec<String> = self
+                .explained
+                .iter()
+                .map(|(rule, n)| format!("{}:{n}", rule.label()))
+                .collect();
+            write!(f, " ({})", rules.join(","))?;
+        }
+        write!(
+            f,
+            " wrong_replays={} fencing_back={}(+{} data-loss) lost_completions={}(+{} data-loss) panics={} gave_up={} cancelled={}",
+            self.wrong_replays,
+            self.fencing_back,
+            self.fencing_back_explained,
+            self.lost_completions,
+            self.lost_completions_explained,
+            self.panics,
+            self.gave_up,
+            self.cancelled,
+        )?;
+        let errors: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(kind, n)| format!("{}:{n}", kind.label()))
+            .collect();
+        write!(f, " errors=[{}]", errors.join(","))?;
+        if !self.unexpected_kinds.is_empty() {
+            let kinds: Vec<String> = self
+                .unexpected_kinds
+                .iter()
+                .map(|(kind, n)| format!("{}:{n}", kind.label()))
+                .collect();
+            write!(f, " UNEXPECTED_KINDS=[{}]", kinds.join(","))?;
+        }
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, n)| format!("{k}:{n}"))
+            .collect();
+        write!(
+            f,
+            " faults=[{}] longest_outage={}ms elapsed={:.1}s",
+            faults.join(","),
+            self.longest_outage.as_millis(),
+            self.elapsed.as_secs_f64()
+        )
+    }
+}

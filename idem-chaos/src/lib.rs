@@ -1,0 +1,185 @@
+//! # idem-chaos
+//!
+//! The fault campaign of idem. Many concurrent callers send keys that are each requested
+//! several times through the public executor ([`idem::Idempotency::execute_with_lease`]);
+//! each run of an operation records its effect, with its fencing number and its caller, in
+//! a [`History`]. Meanwhile a scenario injects faults into PRIVATE servers it starts on
+//! free loopback ports (the shared servers are never touched): Redis killed and restarted
+//! with and without AOF, Redis paused, MariaDB queries and connections killed and row locks
+//! held, transactions rolled back, a memory store at capacity, corrupt records planted.
+//!
+//! Afterwards [`History::check`] classifies every second run of a key as explained by a
+//! documented [`Rule`] or not, and counts wrong replays, fencing numbers that went
+//! backwards, lost completions, panics and error kinds. Each scenario prints one
+//! [`Summary`] line.
+//!
+//! ```no_run
+//! # async fn campaign() {
+//! use idem_chaos::{Mode, Scenario};
+//!
+//! let summary = Scenario::Memory.run(Mode::Short, 7).await;
+//! println!("{summary}");
+//! assert!(summary.passed());
+//! # }
+//! ```
+//!
+//! Run the whole campaign with `cargo run --release -p idem-chaos -- all`.
+
+mod history;
+mod scenarios;
+mod servers;
+mod workload;
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+pub use history::{Answer, ErrorKind, Fault, History, Rule, RunId, Summary};
+pub use servers::{MariaDb, RedisServer, StartError};
+pub use workload::{OpError, Receipt, Workload};
+
+/// How long and how hard a scenario runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The full campaign: hundreds of keys, faults until the load is done.
+    Full,
+    /// A short run for the test suite.
+    Short,
+}
+
+impl Mode {
+    fn workload(self, seed: u64) -> Workload {
+        match self {
+            Self::Full => Workload::full(seed),
+            Self::Short => Workload::short(seed),
+        }
+    }
+}
+
+/// The campaign's scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// The memory store under concurrency and callers that go away.
+    Memory,
+    /// A memory store at capacity, refusing new keys.
+    MemoryFull,
+    /// Redis without persistence, killed and restarted: every record is lost each time.
+    RedisKill,
+    /// Redis with AOF and `appendfsync always`, killed and restarted.
+    RedisAof,
+    /// Redis paused (SIGSTOP) and resumed (SIGCONT), sometimes for longer than a lease.
+    RedisPause,
+    /// MariaDB queries and connections killed while row locks make queries wait.
+    MysqlKill,
+    /// MariaDB row locks held on claimed rows, past the lock wait timeout.
+    MysqlLocks,
+    /// The transactional mode with injected rollbacks and killed connections.
+    MysqlTx,
+    /// Corrupt records planted in Redis and MariaDB.
+    Corrupt,
+}
+
+impl Scenario {
+    /// Every scenario, in the order `all` runs them.
+    pub const ALL: [Scenario; 9] = [
+        Self::Memory,
+        Self::MemoryFull,
+        Self::RedisKill,
+        Self::RedisAof,
+        Self::RedisPause,
+        Self::MysqlKill,
+        Self::MysqlLocks,
+        Self::MysqlTx,
+        Self::Corrupt,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::MemoryFull => "memory-full",
+            Self::RedisKill => "redis-kill",
+            Self::RedisAof => "redis-aof",
+            Self::RedisPause => "redis-pause",
+            Self::MysqlKill => "mysql-kill",
+            Self::MysqlLocks => "mysql-locks",
+            Self::MysqlTx => "mysql-tx",
+            Self::Corrupt => "corrupt",
+        }
+    }
+
+    /// What it does, for `--help`.
+    pub fn about(self) -> &'static str {
+        match self {
+            Self::Memory => "memory store; callers that go away; operations slower than the lease",
+            Self::MemoryFull => "memory store at capacity (refuses new keys with Unavailable)",
+            Self::RedisKill => "private redis-server without persistence, SIGKILLed and restarted",
+            Self::RedisAof => {
+                "private redis-server, AOF appendfsync always, SIGKILLed and restarted"
+            }
+            Self::RedisPause => {
+                "private redis-server paused with SIGSTOP/SIGCONT, up to 1.5 leases"
+            }
+            Self::MysqlKill => {
+                "private mariadbd: KILL QUERY / KILL CONNECTION while locks make queries wait"
+            }
+            Self::MysqlLocks => {
+                "private mariadbd: row locks held on claimed rows past the lock wait timeout"
+            }
+            Self::MysqlTx => {
+                "private mariadbd: transactional mode, injected rollbacks, killed connections"
+            }
+            Self::Corrupt => "corrupt records planted in private Redis and MariaDB servers",
+        }
+    }
+
+    /// The scenario named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Runs the scenario and checks its history. A server that cannot be started is
+    /// reported as a failed summary (never a skip).
+    pub async fn run(self, mode: Mode, seed: u64) -> Summary {
+        install_panic_counter();
+        let panics_before = PANICS.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let workload = mode.workload(seed);
+        let result = match self {
+            Self::Memory => scenarios::memory(&workload).await,
+            Self::MemoryFull => scenarios::memory_full(&workload).await,
+            Self::RedisKill => scenarios::redis_kill(&workload, false).await,
+            Self::RedisAof => scenarios::redis_kill(&workload, true).await,
+            Self::RedisPause => scenarios::redis_pause(&workload).await,
+            Self::MysqlKill => scenarios::mysql_kill(&workload).await,
+            Self::MysqlLocks => scenarios::mysql_locks(&workload).await,
+            Self::MysqlTx => scenarios::mysql_tx(&workload).await,
+            Self::Corrupt => scenarios::corrupt(seed).await,
+        };
+        let mut summary = match result {
+            Ok(summary) => summary,
+            Err(error) => Summary {
+                setup_error: Some(error.to_string()),
+                ..Summary::default()
+            },
+        };
+        summary.scenario = self.name().to_owned();
+        summary.panics += PANICS.load(Ordering::SeqCst) - panics_before;
+        summary.elapsed = started.elapsed();
+        summary
+    }
+}
+
+/// Panics anywhere in the process, including tasks idem spawns itself.
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+fn install_panic_counter() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}

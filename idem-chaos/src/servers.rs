@@ -1,0 +1,220 @@
+//! Private servers the campaign starts on free loopback ports, in directories of their own,
+//! and kills by PID. The shared servers on the standard ports are never touched.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// What went wrong starting a server.
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A free loopback port, as the OS hands one out.
+fn free_port() -> Result<u16, StartError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to a process.
+fn signal(child: &Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status();
+}
+
+/// A `redis-server` of the campaign's own, killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    dir: TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server with `args` on top of a private port and directory.
+    pub fn start(args: &[&str]) -> Result<Self, StartError> {
+        let mut server = Self {
+            port: free_port()?,
+            dir: tempfile::Builder::new()
+                .prefix("idem-chaos-redis")
+                .tempdir()?,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// The URL to connect to.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again (after [`kill`](Self::kill)) and waits until it answers.
+    pub fn restart(&mut self) -> Result<(), StartError> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--daemonize", "no", "--save", ""])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                format!("redis-server did not start ({e}); apt-get install redis-server")
+            })?;
+        self.child = Some(child);
+        self.wait_until_up()
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server's process (SIGSTOP): it keeps its connections and answers nothing.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "STOP");
+        }
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            signal(child, "CONT");
+        }
+    }
+
+    fn wait_until_up(&self) -> Result<(), StartError> {
+        let started = Instant::now();
+        let client = redis::Client::open(self.url())?;
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Ok(mut connection) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(format!("redis-server on port {} did not answer", self.port).into())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// A `mariadbd` of the campaign's own with a fresh data directory (`mariadb-install-db`),
+/// killed when dropped.
+pub struct MariaDb {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    /// Initialises a data directory and starts the server on a free port; row lock waits
+    /// give up after one second, so a held lock turns into errors quickly.
+    pub async fn start() -> Result<Self, StartError> {
+        let dir = tempfile::Builder::new()
+            .prefix("idem-chaos-mariadb")
+            .tempdir()?;
+        let status = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data_dir(&dir).display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| {
+                format!("mariadb-install-db did not run ({e}); apt-get install mariadb-server")
+            })?;
+        if !status.success() {
+            return Err(format!("mariadb-install-db failed: {status}").into());
+        }
+        let mut server = Self {
+            port: free_port()?,
+            dir,
+            child: None,
+        };
+        server.launch()?;
+        server.wait_until_up().await?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<(), StartError> {
+        let dir = self.dir.path();
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data_dir(&self.dir).display()))
+            .arg(format!("--socket={}", dir.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", dir.join("error.log").display()))
+            .arg(format!("--port={}", self.port))
+            .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+            .args([
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-lock-wait-timeout=1",
+            ])
+            .args(["--max-connections=200"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("mariadbd did not start ({e}); apt-get install mariadb-server"))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The URL of its `test` database.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/test", self.port)
+    }
+
+    async fn wait_until_up(&self) -> Result<(), StartError> {
+        use sqlx::Connection;
+        let root = format!("mysql://root@127.0.0.1:{}/mysql", self.port);
+        let started = Instant::now();
+        loop {
+            match sqlx::MySqlConnection::connect(&root).await {
+                Ok(mut connection) => {
+                    sqlx::raw_sql("CREATE DATABASE IF NOT EXISTS test")
+                        .execute(&mut connection)
+                        .await?;
+                    return Ok(());
+                }
+                Err(error) if started.elapsed() > Duration::from_secs(60) => {
+                    let log = std::fs::read_to_string(self.dir.path().join("error.log"))
+                        .unwrap_or_default();
+                    return Err(format!("mariadbd did not answer: {error}\n{log}").into());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+fn data_dir(dir: &TempDir) -> PathBuf {
+    dir.path().join("data")
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Stores over any map with an atomic per-key update: the lifecycle adapter, written once.
+//!
+//! A store that keeps records as Rust values (in a `HashMap` behind a lock, in a concurrent
+//! cache, in an embedded engine with a per-key read-modify-write) only has to say how to
+//! read a key and how to update one key atomically: implement [`EntryMap`] and wrap it in
+//! [`LifecycleStore`], which runs the [`lifecycle`] state machine for every step of
+//! [`IdempotencyStore`]. One-time tokens work the same way with [`TokenMap`] and
+//! [`TokenMapStore`].
+//!
+//! The example of [`IdempotencyStore`] ("Implementing a custom store") is such a store over
+//! a `Mutex<HashMap>`; `idem-memory` is one over a moka cache.
+//!
+//! [`lifecycle`]: crate::lifecycle
+
+use std::fmt::Debug;
+use std::future::Future;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::claim::{Claim, ClaimRequest};
+use crate::error::{Error, InvalidInput, check_payload};
+use crate::key::Key;
+use crate::lease::Lease;
+use crate::lifecycle::{self, Entry, Step, Write};
+use crate::record::Record;
+use crate::store::IdempotencyStore;
+use crate::token::{Consumption, Scope, Token, TokenRecord, TokenStore};
+use crate::ttl::Ttl;
+
+/// A map from [`Key`] to [`lifecycle::Entry`] with an atomic per-key update: all a store
+/// keeping Rust values has to provide. Wrap it in [`LifecycleStore`].
+///
+/// Expired entries (see [`Entry::is_expired`]) may be handed to `update` and `get`: the
+/// lifecycle treats them as absent. A map may drop them whenever it likes.
+pub trait EntryMap: Debug + Send + Sync + 'static {
+    /// The map's clock: milliseconds from a fixed origin, the unit of
+    /// [`Entry::expires_at`]. It must never go back.
+    fn now(&self) -> u64;
+
+    /// Runs `step` on the key's entry (`None` when there is none), atomically with every
+    /// other `update` of the same key, applies the [`Write`] it returns and hands back its
+    /// answer. `step` is plain computation: it never blocks and never awaits.
+    fn update<T: Send>(
+        &self,
+        key: &Key,
+        step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
+    ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// A snapshot of the key's entry, without the serialization of `update`. Answers that
+    /// change nothing (a replay, "in progress", a read) are decided on it.
+    fn get(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send;
+
+    /// Asked before a claim that would store a key the map may not hold yet: refuse here
+    /// (with [`Error::Unavailable`]) to bound the map. Default: every key is admitted.
+    fn admit(&self, key: &Key) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = key;
+        std::future::ready(Ok(()))
+    }
+}
+
+/// An [`IdempotencyStore`] over any [`EntryMap`]: each step is one [`EntryMap::update`]
+/// running the [`lifecycle`] state machine, and answers that write
+/// nothing are read from a [`EntryMap::get`] snapshot.
+#[derive(Debug, Clone)]
+pub struct LifecycleStore<M> {
+    map: M,
+    max_payload: usize,
+}
+
+impl<M: EntryMap> LifecycleStore<M> {
+    /// The default largest payload: 16 MiB.
+    pub const DEFAULT_MAX_PAYLOAD: usize = 16 * 1024 * 1024;
+
+    /// A store over `map`, accepting payloads up to [`Self::DEFAULT_MAX_PAYLOAD`].
+    pub fn new(map: M) -> Self {
+        Self {
+            map,
+            max_payload: Self::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+
+    /// Sets the largest payload accepted, in bytes. Default: [`Self::DEFAULT_MAX_PAYLOAD`].
+    #[must_use]
+    pub fn with_max_payload(mut self, max_payload: usize) -> Self {
+        self.max_payload = max_payload;
+        self
+    }
+
+    /// The map underneath.
+    pub fn map(&self) -> &M {
+        &self.map
+    }
+
+    /// The largest payload accepted, in bytes.
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Runs one transition on `key` inside the map's atomic update, at the map's time then.
+    async fn step<T: Send>(
+        &self,
+        key: &Key,
+        transition: impl FnOnce(Option<&Entry>, u64) -> Step<T> + Send,
+    ) -> Result<T, Error> {
+        let map = &self.map;
+        map.update(key, |current| transition(current, map.now()))
+            .await
+    }
+}
+
+/// The steps of [`IdempotencyStore`], also callable without the trait's boxed futures (a
+/// store wrapping a `LifecycleStore` forwards to these and boxes once).
+impl<M: EntryMap> LifecycleStore<M> {
+    /// As [`IdempotencyStore::claim`].
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        // Replays and "in progress" answers only read: decided on a snapshot, they need
+        // neither the per-key serialization nor a write.
+        if let Some(entry) = self.map.get(&request.key).await? {
+            let step = lifecycle::claim(Some(&entry), request, self.map.now());
+            if step.write == Write::Keep {
+                return step.answer;
+            }
+        }
+        self.map.admit(&request.key).await?;
+        self.step(&request.key, |current, now| {
+            lifecycle::claim(current, request, now)
+        })
+        .await
+    }
+
+    /// As [`IdempotencyStore::complete`].
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> Result<(), Error> {
+        check_payload(response.len(), self.max_payload)?;
+        self.step(&lease.key, |current, now| {
+            lifecycle::complete(current, lease, response, retention, now)
+        })
+        .await
+    }
+
+    /// As [`IdempotencyStore::fail`].
+    pub async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        check_payload(failure.len(), self.max_payload)?;
+        self.step(&lease.key, |current, now| {
+            lifecycle::fail(current, lease, failure, retention, now)
+        })
+        .await
+    }
+
+    /// As [`IdempotencyStore::renew`].
+    pub async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.step(&lease.key, |current, now| {
+            lifecycle::renew(current, lease, ttl, now)
+        })
+        .await
+    }
+
+    /// As [`IdempotencyStore::release`].
+    pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.step(&lease.key, |current, now| {
+            lifecycle::release(current, lease, now)
+        })
+        .await
+    }
+
+    /// As [`IdempotencyStore::read`].
+    pub async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let now = self.map.now();
+        Ok(self
+            .map
+            .get(key)
+            .await?
+            .and_then(|entry| entry.record(key, now)))
+    }
+
+    /// As [`IdempotencyStore::remove`].
+    pub async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.step(key, |current, now| lifecycle::remove(current, key, now))
+            .await
+    }
+}
+
+#[async_trait]
+impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        LifecycleStore::claim(self, request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        LifecycleStore::complete(self, lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        LifecycleStore::fail(self, lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        LifecycleStore::renew(self, lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        LifecycleStore::release(self, lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        LifecycleStore::read(self, key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        LifecycleStore::remove(self, key).await
+    }
+}
+
+/// What a [`TokenMap`] keeps per token: the record and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenEntry {
+    /// The token's scope and whether it was used.
+    pub record: TokenRecord,
+    /// When the token expires, in the map's milliseconds ([`TokenMap::now`]).
+    pub expires_at: u64,
+}
+
+impl TokenEntry {
+    /// Whether the token is still usable at `now`.
+    pub fn is_live(&self, now: u64) -> bool {
+        now < self.expires_at
+    }
+}
+
+/// A map from [`Token`] to [`TokenEntry`] with an atomic per-token update. Wrap it in
+/// [`TokenMapStore`].
+pub trait TokenMap: Debug + Send + Sync + 'static {
+    /// The map's clock: milliseconds from a fixed origin. It must never go back.
+    fn now(&self) -> u64;
+
+    /// Runs `step` on the token's entry, atomically with every other `update` of the same
+    /// token; stores the entry it returns (`None`: leave the map as it is) and hands back
+    /// its answer.
+    fn update<T: Send>(
+        &self,
+        token: &Token,
+        step: impl FnOnce(Option<&TokenEntry>) -> (T, Option<TokenEntry>) + Send,
+    ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// Asked before a token is issued: refuse here (with [`Error::Unavailable`]) to bound
+    /// the map. Default: every token is admitted.
+    fn admit(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// A [`TokenStore`] over any [`TokenMap`]: issue and consume are one atomic update each,
+/// running [`TokenRecord::consume`].
+#[derive(Debug, Clone)]
+pub struct TokenMapStore<M> {
+    map: M,
+}
+
+impl<M: TokenMap> TokenMapStore<M> {
+    /// A token store over `map`.
+    pub fn new(map: M) -> Self {
+        Self { map }
+    }
+
+    /// The map underneath.
+    pub fn map(&self) -> &M {
+        &self.map
+    }
+}
+
+#[async_trait]
+impl<M: TokenMap> TokenStore for TokenMapStore<M> {
+    async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        self.map.admit().await?;
+        let map = &self.map;
+        map.update(token, |current| {
+            let now = map.now();
+            if current.is_some_and(|entry| entry.is_live(now)) {
+                return (Err(InvalidInput::DuplicateToken.into()), None);
+            }
+            let entry = TokenEntry {
+                record: TokenRecord {
+                    scope: scope.clone(),
+                    used: false,
+                },
+                expires_at: now.saturating_add(ttl.as_millis()),
+            };
+            (Ok(()), Some(entry))
+        })
+        .await?
+    }
+
+    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        let map = &self.map;
+        map.update(token, |current| {
+            let live = current.filter(|entry| entry.is_live(map.now()));
+            let (consumption, write) = TokenRecord::consume(live.map(|e| &e.record), scope);
+            // The used mark keeps the token's own expiry.
+            let write = write.zip(live).map(|(record, entry)| TokenEntry {
+                record,
+                expires_at: entry.expires_at,
+            });
+            (consumption, write)
+        })
+        .await
+    }
+}

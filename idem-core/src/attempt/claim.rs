@@ -1,0 +1,46 @@
+//! A claim, retried by its owner when the store's answer is lost.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use crate::claim::{Claim, ClaimRequest};
+use crate::error::Error;
+use crate::store::IdempotencyStore;
+
+/// How often a claim is sent at most while the store is unavailable.
+const CLAIM_ATTEMPTS: u32 = 4;
+/// How long a caller waits in all for an unavailable store to answer a claim.
+const CLAIM_WINDOW: Duration = Duration::from_secs(1);
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_millis(250);
+
+/// Claims, retrying with the same owner token while the store is unavailable (a few
+/// attempts within [`CLAIM_WINDOW`]).
+///
+/// An `Unavailable` claim may have been applied with only its reply lost; the retry, by the
+/// same owner, then gets that very lease back (the store recognises its owner) instead of
+/// leaving a claim nobody runs, answering "in progress" for a whole lease.
+pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
+    store: &S,
+    request: &ClaimRequest,
+) -> Result<Claim, Error> {
+    let deadline = Instant::now() + CLAIM_WINDOW;
+    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
+    let mut attempt = 1;
+    loop {
+        match store.claim(request).await {
+            Err(Error::Unavailable { source }) => {
+                let pause = backoff.pause();
+                if attempt >= CLAIM_ATTEMPTS || Instant::now() + pause >= deadline {
+                    return Err(Error::Unavailable { source });
+                }
+                tracing::debug!(attempt, error = %source, "claiming failed; retrying with the same owner");
+                tokio::time::sleep(pause).await;
+                attempt += 1;
+            }
+            answer => return answer,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Frees a key whose operation never returned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::lease::Lease;
+use crate::store::IdempotencyStore;
+
+/// How long a release started from a helper thread (no runtime at hand) may take.
+const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Releases the lease if dropped while armed: the operation's future was dropped before it
+/// returned (its caller went away under [`CancelPolicy::Release`]), or it panicked (drops run
+/// while unwinding). Disarmed the moment the operation returns: from then on its effects may
+/// have happened, and only a stored outcome, or the lease's end, may free the key.
+///
+/// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped
+/// outside one (a future dropped after its runtime was left), a short-lived helper thread
+/// runs the release on a runtime of its own; if that fails too (a store bound to the runtime
+/// that is gone), the log says so and the key frees itself when the lease ends.
+///
+/// [`CancelPolicy::Release`]: super::CancelPolicy::Release
+pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
+    store: Arc<S>,
+    lease: Option<Lease>,
+}
+
+impl<S: IdempotencyStore> ReleaseOnDrop<S> {
+    pub(crate) fn new(store: Arc<S>, lease: Lease) -> Self {
+        Self {
+            store,
+            lease: Some(lease),
+        }
+    }
+
+    /// The operation returned: the key's fate is no longer this guard's to decide.
+    pub(crate) fn disarm(mut self) {
+        self.lease = None;
+    }
+}
+
+impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
+    fn drop(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let store = Arc::clone(&self.store);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::warn!(
+                    namespace = lease.key.namespace(),
+                    fencing = lease.fencing,
+                    "operation cancelled or panicked before it returned; releasing its key"
+                );
+                runtime.spawn(release(store, lease));
+            }
+            Err(_) => release_from_helper_thread(store, lease),
+        }
+    }
+}
+
+async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Lease) {
+    if let Err(error) = store.release(&lease).await {
+        tracing::warn!(
+            %error,
+            namespace = lease.key.namespace(),
+            "releasing an abandoned lease failed; the key frees itself when the lease ends"
+        );
+    }
+}
+
+/// No runtime on this thread: release from a thread with a runtime of its own.
+fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, lease: Lease) {
+    let namespace = lease.key.namespace().to_owned();
+    tracing::warn!(
+        namespace,
+        fencing = lease.fencing,
+        "operation dropped outside a Tokio runtime before it returned; releasing its key from a helper thread"
+    );
+    let spawned = std::thread::Builder::new()
+        .name("idem-release".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(%error, "no runtime for releasing an abandoned lease; the key frees itself when the lease ends");
+                    return;
+                }
+            };
+            runtime.block_on(async {
+                let released =
+                    tokio::time::timeout(HELPER_RELEASE_TIMEOUT, store.release(&lease)).await;
+                match released {
+                    Ok(Ok(())) => tracing::info!(
+                        namespace = lease.key.namespace(),
+                        "released the key of an operation dropped outside a runtime"
+                    ),
+                    Ok(Err(error)) => tracing::warn!(
+                        %error,
+                        namespace = lease.key.namespace(),
+                        "releasing from the helper thread failed; the key frees itself when the lease ends"
+                    ),
+                    Err(_) => tracing::warn!(
+                        namespace = lease.key.namespace(),
+                        "releasing from the helper thread timed out; the key frees itself when the lease ends"
+                    ),
+                }
+            });
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, namespace, "could not start a thread to release an abandoned lease; the key frees itself when the lease ends");
+    }
+}

@@ -1,0 +1,377 @@
+//! The engine: everything that happens to a key between its claim and its stored outcome.
+//!
+//! One [`Engine`] per store and lease TTL; for each request, [`Engine::claim`] the key and,
+//! once it is acquired, run the operation as an [`Attempt`]. The attempt decides, the same way
+//! for every user of idem (the [`Idempotency`](crate::Idempotency) executor, the HTTP layer,
+//! message consumers):
+//!
+//! - **what a caller that goes away does** ([`CancelPolicy`]): by default nothing: the
+//!   operation runs to the end on a task of its own and its outcome is stored
+//!   ([`Detach`](CancelPolicy::Detach)); a repeat meanwhile finds the key in progress, and the
+//!   replay after. [`Release`](CancelPolicy::Release) frees the key at once instead;
+//! - **when the key may be freed without an outcome**: only before the operation returned
+//!   (a cancelled or panicking operation, under `Release`). From the moment it returns, its
+//!   effects may have happened: a cancellation while the outcome is written frees nothing;
+//! - **the lease's renewal**: on its own task, every third of the TTL, so an operation that
+//!   blocks its thread for a while keeps its key; it stops when the attempt ends, and tells the
+//!   operation when the lease is lost ([`LeaseHandle`]);
+//! - **the outcome write**: retried while the store is unavailable, with jittered backoff, for
+//!   as long as the lease may still be ours; a write whose reply was lost is recognised by
+//!   reading the key back;
+//! - **"ran but not recorded"**: when the operation ran but what it produced could not be
+//!   stored, the caller gets the output back with [`Error::NotRecorded`]
+//!   ([`AttemptError::NotRecorded`]).
+//!
+//! The engine knows nothing of encodings: a [`Settle`] step turns the operation's output into
+//! a [`Settlement`] (complete with these bytes, fail with these bytes, or release).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use idem_core::attempt::{Engine, Settlement};
+//! use idem_core::{Bytes, Claim, ClaimRequest, Key, Ttl};
+//! use idem_memory::MemoryStore;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let engine = Engine::new(Arc::new(MemoryStore::new()), Ttl::from_secs(30)?);
+//! let request = ClaimRequest::new(Key::new("jobs", "nightly-report")?, engine.lease_ttl());
+//! let Claim::Acquired(lease) = engine.claim(&request).await? else {
+//!     return Ok(()); // done before, or running elsewhere
+//! };
+//! let retention = Ttl::from_secs(3600)?;
+//! let attempt = engine.attempt(lease);
+//! let handle = attempt.lease_handle(); // for the operation: fencing number, lease loss
+//! let report = attempt
+//!     .run(
+//!         async move { format!("report made under fencing number {}", handle.fencing) },
+//!         move |report: &String| Settlement::Complete {
+//!             payload: Bytes::from(report.clone()),
+//!             retention,
+//!         },
+//!     )
+//!     .await
+//!     .expect("stored");
+//! assert!(report.starts_with("report made"));
+//! # Ok::<(), idem_core::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod backoff;
+mod claim;
+mod guard;
+mod renewal;
+mod settle;
+mod write;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::claim::{Claim, ClaimRequest};
+use crate::error::Error;
+use crate::lease::Lease;
+use crate::store::IdempotencyStore;
+use crate::ttl::Ttl;
+use guard::ReleaseOnDrop;
+use renewal::{LeaseStatus, Renewal};
+
+pub use renewal::LeaseHandle;
+pub use settle::{Settle, Settlement};
+
+/// What happens to an acquired key when the caller waiting for its operation goes away (its
+/// future is dropped: a client disconnected, a timeout fired) before the operation returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CancelPolicy {
+    /// The operation, the encoding of its outcome and the outcome write run on a task of
+    /// their own, so a caller that goes away changes nothing: the operation finishes and its
+    /// outcome is stored. A repeat meanwhile finds the key in progress, and gets the replay
+    /// after. The default, for operations that can be spawned (`Send + 'static`).
+    #[default]
+    Detach,
+    /// The operation runs inside the caller's future; dropping that future drops the
+    /// operation and releases the key at once, so the next request runs it again. Only for
+    /// operations known to have no effect until they finish, and the policy of every
+    /// operation that borrows from its caller ([`Attempt::run_scoped`]).
+    Release,
+}
+
+/// Runs acquired attempts on one store, with one lease TTL and [`CancelPolicy`].
+///
+/// Cloning is cheap: clones share the store.
+pub struct Engine<S> {
+    store: Arc<S>,
+    lease_ttl: Ttl,
+    cancel_policy: CancelPolicy,
+}
+
+impl<S> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            lease_ttl: self.lease_ttl,
+            cancel_policy: self.cancel_policy,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("cancel_policy", &self.cancel_policy)
+            .finish()
+    }
+}
+
+impl<S: IdempotencyStore> Engine<S> {
+    /// An engine whose leases last `lease_ttl` unless renewed, with the default
+    /// [`CancelPolicy::Detach`].
+    pub fn new(store: Arc<S>, lease_ttl: Ttl) -> Self {
+        Self {
+            store,
+            lease_ttl,
+            cancel_policy: CancelPolicy::default(),
+        }
+    }
+
+    /// Sets what a caller that goes away does to [`Attempt::run`]. Default:
+    /// [`CancelPolicy::Detach`].
+    #[must_use]
+    pub fn with_cancel_policy(mut self, policy: CancelPolicy) -> Self {
+        self.cancel_policy = policy;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// The TTL of every lease, and of every renewal.
+    pub fn lease_ttl(&self) -> Ttl {
+        self.lease_ttl
+    }
+
+    /// The policy of [`Attempt::run`].
+    pub fn cancel_policy(&self) -> CancelPolicy {
+        self.cancel_policy
+    }
+
+    /// Claims a key. A claim the store could not answer (`Unavailable`) is sent again a few
+    /// times within a second, with the same owner token: if the first one was applied and
+    /// only its reply lost, the store recognises the owner and hands back the same lease.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        claim::claim(&*self.store, request).await
+    }
+
+    /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
+    pub fn attempt(&self, lease: Lease) -> Attempt<S> {
+        let (status, _) = watch::channel(LeaseStatus {
+            lost: false,
+            until: Instant::now() + self.lease_ttl.as_duration(),
+        });
+        Attempt {
+            store: Arc::clone(&self.store),
+            lease,
+            lease_ttl: self.lease_ttl,
+            cancel_policy: self.cancel_policy,
+            status,
+        }
+    }
+}
+
+/// One acquired attempt: runs its operation under the lease, then carries out what the
+/// settle step makes of its output. See the [module docs](self).
+pub struct Attempt<S: IdempotencyStore> {
+    store: Arc<S>,
+    lease: Lease,
+    lease_ttl: Ttl,
+    cancel_policy: CancelPolicy,
+    status: watch::Sender<LeaseStatus>,
+}
+
+impl<S: IdempotencyStore> fmt::Debug for Attempt<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Attempt")
+            .field("lease", &self.lease)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("cancel_policy", &self.cancel_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: IdempotencyStore> Attempt<S> {
+    /// The lease the attempt runs under.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// A handle for the operation: its lease, and whether it was lost while it runs.
+    pub fn lease_handle(&self) -> LeaseHandle {
+        LeaseHandle::new(self.lease.clone(), self.status.subscribe())
+    }
+
+    /// Runs `operation` under the lease, as the engine's [`CancelPolicy`] says, then carries
+    /// out what `settle` makes of its output, and returns the output.
+    ///
+    /// Under [`CancelPolicy::Detach`] everything after this call runs on a task of its own:
+    /// dropping the returned future changes nothing. If the operation panics, its key is
+    /// released (a panic counts as "no effect"; use a `Result` for failures that had one)
+    /// and the panic is resumed in the caller.
+    ///
+    /// Must be polled within a Tokio runtime.
+    pub async fn run<T, Fut, St>(self, operation: Fut, settle: St) -> Result<T, AttemptError<T>>
+    where
+        Fut: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+        St: Settle<T> + Send + 'static,
+    {
+        match self.cancel_policy {
+            CancelPolicy::Release => self.run_here(operation, settle).await,
+            CancelPolicy::Detach => {
+                let task = tokio::spawn(self.run_here(operation, settle).in_current_span());
+                match task.await {
+                    Ok(finished) => finished,
+                    Err(stopped) => match stopped.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(_) => Err(AttemptError::Interrupted),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Like [`run`](Self::run), for an operation that borrows from its caller, and so cannot
+    /// outlive it: the policy is always [`CancelPolicy::Release`]. Dropping the returned future
+    /// before the operation returned drops the operation and releases the key; dropping it
+    /// later (during the outcome write) releases nothing.
+    pub async fn run_scoped<T, Fut, St>(
+        self,
+        operation: Fut,
+        settle: St,
+    ) -> Result<T, AttemptError<T>>
+    where
+        Fut: Future<Output = T>,
+        St: Settle<T>,
+    {
+        self.run_here(operation, settle).await
+    }
+
+    async fn run_here<T, Fut, St>(
+        self,
+        operation: Fut,
+        mut settle: St,
+    ) -> Result<T, AttemptError<T>>
+    where
+        Fut: Future<Output = T>,
+        St: Settle<T>,
+    {
+        let Self {
+            store,
+            lease,
+            lease_ttl,
+            status,
+            ..
+        } = self;
+        let watch = status.subscribe();
+        let guard = ReleaseOnDrop::new(Arc::clone(&store), lease.clone());
+        let renewal = Renewal::start(Arc::clone(&store), lease.clone(), lease_ttl, status);
+        let output = operation.await;
+        guard.disarm();
+        drop(renewal);
+        let known = *watch.borrow();
+
+        let settlement = settle.settle(&output);
+        let written = if known.lost {
+            match settlement {
+                // Nothing to free: the key is no longer ours.
+                Settlement::Release => Ok(()),
+                _ => Err(Error::LeaseLost),
+            }
+        } else {
+            write::carry_out::<_, T, _>(&*store, &lease, settlement, &mut settle, known.until).await
+        };
+        match written {
+            Ok(()) => Ok(output),
+            Err(cause) => {
+                tracing::warn!(
+                    error = %cause,
+                    namespace = lease.key.namespace(),
+                    fencing = lease.fencing,
+                    "the operation ran but its outcome was not stored"
+                );
+                Err(AttemptError::NotRecorded {
+                    output,
+                    error: Error::not_recorded(cause),
+                })
+            }
+        }
+    }
+}
+
+/// Why an attempt did not end with its outcome stored.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AttemptError<T> {
+    /// The operation ran, and here is its output, but its outcome could not be stored (the
+    /// lease was lost, the store stayed unavailable, the payload was refused). `error` is
+    /// [`Error::NotRecorded`], whose cause says why. The key is not finished: a later
+    /// request may run the operation again once the lease ends.
+    NotRecorded {
+        /// What the operation returned.
+        output: T,
+        /// [`Error::NotRecorded`], with the cause.
+        error: Error,
+    },
+    /// The task running the operation stopped before it returned (its runtime shut down):
+    /// whether the operation had effects is unknown. The key frees itself when the lease
+    /// ends at the latest.
+    Interrupted,
+}
+
+impl<T> AttemptError<T> {
+    /// The error without the output: [`Error::NotRecorded`] in both cases.
+    pub fn into_error(self) -> Error {
+        match self {
+            Self::NotRecorded { error, .. } => error,
+            Self::Interrupted => Error::not_recorded(Error::backend(Interrupted)),
+        }
+    }
+}
+
+impl<T> fmt::Display for AttemptError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotRecorded { error, .. } => error.fmt(f),
+            Self::Interrupted => Interrupted.fmt(f),
+        }
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for AttemptError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::NotRecorded { error, .. } => Some(error),
+            Self::Interrupted => None,
+        }
+    }
+}
+
+/// The cause of [`AttemptError::Interrupted`], as an error.
+#[derive(Debug, Clone, Copy)]
+struct Interrupted;
+
+impl fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "the task running the operation stopped before it returned (its runtime shut down)",
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}

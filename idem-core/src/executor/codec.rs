@@ -1,0 +1,156 @@
+//! How the executor stores outcomes: a success as the plain JSON of the value, a failure in a
+//! [`StoredFailure`] envelope; and how it reads them back.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::error::Category;
+
+use super::Execution;
+use crate::attempt::{Settle, Settlement};
+use crate::config::Settings;
+use crate::error::Error;
+use crate::retryable::Retryable;
+use crate::ttl::Ttl;
+
+/// What the executor writes for a failed key. The envelope also records outcomes the
+/// executor could not store, so a repeat gets a typed error instead of running the operation
+/// again.
+#[derive(Serialize, Deserialize)]
+enum StoredFailure<E> {
+    Operation(E),
+    TooLarge { size: usize, limit: usize },
+    Unserializable { reason: String },
+}
+
+/// The executor's settle step: JSON, within the executor's payload limit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct JsonSettle {
+    success_retention: Ttl,
+    failure_retention: Ttl,
+    max_payload: usize,
+}
+
+impl JsonSettle {
+    pub(crate) fn new(settings: &Settings) -> Self {
+        Self {
+            success_retention: settings.success_retention,
+            failure_retention: settings.failure_retention,
+            max_payload: settings.max_payload,
+        }
+    }
+
+    /// A success or failure to store; one that does not serialize or is over the limit is
+    /// recorded as a marker instead.
+    fn encoded(
+        self,
+        encoded: serde_json::Result<Vec<u8>>,
+        complete: bool,
+        retention: Ttl,
+    ) -> Settlement {
+        let bytes = match encoded {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let reason = error.to_string();
+                return self.marker(&StoredFailure::Unserializable { reason });
+            }
+        };
+        let (size, limit) = (bytes.len(), self.max_payload);
+        if size > limit {
+            return self.too_large_marker(size, limit);
+        }
+        let payload = Bytes::from(bytes);
+        if complete {
+            Settlement::Complete { payload, retention }
+        } else {
+            Settlement::Fail { payload, retention }
+        }
+    }
+
+    fn too_large_marker(self, size: usize, limit: usize) -> Settlement {
+        tracing::warn!(
+            size,
+            limit,
+            "outcome too large to store; repeats get PayloadTooLarge"
+        );
+        self.marker(&StoredFailure::TooLarge { size, limit })
+    }
+
+    /// An envelope that holds no operation error: a few dozen bytes that always serialize,
+    /// under any sane payload limit.
+    fn marker(self, marker: &StoredFailure<()>) -> Settlement {
+        match serde_json::to_vec(marker) {
+            Ok(bytes) => Settlement::Fail {
+                payload: Bytes::from(bytes),
+                retention: self.failure_retention,
+            },
+            // Not expected: a marker holds numbers and a string. Then the key is freed.
+            Err(error) => {
+                tracing::error!(%error, "a marker did not serialize; releasing the key");
+                Settlement::Release
+            }
+        }
+    }
+}
+
+impl<T, E> Settle<Result<T, E>> for JsonSettle
+where
+    T: Serialize,
+    E: Serialize + Retryable,
+{
+    fn settle(&mut self, output: &Result<T, E>) -> Settlement {
+        match output {
+            Ok(value) => self.encoded(serde_json::to_vec(value), true, self.success_retention),
+            // The next request runs the operation again.
+            Err(error) if error.is_retryable() => Settlement::Release,
+            Err(error) => self.encoded(
+                serde_json::to_vec(&StoredFailure::Operation(error)),
+                false,
+                self.failure_retention,
+            ),
+        }
+    }
+
+    fn too_large(&mut self, size: usize, limit: usize) -> Option<Settlement> {
+        Some(self.too_large_marker(size, limit))
+    }
+}
+
+pub(crate) fn replay_success<T: DeserializeOwned, E>(
+    response: &[u8],
+) -> Result<Execution<T, E>, Error> {
+    Ok(Execution {
+        result: Ok(decode(response, "response")?),
+        replayed: true,
+    })
+}
+
+pub(crate) fn replay_failure<T, E: DeserializeOwned>(
+    failure: &[u8],
+) -> Result<Execution<T, E>, Error> {
+    match decode(failure, "failure")? {
+        StoredFailure::Operation(error) => Ok(Execution {
+            result: Err(error),
+            replayed: true,
+        }),
+        StoredFailure::TooLarge { size, limit } => Err(Error::PayloadTooLarge { size, limit }),
+        StoredFailure::Unserializable { reason } => Err(Error::Serialization {
+            source: reason.into(),
+        }),
+    }
+}
+
+/// Decodes a stored outcome. Bytes that are not JSON were never written by the executor: a
+/// corrupt record. JSON of another shape means the caller's type is not the one stored (it
+/// changed between deployments, or the key is shared by two operations): a serialization
+/// error, as [`Error::Serialization`] documents.
+fn decode<V: DeserializeOwned>(stored: &[u8], what: &str) -> Result<V, Error> {
+    serde_json::from_slice(stored).map_err(|error| match error.classify() {
+        Category::Data => Error::Serialization {
+            source: Box::new(error),
+        },
+        Category::Syntax | Category::Eof | Category::Io => {
+            Error::corrupt_with(format!("the stored {what} is not JSON"), error)
+        }
+    })
+}

@@ -1,0 +1,110 @@
+//! How long a handler usually takes: the `Retry-After` hint of a 409.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The most routes tracked one by one; further ones share one average, so a server that
+/// routes by raw paths (`/orders/17`, `/orders/18`, ...) cannot grow the map without bound.
+const MAX_ROUTES: usize = 1024;
+
+/// A [`RunTime`] per route (method and path template), shared by every service of a layer.
+#[derive(Debug, Default)]
+pub(crate) struct RunTimes {
+    routes: RwLock<HashMap<String, Arc<RunTime>>>,
+    others: Arc<RunTime>,
+}
+
+impl RunTimes {
+    /// The route's average, made on first use.
+    pub(crate) fn route(&self, route: &str) -> Arc<RunTime> {
+        // A poisoned lock only means a panic elsewhere mid-insert: the map is still whole.
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = routes.get(route) {
+            return Arc::clone(found);
+        }
+        let full = routes.len() >= MAX_ROUTES;
+        drop(routes);
+        if full {
+            return Arc::clone(&self.others);
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(routes.entry(route.to_owned()).or_default())
+    }
+}
+
+/// A moving average of a route's handler run time.
+///
+/// A duplicate that finds the key in progress cannot know when the first request started
+/// (it may run in another process), so the hint is the typical run time: a client that
+/// waits that long usually finds the replay. It never exceeds the time the lease has left,
+/// after which the key is taken over.
+#[derive(Debug, Default)]
+pub(crate) struct RunTime {
+    /// The average in microseconds; zero until the first run.
+    average_us: AtomicU64,
+}
+
+impl RunTime {
+    /// Adds a run. Racing updates may lose one sample, which an average can afford.
+    pub(crate) fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.average_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            // Weight 1/8 for the new sample.
+            old - old / 8 + sample / 8
+        };
+        self.average_us.store(new, Ordering::Relaxed);
+    }
+
+    /// When a duplicate should ask again, given how long the lease has left.
+    pub(crate) fn retry_after(&self, lease_left: Duration) -> Duration {
+        match self.average_us.load(Ordering::Relaxed) {
+            0 => lease_left,
+            average => Duration::from_micros(average).min(lease_left),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_have_their_own_averages_up_to_a_bound() {
+        let times = RunTimes::default();
+        times.route("POST /a").record(Duration::from_secs(2));
+        let lease = Duration::from_secs(30);
+        assert_eq!(
+            times.route("POST /a").retry_after(lease),
+            Duration::from_secs(2)
+        );
+        assert_eq!(times.route("POST /b").retry_after(lease), lease);
+        for i in 0..MAX_ROUTES {
+            times.route(&format!("POST /{i}"));
+        }
+        let shared = times.route("POST /late");
+        assert!(Arc::ptr_eq(&shared, &times.route("POST /later")));
+    }
+
+    #[test]
+    fn the_hint_follows_the_runs_and_never_passes_the_lease() {
+        let runs = RunTime::default();
+        let lease = Duration::from_secs(30);
+        assert_eq!(runs.retry_after(lease), lease, "nothing known yet");
+        runs.record(Duration::from_secs(2));
+        assert_eq!(runs.retry_after(lease), Duration::from_secs(2));
+        for _ in 0..100 {
+            runs.record(Duration::from_millis(500));
+        }
+        let hint = runs.retry_after(lease);
+        assert!(hint < Duration::from_millis(510), "{hint:?}");
+        assert_eq!(
+            runs.retry_after(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+    }
+}

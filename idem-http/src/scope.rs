@@ -1,0 +1,195 @@
+//! Whose keys: the scope every key lives in.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+
+/// Reads the principal's scope from a request's extensions.
+type ScopeFn = dyn Fn(&http::Extensions) -> Option<String> + Send + Sync;
+
+/// The scope of idempotency keys: two requests share a key only when they have the same
+/// scope, the same route and the same `Idempotency-Key`.
+///
+/// There is no default: a layer is built with a scope the application chose, so keys are
+/// never silently global. Most APIs want [`KeyScope::principal`]: the authenticated client
+/// (account, tenant, API key id) that the application's auth layer put in the request's
+/// extensions. Without it, a second client that sends the same key gets the first
+/// client's response (another tenant's payment), and can block a key by reusing it with
+/// another body.
+///
+/// The raw `Authorization` header is a poor scope: bearer tokens are refreshed between a
+/// request and its retry (a retry after a timeout often follows a token refresh), so the
+/// retry would land in another scope and run again. Scope by who the token names, not by
+/// the token.
+///
+/// The route (method and path) is part of the scope by default, so one key on two
+/// endpoints names two operations; with the `axum` feature the route is the matched path
+/// template (`/orders/{id}`), otherwise the request path.
+///
+/// ```
+/// use idem_http::KeyScope;
+///
+/// #[derive(Clone)]
+/// struct Principal(String); // set by the app's auth layer: request.extensions_mut().insert(..)
+///
+/// let per_client = KeyScope::principal(|principal: &Principal| principal.0.clone());
+/// let shared = KeyScope::global(); // an internal API with one trusted caller, say
+/// # let _ = (per_client, shared);
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct KeyScope {
+    principal: Option<Arc<ScopeFn>>,
+    per_route: bool,
+}
+
+impl fmt::Debug for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyScope")
+            .field(
+                "scope",
+                &if self.principal.is_some() {
+                    "principal"
+                } else {
+                    "global"
+                },
+            )
+            .field("per_route", &self.per_route)
+            .finish()
+    }
+}
+
+/// Why a request has no namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoPrincipal;
+
+impl KeyScope {
+    /// Keys are scoped by the request extension `T` that the application's auth layer
+    /// inserts (the authenticated account, tenant or API client), turned into a string by
+    /// `id`. A request without that extension is refused with 500 (`no-scope`), since the
+    /// layer cannot tell whose key it is: put the auth layer in front of this one.
+    pub fn principal<T, F>(id: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: Fn(&T) -> String + Send + Sync + 'static,
+    {
+        Self {
+            principal: Some(Arc::new(move |extensions: &http::Extensions| {
+                extensions.get::<T>().map(&id)
+            })),
+            per_route: true,
+        }
+    }
+
+    /// One scope for every client: the same key from two clients names one operation.
+    /// Only for APIs whose every caller is trusted with every other caller's responses.
+    pub fn global() -> Self {
+        Self {
+            principal: None,
+            per_route: true,
+        }
+    }
+
+    /// Leaves the route out of the scope, so one key on two endpoints names one operation
+    /// (the second endpoint then gets 422, as its request differs). Default: the route is
+    /// in the scope.
+    pub fn across_routes(mut self) -> Self {
+        self.per_route = false;
+        self
+    }
+
+    /// The key namespace for a request: the principal (length-prefixed, so no principal
+    /// can pose as another plus a route) or `*` for the global scope, then the route.
+    pub(crate) fn namespace(&self, parts: &Parts) -> Result<String, NoPrincipal> {
+        let mut namespace = match &self.principal {
+            Some(principal) => {
+                let id = principal(&parts.extensions).ok_or(NoPrincipal)?;
+                format!("{}:{id}", id.len())
+            }
+            None => String::from("*"),
+        };
+        if self.per_route {
+            namespace.push(' ');
+            namespace.push_str(parts.method.as_str());
+            namespace.push(' ');
+            namespace.push_str(route(&parts.extensions, &parts.uri));
+        }
+        Ok(namespace)
+    }
+}
+
+/// The route template axum matched, or the path.
+pub(crate) fn route<'a>(extensions: &'a http::Extensions, uri: &'a http::Uri) -> &'a str {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
+        return matched.as_str();
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = extensions;
+    uri.path()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Principal(&'static str);
+
+    fn parts(method: &str, uri: &str, principal: Option<&'static str>) -> Parts {
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("valid request");
+        if let Some(principal) = principal {
+            request.extensions_mut().insert(Principal(principal));
+        }
+        request.into_parts().0
+    }
+
+    fn by_principal() -> KeyScope {
+        KeyScope::principal(|p: &Principal| p.0.to_owned())
+    }
+
+    #[test]
+    fn principals_and_routes_make_distinct_namespaces() {
+        let scope = by_principal();
+        let alice = scope.namespace(&parts("POST", "/orders?x=1", Some("alice")));
+        assert_eq!(alice, Ok("5:alice POST /orders".to_owned()));
+        let namespaces = [
+            alice,
+            scope.namespace(&parts("POST", "/orders", Some("bob"))),
+            scope.namespace(&parts("PATCH", "/orders", Some("alice"))),
+            scope.namespace(&parts("POST", "/refunds", Some("alice"))),
+            KeyScope::global().namespace(&parts("POST", "/orders", None)),
+        ];
+        for (i, a) in namespaces.iter().enumerate() {
+            for b in &namespaces[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
+    fn a_principal_cannot_pose_as_another_plus_a_route() {
+        let scope = by_principal().across_routes();
+        assert_ne!(
+            scope.namespace(&parts("POST", "/", Some("a 1"))),
+            by_principal().namespace(&parts("POST", "/", Some("a")))
+        );
+        assert_eq!(
+            scope.namespace(&parts("POST", "/x", Some("alice"))),
+            scope.namespace(&parts("PUT", "/y", Some("alice")))
+        );
+    }
+
+    #[test]
+    fn no_principal_no_namespace() {
+        assert_eq!(
+            by_principal().namespace(&parts("POST", "/orders", None)),
+            Err(NoPrincipal)
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! What the engine writes once the handler returned: the response record, the too-large
+//! marker, or nothing (the key is freed).
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use idem_core::attempt::{Settle, Settlement};
+
+use crate::body::BufferedResponse;
+use crate::policy::Storage;
+use crate::record::{StoredOutcome, StoredResponse};
+use crate::settings::Settings;
+
+/// The handler's output as the engine sees it: the buffered response, or the inner
+/// service's error.
+pub(crate) type Output<B, E> = Result<BufferedResponse<B>, E>;
+
+/// Turns a handler's output into the engine's [`Settlement`], as the layer's settings say.
+pub(crate) struct SettleResponse {
+    settings: Arc<Settings>,
+    /// The status of the response being settled, for the marker written when the store
+    /// refuses the record as too large.
+    status: StatusCode,
+}
+
+impl SettleResponse {
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        Self {
+            settings,
+            status: StatusCode::OK,
+        }
+    }
+
+    fn marker(&self, size: u64) -> Settlement {
+        Settlement::Complete {
+            payload: StoredOutcome::encode_too_large(self.status, size),
+            retention: self.settings.retention,
+        }
+    }
+}
+
+impl<B, E> Settle<Output<B, E>> for SettleResponse {
+    fn settle(&mut self, output: &Output<B, E>) -> Settlement {
+        match output {
+            // The inner service failed or the body broke mid-way: nothing to replay.
+            Err(_) | Ok(BufferedResponse::Unreadable(_)) => Settlement::Release,
+            Ok(BufferedResponse::TooLarge(response, size)) => {
+                self.status = response.status();
+                tracing::warn!(
+                    status = %self.status,
+                    size,
+                    limit = self.settings.options.max_response_body,
+                    "the response is over the storable size: retries get a response-not-stored problem"
+                );
+                self.marker(*size)
+            }
+            Ok(BufferedResponse::Complete(parts, body)) => {
+                self.status = parts.status;
+                if self.settings.options.statuses.decide(parts.status) == Storage::Release {
+                    return Settlement::Release;
+                }
+                let record = StoredResponse {
+                    status: parts.status,
+                    headers: selected_headers(&self.settings.options.replay_headers, parts),
+                    body: body.clone(),
+                };
+                match record.encode() {
+                    Ok(payload) => Settlement::Complete {
+                        payload,
+                        retention: self.settings.retention,
+                    },
+                    Err(reason) => {
+                        tracing::error!(reason, "the response cannot be encoded; freeing its key");
+                        Settlement::Release
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store's payload limit is below the layer's: still never a second run.
+    fn too_large(&mut self, size: usize, limit: usize) -> Option<Settlement> {
+        tracing::warn!(
+            size,
+            limit,
+            "the store refused the response as too large; storing a marker"
+        );
+        Some(self.marker(size as u64))
+    }
+}
+
+/// The response headers to store, in the configured order.
+fn selected_headers(
+    names: &[HeaderName],
+    parts: &http::response::Parts,
+) -> Vec<(HeaderName, HeaderValue)> {
+    let mut selected = Vec::new();
+    for name in names {
+        for value in parts.headers.get_all(name) {
+            selected.push((name.clone(), value.clone()));
+        }
+    }
+    selected
+}

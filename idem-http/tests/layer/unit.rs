@@ -1,0 +1,187 @@
+//! What needs a service of its own rather than a server: a dropped request future, an
+//! inner service error, a full store. On the memory store, driven with `oneshot`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use idem_http::{CancelPolicy, IdempotencyLayer, KeyScope, problem};
+use idem_memory::MemoryStore;
+use tower::{Layer, ServiceExt, service_fn};
+
+fn post(key: &str) -> Request<Body> {
+    Request::post("/x")
+        .header("idempotency-key", key)
+        .body(Body::empty())
+        .expect("a valid request")
+}
+
+/// A service whose first call waits until told; it counts its calls.
+fn hanging(
+    runs: Arc<AtomicUsize>,
+    go: Arc<tokio::sync::Notify>,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_: Request<Body>| {
+        let (runs, go) = (Arc::clone(&runs), Arc::clone(&go));
+        async move {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                go.notified().await;
+            }
+            Ok(Response::new(Body::from("finished")))
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_future_leaves_the_handler_running_and_its_response_stored() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(hanging(Arc::clone(&runs), Arc::clone(&go)));
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        service.clone().oneshot(post("\"k\"")),
+    )
+    .await;
+    assert!(
+        dropped.is_err(),
+        "the first request is still running when dropped"
+    );
+    let retry = service
+        .clone()
+        .oneshot(post("\"k\""))
+        .await
+        .expect("infallible");
+    assert_eq!(retry.status(), StatusCode::CONFLICT);
+    go.notify_one();
+    let mut replay = retry;
+    for _ in 0..400 {
+        replay = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible");
+        if replay.status() != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(replay.headers().contains_key("idempotent-replayed"));
+    let body = replay.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body.as_ref(), b"finished");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_release_policy_a_dropped_request_frees_its_key() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .cancel_policy(CancelPolicy::Release)
+        .build()
+        .expect("valid");
+    let service = layer.layer(hanging(Arc::clone(&runs), Arc::clone(&go)));
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        service.clone().oneshot(post("\"k\"")),
+    )
+    .await;
+    assert!(dropped.is_err());
+    let mut status = StatusCode::CONFLICT;
+    for _ in 0..400 {
+        status = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible")
+            .status();
+        if status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "released, so run again");
+}
+
+#[tokio::test]
+async fn an_inner_error_propagates_and_frees_the_key() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if run == 0 {
+                    Err("backend down")
+                } else {
+                    Ok(Response::new(Body::from("ok")))
+                }
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let failed = service.clone().oneshot(post("\"k\"")).await;
+    assert_eq!(failed.err(), Some("backend down"));
+    let retried = service
+        .oneshot(post("\"k\""))
+        .await
+        .expect("second run succeeds");
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_full_store_is_503() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let layer = IdempotencyLayer::builder(MemoryStore::with_capacity(0), KeyScope::global())
+        .build()
+        .expect("valid");
+    let response = layer
+        .layer(hanging(Arc::clone(&runs), Arc::clone(&go)))
+        .oneshot(post("\"k\""))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(problem["type"], problem::STORE_UNAVAILABLE);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn bad_settings_are_refused_at_build() {
+    let zero = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .lease_ttl(Duration::ZERO)
+        .build();
+    assert!(zero.is_err());
+    let backoff = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .wait(idem_http::WaitPolicy::Wait {
+            timeout: Duration::from_secs(1),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(1),
+        })
+        .build();
+    assert!(backoff.is_err());
+}

@@ -1,0 +1,292 @@
+//! Replays answered from process memory, in front of any store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Key, Lease, Record,
+    RecordState, Ttl, async_trait,
+};
+use moka::Expiry;
+use moka::future::Cache;
+use moka::ops::compute::Op;
+
+/// Bytes one cached replay takes besides its key text and payload (moka's entry with
+/// per-entry expiry, the headers), counted against the cache's capacity.
+const CACHED_OVERHEAD: u64 = 400;
+
+/// A store that answers replays of finished records from process memory and sends
+/// everything else to the store behind it (Redis, MySQL, any [`IdempotencyStore`]).
+///
+/// A finished record (completed or failed) never changes until its retention ends or it is
+/// removed, so a copy of it answers every repeat as the store would, without a round trip.
+/// Only finished records are cached, never claims: whether a key is free or in progress is
+/// always asked of the store, so exactly one caller still acquires a key across processes.
+///
+/// - **Filled** when a claim through this cache finds a finished record: the cache then
+///   reads the record once (one more round trip, once per key and cache lifetime) to learn
+///   its fingerprint and remaining retention.
+/// - **Bounded** by the record's remaining retention (measured from before that read, so
+///   the copy never outlives the record) and by the cache TTL, whichever ends first; and by
+///   a capacity in bytes, past which moka evicts (an evicted replay is only a miss).
+/// - **Removal**: [`remove`](IdempotencyStore::remove) through this instance drops the copy
+///   at once, and copies being filled concurrently are discarded. A `remove` made
+///   elsewhere (another process, or the store directly) is seen here only when the copy's
+///   TTL ends: **for up to the cache TTL after a remote remove, this process may still
+///   replay the removed outcome.** Keep the TTL short where records are removed by hand.
+/// - [`read`](IdempotencyStore::read) and every lease operation go to the store.
+///
+/// ```
+/// use idem_core::{Bytes, Claim, ClaimRequest, IdempotencyStore, Key, Ttl};
+/// use idem_memory::{MemoryStore, ReplayCache};
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// // In production the store behind is a shared one (idem-redis, idem-mysql).
+/// let store = ReplayCache::builder()
+///     .ttl(std::time::Duration::from_secs(5))
+///     .build(MemoryStore::new());
+/// let key = Key::new("orders", "o-1")?;
+/// let ttl = Ttl::from_secs(60)?;
+/// let Claim::Acquired(lease) = store.claim(&ClaimRequest::new(key.clone(), ttl)).await? else {
+///     unreachable!("a fresh key")
+/// };
+/// store.complete(&lease, Bytes::from_static(b"receipt"), ttl).await?;
+/// for _ in 0..3 {
+///     // The first repeat fills the cache; the next ones never reach the store.
+///     let replay = store.claim(&ClaimRequest::new(key.clone(), ttl)).await?;
+///     assert_eq!(replay, Claim::Completed(Bytes::from_static(b"receipt")));
+/// }
+/// # Ok::<(), idem_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct ReplayCache<S> {
+    inner: S,
+    cache: Cache<Key, Finished, foldhash::fast::RandomState>,
+    ttl: Duration,
+    /// Bumped by every remove through this instance: a fill that started before a remove
+    /// is not stored.
+    removals: Arc<AtomicU64>,
+}
+
+/// A cached finished record.
+#[derive(Clone)]
+struct Finished {
+    outcome: Outcome,
+    fingerprint: Option<Fingerprint>,
+    /// When the copy stops answering: the earlier of the record's end and the cache TTL.
+    until: Instant,
+}
+
+#[derive(Clone)]
+enum Outcome {
+    Completed(Bytes),
+    Failed(Bytes),
+}
+
+impl Outcome {
+    fn bytes(&self) -> &Bytes {
+        match self {
+            Self::Completed(bytes) | Self::Failed(bytes) => bytes,
+        }
+    }
+}
+
+/// Settings of a [`ReplayCache`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ReplayCacheBuilder {
+    ttl: Duration,
+    capacity: u64,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ReplayCache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("inner", &self.inner)
+            .field("ttl", &self.ttl)
+            .field("cached", &self.cache.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayCache<()> {
+    /// The default TTL of a cached replay: 5 seconds, the longest a remote `remove` goes
+    /// unseen.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+    /// The default capacity: 64 MiB of cached replays.
+    pub const DEFAULT_CAPACITY: u64 = 64 * 1024 * 1024;
+
+    /// Settings, all at their defaults.
+    pub fn builder() -> ReplayCacheBuilder {
+        ReplayCacheBuilder {
+            ttl: Self::DEFAULT_TTL,
+            capacity: Self::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl ReplayCacheBuilder {
+    /// How long a cached replay answers at most, and so the longest a `remove` made
+    /// elsewhere goes unseen here. Default: [`ReplayCache::DEFAULT_TTL`]. Zero caches
+    /// nothing.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The most bytes of cached replays (keys, payloads, bookkeeping) kept; past it the
+    /// least useful are evicted. Default: [`ReplayCache::DEFAULT_CAPACITY`].
+    pub fn capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// The cache in front of `inner`.
+    pub fn build<S: IdempotencyStore>(self, inner: S) -> ReplayCache<S> {
+        let cache = Cache::builder()
+            .max_capacity(self.capacity)
+            .weigher(|key: &Key, finished: &Finished| {
+                let bytes = (key.namespace().len() + key.id().len()) as u64
+                    + finished.outcome.bytes().len() as u64
+                    + CACHED_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .expire_after(UntilExpiry)
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        ReplayCache {
+            inner,
+            cache,
+            ttl: self.ttl,
+            removals: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl<S: IdempotencyStore> ReplayCache<S> {
+    /// A cache with the default settings in front of `inner`.
+    pub fn new(inner: S) -> Self {
+        ReplayCache::builder().build(inner)
+    }
+
+    /// The store behind the cache.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// The cached answer to `request`, if there is a live copy of its record.
+    async fn cached(&self, request: &ClaimRequest) -> Option<Result<Claim, Error>> {
+        let finished = self.cache.get(&request.key).await?;
+        if finished.until <= Instant::now() {
+            return None;
+        }
+        // As the store would: a different request under the key is refused, not replayed.
+        if finished.fingerprint != request.fingerprint {
+            return Some(Err(Error::FingerprintMismatch));
+        }
+        Some(Ok(match finished.outcome {
+            Outcome::Completed(bytes) => Claim::Completed(bytes),
+            Outcome::Failed(bytes) => Claim::Failed(bytes),
+        }))
+    }
+
+    /// Reads `key`'s record and keeps a copy if it is finished and no remove through this
+    /// instance started since `removals` was read. Best effort: a failed read only means
+    /// the next repeat asks the store again.
+    async fn fill(&self, key: &Key, removals: u64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let asked = Instant::now();
+        let Ok(Some(record)) = self.inner.read(key).await else {
+            return;
+        };
+        let outcome = match record.state {
+            RecordState::Completed { response } => Outcome::Completed(response),
+            RecordState::Failed { failure } => Outcome::Failed(failure),
+            RecordState::Claimed { .. } => return,
+        };
+        let finished = Finished {
+            outcome,
+            fingerprint: record.fingerprint,
+            until: asked + record.expires_in.min(self.ttl),
+        };
+        let removals_now = &self.removals;
+        self.cache
+            .entry_by_ref(key)
+            // Serialized with the drop in `remove`, so a copy is either stored before that
+            // drop (and dropped by it) or sees the removal and is not stored.
+            .and_compute_with(|_| {
+                std::future::ready(if removals_now.load(Ordering::Acquire) == removals {
+                    Op::Put(finished)
+                } else {
+                    Op::Nop
+                })
+            })
+            .await;
+    }
+}
+
+/// Each copy expires at its own `until`.
+struct UntilExpiry;
+
+impl Expiry<Key, Finished> for UntilExpiry {
+    fn expire_after_create(&self, _: &Key, finished: &Finished, now: Instant) -> Option<Duration> {
+        Some(finished.until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Key,
+        finished: &Finished,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(finished.until.saturating_duration_since(now))
+    }
+}
+
+#[async_trait]
+impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        if let Some(answer) = self.cached(request).await {
+            return answer;
+        }
+        let removals = self.removals.load(Ordering::Acquire);
+        let claim = self.inner.claim(request).await?;
+        if matches!(claim, Claim::Completed(_) | Claim::Failed(_)) {
+            self.fill(&request.key, removals).await;
+        }
+        Ok(claim)
+    }
+
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, response, retention).await
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, failure, retention).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        self.inner.read(key).await
+    }
+
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.removals.fetch_add(1, Ordering::AcqRel);
+        let removed = self.inner.remove(key).await;
+        self.cache
+            .entry_by_ref(key)
+            .and_compute_with(|_| std::future::ready(Op::Remove))
+            .await;
+        removed
+    }
+}

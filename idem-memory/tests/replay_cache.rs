@@ -1,0 +1,256 @@
+//! The replay cache: the whole conformance suite wrapped around the in-memory store, Redis
+//! and MySQL, and the rules of its own (only finished records cached, bounded by their
+//! retention, a local remove seen at once, a remote one within the TTL).
+
+use std::time::{Duration, Instant};
+
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Key, Lease, Ttl,
+};
+use idem_memory::{MemoryStore, ReplayCache};
+
+/// The suite's payload limit, set on the stores behind the cache.
+const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+
+mod around_memory {
+    use super::*;
+
+    async fn make_store() -> ReplayCache<MemoryStore> {
+        ReplayCache::new(MemoryStore::new().with_max_payload(MAX_PAYLOAD))
+    }
+
+    idem_tests::conformance!(
+        make_store,
+        idem_tests::Capabilities {
+            max_payload: MAX_PAYLOAD,
+            ..Default::default()
+        }
+    );
+}
+
+mod around_redis {
+    use super::*;
+    use idem_redis::RedisStore;
+
+    const START_REDIS: &str = "bash .ci/services (or: redis-server --daemonize yes --bind \
+         127.0.0.1 -::1 --port 6379 --save \"\" --appendonly no)";
+
+    async fn make_store() -> ReplayCache<RedisStore> {
+        let url =
+            std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("idem-test:{}:", uuid::Uuid::new_v4().simple());
+        let store = RedisStore::builder()
+            .prefix(prefix)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("Redis at {url} did not answer ({e}); start it with {START_REDIS}")
+            });
+        ReplayCache::new(store)
+    }
+
+    idem_tests::conformance!(
+        make_store,
+        idem_tests::Capabilities {
+            max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
+            ..Default::default()
+        }
+    );
+}
+
+mod around_mysql {
+    use super::*;
+    use idem_mysql::MySqlStore;
+    use idem_mysql::sqlx::mysql::MySqlPoolOptions;
+
+    const START_MARIADB: &str = "bash .ci/services (or: mkdir -p /run/mysqld && chown \
+         mysql:mysql /run/mysqld && start-stop-daemon --start --oknodo --background --exec \
+         /usr/sbin/mariadbd -- --user=mysql)";
+
+    /// One table for every check: each works in namespaces of its own.
+    const TABLE: &str = "idem_test_replay_cache";
+
+    async fn make_store() -> ReplayCache<MySqlStore> {
+        let url = std::env::var("IDEM_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("MariaDB at {url} did not answer ({e}); start it with {START_MARIADB}")
+            });
+        let store = MySqlStore::from_pool(pool)
+            .with_table(TABLE)
+            .expect("a valid table name")
+            .with_max_payload(MAX_PAYLOAD);
+        store.migrate().await.expect("migrate the test table");
+        ReplayCache::new(store)
+    }
+
+    idem_tests::conformance!(
+        make_store,
+        idem_tests::Capabilities {
+            max_payload: MAX_PAYLOAD,
+            ..Default::default()
+        }
+    );
+}
+
+fn ttl(millis: u64) -> Ttl {
+    Ttl::from_millis(millis).expect("valid ttl")
+}
+
+fn key(id: &str) -> Key {
+    Key::new("replay-cache", id).expect("valid key")
+}
+
+async fn acquire(store: &impl IdempotencyStore, key: &Key) -> Lease {
+    match store
+        .claim(&ClaimRequest::new(key.clone(), ttl(30_000)))
+        .await
+    {
+        Ok(Claim::Acquired(lease)) => lease,
+        other => panic!("expected to acquire {key:?}, got {other:?}"),
+    }
+}
+
+async fn claim(store: &impl IdempotencyStore, key: &Key) -> Result<Claim, Error> {
+    store
+        .claim(&ClaimRequest::new(key.clone(), ttl(30_000)))
+        .await
+}
+
+/// Claims `key` until it is acquired again, for at most `deadline`; whether it was.
+async fn acquired_within(store: &impl IdempotencyStore, key: &Key, deadline: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if let Ok(Claim::Acquired(_)) = claim(store, key).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A cache and a handle on the store behind it that bypasses the cache, as another process
+/// would.
+fn cached(ttl: Duration) -> (ReplayCache<MemoryStore>, MemoryStore) {
+    let behind = MemoryStore::new();
+    (
+        ReplayCache::builder().ttl(ttl).build(behind.clone()),
+        behind,
+    )
+}
+
+#[tokio::test]
+async fn a_replay_is_served_from_memory_until_the_ttl_ends() {
+    let (cache, behind) = cached(Duration::from_millis(400));
+    let k = key("served");
+    let lease = acquire(&cache, &k).await;
+    cache
+        .complete(&lease, Bytes::from_static(b"first"), ttl(60_000))
+        .await
+        .expect("complete");
+    // The first repeat fills the cache.
+    assert_eq!(
+        claim(&cache, &k).await.expect("replay"),
+        Claim::Completed(Bytes::from_static(b"first"))
+    );
+    // Another process removes the record: this one may replay it until the TTL ends...
+    assert!(behind.remove(&k).await.expect("remove behind"));
+    assert_eq!(
+        claim(&cache, &k).await.expect("cached replay"),
+        Claim::Completed(Bytes::from_static(b"first")),
+        "the replay did not come from the cache"
+    );
+    // ...and not after.
+    assert!(
+        acquired_within(&cache, &k, Duration::from_secs(20)).await,
+        "a remote remove stayed unseen past the cache TTL"
+    );
+}
+
+#[tokio::test]
+async fn a_remove_through_the_cache_is_seen_at_once() {
+    let (cache, _behind) = cached(Duration::from_secs(3600));
+    let k = key("removed");
+    let lease = acquire(&cache, &k).await;
+    cache
+        .complete(&lease, Bytes::from_static(b"done"), ttl(60_000))
+        .await
+        .expect("complete");
+    claim(&cache, &k).await.expect("fill");
+    assert!(cache.remove(&k).await.expect("remove"));
+    assert!(
+        matches!(claim(&cache, &k).await, Ok(Claim::Acquired(_))),
+        "a removed record was replayed from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_replay_ends_with_the_record_retention() {
+    let (cache, _behind) = cached(Duration::from_secs(3600));
+    let k = key("retention");
+    let lease = acquire(&cache, &k).await;
+    cache
+        .complete(&lease, Bytes::from_static(b"short"), ttl(300))
+        .await
+        .expect("complete");
+    claim(&cache, &k).await.expect("fill");
+    // An hour-long cache TTL: only the record's 300 ms retention can free the key.
+    assert!(
+        acquired_within(&cache, &k, Duration::from_secs(20)).await,
+        "the cached copy outlived the record's retention"
+    );
+}
+
+#[tokio::test]
+async fn claims_are_never_cached() {
+    let (cache, behind) = cached(Duration::from_secs(3600));
+    let k = key("claimed");
+    let lease = acquire(&cache, &k).await;
+    assert!(matches!(
+        claim(&cache, &k).await,
+        Ok(Claim::InProgress { .. })
+    ));
+    // The owner, elsewhere, gives the key up: the next claim here must see it free.
+    behind.release(&lease).await.expect("release behind");
+    assert!(
+        matches!(claim(&cache, &k).await, Ok(Claim::Acquired(_))),
+        "an in-progress answer was served from the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_cached_replay_still_checks_the_fingerprint() {
+    let (cache, behind) = cached(Duration::from_secs(3600));
+    let k = key("fingerprint");
+    let print = Fingerprint::of(&"order 1").expect("fingerprint");
+    let request = ClaimRequest::new(k.clone(), ttl(30_000)).with_fingerprint(print);
+    let Ok(Claim::Acquired(lease)) = cache.claim(&request).await else {
+        panic!("a fresh key")
+    };
+    cache
+        .complete(&lease, Bytes::from_static(b"one"), ttl(60_000))
+        .await
+        .expect("complete");
+    cache.claim(&request).await.expect("fill");
+    // From here only the cache can answer: the record behind is gone.
+    behind.remove(&k).await.expect("remove behind");
+    assert_eq!(
+        cache.claim(&request).await.expect("cached replay"),
+        Claim::Completed(Bytes::from_static(b"one"))
+    );
+    let other = ClaimRequest::new(k.clone(), ttl(30_000))
+        .with_fingerprint(Fingerprint::of(&"order 2").expect("fingerprint"));
+    assert!(matches!(
+        cache.claim(&other).await,
+        Err(Error::FingerprintMismatch)
+    ));
+    assert!(matches!(
+        cache.claim(&ClaimRequest::new(k, ttl(30_000))).await,
+        Err(Error::FingerprintMismatch)
+    ));
+}

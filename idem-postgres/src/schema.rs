@@ -1,0 +1,193 @@
+//! The two tables, their versioned DDL, and running it.
+//!
+//! The version lives in the table comment (`COMMENT ON TABLE ... IS 'idem-postgres schema
+//! v1'`), as for idem-mysql; see [`idem_sql::TableKind`].
+
+use idem_core::Error;
+use idem_sql::{Migration, TableKind, TableName};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use crate::errors::from_sqlx;
+
+/// The records table's schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The records table's name unless another is configured.
+pub const DEFAULT_TABLE: &str = "idem_records";
+
+/// PostgreSQL truncates identifiers at 63 bytes; a table name leaves room for the index
+/// name made from it (`<table>_expires_at`).
+pub(crate) const MAX_TABLE_NAME: usize = 52;
+
+/// How a configured table name is quoted: as written, case kept, never a keyword.
+pub(crate) fn quoted(table: &TableName) -> String {
+    table.quoted('"')
+}
+
+/// The idempotency records table of [`PgStore`](crate::PgStore).
+pub(crate) const RECORDS: TableKind = TableKind {
+    comment_prefix: "idem-postgres schema v",
+    noun: "an idem-postgres records table",
+    store: "PgStore",
+    default_table: DEFAULT_TABLE,
+    migrations: &[Migration {
+        version: 1,
+        ddl: records_v1,
+    }],
+};
+
+/// The one-time tokens table of [`PgTokenStore`](crate::PgTokenStore).
+pub(crate) const TOKENS: TableKind = TableKind {
+    comment_prefix: "idem-postgres token schema v",
+    noun: "an idem-postgres token table",
+    store: "PgTokenStore",
+    default_table: "idem_tokens",
+    migrations: &[Migration {
+        version: 1,
+        ddl: tokens_v1,
+    }],
+};
+
+/// Version 1 of the records table. Why each column is what it is:
+/// - `namespace`, `idem_key`: `bytea`, compared byte for byte: no collation folds case or
+///   accents, no normalisation. [`Key`](idem_core::Key) bounds each to 255 bytes.
+/// - `state`: 1 claimed, 2 released (kept only to remember the fencing number), 3 completed,
+///   4 failed.
+/// - `fencing`: `bigint`; a takeover at 2^63−1 keeps the number (saturates) rather than fail.
+/// - `lease_until`, `expires_at`: `timestamptz` from the server's `clock_timestamp()`. A row
+///   counts as absent from `expires_at` on; the index serves `purge_expired`.
+fn records_v1(table: &TableName) -> String {
+    let t = quoted(table);
+    let index = quoted_index(table);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+  namespace bytea NOT NULL,
+  idem_key bytea NOT NULL,
+  state smallint NOT NULL,
+  fingerprint bytea NULL,
+  owner bytea NOT NULL,
+  fencing bigint NOT NULL,
+  lease_until timestamptz NULL,
+  expires_at timestamptz NOT NULL,
+  payload bytea NULL,
+  PRIMARY KEY (namespace, idem_key)
+);
+CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);
+COMMENT ON TABLE {t} IS '{}1'",
+        RECORDS.comment_prefix
+    )
+}
+
+/// Version 1 of the token table: `token` (at most 128 bytes) and `scope` byte for byte,
+/// `used_at` NULL until consumed (a used row stays until it expires, so a repeat is told
+/// "already used"), `expires_at` from the server's clock, indexed for `purge_expired`.
+fn tokens_v1(table: &TableName) -> String {
+    let t = quoted(table);
+    let index = quoted_index(table);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+  token bytea NOT NULL,
+  scope bytea NOT NULL,
+  used_at timestamptz NULL,
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (token)
+);
+CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);
+COMMENT ON TABLE {t} IS '{}1'",
+        TOKENS.comment_prefix
+    )
+}
+
+fn quoted_index(table: &TableName) -> String {
+    format!("\"{table}_expires_at\"")
+}
+
+/// Brings `table` up to the kind's version; a table already there is left alone.
+///
+/// One transaction under an advisory lock named after the table, so that instances
+/// starting together migrate one after the other (concurrent `CREATE TABLE IF NOT EXISTS`
+/// can otherwise fail on PostgreSQL's catalog), and a failed step leaves nothing half done.
+pub(crate) async fn migrate(
+    conn: &mut PgConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<(), Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .map_err(from_sqlx)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(format!("idem-postgres migrate {table}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(from_sqlx)?;
+    let current = version(&mut tx, kind, table).await?;
+    for migration in kind.pending(current) {
+        tracing::info!(table = %table, version = migration.version, "idem-postgres: migrating");
+        sqlx::raw_sql(AssertSqlSafe((migration.ddl)(table)))
+            .execute(&mut *tx)
+            .await
+            .map_err(from_sqlx)?;
+    }
+    tx.commit().await.map_err(from_sqlx)?;
+    check(conn, kind, table).await
+}
+
+/// Fails unless `table` exists at the kind's version.
+pub(crate) async fn check(
+    conn: &mut PgConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<(), Error> {
+    let found = version(conn, kind, table).await?;
+    kind.check(table, found)
+}
+
+/// The schema version `table` carries in its comment, `None` when the table does not exist
+/// (on the connection's `search_path`, as the statements resolve it).
+async fn version(
+    conn: &mut PgConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<Option<u32>, Error> {
+    let row = sqlx::query(
+        "SELECT r.oid IS NOT NULL AS present, obj_description(r.oid, 'pg_class') AS comment \
+         FROM (SELECT to_regclass($1) AS oid) r",
+    )
+    .bind(quoted(table))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(from_sqlx)?;
+    let present: bool = row.try_get("present").map_err(from_sqlx)?;
+    let comment: Option<String> = row.try_get("comment").map_err(from_sqlx)?;
+    if !present {
+        return Ok(None);
+    }
+    kind.version_in(table, Some(comment.as_deref().unwrap_or("")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddl_names_the_table_index_and_version() {
+        let t = TableName::new("My_idem", MAX_TABLE_NAME).expect("valid");
+        let sql = RECORDS.migration_sql(&t);
+        assert!(sql.starts_with("-- idem-postgres schema v1\n"), "{sql}");
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS \"My_idem\""));
+        assert!(sql.contains("CREATE INDEX IF NOT EXISTS \"My_idem_expires_at\" ON \"My_idem\""));
+        assert!(sql.contains("COMMENT ON TABLE \"My_idem\" IS 'idem-postgres schema v1';"));
+        let sql = TOKENS.migration_sql(&t);
+        assert!(sql.contains("COMMENT ON TABLE \"My_idem\" IS 'idem-postgres token schema v1';"));
+    }
+
+    #[test]
+    fn kinds_are_consistent() {
+        for kind in [&RECORDS, &TOKENS] {
+            assert!(TableName::new(kind.default_table, MAX_TABLE_NAME).is_ok());
+        }
+        assert_eq!(RECORDS.version(), SCHEMA_VERSION);
+        assert!(!RECORDS.comment_prefix.starts_with(TOKENS.comment_prefix));
+        assert!(!TOKENS.comment_prefix.starts_with(RECORDS.comment_prefix));
+    }
+}

@@ -1,0 +1,151 @@
+//! The one way both stores talk to Redis: a connection with the crate's settings (key
+//! prefix, deadline), which sends commands and runs every script.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_core::Error;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
+
+use crate::errors::{deadline_passed, from_record_call, from_redis};
+use crate::reply::Reply;
+use crate::scripts::LuaScript;
+
+/// The connections a [`RedisStore`](crate::RedisStore) or
+/// [`RedisTokenStore`](crate::RedisTokenStore) runs on: any async Redis connection that can
+/// be cloned and shared across tasks.
+pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
+
+/// How long a call may take, and who enforces it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deadline {
+    /// The connection bounds every call itself: the [`ConnectionManager`] this crate
+    /// configures with the same timeouts, so a timer per call would only add its cost.
+    ///
+    /// [`ConnectionManager`]: redis::aio::ConnectionManager
+    Connection,
+    /// A connection from the application, whose own settings are unknown: every call is
+    /// wrapped in a timer.
+    Store(Duration),
+}
+
+/// A connection with the settings every call needs.
+pub(crate) struct Connection<C> {
+    connection: C,
+    prefix: Arc<str>,
+    deadline: Deadline,
+}
+
+impl<C: Clone> Clone for Connection<C> {
+    fn clone(&self) -> Self {
+        Self {
+            connection: self.connection.clone(),
+            prefix: Arc::clone(&self.prefix),
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl<C> fmt::Debug for Connection<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("prefix", &self.prefix)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: RedisConnection> Connection<C> {
+    pub(crate) fn new(connection: C, prefix: String, deadline: Deadline) -> Self {
+        Self {
+            connection,
+            prefix: prefix.into(),
+            deadline,
+        }
+    }
+
+    /// The prefix of every key the store writes.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Sends one command on a record within the deadline; a value of another Redis type
+    /// under the key is a corrupt record.
+    pub(crate) async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, Error> {
+        let mut connection = self.connection.clone();
+        self.bounded(command.query_async(&mut connection))
+            .await?
+            .map_err(from_record_call)
+    }
+
+    /// Runs `call`, a [`LuaScript::call`] of `script`, within the deadline, loading the
+    /// script first if the server does not know it (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`,
+    /// `EVALSHA`).
+    pub(crate) async fn run(&self, script: &LuaScript, call: &Cmd) -> Result<Reply, Error> {
+        let mut connection = self.connection.clone();
+        let attempt = async {
+            match call.query_async::<Value>(&mut connection).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load().query_async::<()>(&mut connection).await?;
+                    call.query_async(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        let value = self.bounded(attempt).await?.map_err(from_record_call)?;
+        Reply::new(value)
+    }
+
+    /// [`run`](Self::run), with `then` sent right behind the script in the same round trip
+    /// (a pipeline); its reply comes back beside the script's.
+    pub(crate) async fn run_then(
+        &self,
+        script: &LuaScript,
+        call: &Cmd,
+        then: &Cmd,
+    ) -> Result<(Reply, Value), Error> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(call.clone()).add_command(then.clone());
+        let mut connection = self.connection.clone();
+        let attempt = async {
+            match pipe.query_async::<(Value, Value)>(&mut connection).await {
+                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script.load().query_async::<()>(&mut connection).await?;
+                    pipe.query_async(&mut connection).await
+                }
+                other => other,
+            }
+        };
+        let (value, then) = self.bounded(attempt).await?.map_err(from_record_call)?;
+        Ok((Reply::new(value)?, then))
+    }
+
+    /// Loads `scripts` into the server, in one round trip.
+    pub(crate) async fn load(&self, scripts: &[&LuaScript]) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        for script in scripts {
+            pipe.add_command(script.load()).ignore();
+        }
+        let mut connection = self.connection.clone();
+        self.bounded(pipe.query_async::<()>(&mut connection))
+            .await?
+            .map_err(from_redis)
+    }
+
+    /// `call`, bounded by the deadline where the connection does not bound it itself.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = RedisResult<T>>,
+    ) -> Result<RedisResult<T>, Error> {
+        match self.deadline {
+            Deadline::Connection => Ok(call.await),
+            Deadline::Store(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .map_err(|_| deadline_passed(deadline)),
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Helpers shared by the integration tests: the shared server, unique prefixes, and
+//! throwaway servers for tests that need one of their own.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use idem_core::{Key, Ttl};
+use idem_redis::redis::{self, aio::MultiplexedConnection};
+use idem_redis::{RedisStore, RedisTokenStore, RedisTokenStoreBuilder};
+
+pub const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+     --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
+
+/// The shared test server, from `IDEM_REDIS_URL`.
+pub fn url() -> String {
+    std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("idem-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+/// A store on the shared server under a fresh prefix; fails with how to start Redis.
+pub async fn store() -> RedisStore {
+    store_at(&url(), RedisStore::builder().prefix(unique_prefix())).await
+}
+
+pub async fn store_at(url: &str, builder: idem_redis::RedisStoreBuilder) -> RedisStore {
+    builder
+        .connect(url)
+        .await
+        .unwrap_or_else(|err| not_reachable(url, &err))
+}
+
+/// A token store on the shared server under a fresh prefix; fails with how to start Redis.
+pub async fn token_store() -> RedisTokenStore {
+    token_store_at(&url(), RedisTokenStore::builder().prefix(unique_prefix())).await
+}
+
+pub async fn token_store_at(url: &str, builder: RedisTokenStoreBuilder) -> RedisTokenStore {
+    builder
+        .connect(url)
+        .await
+        .unwrap_or_else(|err| not_reachable(url, &err))
+}
+
+fn not_reachable(url: &str, err: &idem_core::Error) -> ! {
+    panic!(
+        "Redis at {url} did not answer ({err}). Start it with:\n    {START_REDIS}\n\
+         or point IDEM_REDIS_URL at a running server."
+    )
+}
+
+/// A plain connection to the shared server, to write under the store's keys directly.
+pub async fn raw_connection(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).expect("a valid Redis URL");
+    match client.get_multiplexed_async_connection().await {
+        Ok(connection) => connection,
+        Err(err) => {
+            panic!("Redis at {url} did not answer ({err}). Start it with:\n    {START_REDIS}")
+        }
+    }
+}
+
+pub fn key(id: &str) -> Key {
+    Key::new("tests", id).expect("a valid key")
+}
+
+pub fn ttl_ms(millis: u64) -> Ttl {
+    Ttl::from_millis(millis).expect("a valid TTL")
+}
+
+/// A `redis-server` of the test's own on a free loopback port, killed when dropped (also
+/// when the test fails).
+pub struct RedisServer {
+    pub port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// A server with more command-line options.
+    pub fn start_with(extra_args: Vec<String>) -> Self {
+        let port = free_port();
+        let mut server = Self {
+            port,
+            extra_args,
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on its port and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        self.wait_until_up();
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server without closing its connections (SIGSTOP): a hung server.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    fn wait_until_up(&self) {
+        let started = Instant::now();
+        let client = redis::Client::open(self.url()).expect("a valid URL");
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(mut connection) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+    listener.local_addr().expect("a bound address").port()
+}
+
+/// `INFO commandstats` as command name → calls.
+pub async fn command_calls(connection: &mut MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').find_map(|s| s.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Commands the idempotency store's scripts send with `redis.call`, which Redis counts in
+/// `commandstats` too.
+pub const INSIDE_SCRIPTS: [&str; 5] = ["time", "get", "set", "del", "pttl"];
+
+/// What one call made the server run, minus the `INFO` that measured it. Meant for a server
+/// of the test's own, so no other test's traffic is counted.
+pub async fn commands_during<F: Future>(
+    stats: &mut MultiplexedConnection,
+    call: F,
+) -> (F::Output, BTreeMap<String, u64>) {
+    let before = command_calls(stats).await;
+    let output = call.await;
+    let after = command_calls(stats).await;
+    (output, delta(&before, &after))
+}
+
+fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut delta: BTreeMap<String, u64> = after
+        .iter()
+        .map(|(name, calls)| (name.clone(), calls - before.get(name).copied().unwrap_or(0)))
+        .filter(|(_, calls)| *calls > 0)
+        .collect();
+    // The first INFO is counted by the second.
+    assert_eq!(delta.remove("info"), Some(1), "{delta:?}");
+    delta
+}
+
+/// The commands the client sent itself: with no script run, every one; with a script run,
+/// what is left once its internal calls are set aside (so a plain command sent next to a
+/// script must be counted by the test itself, from the exact delta).
+pub fn sent_by_client(delta: &BTreeMap<String, u64>) -> u64 {
+    if !delta.contains_key("evalsha") {
+        return delta.values().sum();
+    }
+    delta
+        .iter()
+        .filter(|(name, _)| !INSIDE_SCRIPTS.contains(&name.as_str()))
+        .map(|(_, calls)| calls)
+        .sum()
+}
+
+/// Each of `commands` run once.
+pub fn expected(commands: &[&str]) -> BTreeMap<String, u64> {
+    commands.iter().map(|c| ((*c).to_owned(), 1)).collect()
+}

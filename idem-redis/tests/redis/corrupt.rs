@@ -1,0 +1,178 @@
+//! Values under a managed key that do not decode are corrupt records, never a panic.
+
+use crate::common::{key, raw_connection, store, ttl_ms, url};
+use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
+use idem_redis::RedisStore;
+use idem_redis::redis::{self, aio::MultiplexedConnection};
+
+/// A well-formed record header (layout version 2), to corrupt one field at a time.
+fn header(version: u8, phase: u8, fencing: u64) -> Vec<u8> {
+    let mut out = vec![version, phase];
+    out.extend_from_slice(&fencing.to_be_bytes());
+    out
+}
+
+fn garbage() -> Vec<(&'static str, Vec<u8>)> {
+    let claimed_body = |mut v: Vec<u8>, trace_ttl: u64| {
+        v.push(0);
+        v.extend_from_slice(&[9u8; 16]);
+        v.extend_from_slice(&trace_ttl.to_be_bytes());
+        v
+    };
+    vec![
+        ("empty", Vec::new()),
+        ("text", b"hello, world".to_vec()),
+        ("short header", header(2, 3, 1)[..6].to_vec()),
+        ("unknown version", [header(3, 3, 1), vec![0]].concat()),
+        (
+            "layout version 1",
+            [header(1, 3, 1), vec![0; 8], vec![0]].concat(),
+        ),
+        ("unknown phase", [header(2, 9, 1), vec![0]].concat()),
+        ("no fingerprint flag", header(2, 3, 1)),
+        ("bad fingerprint flag", [header(2, 3, 1), vec![7]].concat()),
+        (
+            "truncated fingerprint",
+            [header(2, 3, 1), vec![1], vec![0; 31]].concat(),
+        ),
+        (
+            "vacant with trailing bytes",
+            [header(2, 2, 1), vec![0]].concat(),
+        ),
+        (
+            "claimed too short",
+            [header(2, 1, 1), vec![0], vec![9; 16]].concat(),
+        ),
+        (
+            "claimed too long",
+            [claimed_body(header(2, 1, 1), 1000), vec![0]].concat(),
+        ),
+        (
+            "claimed with no trace TTL",
+            claimed_body(header(2, 1, 1), 0),
+        ),
+        ("zero fencing", claimed_body(header(2, 1, 0), 1000)),
+        (
+            "fencing beyond 2^53",
+            claimed_body(header(2, 1, (1 << 53) + 1), 1000),
+        ),
+        ("all ones", vec![0xff; 64]),
+    ]
+}
+
+async fn write(raw: &mut MultiplexedConnection, redis_key: &str, value: &[u8]) {
+    redis::cmd("SET")
+        .arg(redis_key)
+        .arg(value)
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(raw)
+        .await
+        .expect("SET");
+}
+
+fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+    matches!(result, Err(Error::CorruptRecord { .. }))
+}
+
+async fn assert_every_call_is_corrupt(store: &RedisStore, k: &Key, what: &str) {
+    let lease = Lease {
+        key: k.clone(),
+        owner: OwnerToken::random(),
+        fencing: 1,
+    };
+    let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+    assert!(is_corrupt(store.claim(&request).await), "claim of {what}");
+    assert!(is_corrupt(store.read(k).await), "read of {what}");
+    assert!(
+        is_corrupt(store.complete(&lease, Bytes::new(), ttl_ms(10_000)).await),
+        "complete of {what}"
+    );
+    assert!(
+        is_corrupt(store.fail(&lease, Bytes::new(), ttl_ms(10_000)).await),
+        "fail of {what}"
+    );
+    assert!(
+        is_corrupt(store.renew(&lease, ttl_ms(10_000)).await),
+        "renew of {what}"
+    );
+    assert!(is_corrupt(store.release(&lease).await), "release of {what}");
+}
+
+#[tokio::test]
+async fn garbage_strings_are_corrupt_records() {
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    for (what, value) in garbage() {
+        let k = key(what);
+        let redis_key = store.redis_key(&k);
+        write(&mut raw, &redis_key, &value).await;
+        assert_every_call_is_corrupt(&store, &k, what).await;
+        // Nothing was overwritten.
+        let kept: Vec<u8> = redis::cmd("GET")
+            .arg(&redis_key)
+            .query_async(&mut raw)
+            .await
+            .expect("GET");
+        assert_eq!(kept, value, "{what}");
+        // Removing clears it, and the key works again.
+        assert!(store.remove(&k).await.expect("remove"), "{what}");
+        let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+        assert!(
+            matches!(store.claim(&request).await, Ok(Claim::Acquired(_))),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_redis_types_are_corrupt_records() {
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    let writes: [(&str, &str, &[&str]); 3] = [
+        ("list", "RPUSH", &["x", "y"]),
+        ("hash", "HSET", &["field", "value"]),
+        ("set", "SADD", &["member"]),
+    ];
+    for (what, command, args) in writes {
+        let k = key(what);
+        let redis_key = store.redis_key(&k);
+        redis::cmd(command)
+            .arg(&redis_key)
+            .arg(args)
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("write");
+        redis::cmd("PEXPIRE")
+            .arg(&redis_key)
+            .arg(60_000)
+            .query_async::<()>(&mut raw)
+            .await
+            .expect("PEXPIRE");
+        assert_every_call_is_corrupt(&store, &k, what).await;
+        assert!(store.remove(&k).await.expect("remove"), "{what}");
+        assert_eq!(store.read(&k).await.expect("read"), None);
+    }
+}
+
+#[tokio::test]
+async fn a_record_written_by_the_store_decodes() {
+    // The counterpart of the garbage: the same layout, well-formed, is accepted.
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    let k = key("handmade");
+    let mut value = header(2, 3, 7);
+    value.push(0);
+    value.extend_from_slice(b"\x00handmade\xff");
+    write(&mut raw, &store.redis_key(&k), &value).await;
+    let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+    assert_eq!(
+        store.claim(&request).await.expect("claim"),
+        Claim::Completed(Bytes::from_static(b"\x00handmade\xff"))
+    );
+    assert_eq!(
+        store.read(&k).await.expect("read").expect("record").fencing,
+        7
+    );
+    assert!(store.remove(&k).await.expect("remove"));
+}

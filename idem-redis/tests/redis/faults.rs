@@ -1,0 +1,198 @@
+//! Outages: a server of the test's own is killed mid-run and restarted; calls fail fast
+//! with `Unavailable`, never hang or panic, and the same store works again afterwards.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::{RedisServer, key, store_at, ttl_ms, unique_prefix};
+use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
+use idem_redis::redis::AsyncConnectionConfig;
+use idem_redis::{RedisStore, RedisStoreBuilder};
+
+const CONNECTION_TIMEOUT: Duration = Duration::from_millis(300);
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Far above the store's bound (800 ms): catches a hang, not a slow machine.
+const NO_HANG: Duration = Duration::from_secs(5);
+
+fn builder() -> RedisStoreBuilder {
+    RedisStore::builder()
+        .prefix(unique_prefix())
+        .connection_timeout(CONNECTION_TIMEOUT)
+        .response_timeout(RESPONSE_TIMEOUT)
+}
+
+fn is_unavailable<T>(result: &Result<T, Error>) -> bool {
+    matches!(result, Err(Error::Unavailable { source }) if source.is::<idem_redis::redis::RedisError>())
+}
+
+/// Claims fresh keys in a loop until stopped; returns how many succeeded and failed, and
+/// the longest call.
+async fn claim_loop(
+    store: Arc<RedisStore>,
+    stop: Arc<AtomicBool>,
+    task: usize,
+) -> (u32, u32, Duration) {
+    let (mut ok, mut unavailable, mut longest) = (0, 0, Duration::ZERO);
+    for i in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let request = ClaimRequest::new(key(&format!("load-{task}-{i}")), ttl_ms(10_000));
+        let started = Instant::now();
+        let result = store.claim(&request).await;
+        longest = longest.max(started.elapsed());
+        match result {
+            Ok(Claim::Acquired(_)) => ok += 1,
+            Err(Error::Unavailable { .. }) => unavailable += 1,
+            other => panic!("during an outage a claim must succeed or be Unavailable: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (ok, unavailable, longest)
+}
+
+async fn assert_every_call_is_unavailable(store: &RedisStore, k: &Key) {
+    let lease = Lease {
+        key: k.clone(),
+        owner: OwnerToken::random(),
+        fencing: 1,
+    };
+    let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+    let started = Instant::now();
+    assert!(is_unavailable(&store.claim(&request).await));
+    assert!(is_unavailable(
+        &store.complete(&lease, Bytes::new(), ttl_ms(10_000)).await
+    ));
+    assert!(is_unavailable(
+        &store.fail(&lease, Bytes::new(), ttl_ms(10_000)).await
+    ));
+    assert!(is_unavailable(&store.renew(&lease, ttl_ms(10_000)).await));
+    assert!(is_unavailable(&store.release(&lease).await));
+    assert!(is_unavailable(&store.read(k).await));
+    assert!(is_unavailable(&store.remove(k).await));
+    assert!(is_unavailable(&store.load_scripts().await));
+    assert!(started.elapsed() < NO_HANG, "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_server_gives_unavailable_and_the_store_recovers() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(store_at(&server.url(), builder()).await);
+    let k = key("before");
+    let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+    assert!(matches!(
+        store.claim(&request).await,
+        Ok(Claim::Acquired(_))
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|task| tokio::spawn(claim_loop(Arc::clone(&store), Arc::clone(&stop), task)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_every_call_is_unavailable(&store, &key("during")).await;
+
+    server.restart();
+    // The same store value, not rebuilt, works again once the server is back.
+    let back = Instant::now();
+    let lease = loop {
+        let request = ClaimRequest::new(key("after"), ttl_ms(10_000));
+        match store.claim(&request).await {
+            Ok(Claim::Acquired(lease)) => break lease,
+            Err(Error::Unavailable { .. }) if back.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("the store did not recover: {other:?}"),
+        }
+    };
+    store
+        .complete(&lease, Bytes::from_static(b"back"), ttl_ms(10_000))
+        .await
+        .expect("complete");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut unavailable) = (0, 0);
+    for task in load {
+        let (o, u, longest) = task.await.expect("no claim panicked");
+        assert!(longest < NO_HANG, "a claim took {longest:?}");
+        ok += o;
+        unavailable += u;
+    }
+    assert!(
+        ok > 0 && unavailable > 0,
+        "ok {ok}, unavailable {unavailable}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_listening_is_unavailable_at_once() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        listener.local_addr().expect("an address").port()
+    };
+    let started = Instant::now();
+    let result = builder()
+        .connect(&format!("redis://127.0.0.1:{port}"))
+        .await;
+    assert!(is_unavailable(&result), "{result:?}");
+    assert!(started.elapsed() < NO_HANG);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    // Accepts connections and reads nothing: a hung server or a black-holed network.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    let started = Instant::now();
+    let result = builder()
+        .connect(&format!("redis://127.0.0.1:{port}"))
+        .await;
+    assert!(is_unavailable(&result), "{result:?}");
+    assert!(started.elapsed() < NO_HANG, "took {:?}", started.elapsed());
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_malformed_url_is_a_backend_error() {
+    let result = RedisStore::connect("mysql://127.0.0.1/").await;
+    assert!(matches!(result, Err(Error::Backend { .. })), "{result:?}");
+}
+
+/// A server that stops answering after the store connected (paused with SIGSTOP): every
+/// call gives up within the timeouts, whether the connection bounds it (the store's own
+/// manager) or the store does (a connection from the application).
+#[tokio::test]
+async fn a_hung_server_times_out_every_call() {
+    let server = RedisServer::start();
+    let managed = store_at(&server.url(), builder()).await;
+    let client = idem_redis::redis::Client::open(server.url()).expect("a valid URL");
+    // No response timeout of its own: only the store's deadline can end a call.
+    let unbounded = AsyncConnectionConfig::new().set_response_timeout(None);
+    let plain = client
+        .get_multiplexed_async_connection_with_config(&unbounded)
+        .await
+        .expect("a connection");
+    let own = builder().build(plain).expect("a valid prefix");
+    let k = key("hung");
+    server.pause();
+    for result in [
+        timed(managed.claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))).await,
+        timed(own.claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))).await,
+    ] {
+        assert!(is_unavailable(&result), "{result:?}");
+    }
+    server.resume();
+}
+
+/// `call`, which must end well before [`NO_HANG`].
+async fn timed<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    let started = Instant::now();
+    let result = call.await;
+    assert!(started.elapsed() < NO_HANG, "took {:?}", started.elapsed());
+    result
+}

@@ -1,0 +1,121 @@
+//! `wait_for_replicas`: a finish waits for replicas with `WAIT` in the same round trip, on a
+//! private primary and replica pair of the test's own.
+
+use std::time::{Duration, Instant};
+
+use crate::common::{RedisServer, key, raw_connection, store_at, ttl_ms, unique_prefix};
+use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput};
+use idem_redis::redis;
+use idem_redis::{RedisStore, ReplicasNotReached};
+
+const WAIT: Duration = Duration::from_millis(300);
+
+/// A primary and one replica of it, once the replica is in sync.
+fn replica_pair() -> (RedisServer, RedisServer) {
+    // Full sync at once, not after the default 5 s of waiting for more replicas.
+    let primary = RedisServer::start_with(vec!["--repl-diskless-sync-delay".into(), "0".into()]);
+    let replica = RedisServer::start_with(vec![
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.port.to_string(),
+    ]);
+    let client = redis::Client::open(replica.url()).expect("a valid URL");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let info: String = client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+            .unwrap_or_default();
+        if info.contains("master_link_status:up") {
+            return (primary, replica);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the replica on port {} never synced", replica.port);
+}
+
+#[tokio::test]
+async fn a_finish_returns_once_the_replica_has_the_record() {
+    let (primary, mut replica) = replica_pair();
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .wait_for_replicas(1, WAIT),
+    )
+    .await;
+    let ttl = ttl_ms(60_000);
+
+    let k = key("replicated");
+    let Claim::Acquired(lease) = store
+        .claim(&ClaimRequest::new(k.clone(), ttl))
+        .await
+        .expect("claim")
+    else {
+        panic!("a new key is acquired")
+    };
+    store
+        .complete(&lease, Bytes::from_static(b"paid"), ttl)
+        .await
+        .expect("the replica acknowledged");
+    // WAIT returned 1, so the replica holds the finished record already, byte for byte.
+    let redis_key = store.redis_key(&k);
+    let on = |url: String| {
+        let redis_key = redis_key.clone();
+        async move {
+            let mut connection = raw_connection(&url).await;
+            redis::cmd("GET")
+                .arg(redis_key)
+                .query_async::<Option<Vec<u8>>>(&mut connection)
+                .await
+                .expect("GET")
+        }
+    };
+    let on_primary = on(primary.url())
+        .await
+        .expect("the record is on the primary");
+    assert_eq!(on(replica.url()).await.as_ref(), Some(&on_primary));
+
+    // Without the replica, the finish is applied on the primary but reported.
+    replica.kill();
+    let k = key("unreplicated");
+    let Claim::Acquired(lease) = store
+        .claim(&ClaimRequest::new(k.clone(), ttl))
+        .await
+        .expect("claim")
+    else {
+        panic!("a new key is acquired")
+    };
+    let result = store
+        .fail(&lease, Bytes::from_static(b"declined"), ttl)
+        .await;
+    let Err(Error::Backend { source }) = &result else {
+        panic!("expected a backend error, got {result:?}")
+    };
+    let short = source
+        .downcast_ref::<ReplicasNotReached>()
+        .expect("the source says how many replicas answered");
+    assert_eq!((short.wanted, short.acknowledged), (1, 0));
+    assert!(matches!(
+        store.claim(&ClaimRequest::new(k, ttl)).await,
+        Ok(Claim::Failed(failure)) if failure == "declined"
+    ));
+}
+
+#[tokio::test]
+async fn replica_waits_out_of_range_are_refused_before_connecting() {
+    for builder in [
+        RedisStore::builder().wait_for_replicas(0, WAIT),
+        RedisStore::builder().wait_for_replicas(1, Duration::ZERO),
+        RedisStore::builder()
+            .response_timeout(Duration::from_secs(1))
+            .wait_for_replicas(1, Duration::from_secs(1)),
+    ] {
+        // Nothing listens there: only the settings check can answer.
+        let result = builder.connect("redis://127.0.0.1:1").await;
+        assert!(
+            matches!(result, Err(Error::InvalidInput(InvalidInput::Other(_)))),
+            "{result:?}"
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The token store's own behaviour beyond the conformance checks: what it writes, how long
+//! a used token lives, the order of the checks, and scopes and tokens of any characters.
+
+use std::time::Duration;
+
+use crate::common::{raw_connection, token_store, url};
+use idem_core::{
+    Consumption, Rejection, Scope, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
+};
+use idem_redis::redis::{self, aio::MultiplexedConnection};
+
+fn scope(name: &str) -> Scope {
+    Scope::new(name).expect("a valid scope")
+}
+
+async fn pttl(raw: &mut MultiplexedConnection, redis_key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(redis_key)
+        .query_async(raw)
+        .await
+        .expect("PTTL")
+}
+
+async fn value_of(raw: &mut MultiplexedConnection, redis_key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(redis_key)
+        .query_async(raw)
+        .await
+        .expect("GET")
+}
+
+#[tokio::test]
+async fn a_used_token_keeps_its_expiry() {
+    let tokens = Tokens::new(token_store().await)
+        .with_ttl(Duration::from_secs(60))
+        .expect("a valid TTL");
+    let mut raw = raw_connection(&url()).await;
+    let alice = scope("alice");
+    let token = tokens.issue(&alice).await.expect("issue");
+    let redis_key = tokens.store().redis_key(&token);
+    assert_eq!(
+        value_of(&mut raw, &redis_key).await.as_deref(),
+        Some(b"\x01\x00alice".as_slice())
+    );
+
+    assert_eq!(
+        tokens
+            .consume(&alice, token.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    assert_eq!(
+        value_of(&mut raw, &redis_key).await.as_deref(),
+        Some(b"\x01\x01alice".as_slice())
+    );
+    // Marked, not made permanent: the key still expires within the TTL it was issued with.
+    let left = pttl(&mut raw, &redis_key).await;
+    assert!(0 < left && left <= 60_000, "PTTL {left}");
+}
+
+#[tokio::test]
+async fn a_used_token_is_forgotten_when_it_expires() {
+    let store = token_store().await;
+    let tokens = Tokens::new(store.clone());
+    let alice = scope("alice");
+    let token = tokens
+        .parse(&UuidV7Tokens.generate())
+        .expect("a well-formed token");
+    let short = Ttl::from_millis(300).expect("a valid TTL");
+    store.issue(&token, &alice, short).await.expect("issue");
+    assert_eq!(
+        store.consume(&token, &alice).await.expect("consume"),
+        Consumption::Consumed
+    );
+    assert_eq!(
+        store.consume(&token, &alice).await.expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed)
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        store.consume(&token, &alice).await.expect("consume"),
+        Consumption::Rejected(Rejection::Unknown)
+    );
+    // Gone, so the same token may be issued again.
+    store.issue(&token, &alice, short).await.expect("reissue");
+}
+
+#[tokio::test]
+async fn a_used_token_is_already_used_for_every_scope() {
+    // TokenRecord::consume checks "used" before "scope": a stranger learns no more than
+    // the owner would.
+    let tokens = Tokens::new(token_store().await);
+    let alice = scope("alice");
+    let token = tokens.issue(&alice).await.expect("issue");
+    assert_eq!(
+        tokens
+            .consume(&alice, token.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    assert_eq!(
+        tokens
+            .consume(&scope("mallory"), token.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed)
+    );
+}
+
+#[tokio::test]
+async fn scopes_are_compared_byte_for_byte() {
+    let tokens = Tokens::new(token_store().await);
+    let owner = scope("tenant{7}/ü ser%7D:🔑");
+    let token = tokens.issue(&owner).await.expect("issue");
+    for other in [
+        "tenant{7}/ü ser%7D:",
+        "tenant{7}/ü ser%7D:🔑x",
+        "tenant{7}/u ser%7D:🔑",
+        "tenant%7B7%7D/ü ser}:🔑",
+        "TENANT{7}/Ü SER%7D:🔑",
+    ] {
+        assert_eq!(
+            tokens
+                .consume(&scope(other), token.as_str())
+                .await
+                .expect("consume"),
+            Consumption::Rejected(Rejection::WrongScope),
+            "{other}"
+        );
+    }
+    assert_eq!(
+        tokens
+            .consume(&owner, token.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+}
+
+/// Tokens with braces and percent signs, as a home-made generator might make them.
+#[derive(Debug)]
+struct BracedTokens;
+
+impl TokenGenerator for BracedTokens {
+    fn generate(&self) -> String {
+        format!("{{{}}}", uuid::Uuid::new_v4().simple())
+    }
+
+    fn is_well_formed(&self, raw: &str) -> bool {
+        !raw.is_empty()
+    }
+}
+
+#[tokio::test]
+async fn tokens_of_any_characters_get_keys_of_their_own() {
+    let store = token_store().await;
+    let tokens = Tokens::new(store.clone()).with_generator(BracedTokens);
+    let alice = scope("alice");
+    let braced = tokens.issue(&alice).await.expect("issue");
+    let redis_key = store.redis_key(&braced);
+    let tag = &braced.as_str()[1..braced.as_str().len() - 1];
+    assert_eq!(redis_key, format!("{}{{%7B{tag}%7D}}", store.prefix()));
+
+    // Distinct tokens that a naive escaping would merge.
+    let ttl = Ttl::from_secs(60).expect("a valid TTL");
+    let lookalikes = ["a}", "a%7D", "a%257D", "{a", "%7Ba"];
+    for raw in lookalikes {
+        let token = tokens.parse(raw).expect("well-formed here");
+        store.issue(&token, &alice, ttl).await.expect("issue");
+    }
+    for raw in lookalikes {
+        let token = tokens.parse(raw).expect("well-formed here");
+        assert_eq!(
+            store.consume(&token, &alice).await.expect("consume"),
+            Consumption::Consumed,
+            "{raw}"
+        );
+    }
+    assert_eq!(
+        tokens
+            .consume(&alice, braced.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+}

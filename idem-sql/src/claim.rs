@@ -1,0 +1,75 @@
+//! A claim as rounds of "insert, else read and let the lifecycle decide, then take over":
+//! the algorithm of every SQL store, over the statements of one engine.
+
+use std::future::Future;
+
+use idem_core::lifecycle::{self, Entry};
+use idem_core::{Claim, ClaimRequest, Error, Key, Lease};
+
+use crate::row::NOW;
+
+/// How many read-then-write rounds a claim (or a token's consume) makes before it gives up.
+/// A round fails only when another caller changed the row in between, so a second round
+/// nearly always settles.
+pub const ROUNDS: usize = 16;
+
+/// The three statements a claim is made of, on one connection (pooled, or the caller's
+/// transaction).
+pub trait ClaimSteps {
+    /// Inserts a claimed row with fencing number 1 for a key without a row; `false` when
+    /// the key already has one (nothing changed).
+    fn insert(
+        &mut self,
+        request: &ClaimRequest,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Reads a key's row as a lifecycle entry at [`NOW`]; `None` when there is none.
+    fn select(&mut self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send;
+
+    /// Takes a row over with one conditional write that re-checks, under the row lock, that
+    /// the key is free for this request (expired, released, lapsed, or this owner's own
+    /// claim); the new fencing number, or `None` when the row no longer was free.
+    fn take_over(
+        &mut self,
+        request: &ClaimRequest,
+    ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+}
+
+/// Claims a key: one INSERT for a never-seen key; otherwise the row is read, the rules of
+/// [`idem_core::lifecycle`] decide, and a free key is taken over by one conditional write.
+pub async fn claim<S: ClaimSteps + Send>(
+    steps: &mut S,
+    request: &ClaimRequest,
+) -> Result<Claim, Error> {
+    for _ in 0..ROUNDS {
+        if steps.insert(request).await? {
+            return Ok(Claim::Acquired(lease(request, 1)));
+        }
+        // The row vanished (removed, purged) since the INSERT saw it: insert again.
+        let Some(entry) = steps.select(&request.key).await? else {
+            continue;
+        };
+        match lifecycle::claim(Some(&entry), request, NOW).answer {
+            Ok(Claim::Acquired(_)) => {
+                if let Some(fencing) = steps.take_over(request).await? {
+                    tracing::debug!(key = %request.key, fencing, "idem-sql: took a free key over");
+                    return Ok(Claim::Acquired(lease(request, fencing)));
+                }
+                // Another caller changed the row first: look again.
+            }
+            answer => return answer,
+        }
+    }
+    Err(Error::unavailable(format!(
+        "the claim of {} did not settle in {ROUNDS} rounds: the row kept changing",
+        request.key
+    )))
+}
+
+fn lease(request: &ClaimRequest, fencing: u64) -> Lease {
+    Lease {
+        key: request.key.clone(),
+        owner: request.owner,
+        fencing,
+    }
+}
