@@ -16,6 +16,7 @@ mod http;
 mod measure;
 mod memory;
 mod mysql;
+mod postgres;
 mod redis;
 mod report;
 mod settings;
@@ -42,6 +43,7 @@ const SECTIONS: &[(&str, Section)] = &[
     ("memory", |s| Box::pin(backend::rows::<memory::Memory>(s))),
     ("redis", |s| Box::pin(backend::rows::<redis::Redis>(s))),
     ("mysql", |s| Box::pin(backend::rows::<mysql::Mysql>(s))),
+    ("postgres", |s| Box::pin(backend::rows::<postgres::Pg>(s))),
     ("redis+cache", |s| {
         Box::pin(backend::rows::<cached::Cached<redis::Redis>>(s))
     }),

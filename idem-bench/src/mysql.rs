@@ -1,8 +1,10 @@
 //! idem-mysql against raw sqlx.
 //!
 //! Each side gets a pool of its own with the same settings: [`POOL_SIZE`] connections, all
-//! opened up front, otherwise the settings `MySqlStore::connect` uses (its acquire timeout,
-//! sqlx's defaults: a checkout pings the connection, and so does its return). Each run creates two tables: idem's, made
+//! opened up front, checked out without a ping (as `MySqlStore::connect` makes them), so a
+//! checkout is an in-process queue pop and the floor is the statements on a held
+//! connection, not a pool's round trips (sqlx's default pings on every checkout, which
+//! costs as much as a primary-key SELECT). Each run creates two tables: idem's, made
 //! by `migrate()`, and the raw side's, made from the very same DDL
 //! (`MySqlStore::migration_sql_for`), so both write rows of the same columns under the same
 //! primary key. The raw side sends what a hand-written client would send for the same
@@ -142,6 +144,7 @@ async fn pool(url: &str) -> Result<MySqlPool, Error> {
         .max_connections(POOL_SIZE)
         .min_connections(POOL_SIZE)
         .acquire_timeout(MySqlStore::ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
         .connect(url)
         .await
         .map_err(|e| unreachable(e.to_string()))?;

@@ -9,9 +9,9 @@ USAGE:
 
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
-                      (memory, redis, mysql, redis+cache: the replay cache
-                      in front of Redis, http: an axum handler behind the layer)
-                      [default: memory,redis,mysql,redis+cache,http]
+                      (memory, redis, mysql, postgres, redis+cache: the replay
+                      cache in front of Redis, http: an axum handler behind the layer)
+                      [default: memory,redis,mysql,postgres,redis+cache,http]
     --ops N           operations per latency measurement; throughput uses 4N
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
@@ -57,9 +57,16 @@ impl Default for Settings {
             ops: 2000,
             rounds: 3,
             tasks: 64,
-            backends: ["memory", "redis", "mysql", "redis+cache", "http"]
-                .map(String::from)
-                .to_vec(),
+            backends: [
+                "memory",
+                "redis",
+                "mysql",
+                "postgres",
+                "redis+cache",
+                "http",
+            ]
+            .map(String::from)
+            .to_vec(),
             records: 1_000_000,
             footprint_of: None,
         }

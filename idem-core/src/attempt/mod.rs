@@ -281,6 +281,9 @@ impl<S: IdempotencyStore> Attempt<S> {
         let watch = status.subscribe();
         let guard = ReleaseOnDrop::new(Arc::clone(&store), lease.clone());
         let renewal = Renewal::start(Arc::clone(&store), lease.clone(), lease_ttl, status);
+        // Let the renewal task start (it would otherwise wait in this worker's next-task slot,
+        // which other workers do not steal from) before an operation that may block the thread.
+        tokio::task::yield_now().await;
         let output = operation.await;
         guard.disarm();
         drop(renewal);

@@ -8,6 +8,7 @@ mod common;
 mod cluster;
 mod conformance;
 mod corrupt;
+mod executor_conformance;
 mod faults;
 mod lifecycle;
 mod replicas;
