@@ -1,7 +1,8 @@
 //! idem-redis against the raw `redis` client.
 //!
-//! Each side gets a [`ConnectionManager`] of its own with the same settings (the ones
-//! `RedisStoreBuilder::connect` uses), shared by all its tasks, so both pipeline the same
+//! Each side gets a [`ConnectionManager`] of its own with the same settings (the store the
+//! one `RedisStoreBuilder::connect_client` makes, the raw side one configured alike), shared
+//! by all its tasks, so both pipeline the same
 //! way over one multiplexed connection. Every key of a run lives under a fresh prefix, and
 //! the run deletes them all at the end, whether or not it succeeded.
 
@@ -197,9 +198,13 @@ async fn manager(url: &str) -> Result<ConnectionManager, Error> {
 
 async fn connect(url: &str) -> Result<Redis, Error> {
     let prefix = format!("idem-bench:{}:", uuid::Uuid::new_v4().simple());
+    // Connected as applications connect it: on the store's own manager, which bounds every
+    // call itself, so the store adds no timer (`build` on a manager of the bench's would).
+    let client = Client::open(url).map_err(driver)?;
     let store = RedisStore::builder()
         .prefix(format!("{prefix}idem:"))
-        .build(manager(url).await?)?;
+        .connect_client(client)
+        .await?;
     store.load_scripts().await?;
     let mut raw = manager(url).await?;
     let compare_and_set_sha: String = ::redis::cmd("SCRIPT")

@@ -166,6 +166,7 @@ struct Inner {
     panics: usize,
     gave_up: usize,
     requests: usize,
+    notes: Vec<String>,
 }
 
 impl History {
@@ -199,6 +200,14 @@ impl History {
         self.inner()
             .answers
             .push((key, request, Instant::now(), answer));
+    }
+
+    /// Keeps the first few texts of errors of an unexpected kind, for the report.
+    pub fn note(&self, text: String) {
+        let mut inner = self.inner();
+        if inner.notes.len() < 3 {
+            inner.notes.push(text);
+        }
     }
 
     /// A fault was injected.
@@ -254,6 +263,7 @@ impl History {
             self.check_key(&inner, runs, &mut summary);
         }
         summary.keys = inner.runs.len();
+        summary.examples.extend(inner.notes.iter().cloned());
         self.check_replays(&inner, &mut summary);
         summary
     }
@@ -263,7 +273,24 @@ impl History {
     fn check_key(&self, inner: &Inner, runs: &[Run], summary: &mut Summary) {
         let mut runs = runs.to_vec();
         runs.sort_by_key(|run| run.at);
-        for pair in runs.windows(2) {
+        // The ledger is guarded by the fencing number, as `execute_with_lease` tells
+        // operations to do: an effect under a number below one already applied is a stale
+        // owner's, refused (after a data loss the numbers start again).
+        let mut accepted: Vec<Run> = Vec::new();
+        let mut top = 0;
+        for run in &runs {
+            if let Some(last) = accepted.last() {
+                if self.explain(inner, last, run) == Some(Rule::DataLoss) {
+                    top = 0;
+                } else if run.id.fencing < top {
+                    summary.fenced += 1;
+                    continue;
+                }
+            }
+            top = top.max(run.id.fencing);
+            accepted.push(run.clone());
+        }
+        for pair in accepted.windows(2) {
             let (first, second) = (&pair[0], &pair[1]);
             let rule = self.explain(inner, first, second);
             match rule {
@@ -291,7 +318,18 @@ impl History {
             if acknowledged {
                 match rule {
                     Some(Rule::DataLoss) => summary.lost_completions_explained += 1,
-                    _ => summary.lost_completions += 1,
+                    _ => {
+                        summary.lost_completions += 1;
+                        summary.examples.push(format!(
+                            "key {}: the outcome of request {} (fencing {}) was acknowledged as stored, and request {} ran it again {:?} later at fencing {}",
+                            first.id.key,
+                            first.id.request,
+                            first.id.fencing,
+                            second.id.request,
+                            second.at - first.at,
+                            second.id.fencing
+                        ));
+                    }
                 }
             }
         }
@@ -377,6 +415,8 @@ fn answers_after(inner: &Inner, run: &Run) -> Vec<Answer> {
 }
 
 /// The figures of one scenario.
+///
+/// `runs` counts every effect, fenced ones included.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
     /// The scenario's name.
@@ -395,6 +435,9 @@ pub struct Summary {
     pub explained: BTreeMap<Rule, usize>,
     /// Second runs of a key that no rule explains.
     pub unexplained: usize,
+    /// Effects of stale owners that the fencing number refused (their lease had been
+    /// taken over while they ran): not second runs.
+    pub fenced: usize,
     /// Replays of a value that no run of the key produced.
     pub wrong_replays: usize,
     /// A run under a fencing number not above the previous run's, unexplained.
@@ -474,7 +517,8 @@ impl fmt::Display for Summary {
         }
         write!(
             f,
-            " wrong_replays={} fencing_back={}(+{} data-loss) lost_completions={}(+{} data-loss) panics={} gave_up={} cancelled={}",
+            " fenced={} wrong_replays={} fencing_back={}(+{} data-loss) lost_completions={}(+{} data-loss) panics={} gave_up={} cancelled={}",
+            self.fenced,
             self.wrong_replays,
             self.fencing_back,
             self.fencing_back_explained,

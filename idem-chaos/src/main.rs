@@ -15,6 +15,9 @@ options:
   --short     the small load the test suite runs
   --seed N    the seed of every random choice (default: the current time)
 
+environment:
+  IDEM_CHAOS_EXAMPLES=N   examples printed per scenario (default 5)
+
 scenarios:";
 
 fn main() -> ExitCode {
@@ -58,12 +61,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // How many examples of what went wrong each scenario prints.
+    let examples = std::env::var("IDEM_CHAOS_EXAMPLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
     println!("idem-chaos seed={seed} mode={mode:?}");
     let mut failed = false;
     for scenario in scenarios {
         let summary = runtime.block_on(scenario.run(mode, seed));
         println!("{summary}");
-        for example in summary.examples.iter().take(5) {
+        for example in summary.examples.iter().take(examples) {
             println!("    {example}");
         }
         failed |= !summary.passed();

@@ -485,7 +485,16 @@ async fn tx_attempt(
             history.fault(Fault::Instant { what: "rollback" });
             return false;
         }
-        Err(error) => Answer::Error(ErrorKind::of(&error)),
+        Err(error) => {
+            let kind = ErrorKind::of(&error);
+            if matches!(
+                kind,
+                ErrorKind::Backend | ErrorKind::Corrupt | ErrorKind::Other
+            ) {
+                history.note(format!("{kind:?}: {error}"));
+            }
+            Answer::Error(kind)
+        }
     };
     history.answered(k, request, answer);
     matches!(answer, Answer::Executed(_) | Answer::Replayed(_))

@@ -248,10 +248,20 @@ impl<S: IdempotencyStore> Caller<S> {
                     Answer::Executed(id)
                 }
             }
-            Some(Err(error)) if ran.load(Ordering::SeqCst) => {
-                Answer::RanUnstored(execute_error_kind(&error))
+            Some(Err(error)) => {
+                let kind = execute_error_kind(&error);
+                if matches!(
+                    kind,
+                    ErrorKind::Backend | ErrorKind::Corrupt | ErrorKind::Other
+                ) {
+                    self.history.note(format!("{kind:?}: {error:?}"));
+                }
+                if ran.load(Ordering::SeqCst) {
+                    Answer::RanUnstored(kind)
+                } else {
+                    Answer::Error(kind)
+                }
             }
-            Some(Err(error)) => Answer::Error(execute_error_kind(&error)),
         };
         self.history.answered(n, request, answer);
         Some(answer)

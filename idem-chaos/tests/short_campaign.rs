@@ -7,32 +7,7 @@ use idem_chaos::{Mode, Scenario};
 /// second runs are printed but do not fail the suite yet. Panics, wrong replays and
 /// fencing numbers going backwards fail them like any other. Empty this list as the fixes
 /// land.
-const PENDING: &[(Scenario, &str)] = &[
-    (
-        Scenario::RedisAof,
-        "outcome write retried only ~150 ms (executor retry fix)",
-    ),
-    (
-        Scenario::RedisPause,
-        "outcome write retried only ~150 ms; a caller that goes away",
-    ),
-    (
-        Scenario::RedisKill,
-        "a caller that goes away after the effect (lease-engine fix)",
-    ),
-    (
-        Scenario::Memory,
-        "a caller that goes away after the effect (lease-engine fix)",
-    ),
-    (
-        Scenario::MysqlKill,
-        "KILL QUERY (1317) reported as Backend (MySQL error mapping fix); a caller that goes away",
-    ),
-    (
-        Scenario::MysqlLocks,
-        "a caller that goes away after the effect (lease-engine fix)",
-    ),
-];
+const PENDING: &[(Scenario, &str)] = &[];
 
 fn seed() -> u64 {
     std::env::var("IDEM_CHAOS_SEED")

@@ -8,7 +8,7 @@
 //!
 //! Time is the store's own clock in milliseconds from any fixed origin.
 //!
-//! A key whose lease ended (released, or lapsed) is free, but the store keeps a trace of it
+//! A key whose lease ended (released, removed, or lapsed) is free, but the store keeps a trace of it
 //! for [`trace_ttl`] more, so that the next acquisition's fencing number still grows and a
 //! lapsed lease nobody took over can still finish.
 
@@ -49,7 +49,7 @@ pub enum Phase {
         /// The lease's TTL, kept to size the trace left when it ends ([`trace_ttl`]).
         lease_ttl: u64,
     },
-    /// Free again after a release; kept only to remember the fencing number.
+    /// Free again after a release or a removal; kept only to remember the fencing number.
     Vacant,
     /// Finished with a response.
     Completed(Bytes),
@@ -73,7 +73,8 @@ pub enum Write {
     Keep,
     /// Store this entry (it carries its own `expires_at`).
     Put(Entry),
-    /// Delete the entry.
+    /// Delete the entry. No transition here asks for it (even [`remove`] leaves a trace);
+    /// it is for stores that run their own maintenance through [`Step`]s.
     Remove,
 }
 
@@ -146,6 +147,22 @@ impl Entry {
     pub fn is_held_by(&self, lease: &Lease) -> bool {
         matches!(self.phase, Phase::Claimed { owner, .. } if owner == lease.owner)
             && self.fencing == lease.fencing
+    }
+
+    /// The trace this entry leaves when it is freed at `now` without an outcome: vacant,
+    /// with its fencing number, for [`trace_ttl`] of its lease (a finished entry has none,
+    /// so [`FENCING_MEMORY`]).
+    fn vacated(&self, now: u64) -> Self {
+        let lease_ttl = match self.phase {
+            Phase::Claimed { lease_ttl, .. } => lease_ttl,
+            _ => 0,
+        };
+        Self {
+            phase: Phase::Vacant,
+            fencing: self.fencing,
+            fingerprint: None,
+            expires_at: now.saturating_add(trace_ttl(lease_ttl)),
+        }
     }
 
     fn claimed(
@@ -260,29 +277,24 @@ pub fn renew(current: Option<&Entry>, lease: &Lease, ttl: Ttl, now: u64) -> Step
 
 /// Frees a held key, remembering its fencing number for [`trace_ttl`].
 pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
-    transition(current, lease, now, |entry| {
-        let lease_ttl = match entry.phase {
-            Phase::Claimed { lease_ttl, .. } => lease_ttl,
-            _ => 0,
-        };
-        Entry {
-            phase: Phase::Vacant,
-            fencing: entry.fencing,
-            fingerprint: None,
-            expires_at: now.saturating_add(trace_ttl(lease_ttl)),
-        }
-    })
+    transition(current, lease, now, |entry| entry.vacated(now))
 }
 
-/// Deletes an entry whatever its phase; answers whether a record (a live claim or a
-/// finished key, what [`Entry::record`] shows) was there.
+/// Frees a key whatever its phase; answers whether a record (a live claim or a finished
+/// key, what [`Entry::record`] shows) was there.
+///
+/// Removing leaves the same trace as a release: the entry becomes [`Phase::Vacant`] with
+/// its fencing number, kept [`trace_ttl`] of the removed lease (or [`FENCING_MEMORY`] for
+/// a finished key). A removed owner may still be running; the next owner's fencing number
+/// must stay above its number, or a downstream guard would reject the legitimate writer.
+/// A key already vacant keeps its trace as it is.
 pub fn remove(current: Option<&Entry>, key: &Key, now: u64) -> Step<bool> {
-    match current {
-        Some(entry) => Step {
+    match current.filter(|e| !e.is_expired(now)) {
+        Some(entry) if entry.phase != Phase::Vacant => Step {
             answer: Ok(entry.record(key, now).is_some()),
-            write: Write::Remove,
+            write: Write::Put(entry.vacated(now)),
         },
-        None => Step::keep(Ok(false)),
+        _ => Step::keep(Ok(false)),
     }
 }
 
@@ -295,5 +307,68 @@ fn transition(
     match current.filter(|e| !e.is_expired(now) && e.is_held_by(lease)) {
         Some(entry) => Step::put((), next(entry)),
         None => Step::keep(Err(Error::LeaseLost)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Key {
+        Key::new("lifecycle", "k").expect("valid key")
+    }
+
+    fn acquired(step: Step<Claim>) -> (Lease, Entry) {
+        match (step.answer, step.write) {
+            (Ok(Claim::Acquired(lease)), Write::Put(entry)) => (lease, entry),
+            other => panic!("expected an acquisition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn remove_leaves_a_trace_so_fencing_keeps_growing() {
+        let request = ClaimRequest::new(key(), Ttl::from_secs(90).expect("ttl"));
+        let (lease, claimed) = acquired(claim(None, &request, 0));
+        let removed = remove(Some(&claimed), &key(), 10);
+        assert!(matches!(removed.answer, Ok(true)));
+        let Write::Put(trace) = removed.write else {
+            panic!("remove must leave a trace, got {:?}", removed.write);
+        };
+        assert_eq!(trace.phase, Phase::Vacant);
+        assert_eq!(
+            trace.expires_at,
+            10 + 90_000,
+            "the removed lease's trace_ttl"
+        );
+        assert_eq!(trace.record(&key(), 10), None, "a removed key is free");
+        assert!(matches!(
+            release(Some(&trace), &lease, 20).answer,
+            Err(Error::LeaseLost)
+        ));
+        let other = ClaimRequest::new(key(), Ttl::from_secs(1).expect("ttl"));
+        let (next, _) = acquired(claim(Some(&trace), &other, 20));
+        assert_eq!(next.fencing, lease.fencing + 1);
+
+        // A finished key's trace lasts FENCING_MEMORY; a trace is left as it is.
+        let done = complete(
+            Some(&claimed),
+            &lease,
+            Bytes::new(),
+            Ttl::from_secs(5).expect("ttl"),
+            1,
+        );
+        let Write::Put(done) = done.write else {
+            panic!("complete writes")
+        };
+        let removed = remove(Some(&done), &key(), 2);
+        assert!(matches!(removed.answer, Ok(true)));
+        let Write::Put(trace) = removed.write else {
+            panic!("a trace")
+        };
+        assert_eq!(trace.expires_at, 2 + FENCING_MEMORY.as_millis() as u64);
+        let again = remove(Some(&trace), &key(), 3);
+        assert!(matches!(again.answer, Ok(false)));
+        assert_eq!(again.write, Write::Keep);
+        assert_eq!(remove(None, &key(), 3).write, Write::Keep);
     }
 }

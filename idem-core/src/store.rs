@@ -30,9 +30,9 @@ use crate::ttl::Ttl;
 ///   and extends it by `lease_ttl`.
 /// - Fencing: each acquisition gets a fencing number greater than any the store issued
 ///   for the key before, as long as the store remembers the key. A store remembers a key
-///   while it holds its record, and after a lease ended (by expiry or release) for at least
-///   [`lifecycle::trace_ttl`] more: the longer of the lease TTL and
-///   [`lifecycle::FENCING_MEMORY`] (60 s).
+///   while it holds its record, and after the key was freed (a lease expired, a release,
+///   a [`remove`](Self::remove)) for at least [`lifecycle::trace_ttl`] more: the longer of
+///   the lease TTL and [`lifecycle::FENCING_MEMORY`] (60 s).
 ///
 /// [`lifecycle::trace_ttl`]: crate::lifecycle::trace_ttl
 /// [`lifecycle::FENCING_MEMORY`]: crate::lifecycle::FENCING_MEMORY
@@ -133,8 +133,11 @@ pub trait IdempotencyStore: Debug + Send + Sync + 'static {
     /// Reads a key's record, or `None` when the key is free.
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error>;
 
-    /// Deletes a key's record whatever its state; says whether there was one. A current
-    /// owner's lease is lost by this.
+    /// Deletes a key's record whatever its state; says whether there was one (a live claim
+    /// or a finished record: what [`read`](Self::read) would have shown). A current owner's
+    /// lease is lost by this, and the key is free. The key's fencing number is remembered as
+    /// after a release, so the next acquisition gets a larger one: the removed owner may
+    /// still be running, and a downstream guard must keep accepting its successor.
     async fn remove(&self, key: &Key) -> Result<bool, Error>;
 }
 

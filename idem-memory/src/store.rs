@@ -235,9 +235,13 @@ impl EntryMap for Records {
                     self.close(&mut stripe, key);
                     self.finished.insert(key.clone(), entry);
                 }
-                // Only a key with no live finished record gets an open entry (finished
-                // records change only by removal), so nothing in moka needs dropping.
+                // A finished record changes only by removal, which leaves a vacant trace
+                // (lifecycle::remove): that one must leave moka. A claim never meets a live
+                // finished record, so nothing else in moka needs dropping.
                 Phase::Claimed { .. } | Phase::Vacant => {
+                    if matches!(entry.phase, Phase::Vacant) {
+                        self.finished.invalidate(key);
+                    }
                     self.open_bytes
                         .fetch_add(u64::from(weight(key, &entry)), Ordering::Relaxed);
                     if let Some(old) = stripe.open.insert(key.clone(), entry) {

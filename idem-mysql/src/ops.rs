@@ -207,8 +207,10 @@ pub(crate) async fn read(
     Ok(entry.and_then(|e| e.record(key, NOW)))
 }
 
-/// Deletes a key's row whatever it holds; whether it showed a record. Runs in its own
-/// transaction so that the answer and the deletion see the same row.
+/// Frees a key whatever it holds, leaving the fencing trace of
+/// [`lifecycle::remove`]; whether it showed a record. A row that is no lifecycle entry
+/// (corrupt) or expired is deleted instead, which is how an operator clears a corrupt row.
+/// Runs in its own transaction so that the answer and the write see the same row.
 pub(crate) async fn remove(
     conn: &mut MySqlConnection,
     sql_for: &Statements,
@@ -217,22 +219,39 @@ pub(crate) async fn remove(
     let mut tx = sqlx::Connection::begin(&mut *conn)
         .await
         .map_err(from_sqlx)?;
-    let visible: Option<i64> = sqlx::query(sql(&sql_for.probe_locked))
+    let probed = sqlx::query(sql(&sql_for.probe_locked))
         .bind(key.namespace().as_bytes())
         .bind(key.id().as_bytes())
         .fetch_optional(&mut *tx)
         .await
         .map_err(from_sqlx)?
-        .map(|row| row.try_get::<i64, _>("visible"))
+        .map(|row| {
+            Ok::<_, sqlx::Error>((
+                row.try_get::<i64, _>("visible")?,
+                row.try_get::<i64, _>("vacant")?,
+            ))
+        })
         .transpose()
         .map_err(from_sqlx)?;
-    if visible.is_some() {
-        sqlx::query(sql(&sql_for.delete))
+    let visible = probed.map(|(visible, _)| visible);
+    // A live vacant trace stays as it is; any other row is vacated, or deleted when it is
+    // no lifecycle entry.
+    if let Some((_, 0)) = probed {
+        let vacated = sqlx::query(sql(&sql_for.vacate))
+            .bind(micros(idem_core::lifecycle::trace_ttl(0)))
             .bind(key.namespace().as_bytes())
             .bind(key.id().as_bytes())
             .execute(&mut *tx)
             .await
             .map_err(from_sqlx)?;
+        if vacated.rows_affected() == 0 {
+            sqlx::query(sql(&sql_for.delete))
+                .bind(key.namespace().as_bytes())
+                .bind(key.id().as_bytes())
+                .execute(&mut *tx)
+                .await
+                .map_err(from_sqlx)?;
+        }
     }
     tx.commit().await.map_err(from_sqlx)?;
     Ok(visible.is_some_and(|v| v != 0))

@@ -55,9 +55,14 @@ pub(crate) struct Statements {
     pub(crate) renew: Arc<str>,
     /// Releases a lease. Binds: [`HELD`].
     pub(crate) release: Arc<str>,
-    /// Whether a key shows a record (a live claim or a finished key), locking its row.
+    /// Whether a key shows a record (a live claim or a finished key), and whether it is a
+    /// live vacant trace already, locking its row.
     pub(crate) probe_locked: Arc<str>,
-    /// Deletes a key's row.
+    /// Frees a remembered key's row as a release does, whatever its phase: vacant, with
+    /// its fencing number, for the claimed row's trace or, for a finished row, the bound
+    /// trace µs. Binds: trace µs, then [`KEY`].
+    pub(crate) vacate: Arc<str>,
+    /// Deletes a key's row unless it is a live vacant trace (a corrupt or expired row).
     pub(crate) delete: Arc<str>,
 }
 
@@ -122,11 +127,27 @@ impl Statements {
             .into(),
             probe_locked: format!(
                 "SELECT COALESCE(expires_at > UTC_TIMESTAMP(6) AND (state IN (3, 4) \
-                 OR (state = 1 AND lease_until > UTC_TIMESTAMP(6))), 0) AS visible \
+                 OR (state = 1 AND lease_until > UTC_TIMESTAMP(6))), 0) AS visible, \
+                 COALESCE(state = 2 AND expires_at > UTC_TIMESTAMP(6), 0) AS vacant \
                  FROM {t} WHERE {KEY} FOR UPDATE"
             )
             .into(),
-            delete: format!("DELETE FROM {t} WHERE {KEY}").into(),
+            // Left-to-right SET again: `expires_at` is computed from the row as it was.
+            vacate: format!(
+                "UPDATE {t} SET \
+                 expires_at = TIMESTAMPADD(MICROSECOND, IF(state = 1, \
+                   TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at), ?), UTC_TIMESTAMP(6)), \
+                 state = 2, fingerprint = NULL, payload = NULL, lease_until = NULL \
+                 WHERE {KEY} AND state IN (1, 3, 4) AND fencing >= 1 \
+                 AND expires_at > UTC_TIMESTAMP(6) \
+                 AND (state <> 1 OR lease_until IS NOT NULL AND lease_until < expires_at)"
+            )
+            .into(),
+            delete: format!(
+                "DELETE FROM {t} WHERE {KEY} \
+                 AND NOT (state = 2 AND expires_at > UTC_TIMESTAMP(6))"
+            )
+            .into(),
         }
     }
 }

@@ -183,15 +183,18 @@ pub(crate) async fn read(
     Ok(entry.and_then(|e| e.record(key, NOW)))
 }
 
-/// Deletes a key's row whatever it holds; whether it showed a record.
+/// Frees a key whatever it holds, leaving the fencing trace of
+/// [`lifecycle::remove`](idem_core::lifecycle::remove); whether it showed a record.
 pub(crate) async fn remove(
     conn: &mut PgConnection,
     statements: &Statements,
     key: &Key,
 ) -> Result<bool, Error> {
+    let finished_trace_us = idem_core::lifecycle::trace_ttl(0).saturating_mul(1000);
     let row = sqlx::query(sql(&statements.remove))
         .bind(key.namespace().as_bytes())
         .bind(key.id().as_bytes())
+        .bind(signed(finished_trace_us))
         .fetch_optional(&mut *conn)
         .await
         .map_err(from_sqlx)?;

@@ -136,12 +136,33 @@ impl Statements {
                 held(1)
             )
             .into(),
-            // One statement: the answer is computed on the very row version deleted.
+            // One statement, lifecycle::remove: the row, locked, becomes a vacant trace that
+            // keeps its fencing number (for the claimed row's own trace, or $3 µs for a
+            // finished one); a live trace stays as it is; a row that is no lifecycle entry
+            // (or expired) is deleted. The answer is computed on the row as it was.
             remove: format!(
-                "DELETE FROM {t} AS t USING {CLOCK} \
-                 WHERE t.namespace = $1 AND t.idem_key = $2 \
-                 RETURNING COALESCE(t.expires_at > c.now AND (t.state IN (3, 4) \
-                   OR (t.state = 1 AND t.lease_until > c.now)), false) AS visible"
+                "WITH old AS (SELECT t.state, t.lease_until, t.expires_at, c.now \
+                   FROM {t} AS t, {CLOCK} \
+                   WHERE t.namespace = $1 AND t.idem_key = $2 FOR UPDATE), \
+                 vacated AS (UPDATE {t} AS t SET state = 2, fingerprint = NULL, payload = NULL, \
+                   expires_at = old.now + CASE WHEN t.state = 1 \
+                     THEN t.expires_at - t.lease_until ELSE {} END, \
+                   lease_until = NULL \
+                   FROM old WHERE t.namespace = $1 AND t.idem_key = $2 \
+                   AND old.expires_at > old.now AND old.state IN (1, 3, 4) \
+                   AND (old.state <> 1 OR COALESCE(old.lease_until < old.expires_at, false)) \
+                   RETURNING 1), \
+                 deleted AS (DELETE FROM {t} AS t USING old \
+                   WHERE t.namespace = $1 AND t.idem_key = $2 \
+                   AND NOT (old.expires_at > old.now AND (old.state = 2 \
+                     OR old.state IN (3, 4) \
+                     OR (old.state = 1 AND COALESCE(old.lease_until < old.expires_at, false)))) \
+                   RETURNING 1) \
+                 SELECT COALESCE(old.expires_at > old.now AND (old.state IN (3, 4) \
+                   OR (old.state = 1 AND old.lease_until > old.now)), false) AS visible, \
+                   (SELECT count(*) FROM vacated) + (SELECT count(*) FROM deleted) AS written \
+                 FROM old",
+                micros!(3)
             )
             .into(),
         }

@@ -175,6 +175,8 @@ mod lua_shared;
 mod builder;
 mod connection;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod record;
 mod replication;

@@ -291,7 +291,9 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
-        let call = SCRIPTS.remove.call(self.redis_key(key), 0, 0);
+        let mut call = SCRIPTS.remove.call(self.redis_key(key), 1, 0);
+        // A removed finished key leaves its trace as long as a lease-less release would.
+        call.arg(lifecycle::trace_ttl(0));
         let mut reply = self.connection.run(&SCRIPTS.remove, &call).await?;
         match reply.code()? {
             reply::DONE => Ok(reply.int()? == 1),

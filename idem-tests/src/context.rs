@@ -119,12 +119,79 @@ impl Ctx {
             .doing("complete")
     }
 
+    pub(crate) async fn fail(
+        &self,
+        lease: &Lease,
+        failure: impl Into<Bytes>,
+    ) -> Result<(), String> {
+        let retention = ttl(RETENTION)?;
+        self.store
+            .fail(lease, failure.into(), retention)
+            .await
+            .doing("fail")
+    }
+
+    pub(crate) async fn release(&self, lease: &Lease) -> Result<(), String> {
+        self.store.release(lease).await.doing("release")
+    }
+
+    pub(crate) async fn renew(&self, lease: &Lease, to: Duration) -> Result<(), String> {
+        self.store.renew(lease, ttl(to)?).await.doing("renew")
+    }
+
+    pub(crate) async fn remove(&self, key: &Key) -> Result<bool, String> {
+        self.store.remove(key).await.doing("remove")
+    }
+
+    /// Every lease-presenting call with `lease` must be `LeaseLost` and leave the key's
+    /// record as it was (its time left may only have run down).
+    pub(crate) async fn expect_spent(&self, lease: &Lease, why: &str) -> Result<(), String> {
+        let key = &lease.key;
+        let before = self.read(key).await?;
+        let long = ttl(Duration::from_secs(3600))?;
+        let store = &self.store;
+        expect_lease_lost(
+            &format!("complete {why}"),
+            store.complete(lease, "spent".into(), long).await,
+        )?;
+        expect_lease_lost(
+            &format!("fail {why}"),
+            store.fail(lease, "spent".into(), long).await,
+        )?;
+        expect_lease_lost(&format!("renew {why}"), store.renew(lease, long).await)?;
+        expect_lease_lost(&format!("release {why}"), store.release(lease).await)?;
+        let after = self.read(key).await?;
+        let strip = |r: &Option<Record>| r.clone().map(|r| (r.state, r.fencing, r.fingerprint));
+        ensure!(
+            strip(&before) == strip(&after),
+            "a spent lease ({why}) changed the record: {before:?} -> {after:?}"
+        );
+        if let (Some(before), Some(after)) = (&before, &after) {
+            ensure!(
+                after.expires_in <= before.expires_in,
+                "a spent lease ({why}) extended the record's time left: {:?} -> {:?}",
+                before.expires_in,
+                after.expires_in
+            );
+        }
+        Ok(())
+    }
+
     pub(crate) async fn read(&self, key: &Key) -> Result<Option<Record>, String> {
         self.store.read(key).await.doing("read")
     }
 
     pub(crate) fn short(&self) -> Duration {
         self.caps.short_ttl
+    }
+
+    /// `short_ttl` plus `time_slack`: the unit time-dependent checks count in.
+    pub(crate) fn unit(&self) -> Duration {
+        self.caps.short_ttl + self.caps.time_slack
+    }
+
+    pub(crate) fn slack(&self) -> Duration {
+        self.caps.time_slack
     }
 
     /// Sleeps until something given `short_ttl` to live has surely expired.

@@ -70,7 +70,21 @@ async fn a_first_claim_and_a_completion_are_one_statement_each() {
     let (n, removed) = count(&pool, store.remove(&other)).await;
     assert!(!removed.expect("remove"), "a released key shows no record");
     assert_eq!(
+        n, 3,
+        "removing a released key is BEGIN, SELECT ... FOR UPDATE, COMMIT (its trace stays)"
+    );
+    let lease = acquired(store.claim(&request(&other, LONG)).await.expect("claim"));
+    let (n, removed) = count(&pool, store.remove(&other)).await;
+    assert!(removed.expect("remove"), "a claimed key shows a record");
+    assert_eq!(
         n, 4,
-        "a removal is BEGIN, SELECT ... FOR UPDATE, DELETE, COMMIT"
+        "a removal is BEGIN, SELECT ... FOR UPDATE, UPDATE (to a trace), COMMIT"
+    );
+    let next = acquired(store.claim(&request(&other, LONG)).await.expect("claim"));
+    assert!(
+        next.fencing > lease.fencing,
+        "a removal keeps the fencing number growing: {} then {}",
+        lease.fencing,
+        next.fencing
     );
 }

@@ -32,3 +32,6 @@ idem_tests::conformance!(
 );
 
 idem_tests::token_conformance!(make_token_store);
+
+// The executor's rules (cancellation, renewal, lost replies) on PostgreSQL.
+idem_tests::executor_conformance!(make_store);

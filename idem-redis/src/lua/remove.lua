@@ -1,7 +1,11 @@
--- Delete KEYS[1] whatever it holds; answer { R_DONE, 1 } when a record (a live claim or a
--- finished key) was there, as idem_core::lifecycle::remove does. A value that does not
--- decode, or a value of another type, is deleted too and counts as a record: removing is
--- how a corrupt key is cleared.
+-- Free KEYS[1] whatever it holds; answer { R_DONE, 1 } when a record (a live claim or a
+-- finished key) was there, as idem_core::lifecycle::remove does. ARGV[1]: the trace TTL of a
+-- finished key (idem_core::lifecycle::trace_ttl(0), ms).
+-- Like a release, removing leaves a vacant trace with the fencing number (for the claimed
+-- record's own trace TTL, or ARGV[1]), so the next acquisition's number still grows while
+-- the removed owner may be running. A key already vacant keeps its trace. A value that does
+-- not decode, or a value of another type, is deleted: removing is how a corrupt key is
+-- cleared.
 local key = KEYS[1]
 local raw = redis.pcall('GET', key)
 if type(raw) == 'table' then
@@ -12,14 +16,20 @@ if not raw then
   return { R_DONE, 0 }
 end
 local e = decode(raw)
-local live = 1
-if e and e.phase == VACANT then
-  live = 0
-elseif e and e.phase == CLAIMED then
+if not e then
+  redis.call('DEL', key)
+  return { R_DONE, 1 }
+end
+if e.phase == VACANT then
+  return { R_DONE, 0 }
+end
+local live, trace = 1, ARGV[1]
+if e.phase == CLAIMED then
+  trace = e.trace_ttl
   local left = lease_left(key, e)
   if left and left <= 0 then
     live = 0
   end
 end
-redis.call('DEL', key)
+redis.call('SET', key, string.char(VERSION, VACANT) .. string.sub(raw, 3, 10), 'PX', trace)
 return { R_DONE, live }

@@ -182,11 +182,22 @@ async fn expired_leases_are_taken_over_with_growing_fencing() {
     assert!(matches!(store.release(&lease).await, Err(Error::LeaseLost)));
     let next = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(LONG))).await;
     assert_eq!(next.fencing, 5);
-    // Removing forgets the key: fencing starts over.
+    // Removing frees the key but leaves a trace: fencing keeps growing, so a downstream
+    // guard keeps accepting the next owner while the removed one may still be running.
     assert!(store.remove(&k).await.expect("remove"));
     assert!(!store.remove(&k).await.expect("remove again"));
     let fresh = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(LONG))).await;
-    assert_eq!(fresh.fencing, 1);
+    assert_eq!(fresh.fencing, 6);
+    store
+        .complete(&fresh, Bytes::new(), ttl_ms(LONG))
+        .await
+        .expect("complete");
+    assert!(store.remove(&k).await.expect("remove a finished key"));
+    let left = pttl(&store, &k).await;
+    let memory = idem_core::lifecycle::FENCING_MEMORY.as_millis() as i64;
+    assert!(left > memory - 5_000 && left <= memory, "{left}");
+    let after_finished = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(LONG))).await;
+    assert_eq!(after_finished.fencing, 7);
     assert!(matches!(
         store.complete(&next, Bytes::new(), ttl_ms(LONG)).await,
         Err(Error::LeaseLost)

@@ -134,7 +134,7 @@ pub async fn exclusive_takeover(store: Store, capabilities: Capabilities) -> Che
 }
 
 /// Claims every key `per_key` times at once, each by its own owner; results grouped by key.
-async fn race(
+pub(crate) async fn race(
     ctx: &Arc<Ctx>,
     keys: &[idem_core::Key],
     per_key: usize,

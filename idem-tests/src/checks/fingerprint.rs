@@ -4,7 +4,8 @@ use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
 /// A claim with a different fingerprint gets FingerprintMismatch in every state (in progress,
-/// completed, failed) and changes nothing; the same fingerprint is answered as usual.
+/// completed, failed) and changes nothing, including the holder's own retried claim; the
+/// same fingerprint is answered as usual.
 pub async fn fingerprints(store: Store, capabilities: Capabilities) -> CheckResult {
     run("fingerprints", store, capabilities, |ctx| async move {
         let original = Fingerprint::from_bytes(b"POST /transfers amount=100");
@@ -47,6 +48,32 @@ pub async fn fingerprints(store: Store, capabilities: Capabilities) -> CheckResu
         let bare = ctx.key("without")?;
         acquire_with(&ctx, &bare, None).await?;
         expect_mismatches(&ctx, &bare, None).await?;
+
+        // The holder's own retried claim is compared too: same owner, another request.
+        for stored in [Some(original), None] {
+            let key = ctx.key(&format!("retried-{}", stored.is_some()))?;
+            let first = request(&ctx, &key, stored)?;
+            let lease = ctx.acquire_with(&first).await?;
+            for other in [Some(Fingerprint::from_bytes(b"x")), None] {
+                if other == stored {
+                    continue;
+                }
+                let retried = ctx
+                    .store
+                    .claim(&first.clone().with_fingerprint(other))
+                    .await;
+                ensure!(
+                    matches!(retried, Err(Error::FingerprintMismatch)),
+                    "the holder retried its claim stored with {stored:?} using {other:?}: \
+                     expected FingerprintMismatch, got {retried:?}"
+                );
+            }
+            let again = ctx.claim(&first).await?;
+            ensure!(
+                again == Claim::Acquired(lease.clone()),
+                "the holder's exact retry after a mismatch: expected its lease, got {again:?}"
+            );
+        }
         Ok(())
     })
     .await

@@ -38,8 +38,9 @@ pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> Ch
     .await
 }
 
-/// Keys are stored exactly: keys that a careless encoding, collation, truncation or
-/// normalization would merge stay distinct.
+/// Keys are stored exactly, both parts: keys that a careless encoding, separator,
+/// collation, truncation or normalization would merge stay distinct, whether the
+/// difference is in the namespace or in the id.
 pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("key_fidelity", store, capabilities, |ctx| async move {
         let ns = ctx.namespace.clone();
@@ -59,12 +60,50 @@ pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResu
             pairs(&ns, &["{t}", "t", "{t", "t}"]),
             pairs(&ns, &["a%", "a_", "a\\", "a'", "a\""]),
         ];
+        let groups = groups.into_iter().chain(namespace_groups(&ns));
         for group in groups {
             check_distinct(&ctx, &group).await?;
         }
         Ok(())
     })
     .await
+}
+
+/// Characters some encoding treats specially: separators, escapes, quotes, wildcards.
+const SEPARATORS: [&str; 16] = [
+    ":", "/", "|", ".", "#", "\\", " ", "-", "_", "{", "}", "%", "'", "\"", ",", "\u{2028}",
+];
+
+/// The namespace's turn: every separator at the boundary moved either way, and the
+/// namespace varied in case, spacing and Unicode normalization.
+fn namespace_groups(ns: &str) -> Vec<Vec<(String, String)>> {
+    let mut groups: Vec<Vec<(String, String)>> = SEPARATORS
+        .iter()
+        .map(|sep| {
+            vec![
+                (format!("{ns}{sep}nx"), "ny".to_owned()),
+                (ns.to_owned(), format!("nx{sep}ny")),
+                (format!("{ns}{sep}"), "nxny".to_owned()),
+                (format!("{ns}{sep}nx{sep}"), "ny".to_owned()),
+                (ns.to_owned(), format!("{sep}nxny")),
+                (format!("{ns}\\{sep}nx"), "ny".to_owned()),
+            ]
+        })
+        .collect();
+    for variants in [
+        ["A", "a", "\u{c5}"],
+        ["b ", " b", "b"],
+        ["\u{e9}", "e\u{301}", "e"],
+        ["straße", "strasse", "STRASSE"],
+    ] {
+        groups.push(
+            variants
+                .iter()
+                .map(|v| (format!("{ns}.{v}"), "k".to_owned()))
+                .collect(),
+        );
+    }
+    groups
 }
 
 fn pairs(namespace: &str, ids: &[&str]) -> Vec<(String, String)> {

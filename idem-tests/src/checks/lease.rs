@@ -102,24 +102,38 @@ pub async fn renewal(store: Store, capabilities: Capabilities) -> CheckResult {
     .await
 }
 
-/// A lapsed lease that nobody took over still finishes its key: slowness alone loses nothing.
+/// A lapsed lease that nobody took over still counts: it completes, fails, renews (after
+/// which others see the key in progress again) and releases (after which the next claim
+/// gets a larger fencing number). Slowness alone loses nothing.
 pub async fn lapsed_lease_still_finishes(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "lapsed_lease_still_finishes",
         store,
         capabilities,
         |ctx| async move {
-            let key = ctx.key("lapsed")?;
-            let lease = ctx.acquire(&key, ctx.short()).await?;
+            let mut leases = Vec::new();
+            for what in ["complete", "fail", "renew", "release"] {
+                leases.push((what, ctx.acquire(&ctx.key(what)?, ctx.short()).await?));
+            }
             ctx.outlive_short_ttl().await;
-            ctx.complete(&lease, &b"made it"[..])
-                .await
-                .map_err(|e| format!("completing a lapsed lease nobody took over: {e}"))?;
-            let replay = ctx.probe(&key).await?;
-            ensure!(
-                replay == Claim::Completed((&b"made it"[..]).into()),
-                "expected the late result, got {replay:?}"
-            );
+            for (what, lease) in &leases {
+                let key = &lease.key;
+                let late = |e: String| format!("{what} with a lapsed lease nobody took over: {e}");
+                match *what {
+                    "complete" => ctx.complete(lease, &b"made it"[..]).await.map_err(late)?,
+                    "fail" => ctx.fail(lease, &b"made it"[..]).await.map_err(late)?,
+                    "renew" => ctx.renew(lease, LONG).await.map_err(late)?,
+                    _ => ctx.release(lease).await.map_err(late)?,
+                }
+                let next = ctx.probe(key).await?;
+                let fine = match *what {
+                    "complete" => next == Claim::Completed((&b"made it"[..]).into()),
+                    "fail" => next == Claim::Failed((&b"made it"[..]).into()),
+                    "renew" => matches!(next, Claim::InProgress { .. }),
+                    _ => matches!(&next, Claim::Acquired(l) if l.fencing > lease.fencing),
+                };
+                ensure!(fine, "after a late {what}, another owner got {next:?}");
+            }
             Ok(())
         },
     )

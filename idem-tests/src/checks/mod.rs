@@ -5,16 +5,26 @@
 
 mod claim;
 mod fingerprint;
+mod free;
 mod inspection;
 mod keys;
 mod lease;
+mod model;
 mod outcome;
+mod ownership;
+mod races;
 mod replay;
+mod timing;
 
 pub use claim::{exclusive_claim, exclusive_claim_many_keys, exclusive_takeover, uncertain_claim};
 pub use fingerprint::fingerprints;
+pub use free::free_key;
 pub use inspection::inspection_and_removal;
 pub use keys::{key_fidelity, namespace_isolation};
 pub use lease::{lapsed_lease_still_finishes, lease_expiry, renewal, stale_lease};
+pub use model::model;
 pub use outcome::{bad_input, failures, retention};
+pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, spent_lease};
+pub use races::{exclusive_every_path, finish_races_takeover};
 pub use replay::replay_fidelity;
+pub use timing::{in_progress_retry_after, renewal_from_now, retention_from_finish};

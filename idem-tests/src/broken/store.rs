@@ -1,0 +1,474 @@
+//! The broken stores' engine: a map of [`lifecycle`] entries, correct except for its one
+//! [`Defect`]. It keeps its own records (it wraps no other store), so a defect can break a
+//! rule at the exact place a real backend would: in the claim rule, the ownership test, a
+//! write path, the key encoding or the clock.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use idem_core::lifecycle::{self, Entry, Phase, Step, Write};
+use idem_core::{
+    Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
+    check_payload,
+};
+
+use super::Defect;
+
+/// The window a check-then-set leaves between its check and its write.
+const GAP: Duration = Duration::from_millis(5);
+
+/// A map-backed store with one [`Defect`].
+#[derive(Debug)]
+pub struct BrokenStore {
+    defect: Defect,
+    origin: Instant,
+    max_payload: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Entries by encoded key ([`BrokenStore::slot`]); expired ones stay until overwritten.
+    entries: HashMap<String, Entry>,
+    /// The retention each finished key was given, for the sliding-expiry defect.
+    retention: HashMap<String, u64>,
+    /// Every lease handed out per key, for the lease-reviving defect.
+    leases: HashMap<String, Vec<Lease>>,
+}
+
+/// Which transition presents a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Finish,
+    Renew,
+    Release,
+}
+
+impl BrokenStore {
+    pub(super) fn new(defect: Defect, max_payload: usize) -> Self {
+        Self {
+            defect,
+            origin: Instant::now(),
+            max_payload,
+            state: Mutex::default(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
+        self.state
+            .lock()
+            .map_err(|_| Error::backend("a broken store's lock was poisoned"))
+    }
+
+    /// Where a key lives. The honest encoding is length-prefixed, so no part can move the
+    /// boundary between namespace and id.
+    fn slot(&self, key: &Key) -> String {
+        let (namespace, id) = (key.namespace(), key.id());
+        match self.defect {
+            Defect::LeaksNamespaces => format!("shared:{id}"),
+            Defect::MangleKeys => {
+                let folded = id.to_lowercase();
+                let cut = (0..=folded.len().min(64))
+                    .rev()
+                    .find(|i| folded.is_char_boundary(*i))
+                    .unwrap_or(0);
+                format!("{}:{namespace}:{}", namespace.len(), &folded[..cut])
+            }
+            Defect::FoldsNamespaceCase => {
+                let folded = namespace.to_lowercase();
+                format!("{}:{folded}:{id}", folded.len())
+            }
+            Defect::JoinsWithSeparator => format!("{namespace}|{id}"),
+            _ => format!("{}:{namespace}:{id}", namespace.len()),
+        }
+    }
+
+    /// Stretches a TTL a thousandfold, within what `Ttl` accepts.
+    fn stretched(ttl: Ttl) -> Result<Ttl, Error> {
+        Ttl::new((ttl.as_duration() * 1000).min(Ttl::MAX))
+    }
+
+    fn payload(&self, payload: Bytes) -> Result<Bytes, Error> {
+        if self.defect != Defect::IgnoresPayloadLimit {
+            check_payload(payload.len(), self.max_payload)?;
+        }
+        Ok(match self.defect {
+            Defect::ReencodesPayloads => {
+                Bytes::from(String::from_utf8_lossy(&payload).into_owned())
+            }
+            _ => payload,
+        })
+    }
+
+    /// Whether this claim goes through a check-then-set: decided on a snapshot, written
+    /// after a gap, so concurrent claimers all act on the same snapshot.
+    fn racy_claim(&self, raw: Option<&Entry>, now: u64) -> bool {
+        let free_but_known = |e: &Entry| {
+            !e.is_expired(now)
+                && match e.phase {
+                    Phase::Vacant => true,
+                    Phase::Claimed { lease_until, .. } => lease_until <= now,
+                    _ => false,
+                }
+        };
+        match self.defect {
+            Defect::TwoWinnersOnTakeover => raw.is_some_and(free_but_known),
+            Defect::RacesExpiredRecords => raw.is_some_and(|e| e.is_expired(now)),
+            _ => false,
+        }
+    }
+
+    /// The claim rule, with this store's defect.
+    fn decide_claim(
+        &self,
+        state: &State,
+        slot: &str,
+        request: &ClaimRequest,
+        now: u64,
+    ) -> Step<Claim> {
+        let current = state.entries.get(slot).filter(|e| !e.is_expired(now));
+        let free = |e: &Entry| e.record(&request.key, now).is_none();
+        let own = current
+            .filter(|e| matches!(e.phase, Phase::Claimed { owner, .. } if owner == request.owner));
+        match self.defect {
+            Defect::ReusesFencing if current.is_some_and(free) => {
+                return lifecycle::claim(None, request, now);
+            }
+            Defect::FreeKeyKeepsFingerprint
+                if current.is_some_and(|e| free(e) && e.fingerprint != request.fingerprint) =>
+            {
+                return Step::keep(Err(Error::FingerprintMismatch));
+            }
+            Defect::ForgetsOwnClaim if own.is_some() => {
+                return Step::keep(Ok(Claim::InProgress {
+                    retry_after: Duration::from_secs(1),
+                }));
+            }
+            Defect::ReclaimDoesNotExtend => {
+                if let Some(entry) = own {
+                    return Step::keep(Ok(Claim::Acquired(Lease {
+                        key: request.key.clone(),
+                        owner: request.owner,
+                        fencing: entry.fencing,
+                    })));
+                }
+            }
+            Defect::OwnRetryIgnoresFingerprint => {
+                if let Some(entry) = own {
+                    let retried = request.clone().with_fingerprint(entry.fingerprint);
+                    return lifecycle::claim(current, &retried, now);
+                }
+            }
+            Defect::RetryRevivesOldLease => {
+                let held_by_other = current.is_some_and(|e| {
+                    matches!(e.phase, Phase::Claimed { owner, lease_until, .. }
+                        if owner != request.owner && lease_until > now)
+                });
+                let old = state
+                    .leases
+                    .get(slot)
+                    .and_then(|leases| leases.iter().rev().find(|l| l.owner == request.owner));
+                if let (true, Some(old)) = (held_by_other, old) {
+                    return Step::keep(Ok(Claim::Acquired(old.clone())));
+                }
+            }
+            _ => {}
+        }
+        let mut step = lifecycle::claim(current, request, now);
+        match (&mut step.answer, current) {
+            (Ok(Claim::InProgress { retry_after }), Some(entry)) => match self.defect {
+                Defect::TwoWinners => {
+                    step.answer = Ok(Claim::Acquired(Lease {
+                        key: request.key.clone(),
+                        owner: request.owner,
+                        fencing: 0,
+                    }));
+                }
+                Defect::RetryAfterIsLeaseTtl => {
+                    if let Phase::Claimed { lease_ttl, .. } = entry.phase {
+                        *retry_after = Duration::from_millis(lease_ttl);
+                    }
+                }
+                _ => {}
+            },
+            (Ok(Claim::Completed(_) | Claim::Failed(_)), Some(entry))
+                if self.defect == Defect::SlidingRetention =>
+            {
+                step.write = Write::Put(self.slid(state, slot, entry, now));
+            }
+            _ => {}
+        }
+        step
+    }
+
+    /// Writes what a claim decided and answers it.
+    fn apply(state: &mut State, slot: String, step: Step<Claim>) -> Result<Claim, Error> {
+        match step.write {
+            Write::Put(entry) => {
+                state.entries.insert(slot.clone(), entry);
+            }
+            Write::Remove => {
+                state.entries.remove(&slot);
+            }
+            Write::Keep => {}
+        }
+        if let Ok(Claim::Acquired(lease)) = &step.answer {
+            state.leases.entry(slot).or_default().push(lease.clone());
+        }
+        step.answer
+    }
+
+    /// A finished entry whose retention starts over at `now`: the sliding-expiry defect.
+    fn slid(&self, state: &State, slot: &str, entry: &Entry, now: u64) -> Entry {
+        let retention = state.retention.get(slot).copied().unwrap_or(0);
+        Entry {
+            expires_at: now.saturating_add(retention),
+            ..entry.clone()
+        }
+    }
+
+    /// Whether `lease` may change `entry`, by this store's ownership test.
+    fn held(&self, entry: &Entry, lease: &Lease, now: u64, op: Op) -> bool {
+        let claimed = matches!(entry.phase, Phase::Claimed { .. });
+        let by_owner = matches!(entry.phase, Phase::Claimed { owner, .. } if owner == lease.owner);
+        let same_fencing = entry.fencing == lease.fencing;
+        let live = matches!(entry.phase, Phase::Claimed { lease_until, .. } if lease_until > now);
+        match self.defect {
+            Defect::IgnoresOwner => claimed,
+            Defect::ChecksOwnerOnly => by_owner,
+            Defect::ChecksFencingOnly => claimed && same_fencing,
+            Defect::FinishIgnoresState if op == Op::Finish => {
+                same_fencing
+                    && (by_owner || matches!(entry.phase, Phase::Completed(_) | Phase::Failed(_)))
+            }
+            Defect::DropsLapsedLeases => entry.is_held_by(lease) && live,
+            Defect::DropsLapsedRenewals if op == Op::Renew => entry.is_held_by(lease) && live,
+            _ => entry.is_held_by(lease),
+        }
+    }
+
+    /// Runs a transition that presents `lease`: `LeaseLost` unless held, else `next`.
+    async fn transition(
+        &self,
+        lease: &Lease,
+        op: Op,
+        next: impl FnOnce(&Entry, u64) -> Entry,
+    ) -> Result<(), Error> {
+        let slot = self.slot(&lease.key);
+        let check_then_set = self.defect == Defect::CheckThenSetFinish && op == Op::Finish;
+        let checked = {
+            let mut state = self.lock()?;
+            let now = self.now();
+            let Some(entry) = state
+                .entries
+                .get(&slot)
+                .filter(|e| !e.is_expired(now) && self.held(e, lease, now, op))
+                .cloned()
+            else {
+                return Err(Error::LeaseLost);
+            };
+            if !check_then_set {
+                state.entries.insert(slot, next(&entry, now));
+                return Ok(());
+            }
+            entry
+        };
+        tokio::time::sleep(GAP).await;
+        let now = self.now();
+        self.lock()?.entries.insert(slot, next(&checked, now));
+        Ok(())
+    }
+
+    async fn finish(&self, lease: &Lease, phase: Phase, retention: Ttl) -> Result<(), Error> {
+        let retention = match self.defect {
+            Defect::IgnoresRetention => Self::stretched(retention)?,
+            _ => retention,
+        };
+        let from_claim = self.defect == Defect::RetentionFromClaim;
+        self.transition(lease, Op::Finish, |entry, now| {
+            let start = match entry.phase {
+                Phase::Claimed {
+                    lease_until,
+                    lease_ttl,
+                    ..
+                } if from_claim => lease_until.saturating_sub(lease_ttl),
+                _ => now,
+            };
+            Entry {
+                phase,
+                fencing: entry.fencing,
+                fingerprint: entry.fingerprint,
+                expires_at: start.saturating_add(retention.as_millis()),
+            }
+        })
+        .await?;
+        self.lock()?
+            .retention
+            .insert(self.slot(&lease.key), retention.as_millis());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for BrokenStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let mut request = request.clone();
+        match self.defect {
+            Defect::NeverExpiresLeases => request.lease_ttl = Self::stretched(request.lease_ttl)?,
+            Defect::IgnoresFingerprints => request.fingerprint = None,
+            _ => {}
+        }
+        let slot = self.slot(&request.key);
+        let delayed = {
+            let mut state = self.lock()?;
+            let now = self.now();
+            let step = self.decide_claim(&state, &slot, &request, now);
+            if !self.racy_claim(state.entries.get(&slot), now) {
+                return Self::apply(&mut state, slot, step);
+            }
+            step
+        };
+        tokio::time::sleep(GAP).await;
+        Self::apply(&mut *self.lock()?, slot, delayed)
+    }
+
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        let response = self.payload(response)?;
+        self.finish(lease, Phase::Completed(response), retention)
+            .await
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        let failure = self.payload(failure)?;
+        self.finish(lease, Phase::Failed(failure), retention).await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        let ttl = match self.defect {
+            Defect::NoopRenew => return Ok(()),
+            Defect::NeverExpiresLeases => Self::stretched(ttl)?,
+            _ => ttl,
+        };
+        let from_old_end = self.defect == Defect::RenewAddsToOldEnd;
+        self.transition(lease, Op::Renew, |entry, now| {
+            let start = match entry.phase {
+                Phase::Claimed { lease_until, .. } if from_old_end => lease_until,
+                _ => now,
+            };
+            let lease_until = start.saturating_add(ttl.as_millis());
+            Entry {
+                phase: Phase::Claimed {
+                    owner: lease.owner,
+                    lease_until,
+                    lease_ttl: ttl.as_millis(),
+                },
+                fencing: entry.fencing,
+                fingerprint: entry.fingerprint,
+                expires_at: lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis())),
+            }
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        let as_expiry = self.defect == Defect::ReleaseAsExpiry;
+        self.transition(lease, Op::Release, |entry, now| {
+            let lease_ttl = match entry.phase {
+                Phase::Claimed { lease_ttl, .. } => lease_ttl,
+                _ => 0,
+            };
+            if as_expiry {
+                // "Release" by ending the lease now: the entry still names its owner.
+                return Entry {
+                    phase: Phase::Claimed {
+                        owner: lease.owner,
+                        lease_until: now,
+                        lease_ttl,
+                    },
+                    expires_at: now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
+                    ..entry.clone()
+                };
+            }
+            Entry {
+                phase: Phase::Vacant,
+                fencing: entry.fencing,
+                fingerprint: None,
+                expires_at: now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
+            }
+        })
+        .await
+    }
+
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        if self.defect == Defect::ReadsNothing {
+            return Ok(None);
+        }
+        let slot = self.slot(key);
+        let mut state = self.lock()?;
+        let now = self.now();
+        let Some(entry) = state
+            .entries
+            .get(&slot)
+            .filter(|e| !e.is_expired(now))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        match (&entry.phase, self.defect) {
+            (Phase::Claimed { owner, .. }, Defect::LapsedReadsAsClaimed) => Ok(Some(Record {
+                key: key.clone(),
+                state: RecordState::Claimed { owner: *owner },
+                fencing: entry.fencing,
+                fingerprint: entry.fingerprint,
+                expires_in: entry
+                    .record(key, now)
+                    .map_or(Duration::ZERO, |r| r.expires_in),
+            })),
+            (Phase::Completed(_) | Phase::Failed(_), Defect::SlidingRetention) => {
+                let slid = self.slid(&state, &slot, &entry, now);
+                let record = slid.record(key, now);
+                state.entries.insert(slot, slid);
+                Ok(record)
+            }
+            _ => Ok(entry.record(key, now)),
+        }
+    }
+
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        let slot = self.slot(key);
+        let mut state = self.lock()?;
+        let now = self.now();
+        let current = state
+            .entries
+            .get(&slot)
+            .filter(|e| !e.is_expired(now))
+            .cloned();
+        let there = current.is_some();
+        let step = lifecycle::remove(current.as_ref(), key, now);
+        match self.defect {
+            Defect::RemoveIsNoop => return Ok(true),
+            Defect::RemoveForgetsFencing => {
+                state.entries.remove(&slot);
+                return step.answer;
+            }
+            Defect::RemoveCountsTraces => {
+                if let Write::Put(entry) = step.write {
+                    state.entries.insert(slot, entry);
+                }
+                return Ok(there);
+            }
+            _ => {}
+        }
+        if let Write::Put(entry) = step.write {
+            state.entries.insert(slot, entry);
+        }
+        step.answer
+    }
+}

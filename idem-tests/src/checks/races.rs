@@ -1,0 +1,225 @@
+//! Exactly one winner, whatever freed the key, and whatever it races against.
+
+use std::sync::Arc;
+
+use idem_core::{Claim, Error, Lease, RecordState};
+use tokio::sync::Barrier;
+
+use super::claim::race;
+use crate::context::{Ctx, LONG, RETENTION, ensure, run, ttl};
+use crate::{Capabilities, CheckResult, Store};
+
+/// The ways a key becomes free.
+const PATHS: [&str; 5] = [
+    "never-seen",
+    "released",
+    "lapsed",
+    "retention-ended",
+    "removed",
+];
+
+/// On every path by which a key becomes free (never seen, released, lapsed, retention
+/// ended, removed), 8 claimers racing for it: exactly one acquires, the others see it in
+/// progress; where the store remembers the key, the winner's fencing number is larger.
+pub async fn exclusive_every_path(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "exclusive_every_path",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let mut keys = Vec::new();
+            let mut before = Vec::new();
+            for path in PATHS {
+                for i in 0..4 {
+                    let key = ctx.key(&format!("{path}-{i}"))?;
+                    before.push(free_by(&ctx, path, &key).await?);
+                    keys.push((path, key));
+                }
+            }
+            ctx.outlive_short_ttl().await;
+            let just_keys: Vec<_> = keys.iter().map(|(_, k)| k.clone()).collect();
+            let claims = race(&ctx, &just_keys, 8).await?;
+            for ((per_key, (path, key)), before) in claims.chunks(8).zip(&keys).zip(&before) {
+                let winners: Vec<_> = per_key
+                    .iter()
+                    .filter_map(|c| match c {
+                        Claim::Acquired(lease) => Some(lease),
+                        _ => None,
+                    })
+                    .collect();
+                ensure!(
+                    winners.len() == 1,
+                    "{key} ({path}): {} of 8 racing claims acquired it: {per_key:?}",
+                    winners.len()
+                );
+                let losers = per_key
+                    .iter()
+                    .filter(|c| matches!(c, Claim::InProgress { .. }))
+                    .count();
+                ensure!(
+                    losers == 7,
+                    "{key} ({path}): the losers should see InProgress: {per_key:?}"
+                );
+                if let Some(before) = before {
+                    ensure!(
+                        winners[0].fencing > *before,
+                        "{key} ({path}): the winner's fencing {} is not above {before}",
+                        winners[0].fencing
+                    );
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Frees `key` by `path`; the fencing number the next acquisition must exceed, where the
+/// store must still remember it.
+async fn free_by(ctx: &Ctx, path: &str, key: &idem_core::Key) -> Result<Option<u64>, String> {
+    if path == "never-seen" {
+        return Ok(None);
+    }
+    let lease_ttl = if path == "lapsed" { ctx.short() } else { LONG };
+    let lease = ctx.acquire(key, lease_ttl).await?;
+    match path {
+        "released" => ctx.release(&lease).await?,
+        "retention-ended" => {
+            ctx.store
+                .complete(&lease, "short".into(), ttl(ctx.short())?)
+                .await
+                .map_err(|e| format!("complete: {e:?}"))?;
+            return Ok(None);
+        }
+        "removed" => {
+            ctx.complete(&lease, &b"removed"[..]).await?;
+            ensure!(ctx.remove(key).await?, "removing a completed key said no");
+        }
+        _ => {}
+    }
+    Ok(Some(lease.fencing))
+}
+
+/// On many keys whose lease lapsed, the old owner's `complete`, `fail` or `renew` races a
+/// new owner's claim: per key at most one side wins, and the loser changed nothing (the key
+/// holds the winner's outcome or lease).
+pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "finish_races_takeover",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let mut leases = Vec::new();
+            for i in 0..30 {
+                leases.push(
+                    ctx.acquire(&ctx.key(&format!("lapsed-{i}"))?, ctx.short())
+                        .await?,
+                );
+            }
+            ctx.outlive_short_ttl().await;
+            let barrier = Arc::new(Barrier::new(2 * leases.len()));
+            let mut tasks = Vec::new();
+            for (i, lease) in leases.iter().enumerate() {
+                let request = ctx.request(&lease.key, LONG)?;
+                let (store, gate, lease) =
+                    (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
+                let finish = tokio::spawn(async move {
+                    gate.wait().await;
+                    let retention = ttl(RETENTION)?;
+                    let payload = format!("old-{i}").into_bytes().into();
+                    Ok::<_, String>(match i % 3 {
+                        0 => store.complete(&lease, payload, retention).await,
+                        1 => store.fail(&lease, payload, retention).await,
+                        _ => store.renew(&lease, ttl(LONG)?).await,
+                    })
+                });
+                let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
+                let claim = tokio::spawn(async move {
+                    gate.wait().await;
+                    store.claim(&request).await
+                });
+                tasks.push((finish, claim));
+            }
+            for (i, ((finish, claim), lease)) in tasks.into_iter().zip(&leases).enumerate() {
+                let finished = finish
+                    .await
+                    .map_err(|e| format!("a task panicked: {e}"))??;
+                let claimed = claim
+                    .await
+                    .map_err(|e| format!("a task panicked: {e}"))?
+                    .map_err(|e| format!("a racing claim failed: {e:?}"))?;
+                judge(&ctx, i, lease, finished, claimed).await?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Checks one key's race: which side won, and that the key shows only the winner's doing.
+async fn judge(
+    ctx: &Ctx,
+    i: usize,
+    old: &Lease,
+    finished: Result<(), Error>,
+    claimed: Claim,
+) -> Result<(), String> {
+    let key = &old.key;
+    let payload = format!("old-{i}");
+    let record = ctx.read(key).await?;
+    let state = record.as_ref().map(|r| (r.state.clone(), r.fencing));
+    match (finished, &claimed) {
+        (Ok(()), Claim::Acquired(new)) => Err(format!(
+            "{key}: both won: the old owner's {} succeeded and a new owner acquired {new:?}",
+            ["complete", "fail", "renew"][i % 3]
+        )),
+        (Err(Error::LeaseLost), Claim::Acquired(new)) => {
+            ensure!(
+                state == Some((RecordState::Claimed { owner: new.owner }, new.fencing)),
+                "{key}: the new owner won but the key reads {record:?}"
+            );
+            Ok(())
+        }
+        (Ok(()), seen) => {
+            let expected = match i % 3 {
+                0 => (
+                    Claim::Completed(payload.clone().into_bytes().into()),
+                    RecordState::Completed {
+                        response: payload.into_bytes().into(),
+                    },
+                ),
+                1 => (
+                    Claim::Failed(payload.clone().into_bytes().into()),
+                    RecordState::Failed {
+                        failure: payload.into_bytes().into(),
+                    },
+                ),
+                _ => {
+                    ensure!(
+                        matches!(seen, Claim::InProgress { .. }),
+                        "{key}: the renewal won, but the claim saw {seen:?}"
+                    );
+                    ensure!(
+                        state == Some((RecordState::Claimed { owner: old.owner }, old.fencing)),
+                        "{key}: the renewal won but the key reads {record:?}"
+                    );
+                    return Ok(());
+                }
+            };
+            ensure!(
+                *seen == expected.0,
+                "{key}: the old owner's finish won, but the claim saw {seen:?}"
+            );
+            ensure!(
+                state == Some((expected.1, old.fencing)),
+                "{key}: the old owner's finish won but the key reads {record:?}"
+            );
+            Ok(())
+        }
+        (finished, seen) => Err(format!(
+            "{key}: nobody won: the old owner got {finished:?} and the claim {seen:?}"
+        )),
+    }
+}
