@@ -16,7 +16,10 @@
 //! | `postgres` | `postgres::PgStore`, `postgres::PgTokenStore` | the same, on PostgreSQL |
 //!
 //! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
-//! `Idempotency-Key` header on any store.
+//! `Idempotency-Key` header on any store. The `consumer` feature adds `consumer`: message
+//! consumers that take each message's effect once and say what to do with the message
+//! (ack, requeue, dead-letter), with adapters for RabbitMQ (`amqp`) and NATS JetStream
+//! (`nats`), and, with `mysql` too, exactly-once effects in one transaction.
 //!
 //! Two flows: key-based idempotency with the [`Idempotency`] executor (the client sends a
 //! key, repeats get the first response), and one-time [`Tokens`] (the server hands a token
@@ -103,6 +106,15 @@ pub mod redis {
 pub mod http {
     #[doc(inline)]
     pub use idem_http::*;
+}
+
+/// Idempotent message consumers: the disposition of every message, the RabbitMQ and NATS
+/// adapters.
+#[cfg(feature = "consumer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consumer")))]
+pub mod consumer {
+    #[doc(inline)]
+    pub use idem_consumer::*;
 }
 
 /// The MySQL/MariaDB store.

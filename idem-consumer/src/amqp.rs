@@ -1,0 +1,305 @@
+//! The RabbitMQ adapter, on lapin: manual acks, `basic_nack` with requeue, prefetch.
+//!
+//! [`consume`] sets the channel's prefetch to the concurrency limit, consumes with manual
+//! acks, hands each delivery to the handler as a [`Message`] and applies the
+//! [`Disposition`] it returns:
+//!
+//! | disposition | on the broker |
+//! |---|---|
+//! | `Ack` | `basic.ack` |
+//! | `Requeue { delay }` | the message is held `delay` (cut short at shutdown), then `basic.nack` with `requeue` |
+//! | `DeadLetter` | `basic.reject` without requeue: the queue's `x-dead-letter-exchange` (and `x-dead-letter-routing-key`) route it; a queue without one drops it, so declare one |
+//!
+//! The message ID is the `message_id` property by default ([`IdSource`]). A message
+//! without one is dead-lettered, never run.
+//!
+//! **Delivery counts** (for the poison limit) come from the `x-delivery-count` header that
+//! quorum queues add to redeliveries. A classic queue does not count: a first delivery is
+//! known as such, a redelivery's count is unknown, and the poison limit does not apply.
+//! Use a quorum queue (`x-queue-type: quorum`) when poison messages matter.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+
+use crate::consume::{self, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::disposition::{DeadLetterReason, Disposition};
+use crate::message::{IdSource, Message, MissingId, body_digest};
+
+/// Re-exported so the channel passed in matches this crate's lapin.
+pub use lapin;
+
+/// The header quorum queues put on a redelivery: how often it was delivered before.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Consumes `queue` on `channel` until `shutdown` resolves or the channel fails, running
+/// `handler` on each message, at most `options`' concurrency at once.
+///
+/// On shutdown it cancels the consumer, requeues the deliveries already sent but not
+/// started, waits for the messages in flight and applies their dispositions, then returns.
+/// The channel stays open; close it afterwards (the broker requeues anything still
+/// unacknowledged on it, so nothing is lost in any case).
+///
+/// ```no_run
+/// use idem_consumer::{ConsumeOptions, Consumer, amqp};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Failed;
+/// # impl idem_core::Retryable for Failed { fn is_retryable(&self) -> bool { true } }
+/// # async fn run(channel: amqp::lapin::Channel, consumer: Consumer<idem_memory::MemoryStore>) {
+/// # let shutdown = std::future::pending::<()>();
+/// let options = ConsumeOptions::default().concurrency(32);
+/// let summary = amqp::consume(&channel, "orders", options, shutdown, move |message| {
+///     let consumer = consumer.clone();
+///     async move {
+///         consumer
+///             .handle_message(&message, || async { Ok::<_, Failed>(()) /* the effect */ })
+///             .await
+///     }
+/// })
+/// .await;
+/// # let _ = summary; }
+/// ```
+pub async fn consume<F, Fut>(
+    channel: &Channel,
+    queue: &str,
+    options: ConsumeOptions,
+    shutdown: impl Future<Output = ()>,
+    handler: F,
+) -> Result<ConsumeSummary, ConsumeError>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Disposition> + Send + 'static,
+{
+    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
+    let mut consumer = start(channel, queue, prefetch).await?;
+    let id_source = Arc::new(options.id_source.unwrap_or(IdSource::AmqpMessageId));
+    let handler = Arc::new(handler);
+    let tally = Arc::new(Tally::default());
+    let process = {
+        let tally = Arc::clone(&tally);
+        move |delivery: Delivery, stopping: Stopping| {
+            let (handler, id_source, tally) = (
+                Arc::clone(&handler),
+                Arc::clone(&id_source),
+                Arc::clone(&tally),
+            );
+            async move {
+                let Delivery {
+                    data,
+                    properties,
+                    acker,
+                    redelivered,
+                    ..
+                } = delivery;
+                let disposition = match message_id(&id_source, &properties, &data) {
+                    Ok(id) => {
+                        let deliveries = deliveries(&properties, redelivered);
+                        handler(Message::new(id, data).with_deliveries(deliveries)).await
+                    }
+                    Err(missing) => {
+                        tracing::warn!(error = %missing, "dead-lettering a message without an ID");
+                        Disposition::DeadLetter {
+                            reason: DeadLetterReason::MissingId,
+                        }
+                    }
+                };
+                let applied = apply(&acker, &disposition, stopping).await;
+                tally.count(&disposition, applied);
+            }
+        }
+    };
+    let outcome = consume::run(
+        &mut consumer,
+        options.concurrency,
+        shutdown,
+        Arc::clone(&tally),
+        process,
+    )
+    .await;
+    if outcome.is_ok() {
+        stop(channel, &mut consumer, &tally).await;
+    }
+    outcome
+}
+
+async fn start(
+    channel: &Channel,
+    queue: &str,
+    prefetch: u16,
+) -> Result<lapin::Consumer, ConsumeError> {
+    let failed = |source: lapin::Error| ConsumeError {
+        summary: ConsumeSummary::default(),
+        source: Box::new(source),
+    };
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(failed)?;
+    let manual_acks = BasicConsumeOptions {
+        no_ack: false,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(queue.into(), "".into(), manual_acks, FieldTable::default())
+        .await
+        .map_err(failed)
+}
+
+/// Cancels the consumer and requeues what the broker had already sent, until the
+/// broker confirms the cancel and the stream ends.
+async fn stop(channel: &Channel, consumer: &mut lapin::Consumer, tally: &Tally) {
+    use futures::StreamExt;
+    // On a connection that died unnoticed the cancel would wait for ever.
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    match tokio::time::timeout(SETTLE_TIMEOUT, cancel).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "cancelling the consumer failed; closing the channel requeues its messages");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                "cancelling the consumer timed out; closing the channel requeues its messages"
+            );
+            return;
+        }
+    }
+    let requeue = Disposition::Requeue {
+        delay: Duration::ZERO,
+        reason: crate::RequeueReason::InProgressElsewhere,
+    };
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_secs(5), consumer.next()).await
+    {
+        let nack = delivery.nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        });
+        let requeued = tokio::time::timeout(SETTLE_TIMEOUT, nack)
+            .await
+            .unwrap_or(Ok(false));
+        tally.count(&requeue, matches!(requeued, Ok(true)));
+    }
+}
+
+/// The longest an ack, nack or reject may take: on a connection that died without lapin
+/// noticing yet, it would wait for ever.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies a disposition; says whether the broker took it.
+async fn apply(acker: &lapin::Acker, disposition: &Disposition, mut stopping: Stopping) -> bool {
+    if let Disposition::Requeue { delay, .. } = disposition {
+        stopping.sleep(*delay).await;
+    }
+    let applied = tokio::select! {
+        settled = tokio::time::timeout(SETTLE_TIMEOUT, settle(acker, disposition)) => match settled {
+            Ok(applied) => applied,
+            Err(_) => {
+                tracing::warn!(%disposition, "settling timed out; the broker will redeliver");
+                return false;
+            }
+        },
+        () = channel_lost(acker) => Ok(false),
+    };
+    match applied {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!(%disposition, "the channel is gone; the broker will redeliver");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, %disposition, "settling failed; the broker will redeliver");
+            false
+        }
+    }
+}
+
+/// Resolves once lapin has seen the channel die (it then poisons every acker).
+async fn channel_lost(acker: &lapin::Acker) {
+    let mut every = tokio::time::interval(Duration::from_millis(50));
+    while !acker.poisoned() {
+        every.tick().await;
+    }
+}
+
+async fn settle(acker: &lapin::Acker, disposition: &Disposition) -> lapin::Result<bool> {
+    match disposition {
+        Disposition::Ack { .. } => acker.ack(BasicAckOptions::default()).await,
+        Disposition::Requeue { .. } => {
+            acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        }
+        Disposition::DeadLetter { .. } => acker.reject(BasicRejectOptions { requeue: false }).await,
+    }
+}
+
+/// The message's ID, from where `source` says.
+pub fn message_id(
+    source: &IdSource,
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<String, MissingId> {
+    let found = match source {
+        IdSource::AmqpMessageId => properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str().to_owned()),
+        IdSource::Header(name) => properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(name.as_str()))
+            .and_then(header_text),
+        IdSource::BodyDigest => Some(body_digest(body)),
+    };
+    found
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| MissingId::new(source))
+}
+
+fn header_text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(text) => String::from_utf8(text.as_bytes().to_vec()).ok(),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        AMQPValue::ByteArray(bytes) => String::from_utf8(bytes.as_slice().to_vec()).ok(),
+        other => integer(other).map(|n| n.to_string()),
+    }
+}
+
+fn integer(value: &AMQPValue) -> Option<i128> {
+    Some(match value {
+        AMQPValue::ShortShortInt(n) => (*n).into(),
+        AMQPValue::ShortShortUInt(n) => (*n).into(),
+        AMQPValue::ShortInt(n) => (*n).into(),
+        AMQPValue::ShortUInt(n) => (*n).into(),
+        AMQPValue::LongInt(n) => (*n).into(),
+        AMQPValue::LongUInt(n) => (*n).into(),
+        AMQPValue::LongLongInt(n) => (*n).into(),
+        AMQPValue::Timestamp(n) => (*n).into(),
+        _ => return None,
+    })
+}
+
+/// How many times this message was delivered, this time included, when the broker says.
+fn deliveries(properties: &BasicProperties, redelivered: bool) -> Option<u32> {
+    let before = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(DELIVERY_COUNT))
+        .and_then(integer);
+    match before {
+        Some(before) => u32::try_from(before).ok().map(|n| n.saturating_add(1)),
+        None if !redelivered => Some(1),
+        None => None,
+    }
+}

@@ -1,0 +1,192 @@
+//! The broker-neutral core: one message in, one disposition out.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use idem_core::{Error, Fingerprint, Idempotency, IdempotencyStore, Key, Record, Retryable};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::attempt::{self, Attempt};
+use crate::disposition::{AckReason, DeadLetterReason, Disposition};
+use crate::message::Message;
+use crate::policy::Policy;
+
+/// Runs each message's operation at most once per message ID, on any idem store, and says
+/// what to do with the message: the [`Disposition`].
+///
+/// The decisions are the crate's [disposition table](crate#the-disposition-table). Cloning
+/// is cheap; clones share the store.
+pub struct Consumer<S> {
+    idem: Idempotency<S>,
+    namespace: Arc<str>,
+    policy: Policy,
+}
+
+impl<S> Clone for Consumer<S> {
+    fn clone(&self) -> Self {
+        Self {
+            idem: self.idem.clone(),
+            namespace: Arc::clone(&self.namespace),
+            policy: self.policy,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("idem", &self.idem)
+            .field("namespace", &self.namespace)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S: IdempotencyStore> Consumer<S> {
+    /// A consumer whose message IDs are keys in `namespace` (one per queue or per kind of
+    /// message, so two queues' IDs never collide), with the default [`Policy`].
+    ///
+    /// The executor should fail fast on a key in progress (`WaitPolicy::FailFast`, its
+    /// default): the message is then requeued instead of holding a consumer slot.
+    /// Fails with [`Error::InvalidInput`] on an empty or over-long namespace.
+    pub fn new(idem: Idempotency<S>, namespace: &str) -> Result<Self, Error> {
+        Key::new(namespace, "-")?;
+        Ok(Self {
+            idem,
+            namespace: namespace.into(),
+            policy: Policy::default(),
+        })
+    }
+
+    /// Replaces the [`Policy`].
+    #[must_use]
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The executor.
+    pub fn idempotency(&self) -> &Idempotency<S> {
+        &self.idem
+    }
+
+    /// Runs `operation` once for `message_id` and says what to do with the message.
+    ///
+    /// `fingerprint` identifies the message's content: the same ID with another fingerprint
+    /// is dead-lettered ([`DeadLetterReason::IdReused`]) instead of being taken for a
+    /// repeat. The delivery count is unknown here, so there is no poison check: use
+    /// [`handle_message`](Self::handle_message) for that.
+    pub async fn handle<T, E, F, Fut>(
+        &self,
+        message_id: &str,
+        fingerprint: Option<Fingerprint>,
+        operation: F,
+    ) -> Disposition
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        self.handle_delivery(message_id, fingerprint, None, operation)
+            .await
+    }
+
+    /// Like [`handle`](Self::handle) for a [`Message`] from an adapter: the fingerprint is
+    /// the body's, and a message delivered more often than the policy's limit is poison.
+    pub async fn handle_message<T, E, F, Fut>(&self, message: &Message, operation: F) -> Disposition
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        let fingerprint = Some(message.fingerprint());
+        self.handle_delivery(message.id(), fingerprint, message.deliveries(), operation)
+            .await
+    }
+
+    async fn handle_delivery<T, E, F, Fut>(
+        &self,
+        message_id: &str,
+        fingerprint: Option<Fingerprint>,
+        deliveries: Option<u32>,
+        operation: F,
+    ) -> Disposition
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
+        let store = self.idem.store();
+        dispose(
+            &self.policy,
+            &self.namespace,
+            message_id,
+            deliveries,
+            |key| async move { store.read(&key).await },
+            |key| async move { attempt::execute(&self.idem, &key, fingerprint, operation).await },
+        )
+        .await
+    }
+}
+
+/// The steps every consumer takes, whatever runs the operation: make the key, stop a
+/// poison message, run, decide, log.
+pub(crate) async fn dispose<R, RFut, A, AFut>(
+    policy: &Policy,
+    namespace: &str,
+    message_id: &str,
+    deliveries: Option<u32>,
+    read: R,
+    run: A,
+) -> Disposition
+where
+    R: FnOnce(Key) -> RFut,
+    RFut: Future<Output = Result<Option<Record>, Error>>,
+    A: FnOnce(Key) -> AFut,
+    AFut: Future<Output = Attempt>,
+{
+    let key = match Key::new(namespace, message_id) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::warn!(%error, "message ID is not a valid key; dead-lettering it");
+            return Disposition::DeadLetter {
+                reason: DeadLetterReason::InvalidId,
+            };
+        }
+    };
+    let disposition = if let Some(deliveries) = policy.poison(deliveries) {
+        // Only a poison message pays for this read: its outcome may be stored after all
+        // (every ack lost), and then it is a plain repeat.
+        let stored = read(key)
+            .await
+            .map(|record| record.map(|r| (r.state, r.expires_in)));
+        policy.decide_poison(deliveries, stored)
+    } else {
+        let attempt = run(key).await;
+        log_attempt(message_id, &attempt);
+        policy.decide(&attempt)
+    };
+    tracing::debug!(message_id, %disposition, "message handled");
+    disposition
+}
+
+fn log_attempt(message_id: &str, attempt: &Attempt) {
+    match attempt {
+        Attempt::RanNotRecorded(error) => tracing::error!(
+            message_id,
+            %error,
+            "the operation ran but its outcome could not be stored; acking it ({:?}): \
+             a redelivery would run it again",
+            AckReason::RanNotRecorded
+        ),
+        Attempt::NotRun(error) if !error.is_transient() => {
+            tracing::warn!(message_id, %error, "the message did not run");
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,220 @@
+//! The NATS JetStream adapter, on async-nats: a pull consumer, `ack`, `nak` with delay,
+//! `term`.
+//!
+//! [`consume`] pulls messages in batches of the concurrency limit, hands each to the
+//! handler as a [`Message`] and applies the [`Disposition`] it returns:
+//!
+//! | disposition | on the server |
+//! |---|---|
+//! | `Ack` | `ack` |
+//! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay |
+//! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost) |
+//!
+//! The message ID is the `Nats-Msg-Id` header by default (the one JetStream itself
+//! deduplicates publishes on, within the stream's duplicate window; idem keeps
+//! deduplicating long after it). The delivery count is JetStream's `delivered`.
+//!
+//! Acks are published without waiting for the server's confirmation (one round trip
+//! less per message). One that is lost means a redelivery after the consumer's
+//! `ack_wait`, which idem answers as a replay: acked, not run.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::{self, Context};
+use futures::StreamExt;
+
+use crate::consume::{self, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::disposition::{DeadLetterReason, Disposition};
+use crate::message::{IdSource, Message, MissingId, body_digest};
+
+/// Re-exported so the context and consumer passed in match this crate's async-nats.
+pub use async_nats;
+
+/// The header a dead-lettered copy carries: the [`Disposition`] that sent it there.
+pub const DEAD_LETTER_REASON: &str = "Idem-Dead-Letter-Reason";
+/// The header a dead-lettered copy carries: the subject it was first published to.
+pub const ORIGINAL_SUBJECT: &str = "Idem-Original-Subject";
+
+/// How long the shutdown waits for the acks to reach the server.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a dead-letter whose copy could not be published waits to try again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+
+/// Consumes `consumer` until `shutdown` resolves or the subscription fails, running
+/// `handler` on each message, at most `options`' concurrency at once.
+///
+/// On shutdown it stops pulling, waits for the messages in flight, applies their
+/// dispositions and flushes the acks. Messages pulled but not started are left to
+/// JetStream, which delivers them again after `ack_wait`: nothing is lost.
+pub async fn consume<F, Fut>(
+    jetstream: &Context,
+    consumer: &PullConsumer,
+    options: ConsumeOptions,
+    shutdown: impl Future<Output = ()>,
+    handler: F,
+) -> Result<ConsumeSummary, ConsumeError>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Disposition> + Send + 'static,
+{
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(options.concurrency)
+        .messages()
+        .await
+        .map_err(|source| ConsumeError {
+            summary: ConsumeSummary::default(),
+            source: Box::new(source),
+        })?;
+    // A missed heartbeat is reported and then recovered from by the client: not fatal.
+    let messages = messages
+        .filter(|item| {
+            let fatal = !matches!(item, Err(e) if e.kind() == MessagesErrorKind::MissingHeartbeat);
+            if !fatal {
+                tracing::debug!("JetStream heartbeat missed; the client recovers");
+            }
+            std::future::ready(fatal)
+        })
+        .boxed();
+    let id_source = Arc::new(options.id_source.unwrap_or_else(IdSource::nats_msg_id));
+    let dead_letters = Arc::new(options.dead_letter_subject);
+    let handler = Arc::new(handler);
+    let tally = Arc::new(Tally::default());
+    let process = {
+        let tally = Arc::clone(&tally);
+        let jetstream = jetstream.clone();
+        move |message: jetstream::Message, _stopping: Stopping| {
+            let (handler, id_source, tally, dead_letters, jetstream) = (
+                Arc::clone(&handler),
+                Arc::clone(&id_source),
+                Arc::clone(&tally),
+                Arc::clone(&dead_letters),
+                jetstream.clone(),
+            );
+            async move {
+                let deliveries = message
+                    .info()
+                    .ok()
+                    .and_then(|info| u32::try_from(info.delivered).ok());
+                let (message, acker) = message.split();
+                let disposition = match message_id(
+                    &id_source,
+                    message.headers.as_ref(),
+                    &message.payload,
+                ) {
+                    Ok(id) => {
+                        let incoming =
+                            Message::new(id, message.payload.clone()).with_deliveries(deliveries);
+                        handler(incoming).await
+                    }
+                    Err(missing) => {
+                        tracing::warn!(error = %missing, "dead-lettering a message without an ID");
+                        Disposition::DeadLetter {
+                            reason: DeadLetterReason::MissingId,
+                        }
+                    }
+                };
+                let route = DeadLetterRoute {
+                    jetstream: &jetstream,
+                    subject: dead_letters.as_deref(),
+                    message: &message,
+                };
+                let applied = apply(&acker, &disposition, route).await;
+                tally.count(&disposition, applied);
+            }
+        }
+    };
+    let outcome = consume::run(messages, options.concurrency, shutdown, tally, process).await;
+    let client = jetstream.client();
+    // Disconnected, the acks cannot go out: no point waiting for them.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if !connected
+        || tokio::time::timeout(FLUSH_TIMEOUT, client.flush())
+            .await
+            .map_or(true, |flushed| flushed.is_err())
+    {
+        tracing::warn!(
+            "the last acks may not have reached the server; JetStream will redeliver those messages"
+        );
+    }
+    outcome
+}
+
+/// Where a dead-lettered message's copy goes.
+struct DeadLetterRoute<'a> {
+    jetstream: &'a Context,
+    subject: Option<&'a str>,
+    message: &'a async_nats::Message,
+}
+
+impl DeadLetterRoute<'_> {
+    /// Publishes the copy and waits for the stream's ack; `true` when there is nothing to
+    /// publish.
+    async fn publish(&self, disposition: &Disposition) -> bool {
+        let Some(subject) = self.subject else {
+            return true;
+        };
+        let mut headers = self.message.headers.clone().unwrap_or_default();
+        headers.insert(DEAD_LETTER_REASON, disposition.to_string().as_str());
+        headers.insert(ORIGINAL_SUBJECT, self.message.subject.as_str());
+        let published = self
+            .jetstream
+            .publish_with_headers(subject.to_owned(), headers, self.message.payload.clone())
+            .await;
+        match published {
+            Ok(ack) => match ack.await {
+                Ok(_) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "the dead-letter stream did not take the copy; requeueing");
+                    false
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "publishing the dead-letter copy failed; requeueing");
+                false
+            }
+        }
+    }
+}
+
+/// Applies a disposition; says whether it was sent.
+async fn apply(acker: &Acker, disposition: &Disposition, route: DeadLetterRoute<'_>) -> bool {
+    let kind = match disposition {
+        Disposition::Ack { .. } => AckKind::Ack,
+        Disposition::Requeue { delay, .. } => AckKind::Nak(Some(*delay)),
+        Disposition::DeadLetter { .. } if route.publish(disposition).await => AckKind::Term,
+        Disposition::DeadLetter { .. } => AckKind::Nak(Some(DEAD_LETTER_RETRY)),
+    };
+    match acker.ack_with(kind).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(%error, %disposition, "settling failed; JetStream will redeliver");
+            false
+        }
+    }
+}
+
+/// The message's ID, from where `source` says. NATS messages have no AMQP `message_id`
+/// property: that source finds nothing.
+pub fn message_id(
+    source: &IdSource,
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+) -> Result<String, MissingId> {
+    let found = match source {
+        IdSource::AmqpMessageId => None,
+        IdSource::Header(name) => headers
+            .and_then(|headers| headers.get(name.as_str()))
+            .map(|value| value.as_str().to_owned()),
+        IdSource::BodyDigest => Some(body_digest(body)),
+    };
+    found
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| MissingId::new(source))
+}

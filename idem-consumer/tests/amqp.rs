@@ -1,0 +1,396 @@
+//! The RabbitMQ adapter against the real broker: each disposition observed on the broker
+//! (queue depths, the dead-letter queue, quorum delivery counts), and a graceful shutdown
+//! that loses nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Rabbit, wait_until};
+use idem_consumer::amqp::{self, lapin};
+use idem_consumer::{
+    ConsumeOptions, Consumer, DeadLetterReason, Disposition, IdSource, Policy, RequeueReason,
+};
+use idem_core::{Idempotency, Retryable};
+use idem_memory::MemoryStore;
+use tokio::sync::oneshot;
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum Failure {
+    Permanent,
+    Retryable,
+}
+
+impl Retryable for Failure {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Failure::Retryable)
+    }
+}
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Seen {
+    effects: AtomicUsize,
+    ok_handled: AtomicUsize,
+    poison_runs: AtomicUsize,
+    permanent_runs: AtomicUsize,
+    poison_deliveries: Mutex<Vec<Option<u32>>>,
+    dispositions: Mutex<Vec<(String, Disposition)>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_disposition_is_observed_on_the_broker() {
+    let rabbit = Rabbit::new().await;
+    let store = common::redis_store().await;
+    let policy = Policy::default()
+        .max_deliveries(Some(3))
+        .retry_delay(Duration::from_millis(50))
+        .max_in_progress_delay(Duration::from_millis(200));
+    let consumer = Consumer::new(Idempotency::new(store), "amqp-dispositions")
+        .expect("consumer")
+        .with_policy(policy);
+
+    rabbit.publish(Some("m-ok"), b"ok").await;
+    rabbit.publish(Some("m-ok"), b"ok").await; // a duplicate publish
+    rabbit.publish(None, b"no id").await;
+    rabbit.publish(Some("m-permanent"), b"permanent").await;
+    rabbit.publish(Some("m-poison"), b"poison").await;
+
+    let seen = Arc::new(Seen::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: idem_consumer::Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let body = message.body().clone();
+                if body.as_ref() == b"poison" {
+                    seen.poison_deliveries
+                        .lock()
+                        .expect("lock")
+                        .push(message.deliveries());
+                }
+                let disposition = consumer
+                    .handle_message(&message, || async {
+                        match body.as_ref() {
+                            b"ok" => {
+                                seen.effects.fetch_add(1, Ordering::SeqCst);
+                                Ok(())
+                            }
+                            b"permanent" => {
+                                seen.permanent_runs.fetch_add(1, Ordering::SeqCst);
+                                Err(Failure::Permanent)
+                            }
+                            _ => {
+                                seen.poison_runs.fetch_add(1, Ordering::SeqCst);
+                                Err(Failure::Retryable)
+                            }
+                        }
+                    })
+                    .await;
+                if body.as_ref() == b"ok" && matches!(disposition, Disposition::Ack { .. }) {
+                    seen.ok_handled.fetch_add(1, Ordering::SeqCst);
+                }
+                seen.dispositions
+                    .lock()
+                    .expect("lock")
+                    .push((message.id().to_owned(), disposition));
+                disposition
+            }
+        }
+    };
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let queue = rabbit.queue.clone();
+    let running = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let summary = amqp::consume(
+            &channel,
+            &queue,
+            ConsumeOptions::default().concurrency(4),
+            shutdown,
+            handler,
+        )
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        summary
+    });
+
+    wait_until(
+        "three dead letters and both copies of m-ok acked",
+        DEADLINE,
+        || async {
+            rabbit.depth(&rabbit.dlq).await == 3 && seen.ok_handled.load(Ordering::SeqCst) == 2
+        },
+    )
+    .await;
+    let _ = stop.send(());
+    let summary = running.await.expect("consume task").expect("consume");
+
+    // On the broker: nothing left in the queue, the three in the dead-letter queue.
+    assert_eq!(
+        rabbit.depth(&rabbit.queue).await,
+        0,
+        "the queue must be empty"
+    );
+    let mut dead = BTreeSet::new();
+    while let Some(message) = rabbit.take(&rabbit.dlq).await {
+        let id = message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string());
+        dead.insert(id.unwrap_or_else(|| "<none>".into()));
+    }
+    let expected: BTreeSet<String> = ["<none>", "m-permanent", "m-poison"]
+        .map(String::from)
+        .into();
+    assert_eq!(
+        dead, expected,
+        "missing ID, permanent failure and poison are dead-lettered"
+    );
+
+    // The effect once; the permanent failure ran once; the poison ran max_deliveries times
+    // and its next delivery was dead-lettered without running.
+    assert_eq!(
+        seen.effects.load(Ordering::SeqCst),
+        1,
+        "the duplicate must not run"
+    );
+    assert_eq!(seen.permanent_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.poison_runs.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        *seen.poison_deliveries.lock().expect("lock"),
+        vec![Some(1), Some(2), Some(3), Some(4)],
+        "the quorum queue's delivery count reaches the handler"
+    );
+    let dispositions = seen.dispositions.lock().expect("lock").clone();
+    assert!(dispositions.contains(&(
+        "m-poison".into(),
+        Disposition::DeadLetter {
+            reason: DeadLetterReason::Poison { deliveries: 4 }
+        }
+    )));
+    assert!(dispositions.contains(&(
+        "m-permanent".into(),
+        Disposition::DeadLetter {
+            reason: DeadLetterReason::PermanentFailure
+        }
+    )));
+    assert_eq!(summary.acked, 2);
+    assert_eq!(summary.dead_lettered, 3);
+    // The poison thrice, and the duplicate of m-ok if it came while the first still ran.
+    assert!((3..=4).contains(&summary.requeued), "{summary:?}");
+    assert_eq!(summary.unsettled, 0);
+    rabbit.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_store_requeues_and_never_runs() {
+    let rabbit = Rabbit::new().await;
+    // A pool whose server never answers: every store call is Unavailable.
+    let pool = idem_mysql::sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("mysql://root@127.0.0.1:1/test")
+        .expect("lazy pool");
+    let store = idem_mysql::MySqlStore::from_pool(pool);
+    let consumer = Consumer::new(Idempotency::new(store), "amqp-unavailable")
+        .expect("consumer")
+        .with_policy(Policy::default().unavailable_delay(Duration::from_millis(50)));
+    rabbit.publish(Some("m-1"), b"pay").await;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let dispositions = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let (runs, dispositions) = (Arc::clone(&runs), Arc::clone(&dispositions));
+        move |message: idem_consumer::Message| {
+            let (consumer, runs, dispositions) = (
+                consumer.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&dispositions),
+            );
+            async move {
+                let disposition = consumer
+                    .handle_message(&message, || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await;
+                dispositions.lock().expect("lock").push(disposition);
+                disposition
+            }
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let queue = rabbit.queue.clone();
+    let running = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let summary = amqp::consume(
+            &channel,
+            &queue,
+            ConsumeOptions::default(),
+            shutdown,
+            handler,
+        )
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        summary
+    });
+    wait_until("three deliveries", DEADLINE, || async {
+        dispositions.lock().expect("lock").len() >= 3
+    })
+    .await;
+    let _ = stop.send(());
+    running.await.expect("consume task").expect("consume");
+
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "nothing runs without a claim"
+    );
+    for disposition in dispositions.lock().expect("lock").iter() {
+        assert!(
+            matches!(
+                disposition,
+                Disposition::Requeue {
+                    reason: RequeueReason::StoreUnavailable,
+                    ..
+                }
+            ),
+            "{disposition:?}"
+        );
+    }
+    // Still on the queue, delivered several times, never dead-lettered.
+    assert_eq!(rabbit.depth(&rabbit.dlq).await, 0);
+    let message = rabbit
+        .take(&rabbit.queue)
+        .await
+        .expect("the message is still queued");
+    let delivered_before = common::header_int(&message, "x-delivery-count").unwrap_or(0);
+    assert!(delivered_before >= 3, "x-delivery-count {delivered_before}");
+    rabbit.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
+    const MESSAGES: usize = 40;
+    let rabbit = Rabbit::new().await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-shutdown").expect("consumer");
+    let messages: Vec<(String, Vec<u8>)> = (0..MESSAGES)
+        .map(|i| (format!("m-{i}"), b"x".to_vec()))
+        .collect();
+    rabbit.publish_all(&messages).await;
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
+        move |message: idem_consumer::Message| {
+            let (consumer, started, finished) = (
+                consumer.clone(),
+                Arc::clone(&started),
+                Arc::clone(&finished),
+            );
+            async move {
+                consumer
+                    .handle_message(&message, || async {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await
+            }
+        }
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let queue = rabbit.queue.clone();
+    let running = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let summary = amqp::consume(
+            &channel,
+            &queue,
+            ConsumeOptions::default().concurrency(8),
+            shutdown,
+            handler,
+        )
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        summary
+    });
+    wait_until("ten finished", DEADLINE, || async {
+        finished.load(Ordering::SeqCst) >= 10
+    })
+    .await;
+    let _ = stop.send(()); // while up to 8 are in flight
+    let summary = running.await.expect("consume task").expect("consume");
+
+    let (started, finished) = (
+        started.load(Ordering::SeqCst),
+        finished.load(Ordering::SeqCst),
+    );
+    assert_eq!(started, finished, "every operation in flight finished");
+    assert_eq!(summary.acked as usize, finished, "and was acked");
+    assert!(
+        finished < MESSAGES,
+        "the shutdown came early enough to test something"
+    );
+    wait_until("the rest back on the queue", DEADLINE, || async {
+        rabbit.depth(&rabbit.queue).await as usize == MESSAGES - finished
+    })
+    .await;
+    rabbit.cleanup().await;
+}
+
+#[test]
+fn the_id_comes_from_where_it_is_configured() {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut headers = FieldTable::default();
+    headers.insert("order-id".into(), AMQPValue::LongString("o-17".into()));
+    headers.insert("seq".into(), AMQPValue::LongLongInt(42));
+    let properties = BasicProperties::default()
+        .with_message_id("m-1".into())
+        .with_headers(headers);
+    let id = |source: IdSource, properties: &BasicProperties| {
+        amqp::message_id(&source, properties, b"body")
+    };
+    assert_eq!(
+        id(IdSource::AmqpMessageId, &properties).as_deref(),
+        Ok("m-1")
+    );
+    assert_eq!(
+        id(IdSource::header("order-id"), &properties).as_deref(),
+        Ok("o-17")
+    );
+    assert_eq!(
+        id(IdSource::header("seq"), &properties).as_deref(),
+        Ok("42")
+    );
+    let digest = id(IdSource::BodyDigest, &properties).expect("a digest");
+    assert_eq!(digest.len(), 64);
+    assert_eq!(
+        digest,
+        id(IdSource::BodyDigest, &BasicProperties::default()).expect("a digest")
+    );
+    let missing = id(IdSource::header("absent"), &properties).expect_err("missing");
+    assert!(missing.to_string().contains("\"absent\""), "{missing}");
+    let empty = BasicProperties::default().with_message_id("".into());
+    assert!(
+        id(IdSource::AmqpMessageId, &empty).is_err(),
+        "an empty ID is no ID"
+    );
+}

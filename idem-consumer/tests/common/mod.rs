@@ -1,0 +1,530 @@
+//! Helpers shared by the broker tests: the shared servers, uniquely named queues and
+//! streams that are deleted afterwards, a TCP proxy whose connections a test can cut (a
+//! consumer "crash"), and a seeded random source.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use idem_consumer::amqp::lapin::{
+    self, BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use idem_consumer::nats::async_nats::{
+    self, HeaderMap,
+    jetstream::{self, consumer::PullConsumer, stream},
+};
+use idem_mysql::MySqlStore;
+use idem_redis::RedisStore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+pub const START_RABBITMQ: &str =
+    "bash .ci/services rabbitmq   # runs: rabbitmq-server -detached && rabbitmqctl await_startup";
+pub const START_NATS: &str =
+    "bash .ci/services nats   # runs: nats-server -a 127.0.0.1 -p 4222 -js (as a daemon)";
+pub const START_REDIS: &str = "bash .ci/services redis";
+pub const START_MYSQL: &str = "bash .ci/services mysql";
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn amqp_url() -> String {
+    env_or("IDEM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+pub fn nats_url() -> String {
+    env_or("IDEM_NATS_URL", "nats://127.0.0.1:4222")
+}
+pub fn redis_url() -> String {
+    env_or("IDEM_REDIS_URL", "redis://127.0.0.1:6379")
+}
+pub fn mysql_url() -> String {
+    env_or("IDEM_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+}
+
+/// A suffix no other test uses.
+pub fn suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Polls `check` until it holds or `deadline` passes; generous deadlines, no timing
+/// assertions.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- stores
+
+pub async fn redis_store() -> RedisStore {
+    RedisStore::builder()
+        .prefix(format!("idem-test:consumer:{}:", suffix()))
+        .connect(&redis_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis at {} did not answer ({e}). Start it with:\n    {START_REDIS}",
+                redis_url()
+            )
+        })
+}
+
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(redis_url()).expect("a valid Redis URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Redis at {} did not answer ({e}). Start it with:\n    {START_REDIS}",
+                redis_url()
+            )
+        })
+}
+
+/// A MySQL store on its own table, migrated; drop it with [`drop_table`].
+pub async fn mysql_store(table: &str) -> MySqlStore {
+    let store = MySqlStore::connect(&mysql_url())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "MySQL at {} did not answer ({e}). Start it with:\n    {START_MYSQL}",
+                mysql_url()
+            )
+        })
+        .with_table(table)
+        .expect("a valid table name");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+pub async fn drop_table(store: &MySqlStore, table: &str) {
+    idem_mysql::sqlx::query(idem_mysql::sqlx::AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS `{table}`"
+    )))
+    .execute(store.pool())
+    .await
+    .expect("drop table");
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+pub async fn amqp_connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("RabbitMQ at {url} did not answer ({e}). Start it with:\n    {START_RABBITMQ}")
+        })
+}
+
+/// A quorum queue (it counts deliveries) whose dead letters go to a queue of their own,
+/// all named with a unique suffix and deleted by [`Rabbit::cleanup`].
+pub struct Rabbit {
+    pub conn: Connection,
+    pub channel: Channel,
+    pub queue: String,
+    pub dlq: String,
+    dlx: String,
+}
+
+impl Rabbit {
+    pub async fn new() -> Self {
+        let sfx = suffix();
+        let conn = amqp_connect(&amqp_url()).await;
+        let channel = conn.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let (queue, dlq, dlx) = (
+            format!("idem-test-{sfx}"),
+            format!("idem-test-{sfx}-dead"),
+            format!("idem-test-{sfx}-dlx"),
+        );
+        channel
+            .exchange_declare(
+                dlx.as_str().into(),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the dead-letter exchange");
+        // Left-overs of a test that died expire on their own after 10 minutes unused.
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+        channel
+            .queue_declare(
+                dlq.as_str().into(),
+                QueueDeclareOptions::default(),
+                dead_args,
+            )
+            .await
+            .expect("declare the dead-letter queue");
+        channel
+            .queue_bind(
+                dlq.as_str().into(),
+                dlx.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the dead-letter queue");
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
+        args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+        channel
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+            .await
+            .expect("declare the queue");
+        Self {
+            conn,
+            channel,
+            queue,
+            dlq,
+            dlx,
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(&self, id: Option<&str>, body: &[u8]) {
+        self.publish_with(id_properties(id), body).await;
+    }
+
+    pub async fn publish_with(&self, properties: BasicProperties, body: &[u8]) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .expect("publish");
+        let confirmation = confirm.await.expect("confirm");
+        assert!(confirmation.is_ack(), "the broker refused a message");
+    }
+
+    /// Publishes many, then waits for all the confirms.
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (id, body) in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    "".into(),
+                    self.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    id_properties(Some(id)),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+    }
+
+    /// Messages ready in a queue (not counting those delivered and unacked).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    /// Takes one message off a queue (acked on this channel), to look at it.
+    pub async fn take(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        let auto_ack = BasicGetOptions { no_ack: true };
+        self.channel
+            .basic_get(queue.into(), auto_ack)
+            .await
+            .expect("basic_get")
+    }
+
+    pub async fn cleanup(self) {
+        for queue in [&self.queue, &self.dlq] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .channel
+            .exchange_delete(self.dlx.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+pub fn id_properties(id: Option<&str>) -> BasicProperties {
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    match id {
+        Some(id) => properties.with_message_id(id.into()),
+        None => properties,
+    }
+}
+
+/// A header's integer value on a message taken with [`Rabbit::take`].
+pub fn header_int(message: &lapin::message::BasicGetMessage, name: &str) -> Option<i64> {
+    let headers = message.delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        AMQPValue::LongUInt(n) => Some((*n).into()),
+        AMQPValue::ShortInt(n) => Some((*n).into()),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------- NATS JetStream
+
+/// A stream and a dead-letter stream, named with a unique suffix and deleted by
+/// [`Jet::cleanup`].
+pub struct Jet {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub stream: String,
+    pub subject: String,
+    pub dead_stream: String,
+    pub dead_subject: String,
+}
+
+pub async fn nats_connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("NATS at {url} did not answer ({e}). Start it with:\n    {START_NATS}")
+        })
+}
+
+impl Jet {
+    pub async fn new() -> Self {
+        let sfx = suffix();
+        let client = nats_connect(&nats_url()).await;
+        let js = jetstream::new(client.clone());
+        let (stream, subject) = (format!("IDEM_TEST_{sfx}"), format!("idem.test.{sfx}"));
+        let (dead_stream, dead_subject) = (format!("IDEM_DEAD_{sfx}"), format!("idem.dead.{sfx}"));
+        for (name, subject) in [(&stream, &subject), (&dead_stream, &dead_subject)] {
+            js.create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                max_age: Duration::from_secs(600), // left-overs of a test that died
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("creating stream {name} failed ({e}); is JetStream on (-js)? Start NATS with:\n    {START_NATS}"));
+        }
+        Self {
+            client,
+            js,
+            stream,
+            subject,
+            dead_stream,
+            dead_subject,
+        }
+    }
+
+    /// A durable pull consumer on the stream.
+    pub async fn consumer(&self, ack_wait: Duration, max_deliver: i64) -> PullConsumer {
+        self.consumer_on(&self.js, ack_wait, max_deliver).await
+    }
+
+    pub async fn consumer_on(
+        &self,
+        js: &jetstream::Context,
+        ack_wait: Duration,
+        max_deliver: i64,
+    ) -> PullConsumer {
+        let stream = js.get_stream(&self.stream).await.expect("stream");
+        stream
+            .get_or_create_consumer(
+                "worker",
+                jetstream::consumer::pull::Config {
+                    durable_name: Some("worker".into()),
+                    ack_wait,
+                    max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("consumer")
+    }
+
+    /// Publishes with a `Nats-Msg-Id` (or none) and waits for the stream's ack.
+    pub async fn publish(&self, id: Option<&str>, body: &[u8]) {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert(idem_consumer::NATS_MSG_ID, id);
+        }
+        self.js
+            .publish_with_headers(self.subject.clone(), headers, body.to_vec().into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stream ack");
+    }
+
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)], id_header: &str) {
+        let mut acks = Vec::with_capacity(messages.len());
+        for (id, body) in messages {
+            let mut headers = HeaderMap::new();
+            headers.insert(id_header, id.as_str());
+            acks.push(
+                self.js
+                    .publish_with_headers(self.subject.clone(), headers, body.clone().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("stream ack");
+        }
+    }
+
+    /// Messages in a stream.
+    pub async fn messages_in(&self, stream: &str) -> u64 {
+        let mut stream = self.js.get_stream(stream).await.expect("stream");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    /// The consumer's state: (pending, ack pending, redelivered).
+    pub async fn consumer_state(&self) -> (u64, usize, usize) {
+        let stream = self.js.get_stream(&self.stream).await.expect("stream");
+        let mut consumer: PullConsumer = stream.get_consumer("worker").await.expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        (info.num_pending, info.num_ack_pending, info.num_redelivered)
+    }
+
+    pub async fn cleanup(self) {
+        let _ = self.js.delete_stream(&self.stream).await;
+        let _ = self.js.delete_stream(&self.dead_stream).await;
+    }
+}
+
+// ---------------------------------------------------------------- crashes
+
+/// A loopback TCP proxy in front of a broker. [`Proxy::sever`] cuts every connection
+/// through it and refuses new ones: to the client and the broker alike, the consumer's
+/// connection dropped.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy port");
+        let addr = listener.local_addr().expect("proxy address");
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let pipes = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let pipe = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                pipes.lock().expect("proxy lock").push(pipe.abort_handle());
+            }
+        });
+        tasks
+            .lock()
+            .expect("proxy lock")
+            .push(accept.abort_handle());
+        Self { addr, tasks }
+    }
+
+    /// Drops every connection (both sockets close) and the listener.
+    pub fn sever(&self) {
+        for task in self.tasks.lock().expect("proxy lock").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.sever();
+    }
+}
+
+/// The broker address of a URL like `amqp://user:pass@127.0.0.1:5672/%2f`.
+pub fn host_port(url: &str) -> SocketAddr {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    host_port.parse().expect("a loopback ip:port in the URL")
+}
+
+/// A small seeded generator (xorshift64*): the seed is printed so a failing run can be
+/// repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(label: &str) -> Self {
+        let seed = std::env::var("IDEM_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+        eprintln!("{label}: seed {seed} (IDEM_TEST_SEED={seed} repeats it)");
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// In `low..high`.
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low).max(1)
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
