@@ -215,6 +215,10 @@ macro_rules! __with_token_check_names {
             malformed_tokens
             issue_never_overwrites
             distinct_tokens
+            scope_compared_exactly
+            rejection_reasons
+            used_mark_lifetime
+            issue_against_used
         }
     };
 }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use idem_core::{
     Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
@@ -303,4 +304,190 @@ impl TokenStore for CountingStore {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.consume(token, scope).await
     }
+}
+
+/// Scopes are compared exactly: a scope that differs in case, spacing, a prefix or suffix,
+/// or Unicode normalization is `WrongScope`, and the token stays usable by its own scope.
+pub async fn scope_compared_exactly(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run(
+        "scope_compared_exactly",
+        store,
+        capabilities,
+        |ctx| async move {
+            let own = ctx.scope.as_str().to_owned();
+            let composed = ctx.other_scope("caf\u{e9}")?;
+            let mut cases = vec![
+                (ctx.scope.clone(), own.to_uppercase()),
+                (ctx.scope.clone(), format!("{own} ")),
+                (ctx.scope.clone(), format!(" {own}")),
+                (ctx.scope.clone(), own[..own.len() - 1].to_owned()),
+                (ctx.scope.clone(), format!("{own}x")),
+                (ctx.scope.clone(), format!("{own}%")),
+            ];
+            cases.push((composed.clone(), format!("{own}.cafe\u{301}")));
+            cases.push((composed, format!("{own}.CAF\u{c9}")));
+            for (issued_to, presented) in cases {
+                let token = ctx.tokens.issue(&issued_to).await.doing("issue")?;
+                let presented = Scope::new(presented).doing("scope")?;
+                let answer = ctx.consume(&presented, &token).await?;
+                ensure!(
+                    answer == Consumption::Rejected(Rejection::WrongScope),
+                    "a token of {issued_to:?} presented by {presented:?}: expected \
+                     Rejected(WrongScope), got {answer:?}"
+                );
+                let owner = ctx.consume(&issued_to, &token).await?;
+                ensure!(
+                    owner == Consumption::Consumed,
+                    "after {presented:?} tried, the owner {issued_to:?} got {owner:?}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Every rejection reason on every path, in the core's order (`TokenRecord::consume`):
+/// never issued or expired (used or not) is `Unknown` for any scope; used and live is
+/// `AlreadyUsed` for any scope; unused and live, for another scope, is `WrongScope`.
+pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("rejection_reasons", store, capabilities, |ctx| async move {
+        let other = ctx.other_scope("other")?;
+        let store = ctx.tokens.store();
+        let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
+        let never = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        let used = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+        let lapsed_unused = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        let lapsed_used = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        for token in [&lapsed_unused, &lapsed_used] {
+            store.issue(token, &ctx.scope, short).await.doing("issue")?;
+        }
+        for token in [&used, &lapsed_used] {
+            let first = ctx.consume(&ctx.scope, token).await?;
+            ensure!(
+                first == Consumption::Consumed,
+                "a fresh token: got {first:?}"
+            );
+        }
+        let expect = |what: &str, got: Consumption, reason: Rejection| {
+            if got == Consumption::Rejected(reason) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what}: expected Rejected({reason:?}), got {got:?}"
+                ))
+            }
+        };
+        for (scope, whose) in [(&ctx.scope, "its own scope"), (&other, "another scope")] {
+            let got = ctx.consume(scope, &never).await?;
+            expect(
+                &format!("never issued, by {whose}"),
+                got,
+                Rejection::Unknown,
+            )?;
+            let got = ctx.consume(scope, &used).await?;
+            expect(&format!("used, by {whose}"), got, Rejection::AlreadyUsed)?;
+        }
+        tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
+        for (scope, whose) in [(&other, "another scope"), (&ctx.scope, "its own scope")] {
+            for (token, what) in [
+                (&lapsed_unused, "expired unused"),
+                (&lapsed_used, "expired used"),
+            ] {
+                let got = ctx.consume(scope, token).await?;
+                expect(&format!("{what}, by {whose}"), got, Rejection::Unknown)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A used token's mark lasts exactly as long as the token would have: repeats late in its
+/// TTL are still `AlreadyUsed`, and consuming does not restart the TTL (after the token's
+/// own expiry a repeat is `Unknown`).
+pub async fn used_mark_lifetime(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run(
+        "used_mark_lifetime",
+        store,
+        capabilities,
+        |ctx| async move {
+            let unit = ctx.caps.short_ttl + ctx.caps.time_slack;
+            let lifetime = 3 * unit;
+            let token = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+            let issued = Instant::now();
+            ctx.tokens
+                .store()
+                .issue(&token, &ctx.scope, Ttl::new(lifetime).doing("ttl")?)
+                .await
+                .doing("issue")?;
+            tokio::time::sleep(lifetime / 2).await;
+            let first = ctx.consume(&ctx.scope, &token).await?;
+            ensure!(
+                first == Consumption::Consumed,
+                "halfway through its TTL: got {first:?}"
+            );
+            tokio::time::sleep_until((issued + lifetime - ctx.caps.time_slack).into()).await;
+            let late = ctx.consume(&ctx.scope, &token).await?;
+            ensure!(
+                late == Consumption::Rejected(Rejection::AlreadyUsed),
+                "late in its TTL a used token should still be AlreadyUsed, got {late:?}"
+            );
+            tokio::time::sleep_until((Instant::now() + 2 * ctx.caps.time_slack).into()).await;
+            let after = ctx.consume(&ctx.scope, &token).await?;
+            ensure!(
+                after == Consumption::Rejected(Rejection::Unknown),
+                "past the token's own TTL its used mark should be gone (consuming must not \
+             restart the TTL), got {after:?}"
+            );
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Issuing against a used token (still marked) fails with `DuplicateToken` and leaves the
+/// mark; issuing against an expired one stores it afresh.
+pub async fn issue_against_used(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run("issue_against_used", store, capabilities, |ctx| async move {
+        let store = ctx.tokens.store();
+        let ttl = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
+        let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+        let first = ctx.consume(&ctx.scope, &token).await?;
+        ensure!(first == Consumption::Consumed, "a fresh token: got {first:?}");
+        for scope in [ctx.scope.clone(), ctx.other_scope("reissuer")?] {
+            let again = store.issue(&token, &scope, ttl).await;
+            ensure!(
+                matches!(again, Err(Error::InvalidInput(InvalidInput::DuplicateToken))),
+                "issuing a used token again for {scope:?}: expected DuplicateToken, got {again:?}"
+            );
+            let repeat = ctx.consume(&scope, &token).await?;
+            ensure!(
+                repeat == Consumption::Rejected(Rejection::AlreadyUsed),
+                "after a refused reissue the used mark must stay, got {repeat:?}"
+            );
+        }
+        let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
+        let expiring = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        store.issue(&expiring, &ctx.scope, short).await.doing("issue")?;
+        ctx.consume(&ctx.scope, &expiring).await?;
+        tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
+        store
+            .issue(&expiring, &ctx.scope, ttl)
+            .await
+            .map_err(|e| format!("issuing an expired token afresh: {e:?}"))?;
+        let fresh = ctx.consume(&ctx.scope, &expiring).await?;
+        ensure!(fresh == Consumption::Consumed, "a token issued afresh: got {fresh:?}");
+        Ok(())
+    })
+    .await
 }

@@ -7,7 +7,8 @@ use idem_mysql::MySqlStore;
 
 use crate::support::*;
 
-const SHORT: Duration = Duration::from_millis(100);
+/// Long enough that a loaded machine gets from the claim to the read inside it.
+const SHORT: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_first_claim_and_a_completion_are_one_statement_each() {
@@ -56,7 +57,7 @@ async fn a_first_claim_and_a_completion_are_one_statement_each() {
     let (n, read) = count(&pool, store.read(&other)).await;
     assert!(read.expect("read").is_some());
     assert_eq!(n, 1, "a read is one SELECT");
-    tokio::time::sleep(SHORT * 3).await;
+    tokio::time::sleep(SHORT + Duration::from_millis(500)).await;
     let (n, taken) = count(&pool, store.claim(&request(&other, LONG))).await;
     let lease = acquired(taken.expect("takeover"));
     assert_eq!(

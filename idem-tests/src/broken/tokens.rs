@@ -22,6 +22,15 @@ pub enum TokenDefect {
     UsedMarkNeverExpires,
     /// Issuing overwrites a token already issued.
     Overwrites,
+    /// Scopes are compared ignoring case and surrounding spaces (a case-folding collation).
+    ScopeFoldsCase,
+    /// The scope is checked before the used mark: a used token presented by another scope
+    /// is told `WrongScope`.
+    ScopeCheckedFirst,
+    /// Consuming restarts the token's TTL for its used mark.
+    UsedMarkRestartsTtl,
+    /// Issuing refuses only unused tokens: a used one is overwritten and usable again.
+    IssueRevivesUsed,
 }
 
 impl TokenDefect {
@@ -33,6 +42,10 @@ impl TokenDefect {
         TokenDefect::NeverExpires,
         TokenDefect::UsedMarkNeverExpires,
         TokenDefect::Overwrites,
+        TokenDefect::ScopeFoldsCase,
+        TokenDefect::ScopeCheckedFirst,
+        TokenDefect::UsedMarkRestartsTtl,
+        TokenDefect::IssueRevivesUsed,
     ];
 
     /// The token checks that must fail against this defect.
@@ -44,6 +57,10 @@ impl TokenDefect {
             TokenDefect::NeverExpires => &["token_expiry"],
             TokenDefect::UsedMarkNeverExpires => &["token_expiry"],
             TokenDefect::Overwrites => &["issue_never_overwrites"],
+            TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
+            TokenDefect::ScopeCheckedFirst => &["rejection_reasons"],
+            TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
+            TokenDefect::IssueRevivesUsed => &["issue_against_used"],
         }
     }
 
@@ -59,14 +76,14 @@ impl TokenDefect {
 /// A map-backed token store with one [`TokenDefect`].
 #[derive(Debug)]
 pub struct BrokenTokenStore {
-    tokens: Mutex<HashMap<Token, (TokenRecord, Instant)>>,
+    tokens: Mutex<HashMap<Token, (TokenRecord, Instant, Duration)>>,
     defect: TokenDefect,
 }
 
 impl BrokenTokenStore {
     fn with_tokens<T>(
         &self,
-        f: impl FnOnce(&mut HashMap<Token, (TokenRecord, Instant)>) -> T,
+        f: impl FnOnce(&mut HashMap<Token, (TokenRecord, Instant, Duration)>) -> T,
     ) -> Result<T, Error> {
         let mut tokens = self
             .tokens
@@ -80,18 +97,22 @@ impl BrokenTokenStore {
         self.with_tokens(|tokens| {
             tokens
                 .get(token)
-                .filter(|(_, deadline)| never_expires || *deadline > Instant::now())
-                .map(|(record, _)| record.clone())
+                .filter(|(_, deadline, _)| never_expires || *deadline > Instant::now())
+                .map(|(record, _, _)| record.clone())
         })
     }
 
     fn write(&self, token: &Token, record: TokenRecord) -> Result<(), Error> {
         let forever = self.defect == TokenDefect::UsedMarkNeverExpires && record.used;
+        let restart = self.defect == TokenDefect::UsedMarkRestartsTtl && record.used;
         self.with_tokens(|tokens| {
             if let Some(entry) = tokens.get_mut(token) {
                 entry.0 = record;
                 if forever {
                     entry.1 = Instant::now() + Duration::from_secs(24 * 60 * 60);
+                }
+                if restart {
+                    entry.1 = Instant::now() + entry.2;
                 }
             }
         })
@@ -103,7 +124,9 @@ impl TokenStore for BrokenTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         let overwrite = self.defect == TokenDefect::Overwrites;
         let live = self.live(token)?;
-        if live.is_some() && !overwrite {
+        let revives = self.defect == TokenDefect::IssueRevivesUsed
+            && live.as_ref().is_some_and(|record| record.used);
+        if live.is_some() && !overwrite && !revives {
             return Err(InvalidInput::DuplicateToken.into());
         }
         let record = TokenRecord {
@@ -111,7 +134,9 @@ impl TokenStore for BrokenTokenStore {
             used: false,
         };
         let deadline = Instant::now() + ttl.as_duration();
-        self.with_tokens(|tokens| tokens.insert(token.clone(), (record, deadline)))?;
+        self.with_tokens(|tokens| {
+            tokens.insert(token.clone(), (record, deadline, ttl.as_duration()))
+        })?;
         Ok(())
     }
 
@@ -119,8 +144,15 @@ impl TokenStore for BrokenTokenStore {
         let Some(record) = self.live(token)? else {
             return Ok(TokenRecord::consume(None, scope).0);
         };
+        let folds = |a: &Scope, b: &Scope| {
+            a.as_str().trim().to_lowercase() == b.as_str().trim().to_lowercase()
+        };
         let asked_as = match self.defect {
             TokenDefect::IgnoresScope => record.scope.clone(),
+            TokenDefect::ScopeFoldsCase if folds(&record.scope, scope) => record.scope.clone(),
+            TokenDefect::ScopeCheckedFirst if record.scope != *scope => {
+                return Ok(Consumption::Rejected(idem_core::Rejection::WrongScope));
+            }
             _ => scope.clone(),
         };
         let (answer, write) = TokenRecord::consume(Some(&record), &asked_as);
