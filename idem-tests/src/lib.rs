@@ -40,6 +40,9 @@
 //! The suite proves it can fail: `broken` (behind the `proof` feature) holds stores with one
 //! deliberate defect each, and this crate's tests assert that every defect is caught by the
 //! checks meant to catch it.
+//!
+//! [`contract`] lists each sentence of the `IdempotencyStore` and `TokenStore` contract with
+//! the checks that fail a store breaking it, and the sentences no check covers.
 #![deny(missing_docs)]
 
 use std::fmt;
@@ -54,6 +57,7 @@ use idem_core::{IdempotencyStore, TokenStore};
 pub mod broken;
 pub mod checks;
 mod context;
+pub mod contract;
 pub mod executor_checks;
 pub mod token_checks;
 

@@ -1,0 +1,120 @@
+//! # The contract, sentence by sentence
+//!
+//! Each sentence of the `IdempotencyStore` and `TokenStore` docs (in `idem-core`), and of
+//! the types they name, next to the conformance checks that fail a store breaking it.
+//! Sentences are shortened, not changed. A check is listed only if it really fails such a
+//! store; where a deliberately broken store in `broken` (behind the `proof` feature) proves
+//! it, the defect is named (`Defect::…` for store checks, `TokenDefect::…` for token
+//! checks; `tests/proof.rs` asserts each one is caught). What no check covers is listed
+//! under [Gaps](#gaps), not hidden.
+//!
+//! ## `IdempotencyStore`: "The contract"
+//!
+//! | Sentence | Checks that fail a store breaking it | Broken store |
+//! |---|---|---|
+//! | Every method is atomic with respect to every other call on the same key. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] (claim against claim); [`checks::finish_races_takeover`] (complete/fail/renew against claim). Other pairs: see Gaps. | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords`, `CheckThenSetFinish` |
+//! | `claim`: exactly one of any number of concurrent claims of a free key acquires it. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords` |
+//! | A key is free when it was never seen, was released, its lease expired without being finished, or its record outlived its retention. | [`checks::free_key`] (reads `None`, removes `false`, any fingerprint acquires, on every path), [`checks::exclusive_every_path`], [`checks::lease_expiry`], [`checks::failures`] (released), [`checks::retention`], [`checks::model`] | `LapsedReadsAsClaimed`, `RemoveCountsTraces`, `FreeKeyKeepsFingerprint`, `NeverExpiresLeases`, `IgnoresRetention` |
+//! | On a key that is not free (claimed, completed, failed) the fingerprint is compared first: a differing stored fingerprint (`Some` vs `None` included) is `FingerprintMismatch` and changes nothing. | [`checks::fingerprints`] (every state, both `Some`/`None` directions, the holder's own retry, record unchanged); [`checks::free_key`] and [`checks::model`] (a *free* key does not compare) | `IgnoresFingerprints`, `OwnRetryIgnoresFingerprint`, `FreeKeyKeepsFingerprint` |
+//! | A claim by the owner that already holds the key (same `OwnerToken`) returns the same lease again and extends it by `lease_ttl`. | [`checks::uncertain_claim`], [`checks::fingerprints`] (exact retry after a mismatch), [`checks::model`]; only while it *holds* it: [`checks::own_retry_after_takeover`] | `ForgetsOwnClaim`, `ReclaimDoesNotExtend`, `RetryRevivesOldLease` |
+//! | Fencing: each acquisition gets a fencing number greater than any the store issued for the key before, as long as the store remembers the key. | [`checks::lease_expiry`], [`checks::failures`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`], [`checks::spent_lease`], [`checks::lapsed_lease_still_finishes`], [`checks::removal_fencing`], [`checks::model`] | `ReusesFencing`, `RemoveForgetsFencing` |
+//! | A store remembers a key while it holds its record, and after it was freed (lease expired, release, `remove`) for at least `lifecycle::trace_ttl` more: the longer of the lease TTL and `FENCING_MEMORY` (60 s). | That a freed key is remembered at all: [`checks::lease_expiry`] (expired), [`checks::failures`] (released), [`checks::removal_fencing`] (removed). How *long*: see Gaps. | `ReusesFencing`, `RemoveForgetsFencing` |
+//! | `complete`, `fail`, `renew` and `release` apply only while the record is claimed by the lease's owner with the lease's fencing number; otherwise `LeaseLost`, changing nothing. | [`checks::stale_lease`] (after a takeover), [`checks::lease_identity`] (owner and fencing both compared; a reused owner token), [`checks::spent_lease`] (after its own finish or release), [`checks::own_retry_after_takeover`], [`checks::finish_races_takeover`] (raced, loser changed nothing), [`checks::inspection_and_removal`] (after a remove), [`checks::removal_fencing`] (removed lease spent), [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish` |
+//! | (A lapsed lease nobody took over still counts, while the store remembers the key.) | [`checks::lapsed_lease_still_finishes`] (complete, fail, renew, release), [`checks::model`] | `DropsLapsedLeases`, `DropsLapsedRenewals` |
+//! | Finished records keep their payload byte for byte for their retention TTL, then the key is free again. | [`checks::replay_fidelity`] (byte for byte), [`checks::retention`] (then free), [`checks::retention_from_finish`] (retention counted from the finish, once), [`checks::free_key`], [`checks::exclusive_every_path`] (retention ended), [`checks::model`] | `ReencodesPayloads`, `IgnoresRetention`, `SlidingRetention`, `RetentionFromClaim`, `RacesExpiredRecords` |
+//! | Payloads over the store's limit are `PayloadTooLarge` and nothing is written. | [`checks::bad_input`] (complete and fail one byte over the declared limit; the claim unchanged; exactly the limit accepted) | `IgnoresPayloadLimit` |
+//! | Anything found in the store that does not decode is `CorruptRecord`. | none: see Gaps | none |
+//! | An unreachable backend is `Unavailable`, with the driver error as `source`. | none: see Gaps | none |
+//! | Keys, TTLs and fingerprints arrive validated (`Key`, `Ttl`), so a store never has to check them. | [`checks::bad_input`] asserts `Key` and `Ttl` refuse malformed values (a rule of the core, not of a store: no store can break it) | none |
+//! | A store must store them faithfully: two different keys never share a record. | [`checks::namespace_isolation`], [`checks::key_fidelity`] (separators, escapes, case, spacing, Unicode normalisation, truncation, in namespace and id) | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator` |
+//!
+//! ## `IdempotencyStore`: each method
+//!
+//! | Sentence | Checks that fail a store breaking it | Broken store |
+//! |---|---|---|
+//! | `claim`: claims a key: acquires it, or reports who has it and how it ended. | [`checks::exclusive_claim`] (in progress, then the completion to all), [`checks::failures`], [`checks::replay_fidelity`], [`checks::model`] | `TwoWinners`, `ReencodesPayloads` |
+//! | `complete`: stores the response of a finished operation, replayed to every repeat for `retention`. | [`checks::exclusive_claim`] (every claimer gets it), [`checks::replay_fidelity`], [`checks::retention`], [`checks::retention_from_finish`], [`checks::inspection_and_removal`] (reads as `Completed`), [`checks::model`] | `ReencodesPayloads`, `IgnoresRetention`, `SlidingRetention`, `RetentionFromClaim` |
+//! | `fail`: stores a permanent failure, replayed to every repeat for `retention`. | [`checks::failures`], [`checks::replay_fidelity`], [`checks::fingerprints`] (failed state), [`checks::retention`] (a failed record expires too), [`checks::model`] | `ReencodesPayloads`, `IgnoresRetention` |
+//! | A retryable failure is not stored: `release` the lease instead, and the next request runs the operation again. | [`checks::failures`] (a released key is free at once, with a larger fencing number) | `ReusesFencing` |
+//! | `renew`: extends a live lease to `ttl` from now, so a slow operation keeps its key. | [`checks::renewal`] (outlives its first TTL), [`checks::renewal_from_now`] (from now, not from the old end; shorter shortens), [`checks::in_progress_retry_after`] (after a renewal), [`checks::lapsed_lease_still_finishes`], [`checks::model`] | `NoopRenew`, `RenewAddsToOldEnd`, `DropsLapsedRenewals` |
+//! | `release`: gives the key up without an outcome: the next claim acquires it, with a larger fencing number. | [`checks::failures`], [`checks::spent_lease`] (by anyone, the same owner token included), [`checks::exclusive_every_path`], [`checks::free_key`], [`checks::lapsed_lease_still_finishes`], [`checks::model`] | `ReleaseAsExpiry`, `ReusesFencing`, `TwoWinnersOnTakeover` |
+//! | `read`: reads a key's record, or `None` when the key is free. | [`checks::inspection_and_removal`], [`checks::free_key`] (`None` on every path), [`checks::model`] (every read against the reference) | `ReadsNothing`, `LapsedReadsAsClaimed` |
+//! | `remove`: deletes a key's record whatever its state; says whether there was one (a live claim or a finished record: what `read` would have shown). | [`checks::inspection_and_removal`] (claimed and completed: `true`; absent: `false`), [`checks::free_key`] (a free key the store still remembers: `false`), [`checks::removal_fencing`] (claimed, completed, failed), [`checks::model`] | `RemoveIsNoop`, `RemoveCountsTraces` |
+//! | A current owner's lease is lost by this, and the key is free. | [`checks::inspection_and_removal`], [`checks::removal_fencing`], [`checks::exclusive_every_path`] (removed), [`checks::free_key`] (removed) | `RemoveIsNoop` |
+//! | The key's fencing number is remembered as after a release, so the next acquisition gets a larger one. | [`checks::removal_fencing`] (by a new owner and by the removed owner's token), [`checks::exclusive_every_path`], [`checks::model`] | `RemoveForgetsFencing` |
+//!
+//! ## The types the store docs name
+//!
+//! | Sentence | Checks that fail a store breaking it | Broken store |
+//! |---|---|---|
+//! | `ClaimRequest::key`: the key to claim. | [`checks::namespace_isolation`], [`checks::key_fidelity`] | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator` |
+//! | `ClaimRequest::owner`: the attempt making the claim. | [`checks::uncertain_claim`], [`checks::own_retry_after_takeover`] | `ForgetsOwnClaim`, `RetryRevivesOldLease` |
+//! | `ClaimRequest::lease_ttl`: how long the lease lasts unless renewed. | [`checks::lease_expiry`], [`checks::in_progress_retry_after`], [`checks::inspection_and_removal`] (time left), [`checks::model`] | `NeverExpiresLeases`, `RetryAfterIsLeaseTtl` |
+//! | `ClaimRequest::fingerprint`: compared with the one stored for the key. | [`checks::fingerprints`] | `IgnoresFingerprints`, `OwnRetryIgnoresFingerprint` |
+//! | `Claim::Acquired`: the key was free (never seen, released, failed retryably, or its lease expired), or this owner already held it. | [`checks::free_key`], [`checks::exclusive_every_path`], [`checks::failures`], [`checks::lease_expiry`], [`checks::uncertain_claim`] | `LapsedReadsAsClaimed`, `NeverExpiresLeases`, `ForgetsOwnClaim` |
+//! | `Claim::InProgress`: another owner holds a live lease. | [`checks::exclusive_claim`], [`checks::exclusive_takeover`], [`checks::renewal`], [`checks::own_retry_after_takeover`] (even the old owner, after a takeover) | `TwoWinners`, `NoopRenew`, `RetryRevivesOldLease` |
+//! | `InProgress::retry_after`: how long that lease has left. | [`checks::in_progress_retry_after`] (above zero, at most the lease TTL, within the slack; of the renewed lease after a renewal) | `RetryAfterIsLeaseTtl` |
+//! | `Claim::Completed`: the stored response bytes, exactly as given. | [`checks::replay_fidelity`] | `ReencodesPayloads` |
+//! | `Claim::Failed`: the stored failure bytes, exactly as given. | [`checks::replay_fidelity`], [`checks::failures`] | `ReencodesPayloads` |
+//! | `OwnerToken`: a claim retried with the same token finds its own claim and gets the same lease back instead of "in progress". | [`checks::uncertain_claim`], [`checks::model`] | `ForgetsOwnClaim`, `ReclaimDoesNotExtend` |
+//! | `OwnerToken::from_bytes`: rebuilds a token from the 16 bytes a store kept. | [`checks::inspection_and_removal`] (the owner read back in `RecordState::Claimed`), [`checks::model`] | none |
+//! | `Lease`: the store applies a transition only if the record is still claimed by the same owner with the same fencing number; a stale lease changes nothing and gets `LeaseLost`. | [`checks::stale_lease`], [`checks::lease_identity`], [`checks::spent_lease`], [`checks::finish_races_takeover`], [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish` |
+//! | `Lease::fencing`: grows strictly each time the key is acquired again while the store remembers it, including after a lease expired. | [`checks::lease_expiry`], [`checks::exclusive_takeover`], [`checks::failures`], [`checks::removal_fencing`], [`checks::model`] | `ReusesFencing`, `RemoveForgetsFencing` |
+//! | `Record`: what a store holds for a key, as `read` reports it: key, state, fencing number of the claiming lease, stored fingerprint. | [`checks::inspection_and_removal`], [`checks::fingerprints`] (fingerprint unchanged by a mismatch), [`checks::stale_lease`] (state and fencing unchanged), [`checks::model`] | `ReadsNothing` |
+//! | `Record::expires_in`: time left: of the lease while claimed, of the retention once finished. | [`checks::inspection_and_removal`] (positive, at most the TTL, not far below it), [`checks::spent_lease`] (unchanged by a spent lease), [`checks::model`] | none |
+//! | `RecordState::Claimed`: in progress under a live lease. | [`checks::free_key`] (a lapsed claim is not `Claimed`), [`checks::inspection_and_removal`] | `LapsedReadsAsClaimed` |
+//! | `RecordState::Completed` / `Failed`: finished; replayed to every repeat. | [`checks::exclusive_claim`], [`checks::replay_fidelity`], [`checks::failures`], [`checks::inspection_and_removal`] | `ReencodesPayloads` |
+//! | The lifecycle diagram (free → Claimed → Completed/Failed → free; release and lease expiry → free). | [`checks::model`] (random sequences against `idem_core::lifecycle`, step by step) | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `FreeKeyKeepsFingerprint`, `RemoveForgetsFencing` |
+//!
+//! ## `TokenStore` and its types
+//!
+//! | Sentence | Checks that fail a store breaking it | Broken store |
+//! |---|---|---|
+//! | Both operations are atomic per token. | [`token_checks::exclusive_consume`] (consume against consume). Other pairs: see Gaps. | `CheckThenMark` |
+//! | A consumed token is kept, marked used, until it expires, so a repeat is told `AlreadyUsed` rather than `Unknown`. | [`token_checks::exclusive_consume`], [`token_checks::used_mark_lifetime`] (late in the TTL still `AlreadyUsed`; not restarted), [`token_checks::token_expiry`] (the mark expires with it), [`token_checks::rejection_reasons`] | `CheckThenMark`, `UsedMarkRestartsTtl`, `UsedMarkNeverExpires` |
+//! | `issue`: stores a new token for `scope`, valid for `ttl`. | [`token_checks::token_expiry`], [`token_checks::distinct_tokens`] (all 10,000 stored), [`token_checks::scope_binding`] | `NeverExpires` |
+//! | A token already stored is left untouched and the call fails with `DuplicateToken`. | [`token_checks::issue_never_overwrites`], [`token_checks::issue_against_used`] (a used token, still marked; an expired one is stored afresh) | `Overwrites`, `IssueRevivesUsed` |
+//! | `consume`: uses the token up if it is live, unused and belongs to `scope`, in one atomic step. | [`token_checks::exclusive_consume`], [`token_checks::token_expiry`], [`token_checks::scope_binding`], [`token_checks::rejection_reasons`] | `CheckThenMark`, `NeverExpires`, `IgnoresScope` |
+//! | `Scope`: a token issued for one scope is rejected for any other, without being used up. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`] (case, spacing, prefix, suffix, Unicode normalisation) | `IgnoresScope`, `BurnsOnWrongScope`, `ScopeFoldsCase` |
+//! | `Consumption::Consumed`: this call used the token up. | [`token_checks::exclusive_consume`] | `CheckThenMark` |
+//! | `Rejection::Unknown`: never issued, or expired. | [`token_checks::malformed_tokens`] (never issued), [`token_checks::token_expiry`], [`token_checks::rejection_reasons`] (used or not, any scope) | `NeverExpires`, `UsedMarkNeverExpires` |
+//! | `Rejection::AlreadyUsed`: consumed before. | [`token_checks::exclusive_consume`], [`token_checks::rejection_reasons`] (for any scope), [`token_checks::used_mark_lifetime`] | `CheckThenMark`, `ScopeCheckedFirst`, `UsedMarkRestartsTtl` |
+//! | `Rejection::WrongScope`: issued for another scope; the token stays usable by its own scope. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`], [`token_checks::rejection_reasons`] | `BurnsOnWrongScope`, `ScopeFoldsCase`, `ScopeCheckedFirst` |
+//! | `Token::parse`: non-empty, at most `MAX_TOKEN_LEN` bytes, no whitespace or control characters, else `MalformedToken`. | [`token_checks::malformed_tokens`] (refused before the store is asked; `Tokens`' rule, no store can break it) | none |
+//! | `TokenGenerator::generate`: a new ID, unique across processes and machines, and unguessable. | [`token_checks::distinct_tokens`] (10,000 distinct, uniqueness only; the generator's rule, no store can break it) | none |
+//!
+//! ## Gaps
+//!
+//! What the table cannot honestly claim a check for:
+//!
+//! 1. **`CorruptRecord`.** No check plants an undecodable record: the suite has no
+//!    store-independent way to write one. A store that panics on, or silently skips,
+//!    corrupt data passes.
+//! 2. **`Unavailable` with the driver error as `source`.** No check takes a backend down.
+//! 3. **How long a freed key is remembered** (at least `trace_ttl`: the longer of the lease
+//!    TTL and 60 s). The checks claim again within about a second of freeing (the short TTL plus the slack)
+//!    ([`checks::lease_expiry`], [`checks::failures`], [`checks::removal_fencing`]), so a
+//!    store that forgets after a few seconds passes.
+//! 4. **"Every method is atomic with respect to every other call on the same key"** is
+//!    checked only for claim against claim and for complete/fail/renew against claim. No
+//!    check races `release` or `remove` against a claim, two finishes of one lease against
+//!    each other, `renew` against `complete`, or `read` against a write.
+//! 5. **"Two different keys never share a record"** is checked on a finite set of keys a
+//!    plausible encoding would merge ([`checks::key_fidelity`]), not for all keys.
+//! 6. **"Keys, TTLs and fingerprints arrive validated"** is a rule of the core's types,
+//!    not of a store; [`checks::bad_input`] only restates it for `Key` and `Ttl`.
+//! 7. **Not store behaviour, so no check:** `Lease::fencing`'s "guard downstream writes
+//!    with it" (advice to users); `OwnerToken::random` (122 random bits),
+//!    `OwnerToken::from_uuid`, `as_bytes`, `as_uuid` (constructors; [`checks::lease_identity`]
+//!    only uses `from_uuid`); the `ClaimRequest` builders; `Scope::new`'s validation (no
+//!    check at all); `Token::key` (no check at all).
+//! 8. **`TokenStore`: "both operations are atomic per token"** is checked only for consume
+//!    against consume; no check races two issues of one token, or an issue against a
+//!    consume.
+//! 9. **"Unguessable"** token IDs: too vague to check; [`token_checks::distinct_tokens`]
+//!    checks uniqueness only, and [`token_checks::malformed_tokens`] and
+//!    [`token_checks::distinct_tokens`] test `Tokens` and the generator rather than a store
+//!    (no broken store can fail them; `tests/proof.rs` exempts them).
+
+#[allow(unused_imports)]
+use crate::{checks, token_checks};
