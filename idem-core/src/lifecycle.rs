@@ -325,6 +325,295 @@ mod tests {
         }
     }
 
+    fn ttl(ms: u64) -> Ttl {
+        Ttl::from_millis(ms).expect("ttl")
+    }
+
+    fn put<T: std::fmt::Debug>(step: Step<T>) -> (T, Entry) {
+        match (step.answer, step.write) {
+            (Ok(answer), Write::Put(entry)) => (answer, entry),
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    fn kept<T>(step: Step<T>) -> Result<T, Error> {
+        assert_eq!(step.write, Write::Keep, "the step must not write");
+        step.answer
+    }
+
+    fn lost(step: Step<()>) {
+        assert!(matches!(kept(step), Err(Error::LeaseLost)));
+    }
+
+    fn fingerprint(byte: u8) -> Option<Fingerprint> {
+        Some(Fingerprint::from_bytes(&[byte]))
+    }
+
+    #[test]
+    fn the_trace_lasts_the_longer_of_a_lease_and_the_fencing_memory() {
+        assert_eq!(trace_ttl(1_000), 60_000);
+        assert_eq!(trace_ttl(60_000), 60_000);
+        assert_eq!(trace_ttl(90_000), 90_000);
+    }
+
+    #[test]
+    fn a_new_claim_holds_the_key_for_its_lease_and_leaves_a_trace_after() {
+        let request = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        let (lease, entry) = acquired(claim(None, &request, 500));
+        assert_eq!(lease.fencing, 1);
+        assert_eq!(lease.owner, request.owner);
+        assert_eq!(lease.key, key());
+        assert_eq!(
+            entry,
+            Entry {
+                phase: Phase::Claimed {
+                    owner: request.owner,
+                    lease_until: 1_500,
+                    lease_ttl: 1_000,
+                },
+                fencing: 1,
+                fingerprint: fingerprint(1),
+                expires_at: 1_500 + 60_000,
+            }
+        );
+        // The record shows the lease's time left, and nothing once the lease is over.
+        let record = entry.record(&key(), 600).expect("held");
+        assert_eq!(record.state, RecordState::Claimed { owner: lease.owner });
+        assert_eq!(record.expires_in, Duration::from_millis(900));
+        assert_eq!(record.fencing, 1);
+        assert_eq!(record.fingerprint, fingerprint(1));
+        assert_eq!(record.key, key());
+        assert!(entry.record(&key(), 1_499).is_some());
+        assert_eq!(entry.record(&key(), 1_500), None, "the lease ended");
+        assert!(entry.is_held_by(&lease));
+    }
+
+    #[test]
+    fn an_entry_expires_at_its_instant_and_is_then_absent() {
+        let request = ClaimRequest::new(key(), ttl(1_000));
+        let (lease, entry) = acquired(claim(None, &request, 0));
+        assert!(!entry.is_expired(entry.expires_at - 1));
+        assert!(entry.is_expired(entry.expires_at));
+        // Past its expiry an entry is absent: fencing restarts, and the old lease is lost.
+        let other = ClaimRequest::new(key(), ttl(1_000));
+        let (next, _) = acquired(claim(Some(&entry), &other, entry.expires_at));
+        assert_eq!(next.fencing, 1);
+        let (again, _) = acquired(claim(Some(&entry), &other, entry.expires_at - 1));
+        assert_eq!(again.fencing, 2, "a trace still counts");
+        lost(complete(
+            Some(&entry),
+            &lease,
+            Bytes::new(),
+            ttl(1_000),
+            entry.expires_at,
+        ));
+        lost(renew(Some(&entry), &lease, ttl(1_000), entry.expires_at));
+        assert!(matches!(
+            kept(remove(Some(&entry), &key(), entry.expires_at)),
+            Ok(false)
+        ));
+        assert_eq!(entry.record(&key(), entry.expires_at), None);
+    }
+
+    #[test]
+    fn a_held_key_answers_others_in_progress_with_the_lease_left() {
+        let holder = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        let other = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        assert_eq!(
+            kept(claim(Some(&entry), &other, 400)).expect("answered"),
+            Claim::InProgress {
+                retry_after: Duration::from_millis(600)
+            }
+        );
+        // Another fingerprint is a mismatch even while the key is held.
+        let stranger = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(2));
+        assert!(matches!(
+            kept(claim(Some(&entry), &stranger, 400)),
+            Err(Error::FingerprintMismatch)
+        ));
+        // At the lease's end the key is free for anyone, with the next fencing number.
+        let (next, taken) = acquired(claim(Some(&entry), &stranger, 1_000));
+        assert_eq!(next.fencing, lease.fencing + 1);
+        assert_eq!(taken.fingerprint, fingerprint(2));
+        assert!(!taken.is_held_by(&lease));
+    }
+
+    #[test]
+    fn the_holders_own_retry_extends_its_lease_with_the_same_fencing() {
+        let holder = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        let (again, extended) = acquired(claim(Some(&entry), &holder, 700));
+        assert_eq!(again, lease);
+        assert_eq!(
+            extended.phase,
+            Phase::Claimed {
+                owner: lease.owner,
+                lease_until: 1_700,
+                lease_ttl: 1_000
+            }
+        );
+        let changed = holder.clone().with_fingerprint(fingerprint(2));
+        assert!(matches!(
+            kept(claim(Some(&entry), &changed, 700)),
+            Err(Error::FingerprintMismatch)
+        ));
+    }
+
+    #[test]
+    fn a_lease_is_its_owner_and_its_fencing_together() {
+        let holder = ClaimRequest::new(key(), ttl(1_000));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        let older = Lease {
+            fencing: lease.fencing + 1,
+            ..lease.clone()
+        };
+        let stranger = Lease {
+            owner: OwnerToken::random(),
+            ..lease.clone()
+        };
+        for wrong in [&older, &stranger] {
+            assert!(!entry.is_held_by(wrong));
+            lost(complete(Some(&entry), wrong, Bytes::new(), ttl(1_000), 1));
+            lost(fail(Some(&entry), wrong, Bytes::new(), ttl(1_000), 1));
+            lost(renew(Some(&entry), wrong, ttl(1_000), 1));
+            lost(release(Some(&entry), wrong, 1));
+        }
+        lost(complete(None, &lease, Bytes::new(), ttl(1_000), 1));
+    }
+
+    #[test]
+    fn finishing_keeps_fencing_and_fingerprint_and_retains_from_the_finish() {
+        let holder = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        // A lapsed lease nobody took over still finishes.
+        let ((), done) = put(complete(
+            Some(&entry),
+            &lease,
+            Bytes::from_static(b"ok"),
+            ttl(5_000),
+            2_000,
+        ));
+        assert_eq!(
+            done,
+            Entry {
+                phase: Phase::Completed(Bytes::from_static(b"ok")),
+                fencing: 1,
+                fingerprint: fingerprint(1),
+                expires_at: 7_000,
+            }
+        );
+        let record = done.record(&key(), 3_000).expect("finished");
+        assert_eq!(record.expires_in, Duration::from_millis(4_000));
+        assert_eq!(
+            record.state,
+            RecordState::Completed {
+                response: Bytes::from_static(b"ok")
+            }
+        );
+        let ((), failed) = put(fail(
+            Some(&entry),
+            &lease,
+            Bytes::from_static(b"no"),
+            ttl(5_000),
+            10,
+        ));
+        assert_eq!(failed.phase, Phase::Failed(Bytes::from_static(b"no")));
+        assert_eq!(failed.expires_at, 5_010);
+        assert_eq!(
+            failed.record(&key(), 10).expect("finished").state,
+            RecordState::Failed {
+                failure: Bytes::from_static(b"no")
+            }
+        );
+        // A finished key replays to its own fingerprint only, and is never held again.
+        assert_eq!(
+            kept(claim(Some(&done), &holder, 3_000)).expect("replay"),
+            Claim::Completed(Bytes::from_static(b"ok"))
+        );
+        assert_eq!(
+            kept(claim(Some(&failed), &holder, 3_000)).expect("replay"),
+            Claim::Failed(Bytes::from_static(b"no"))
+        );
+        let changed = holder.clone().with_fingerprint(fingerprint(2));
+        assert!(matches!(
+            kept(claim(Some(&done), &changed, 3_000)),
+            Err(Error::FingerprintMismatch)
+        ));
+        lost(complete(Some(&done), &lease, Bytes::new(), ttl(5_000), 3_000));
+        lost(release(Some(&done), &lease, 3_000));
+        lost(renew(Some(&done), &lease, ttl(1_000), 3_000));
+    }
+
+    #[test]
+    fn renewal_extends_from_now_and_release_leaves_a_trace() {
+        let holder = ClaimRequest::new(key(), ttl(1_000)).with_fingerprint(fingerprint(1));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        // A lapsed lease nobody took over can still be renewed.
+        let ((), renewed) = put(renew(Some(&entry), &lease, ttl(2_000), 1_500));
+        assert_eq!(
+            renewed,
+            Entry {
+                phase: Phase::Claimed {
+                    owner: lease.owner,
+                    lease_until: 3_500,
+                    lease_ttl: 2_000,
+                },
+                fencing: 1,
+                fingerprint: fingerprint(1),
+                expires_at: 3_500 + 60_000,
+            }
+        );
+        let ((), trace) = put(release(Some(&renewed), &lease, 2_000));
+        assert_eq!(
+            trace,
+            Entry {
+                phase: Phase::Vacant,
+                fencing: 1,
+                fingerprint: None,
+                expires_at: 2_000 + 60_000,
+            }
+        );
+        assert_eq!(trace.record(&key(), 2_000), None);
+        lost(release(Some(&trace), &lease, 2_001));
+        // The next claim, even by the same owner, is a new acquisition with any fingerprint.
+        let retry = holder.clone().with_fingerprint(fingerprint(9));
+        let (next, _) = acquired(claim(Some(&trace), &retry, 2_001));
+        assert_eq!(next.fencing, 2);
+        // A long lease leaves a trace as long as itself.
+        let long = ClaimRequest::new(key(), ttl(120_000));
+        let (long_lease, held) = acquired(claim(None, &long, 0));
+        let ((), trace) = put(release(Some(&held), &long_lease, 10));
+        assert_eq!(trace.expires_at, 120_010);
+    }
+
+    #[test]
+    fn removing_a_lapsed_claim_answers_false_but_leaves_its_trace() {
+        let holder = ClaimRequest::new(key(), ttl(1_000));
+        let (lease, entry) = acquired(claim(None, &holder, 0));
+        let (answer, trace) = put(remove(Some(&entry), &key(), 1_000));
+        assert!(!answer, "no record was there");
+        assert_eq!(trace.phase, Phase::Vacant);
+        assert_eq!(trace.fencing, lease.fencing);
+        assert_eq!(trace.expires_at, 61_000);
+    }
+
+    #[test]
+    fn fencing_saturates_instead_of_wrapping() {
+        let entry = Entry {
+            phase: Phase::Vacant,
+            fencing: u64::MAX,
+            fingerprint: None,
+            expires_at: u64::MAX,
+        };
+        let (lease, _) = acquired(claim(
+            Some(&entry),
+            &ClaimRequest::new(key(), ttl(1_000)),
+            0,
+        ));
+        assert_eq!(lease.fencing, u64::MAX);
+    }
+
     #[test]
     fn remove_leaves_a_trace_so_fencing_keeps_growing() {
         let request = ClaimRequest::new(key(), Ttl::from_secs(90).expect("ttl"));

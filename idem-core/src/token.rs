@@ -349,6 +349,201 @@ mod tests {
         );
     }
 
+    /// Accepts any text, so `Token::parse`'s own limits are tested, not the generator's.
+    #[derive(Debug)]
+    struct AnyText;
+
+    impl TokenGenerator for AnyText {
+        fn generate(&self) -> String {
+            "t".repeat(MAX_TOKEN_LEN)
+        }
+        fn is_well_formed(&self, _raw: &str) -> bool {
+            true
+        }
+    }
+
+    fn malformed_reason(raw: &str, generator: &dyn TokenGenerator) -> Option<&'static str> {
+        match Token::parse(raw, generator) {
+            Err(Error::InvalidInput(InvalidInput::MalformedToken { reason })) => Some(reason),
+            Err(other) => panic!("{raw:?}: not MalformedToken but {other:?}"),
+            Ok(_) => None,
+        }
+    }
+
+    #[test]
+    fn parse_enforces_its_own_limits_whatever_the_generator_accepts() {
+        let longest = "t".repeat(MAX_TOKEN_LEN);
+        assert_eq!(malformed_reason(&longest, &AnyText), None);
+        assert_eq!(
+            Token::parse(&longest, &AnyText).expect("at the limit").as_str(),
+            longest
+        );
+        assert_eq!(malformed_reason("", &AnyText), Some("empty"));
+        assert_eq!(
+            malformed_reason(&"t".repeat(MAX_TOKEN_LEN + 1), &AnyText),
+            Some("longer than MAX_TOKEN_LEN")
+        );
+        for bad in ["a b", "a\tb", "a\u{7f}b", "a\u{2028}b", "ab\n"] {
+            assert_eq!(
+                malformed_reason(bad, &AnyText),
+                Some("holds whitespace or control characters"),
+                "{bad:?}"
+            );
+        }
+        // The generator's own format is checked last, and only then.
+        let v4 = Uuid::new_v4().simple().to_string();
+        assert_eq!(
+            malformed_reason(&v4, &UuidV7Tokens),
+            Some("not in the generator's format")
+        );
+        assert_eq!(malformed_reason(&v4, &AnyText), None);
+    }
+
+    #[test]
+    fn a_token_shows_its_text_and_keys_its_request() {
+        let token = Token::parse("abc", &AnyText).expect("well formed");
+        assert_eq!(token.to_string(), "abc");
+        assert_eq!(format!("{token:?}"), "Token(\"abc\")");
+        let key = token.key("orders").expect("valid key");
+        assert_eq!(key, Key::new("orders", "abc").expect("valid key"));
+        assert!(token.key("").is_err(), "the namespace is validated");
+        let scope = Scope::new("user:1").expect("valid");
+        assert_eq!(format!("{scope:?}"), "Scope(\"user:1\")");
+        assert_eq!(scope.as_str(), "user:1");
+    }
+
+    #[test]
+    fn a_used_token_is_already_used_in_any_scope() {
+        let used = TokenRecord {
+            scope: Scope::new("alice").expect("valid"),
+            used: true,
+        };
+        let bob = Scope::new("bob").expect("valid");
+        assert_eq!(
+            TokenRecord::consume(Some(&used), &bob),
+            (Consumption::Rejected(Rejection::AlreadyUsed), None)
+        );
+        assert_eq!(
+            TokenRecord::consume(None, &bob),
+            (Consumption::Rejected(Rejection::Unknown), None)
+        );
+    }
+
+    /// A token store that records what it was asked.
+    #[derive(Debug, Default)]
+    struct Recording {
+        issued: std::sync::Mutex<Vec<(Token, Scope, Ttl)>>,
+        consumed: std::sync::Mutex<Vec<(Token, Scope)>>,
+    }
+
+    #[async_trait]
+    impl TokenStore for Recording {
+        async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+            let mut issued = self.issued.lock().expect("not poisoned");
+            if issued.iter().any(|(t, _, _)| t == token) {
+                return Err(InvalidInput::DuplicateToken.into());
+            }
+            issued.push((token.clone(), scope.clone(), ttl));
+            Ok(())
+        }
+        async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+            let mut consumed = self.consumed.lock().expect("not poisoned");
+            let issued = self.issued.lock().expect("not poisoned");
+            let answer = match issued.iter().find(|(t, _, _)| t == token) {
+                None => Consumption::Rejected(Rejection::Unknown),
+                Some(_) if consumed.iter().any(|(t, _)| t == token) => {
+                    Consumption::Rejected(Rejection::AlreadyUsed)
+                }
+                Some((_, owner, _)) if owner != scope => {
+                    Consumption::Rejected(Rejection::WrongScope)
+                }
+                Some(_) => Consumption::Consumed,
+            };
+            if answer == Consumption::Consumed {
+                consumed.push((token.clone(), scope.clone()));
+            }
+            Ok(answer)
+        }
+    }
+
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn tokens_issue_with_the_configured_ttl_and_generator() {
+        block_on(async {
+            let alice = Scope::new("alice").expect("valid");
+            let tokens = Tokens::new(Recording::default());
+            let token = tokens.issue(&alice).await.expect("issued");
+            assert!(UuidV7Tokens.is_well_formed(token.as_str()));
+            let ttl = Ttl::new(Tokens::<Recording>::DEFAULT_TTL).expect("in range");
+            assert_eq!(
+                tokens.store().issued.lock().expect("not poisoned")[0],
+                (token.clone(), alice.clone(), ttl)
+            );
+            assert_eq!(
+                Tokens::<Recording>::DEFAULT_TTL,
+                Duration::from_secs(30 * 60)
+            );
+
+            let tokens = Tokens::new(Recording::default())
+                .with_ttl(Duration::from_secs(5))
+                .expect("in range")
+                .with_generator(AnyText);
+            let token = tokens.issue(&alice).await.expect("issued");
+            assert_eq!(token.as_str(), AnyText.generate());
+            assert_eq!(
+                tokens.store().issued.lock().expect("not poisoned")[0].2,
+                Ttl::from_secs(5).expect("in range")
+            );
+            assert!(
+                Tokens::new(Recording::default())
+                    .with_ttl(Duration::ZERO)
+                    .is_err()
+            );
+        });
+    }
+
+    #[test]
+    fn tokens_consume_through_the_store_and_refuse_malformed_text_first() {
+        block_on(async {
+            let alice = Scope::new("alice").expect("valid");
+            let bob = Scope::new("bob").expect("valid");
+            // Through `Arc` and `Box<dyn>`: the forwarding impls reach the store.
+            let store = Arc::new(Recording::default());
+            let tokens = Tokens::new(Arc::clone(&store));
+            let token = tokens.issue(&alice).await.expect("issued");
+            let boxed: Box<dyn TokenStore> = Box::new(Arc::clone(&store));
+            assert_eq!(
+                boxed.issue(&token, &alice, tokens.ttl).await.map_err(|e| e.to_string()),
+                Err(Error::from(InvalidInput::DuplicateToken).to_string())
+            );
+            assert_eq!(
+                tokens.consume(&bob, token.as_str()).await.expect("answered"),
+                Consumption::Rejected(Rejection::WrongScope)
+            );
+            assert_eq!(
+                boxed.consume(&token, &alice).await.expect("answered"),
+                Consumption::Consumed
+            );
+            assert_eq!(
+                tokens.consume(&alice, token.as_str()).await.expect("answered"),
+                Consumption::Rejected(Rejection::AlreadyUsed)
+            );
+            let asked = store.consumed.lock().expect("not poisoned").len();
+            assert!(matches!(
+                tokens.consume(&alice, "not a token").await,
+                Err(Error::InvalidInput(InvalidInput::MalformedToken { .. }))
+            ));
+            assert!(tokens.parse(token.as_str()).is_ok());
+            assert_eq!(store.consumed.lock().expect("not poisoned").len(), asked);
+        });
+    }
+
     #[test]
     fn scopes_are_validated() {
         assert!(Scope::new("").is_err());
