@@ -540,7 +540,13 @@ mod tests {
             kept(claim(Some(&done), &changed, 3_000)),
             Err(Error::FingerprintMismatch)
         ));
-        lost(complete(Some(&done), &lease, Bytes::new(), ttl(5_000), 3_000));
+        lost(complete(
+            Some(&done),
+            &lease,
+            Bytes::new(),
+            ttl(5_000),
+            3_000,
+        ));
         lost(release(Some(&done), &lease, 3_000));
         lost(renew(Some(&done), &lease, ttl(1_000), 3_000));
     }

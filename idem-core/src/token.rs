@@ -375,7 +375,9 @@ mod tests {
         let longest = "t".repeat(MAX_TOKEN_LEN);
         assert_eq!(malformed_reason(&longest, &AnyText), None);
         assert_eq!(
-            Token::parse(&longest, &AnyText).expect("at the limit").as_str(),
+            Token::parse(&longest, &AnyText)
+                .expect("at the limit")
+                .as_str(),
             longest
         );
         assert_eq!(malformed_reason("", &AnyText), Some("empty"));
@@ -519,11 +521,17 @@ mod tests {
             let token = tokens.issue(&alice).await.expect("issued");
             let boxed: Box<dyn TokenStore> = Box::new(Arc::clone(&store));
             assert_eq!(
-                boxed.issue(&token, &alice, tokens.ttl).await.map_err(|e| e.to_string()),
+                boxed
+                    .issue(&token, &alice, tokens.ttl)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(Error::from(InvalidInput::DuplicateToken).to_string())
             );
             assert_eq!(
-                tokens.consume(&bob, token.as_str()).await.expect("answered"),
+                tokens
+                    .consume(&bob, token.as_str())
+                    .await
+                    .expect("answered"),
                 Consumption::Rejected(Rejection::WrongScope)
             );
             assert_eq!(
@@ -531,7 +539,10 @@ mod tests {
                 Consumption::Consumed
             );
             assert_eq!(
-                tokens.consume(&alice, token.as_str()).await.expect("answered"),
+                tokens
+                    .consume(&alice, token.as_str())
+                    .await
+                    .expect("answered"),
                 Consumption::Rejected(Rejection::AlreadyUsed)
             );
             let asked = store.consumed.lock().expect("not poisoned").len();

@@ -343,3 +343,195 @@ impl IdempotencyStore for MemoryStore {
         self.inner.remove(key).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use idem_core::lifecycle::FENCING_MEMORY;
+
+    use super::*;
+
+    fn key(id: &str) -> Key {
+        Key::new("store", id).expect("valid key")
+    }
+
+    fn claim_request(id: &str) -> ClaimRequest {
+        ClaimRequest::new(key(id), Ttl::from_secs(30).expect("ttl"))
+    }
+
+    async fn acquire(store: &MemoryStore, id: &str) -> Lease {
+        match store.claim(&claim_request(id)).await {
+            Ok(Claim::Acquired(lease)) => lease,
+            other => panic!("claim {id}: {other:?}"),
+        }
+    }
+
+    fn open_entry(expires_at: u64) -> Entry {
+        Entry {
+            phase: Phase::Vacant,
+            fencing: 1,
+            fingerprint: None,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_record_weighs_its_key_its_payload_and_the_overhead() {
+        let finished = Entry {
+            phase: Phase::Completed(Bytes::from_static(b"12345")),
+            ..open_entry(0)
+        };
+        let key = Key::new("ns", "abc").expect("valid key");
+        assert_eq!(
+            u64::from(weight(&key, &finished)),
+            2 + 3 + 5 + RECORD_OVERHEAD
+        );
+        assert_eq!(
+            u64::from(weight(&key, &open_entry(0))),
+            2 + 3 + RECORD_OVERHEAD
+        );
+        let store = MemoryStore::new();
+        assert_eq!(store.capacity(), 512 * 1024 * 1024);
+        assert_eq!(MemoryStore::with_capacity(7).capacity(), 7);
+        assert!(format!("{store:?}").contains("capacity: 536870912"));
+    }
+
+    /// The held bytes are exactly the records' weights: an open entry while claimed, the
+    /// finished record alone once completed.
+    #[tokio::test]
+    async fn held_bytes_count_each_record_once() {
+        let store = MemoryStore::new();
+        assert_eq!(store.held_bytes(), 0);
+        let lease = acquire(&store, "a").await;
+        let open = u64::from(weight(&key("a"), &open_entry(0)));
+        assert_eq!(store.held_bytes(), open);
+        store
+            .complete(
+                &lease,
+                Bytes::from_static(b"done"),
+                Ttl::from_secs(60).expect("ttl"),
+            )
+            .await
+            .expect("complete");
+        store.run_pending_tasks().await;
+        assert_eq!(
+            store.held_bytes(),
+            open + 4,
+            "the open entry left the budget"
+        );
+    }
+
+    /// Open entries past their expiry are dropped by the next write to their stripe, at
+    /// most once a second, and their bytes return to the budget.
+    #[test]
+    fn a_sweep_drops_expired_open_entries_once_a_second() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        let (stale, live) = (key("stale"), key("live"));
+        let mut stripe = Stripe::default();
+        stripe.open.insert(stale.clone(), open_entry(10));
+        stripe.open.insert(live.clone(), open_entry(5_000));
+        let both = u64::from(weight(&stale, &open_entry(10)) + weight(&live, &open_entry(0)));
+        records.open_bytes.fetch_add(both, Ordering::Relaxed);
+
+        records.sweep(&mut stripe, 999, false);
+        assert!(
+            stripe.open.contains_key(&stale),
+            "swept again within a second"
+        );
+        records.sweep(&mut stripe, 1_000, false);
+        assert!(
+            !stripe.open.contains_key(&stale),
+            "an expired entry outlived its sweep"
+        );
+        assert!(stripe.open.contains_key(&live), "a live entry was swept");
+        assert_eq!(
+            records.open_bytes.load(Ordering::Relaxed),
+            u64::from(weight(&live, &open_entry(0)))
+        );
+        // Forced (run_pending_tasks), it sweeps whenever asked.
+        records.sweep(&mut stripe, 5_000, true);
+        assert!(stripe.open.is_empty());
+        assert_eq!(records.open_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(stripe.swept_at, 5_000);
+    }
+
+    /// A full store refuses new keys, but a key it holds (open or finished) always gets in.
+    #[tokio::test]
+    async fn a_full_store_admits_the_keys_it_holds() {
+        // Room for exactly one open entry: held == capacity is full.
+        let capacity = u64::from(weight(&key("a"), &open_entry(0)));
+        let store = MemoryStore::with_capacity(capacity);
+        let lease = acquire(&store, "a").await;
+        assert_eq!(store.held_bytes(), capacity);
+        assert!(
+            matches!(
+                store.claim(&claim_request("b")).await,
+                Err(Error::Unavailable { .. })
+            ),
+            "a full store took a new key"
+        );
+        // The holder's own retried claim writes, so it is admitted: the key is held.
+        let retry = claim_request("a").with_owner(lease.owner);
+        assert_eq!(
+            store.claim(&retry).await.expect("a held key gets in"),
+            Claim::Acquired(lease.clone())
+        );
+        let records = store.inner.map();
+        assert!(records.holds(&key("a")));
+        assert!(!records.holds(&key("b")));
+        store
+            .complete(&lease, Bytes::new(), Ttl::from_secs(60).expect("ttl"))
+            .await
+            .expect("complete");
+        store.run_pending_tasks().await;
+        assert_eq!(
+            store.held_bytes(),
+            capacity,
+            "still full, now with a finished record"
+        );
+        assert!(records.holds(&key("a")), "a finished key is held");
+        records.admit(&key("a")).await.expect("a held finished key");
+        assert!(records.admit(&key("b")).await.is_err());
+    }
+
+    /// Finished records leave the store, and its budget, when their retention ends, also
+    /// when the key was finished before (moka then updates its entry rather than creating
+    /// it).
+    #[tokio::test]
+    async fn finished_records_expire_from_the_store() {
+        let store = MemoryStore::new();
+        let short = Ttl::from_millis(50).expect("ttl");
+        let lease = acquire(&store, "k").await;
+        store
+            .complete(&lease, Bytes::from_static(b"first"), short)
+            .await
+            .expect("complete");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Its retention over, the key is claimed and finished again.
+        let lease = acquire(&store, "k").await;
+        store
+            .complete(
+                &lease,
+                Bytes::from_static(b"second"),
+                Ttl::from_millis(600).expect("ttl"),
+            )
+            .await
+            .expect("complete");
+        assert_eq!(
+            store.claim(&claim_request("k")).await.expect("replay"),
+            Claim::Completed(Bytes::from_static(b"second"))
+        );
+        // moka's timer wheel ticks about once a second.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        store.run_pending_tasks().await;
+        assert_eq!(
+            store.held_bytes(),
+            0,
+            "an expired record still takes memory"
+        );
+        assert!(
+            FENCING_MEMORY > Duration::from_secs(2),
+            "the open trace is not due yet"
+        );
+    }
+}
