@@ -304,3 +304,309 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::lifecycle::Phase;
+    use crate::token::TokenGenerator;
+
+    /// A map on a hand-moved clock that counts admissions and can refuse them.
+    #[derive(Debug, Default)]
+    struct TestMap {
+        entries: Mutex<HashMap<Key, Entry>>,
+        tokens: Mutex<HashMap<Token, TokenEntry>>,
+        now: AtomicU64,
+        admitted: AtomicUsize,
+        full: AtomicBool,
+    }
+
+    impl TestMap {
+        fn admission(&self) -> Result<(), Error> {
+            self.admitted.fetch_add(1, Ordering::SeqCst);
+            if self.full.load(Ordering::SeqCst) {
+                return Err(Error::unavailable("full"));
+            }
+            Ok(())
+        }
+    }
+
+    impl EntryMap for TestMap {
+        fn now(&self) -> u64 {
+            self.now.load(Ordering::SeqCst)
+        }
+        async fn update<T: Send>(
+            &self,
+            key: &Key,
+            step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
+        ) -> Result<T, Error> {
+            let mut entries = self.entries.lock().expect("not poisoned");
+            let step = step(entries.get(key));
+            match step.write {
+                Write::Keep => {}
+                Write::Put(entry) => {
+                    entries.insert(key.clone(), entry);
+                }
+                Write::Remove => {
+                    entries.remove(key);
+                }
+            }
+            step.answer
+        }
+        async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {
+            Ok(self.entries.lock().expect("not poisoned").get(key).cloned())
+        }
+        async fn admit(&self, _key: &Key) -> Result<(), Error> {
+            self.admission()
+        }
+    }
+
+    impl TokenMap for TestMap {
+        fn now(&self) -> u64 {
+            self.now.load(Ordering::SeqCst)
+        }
+        async fn update<T: Send>(
+            &self,
+            token: &Token,
+            step: impl FnOnce(Option<&TokenEntry>) -> (T, Option<TokenEntry>) + Send,
+        ) -> Result<T, Error> {
+            let mut tokens = self.tokens.lock().expect("not poisoned");
+            let (answer, write) = step(tokens.get(token));
+            if let Some(entry) = write {
+                tokens.insert(token.clone(), entry);
+            }
+            Ok(answer)
+        }
+        async fn admit(&self) -> Result<(), Error> {
+            self.admission()
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    fn key() -> Key {
+        Key::new("adapter", "k").expect("valid key")
+    }
+
+    fn ttl(ms: u64) -> Ttl {
+        Ttl::from_millis(ms).expect("ttl")
+    }
+
+    fn acquired(claim: Result<Claim, Error>) -> Lease {
+        match claim {
+            Ok(Claim::Acquired(lease)) => lease,
+            other => panic!("expected an acquisition, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payloads_are_limited_before_anything_is_written() {
+        block_on(async {
+            let store = LifecycleStore::new(TestMap::default());
+            assert_eq!(store.max_payload(), 16 * 1024 * 1024);
+            assert_eq!(
+                LifecycleStore::<TestMap>::DEFAULT_MAX_PAYLOAD,
+                16 * 1024 * 1024
+            );
+            let store = store.with_max_payload(4);
+            assert_eq!(store.max_payload(), 4);
+            let lease = acquired(store.claim(&ClaimRequest::new(key(), ttl(1_000))).await);
+            for result in [
+                store
+                    .complete(&lease, Bytes::from_static(b"12345"), ttl(1_000))
+                    .await,
+                store
+                    .fail(&lease, Bytes::from_static(b"12345"), ttl(1_000))
+                    .await,
+            ] {
+                assert!(matches!(
+                    result,
+                    Err(Error::PayloadTooLarge { size: 5, limit: 4 })
+                ));
+            }
+            let entry = store.map().entries.lock().expect("not poisoned")[&key()].clone();
+            assert!(matches!(entry.phase, Phase::Claimed { .. }), "{entry:?}");
+            store
+                .fail(&lease, Bytes::from_static(b"1234"), ttl(1_000))
+                .await
+                .expect("at the limit");
+            assert_eq!(
+                store.read(&key()).await.expect("read").map(|r| r.state),
+                Some(crate::RecordState::Failed {
+                    failure: Bytes::from_static(b"1234")
+                })
+            );
+        });
+    }
+
+    /// Answers that write nothing come from the snapshot, without asking for admission: a
+    /// full map still replays and still says "in progress"; anything that writes is admitted
+    /// first.
+    #[test]
+    fn only_claims_that_write_are_admitted() {
+        block_on(async {
+            let store = LifecycleStore::new(TestMap::default());
+            let map = store.map();
+            let admitted = || map.admitted.load(Ordering::SeqCst);
+            let request = ClaimRequest::new(key(), ttl(1_000));
+            let lease = acquired(store.claim(&request).await);
+            assert_eq!(admitted(), 1);
+            map.full.store(true, Ordering::SeqCst);
+            let other = ClaimRequest::new(key(), ttl(1_000));
+            assert_eq!(
+                store
+                    .claim(&other)
+                    .await
+                    .expect("answered from the snapshot"),
+                Claim::InProgress {
+                    retry_after: Duration::from_millis(1_000)
+                }
+            );
+            assert_eq!(admitted(), 1, "an answer that writes nothing was admitted");
+            // The holder's retry writes (its lease is extended), so it is admitted.
+            assert!(matches!(
+                store.claim(&request).await,
+                Err(Error::Unavailable { .. })
+            ));
+            assert_eq!(admitted(), 2);
+            map.full.store(false, Ordering::SeqCst);
+            store
+                .complete(&lease, Bytes::from_static(b"ok"), ttl(5_000))
+                .await
+                .expect("complete");
+            map.full.store(true, Ordering::SeqCst);
+            assert_eq!(
+                store.claim(&other).await.expect("a replay"),
+                Claim::Completed(Bytes::from_static(b"ok"))
+            );
+            assert_eq!(admitted(), 2);
+        });
+    }
+
+    /// Every step through the trait object reaches the lifecycle, at the map's time.
+    #[test]
+    fn the_trait_runs_every_step_on_the_map() {
+        block_on(async {
+            let store = LifecycleStore::new(TestMap::default());
+            let dyn_store: &dyn IdempotencyStore = &store;
+            let request = ClaimRequest::new(key(), ttl(1_000));
+            let lease = acquired(dyn_store.claim(&request).await);
+            store.map().now.store(400, Ordering::SeqCst);
+            let record = dyn_store.read(&key()).await.expect("read").expect("held");
+            assert_eq!(record.expires_in, Duration::from_millis(600));
+            dyn_store.renew(&lease, ttl(2_000)).await.expect("renew");
+            let record = dyn_store.read(&key()).await.expect("read").expect("held");
+            assert_eq!(record.expires_in, Duration::from_millis(2_000));
+            dyn_store.release(&lease).await.expect("release");
+            assert_eq!(dyn_store.read(&key()).await.expect("read"), None);
+            assert!(matches!(
+                dyn_store.release(&lease).await,
+                Err(Error::LeaseLost)
+            ));
+            let lease = acquired(dyn_store.claim(&request).await);
+            assert_eq!(lease.fencing, 2);
+            dyn_store
+                .complete(&lease, Bytes::from_static(b"a"), ttl(1_000))
+                .await
+                .expect("complete");
+            assert!(matches!(
+                dyn_store.fail(&lease, Bytes::new(), ttl(1_000)).await,
+                Err(Error::LeaseLost)
+            ));
+            assert!(matches!(
+                dyn_store.renew(&lease, ttl(1_000)).await,
+                Err(Error::LeaseLost)
+            ));
+            assert!(dyn_store.remove(&key()).await.expect("remove"));
+            assert!(!dyn_store.remove(&key()).await.expect("remove"));
+            let lease = acquired(dyn_store.claim(&request).await);
+            assert_eq!(lease.fencing, 3, "the removal left its trace");
+            dyn_store
+                .fail(&lease, Bytes::from_static(b"f"), ttl(1_000))
+                .await
+                .expect("fail");
+            assert_eq!(
+                dyn_store.claim(&request).await.expect("replay"),
+                Claim::Failed(Bytes::from_static(b"f"))
+            );
+            // Inherent forms, as used by wrapping stores.
+            assert!(store.remove(&key()).await.expect("remove"));
+            assert!(!store.remove(&key()).await.expect("remove"));
+            let lease = acquired(store.claim(&request).await);
+            store.renew(&lease, ttl(3_000)).await.expect("renew");
+            let record = store.read(&key()).await.expect("read").expect("held");
+            assert_eq!(record.expires_in, Duration::from_millis(3_000));
+            store.release(&lease).await.expect("release");
+            assert_eq!(store.read(&key()).await.expect("read"), None);
+        });
+    }
+
+    #[test]
+    fn tokens_live_until_their_expiry_and_keep_it_when_used() {
+        block_on(async {
+            let store = TokenMapStore::new(TestMap::default());
+            let map = store.map();
+            let token = Token::parse(&crate::UuidV7Tokens.generate(), &crate::UuidV7Tokens)
+                .expect("well formed");
+            let alice = Scope::new("alice").expect("valid");
+            map.now.store(100, Ordering::SeqCst);
+            store
+                .issue(&token, &alice, ttl(1_000))
+                .await
+                .expect("issue");
+            assert_eq!(map.admitted.load(Ordering::SeqCst), 1);
+            let entry = map.tokens.lock().expect("not poisoned")[&token].clone();
+            assert_eq!(entry.expires_at, 1_100);
+            assert!(entry.is_live(1_099));
+            assert!(!entry.is_live(1_100));
+            assert!(matches!(
+                store.issue(&token, &alice, ttl(5_000)).await,
+                Err(Error::InvalidInput(InvalidInput::DuplicateToken))
+            ));
+            assert_eq!(
+                store.consume(&token, &alice).await.expect("answered"),
+                Consumption::Consumed
+            );
+            let used = map.tokens.lock().expect("not poisoned")[&token].clone();
+            assert!(used.record.used);
+            assert_eq!(used.expires_at, 1_100, "the used mark keeps the expiry");
+            assert_eq!(
+                store.consume(&token, &alice).await.expect("answered"),
+                Consumption::Rejected(crate::Rejection::AlreadyUsed)
+            );
+            // At its expiry the token is unknown, and may be issued again.
+            map.now.store(1_100, Ordering::SeqCst);
+            assert_eq!(
+                store.consume(&token, &alice).await.expect("answered"),
+                Consumption::Rejected(crate::Rejection::Unknown)
+            );
+            store
+                .issue(&token, &alice, ttl(1_000))
+                .await
+                .expect("an expired token's ID is free");
+            map.full.store(true, Ordering::SeqCst);
+            let other = Token::parse(&crate::UuidV7Tokens.generate(), &crate::UuidV7Tokens)
+                .expect("well formed");
+            assert!(matches!(
+                store.issue(&other, &alice, ttl(1_000)).await,
+                Err(Error::Unavailable { .. })
+            ));
+            assert!(
+                !map.tokens
+                    .lock()
+                    .expect("not poisoned")
+                    .contains_key(&other)
+            );
+        });
+    }
+}
