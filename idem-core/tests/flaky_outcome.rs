@@ -13,22 +13,30 @@ use idem_core::{
 };
 use idem_memory::MemoryStore;
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Never;
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum OpError {
+    /// Permanent: stored and replayed.
+    Refused,
+}
 
-impl Retryable for Never {
+impl Retryable for OpError {
     fn is_retryable(&self) -> bool {
         false
     }
 }
 
-/// How the next `complete` calls go wrong.
+/// How the next outcome writes (`complete` or `fail`) go wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Blink {
     /// Refused: nothing written.
     Refused,
     /// Written, but the reply is lost.
     ReplyLost,
+    /// Refused, and meanwhile the key was freed and another owner finished it with the same
+    /// payload: the key holds that outcome, under another fencing number.
+    TakenOver,
+    /// Written after a pause, with no error.
+    Slow,
 }
 
 #[derive(Debug)]
@@ -37,6 +45,8 @@ struct FlakyStore {
     blink: Blink,
     failures_left: AtomicU32,
     completes: AtomicU32,
+    fails: AtomicU32,
+    releases: AtomicU32,
 }
 
 impl FlakyStore {
@@ -46,8 +56,60 @@ impl FlakyStore {
             blink,
             failures_left: AtomicU32::new(failures),
             completes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            releases: AtomicU32::new(0),
         }
     }
+
+    /// One outcome write, `complete` or `fail` as `finished` says, gone wrong as planned.
+    async fn write(
+        &self,
+        lease: &Lease,
+        payload: Bytes,
+        retention: Ttl,
+        finished: Finished,
+    ) -> Result<(), Error> {
+        let write = |lease: Lease, payload: Bytes| async move {
+            match finished {
+                Finished::Completed => self.inner.complete(&lease, payload, retention).await,
+                Finished::Failed => self.inner.fail(&lease, payload, retention).await,
+            }
+        };
+        let blinking = self
+            .failures_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        match (blinking, self.blink) {
+            (false, _) => write(lease.clone(), payload).await,
+            (true, Blink::Refused) => Err(outage()),
+            (true, Blink::ReplyLost) => {
+                write(lease.clone(), payload).await?;
+                Err(outage())
+            }
+            (true, Blink::TakenOver) => {
+                assert!(self.inner.remove(&lease.key).await?, "the key was held");
+                let request = ClaimRequest::new(lease.key.clone(), retention);
+                let Claim::Acquired(next) = self.inner.claim(&request).await? else {
+                    panic!("a removed key is free");
+                };
+                assert!(next.fencing > lease.fencing);
+                write(next, payload).await?;
+                Err(outage())
+            }
+            (true, Blink::Slow) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                write(lease.clone(), payload).await
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Finished {
+    Completed,
+    Failed,
 }
 
 fn outage() -> Error {
@@ -65,24 +127,14 @@ impl IdempotencyStore for FlakyStore {
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
         self.completes.fetch_add(1, Ordering::SeqCst);
-        let blinking = self
-            .failures_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        match (blinking, self.blink) {
-            (false, _) => self.inner.complete(lease, response, retention).await,
-            (true, Blink::Refused) => Err(outage()),
-            (true, Blink::ReplyLost) => {
-                self.inner.complete(lease, response, retention).await?;
-                Err(outage())
-            }
-        }
+        self.write(lease, response, retention, Finished::Completed)
+            .await
     }
 
     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
-        self.inner.fail(lease, failure, retention).await
+        self.fails.fetch_add(1, Ordering::SeqCst);
+        self.write(lease, failure, retention, Finished::Failed)
+            .await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
@@ -90,6 +142,7 @@ impl IdempotencyStore for FlakyStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
         self.inner.release(lease).await
     }
 
@@ -102,7 +155,7 @@ impl IdempotencyStore for FlakyStore {
     }
 }
 
-type Outcome = Result<u32, ExecuteError<Never, u32>>;
+type Outcome = Result<u32, ExecuteError<OpError, u32>>;
 
 /// Runs the same request `times`; returns the results and how often the operation ran.
 async fn repeatedly(
@@ -120,7 +173,7 @@ async fn repeatedly(
         let result = idem
             .execute(&key, None, || async move {
                 runs.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, Never>(7)
+                Ok::<_, OpError>(7)
             })
             .await;
         results.push(result);
@@ -182,5 +235,93 @@ async fn a_store_that_stays_down_is_retried_while_the_lease_lasts_then_not_recor
     assert!(
         completes >= 4,
         "only {completes} attempts to store the outcome"
+    );
+}
+
+/// Runs a request whose operation fails permanently, twice.
+async fn failing_twice(
+    store: FlakyStore,
+) -> (
+    Arc<FlakyStore>,
+    Vec<Result<u32, ExecuteError<OpError, u32>>>,
+    usize,
+) {
+    let store = Arc::new(store);
+    let idem = Idempotency::new(Arc::clone(&store));
+    let key = Key::new("flaky", "order-2").expect("valid key");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let runs = Arc::clone(&runs);
+        let result = idem
+            .execute(&key, None, || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, _>(OpError::Refused)
+            })
+            .await;
+        results.push(result);
+    }
+    (store, results, runs.load(Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn a_failure_write_whose_reply_was_lost_is_recognised() {
+    let (store, results, runs) = failing_twice(FlakyStore::new(Blink::ReplyLost, 1)).await;
+    assert!(
+        matches!(
+            results[..],
+            [
+                Err(ExecuteError::Operation(OpError::Refused)),
+                Err(ExecuteError::Operation(OpError::Refused))
+            ]
+        ),
+        "{results:?}"
+    );
+    assert_eq!(runs, 1, "the operation ran again");
+    assert_eq!(store.fails.load(Ordering::SeqCst), 2, "the retry found it");
+}
+
+/// The retried write meets the key finished by another owner, with the very same payload:
+/// that is not this attempt's outcome (another fencing number), so the caller is told its
+/// outcome was not recorded.
+#[tokio::test]
+async fn a_retried_write_that_meets_a_takeover_is_not_recorded() {
+    let (store, results, runs) =
+        repeatedly(FlakyStore::new(Blink::TakenOver, 1), Config::default(), 1).await;
+    match &results[..] {
+        [
+            Err(ExecuteError::NotRecorded {
+                result: Ok(7),
+                error: Error::NotRecorded { cause },
+            }),
+        ] => assert!(matches!(**cause, Error::LeaseLost), "cause {cause:?}"),
+        other => panic!("expected NotRecorded with the value, got {other:?}"),
+    }
+    assert_eq!(runs, 1);
+    assert_eq!(store.completes.load(Ordering::SeqCst), 2);
+    let (_, failures, _) = failing_twice(FlakyStore::new(Blink::TakenOver, 1)).await;
+    assert!(
+        matches!(
+            &failures[0],
+            Err(ExecuteError::NotRecorded {
+                result: Err(OpError::Refused),
+                error: Error::NotRecorded { .. }
+            })
+        ),
+        "{failures:?}"
+    );
+}
+
+/// The guard that frees the key of an abandoned operation is disarmed when the operation
+/// returns: a slow outcome write is never raced by a release.
+#[tokio::test]
+async fn a_returned_operation_is_never_released() {
+    let (store, results, runs) = twice(FlakyStore::new(Blink::Slow, 1)).await;
+    assert!(matches!(results[..], [Ok(7), Ok(7)]), "{results:?}");
+    assert_eq!(runs, 1);
+    assert_eq!(
+        store.releases.load(Ordering::SeqCst),
+        0,
+        "the key was released"
     );
 }

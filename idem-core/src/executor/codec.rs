@@ -154,3 +154,132 @@ fn decode<V: DeserializeOwned>(stored: &[u8], what: &str) -> Result<V, Error> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum OpError {
+        Transient,
+        Permanent(String),
+    }
+
+    impl Retryable for OpError {
+        fn is_retryable(&self) -> bool {
+            matches!(self, Self::Transient)
+        }
+    }
+
+    fn settle(max_payload: usize) -> JsonSettle {
+        JsonSettle::new(&Settings {
+            success_retention: Ttl::from_secs(11).expect("ttl"),
+            failure_retention: Ttl::from_secs(22).expect("ttl"),
+            max_payload,
+            ..Settings::default()
+        })
+    }
+
+    fn settled<T: Serialize>(max_payload: usize, output: &Result<T, OpError>) -> Settlement {
+        Settle::settle(&mut settle(max_payload), output)
+    }
+
+    fn failed(settlement: Settlement) -> Bytes {
+        match settlement {
+            Settlement::Fail { payload, retention } => {
+                assert_eq!(retention, Ttl::from_secs(22).expect("ttl"));
+                payload
+            }
+            other => panic!("expected a failure to store, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outcomes_are_stored_as_json_with_their_own_retention() {
+        match settled(64, &Ok::<_, OpError>(vec![1, 2])) {
+            Settlement::Complete { payload, retention } => {
+                assert_eq!(&payload[..], b"[1,2]");
+                assert_eq!(retention, Ttl::from_secs(11).expect("ttl"));
+                let replay = replay_success::<Vec<u8>, OpError>(&payload).expect("decodes");
+                assert_eq!(replay.result, Ok(vec![1, 2]));
+                assert!(replay.replayed);
+            }
+            other => panic!("expected a completion, got {other:?}"),
+        }
+        let error = OpError::Permanent("no".into());
+        let payload = failed(settled::<u8>(64, &Err(error)));
+        let replay = replay_failure::<u8, OpError>(&payload).expect("decodes");
+        assert_eq!(replay.result, Err(OpError::Permanent("no".into())));
+        assert!(replay.replayed);
+        assert!(matches!(
+            settled::<u8>(64, &Err(OpError::Transient)),
+            Settlement::Release
+        ));
+    }
+
+    #[test]
+    fn an_outcome_at_the_limit_is_stored_and_one_over_it_is_a_marker() {
+        // "[1,2]" is five bytes.
+        assert!(matches!(
+            settled(5, &Ok::<_, OpError>(vec![1, 2])),
+            Settlement::Complete { .. }
+        ));
+        let marker = failed(settled(4, &Ok::<_, OpError>(vec![1, 2])));
+        assert!(matches!(
+            replay_failure::<u8, OpError>(&marker),
+            Err(Error::PayloadTooLarge { size: 5, limit: 4 })
+        ));
+        let marker = failed(
+            Settle::<Result<u8, OpError>>::too_large(&mut settle(64), 100, 50)
+                .expect("a marker instead"),
+        );
+        assert!(matches!(
+            replay_failure::<u8, OpError>(&marker),
+            Err(Error::PayloadTooLarge {
+                size: 100,
+                limit: 50
+            })
+        ));
+    }
+
+    /// An outcome JSON cannot hold (a map with non-string keys) is stored as a marker, so a
+    /// repeat gets a serialization error instead of running the operation again.
+    #[test]
+    fn an_unserializable_outcome_is_stored_as_a_marker() {
+        let value: HashMap<(u8, u8), u8> = HashMap::from([((1, 2), 3)]);
+        assert!(serde_json::to_vec(&value).is_err(), "the premise");
+        let marker = failed(settled(1024, &Ok::<_, OpError>(value)));
+        match replay_failure::<u8, OpError>(&marker) {
+            Err(Error::Serialization { source }) => {
+                assert!(
+                    source.to_string().contains("key must be a string"),
+                    "{source}"
+                );
+            }
+            other => panic!("expected a serialization error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stored_bytes_decode_by_what_is_wrong_with_them() {
+        assert!(matches!(
+            replay_success::<u8, OpError>(b"not json"),
+            Err(Error::CorruptRecord { .. })
+        ));
+        assert!(matches!(
+            replay_failure::<u8, OpError>(b"{\"Operation\""),
+            Err(Error::CorruptRecord { .. })
+        ));
+        // JSON of another shape: the caller's type is not the one stored.
+        assert!(matches!(
+            replay_success::<u8, OpError>(b"\"text\""),
+            Err(Error::Serialization { .. })
+        ));
+        assert!(matches!(
+            replay_failure::<u8, OpError>(b"{\"Elsewhere\":1}"),
+            Err(Error::Serialization { .. })
+        ));
+    }
+}
