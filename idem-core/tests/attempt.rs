@@ -142,3 +142,102 @@ async fn lost_resolves_only_on_loss() {
         "lost() resolved for a lease that was never lost"
     );
 }
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An attempt whose caller waits for it runs in the caller's future, and its lease is
+/// watched by the engine's one supervisor: no task is spawned for it (a task per attempt,
+/// plus a renewal task, cost two task switches per request).
+#[test]
+fn an_attempt_whose_caller_stays_spawns_no_task() {
+    runtime().block_on(async {
+        let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30));
+        // The first attempt starts the engine's supervisor on this runtime.
+        let lease = acquired(&engine, "first").await;
+        engine
+            .attempt(lease)
+            .run(async { 1u32 }, complete(b"one"))
+            .await
+            .expect("stored");
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let lease = acquired(&engine, "second").await;
+        let during = engine
+            .attempt(lease)
+            .run(async move { metrics.num_alive_tasks() }, |_: &usize| {
+                Settlement::Complete {
+                    payload: Bytes::from_static(b"two"),
+                    retention: ttl(60),
+                }
+            })
+            .await
+            .expect("stored");
+        assert_eq!(before, 1, "the supervisor, alone");
+        assert_eq!(during, before, "tasks alive while a quick operation ran");
+    });
+}
+
+/// The supervisor that starts renewals runs per runtime: an engine shared by two runtimes
+/// keeps renewing the leases of one after the other shut down.
+#[test]
+fn a_runtime_shutting_down_leaves_the_other_runtimes_leases_renewed() {
+    let lease_ttl = Ttl::from_millis(300).expect("ttl");
+    let engine = Engine::new(Arc::new(MemoryStore::new()), lease_ttl);
+    let first = runtime();
+    first.block_on(async {
+        let lease = acquired(&engine, "on-the-first").await;
+        engine
+            .attempt(lease)
+            .run(async { 1u32 }, complete(b"one"))
+            .await
+            .expect("stored");
+    });
+    let second = runtime();
+    let lease = second.block_on(acquired(&engine, "on-the-second"));
+    let key = lease.key.clone();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let long = second.spawn({
+        let attempt = engine.attempt(lease);
+        async move {
+            attempt
+                .run(
+                    async {
+                        let _ = started_tx.send(());
+                        tokio::time::sleep(Duration::from_millis(1200)).await;
+                    },
+                    |_: &()| Settlement::Complete {
+                        payload: Bytes::from_static(b"done"),
+                        retention: ttl(60),
+                    },
+                )
+                .await
+        }
+    });
+    // The first runtime goes away while the attempt on the second runs.
+    second.block_on(started_rx).expect("the operation started");
+    drop(first);
+    second.block_on(async {
+        while !long.is_finished() {
+            let rival = ClaimRequest::new(key.clone(), lease_ttl);
+            match engine.store().claim(&rival).await {
+                Ok(Claim::InProgress { .. } | Claim::Completed(_)) => {}
+                other => panic!("a rival claim during the long operation got {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        long.await.expect("joined").expect("stored");
+        let record = engine.store().read(&key).await.expect("read");
+        assert_eq!(
+            record.map(|r| r.state),
+            Some(RecordState::Completed {
+                response: Bytes::from_static(b"done")
+            })
+        );
+    });
+}

@@ -22,11 +22,11 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`CancelPolicy::Release`]: super::CancelPolicy::Release
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
     store: Arc<S>,
-    lease: Option<Lease>,
+    lease: Option<Arc<Lease>>,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
-    pub(crate) fn new(store: Arc<S>, lease: Lease) -> Self {
+    pub(crate) fn new(store: Arc<S>, lease: Arc<Lease>) -> Self {
         Self {
             store,
             lease: Some(lease),
@@ -59,7 +59,7 @@ impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     }
 }
 
-async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Lease) {
+async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lease>) {
     if let Err(error) = store.release(&lease).await {
         tracing::warn!(
             %error,
@@ -70,7 +70,7 @@ async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Lease) {
 }
 
 /// No runtime on this thread: release from a thread with a runtime of its own.
-fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, lease: Lease) {
+fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lease>) {
     let namespace = lease.key.namespace().to_owned();
     tracing::warn!(
         namespace,

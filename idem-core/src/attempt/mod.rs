@@ -6,15 +6,17 @@
 //! message consumers):
 //!
 //! - **what a caller that goes away does** ([`CancelPolicy`]): by default nothing: the
-//!   operation runs to the end on a task of its own and its outcome is stored
+//!   operation moves to a task of its own, runs to the end and its outcome is stored
 //!   ([`Detach`](CancelPolicy::Detach)); a repeat meanwhile finds the key in progress, and the
 //!   replay after. [`Release`](CancelPolicy::Release) frees the key at once instead;
 //! - **when the key may be freed without an outcome**: only before the operation returned
 //!   (a cancelled or panicking operation, under `Release`). From the moment it returns, its
 //!   effects may have happened: a cancellation while the outcome is written frees nothing;
-//! - **the lease's renewal**: on its own task, every third of the TTL, so an operation that
-//!   blocks its thread for a while keeps its key; it stops when the attempt ends, and tells the
-//!   operation when the lease is lost ([`LeaseHandle`]);
+//! - **the lease's renewal**: once the operation has run for a sixth of the TTL, on a task of
+//!   its own, at once and then every third of the TTL, so an operation that blocks its thread
+//!   for a while keeps its key (a quick operation costs no task and no timer: one supervisor
+//!   per engine and runtime watches the running attempts); it stops when the attempt ends, and
+//!   tells the operation when the lease is lost ([`LeaseHandle`]);
 //! - **the outcome write**: retried while the store is unavailable, with jittered backoff, for
 //!   as long as the lease may still be ours; a write whose reply was lost is recognised by
 //!   reading the key back;
@@ -57,15 +59,18 @@
 
 mod backoff;
 mod claim;
+mod detach;
 mod guard;
 mod renewal;
 mod settle;
+mod watchlist;
 mod write;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -75,8 +80,10 @@ use crate::error::Error;
 use crate::lease::Lease;
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
+use detach::Detachable;
 use guard::ReleaseOnDrop;
-use renewal::{LeaseStatus, Renewal};
+use renewal::LeaseStatus;
+use watchlist::Watchlist;
 
 pub use renewal::LeaseHandle;
 pub use settle::{Settle, Settlement};
@@ -87,8 +94,9 @@ pub use settle::{Settle, Settlement};
 #[non_exhaustive]
 pub enum CancelPolicy {
     /// The operation, the encoding of its outcome and the outcome write run on a task of
-    /// their own, so a caller that goes away changes nothing: the operation finishes and its
-    /// outcome is stored. A repeat meanwhile finds the key in progress, and gets the replay
+    /// their own once the caller goes away, so that changes nothing: the operation finishes
+    /// and its outcome is stored. (While the caller waits, they run in its future: no task is
+    /// spawned for a caller that stays.) A repeat meanwhile finds the key in progress, and gets the replay
     /// after. The default, for operations that can be spawned (`Send + 'static`).
     #[default]
     Detach,
@@ -103,16 +111,15 @@ pub enum CancelPolicy {
 ///
 /// Cloning is cheap: clones share the store.
 pub struct Engine<S> {
-    store: Arc<S>,
-    lease_ttl: Ttl,
+    /// The store, the lease TTL and the attempts running now.
+    watchlist: Arc<Watchlist<S>>,
     cancel_policy: CancelPolicy,
 }
 
 impl<S> Clone for Engine<S> {
     fn clone(&self) -> Self {
         Self {
-            store: Arc::clone(&self.store),
-            lease_ttl: self.lease_ttl,
+            watchlist: Arc::clone(&self.watchlist),
             cancel_policy: self.cancel_policy,
         }
     }
@@ -121,8 +128,8 @@ impl<S> Clone for Engine<S> {
 impl<S: fmt::Debug> fmt::Debug for Engine<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Engine")
-            .field("store", &self.store)
-            .field("lease_ttl", &self.lease_ttl)
+            .field("store", self.watchlist.store())
+            .field("lease_ttl", &self.watchlist.ttl())
             .field("cancel_policy", &self.cancel_policy)
             .finish()
     }
@@ -133,8 +140,7 @@ impl<S: IdempotencyStore> Engine<S> {
     /// [`CancelPolicy::Detach`].
     pub fn new(store: Arc<S>, lease_ttl: Ttl) -> Self {
         Self {
-            store,
-            lease_ttl,
+            watchlist: Arc::new(Watchlist::new(store, lease_ttl)),
             cancel_policy: CancelPolicy::default(),
         }
     }
@@ -149,12 +155,12 @@ impl<S: IdempotencyStore> Engine<S> {
 
     /// The store.
     pub fn store(&self) -> &Arc<S> {
-        &self.store
+        self.watchlist.store()
     }
 
     /// The TTL of every lease, and of every renewal.
     pub fn lease_ttl(&self) -> Ttl {
-        self.lease_ttl
+        self.watchlist.ttl()
     }
 
     /// The policy of [`Attempt::run`].
@@ -166,19 +172,18 @@ impl<S: IdempotencyStore> Engine<S> {
     /// times within a second, with the same owner token: if the first one was applied and
     /// only its reply lost, the store recognises the owner and hands back the same lease.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        claim::claim(&*self.store, request).await
+        claim::claim(&**self.store(), request).await
     }
 
     /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
     pub fn attempt(&self, lease: Lease) -> Attempt<S> {
         let (status, _) = watch::channel(LeaseStatus {
             lost: false,
-            until: Instant::now() + self.lease_ttl.as_duration(),
+            until: Instant::now() + self.lease_ttl().as_duration(),
         });
         Attempt {
-            store: Arc::clone(&self.store),
+            watchlist: Arc::clone(&self.watchlist),
             lease,
-            lease_ttl: self.lease_ttl,
             cancel_policy: self.cancel_policy,
             status,
         }
@@ -188,9 +193,8 @@ impl<S: IdempotencyStore> Engine<S> {
 /// One acquired attempt: runs its operation under the lease, then carries out what the
 /// settle step makes of its output. See the [module docs](self).
 pub struct Attempt<S: IdempotencyStore> {
-    store: Arc<S>,
+    watchlist: Arc<Watchlist<S>>,
     lease: Lease,
-    lease_ttl: Ttl,
     cancel_policy: CancelPolicy,
     status: watch::Sender<LeaseStatus>,
 }
@@ -199,7 +203,7 @@ impl<S: IdempotencyStore> fmt::Debug for Attempt<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
             .field("lease", &self.lease)
-            .field("lease_ttl", &self.lease_ttl)
+            .field("lease_ttl", &self.watchlist.ttl())
             .field("cancel_policy", &self.cancel_policy)
             .finish_non_exhaustive()
     }
@@ -219,10 +223,10 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// Runs `operation` under the lease, as the engine's [`CancelPolicy`] says, then carries
     /// out what `settle` makes of its output, and returns the output.
     ///
-    /// Under [`CancelPolicy::Detach`] everything after this call runs on a task of its own:
-    /// dropping the returned future changes nothing. If the operation panics, its key is
-    /// released (a panic counts as "no effect"; use a `Result` for failures that had one)
-    /// and the panic is resumed in the caller.
+    /// Under [`CancelPolicy::Detach`], dropping the returned future changes nothing: what is
+    /// left of the attempt moves to a task of its own and runs to the end. If the operation
+    /// panics, its key is released (a panic counts as "no effect"; use a `Result` for
+    /// failures that had one) and the panic unwinds into the caller.
     ///
     /// Must be polled within a Tokio runtime.
     pub async fn run<T, Fut, St>(self, operation: Fut, settle: St) -> Result<T, AttemptError<T>>
@@ -231,17 +235,14 @@ impl<S: IdempotencyStore> Attempt<S> {
         T: Send + 'static,
         St: Settle<T> + Send + 'static,
     {
+        let runtime = Handle::current();
         match self.cancel_policy {
-            CancelPolicy::Release => self.run_here(operation, settle).await,
+            CancelPolicy::Release => self.run_here(operation, settle, runtime).await,
             CancelPolicy::Detach => {
-                let task = tokio::spawn(self.run_here(operation, settle).in_current_span());
-                match task.await {
-                    Ok(finished) => finished,
-                    Err(stopped) => match stopped.try_into_panic() {
-                        Ok(panic) => std::panic::resume_unwind(panic),
-                        Err(_) => Err(AttemptError::Interrupted),
-                    },
-                }
+                let attempt = self
+                    .run_here(operation, settle, runtime.clone())
+                    .in_current_span();
+                Detachable::new(attempt, runtime).await
             }
         }
     }
@@ -259,34 +260,40 @@ impl<S: IdempotencyStore> Attempt<S> {
         Fut: Future<Output = T>,
         St: Settle<T>,
     {
-        self.run_here(operation, settle).await
+        self.run_here(operation, settle, Handle::current()).await
     }
 
     async fn run_here<T, Fut, St>(
         self,
         operation: Fut,
         mut settle: St,
+        runtime: Handle,
     ) -> Result<T, AttemptError<T>>
     where
         Fut: Future<Output = T>,
         St: Settle<T>,
     {
         let Self {
-            store,
+            watchlist,
             lease,
-            lease_ttl,
             status,
             ..
         } = self;
+        let store = watchlist.store();
+        let lease = Arc::new(lease);
         let watch = status.subscribe();
-        let guard = ReleaseOnDrop::new(Arc::clone(&store), lease.clone());
-        let renewal = Renewal::start(Arc::clone(&store), lease.clone(), lease_ttl, status);
-        // Let the renewal task start (it would otherwise wait in this worker's next-task slot,
-        // which other workers do not steal from) before an operation that may block the thread.
-        tokio::task::yield_now().await;
+        let guard = ReleaseOnDrop::new(Arc::clone(store), Arc::clone(&lease));
+        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&lease), status, &runtime);
+        drop(runtime);
+        if new_supervisor {
+            // Let the supervisor start (it would otherwise wait in this worker's next-task
+            // slot, which other workers do not steal from) before an operation that may block
+            // the thread.
+            tokio::task::yield_now().await;
+        }
         let output = operation.await;
         guard.disarm();
-        drop(renewal);
+        drop(watched);
         let known = *watch.borrow();
 
         let settlement = settle.settle(&output);
@@ -297,7 +304,8 @@ impl<S: IdempotencyStore> Attempt<S> {
                 _ => Err(Error::LeaseLost),
             }
         } else {
-            write::carry_out::<_, T, _>(&*store, &lease, settlement, &mut settle, known.until).await
+            write::carry_out::<_, T, _>(&**store, &lease, settlement, &mut settle, known.until)
+                .await
         };
         match written {
             Ok(()) => Ok(output),
@@ -333,7 +341,8 @@ pub enum AttemptError<T> {
     },
     /// The task running the operation stopped before it returned (its runtime shut down):
     /// whether the operation had effects is unknown. The key frees itself when the lease
-    /// ends at the latest.
+    /// ends at the latest. (The engine runs attempts in their caller's future, so a runtime
+    /// that shuts down drops the caller too: this is kept for matches written against it.)
     Interrupted,
 }
 

@@ -1,11 +1,11 @@
-//! Keeping a lease alive while its operation runs, on a task of its own.
+//! Keeping a lease alive while its operation runs, on a task of its own, and what the
+//! operation sees of it.
 
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::Error;
@@ -29,40 +29,17 @@ pub(crate) fn renew_interval(ttl: Ttl) -> Duration {
     ttl.as_duration() / 3
 }
 
-/// The renewal task of one attempt; dropping this stops it.
-pub(crate) struct Renewal {
-    task: JoinHandle<()>,
-}
-
-impl Renewal {
-    /// Starts renewing `lease` on its own task, so an operation that blocks its thread (on a
-    /// multi-threaded runtime) does not starve it. Must be called within a Tokio runtime.
-    pub(crate) fn start<S: IdempotencyStore>(
-        store: Arc<S>,
-        lease: Lease,
-        ttl: Ttl,
-        status: watch::Sender<LeaseStatus>,
-    ) -> Self {
-        Self {
-            task: tokio::spawn(keep_renewed(store, lease, ttl, status)),
-        }
-    }
-}
-
-impl Drop for Renewal {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn keep_renewed<S: IdempotencyStore>(
+/// Keeps `lease` renewed: at once (the supervisor starts this once the attempt has run a
+/// while, see [`watchlist`](super::watchlist)), then every third of the TTL, until aborted or
+/// the lease is found lost.
+pub(crate) async fn keep_renewed<S: IdempotencyStore>(
     store: Arc<S>,
-    lease: Lease,
+    lease: Arc<Lease>,
     ttl: Ttl,
     status: watch::Sender<LeaseStatus>,
 ) {
     let every = renew_interval(ttl);
-    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    let mut ticker = tokio::time::interval_at(Instant::now(), every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

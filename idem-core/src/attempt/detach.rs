@@ -1,0 +1,81 @@
+//! [`CancelPolicy::Detach`](super::CancelPolicy::Detach) without a task per attempt.
+//!
+//! The attempt runs inside its caller's future, like any other; only if the caller drops that
+//! future before the attempt finished is the attempt handed to a task of its own, where it
+//! runs to the end. Spawning every attempt up front would cost a spawn and two cross-task
+//! wake-ups per request, for the rare caller that goes away.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::runtime::Handle;
+
+/// A boxed attempt, polled in its caller's task, that moves to a task on `runtime` when
+/// dropped unfinished.
+pub(crate) struct Detachable<F: Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    /// `None` once finished.
+    attempt: Option<Pin<Box<F>>>,
+    /// The runtime the attempt started on: a caller may be dropped on a thread outside it.
+    runtime: Handle,
+    /// Set while the attempt is polled: if it is still set when this is dropped, the attempt
+    /// panicked, and what is left of it is dropped, not run on (its key was released while
+    /// the panic unwound through it).
+    polling: bool,
+}
+
+impl<F: Future + Send + 'static> Detachable<F>
+where
+    F::Output: Send + 'static,
+{
+    pub(crate) fn new(attempt: F, runtime: Handle) -> Self {
+        Self {
+            attempt: Some(Box::pin(attempt)),
+            runtime,
+            polling: false,
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let Some(attempt) = this.attempt.as_mut() else {
+            // Polled again after it finished: there is nothing more to give.
+            return Poll::Pending;
+        };
+        this.polling = true;
+        let polled = attempt.as_mut().poll(cx);
+        this.polling = false;
+        if polled.is_ready() {
+            this.attempt = None;
+        }
+        polled
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(attempt) = self.attempt.take() else {
+            return;
+        };
+        if self.polling {
+            return;
+        }
+        // The caller went away: the attempt runs on to the end, and its outcome is stored.
+        // If the runtime is shutting down, the task is dropped at once, as a spawned attempt
+        // would have been.
+        drop(self.runtime.spawn(attempt));
+    }
+}
