@@ -73,6 +73,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// The kind of an idem error.
+    #[must_use]
     pub fn of(error: &idem::Error) -> Self {
         match error {
             idem::Error::InProgress { .. } => Self::InProgress,
@@ -171,6 +172,7 @@ struct Inner {
 
 impl History {
     /// An empty history for callers whose leases last `lease`.
+    #[must_use]
     pub fn new(lease: Duration) -> Self {
         Self {
             lease,
@@ -471,6 +473,7 @@ pub struct Summary {
 impl Summary {
     /// Whether the scenario passed: no unexplained second run, no wrong replay, no fencing
     /// number going backwards unexplained, no panic.
+    #[must_use]
     pub fn passed(&self) -> bool {
         self.unexplained == 0
             && self.wrong_replays == 0

@@ -94,6 +94,7 @@ impl Scenario {
     ];
 
     /// The name on the command line.
+    #[must_use]
     pub fn name(self) -> &'static str {
         match self {
             Self::Memory => "memory",
@@ -109,6 +110,7 @@ impl Scenario {
     }
 
     /// What it does, for `--help`.
+    #[must_use]
     pub fn about(self) -> &'static str {
         match self {
             Self::Memory => "memory store; callers that go away; operations slower than the lease",
@@ -134,6 +136,7 @@ impl Scenario {
     }
 
     /// The scenario named `name`.
+    #[must_use]
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }

@@ -33,6 +33,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts a server with `args` on top of a private port and directory.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] when no free port or temporary directory could be had, or the server did
+    /// not start, as [`restart`](Self::restart).
     pub fn start(args: &[&str]) -> Result<Self, StartError> {
         let mut server = Self {
             port: free_port()?,
@@ -47,11 +52,16 @@ impl RedisServer {
     }
 
     /// The URL to connect to.
+    #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server again (after [`kill`](Self::kill)) and waits until it answers.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] when `redis-server` cannot be spawned or does not answer `PING` in time.
     pub fn restart(&mut self) -> Result<(), StartError> {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -124,6 +134,11 @@ pub struct MariaDb {
 impl MariaDb {
     /// Initialises a data directory and starts the server on a free port; row lock waits
     /// give up after one second, so a held lock turns into errors quickly.
+    ///
+    /// # Errors
+    ///
+    /// A [`StartError`] when `mariadb-install-db` fails, `mariadbd` cannot be spawned, or the
+    /// server does not accept connections in time.
     pub async fn start() -> Result<Self, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("idem-chaos-mariadb")
@@ -179,6 +194,7 @@ impl MariaDb {
     }
 
     /// The URL of its `test` database.
+    #[must_use]
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}/test", self.port)
     }

@@ -42,6 +42,7 @@ pub struct Workload {
 
 impl Workload {
     /// The full campaign's load.
+    #[must_use]
     pub fn full(seed: u64) -> Self {
         Self {
             keys: 3000,
@@ -59,6 +60,7 @@ impl Workload {
     }
 
     /// A smaller load for the test suite.
+    #[must_use]
     pub fn short(seed: u64) -> Self {
         Self {
             keys: 200,

@@ -66,6 +66,12 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 /// .await;
 /// # let _ = summary; }
 /// ```
+///
+/// # Errors
+///
+/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when setting the channel's
+/// prefetch or starting the consumer fails, or the delivery stream ends in a broker error. Messages
+/// in flight are settled first or left to the broker to redeliver.
 pub async fn consume<F, Fut>(
     channel: &Channel,
     queue: &str,
@@ -245,6 +251,10 @@ async fn settle(acker: &lapin::Acker, disposition: &Disposition) -> lapin::Resul
 }
 
 /// The message's ID, from where `source` says.
+///
+/// # Errors
+///
+/// [`MissingId`] when `source` finds nothing (no `message_id` property, no such header).
 pub fn message_id(
     source: &IdSource,
     properties: &BasicProperties,

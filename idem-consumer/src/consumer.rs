@@ -51,6 +51,10 @@ impl<S: IdempotencyStore> Consumer<S> {
     /// The executor should fail fast on a key in progress (`WaitPolicy::FailFast`, its
     /// default): the message is then requeued instead of holding a consumer slot.
     /// Fails with [`Error::InvalidInput`] on an empty or over-long namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `namespace` is empty, too long or holds a control character.
     pub fn new(idem: Idempotency<S>, namespace: &str) -> Result<Self, Error> {
         Key::new(namespace, "-")?;
         Ok(Self {
@@ -68,6 +72,7 @@ impl<S: IdempotencyStore> Consumer<S> {
     }
 
     /// The executor.
+    #[must_use]
     pub fn idempotency(&self) -> &Idempotency<S> {
         &self.idem
     }

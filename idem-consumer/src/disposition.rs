@@ -37,11 +37,13 @@ pub enum Disposition {
 
 impl Disposition {
     /// Whether the message leaves the queue for good (acked or dead-lettered).
+    #[must_use]
     pub fn is_final(&self) -> bool {
         !matches!(self, Self::Requeue { .. })
     }
 
     /// The short label used in logs and metrics: `ack`, `requeue` or `dead_letter`.
+    #[must_use]
     pub fn label(&self) -> &'static str {
         match self {
             Self::Ack { .. } => "ack",

@@ -24,6 +24,7 @@ pub enum IdSource {
 
 impl IdSource {
     /// JetStream's own deduplication header, `Nats-Msg-Id`: the NATS adapter's default.
+    #[must_use]
     pub fn nats_msg_id() -> Self {
         Self::Header(NATS_MSG_ID.to_owned())
     }
@@ -34,6 +35,7 @@ impl IdSource {
     }
 
     /// Where this source looks, for error messages.
+    #[must_use]
     pub fn describe(&self) -> String {
         match self {
             Self::AmqpMessageId => "the AMQP message_id property".to_owned(),
@@ -58,6 +60,7 @@ pub struct MissingId {
 
 impl MissingId {
     /// The error for `source`.
+    #[must_use]
     pub fn new(source: &IdSource) -> Self {
         Self {
             looked_in: source.describe(),

@@ -52,6 +52,12 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// On shutdown it stops pulling, waits for the messages in flight, applies their
 /// dispositions and flushes the acks. Messages pulled but not started are left to
 /// JetStream, which delivers them again after `ack_wait`: nothing is lost.
+///
+/// # Errors
+///
+/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when the pull subscription
+/// cannot be opened or its stream fails (a missed heartbeat is not a failure: the client recovers
+/// from it).
 pub async fn consume<F, Fut>(
     jetstream: &Context,
     consumer: &PullConsumer,
@@ -202,6 +208,10 @@ async fn apply(acker: &Acker, disposition: &Disposition, route: DeadLetterRoute<
 
 /// The message's ID, from where `source` says. NATS messages have no AMQP `message_id`
 /// property: that source finds nothing.
+///
+/// # Errors
+///
+/// [`MissingId`] when `source` finds nothing (no such header, or [`IdSource::AmqpMessageId`]).
 pub fn message_id(
     source: &IdSource,
     headers: Option<&HeaderMap>,

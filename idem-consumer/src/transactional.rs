@@ -77,6 +77,10 @@ impl fmt::Debug for TransactionalConsumer {
 impl TransactionalConsumer {
     /// A consumer on `store` whose message IDs are keys in `namespace`, with the lease and
     /// retention times of [`Config::default`] and the default [`Policy`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `namespace` is not a valid key namespace.
     pub fn new(store: MySqlStore, namespace: &str) -> Result<Self, Error> {
         Self::with_config(store, namespace, &Config::default())
     }
@@ -84,6 +88,11 @@ impl TransactionalConsumer {
     /// Like [`new`](Self::new), with the lease TTL and retentions of `config` (its wait
     /// policy and payload limit do not apply: the store's own limit does). Fails with
     /// [`Error::InvalidInput`] on a bad namespace or a zero TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `namespace` is not a valid key namespace, or a TTL of `config`
+    /// is zero or out of range.
     pub fn with_config(store: MySqlStore, namespace: &str, config: &Config) -> Result<Self, Error> {
         Key::new(namespace, "-")?;
         Ok(Self {
@@ -104,6 +113,7 @@ impl TransactionalConsumer {
     }
 
     /// The store.
+    #[must_use]
     pub fn store(&self) -> &MySqlStore {
         &self.store
     }

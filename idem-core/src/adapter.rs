@@ -113,6 +113,12 @@ impl<M: EntryMap> LifecycleStore<M> {
 /// store wrapping a `LifecycleStore` forwards to these and boxes once).
 impl<M: EntryMap> LifecycleStore<M> {
     /// As [`IdempotencyStore::claim`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::FingerprintMismatch`] when the key holds a record with another fingerprint;
+    /// [`Error::Unavailable`] when [`EntryMap::admit`] refuses a new key (a full map); any error of
+    /// the map's [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         // Replays and "in progress" answers only read: decided on a snapshot, they need
         // neither the per-key serialization nor a write.
@@ -130,6 +136,13 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::complete`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`] when `response` is over [`max_payload`](Self::max_payload),
+    /// before the map is touched; [`Error::LeaseLost`] when `lease` no longer owns the key;
+    /// [`Error::Unavailable`] or another error from the map's
+    /// [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn complete(
         &self,
         lease: &Lease,
@@ -144,6 +157,13 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::fail`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PayloadTooLarge`] when `failure` is over [`max_payload`](Self::max_payload), before
+    /// the map is touched; [`Error::LeaseLost`] when `lease` no longer owns the key;
+    /// [`Error::Unavailable`] or another error from the map's
+    /// [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
         check_payload(failure.len(), self.max_payload)?;
         self.step(&lease.key, |current, now| {
@@ -153,6 +173,11 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::renew`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when `lease` no longer owns the key; [`Error::Unavailable`] or another
+    /// error from the map's [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
         self.step(&lease.key, |current, now| {
             lifecycle::renew(current, lease, ttl, now)
@@ -161,6 +186,11 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::release`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when `lease` no longer owns the key; [`Error::Unavailable`] or another
+    /// error from the map's [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn release(&self, lease: &Lease) -> Result<(), Error> {
         self.step(&lease.key, |current, now| {
             lifecycle::release(current, lease, now)
@@ -169,6 +199,11 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::read`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] or another error from the map's
+    /// [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
         let now = self.map.now();
         Ok(self
@@ -179,6 +214,11 @@ impl<M: EntryMap> LifecycleStore<M> {
     }
 
     /// As [`IdempotencyStore::remove`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] or another error from the map's
+    /// [`EntryMap::get`]/[`EntryMap::update`], passed through.
     pub async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.step(key, |current, now| lifecycle::remove(current, key, now))
             .await
@@ -221,6 +261,7 @@ pub struct TokenEntry {
 
 impl TokenEntry {
     /// Whether the token is still usable at `now`.
+    #[must_use]
     pub fn is_live(&self, now: u64) -> bool {
         now < self.expires_at
     }

@@ -24,6 +24,7 @@ pub struct ClaimRequest {
 
 impl ClaimRequest {
     /// A claim with a fresh owner token and no fingerprint.
+    #[must_use]
     pub fn new(key: Key, lease_ttl: Ttl) -> Self {
         Self {
             key,
@@ -34,12 +35,14 @@ impl ClaimRequest {
     }
 
     /// Sets the owner token, to retry a claim of the same attempt.
+    #[must_use]
     pub fn with_owner(mut self, owner: OwnerToken) -> Self {
         self.owner = owner;
         self
     }
 
     /// Sets the request fingerprint.
+    #[must_use]
     pub fn with_fingerprint(mut self, fingerprint: impl Into<Option<Fingerprint>>) -> Self {
         self.fingerprint = fingerprint.into();
         self

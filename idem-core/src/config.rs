@@ -78,6 +78,7 @@ pub enum WaitPolicy {
 
 impl WaitPolicy {
     /// Waits up to `timeout`, polling from every 10 ms up to every 500 ms.
+    #[must_use]
     pub fn wait(timeout: Duration) -> Self {
         Self::Wait {
             timeout,

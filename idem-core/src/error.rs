@@ -125,6 +125,7 @@ impl Error {
     }
 
     /// The operation ran, but its outcome could not be stored, because of `cause`.
+    #[must_use]
     pub fn not_recorded(cause: Error) -> Self {
         Self::NotRecorded {
             cause: Box::new(cause),
@@ -132,6 +133,7 @@ impl Error {
     }
 
     /// Whether retrying the same call later may succeed.
+    #[must_use]
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::InProgress { .. })
     }
@@ -217,6 +219,10 @@ impl std::fmt::Display for InputField {
 ///
 /// Stores call this before writing a payload so that the limit is enforced the same way
 /// everywhere.
+///
+/// # Errors
+///
+/// [`Error::PayloadTooLarge`] when `size` is over `limit`.
 pub fn check_payload(size: usize, limit: usize) -> Result<(), Error> {
     if size > limit {
         Err(Error::PayloadTooLarge { size, limit })

@@ -40,6 +40,11 @@ impl Fingerprint {
     ///
     /// Fails with [`Error::Serialization`] for values JSON cannot hold (maps with non-string
     /// keys, for example).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialization`] when `value` fails to serialize or JSON cannot hold it (a map with
+    /// non-string keys, for example).
     pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
         let value = serde_json::to_value(value).map_err(|e| Error::Serialization {
             source: Box::new(e),
@@ -53,6 +58,7 @@ impl Fingerprint {
     }
 
     /// The fingerprint of raw bytes.
+    #[must_use]
     pub fn from_bytes(bytes: &[u8]) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(BYTES_DOMAIN);
@@ -61,11 +67,13 @@ impl Fingerprint {
     }
 
     /// Rebuilds a fingerprint from the 32 bytes a store kept.
+    #[must_use]
     pub const fn from_digest(digest: [u8; 32]) -> Self {
         Self(digest)
     }
 
     /// The 32 digest bytes, for storing.
+    #[must_use]
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -95,7 +103,7 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// Writes JSON with object keys sorted by their UTF-8 bytes, whatever map type serde_json
+/// Writes JSON with object keys sorted by their UTF-8 bytes, whatever map type `serde_json`
 /// was built with (its `preserve_order` feature may be switched on by another crate).
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {

@@ -35,6 +35,14 @@ pub struct Key {
 
 impl Key {
     /// Validates and builds a key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field ([`InputField::Namespace`](crate::InputField) or
+    /// [`InputField::Key`](crate::InputField)):
+    /// [`InvalidInput::Empty`](crate::InvalidInput::Empty),
+    /// [`InvalidInput::TooLong`](crate::InvalidInput::TooLong) (over [`MAX_KEY_LEN`] bytes) or
+    /// [`InvalidInput::ControlCharacter`](crate::InvalidInput::ControlCharacter).
     pub fn new(namespace: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self, Error> {
         let (namespace, id) = (namespace.as_ref(), id.as_ref());
         validate(InputField::Namespace, namespace)?;
@@ -51,11 +59,13 @@ impl Key {
     }
 
     /// The namespace part.
+    #[must_use]
     pub fn namespace(&self) -> &str {
         &self.text[..usize::from(self.split)]
     }
 
     /// The client's key.
+    #[must_use]
     pub fn id(&self) -> &str {
         &self.text[usize::from(self.split)..]
     }
@@ -65,6 +75,7 @@ impl Key {
     ///
     /// Length-prefixing makes `("a:b", "c")` and `("a", "b:c")` encode differently, which a
     /// plain separator would not.
+    #[must_use]
     pub fn encoded(&self) -> String {
         format!("{}:{}:{}", self.split, self.namespace(), self.id())
     }

@@ -16,26 +16,31 @@ pub struct OwnerToken(Uuid);
 
 impl OwnerToken {
     /// A fresh random token (UUIDv4, 122 random bits).
+    #[must_use]
     pub fn random() -> Self {
         Self(Uuid::new_v4())
     }
 
     /// Wraps a UUID kept elsewhere, for example in a job's state.
+    #[must_use]
     pub const fn from_uuid(uuid: Uuid) -> Self {
         Self(uuid)
     }
 
     /// Rebuilds a token from the 16 bytes a store kept.
+    #[must_use]
     pub const fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(Uuid::from_bytes(bytes))
     }
 
     /// The 16 bytes to store.
+    #[must_use]
     pub const fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
 
     /// The token as a UUID.
+    #[must_use]
     pub const fn as_uuid(&self) -> Uuid {
         self.0
     }

@@ -84,6 +84,7 @@ pub const FENCING_MEMORY: Duration = Duration::from_secs(60);
 
 /// How long, in milliseconds, a store keeps the trace of a key whose lease of `lease_ttl_ms`
 /// ended: the longer of one lease TTL and [`FENCING_MEMORY`].
+#[must_use]
 pub fn trace_ttl(lease_ttl_ms: u64) -> u64 {
     lease_ttl_ms.max(FENCING_MEMORY.as_millis() as u64)
 }
@@ -187,6 +188,7 @@ impl Entry {
 }
 
 /// Claims a key (see [`IdempotencyStore::claim`](crate::IdempotencyStore::claim)).
+#[must_use]
 pub fn claim(current: Option<&Entry>, request: &ClaimRequest, now: u64) -> Step<Claim> {
     let Some(entry) = current.filter(|e| !e.is_expired(now)) else {
         return acquire(request, 1, now);
@@ -269,6 +271,7 @@ fn finish(
 }
 
 /// Extends a held lease to `ttl` from `now`.
+#[must_use]
 pub fn renew(current: Option<&Entry>, lease: &Lease, ttl: Ttl, now: u64) -> Step<()> {
     transition(current, lease, now, |entry| {
         Entry::claimed(lease.owner, entry.fencing, entry.fingerprint, ttl, now)
@@ -276,6 +279,7 @@ pub fn renew(current: Option<&Entry>, lease: &Lease, ttl: Ttl, now: u64) -> Step
 }
 
 /// Frees a held key, remembering its fencing number for [`trace_ttl`].
+#[must_use]
 pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
     transition(current, lease, now, |entry| entry.vacated(now))
 }
@@ -288,6 +292,7 @@ pub fn release(current: Option<&Entry>, lease: &Lease, now: u64) -> Step<()> {
 /// a finished key). A removed owner may still be running; the next owner's fencing number
 /// must stay above its number, or a downstream guard would reject the legitimate writer.
 /// A key already vacant keeps its trace as it is.
+#[must_use]
 pub fn remove(current: Option<&Entry>, key: &Key, now: u64) -> Step<bool> {
     match current.filter(|e| !e.is_expired(now)) {
         Some(entry) if entry.phase != Phase::Vacant => Step {

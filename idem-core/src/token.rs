@@ -37,8 +37,11 @@ pub struct Token(String);
 
 impl Token {
     /// Checks that `raw` is a well-formed token of `generator`'s format: non-empty, at most
-    /// [`MAX_TOKEN_LEN`] bytes, no whitespace or control characters. Else
-    /// [`InvalidInput::MalformedToken`].
+    /// [`MAX_TOKEN_LEN`] bytes, no whitespace or control characters.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::MalformedToken`], with the reason, when any of these checks fails.
     pub fn parse(raw: &str, generator: &dyn TokenGenerator) -> Result<Self, Error> {
         let reason = if raw.is_empty() {
             Some("empty")
@@ -58,6 +61,7 @@ impl Token {
     }
 
     /// The token's text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -65,6 +69,10 @@ impl Token {
     /// The idempotency key of the request this token guards, in `namespace`: run the
     /// request through [`Idempotency`](crate::Idempotency) under it, and a repeat with a used
     /// token gets the stored response instead of a bare rejection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `namespace` is not a valid key namespace (see [`Key::new`]).
     pub fn key(&self, namespace: &str) -> Result<Key, Error> {
         Key::new(namespace, self.0.clone())
     }
@@ -90,6 +98,11 @@ pub struct Scope(String);
 impl Scope {
     /// Validates a scope: non-empty, at most [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes, no
     /// control characters.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for [`InputField::Scope`]: empty, too long, or holding a control
+    /// character.
     pub fn new(scope: impl Into<String>) -> Result<Self, Error> {
         let scope = scope.into();
         key::validate(InputField::Scope, &scope)?;
@@ -97,6 +110,7 @@ impl Scope {
     }
 
     /// The scope's text.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -202,6 +216,7 @@ pub struct TokenRecord {
 impl TokenRecord {
     /// The consume rule, once for every store that keeps [`TokenRecord`]s: answers what
     /// consuming finds, and the record to write back when the token was used up.
+    #[must_use]
     pub fn consume(
         current: Option<&TokenRecord>,
         scope: &Scope,
@@ -263,12 +278,17 @@ impl<S: TokenStore> Tokens<S> {
     }
 
     /// Sets how long an issued token stays usable.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `ttl` is zero or over [`Ttl::MAX`].
     pub fn with_ttl(mut self, ttl: Duration) -> Result<Self, Error> {
         self.ttl = Ttl::new(ttl)?;
         Ok(self)
     }
 
     /// Makes tokens with another generator.
+    #[must_use]
     pub fn with_generator(mut self, generator: impl TokenGenerator) -> Self {
         self.generator = Arc::new(generator);
         self
@@ -280,6 +300,12 @@ impl<S: TokenStore> Tokens<S> {
     }
 
     /// Makes a token for `scope`, stores it and returns it for the client.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::MalformedToken`] when the generator made a token outside its own format; the
+    /// store's [`TokenStore::issue`] errors: [`InvalidInput::DuplicateToken`] when the token exists
+    /// already, [`Error::Unavailable`] when the store cannot be reached.
     pub async fn issue(&self, scope: &Scope) -> Result<Token, Error> {
         let token = self.parse(&self.generator.generate())?;
         self.store.issue(&token, scope, self.ttl).await?;
@@ -287,12 +313,22 @@ impl<S: TokenStore> Tokens<S> {
     }
 
     /// Checks that `raw` is a well-formed token, without asking the store.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::MalformedToken`], as [`Token::parse`].
     pub fn parse(&self, raw: &str) -> Result<Token, Error> {
         Token::parse(raw, self.generator.as_ref())
     }
 
     /// Uses up the token the client presented, if it is live, unused and belongs to `scope`.
     /// A malformed token is [`InvalidInput::MalformedToken`], and the store is not asked.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::MalformedToken`] for a malformed `raw`; the store's [`TokenStore::consume`]
+    /// errors ([`Error::Unavailable`], [`Error::CorruptRecord`]). A token that is unknown, used,
+    /// expired or of another scope is not an error: it is [`Consumption::Rejected`].
     pub async fn consume(&self, scope: &Scope, raw: &str) -> Result<Consumption, Error> {
         let token = self.parse(raw)?;
         self.store.consume(&token, scope).await

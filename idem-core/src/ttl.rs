@@ -17,6 +17,10 @@ impl Ttl {
 
     /// Validates a TTL: zero is [`InvalidInput::ZeroTtl`]; over [`Ttl::MAX`] is
     /// [`InvalidInput::TtlOutOfRange`].
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::ZeroTtl`] for zero; [`InvalidInput::TtlOutOfRange`] over [`Ttl::MAX`].
     pub fn new(ttl: Duration) -> Result<Self, Error> {
         if ttl.is_zero() {
             return Err(InvalidInput::ZeroTtl.into());
@@ -35,6 +39,7 @@ impl Ttl {
 
     /// A TTL of `millis` milliseconds, brought into range: zero becomes one millisecond,
     /// anything over [`Ttl::MAX`] becomes `MAX`. For constants that need no `Result`.
+    #[must_use]
     pub const fn from_millis_clamped(millis: u64) -> Self {
         const MAX_MILLIS: u64 = Ttl::MAX.as_secs() * 1000;
         if millis == 0 {
@@ -47,21 +52,31 @@ impl Ttl {
     }
 
     /// A TTL of whole seconds.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ttl::new`]: zero, or over [`Ttl::MAX`].
     pub fn from_secs(secs: u64) -> Result<Self, Error> {
         Self::new(Duration::from_secs(secs))
     }
 
     /// A TTL of whole milliseconds.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ttl::new`]: zero, or over [`Ttl::MAX`].
     pub fn from_millis(millis: u64) -> Result<Self, Error> {
         Self::new(Duration::from_millis(millis))
     }
 
     /// The TTL in milliseconds, never zero.
+    #[must_use]
     pub fn as_millis(self) -> u64 {
         self.0
     }
 
     /// The TTL as a [`Duration`].
+    #[must_use]
     pub fn as_duration(self) -> Duration {
         Duration::from_millis(self.0)
     }

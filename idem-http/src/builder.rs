@@ -168,6 +168,12 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
     /// Checks the settings and builds the layer. Fails with [`Error::InvalidInput`] on a
     /// zero or out-of-range retention or lease, or a wait policy whose backoff is zero or
     /// whose `max_backoff` is below its `initial_backoff`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] on a zero or out-of-range retention or lease TTL
+    /// ([`InvalidInput::ZeroTtl`], [`InvalidInput::TtlOutOfRange`]), or a wait policy whose backoff
+    /// is zero or whose `max_backoff` is below its `initial_backoff` ([`InvalidInput::Other`]).
     pub fn build(self) -> Result<IdempotencyLayer<S>, Error> {
         if let WaitPolicy::Wait {
             initial_backoff,

@@ -136,12 +136,14 @@ impl MemoryStore {
     pub const DEFAULT_MAX_PAYLOAD: usize = LifecycleStore::<Records>::DEFAULT_MAX_PAYLOAD;
 
     /// A store with the default capacity and payload limit.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_capacity(Self::DEFAULT_CAPACITY)
     }
 
     /// A store whose records take at most about `capacity` bytes of process memory, keys,
     /// payloads and bookkeeping included (see the crate docs for what happens when full).
+    #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
         let cache = Cache::builder()
@@ -173,12 +175,14 @@ impl MemoryStore {
     }
 
     /// The capacity in bytes.
+    #[must_use]
     pub fn capacity(&self) -> u64 {
         self.inner.map().capacity
     }
 
     /// The bytes the records held take, by the store's own count (as of moka's last
     /// housekeeping; [`run_pending_tasks`](Self::run_pending_tasks) brings it up to date).
+    #[must_use]
     pub fn held_bytes(&self) -> u64 {
         self.inner.map().held_bytes()
     }

@@ -60,12 +60,14 @@ impl MemoryTokenStore {
     pub const DEFAULT_CAPACITY: u64 = 256 * 1024 * 1024;
 
     /// A store with the default capacity.
+    #[must_use]
     pub fn new() -> Self {
         Self::with_capacity(Self::DEFAULT_CAPACITY)
     }
 
     /// A store whose tokens take at most about `capacity` bytes of process memory, used or
     /// not (bytes, as [`MemoryStore::with_capacity`](crate::MemoryStore::with_capacity)).
+    #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
         let cache = Cache::builder()
@@ -86,12 +88,14 @@ impl MemoryTokenStore {
     }
 
     /// The capacity in bytes.
+    #[must_use]
     pub fn capacity(&self) -> u64 {
         self.inner.map().capacity
     }
 
     /// The bytes the tokens held take, by the store's own count (as of moka's last
     /// housekeeping).
+    #[must_use]
     pub fn held_bytes(&self) -> u64 {
         self.inner.map().cache.weighted_size()
     }

@@ -3,7 +3,7 @@
 //!
 //! Its own test binary with a single test, so no other test's allocations share the process
 //! while it measures (`cargo test` runs the tests of one binary in parallel threads; the token
-//! store's twin is token_footprint.rs).
+//! store's twin is `token_footprint.rs`).
 
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Ttl};
 use idem_memory::{MemoryStore, StoreFull};

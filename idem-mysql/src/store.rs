@@ -66,6 +66,7 @@ impl MySqlStore {
     }
 
     /// Uses an existing pool, shared with the rest of the application.
+    #[must_use]
     pub fn from_pool(pool: MySqlPool) -> Self {
         let name = TableName::default_for(&RECORDS);
         Self {
@@ -118,16 +119,19 @@ impl MySqlStore {
     }
 
     /// The pool, to begin the transactions of the transactional mode.
+    #[must_use]
     pub fn pool(&self) -> &MySqlPool {
         &self.table.pool
     }
 
     /// The table name.
+    #[must_use]
     pub fn table(&self) -> &str {
         self.table.name.as_str()
     }
 
     /// The payload limit.
+    #[must_use]
     pub fn max_payload(&self) -> usize {
         self.max_payload
     }
@@ -153,6 +157,7 @@ impl MySqlStore {
 
     /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text: for teams
     /// that apply schema changes with their own tooling.
+    #[must_use]
     pub fn migration_sql(&self) -> String {
         self.table.migration_sql()
     }

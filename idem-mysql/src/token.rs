@@ -62,6 +62,7 @@ impl MySqlTokenStore {
 
     /// Uses an existing pool, shared with the rest of the application (or with a
     /// [`MySqlStore`](crate::MySqlStore): `MySqlTokenStore::from_pool(store.pool().clone())`).
+    #[must_use]
     pub fn from_pool(pool: MySqlPool) -> Self {
         let name = TableName::default_for(&TOKENS);
         Self {
@@ -98,11 +99,13 @@ impl MySqlTokenStore {
     }
 
     /// The pool.
+    #[must_use]
     pub fn pool(&self) -> &MySqlPool {
         &self.table.pool
     }
 
     /// The table name.
+    #[must_use]
     pub fn table(&self) -> &str {
         self.table.name.as_str()
     }
@@ -127,6 +130,7 @@ impl MySqlTokenStore {
     }
 
     /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text.
+    #[must_use]
     pub fn migration_sql(&self) -> String {
         self.table.migration_sql()
     }

@@ -25,6 +25,13 @@ impl MySqlStore {
     /// Lock errors are not retried here: a deadlock (1213) has rolled the whole
     /// transaction back, so it comes back as [`Error::Unavailable`] and the caller must run
     /// its transaction again from the start.
+    ///
+    /// # Errors
+    ///
+    /// As [`IdempotencyStore::claim`](idem_core::IdempotencyStore::claim):
+    /// [`Error::FingerprintMismatch`], [`Error::CorruptRecord`] for a row that does not decode;
+    /// [`Error::Unavailable`] for a lost connection, a lock wait timeout or a deadlock (the
+    /// transaction is then rolled back: run it again from the start).
     pub async fn claim_in(
         &self,
         conn: &mut MySqlConnection,
@@ -41,6 +48,12 @@ impl MySqlStore {
     /// Completes a key inside the caller's transaction: the response is stored if, and
     /// when, the transaction commits. [`Error::LeaseLost`] when the lease no longer holds
     /// the key; [`Error::PayloadTooLarge`] over the store's limit, with nothing written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LeaseLost`] when the lease no longer holds the key; [`Error::PayloadTooLarge`] over
+    /// the store's limit, with nothing written; [`Error::Unavailable`] for a lost connection or a
+    /// lock error that rolled the transaction back.
     pub async fn complete_in(
         &self,
         conn: &mut MySqlConnection,
@@ -63,6 +76,10 @@ impl MySqlStore {
 
     /// Stores a permanent failure inside the caller's transaction; see
     /// [`complete_in`](Self::complete_in).
+    ///
+    /// # Errors
+    ///
+    /// As [`complete_in`](Self::complete_in).
     pub async fn fail_in(
         &self,
         conn: &mut MySqlConnection,

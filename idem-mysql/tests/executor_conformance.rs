@@ -1,4 +1,4 @@
-//! The idem-tests executor checks against MariaDB/MySQL at IDEM_MYSQL_URL: the executor's
+//! The idem-tests executor checks against MariaDB/MySQL at `IDEM_MYSQL_URL`: the executor's
 //! rules (cancellation, renewal, lost replies, "ran but not recorded") hold on it.
 
 #[allow(dead_code)]

@@ -46,6 +46,7 @@ impl PgStore {
     }
 
     /// Uses an existing pool with every default, on table `idem_records`.
+    #[must_use]
     pub fn from_pool(pool: PgPool) -> Self {
         let table = TableName::default_for(&RECORDS);
         Self::from_parts(
@@ -57,16 +58,19 @@ impl PgStore {
     }
 
     /// The pool, to begin the transactions of the transactional mode.
+    #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.table.pool
     }
 
     /// The table name.
+    #[must_use]
     pub fn table(&self) -> &str {
         self.table.name.as_str()
     }
 
     /// The payload limit.
+    #[must_use]
     pub fn max_payload(&self) -> usize {
         self.max_payload
     }
@@ -91,6 +95,7 @@ impl PgStore {
     }
 
     /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text.
+    #[must_use]
     pub fn migration_sql(&self) -> String {
         self.table.migration_sql()
     }

@@ -42,6 +42,7 @@ impl PgTokenStore {
 
     /// Uses an existing pool (the application's, or a [`PgStore`](crate::PgStore)'s) with
     /// every default, on table `idem_tokens`.
+    #[must_use]
     pub fn from_pool(pool: PgPool) -> Self {
         Self::from_parts(
             pool,
@@ -52,11 +53,13 @@ impl PgTokenStore {
     }
 
     /// The pool.
+    #[must_use]
     pub fn pool(&self) -> &PgPool {
         &self.table.pool
     }
 
     /// The table name.
+    #[must_use]
     pub fn table(&self) -> &str {
         self.table.name.as_str()
     }
@@ -79,6 +82,7 @@ impl PgTokenStore {
     }
 
     /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text.
+    #[must_use]
     pub fn migration_sql(&self) -> String {
         self.table.migration_sql()
     }

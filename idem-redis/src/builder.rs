@@ -209,8 +209,8 @@ impl RedisStoreBuilder<RedisStore> {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range,
-    /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a
-    /// malformed URL or a refused login.
+    /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a malformed
+    /// URL or a refused login.
     pub async fn connect(self, url: &str) -> Result<RedisStore, Error> {
         let client = Client::open(url).map_err(from_redis)?;
         self.connect_client(client).await
@@ -258,8 +258,8 @@ impl RedisStoreBuilder<RedisTokenStore> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a prefix with a brace, [`Error::Unavailable`] when the
-    /// server does not answer, [`Error::Backend`] for a malformed URL or a refused login.
+    /// [`Error::InvalidInput`] for a prefix with a brace, [`Error::Unavailable`] when the server
+    /// does not answer, [`Error::Backend`] for a malformed URL or a refused login.
     pub async fn connect(self, url: &str) -> Result<RedisTokenStore, Error> {
         let client = Client::open(url).map_err(from_redis)?;
         self.connect_client(client).await
@@ -312,6 +312,7 @@ impl RedisStore {
 
     /// Uses an existing [`ConnectionManager`] with the default settings; its own timeouts
     /// apply, and the store bounds each call by the default deadline on top.
+    #[must_use]
     pub fn from_manager(manager: ConnectionManager) -> Self {
         let builder = Self::builder();
         let connection = builder.on(manager, Deadline::Store(builder.deadline()));
@@ -345,6 +346,7 @@ impl RedisTokenStore {
 
     /// Uses an existing [`ConnectionManager`] with the default settings; a clone of the one
     /// a [`RedisStore`] runs on shares its connection.
+    #[must_use]
     pub fn from_manager(manager: ConnectionManager) -> Self {
         let builder = Self::builder();
         Self::new(builder.on(manager, Deadline::Store(builder.deadline())))

@@ -96,6 +96,11 @@ impl<C: RedisConnection> RedisStore<C> {
     /// Loads the scripts into the server now, so that even the first call of each kind that
     /// runs one is one round trip. Optional: without it, the first such call after a server
     /// restart loads its script (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when Redis cannot be reached or times out; [`Error::Backend`] when it
+    /// refuses `SCRIPT LOAD` (scripting disabled, no permission).
     pub async fn load_scripts(&self) -> Result<(), Error> {
         self.connection.load(&SCRIPTS.of_records()).await
     }
@@ -189,7 +194,7 @@ fn transition_done(mut reply: Reply) -> Result<(), Error> {
     }
 }
 
-/// What a claim that found a finished record answers, as idem_core::lifecycle::claim does:
+/// What a claim that found a finished record answers, as `idem_core::lifecycle::claim` does:
 /// the outcome, unless the fingerprints differ.
 fn replay(request: &ClaimRequest, found: Found) -> Option<Result<Claim, Error>> {
     let Found::Finished {

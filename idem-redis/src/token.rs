@@ -73,6 +73,11 @@ impl<C: RedisConnection> RedisTokenStore<C> {
     /// Loads the consume script into the server now, so that even the first consume is one
     /// round trip. Optional: without it, the first consume after a server restart loads it
     /// (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`, `EVALSHA`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when Redis cannot be reached or times out; [`Error::Backend`] when it
+    /// refuses `SCRIPT LOAD` (scripting disabled, no permission).
     pub async fn load_scripts(&self) -> Result<(), Error> {
         self.connection.load(&[&SCRIPTS.consume_token]).await
     }

@@ -29,6 +29,7 @@ impl CallPolicy {
     /// cancels a stuck statement first and answers with a clean error on a connection that
     /// stays usable, while the store's own bound still catches a server that does not
     /// answer at all.
+    #[must_use]
     pub fn server_timeout(&self) -> Duration {
         self.timeout.mul_f64(0.9)
     }
@@ -36,6 +37,11 @@ impl CallPolicy {
     /// Runs `op` within `bound` (the [`timeout`](Self::timeout), or a caller's own), and again after an error `is_lock_conflict` accepts, at most
     /// [`lock_retries`](Self::lock_retries) more times. Only for statements that roll back
     /// alone (autocommit), so that running them again is exactly a retry.
+    ///
+    /// # Errors
+    ///
+    /// What `op` returned last, when it is not a lock conflict or the retries are used up;
+    /// [`Error::Unavailable`] when `bound` ran out first.
     pub async fn run<T, F, Fut>(
         &self,
         bound: Duration,

@@ -37,6 +37,12 @@ pub trait ClaimSteps {
 
 /// Claims a key: one INSERT for a never-seen key; otherwise the row is read, the rules of
 /// [`idem_core::lifecycle`] decide, and a free key is taken over by one conditional write.
+///
+/// # Errors
+///
+/// What the lifecycle answers ([`Error::FingerprintMismatch`]) and what the steps return (driver
+/// errors, [`Error::CorruptRecord`]); [`Error::Unavailable`] when the row kept changing for
+/// [`ROUNDS`] rounds.
 pub async fn claim<S: ClaimSteps + Send>(
     steps: &mut S,
     request: &ClaimRequest,

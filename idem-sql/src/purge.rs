@@ -20,6 +20,11 @@ pub trait PurgeExpired: Send + Sync {
 
 /// Runs `batch` (one DELETE of up to `batch_size` expired rows; how many it deleted) until a
 /// batch comes back short; the total.
+///
+/// # Errors
+///
+/// [`InvalidInput::Other`] for a `batch_size` of 0, before any batch runs; else the first error a
+/// batch returns (the rows deleted before it stay deleted).
 pub async fn in_batches<F, Fut>(batch_size: u32, mut batch: F) -> Result<u64, Error>
 where
     F: FnMut(u32) -> Fut,

@@ -51,6 +51,11 @@ pub struct StoredRow {
 impl StoredRow {
     /// The lifecycle entry this row stands for, at [`NOW`]; a row no store of this shape
     /// could have written is [`Error::CorruptRecord`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CorruptRecord`] for an unknown state byte, a missing column its state needs, or a
+    /// fingerprint, owner or payload of the wrong shape.
     pub fn into_entry(self) -> Result<Entry, Error> {
         let fingerprint = self
             .fingerprint
@@ -80,12 +85,17 @@ impl StoredRow {
 
 /// A signed fencing column (PostgreSQL's `bigint`) as the lease's number; a negative one is
 /// [`Error::CorruptRecord`].
+///
+/// # Errors
+///
+/// [`Error::CorruptRecord`] for a negative number.
 pub fn fencing(stored: i64) -> Result<u64, Error> {
     u64::try_from(stored).map_err(|_| Error::corrupt(format!("a negative fencing number {stored}")))
 }
 
 /// The lease TTL and the whole life of a claimed row (lease + trace), in microseconds: what
 /// an insert, a takeover and a renewal add to the server's clock.
+#[must_use]
 pub fn claim_spans(lease_ttl: Ttl) -> (u64, u64) {
     let lease = lease_ttl.as_millis();
     let life = lease.saturating_add(lifecycle::trace_ttl(lease));
@@ -93,6 +103,7 @@ pub fn claim_spans(lease_ttl: Ttl) -> (u64, u64) {
 }
 
 /// Milliseconds as microseconds, the unit every statement adds to the server's clock.
+#[must_use]
 pub fn micros(millis: u64) -> u64 {
     millis.saturating_mul(1000)
 }

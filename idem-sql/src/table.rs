@@ -21,6 +21,11 @@ pub struct TableName(String);
 impl TableName {
     /// Validates a table name of at most `max` bytes (the engine's identifier limit, less
     /// whatever the store appends to name its indexes).
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput::Other`] for an empty name, one over `max` bytes, or one holding anything but
+    /// ASCII letters, digits and underscores.
     pub fn new(name: &str, max: usize) -> Result<Self, Error> {
         if name.is_empty() || name.len() > max {
             return Err(InvalidInput::Other("a table name is too short or too long").into());
@@ -36,17 +41,20 @@ impl TableName {
 
     /// The default table of `kind`, trusted as valid: each store holds its kinds to that in
     /// a unit test.
+    #[must_use]
     pub fn default_for(kind: &TableKind) -> Self {
         Self(kind.default_table.to_owned())
     }
 
     /// The name as given.
+    #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
     /// The name between `quote`s, as the engine's SQL names it (`` ` `` or `"`). Safe: the
     /// name holds no quote character.
+    #[must_use]
     pub fn quoted(&self, quote: char) -> String {
         format!("{quote}{}{quote}", self.0)
     }
@@ -94,6 +102,7 @@ pub struct TableKind {
 
 impl TableKind {
     /// The version this build reads and writes: the last migration's.
+    #[must_use]
     pub fn version(&self) -> u32 {
         self.migrations.last().map_or(0, |m| m.version)
     }
@@ -101,6 +110,7 @@ impl TableKind {
     /// The whole DDL for a table called `table`, one block per version, each statement
     /// ending in `;`: the text to hand to a DBA or a migration tool. `migrate()` runs
     /// exactly these blocks.
+    #[must_use]
     pub fn migration_sql(&self, table: &TableName) -> String {
         self.migrations
             .iter()
@@ -124,6 +134,10 @@ impl TableKind {
 
     /// The schema version a table's `comment` names (`None`: no such table); a comment of
     /// another kind or of no idem table is [`Error::Backend`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the table exists but its comment names no version of this kind.
     pub fn version_in(
         &self,
         table: &TableName,
@@ -145,6 +159,11 @@ impl TableKind {
     }
 
     /// Fails unless the table is at this build's version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the table does not exist (`found` is `None`) or is at another
+    /// version; the message says how to migrate.
     pub fn check(&self, table: &TableName, found: Option<u32>) -> Result<(), Error> {
         let store = self.store;
         match found {

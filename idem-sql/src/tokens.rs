@@ -43,6 +43,11 @@ pub trait TokenSteps {
 
 /// Issues a token: one INSERT; a collision replaces an expired row, or is
 /// [`InvalidInput::DuplicateToken`].
+///
+/// # Errors
+///
+/// [`InvalidInput::DuplicateToken`] when a live row holds the token; what the steps return (driver
+/// errors) otherwise.
 pub async fn issue<S: TokenSteps + Sync>(
     steps: &S,
     token: &Token,
@@ -66,6 +71,11 @@ pub async fn issue<S: TokenSteps + Sync>(
 
 /// Consumes a token: one conditional write; only when it matched nothing does one read tell
 /// why ([`TokenRecord::consume`] decides, so the order of the checks is the core's).
+///
+/// # Errors
+///
+/// What the steps return (driver errors, [`Error::CorruptRecord`]); [`Error::Unavailable`] when the
+/// row kept changing for [`ROUNDS`] rounds.
 pub async fn consume<S: TokenSteps + Sync>(
     steps: &S,
     token: &Token,
@@ -88,6 +98,10 @@ pub async fn consume<S: TokenSteps + Sync>(
 }
 
 /// A stored scope as the [`Scope`] it was issued for.
+///
+/// # Errors
+///
+/// [`Error::CorruptRecord`] when the bytes are not UTF-8 or not a valid [`Scope`].
 pub fn decode_scope(bytes: Vec<u8>) -> Result<Scope, Error> {
     let text = String::from_utf8(bytes)
         .map_err(|e| Error::corrupt_with("a stored token scope is not UTF-8", e))?;

@@ -65,6 +65,11 @@ impl Ctx {
 
 /// Of `capabilities.concurrency` concurrent consumes of one token, exactly one consumes it;
 /// the others are told it was already used.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when more or fewer than one consume wins, or a loser is not
+/// told `AlreadyUsed`; or when a store call the check needs fails unexpectedly.
 pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("exclusive_consume", store, capabilities, |ctx| async move {
         let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
@@ -111,6 +116,11 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 
 /// A token is usable within its TTL and unknown after it; a used token's mark expires
 /// with it too (it is kept only to tell repeats "already used" meanwhile).
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when a token is refused within its TTL or accepted after
+/// it, or its used mark outlives it; or when a store call the check needs fails unexpectedly.
 pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("token_expiry", store, capabilities, |ctx| async move {
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
@@ -147,6 +157,11 @@ pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -
 }
 
 /// A token issued for one scope is rejected for another, and the attempt does not use it up.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when another scope's consume is accepted or uses the token
+/// up; or when a store call the check needs fails unexpectedly.
 pub async fn scope_binding(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("scope_binding", store, capabilities, |ctx| async move {
         let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
@@ -170,6 +185,11 @@ pub async fn scope_binding(store: SharedTokenStore, capabilities: Capabilities) 
 
 /// Malformed tokens are refused with a typed error before the store is asked; a
 /// well-formed token never issued is unknown.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when a malformed token is accepted or reaches the store, or
+/// a token never issued is not `Unknown`; or when a store call the check needs fails unexpectedly.
 pub async fn malformed_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("malformed_tokens", store, capabilities, |ctx| async move {
         let counting = Arc::new(CountingStore {
@@ -213,6 +233,11 @@ pub async fn malformed_tokens(store: SharedTokenStore, capabilities: Capabilitie
 }
 
 /// 10,000 issued tokens are all distinct, and issuing never overwrites a live token.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when two tokens are equal, or an issue overwrote a live
+/// token; or when a store call the check needs fails unexpectedly.
 pub async fn issue_never_overwrites(
     store: SharedTokenStore,
     capabilities: Capabilities,
@@ -245,6 +270,11 @@ pub async fn issue_never_overwrites(
 }
 
 /// 10,000 tokens issued (32 at a time) are all distinct, and all were stored.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when two tokens are equal, or one was not stored; or when a
+/// store call the check needs fails unexpectedly.
 pub async fn distinct_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("distinct_tokens", store, capabilities, |ctx| async move {
         let ctx = Arc::new(ctx);
@@ -308,6 +338,11 @@ impl TokenStore for CountingStore {
 
 /// Scopes are compared exactly: a scope that differs in case, spacing, a prefix or suffix,
 /// or Unicode normalization is `WrongScope`, and the token stays usable by its own scope.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when a scope that differs is accepted, or the attempt used
+/// the token up; or when a store call the check needs fails unexpectedly.
 pub async fn scope_compared_exactly(
     store: SharedTokenStore,
     capabilities: Capabilities,
@@ -353,6 +388,11 @@ pub async fn scope_compared_exactly(
 /// Every rejection reason on every path, in the core's order (`TokenRecord::consume`):
 /// never issued or expired (used or not) is `Unknown` for any scope; used and live is
 /// `AlreadyUsed` for any scope; unused and live, for another scope, is `WrongScope`.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when a rejection names another reason than the core's order
+/// gives; or when a store call the check needs fails unexpectedly.
 pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("rejection_reasons", store, capabilities, |ctx| async move {
         let other = ctx.other_scope("other")?;
@@ -409,6 +449,11 @@ pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabiliti
 /// A used token's mark lasts exactly as long as the token would have: repeats late in its
 /// TTL are still `AlreadyUsed`, and consuming does not restart the TTL (after the token's
 /// own expiry a repeat is `Unknown`).
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when a repeat is not `AlreadyUsed` within the token's TTL
+/// or not `Unknown` after it; or when a store call the check needs fails unexpectedly.
 pub async fn used_mark_lifetime(
     store: SharedTokenStore,
     capabilities: Capabilities,
@@ -454,6 +499,12 @@ pub async fn used_mark_lifetime(
 
 /// Issuing against a used token (still marked) fails with `DuplicateToken` and leaves the
 /// mark; issuing against an expired one stores it afresh.
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when issuing against a used token is not `DuplicateToken`
+/// or removed its mark, or an expired one is not stored afresh; or when a store call the check
+/// needs fails unexpectedly.
 pub async fn issue_against_used(
     store: SharedTokenStore,
     capabilities: Capabilities,

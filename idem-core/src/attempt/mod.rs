@@ -154,16 +154,19 @@ impl<S: IdempotencyStore> Engine<S> {
     }
 
     /// The store.
+    #[must_use]
     pub fn store(&self) -> &Arc<S> {
         self.watchlist.store()
     }
 
     /// The TTL of every lease, and of every renewal.
+    #[must_use]
     pub fn lease_ttl(&self) -> Ttl {
         self.watchlist.ttl()
     }
 
     /// The policy of [`Attempt::run`].
+    #[must_use]
     pub fn cancel_policy(&self) -> CancelPolicy {
         self.cancel_policy
     }
@@ -171,11 +174,17 @@ impl<S: IdempotencyStore> Engine<S> {
     /// Claims a key. A claim the store could not answer (`Unavailable`) is sent again a few
     /// times within a second, with the same owner token: if the first one was applied and
     /// only its reply lost, the store recognises the owner and hands back the same lease.
+    ///
+    /// # Errors
+    ///
+    /// What the store's [`claim`](IdempotencyStore::claim) returns: [`Error::FingerprintMismatch`],
+    /// or [`Error::Unavailable`] once the resends are used up, or any other store error at once.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         claim::claim(&**self.store(), request).await
     }
 
     /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
+    #[must_use]
     pub fn attempt(&self, lease: Lease) -> Attempt<S> {
         let (status, _) = watch::channel(LeaseStatus {
             lost: false,
@@ -211,11 +220,13 @@ impl<S: IdempotencyStore> fmt::Debug for Attempt<S> {
 
 impl<S: IdempotencyStore> Attempt<S> {
     /// The lease the attempt runs under.
+    #[must_use]
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 
     /// A handle for the operation: its lease, and whether it was lost while it runs.
+    #[must_use]
     pub fn lease_handle(&self) -> LeaseHandle {
         LeaseHandle::new(self.lease.clone(), self.status.subscribe())
     }
@@ -229,6 +240,13 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// failures that had one) and the panic unwinds into the caller.
     ///
     /// Must be polled within a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`AttemptError::NotRecorded`], with the operation's output, when the outcome could not be
+    /// stored (the lease was lost, the store stayed unavailable while the lease lasted, the payload
+    /// was refused); [`AttemptError::Interrupted`] when the task running the operation stopped
+    /// before it returned (its runtime shut down).
     pub async fn run<T, Fut, St>(self, operation: Fut, settle: St) -> Result<T, AttemptError<T>>
     where
         Fut: Future<Output = T> + Send + 'static,
@@ -251,6 +269,11 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// outlive it: the policy is always [`CancelPolicy::Release`]. Dropping the returned future
     /// before the operation returned drops the operation and releases the key; dropping it
     /// later (during the outcome write) releases nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`AttemptError::NotRecorded`], with the operation's output, when the outcome could not be
+    /// stored, as for [`run`](Self::run).
     pub async fn run_scoped<T, Fut, St>(
         self,
         operation: Fut,

@@ -83,11 +83,13 @@ impl LeaseHandle {
     }
 
     /// The lease.
+    #[must_use]
     pub fn lease(&self) -> &Lease {
         &self.lease
     }
 
     /// Whether the lease was found lost.
+    #[must_use]
     pub fn is_lost(&self) -> bool {
         self.status.borrow().lost
     }

@@ -155,8 +155,12 @@ impl<S: IdempotencyStore> Idempotency<S> {
         Self::with_settings(store, Settings::default())
     }
 
-    /// An executor with `config`; fails with [`Error::InvalidInput`] on zero TTLs or a bad
-    /// backoff.
+    /// An executor with `config`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when a TTL of `config` is zero or out of range, or its backoff is
+    /// not usable.
     pub fn with_config(store: S, config: Config) -> Result<Self, Error> {
         Ok(Self::with_settings(
             Arc::new(store),
@@ -171,11 +175,13 @@ impl<S: IdempotencyStore> Idempotency<S> {
     }
 
     /// The store.
+    #[must_use]
     pub fn store(&self) -> &S {
         self.engine.store()
     }
 
     /// The engine the executor runs its attempts on.
+    #[must_use]
     pub fn engine(&self) -> &Engine<S> {
         &self.engine
     }
@@ -189,6 +195,16 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// run on a task of its own, to the end, even if this call's future is dropped (see
     /// [When the caller goes away](Self#when-the-caller-goes-away)). For an operation that
     /// borrows, use [`execute_scoped`](Self::execute_scoped).
+    ///
+    /// # Errors
+    ///
+    /// - [`ExecuteError::Operation`]: the operation failed, now or the first time (replayed).
+    /// - [`ExecuteError::Idempotency`]: it did not run: [`Error::FingerprintMismatch`] (the key was
+    ///   used with another request), [`Error::InProgress`] (another caller holds the key and the
+    ///   [`WaitPolicy`](crate::WaitPolicy) ran out), [`Error::Unavailable`] or another store error,
+    ///   or [`Error::Serialization`] when a stored outcome does not decode into `T`/`E`.
+    /// - [`ExecuteError::NotRecorded`]: it ran, with its result, but the outcome could not be
+    ///   stored (the lease was lost, the store stayed unavailable, the payload was refused).
     pub async fn execute<T, E, F, Fut>(
         &self,
         key: &Key,
@@ -207,6 +223,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
 
     /// Like [`execute`](Self::execute), and also says whether the outcome was replayed
     /// (for an `Idempotent-Replayed` header, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute), except that the operation's own failure is in the
+    /// [`Execution`], never [`ExecuteError::Operation`].
     pub async fn execute_outcome<T, E, F, Fut>(
         &self,
         key: &Key,
@@ -226,6 +247,10 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// Like [`execute_outcome`](Self::execute_outcome), handing the operation its
     /// [`LeaseHandle`]: the lease's fencing number, to guard its own writes with, and
     /// whether the lease was lost while it runs, so a long job can stop.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute_outcome`](Self::execute_outcome).
     pub async fn execute_with_lease<T, E, F, Fut>(
         &self,
         key: &Key,
@@ -256,6 +281,10 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// future before the operation returned drops the operation and releases the key at once
     /// ([`CancelPolicy::Release`](crate::attempt::CancelPolicy::Release)), whatever the
     /// [`Config`] says.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute).
     pub async fn execute_scoped<T, E, F, Fut>(
         &self,
         key: &Key,

@@ -1,4 +1,4 @@
-//! idem-mysql against the real server at IDEM_MYSQL_URL, in one test binary: the whole
+//! idem-mysql against the real server at `IDEM_MYSQL_URL`, in one test binary: the whole
 //! conformance suite (records and tokens), then what it does not cover, or covers only in
 //! general terms.
 

@@ -1,4 +1,4 @@
-//! MySqlTokenStore against the real server at IDEM_MYSQL_URL: what the token conformance
+//! `MySqlTokenStore` against the real server at `IDEM_MYSQL_URL`: what the token conformance
 //! suite does not cover. Each test works on a fresh table of its own.
 
 use std::sync::Arc;

@@ -32,7 +32,7 @@ async fn terminate(admin: &sqlx::PgPool, application: &str) -> i64 {
     .expect("terminate backends")
 }
 
-/// The store's connections are terminated (pg_terminate_backend) again and again while 16
+/// The store's connections are terminated (`pg_terminate_backend`) again and again while 16
 /// tasks run claims and completions: every error is `Unavailable` (never `Backend` or
 /// `CorruptRecord`), completed keys replay what they stored, and once the terminations stop
 /// every call succeeds again.

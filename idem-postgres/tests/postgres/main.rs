@@ -1,4 +1,4 @@
-//! idem-postgres against the real server at IDEM_POSTGRES_URL, in one test binary: the
+//! idem-postgres against the real server at `IDEM_POSTGRES_URL`, in one test binary: the
 //! whole conformance suite, then what it does not cover, or covers only in general terms.
 
 mod claims;

@@ -36,7 +36,7 @@ fn unreachable(url: &str, error: impl std::fmt::Display) -> ! {
 }
 
 /// A pool of up to `max` connections on `url`, named `application` on the server (so a
-/// test can find its connections in pg_stat_activity), or a panic that says how to start
+/// test can find its connections in `pg_stat_activity`), or a panic that says how to start
 /// the server.
 pub async fn pool_on(url: &str, max: u32, application: &str) -> PgPool {
     let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a valid URL");

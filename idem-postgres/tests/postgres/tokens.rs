@@ -1,4 +1,4 @@
-//! PgTokenStore: what the token conformance suite does not cover.
+//! `PgTokenStore`: what the token conformance suite does not cover.
 
 use std::time::Duration;
 

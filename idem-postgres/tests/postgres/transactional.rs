@@ -142,7 +142,7 @@ async fn a_concurrent_claim_waits_for_the_transaction() {
     }
 }
 
-/// Times come from clock_timestamp(), not now(): a claim made late in a long transaction
+/// Times come from `clock_timestamp()`, not `now()`: a claim made late in a long transaction
 /// gets a lease that ends its TTL after the claim, not after the transaction began.
 #[tokio::test]
 async fn a_claim_late_in_a_transaction_uses_the_current_clock() {

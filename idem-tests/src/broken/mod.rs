@@ -139,6 +139,7 @@ impl Defect {
     ];
 
     /// The checks that must fail against this defect.
+    #[must_use]
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             Defect::TwoWinners => &["exclusive_claim", "exclusive_claim_many_keys"],
@@ -181,6 +182,7 @@ impl Defect {
     }
 
     /// A store with this defect, whose honest payload limit is `max_payload`.
+    #[must_use]
     pub fn store(self, max_payload: usize) -> BrokenStore {
         BrokenStore::new(self, max_payload)
     }

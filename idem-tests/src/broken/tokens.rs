@@ -49,6 +49,7 @@ impl TokenDefect {
     ];
 
     /// The token checks that must fail against this defect.
+    #[must_use]
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             TokenDefect::CheckThenMark => &["exclusive_consume"],
@@ -65,6 +66,7 @@ impl TokenDefect {
     }
 
     /// A store with this defect.
+    #[must_use]
     pub fn store(self) -> BrokenTokenStore {
         BrokenTokenStore {
             tokens: Mutex::default(),

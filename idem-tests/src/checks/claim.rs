@@ -8,6 +8,12 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// `capabilities.concurrency` tasks claim one key at the same instant: exactly one acquires,
 /// every other one is told it is in progress; after completion all of them get the response.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when more or fewer than one racer
+/// acquires, a loser is not told `InProgress`, or a repeat after completion does not get the
+/// response; or when a store call the check needs fails unexpectedly.
 pub async fn exclusive_claim(store: Store, capabilities: Capabilities) -> CheckResult {
     run("exclusive_claim", store, capabilities, |ctx| async move {
         let ctx = Arc::new(ctx);
@@ -46,6 +52,11 @@ pub async fn exclusive_claim(store: Store, capabilities: Capabilities) -> CheckR
 }
 
 /// 200 keys, each raced by 4 claimers at once: exactly one winner per key.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when any key has more or fewer than
+/// one winner; or when a store call the check needs fails unexpectedly.
 pub async fn exclusive_claim_many_keys(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "exclusive_claim_many_keys",
@@ -76,6 +87,12 @@ pub async fn exclusive_claim_many_keys(store: Store, capabilities: Capabilities)
 /// Keys freed by a lapsed lease or a release are raced by 8 new owners each at once: exactly
 /// one takes each key over, with a larger fencing number; the others see it in progress.
 /// (Takeover is where stores built on a unique index or `SET NX` race: the key exists.)
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a freed key is taken over by more
+/// or fewer than one racer, or without a larger fencing number; or when a store call the check
+/// needs fails unexpectedly.
 pub async fn exclusive_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "exclusive_takeover",
@@ -163,6 +180,12 @@ pub(crate) async fn race(
 
 /// A claim retried by the same owner (its first reply lost) gets the same lease back, not
 /// "in progress"; another owner still sees it in progress.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the owner's retried claim is not
+/// handed the same lease, or another owner does not see the key in progress; or when a store call
+/// the check needs fails unexpectedly.
 pub async fn uncertain_claim(store: Store, capabilities: Capabilities) -> CheckResult {
     run("uncertain_claim", store, capabilities, |ctx| async move {
         let key = ctx.key("retried")?;

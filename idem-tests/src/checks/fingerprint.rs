@@ -3,9 +3,15 @@ use idem_core::{Claim, ClaimRequest, Error, Fingerprint, Key, Lease};
 use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
-/// A claim with a different fingerprint gets FingerprintMismatch in every state (in progress,
+/// A claim with a different fingerprint gets `FingerprintMismatch` in every state (in progress,
 /// completed, failed) and changes nothing, including the holder's own retried claim; the
 /// same fingerprint is answered as usual.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a different fingerprint is not
+/// `FingerprintMismatch` in some state, or the mismatching claim changed the record; or when a
+/// store call the check needs fails unexpectedly.
 pub async fn fingerprints(store: Store, capabilities: Capabilities) -> CheckResult {
     run("fingerprints", store, capabilities, |ctx| async move {
         let original = Fingerprint::from_bytes(b"POST /transfers amount=100");

@@ -8,6 +8,12 @@ use crate::{Capabilities, CheckResult, Store};
 /// A free key (never seen, lapsed, released, retention ended, removed) reads as `None`,
 /// removes as `false`, and is acquired by a claim with any fingerprint (another digest or
 /// none), after which a fresh owner sees it in progress.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a free key reads as a record,
+/// removes as `true`, or is not acquired by the next claim; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn free_key(store: Store, capabilities: Capabilities) -> CheckResult {
     run("free_key", store, capabilities, |ctx| async move {
         let stored = Fingerprint::from_bytes(b"the first request");

@@ -7,6 +7,12 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// Reading a record shows its state, fencing number, fingerprint and time left; removing it
 /// frees the key and takes the lease from its holder.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a read shows the wrong state,
+/// fencing, fingerprint or time left, or a removal leaves the key held; or when a store call the
+/// check needs fails unexpectedly.
 pub async fn inspection_and_removal(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "inspection_and_removal",

@@ -4,6 +4,11 @@ use crate::context::{Ctx, Doing, LONG, ensure, run};
 use crate::{Capabilities, CheckResult, Store};
 
 /// The same key in two namespaces is two independent records.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a write in one namespace shows in
+/// the other; or when a store call the check needs fails unexpectedly.
 pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "namespace_isolation",
@@ -41,6 +46,11 @@ pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> Ch
 /// Keys are stored exactly, both parts: keys that a careless encoding, separator,
 /// collation, truncation or normalization would merge stay distinct, whether the
 /// difference is in the namespace or in the id.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when two distinct keys share a record;
+/// or when a store call the check needs fails unexpectedly.
 pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("key_fidelity", store, capabilities, |ctx| async move {
         let ns = ctx.namespace.clone();

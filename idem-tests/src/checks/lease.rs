@@ -5,6 +5,12 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// A claim not finished within its lease can be acquired by another owner, with a larger
 /// fencing number.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a lapsed claim is not acquired by
+/// another owner, or its fencing number does not grow; or when a store call the check needs fails
+/// unexpectedly.
 pub async fn lease_expiry(store: Store, capabilities: Capabilities) -> CheckResult {
     run("lease_expiry", store, capabilities, |ctx| async move {
         let key = ctx.key("abandoned")?;
@@ -32,7 +38,13 @@ pub async fn lease_expiry(store: Store, capabilities: Capabilities) -> CheckResu
 }
 
 /// After a takeover, complete, fail, renew and release with the old lease each return
-/// LeaseLost and leave the new owner's record as it was.
+/// `LeaseLost` and leave the new owner's record as it was.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a call with the old lease is not
+/// `LeaseLost`, or changed the new owner's record; or when a store call the check needs fails
+/// unexpectedly.
 pub async fn stale_lease(store: Store, capabilities: Capabilities) -> CheckResult {
     run("stale_lease", store, capabilities, |ctx| async move {
         let key = ctx.key("taken-over")?;
@@ -75,6 +87,12 @@ pub async fn stale_lease(store: Store, capabilities: Capabilities) -> CheckResul
 }
 
 /// A renewed lease outlives its first TTL; others keep seeing it in progress.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a renewed lease is taken over
+/// after its first TTL, or others stop seeing it in progress; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn renewal(store: Store, capabilities: Capabilities) -> CheckResult {
     run("renewal", store, capabilities, |ctx| async move {
         let key = ctx.key("slow")?;
@@ -105,6 +123,12 @@ pub async fn renewal(store: Store, capabilities: Capabilities) -> CheckResult {
 /// A lapsed lease that nobody took over still counts: it completes, fails, renews (after
 /// which others see the key in progress again) and releases (after which the next claim
 /// gets a larger fencing number). Slowness alone loses nothing.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a call with a lapsed lease nobody
+/// took over is refused, or its effect is not the usual one; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn lapsed_lease_still_finishes(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "lapsed_lease_still_finishes",

@@ -32,6 +32,12 @@ pub const STEPS: usize = 2_000;
 /// `idem_core::lifecycle` (the reference state machine): every answer, every fencing number
 /// (growing, and the holder's own), every record read. A failure names its seed; set
 /// `IDEM_MODEL_SEED` to replay it (and `IDEM_MODEL_STEPS` to run more or fewer steps).
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when an answer, a fencing number or a
+/// record read differs from the reference state machine's; the message names the seed and the step;
+/// or when a store call the check needs fails unexpectedly.
 pub async fn model(store: Store, capabilities: Capabilities) -> CheckResult {
     run("model", store, capabilities, |ctx| async move {
         let seed = match std::env::var(SEED_VAR) {

@@ -5,6 +5,12 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// A released key (a retryable failure) is free at once and its next lease has a larger
 /// fencing number; a permanent failure is stored and replayed.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a released key is not free at
+/// once, its next fencing number does not grow, or a permanent failure is not replayed; or when a
+/// store call the check needs fails unexpectedly.
 pub async fn failures(store: Store, capabilities: Capabilities) -> CheckResult {
     run("failures", store, capabilities, |ctx| async move {
         let key = ctx.key("flaky")?;
@@ -41,6 +47,12 @@ pub async fn failures(store: Store, capabilities: Capabilities) -> CheckResult {
 }
 
 /// A finished record past its retention is gone and the key can be acquired again.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a record past its retention is
+/// still read or replayed, or its key is not acquired again; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn retention(store: Store, capabilities: Capabilities) -> CheckResult {
     run("retention", store, capabilities, |ctx| async move {
         let short = ttl(ctx.short())?;
@@ -81,6 +93,12 @@ pub async fn retention(store: Store, capabilities: Capabilities) -> CheckResult 
 /// refused and the claim stays as it was; a payload of exactly the limit is accepted.
 /// (Keys and TTLs cannot reach a store malformed: `Key` and `Ttl` refuse them at
 /// construction, which is asserted here too so the rule stays written down.)
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when an over-limit payload is not
+/// `PayloadTooLarge` or was written, a payload of exactly the limit is refused, or a bad key or TTL
+/// is accepted; or when a store call the check needs fails unexpectedly.
 pub async fn bad_input(store: Store, capabilities: Capabilities) -> CheckResult {
     run("bad_input", store, capabilities, |ctx| async move {
         ensure!(

@@ -10,6 +10,12 @@ use crate::{Capabilities, CheckResult, Store};
 /// are each `LeaseLost` and change nothing (the stored outcome, its fencing and its time
 /// left stay as they were); after a release, the next claim, by anyone including the same
 /// owner token, acquires with a larger fencing number.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a spent lease's call is not
+/// `LeaseLost`, changes the record, or the next acquisition's fencing number does not grow; or when
+/// a store call the check needs fails unexpectedly.
 pub async fn spent_lease(store: Store, capabilities: Capabilities) -> CheckResult {
     run("spent_lease", store, capabilities, |ctx| async move {
         for finished in ["completed", "failed"] {
@@ -67,6 +73,12 @@ pub async fn spent_lease(store: Store, capabilities: Capabilities) -> CheckResul
 /// A lease is its owner and its fencing number together: an owner token reused for a
 /// later acquisition (as `OwnerToken::from_uuid` allows) does not revive its older lease,
 /// and a lease with the current fencing number but another owner is refused.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when an older lease of a reused owner
+/// token, or the current fencing with another owner, is accepted; or when a store call the check
+/// needs fails unexpectedly.
 pub async fn lease_identity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("lease_identity", store, capabilities, |ctx| async move {
         let key = ctx.key("reused-owner")?;
@@ -106,6 +118,12 @@ pub async fn lease_identity(store: Store, capabilities: Capabilities) -> CheckRe
 /// `remove` frees a key but leaves a trace: the next acquisition, by a new owner or by the
 /// removed owner's token, gets a larger fencing number than any lease before the removal
 /// (whether the key was claimed, completed or failed), and the removed lease is spent.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when an acquisition after `remove`
+/// does not get a larger fencing number, or the removed lease still works; or when a store call the
+/// check needs fails unexpectedly.
 pub async fn removal_fencing(store: Store, capabilities: Capabilities) -> CheckResult {
     run("removal_fencing", store, capabilities, |ctx| async move {
         for (i, phase) in ["claimed", "completed", "failed", "claimed-same-owner"]
@@ -149,6 +167,11 @@ pub async fn removal_fencing(store: Store, capabilities: Capabilities) -> CheckR
 
 /// The original owner, retrying its exact claim after its lease lapsed and another owner
 /// took the key over, is told `InProgress`: never its old lease, never a new one.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the original owner's retried
+/// claim is not `InProgress`; or when a store call the check needs fails unexpectedly.
 pub async fn own_retry_after_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "own_retry_after_takeover",

@@ -21,6 +21,12 @@ const PATHS: [&str; 5] = [
 /// On every path by which a key becomes free (never seen, released, lapsed, retention
 /// ended, removed), 8 claimers racing for it: exactly one acquires, the others see it in
 /// progress; where the store remembers the key, the winner's fencing number is larger.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when on some path more or fewer than
+/// one racer acquires, or a remembered key's fencing number does not grow; or when a store call the
+/// check needs fails unexpectedly.
 pub async fn exclusive_every_path(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "exclusive_every_path",
@@ -104,6 +110,11 @@ async fn free_by(ctx: &Ctx, path: &str, key: &idem_core::Key) -> Result<Option<u
 /// On many keys whose lease lapsed, the old owner's `complete`, `fail` or `renew` races a
 /// new owner's claim: per key at most one side wins, and the loser changed nothing (the key
 /// holds the winner's outcome or lease).
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when both sides of a race win on some
+/// key, or the loser changed the record; or when a store call the check needs fails unexpectedly.
 pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "finish_races_takeover",

@@ -6,6 +6,11 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// Completed and failed payloads come back byte for byte: empty, every byte value, valid and
 /// invalid UTF-8, NULs, and 1 MiB.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a replayed payload differs from
+/// the stored one by any byte; or when a store call the check needs fails unexpectedly.
 pub async fn replay_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("replay_fidelity", store, capabilities, |ctx| async move {
         for (i, payload) in payloads(ctx.caps.max_payload).into_iter().enumerate() {

@@ -10,6 +10,12 @@ use crate::{Capabilities, CheckResult, Store};
 /// `InProgress::retry_after` is the time the holder's lease has left: above zero, at most
 /// its lease TTL, and within the clock slack of what is really left, whatever TTL the
 /// asking claim carries; after a renewal, of the renewed lease.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when `retry_after` is zero, over the
+/// lease TTL, or off from the lease's time left by more than the clock slack; or when a store call
+/// the check needs fails unexpectedly.
 pub async fn in_progress_retry_after(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "in_progress_retry_after",
@@ -68,6 +74,11 @@ async fn expect_retry_after(
 
 /// A renewal extends the lease to its TTL from now: not from the claim, not from the old
 /// end of the lease (a renewal to a shorter TTL shortens it).
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a renewed lease ends at another
+/// time than its TTL from the renewal; or when a store call the check needs fails unexpectedly.
 pub async fn renewal_from_now(store: Store, capabilities: Capabilities) -> CheckResult {
     run("renewal_from_now", store, capabilities, |ctx| async move {
         let unit = ctx.unit();
@@ -110,6 +121,12 @@ pub async fn renewal_from_now(store: Store, capabilities: Capabilities) -> Check
 
 /// Retention is counted from the finish, not from the claim, and only once: replays, reads
 /// and stale lease calls during the retention do not extend it.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a record expires at another time
+/// than its retention from the finish, or a replay, read or stale call extended it; or when a store
+/// call the check needs fails unexpectedly.
 pub async fn retention_from_finish(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "retention_from_finish",

@@ -58,6 +58,12 @@ async fn started_call(
 /// Under the default Detach, a caller whose future is dropped mid-operation changes nothing:
 /// the operation runs once, to the end; a repeat meanwhile is in progress, and the one after
 /// it finished is a replay.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the operation runs twice or not
+/// to the end, a repeat meanwhile is not in progress, or the one after is not a replay; or when a
+/// store call the check needs fails unexpectedly.
 pub async fn dropped_caller_runs_once(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "dropped_caller_runs_once",
@@ -94,6 +100,12 @@ pub async fn dropped_caller_runs_once(store: Store, capabilities: Capabilities) 
 /// Once the operation returned, a caller dropped while its outcome is written releases
 /// nothing. Under Release (the caller's future runs the write), the key stays claimed by the
 /// attempt until its lease ends; under Detach the write finishes and repeats replay.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when dropping the caller during the
+/// outcome write freed the key or lost the outcome; or when a store call the check needs fails
+/// unexpectedly.
 pub async fn cancel_during_write_keeps_the_key(
     store: Store,
     capabilities: Capabilities,
@@ -157,6 +169,12 @@ pub async fn cancel_during_write_keeps_the_key(
 /// A call dropped outside any Tokio runtime (a future kept after its runtime was left, then
 /// dropped on a plain thread): under Release its key is released from a helper thread, not
 /// left locked for the lease; under Detach the operation runs on and its outcome is stored.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when under Release the key stays
+/// locked for the lease, or under Detach the outcome is not stored; or when a store call the check
+/// needs fails unexpectedly.
 pub async fn drop_outside_runtime(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "drop_outside_runtime",

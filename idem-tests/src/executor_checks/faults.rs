@@ -121,6 +121,12 @@ impl IdempotencyStore for Faulty {
 
 /// An outcome write applied by the store whose reply was lost is recognised (by reading the
 /// key back): the caller gets its value, the operation ran once, and repeats replay it.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the caller does not get its
+/// value, the operation runs twice, or repeats do not replay; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn lost_write_reply_is_recognised(
     store: Store,
     capabilities: Capabilities,
@@ -166,6 +172,12 @@ pub async fn lost_write_reply_is_recognised(
 /// A claim applied by the store whose reply was lost (`Unavailable`) is sent again by the same
 /// owner, which gets its lease back: the operation runs at once instead of the key answering
 /// "in progress" for a whole lease.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the retried claim does not get
+/// its lease back, so the operation does not run at once; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn unavailable_claim_is_retried_by_its_owner(
     store: Store,
     capabilities: Capabilities,

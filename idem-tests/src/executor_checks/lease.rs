@@ -88,6 +88,11 @@ where
 /// An operation that blocks its thread (no `.await`) for longer than its lease, so at least
 /// twice the renewal interval, keeps its key on a multi-threaded runtime: renewal runs on a
 /// task of its own.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when another owner takes the key over
+/// while the operation blocks; or when a store call the check needs fails unexpectedly.
 pub async fn blocking_operation_keeps_its_key(
     store: Store,
     capabilities: Capabilities,
@@ -111,6 +116,12 @@ pub async fn blocking_operation_keeps_its_key(
 
 /// An operation longer than three leases keeps its key through renewals: repeats meanwhile
 /// are in progress, and the one after replays.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the key is taken over during the
+/// operation, or the repeat after it does not replay; or when a store call the check needs fails
+/// unexpectedly.
 pub async fn long_operation_keeps_its_key(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "long_operation_keeps_its_key",
@@ -156,6 +167,12 @@ pub async fn long_operation_keeps_its_key(store: Store, capabilities: Capabiliti
 /// When the lease is lost mid-operation (the key taken over by another owner), the operation
 /// is told (its `LeaseHandle`), and its caller gets the value back as "ran but not recorded",
 /// with `LeaseLost` as the cause; the new owner's claim is untouched.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the operation is not told of the
+/// loss, the caller does not get `NotRecorded` with its value and `LeaseLost`, or the new owner's
+/// claim changed; or when a store call the check needs fails unexpectedly.
 pub async fn lost_lease_is_told_and_not_recorded(
     store: Store,
     capabilities: Capabilities,

@@ -16,6 +16,11 @@ use crate::{Capabilities, CheckResult, Store};
 
 /// `concurrency` callers (64 by default) with the same key, waiting for each other: the
 /// operation runs once and every caller gets its value.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the operation runs more than once
+/// or a caller does not get its value; or when a store call the check needs fails unexpectedly.
 pub async fn one_run_under_concurrency(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "one_run_under_concurrency",
@@ -72,6 +77,11 @@ pub async fn one_run_under_concurrency(store: Store, capabilities: Capabilities)
 }
 
 /// A retryable failure frees the key: the next call runs again, and its success is replayed.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the next call does not run again,
+/// or its success is not replayed; or when a store call the check needs fails unexpectedly.
 pub async fn retryable_failure_reruns(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "retryable_failure_reruns",
@@ -128,6 +138,11 @@ pub async fn retryable_failure_reruns(store: Store, capabilities: Capabilities) 
 }
 
 /// A permanent failure is stored and replayed to every repeat, without running again.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the failure is not replayed, or
+/// the operation runs again; or when a store call the check needs fails unexpectedly.
 pub async fn permanent_failure_replays(store: Store, capabilities: Capabilities) -> CheckResult {
     run("permanent_failure_replays", store, capabilities, |ctx| async move {
         let idem = detached(&ctx, LONG)?;
@@ -162,6 +177,12 @@ pub async fn permanent_failure_replays(store: Store, capabilities: Capabilities)
 
 /// A panicking operation (under the default Detach) frees its key well before its lease
 /// ends, and the panic reaches the caller; the next call runs.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the key stays held after the
+/// panic, the panic does not reach the caller, or the next call does not run; or when a store call
+/// the check needs fails unexpectedly.
 pub async fn panic_frees_the_key(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "panic_frees_the_key",
