@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::claim::{Claim, ClaimRequest};
-use crate::error::{Error, InvalidInput, check_payload};
+use crate::error::{Error, check_payload};
 use crate::key::Key;
 use crate::lease::Lease;
 use crate::lifecycle::{self, Entry, Step, Write};
@@ -316,7 +316,7 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
         map.update(token, |current| {
             let now = map.now();
             if current.is_some_and(|entry| entry.is_live(now)) {
-                return (Err(InvalidInput::DuplicateToken.into()), None);
+                return (Err(Error::TokenCollision), None);
             }
             let entry = TokenEntry {
                 record: TokenRecord {
@@ -612,7 +612,7 @@ mod tests {
             assert!(!entry.is_live(1_100));
             assert!(matches!(
                 store.issue(&token, &alice, ttl(5_000)).await,
-                Err(Error::InvalidInput(InvalidInput::DuplicateToken))
+                Err(Error::TokenCollision)
             ));
             assert_eq!(
                 store.consume(&token, &alice).await.expect("answered"),

@@ -83,6 +83,16 @@ pub enum Error {
         cause: Box<Error>,
     },
 
+    /// A token was issued that the store already holds, live or still marked used. The
+    /// existing token was left untouched.
+    ///
+    /// This is a collision on the server's side, never the client's fault: the client did
+    /// not choose the token. It means the generator made the same token twice, or two
+    /// issuers share a store and a deterministic generator. HTTP APIs answer it with
+    /// `500 Internal Server Error`, not a `4xx`.
+    #[error("the token was already issued (a token collision)")]
+    TokenCollision,
+
     /// A value could not be serialized or a stored value could not be deserialized into the
     /// caller's type.
     #[error("serialization failed: {source}")]
@@ -185,9 +195,6 @@ pub enum InvalidInput {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A token that was already issued; the existing one was left untouched.
-    #[error("the token was already issued")]
-    DuplicateToken,
     /// A value, such as a setting, that is out of its range.
     #[error("{0}")]
     Other(&'static str),
@@ -228,5 +235,20 @@ pub fn check_payload(size: usize, limit: usize) -> Result<(), Error> {
         Err(Error::PayloadTooLarge { size, limit })
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collision is the server's: callers that answer `InvalidInput` with "fix your
+    /// request" must not see it there, and retrying the same issue cannot help.
+    #[test]
+    fn a_token_collision_is_its_own_kind() {
+        let collision = Error::TokenCollision;
+        assert!(!matches!(collision, Error::InvalidInput(_)));
+        assert!(!collision.is_transient());
+        assert!(collision.to_string().contains("collision"));
     }
 }

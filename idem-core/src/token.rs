@@ -177,7 +177,7 @@ impl TokenGenerator for UuidV7Tokens {
 #[async_trait]
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a new token for `scope`, valid for `ttl`. A token already stored is left
-    /// untouched and the call fails with [`InvalidInput::DuplicateToken`].
+    /// untouched and the call fails with [`Error::TokenCollision`].
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error>;
 
     /// Uses the token up if it is live, unused and belongs to `scope`, in one atomic step.
@@ -304,7 +304,7 @@ impl<S: TokenStore> Tokens<S> {
     /// # Errors
     ///
     /// [`InvalidInput::MalformedToken`] when the generator made a token outside its own format; the
-    /// store's [`TokenStore::issue`] errors: [`InvalidInput::DuplicateToken`] when the token exists
+    /// store's [`TokenStore::issue`] errors: [`Error::TokenCollision`] when the token exists
     /// already, [`Error::Unavailable`] when the store cannot be reached.
     pub async fn issue(&self, scope: &Scope) -> Result<Token, Error> {
         let token = self.parse(&self.generator.generate())?;
@@ -479,7 +479,7 @@ mod tests {
         async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
             let mut issued = self.issued.lock().expect("not poisoned");
             if issued.iter().any(|(t, _, _)| t == token) {
-                return Err(InvalidInput::DuplicateToken.into());
+                return Err(Error::TokenCollision);
             }
             issued.push((token.clone(), scope.clone(), ttl));
             Ok(())
@@ -561,7 +561,7 @@ mod tests {
                     .issue(&token, &alice, tokens.ttl)
                     .await
                     .map_err(|e| e.to_string()),
-                Err(Error::from(InvalidInput::DuplicateToken).to_string())
+                Err(Error::TokenCollision.to_string())
             );
             assert_eq!(
                 tokens

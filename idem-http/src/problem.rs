@@ -106,6 +106,8 @@ pub(crate) fn store_error(error: &Error) -> Response<Bytes> {
             "this Idempotency-Key was already used with a different request",
         ),
         Error::InProgress { retry_after } => in_progress(*retry_after),
+        // A token collision, like any input a store refuses, comes from values the server
+        // made, never from the client: a server error below, not a 4xx.
         Error::Unavailable { .. } => {
             tracing::warn!(%error, "idempotency store unavailable");
             problem(
@@ -142,6 +144,15 @@ mod tests {
         assert!(INVALID_KEY.ends_with("#invalid-key"));
         assert_eq!(body["status"], 400);
         assert_eq!(body["detail"], "bad");
+    }
+
+    #[test]
+    fn a_token_collision_is_a_server_error_not_the_clients() {
+        let response = store_error(&Error::TokenCollision);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body()).expect("problem JSON");
+        assert_eq!(body["type"], STORE_FAILED);
     }
 
     #[test]

@@ -182,7 +182,7 @@
 //! ```
 //!
 //! Issuing is one `INSERT`; a token already stored is refused with
-//! [`InvalidInput::DuplicateToken`](idem_core::InvalidInput::DuplicateToken) unless its row
+//! [`Error::TokenCollision`](idem_core::Error::TokenCollision) unless its row
 //! has expired, which one `UPDATE` conditioned on the expiry then replaces (a refusal costs
 //! three statements). Consuming is one conditional `UPDATE` that marks the token used; its
 //! affected-row count picks the one winner of concurrent consumes, and a rejection costs one

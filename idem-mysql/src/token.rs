@@ -26,7 +26,7 @@ use statements::TokenStatements;
 /// - **issue** is one `INSERT`. A token already stored collides on the primary key (1062):
 ///   if its row has expired, one `UPDATE` conditioned on the expiry replaces it, so a live
 ///   token is never overwritten, even by a racing issue; otherwise the call fails with
-///   [`InvalidInput::DuplicateToken`](idem_core::InvalidInput::DuplicateToken).
+///   [`Error::TokenCollision`](idem_core::Error::TokenCollision).
 /// - **consume** is one conditional `UPDATE` that sets `used_at` only where the token is
 ///   live, unused and of this scope; its affected-row count picks the single winner of any
 ///   number of concurrent consumes. Only when it matched nothing does one `SELECT` tell why

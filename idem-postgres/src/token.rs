@@ -20,7 +20,7 @@ use crate::table::PgTable;
 /// - **issue** is one `INSERT ... ON CONFLICT DO NOTHING`. A token already stored is
 ///   replaced only if its row has expired (one `UPDATE` conditioned on the expiry), so a
 ///   live token is never overwritten, even by a racing issue; otherwise
-///   [`InvalidInput::DuplicateToken`](idem_core::InvalidInput::DuplicateToken).
+///   [`Error::TokenCollision`](idem_core::Error::TokenCollision).
 /// - **consume** is one conditional `UPDATE` that sets `used_at` only where the token is
 ///   live, unused and of this scope; only when it matched nothing does one `SELECT` tell
 ///   why.

@@ -2,9 +2,7 @@
 
 use std::fmt;
 
-use idem_core::{
-    Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenStore, Ttl, async_trait,
-};
+use idem_core::{Consumption, Error, Rejection, Scope, Token, TokenStore, Ttl, async_trait};
 use redis::Value;
 use redis::aio::ConnectionManager;
 
@@ -86,7 +84,7 @@ impl<C: RedisConnection> RedisTokenStore<C> {
 #[async_trait]
 impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
     /// `SET key value NX PX ttl`: a live token, or anything else under its key, is left
-    /// untouched and the call fails with [`InvalidInput::DuplicateToken`].
+    /// untouched and the call fails with [`Error::TokenCollision`].
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         let value = [&[TOKEN_VERSION, ISSUED], scope.as_str().as_bytes()].concat();
         let mut set = redis::cmd("SET");
@@ -97,7 +95,7 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
             .arg(ttl.as_millis());
         match self.connection.query::<Value>(&set).await? {
             Value::Okay => Ok(()),
-            Value::Nil => Err(InvalidInput::DuplicateToken.into()),
+            Value::Nil => Err(Error::TokenCollision),
             other => Err(unexpected(format!(
                 "SET NX answered {other:?}, not OK or nil"
             ))),

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use idem_core::{Consumption, Error, InvalidInput, Scope, Token, TokenRecord, Ttl};
+use idem_core::{Consumption, Error, Scope, Token, TokenRecord, Ttl};
 
 use crate::claim::ROUNDS;
 use crate::row::micros;
@@ -42,11 +42,11 @@ pub trait TokenSteps {
 }
 
 /// Issues a token: one INSERT; a collision replaces an expired row, or is
-/// [`InvalidInput::DuplicateToken`].
+/// [`Error::TokenCollision`].
 ///
 /// # Errors
 ///
-/// [`InvalidInput::DuplicateToken`] when a live row holds the token; what the steps return (driver
+/// [`Error::TokenCollision`] when a live row holds the token; what the steps return (driver
 /// errors) otherwise.
 pub async fn issue<S: TokenSteps + Sync>(
     steps: &S,
@@ -66,7 +66,7 @@ pub async fn issue<S: TokenSteps + Sync>(
     if steps.insert(token, scope, life_us).await? {
         return Ok(());
     }
-    Err(InvalidInput::DuplicateToken.into())
+    Err(Error::TokenCollision)
 }
 
 /// Consumes a token: one conditional write; only when it matched nothing does one read tell

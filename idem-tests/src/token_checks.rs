@@ -252,11 +252,8 @@ pub async fn issue_never_overwrites(
             let ttl = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
             let again = ctx.tokens.store().issue(&token, &thief, ttl).await;
             ensure!(
-                matches!(
-                    again,
-                    Err(Error::InvalidInput(InvalidInput::DuplicateToken))
-                ),
-                "issuing a live token again: expected DuplicateToken, got {again:?}"
+                matches!(again, Err(Error::TokenCollision)),
+                "issuing a live token again: expected TokenCollision, got {again:?}"
             );
             let owner = ctx.consume(&ctx.scope, &token).await?;
             ensure!(
@@ -497,12 +494,12 @@ pub async fn used_mark_lifetime(
     .await
 }
 
-/// Issuing against a used token (still marked) fails with `DuplicateToken` and leaves the
+/// Issuing against a used token (still marked) fails with `TokenCollision` and leaves the
 /// mark; issuing against an expired one stores it afresh.
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when issuing against a used token is not `DuplicateToken`
+/// A [`CheckFailure`] naming this check when issuing against a used token is not `TokenCollision`
 /// or removed its mark, or an expired one is not stored afresh; or when a store call the check
 /// needs fails unexpectedly.
 pub async fn issue_against_used(
@@ -518,8 +515,8 @@ pub async fn issue_against_used(
         for scope in [ctx.scope.clone(), ctx.other_scope("reissuer")?] {
             let again = store.issue(&token, &scope, ttl).await;
             ensure!(
-                matches!(again, Err(Error::InvalidInput(InvalidInput::DuplicateToken))),
-                "issuing a used token again for {scope:?}: expected DuplicateToken, got {again:?}"
+                matches!(again, Err(Error::TokenCollision)),
+                "issuing a used token again for {scope:?}: expected TokenCollision, got {again:?}"
             );
             let repeat = ctx.consume(&scope, &token).await?;
             ensure!(

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use idem_core::{
-    Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
-    UuidV7Tokens,
+    Consumption, Error, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens, UuidV7Tokens,
 };
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, AssertSqlSafe};
@@ -47,10 +46,7 @@ fn scope(name: &str) -> Scope {
 }
 
 fn is_duplicate(outcome: &Result<(), Error>) -> bool {
-    matches!(
-        outcome,
-        Err(Error::InvalidInput(InvalidInput::DuplicateToken))
-    )
+    matches!(outcome, Err(Error::TokenCollision))
 }
 
 const REJECTED_USED: Consumption = Consumption::Rejected(Rejection::AlreadyUsed);

@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use idem_core::{
-    Consumption, Error, InvalidInput, Rejection, Scope, TokenGenerator, TokenStore, Tokens,
-    UuidV7Tokens,
+    Consumption, Error, Rejection, Scope, TokenGenerator, TokenStore, Tokens, UuidV7Tokens,
 };
 use idem_postgres::sqlx::{self, AssertSqlSafe};
 use idem_postgres::{PgTokenStore, PurgeExpired};
@@ -33,13 +32,7 @@ async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten() {
         .await
         .expect("issue");
     let again = store.issue(&token, &bob, ttl(LONG)).await;
-    assert!(
-        matches!(
-            again,
-            Err(Error::InvalidInput(InvalidInput::DuplicateToken))
-        ),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(Error::TokenCollision)), "{again:?}");
     assert_eq!(
         store.consume(&token, &bob).await.expect("consume"),
         Consumption::Rejected(Rejection::WrongScope)

@@ -3,8 +3,7 @@
 
 use crate::common::{raw_connection, token_store, url};
 use idem_core::{
-    Consumption, Error, InvalidInput, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl,
-    UuidV7Tokens,
+    Consumption, Error, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
 };
 use idem_redis::RedisTokenStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
@@ -62,10 +61,7 @@ async fn assert_corrupt_and_kept(
         .issue(token, scope, Ttl::from_secs(60).expect("a valid TTL"))
         .await;
     assert!(
-        matches!(
-            issued,
-            Err(Error::InvalidInput(InvalidInput::DuplicateToken))
-        ),
+        matches!(issued, Err(Error::TokenCollision)),
         "issue over {what}: {issued:?}"
     );
 }

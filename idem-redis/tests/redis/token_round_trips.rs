@@ -4,7 +4,7 @@
 use crate::common;
 
 use crate::common::{RedisServer, commands_during, expected, raw_connection, sent_by_client};
-use idem_core::{Consumption, Error, InvalidInput, Rejection, Scope, TokenStore, Tokens, Ttl};
+use idem_core::{Consumption, Error, Rejection, Scope, TokenStore, Tokens, Ttl};
 use idem_redis::RedisTokenStore;
 use idem_redis::redis;
 
@@ -33,13 +33,7 @@ async fn issue_and_consume_are_one_command_each() {
     let ttl = Ttl::from_secs(60).expect("a valid TTL");
     let (again, duplicate) =
         commands_during(&mut stats, tokens.store().issue(&token, &alice, ttl)).await;
-    assert!(
-        matches!(
-            again,
-            Err(Error::InvalidInput(InvalidInput::DuplicateToken))
-        ),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(Error::TokenCollision)), "{again:?}");
     assert_eq!(duplicate, expected(&["set"]));
 
     // Another scope: read and checked, nothing written.

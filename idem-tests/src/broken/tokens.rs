@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use idem_core::{Consumption, Error, InvalidInput, Scope, Token, TokenRecord, TokenStore, Ttl};
+use idem_core::{Consumption, Error, Scope, Token, TokenRecord, TokenStore, Ttl};
 
 /// One way a token store can be wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,7 @@ impl TokenStore for BrokenTokenStore {
         let revives = self.defect == TokenDefect::IssueRevivesUsed
             && live.as_ref().is_some_and(|record| record.used);
         if live.is_some() && !overwrite && !revives {
-            return Err(InvalidInput::DuplicateToken.into());
+            return Err(Error::TokenCollision);
         }
         let record = TokenRecord {
             scope: scope.clone(),
