@@ -51,6 +51,16 @@ pub trait EntryMap: Debug + Send + Sync + 'static {
     /// change nothing (a replay, "in progress", a read) are decided on it.
     fn get(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send;
 
+    /// A quick look before a claim: the key's entry when the map can tell cheaply. Unlike
+    /// [`get`](Self::get), it may answer `None` for a key it holds: the claim then goes
+    /// through [`update`](Self::update), which decides on the current entry, so only the
+    /// shortcut for replays and "in progress" answers is missed. A map whose `get` pays
+    /// for exactness on keys it does not hold (a second look under a lock, say) skips
+    /// that here: most claims are of new keys. Default: [`get`](Self::get).
+    fn peek(&self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send {
+        self.get(key)
+    }
+
     /// Asked before a claim that would store a key the map may not hold yet: refuse here
     /// (with [`Error::Unavailable`]) to bound the map. Default: every key is admitted.
     fn admit(&self, key: &Key) -> impl Future<Output = Result<(), Error>> + Send {
@@ -122,7 +132,7 @@ impl<M: EntryMap> LifecycleStore<M> {
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         // Replays and "in progress" answers only read: decided on a snapshot, they need
         // neither the per-key serialization nor a write.
-        if let Some(entry) = self.map.get(&request.key).await? {
+        if let Some(entry) = self.map.peek(&request.key).await? {
             let step = lifecycle::claim(Some(&entry), request, self.map.now());
             if step.write == Write::Keep {
                 return step.answer;

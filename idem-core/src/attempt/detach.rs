@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
+use tracing::{Instrument, Span};
 
 /// A boxed attempt, polled in its caller's task, that moves to a task on `runtime` when
 /// dropped unfinished.
@@ -21,6 +22,9 @@ where
     attempt: Option<Pin<Box<F>>>,
     /// The runtime the attempt started on: a caller may be dropped on a thread outside it.
     runtime: Handle,
+    /// The caller's span, for the attempt's task if it detaches (inline, the attempt is
+    /// polled inside it already).
+    span: Span,
     /// Set while the attempt is polled: if it is still set when this is dropped, the attempt
     /// panicked, and what is left of it is dropped, not run on (its key was released while
     /// the panic unwound through it).
@@ -35,6 +39,7 @@ where
         Self {
             attempt: Some(Box::pin(attempt)),
             runtime,
+            span: Span::current(),
             polling: false,
         }
     }
@@ -76,6 +81,7 @@ where
         // The caller went away: the attempt runs on to the end, and its outcome is stored.
         // If the runtime is shutting down, the task is dropped at once, as a spawned attempt
         // would have been.
-        drop(self.runtime.spawn(attempt));
+        let span = std::mem::replace(&mut self.span, Span::none());
+        drop(self.runtime.spawn(attempt.instrument(span)));
     }
 }

@@ -73,7 +73,6 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::Error;
@@ -257,9 +256,7 @@ impl<S: IdempotencyStore> Attempt<S> {
         match self.cancel_policy {
             CancelPolicy::Release => self.run_here(operation, settle, runtime).await,
             CancelPolicy::Detach => {
-                let attempt = self
-                    .run_here(operation, settle, runtime.clone())
-                    .in_current_span();
+                let attempt = self.run_here(operation, settle, runtime.clone());
                 Detachable::new(attempt, runtime).await
             }
         }

@@ -325,6 +325,10 @@ impl<S: IdempotencyStore> Idempotency<S> {
             fencing = field::Empty,
             elapsed_us = field::Empty,
         );
+        if span.is_disabled() {
+            // Nobody listens: the span, its timing and its fields would go nowhere.
+            return execution.await;
+        }
         async {
             let started = Instant::now();
             let result = execution.await;
