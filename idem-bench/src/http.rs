@@ -1,14 +1,17 @@
 //! The HTTP rows: an axum handler behind `IdempotencyLayer` against the same handler bare,
 //! driven by a hyper client over loopback.
 //!
-//! The servers run on a runtime of their own, on their own threads, so the load generator
-//! (this process's main runtime) and the server never share a scheduler: the figures are
-//! the server's cost as a client sees it. Connections are kept alive and reused, one per
-//! concurrent task, as a load balancer would.
+//! The servers run in a child process (this binary again, with `--serve-http STORE`), so
+//! the load generator (this process) and the servers share neither a scheduler nor an
+//! allocator: the figures are the server's cost as a client sees it, as with wrk or any
+//! load generator of its own. Connections are kept alive and reused, one per concurrent
+//! task, as a load balancer would.
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::post;
@@ -32,25 +35,57 @@ const FLOOR: &str = "the same axum handler, bare";
 /// Both stores' rows: new keys and replays, at one connection and at many.
 pub async fn rows(settings: &Settings) -> Result<Vec<Row>, Error> {
     let mut rows = Vec::new();
-    rows.extend(store_rows("http+mem", MemoryStore::new(), settings).await?);
-    let url =
-        std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let prefix = format!("idem-bench-http:{}:", fresh_tag());
-    let redis = RedisStore::builder().prefix(prefix).connect(&url).await?;
-    rows.extend(store_rows("http+redis", redis, settings).await?);
+    rows.extend(store_rows("http+mem", "memory", settings).await?);
+    rows.extend(store_rows("http+redis", "redis", settings).await?);
     Ok(rows)
 }
 
-async fn store_rows<S: IdempotencyStore>(
+/// The child process's side (`--serve-http STORE`): serves the bare handler and the one
+/// behind the layer on `store` (memory or redis), prints `BARE_ADDR IDEM_ADDR` on a line,
+/// and serves until its standard input closes (the parent is done, or gone).
+pub async fn serve(store: &str) -> Result<(), Error> {
+    let (bare, idem) = match store {
+        "memory" => bind_both(layer(MemoryStore::new())?).await?,
+        "redis" => {
+            let url = std::env::var("IDEM_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+            let prefix = format!("idem-bench-http:{}:", fresh_tag());
+            let redis = RedisStore::builder().prefix(prefix).connect(&url).await?;
+            bind_both(layer(redis)?).await?
+        }
+        other => return Err(Error::backend(format!("unknown store {other} to serve"))),
+    };
+    println!("{bare} {idem}");
+    tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
+        .await
+        .map_err(Error::backend)?
+        .map_err(Error::backend)?;
+    Ok(())
+}
+
+fn layer<S: IdempotencyStore>(store: S) -> Result<IdempotencyLayer<S>, Error> {
+    // Records outlive the run by a minute at most.
+    IdempotencyLayer::builder(store, KeyScope::global())
+        .retention(Duration::from_secs(60))
+        .build()
+}
+
+async fn bind_both<S: IdempotencyStore>(
+    layer: IdempotencyLayer<S>,
+) -> Result<(SocketAddr, SocketAddr), Error> {
+    let bare = Router::new().route("/charges", post(charge));
+    let idem = Router::new().route("/charges", post(charge)).layer(layer);
+    let bare = bind(bare).await.map_err(Error::backend)?;
+    let idem = bind(idem).await.map_err(Error::backend)?;
+    Ok((bare, idem))
+}
+
+async fn store_rows(
     backend: &'static str,
-    store: S,
+    store: &str,
     settings: &Settings,
 ) -> Result<Vec<Row>, Error> {
-    // Records outlive the run by a minute at most.
-    let layer = IdempotencyLayer::builder(store, KeyScope::global())
-        .retention(Duration::from_secs(60))
-        .build()?;
-    let servers = Servers::start(layer)?;
+    let servers = Servers::start(store)?;
     let mut rows = Vec::new();
     for mode in modes(settings) {
         for operation in [Operation::NewKey, Operation::Replay] {
@@ -135,65 +170,58 @@ async fn charge(body: Bytes) -> (StatusCode, [(&'static str, &'static str); 1], 
     )
 }
 
-/// The bare server and the one behind the layer, on a runtime of their own.
+/// The bare server and the one behind the layer, in a child process of this binary.
 struct Servers {
     bare: SocketAddr,
     idem: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    child: Child,
 }
 
+/// How long a child that was told to stop (its standard input closed) may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Servers {
-    fn start<S: IdempotencyStore>(layer: IdempotencyLayer<S>) -> Result<Self, Error> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = ready_tx.send(Err(error.to_string()));
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let bare = Router::new().route("/charges", post(charge));
-                let idem = Router::new().route("/charges", post(charge)).layer(layer);
-                match (bind(bare).await, bind(idem).await) {
-                    (Ok(bare), Ok(idem)) => {
-                        let _ = ready_tx.send(Ok((bare, idem)));
-                        let _ = stopped.await;
-                    }
-                    (Err(error), _) | (_, Err(error)) => {
-                        let _ = ready_tx.send(Err(error.to_string()));
-                    }
-                }
-            });
-        });
-        let (bare, idem) = ready_rx
-            .recv()
-            .map_err(|e| Error::backend(format!("the server thread died: {e}")))?
-            .map_err(|e| Error::backend(format!("starting the servers: {e}")))?;
-        Ok(Self {
-            bare,
-            idem,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
+    fn start(store: &str) -> Result<Self, Error> {
+        let exe = std::env::current_exe().map_err(Error::backend)?;
+        let mut child = Command::new(exe)
+            .args(["--serve-http", store])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::backend(format!("starting the server process: {e}")))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .map_err(Error::backend)?;
+        }
+        let mut addrs = line.split_whitespace().map(str::parse::<SocketAddr>);
+        match (addrs.next(), addrs.next()) {
+            (Some(Ok(bare)), Some(Ok(idem))) => Ok(Self { bare, idem, child }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(Error::backend(format!(
+                    "the server process did not say where it listens: {line:?}"
+                )))
+            }
+        }
     }
 }
 
 impl Drop for Servers {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        // Closing its standard input tells the child to stop.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -93,6 +93,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(store) = &settings.serve_http {
+        return match runtime.block_on(http::serve(store)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("idem-bench --serve-http: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(run(&settings)) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(missed) => {

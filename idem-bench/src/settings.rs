@@ -10,7 +10,8 @@ USAGE:
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
                       (memory, redis, mysql, postgres, redis+cache: the replay
-                      cache in front of Redis, http: an axum handler behind the layer)
+                      cache in front of Redis, http: an axum handler behind the layer,
+                      served by a child process of this binary)
                       [default: memory,redis,mysql,postgres,redis+cache,http]
     --ops N           operations per latency measurement; throughput uses 4N
                       [default: 2000, at least 100]
@@ -40,6 +41,9 @@ pub struct Settings {
     pub records: usize,
     /// Internal: measure one footprint in this process and print it (`idem` or `raw`).
     pub footprint_of: Option<String>,
+    /// Internal: serve the HTTP rows' servers on this store (`memory` or `redis`) until
+    /// standard input closes; the HTTP section runs this binary so in a child process.
+    pub serve_http: Option<String>,
 }
 
 /// What the command line asked for.
@@ -69,6 +73,7 @@ impl Default for Settings {
             .to_vec(),
             records: 1_000_000,
             footprint_of: None,
+            serve_http: None,
         }
     }
 }
@@ -95,6 +100,7 @@ impl Settings {
                 "--records" => settings.records = number()?,
                 "--backends" => settings.backends = value.split(',').map(str::to_owned).collect(),
                 "--footprint-of" => settings.footprint_of = Some(value),
+                "--serve-http" => settings.serve_http = Some(value),
                 other => return Err(format!("unknown option {other} (see --help)")),
             }
         }
