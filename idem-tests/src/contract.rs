@@ -5,7 +5,8 @@
 //! Sentences are shortened, not changed. A check is listed only if it really fails such a
 //! store; where a deliberately broken store in `broken` (behind the `proof` feature) proves
 //! it, the defect is named (`Defect::…` for store checks, `TokenDefect::…` for token
-//! checks; `tests/proof.rs` asserts each one is caught). What no check covers is listed
+//! checks; `tests/proof.rs` asserts each one is caught, by exactly the checks its
+//! `caught_by` lists). What no check covers is listed
 //! under [Gaps](#gaps), not hidden.
 //!
 //! ## `IdempotencyStore`: "The contract"

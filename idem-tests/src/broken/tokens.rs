@@ -48,21 +48,40 @@ impl TokenDefect {
         TokenDefect::IssueRevivesUsed,
     ];
 
-    /// The token checks that must fail against this defect.
+    /// Exactly the token checks that fail against this defect (asserted both ways by this
+    /// crate's proof where [`TokenDefect::is_exact`], as for
+    /// [`Defect::caught_by`](super::Defect::caught_by)).
     #[must_use]
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             TokenDefect::CheckThenMark => &["exclusive_consume"],
-            TokenDefect::IgnoresScope => &["scope_binding"],
-            TokenDefect::BurnsOnWrongScope => &["scope_binding"],
-            TokenDefect::NeverExpires => &["token_expiry"],
-            TokenDefect::UsedMarkNeverExpires => &["token_expiry"],
-            TokenDefect::Overwrites => &["issue_never_overwrites"],
+            TokenDefect::IgnoresScope => &["scope_binding", "scope_compared_exactly"],
+            TokenDefect::BurnsOnWrongScope => &["scope_binding", "scope_compared_exactly"],
+            TokenDefect::NeverExpires => &[
+                "issue_against_used",
+                "rejection_reasons",
+                "token_expiry",
+                "used_mark_lifetime",
+            ],
+            TokenDefect::UsedMarkNeverExpires => &[
+                "issue_against_used",
+                "rejection_reasons",
+                "token_expiry",
+                "used_mark_lifetime",
+            ],
+            TokenDefect::Overwrites => &["issue_against_used", "issue_never_overwrites"],
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
-            TokenDefect::ScopeCheckedFirst => &["rejection_reasons"],
+            TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["issue_against_used"],
         }
+    }
+
+    /// Whether [`TokenDefect::caught_by`] is the whole set of token checks that fail: not
+    /// for the race, which other checks hit by chance too.
+    #[must_use]
+    pub fn is_exact(self) -> bool {
+        !matches!(self, TokenDefect::CheckThenMark)
     }
 
     /// A store with this defect.
