@@ -1035,3 +1035,34 @@ mod tracing_capture {
         }
     }
 }
+
+/// What the caller prints and chains: the operation's own error is named as such and is the
+/// source; the executor's errors read as themselves.
+#[test]
+fn execute_errors_display_and_chain_their_cause() {
+    use std::error::Error as _;
+    let io = || std::io::Error::other("disk on fire");
+    let operation: ExecuteError<std::io::Error, u32> = ExecuteError::Operation(io());
+    assert_eq!(operation.to_string(), "operation failed: disk on fire");
+    assert_eq!(
+        operation.source().map(ToString::to_string),
+        Some("disk on fire".to_owned())
+    );
+    let idempotency: ExecuteError<std::io::Error, u32> = Error::LeaseLost.into();
+    assert_eq!(idempotency.to_string(), Error::LeaseLost.to_string());
+    assert!(matches!(
+        idempotency.source().and_then(|e| e.downcast_ref::<Error>()),
+        Some(Error::LeaseLost)
+    ));
+    let not_recorded: ExecuteError<std::io::Error, u32> = ExecuteError::NotRecorded {
+        result: Ok(7),
+        error: Error::LeaseLost,
+    };
+    assert_eq!(not_recorded.to_string(), Error::LeaseLost.to_string());
+    assert!(not_recorded.source().is_some());
+    let shown = format!("{:?}", executor(Config::default()));
+    assert!(
+        shown.starts_with("Idempotency {") && shown.contains("settings"),
+        "{shown}"
+    );
+}

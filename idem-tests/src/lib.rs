@@ -181,6 +181,7 @@ macro_rules! __with_check_names {
             exclusive_takeover
             exclusive_every_path
             finish_races_takeover
+            freeing_races_takeover
             uncertain_claim
             own_retry_after_takeover
             in_progress_retry_after

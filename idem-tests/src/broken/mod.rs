@@ -40,6 +40,10 @@ pub enum Defect {
     ReleaseAsExpiry,
     /// Complete and fail check the lease, then write in a second step.
     CheckThenSetFinish,
+    /// Release checks the lease, then frees the key in a second step.
+    CheckThenSetRelease,
+    /// Remove reads the key, then writes its trace in a second step.
+    CheckThenSetRemove,
     /// A claim by an owner that held the key before, while someone else holds it now,
     /// gets that owner's old lease back.
     RetryRevivesOldLease,
@@ -109,6 +113,8 @@ impl Defect {
         Defect::FinishIgnoresState,
         Defect::ReleaseAsExpiry,
         Defect::CheckThenSetFinish,
+        Defect::CheckThenSetRelease,
+        Defect::CheckThenSetRemove,
         Defect::RetryRevivesOldLease,
         Defect::RetryAfterIsLeaseTtl,
         Defect::SlidingRetention,
@@ -171,6 +177,7 @@ impl Defect {
             Defect::RacesExpiredRecords => &["exclusive_every_path"],
             Defect::IgnoresOwner => &[
                 "finish_races_takeover",
+                "freeing_races_takeover",
                 "lease_identity",
                 "model",
                 "removal_fencing",
@@ -184,6 +191,8 @@ impl Defect {
             Defect::FinishIgnoresState => &["model", "spent_lease"],
             Defect::ReleaseAsExpiry => &["lease_identity", "model", "spent_lease"],
             Defect::CheckThenSetFinish => &["finish_races_takeover"],
+            Defect::CheckThenSetRelease => &["freeing_races_takeover"],
+            Defect::CheckThenSetRemove => &["freeing_races_takeover"],
             Defect::RetryRevivesOldLease => &["model", "own_retry_after_takeover"],
             Defect::RetryAfterIsLeaseTtl => &["in_progress_retry_after", "model"],
             Defect::SlidingRetention => &["model", "retention_from_finish"],
@@ -192,14 +201,25 @@ impl Defect {
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],
             Defect::FreeKeyKeepsFingerprint => &["free_key", "model"],
             Defect::LapsedReadsAsClaimed => &["free_key"],
-            Defect::RemoveCountsTraces => &["free_key", "inspection_and_removal", "model"],
+            Defect::RemoveCountsTraces => &[
+                "free_key",
+                "freeing_races_takeover",
+                "inspection_and_removal",
+                "model",
+            ],
             Defect::OwnRetryIgnoresFingerprint => &["fingerprints", "model"],
-            Defect::RemoveForgetsFencing => &["exclusive_every_path", "model", "removal_fencing"],
+            Defect::RemoveForgetsFencing => &[
+                "exclusive_every_path",
+                "freeing_races_takeover",
+                "model",
+                "removal_fencing",
+            ],
             Defect::NeverExpiresLeases => &[
                 "exclusive_every_path",
                 "exclusive_takeover",
                 "finish_races_takeover",
                 "free_key",
+                "freeing_races_takeover",
                 "in_progress_retry_after",
                 "inspection_and_removal",
                 "lease_expiry",
@@ -214,6 +234,7 @@ impl Defect {
                 "exclusive_every_path",
                 "exclusive_takeover",
                 "failures",
+                "freeing_races_takeover",
                 "lapsed_lease_still_finishes",
                 "lease_expiry",
                 "lease_identity",
@@ -259,6 +280,7 @@ impl Defect {
                 "bad_input",
                 "fingerprints",
                 "finish_races_takeover",
+                "freeing_races_takeover",
                 "inspection_and_removal",
                 "lease_identity",
                 "model",
@@ -273,6 +295,7 @@ impl Defect {
             Defect::RemoveIsNoop => &[
                 "exclusive_every_path",
                 "free_key",
+                "freeing_races_takeover",
                 "inspection_and_removal",
                 "model",
                 "removal_fencing",
@@ -292,6 +315,8 @@ impl Defect {
                 | Defect::TwoWinnersOnTakeover
                 | Defect::RacesExpiredRecords
                 | Defect::CheckThenSetFinish
+                | Defect::CheckThenSetRelease
+                | Defect::CheckThenSetRemove
                 | Defect::LeaksNamespaces
         )
     }

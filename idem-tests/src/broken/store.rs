@@ -262,7 +262,11 @@ impl BrokenStore {
         next: impl FnOnce(&Entry, u64) -> Entry,
     ) -> Result<(), Error> {
         let slot = self.slot(&lease.key);
-        let check_then_set = self.defect == Defect::CheckThenSetFinish && op == Op::Finish;
+        let check_then_set = match self.defect {
+            Defect::CheckThenSetFinish => op == Op::Finish,
+            Defect::CheckThenSetRelease => op == Op::Release,
+            _ => false,
+        };
         let checked = {
             let mut state = self.lock()?;
             let now = self.now();
@@ -443,6 +447,19 @@ impl IdempotencyStore for BrokenStore {
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         let slot = self.slot(key);
+        if self.defect == Defect::CheckThenSetRemove {
+            let step = {
+                let state = self.lock()?;
+                let now = self.now();
+                let current = state.entries.get(&slot).filter(|e| !e.is_expired(now));
+                lifecycle::remove(current, key, now)
+            };
+            tokio::time::sleep(GAP).await;
+            if let Write::Put(entry) = step.write {
+                self.lock()?.entries.insert(slot, entry);
+            }
+            return step.answer;
+        }
         let mut state = self.lock()?;
         let now = self.now();
         let current = state

@@ -234,3 +234,120 @@ async fn judge(
         )),
     }
 }
+
+/// On many keys whose lease lapsed, the old owner's `release` (half the keys) or a `remove`
+/// (the other half) races a new owner's claim. The claim acquires with the next fencing
+/// number either way. A release that lost changed nothing: the new owner holds the key. A
+/// remove either came first (it found no record, and the new owner holds the key) or
+/// second (it found the new owner's claim and freed it, leaving a trace from which the
+/// next claim gets a still larger fencing number).
+pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "freeing_races_takeover",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let mut leases = Vec::new();
+            for i in 0..30 {
+                leases.push(
+                    ctx.acquire(&ctx.key(&format!("freed-{i}"))?, ctx.short())
+                        .await?,
+                );
+            }
+            ctx.outlive_short_ttl().await;
+            let barrier = Arc::new(Barrier::new(2 * leases.len()));
+            let mut tasks = Vec::new();
+            for (i, lease) in leases.iter().enumerate() {
+                let request = ctx.request(&lease.key, LONG)?;
+                let (store, gate, lease) =
+                    (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
+                let free = tokio::spawn(async move {
+                    gate.wait().await;
+                    if i % 2 == 0 {
+                        Freed::Released(store.release(&lease).await)
+                    } else {
+                        Freed::Removed(store.remove(&lease.key).await)
+                    }
+                });
+                let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
+                let claim = tokio::spawn(async move {
+                    gate.wait().await;
+                    store.claim(&request).await
+                });
+                tasks.push((free, claim));
+            }
+            for ((free, claim), lease) in tasks.into_iter().zip(&leases) {
+                let freed = free.await.map_err(|e| format!("a task panicked: {e}"))?;
+                let claimed = claim
+                    .await
+                    .map_err(|e| format!("a task panicked: {e}"))?
+                    .map_err(|e| format!("a racing claim failed: {e:?}"))?;
+                judge_freeing(&ctx, lease, freed, claimed).await?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// What the freeing side of [`freeing_races_takeover`] answered.
+#[derive(Debug)]
+enum Freed {
+    Released(Result<(), Error>),
+    Removed(Result<bool, Error>),
+}
+
+async fn judge_freeing(ctx: &Ctx, old: &Lease, freed: Freed, claimed: Claim) -> Result<(), String> {
+    let key = &old.key;
+    let Claim::Acquired(new) = claimed else {
+        return Err(format!(
+            "{key}: a claim of a lapsed key racing its {freed:?} got {claimed:?}, not the key"
+        ));
+    };
+    ensure!(
+        new.fencing > old.fencing,
+        "{key}: the new owner got fencing {} after the lapsed lease's {}",
+        new.fencing,
+        old.fencing
+    );
+    let record = ctx.read(key).await?;
+    let held_by_new = record.as_ref().is_some_and(|r| {
+        r.state == RecordState::Claimed { owner: new.owner } && r.fencing == new.fencing
+    });
+    match freed {
+        Freed::Released(Ok(()) | Err(Error::LeaseLost)) => {
+            ensure!(
+                held_by_new,
+                "{key}: the old owner's release raced the new owner's claim {new:?}, and the \
+                 key reads {record:?}: a release must never free a key another owner took"
+            );
+            Ok(())
+        }
+        Freed::Removed(Ok(false)) => {
+            ensure!(
+                held_by_new,
+                "{key}: remove found no record (it came first), so the new owner {new:?} \
+                 should hold the key, but it reads {record:?}"
+            );
+            Ok(())
+        }
+        Freed::Removed(Ok(true)) => {
+            ensure!(
+                record.is_none(),
+                "{key}: remove found the new owner's claim and freed it, but the key reads \
+                 {record:?}"
+            );
+            let next = ctx.acquire(key, LONG).await?;
+            ensure!(
+                next.fencing > new.fencing,
+                "{key}: after remove freed the claim with fencing {}, the next claim got \
+                 fencing {}: the removal's trace forgot the number it freed",
+                new.fencing,
+                next.fencing
+            );
+            Ok(())
+        }
+        other => Err(format!("{key}: freeing a lapsed lease failed: {other:?}")),
+    }
+}
