@@ -241,6 +241,14 @@ async fn judge(
 /// remove either came first (it found no record, and the new owner holds the key) or
 /// second (it found the new owner's claim and freed it, leaving a trace from which the
 /// next claim gets a still larger fencing number).
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the racing claim does not
+/// acquire with a larger fencing number, a release that raced a takeover freed the new
+/// owner's key, a remove's answer disagrees with what the key shows, or the claim after a
+/// remove does not get a still larger fencing number; or when a store call the check needs
+/// fails.
 pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
     run(
         "freeing_races_takeover",
