@@ -53,6 +53,7 @@ pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// never run it and never drop it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the message has no ID in {looked_in}; it is dead-lettered, not run")]
+#[non_exhaustive]
 pub struct MissingId {
     /// Where the adapter looked.
     pub looked_in: String,

@@ -61,6 +61,7 @@ impl Default for Config {
 
 /// What a repeat does when it finds the key in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WaitPolicy {
     /// Return [`Error::InProgress`] at once, with how long the lease has left.
     FailFast,

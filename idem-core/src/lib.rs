@@ -83,8 +83,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
-pub mod adapter;
 pub mod attempt;
+pub mod backend;
 mod claim;
 mod config;
 mod error;
@@ -92,7 +92,6 @@ mod executor;
 mod fingerprint;
 mod key;
 mod lease;
-pub mod lifecycle;
 mod record;
 mod retryable;
 mod store;
@@ -101,7 +100,7 @@ mod ttl;
 
 pub use claim::{Claim, ClaimRequest};
 pub use config::{Config, WaitPolicy};
-pub use error::{BoxError, Error, InputField, InvalidInput, check_payload};
+pub use error::{BoxError, Error, InputField, InvalidInput};
 pub use executor::{ExecuteError, Execution, Idempotency};
 pub use fingerprint::Fingerprint;
 pub use key::{Key, MAX_KEY_LEN};
@@ -110,8 +109,8 @@ pub use record::{Record, RecordState};
 pub use retryable::Retryable;
 pub use store::IdempotencyStore;
 pub use token::{
-    Consumption, MAX_TOKEN_LEN, Rejection, Scope, Token, TokenGenerator, TokenRecord, TokenStore,
-    Tokens, UuidV7Tokens,
+    Consumption, MAX_TOKEN_LEN, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
+    UuidV7Tokens,
 };
 pub use ttl::Ttl;
 

@@ -34,8 +34,8 @@ use crate::ttl::Ttl;
 ///   a [`remove`](Self::remove)) for at least [`lifecycle::trace_ttl`] more: the longer of
 ///   the lease TTL and [`lifecycle::FENCING_MEMORY`] (60 s).
 ///
-/// [`lifecycle::trace_ttl`]: crate::lifecycle::trace_ttl
-/// [`lifecycle::FENCING_MEMORY`]: crate::lifecycle::FENCING_MEMORY
+/// [`lifecycle::trace_ttl`]: crate::backend::lifecycle::trace_ttl
+/// [`lifecycle::FENCING_MEMORY`]: crate::backend::lifecycle::FENCING_MEMORY
 /// - [`complete`](Self::complete), [`fail`](Self::fail), [`renew`](Self::renew) and
 ///   [`release`](Self::release) apply only while the record is claimed by the lease's
 ///   owner with the lease's fencing number (a lapsed lease nobody took over still counts,
@@ -55,15 +55,15 @@ use crate::ttl::Ttl;
 /// A store that answers every claim with "acquired" and keeps nothing compiles, and the
 /// conformance suite rejects it; a real one keeps state. This one keeps it in a
 /// `Mutex<HashMap>`: it says how to update one key atomically, and the core's
-/// [`LifecycleStore`](crate::adapter::LifecycleStore) runs the pure state machine in
-/// [`lifecycle`](crate::lifecycle) on it for every method of this trait:
+/// [`LifecycleStore`](crate::backend::LifecycleStore) runs the pure state machine in
+/// [`lifecycle`](crate::backend::lifecycle) on it for every method of this trait:
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
 /// use std::time::Instant;
-/// use idem_core::adapter::{EntryMap, LifecycleStore};
-/// use idem_core::lifecycle::{Entry, Step, Write};
+/// use idem_core::backend::{EntryMap, LifecycleStore};
+/// use idem_core::backend::lifecycle::{Entry, Step, Write};
 /// use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Ttl};
 ///
 /// #[derive(Debug)]

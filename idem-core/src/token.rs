@@ -133,6 +133,7 @@ pub enum Consumption {
 
 /// Why a token was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejection {
     /// Never issued, or expired.
     Unknown,

@@ -27,8 +27,8 @@
 //!
 //! ## Atomicity
 //!
-//! [`MemoryStore`] is the core's [`LifecycleStore`](idem_core::adapter::LifecycleStore) over
-//! a moka cache: every transition runs the core's [`lifecycle`](idem_core::lifecycle) state
+//! [`MemoryStore`] is the core's [`LifecycleStore`](idem_core::backend::LifecycleStore) over
+//! a moka cache: every transition runs the core's [`lifecycle`](idem_core::backend::lifecycle) state
 //! machine on the key's entry while holding the key's lock stripe (one of [`STRIPES`]
 //! mutexes, never held across an await), so steps on one key are serialized: one winner
 //! per key, and no lost updates. Replays and reads take no lock.
@@ -56,7 +56,7 @@
 //! ## One-time tokens
 //!
 //! [`MemoryTokenStore`] keeps the tokens of the token flow ([`idem_core::Tokens`]) the same
-//! way (the core's [`TokenMapStore`](idem_core::adapter::TokenMapStore) over moka), with one
+//! way (the core's [`TokenMapStore`](idem_core::backend::TokenMapStore) over moka), with one
 //! atomic consume per token, and is bounded by bytes too.
 #![deny(missing_docs)]
 

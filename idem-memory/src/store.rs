@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use idem_core::adapter::{EntryMap, LifecycleStore};
-use idem_core::lifecycle::{Entry, Phase, Step, Write};
+use idem_core::backend::lifecycle::{Entry, Phase, Step, Write};
+use idem_core::backend::{EntryMap, LifecycleStore};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, async_trait,
 };
@@ -357,7 +357,7 @@ impl IdempotencyStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
-    use idem_core::lifecycle::FENCING_MEMORY;
+    use idem_core::backend::lifecycle::FENCING_MEMORY;
 
     use super::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use idem_core::adapter::{TokenEntry, TokenMap, TokenMapStore};
+use idem_core::backend::{TokenEntry, TokenMap, TokenMapStore};
 use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
 use moka::Expiry;
 use moka::future::Cache;
@@ -19,7 +19,7 @@ use crate::full::StoreFull;
 pub const TOKEN_OVERHEAD: u64 = 460;
 
 /// One-time tokens in process memory. Issuing refuses to overwrite a live token; consuming
-/// runs [`TokenRecord::consume`](idem_core::TokenRecord::consume) inside moka's per-key
+/// runs [`TokenRecord::consume`](idem_core::backend::TokenRecord::consume) inside moka's per-key
 /// `and_compute_with`, so of any number of concurrent consumes exactly one wins. Used tokens
 /// are kept, marked, until they expire.
 ///

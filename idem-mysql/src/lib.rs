@@ -74,7 +74,7 @@
 //! ## How each call maps to SQL
 //!
 //! - **claim** of a new key is one `INSERT`. A duplicate key (1062) means the row exists: it
-//!   is read and the rules of [`idem_core::lifecycle`] decide (in progress, completed,
+//!   is read and the rules of [`idem_core::backend::lifecycle`] decide (in progress, completed,
 //!   failed, fingerprint mismatch). A lapsed lease, a released key or an expired record is
 //!   taken over by one conditional `UPDATE` whose WHERE clause re-checks the rule under the
 //!   row lock; its affected-row count picks the single winner, and it hands back the new

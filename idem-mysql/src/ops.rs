@@ -2,7 +2,7 @@
 //! autocommit connections and inside a caller's transaction.
 
 use bytes::Bytes;
-use idem_core::lifecycle::Entry;
+use idem_core::backend::lifecycle::Entry;
 use idem_core::{ClaimRequest, Error, Key, Lease, Record, Ttl};
 use idem_sql::row::{NOW, claim_spans, micros, state};
 use idem_sql::{ClaimSteps, StoredRow};
@@ -238,7 +238,7 @@ pub(crate) async fn remove(
     // no lifecycle entry.
     if let Some((_, 0)) = probed {
         let vacated = sqlx::query(sql(&sql_for.vacate))
-            .bind(micros(idem_core::lifecycle::trace_ttl(0)))
+            .bind(micros(idem_core::backend::lifecycle::trace_ttl(0)))
             .bind(key.namespace().as_bytes())
             .bind(key.id().as_bytes())
             .execute(&mut *tx)

@@ -20,7 +20,7 @@ use crate::schema::quoted;
 /// The row's columns as the store reads them: times become microseconds from the
 /// statement's instant, so no clock or time zone of the application is involved.
 /// `trace_us` is `expires_at - lease_until`, which for a claimed row is the trace the
-/// lifecycle keeps after the lease ([`idem_core::lifecycle::trace_ttl`]).
+/// lifecycle keeps after the lease ([`idem_core::backend::lifecycle::trace_ttl`]).
 const COLUMNS: &str = "state, fingerprint, owner, fencing, \
      TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until) AS lease_left_us, \
      TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at) AS trace_us, \

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use idem_core::{
-    Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, check_payload,
-};
+use idem_core::backend::check_payload;
+use idem_core::{Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl};
 use idem_sql::{CallPolicy, PurgeExpired, TableName};
 use sqlx::MySqlPool;
 

@@ -75,7 +75,7 @@
 //! ## How each call maps to SQL
 //!
 //! - **claim** of a new key is one `INSERT ... ON CONFLICT DO NOTHING RETURNING`. On a
-//!   conflict the row is read and the rules of [`idem_core::lifecycle`] decide (in
+//!   conflict the row is read and the rules of [`idem_core::backend::lifecycle`] decide (in
 //!   progress, completed, failed, fingerprint mismatch). A lapsed lease, a released key or
 //!   an expired record is taken over by one conditional `UPDATE ... RETURNING` whose WHERE
 //!   clause re-checks "free" under the row lock and hands out the next fencing number

@@ -2,7 +2,7 @@
 //! connections and inside a caller's transaction.
 
 use bytes::Bytes;
-use idem_core::lifecycle::Entry;
+use idem_core::backend::lifecycle::Entry;
 use idem_core::{ClaimRequest, Error, Key, Lease, Record, Ttl};
 use idem_sql::row::{self, NOW, claim_spans, micros};
 use idem_sql::{ClaimSteps, StoredRow};
@@ -184,13 +184,13 @@ pub(crate) async fn read(
 }
 
 /// Frees a key whatever it holds, leaving the fencing trace of
-/// [`lifecycle::remove`](idem_core::lifecycle::remove); whether it showed a record.
+/// [`lifecycle::remove`](idem_core::backend::lifecycle::remove); whether it showed a record.
 pub(crate) async fn remove(
     conn: &mut PgConnection,
     statements: &Statements,
     key: &Key,
 ) -> Result<bool, Error> {
-    let finished_trace_us = idem_core::lifecycle::trace_ttl(0).saturating_mul(1000);
+    let finished_trace_us = idem_core::backend::lifecycle::trace_ttl(0).saturating_mul(1000);
     let row = sqlx::query(sql(&statements.remove))
         .bind(key.namespace().as_bytes())
         .bind(key.id().as_bytes())

@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use idem_core::{
-    Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, check_payload,
-};
+use idem_core::backend::check_payload;
+use idem_core::{Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl};
 use idem_sql::{CallPolicy, PurgeExpired, TableKind, TableName};
 use sqlx::PgPool;
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use idem_core::{Consumption, Error, Scope, Token, TokenRecord, TokenStore, Ttl};
+use idem_core::backend::TokenRecord;
+use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
 use idem_sql::tokens::{self, TokenSteps, decode_scope};
 use idem_sql::{CallPolicy, PurgeExpired, TableKind, TableName};
 use sqlx::{PgPool, Row};

@@ -68,7 +68,7 @@
 //!   left from the key's `PTTL`. Application clocks never matter and no sweeper is needed.
 //! - **Fencing.** Each acquisition gets a larger fencing number than the last while Redis
 //!   remembers the key: for its retention once finished, and for
-//!   [`trace_ttl`](idem_core::lifecycle::trace_ttl) (the longer of the lease TTL and 60 s)
+//!   [`trace_ttl`](idem_core::backend::lifecycle::trace_ttl) (the longer of the lease TTL and 60 s)
 //!   after a lease ends by expiry or release.
 //! - **Keys.** An idem key lives under `prefix{tag}`, where the tag is
 //!   [`Key::encoded`](idem_core::Key::encoded) with `%`, `{` and `}` percent-escaped:

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use idem_core::backend::{check_payload, lifecycle};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
-    async_trait, check_payload, lifecycle,
+    async_trait,
 };
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Value};
@@ -194,7 +195,7 @@ fn transition_done(mut reply: Reply) -> Result<(), Error> {
     }
 }
 
-/// What a claim that found a finished record answers, as `idem_core::lifecycle::claim` does:
+/// What a claim that found a finished record answers, as `idem_core::backend::lifecycle::claim` does:
 /// the outcome, unless the fingerprints differ.
 fn replay(request: &ClaimRequest, found: Found) -> Option<Result<Claim, Error>> {
     let Found::Finished {

@@ -102,7 +102,7 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
         }
     }
 
-    /// One script run: [`TokenRecord::consume`](idem_core::TokenRecord::consume)'s rule on
+    /// One script run: [`TokenRecord::consume`](idem_core::backend::TokenRecord::consume)'s rule on
     /// the stored value. A value that does not decode, or a Redis type other than a string,
     /// is [`Error::CorruptRecord`] and is left as it is.
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {

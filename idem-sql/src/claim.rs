@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use idem_core::lifecycle::{self, Entry};
+use idem_core::backend::lifecycle::{self, Entry};
 use idem_core::{Claim, ClaimRequest, Error, Key, Lease};
 
 use crate::row::NOW;
@@ -36,7 +36,7 @@ pub trait ClaimSteps {
 }
 
 /// Claims a key: one INSERT for a never-seen key; otherwise the row is read, the rules of
-/// [`idem_core::lifecycle`] decide, and a free key is taken over by one conditional write.
+/// [`idem_core::backend::lifecycle`] decide, and a free key is taken over by one conditional write.
 ///
 /// # Errors
 ///

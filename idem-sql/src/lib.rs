@@ -7,7 +7,7 @@
 //! - [`TableName`], [`TableKind`], [`Migration`]: validated table names and schema versions
 //!   kept in the table comment, so the printed DDL and `migrate()` are one text.
 //! - [`StoredRow`]: a row read with its times relative to the statement's instant, decoded
-//!   into the lifecycle's entry, so `idem_core::lifecycle` decides every rule.
+//!   into the lifecycle's entry, so `idem_core::backend::lifecycle` decides every rule.
 //! - [`claim()`] over [`ClaimSteps`]: insert, else read and decide, then a conditional
 //!   takeover; [`tokens`] the same for one-time tokens.
 //! - [`CallPolicy`]: the time bound of every call (below the lease) and the retries after
@@ -18,7 +18,7 @@
 //! implements [`ClaimSteps`] and [`tokens::TokenSteps`] with its statements:
 //!
 //! ```
-//! use idem_core::lifecycle::Entry;
+//! use idem_core::backend::lifecycle::Entry;
 //! use idem_core::{Claim, ClaimRequest, Error, Key, Ttl};
 //! use idem_sql::{ClaimSteps, claim};
 //!

@@ -1,12 +1,12 @@
 //! A stored row as the lifecycle's [`Entry`], so the rules are decided by
-//! `idem_core::lifecycle` itself rather than restated per engine.
+//! `idem_core::backend::lifecycle` itself rather than restated per engine.
 //!
 //! The lifecycle works on a millisecond clock from any origin. Rows are read with their
 //! times already relative to the statement's instant (microseconds, computed by the server
 //! on its own clock), so the entry is placed on a synthetic clock whose "now" is [`NOW`].
 
 use bytes::Bytes;
-use idem_core::lifecycle::{self, Entry, Phase};
+use idem_core::backend::lifecycle::{self, Entry, Phase};
 use idem_core::{Error, Fingerprint, OwnerToken, Ttl};
 
 /// "Now" on the synthetic clock: far enough from zero that any past instant a row can hold

@@ -2,7 +2,8 @@
 
 use std::future::Future;
 
-use idem_core::{Consumption, Error, Scope, Token, TokenRecord, Ttl};
+use idem_core::backend::TokenRecord;
+use idem_core::{Consumption, Error, Scope, Token, Ttl};
 
 use crate::claim::ROUNDS;
 use crate::row::micros;

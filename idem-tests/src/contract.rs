@@ -65,7 +65,7 @@
 //! | `Record::expires_in`: time left: of the lease while claimed, of the retention once finished. | [`checks::inspection_and_removal`] (positive, at most the TTL, not far below it), [`checks::spent_lease`] (unchanged by a spent lease), [`checks::model`] | none |
 //! | `RecordState::Claimed`: in progress under a live lease. | [`checks::free_key`] (a lapsed claim is not `Claimed`), [`checks::inspection_and_removal`] | `LapsedReadsAsClaimed` |
 //! | `RecordState::Completed` / `Failed`: finished; replayed to every repeat. | [`checks::exclusive_claim`], [`checks::replay_fidelity`], [`checks::failures`], [`checks::inspection_and_removal`] | `ReencodesPayloads` |
-//! | The lifecycle diagram (free → Claimed → Completed/Failed → free; release and lease expiry → free). | [`checks::model`] (random sequences against `idem_core::lifecycle`, step by step) | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `FreeKeyKeepsFingerprint`, `RemoveForgetsFencing` |
+//! | The lifecycle diagram (free → Claimed → Completed/Failed → free; release and lease expiry → free). | [`checks::model`] (random sequences against `idem_core::backend::lifecycle`, step by step) | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `FreeKeyKeepsFingerprint`, `RemoveForgetsFencing` |
 //!
 //! ## `TokenStore` and its types
 //!

@@ -95,6 +95,7 @@ impl Default for Capabilities {
 
 /// A broken rule: which check, and what it saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CheckFailure {
     /// The check's name, as in [`CHECKS`].
     pub check: &'static str,

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use idem_core::adapter::{EntryMap, LifecycleStore};
-use idem_core::lifecycle::{Entry, Step, Write};
+use idem_core::backend::lifecycle::{Entry, Step, Write};
+use idem_core::backend::{EntryMap, LifecycleStore};
 use idem_core::{Error, Key};
 
 const MAX_PAYLOAD: usize = 4 * 1024 * 1024;

@@ -46,8 +46,40 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+// The surface is listed, not globbed, so that what the facade promises is a decision.
+
+// Making an operation idempotent: the executor, its keys, settings and errors.
 #[doc(inline)]
-pub use idem_core::*;
+pub use idem_core::{
+    BoxError, Config, Error, ExecuteError, Execution, Fingerprint, Idempotency, InputField,
+    InvalidInput, Key, MAX_KEY_LEN, Retryable, Ttl, WaitPolicy,
+};
+
+// One-time tokens: issued by the server, consumed once.
+#[doc(inline)]
+pub use idem_core::{
+    Consumption, MAX_TOKEN_LEN, Rejection, Scope, Token, TokenGenerator, Tokens, UuidV7Tokens,
+};
+
+// The store contract: the traits every store implements, and what their methods take and
+// give (a store's `read`, the transactional `claim_in` of the SQL stores, a lease's
+// fencing number). Payloads are `Bytes`.
+#[doc(inline)]
+pub use idem_core::{
+    Bytes, Claim, ClaimRequest, IdempotencyStore, Lease, OwnerToken, Record, RecordState,
+    TokenStore, async_trait,
+};
+
+/// The engine that runs one acquired attempt: the [`CancelPolicy`](attempt::CancelPolicy)
+/// of [`Config`], the [`LeaseHandle`](attempt::LeaseHandle) an operation gets from
+/// [`Idempotency::execute_with_lease`], and what integrations (HTTP, consumers) build on.
+#[doc(inline)]
+pub use idem_core::attempt;
+
+/// For store authors only: the lifecycle state machine, the adapters over a map, the
+/// stored token shape and the payload check. Applications never need it.
+#[doc(inline)]
+pub use idem_core::backend;
 
 /// The in-memory store.
 #[cfg(feature = "memory")]

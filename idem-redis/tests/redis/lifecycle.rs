@@ -194,7 +194,7 @@ async fn expired_leases_are_taken_over_with_growing_fencing() {
         .expect("complete");
     assert!(store.remove(&k).await.expect("remove a finished key"));
     let left = pttl(&store, &k).await;
-    let memory = idem_core::lifecycle::FENCING_MEMORY.as_millis() as i64;
+    let memory = idem_core::backend::lifecycle::FENCING_MEMORY.as_millis() as i64;
     assert!(left > memory - 5_000 && left <= memory, "{left}");
     let after_finished = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(LONG))).await;
     assert_eq!(after_finished.fencing, 7);
@@ -218,7 +218,7 @@ async fn pttl(store: &RedisStore, k: &idem_core::Key) -> i64 {
 async fn an_ended_lease_leaves_a_trace_for_trace_ttl() {
     let store = store().await;
     let k = key("trace");
-    let memory = idem_core::lifecycle::FENCING_MEMORY.as_millis() as i64;
+    let memory = idem_core::backend::lifecycle::FENCING_MEMORY.as_millis() as i64;
     let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(100))).await;
     // A short lease: remembered FENCING_MEMORY after it ends, by Redis's own key TTL.
     let left = pttl(&store, &k).await;

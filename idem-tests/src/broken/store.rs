@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use idem_core::lifecycle::{self, Entry, Phase, Step, Write};
+use idem_core::backend::check_payload;
+use idem_core::backend::lifecycle::{self, Entry, Phase, Step, Write};
 use idem_core::{
     Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
-    check_payload,
 };
 
 use super::Defect;

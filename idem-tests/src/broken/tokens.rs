@@ -5,10 +5,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use idem_core::{Consumption, Error, Scope, Token, TokenRecord, TokenStore, Ttl};
+use idem_core::backend::TokenRecord;
+use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
 
 /// One way a token store can be wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TokenDefect {
     /// Consume checks, then marks in a second step: concurrent consumes both win.
     CheckThenMark,

@@ -1,5 +1,5 @@
 //! The model-based randomized check: random operations by three owners over three keys,
-//! each answer compared with what [`idem_core::lifecycle`] says.
+//! each answer compared with what [`idem_core::backend::lifecycle`] says.
 //!
 //! Time is cut into windows of one quantum Q. The model's clock is the window's start;
 //! every TTL is a whole number of quanta plus half of one, so every deadline falls in the
@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use idem_core::lifecycle::{self, Entry, Phase, Step, Write};
+use idem_core::backend::lifecycle::{self, Entry, Phase, Step, Write};
 use idem_core::{Claim, ClaimRequest, Error, Fingerprint, Key, Lease, OwnerToken, Record, Ttl};
 
 use crate::context::{Ctx, ensure, run};
@@ -29,7 +29,7 @@ pub const STEPS: usize = 2_000;
 
 /// Random claim, complete, fail, renew, release, remove and read calls by three owners
 /// over three keys, with time moving on between them, checked step by step against
-/// `idem_core::lifecycle` (the reference state machine): every answer, every fencing number
+/// `idem_core::backend::lifecycle` (the reference state machine): every answer, every fencing number
 /// (growing, and the holder's own), every record read. A failure names its seed; set
 /// `IDEM_MODEL_SEED` to replay it (and `IDEM_MODEL_STEPS` to run more or fewer steps).
 ///

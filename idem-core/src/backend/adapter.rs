@@ -10,7 +10,7 @@
 //! The example of [`IdempotencyStore`] ("Implementing a custom store") is such a store over
 //! a `Mutex<HashMap>`; `idem-memory` is one over a moka cache.
 //!
-//! [`lifecycle`]: crate::lifecycle
+//! [`lifecycle`]: crate::backend::lifecycle
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -18,11 +18,11 @@ use std::future::Future;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::backend::lifecycle::{self, Entry, Step, Write};
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::{Error, check_payload};
 use crate::key::Key;
 use crate::lease::Lease;
-use crate::lifecycle::{self, Entry, Step, Write};
 use crate::record::Record;
 use crate::store::IdempotencyStore;
 use crate::token::{Consumption, Scope, Token, TokenRecord, TokenStore};
@@ -364,7 +364,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::lifecycle::Phase;
+    use crate::backend::lifecycle::Phase;
     use crate::token::TokenGenerator;
 
     /// A map on a hand-moved clock that counts admissions and can refuse them.
