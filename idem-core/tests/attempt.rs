@@ -241,3 +241,73 @@ fn a_runtime_shutting_down_leaves_the_other_runtimes_leases_renewed() {
         );
     });
 }
+
+/// A lost lease whose operation asks only to free the key: nothing to free (the key is no
+/// longer ours) and nothing lost, so the output comes back as a success.
+#[tokio::test]
+async fn a_lost_lease_that_only_frees_returns_the_output() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::new(Arc::clone(&store), Ttl::from_millis(600).expect("ttl"));
+    let lease = acquired(&engine, "lost-release").await;
+    let attempt = engine.attempt(lease.clone());
+    let handle = attempt.lease_handle();
+    let output = attempt
+        .run(
+            async move {
+                assert!(store.remove(&lease.key).await.expect("removed"));
+                tokio::time::timeout(Duration::from_secs(10), handle.lost())
+                    .await
+                    .expect("the renewal notices the loss");
+                5u32
+            },
+            |_: &u32| Settlement::Release,
+        )
+        .await;
+    assert!(matches!(output, Ok(5)), "{output:?}");
+}
+
+/// What a caller prints and chains, and what the engine shows of itself.
+#[tokio::test]
+async fn attempt_errors_and_the_engine_describe_themselves() {
+    use std::error::Error as _;
+    let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30))
+        .with_cancel_policy(idem_core::attempt::CancelPolicy::Release);
+    assert_eq!(
+        engine.cancel_policy(),
+        idem_core::attempt::CancelPolicy::Release
+    );
+    let shown = format!("{engine:?}");
+    assert!(
+        shown.starts_with("Engine {") && shown.contains("Release"),
+        "{shown}"
+    );
+    let attempt = engine.attempt(acquired(&engine, "debug").await);
+    let shown = format!("{attempt:?}");
+    assert!(
+        shown.starts_with("Attempt {") && shown.contains("lease"),
+        "{shown}"
+    );
+
+    let not_recorded: AttemptError<u32> = AttemptError::NotRecorded {
+        output: 1,
+        error: Error::not_recorded(Error::LeaseLost),
+    };
+    assert_eq!(
+        not_recorded.to_string(),
+        Error::not_recorded(Error::LeaseLost).to_string()
+    );
+    assert!(not_recorded.source().is_some());
+    let interrupted: AttemptError<u32> = AttemptError::Interrupted;
+    assert!(
+        interrupted
+            .to_string()
+            .contains("stopped before it returned")
+    );
+    assert!(interrupted.source().is_none());
+    assert!(
+        interrupted
+            .into_error()
+            .to_string()
+            .contains("stopped before it returned")
+    );
+}
