@@ -204,6 +204,7 @@ macro_rules! __with_check_names {
             bad_input
             inspection_and_removal
             removal_fencing
+            fencing_memory
             model
         }
     };

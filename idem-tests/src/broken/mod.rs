@@ -67,6 +67,9 @@ pub enum Defect {
     OwnRetryIgnoresFingerprint,
     /// Removing forgets the key, so fencing numbers start over at 1.
     RemoveForgetsFencing,
+    /// A freed key (lapsed, released, removed) is remembered 5 s instead of the fencing
+    /// memory's 60 s, so fencing numbers start over after that.
+    ShortFencingMemory,
     /// Leases never expire: a crashed owner blocks its key for good.
     NeverExpiresLeases,
     /// Payloads are stored through a lossy UTF-8 conversion.
@@ -126,6 +129,7 @@ impl Defect {
         Defect::RemoveCountsTraces,
         Defect::OwnRetryIgnoresFingerprint,
         Defect::RemoveForgetsFencing,
+        Defect::ShortFencingMemory,
         Defect::NeverExpiresLeases,
         Defect::ReencodesPayloads,
         Defect::IgnoresFingerprints,
@@ -210,13 +214,16 @@ impl Defect {
             Defect::OwnRetryIgnoresFingerprint => &["fingerprints", "model"],
             Defect::RemoveForgetsFencing => &[
                 "exclusive_every_path",
+                "fencing_memory",
                 "freeing_races_takeover",
                 "model",
                 "removal_fencing",
             ],
+            Defect::ShortFencingMemory => &["fencing_memory"],
             Defect::NeverExpiresLeases => &[
                 "exclusive_every_path",
                 "exclusive_takeover",
+                "fencing_memory",
                 "finish_races_takeover",
                 "free_key",
                 "freeing_races_takeover",
@@ -234,6 +241,7 @@ impl Defect {
                 "exclusive_every_path",
                 "exclusive_takeover",
                 "failures",
+                "fencing_memory",
                 "freeing_races_takeover",
                 "lapsed_lease_still_finishes",
                 "lease_expiry",
@@ -294,6 +302,7 @@ impl Defect {
             ],
             Defect::RemoveIsNoop => &[
                 "exclusive_every_path",
+                "fencing_memory",
                 "free_key",
                 "freeing_races_takeover",
                 "inspection_and_removal",

@@ -17,6 +17,9 @@ use idem_core::{
 
 use super::Defect;
 
+/// How long [`Defect::ShortFencingMemory`] remembers a freed key, in milliseconds.
+const SHORT_TRACE_MS: u64 = 5_000;
+
 /// The window a check-then-set leaves between its check and its write.
 const GAP: Duration = Duration::from_millis(5);
 
@@ -209,10 +212,10 @@ impl BrokenStore {
     }
 
     /// Writes what a claim decided and answers it.
-    fn apply(state: &mut State, slot: String, step: Step<Claim>) -> Result<Claim, Error> {
+    fn apply(&self, state: &mut State, slot: String, step: Step<Claim>) -> Result<Claim, Error> {
         match step.write {
             Write::Put(entry) => {
-                state.entries.insert(slot.clone(), entry);
+                state.entries.insert(slot.clone(), self.kept(entry));
             }
             Write::Remove => {
                 state.entries.remove(&slot);
@@ -223,6 +226,26 @@ impl BrokenStore {
             state.leases.entry(slot).or_default().push(lease.clone());
         }
         step.answer
+    }
+
+    /// The entry as this store keeps it: a freed key's trace (a lapsed or vacant entry) is
+    /// cut to [`SHORT_TRACE_MS`] under [`Defect::ShortFencingMemory`].
+    fn kept(&self, entry: Entry) -> Entry {
+        if self.defect != Defect::ShortFencingMemory {
+            return entry;
+        }
+        let expires_at = match entry.phase {
+            Phase::Claimed { lease_until, .. } => lease_until.saturating_add(SHORT_TRACE_MS),
+            Phase::Vacant => entry
+                .expires_at
+                .saturating_sub(lifecycle::trace_ttl(0))
+                .saturating_add(SHORT_TRACE_MS),
+            Phase::Completed(_) | Phase::Failed(_) => entry.expires_at,
+        };
+        Entry {
+            expires_at,
+            ..entry
+        }
     }
 
     /// A finished entry whose retention starts over at `now`: the sliding-expiry defect.
@@ -279,14 +302,16 @@ impl BrokenStore {
                 return Err(Error::LeaseLost);
             };
             if !check_then_set {
-                state.entries.insert(slot, next(&entry, now));
+                state.entries.insert(slot, self.kept(next(&entry, now)));
                 return Ok(());
             }
             entry
         };
         tokio::time::sleep(GAP).await;
         let now = self.now();
-        self.lock()?.entries.insert(slot, next(&checked, now));
+        self.lock()?
+            .entries
+            .insert(slot, self.kept(next(&checked, now)));
         Ok(())
     }
 
@@ -335,12 +360,12 @@ impl IdempotencyStore for BrokenStore {
             let now = self.now();
             let step = self.decide_claim(&state, &slot, &request, now);
             if !self.racy_claim(state.entries.get(&slot), now) {
-                return Self::apply(&mut state, slot, step);
+                return self.apply(&mut state, slot, step);
             }
             step
         };
         tokio::time::sleep(GAP).await;
-        Self::apply(&mut *self.lock()?, slot, delayed)
+        self.apply(&mut *self.lock()?, slot, delayed)
     }
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
@@ -456,7 +481,7 @@ impl IdempotencyStore for BrokenStore {
             };
             tokio::time::sleep(GAP).await;
             if let Write::Put(entry) = step.write {
-                self.lock()?.entries.insert(slot, entry);
+                self.lock()?.entries.insert(slot, self.kept(entry));
             }
             return step.answer;
         }
@@ -477,14 +502,14 @@ impl IdempotencyStore for BrokenStore {
             }
             Defect::RemoveCountsTraces => {
                 if let Write::Put(entry) = step.write {
-                    state.entries.insert(slot, entry);
+                    state.entries.insert(slot, self.kept(entry));
                 }
                 return Ok(there);
             }
             _ => {}
         }
         if let Write::Put(entry) = step.write {
-            state.entries.insert(slot, entry);
+            state.entries.insert(slot, self.kept(entry));
         }
         step.answer
     }

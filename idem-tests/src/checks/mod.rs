@@ -27,4 +27,7 @@ pub use outcome::{bad_input, failures, retention};
 pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, spent_lease};
 pub use races::{exclusive_every_path, finish_races_takeover, freeing_races_takeover};
 pub use replay::replay_fidelity;
-pub use timing::{in_progress_retry_after, renewal_from_now, retention_from_finish};
+pub use timing::{
+    FENCING_MEMORY_CHECKED, fencing_memory, in_progress_retry_after, renewal_from_now,
+    retention_from_finish,
+};

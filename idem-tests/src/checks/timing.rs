@@ -181,3 +181,57 @@ pub async fn retention_from_finish(store: Store, capabilities: Capabilities) -> 
 async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(deadline.into()).await;
 }
+
+/// How long after freeing [`fencing_memory`] checks that a key is still remembered: a fifth
+/// of `idem_core::lifecycle::FENCING_MEMORY`, as much as the suite's time budget allows (a
+/// backend's whole suite should run in 40 s, and checks run side by side).
+pub const FENCING_MEMORY_CHECKED: Duration = Duration::from_secs(12);
+
+/// A freed key is remembered well past the moment it was freed (the contract says at
+/// least `lifecycle::trace_ttl`: the longer of the lease TTL and 60 s): keys freed by every
+/// path (a lapsed lease, a release, a removed claim, a removed finished record) are claimed
+/// again [`FENCING_MEMORY_CHECKED`] later, and each new lease's fencing number is larger
+/// than the one before the freeing.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a key claimed again
+/// [`FENCING_MEMORY_CHECKED`] after it was freed gets a fencing number no larger than
+/// before; or when a store call the check needs fails unexpectedly.
+pub async fn fencing_memory(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("fencing_memory", store, capabilities, |ctx| async move {
+        let mut freed = Vec::new();
+        for path in ["lapsed", "released", "removed-claim", "removed-finished"] {
+            let key = ctx.key(path)?;
+            // Two acquisitions, so the number to remember is above the first one's.
+            let first = ctx.acquire(&key, LONG).await?;
+            ctx.release(&first).await?;
+            let lease = ctx.acquire(&key, ctx.short()).await?;
+            match path {
+                "released" => ctx.release(&lease).await?,
+                "removed-claim" => {
+                    ensure!(ctx.remove(&key).await?, "removing a claim should say so");
+                }
+                "removed-finished" => {
+                    ctx.complete(&lease, &b"done"[..]).await?;
+                    ensure!(ctx.remove(&key).await?, "removing a record should say so");
+                }
+                _ => {}
+            }
+            freed.push((path, key, lease));
+        }
+        tokio::time::sleep(ctx.short() + FENCING_MEMORY_CHECKED).await;
+        for (path, key, lease) in freed {
+            let next = ctx.acquire(&key, LONG).await?;
+            ensure!(
+                next.fencing > lease.fencing,
+                "{key} ({path}): claimed again {FENCING_MEMORY_CHECKED:?} after it was freed, \
+                 it got fencing {} after {}: the store forgot the key within the fencing memory",
+                next.fencing,
+                lease.fencing
+            );
+        }
+        Ok(())
+    })
+    .await
+}
