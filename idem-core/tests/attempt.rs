@@ -258,6 +258,7 @@ async fn a_lost_lease_that_only_frees_returns_the_output() {
                 tokio::time::timeout(Duration::from_secs(10), handle.lost())
                     .await
                     .expect("the renewal notices the loss");
+                assert!(handle.is_lost());
                 5u32
             },
             |_: &u32| Settlement::Release,
@@ -310,4 +311,75 @@ async fn attempt_errors_and_the_engine_describe_themselves() {
             .to_string()
             .contains("stopped before it returned")
     );
+}
+
+/// A store whose claims are `Unavailable` a given number of times, counting them.
+#[derive(Debug)]
+struct Blinking {
+    inner: MemoryStore,
+    outages: std::sync::atomic::AtomicU32,
+    claims: std::sync::atomic::AtomicU32,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for Blinking {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.claims.fetch_add(1, SeqCst);
+        if self
+            .outages
+            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::unavailable(std::io::Error::other("down")));
+        }
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &idem_core::Lease, r: Bytes, t: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, r, t).await
+    }
+    async fn fail(&self, lease: &idem_core::Lease, f: Bytes, t: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, f, t).await
+    }
+    async fn renew(&self, lease: &idem_core::Lease, t: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, t).await
+    }
+    async fn release(&self, lease: &idem_core::Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// An unavailable claim is sent again by the same owner, four times at most, and an answer
+/// after an outage is the claim's.
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_claim_is_retried_four_times_at_most() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for (outages, claims, acquires) in [(2, 3, true), (3, 4, true), (u32::MAX, 4, false)] {
+        let store = Arc::new(Blinking {
+            inner: MemoryStore::new(),
+            outages: outages.into(),
+            claims: 0.into(),
+        });
+        let engine = Engine::new(Arc::clone(&store), ttl(30));
+        let key = Key::new("attempt-tests", "blinking").expect("key");
+        let answer = engine.claim(&ClaimRequest::new(key, ttl(30))).await;
+        assert_eq!(
+            matches!(answer, Ok(Claim::Acquired(_))),
+            acquires,
+            "{outages} outages: {answer:?}"
+        );
+        if !acquires {
+            assert!(
+                matches!(answer, Err(Error::Unavailable { .. })),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(store.claims.load(SeqCst), claims, "{outages} outages");
+    }
 }
