@@ -88,6 +88,8 @@ mod body;
 mod builder;
 mod estimate;
 mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod header;
 mod key_header;
 mod layer;

@@ -9,7 +9,7 @@
 //! All integers are big-endian; the body is everything after the last header.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 /// Marks the layout's version: a record of another version is refused, not misread.
 const MAGIC: &[u8; 3] = b"IH1";
@@ -89,6 +89,21 @@ impl StoredResponse {
         }
         out.put_slice(&self.body);
         Ok(out.freeze())
+    }
+
+    /// The response to replay. Fails when the record holds more headers than a
+    /// `HeaderMap` can (2^15): only a record this crate did not write does, and
+    /// `HeaderMap::append` would panic on it.
+    pub(crate) fn into_response(self) -> Result<Response<Bytes>, &'static str> {
+        let mut response = Response::new(self.body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        for (name, value) in self.headers {
+            headers
+                .try_append(name, value)
+                .map_err(|_| "more headers than a response holds")?;
+        }
+        Ok(response)
     }
 
     /// Decodes a record, refusing anything this crate did not write.
@@ -216,5 +231,27 @@ mod tests {
         let mut bad_status = encoded.to_vec();
         bad_status[3..5].copy_from_slice(&42u16.to_be_bytes());
         assert!(StoredResponse::decode(&Bytes::from(bad_status)).is_err());
+    }
+
+    #[test]
+    fn a_record_with_more_headers_than_a_response_holds_is_refused_not_a_panic() {
+        // 2^15 + 1 distinct header names: the layout allows 65535, a `HeaderMap` 2^15.
+        let count: u16 = (1 << 15) + 1;
+        let mut raw = BytesMut::new();
+        raw.put_slice(MAGIC);
+        raw.put_u16(200);
+        raw.put_u16(count);
+        for n in 0..count {
+            let name = format!("x{n}");
+            raw.put_u16(u16::try_from(name.len()).expect("short"));
+            raw.put_slice(name.as_bytes());
+            raw.put_u32(0);
+        }
+        let record = StoredResponse::decode(&raw.freeze()).expect("the layout is followed");
+        assert_eq!(record.headers.len(), usize::from(count));
+        assert!(record.into_response().is_err());
+        let replayable = sample().into_response().expect("a real response replays");
+        assert_eq!(replayable.headers().len(), 3);
+        assert_eq!(replayable.status(), StatusCode::CREATED);
     }
 }

@@ -353,24 +353,12 @@ impl<S: IdempotencyStore> Shared<S> {
     /// Replays a stored outcome, marked with `Idempotent-Replayed: true`.
     fn replay(&self, stored: &Bytes) -> Response<Bytes> {
         let mut response = match StoredOutcome::decode(stored) {
-            Ok(StoredOutcome::Response(record)) => {
-                let mut response = Response::new(record.body);
-                *response.status_mut() = record.status;
-                let headers = response.headers_mut();
-                for (name, value) in record.headers {
-                    headers.append(name, value);
-                }
-                response
-            }
+            Ok(StoredOutcome::Response(record)) => match record.into_response() {
+                Ok(response) => response,
+                Err(reason) => return unreadable(reason),
+            },
             Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
-            Err(reason) => {
-                tracing::error!(reason, "a stored response does not decode");
-                return problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    problem::STORE_FAILED,
-                    "the stored response is unreadable",
-                );
-            }
+            Err(reason) => return unreadable(reason),
         };
         response
             .headers_mut()
@@ -416,5 +404,16 @@ fn is_namespace_error(reason: &InvalidInput) -> bool {
             field: InputField::Namespace,
             ..
         }
+    )
+}
+
+/// The answer to a stored response that does not decode: the store holds bytes this crate
+/// did not write.
+fn unreadable(reason: &'static str) -> Response<Bytes> {
+    tracing::error!(reason, "a stored response does not decode");
+    problem(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        problem::STORE_FAILED,
+        "the stored response is unreadable",
     )
 }

@@ -1,0 +1,54 @@
+//! A narrow entry for the fuzz targets in the repository's `fuzz/` directory and the
+//! property tests: not part of the API, and hidden from the docs.
+
+use bytes::Bytes;
+
+use crate::record::StoredOutcome;
+
+/// What a replay makes of stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// A response with this status, this many headers and this body.
+    Response {
+        /// Its status code.
+        status: u16,
+        /// How many header lines it carries.
+        headers: usize,
+        /// Its body.
+        body: Bytes,
+        /// Whether encoding the decoded response and decoding that again gives the same
+        /// response: the layout has one reading.
+        stable: bool,
+    },
+    /// The marker of a response too large to store, with its status.
+    TooLarge {
+        /// The handler's status code.
+        status: u16,
+    },
+}
+
+/// Decodes stored bytes the way a replay does, and builds the response a replay would
+/// send. `Err` carries the reason a replay answers "the stored response is unreadable".
+/// Never panics.
+pub fn replay(raw: &[u8]) -> Result<Replay, &'static str> {
+    let stored = Bytes::copy_from_slice(raw);
+    match StoredOutcome::decode(&stored)? {
+        StoredOutcome::TooLarge { status, .. } => Ok(Replay::TooLarge {
+            status: status.as_u16(),
+        }),
+        StoredOutcome::Response(record) => {
+            let stable = record
+                .encode()
+                .ok()
+                .and_then(|encoded| StoredOutcome::decode(&encoded).ok())
+                .is_some_and(|again| again == StoredOutcome::Response(record.clone()));
+            let response = record.into_response()?;
+            Ok(Replay::Response {
+                status: response.status().as_u16(),
+                headers: response.headers().len(),
+                body: response.into_body(),
+                stable,
+            })
+        }
+    }
+}
