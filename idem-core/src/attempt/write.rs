@@ -17,7 +17,13 @@ use crate::ttl::Ttl;
 const MIN_WRITE_ATTEMPTS: u32 = 3;
 /// The first pause between attempts; pauses double, with jitter, up to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
-const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Attempts stay this dense while the lease lasts, so a store back before the lease ends
+/// (a Redis restart takes 70–700 ms) gets the outcome well before a takeover could race it;
+/// ten small writes a second per pending outcome are no load on a recovering store.
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+/// The last attempt goes this long before the lease's end (as the attempt knows it), so
+/// that it reaches the store while the lease still holds there, timer lag included.
+const FINAL_MARGIN: Duration = Duration::from_millis(50);
 
 /// Which of the two finished states an outcome is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,10 +123,19 @@ async fn finish<S: IdempotencyStore + ?Sized>(
         };
         match written {
             Err(Error::Unavailable { source }) => {
-                let pause = backoff.pause();
-                if attempt >= MIN_WRITE_ATTEMPTS && Instant::now() + pause >= lease_until {
+                let last_call = lease_until.checked_sub(FINAL_MARGIN).unwrap_or(lease_until);
+                let left = last_call.saturating_duration_since(Instant::now());
+                if attempt >= MIN_WRITE_ATTEMPTS && left.is_zero() {
                     return Err(Error::Unavailable { source });
                 }
+                // Never past the lease's end, but never giving up before it either: when the
+                // next pause would outlast the lease, the last attempt is made as it ends,
+                // so a store back by then still gets the outcome (a restart that ends inside
+                // the lease costs no second run).
+                let pause = match backoff.pause() {
+                    pause if attempt >= MIN_WRITE_ATTEMPTS => pause.min(left),
+                    pause => pause,
+                };
                 tracing::warn!(attempt, error = %source, "storing the outcome failed; retrying");
                 tokio::time::sleep(pause).await;
                 attempt += 1;
@@ -151,4 +166,140 @@ async fn holds<S: IdempotencyStore + ?Sized>(
             (Finish::Failed, RecordState::Failed { failure }) => failure == payload,
             _ => false,
         }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::claim::{Claim, ClaimRequest};
+    use crate::key::Key;
+    use crate::lease::OwnerToken;
+    use crate::record::Record;
+
+    /// A store that is unavailable until `back` and then completes, recording when each
+    /// complete was tried.
+    #[derive(Debug)]
+    struct BackAt {
+        back: Instant,
+        tries: Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for BackAt {
+        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
+            unimplemented!("not claimed in these tests")
+        }
+        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            let now = Instant::now();
+            self.tries.lock().expect("not poisoned").push(now);
+            if now < self.back {
+                return Err(Error::unavailable("restarting"));
+            }
+            Ok(())
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("not failed in these tests")
+        }
+        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
+            Ok(None)
+        }
+        async fn remove(&self, _: &Key) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            key: Key::new("write", "k").expect("a valid key"),
+            owner: OwnerToken::random(),
+            fencing: 1,
+        }
+    }
+
+    async fn write_with(back_after: Duration, lease_left: Duration) -> (Result<(), Error>, BackAt) {
+        let start = Instant::now();
+        let store = BackAt {
+            back: start + back_after,
+            tries: Mutex::new(Vec::new()),
+        };
+        let written = finish(
+            &store,
+            &lease(),
+            Finish::Completed,
+            Bytes::from_static(b"done"),
+            Ttl::from_secs(60).expect("ttl"),
+            start + lease_left,
+        )
+        .await;
+        (written, store)
+    }
+
+    /// A store back just before the lease ends still gets the outcome: the last attempt is
+    /// made as the lease ends. (Giving up when the next backoff pause would outlast the
+    /// lease left up to half a lease unused, and cost a second run after Redis restarts.)
+    #[tokio::test(start_paused = true)]
+    async fn the_last_attempt_is_made_as_the_lease_ends() {
+        for _ in 0..20 {
+            let lease_left = Duration::from_secs(1);
+            let back = lease_left - FINAL_MARGIN - Duration::from_millis(1);
+            let (written, store) = write_with(back, lease_left).await;
+            assert!(written.is_ok(), "{written:?}");
+            let tries = store.tries.lock().expect("not poisoned");
+            let last = *tries.last().expect("tried");
+            assert!(last >= store.back, "{tries:?}");
+        }
+    }
+
+    /// A store that stays away past the lease is given up on as the lease ends, not later:
+    /// the key may have been taken over.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_away_past_the_lease_is_given_up_on_when_it_ends() {
+        let lease_left = Duration::from_secs(1);
+        let start = Instant::now();
+        let (written, store) = write_with(Duration::from_secs(5), lease_left).await;
+        assert!(
+            matches!(written, Err(Error::Unavailable { .. })),
+            "{written:?}"
+        );
+        let tries = store.tries.lock().expect("not poisoned");
+        let last = *tries.last().expect("tried");
+        // Paused time: the timer wakes on the lease's end, to the millisecond.
+        assert!(
+            last >= start + lease_left - FINAL_MARGIN
+                && last <= start + lease_left - FINAL_MARGIN + Duration::from_millis(2),
+            "{:?}",
+            last - start
+        );
+        assert!(tries.len() >= MIN_WRITE_ATTEMPTS as usize);
+    }
+
+    /// While the lease lasts, attempts are at most `MAX_PAUSE` apart: a store back half-way
+    /// through the lease gets the outcome at once, not a backoff step of up to a second
+    /// later, at the lease's edge, where a takeover races it.
+    #[tokio::test(start_paused = true)]
+    async fn attempts_stay_dense_while_the_lease_lasts() {
+        for _ in 0..20 {
+            let start = Instant::now();
+            let back = Duration::from_millis(500);
+            let (written, store) = write_with(back, Duration::from_secs(1)).await;
+            assert!(written.is_ok(), "{written:?}");
+            let tries = store.tries.lock().expect("not poisoned");
+            let last = *tries.last().expect("tried");
+            assert!(
+                last <= start + back + MAX_PAUSE + Duration::from_millis(2),
+                "written {:?} after the start",
+                last - start
+            );
+        }
+    }
 }
