@@ -78,7 +78,8 @@
 //!   failed, fingerprint mismatch). A lapsed lease, a released key or an expired record is
 //!   taken over by one conditional `UPDATE` whose WHERE clause re-checks the rule under the
 //!   row lock; its affected-row count picks the single winner, and it hands back the new
-//!   fencing number through `LAST_INSERT_ID(expr)` (saturating at 2^64−1).
+//!   fencing number through `LAST_INSERT_ID(expr)`; a key at 2^64−1 is refused with
+//!   [`Error::CorruptRecord`](idem_core::Error::CorruptRecord), as on every store.
 //! - **complete**, **fail**, **renew**, **release** are one `UPDATE` each, conditioned on
 //!   state, owner token, fencing number and the row not having expired; no row matched is
 //!   [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing changed.

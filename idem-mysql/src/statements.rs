@@ -87,7 +87,8 @@ impl Statements {
             // claimers that read the same free row exactly one matches it. Every branch of
             // the CASE is unsigned: with a signed `1` among them the CASE is signed, and
             // 2^63 overflows it (error 1916), so a key at 2^63−1 could never be taken over.
-            // At 2^64−1 the number saturates, as the lifecycle's `saturating_add` does.
+            // A key at 2^64−1 is refused before this statement runs (`CorruptRecord`, see
+            // `idem_core::lifecycle::next_fencing`); the ELSE only keeps the CASE total.
             take_over: format!(
                 "UPDATE {t} SET \
                  fencing = LAST_INSERT_ID(CASE \

@@ -79,7 +79,8 @@
 //!   progress, completed, failed, fingerprint mismatch). A lapsed lease, a released key or
 //!   an expired record is taken over by one conditional `UPDATE ... RETURNING` whose WHERE
 //!   clause re-checks "free" under the row lock and hands out the next fencing number
-//!   (saturating at 2^63−1).
+//!   (a key at 2^63−1 is refused with [`Error::CorruptRecord`](idem_core::Error::CorruptRecord),
+//!   as on every store).
 //! - **complete**, **fail**, **renew**, **release** are one conditional `UPDATE` each; no
 //!   row matched is [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing
 //!   changed. **remove** is one `DELETE ... RETURNING`.

@@ -38,6 +38,11 @@ impl ClaimSteps for OnConnection<'_> {
         select(self.conn, self.statements, key).await
     }
 
+    /// `fencing` is a `bigint`.
+    fn max_fencing(&self) -> u64 {
+        idem_core::lifecycle::MAX_SIGNED_FENCING
+    }
+
     async fn take_over(&mut self, request: &ClaimRequest) -> Result<Option<u64>, Error> {
         let (lease_us, life_us) = claim_spans(request.lease_ttl);
         let row = sqlx::query(sql(&self.statements.take_over))

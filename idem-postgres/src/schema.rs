@@ -53,7 +53,8 @@ pub(crate) const TOKENS: TableKind = TableKind {
 ///   accents, no normalisation. [`Key`](idem_core::Key) bounds each to 255 bytes.
 /// - `state`: 1 claimed, 2 released (kept only to remember the fencing number), 3 completed,
 ///   4 failed.
-/// - `fencing`: `bigint`; a takeover at 2^63−1 keeps the number (saturates) rather than fail.
+/// - `fencing`: `bigint`; a takeover at 2^63−1 is refused (`CorruptRecord`) rather than
+///   hand the same number to a second owner.
 /// - `lease_until`, `expires_at`: `timestamptz` from the server's `clock_timestamp()`. A row
 ///   counts as absent from `expires_at` on; the index serves `purge_expired`.
 fn records_v1(table: &TableName) -> String {

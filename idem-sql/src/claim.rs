@@ -33,6 +33,12 @@ pub trait ClaimSteps {
         &mut self,
         request: &ClaimRequest,
     ) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// The largest fencing number the engine's column holds: a takeover past it is refused
+    /// with [`Error::CorruptRecord`] (see [`lifecycle::next_fencing`]).
+    fn max_fencing(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// Claims a key: one INSERT for a never-seen key; otherwise the row is read, the rules of
@@ -56,6 +62,10 @@ pub async fn claim<S: ClaimSteps + Send>(
             continue;
         };
         match lifecycle::claim(Some(&entry), request, NOW).answer {
+            // The lifecycle counts in u64; an engine with a narrower column refuses past it.
+            Ok(Claim::Acquired(granted)) if granted.fencing > steps.max_fencing() => {
+                return Err(lifecycle::fencing_exhausted(entry.fencing));
+            }
             Ok(Claim::Acquired(_)) => {
                 if let Some(fencing) = steps.take_over(request).await? {
                     tracing::debug!(key = %request.key, fencing, "idem-sql: took a free key over");

@@ -207,14 +207,48 @@ pub fn claim(current: Option<&Entry>, request: &ClaimRequest, now: u64) -> Step<
             retry_after: Duration::from_millis(lease_until - now),
         },
         // Released, or a lapsed lease of another owner: free for anyone.
-        Phase::Claimed { .. } | Phase::Vacant => {
-            return acquire(request, entry.fencing.saturating_add(1), now);
-        }
+        Phase::Claimed { .. } | Phase::Vacant => return take_over(entry, request, now),
     };
     if entry.fingerprint != request.fingerprint {
         return Step::keep(Err(Error::FingerprintMismatch));
     }
     Step::keep(Ok(found))
+}
+
+/// The largest fencing number a takeover may hand out when the store keeps them in a
+/// signed 64-bit column (PostgreSQL's `bigint`): a store's number above it is refused like
+/// one past `u64::MAX`. See [`next_fencing`].
+pub const MAX_SIGNED_FENCING: u64 = i64::MAX as u64;
+
+/// The fencing number a takeover of a key last granted `fencing` hands out, when the store
+/// can hold it (`max`: `u64::MAX`, or [`MAX_SIGNED_FENCING`] for a signed column);
+/// otherwise [`Error::CorruptRecord`], and the key stays as it is.
+///
+/// A key cannot reach the end of the range by use (it would take 2^63 acquisitions), only
+/// through a record idem did not write; and the other answer, saturating, would hand the
+/// same number to a second owner, so a resource guarded by the number would accept the
+/// stale owner's writes as the new one's. Every store refuses alike.
+pub fn next_fencing(fencing: u64, max: u64) -> Result<u64, Error> {
+    fencing
+        .checked_add(1)
+        .filter(|next| *next <= max)
+        .ok_or_else(|| fencing_exhausted(fencing))
+}
+
+/// The [`Error::CorruptRecord`] of a key whose fencing number `fencing` is at the end of
+/// its store's range (see [`next_fencing`]).
+pub fn fencing_exhausted(fencing: u64) -> Error {
+    Error::corrupt(format!(
+        "fencing number {fencing} is at the end of the store's range and cannot grow"
+    ))
+}
+
+/// A takeover of a free key: the next fencing number, or the key kept as it is.
+fn take_over(entry: &Entry, request: &ClaimRequest, now: u64) -> Step<Claim> {
+    match next_fencing(entry.fencing, u64::MAX) {
+        Ok(fencing) => acquire(request, fencing, now),
+        Err(error) => Step::keep(Err(error)),
+    }
 }
 
 fn acquire(request: &ClaimRequest, fencing: u64, now: u64) -> Step<Claim> {
@@ -670,5 +704,39 @@ mod tests {
         assert!(matches!(again.answer, Ok(false)));
         assert_eq!(again.write, Write::Keep);
         assert_eq!(remove(None, &key(), 3).write, Write::Keep);
+    }
+
+    #[test]
+    fn a_takeover_at_the_end_of_the_fencing_range_is_refused_and_changes_nothing() {
+        let request = ClaimRequest::new(key(), Ttl::from_secs(1).expect("ttl"));
+        let (_, claimed) = acquired(claim(None, &request, 0));
+        let lapsed_at = |fencing| Entry {
+            fencing,
+            ..claimed.clone()
+        };
+        // Lapsed at 1 s; another owner claims at 2 s.
+        let other = ClaimRequest::new(key(), Ttl::from_secs(1).expect("ttl"));
+        let refused = claim(Some(&lapsed_at(u64::MAX)), &other, 2_000);
+        assert!(
+            matches!(refused.answer, Err(Error::CorruptRecord { .. })),
+            "{:?}",
+            refused.answer
+        );
+        assert_eq!(refused.write, Write::Keep);
+        let (taken, _) = acquired(claim(Some(&lapsed_at(u64::MAX - 1)), &other, 2_000));
+        assert_eq!(taken.fencing, u64::MAX);
+        // The lapsed owner asking again keeps its number: nothing grows.
+        let (own, _) = acquired(claim(Some(&lapsed_at(u64::MAX)), &request, 2_000));
+        assert_eq!(own.fencing, u64::MAX);
+
+        assert_eq!(next_fencing(7, u64::MAX).ok(), Some(8));
+        assert_eq!(
+            next_fencing(MAX_SIGNED_FENCING - 1, MAX_SIGNED_FENCING).ok(),
+            Some(MAX_SIGNED_FENCING)
+        );
+        assert!(matches!(
+            next_fencing(MAX_SIGNED_FENCING, MAX_SIGNED_FENCING),
+            Err(Error::CorruptRecord { .. })
+        ));
     }
 }

@@ -170,40 +170,58 @@ async fn plant_lapsed_fencing(store: &MySqlStore, lease: &Lease, fencing: u64) {
 }
 
 /// A key at fencing 2^63−1 is taken over with 2^63 (the takeover's CASE overflowed a
-/// signed integer, error 1916, on every claim); at 2^64−1 the number saturates.
+/// signed integer, error 1916, on every claim). At 2^64−1, the end of the column's range, a
+/// takeover is refused with `CorruptRecord` and changes nothing, as on every store
+/// (`idem_core::lifecycle::next_fencing`): saturating handed the lapsed owner's number to a
+/// second owner.
 #[tokio::test]
-async fn fencing_past_the_signed_limit_still_takes_over() {
+async fn fencing_grows_past_the_signed_limit_and_stops_at_the_unsigned_one() {
     let store = shared_store().await;
     let ns = namespace("fencing-limit");
-    for (id, planted, expected) in [
-        ("signed-max", i64::MAX as u64, i64::MAX as u64 + 1),
-        ("unsigned-max", u64::MAX, u64::MAX),
-    ] {
-        let key = key(&ns, id);
-        let first = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
-        plant_lapsed_fencing(&store, &first, planted).await;
-        let taken = acquired(
-            store
-                .claim(&request(&key, LONG))
-                .await
-                .expect("a takeover at the limit"),
-        );
-        assert_eq!(taken.fencing, expected, "{id}");
-        let stale = Lease {
-            fencing: planted,
-            ..first
-        };
-        assert!(matches!(
-            store.complete(&stale, "stale".into(), ttl(RETENTION)).await,
-            Err(Error::LeaseLost)
-        ));
+    let key_at = key(&ns, "signed-max");
+    let first = acquired(store.claim(&request(&key_at, LONG)).await.expect("claim"));
+    plant_lapsed_fencing(&store, &first, i64::MAX as u64).await;
+    let taken = acquired(
         store
-            .complete(&taken, "ok".into(), ttl(RETENTION))
+            .claim(&request(&key_at, LONG))
             .await
-            .expect("complete");
-        assert_eq!(
-            store.claim(&request(&key, LONG)).await.expect("replay"),
-            Claim::Completed("ok".into())
+            .expect("a takeover past the signed limit"),
+    );
+    assert_eq!(taken.fencing, i64::MAX as u64 + 1);
+    let stale = Lease {
+        fencing: i64::MAX as u64,
+        ..first
+    };
+    assert!(matches!(
+        store.complete(&stale, "stale".into(), ttl(RETENTION)).await,
+        Err(Error::LeaseLost)
+    ));
+    store
+        .complete(&taken, "ok".into(), ttl(RETENTION))
+        .await
+        .expect("complete");
+    assert_eq!(
+        store.claim(&request(&key_at, LONG)).await.expect("replay"),
+        Claim::Completed("ok".into())
+    );
+
+    let key_at = key(&ns, "unsigned-max");
+    let first = acquired(store.claim(&request(&key_at, LONG)).await.expect("claim"));
+    plant_lapsed_fencing(&store, &first, u64::MAX).await;
+    for _ in 0..2 {
+        let refused = store.claim(&request(&key_at, LONG)).await;
+        assert!(
+            matches!(refused, Err(Error::CorruptRecord { .. })),
+            "{refused:?}"
         );
     }
+    // Nothing changed: the lapsed owner, whom nobody took over from, can still finish.
+    let lapsed = Lease {
+        fencing: u64::MAX,
+        ..first
+    };
+    store
+        .complete(&lapsed, "late".into(), ttl(RETENTION))
+        .await
+        .expect("the lapsed owner still holds the key");
 }

@@ -31,25 +31,41 @@ async fn plant_lapsed_fencing(store: &PgStore, lease: &Lease, fencing: i64) {
     assert_eq!(changed.rows_affected(), 1);
 }
 
-/// At 2^63−1 a takeover keeps the number (as the lifecycle's `saturating_add` does) instead
-/// of failing every claim of the key with an overflow; the stale owner is still fenced out
-/// by its owner token.
+/// At 2^63−1, the end of the `bigint` range, a takeover is refused with `CorruptRecord` and
+/// changes nothing, as on every store (`idem_core::lifecycle::next_fencing`): saturating
+/// handed the number the lapsed owner still held to a second owner, so a resource guarded
+/// by it would have taken the stale owner's writes for the new one's. One below still grows.
 #[tokio::test]
-async fn fencing_saturates_at_the_largest_bigint() {
+async fn fencing_at_the_largest_bigint_is_a_corrupt_record() {
     let store = shared_store().await;
     let ns = namespace("fencing-max");
     let at_max = key(&ns, "k");
     let first = acquired(store.claim(&request(&at_max, LONG)).await.expect("claim"));
     plant_lapsed_fencing(&store, &first, i64::MAX).await;
-    let taken = acquired(
-        store
-            .claim(&request(&at_max, LONG))
-            .await
-            .expect("takeover at the limit"),
-    );
+    for _ in 0..2 {
+        let refused = store.claim(&request(&at_max, LONG)).await;
+        assert!(
+            matches!(refused, Err(Error::CorruptRecord { .. })),
+            "{refused:?}"
+        );
+    }
+    // Nothing changed: the lapsed owner, whom nobody took over from, can still finish.
+    let lapsed = Lease {
+        fencing: i64::MAX as u64,
+        ..first
+    };
+    store
+        .complete(&lapsed, "late".into(), ttl(RETENTION))
+        .await
+        .expect("the lapsed owner still holds the key");
+    // One below the limit still grows, to the limit.
+    let next = key(&ns, "below");
+    let first = acquired(store.claim(&request(&next, LONG)).await.expect("claim"));
+    plant_lapsed_fencing(&store, &first, i64::MAX - 1).await;
+    let taken = acquired(store.claim(&request(&next, LONG)).await.expect("takeover"));
     assert_eq!(taken.fencing, i64::MAX as u64);
     let stale = Lease {
-        fencing: i64::MAX as u64,
+        fencing: i64::MAX as u64 - 1,
         ..first
     };
     assert!(matches!(
@@ -60,12 +76,6 @@ async fn fencing_saturates_at_the_largest_bigint() {
         .complete(&taken, "ok".into(), ttl(RETENTION))
         .await
         .expect("the new owner completes");
-    // One below the limit still grows.
-    let next = key(&ns, "below");
-    let first = acquired(store.claim(&request(&next, LONG)).await.expect("claim"));
-    plant_lapsed_fencing(&store, &first, i64::MAX - 1).await;
-    let taken = acquired(store.claim(&request(&next, LONG)).await.expect("takeover"));
-    assert_eq!(taken.fencing, i64::MAX as u64);
 }
 
 /// A negative fencing number cannot come from the store: the row is corrupt.

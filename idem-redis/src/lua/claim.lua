@@ -18,6 +18,16 @@ local function acquire(fencing)
   return { R_ACQUIRED, fencing }
 end
 
+-- A takeover: the next fencing number, or none past the exact range (MAX_EXACT), where
+-- no key gets by use (2^53 acquisitions), only a record idem did not write; the same
+-- number for a second owner would break fencing. idem_core::lifecycle::next_fencing.
+local function take_over(fencing)
+  if fencing + 1 >= MAX_EXACT then
+    return { R_CORRUPT, 'fencing number ' .. string.format('%.0f', fencing) .. ' is at the end of the range and cannot grow' }
+  end
+  return acquire(fencing + 1)
+end
+
 local fp, owner = string.sub(value, 11, -25), string.sub(value, -24, -9)
 if e.phase == CLAIMED and e.owner == owner then
   -- The same attempt asking again (its first reply was lost): same lease, extended.
@@ -38,12 +48,12 @@ elseif e.phase == CLAIMED then
   end
   if left <= 0 then
     -- A lapsed lease of another owner: free for anyone, fingerprint unchecked.
-    return acquire(e.fencing + 1)
+    return take_over(e.fencing)
   end
   found = { R_IN_PROGRESS, left }
 else
   -- Released: free for anyone, fingerprint unchecked.
-  return acquire(e.fencing + 1)
+  return take_over(e.fencing)
 end
 if e.fp ~= fp then
   return { R_MISMATCH }

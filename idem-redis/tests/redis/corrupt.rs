@@ -176,3 +176,49 @@ async fn a_record_written_by_the_store_decodes() {
     );
     assert!(store.remove(&k).await.expect("remove"));
 }
+
+/// At the end of the exact range (2^53 − 1, the largest number Lua counts without
+/// rounding) a takeover is refused with `CorruptRecord` and changes nothing, as on every
+/// store (`idem_core::lifecycle::next_fencing`); one below still grows, to the end.
+#[tokio::test]
+async fn a_takeover_at_the_end_of_the_fencing_range_is_a_corrupt_record() {
+    const END: u64 = (1 << 53) - 1;
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    for (id, planted, expected) in [("at-end", END, None), ("below-end", END - 1, Some(END))] {
+        let k = key(id);
+        // A released key (vacant: the header alone) that last granted `planted`.
+        let vacant = header(2, 2, planted);
+        let _: () = redis::cmd("SET")
+            .arg(store.redis_key(&k))
+            .arg(&vacant)
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut raw)
+            .await
+            .expect("plant");
+        let claimed = store
+            .claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))
+            .await;
+        match expected {
+            None => {
+                assert!(
+                    matches!(claimed, Err(Error::CorruptRecord { .. })),
+                    "{id}: {claimed:?}"
+                );
+                let kept: Vec<u8> = redis::cmd("GET")
+                    .arg(store.redis_key(&k))
+                    .query_async(&mut raw)
+                    .await
+                    .expect("GET");
+                assert_eq!(kept, vacant, "{id}: the record is left as it was");
+            }
+            Some(fencing) => {
+                let Ok(Claim::Acquired(lease)) = claimed else {
+                    panic!("{id}: {claimed:?}")
+                };
+                assert_eq!(lease.fencing, fencing, "{id}");
+            }
+        }
+    }
+}
