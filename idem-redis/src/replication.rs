@@ -71,8 +71,11 @@ impl Replication {
 ///
 /// The record is written on the primary, and a repeat of the request replays it while that
 /// server keeps it; what is not confirmed is that it would survive a failover. The error is
-/// not `Unavailable` on purpose: writing the outcome again cannot help (the lease is
-/// finished), so the executor reports it at once instead of retrying.
+/// `Backend`, not `Unavailable`, on purpose: writing the outcome again cannot help (the
+/// lease is spent, so a second finish is `LeaseLost`). The executor writes once and hands
+/// the operation's value back as `ExecuteError::NotRecorded`, whose cause is this
+/// `Backend` error: the effects happened, and the key runs again only if a failover loses
+/// the record.
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{acknowledged} of {wanted} Redis replicas acknowledged the finished record within {timeout:?}"

@@ -102,6 +102,82 @@ async fn a_finish_returns_once_the_replica_has_the_record() {
     ));
 }
 
+/// The kind of a replica shortfall, and what the executor does with it: `Backend`, because
+/// the finish is applied on the primary and writing it again cannot help (the lease is
+/// spent, so a second finish is `LeaseLost` by the store contract). The executor writes the
+/// outcome once (one `WAIT` on the server), hands the value back as `NotRecorded` with the
+/// shortfall as the cause, and a repeat of the request replays: the operation ran once.
+#[tokio::test]
+async fn the_executor_reports_a_replica_shortfall_once_and_a_repeat_replays() {
+    use idem_core::{ExecuteError, Idempotency, Retryable};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug)]
+    struct Declined;
+    impl Retryable for Declined {
+        fn is_retryable(&self) -> bool {
+            false
+        }
+    }
+
+    let (primary, mut replica) = replica_pair();
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .wait_for_replicas(1, WAIT),
+    )
+    .await;
+    let idem = Idempotency::new(store);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let operation = || {
+        let runs = Arc::clone(&runs);
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Declined>(7_u32)
+        }
+    };
+    // With the replica up, once: the scripts are loaded, so below every `WAIT` the server
+    // counts is a finish's own, not one pipelined behind a `NOSCRIPT` attempt.
+    let warm = idem.execute(&key("warm"), None, operation).await;
+    assert!(matches!(warm, Ok(7)), "{warm:?}");
+    let mut raw = raw_connection(&primary.url()).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .expect("CONFIG RESETSTAT");
+    replica.kill();
+    let k = key("shortfall");
+
+    let first = idem.execute(&k, None, operation).await;
+    let Err(ExecuteError::NotRecorded { result, error }) = first else {
+        panic!("expected NotRecorded, got {first:?}")
+    };
+    assert!(matches!(result, Ok(7)));
+    let Error::NotRecorded { cause } = &error else {
+        panic!("expected Error::NotRecorded, got {error:?}")
+    };
+    let Error::Backend { source } = cause.as_ref() else {
+        panic!("expected a Backend cause, got {cause:?}")
+    };
+    assert!(source.downcast_ref::<ReplicasNotReached>().is_some());
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw)
+        .await
+        .expect("INFO");
+    assert!(
+        stats.contains("cmdstat_wait:calls=1,"),
+        "the outcome is written once, not retried:\n{stats}"
+    );
+
+    let again = idem.execute(&k, None, operation).await.expect("a replay");
+    assert_eq!(again, 7);
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "once for `warm`, once for this key");
+}
+
 #[tokio::test]
 async fn replica_waits_out_of_range_are_refused_before_connecting() {
     for builder in [
