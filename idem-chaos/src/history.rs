@@ -11,6 +11,14 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long the first write of an outcome may be in flight: an outage that begins this soon
+/// after a run ended may still have kept that write from the store.
+pub const IN_FLIGHT: Duration = Duration::from_millis(100);
+
+/// How long before its lease's end the executor makes its last outcome write (idem-core's
+/// `attempt::write`): a store back later than that cannot get the outcome in time.
+pub const FINAL_MARGIN: Duration = Duration::from_millis(50);
+
 /// The value an operation returns, and what a repeat must get back: unique per run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RunId {
@@ -115,7 +123,8 @@ pub enum Fault {
         key: Option<u32>,
         /// When it began.
         from: Instant,
-        /// When the store answered again.
+        /// When the store answered the callers' own client again (after a restart: once
+        /// that client has reconnected, not when the server first answers).
         to: Instant,
     },
     /// The store lost every record at this instant (a server without persistence killed).
@@ -136,10 +145,10 @@ pub enum Fault {
 pub enum Rule {
     /// The store lost its records (Redis without AOF, killed): README "Guarantees".
     DataLoss,
-    /// The store could not be reached, between the first run's claim and the second run,
-    /// for longer than the first lease had left: two thirds of the lease at least, since
-    /// the executor renews it every third. The first owner could neither store its outcome
-    /// nor keep its lease.
+    /// The store could not be reached from the moment the first run ended until its lease
+    /// ended (to within the executor's last write, [`FINAL_MARGIN`] before the end): the
+    /// first owner could not store its outcome while the lease was its own. README
+    /// "Guarantees", "store unreachable for longer than the lease has left".
     OutageLongerThanLease,
 }
 
@@ -356,6 +365,13 @@ impl History {
     }
 
     /// The rule that explains `second` running after `first` took effect, if any.
+    ///
+    /// [`Rule::OutageLongerThanLease`] holds when one outage of the first run's key (or of
+    /// every key) began before the run's outcome could be written (at its end, or while
+    /// that first write was in flight, [`IN_FLIGHT`]) and lasted until the first lease's
+    /// end less [`FINAL_MARGIN`]. The lease's end is bounded from below: the claim was
+    /// granted just before the run started, and while the store answered, the executor
+    /// renewed the lease every third of it.
     fn explain(&self, inner: &Inner, first: &Run, second: &Run) -> Option<Rule> {
         // The first run's claim was written before it started, at most a lease earlier.
         let since = first
@@ -372,10 +388,15 @@ impl History {
         }
         let long_outage = inner.faults.iter().any(|f| match f {
             Fault::Outage { key, from, to, .. } => {
+                let renewed = (*from)
+                    .min(first.at)
+                    .checked_sub(self.lease / 3)
+                    .map_or(first.started, |at| at.max(first.started));
+                let lease_end = renewed + self.lease;
                 key.is_none_or(|k| k == first.id.key)
-                    && *to > first.started
+                    && *from <= first.at + IN_FLIGHT
+                    && *to + FINAL_MARGIN >= lease_end
                     && *from < second.at
-                    && (*to - *from) * 3 >= self.lease * 2
             }
             _ => false,
         });

@@ -99,6 +99,18 @@ async fn redis_store(server: &RedisServer) -> Result<RedisStore, StartError> {
         .await?)
 }
 
+/// Waits until `store`, the callers' own client, answers again, and returns when: after a
+/// restart that includes its reconnecting, which the server's first answer does not.
+async fn answered_again(store: &RedisStore, stop: &AtomicBool) -> Instant {
+    let Ok(probe) = workload::key("probe", 0) else {
+        return Instant::now();
+    };
+    while store.read(&probe).await.is_err() && !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Instant::now()
+}
+
 pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
     let args: &[&str] = if aof {
         &["--appendonly", "yes", "--appendfsync", "always"]
@@ -108,6 +120,7 @@ pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
     let server = RedisServer::start(args)?;
     let store = redis_store(&server).await?;
     let history = Arc::new(History::new(workload.lease));
+    let probe = store.clone();
     let idem = executor(store, workload)?;
     let injector_history = Arc::clone(&history);
     let seed = workload.seed;
@@ -133,11 +146,12 @@ pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
                     return;
                 }
                 let what = if aof { "kill-aof" } else { "kill" };
+                let to = answered_again(&probe, &stop).await;
                 history.fault(Fault::Outage {
                     what,
                     key: None,
                     from,
-                    to: Instant::now(),
+                    to,
                 });
             }
         },
@@ -152,6 +166,7 @@ pub(crate) async fn redis_pause(workload: &Workload) -> Outcome {
     let server = RedisServer::start(&["--appendonly", "no"])?;
     let store = redis_store(&server).await?;
     let history = Arc::new(History::new(workload.lease));
+    let probe = store.clone();
     let idem = executor(store, workload)?;
     let injector_history = Arc::clone(&history);
     let (seed, lease) = (workload.seed, workload.lease);
@@ -170,11 +185,12 @@ pub(crate) async fn redis_pause(workload: &Workload) -> Outcome {
                 server.pause();
                 pause_ms(&mut rng, 20..longest).await;
                 server.resume();
+                let to = answered_again(&probe, &stop).await;
                 history.fault(Fault::Outage {
                     what: "pause",
                     key: None,
                     from,
-                    to: Instant::now(),
+                    to,
                 });
             }
         },
