@@ -370,3 +370,50 @@ fn tokens_of_any_text_are_consumed_or_rejected_with_typed_answers() {
         })
         .expect("every token text gets a typed answer");
 }
+
+/// Bytes near idem-http's record layouts (`IH1` responses, `IHM` markers) and arbitrary ones.
+fn http_records() -> impl Strategy<Value = Vec<u8>> {
+    let header = |magic: &'static [u8]| {
+        (
+            100u16..1000,
+            0u16..4,
+            proptest::collection::vec(any::<u8>(), 0..48),
+        )
+            .prop_map(move |(status, count, rest)| {
+                let mut raw = magic.to_vec();
+                raw.extend_from_slice(&status.to_be_bytes());
+                raw.extend_from_slice(&count.to_be_bytes());
+                raw.extend_from_slice(&rest);
+                raw
+            })
+    };
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        header(b"IH1"),
+        header(b"IHM"),
+        Just(b"IH1\x00\xc8\x00\x01\x00\x0ccontent-type\x00\x00\x00\x04text{}".to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 4096, failure_persistence: None, ..Config::default() })]
+
+    /// idem-http's stored responses, as a replay reads them (the fuzz target
+    /// `http_response`): a response, the too-large marker or a refusal, never a panic; only
+    /// its own layouts decode, and a decoded response encodes back to itself.
+    #[test]
+    fn http_records_of_any_bytes_replay_or_are_refused(raw in http_records()) {
+        match idem::http::fuzzing::replay(&raw) {
+            Ok(idem::http::fuzzing::Replay::Response { status, stable, .. }) => {
+                prop_assert!(raw.starts_with(b"IH1"));
+                prop_assert!((100..1000).contains(&status));
+                prop_assert!(stable, "{:02x?} re-encodes differently", raw);
+            }
+            Ok(idem::http::fuzzing::Replay::TooLarge { status }) => {
+                prop_assert!(raw.starts_with(b"IHM"));
+                prop_assert!((100..1000).contains(&status));
+            }
+            Err(_) => {}
+        }
+    }
+}

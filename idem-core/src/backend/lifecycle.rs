@@ -228,6 +228,10 @@ pub const MAX_SIGNED_FENCING: u64 = i64::MAX as u64;
 /// through a record idem did not write; and the other answer, saturating, would hand the
 /// same number to a second owner, so a resource guarded by the number would accept the
 /// stale owner's writes as the new one's. Every store refuses alike.
+///
+/// # Errors
+///
+/// [`Error::CorruptRecord`] when `fencing` is `max` or above: the key is left as it is.
 pub fn next_fencing(fencing: u64, max: u64) -> Result<u64, Error> {
     fencing
         .checked_add(1)
@@ -237,6 +241,7 @@ pub fn next_fencing(fencing: u64, max: u64) -> Result<u64, Error> {
 
 /// The [`Error::CorruptRecord`] of a key whose fencing number `fencing` is at the end of
 /// its store's range (see [`next_fencing`]).
+#[must_use]
 pub fn fencing_exhausted(fencing: u64) -> Error {
     Error::corrupt(format!(
         "fencing number {fencing} is at the end of the store's range and cannot grow"
@@ -644,19 +649,20 @@ mod tests {
     }
 
     #[test]
-    fn fencing_saturates_instead_of_wrapping() {
+    fn fencing_at_the_end_of_the_range_is_refused_instead_of_wrapping_or_repeating() {
         let entry = Entry {
             phase: Phase::Vacant,
             fencing: u64::MAX,
             fingerprint: None,
             expires_at: u64::MAX,
         };
-        let (lease, _) = acquired(claim(
-            Some(&entry),
-            &ClaimRequest::new(key(), ttl(1_000)),
-            0,
-        ));
-        assert_eq!(lease.fencing, u64::MAX);
+        let step = claim(Some(&entry), &ClaimRequest::new(key(), ttl(1_000)), 0);
+        assert!(
+            matches!(step.answer, Err(Error::CorruptRecord { .. })),
+            "{:?}",
+            step.answer
+        );
+        assert_eq!(step.write, Write::Keep);
     }
 
     #[test]
