@@ -175,7 +175,11 @@ async fn the_executor_reports_a_replica_shortfall_once_and_a_repeat_replays() {
 
     let again = idem.execute(&k, None, operation).await.expect("a replay");
     assert_eq!(again, 7);
-    assert_eq!(runs.load(Ordering::SeqCst), 2, "once for `warm`, once for this key");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "once for `warm`, once for this key"
+    );
 }
 
 #[tokio::test]
