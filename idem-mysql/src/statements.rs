@@ -88,7 +88,7 @@ impl Statements {
             // the CASE is unsigned: with a signed `1` among them the CASE is signed, and
             // 2^63 overflows it (error 1916), so a key at 2^63−1 could never be taken over.
             // A key at 2^64−1 is refused before this statement runs (`CorruptRecord`, see
-            // `idem_core::lifecycle::next_fencing`); the ELSE only keeps the CASE total.
+            // `idem_core::backend::lifecycle::next_fencing`); the ELSE only keeps the CASE total.
             take_over: format!(
                 "UPDATE {t} SET \
                  fencing = LAST_INSERT_ID(CASE \

@@ -40,7 +40,7 @@ impl ClaimSteps for OnConnection<'_> {
 
     /// `fencing` is a `bigint`.
     fn max_fencing(&self) -> u64 {
-        idem_core::lifecycle::MAX_SIGNED_FENCING
+        idem_core::backend::lifecycle::MAX_SIGNED_FENCING
     }
 
     async fn take_over(&mut self, request: &ClaimRequest) -> Result<Option<u64>, Error> {

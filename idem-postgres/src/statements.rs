@@ -93,7 +93,7 @@ impl Statements {
             // changed by a concurrent transaction is re-checked in its latest version once
             // that commits, so of many claimers that read the same free row exactly one
             // matches it. A key at 2^63−1 is refused before this statement runs
-            // (`CorruptRecord`, see `idem_core::lifecycle::next_fencing`); the ELSE only
+            // (`CorruptRecord`, see `idem_core::backend::lifecycle::next_fencing`); the ELSE only
             // keeps the CASE from overflowing.
             take_over: format!(
                 "UPDATE {t} AS t SET \

@@ -172,7 +172,7 @@ async fn plant_lapsed_fencing(store: &MySqlStore, lease: &Lease, fencing: u64) {
 /// A key at fencing 2^63−1 is taken over with 2^63 (the takeover's CASE overflowed a
 /// signed integer, error 1916, on every claim). At 2^64−1, the end of the column's range, a
 /// takeover is refused with `CorruptRecord` and changes nothing, as on every store
-/// (`idem_core::lifecycle::next_fencing`): saturating handed the lapsed owner's number to a
+/// (`idem_core::backend::lifecycle::next_fencing`): saturating handed the lapsed owner's number to a
 /// second owner.
 #[tokio::test]
 async fn fencing_grows_past_the_signed_limit_and_stops_at_the_unsigned_one() {

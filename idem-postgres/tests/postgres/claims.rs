@@ -32,7 +32,7 @@ async fn plant_lapsed_fencing(store: &PgStore, lease: &Lease, fencing: i64) {
 }
 
 /// At 2^63−1, the end of the `bigint` range, a takeover is refused with `CorruptRecord` and
-/// changes nothing, as on every store (`idem_core::lifecycle::next_fencing`): saturating
+/// changes nothing, as on every store (`idem_core::backend::lifecycle::next_fencing`): saturating
 /// handed the number the lapsed owner still held to a second owner, so a resource guarded
 /// by it would have taken the stale owner's writes for the new one's. One below still grows.
 #[tokio::test]

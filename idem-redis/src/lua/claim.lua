@@ -20,7 +20,7 @@ end
 
 -- A takeover: the next fencing number, or none past the exact range (MAX_EXACT), where
 -- no key gets by use (2^53 acquisitions), only a record idem did not write; the same
--- number for a second owner would break fencing. idem_core::lifecycle::next_fencing.
+-- number for a second owner would break fencing. idem_core::backend::lifecycle::next_fencing.
 local function take_over(fencing)
   if fencing + 1 >= MAX_EXACT then
     return { R_CORRUPT, 'fencing number ' .. string.format('%.0f', fencing) .. ' is at the end of the range and cannot grow' }

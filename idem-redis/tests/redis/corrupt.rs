@@ -179,7 +179,7 @@ async fn a_record_written_by_the_store_decodes() {
 
 /// At the end of the exact range (2^53 − 1, the largest number Lua counts without
 /// rounding) a takeover is refused with `CorruptRecord` and changes nothing, as on every
-/// store (`idem_core::lifecycle::next_fencing`); one below still grows, to the end.
+/// store (`idem_core::backend::lifecycle::next_fencing`); one below still grows, to the end.
 #[tokio::test]
 async fn a_takeover_at_the_end_of_the_fencing_range_is_a_corrupt_record() {
     const END: u64 = (1 << 53) - 1;
