@@ -1,13 +1,4 @@
-//! Benchmarks of idem's stores against their raw clients, measured in the same run.
-//!
-//! `cargo run --release -p idem-bench` prints one table: each operation of each section,
-//! idem next to its floor (the raw client doing the same steps), the ratio, and the target
-//! it must meet. `--help` lists the options; the README's "Benchmarks" section says the same.
-//!
-//! Layout: [`settings`] reads the command line; [`measure`] times (and knows nothing of
-//! tables); [`report`] folds rounds into medians and prints; [`backend`] holds the
-//! [`BenchBackend`](backend::BenchBackend) trait and the one row set every store gets;
-//! each store's file implements the trait; [`SECTIONS`] lists what can run.
+#![doc = include_str!("../README.md")]
 
 mod backend;
 mod cached;

@@ -1,29 +1,4 @@
-//! # idem-chaos
-//!
-//! The fault campaign of idem. Many concurrent callers send keys that are each requested
-//! several times through the public executor ([`idem::Idempotency::execute_with_lease`]);
-//! each run of an operation records its effect, with its fencing number and its caller, in
-//! a [`History`]. Meanwhile a scenario injects faults into PRIVATE servers it starts on
-//! free loopback ports (the shared servers are never touched): Redis killed and restarted
-//! with and without AOF, Redis paused, MariaDB queries and connections killed and row locks
-//! held, transactions rolled back, a memory store at capacity, corrupt records planted.
-//!
-//! Afterwards [`History::check`] classifies every second run of a key as explained by a
-//! documented [`Rule`] or not, and counts wrong replays, fencing numbers that went
-//! backwards, lost completions, panics and error kinds. Each scenario prints one
-//! [`Summary`] line.
-//!
-//! ```no_run
-//! # async fn campaign() {
-//! use idem_chaos::{Mode, Scenario};
-//!
-//! let summary = Scenario::Memory.run(Mode::Short, 7).await;
-//! println!("{summary}");
-//! assert!(summary.passed());
-//! # }
-//! ```
-//!
-//! Run the whole campaign with `cargo run --release -p idem-chaos -- all`.
+#![doc = include_str!("../README.md")]
 
 mod history;
 mod scenarios;

@@ -1,48 +1,4 @@
-//! # idem-tests
-//!
-//! The conformance suite for [`IdempotencyStore`]s: the definition of a correct store.
-//! Every backend in the idem workspace runs it, and so can yours, with one line in a test
-//! file:
-//!
-//! ```
-//! # mod hidden {
-//! # use idem_memory::MemoryStore as MyStore;
-//! async fn make_store() -> MyStore {
-//!     MyStore::new() // connect, pick a unique prefix, ...
-//! }
-//!
-//! idem_tests::conformance!(make_store);
-//! # }
-//! ```
-//!
-//! That stamps out one named `#[test]` per rule in a `conformance` module
-//! (`conformance::exclusive_claim`, `conformance::stale_lease`, ...), so a failure names the
-//! rule a store broke and `cargo test conformance::lease` style filters work. The factory is
-//! called once per check. A store that cannot meet a rule exactly (a coarse clock, a smaller
-//! payload limit) says so in [`Capabilities`], passed as a second argument:
-//!
-//! ```
-//! # mod hidden {
-//! # use idem_memory::MemoryStore as MyStore;
-//! # async fn make_store() -> MyStore { MyStore::new().with_max_payload(4 << 20) }
-//! idem_tests::conformance!(make_store, idem_tests::Capabilities {
-//!     max_payload: 4 << 20,
-//!     ..Default::default()
-//! });
-//! # }
-//! ```
-//!
-//! Each check is also a plain `pub async fn` in [`checks`], listed in [`CHECKS`], returning
-//! which rule broke and how; call them from anywhere. Each works in a fresh, uniquely named
-//! namespace, so checks run in parallel against one shared server, and whatever they write
-//! expires within a minute.
-//!
-//! The suite proves it can fail: `broken` (behind the `proof` feature) holds stores with one
-//! deliberate defect each, and this crate's tests assert that every defect is caught by the
-//! checks meant to catch it.
-//!
-//! [`contract`] lists each sentence of the `IdempotencyStore` and `TokenStore` contract with
-//! the checks that fail a store breaking it, and the sentences no check covers.
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 use std::fmt;

@@ -1,48 +1,4 @@
-//! # idem
-//!
-//! Make APIs and message consumers idempotent: a request or message that arrives twice (a
-//! double-clicked submit, a client retrying after a timeout, a queue redelivering after a
-//! lost ack) takes effect once, and every repeat gets the first result back.
-//!
-//! This is the crate applications depend on. It re-exports the contract from `idem-core`
-//! (the [`Idempotency`] executor, [`Key`], [`Fingerprint`], [`Error`], the
-//! [`IdempotencyStore`] trait) and, by cargo feature, the stores:
-//!
-//! | feature | stores | when |
-//! |---|---|---|
-//! | `memory` (default) | [`MemoryStore`], `memory::MemoryTokenStore` | one process, tests, getting started |
-//! | `redis` | `redis::RedisStore`, `redis::RedisTokenStore` | many processes, low latency |
-//! | `mysql` | `mysql::MySqlStore`, `mysql::MySqlTokenStore` | many processes, the claim committed with your own rows |
-//! | `postgres` | `postgres::PgStore`, `postgres::PgTokenStore` | the same, on PostgreSQL |
-//!
-//! The `http` feature adds `http::IdempotencyLayer`, a tower layer that answers the
-//! `Idempotency-Key` header on any store. The `consumer` feature adds `consumer`: message
-//! consumers that take each message's effect once and say what to do with the message
-//! (ack, requeue, dead-letter), with adapters for RabbitMQ (`amqp`) and NATS JetStream
-//! (`nats`), and, with `mysql` too, exactly-once effects in one transaction.
-//!
-//! Two flows: key-based idempotency with the [`Idempotency`] executor (the client sends a
-//! key, repeats get the first response), and one-time [`Tokens`] (the server hands a token
-//! out, the submission consumes it atomically, repeats are rejected).
-//!
-//! ```
-//! use idem::{Idempotency, Key, MemoryStore, Retryable};
-//!
-//! #[derive(serde::Serialize, serde::Deserialize, Debug)]
-//! struct OutOfStock;
-//! impl Retryable for OutOfStock {
-//!     fn is_retryable(&self) -> bool { false }
-//! }
-//!
-//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-//! let idem = Idempotency::new(MemoryStore::new());
-//! let key = Key::new("orders", "client-key-1")?;
-//! let order_id: u64 = idem.execute(&key, None, || async { Ok::<_, OutOfStock>(1001) }).await.unwrap();
-//! let replayed: u64 = idem.execute(&key, None, || async { Ok::<_, OutOfStock>(9999) }).await.unwrap();
-//! assert_eq!(order_id, replayed);
-//! # Ok::<(), idem::Error>(())
-//! # }).unwrap();
-//! ```
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
