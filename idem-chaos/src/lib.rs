@@ -9,7 +9,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-pub use history::{Answer, ErrorKind, Fault, History, Rule, RunId, Summary};
+pub use history::{Answer, ErrorKind, FINAL_MARGIN, Fault, History, Rule, RunId, Summary};
 pub use servers::{MariaDb, RedisServer, StartError};
 pub use workload::{OpError, Receipt, Workload};
 
