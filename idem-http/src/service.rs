@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -14,7 +13,6 @@ use http_body::Body;
 use idem_core::attempt::{AttemptError, Engine};
 use idem_core::{
     BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
-    WaitPolicy,
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -180,7 +178,11 @@ impl<S: IdempotencyStore> Shared<S> {
         };
         let claim = ClaimRequest::new(key, self.engine.lease_ttl())
             .with_fingerprint(request_fingerprint(&parts, &body));
-        match self.claim_or_wait(&claim).await {
+        match self
+            .engine
+            .claim_or_wait(&claim, self.settings.options.wait)
+            .await
+        {
             Ok(Claim::Acquired(lease)) => {
                 self.run(
                     inner,
@@ -250,39 +252,6 @@ impl<S: IdempotencyStore> Shared<S> {
                     "the request body could not be read",
                 )
             }
-        }
-    }
-
-    /// Claims, and while the key is in progress elsewhere waits as the policy says.
-    async fn claim_or_wait(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        let WaitPolicy::Wait {
-            timeout,
-            initial_backoff,
-            max_backoff,
-        } = self.settings.options.wait
-        else {
-            return self.engine.claim(request).await;
-        };
-        // A timeout too long to represent as an instant never ends.
-        let deadline = Instant::now().checked_add(timeout);
-        let mut backoff = initial_backoff;
-        loop {
-            let claim = self.engine.claim(request).await?;
-            let Claim::InProgress { retry_after } = claim else {
-                return Ok(claim);
-            };
-            let now = Instant::now();
-            let left = match deadline {
-                Some(deadline) if now >= deadline => return Ok(claim),
-                Some(deadline) => deadline - now,
-                None => Duration::MAX,
-            };
-            // Poll no later than the lease's end, so a crashed owner is taken over promptly.
-            let pause = backoff
-                .min(retry_after.max(Duration::from_millis(1)))
-                .min(left);
-            tokio::time::sleep(pause).await;
-            backoff = backoff.saturating_mul(2).min(max_backoff);
         }
     }
 

@@ -63,6 +63,7 @@ mod detach;
 mod guard;
 mod renewal;
 mod settle;
+mod wait;
 mod watchlist;
 mod write;
 

@@ -5,7 +5,6 @@
 //! [`Attempt`] whose settle step is the JSON codec.
 
 mod codec;
-mod wait;
 
 use std::fmt;
 use std::future::Future;
@@ -354,7 +353,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
             lease_ttl: self.settings.lease_ttl,
             fingerprint,
         };
-        match wait::claim_or_wait(&self.engine, &request, self.settings.wait).await? {
+        match self
+            .engine
+            .claim_or_wait(&request, self.settings.wait)
+            .await?
+        {
             Claim::Acquired(lease) => {
                 tracing::Span::current().record("fencing", lease.fencing);
                 Ok(Started::Acquired(self.engine.attempt(lease)))
