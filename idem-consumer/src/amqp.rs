@@ -17,6 +17,15 @@
 //! quorum queues add to redeliveries. A classic queue does not count: a first delivery is
 //! known as such, a redelivery's count is unknown, and the poison limit does not apply.
 //! Use a quorum queue (`x-queue-type: quorum`) when poison messages matter.
+//!
+//! **A lost connection** ends the loop: it returns a [`ConsumeError`] with lapin's error,
+//! after the messages in flight have finished against the store (their acks cannot reach
+//! the broker, which delivers them again: replays, acked without running). Reconnect and
+//! call [`consume`] again. lapin notices a closed socket at once; a connection that dies
+//! silently (a partition, a host gone without closing it) only when the heartbeat is
+//! missed, after twice the negotiated interval: RabbitMQ proposes 60 s, so set it in the
+//! URI (`amqp://host/%2f?heartbeat=10`) to notice within 20 s. The crate's tests cut idle
+//! and busy connections both ways and see the loop return each time.
 
 use std::future::Future;
 use std::sync::Arc;

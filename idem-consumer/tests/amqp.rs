@@ -1,6 +1,6 @@
 //! The RabbitMQ adapter against the real broker: each disposition observed on the broker
-//! (queue depths, the dead-letter queue, quorum delivery counts), and a graceful shutdown
-//! that loses nothing.
+//! (queue depths, the dead-letter queue, quorum delivery counts), a graceful shutdown
+//! that loses nothing, and a consume loop that returns when its connection is lost.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Rabbit, wait_until};
+use common::{Proxy, Rabbit, wait_until};
 use idem_consumer::amqp::{self, lapin};
 use idem_consumer::{
     ConsumeOptions, Consumer, DeadLetterReason, Disposition, IdSource, Policy, RequeueReason,
@@ -350,6 +350,135 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
     );
     wait_until("the rest back on the queue", DEADLINE, || async {
         rabbit.depth(&rabbit.queue).await as usize == MESSAGES - finished
+    })
+    .await;
+    rabbit.cleanup().await;
+}
+
+/// How a consume loop's connection is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loss {
+    /// Both sockets closed: lapin reads the end of the stream.
+    Severed,
+    /// Nothing passes any more, and nothing is closed: only the heartbeat can tell.
+    Silent,
+}
+
+/// Far beyond the 2 s a 1 s heartbeat takes to notice a silent connection: a loop still
+/// running then has hung.
+const HANG: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_severed_idle_connection_ends_the_consume_loop() {
+    connection_lost(Loss::Severed, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_idle_connection_ends_the_consume_loop_at_the_heartbeat() {
+    connection_lost(Loss::Silent, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_severed_busy_connection_ends_the_consume_loop_and_loses_nothing() {
+    connection_lost(Loss::Severed, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_dead_busy_connection_ends_the_consume_loop_and_loses_nothing() {
+    connection_lost(Loss::Silent, true).await;
+}
+
+/// A consume loop whose connection is lost, with nothing in flight (`busy` false) or with
+/// messages in flight, and no shutdown asked for: the loop returns the broker client's
+/// error by itself, rather than waiting for deliveries that never come, so the caller
+/// can reconnect. A new connection then finishes the queue, every effect once.
+async fn connection_lost(loss: Loss, busy: bool) {
+    let messages: usize = if busy { 24 } else { 1 };
+    let rabbit = Rabbit::new().await;
+    let proxy = Proxy::start(common::host_port(&common::amqp_url())).await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-lost").expect("consumer");
+    let batch: Vec<(String, Vec<u8>)> = (0..messages)
+        .map(|i| (format!("m-{i}"), b"x".to_vec()))
+        .collect();
+    rabbit.publish_all(&batch).await;
+
+    let effects = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let effects = Arc::clone(&effects);
+        move |message: idem_consumer::Message| {
+            let (consumer, effects) = (consumer.clone(), Arc::clone(&effects));
+            async move {
+                consumer
+                    .handle_message(&message, || async {
+                        if busy {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
+                        effects.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await
+            }
+        }
+    };
+    // A 1 s heartbeat: lapin gives up on a silent server after twice that.
+    let url = format!("amqp://guest:guest@{}/%2f?heartbeat=1", proxy.addr);
+    let connection = common::amqp_connect(&url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    let queue = rabbit.queue.clone();
+    let first = handler.clone();
+    let running = tokio::spawn(async move {
+        let options = ConsumeOptions::default().concurrency(4);
+        amqp::consume(&channel, &queue, options, std::future::pending(), first).await
+    });
+    if busy {
+        wait_until("a few handled", DEADLINE, || async {
+            effects.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+    } else {
+        wait_until("the message handled and acked", DEADLINE, || async {
+            effects.load(Ordering::SeqCst) == 1 && rabbit.depth(&rabbit.queue).await == 0
+        })
+        .await;
+        // Its ack on its way, and then a few heartbeats: idle.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    match loss {
+        Loss::Severed => proxy.sever(),
+        Loss::Silent => proxy.freeze(),
+    }
+    let ended = tokio::time::timeout(HANG, running)
+        .await
+        .unwrap_or_else(|_| panic!("{loss:?}, busy {busy}: the consume loop hung"))
+        .expect("consume task");
+    let error = ended.expect_err("the loop reports the lost connection");
+    eprintln!("{loss:?}, busy {busy}: the loop returned: {error}, {:?}", error.summary);
+    proxy.sever();
+
+    // The caller reconnects; what the lost connection held comes back, nothing twice.
+    let direct = common::amqp_connect(&common::amqp_url()).await;
+    let channel = direct.create_channel().await.expect("channel");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let queue = rabbit.queue.clone();
+    let again = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let options = ConsumeOptions::default().concurrency(4);
+        amqp::consume(&channel, &queue, options, shutdown, handler).await
+    });
+    wait_until("every message's effect", DEADLINE, || async {
+        effects.load(Ordering::SeqCst) == messages && rabbit.depth(&rabbit.queue).await == 0
+    })
+    .await;
+    let _ = stop.send(());
+    again.await.expect("consume task").expect("consume");
+    assert_eq!(effects.load(Ordering::SeqCst), messages, "every effect once");
+    let _ = direct.close(200, "done".into()).await;
+    // Nothing unacked is left: with no consumer, all of it would be back on the queue.
+    wait_until("an empty queue", DEADLINE, || async {
+        rabbit.depth(&rabbit.queue).await == 0
     })
     .await;
     rabbit.cleanup().await;

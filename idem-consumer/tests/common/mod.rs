@@ -441,10 +441,12 @@ impl Jet {
 
 /// A loopback TCP proxy in front of a broker. [`Proxy::sever`] cuts every connection
 /// through it and refuses new ones: to the client and the broker alike, the consumer's
-/// connection dropped.
+/// connection dropped. [`Proxy::freeze`] stops forwarding but keeps the sockets open: a
+/// connection that died silently (a partition, a host gone without a FIN).
 pub struct Proxy {
     pub addr: SocketAddr,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -455,13 +457,24 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let tasks = Arc::new(Mutex::new(Vec::new()));
         let pipes = Arc::clone(&tasks);
+        let (frozen, frozen_rx) = tokio::sync::watch::channel(false);
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let Ok(mut outbound) = TcpStream::connect(target).await else {
                     continue;
                 };
+                let mut frozen = frozen_rx.clone();
                 let pipe = tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let freeze = async move {
+                        let _ = frozen.wait_for(|frozen| *frozen).await;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = freeze => {
+                            // Both sockets stay open, and nothing passes, until severed.
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 });
                 pipes.lock().expect("proxy lock").push(pipe.abort_handle());
             }
@@ -470,7 +483,16 @@ impl Proxy {
             .lock()
             .expect("proxy lock")
             .push(accept.abort_handle());
-        Self { addr, tasks }
+        Self {
+            addr,
+            tasks,
+            frozen,
+        }
+    }
+
+    /// Stops forwarding in both directions without closing anything.
+    pub fn freeze(&self) {
+        let _ = self.frozen.send(true);
     }
 
     /// Drops every connection (both sockets close) and the listener.
