@@ -3,6 +3,7 @@
 mod backend;
 mod cached;
 mod claims;
+mod consumer;
 mod http;
 mod measure;
 mod memory;
@@ -39,6 +40,8 @@ const SECTIONS: &[(&str, Section)] = &[
         Box::pin(backend::rows::<cached::Cached<redis::Redis>>(s))
     }),
     ("http", |s| Box::pin(http::rows(s))),
+    ("amqp", |s| Box::pin(consumer::amqp_rows(s))),
+    ("nats", |s| Box::pin(consumer::nats_rows(s))),
 ];
 
 fn main() -> ExitCode {

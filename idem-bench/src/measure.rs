@@ -136,7 +136,7 @@ where
 
 /// How many turns each side takes in one measurement; even, so each side goes first
 /// equally often.
-const SLICES: usize = 8;
+pub const SLICES: usize = 8;
 
 /// One side's measurement, gathered over its slices.
 #[derive(Default)]

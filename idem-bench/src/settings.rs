@@ -11,19 +11,24 @@ OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
                       (memory, redis, mysql, postgres, redis+cache: the replay
                       cache in front of Redis, http: an axum handler behind the layer,
-                      served by a child process of this binary)
-                      [default: memory,redis,mysql,postgres,redis+cache,http]
+                      served by a child process of this binary, amqp / nats:
+                      idem-consumer's consume loop on RabbitMQ / NATS JetStream with
+                      the Redis store, against the same loop acking without idem)
+                      [default: memory,redis,mysql,postgres,redis+cache,http,amqp,nats]
     --ops N           operations per latency measurement; throughput uses 4N
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
-    --tasks T         concurrent tasks of the throughput rows [default: 64, at least 2]
+    --tasks T         concurrent tasks of the throughput rows, and messages in flight
+                      of the consumer rows [default: 64, at least 2]
     --records N       completed records of the memory footprint; 0 skips it
                       [default: 1000000]
     -h, --help        print this and exit
 
 Each row times idem and its floor (the raw client doing the same steps) in turns, at one
-task (p50/p99 latency, timed inside a spawned task) and at T tasks (ops/s). The exit code
-is 1 when a row misses its target, 2 on a bad option.
+task (p50/p99 latency, timed inside a spawned task) and at T tasks (ops/s). The consumer
+rows (amqp, nats) are messages/s only: 4N fresh messages per side, in slices, each slice
+in a queue or stream of its own that is deleted afterwards. The exit code is 1 when a row
+misses its target, 2 on a bad option.
 ";
 
 /// What to run, from the command line.
@@ -68,6 +73,8 @@ impl Default for Settings {
                 "postgres",
                 "redis+cache",
                 "http",
+                "amqp",
+                "nats",
             ]
             .map(String::from)
             .to_vec(),

@@ -1,0 +1,443 @@
+//! The consumer rows: messages/s through idem-consumer's helper (`handle_message` on the
+//! Redis store, inside the adapter's consume loop) against the same consume loop acking
+//! every message without idem, on the same broker, in the same run, at T messages in
+//! flight (`--tasks`, 64 by default: the loop's concurrency and RabbitMQ's prefetch).
+//!
+//! Each slice publishes fresh messages (each with an ID never seen, so idem runs the
+//! operation and stores its outcome: the claim and the complete, two Redis round trips)
+//! into a queue or stream of its own, untimed; then times one consume loop from its start
+//! until every message is acked and the loop has returned. The two sides take slices in
+//! turns, as [`compare`](crate::measure::compare) does, and every queue, stream and Redis
+//! key a run makes is deleted at its end.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use idem::consumer::amqp::{self, lapin};
+use idem::consumer::nats::{self, async_nats};
+use idem::consumer::{AckReason, ConsumeOptions, ConsumeSummary, Consumer, Disposition, Message};
+use idem::redis::RedisStore;
+use idem::{Config, Error, Idempotency};
+use tokio::sync::Notify;
+
+use crate::backend::fresh_tag;
+use crate::claims::Never;
+use crate::measure::{Figure, Mode, SLICES, measured_ops};
+use crate::report::Row;
+use crate::settings::Settings;
+
+/// What the floor side is.
+const FLOOR: &str = "the same consume loop, acking without idem";
+
+/// The target: idem's loop at 0.8× the bare loop's messages/s, on Redis.
+const TARGET: f64 = 0.8;
+
+/// The RabbitMQ row.
+pub async fn amqp_rows(settings: &Settings) -> Result<Vec<Row>, Error> {
+    rows(Rabbit::connect().await?, settings).await
+}
+
+/// The NATS JetStream row.
+pub async fn nats_rows(settings: &Settings) -> Result<Vec<Row>, Error> {
+    rows(Jet::connect().await?, settings).await
+}
+
+/// A broker the consume loops run against.
+trait Broker: Send + Sync + Sized {
+    /// The row's name in the table.
+    const NAME: &'static str;
+    /// A queue or stream holding one slice's messages.
+    type Queue: Send + Sync;
+
+    /// Makes a queue of its own for `ids` and publishes one message per ID into it, with
+    /// the broker's confirm.
+    fn fill(&self, ids: &[String]) -> impl Future<Output = Result<Self::Queue, Error>> + Send;
+
+    /// Runs the adapter's consume loop on `queue` with `handler` until `done` resolves and
+    /// the loop has settled everything and returned.
+    fn consume(
+        &self,
+        queue: &Self::Queue,
+        concurrency: usize,
+        handler: Handler,
+        done: impl Future<Output = ()> + Send,
+    ) -> impl Future<Output = Result<ConsumeSummary, Error>> + Send;
+
+    /// Deletes the queue.
+    fn remove(&self, queue: Self::Queue) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Closes the connection.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Connects the store, measures, and cleans up whatever happened.
+async fn rows<B: Broker>(broker: B, settings: &Settings) -> Result<Vec<Row>, Error> {
+    let url =
+        std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("idem-bench-consumer:{}:", fresh_tag());
+    let measured = async {
+        let store = RedisStore::builder()
+            .prefix(prefix.clone())
+            .connect(&url)
+            .await?;
+        // Records outlive a run that dies before deleting them by ten minutes at most.
+        let config = Config {
+            success_retention: Duration::from_secs(600),
+            ..Config::default()
+        };
+        let consumer = Consumer::new(Idempotency::with_config(store, config)?, "bench")?;
+        measure(&broker, &consumer, settings).await
+    }
+    .await;
+    broker.close().await;
+    let deleted = crate::redis::delete_prefix(&url, &prefix).await;
+    let (idem, raw) = measured?;
+    deleted?;
+    Ok(vec![Row {
+        backend: B::NAME,
+        operation: "consume",
+        floor: FLOOR,
+        mode: Mode::Throughput(settings.tasks),
+        idem,
+        raw,
+        target: Some(TARGET),
+    }])
+}
+
+/// Times both sides over [`SLICES`] slices each, in turns, after a warm-up of each.
+async fn measure<B: Broker>(
+    broker: &B,
+    consumer: &Consumer<RedisStore>,
+    settings: &Settings,
+) -> Result<(Figure, Figure), Error> {
+    let mode = Mode::Throughput(settings.tasks);
+    let per_slice = measured_ops(settings, mode).div_ceil(SLICES);
+    let idem = Side::Idem(consumer.clone());
+    for side in [&idem, &Side::Bare] {
+        slice(broker, side, per_slice / 4, settings.tasks).await?;
+    }
+    let (mut idem_time, mut bare_time) = (Duration::ZERO, Duration::ZERO);
+    for n in 0..SLICES {
+        if n % 2 == 0 {
+            idem_time += slice(broker, &idem, per_slice, settings.tasks).await?;
+            bare_time += slice(broker, &Side::Bare, per_slice, settings.tasks).await?;
+        } else {
+            bare_time += slice(broker, &Side::Bare, per_slice, settings.tasks).await?;
+            idem_time += slice(broker, &idem, per_slice, settings.tasks).await?;
+        }
+    }
+    let figure = |elapsed: Duration| Figure {
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        per_sec: (per_slice * SLICES) as f64 / elapsed.as_secs_f64(),
+    };
+    Ok((figure(idem_time), figure(bare_time)))
+}
+
+/// Publishes `count` new messages into a queue of their own (untimed), then times one
+/// consume loop over them; the queue is deleted either way.
+async fn slice<B: Broker>(
+    broker: &B,
+    side: &Side,
+    count: usize,
+    concurrency: usize,
+) -> Result<Duration, Error> {
+    let tag = fresh_tag();
+    let ids: Vec<String> = (0..count).map(|i| format!("{tag}-{i}")).collect();
+    let queue = broker.fill(&ids).await?;
+    let finish = Arc::new(Finish {
+        handled: AtomicUsize::new(0),
+        count,
+        all_handled: Notify::new(),
+    });
+    let handler = Handler {
+        side: side.clone(),
+        finish: Arc::clone(&finish),
+    };
+    let started = Instant::now();
+    let done = async move { finish.all_handled.notified().await };
+    let consumed = broker.consume(&queue, concurrency, handler, done).await;
+    let elapsed = started.elapsed();
+    let removed = broker.remove(queue).await;
+    let summary = consumed?;
+    removed?;
+    let clean = summary.requeued == 0 && summary.dead_lettered == 0 && summary.unsettled == 0;
+    if usize::try_from(summary.acked).ok() != Some(count) || !clean {
+        return Err(Error::backend(format!(
+            "{}: {count} messages published, the loop reported {summary:?}",
+            B::NAME
+        )));
+    }
+    Ok(elapsed)
+}
+
+/// Says when a slice's last message was handled: the loop's shutdown, after which it acks
+/// what is in flight and returns.
+struct Finish {
+    handled: AtomicUsize,
+    count: usize,
+    /// `notify_one` keeps a permit, so the loop's shutdown sees it even if it polls later.
+    all_handled: Notify,
+}
+
+/// Which side of the comparison a loop is.
+#[derive(Clone)]
+enum Side {
+    /// idem-consumer's helper on the Redis store, with an operation that does nothing.
+    Idem(Consumer<RedisStore>),
+    /// The floor: ack at once.
+    Bare,
+}
+
+/// What the consume loop runs on each message: the side's decision, counted toward the
+/// end of the slice.
+#[derive(Clone)]
+struct Handler {
+    side: Side,
+    finish: Arc<Finish>,
+}
+
+impl Handler {
+    fn handle(&self, message: Message) -> impl Future<Output = Disposition> + Send + use<> {
+        let this = self.clone();
+        async move {
+            let disposition = match &this.side {
+                Side::Idem(consumer) => {
+                    consumer
+                        .handle_message(&message, || async { Ok::<_, Never>(()) })
+                        .await
+                }
+                Side::Bare => Disposition::Ack {
+                    reason: AckReason::Processed,
+                },
+            };
+            let finish = &this.finish;
+            if finish.handled.fetch_add(1, Ordering::Relaxed) + 1 == finish.count {
+                finish.all_handled.notify_one();
+            }
+            disposition
+        }
+    }
+}
+
+fn amqp_error(error: lapin::Error) -> Error {
+    Error::backend(error)
+}
+
+/// RabbitMQ: a quorum queue per slice (the kind the adapter's docs recommend, since it
+/// counts deliveries), persistent messages, one connection for the whole run.
+struct Rabbit {
+    connection: lapin::Connection,
+    /// Declares, publishes (with confirms) and deletes.
+    control: lapin::Channel,
+}
+
+impl Rabbit {
+    async fn connect() -> Result<Self, Error> {
+        let url = std::env::var("IDEM_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let connection =
+            lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+                .await
+                .map_err(|e| {
+                    Error::unavailable(format!(
+                        "cannot reach RabbitMQ at {url} ({e}); start it with: \
+                         bash .ci/services rabbitmq (or set IDEM_AMQP_URL)"
+                    ))
+                })?;
+        let control = connection.create_channel().await.map_err(amqp_error)?;
+        control
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp_error)?;
+        Ok(Self {
+            connection,
+            control,
+        })
+    }
+}
+
+impl Broker for Rabbit {
+    const NAME: &'static str = "amqp+redis";
+    type Queue = String;
+
+    async fn fill(&self, ids: &[String]) -> Result<String, Error> {
+        use lapin::types::{AMQPValue, FieldTable};
+        let queue = format!("idem-bench-{}", fresh_tag());
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        // A run that dies before deleting it leaves it for ten minutes at most.
+        args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+        self.control
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable(),
+                args,
+            )
+            .await
+            .map_err(amqp_error)?;
+        let mut confirms = Vec::with_capacity(ids.len());
+        for id in ids {
+            let properties = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(id.as_str().into());
+            let confirm = self
+                .control
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    b"{\"order\":1042,\"cents\":4999}",
+                    properties,
+                )
+                .await
+                .map_err(amqp_error)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            if !confirm.await.map_err(amqp_error)?.is_ack() {
+                return Err(Error::backend("RabbitMQ refused a message"));
+            }
+        }
+        Ok(queue)
+    }
+
+    async fn consume(
+        &self,
+        queue: &String,
+        concurrency: usize,
+        handler: Handler,
+        done: impl Future<Output = ()> + Send,
+    ) -> Result<ConsumeSummary, Error> {
+        let channel = self.connection.create_channel().await.map_err(amqp_error)?;
+        let options = ConsumeOptions::default().concurrency(concurrency);
+        let consumed = amqp::consume(&channel, queue, options, done, move |message| {
+            handler.handle(message)
+        })
+        .await;
+        let _ = channel.close(200, "slice done".into()).await;
+        consumed.map_err(Error::backend)
+    }
+
+    async fn remove(&self, queue: String) -> Result<(), Error> {
+        self.control
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await
+            .map(drop)
+            .map_err(amqp_error)
+    }
+
+    async fn close(&self) {
+        let _ = self.connection.close(200, "bench done".into()).await;
+    }
+}
+
+/// NATS JetStream: a stream and a durable pull consumer per slice, one client for the
+/// whole run.
+struct Jet {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Jet {
+    async fn connect() -> Result<Self, Error> {
+        let url =
+            std::env::var("IDEM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url.as_str())
+            .await
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot reach NATS at {url} ({e}); start it with: \
+                     bash .ci/services nats (or set IDEM_NATS_URL)"
+                ))
+            })?;
+        let js = async_nats::jetstream::new(client.clone());
+        Ok(Self { client, js })
+    }
+}
+
+impl Broker for Jet {
+    const NAME: &'static str = "nats+redis";
+    type Queue = (String, async_nats::jetstream::consumer::PullConsumer);
+
+    async fn fill(&self, ids: &[String]) -> Result<Self::Queue, Error> {
+        use async_nats::jetstream::{consumer::pull, stream};
+        let tag = fresh_tag();
+        let (name, subject) = (format!("IDEM_BENCH_{tag}"), format!("idem.bench.{tag}"));
+        let stream = self
+            .js
+            .create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![subject.clone()],
+                // A run that dies before deleting it leaves it for ten minutes at most.
+                max_age: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::backend)?;
+        let mut acks = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(idem::consumer::NATS_MSG_ID, id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(
+                    subject.clone(),
+                    headers,
+                    bytes::Bytes::from_static(b"{\"order\":1042,\"cents\":4999}"),
+                )
+                .await
+                .map_err(Error::backend)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(Error::backend)?;
+        }
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("bench".into()),
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::backend)?;
+        Ok((name, consumer))
+    }
+
+    async fn consume(
+        &self,
+        (_, consumer): &Self::Queue,
+        concurrency: usize,
+        handler: Handler,
+        done: impl Future<Output = ()> + Send,
+    ) -> Result<ConsumeSummary, Error> {
+        let options = ConsumeOptions::default().concurrency(concurrency);
+        nats::consume(&self.js, consumer, options, done, move |message| {
+            handler.handle(message)
+        })
+        .await
+        .map_err(Error::backend)
+    }
+
+    async fn remove(&self, (name, _): Self::Queue) -> Result<(), Error> {
+        self.js
+            .delete_stream(&name)
+            .await
+            .map(drop)
+            .map_err(Error::backend)
+    }
+
+    async fn close(&self) {
+        let _ = self.client.drain().await;
+    }
+}
