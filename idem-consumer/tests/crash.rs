@@ -13,6 +13,16 @@
 //!   the effect (the key is released);
 //! - after the outcome is stored (committed), before the ack.
 //!
+//! Each consumer is given 10 kills, taken at one of the first messages of each connection;
+//! the last quarter of the workload trickles in while any consumer still has kills left,
+//! and each consumer holds at most 4 messages (the pull batch, the prefetch), so that work
+//! reaches every consumer. The brokers still do not share it evenly enough for every
+//! consumer to take all 10 in every run: a consumer on a fresh connection was seen to get
+//! no delivery for 20 s and more while the others got hundreds (RabbitMQ 3.10, quorum and
+//! classic queues alike; nats-server 2.9 with pull batches of 16). Seen per consumer:
+//! JetStream [5, 10, 10, 10] and [7, 10, 10, 9], RabbitMQ [10, 3, 2, 3] and [0, 2, 10, 10].
+//! So the test asserts at least 4 kills in all, as before, and prints each one's count.
+//!
 //! With MySQL the effect is a row in a ledger with a unique index, written in the claim's
 //! transaction (exactly once by construction: a second insert would fail the unique index,
 //! and is counted as a violation). With Redis the effect is a counter per business ID.
@@ -41,11 +51,20 @@ use tokio::sync::watch;
 
 const CONSUMERS: usize = 4;
 const KILLS_PER_CONSUMER: usize = 10;
-const IN_FLIGHT: usize = 16;
+/// Messages in flight per consumer (the RabbitMQ prefetch, the JetStream pull batch). Kept
+/// small so that work reaches every consumer: with batches of 16, nats-server 2.9 served one
+/// client's pull requests and left three others without a message for 20 s and more (with
+/// 4, all 40 kills happened in 9 s).
+const IN_FLIGHT: usize = 4;
 const DUPLICATE_PERCENT: usize = 20;
 const DEADLINE: Duration = Duration::from_secs(120);
 const PUBLISH_CHUNK: usize = 50;
 const PUBLISH_SPAN: Duration = Duration::from_secs(8);
+/// The share of the workload held back and published a few messages at a time while any
+/// consumer still has kills to take (percent).
+const RESERVE_PERCENT: usize = 25;
+const DRIP: usize = 4;
+const DRIP_PAUSE: Duration = Duration::from_millis(100);
 /// A business ID travels in this header on NATS (JetStream would drop a duplicate
 /// `Nats-Msg-Id` publish itself, and this test wants the duplicates delivered).
 const ORDER_ID: &str = "Order-Id";
@@ -333,7 +352,8 @@ struct Run {
     /// When a handler last started, in ms since `started`.
     last_activity: AtomicU64,
     handled: AtomicUsize,
-    kills: AtomicUsize,
+    /// Crashes per consumer.
+    kills: Vec<AtomicUsize>,
     hung: AtomicUsize,
     amqp_queue: String,
     nats_stream: Option<(String, String)>,
@@ -343,6 +363,15 @@ impl Run {
     fn touch(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity.store(now, Ordering::SeqCst);
+    }
+
+    fn kills(&self) -> usize {
+        self.kills.iter().map(|k| k.load(Ordering::SeqCst)).sum()
+    }
+
+    /// Kills still to come, over all consumers.
+    fn kills_left(&self) -> usize {
+        (CONSUMERS * KILLS_PER_CONSUMER).saturating_sub(self.kills())
     }
 
     fn quiet_for(&self) -> Duration {
@@ -392,7 +421,7 @@ async fn crash_test(broker: Broker, kind: StoreKind) {
         started: Instant::now(),
         last_activity: AtomicU64::new(0),
         handled: AtomicUsize::new(0),
-        kills: AtomicUsize::new(0),
+        kills: (0..CONSUMERS).map(|_| AtomicUsize::new(0)).collect(),
         hung: AtomicUsize::new(0),
         amqp_queue: match &queue {
             Queue::Rabbit(rabbit) => rabbit.queue.clone(),
@@ -416,13 +445,26 @@ async fn crash_test(broker: Broker, kind: StoreKind) {
         .collect();
 
     // The messages arrive over PUBLISH_SPAN, as a live queue's would, so the crashes (a
-    // reconnect takes a few hundred ms) fall among them rather than after them.
+    // reconnect takes a few hundred ms) fall among them rather than after them. A consumer
+    // crashes at one of its first messages after each reconnect, so the last quarter
+    // trickles in while any consumer still has kills to take: every consumer gets work
+    // after each of its reconnects, however the broker shares it out.
     let publishing = async {
-        let chunks = workload.chunks(PUBLISH_CHUNK);
+        let (paced, reserve) = workload.split_at(total - total * RESERVE_PERCENT / 100);
+        let chunks = paced.chunks(PUBLISH_CHUNK);
         let pause = PUBLISH_SPAN / u32::try_from(chunks.len()).unwrap_or(1).max(1);
         for chunk in chunks {
             queue.publish(chunk).await;
             tokio::time::sleep(pause).await;
+        }
+        let mut reserve = reserve.chunks(DRIP);
+        while run.kills_left() > 0 {
+            let Some(chunk) = reserve.next() else { break };
+            queue.publish(chunk).await;
+            tokio::time::sleep(DRIP_PAUSE).await;
+        }
+        for chunk in reserve {
+            queue.publish(chunk).await;
         }
     };
     // Done when every business ID took effect, the broker holds nothing more, and no
@@ -434,7 +476,7 @@ async fn crash_test(broker: Broker, kind: StoreKind) {
             eprintln!(
                 "{label}: {} of {unique} effects, {} crashes, broker idle {}, quiet {:?}",
                 effects.counts().await.len(),
-                run.kills.load(Ordering::SeqCst),
+                run.kills(),
                 queue.idle().await,
                 run.quiet_for()
             );
@@ -488,12 +530,14 @@ async fn crash_test(broker: Broker, kind: StoreKind) {
         0,
         "{label}: a consume loop hung after its crash"
     );
-    let kills = run.kills.load(Ordering::SeqCst);
-    // Up to 10 crashes per consumer: a consumer the broker feeds little (a reconnect takes
-    // a few hundred ms; JetStream's pulls are not fair) may finish the run with fewer.
-    assert!(kills >= CONSUMERS, "{label}: only {kills} crashes");
+    let kills: Vec<usize> = run.kills.iter().map(|k| k.load(Ordering::SeqCst)).collect();
+    // Not 10 each: see the module docs. A run with few crashes tests little.
+    assert!(
+        kills.iter().sum::<usize>() >= CONSUMERS,
+        "{label}: crashes per consumer {kills:?}"
+    );
     eprintln!(
-        "{label}: {total} messages ({unique} business IDs), {} handled, {kills} crashes (at most {KILLS_PER_CONSUMER} per consumer), every effect once, in {:?}",
+        "{label}: {total} messages ({unique} business IDs), {} handled, crashes per consumer {kills:?}, every effect once, in {:?}",
         run.handled.load(Ordering::SeqCst),
         run.started.elapsed()
     );
@@ -545,7 +589,9 @@ async fn worker(n: usize, run: Arc<Run>, stopping: watch::Receiver<bool>, kills:
         }
         if *crash_rx.borrow() {
             kills_left -= 1;
-            run.kills.fetch_add(1, Ordering::SeqCst);
+            if let Some(kills) = run.kills.get(n) {
+                kills.fetch_add(1, Ordering::SeqCst);
+            }
         }
         proxy.sever();
     }
