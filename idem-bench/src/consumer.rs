@@ -238,15 +238,14 @@ impl Rabbit {
     async fn connect() -> Result<Self, Error> {
         let url = std::env::var("IDEM_AMQP_URL")
             .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        let connection =
-            lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-                .await
-                .map_err(|e| {
-                    Error::unavailable(format!(
-                        "cannot reach RabbitMQ at {url} ({e}); start it with: \
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .map_err(|e| {
+                Error::unavailable(format!(
+                    "cannot reach RabbitMQ at {url} ({e}); start it with: \
                          bash .ci/services rabbitmq (or set IDEM_AMQP_URL)"
-                    ))
-                })?;
+                ))
+            })?;
         let control = connection.create_channel().await.map_err(amqp_error)?;
         control
             .confirm_select(lapin::options::ConfirmSelectOptions::default())

@@ -453,7 +453,10 @@ async fn connection_lost(loss: Loss, busy: bool) {
         .unwrap_or_else(|_| panic!("{loss:?}, busy {busy}: the consume loop hung"))
         .expect("consume task");
     let error = ended.expect_err("the loop reports the lost connection");
-    eprintln!("{loss:?}, busy {busy}: the loop returned: {error}, {:?}", error.summary);
+    eprintln!(
+        "{loss:?}, busy {busy}: the loop returned: {error}, {:?}",
+        error.summary
+    );
     proxy.sever();
 
     // The caller reconnects; what the lost connection held comes back, nothing twice.
@@ -474,7 +477,11 @@ async fn connection_lost(loss: Loss, busy: bool) {
     .await;
     let _ = stop.send(());
     again.await.expect("consume task").expect("consume");
-    assert_eq!(effects.load(Ordering::SeqCst), messages, "every effect once");
+    assert_eq!(
+        effects.load(Ordering::SeqCst),
+        messages,
+        "every effect once"
+    );
     let _ = direct.close(200, "done".into()).await;
     // Nothing unacked is left: with no consumer, all of it would be back on the queue.
     wait_until("an empty queue", DEADLINE, || async {
