@@ -161,7 +161,9 @@ async fn pool(url: &str) -> Result<MySqlPool, Error> {
 
 async fn connect(url: &str) -> Result<Mysql, Error> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..12];
-    let store = MySqlStore::from_pool(pool(url).await?).with_table(&format!("idem_bench_{run}"))?;
+    let store = MySqlStore::builder()
+        .table(format!("idem_bench_{run}"))
+        .build(pool(url).await?)?;
     let bench = Mysql {
         store,
         raw: pool(url).await?,

@@ -210,7 +210,7 @@ async fn mysql_store(server: &MariaDb, table: &str) -> Result<MySqlStore, StartE
         .acquire_timeout(Duration::from_secs(2))
         .connect(&server.url())
         .await?;
-    let store = MySqlStore::from_pool(pool).with_table(table)?;
+    let store = MySqlStore::builder().table(table).build(pool)?;
     store.migrate().await?;
     Ok(store)
 }

@@ -22,10 +22,11 @@
 //! }
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = MySqlStore::connect("mysql://app:secret@127.0.0.1:3306/shop")
-//!     .await?
-//!     .with_table("idem_records")?      // the default name
-//!     .with_max_payload(1024 * 1024);   // default 4 MiB
+//! let store = MySqlStore::builder()
+//!     .table("idem_records")            // the default
+//!     .max_payload(1024 * 1024)         // default 4 MiB
+//!     .connect("mysql://app:secret@127.0.0.1:3306/shop")
+//!     .await?;
 //! store.migrate().await?;               // creates the table once; harmless afterwards
 //!
 //! let idem = Idempotency::new(store);
@@ -37,8 +38,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`MySqlStore::from_pool`] takes the application's existing `MySqlPool` instead, and
-//! [`sqlx`] is re-exported so the versions always match.
+//! [`SqlBuilder::build`] (or [`MySqlStore::from_pool`], every default) takes the
+//! application's existing `MySqlPool` instead, and [`sqlx`] is re-exported so the versions
+//! always match. The settings and their defaults are [`SqlBuilder`]'s, the same for
+//! idem-postgres.
 //!
 //! ## The table
 //!
@@ -73,9 +76,12 @@
 //!
 //! ## How each call maps to SQL
 //!
-//! - **claim** of a new key is one `INSERT`. A duplicate key (1062) means the row exists: it
-//!   is read and the rules of [`idem_core::backend::lifecycle`] decide (in progress, completed,
-//!   failed, fingerprint mismatch). A lapsed lease, a released key or an expired record is
+//! - **claim** of a new key is one `INSERT`. On MariaDB it is `INSERT ... ON DUPLICATE KEY
+//!   UPDATE ... RETURNING`: a key that has a row is left as it is and its row comes back
+//!   in the same statement, so a replay is one round trip; on MySQL 8, which has no
+//!   `RETURNING`, a duplicate key (1062) costs a second statement to read the row. The
+//!   rules of [`idem_core::backend::lifecycle`] then decide (in progress, completed, failed,
+//!   fingerprint mismatch). A lapsed lease, a released key or an expired record is
 //!   taken over by one conditional `UPDATE` whose WHERE clause re-checks the rule under the
 //!   row lock; its affected-row count picks the single winner, and it hands back the new
 //!   fencing number through `LAST_INSERT_ID(expr)`; a key at 2^64−1 is refused with
@@ -83,16 +89,16 @@
 //! - **complete**, **fail**, **renew**, **release** are one `UPDATE` each, conditioned on
 //!   state, owner token, fencing number and the row not having expired; no row matched is
 //!   [`Error::LeaseLost`](idem_core::Error::LeaseLost), with nothing changed.
-//! - Round trips per call, as the test suite counts them on the server: a first claim 1,
-//!   a replay 2, a takeover 3; complete, fail, renew, release and read 1 each; remove 4
+//! - Round trips per call, as the test suite counts them on the server (MariaDB): a first
+//!   claim 1, a replay 1, a takeover 2; complete, fail, renew, release and read 1 each; remove 4
 //!   (its own short transaction, so the answer and the deletion see the same row).
-//! - Every call is bounded by a statement timeout ([`MySqlStore::with_statement_timeout`],
+//! - Every call is bounded by a statement timeout ([`SqlBuilder::statement_timeout`],
 //!   default 5 s; keep it below your lease TTL), so a renewal stuck behind a row lock
-//!   gives up while its lease is still its own. Pools made by [`MySqlStore::connect`] set
+//!   gives up while its lease is still its own. Pools made by [`SqlBuilder::connect`] set
 //!   the server's own bounds too (`innodb_lock_wait_timeout`, MariaDB's
 //!   `max_statement_time`) and check connections out without a ping.
 //! - Deadlocks (1213) and lock wait timeouts (1205) on pooled connections are retried a
-//!   bounded number of times ([`MySqlStore::with_lock_retries`]); interrupted statements
+//!   bounded number of times ([`SqlBuilder::lock_retries`]); interrupted statements
 //!   (`KILL QUERY` 1317, MariaDB's `max_statement_time` 1969, MySQL's
 //!   `max_execution_time` 3024), pool timeouts and lost connections are
 //!   [`Error::Unavailable`](idem_core::Error::Unavailable) with the sqlx error as source,
@@ -135,6 +141,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Taking over a lapsed or released key reports the new fencing number through
+//! `LAST_INSERT_ID(expr)`, so it also sets the session's `LAST_INSERT_ID()`: read any value
+//! of your own from it before claiming, or after your next auto-increment insert.
+//!
 //! Locking: the claim's row is locked until the transaction ends. A concurrent claim of
 //! the same key, transactional or not, waits on that lock, then sees the committed outcome
 //! (and replays it) or, after a rollback, a free key. Keep such transactions short;
@@ -154,9 +164,10 @@
 //! use idem_mysql::MySqlTokenStore;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = MySqlTokenStore::connect("mysql://app:secret@127.0.0.1:3306/shop")
-//!     .await?
-//!     .with_table("idem_tokens")?;       // the default name
+//! let store = MySqlTokenStore::builder()
+//!     .table("idem_tokens")              // the default
+//!     .connect("mysql://app:secret@127.0.0.1:3306/shop")
+//!     .await?;
 //! store.migrate().await?;                 // harmless when the table is there
 //!
 //! let tokens = Tokens::new(store);
@@ -219,19 +230,34 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 
+mod dialect;
 mod errors;
-mod ops;
 mod schema;
 mod statements;
-mod store;
-mod table;
-mod token;
-mod transaction;
+mod token_schema;
+mod token_statements;
 
-pub use idem_sql::PurgeExpired;
+pub use dialect::MySqlDialect;
+pub use idem_sql::{FromTable, PurgeExpired, SqlBuilder, SqlStore, SqlTokenStore};
 pub use schema::{DEFAULT_TABLE, SCHEMA_VERSION};
-pub use store::MySqlStore;
-pub use token::MySqlTokenStore;
+pub use statements::MySqlExtra;
+
+/// An [`IdempotencyStore`](idem_core::IdempotencyStore) on MySQL 8 or MariaDB 10.11+, one
+/// row per key in one InnoDB table: the shared [`SqlStore`] on [`MySqlDialect`]. See the
+/// [crate docs](crate) for setup, the schema and the transactional mode.
+///
+/// Cloning is cheap: clones share the pool.
+pub type MySqlStore = SqlStore<MySqlDialect>;
+
+/// The MySQL/MariaDB [`TokenStore`](idem_core::TokenStore), for
+/// [`Tokens`](idem_core::Tokens): one row per token in one InnoDB table, the shared
+/// [`SqlTokenStore`] on [`MySqlDialect`]. See the [crate docs](crate#one-time-tokens).
+pub type MySqlTokenStore = SqlTokenStore<MySqlDialect>;
+
+/// The settings of a [`MySqlStore`] (from [`MySqlStore::builder`]) or a
+/// [`MySqlTokenStore`] (from [`MySqlTokenStore::builder`]), then
+/// [`connect`](SqlBuilder::connect) or [`build`](SqlBuilder::build).
+pub type MySqlBuilder<S> = SqlBuilder<MySqlDialect, S>;
 
 /// Re-exported so the pool, connections and transactions passed in match this crate's sqlx.
 pub use sqlx;

@@ -2,7 +2,7 @@
 //!
 //! The schema version lives in the table's own comment (`idem-mysql schema v1`), so a
 //! table created from the printed DDL by a DBA is recognised exactly like one created by
-//! [`MySqlStore::migrate`](crate::MySqlStore::migrate), and no second bookkeeping table is
+//! `migrate()`, and no second bookkeeping table is
 //! needed. sqlx's migrator is not used: it keeps one global `_sqlx_migrations` table per
 //! database, which cannot hold the same migration twice for two idem tables of different
 //! names.
@@ -28,11 +28,6 @@ const COMMENT_PREFIX: &str = "idem-mysql schema v";
 /// A table name as MySQL quotes it.
 pub(crate) fn quoted(table: &TableName) -> String {
     table.quoted('`')
-}
-
-/// A validated table name: 1 to 64 ASCII letters, digits and underscores.
-pub(crate) fn table_name(name: &str) -> Result<TableName, Error> {
-    TableName::new(name, MAX_TABLE_NAME)
 }
 
 /// The idempotency records table of [`MySqlStore`](crate::MySqlStore).
@@ -75,7 +70,7 @@ fn create_table_v1(table: &TableName) -> String {
     )
 }
 
-/// Brings `table` up to the kind's version; a table already there is left alone.
+/// Runs the steps `table` still needs; a table already at the kind's version is left alone.
 pub(crate) async fn migrate(
     conn: &mut MySqlConnection,
     kind: &TableKind,
@@ -89,21 +84,11 @@ pub(crate) async fn migrate(
             .await
             .map_err(from_sqlx)?;
     }
-    check_version(conn, kind, table).await
-}
-
-/// Fails unless `table` exists at the kind's version.
-pub(crate) async fn check_version(
-    conn: &mut MySqlConnection,
-    kind: &TableKind,
-    table: &TableName,
-) -> Result<(), Error> {
-    let found = version(conn, kind, table).await?;
-    kind.check(table, found)
+    Ok(())
 }
 
 /// The schema version `table` carries in its comment, `None` when the table does not exist.
-async fn version(
+pub(crate) async fn version(
     conn: &mut MySqlConnection,
     kind: &TableKind,
     table: &TableName,
@@ -125,7 +110,7 @@ mod tests {
 
     #[test]
     fn ddl_names_the_table_and_version() {
-        let sql = RECORDS.migration_sql(&table_name("my_idem").expect("valid"));
+        let sql = RECORDS.migration_sql(&TableName::new("my_idem", MAX_TABLE_NAME).expect("valid"));
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_idem`"));
         assert!(sql.contains("COMMENT='idem-mysql schema v1'"));
         assert!(sql.trim_end().ends_with(';'));
@@ -133,18 +118,22 @@ mod tests {
 
     #[test]
     fn every_kind_is_consistent() {
-        for kind in [&RECORDS, &crate::token::TOKENS] {
-            assert!(table_name(kind.default_table).is_ok(), "{}", kind.noun);
+        for kind in [&RECORDS, &crate::token_schema::TOKENS] {
+            assert!(
+                TableName::new(kind.default_table, MAX_TABLE_NAME).is_ok(),
+                "{}",
+                kind.noun
+            );
         }
         assert_eq!(RECORDS.version(), SCHEMA_VERSION);
         // Neither kind's comment reads as the other's, so neither store takes the other's table.
         assert!(
             !RECORDS
                 .comment_prefix
-                .starts_with(crate::token::TOKENS.comment_prefix)
+                .starts_with(crate::token_schema::TOKENS.comment_prefix)
         );
         assert!(
-            !crate::token::TOKENS
+            !crate::token_schema::TOKENS
                 .comment_prefix
                 .starts_with(RECORDS.comment_prefix)
         );

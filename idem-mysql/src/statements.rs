@@ -9,12 +9,11 @@
 //! UPDATE happens to write the values a row already had (a same-owner re-claim within the
 //! same microsecond, say).
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use sqlx::AssertSqlSafe;
+use idem_sql::{RecordStatements, Statement, TableName};
 
-use idem_sql::TableName;
-
+use crate::dialect::MySqlDialect;
 use crate::schema::quoted;
 
 /// The row's columns as the store reads them: times become microseconds from the
@@ -35,61 +34,73 @@ const KEY: &str = "namespace = ? AND idem_key = ?";
 const HELD: &str = "namespace = ? AND idem_key = ? AND state = 1 AND owner = ? AND fencing = ? \
      AND expires_at > UTC_TIMESTAMP(6)";
 
-/// The statements for one table.
+/// The statements only MySQL has: those of `remove` (its own short transaction), and the
+/// plain INSERT of a server without `INSERT ... RETURNING`.
 #[derive(Debug)]
-pub(crate) struct Statements {
-    /// Claims a never-seen key. Binds: namespace, key, fingerprint, owner, lease µs,
-    /// lease + trace µs.
-    pub(crate) insert: Arc<str>,
-    /// Reads a key's row without locking (autocommit).
-    pub(crate) select: Arc<str>,
-    /// Reads a key's row under a shared lock (inside the caller's transaction).
-    pub(crate) select_locked: Arc<str>,
-    /// Acquires a remembered row that the lifecycle says is free for this claim, and
-    /// reports the new fencing number through `LAST_INSERT_ID`. Binds: owner, owner,
-    /// fingerprint, lease µs, lease + trace µs, namespace, key, owner, fingerprint, owner.
-    pub(crate) take_over: Arc<str>,
-    /// Completes or fails. Binds: state, payload, retention µs, then [`HELD`].
-    pub(crate) finish: Arc<str>,
-    /// Extends a lease. Binds: lease µs, lease + trace µs, then [`HELD`].
-    pub(crate) renew: Arc<str>,
-    /// Releases a lease. Binds: [`HELD`].
-    pub(crate) release: Arc<str>,
+pub struct MySqlExtra {
+    /// Claims a never-seen key, reading nothing back; a duplicate key (1062) means the key
+    /// has a row. Binds: as [`RecordStatements::insert`].
+    pub(crate) plain_insert: Statement,
+    /// Whether the server takes `INSERT ... RETURNING` (MariaDB 10.5+); cleared the first
+    /// time it refuses it (MySQL 8), and the claim then reads a row it could not insert
+    /// with a second statement.
+    pub(crate) returning: AtomicBool,
     /// Whether a key shows a record (a live claim or a finished key), and whether it is a
-    /// live vacant trace already, locking its row.
-    pub(crate) probe_locked: Arc<str>,
+    /// live vacant trace already, locking its row. Binds: namespace, key.
+    pub(crate) probe_locked: Statement,
     /// Frees a remembered key's row as a release does, whatever its phase: vacant, with
     /// its fencing number, for the claimed row's trace or, for a finished row, the bound
-    /// trace µs. Binds: trace µs, then [`KEY`].
-    pub(crate) vacate: Arc<str>,
+    /// trace µs. Binds: trace µs, namespace, key.
+    pub(crate) vacate: Statement,
     /// Deletes a key's row unless it is a live vacant trace (a corrupt or expired row).
-    pub(crate) delete: Arc<str>,
+    /// Binds: namespace, key.
+    pub(crate) delete: Statement,
 }
 
-impl Statements {
-    pub(crate) fn new(table: &TableName) -> Self {
-        let t = quoted(table);
-        let select = format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}");
-        Self {
-            insert: format!(
-                "INSERT INTO {t} \
-                 (namespace, idem_key, state, fingerprint, owner, fencing, lease_until, expires_at, payload) \
-                 VALUES (?, ?, 1, ?, ?, 1, \
-                 TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
-                 TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), NULL)"
-            )
-            .into(),
-            select_locked: format!("{select} LOCK IN SHARE MODE").into(),
-            select: select.into(),
-            // The SET list is evaluated left to right on the changing row, so `fencing` is
-            // computed first, from the row as it was. The WHERE clause is the lifecycle's
-            // claim rule, re-checked under the row lock at the server's time, so of many
-            // claimers that read the same free row exactly one matches it. Every branch of
-            // the CASE is unsigned: with a signed `1` among them the CASE is signed, and
-            // 2^63 overflows it (error 1916), so a key at 2^63−1 could never be taken over.
-            // A key at 2^64−1 is refused before this statement runs (`CorruptRecord`, see
-            // `idem_core::backend::lifecycle::next_fencing`); the ELSE only keeps the CASE total.
-            take_over: format!(
+/// The statements for one table.
+pub(crate) fn records(table: &TableName) -> RecordStatements<MySqlDialect> {
+    let t = quoted(table);
+    let select = format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}");
+    let insert = format!(
+        "INSERT INTO {t} \
+         (namespace, idem_key, state, fingerprint, owner, fencing, lease_until, expires_at, payload) \
+         VALUES (?, ?, 1, ?, ?, 1, \
+         TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
+         TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), NULL)"
+    );
+    RecordStatements {
+        // One statement for a claim and for a replay (MariaDB): a key with a row is left
+        // as it is (the no-op UPDATE takes its row lock, so the row read is the latest
+        // commit, inside a transaction too) and RETURNING reads it back. `fresh` tells an
+        // inserted row from an existing one: only a row this statement wrote has exactly
+        // this owner, fingerprint and lease on this statement's clock (an earlier claim of
+        // the same owner ended its lease at another microsecond).
+        insert: Statement::reordered(
+            format!(
+                "{insert} ON DUPLICATE KEY UPDATE namespace = namespace \
+                 RETURNING {COLUMNS}, CAST(COALESCE(state = 1 AND fencing = 1 AND owner = ? \
+                   AND fingerprint <=> ? \
+                   AND lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) \
+                   AND expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), 0) \
+                   AS SIGNED) AS fresh"
+            ),
+            &[0, 1, 2, 3, 4, 5, 3, 2, 4, 5],
+        ),
+        // Inside a transaction a plain read could see an older snapshot; the failed INSERT
+        // already holds this shared lock, so it costs no new conflict.
+        select_locked: Statement::new(format!("{select} LOCK IN SHARE MODE")),
+        select: Statement::new(select),
+        // The SET list is evaluated left to right on the changing row, so `fencing` is
+        // computed first, from the row as it was. The WHERE clause is the lifecycle's
+        // claim rule, re-checked under the row lock at the server's time, so of many
+        // claimers that read the same free row exactly one matches it. Every branch of
+        // the CASE is unsigned: with a signed `1` among them the CASE is signed, and
+        // 2^63 overflows it (error 1916), so a key at 2^63−1 could never be taken over.
+        // A key at 2^64−1 is refused before this statement runs (`CorruptRecord`, see
+        // `idem_core::backend::lifecycle::next_fencing`); the ELSE only keeps the CASE
+        // total. The new number comes back through `LAST_INSERT_ID(expr)`.
+        take_over: Statement::reordered(
+            format!(
                 "UPDATE {t} SET \
                  fencing = LAST_INSERT_ID(CASE \
                    WHEN expires_at <= UTC_TIMESTAMP(6) THEN CAST(1 AS UNSIGNED) \
@@ -103,38 +114,38 @@ impl Statements {
                    OR state = 2 \
                    OR (state = 1 AND owner = ? AND fingerprint <=> ?) \
                    OR (state = 1 AND owner <> ? AND lease_until <= UTC_TIMESTAMP(6)))"
-            )
-            .into(),
-            finish: format!(
-                "UPDATE {t} SET state = ?, payload = ?, lease_until = NULL, \
-                 expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
-            )
-            .into(),
-            renew: format!(
-                "UPDATE {t} SET \
-                 lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
-                 expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
-            )
-            .into(),
-            // `expires_at - lease_until` of a claimed row is trace_ttl(lease TTL), exactly
-            // what the lifecycle keeps after a release; it is read before `lease_until` is
-            // cleared (left-to-right SET).
-            release: format!(
-                "UPDATE {t} SET state = 2, fingerprint = NULL, payload = NULL, \
-                 expires_at = TIMESTAMPADD(MICROSECOND, \
-                   TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at), UTC_TIMESTAMP(6)), \
-                 lease_until = NULL WHERE {HELD}"
-            )
-            .into(),
-            probe_locked: format!(
+            ),
+            &[0, 0, 1, 2, 3, 4, 5, 0, 1, 0],
+        ),
+        finish: Statement::new(format!(
+            "UPDATE {t} SET state = ?, payload = ?, lease_until = NULL, \
+             expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
+        )),
+        renew: Statement::new(format!(
+            "UPDATE {t} SET \
+             lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), \
+             expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) WHERE {HELD}"
+        )),
+        // `expires_at - lease_until` of a claimed row is trace_ttl(lease TTL), exactly
+        // what the lifecycle keeps after a release; it is read before `lease_until` is
+        // cleared (left-to-right SET).
+        release: Statement::new(format!(
+            "UPDATE {t} SET state = 2, fingerprint = NULL, payload = NULL, \
+             expires_at = TIMESTAMPADD(MICROSECOND, \
+               TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at), UTC_TIMESTAMP(6)), \
+             lease_until = NULL WHERE {HELD}"
+        )),
+        extra: MySqlExtra {
+            plain_insert: Statement::new(insert),
+            returning: AtomicBool::new(true),
+            probe_locked: Statement::new(format!(
                 "SELECT COALESCE(expires_at > UTC_TIMESTAMP(6) AND (state IN (3, 4) \
                  OR (state = 1 AND lease_until > UTC_TIMESTAMP(6))), 0) AS visible, \
                  COALESCE(state = 2 AND expires_at > UTC_TIMESTAMP(6), 0) AS vacant \
                  FROM {t} WHERE {KEY} FOR UPDATE"
-            )
-            .into(),
+            )),
             // Left-to-right SET again: `expires_at` is computed from the row as it was.
-            vacate: format!(
+            vacate: Statement::new(format!(
                 "UPDATE {t} SET \
                  expires_at = TIMESTAMPADD(MICROSECOND, IF(state = 1, \
                    TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at), ?), UTC_TIMESTAMP(6)), \
@@ -142,19 +153,20 @@ impl Statements {
                  WHERE {KEY} AND state IN (1, 3, 4) AND fencing >= 1 \
                  AND expires_at > UTC_TIMESTAMP(6) \
                  AND (state <> 1 OR lease_until IS NOT NULL AND lease_until < expires_at)"
-            )
-            .into(),
-            delete: format!(
+            )),
+            delete: Statement::new(format!(
                 "DELETE FROM {t} WHERE {KEY} \
                  AND NOT (state = 2 AND expires_at > UTC_TIMESTAMP(6))"
-            )
-            .into(),
-        }
+            )),
+        },
     }
 }
 
-/// A statement as sqlx takes it. The text is built only from constants and a validated
-/// [`TableName`], and every value travels as a bound parameter.
-pub(crate) fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
-    AssertSqlSafe(Arc::clone(text))
+/// Deletes up to `?` rows past `expires_at`, oldest first, on the `expires_at` index: the
+/// purge of every idem-mysql table.
+pub(crate) fn purge(table: &TableName) -> Statement {
+    Statement::new(format!(
+        "DELETE FROM {} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?",
+        quoted(table)
+    ))
 }

@@ -103,7 +103,7 @@ fn quoted_index(table: &TableName) -> String {
     format!("\"{table}_expires_at\"")
 }
 
-/// Brings `table` up to the kind's version; a table already there is left alone.
+/// Runs the steps `table` still needs; a table already at the kind's version is left alone.
 ///
 /// One transaction under an advisory lock named after the table, so that instances
 /// starting together migrate one after the other (concurrent `CREATE TABLE IF NOT EXISTS`
@@ -129,23 +129,12 @@ pub(crate) async fn migrate(
             .await
             .map_err(from_sqlx)?;
     }
-    tx.commit().await.map_err(from_sqlx)?;
-    check(conn, kind, table).await
-}
-
-/// Fails unless `table` exists at the kind's version.
-pub(crate) async fn check(
-    conn: &mut PgConnection,
-    kind: &TableKind,
-    table: &TableName,
-) -> Result<(), Error> {
-    let found = version(conn, kind, table).await?;
-    kind.check(table, found)
+    tx.commit().await.map_err(from_sqlx)
 }
 
 /// The schema version `table` carries in its comment, `None` when the table does not exist
 /// (on the connection's `search_path`, as the statements resolve it).
-async fn version(
+pub(crate) async fn version(
     conn: &mut PgConnection,
     kind: &TableKind,
     table: &TableName,

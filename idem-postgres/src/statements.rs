@@ -8,11 +8,9 @@
 //! Writes are conditional, and whether they matched (affected rows, or a `RETURNING` row)
 //! is the verdict. In an `UPDATE`, every `SET` expression reads the row as it was.
 
-use std::sync::Arc;
+use idem_sql::{RecordStatements, Statement, TableName, TokenStatements};
 
-use idem_sql::TableName;
-use sqlx::AssertSqlSafe;
-
+use crate::dialect::PgDialect;
 use crate::schema::quoted;
 
 /// The statement's instant, read once.
@@ -35,26 +33,12 @@ const COLUMNS: &str = "t.state, t.fingerprint, t.owner, t.fencing, \
      (extract(epoch FROM t.expires_at - c.now) * 1000000)::bigint AS expires_left_us, \
      t.payload";
 
-/// The statements for one table.
+/// The statement only PostgreSQL has: `remove` in one statement.
 #[derive(Debug)]
-pub(crate) struct Statements {
-    /// Claims a never-seen key; a row comes back only if it was inserted. Binds: namespace,
-    /// key, fingerprint, owner, lease µs, lease + trace µs.
-    pub(crate) insert: Arc<str>,
-    /// Reads a key's row. Binds: namespace, key.
-    pub(crate) select: Arc<str>,
-    /// Acquires a row the lifecycle says is free for this claim, re-checking that under the
-    /// row lock, and returns the new fencing number. Binds: owner, fingerprint, lease µs,
-    /// lease + trace µs, namespace, key.
-    pub(crate) take_over: Arc<str>,
-    /// Completes or fails. Binds: state, payload, retention µs, then the lease.
-    pub(crate) finish: Arc<str>,
-    /// Extends a lease. Binds: lease µs, lease + trace µs, then the lease.
-    pub(crate) renew: Arc<str>,
-    /// Releases a lease. Binds: the lease.
-    pub(crate) release: Arc<str>,
-    /// Deletes a key's row and says whether it showed a record. Binds: namespace, key.
-    pub(crate) remove: Arc<str>,
+pub struct PgExtra {
+    /// Frees a key's row and says whether it showed a record. Binds: namespace, key,
+    /// trace µs of a finished row.
+    pub(crate) remove: Statement,
 }
 
 /// The lifecycle's `is_held_by` on a remembered row, its binds from `$n` on: claimed by this
@@ -71,32 +55,39 @@ fn held(n: u8) -> String {
     )
 }
 
-impl Statements {
-    pub(crate) fn new(table: &TableName) -> Self {
-        let t = quoted(table);
-        Self {
-            insert: format!(
-                "INSERT INTO {t} \
+/// The statements for one table.
+pub(crate) fn records(table: &TableName) -> RecordStatements<PgDialect> {
+    let t = quoted(table);
+    let select = format!(
+        "SELECT {COLUMNS} FROM {t} AS t, {CLOCK} WHERE t.namespace = $1 AND t.idem_key = $2"
+    );
+    RecordStatements {
+        // One statement for a claim and for a replay: the INSERT does nothing on a key
+        // that has a row, and the outer SELECT reads that row, as the statement's
+        // snapshot shows it. A row committed after the snapshot is not shown
+        // (`inserted` false, no row): the claim then reads it with `select`.
+        insert: Statement::new(format!(
+            "WITH ins AS (INSERT INTO {t} \
                  (namespace, idem_key, state, fingerprint, owner, fencing, lease_until, expires_at) \
                  SELECT $1, $2, 1, $3, $4, 1, c.now + {}, c.now + {} FROM {CLOCK} \
-                 ON CONFLICT DO NOTHING RETURNING fencing",
-                micros!(5),
-                micros!(6),
-            )
-            .into(),
-            select: format!(
-                "SELECT {COLUMNS} FROM {t} AS t, {CLOCK} \
-                 WHERE t.namespace = $1 AND t.idem_key = $2"
-            )
-            .into(),
-            // The WHERE clause is the lifecycle's claim rule. Under READ COMMITTED a row
-            // changed by a concurrent transaction is re-checked in its latest version once
-            // that commits, so of many claimers that read the same free row exactly one
-            // matches it. A key at 2^63−1 is refused before this statement runs
-            // (`CorruptRecord`, see `idem_core::backend::lifecycle::next_fencing`); the ELSE only
-            // keeps the CASE from overflowing.
-            take_over: format!(
-                "UPDATE {t} AS t SET \
+                 ON CONFLICT DO NOTHING RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM ins) AS inserted, {COLUMNS} \
+                 FROM {CLOCK} LEFT JOIN {t} AS t ON t.namespace = $1 AND t.idem_key = $2",
+            micros!(5),
+            micros!(6),
+        )),
+        // Under READ COMMITTED each statement sees the latest commit; a claim that
+        // finds a committed row (a replay, a key in progress) takes no lock.
+        select_locked: Statement::new(select.clone()),
+        select: Statement::new(select),
+        // The WHERE clause is the lifecycle's claim rule. Under READ COMMITTED a row
+        // changed by a concurrent transaction is re-checked in its latest version once
+        // that commits, so of many claimers that read the same free row exactly one
+        // matches it. A key at 2^63−1 is refused before this statement runs
+        // (`CorruptRecord`, see `idem_core::backend::lifecycle::next_fencing`); the ELSE
+        // only keeps the CASE from overflowing.
+        take_over: Statement::new(format!(
+            "UPDATE {t} AS t SET \
                  fencing = CASE \
                    WHEN t.expires_at <= c.now THEN 1 \
                    WHEN t.state = 1 AND t.owner = $1 THEN t.fencing \
@@ -110,39 +101,36 @@ impl Statements {
                    OR (t.state = 1 AND t.owner = $1 AND t.fingerprint IS NOT DISTINCT FROM $2) \
                    OR (t.state = 1 AND t.owner <> $1 AND t.lease_until <= c.now)) \
                  RETURNING t.fencing",
-                micros!(3),
-                micros!(4),
-            )
-            .into(),
-            finish: format!(
-                "UPDATE {t} AS t SET state = $1, payload = $2, lease_until = NULL, \
+            micros!(3),
+            micros!(4),
+        )),
+        finish: Statement::new(format!(
+            "UPDATE {t} AS t SET state = $1, payload = $2, lease_until = NULL, \
                  expires_at = c.now + {} FROM {CLOCK} WHERE {}",
-                micros!(3),
-                held(4)
-            )
-            .into(),
-            renew: format!(
-                "UPDATE {t} AS t SET lease_until = c.now + {}, expires_at = c.now + {} \
+            micros!(3),
+            held(4)
+        )),
+        renew: Statement::new(format!(
+            "UPDATE {t} AS t SET lease_until = c.now + {}, expires_at = c.now + {} \
                  FROM {CLOCK} WHERE {}",
-                micros!(1),
-                micros!(2),
-                held(3)
-            )
-            .into(),
-            // `expires_at - lease_until` of a claimed row is trace_ttl(lease TTL), exactly
-            // what the lifecycle keeps after a release.
-            release: format!(
-                "UPDATE {t} AS t SET state = 2, fingerprint = NULL, payload = NULL, \
+            micros!(1),
+            micros!(2),
+            held(3)
+        )),
+        // `expires_at - lease_until` of a claimed row is trace_ttl(lease TTL), exactly
+        // what the lifecycle keeps after a release.
+        release: Statement::new(format!(
+            "UPDATE {t} AS t SET state = 2, fingerprint = NULL, payload = NULL, \
                  expires_at = c.now + (t.expires_at - t.lease_until), lease_until = NULL \
                  FROM {CLOCK} WHERE {}",
-                held(1)
-            )
-            .into(),
-            // One statement, lifecycle::remove: the row, locked, becomes a vacant trace that
-            // keeps its fencing number (for the claimed row's own trace, or $3 µs for a
-            // finished one); a live trace stays as it is; a row that is no lifecycle entry
-            // (or expired) is deleted. The answer is computed on the row as it was.
-            remove: format!(
+            held(1)
+        )),
+        // One statement, lifecycle::remove: the row, locked, becomes a vacant trace that
+        // keeps its fencing number (for the claimed row's own trace, or $3 µs for a
+        // finished one); a live trace stays as it is; a row that is no lifecycle entry
+        // (or expired) is deleted. The answer is computed on the row as it was.
+        extra: PgExtra {
+            remove: Statement::new(format!(
                 "WITH old AS (SELECT t.state, t.lease_until, t.expires_at, c.now \
                    FROM {t} AS t, {CLOCK} \
                    WHERE t.namespace = $1 AND t.idem_key = $2 FOR UPDATE), \
@@ -165,59 +153,46 @@ impl Statements {
                    (SELECT count(*) FROM vacated) + (SELECT count(*) FROM deleted) AS written \
                  FROM old",
                 micros!(3)
-            )
-            .into(),
-        }
+            )),
+        },
     }
 }
 
 /// The statements of the token store.
-#[derive(Debug)]
-pub(crate) struct TokenStatements {
-    /// Stores a new token, unless it has a row. Binds: token, scope, TTL µs.
-    pub(crate) insert: Arc<str>,
-    /// Reissues a token whose row has expired; a live row matches nothing. Binds: token,
-    /// scope, TTL µs.
-    pub(crate) replace_expired: Arc<str>,
-    /// Uses a token up: the whole consume rule in one WHERE clause, re-checked under the
-    /// row lock, so of concurrent consumes exactly one matches. Binds: token, scope.
-    pub(crate) consume: Arc<str>,
-    /// A live token's scope and whether it was used. Binds: token.
-    pub(crate) inspect: Arc<str>,
-}
-
-impl TokenStatements {
-    pub(crate) fn new(table: &TableName) -> Self {
-        let t = quoted(table);
-        Self {
-            insert: format!(
-                "INSERT INTO {t} (token, scope, used_at, expires_at) \
-                 SELECT $1, $2, NULL, c.now + {} FROM {CLOCK} ON CONFLICT DO NOTHING",
-                micros!(3)
-            )
-            .into(),
-            replace_expired: format!(
-                "UPDATE {t} AS t SET scope = $2, used_at = NULL, expires_at = c.now + {} \
-                 FROM {CLOCK} WHERE t.token = $1 AND t.expires_at <= c.now",
-                micros!(3)
-            )
-            .into(),
-            consume: format!(
-                "UPDATE {t} AS t SET used_at = c.now FROM {CLOCK} \
-                 WHERE t.token = $1 AND t.scope = $2 AND t.used_at IS NULL AND t.expires_at > c.now"
-            )
-            .into(),
-            inspect: format!(
-                "SELECT t.scope, t.used_at IS NOT NULL AS used FROM {t} AS t, {CLOCK} \
-                 WHERE t.token = $1 AND t.expires_at > c.now"
-            )
-            .into(),
-        }
+pub(crate) fn tokens(table: &TableName) -> TokenStatements {
+    let t = quoted(table);
+    TokenStatements {
+        insert: Statement::new(format!(
+            "INSERT INTO {t} (token, scope, used_at, expires_at) \
+             SELECT $1, $2, NULL, c.now + {} FROM {CLOCK} ON CONFLICT DO NOTHING",
+            micros!(3)
+        )),
+        replace_expired: Statement::new(format!(
+            "UPDATE {t} AS t SET scope = $2, used_at = NULL, expires_at = c.now + {} \
+             FROM {CLOCK} WHERE t.token = $1 AND t.expires_at <= c.now",
+            micros!(3)
+        )),
+        consume: Statement::new(format!(
+            "UPDATE {t} AS t SET used_at = c.now FROM {CLOCK} \
+             WHERE t.token = $1 AND t.scope = $2 AND t.used_at IS NULL AND t.expires_at > c.now"
+        )),
+        inspect: Statement::new(format!(
+            "SELECT t.scope, t.used_at IS NOT NULL AS used FROM {t} AS t, {CLOCK} \
+             WHERE t.token = $1 AND t.expires_at > c.now"
+        )),
     }
 }
 
-/// A statement as sqlx takes it. The text is built only from constants and a validated
-/// [`TableName`], and every value travels as a bound parameter.
-pub(crate) fn sql(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
-    AssertSqlSafe(Arc::clone(text))
+/// Deletes up to `$1` rows past `expires_at`, oldest first, on the `expires_at` index.
+/// PostgreSQL's DELETE has no LIMIT, so the rows are picked and locked in a subquery (their
+/// `ctid` cannot change while we hold the lock); SKIP LOCKED lets concurrent purges and
+/// live calls pass each other instead of queueing, and the outer condition re-checks the
+/// expiry on the row it deletes. Works for both kinds of table.
+pub(crate) fn purge(table: &TableName) -> Statement {
+    let t = quoted(table);
+    Statement::new(format!(
+        "DELETE FROM {t} AS t USING (SELECT clock_timestamp() AS now) c \
+         WHERE t.ctid = ANY (ARRAY(SELECT ctid FROM {t} WHERE expires_at <= clock_timestamp() \
+         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)) AND t.expires_at <= c.now"
+    ))
 }

@@ -16,12 +16,13 @@ pub const ROUNDS: usize = 16;
 /// The three statements a claim is made of, on one connection (pooled, or the caller's
 /// transaction).
 pub trait ClaimSteps {
-    /// Inserts a claimed row with fencing number 1 for a key without a row; `false` when
-    /// the key already has one (nothing changed).
+    /// Inserts a claimed row with fencing number 1 for a key without a row; when the key
+    /// already has one, nothing changes, and the row comes back too if the engine reads it
+    /// in the same statement.
     fn insert(
         &mut self,
         request: &ClaimRequest,
-    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    ) -> impl Future<Output = Result<Insertion, Error>> + Send;
 
     /// Reads a key's row as a lifecycle entry at [`NOW`]; `None` when there is none.
     fn select(&mut self, key: &Key) -> impl Future<Output = Result<Option<Entry>, Error>> + Send;
@@ -41,7 +42,20 @@ pub trait ClaimSteps {
     }
 }
 
-/// Claims a key: one INSERT for a never-seen key; otherwise the row is read, the rules of
+/// What a claim's INSERT met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Insertion {
+    /// The row was inserted: the key is claimed with fencing number 1.
+    Inserted,
+    /// The key has a row, read by the same statement: a replay (or an answer "in
+    /// progress") costs that one statement.
+    Existing(Entry),
+    /// The key has a row the statement did not read: [`ClaimSteps::select`] reads it.
+    Unread,
+}
+
+/// Claims a key: one INSERT for a never-seen key; otherwise the row is read (by the same
+/// statement where the engine allows), the rules of
 /// [`idem_core::backend::lifecycle`] decide, and a free key is taken over by one conditional write.
 ///
 /// # Errors
@@ -54,12 +68,14 @@ pub async fn claim<S: ClaimSteps + Send>(
     request: &ClaimRequest,
 ) -> Result<Claim, Error> {
     for _ in 0..ROUNDS {
-        if steps.insert(request).await? {
-            return Ok(Claim::Acquired(lease(request, 1)));
-        }
-        // The row vanished (removed, purged) since the INSERT saw it: insert again.
-        let Some(entry) = steps.select(&request.key).await? else {
-            continue;
+        let entry = match steps.insert(request).await? {
+            Insertion::Inserted => return Ok(Claim::Acquired(lease(request, 1))),
+            Insertion::Existing(entry) => entry,
+            // The row vanished (removed, purged) since the INSERT saw it: insert again.
+            Insertion::Unread => match steps.select(&request.key).await? {
+                Some(entry) => entry,
+                None => continue,
+            },
         };
         match lifecycle::claim(Some(&entry), request, NOW).answer {
             // The lifecycle counts in u64; an engine with a narrower column refuses past it.

@@ -103,8 +103,11 @@ pub struct TableKind {
 impl TableKind {
     /// The version this build reads and writes: the last migration's.
     #[must_use]
-    pub fn version(&self) -> u32 {
-        self.migrations.last().map_or(0, |m| m.version)
+    pub const fn version(&self) -> u32 {
+        match self.migrations.last() {
+            Some(last) => last.version,
+            None => 0,
+        }
     }
 
     /// The whole DDL for a table called `table`, one block per version, each statement

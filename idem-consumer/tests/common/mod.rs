@@ -100,16 +100,16 @@ pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
 
 /// A MySQL store on its own table, migrated; drop it with [`drop_table`].
 pub async fn mysql_store(table: &str) -> MySqlStore {
-    let store = MySqlStore::connect(&mysql_url())
+    let store = MySqlStore::builder()
+        .table(table)
+        .connect(&mysql_url())
         .await
         .unwrap_or_else(|e| {
             panic!(
                 "MySQL at {} did not answer ({e}). Start it with:\n    {START_MYSQL}",
                 mysql_url()
             )
-        })
-        .with_table(table)
-        .expect("a valid table name");
+        });
     store.migrate().await.expect("migrate");
     store
 }

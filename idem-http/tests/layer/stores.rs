@@ -32,17 +32,18 @@ pub async fn redis() -> RedisStore {
 pub async fn mysql() -> MySqlStore {
     let url = std::env::var("IDEM_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-    let store = MySqlStore::connect(&url).await.unwrap_or_else(|error| {
-        panic!(
-            "MariaDB/MySQL at {url} did not answer ({error}). Start it with:\n    \
+    let store = MySqlStore::builder()
+        .table("idem_http_test")
+        .connect(&url)
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "MariaDB/MySQL at {url} did not answer ({error}). Start it with:\n    \
              mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld && start-stop-daemon \
              --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql\n\
              (bash .ci/services mysql) or point IDEM_MYSQL_URL at a running server."
-        )
-    });
-    let store = store
-        .with_table("idem_http_test")
-        .expect("a valid table name");
+            )
+        });
     store.migrate().await.expect("migrate the test table");
     store
 }

@@ -11,7 +11,10 @@ use idem_mysql::sqlx::{self, AssertSqlSafe, Executor, MySqlPool};
 use crate::support::*;
 
 /// A store over one connection of its own, and that connection's id.
-async fn one_connection_store(after_connect: Option<&'static str>) -> (MySqlStore, u64) {
+async fn one_connection_store(
+    after_connect: Option<&'static str>,
+    statement_timeout: Duration,
+) -> (MySqlStore, u64) {
     let pool = MySqlPoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
@@ -30,10 +33,12 @@ async fn one_connection_store(after_connect: Option<&'static str>) -> (MySqlStor
         .fetch_one(&pool)
         .await
         .expect("connection id");
-    let store = MySqlStore::from_pool(pool)
-        .with_table(SHARED_TABLE)
-        .expect("table")
-        .with_lock_retries(0);
+    let store = MySqlStore::builder()
+        .table(SHARED_TABLE)
+        .lock_retries(0)
+        .statement_timeout(statement_timeout)
+        .build(pool)
+        .expect("table");
     (store, id)
 }
 
@@ -90,7 +95,7 @@ fn assert_unavailable_with<T: std::fmt::Debug>(result: Result<T, Error>, code: &
 async fn a_killed_query_is_unavailable() {
     let holder = shared_store().await;
     let admin = pool(1).await;
-    let (store, id) = one_connection_store(None).await;
+    let (store, id) = one_connection_store(None, MySqlStore::DEFAULT_STATEMENT_TIMEOUT).await;
     let key = key(&namespace("kill-query"), "k");
     let tx = hold_row(&holder, &key).await;
     let waiting = {
@@ -110,7 +115,11 @@ async fn a_killed_query_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_past_max_statement_time_is_unavailable() {
     let holder = shared_store().await;
-    let (store, _) = one_connection_store(Some("SET SESSION max_statement_time = 0.3")).await;
+    let (store, _) = one_connection_store(
+        Some("SET SESSION max_statement_time = 0.3"),
+        MySqlStore::DEFAULT_STATEMENT_TIMEOUT,
+    )
+    .await;
     let key = key(&namespace("statement-time"), "k");
     let tx = hold_row(&holder, &key).await;
     let result = store.claim(&request(&key, LONG)).await;
@@ -123,8 +132,7 @@ async fn a_statement_past_max_statement_time_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_waits_longer_than_the_statement_timeout() {
     let holder = shared_store().await;
-    let (store, _) = one_connection_store(None).await;
-    let store = store.with_statement_timeout(Duration::from_secs(1));
+    let (store, _) = one_connection_store(None, Duration::from_secs(1)).await;
     let key = key(&namespace("timeout"), "k");
     let tx = hold_row(&holder, &key).await;
     let started = Instant::now();

@@ -24,8 +24,9 @@ const SHARED_TOKEN_TABLE: &str = "idem_test_tokens";
 
 /// Every check issues fresh UUIDv7 tokens under a scope of its own, so they share one table.
 async fn make_token_store() -> MySqlTokenStore {
-    let store = MySqlTokenStore::from_pool(support::pool(8).await)
-        .with_table(SHARED_TOKEN_TABLE)
+    let store = MySqlTokenStore::builder()
+        .table(SHARED_TOKEN_TABLE)
+        .build(support::pool(8).await)
         .expect("valid table name");
     store
         .migrate()

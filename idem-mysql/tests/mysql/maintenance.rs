@@ -177,8 +177,9 @@ async fn a_lost_connection_is_unavailable() {
         .connect(&url())
         .await
         .expect("connect");
-    let store = MySqlStore::from_pool(pool.clone())
-        .with_table(SHARED_TABLE)
+    let store = MySqlStore::builder()
+        .table(SHARED_TABLE)
+        .build(pool.clone())
         .expect("table");
     let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
         .fetch_one(&pool)

@@ -10,8 +10,9 @@ use crate::support::*;
 async fn migrating_twice_is_harmless() {
     let pool = pool(2).await;
     let table = fresh_table(&pool).await;
-    let store = MySqlStore::from_pool(pool.clone())
-        .with_table(&table)
+    let store = MySqlStore::builder()
+        .table(&table)
+        .build(pool.clone())
         .expect("table");
     assert!(matches!(
         store.check_schema().await,
@@ -41,8 +42,9 @@ async fn the_printed_ddl_is_what_runs() {
     let pool = pool(2).await;
     let migrated = fresh_table(&pool).await;
     let printed = fresh_table(&pool).await;
-    let store = MySqlStore::from_pool(pool.clone())
-        .with_table(&migrated)
+    let store = MySqlStore::builder()
+        .table(&migrated)
+        .build(pool.clone())
         .expect("table");
     store.migrate().await.expect("migrate");
 
@@ -61,8 +63,9 @@ async fn the_printed_ddl_is_what_runs() {
         show_create(&pool, &printed).await,
         show_create(&pool, &migrated).await
     );
-    let by_hand = MySqlStore::from_pool(pool.clone())
-        .with_table(&printed)
+    let by_hand = MySqlStore::builder()
+        .table(&printed)
+        .build(pool.clone())
         .expect("table");
     by_hand
         .check_schema()
@@ -86,8 +89,9 @@ async fn a_foreign_table_of_the_same_name_is_refused() {
         format!("CREATE TABLE `{table}` (id INT PRIMARY KEY) COMMENT='not ours'"),
     )
     .await;
-    let store = MySqlStore::from_pool(pool.clone())
-        .with_table(&table)
+    let store = MySqlStore::builder()
+        .table(&table)
+        .build(pool.clone())
         .expect("table");
     let refused = store.migrate().await;
     assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");

@@ -37,10 +37,11 @@ pub async fn pool(max: u32) -> MySqlPool {
 
 /// A store on the shared, migrated table over a pool of several connections.
 pub async fn shared_store() -> MySqlStore {
-    let store = MySqlStore::from_pool(pool(8).await)
-        .with_table(SHARED_TABLE)
-        .expect("valid table name")
-        .with_max_payload(MAX_PAYLOAD);
+    let store = MySqlStore::builder()
+        .table(SHARED_TABLE)
+        .max_payload(MAX_PAYLOAD)
+        .build(pool(8).await)
+        .expect("valid table name");
     store.migrate().await.expect("migrate the shared table");
     // Keeps the shared table small; expired rows already count as absent to every test.
     store
@@ -81,8 +82,9 @@ pub async fn drop_table(pool: &MySqlPool, table: &str) {
 pub async fn own_store(max_connections: u32) -> MySqlStore {
     let pool = pool(max_connections).await;
     let table = fresh_table(&pool).await;
-    let store = MySqlStore::from_pool(pool)
-        .with_table(&table)
+    let store = MySqlStore::builder()
+        .table(&table)
+        .build(pool)
         .expect("valid table name");
     store.migrate().await.expect("migrate");
     store

@@ -23,8 +23,9 @@ const PAST_SHORT: Duration = Duration::from_millis(2_000);
 async fn own_token_store(max_connections: u32) -> MySqlTokenStore {
     let pool = pool(max_connections).await;
     let table = fresh_table(&pool).await;
-    let store = MySqlTokenStore::from_pool(pool)
-        .with_table(&table)
+    let store = MySqlTokenStore::builder()
+        .table(&table)
+        .build(pool)
         .expect("valid table name");
     store.migrate().await.expect("migrate");
     store
@@ -91,8 +92,9 @@ async fn issue_and_a_winning_consume_are_one_statement_each() {
 async fn migrating_twice_is_harmless() {
     let pool = pool(2).await;
     let table = fresh_table(&pool).await;
-    let store = MySqlTokenStore::from_pool(pool.clone())
-        .with_table(&table)
+    let store = MySqlTokenStore::builder()
+        .table(&table)
+        .build(pool.clone())
         .expect("table");
     let missing = store.check_schema().await;
     assert!(
@@ -116,8 +118,9 @@ async fn the_printed_ddl_is_what_runs() {
     let pool = pool(2).await;
     let migrated = fresh_table(&pool).await;
     let printed = fresh_table(&pool).await;
-    let store = MySqlTokenStore::from_pool(pool.clone())
-        .with_table(&migrated)
+    let store = MySqlTokenStore::builder()
+        .table(&migrated)
+        .build(pool.clone())
         .expect("table");
     store.migrate().await.expect("migrate");
 
@@ -136,8 +139,9 @@ async fn the_printed_ddl_is_what_runs() {
         show_create(&pool, &printed).await,
         show_create(&pool, &migrated).await
     );
-    let by_hand = MySqlTokenStore::from_pool(pool.clone())
-        .with_table(&printed)
+    let by_hand = MySqlTokenStore::builder()
+        .table(&printed)
+        .build(pool.clone())
         .expect("table");
     by_hand
         .check_schema()
@@ -157,22 +161,30 @@ async fn neither_store_takes_the_other_kind_of_table() {
     let pool = pool(2).await;
     let records = fresh_table(&pool).await;
     let tokens = fresh_table(&pool).await;
-    let record_store = MySqlStore::from_pool(pool.clone())
-        .with_table(&records)
+    let record_store = MySqlStore::builder()
+        .table(&records)
+        .build(pool.clone())
         .expect("table");
-    let token_store = MySqlTokenStore::from_pool(pool.clone())
-        .with_table(&tokens)
+    let token_store = MySqlTokenStore::builder()
+        .table(&tokens)
+        .build(pool.clone())
         .expect("table");
     record_store.migrate().await.expect("records table");
     token_store.migrate().await.expect("token table");
 
-    let on_records = token_store.clone().with_table(&records).expect("table");
+    let on_records = MySqlTokenStore::builder()
+        .table(&records)
+        .build(pool.clone())
+        .expect("table");
     let refused = on_records.migrate().await;
     assert!(
         matches!(&refused, Err(Error::Backend { source }) if source.to_string().contains("not an idem-mysql token table")),
         "{refused:?}"
     );
-    let on_tokens = record_store.clone().with_table(&tokens).expect("table");
+    let on_tokens = MySqlStore::builder()
+        .table(&tokens)
+        .build(pool.clone())
+        .expect("table");
     let refused = on_tokens.migrate().await;
     assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");
 

@@ -160,11 +160,12 @@ async fn lock_wait_timeouts_are_retried() {
         .connect(&url())
         .await
         .expect("connect");
-    let impatient = MySqlStore::from_pool(impatient)
-        .with_table(SHARED_TABLE)
-        .expect("table");
     for retries in [3, 0] {
-        let claimer = impatient.clone().with_lock_retries(retries);
+        let claimer = MySqlStore::builder()
+            .table(SHARED_TABLE)
+            .lock_retries(retries)
+            .build(impatient.clone())
+            .expect("table");
         let key = key(&namespace("lock-wait"), "k");
         let mut tx = holder.pool().begin().await.expect("begin");
         let lease = acquired(

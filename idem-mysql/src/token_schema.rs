@@ -4,9 +4,6 @@ use idem_sql::{Migration, TableKind, TableName};
 
 use crate::schema::quoted;
 
-/// The token table's schema version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
-
 /// The token table's name unless another is configured.
 pub(crate) const DEFAULT_TABLE: &str = "idem_tokens";
 
@@ -53,12 +50,13 @@ fn create_table_v1(table: &TableName) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::table_name;
+    use crate::schema::MAX_TABLE_NAME;
 
     #[test]
     fn ddl_names_the_table_and_version() {
-        let sql = TOKENS.migration_sql(&table_name("my_tokens").expect("valid"));
-        assert_eq!(TOKENS.version(), SCHEMA_VERSION);
+        let sql =
+            TOKENS.migration_sql(&TableName::new("my_tokens", MAX_TABLE_NAME).expect("valid"));
+        assert_eq!(TOKENS.version(), 1);
         assert!(sql.starts_with("-- idem-mysql token schema v1\n"), "{sql}");
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_tokens`"));
         assert!(sql.contains("token VARBINARY(128) NOT NULL"));

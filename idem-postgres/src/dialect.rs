@@ -1,0 +1,207 @@
+//! PostgreSQL as an [`SqlDialect`]: the driver's types, the statements, and the three
+//! operations whose shape is PostgreSQL's own.
+
+use idem_core::{Error, Key};
+use idem_sql::row::{self, micros};
+use idem_sql::{
+    Arg, CallPolicy, Insertion, RecordStatements, SqlDialect, Statement, StoredRow, TableKind,
+    TableName, TokenStatements,
+};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+
+use crate::errors::{from_sqlx, is_lock_conflict};
+use crate::schema::{self, MAX_TABLE_NAME, RECORDS, TOKENS};
+use crate::statements::{self, PgExtra};
+
+/// PostgreSQL, for [`SqlStore`](idem_sql::SqlStore): what [`PgStore`](crate::PgStore) and
+/// [`PgTokenStore`](crate::PgTokenStore) are made of. See the [crate docs](crate).
+#[derive(Debug, Clone, Copy)]
+pub struct PgDialect;
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// A statement with its arguments bound as PostgreSQL takes them: `bigint` and `smallint`.
+/// A span past `i64::MAX` µs cannot come from a `Ttl` (at most ten years); a fencing
+/// number past it cannot be in the table, and bound as -1 it matches nothing.
+fn query<'q>(statement: &'q Statement, args: &'q [Arg<'q>]) -> Query<'q> {
+    statement
+        .binds(args)
+        .fold(sqlx::query(statement.sql()), |query, arg| match arg {
+            Arg::Bytes(bytes) => query.bind(bytes),
+            Arg::MaybeBytes(bytes) => query.bind(bytes),
+            Arg::Micros(us) => query.bind(i64::try_from(us).unwrap_or(i64::MAX)),
+            Arg::Fencing(fencing) => query.bind(i64::try_from(fencing).unwrap_or(-1)),
+            Arg::State(state) => query.bind(i16::from(state)),
+            Arg::Count(count) => query.bind(i64::from(count)),
+        })
+}
+
+fn column<'r, T>(row: &'r PgRow, name: &str) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(name)
+        .map_err(|e| Error::corrupt_with(format!("column {name} did not decode"), e))
+}
+
+impl SqlDialect for PgDialect {
+    type Db = Postgres;
+    type Extra = PgExtra;
+
+    const NAME: &'static str = "idem-postgres";
+    const MAX_TABLE_NAME: usize = MAX_TABLE_NAME;
+    /// `fencing` is a `bigint`.
+    const MAX_FENCING: u64 = idem_core::backend::lifecycle::MAX_SIGNED_FENCING;
+    const RECORDS: &'static TableKind = &RECORDS;
+    const TOKENS: &'static TableKind = &TOKENS;
+
+    fn record_statements(table: &TableName) -> RecordStatements<Self> {
+        statements::records(table)
+    }
+
+    fn token_statements(table: &TableName) -> TokenStatements {
+        statements::tokens(table)
+    }
+
+    fn purge_statement(table: &TableName) -> Statement {
+        statements::purge(table)
+    }
+
+    async fn execute<'c>(
+        conn: &'c mut PgConnection,
+        statement: &'c Statement,
+        args: &'c [Arg<'c>],
+    ) -> Result<u64, sqlx::Error> {
+        let done = query(statement, args).execute(&mut *conn).await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch_optional<'c>(
+        conn: &'c mut PgConnection,
+        statement: &'c Statement,
+        args: &'c [Arg<'c>],
+    ) -> Result<Option<PgRow>, sqlx::Error> {
+        query(statement, args).fetch_optional(&mut *conn).await
+    }
+
+    fn record(row: &PgRow) -> Result<StoredRow, Error> {
+        let state: i16 = column(row, "state")?;
+        Ok(StoredRow {
+            state: u8::try_from(state)
+                .map_err(|_| Error::corrupt(format!("unknown state {state}")))?,
+            fingerprint: column(row, "fingerprint")?,
+            owner: column(row, "owner")?,
+            fencing: row::fencing(column(row, "fencing")?)?,
+            lease_left_us: column(row, "lease_left_us")?,
+            trace_us: column(row, "trace_us")?,
+            expires_left_us: column(row, "expires_left_us")?,
+            payload: column(row, "payload")?,
+        })
+    }
+
+    fn token(row: &PgRow) -> Result<(Vec<u8>, bool), Error> {
+        Ok((column(row, "scope")?, column(row, "used")?))
+    }
+
+    /// One statement: the INSERT and, when the key has a row, its read.
+    async fn insert_claim<'c>(
+        conn: &'c mut PgConnection,
+        statements: &'c RecordStatements<Self>,
+        args: &'c [Arg<'c>],
+    ) -> Result<Insertion, Error> {
+        let row = query(&statements.insert, args)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+        if column(&row, "inserted")? {
+            return Ok(Insertion::Inserted);
+        }
+        // No row in the statement's snapshot: committed after it began.
+        if column::<Option<i16>>(&row, "state")?.is_none() {
+            return Ok(Insertion::Unread);
+        }
+        Ok(Insertion::Existing(Self::record(&row)?.into_entry()?))
+    }
+
+    /// The takeover returns the new fencing number.
+    async fn take_over<'c>(
+        conn: &'c mut PgConnection,
+        statements: &'c RecordStatements<Self>,
+        args: &'c [Arg<'c>],
+    ) -> Result<Option<u64>, Error> {
+        let row = query(&statements.take_over, args)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+        row.map(|row| row::fencing(column(&row, "fencing")?))
+            .transpose()
+    }
+
+    /// `lifecycle::remove` in one statement.
+    async fn remove<'c>(
+        conn: &'c mut PgConnection,
+        statements: &'c RecordStatements<Self>,
+        key: &'c Key,
+    ) -> Result<bool, Error> {
+        let args = [
+            Arg::Bytes(key.namespace().as_bytes()),
+            Arg::Bytes(key.id().as_bytes()),
+            Arg::Micros(micros(idem_core::backend::lifecycle::trace_ttl(0))),
+        ];
+        let row = query(&statements.extra.remove, &args)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(from_sqlx)?;
+        match row {
+            Some(row) => column(&row, "visible"),
+            None => Ok(false),
+        }
+    }
+
+    async fn schema_version<'c>(
+        conn: &'c mut PgConnection,
+        kind: &'static TableKind,
+        table: &'c TableName,
+    ) -> Result<Option<u32>, Error> {
+        schema::version(conn, kind, table).await
+    }
+
+    async fn migrate<'c>(
+        conn: &'c mut PgConnection,
+        kind: &'static TableKind,
+        table: &'c TableName,
+    ) -> Result<(), Error> {
+        schema::migrate(conn, kind, table).await
+    }
+
+    /// The pool: no ping per checkout (a dead connection fails its call with
+    /// [`Error::Unavailable`], which the executor retries, and is dropped), at most the
+    /// statement timeout to get a connection, and `statement_timeout` on the server at
+    /// [`CallPolicy::server_timeout`].
+    async fn connect(url: &str, policy: CallPolicy, max_connections: u32) -> Result<PgPool, Error> {
+        let options: PgConnectOptions = url.parse().map_err(from_sqlx)?;
+        let timeout_ms = policy.server_timeout().as_millis().max(1).to_string();
+        let options = options.options([("statement_timeout", timeout_ms.as_str())]);
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(policy.timeout)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(from_sqlx)
+    }
+
+    fn error(error: sqlx::Error) -> Error {
+        from_sqlx(error)
+    }
+
+    /// Never: every INSERT says `ON CONFLICT DO NOTHING`, and a conflict matches no row.
+    fn is_duplicate_key(_: &sqlx::Error) -> bool {
+        false
+    }
+
+    fn is_lock_conflict(error: &Error) -> bool {
+        is_lock_conflict(error)
+    }
+}
