@@ -12,6 +12,7 @@ mod postgres;
 mod redis;
 mod report;
 mod settings;
+mod sql;
 
 use std::future::Future;
 use std::pin::Pin;

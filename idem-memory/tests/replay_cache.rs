@@ -81,10 +81,11 @@ mod around_mysql {
             .unwrap_or_else(|e| {
                 panic!("MariaDB at {url} did not answer ({e}); start it with {START_MARIADB}")
             });
-        let store = MySqlStore::from_pool(pool)
-            .with_table(TABLE)
-            .expect("a valid table name")
-            .with_max_payload(MAX_PAYLOAD);
+        let store = MySqlStore::builder()
+            .table(TABLE)
+            .max_payload(MAX_PAYLOAD)
+            .build(pool)
+            .expect("a valid table name");
         store.migrate().await.expect("migrate the test table");
         ReplayCache::new(store)
     }

@@ -60,11 +60,13 @@ impl Statement {
     /// The text, as sqlx takes it. Statements are built only from constants and a
     /// validated [`TableName`](crate::TableName), and every value travels as a bound
     /// parameter.
+    #[must_use]
     pub fn sql(&self) -> AssertSqlSafe<Arc<str>> {
         AssertSqlSafe(Arc::clone(&self.text))
     }
 
     /// The text.
+    #[must_use]
     pub fn text(&self) -> &str {
         &self.text
     }
