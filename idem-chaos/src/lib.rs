@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod history;
+mod postgres;
 mod scenarios;
 mod servers;
 mod workload;
@@ -50,13 +51,18 @@ pub enum Scenario {
     MysqlLocks,
     /// The transactional mode with injected rollbacks and killed connections.
     MysqlTx,
+    /// PostgreSQL (the shared server, the campaign's own connections and table): queries
+    /// cancelled and connections terminated while short row locks make queries wait.
+    PostgresKill,
+    /// PostgreSQL row locks held on claimed rows, up to two leases.
+    PostgresLocks,
     /// Corrupt records planted in Redis and MariaDB.
     Corrupt,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 11] = [
         Self::Memory,
         Self::MemoryFull,
         Self::RedisKill,
@@ -65,6 +71,8 @@ impl Scenario {
         Self::MysqlKill,
         Self::MysqlLocks,
         Self::MysqlTx,
+        Self::PostgresKill,
+        Self::PostgresLocks,
         Self::Corrupt,
     ];
 
@@ -80,6 +88,8 @@ impl Scenario {
             Self::MysqlKill => "mysql-kill",
             Self::MysqlLocks => "mysql-locks",
             Self::MysqlTx => "mysql-tx",
+            Self::PostgresKill => "postgres-kill",
+            Self::PostgresLocks => "postgres-locks",
             Self::Corrupt => "corrupt",
         }
     }
@@ -105,6 +115,12 @@ impl Scenario {
             }
             Self::MysqlTx => {
                 "private mariadbd: transactional mode, injected rollbacks, killed connections"
+            }
+            Self::PostgresKill => {
+                "shared PostgreSQL, own connections: pg_cancel_backend / pg_terminate_backend while locks make queries wait"
+            }
+            Self::PostgresLocks => {
+                "shared PostgreSQL, own table: row locks held on claimed rows, up to two leases"
             }
             Self::Corrupt => "corrupt records planted in private Redis and MariaDB servers",
         }
@@ -132,6 +148,8 @@ impl Scenario {
             Self::MysqlKill => scenarios::mysql_kill(&workload).await,
             Self::MysqlLocks => scenarios::mysql_locks(&workload).await,
             Self::MysqlTx => scenarios::mysql_tx(&workload).await,
+            Self::PostgresKill => postgres::postgres_kill(&workload).await,
+            Self::PostgresLocks => postgres::postgres_locks(&workload).await,
             Self::Corrupt => scenarios::corrupt(seed).await,
         };
         let mut summary = match result {

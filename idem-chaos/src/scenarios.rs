@@ -16,10 +16,13 @@ use crate::history::{Answer, ErrorKind, Fault, History, RunId, Summary};
 use crate::servers::{MariaDb, RedisServer, StartError};
 use crate::workload::{self, Workload};
 
-type Outcome = Result<Summary, StartError>;
+pub(crate) type Outcome = Result<Summary, StartError>;
 
 /// The executor the callers share: the scenario's lease, fail fast on `InProgress`.
-fn executor<S: IdempotencyStore>(store: S, workload: &Workload) -> Result<Idempotency<S>, Error> {
+pub(crate) fn executor<S: IdempotencyStore>(
+    store: S,
+    workload: &Workload,
+) -> Result<Idempotency<S>, Error> {
     let config = Config {
         lease_ttl: workload.lease,
         ..Config::default()
@@ -28,12 +31,12 @@ fn executor<S: IdempotencyStore>(store: S, workload: &Workload) -> Result<Idempo
 }
 
 /// A name no earlier run of the campaign used, for keys and tables.
-fn run_name() -> String {
+pub(crate) fn run_name() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
 /// Runs the load and, alongside, `faults` until the load is done.
-async fn with_faults<S, F, Fut>(
+pub(crate) async fn with_faults<S, F, Fut>(
     idem: Idempotency<S>,
     workload: &Workload,
     run: &str,
@@ -54,7 +57,7 @@ async fn with_faults<S, F, Fut>(
 }
 
 /// Sleeps a random time in `range` milliseconds.
-async fn pause_ms(rng: &mut fastrand::Rng, range: std::ops::Range<u64>) {
+pub(crate) async fn pause_ms(rng: &mut fastrand::Rng, range: std::ops::Range<u64>) {
     tokio::time::sleep(Duration::from_millis(rng.u64(range))).await;
 }
 
