@@ -231,3 +231,240 @@ impl<S: IdempotencyStore> Drop for OffDuty<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::claim::{Claim, ClaimRequest};
+    use crate::error::Error;
+    use crate::key::Key;
+    use crate::lease::OwnerToken;
+    use crate::record::Record;
+
+    /// A store that only renews, and remembers the fencing number of every renewal.
+    #[derive(Debug, Default)]
+    struct Renewals(StdMutex<Vec<u64>>);
+
+    impl Renewals {
+        fn of(&self, fencing: u64) -> usize {
+            let renewed = self.0.lock().expect("not poisoned");
+            renewed.iter().filter(|&&f| f == fencing).count()
+        }
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for Renewals {
+        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
+            unimplemented!("the watchlist never claims")
+        }
+        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("the watchlist never finishes")
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("the watchlist never finishes")
+        }
+        async fn renew(&self, lease: &Lease, _: Ttl) -> Result<(), Error> {
+            self.0.lock().expect("not poisoned").push(lease.fencing);
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<(), Error> {
+            unimplemented!("the watchlist never releases")
+        }
+        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
+            unimplemented!("the watchlist never reads")
+        }
+        async fn remove(&self, _: &Key) -> Result<bool, Error> {
+            unimplemented!("the watchlist never removes")
+        }
+    }
+
+    const TTL_SECS: u64 = 60;
+
+    fn list() -> Arc<Watchlist<Renewals>> {
+        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
+        Arc::new(Watchlist::new(Arc::new(Renewals::default()), ttl))
+    }
+
+    /// Puts an attempt holding fencing number `fencing` on `list`.
+    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<Renewals>, bool) {
+        let lease = Lease {
+            key: Key::new("watchlist", "k").expect("a valid key"),
+            owner: OwnerToken::random(),
+            fencing,
+        };
+        let (status, _) = watch::channel(LeaseStatus {
+            lost: false,
+            until: Instant::now(),
+        });
+        list.enter(Arc::new(lease), status, &Handle::current())
+    }
+
+    fn supervisors(list: &Watchlist<Renewals>) -> Vec<(runtime::Id, u64)> {
+        list.lock().supervisors.clone()
+    }
+
+    /// Lets spawned tasks run, on a current-thread runtime with paused time.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn the_supervisor_looks_every_sixth_of_the_ttl() {
+        assert_eq!(list().patience(), Duration::from_secs(TTL_SECS / 6));
+    }
+
+    #[tokio::test]
+    async fn each_supervisor_gets_a_number_of_its_own_and_is_struck_off_by_it() {
+        let list = list();
+        let (_first, spawned) = enter(&list, 1);
+        assert!(
+            spawned,
+            "the first attempt of a runtime starts its supervisor"
+        );
+        let (_second, spawned) = enter(&list, 2);
+        assert!(!spawned, "one supervisor per runtime");
+        let [(runtime, first)] = supervisors(&list)[..] else {
+            panic!("one supervisor: {:?}", supervisors(&list));
+        };
+        list.strike_off(first);
+        assert!(supervisors(&list).is_empty(), "struck off by its number");
+        let (_third, spawned) = enter(&list, 3);
+        assert!(spawned, "the next attempt starts a successor");
+        let [(again, second)] = supervisors(&list)[..] else {
+            panic!("one supervisor: {:?}", supervisors(&list));
+        };
+        assert_eq!(again, runtime);
+        assert_ne!(
+            second, first,
+            "a successor must not share its predecessor's number"
+        );
+        list.strike_off(first);
+        assert_eq!(
+            supervisors(&list),
+            vec![(runtime, second)],
+            "a stopped supervisor must not strike its successor off"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_look_renews_only_attempts_that_ran_long_and_only_once() {
+        let list = list();
+        let (_watched, _) = enter(&list, 1);
+        let [(runtime, number)] = supervisors(&list)[..] else {
+            panic!("one supervisor: {:?}", supervisors(&list));
+        };
+
+        assert!(list.renew_long_runners(runtime, number, Duration::from_secs(3600)));
+        settle().await;
+        assert_eq!(list.store().of(1), 0, "a young attempt is not renewed");
+        assert_eq!(
+            supervisors(&list),
+            vec![(runtime, number)],
+            "a supervisor with attempts left stays on duty"
+        );
+
+        assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
+        settle().await;
+        assert_eq!(list.store().of(1), 1, "an old attempt is renewed at once");
+        assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
+        settle().await;
+        assert_eq!(
+            list.store().of(1),
+            1,
+            "an attempt already being renewed gets no second renewal task"
+        );
+    }
+
+    #[test]
+    fn a_look_on_a_runtime_without_attempts_strikes_only_its_own_supervisor_off() {
+        let runtimes: Vec<_> = (0..2)
+            .map(|_| {
+                runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a runtime")
+            })
+            .collect();
+        let (idle, busy) = (runtimes[0].handle().id(), runtimes[1].handle().id());
+        let list = list();
+        list.lock().supervisors.extend([(idle, 1), (busy, 2)]);
+        assert!(!list.renew_long_runners(idle, 1, Duration::ZERO));
+        assert_eq!(supervisors(&list), vec![(busy, 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leaving_frees_the_place_and_stops_the_renewal() {
+        let list = list();
+        let (watched, _) = enter(&list, 1);
+        let [(runtime, number)] = supervisors(&list)[..] else {
+            panic!("one supervisor: {:?}", supervisors(&list));
+        };
+        assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
+        settle().await;
+        assert_eq!(list.store().of(1), 1);
+
+        drop(watched);
+        {
+            let state = list.lock();
+            assert!(
+                state.slots.iter().all(Option::is_none),
+                "the place is empty"
+            );
+            assert_eq!(state.free, vec![0], "and free for the next attempt");
+        }
+        tokio::time::advance(Duration::from_secs(TTL_SECS * 2)).await;
+        settle().await;
+        assert_eq!(list.store().of(1), 1, "no renewal after the attempt left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_supervisor_keeps_looking_while_attempts_remain() {
+        let list = list();
+        let patience = list.patience();
+        let (_early, spawned) = enter(&list, 1);
+        assert!(spawned);
+        settle().await;
+        tokio::time::advance(patience / 2).await;
+        let (_late, spawned) = enter(&list, 2);
+        assert!(!spawned);
+        settle().await;
+
+        // The first look renews the early attempt; the late one is too young yet.
+        tokio::time::advance(patience / 2).await;
+        settle().await;
+        assert_eq!((list.store().of(1), list.store().of(2)), (1, 0));
+
+        // The next look must still come, and renew the late one.
+        tokio::time::advance(patience).await;
+        settle().await;
+        assert_eq!(list.store().of(2), 1, "the late attempt was never renewed");
+    }
+
+    #[test]
+    fn a_supervisor_stopped_with_its_runtime_strikes_itself_off() {
+        let list = list();
+        let rt = runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let watched = rt.block_on(async {
+            let (watched, spawned) = enter(&list, 1);
+            assert!(spawned);
+            settle().await; // the supervisor starts and sleeps
+            watched
+        });
+        assert_eq!(supervisors(&list).len(), 1);
+        drop(rt);
+        assert!(
+            supervisors(&list).is_empty(),
+            "the next attempt on another runtime would find a dead supervisor listed"
+        );
+        drop(watched);
+    }
+}
