@@ -298,19 +298,6 @@ async fn attempt_errors_and_the_engine_describe_themselves() {
         Error::not_recorded(Error::LeaseLost).to_string()
     );
     assert!(not_recorded.source().is_some());
-    let interrupted: AttemptError<u32> = AttemptError::Interrupted;
-    assert!(
-        interrupted
-            .to_string()
-            .contains("stopped before it returned")
-    );
-    assert!(interrupted.source().is_none());
-    assert!(
-        interrupted
-            .into_error()
-            .to_string()
-            .contains("stopped before it returned")
-    );
 }
 
 /// A store whose claims are `Unavailable` a given number of times, counting them.
@@ -382,4 +369,44 @@ async fn an_unavailable_claim_is_retried_four_times_at_most() {
         }
         assert_eq!(store.claims.load(SeqCst), claims, "{outages} outages");
     }
+}
+
+/// A Release attempt dropped where no runtime runs (its future moved out of the runtime and
+/// dropped on a plain thread) still frees its key at once, from a helper thread, instead of
+/// leaving it held until the lease ends.
+#[test]
+fn a_release_attempt_dropped_outside_a_runtime_frees_its_key() {
+    let rt = runtime();
+    let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30))
+        .with_cancel_policy(idem_core::attempt::CancelPolicy::Release);
+    let (key, running) = rt.block_on(async {
+        let lease = acquired(&engine, "dropped-outside").await;
+        let key = lease.key.clone();
+        let mut running = Box::pin(
+            engine
+                .attempt(lease)
+                .run(std::future::pending::<u32>(), complete(b"never")),
+        );
+        let started = tokio::time::timeout(Duration::from_millis(50), &mut running).await;
+        assert!(started.is_err(), "the operation never returns");
+        (key, running)
+    });
+    assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "dropped outside any runtime"
+    );
+    drop(running);
+    let freed = rt.block_on(async {
+        for _ in 0..100 {
+            if engine.store().read(&key).await.expect("read").is_none() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(
+        freed,
+        "the key is still held 5 s after its attempt was dropped"
+    );
 }

@@ -292,7 +292,7 @@ impl<S: IdempotencyStore> Shared<S> {
                 output
             }
             Err(error) => {
-                tracing::error!(%error, "the handler's task stopped before it returned");
+                tracing::error!(%error, "the attempt ended without the handler's response");
                 return Ok(own(problem(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     problem::RESPONSE_FAILED,

@@ -245,8 +245,7 @@ impl<S: IdempotencyStore> Attempt<S> {
     ///
     /// [`AttemptError::NotRecorded`], with the operation's output, when the outcome could not be
     /// stored (the lease was lost, the store stayed unavailable while the lease lasted, the payload
-    /// was refused); [`AttemptError::Interrupted`] when the task running the operation stopped
-    /// before it returned (its runtime shut down).
+    /// was refused).
     pub async fn run<T, Fut, St>(self, operation: Fut, settle: St) -> Result<T, AttemptError<T>>
     where
         Fut: Future<Output = T> + Send + 'static,
@@ -360,19 +359,13 @@ pub enum AttemptError<T> {
         /// [`Error::NotRecorded`], with the cause.
         error: Error,
     },
-    /// The task running the operation stopped before it returned (its runtime shut down):
-    /// whether the operation had effects is unknown. The key frees itself when the lease
-    /// ends at the latest. (The engine runs attempts in their caller's future, so a runtime
-    /// that shuts down drops the caller too: this is kept for matches written against it.)
-    Interrupted,
 }
 
 impl<T> AttemptError<T> {
-    /// The error without the output: [`Error::NotRecorded`] in both cases.
+    /// The error without the output: [`Error::NotRecorded`], with the cause.
     pub fn into_error(self) -> Error {
         match self {
             Self::NotRecorded { error, .. } => error,
-            Self::Interrupted => Error::not_recorded(Error::backend(Interrupted)),
         }
     }
 }
@@ -381,7 +374,6 @@ impl<T> fmt::Display for AttemptError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotRecorded { error, .. } => error.fmt(f),
-            Self::Interrupted => Interrupted.fmt(f),
         }
     }
 }
@@ -390,21 +382,6 @@ impl<T: fmt::Debug> std::error::Error for AttemptError<T> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::NotRecorded { error, .. } => Some(error),
-            Self::Interrupted => None,
         }
     }
 }
-
-/// The cause of [`AttemptError::Interrupted`], as an error.
-#[derive(Debug, Clone, Copy)]
-struct Interrupted;
-
-impl fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "the task running the operation stopped before it returned (its runtime shut down)",
-        )
-    }
-}
-
-impl std::error::Error for Interrupted {}

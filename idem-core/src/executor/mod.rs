@@ -382,7 +382,6 @@ fn ran<T, E>(
             result: output,
             error,
         }),
-        Err(interrupted) => Err(ExecuteError::Idempotency(interrupted.into_error())),
     }
 }
 
