@@ -122,14 +122,7 @@ pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> 
         capabilities,
         |ctx| async move {
             let ctx = Arc::new(ctx);
-            let mut leases = Vec::new();
-            for i in 0..30 {
-                leases.push(
-                    ctx.acquire(&ctx.key(&format!("lapsed-{i}"))?, ctx.short())
-                        .await?,
-                );
-            }
-            ctx.outlive_short_ttl().await;
+            let leases = lapsed_leases(&ctx, "lapsed").await?;
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
@@ -256,14 +249,7 @@ pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) ->
         capabilities,
         |ctx| async move {
             let ctx = Arc::new(ctx);
-            let mut leases = Vec::new();
-            for i in 0..30 {
-                leases.push(
-                    ctx.acquire(&ctx.key(&format!("freed-{i}"))?, ctx.short())
-                        .await?,
-                );
-            }
-            ctx.outlive_short_ttl().await;
+            let leases = lapsed_leases(&ctx, "freed").await?;
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
@@ -358,4 +344,19 @@ async fn judge_freeing(ctx: &Ctx, old: &Lease, freed: Freed, claimed: Claim) -> 
         }
         other => Err(format!("{key}: freeing a lapsed lease failed: {other:?}")),
     }
+}
+
+/// How many keys each race between a takeover and the lapsed owner runs on.
+const RACED_KEYS: usize = 30;
+
+/// [`RACED_KEYS`] keys `prefix-0`, `prefix-1`, ... acquired with a short lease that has
+/// since lapsed: where every race against a takeover starts.
+async fn lapsed_leases(ctx: &Ctx, prefix: &str) -> Result<Vec<Lease>, String> {
+    let mut leases = Vec::with_capacity(RACED_KEYS);
+    for i in 0..RACED_KEYS {
+        let key = ctx.key(&format!("{prefix}-{i}"))?;
+        leases.push(ctx.acquire(&key, ctx.short()).await?);
+    }
+    ctx.outlive_short_ttl().await;
+    Ok(leases)
 }
