@@ -36,24 +36,19 @@ if e.phase == CLAIMED and e.owner == owner then
   end
   return acquire(e.fencing)
 end
-local found
+local state, left = lease_state(key, e)
+if not state then
+  return { R_CORRUPT, left }
+end
+if state == 'free' then
+  -- Released, or another owner's lapsed lease: free for anyone, fingerprint unchecked.
+  return take_over(e.fencing)
+end
+local found = { R_IN_PROGRESS, left }
 if e.phase == COMPLETED then
   found = { R_COMPLETED, e.payload }
 elseif e.phase == FAILED then
   found = { R_FAILED, e.payload }
-elseif e.phase == CLAIMED then
-  local left, bad = lease_left(key, e)
-  if not left then
-    return { R_CORRUPT, bad }
-  end
-  if left <= 0 then
-    -- A lapsed lease of another owner: free for anyone, fingerprint unchecked.
-    return take_over(e.fencing)
-  end
-  found = { R_IN_PROGRESS, left }
-else
-  -- Released: free for anyone, fingerprint unchecked.
-  return take_over(e.fencing)
 end
 if e.fp ~= fp then
   return { R_MISMATCH }

@@ -9,21 +9,18 @@ local e, why = decode(raw)
 if not e then
   return { R_CORRUPT, why }
 end
-if e.phase == VACANT then
+local state, left = lease_state(key, e)
+if not state then
+  return { R_CORRUPT, left }
+end
+if state == 'free' then
   return { R_FREE }
 end
-if e.phase == CLAIMED then
-  local left, bad = lease_left(key, e)
-  if not left then
-    return { R_CORRUPT, bad }
+if state == 'finished' then
+  -- What is left of its retention: the key's PTTL.
+  left = redis.call('PTTL', key)
+  if left < 0 then
+    return { R_CORRUPT, 'finished record without an expiry' }
   end
-  if left <= 0 then
-    return { R_FREE }
-  end
-  return { R_RECORD, CLAIMED, e.fencing, string.sub(e.fp, 2), left, e.owner }
 end
-local pttl = redis.call('PTTL', key)
-if pttl < 0 then
-  return { R_CORRUPT, 'finished record without an expiry' }
-end
-return { R_RECORD, e.phase, e.fencing, string.sub(e.fp, 2), pttl, e.payload }
+return { R_RECORD, e.phase, e.fencing, string.sub(e.fp, 2), left, e.owner or e.payload }

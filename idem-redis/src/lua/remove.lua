@@ -26,10 +26,10 @@ end
 local live, trace = 1, ARGV[1]
 if e.phase == CLAIMED then
   trace = e.trace_ttl
-  local left = lease_left(key, e)
-  if left and left <= 0 then
-    live = 0
-  end
+end
+-- A lapsed lease was not live; a claimed record without an expiry counts as live.
+if lease_state(key, e) == 'free' then
+  live = 0
 end
 redis.call('SET', key, string.char(VERSION, VACANT) .. string.sub(raw, 3, 10), 'PX', trace)
 return { R_DONE, live }
