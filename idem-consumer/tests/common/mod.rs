@@ -85,10 +85,15 @@ pub async fn redis_store() -> RedisStore {
         })
 }
 
+/// A plain Redis connection for a test's own effects. Without the client's 500 ms response
+/// timeout: a command whose reply is late has an unknown effect, and a test that called it
+/// a retryable failure would run it again itself (a double no store can prevent), which on a
+/// loaded machine it once did.
 pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(redis_url()).expect("a valid Redis URL");
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&patient)
         .await
         .unwrap_or_else(|e| {
             panic!(
