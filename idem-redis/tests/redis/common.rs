@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use idem_core::{Key, Ttl};
+use idem_core::{Claim, ClaimRequest, IdempotencyStore, Key, Lease, Ttl};
 use idem_redis::redis::{self, aio::MultiplexedConnection};
 use idem_redis::{RedisStore, RedisTokenStore, RedisTokenStoreBuilder};
 
@@ -63,6 +63,66 @@ pub async fn raw_connection(url: &str) -> MultiplexedConnection {
         Err(err) => {
             panic!("Redis at {url} did not answer ({err}). Start it with:\n    {START_REDIS}")
         }
+    }
+}
+
+/// Writes `value` under `redis_key` as a plain string that expires in a minute, as the
+/// stores write theirs: a record or token the store did not write.
+pub async fn plant(raw: &mut MultiplexedConnection, redis_key: &str, value: &[u8]) {
+    redis::cmd("SET")
+        .arg(redis_key)
+        .arg(value)
+        .arg("PX")
+        .arg(60_000)
+        .query_async::<()>(raw)
+        .await
+        .expect("SET");
+}
+
+/// The string under `redis_key`, if any.
+pub async fn value_of(raw: &mut MultiplexedConnection, redis_key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(redis_key)
+        .query_async(raw)
+        .await
+        .expect("GET")
+}
+
+/// Values of other Redis types than a string: the type's name (as `TYPE` says it), the
+/// command that writes one, and its arguments.
+pub const OTHER_TYPES: [(&str, &str, &[&str]); 3] = [
+    ("list", "RPUSH", &["x", "y"]),
+    ("hash", "HSET", &["field", "value"]),
+    ("set", "SADD", &["member"]),
+];
+
+/// Writes a value of another type under `redis_key` with `command args` (one of
+/// [`OTHER_TYPES`]), expiring in a minute.
+pub async fn plant_other_type(
+    raw: &mut MultiplexedConnection,
+    redis_key: &str,
+    command: &str,
+    args: &[&str],
+) {
+    redis::cmd(command)
+        .arg(redis_key)
+        .arg(args)
+        .query_async::<()>(raw)
+        .await
+        .expect("write");
+    redis::cmd("PEXPIRE")
+        .arg(redis_key)
+        .arg(60_000)
+        .query_async::<()>(raw)
+        .await
+        .expect("PEXPIRE");
+}
+
+/// The lease of a claim that must acquire.
+pub async fn acquire(store: &impl IdempotencyStore, request: &ClaimRequest) -> Lease {
+    match store.claim(request).await {
+        Ok(Claim::Acquired(lease)) => lease,
+        other => panic!("expected to acquire {}, got {other:?}", request.key),
     }
 }
 

@@ -1,9 +1,10 @@
 //! Values under a managed key that do not decode are corrupt records, never a panic.
 
-use crate::common::{key, raw_connection, store, ttl_ms, url};
+use crate::common::{
+    OTHER_TYPES, key, plant, plant_other_type, raw_connection, store, ttl_ms, url, value_of,
+};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
 use idem_redis::RedisStore;
-use idem_redis::redis::{self, aio::MultiplexedConnection};
 
 /// A well-formed record header (layout version 2), to corrupt one field at a time.
 fn header(version: u8, phase: u8, fencing: u64) -> Vec<u8> {
@@ -60,17 +61,6 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-async fn write(raw: &mut MultiplexedConnection, redis_key: &str, value: &[u8]) {
-    redis::cmd("SET")
-        .arg(redis_key)
-        .arg(value)
-        .arg("PX")
-        .arg(60_000)
-        .query_async::<()>(raw)
-        .await
-        .expect("SET");
-}
-
 fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
     matches!(result, Err(Error::CorruptRecord { .. }))
 }
@@ -106,15 +96,10 @@ async fn garbage_strings_are_corrupt_records() {
     for (what, value) in garbage() {
         let k = key(what);
         let redis_key = store.redis_key(&k);
-        write(&mut raw, &redis_key, &value).await;
+        plant(&mut raw, &redis_key, &value).await;
         assert_every_call_is_corrupt(&store, &k, what).await;
         // Nothing was overwritten.
-        let kept: Vec<u8> = redis::cmd("GET")
-            .arg(&redis_key)
-            .query_async(&mut raw)
-            .await
-            .expect("GET");
-        assert_eq!(kept, value, "{what}");
+        assert_eq!(value_of(&mut raw, &redis_key).await, Some(value), "{what}");
         // Removing clears it, and the key works again.
         assert!(store.remove(&k).await.expect("remove"), "{what}");
         let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
@@ -129,26 +114,9 @@ async fn garbage_strings_are_corrupt_records() {
 async fn other_redis_types_are_corrupt_records() {
     let store = store().await;
     let mut raw = raw_connection(&url()).await;
-    let writes: [(&str, &str, &[&str]); 3] = [
-        ("list", "RPUSH", &["x", "y"]),
-        ("hash", "HSET", &["field", "value"]),
-        ("set", "SADD", &["member"]),
-    ];
-    for (what, command, args) in writes {
+    for (what, command, args) in OTHER_TYPES {
         let k = key(what);
-        let redis_key = store.redis_key(&k);
-        redis::cmd(command)
-            .arg(&redis_key)
-            .arg(args)
-            .query_async::<()>(&mut raw)
-            .await
-            .expect("write");
-        redis::cmd("PEXPIRE")
-            .arg(&redis_key)
-            .arg(60_000)
-            .query_async::<()>(&mut raw)
-            .await
-            .expect("PEXPIRE");
+        plant_other_type(&mut raw, &store.redis_key(&k), command, args).await;
         assert_every_call_is_corrupt(&store, &k, what).await;
         assert!(store.remove(&k).await.expect("remove"), "{what}");
         assert_eq!(store.read(&k).await.expect("read"), None);
@@ -164,7 +132,7 @@ async fn a_record_written_by_the_store_decodes() {
     let mut value = header(2, 3, 7);
     value.push(0);
     value.extend_from_slice(b"\x00handmade\xff");
-    write(&mut raw, &store.redis_key(&k), &value).await;
+    plant(&mut raw, &store.redis_key(&k), &value).await;
     let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
     assert_eq!(
         store.claim(&request).await.expect("claim"),
@@ -189,14 +157,7 @@ async fn a_takeover_at_the_end_of_the_fencing_range_is_a_corrupt_record() {
         let k = key(id);
         // A released key (vacant: the header alone) that last granted `planted`.
         let vacant = header(2, 2, planted);
-        let _: () = redis::cmd("SET")
-            .arg(store.redis_key(&k))
-            .arg(&vacant)
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut raw)
-            .await
-            .expect("plant");
+        plant(&mut raw, &store.redis_key(&k), &vacant).await;
         let claimed = store
             .claim(&ClaimRequest::new(k.clone(), ttl_ms(30_000)))
             .await;
@@ -206,12 +167,11 @@ async fn a_takeover_at_the_end_of_the_fencing_range_is_a_corrupt_record() {
                     matches!(claimed, Err(Error::CorruptRecord { .. })),
                     "{id}: {claimed:?}"
                 );
-                let kept: Vec<u8> = redis::cmd("GET")
-                    .arg(store.redis_key(&k))
-                    .query_async(&mut raw)
-                    .await
-                    .expect("GET");
-                assert_eq!(kept, vacant, "{id}: the record is left as it was");
+                assert_eq!(
+                    value_of(&mut raw, &store.redis_key(&k)).await,
+                    Some(vacant),
+                    "{id}: the record is left as it was"
+                );
             }
             Some(fencing) => {
                 let Ok(Claim::Acquired(lease)) = claimed else {

@@ -5,7 +5,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{key, store, ttl_ms, unique_prefix, url};
+use crate::common::{acquire, key, store, ttl_ms, unique_prefix, url};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Lease, OwnerToken,
     RecordState,
@@ -14,10 +14,15 @@ use idem_redis::RedisStore;
 
 const LONG: u64 = 30_000;
 
-async fn acquire(store: &RedisStore, request: &ClaimRequest) -> Lease {
-    match store.claim(request).await.expect("claim") {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected to acquire, got {other:?}"),
+/// Each of `requests` is refused with `FingerprintMismatch`.
+async fn assert_mismatch(store: &RedisStore, requests: &[ClaimRequest]) {
+    for request in requests {
+        let claimed = store.claim(request).await;
+        assert!(
+            matches!(claimed, Err(Error::FingerprintMismatch)),
+            "{:?}: {claimed:?}",
+            request.fingerprint
+        );
     }
 }
 
@@ -379,15 +384,7 @@ async fn the_same_owner_reclaims_its_lease_extended() {
     let other = request
         .clone()
         .with_fingerprint(Fingerprint::from_bytes(b"other"));
-    assert!(matches!(
-        store.claim(&other).await,
-        Err(Error::FingerprintMismatch)
-    ));
-    let none = request.with_fingerprint(None);
-    assert!(matches!(
-        store.claim(&none).await,
-        Err(Error::FingerprintMismatch)
-    ));
+    assert_mismatch(&store, &[other, request.with_fingerprint(None)]).await;
 }
 
 fn with_lease_ttl(mut request: ClaimRequest, millis: u64) -> ClaimRequest {
@@ -406,14 +403,7 @@ async fn fingerprints_are_compared_strictly() {
 
     let lease = acquire(&store, &claim(a)).await;
     // Claimed by another owner: a mismatch beats "in progress".
-    assert!(matches!(
-        store.claim(&claim(b)).await,
-        Err(Error::FingerprintMismatch)
-    ));
-    assert!(matches!(
-        store.claim(&claim(None)).await,
-        Err(Error::FingerprintMismatch)
-    ));
+    assert_mismatch(&store, &[claim(b), claim(None)]).await;
     assert!(matches!(
         store.claim(&claim(a)).await,
         Ok(Claim::InProgress { .. })
@@ -423,14 +413,7 @@ async fn fingerprints_are_compared_strictly() {
         .complete(&lease, Bytes::from_static(b"ok"), ttl_ms(LONG))
         .await
         .expect("complete");
-    assert!(matches!(
-        store.claim(&claim(b)).await,
-        Err(Error::FingerprintMismatch)
-    ));
-    assert!(matches!(
-        store.claim(&claim(None)).await,
-        Err(Error::FingerprintMismatch)
-    ));
+    assert_mismatch(&store, &[claim(b), claim(None)]).await;
     assert_eq!(
         store.claim(&claim(a)).await.expect("replay"),
         Claim::Completed(Bytes::from_static(b"ok"))
@@ -446,10 +429,7 @@ async fn fingerprints_are_compared_strictly() {
         .await
         .expect("fail");
     let some = ClaimRequest::new(k2.clone(), ttl_ms(LONG)).with_fingerprint(a);
-    assert!(matches!(
-        store.claim(&some).await,
-        Err(Error::FingerprintMismatch)
-    ));
+    assert_mismatch(&store, &[some]).await;
     let none = ClaimRequest::new(k2, ttl_ms(LONG));
     assert_eq!(
         store.claim(&none).await.expect("replay"),

@@ -4,6 +4,7 @@
 //! Redis Cluster.
 
 mod common;
+mod outage;
 
 mod cluster;
 mod conformance;

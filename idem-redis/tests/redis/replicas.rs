@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{RedisServer, key, raw_connection, store_at, ttl_ms, unique_prefix};
+use crate::common::{
+    RedisServer, acquire, key, raw_connection, store_at, ttl_ms, unique_prefix, value_of,
+};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, InvalidInput};
 use idem_redis::redis;
 use idem_redis::{RedisStore, ReplicasNotReached};
@@ -34,9 +36,9 @@ fn replica_pair() -> (RedisServer, RedisServer) {
     panic!("the replica on port {} never synced", replica.port);
 }
 
-#[tokio::test]
-async fn a_finish_returns_once_the_replica_has_the_record() {
-    let (primary, mut replica) = replica_pair();
+/// A synced primary and replica, and a store on the primary that waits for the replica.
+async fn store_waiting_for_a_replica() -> (RedisServer, RedisServer, RedisStore) {
+    let (primary, replica) = replica_pair();
     let store = store_at(
         &primary.url(),
         RedisStore::builder()
@@ -44,33 +46,23 @@ async fn a_finish_returns_once_the_replica_has_the_record() {
             .wait_for_replicas(1, WAIT),
     )
     .await;
+    (primary, replica, store)
+}
+
+#[tokio::test]
+async fn a_finish_returns_once_the_replica_has_the_record() {
+    let (primary, mut replica, store) = store_waiting_for_a_replica().await;
     let ttl = ttl_ms(60_000);
 
     let k = key("replicated");
-    let Claim::Acquired(lease) = store
-        .claim(&ClaimRequest::new(k.clone(), ttl))
-        .await
-        .expect("claim")
-    else {
-        panic!("a new key is acquired")
-    };
+    let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl)).await;
     store
         .complete(&lease, Bytes::from_static(b"paid"), ttl)
         .await
         .expect("the replica acknowledged");
     // WAIT returned 1, so the replica holds the finished record already, byte for byte.
     let redis_key = store.redis_key(&k);
-    let on = |url: String| {
-        let redis_key = redis_key.clone();
-        async move {
-            let mut connection = raw_connection(&url).await;
-            redis::cmd("GET")
-                .arg(redis_key)
-                .query_async::<Option<Vec<u8>>>(&mut connection)
-                .await
-                .expect("GET")
-        }
-    };
+    let on = async |url: String| value_of(&mut raw_connection(&url).await, &redis_key).await;
     let on_primary = on(primary.url())
         .await
         .expect("the record is on the primary");
@@ -79,13 +71,7 @@ async fn a_finish_returns_once_the_replica_has_the_record() {
     // Without the replica, the finish is applied on the primary but reported.
     replica.kill();
     let k = key("unreplicated");
-    let Claim::Acquired(lease) = store
-        .claim(&ClaimRequest::new(k.clone(), ttl))
-        .await
-        .expect("claim")
-    else {
-        panic!("a new key is acquired")
-    };
+    let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl)).await;
     let result = store
         .fail(&lease, Bytes::from_static(b"declined"), ttl)
         .await;
@@ -121,14 +107,7 @@ async fn the_executor_reports_a_replica_shortfall_once_and_a_repeat_replays() {
         }
     }
 
-    let (primary, mut replica) = replica_pair();
-    let store = store_at(
-        &primary.url(),
-        RedisStore::builder()
-            .prefix(unique_prefix())
-            .wait_for_replicas(1, WAIT),
-    )
-    .await;
+    let (primary, mut replica, store) = store_waiting_for_a_replica().await;
     let idem = Idempotency::new(store);
     let runs = Arc::new(AtomicUsize::new(0));
     let operation = || {

@@ -2,10 +2,13 @@
 //! this test's own, so no other test's traffic is counted.
 
 use crate::common::{
-    RedisServer, commands_during, expected, key, raw_connection, sent_by_client, store_at, ttl_ms,
+    RedisServer, acquire, commands_during, expected, key, raw_connection, sent_by_client, store_at,
+    ttl_ms,
 };
 use idem_core::{Bytes, Claim, ClaimRequest, IdempotencyStore};
 use idem_redis::RedisStore;
+use idem_redis::redis::aio::MultiplexedConnection;
+use std::collections::BTreeMap;
 
 #[tokio::test]
 async fn claim_repeat_and_complete_are_one_command_each() {
@@ -52,34 +55,12 @@ async fn scripts_load_themselves_after_a_flush() {
     let server = RedisServer::start();
     let store = store_at(&server.url(), RedisStore::builder()).await;
     let mut stats = raw_connection(&server.url()).await;
-    let acquire = |id: &'static str| {
-        let store = store.clone();
-        async move {
-            let request = ClaimRequest::new(key(id), ttl_ms(30_000));
-            match store.claim(&request).await {
-                Ok(Claim::Acquired(lease)) => lease,
-                other => panic!("expected to acquire, got {other:?}"),
-            }
-        }
-    };
     // Without load_scripts: the first complete finds NOSCRIPT, loads, and runs.
-    let lease = acquire("cold").await;
-    let (done, cold) = commands_during(
-        &mut stats,
-        store.complete(&lease, Bytes::new(), ttl_ms(30_000)),
-    )
-    .await;
-    done.expect("complete");
+    let cold = complete_new_key(&store, &mut stats, "cold").await;
     assert_eq!(cold.get("script|load"), Some(&1), "{cold:?}");
     assert_eq!(cold.get("evalsha"), Some(&2), "{cold:?}");
     // Warm from then on.
-    let lease = acquire("warm").await;
-    let (done, warm) = commands_during(
-        &mut stats,
-        store.complete(&lease, Bytes::new(), ttl_ms(30_000)),
-    )
-    .await;
-    done.expect("complete");
+    let warm = complete_new_key(&store, &mut stats, "warm").await;
     assert_eq!(sent_by_client(&warm), 1, "{warm:?}");
     // SCRIPT FLUSH (or a restart) forgets them; the store recovers by itself.
     idem_redis::redis::cmd("SCRIPT")
@@ -87,12 +68,19 @@ async fn scripts_load_themselves_after_a_flush() {
         .query_async::<()>(&mut stats)
         .await
         .expect("SCRIPT FLUSH");
-    let lease = acquire("flushed").await;
-    let (done, reloaded) = commands_during(
-        &mut stats,
-        store.complete(&lease, Bytes::new(), ttl_ms(30_000)),
-    )
-    .await;
-    done.expect("complete");
+    let reloaded = complete_new_key(&store, &mut stats, "flushed").await;
     assert_eq!(reloaded.get("script|load"), Some(&1), "{reloaded:?}");
+}
+
+/// Claims the new key `id`, then completes it: what the complete alone made the server run.
+async fn complete_new_key(
+    store: &RedisStore,
+    stats: &mut MultiplexedConnection,
+    id: &str,
+) -> BTreeMap<String, u64> {
+    let lease = acquire(store, &ClaimRequest::new(key(id), ttl_ms(30_000))).await;
+    let (done, delta) =
+        commands_during(stats, store.complete(&lease, Bytes::new(), ttl_ms(30_000))).await;
+    done.expect("complete");
+    delta
 }

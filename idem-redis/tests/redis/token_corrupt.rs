@@ -1,12 +1,14 @@
 //! Values under a token key that the store did not write are corrupt records: never a
 //! panic, never a guess, and never overwritten.
 
-use crate::common::{raw_connection, token_store, url};
+use crate::common::{
+    OTHER_TYPES, plant, plant_other_type, raw_connection, token_store, url, value_of,
+};
 use idem_core::{
     Consumption, Error, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
 };
 use idem_redis::RedisTokenStore;
-use idem_redis::redis::{self, aio::MultiplexedConnection};
+use idem_redis::redis;
 
 fn fresh_token(tokens: &Tokens<RedisTokenStore>) -> Token {
     tokens
@@ -24,25 +26,6 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
         ("unknown state", b"\x01\x07alice".to_vec()),
         ("all ones", vec![0xff; 64]),
     ]
-}
-
-async fn write(raw: &mut MultiplexedConnection, redis_key: &str, value: &[u8]) {
-    redis::cmd("SET")
-        .arg(redis_key)
-        .arg(value)
-        .arg("PX")
-        .arg(60_000)
-        .query_async::<()>(raw)
-        .await
-        .expect("SET");
-}
-
-async fn value_of(raw: &mut MultiplexedConnection, redis_key: &str) -> Vec<u8> {
-    redis::cmd("GET")
-        .arg(redis_key)
-        .query_async(raw)
-        .await
-        .expect("GET")
 }
 
 /// Consuming finds it corrupt, and issuing the same token does not overwrite it.
@@ -75,9 +58,9 @@ async fn garbage_strings_are_corrupt_records() {
     for (what, value) in garbage() {
         let token = fresh_token(&tokens);
         let redis_key = store.redis_key(&token);
-        write(&mut raw, &redis_key, &value).await;
+        plant(&mut raw, &redis_key, &value).await;
         assert_corrupt_and_kept(store, &token, &alice, what).await;
-        assert_eq!(value_of(&mut raw, &redis_key).await, value, "{what}");
+        assert_eq!(value_of(&mut raw, &redis_key).await, Some(value), "{what}");
     }
 }
 
@@ -87,26 +70,10 @@ async fn other_redis_types_are_corrupt_records() {
     let store = tokens.store();
     let mut raw = raw_connection(&url()).await;
     let alice = Scope::new("alice").expect("a valid scope");
-    let writes: [(&str, &str, &[&str]); 3] = [
-        ("list", "RPUSH", &["x", "y"]),
-        ("hash", "HSET", &["field", "value"]),
-        ("set", "SADD", &["member"]),
-    ];
-    for (what, command, args) in writes {
+    for (what, command, args) in OTHER_TYPES {
         let token = fresh_token(&tokens);
         let redis_key = store.redis_key(&token);
-        redis::cmd(command)
-            .arg(&redis_key)
-            .arg(args)
-            .query_async::<()>(&mut raw)
-            .await
-            .expect("write");
-        redis::cmd("PEXPIRE")
-            .arg(&redis_key)
-            .arg(60_000)
-            .query_async::<()>(&mut raw)
-            .await
-            .expect("PEXPIRE");
+        plant_other_type(&mut raw, &redis_key, command, args).await;
         assert_corrupt_and_kept(store, &token, &alice, what).await;
         let kind: String = redis::cmd("TYPE")
             .arg(&redis_key)
@@ -125,11 +92,14 @@ async fn a_handmade_token_in_the_documented_layout_is_consumed() {
     let mut raw = raw_connection(&url()).await;
     let token = fresh_token(&tokens);
     let redis_key = store.redis_key(&token);
-    write(&mut raw, &redis_key, b"\x01\x00handmade").await;
+    plant(&mut raw, &redis_key, b"\x01\x00handmade").await;
     let handmade = Scope::new("handmade").expect("a valid scope");
     assert_eq!(
         store.consume(&token, &handmade).await.expect("consume"),
         Consumption::Consumed
     );
-    assert_eq!(value_of(&mut raw, &redis_key).await, b"\x01\x01handmade");
+    assert_eq!(
+        value_of(&mut raw, &redis_key).await.as_deref(),
+        Some(b"\x01\x01handmade".as_slice())
+    );
 }

@@ -1,27 +1,12 @@
 //! Outages: with its server killed, the token store fails fast with `Unavailable`, never
 //! hangs or panics, and the same store works again once the server is back.
 
-use crate::common;
+use std::time::Instant;
 
-use std::time::{Duration, Instant};
-
-use crate::common::{RedisServer, token_store_at, unique_prefix};
+use crate::common::{RedisServer, token_store_at};
+use crate::outage::{NO_HANG, builder, is_unavailable, nothing_listening, once_back, timed};
 use idem_core::{Consumption, Error, Scope, Tokens};
-use idem_redis::{RedisTokenStore, RedisTokenStoreBuilder};
-
-/// Far above the store's bound (800 ms): catches a hang, not a slow machine.
-const NO_HANG: Duration = Duration::from_secs(5);
-
-fn builder() -> RedisTokenStoreBuilder {
-    RedisTokenStore::builder()
-        .prefix(unique_prefix())
-        .connection_timeout(Duration::from_millis(300))
-        .response_timeout(Duration::from_millis(500))
-}
-
-fn is_unavailable<T>(result: &Result<T, Error>) -> bool {
-    matches!(result, Err(Error::Unavailable { source }) if source.is::<idem_redis::redis::RedisError>())
-}
+use idem_redis::RedisTokenStore;
 
 #[tokio::test]
 async fn a_killed_server_gives_unavailable_and_the_store_recovers() {
@@ -42,16 +27,7 @@ async fn a_killed_server_gives_unavailable_and_the_store_recovers() {
 
     // A fresh server (its memory is gone) and the same store value.
     server.restart();
-    let back = Instant::now();
-    let after = loop {
-        match tokens.issue(&alice).await {
-            Ok(token) => break token,
-            Err(Error::Unavailable { .. }) if back.elapsed() < Duration::from_secs(10) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => panic!("the store did not recover: {other:?}"),
-        }
-    };
+    let after = once_back(|| tokens.issue(&alice)).await;
     assert_eq!(
         tokens
             .consume(&alice, after.as_str())
@@ -63,13 +39,8 @@ async fn a_killed_server_gives_unavailable_and_the_store_recovers() {
 
 #[tokio::test]
 async fn nothing_listening_is_unavailable_at_once() {
-    let port = common::free_port();
-    let started = Instant::now();
-    let result = builder()
-        .connect(&format!("redis://127.0.0.1:{port}"))
-        .await;
+    let result = timed(builder::<RedisTokenStore>().connect(&nothing_listening())).await;
     assert!(is_unavailable(&result), "{result:?}");
-    assert!(started.elapsed() < NO_HANG);
 }
 
 #[tokio::test]

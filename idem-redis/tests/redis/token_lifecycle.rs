@@ -3,14 +3,23 @@
 
 use std::time::Duration;
 
-use crate::common::{raw_connection, token_store, url};
+use crate::common::{raw_connection, token_store, url, value_of};
 use idem_core::{
-    Consumption, Rejection, Scope, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
+    Consumption, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
 };
+use idem_redis::RedisTokenStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
 
 fn scope(name: &str) -> Scope {
     Scope::new(name).expect("a valid scope")
+}
+
+/// What consuming `token` for `scope` answers, through the [`Tokens`] front.
+async fn consume(tokens: &Tokens<RedisTokenStore>, scope: &Scope, token: &Token) -> Consumption {
+    tokens
+        .consume(scope, token.as_str())
+        .await
+        .expect("consume")
 }
 
 async fn pttl(raw: &mut MultiplexedConnection, redis_key: &str) -> i64 {
@@ -19,14 +28,6 @@ async fn pttl(raw: &mut MultiplexedConnection, redis_key: &str) -> i64 {
         .query_async(raw)
         .await
         .expect("PTTL")
-}
-
-async fn value_of(raw: &mut MultiplexedConnection, redis_key: &str) -> Option<Vec<u8>> {
-    redis::cmd("GET")
-        .arg(redis_key)
-        .query_async(raw)
-        .await
-        .expect("GET")
 }
 
 #[tokio::test]
@@ -44,10 +45,7 @@ async fn a_used_token_keeps_its_expiry() {
     );
 
     assert_eq!(
-        tokens
-            .consume(&alice, token.as_str())
-            .await
-            .expect("consume"),
+        consume(&tokens, &alice, &token).await,
         Consumption::Consumed
     );
     assert_eq!(
@@ -94,17 +92,11 @@ async fn a_used_token_is_already_used_for_every_scope() {
     let alice = scope("alice");
     let token = tokens.issue(&alice).await.expect("issue");
     assert_eq!(
-        tokens
-            .consume(&alice, token.as_str())
-            .await
-            .expect("consume"),
+        consume(&tokens, &alice, &token).await,
         Consumption::Consumed
     );
     assert_eq!(
-        tokens
-            .consume(&scope("mallory"), token.as_str())
-            .await
-            .expect("consume"),
+        consume(&tokens, &scope("mallory"), &token).await,
         Consumption::Rejected(Rejection::AlreadyUsed)
     );
 }
@@ -122,19 +114,13 @@ async fn scopes_are_compared_byte_for_byte() {
         "TENANT{7}/Ü SER%7D:🔑",
     ] {
         assert_eq!(
-            tokens
-                .consume(&scope(other), token.as_str())
-                .await
-                .expect("consume"),
+            consume(&tokens, &scope(other), &token).await,
             Consumption::Rejected(Rejection::WrongScope),
             "{other}"
         );
     }
     assert_eq!(
-        tokens
-            .consume(&owner, token.as_str())
-            .await
-            .expect("consume"),
+        consume(&tokens, &owner, &token).await,
         Consumption::Consumed
     );
 }
@@ -179,10 +165,7 @@ async fn tokens_of_any_characters_get_keys_of_their_own() {
         );
     }
     assert_eq!(
-        tokens
-            .consume(&alice, braced.as_str())
-            .await
-            .expect("consume"),
+        consume(&tokens, &alice, &braced).await,
         Consumption::Consumed
     );
 }
