@@ -150,6 +150,92 @@ impl<S> RedisStoreBuilder<S> {
     fn on<C: RedisConnection>(&self, connection: C, deadline: Deadline) -> Connection<C> {
         Connection::new(connection, self.prefix.clone(), deadline)
     }
+
+    /// The replica wait, checked (only a [`RedisStore`] builder can set one).
+    fn replication(&self) -> Result<Option<Replication>, Error> {
+        self.replicas
+            .map(|(replicas, timeout)| Replication::new(replicas, timeout, self.response_timeout))
+            .transpose()
+    }
+}
+
+/// How each store is put together from its connection and the builder's settings (a token
+/// store takes neither a payload limit nor a replica wait).
+trait Assemble {
+    /// The store on a connection of type `C`.
+    type On<C: RedisConnection>;
+
+    fn assemble<C: RedisConnection>(
+        connection: Connection<C>,
+        max_payload: usize,
+        replication: Option<Replication>,
+    ) -> Self::On<C>;
+}
+
+impl Assemble for RedisStore {
+    type On<C: RedisConnection> = RedisStore<C>;
+
+    fn assemble<C: RedisConnection>(
+        connection: Connection<C>,
+        max_payload: usize,
+        replication: Option<Replication>,
+    ) -> RedisStore<C> {
+        RedisStore::new(connection, max_payload, replication)
+    }
+}
+
+impl Assemble for RedisTokenStore {
+    type On<C: RedisConnection> = RedisTokenStore<C>;
+
+    fn assemble<C: RedisConnection>(
+        connection: Connection<C>,
+        _max_payload: usize,
+        _replication: Option<Replication>,
+    ) -> RedisTokenStore<C> {
+        RedisTokenStore::new(connection)
+    }
+}
+
+/// The ways to a store, written once for both; the public methods below name them per
+/// store.
+// The bound sits on each (private) method: on the impl, it would make a private trait bound
+// a public type's impl.
+impl<S> RedisStoreBuilder<S> {
+    async fn connect_url(self, url: &str) -> Result<S::On<ConnectionManager>, Error>
+    where
+        S: Assemble,
+    {
+        let client = Client::open(url).map_err(from_redis)?;
+        self.connect_with(client).await
+    }
+
+    async fn connect_with(self, client: Client) -> Result<S::On<ConnectionManager>, Error>
+    where
+        S: Assemble,
+    {
+        let replication = self.replication()?;
+        let connection = self.managed(client).await?;
+        Ok(S::assemble(connection, self.max_payload, replication))
+    }
+
+    fn build_on<C: RedisConnection>(self, connection: C) -> Result<S::On<C>, Error>
+    where
+        S: Assemble,
+    {
+        let replication = self.replication()?;
+        let connection = self.checked(connection)?;
+        Ok(S::assemble(connection, self.max_payload, replication))
+    }
+
+    /// A manager with the default settings, which need no check: its own timeouts apply, and
+    /// the store bounds each call by the default deadline on top.
+    fn adopt(self, manager: ConnectionManager) -> S::On<ConnectionManager>
+    where
+        S: Assemble,
+    {
+        let connection = self.on(manager, Deadline::Store(self.deadline()));
+        S::assemble(connection, self.max_payload, None)
+    }
 }
 
 impl Default for RedisStoreBuilder<RedisStore> {
@@ -195,160 +281,97 @@ impl RedisStoreBuilder<RedisStore> {
         self.replicas = Some((replicas, timeout));
         self
     }
-
-    /// The replica wait, checked.
-    fn replication(&self) -> Result<Option<Replication>, Error> {
-        self.replicas
-            .map(|(replicas, timeout)| Replication::new(replicas, timeout, self.response_timeout))
-            .transpose()
-    }
-
-    /// Connects to the server at `url` (`redis://host:port/db`, `rediss://` with TLS when
-    /// the `redis` crate's TLS features are enabled).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range,
-    /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a malformed
-    /// URL or a refused login.
-    pub async fn connect(self, url: &str) -> Result<RedisStore, Error> {
-        let client = Client::open(url).map_err(from_redis)?;
-        self.connect_client(client).await
-    }
-
-    /// Connects through an existing [`Client`], with a [`ConnectionManager`] configured from
-    /// these settings, which reconnects by itself: a call made while the server is down
-    /// fails with [`Error::Unavailable`] within the two timeouts; the next one after the
-    /// server is back succeeds.
-    ///
-    /// # Errors
-    ///
-    /// As [`connect`](Self::connect).
-    pub async fn connect_client(self, client: Client) -> Result<RedisStore, Error> {
-        let replication = self.replication()?;
-        let connection = self.managed(client).await?;
-        Ok(RedisStore::new(connection, self.max_payload, replication))
-    }
-
-    /// Uses a connection the application already has: a [`ConnectionManager`] (clones of it
-    /// share one multiplexed connection), a
-    /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection), or a Redis Cluster
-    /// connection (the `redis` crate's `cluster-async` feature): every key one call touches
-    /// is in one hash slot. The connection's own reconnect and timeout settings apply; on
-    /// top of them, every store call is bounded by this builder's connection timeout plus
-    /// response timeout.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for a prefix with a brace or a replica wait out of range.
-    pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisStore<C>, Error> {
-        let replication = self.replication()?;
-        let connection = self.checked(connection)?;
-        Ok(RedisStore::new(connection, self.max_payload, replication))
-    }
 }
 
-impl RedisStoreBuilder<RedisTokenStore> {
-    /// Starts from the defaults: prefix `idem:token:`, 1 s to connect, 2 s to answer.
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// The entry points both stores have: on the builder, `connect`, `connect_client` and
+/// `build`; on the store, `builder` and the same three with the default settings (`connect`,
+/// `from_client`, `from_manager`).
+macro_rules! entry_points {
+    ($store:ident, $builder:ident, $invalid:literal) => {
+        impl $builder {
+            /// Connects to the server at `url` (`redis://host:port/db`, `rediss://` with TLS
+            /// when the `redis` crate's TLS features are enabled).
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!("[`Error::InvalidInput`] for ", $invalid, ",")]
+            /// [`Error::Unavailable`] when the server does not answer, [`Error::Backend`] for a
+            /// malformed URL or a refused login.
+            pub async fn connect(self, url: &str) -> Result<$store, Error> {
+                self.connect_url(url).await
+            }
 
-    /// Connects to the server at `url`, as [`RedisStoreBuilder::connect`] does.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for a prefix with a brace, [`Error::Unavailable`] when the server
-    /// does not answer, [`Error::Backend`] for a malformed URL or a refused login.
-    pub async fn connect(self, url: &str) -> Result<RedisTokenStore, Error> {
-        let client = Client::open(url).map_err(from_redis)?;
-        self.connect_client(client).await
-    }
+            /// Connects through an existing [`Client`], with a [`ConnectionManager`]
+            /// configured from these settings, which reconnects by itself: a call made while
+            /// the server is down fails with [`Error::Unavailable`] within the two timeouts;
+            /// the next one after the server is back succeeds.
+            ///
+            /// # Errors
+            ///
+            /// As [`connect`](Self::connect).
+            pub async fn connect_client(self, client: Client) -> Result<$store, Error> {
+                self.connect_with(client).await
+            }
 
-    /// Connects through an existing [`Client`], as [`RedisStoreBuilder::connect_client`]
-    /// does.
-    ///
-    /// # Errors
-    ///
-    /// As [`connect`](Self::connect).
-    pub async fn connect_client(self, client: Client) -> Result<RedisTokenStore, Error> {
-        Ok(RedisTokenStore::new(self.managed(client).await?))
-    }
+            /// Uses a connection the application already has: a [`ConnectionManager`] (clones
+            /// of it share one multiplexed connection), a
+            /// [`MultiplexedConnection`](redis::aio::MultiplexedConnection), or a Redis
+            /// Cluster connection (the `redis` crate's `cluster-async` feature): every key one
+            /// call touches is in one hash slot. The connection's own reconnect and timeout
+            /// settings apply; on top of them, every store call is bounded by this builder's
+            /// connection timeout plus response timeout.
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!("[`Error::InvalidInput`] for ", $invalid, ".")]
+            pub fn build<C: RedisConnection>(self, connection: C) -> Result<$store<C>, Error> {
+                self.build_on(connection)
+            }
+        }
 
-    /// Uses a connection the application already has, as [`RedisStoreBuilder::build`] does:
-    /// every store call is bounded by the connection timeout plus the response timeout.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for a prefix with a brace.
-    pub fn build<C: RedisConnection>(self, connection: C) -> Result<RedisTokenStore<C>, Error> {
-        Ok(RedisTokenStore::new(self.checked(connection)?))
-    }
+        impl $store {
+            #[doc = concat!("Settings first, then a connection: see [`", stringify!($builder), "`].")]
+            pub fn builder() -> $builder {
+                $builder::default()
+            }
+
+            /// Connects to `url` with the default settings.
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!("As [`", stringify!($builder), "::connect`].")]
+            pub async fn connect(url: &str) -> Result<Self, Error> {
+                Self::builder().connect(url).await
+            }
+
+            /// Connects through an existing [`Client`] with the default settings.
+            ///
+            /// # Errors
+            ///
+            #[doc = concat!("As [`", stringify!($builder), "::connect`].")]
+            pub async fn from_client(client: Client) -> Result<Self, Error> {
+                Self::builder().connect_client(client).await
+            }
+
+            /// Uses an existing [`ConnectionManager`] with the default settings; its own
+            /// timeouts apply, and the store bounds each call by the default deadline on top.
+            /// Clones of one manager share its connection, so a [`RedisStore`] and a
+            /// [`RedisTokenStore`] can run on one.
+            #[must_use]
+            pub fn from_manager(manager: ConnectionManager) -> Self {
+                Self::builder().adopt(manager)
+            }
+        }
+    };
 }
 
-impl RedisStore {
-    /// Settings first, then a connection: see [`RedisStoreBuilder`].
-    pub fn builder() -> RedisStoreBuilder {
-        RedisStoreBuilder::default()
-    }
-
-    /// Connects to `url` with the default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisStoreBuilder::connect`].
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        Self::builder().connect(url).await
-    }
-
-    /// Connects through an existing [`Client`] with the default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisStoreBuilder::connect`].
-    pub async fn from_client(client: Client) -> Result<Self, Error> {
-        Self::builder().connect_client(client).await
-    }
-
-    /// Uses an existing [`ConnectionManager`] with the default settings; its own timeouts
-    /// apply, and the store bounds each call by the default deadline on top.
-    #[must_use]
-    pub fn from_manager(manager: ConnectionManager) -> Self {
-        let builder = Self::builder();
-        let connection = builder.on(manager, Deadline::Store(builder.deadline()));
-        Self::new(connection, builder.max_payload, None)
-    }
-}
-
-impl RedisTokenStore {
-    /// Settings first, then a connection: see [`RedisTokenStoreBuilder`].
-    pub fn builder() -> RedisTokenStoreBuilder {
-        RedisTokenStoreBuilder::default()
-    }
-
-    /// Connects to `url` with the default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisStoreBuilder::connect`].
-    pub async fn connect(url: &str) -> Result<Self, Error> {
-        Self::builder().connect(url).await
-    }
-
-    /// Connects through an existing [`Client`] with the default settings.
-    ///
-    /// # Errors
-    ///
-    /// As [`RedisStoreBuilder::connect`].
-    pub async fn from_client(client: Client) -> Result<Self, Error> {
-        Self::builder().connect_client(client).await
-    }
-
-    /// Uses an existing [`ConnectionManager`] with the default settings; a clone of the one
-    /// a [`RedisStore`] runs on shares its connection.
-    #[must_use]
-    pub fn from_manager(manager: ConnectionManager) -> Self {
-        let builder = Self::builder();
-        Self::new(builder.on(manager, Deadline::Store(builder.deadline())))
-    }
-}
+entry_points!(
+    RedisStore,
+    RedisStoreBuilder,
+    "a prefix with a brace or a replica wait out of range"
+);
+entry_points!(
+    RedisTokenStore,
+    RedisTokenStoreBuilder,
+    "a prefix with a brace"
+);
