@@ -13,6 +13,10 @@ use ::redis::{Client, RedisError};
 use bytes::Bytes;
 use idem::redis::RedisStore;
 use idem::{Error, Ttl};
+// The raw side's complete: the minimal compare-and-set idem's finish script also does (read
+// the record, compare the owner field, write the payload with an expiry), without idem's
+// record codec and clock; the `server_cost` example measures the same script.
+use idem_redis::floor::COMPARE_AND_SET;
 
 use crate::backend::{BenchBackend, NAMESPACE, Operation, payload};
 use crate::measure::Mode;
@@ -21,18 +25,6 @@ use crate::settings::Settings;
 /// How to start the shared server, for the error when it is not there.
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
      --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
-
-/// The raw side's complete: the minimal compare-and-set idem's finish script also does
-/// (read the record, compare the owner field, write the payload with an expiry), without
-/// idem's record codec and clock.
-const COMPARE_AND_SET: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, 16) ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
 
 /// The Redis store and a raw client of its own.
 pub struct Redis {

@@ -6,19 +6,11 @@ use std::time::Duration;
 
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Ttl};
 use idem_redis::RedisStore;
+use idem_redis::floor::COMPARE_AND_SET;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
 
 const CALLS: usize = 10_000;
 const ROUNDS: usize = 5;
-
-const COMPARE_AND_SET: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v or string.sub(v, 1, 16) ~= ARGV[1] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {

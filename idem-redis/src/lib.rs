@@ -8,6 +8,8 @@ mod builder;
 mod connection;
 mod errors;
 #[doc(hidden)]
+pub mod floor;
+#[doc(hidden)]
 pub mod fuzzing;
 mod keys;
 mod record;
