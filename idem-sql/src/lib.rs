@@ -12,6 +12,8 @@ pub mod row;
 mod statement;
 mod store;
 mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod token_store;
 pub mod tokens;
 mod transaction;

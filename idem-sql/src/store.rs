@@ -142,7 +142,10 @@ impl<D: SqlDialect> SqlStore<D> {
         Ok(D::RECORDS.migration_sql(&TableName::new(table, D::MAX_TABLE_NAME)?))
     }
 
-    pub(crate) fn statements(&self) -> &RecordStatements<D> {
+    /// The statements the store sends on its table, the dialect's own among them
+    /// ([`RecordStatements::extra`]).
+    #[must_use]
+    pub fn statements(&self) -> &RecordStatements<D> {
         &self.statements
     }
 

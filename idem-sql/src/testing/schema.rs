@@ -1,0 +1,230 @@
+//! The migration of both kinds of table: versioned, repeatable, the printed DDL is what
+//! runs, and a table of another kind or of no idem store is refused.
+
+use idem_core::{Consumption, Error, IdempotencyStore, Scope, TokenStore};
+
+use super::*;
+use crate::builder::FromTable;
+use crate::{SqlBuilder, TableKind};
+
+/// The maintenance surface both stores have, so one check covers both kinds of table.
+trait Maintained<D: SqlDialect>: FromTable<D> {
+    async fn migrate(&self) -> Result<(), Error>;
+    async fn check_schema(&self) -> Result<(), Error>;
+    fn migration_sql(&self) -> String;
+    fn migration_sql_for(table: &str) -> Result<String, Error>;
+}
+
+impl<D: SqlDialect> Maintained<D> for SqlStore<D> {
+    async fn migrate(&self) -> Result<(), Error> {
+        SqlStore::migrate(self).await
+    }
+    async fn check_schema(&self) -> Result<(), Error> {
+        SqlStore::check_schema(self).await
+    }
+    fn migration_sql(&self) -> String {
+        SqlStore::migration_sql(self)
+    }
+    fn migration_sql_for(table: &str) -> Result<String, Error> {
+        SqlStore::<D>::migration_sql_for(table)
+    }
+}
+
+impl<D: SqlDialect> Maintained<D> for SqlTokenStore<D> {
+    async fn migrate(&self) -> Result<(), Error> {
+        SqlTokenStore::migrate(self).await
+    }
+    async fn check_schema(&self) -> Result<(), Error> {
+        SqlTokenStore::check_schema(self).await
+    }
+    fn migration_sql(&self) -> String {
+        SqlTokenStore::migration_sql(self)
+    }
+    fn migration_sql_for(table: &str) -> Result<String, Error> {
+        SqlTokenStore::<D>::migration_sql_for(table)
+    }
+}
+
+fn on<S: TestServer, T: FromTable<S::Dialect>>(pool: &Pool<S::Dialect>, table: &str) -> T {
+    SqlBuilder::<S::Dialect, T>::new()
+        .table(table)
+        .build(pool.clone())
+        .expect("a valid table name")
+}
+
+pub async fn migrating_twice_is_harmless<S: TestServer>() {
+    let pool = S::pool(2).await;
+    let table = S::fresh_table(&pool).await;
+    let store: SqlStore<S::Dialect> = on::<S, _>(&pool, &table);
+    assert!(matches!(
+        store.check_schema().await,
+        Err(Error::Backend { .. })
+    ));
+    store.migrate().await.expect("first migration");
+    let lease = acquired(
+        store
+            .claim(&request(&key(&namespace::<S>("schema"), "k"), LONG))
+            .await
+            .expect("claim"),
+    );
+    store.migrate().await.expect("second migration");
+    store.check_schema().await.expect("at the current version");
+    // The row written in between survived.
+    let record = store
+        .read(&lease.key)
+        .await
+        .expect("read")
+        .expect("still there");
+    assert_eq!(record.fencing, 1);
+    drop_table::<S>(&pool, &table).await;
+
+    let table = S::fresh_table(&pool).await;
+    let store: SqlTokenStore<S::Dialect> = on::<S, _>(&pool, &table);
+    let missing = store.check_schema().await;
+    let how = format!("{}::migrate", S::Dialect::TOKENS.store);
+    assert!(
+        matches!(&missing, Err(Error::Backend { source }) if source.to_string().contains(&how)),
+        "{missing:?}"
+    );
+    store.migrate().await.expect("first migration");
+    let token = tokens::new_token(&store);
+    let scope = Scope::new(namespace::<S>("schema")).expect("scope");
+    store.issue(&token, &scope, ttl(LONG)).await.expect("issue");
+    store.migrate().await.expect("second migration");
+    store.check_schema().await.expect("at the current version");
+    // The token issued in between survived.
+    let answer = store.consume(&token, &scope).await.expect("consume");
+    assert_eq!(answer, Consumption::Consumed);
+    drop_table::<S>(&pool, &table).await;
+}
+
+/// For both kinds: the DDL printed for a table is the DDL `migrate` ran, renamed; applied by
+/// hand, as a DBA would, it makes the same table, which the store then recognises as
+/// current.
+pub async fn the_printed_ddl_is_what_runs<S: TestServer>() {
+    let pool = S::pool(2).await;
+    printed_ddl::<S, SqlStore<S::Dialect>>(&pool).await;
+    printed_ddl::<S, SqlTokenStore<S::Dialect>>(&pool).await;
+}
+
+async fn printed_ddl<S: TestServer, T: Maintained<S::Dialect>>(pool: &Pool<S::Dialect>) {
+    let migrated = S::fresh_table(pool).await;
+    let printed = S::fresh_table(pool).await;
+    let store: T = on::<S, _>(pool, &migrated);
+    store.migrate().await.expect("migrate");
+
+    let ddl = T::migration_sql_for(&printed).expect("ddl");
+    assert_eq!(ddl, store.migration_sql().replace(&migrated, &printed));
+    let create = format!("CREATE TABLE IF NOT EXISTS {}", quoted::<S>(&printed));
+    assert!(ddl.contains(&create), "{ddl}");
+    S::exec(pool, ddl).await;
+    let definition = S::definition(pool, &migrated).await;
+    assert!(definition.contains(T::KIND.comment_prefix), "{definition}");
+    assert_eq!(S::definition(pool, &printed).await, definition);
+    let by_hand: T = on::<S, _>(pool, &printed);
+    by_hand
+        .check_schema()
+        .await
+        .expect("hand-applied DDL is at the current version");
+    by_hand
+        .migrate()
+        .await
+        .expect("and migrate leaves it alone");
+
+    drop_table::<S>(pool, &migrated).await;
+    drop_table::<S>(pool, &printed).await;
+}
+
+pub async fn a_foreign_table_of_the_same_name_is_refused<S: TestServer>() {
+    let pool = S::pool(2).await;
+    let table = S::fresh_table(&pool).await;
+    S::exec(&pool, S::foreign_table(&table)).await;
+    let store: SqlStore<S::Dialect> = on::<S, _>(&pool, &table);
+    let refused = store.migrate().await;
+    assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");
+    let records = S::Dialect::RECORDS.comment_prefix;
+    S::exec(&pool, S::set_comment(&table, &format!("{records}9"))).await;
+    let refused = store.migrate().await;
+    assert!(
+        matches!(&refused, Err(Error::Backend { source }) if source.to_string().contains("v9")),
+        "{refused:?}"
+    );
+    // A token table is not a records table.
+    let tokens = S::Dialect::TOKENS.comment_prefix;
+    S::exec(&pool, S::set_comment(&table, &format!("{tokens}1"))).await;
+    assert!(matches!(
+        store.check_schema().await,
+        Err(Error::Backend { .. })
+    ));
+    drop_table::<S>(&pool, &table).await;
+}
+
+pub async fn neither_store_takes_the_other_kind_of_table<S: TestServer>() {
+    let pool = S::pool(2).await;
+    let records = S::fresh_table(&pool).await;
+    let tokens = S::fresh_table(&pool).await;
+    let record_store: SqlStore<S::Dialect> = on::<S, _>(&pool, &records);
+    let token_store: SqlTokenStore<S::Dialect> = on::<S, _>(&pool, &tokens);
+    record_store.migrate().await.expect("records table");
+    token_store.migrate().await.expect("token table");
+
+    let on_records: SqlTokenStore<S::Dialect> = on::<S, _>(&pool, &records);
+    let refused = on_records.migrate().await;
+    let not_tokens = format!("not {}", S::Dialect::TOKENS.noun);
+    assert!(
+        matches!(&refused, Err(Error::Backend { source }) if source.to_string().contains(&not_tokens)),
+        "{refused:?}"
+    );
+    let on_tokens: SqlStore<S::Dialect> = on::<S, _>(&pool, &tokens);
+    let refused = on_tokens.migrate().await;
+    assert!(matches!(refused, Err(Error::Backend { .. })), "{refused:?}");
+
+    drop_table::<S>(&pool, &records).await;
+    drop_table::<S>(&pool, &tokens).await;
+}
+
+/// For both kinds: a name that is not an identifier, or longer than the engine takes, is
+/// refused before any SQL; the default names and comments are the documented ones.
+pub async fn table_names_are_identifiers_only<S: TestServer>() {
+    identifiers_only::<S, SqlStore<S::Dialect>>();
+    identifiers_only::<S, SqlTokenStore<S::Dialect>>();
+    defaults::<S, SqlStore<S::Dialect>>(S::Dialect::RECORDS, "idem_records");
+    defaults::<S, SqlTokenStore<S::Dialect>>(S::Dialect::TOKENS, "idem_tokens");
+    assert_eq!(SqlTokenStore::<S::Dialect>::DEFAULT_TABLE, "idem_tokens");
+}
+
+fn identifiers_only<S: TestServer, T: Maintained<S::Dialect>>() {
+    let quoted = quoted::<S>("t");
+    let too_long = "t".repeat(S::Dialect::MAX_TABLE_NAME + 1);
+    for bad in [
+        "",
+        "idem-records",
+        "t; DROP TABLE x",
+        "db.t",
+        &quoted,
+        &too_long,
+    ] {
+        assert!(
+            matches!(T::migration_sql_for(bad), Err(Error::InvalidInput(_))),
+            "{bad:?} accepted"
+        );
+        let built = SqlBuilder::<S::Dialect, T>::new()
+            .table(bad)
+            .build(S::unreachable_pool());
+        assert!(
+            matches!(built, Err(Error::InvalidInput(_))),
+            "{bad:?} accepted"
+        );
+    }
+    let longest = "t".repeat(S::Dialect::MAX_TABLE_NAME);
+    assert!(T::migration_sql_for(&longest).is_ok());
+}
+
+fn defaults<S: TestServer, T: Maintained<S::Dialect>>(kind: &TableKind, name: &str) {
+    assert_eq!(kind.default_table, name);
+    let ddl = T::migration_sql_for(name).expect("ddl");
+    let create = format!("CREATE TABLE IF NOT EXISTS {}", quoted::<S>(name));
+    assert!(ddl.contains(&create), "{ddl}");
+    let comment = format!("{}{}", kind.comment_prefix, kind.version());
+    assert!(ddl.contains(&comment), "{ddl}");
+}
