@@ -1,7 +1,6 @@
 //! MySQL and MariaDB as an [`SqlDialect`]: the driver's types, the statements, and the three
 //! operations whose shape is MySQL's own.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use idem_core::{Error, Key};
@@ -115,7 +114,7 @@ impl SqlDialect for MySqlDialect {
         args: &'c [Arg<'c>],
     ) -> Result<Insertion, Error> {
         let extra = &statements.extra;
-        if extra.returning.load(Ordering::Relaxed) {
+        if extra.returning() {
             match query(&statements.insert, args)
                 .fetch_optional(&mut *conn)
                 .await
@@ -130,7 +129,7 @@ impl SqlDialect for MySqlDialect {
                 }
                 Ok(None) => return Ok(Insertion::Unread),
                 Err(error) if is_parse_error(&error) => {
-                    extra.returning.store(false, Ordering::Relaxed);
+                    extra.without_returning();
                     tracing::info!(%error, "idem-mysql: no INSERT ... RETURNING on this server; a replay takes two statements");
                 }
                 Err(error) => return Err(from_sqlx(error)),

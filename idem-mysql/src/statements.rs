@@ -9,7 +9,7 @@
 //! UPDATE happens to write the values a row already had (a same-owner re-claim within the
 //! same microsecond, say).
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use idem_sql::{RecordStatements, Statement, TableName};
 
@@ -55,6 +55,23 @@ pub struct MySqlExtra {
     /// Deletes a key's row unless it is a live vacant trace (a corrupt or expired row).
     /// Binds: namespace, key.
     pub(crate) delete: Statement,
+}
+
+impl MySqlExtra {
+    /// Whether claims still try `INSERT ... RETURNING` (MariaDB 10.5+): cleared for good
+    /// the first time the server refuses it.
+    #[must_use]
+    pub fn returning(&self) -> bool {
+        self.returning.load(Ordering::Relaxed)
+    }
+
+    /// Makes claims take the two statements of a server without `INSERT ... RETURNING`
+    /// (MySQL 8) from now on: a plain INSERT and, after a duplicate key, a SELECT. A server
+    /// with RETURNING runs them as well, which is how the tests cover MySQL 8's path on
+    /// MariaDB.
+    pub fn without_returning(&self) {
+        self.returning.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The statements for one table.

@@ -1,43 +1,25 @@
-//! idem-mysql against the real server at `IDEM_MYSQL_URL`, in one test binary: the whole
-//! conformance suite (records and tokens), then what it does not cover, or covers only in
-//! general terms.
+//! idem-mysql against the real server at `IDEM_MYSQL_URL`, in one test binary: the idem-tests
+//! conformance suites (records, tokens, the executor), idem-sql's SQL suite, then what is
+//! MySQL's own.
 
 mod claims;
 mod faults;
-mod maintenance;
-mod schema;
-mod statements;
 mod support;
-mod tokens;
-mod transactional;
 
-use idem_mysql::{MySqlStore, MySqlTokenStore, PurgeExpired};
+use idem_mysql::{MySqlStore, MySqlTokenStore};
+use idem_sql::testing::{shared_store, shared_token_store};
+
+use support::MariaDb;
 
 /// Every check works in a namespace of its own, so they share one table; each gets its own
 /// pool of several connections.
 async fn make_store() -> MySqlStore {
-    support::shared_store().await
+    shared_store::<MariaDb>().await
 }
-
-/// The token table the checks share.
-const SHARED_TOKEN_TABLE: &str = "idem_test_tokens";
 
 /// Every check issues fresh UUIDv7 tokens under a scope of its own, so they share one table.
 async fn make_token_store() -> MySqlTokenStore {
-    let store = MySqlTokenStore::builder()
-        .table(SHARED_TOKEN_TABLE)
-        .build(support::pool(8).await)
-        .expect("valid table name");
-    store
-        .migrate()
-        .await
-        .expect("migrate the shared token table");
-    // Keeps the shared table small; expired tokens already count as unknown to every check.
-    store
-        .purge_expired(10_000)
-        .await
-        .expect("purge the shared token table");
-    store
+    shared_token_store::<MariaDb>().await
 }
 
 idem_tests::conformance!(
@@ -49,3 +31,8 @@ idem_tests::conformance!(
 );
 
 idem_tests::token_conformance!(make_token_store);
+
+// The executor's rules (cancellation, renewal, lost replies, "ran but not recorded").
+idem_tests::executor_conformance!(make_store);
+
+idem_sql::sql_conformance!(crate::support::MariaDb);

@@ -1,17 +1,41 @@
-//! What every idem-mysql test needs: the server, pools, fresh tables and keys.
+//! The server the tests run against: [`MariaDb`], the [`TestServer`] of idem-sql's shared
+//! suite (its pools and fixture SQL), and what the MySQL-only tests add.
 
 use std::time::Duration;
 
-use idem_core::{Claim, ClaimRequest, Key, Lease, Ttl};
-use idem_mysql::sqlx::mysql::MySqlPoolOptions;
-use idem_mysql::sqlx::{self, AssertSqlSafe, MySqlPool};
-use idem_mysql::{MySqlStore, PurgeExpired};
+use idem_mysql::MySqlDialect;
+use idem_mysql::sqlx::mysql::{MySqlPoolOptions, MySqlRow};
+use idem_mysql::sqlx::{self, AssertSqlSafe, MySqlPool, Row};
+use idem_sql::testing::{StatementCounter, TestServer};
 
-/// The shared table of tests that isolate themselves by namespace.
-pub const SHARED_TABLE: &str = "idem_test_records";
+pub use idem_sql::testing::{
+    LONG, MAX_PAYLOAD, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store,
+    ttl,
+};
 
-/// The payload limit the tests configure.
-pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
+/// MariaDB (or MySQL 8) at `IDEM_MYSQL_URL`.
+pub struct MariaDb;
+
+/// The session's `Questions` counter of a one-connection pool: statements the server ran
+/// for it (prepares not included).
+pub struct Questions(MySqlPool);
+
+impl Questions {
+    /// The counter of `pool`, which must hold one connection.
+    pub fn on(pool: MySqlPool) -> Self {
+        Self(pool)
+    }
+}
+
+impl StatementCounter for Questions {
+    async fn statements(&self) -> u64 {
+        let (_, value): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Questions'")
+            .fetch_one(&self.0)
+            .await
+            .expect("read Questions");
+        value.parse().expect("a number")
+    }
+}
 
 pub fn url() -> String {
     std::env::var("IDEM_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
@@ -19,152 +43,161 @@ pub fn url() -> String {
 
 /// A pool of up to `max` connections, or a panic that says how to start the server.
 pub async fn pool(max: u32) -> MySqlPool {
-    let url = url();
-    match MySqlPoolOptions::new()
-        .max_connections(max)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&url)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(error) => panic!(
-            "cannot reach MariaDB/MySQL at {url} (IDEM_MYSQL_URL): {error}\n\
-             Start it with: mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld && \
-             start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql"
-        ),
-    }
+    MariaDb::pool(max).await
 }
 
-/// A store on the shared, migrated table over a pool of several connections.
-pub async fn shared_store() -> MySqlStore {
-    let store = MySqlStore::builder()
-        .table(SHARED_TABLE)
-        .max_payload(MAX_PAYLOAD)
-        .build(pool(8).await)
-        .expect("valid table name");
-    store.migrate().await.expect("migrate the shared table");
-    // Keeps the shared table small; expired rows already count as absent to every test.
-    store
-        .purge_expired(10_000)
-        .await
-        .expect("purge the shared table");
-    store
-}
-
-/// A table of the test's own, dropped by [`drop_table`]; tables that earlier, crashed runs
-/// left behind are swept here after ten minutes.
-pub async fn fresh_table(pool: &MySqlPool) -> String {
-    let stale: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'idem\\_t\\_%' \
-         AND CREATE_TIME < NOW() - INTERVAL 10 MINUTE",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("list stale tables");
-    for table in stale {
-        drop_table(pool, &table).await;
-    }
-    format!(
-        "idem_t_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    )
-}
-
-pub async fn drop_table(pool: &MySqlPool, table: &str) {
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS `{table}`")))
-        .execute(pool)
-        .await
-        .expect("drop a test table");
-}
-
-/// A store on a fresh, migrated table of its own.
-pub async fn own_store(max_connections: u32) -> MySqlStore {
-    let pool = pool(max_connections).await;
-    let table = fresh_table(&pool).await;
-    let store = MySqlStore::builder()
-        .table(&table)
-        .build(pool)
-        .expect("valid table name");
-    store.migrate().await.expect("migrate");
-    store
-}
-
-/// A namespace no other test uses.
-pub fn namespace(test: &str) -> String {
-    format!("idem-mysql.{test}.{}", uuid::Uuid::new_v4().simple())
-}
-
-pub fn key(namespace: &str, id: &str) -> Key {
-    Key::new(namespace, id).expect("valid key")
-}
-
-pub fn ttl(duration: Duration) -> Ttl {
-    Ttl::new(duration).expect("valid TTL")
-}
-
-pub const LONG: Duration = Duration::from_secs(30);
-pub const RETENTION: Duration = Duration::from_secs(60);
-
-pub fn request(key: &Key, lease: Duration) -> ClaimRequest {
-    ClaimRequest::new(key.clone(), ttl(lease))
-}
-
-pub fn acquired(claim: Claim) -> Lease {
-    match claim {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
-    }
-}
-
-/// Runs one SQL statement with values bound, for setting rows up by hand.
+/// Runs SQL text, for setting rows up by hand; the rows it affected.
 pub async fn exec(pool: &MySqlPool, statement: String) -> u64 {
-    sqlx::raw_sql(AssertSqlSafe(statement))
-        .execute(pool)
-        .await
-        .expect("run a test statement")
-        .rows_affected()
+    MariaDb::exec(pool, statement).await
 }
 
-/// A key's raw row, every column, as one string: to show that a call changed nothing.
-pub async fn raw_row(store: &MySqlStore, key: &Key) -> Option<String> {
-    sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT CAST(CONCAT_WS('|', state, IFNULL(HEX(fingerprint), '-'), HEX(owner), fencing, \
-         IFNULL(lease_until, '-'), expires_at, IFNULL(HEX(payload), '-')) AS CHAR) \
-         FROM `{}` WHERE namespace = ? AND idem_key = ?",
-        store.table()
-    )))
-    .bind(key.namespace().as_bytes())
-    .bind(key.id().as_bytes())
-    .fetch_optional(store.pool())
-    .await
-    .expect("read a raw row")
-}
+impl TestServer for MariaDb {
+    type Dialect = MySqlDialect;
+    type Counter = Questions;
+    const QUOTE: char = '`';
+    /// BEGIN, SELECT ... FOR UPDATE, COMMIT (the trace stays); with the UPDATE to a trace.
+    const REMOVAL_STATEMENTS: [u64; 2] = [3, 4];
 
-/// The session's `Questions` counter: statements the server ran for this connection.
-pub async fn questions(pool: &MySqlPool) -> u64 {
-    let (_, value): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Questions'")
-        .fetch_one(pool)
-        .await
-        .expect("read Questions");
-    value.parse().expect("a number")
-}
+    fn url() -> String {
+        url()
+    }
 
-/// Statements `call` sent, net of the counter's own query.
-pub async fn count<F: std::future::Future>(pool: &MySqlPool, call: F) -> (u64, F::Output) {
-    let a = questions(pool).await;
-    let b = questions(pool).await;
-    let output = call.await;
-    let c = questions(pool).await;
-    ((c - b) - (b - a), output)
-}
-
-/// A table's `SHOW CREATE TABLE`, its name replaced by `TABLE`, to compare two tables.
-pub async fn show_create(pool: &MySqlPool, table: &str) -> String {
-    let (_, ddl): (String, String) =
-        sqlx::query_as(AssertSqlSafe(format!("SHOW CREATE TABLE `{table}`")))
-            .fetch_one(pool)
+    async fn pool(max: u32) -> MySqlPool {
+        let url = url();
+        match MySqlPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
             .await
-            .expect("show create table");
-    ddl.replace(table, "TABLE")
+        {
+            Ok(pool) => pool,
+            Err(error) => panic!(
+                "cannot reach MariaDB/MySQL at {url} (IDEM_MYSQL_URL): {error}\n\
+                 Start it with: mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld && \
+                 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql"
+            ),
+        }
+    }
+
+    async fn counted_pool() -> (MySqlPool, Questions) {
+        let pool = pool(1).await;
+        (pool.clone(), Questions(pool))
+    }
+
+    fn unreachable_pool() -> MySqlPool {
+        // Nothing listens on port 1 of the loopback.
+        MySqlPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy("mysql://root@127.0.0.1:1/test")
+            .expect("a well-formed URL")
+    }
+
+    /// `idem_t_<random>`; tables that earlier, crashed runs left behind are swept after ten
+    /// minutes.
+    async fn fresh_table(pool: &MySqlPool) -> String {
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'idem\\_t\\_%' \
+             AND CREATE_TIME < NOW() - INTERVAL 10 MINUTE",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("list stale tables");
+        for table in stale {
+            idem_sql::testing::drop_table::<Self>(pool, &table).await;
+        }
+        format!(
+            "idem_t_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        )
+    }
+
+    async fn exec(pool: &MySqlPool, sql: String) -> u64 {
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("run a test statement")
+            .rows_affected()
+    }
+
+    async fn definition(pool: &MySqlPool, table: &str) -> String {
+        let (_, ddl): (String, String) =
+            sqlx::query_as(AssertSqlSafe(format!("SHOW CREATE TABLE `{table}`")))
+                .fetch_one(pool)
+                .await
+                .expect("show create table");
+        ddl.replace(table, "TABLE")
+    }
+
+    fn text(row: &MySqlRow) -> String {
+        row.try_get(0).expect("a text column")
+    }
+
+    fn placeholder(_: usize) -> String {
+        "?".into()
+    }
+
+    fn raw_row(table: &str) -> String {
+        format!(
+            "SELECT CAST(CONCAT_WS('|', state, IFNULL(HEX(fingerprint), '-'), HEX(owner), fencing, \
+             IFNULL(lease_until, '-'), expires_at, IFNULL(HEX(payload), '-')) AS CHAR) \
+             FROM `{table}` WHERE namespace = ? AND idem_key = ?"
+        )
+    }
+
+    fn payload_hex(table: &str) -> String {
+        format!(
+            "SELECT CAST(LOWER(HEX(payload)) AS CHAR) FROM `{table}` \
+             WHERE namespace = ? AND idem_key = ?"
+        )
+    }
+
+    fn count_rows(table: &str, condition: &str) -> String {
+        format!("SELECT CAST(COUNT(*) AS CHAR) FROM `{table}` WHERE {condition}")
+    }
+
+    fn orders_table(table: &str) -> String {
+        format!(
+            "CREATE TABLE `{table}` (client_key VARBINARY(64) PRIMARY KEY, amount INT NOT NULL, \
+             fencing BIGINT UNSIGNED NOT NULL)"
+        )
+    }
+
+    fn foreign_table(table: &str) -> String {
+        format!("CREATE TABLE `{table}` (id INT PRIMARY KEY) COMMENT='not ours'")
+    }
+
+    fn set_comment(table: &str, comment: &str) -> String {
+        format!("ALTER TABLE `{table}` COMMENT='{comment}'")
+    }
+
+    fn plant_lapsed_fencing(table: &str) -> String {
+        format!(
+            "UPDATE `{table}` SET fencing = ?, lease_until = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
+             WHERE namespace = ? AND idem_key = ?"
+        )
+    }
+
+    fn undecodable_scope(table: &str, token: &str) -> String {
+        format!(
+            "INSERT INTO `{table}` (token, scope, used_at, expires_at) \
+             VALUES ('{token}', X'FF00', NULL, UTC_TIMESTAMP(6) + INTERVAL 1 MINUTE)"
+        )
+    }
+
+    fn corruptions() -> &'static [(&'static str, &'static str, bool)] {
+        &[
+            ("bad-state", "state = 9", false),
+            ("no-payload", "payload = NULL", true),
+            ("short-fingerprint", "fingerprint = x'0102'", false),
+        ]
+    }
+
+    /// `BINARY(32)` pads short values, so a wrong-length fingerprint needs a wider column,
+    /// as a hand-made or altered table may have.
+    fn prepare_corruption(table: &str) -> Option<String> {
+        Some(format!(
+            "ALTER TABLE `{table}` MODIFY fingerprint VARBINARY(64) NULL"
+        ))
+    }
 }
