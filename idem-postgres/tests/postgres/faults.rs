@@ -1,5 +1,4 @@
-//! Faults: connections terminated under load, statements that would wait too long, a server
-//! that is not there.
+//! Connections terminated under load (`pg_terminate_backend`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +7,6 @@ use std::time::{Duration, Instant};
 use idem_core::{Error, Idempotency, IdempotencyStore, Retryable};
 use idem_postgres::PgStore;
 use idem_postgres::sqlx;
-use idem_postgres::sqlx::postgres::PgPoolOptions;
 
 use crate::support::*;
 
@@ -48,7 +46,7 @@ async fn terminated_connections_are_unavailable_then_recover() {
         .build(pool_on(&url(), 4, &application).await)
         .expect("store");
     store.migrate().await.expect("migrate");
-    let ns = namespace("fault");
+    let ns = namespace::<PostgreSql>("fault");
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..16)
         .map(|w| {
@@ -129,59 +127,4 @@ async fn terminated_connections_are_unavailable_then_recover() {
         .await
         .expect("execute after recovery");
     assert_eq!(value, 7);
-}
-
-/// A claim stuck behind a row lock held by a long transaction gives up within the store's
-/// statement timeout, as `Unavailable`, instead of waiting as long as the transaction.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_never_waits_longer_than_the_statement_timeout() {
-    let holder = shared_store().await;
-    let impatient = PgStore::builder()
-        .table(SHARED_TABLE)
-        .statement_timeout(Duration::from_secs(1))
-        .connect(&url())
-        .await
-        .expect("connect");
-    let key = key(&namespace("timeout"), "k");
-    let mut tx = holder.pool().begin().await.expect("begin");
-    acquired(
-        holder
-            .claim_in(&mut tx, &request(&key, LONG))
-            .await
-            .expect("claim_in"),
-    );
-    let started = Instant::now();
-    let result = impatient.claim(&request(&key, LONG)).await;
-    let waited = started.elapsed();
-    tx.rollback().await.expect("rollback");
-    assert!(
-        matches!(result, Err(Error::Unavailable { .. })),
-        "{result:?}"
-    );
-    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
-    // The server cancelled the statement too (57014), the same connection works again.
-    let after = impatient
-        .claim(&request(&key, LONG))
-        .await
-        .expect("claim after");
-    acquired(after);
-}
-
-#[tokio::test]
-async fn an_unreachable_server_is_unavailable() {
-    // Nothing listens on port 1 of loopback.
-    let pool = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_lazy("postgres://postgres@127.0.0.1:1/test")
-        .expect("a well-formed URL");
-    let store = PgStore::from_pool(pool);
-    let result = store
-        .claim(&request(&key("idem-postgres.down", "k"), LONG))
-        .await;
-    match result {
-        Err(Error::Unavailable { source }) => {
-            assert!(source.downcast_ref::<sqlx::Error>().is_some(), "{source:?}")
-        }
-        other => panic!("expected Unavailable, got {other:?}"),
-    }
 }

@@ -1,26 +1,24 @@
-//! What every idem-postgres test needs: the server, pools, fresh tables and keys, and a
-//! proxy that counts the statements a store sends.
+//! The server the tests run against: [`PostgreSql`], the [`TestServer`] of idem-sql's shared
+//! suite (its pools and fixture SQL), and a proxy that counts the statements a store sends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use idem_core::{Claim, ClaimRequest, Key, Lease, Ttl};
-use idem_postgres::sqlx::postgres::PgPoolOptions;
-use idem_postgres::sqlx::{self, AssertSqlSafe, PgPool};
-use idem_postgres::{PgStore, PgTokenStore};
+use idem_postgres::PgDialect;
+use idem_postgres::sqlx::postgres::{PgPoolOptions, PgRow};
+use idem_postgres::sqlx::{self, AssertSqlSafe, PgPool, Row};
+use idem_sql::testing::{StatementCounter, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The shared tables of tests that isolate themselves by namespace or scope.
-pub const SHARED_TABLE: &str = "idem_test_records";
-pub const SHARED_TOKEN_TABLE: &str = "idem_test_tokens";
+pub use idem_sql::testing::{
+    LONG, MAX_PAYLOAD, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store,
+    ttl,
+};
 
-/// The payload limit the tests configure.
-pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
-
-pub const LONG: Duration = Duration::from_secs(30);
-pub const RETENTION: Duration = Duration::from_secs(60);
+/// PostgreSQL at `IDEM_POSTGRES_URL`.
+pub struct PostgreSql;
 
 pub fn url() -> String {
     std::env::var("IDEM_POSTGRES_URL")
@@ -56,120 +54,170 @@ pub async fn pool(max: u32) -> PgPool {
     pool_on(&url(), max, "idem-postgres-tests").await
 }
 
-/// A store on the shared, migrated table over a pool of several connections.
-pub async fn shared_store() -> PgStore {
-    let store = PgStore::builder()
-        .table(SHARED_TABLE)
-        .max_payload(MAX_PAYLOAD)
-        .build(pool(8).await)
-        .expect("valid settings");
-    store.migrate().await.expect("migrate the shared table");
-    store
-}
+impl TestServer for PostgreSql {
+    type Dialect = PgDialect;
+    type Counter = CountingProxy;
+    const QUOTE: char = '"';
+    /// One `DELETE ... RETURNING` either way.
+    const REMOVAL_STATEMENTS: [u64; 2] = [1, 1];
 
-pub async fn shared_token_store() -> PgTokenStore {
-    let store = PgTokenStore::builder()
-        .table(SHARED_TOKEN_TABLE)
-        .build(pool(8).await)
-        .expect("valid settings");
-    store
-        .migrate()
+    fn url() -> String {
+        url()
+    }
+
+    async fn pool(max: u32) -> PgPool {
+        pool(max).await
+    }
+
+    async fn counted_pool() -> (PgPool, CountingProxy) {
+        let proxy = CountingProxy::start().await;
+        let pool = pool_on(&proxy.url, 1, "idem-postgres-statements").await;
+        (pool, proxy)
+    }
+
+    fn unreachable_pool() -> PgPool {
+        // Nothing listens on port 1 of the loopback.
+        PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/test")
+            .expect("a well-formed URL")
+    }
+
+    /// `idem_t_<unix seconds>_<random>`; tables that earlier, crashed runs left behind are
+    /// swept after ten minutes.
+    async fn fresh_table(pool: &PgPool) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename LIKE 'idem\\_t\\_%'",
+        )
+        .fetch_all(pool)
         .await
-        .expect("migrate the shared token table");
-    store
-}
-
-/// A table name of the test's own (`idem_t_<unix seconds>_<random>`), dropped by
-/// [`drop_table`]; tables that earlier, crashed runs left behind are swept here after ten
-/// minutes.
-pub async fn fresh_table(pool: &PgPool) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
-         AND tablename LIKE 'idem\\_t\\_%'",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("list test tables");
-    for table in tables {
-        let made: Option<u64> = table.split('_').nth(2).and_then(|s| s.parse().ok());
-        if made.is_some_and(|made| made + 600 < now) {
-            drop_table(pool, &table).await;
+        .expect("list test tables");
+        for table in tables {
+            let made: Option<u64> = table.split('_').nth(2).and_then(|s| s.parse().ok());
+            if made.is_some_and(|made| made + 600 < now) {
+                idem_sql::testing::drop_table::<Self>(pool, &table).await;
+            }
         }
+        format!(
+            "idem_t_{now}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
     }
-    format!(
-        "idem_t_{now}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
-pub async fn drop_table(pool: &PgPool, table: &str) {
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP TABLE IF EXISTS \"{table}\"")))
-        .execute(pool)
+    async fn exec(pool: &PgPool, sql: String) -> u64 {
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("run a test statement")
+            .rows_affected()
+    }
+
+    /// Columns, constraints, indexes and comment, one line each.
+    async fn definition(pool: &PgPool, table: &str) -> String {
+        let parts: Vec<String> = sqlx::query_scalar(
+            "SELECT format('column %s %s %s %s', a.attnum, a.attname, \
+               format_type(a.atttypid, a.atttypmod), a.attnotnull) \
+             FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+               AND NOT a.attisdropped \
+             UNION ALL SELECT 'constraint ' || pg_get_constraintdef(oid) FROM pg_constraint \
+               WHERE conrelid = to_regclass($1) \
+             UNION ALL SELECT 'index ' || indexdef FROM pg_indexes WHERE tablename = $2 \
+               AND schemaname = current_schema() \
+             UNION ALL SELECT 'comment ' || obj_description(to_regclass($1), 'pg_class') \
+             ORDER BY 1",
+        )
+        .bind(format!("\"{table}\""))
+        .bind(table)
+        .fetch_all(pool)
         .await
-        .expect("drop a test table");
-}
+        .expect("read a table's definition");
+        assert!(
+            parts
+                .iter()
+                .any(|part| part.starts_with("index CREATE INDEX")),
+            "{parts:?}"
+        );
+        parts.join("\n").replace(table, "TABLE")
+    }
 
-/// A store on a fresh, migrated table of its own.
-pub async fn own_store(pool: PgPool) -> PgStore {
-    let table = fresh_table(&pool).await;
-    let store = PgStore::builder()
-        .table(table)
-        .build(pool)
-        .expect("valid settings");
-    store.migrate().await.expect("migrate");
-    store
-}
+    fn text(row: &PgRow) -> String {
+        row.try_get(0).expect("a text column")
+    }
 
-/// A namespace no other test uses.
-pub fn namespace(test: &str) -> String {
-    format!("idem-postgres.{test}.{}", uuid::Uuid::new_v4().simple())
-}
+    fn placeholder(n: usize) -> String {
+        format!("${n}")
+    }
 
-pub fn key(namespace: &str, id: &str) -> Key {
-    Key::new(namespace, id).expect("valid key")
-}
+    fn raw_row(table: &str) -> String {
+        format!(
+            "SELECT concat_ws('|', state, encode(fingerprint, 'hex'), encode(owner, 'hex'), \
+             fencing, lease_until, expires_at, encode(payload, 'hex')) \
+             FROM \"{table}\" WHERE namespace = $1 AND idem_key = $2"
+        )
+    }
 
-pub fn ttl(duration: Duration) -> Ttl {
-    Ttl::new(duration).expect("valid TTL")
-}
+    fn payload_hex(table: &str) -> String {
+        format!(
+            "SELECT encode(payload, 'hex') FROM \"{table}\" WHERE namespace = $1 AND idem_key = $2"
+        )
+    }
 
-pub fn request(key: &Key, lease: Duration) -> ClaimRequest {
-    ClaimRequest::new(key.clone(), ttl(lease))
-}
+    fn count_rows(table: &str, condition: &str) -> String {
+        format!("SELECT count(*)::text FROM \"{table}\" WHERE {condition}")
+    }
 
-pub fn acquired(claim: Claim) -> Lease {
-    match claim {
-        Claim::Acquired(lease) => lease,
-        other => panic!("expected Acquired, got {other:?}"),
+    fn orders_table(table: &str) -> String {
+        format!(
+            "CREATE TABLE \"{table}\" (client_key bytea PRIMARY KEY, amount int NOT NULL, \
+             fencing bigint NOT NULL)"
+        )
+    }
+
+    fn foreign_table(table: &str) -> String {
+        format!("CREATE TABLE \"{table}\" (id int PRIMARY KEY)")
+    }
+
+    fn set_comment(table: &str, comment: &str) -> String {
+        format!("COMMENT ON TABLE \"{table}\" IS '{comment}'")
+    }
+
+    fn plant_lapsed_fencing(table: &str) -> String {
+        format!(
+            "UPDATE \"{table}\" SET fencing = $1, \
+             lease_until = clock_timestamp() - interval '1 second' \
+             WHERE namespace = $2 AND idem_key = $3"
+        )
+    }
+
+    fn undecodable_scope(table: &str, token: &str) -> String {
+        format!(
+            "INSERT INTO \"{table}\" (token, scope, used_at, expires_at) \
+             VALUES ('{token}'::bytea, '\\xff00'::bytea, NULL, \
+             clock_timestamp() + interval '1 minute')"
+        )
+    }
+
+    fn corruptions() -> &'static [(&'static str, &'static str, bool)] {
+        &[
+            ("bad-state", "state = 9", false),
+            ("huge-state", "state = 300", false),
+            ("no-payload", "payload = NULL", true),
+            ("short-fingerprint", "fingerprint = '\\x0102'::bytea", false),
+            ("short-owner", "owner = '\\x01'::bytea", false),
+            ("no-lease", "lease_until = NULL", false),
+        ]
     }
 }
 
-/// Runs one SQL text, for setting rows up by hand; the rows it affected.
-pub async fn exec(pool: &PgPool, statement: String) -> u64 {
-    sqlx::raw_sql(AssertSqlSafe(statement))
-        .execute(pool)
-        .await
-        .expect("run a test statement")
-        .rows_affected()
-}
-
-/// A key's raw row, every column, as one string: to show that a call changed nothing.
-pub async fn raw_row(store: &PgStore, key: &Key) -> Option<String> {
-    sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT concat_ws('|', state, encode(fingerprint, 'hex'), encode(owner, 'hex'), fencing, \
-         lease_until, expires_at, encode(payload, 'hex')) \
-         FROM \"{}\" WHERE namespace = $1 AND idem_key = $2",
-        store.table()
-    )))
-    .bind(key.namespace().as_bytes())
-    .bind(key.id().as_bytes())
-    .fetch_optional(store.pool())
-    .await
-    .expect("read a raw row")
+impl StatementCounter for CountingProxy {
+    async fn statements(&self) -> u64 {
+        self.statements.load(Ordering::SeqCst)
+    }
 }
 
 /// A loopback proxy in front of the server that counts the statements clients run through
@@ -208,10 +256,6 @@ impl CountingProxy {
         });
         let url = format!("postgres://postgres@127.0.0.1:{port}/test?sslmode=disable");
         Self { url, statements }
-    }
-
-    pub fn statements(&self) -> u64 {
-        self.statements.load(Ordering::SeqCst)
     }
 }
 
@@ -256,11 +300,4 @@ async fn relay_counting(
         message.extend_from_slice(&body);
         to_server.write_all(&message).await?;
     }
-}
-
-/// Statements `call` sent through `proxy`.
-pub async fn count<F: std::future::Future>(proxy: &CountingProxy, call: F) -> (u64, F::Output) {
-    let before = proxy.statements();
-    let output = call.await;
-    (proxy.statements() - before, output)
 }
