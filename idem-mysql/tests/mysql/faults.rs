@@ -8,6 +8,8 @@ use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, Executor, MySqlPool};
 
+use idem_sql::testing::maintenance::gives_up_behind_a_row_lock;
+
 use crate::support::*;
 
 /// A store over one connection of its own, and that connection's id.
@@ -131,19 +133,8 @@ async fn a_statement_past_max_statement_time_is_unavailable() {
 /// `Unavailable` after about the timeout, not after the 50 s lock wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_call_waits_longer_than_the_statement_timeout() {
-    let holder = shared_store::<MariaDb>().await;
     let (store, _) = one_connection_store(None, Duration::from_secs(1)).await;
-    let key = key(&namespace::<MariaDb>("timeout"), "k");
-    let (tx, _) = hold_row(&holder, &key).await;
-    let started = Instant::now();
-    let result = store.claim(&request(&key, LONG)).await;
-    let waited = started.elapsed();
-    tx.rollback().await.expect("rollback");
-    assert!(
-        matches!(result, Err(Error::Unavailable { .. })),
-        "{result:?}"
-    );
-    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+    gives_up_behind_a_row_lock::<MariaDb>(&store).await;
 }
 
 /// Pools made by `connect` check connections out without a ping, and bound statements on

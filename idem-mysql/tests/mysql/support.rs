@@ -9,8 +9,7 @@ use idem_mysql::sqlx::{self, AssertSqlSafe, MySqlPool, Row};
 use idem_sql::testing::{StatementCounter, TestServer};
 
 pub use idem_sql::testing::{
-    LONG, MAX_PAYLOAD, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store,
-    ttl,
+    LONG, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store, ttl,
 };
 
 /// MariaDB (or MySQL 8) at `IDEM_MYSQL_URL`.

@@ -13,8 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use idem_sql::testing::{
-    LONG, MAX_PAYLOAD, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store,
-    ttl,
+    LONG, RETENTION, SHARED_TABLE, acquired, key, namespace, request, shared_store, ttl,
 };
 
 /// PostgreSQL at `IDEM_POSTGRES_URL`.

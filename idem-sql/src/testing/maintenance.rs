@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use idem_core::{Error, IdempotencyStore};
+use idem_core::{Error, IdempotencyStore, Key};
 
 use super::*;
 
@@ -114,13 +114,26 @@ pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
 /// statement timeout, as `Unavailable`, instead of waiting as long as the transaction; the
 /// server cancelled the statement too, so the same pool works again.
 pub async fn a_call_never_waits_longer_than_the_statement_timeout<S: TestServer>() {
-    let holder = shared_store::<S>().await;
     let impatient = SqlStore::<S::Dialect>::builder()
         .table(SHARED_TABLE)
         .statement_timeout(Duration::from_secs(1))
         .connect(&S::url())
         .await
         .expect("connect");
+    let key = gives_up_behind_a_row_lock::<S>(&impatient).await;
+    acquired(
+        impatient
+            .claim(&request(&key, LONG))
+            .await
+            .expect("claim after"),
+    );
+}
+
+/// Has `impatient` (a store on the shared table, with a short statement timeout) claim a key
+/// whose row a transaction holds: `Unavailable`, long before the transaction would have
+/// ended. The key, free again.
+pub async fn gives_up_behind_a_row_lock<S: TestServer>(impatient: &SqlStore<S::Dialect>) -> Key {
+    let holder = shared_store::<S>().await;
     let key = key(&namespace::<S>("timeout"), "k");
     let mut tx = holder.pool().begin().await.expect("begin");
     acquired(
@@ -138,10 +151,5 @@ pub async fn a_call_never_waits_longer_than_the_statement_timeout<S: TestServer>
         "{result:?}"
     );
     assert!(waited < Duration::from_secs(20), "waited {waited:?}");
-    acquired(
-        impatient
-            .claim(&request(&key, LONG))
-            .await
-            .expect("claim after"),
-    );
+    key
 }

@@ -323,12 +323,35 @@ pub fn acquired(claim: Claim) -> Lease {
     }
 }
 
-/// Stamps out one `#[test]` per check of [`idem_sql::testing`](crate::testing), in a
-/// `sql_conformance` module with a module per subject: `idem_sql::sql_conformance!(T)`,
-/// `T` a [`TestServer`] named by a path from the crate root (`crate::support::MariaDb`).
+/// The idem-tests suites, which [`sql_conformance!`](crate::sql_conformance) runs too.
+#[doc(hidden)]
+pub use idem_tests as __idem_tests;
+
+/// Every suite a SQL store runs, one `#[test]` per check, on the shared tables of the
+/// server `T` (a [`TestServer`] named by a path from the crate root, such as
+/// `crate::support::MariaDb`): `idem_sql::sql_conformance!(T)`.
+///
+/// The idem-tests conformance suites land in their usual modules (`conformance`,
+/// `token_conformance`, `executor_conformance`); the checks of
+/// [`idem_sql::testing`](crate::testing) in a `sql_conformance` module, with a module per
+/// subject.
 #[macro_export]
 macro_rules! sql_conformance {
     ($server:ty) => {
+        $crate::testing::__idem_tests::conformance!(
+            $crate::testing::shared_store::<$server>,
+            $crate::testing::__idem_tests::Capabilities {
+                max_payload: $crate::testing::MAX_PAYLOAD,
+                ..Default::default()
+            }
+        );
+        $crate::testing::__idem_tests::token_conformance!(
+            $crate::testing::shared_token_store::<$server>
+        );
+        $crate::testing::__idem_tests::executor_conformance!(
+            $crate::testing::shared_store::<$server>
+        );
+
         /// idem-sql's SQL suite on this server, one test per check.
         mod sql_conformance {
             $crate::__sql_checks! { $server;

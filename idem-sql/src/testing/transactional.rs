@@ -53,6 +53,11 @@ async fn place_order<S: TestServer>(
         .complete_in(&mut tx, &lease, "order placed".into(), ttl(RETENTION))
         .await
         .expect("complete_in");
+    end(tx, commit).await;
+}
+
+/// Commits a transaction, or rolls it back.
+async fn end<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>, commit: bool) {
     if commit {
         tx.commit().await.expect("commit");
     } else {
@@ -120,11 +125,7 @@ pub async fn a_concurrent_claim_waits_for_the_transaction<S: TestServer>() {
             .complete_in(&mut tx, &lease, "done".into(), ttl(RETENTION))
             .await
             .expect("complete_in");
-        if commit {
-            tx.commit().await.expect("commit");
-        } else {
-            tx.rollback().await.expect("rollback");
-        }
+        end(tx, commit).await;
         let seen = waiting.await.expect("no panic").expect("claim");
         if commit {
             assert_eq!(seen, Claim::Completed("done".into()));
