@@ -52,6 +52,7 @@ fn one_winner(claims: &[Claim]) -> &Lease {
     winners[0]
 }
 
+/// Sixty four claims of a new key one winner.
 pub async fn sixty_four_claims_of_a_new_key_one_winner<S: TestServer>() {
     let store = Arc::new(shared_store::<S>().await);
     let key = key(&namespace::<S>("race-new"), "k");
@@ -85,6 +86,7 @@ pub async fn sixty_four_takeovers_of_a_lapsed_lease_one_winner<S: TestServer>() 
     }
 }
 
+/// Payloads are stored byte for byte.
 pub async fn payloads_are_stored_byte_for_byte<S: TestServer>() {
     let store = shared_store::<S>().await;
     let ns = namespace::<S>("bytes");
@@ -132,6 +134,7 @@ pub async fn payloads_are_stored_byte_for_byte<S: TestServer>() {
     }
 }
 
+/// Fencing grows on every takeover and restarts once forgotten.
 pub async fn fencing_grows_on_every_takeover_and_restarts_once_forgotten<S: TestServer>() {
     let store = shared_store::<S>().await;
     let key = key(&namespace::<S>("fencing"), "k");
@@ -219,6 +222,7 @@ pub async fn fencing_stops_at_the_largest_number_the_column_holds<S: TestServer>
         .expect("the new owner completes");
 }
 
+/// A stale lease changes nothing.
 pub async fn a_stale_lease_changes_nothing<S: TestServer>() {
     let store = shared_store::<S>().await;
     let key = key(&namespace::<S>("stale"), "k");
@@ -272,6 +276,7 @@ pub async fn a_stale_lease_changes_nothing<S: TestServer>() {
         .expect("the current lease completes");
 }
 
+/// The same owner gets its lease back extended.
 pub async fn the_same_owner_gets_its_lease_back_extended<S: TestServer>() {
     let store = shared_store::<S>().await;
     let key = key(&namespace::<S>("same-owner"), "k");
@@ -310,6 +315,7 @@ pub async fn the_same_owner_gets_its_lease_back_extended<S: TestServer>() {
     ));
 }
 
+/// Fingerprints are compared only on remembered records.
 pub async fn fingerprints_are_compared_only_on_remembered_records<S: TestServer>() {
     let store = shared_store::<S>().await;
     let ns = namespace::<S>("fingerprint");
@@ -359,6 +365,7 @@ pub async fn fingerprints_are_compared_only_on_remembered_records<S: TestServer>
     assert_eq!(replay.expect("replay"), Claim::Completed("r".into()));
 }
 
+/// Keys are distinct byte for byte.
 pub async fn keys_are_distinct_byte_for_byte<S: TestServer>() {
     let store = shared_store::<S>().await;
     let ns = namespace::<S>("keys");

@@ -41,6 +41,7 @@ pub async fn rows_that_do_not_decode_are_corrupt_records<S: TestServer>() {
     drop_table::<S>(store.pool(), store.table()).await;
 }
 
+/// Purge removes only expired rows in batches.
 pub async fn purge_removes_only_expired_rows_in_batches<S: TestServer>() {
     // One connection whose statements are counted, so every purge batch shows.
     let (pool, counter) = S::counted_pool().await;
@@ -97,6 +98,7 @@ pub async fn purge_removes_only_expired_rows_in_batches<S: TestServer>() {
     drop_table::<S>(store.pool(), store.table()).await;
 }
 
+/// An unreachable server is unavailable.
 pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     let store = SqlStore::<S::Dialect>::from_pool(S::unreachable_pool());
     let result = store

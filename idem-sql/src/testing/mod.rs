@@ -17,7 +17,9 @@
 //!
 //! [`sql_conformance!`]: crate::sql_conformance
 
-#![allow(missing_docs, clippy::missing_panics_doc)]
+// Test support: every helper panics on what it cannot set up, by design, and its results are
+// used or asserted by the checks.
+#![allow(clippy::missing_panics_doc, clippy::must_use_candidate)]
 
 pub mod claims;
 pub mod maintenance;
@@ -304,18 +306,22 @@ pub fn namespace<S: TestServer>(check: &str) -> String {
     )
 }
 
+/// A key, which must be valid.
 pub fn key(namespace: &str, id: &str) -> Key {
     Key::new(namespace, id).expect("valid key")
 }
 
+/// A TTL, which must be valid.
 pub fn ttl(duration: Duration) -> Ttl {
     Ttl::new(duration).expect("valid TTL")
 }
 
+/// A claim of `key` for a lease of `lease`, by a new owner.
 pub fn request(key: &Key, lease: Duration) -> ClaimRequest {
     ClaimRequest::new(key.clone(), ttl(lease))
 }
 
+/// The lease of a claim that must have acquired its key.
 pub fn acquired(claim: Claim) -> Lease {
     match claim {
         Claim::Acquired(lease) => lease,

@@ -52,6 +52,7 @@ fn on<S: TestServer, T: FromTable<S::Dialect>>(pool: &Pool<S::Dialect>, table: &
         .expect("a valid table name")
 }
 
+/// Migrating twice is harmless.
 pub async fn migrating_twice_is_harmless<S: TestServer>() {
     let pool = S::pool(2).await;
     let table = S::fresh_table(&pool).await;
@@ -135,6 +136,7 @@ async fn printed_ddl<S: TestServer, T: Maintained<S::Dialect>>(pool: &Pool<S::Di
     drop_table::<S>(pool, &printed).await;
 }
 
+/// A foreign table of the same name is refused.
 pub async fn a_foreign_table_of_the_same_name_is_refused<S: TestServer>() {
     let pool = S::pool(2).await;
     let table = S::fresh_table(&pool).await;
@@ -159,6 +161,7 @@ pub async fn a_foreign_table_of_the_same_name_is_refused<S: TestServer>() {
     drop_table::<S>(&pool, &table).await;
 }
 
+/// Neither store takes the other kind of table.
 pub async fn neither_store_takes_the_other_kind_of_table<S: TestServer>() {
     let pool = S::pool(2).await;
     let records = S::fresh_table(&pool).await;

@@ -11,6 +11,7 @@ use super::*;
 /// Long enough that a loaded machine gets from the claim to the read inside it.
 const SHORT: Duration = Duration::from_secs(2);
 
+/// A first claim and each finish are one statement.
 pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     let (pool, counter) = S::counted_pool().await;
     let store = SqlStore::<S::Dialect>::builder()
@@ -103,6 +104,7 @@ pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     );
 }
 
+/// Issue and a winning consume are one statement each.
 pub async fn issue_and_a_winning_consume_are_one_statement_each<S: TestServer>() {
     let (pool, counter) = S::counted_pool().await;
     let store = own_token_store::<S>(pool).await;

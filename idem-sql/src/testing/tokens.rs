@@ -38,6 +38,7 @@ async fn drop_own<S: TestServer>(store: &SqlTokenStore<S::Dialect>) {
     drop_table::<S>(store.pool(), store.table()).await;
 }
 
+/// An expired token is reissued once and a live one never overwritten.
 pub async fn an_expired_token_is_reissued_once_and_a_live_one_never_overwritten<S: TestServer>() {
     let store = own_token_store::<S>(S::pool(8).await).await;
     let token = new_token(&store);
@@ -129,6 +130,7 @@ pub async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten<
     drop_own::<S>(&store).await;
 }
 
+/// Consume checks in the core's order.
 pub async fn consume_checks_in_the_cores_order<S: TestServer>() {
     let store = own_token_store::<S>(S::pool(2).await).await;
     let (alice, bob) = (scope::<S>("alice"), scope::<S>("bob"));
@@ -164,6 +166,7 @@ pub async fn consume_checks_in_the_cores_order<S: TestServer>() {
     drop_own::<S>(&store).await;
 }
 
+/// Purging removes only expired tokens.
 pub async fn purging_removes_only_expired_tokens<S: TestServer>() {
     let store = own_token_store::<S>(S::pool(2).await).await;
     let alice = scope::<S>("alice");
@@ -196,6 +199,7 @@ pub async fn purging_removes_only_expired_tokens<S: TestServer>() {
     drop_own::<S>(&store).await;
 }
 
+/// A stored scope that does not decode is corrupt.
 pub async fn a_stored_scope_that_does_not_decode_is_corrupt<S: TestServer>() {
     let store = own_token_store::<S>(S::pool(2).await).await;
     let token = new_token(&store);
@@ -212,6 +216,7 @@ pub async fn a_stored_scope_that_does_not_decode_is_corrupt<S: TestServer>() {
     drop_own::<S>(&store).await;
 }
 
+/// An unreachable server is unavailable.
 pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     let store = SqlTokenStore::<S::Dialect>::from_pool(S::unreachable_pool());
     let token = new_token(&store);

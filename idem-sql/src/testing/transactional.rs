@@ -65,6 +65,7 @@ async fn end<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>, commit: boo
     }
 }
 
+/// Rollback frees the key and leaves no row.
 pub async fn rollback_frees_the_key_and_leaves_no_row<S: TestServer>() {
     let store = shared_store::<S>().await;
     let orders_table = orders_table::<S>(store.pool()).await;
@@ -79,6 +80,7 @@ pub async fn rollback_frees_the_key_and_leaves_no_row<S: TestServer>() {
     drop_table::<S>(store.pool(), &orders_table).await;
 }
 
+/// Commit stores both and the key replays.
 pub async fn commit_stores_both_and_the_key_replays<S: TestServer>() {
     let store = shared_store::<S>().await;
     let orders_table = orders_table::<S>(store.pool()).await;
