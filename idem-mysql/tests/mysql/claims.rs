@@ -1,9 +1,10 @@
 //! Claims where MySQL differs: an unsigned fencing column, and MySQL 8's claim without
 //! `INSERT ... RETURNING`.
 
-use idem_core::{Claim, Error, IdempotencyStore, Lease};
+use idem_core::{Claim, IdempotencyStore};
 use idem_mysql::MySqlStore;
-use idem_sql::testing::{count, plant_lapsed_fencing};
+use idem_sql::testing::claims::takes_over_past;
+use idem_sql::testing::count;
 
 use crate::support::*;
 
@@ -14,27 +15,7 @@ use crate::support::*;
 async fn fencing_grows_past_the_signed_limit() {
     let store = shared_store::<MariaDb>().await;
     let key_at = key(&namespace::<MariaDb>("fencing-limit"), "signed-max");
-    let first = acquired(store.claim(&request(&key_at, LONG)).await.expect("claim"));
-    plant_lapsed_fencing::<MariaDb>(&store, &key_at, i64::MAX as u64).await;
-    let taken = acquired(
-        store
-            .claim(&request(&key_at, LONG))
-            .await
-            .expect("a takeover past the signed limit"),
-    );
-    assert_eq!(taken.fencing, i64::MAX as u64 + 1);
-    let stale = Lease {
-        fencing: i64::MAX as u64,
-        ..first
-    };
-    assert!(matches!(
-        store.complete(&stale, "stale".into(), ttl(RETENTION)).await,
-        Err(Error::LeaseLost)
-    ));
-    store
-        .complete(&taken, "ok".into(), ttl(RETENTION))
-        .await
-        .expect("complete");
+    takes_over_past::<MariaDb>(&store, &key_at, i64::MAX as u64).await;
     assert_eq!(
         store.claim(&request(&key_at, LONG)).await.expect("replay"),
         Claim::Completed("ok".into())

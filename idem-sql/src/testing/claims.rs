@@ -203,13 +203,23 @@ pub async fn fencing_stops_at_the_largest_number_the_column_holds<S: TestServer>
         .await
         .expect("the lapsed owner still holds the key");
 
-    let below = key(&ns, "below");
-    let first = acquired(store.claim(&request(&below, LONG)).await.expect("claim"));
-    plant_lapsed_fencing::<S>(&store, &below, max - 1).await;
-    let taken = acquired(store.claim(&request(&below, LONG)).await.expect("takeover"));
-    assert_eq!(taken.fencing, max);
+    takes_over_past::<S>(&store, &key(&ns, "below"), max - 1).await;
+}
+
+/// Plants fencing number `planted` on a lapsed claim of `key`, then takes it over: the
+/// takeover gets `planted + 1`, the lapsed lease is lost, the new one completes. The new
+/// lease.
+pub async fn takes_over_past<S: TestServer>(
+    store: &SqlStore<S::Dialect>,
+    key: &Key,
+    planted: u64,
+) -> Lease {
+    let first = acquired(store.claim(&request(key, LONG)).await.expect("claim"));
+    plant_lapsed_fencing::<S>(store, key, planted).await;
+    let taken = acquired(store.claim(&request(key, LONG)).await.expect("takeover"));
+    assert_eq!(taken.fencing, planted + 1);
     let stale = Lease {
-        fencing: max - 1,
+        fencing: planted,
         ..first
     };
     assert!(matches!(
@@ -220,6 +230,7 @@ pub async fn fencing_stops_at_the_largest_number_the_column_holds<S: TestServer>
         .complete(&taken, "ok".into(), ttl(RETENTION))
         .await
         .expect("the new owner completes");
+    taken
 }
 
 /// A stale lease changes nothing.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use idem_core::{Claim, IdempotencyStore};
+use idem_core::{Claim, IdempotencyStore, Key};
 
 use super::*;
 
@@ -65,15 +65,21 @@ async fn end<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>, commit: boo
     }
 }
 
-/// Rollback frees the key and leaves no row.
-pub async fn rollback_frees_the_key_and_leaves_no_row<S: TestServer>() {
+/// An order placed in one transaction on an orders table of its own, then committed or
+/// rolled back: the store, the orders table and the order's key.
+async fn placed<S: TestServer>(commit: bool) -> (SqlStore<S::Dialect>, String, Key) {
     let store = shared_store::<S>().await;
     let orders_table = orders_table::<S>(store.pool()).await;
-    let ns = namespace::<S>("tx-rollback");
-    place_order::<S>(&store, &orders_table, &ns, "order-1", false).await;
+    let ns = namespace::<S>("tx");
+    place_order::<S>(&store, &orders_table, &ns, "order-1", commit).await;
+    let placed = orders::<S>(store.pool(), &orders_table, "order-1").await;
+    assert_eq!(placed, u64::from(commit));
+    (store, orders_table, key(&ns, "order-1"))
+}
 
-    assert_eq!(orders::<S>(store.pool(), &orders_table, "order-1").await, 0);
-    let key = key(&ns, "order-1");
+/// Rollback frees the key and leaves no row.
+pub async fn rollback_frees_the_key_and_leaves_no_row<S: TestServer>() {
+    let (store, orders_table, key) = placed::<S>(false).await;
     assert_eq!(store.read(&key).await.expect("read"), None);
     let again = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
     assert_eq!(again.fencing, 1);
@@ -82,13 +88,7 @@ pub async fn rollback_frees_the_key_and_leaves_no_row<S: TestServer>() {
 
 /// Commit stores both and the key replays.
 pub async fn commit_stores_both_and_the_key_replays<S: TestServer>() {
-    let store = shared_store::<S>().await;
-    let orders_table = orders_table::<S>(store.pool()).await;
-    let ns = namespace::<S>("tx-commit");
-    place_order::<S>(&store, &orders_table, &ns, "order-1", true).await;
-
-    assert_eq!(orders::<S>(store.pool(), &orders_table, "order-1").await, 1);
-    let key = key(&ns, "order-1");
+    let (store, orders_table, key) = placed::<S>(true).await;
     let replay = store.claim(&request(&key, LONG)).await.expect("claim");
     assert_eq!(replay, Claim::Completed("order placed".into()));
     // A transactional repeat replays too, and writes nothing.
