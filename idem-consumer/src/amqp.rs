@@ -18,14 +18,17 @@
 //! known as such, a redelivery's count is unknown, and the poison limit does not apply.
 //! Use a quorum queue (`x-queue-type: quorum`) when poison messages matter.
 //!
-//! **A lost connection** ends the loop: it returns a [`ConsumeError`] with lapin's error,
+//! **A lost connection** ends the loop: it returns a [`ConsumeError`] with lapin's error
+//! ([`ConsumeFailure::Stream`](crate::ConsumeFailure::Stream)),
 //! after the messages in flight have finished against the store (their acks cannot reach
 //! the broker, which delivers them again: replays, acked without running). Reconnect and
 //! call [`consume`] again. lapin notices a closed socket at once; a connection that dies
 //! silently (a partition, a host gone without closing it) only when the heartbeat is
 //! missed, after twice the negotiated interval: RabbitMQ proposes 60 s, so set it in the
 //! URI (`amqp://host/%2f?heartbeat=10`) to notice within 20 s. The crate's tests cut idle
-//! and busy connections both ways and see the loop return each time.
+//! and busy connections both ways and see the loop return each time. Setting up (the
+//! prefetch, registering the consumer) waits at most [`ConsumeOptions::setup_timeout`]
+//! for each answer, so a silent broker fails [`consume`] then instead of at the heartbeat.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,8 +42,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 
-use crate::consume::{self, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
-use crate::disposition::{DeadLetterReason, Disposition};
+use crate::consume::{self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, body_digest};
 
 /// Re-exported so the channel passed in matches this crate's lapin.
@@ -78,8 +81,11 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 ///
 /// # Errors
 ///
-/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when setting the channel's
-/// prefetch or starting the consumer fails, or the delivery stream ends in a broker error. Messages
+/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done:
+/// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) when setting the channel's prefetch or
+/// starting the consumer gets no answer within [`ConsumeOptions::setup_timeout`],
+/// [`Setup`](crate::ConsumeFailure::Setup) when the broker refuses either, and
+/// [`Stream`](crate::ConsumeFailure::Stream) when the delivery stream ends in a broker error. Messages
 /// in flight are settled first or left to the broker to redeliver.
 pub async fn consume<F, Fut>(
     channel: &Channel,
@@ -92,79 +98,74 @@ where
     F: Fn(Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
-    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
-    let mut consumer = start(channel, queue, prefetch).await?;
-    let id_source = Arc::new(options.id_source.unwrap_or(IdSource::AmqpMessageId));
-    let handler = Arc::new(handler);
+    let mut consumer = start(channel, queue, &options).await?;
+    let rabbit = Arc::new(Rabbit {
+        id_source: options.id_source.clone().unwrap_or(IdSource::AmqpMessageId),
+    });
     let tally = Arc::new(Tally::default());
-    let process = {
-        let tally = Arc::clone(&tally);
-        move |delivery: Delivery, stopping: Stopping| {
-            let (handler, id_source, tally) = (
-                Arc::clone(&handler),
-                Arc::clone(&id_source),
-                Arc::clone(&tally),
-            );
-            async move {
-                let Delivery {
-                    data,
-                    properties,
-                    acker,
-                    redelivered,
-                    ..
-                } = delivery;
-                let disposition = match message_id(&id_source, &properties, &data) {
-                    Ok(id) => {
-                        let deliveries = deliveries(&properties, redelivered);
-                        handler(Message::new(id, data).with_deliveries(deliveries)).await
-                    }
-                    Err(missing) => {
-                        tracing::warn!(error = %missing, "dead-lettering a message without an ID");
-                        Disposition::DeadLetter {
-                            reason: DeadLetterReason::MissingId,
-                        }
-                    }
-                };
-                let applied = apply(&acker, &disposition, stopping).await;
-                tally.count(&disposition, applied);
-            }
-        }
-    };
-    let outcome = consume::run(
+    let failure = consume::run(
+        rabbit,
         &mut consumer,
-        options.concurrency,
+        &options,
         shutdown,
         Arc::clone(&tally),
-        process,
+        handler,
     )
     .await;
-    if outcome.is_ok() {
+    if failure.is_none() {
         stop(channel, &mut consumer, &tally).await;
     }
-    outcome
+    tally.outcome(failure)
 }
 
+/// Sets the prefetch and registers the consumer, each call bounded by the setup timeout.
 async fn start(
     channel: &Channel,
     queue: &str,
-    prefetch: u16,
+    options: &ConsumeOptions,
 ) -> Result<lapin::Consumer, ConsumeError> {
-    let failed = |source: lapin::Error| ConsumeError {
-        summary: ConsumeSummary::default(),
-        source: Box::new(source),
-    };
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await
-        .map_err(failed)?;
+    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
+    let qos = channel.basic_qos(prefetch, BasicQosOptions::default());
+    consume::setup("basic.qos", options, qos).await?;
     let manual_acks = BasicConsumeOptions {
         no_ack: false,
         ..BasicConsumeOptions::default()
     };
-    channel
-        .basic_consume(queue.into(), "".into(), manual_acks, FieldTable::default())
-        .await
-        .map_err(failed)
+    let registered =
+        channel.basic_consume(queue.into(), "".into(), manual_acks, FieldTable::default());
+    consume::setup("basic.consume", options, registered).await
+}
+
+/// RabbitMQ's side of the shared loop.
+struct Rabbit {
+    id_source: IdSource,
+}
+
+impl Broker for Rabbit {
+    type Delivery = Delivery;
+    type Settler = lapin::Acker;
+
+    fn open(&self, delivery: Delivery) -> (Result<Message, MissingId>, lapin::Acker) {
+        let Delivery {
+            data,
+            properties,
+            acker,
+            redelivered,
+            ..
+        } = delivery;
+        let message = message_id(&self.id_source, &properties, &data)
+            .map(|id| Message::new(id, data).with_deliveries(deliveries(&properties, redelivered)));
+        (message, acker)
+    }
+
+    async fn settle(
+        &self,
+        acker: lapin::Acker,
+        disposition: &Disposition,
+        stopping: Stopping,
+    ) -> bool {
+        apply(&acker, disposition, stopping).await
+    }
 }
 
 /// Cancels the consumer and requeues what the broker had already sent, until the

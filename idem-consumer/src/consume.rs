@@ -11,8 +11,8 @@ use idem_core::BoxError;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::disposition::Disposition;
-use crate::message::IdSource;
+use crate::disposition::{DeadLetterReason, Disposition};
+use crate::message::{IdSource, Message, MissingId};
 
 /// How an adapter's consume loop runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,7 @@ pub struct ConsumeOptions {
     pub(crate) concurrency: usize,
     pub(crate) id_source: Option<IdSource>,
     pub(crate) dead_letter_subject: Option<String>,
+    pub(crate) setup_timeout: Duration,
 }
 
 impl Default for ConsumeOptions {
@@ -29,6 +30,7 @@ impl Default for ConsumeOptions {
             concurrency: 64,
             id_source: None,
             dead_letter_subject: None,
+            setup_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -56,6 +58,16 @@ impl ConsumeOptions {
         self.dead_letter_subject = Some(subject.into());
         self
     }
+
+    /// The longest each broker call that sets the loop up may wait for its answer:
+    /// RabbitMQ's `basic.qos` and `basic.consume`, the opening of JetStream's pull
+    /// subscription. Past it the loop returns [`ConsumeFailure::SetupTimedOut`] instead of
+    /// waiting on a broker that went silent (which lapin would notice only at the missed
+    /// heartbeat: up to 120 s with RabbitMQ's default 60 s). Default: 10 s.
+    pub fn setup_timeout(mut self, timeout: Duration) -> Self {
+        self.setup_timeout = timeout;
+        self
+    }
 }
 
 /// What a consume loop did, once it returns.
@@ -73,16 +85,99 @@ pub struct ConsumeSummary {
     pub unsettled: u64,
 }
 
-/// The consume loop stopped because the broker connection failed. Every message it had
-/// started was settled or left to the broker to redeliver, as `summary` counts.
+/// The consume loop stopped on an error: it could not be set up, or the broker connection
+/// failed. Every message it had started was settled or left to the broker to redeliver, as
+/// `summary` counts.
 #[derive(Debug, thiserror::Error)]
-#[error("the consume loop stopped: {source}")]
+#[error("the consume loop stopped: {failure}")]
+#[non_exhaustive]
 pub struct ConsumeError {
     /// What the loop had done.
     pub summary: ConsumeSummary,
-    /// The broker client's error.
+    /// Why it stopped.
     #[source]
-    pub source: BoxError,
+    pub failure: ConsumeFailure,
+}
+
+impl ConsumeError {
+    /// An error before any message was taken.
+    pub(crate) fn before_start(failure: ConsumeFailure) -> Self {
+        Self {
+            summary: ConsumeSummary::default(),
+            failure,
+        }
+    }
+}
+
+/// Why a consume loop stopped on an error: a case for each thing a caller does differently.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConsumeFailure {
+    /// A setup call got no answer within [`ConsumeOptions::setup_timeout`]: the broker, or
+    /// the path to it, is silent. Reconnect (the connection is likely dead) and try again.
+    #[error("{step} got no answer within {waited:?}")]
+    SetupTimedOut {
+        /// The call: `basic.qos`, `basic.consume`, `the pull subscription`.
+        step: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The broker refused a setup call (no such queue or stream, no permission), or the
+    /// connection failed during it.
+    #[error("{step} failed: {source}")]
+    Setup {
+        /// The call that failed.
+        step: &'static str,
+        /// The broker client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The delivery stream failed: the connection or the channel was lost. Reconnect and
+    /// consume again; what was in flight comes back as redeliveries.
+    #[error("the delivery stream failed: {source}")]
+    Stream {
+        /// The broker client's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Runs one setup call with the options' timeout.
+pub(crate) async fn setup<T, E: Into<BoxError>>(
+    step: &'static str,
+    options: &ConsumeOptions,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, ConsumeError> {
+    let waited = options.setup_timeout;
+    let failure = match tokio::time::timeout(waited, call).await {
+        Ok(Ok(done)) => return Ok(done),
+        Ok(Err(error)) => ConsumeFailure::Setup {
+            step,
+            source: error.into(),
+        },
+        Err(_) => ConsumeFailure::SetupTimedOut { step, waited },
+    };
+    Err(ConsumeError::before_start(failure))
+}
+
+/// What an adapter tells the shared loop about its broker: how a delivery becomes a
+/// [`Message`], and how a [`Disposition`] is applied to it.
+pub(crate) trait Broker: Send + Sync + 'static {
+    /// A delivery as the broker client hands it over.
+    type Delivery: Send + 'static;
+    /// What settles one delivery (its acker, and what a dead-letter copy needs).
+    type Settler: Send + 'static;
+
+    /// The message for the handler, or why it has none (no ID), and its settler.
+    fn open(&self, delivery: Self::Delivery) -> (Result<Message, MissingId>, Self::Settler);
+
+    /// Applies a disposition; says whether the broker took it.
+    fn settle(
+        &self,
+        settler: Self::Settler,
+        disposition: &Disposition,
+        stopping: Stopping,
+    ) -> impl Future<Output = bool> + Send;
 }
 
 /// Counters shared by the tasks of one loop.
@@ -114,6 +209,18 @@ impl Tally {
             unsettled: self.unsettled.load(Ordering::Relaxed),
         }
     }
+
+    /// What the loop returns once everything it counts is done.
+    pub(crate) fn outcome(
+        &self,
+        failure: Option<ConsumeFailure>,
+    ) -> Result<ConsumeSummary, ConsumeError> {
+        let summary = self.summary();
+        match failure {
+            None => Ok(summary),
+            Some(failure) => Err(ConsumeError { summary, failure }),
+        }
+    }
 }
 
 /// Tells the tasks the loop is shutting down, so a requeue delay is cut short: the
@@ -134,25 +241,28 @@ impl Stopping {
     }
 }
 
-/// Runs `process` on each message of `stream`, at most `concurrency` at once, until the
-/// stream ends, fails, or `shutdown` resolves; then waits for every message it started.
+/// Runs `handler` on each delivery of `stream`, at most the options' concurrency at once,
+/// and settles each through `broker`, until the stream ends, fails, or `shutdown`
+/// resolves; then waits for every message it started.
 ///
-/// `process` settles its message itself (ack, requeue, dead-letter) and counts it in the
-/// tally. Returns the stream's error, if that is what stopped it.
-pub(crate) async fn run<M, Er, St, P, PFut>(
+/// Returns the stream's failure, if that is what stopped it; the tally has the rest.
+pub(crate) async fn run<B, Er, St, F, Fut>(
+    broker: Arc<B>,
     mut stream: St,
-    concurrency: usize,
+    options: &ConsumeOptions,
     shutdown: impl Future<Output = ()>,
     tally: Arc<Tally>,
-    process: P,
-) -> Result<ConsumeSummary, ConsumeError>
+    handler: F,
+) -> Option<ConsumeFailure>
 where
-    St: Stream<Item = Result<M, Er>> + Unpin,
+    B: Broker,
+    St: Stream<Item = Result<B::Delivery, Er>> + Unpin,
     Er: Into<BoxError>,
-    P: Fn(M, Stopping) -> PFut,
-    PFut: Future<Output = ()> + Send + 'static,
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Disposition> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let handler = Arc::new(handler);
+    let slots = Arc::new(Semaphore::new(options.concurrency));
     let (stop, stopping) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut failure = None;
@@ -174,20 +284,29 @@ where
             next = stream.next() => next,
         };
         match next {
-            Some(Ok(message)) => {
+            Some(Ok(delivery)) => {
+                let work = process(
+                    Arc::clone(&broker),
+                    Arc::clone(&handler),
+                    Arc::clone(&tally),
+                    delivery,
+                    Stopping(stopping.clone()),
+                );
                 // Boxed: a handler's future (the store's calls, the executor's state) runs to
                 // about 10 KB, and tokio copies a task's future in whole when it spawns it,
                 // finishes it and reads its output; boxed, those copies are a pointer.
                 // Profiled with callgrind on idem-bench's consumer rows, the copies were
                 // two thirds of the instructions.
-                let work = Box::pin(process(message, Stopping(stopping.clone())));
+                let work = Box::pin(work);
                 tasks.spawn(async move {
                     work.await;
                     drop(slot);
                 });
             }
             Some(Err(error)) => {
-                failure = Some(error.into());
+                failure = Some(ConsumeFailure::Stream {
+                    source: error.into(),
+                });
                 break;
             }
             None => break,
@@ -204,11 +323,33 @@ where
         }
     }
     tracing::debug!("consume loop drained");
-    let summary = tally.summary();
-    match failure {
-        None => Ok(summary),
-        Some(source) => Err(ConsumeError { summary, source }),
-    }
+    failure
+}
+
+/// One delivery, start to end: its message to the handler (or the dead-letter route when
+/// it has no ID), then its disposition to the broker, counted.
+async fn process<B: Broker, F, Fut>(
+    broker: Arc<B>,
+    handler: Arc<F>,
+    tally: Arc<Tally>,
+    delivery: B::Delivery,
+    stopping: Stopping,
+) where
+    F: Fn(Message) -> Fut,
+    Fut: Future<Output = Disposition>,
+{
+    let (message, settler) = broker.open(delivery);
+    let disposition = match message {
+        Ok(message) => handler(message).await,
+        Err(missing) => {
+            tracing::warn!(error = %missing, "dead-lettering a message without an ID");
+            Disposition::DeadLetter {
+                reason: DeadLetterReason::MissingId,
+            }
+        }
+    };
+    let applied = broker.settle(settler, &disposition, stopping).await;
+    tally.count(&disposition, applied);
 }
 
 /// Collects finished tasks so the set does not grow, noting panics.

@@ -4,13 +4,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use idem_core::{Error, Fingerprint, Idempotency, IdempotencyStore, Key, Record, Retryable};
+use idem_core::{Error, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::attempt::{self, Attempt};
 use crate::disposition::{AckReason, DeadLetterReason, Disposition};
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::policy::Policy;
 
 /// Runs each message's operation at most once per message ID, on any idem store, and says
@@ -95,8 +95,12 @@ impl<S: IdempotencyStore> Consumer<S> {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
     {
-        self.handle_delivery(message_id, fingerprint, None, operation)
-            .await
+        let delivery = Delivery {
+            id: message_id,
+            fingerprint,
+            deliveries: None,
+        };
+        self.handle_delivery(delivery, operation).await
     }
 
     /// Like [`handle`](Self::handle) for a [`Message`] from an adapter: the fingerprint is
@@ -108,16 +112,12 @@ impl<S: IdempotencyStore> Consumer<S> {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
     {
-        let fingerprint = Some(message.fingerprint());
-        self.handle_delivery(message.id(), fingerprint, message.deliveries(), operation)
-            .await
+        self.handle_delivery(message.into(), operation).await
     }
 
     async fn handle_delivery<T, E, F, Fut>(
         &self,
-        message_id: &str,
-        fingerprint: Option<Fingerprint>,
-        deliveries: Option<u32>,
+        delivery: Delivery<'_>,
         operation: F,
     ) -> Disposition
     where
@@ -126,14 +126,14 @@ impl<S: IdempotencyStore> Consumer<S> {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + Retryable,
     {
-        let store = self.idem.store();
         dispose(
             &self.policy,
             &self.namespace,
-            message_id,
-            deliveries,
-            |key| async move { store.read(&key).await },
-            |key| async move { attempt::execute(&self.idem, &key, fingerprint, operation).await },
+            self.idem.store(),
+            delivery,
+            |key, fingerprint| async move {
+                attempt::execute(&self.idem, &key, fingerprint, operation).await
+            },
         )
         .await
     }
@@ -141,20 +141,19 @@ impl<S: IdempotencyStore> Consumer<S> {
 
 /// The steps every consumer takes, whatever runs the operation: make the key, stop a
 /// poison message, run, decide, log.
-pub(crate) async fn dispose<R, RFut, A, AFut>(
+pub(crate) async fn dispose<S, A, AFut>(
     policy: &Policy,
     namespace: &str,
-    message_id: &str,
-    deliveries: Option<u32>,
-    read: R,
+    store: &S,
+    delivery: Delivery<'_>,
     run: A,
 ) -> Disposition
 where
-    R: FnOnce(Key) -> RFut,
-    RFut: Future<Output = Result<Option<Record>, Error>>,
-    A: FnOnce(Key) -> AFut,
+    S: IdempotencyStore,
+    A: FnOnce(Key, Option<Fingerprint>) -> AFut,
     AFut: Future<Output = Attempt>,
 {
+    let message_id = delivery.id;
     let key = match Key::new(namespace, message_id) {
         Ok(key) => key,
         Err(error) => {
@@ -164,15 +163,16 @@ where
             };
         }
     };
-    let disposition = if let Some(deliveries) = policy.poison(deliveries) {
+    let disposition = if let Some(deliveries) = policy.poison(delivery.deliveries) {
         // Only a poison message pays for this read: its outcome may be stored after all
         // (every ack lost), and then it is a plain repeat.
-        let stored = read(key)
+        let stored = store
+            .read(&key)
             .await
             .map(|record| record.map(|r| (r.state, r.expires_in)));
         policy.decide_poison(deliveries, stored)
     } else {
-        let attempt = run(key).await;
+        let attempt = run(key, delivery.fingerprint).await;
         log_attempt(message_id, &attempt);
         policy.decide(&attempt)
     };

@@ -3,6 +3,8 @@
 #![deny(missing_docs)]
 
 mod attempt;
+// The loop machinery serves the adapters; without either it is unused.
+#[cfg_attr(not(any(feature = "lapin", feature = "nats")), allow(dead_code))]
 mod consume;
 mod consumer;
 mod disposition;
@@ -18,7 +20,7 @@ pub mod amqp;
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
 
-pub use consume::{ConsumeError, ConsumeOptions, ConsumeSummary};
+pub use consume::{ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary};
 pub use consumer::Consumer;
 pub use disposition::{AckReason, DeadLetterReason, Disposition, RequeueReason};
 pub use message::{IdSource, Message, MissingId, NATS_MSG_ID};

@@ -120,3 +120,22 @@ impl Message {
         Fingerprint::from_bytes(&self.body)
     }
 }
+
+/// What the core needs of one delivery: its ID, its content's fingerprint, and how often
+/// the broker has delivered it (when it says).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) fingerprint: Option<Fingerprint>,
+    pub(crate) deliveries: Option<u32>,
+}
+
+impl<'a> From<&'a Message> for Delivery<'a> {
+    fn from(message: &'a Message) -> Self {
+        Self {
+            id: message.id(),
+            fingerprint: Some(message.fingerprint()),
+            deliveries: message.deliveries(),
+        }
+    }
+}

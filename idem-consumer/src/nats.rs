@@ -29,8 +29,8 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 
-use crate::consume::{self, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
-use crate::disposition::{DeadLetterReason, Disposition};
+use crate::consume::{self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, body_digest};
 
 /// Re-exported so the context and consumer passed in match this crate's async-nats.
@@ -56,8 +56,10 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// # Errors
 ///
 /// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when the pull subscription
-/// cannot be opened or its stream fails (a missed heartbeat is not a failure: the client recovers
-/// from it).
+/// cannot be opened ([`Setup`](crate::ConsumeFailure::Setup), or
+/// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) past
+/// [`ConsumeOptions::setup_timeout`]) or its stream fails ([`Stream`](crate::ConsumeFailure::Stream);
+/// a missed heartbeat is not a failure: the client recovers from it).
 pub async fn consume<F, Fut>(
     jetstream: &Context,
     consumer: &PullConsumer,
@@ -69,15 +71,11 @@ where
     F: Fn(Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
-    let messages = consumer
+    let subscribe = consumer
         .stream()
         .max_messages_per_batch(options.concurrency)
-        .messages()
-        .await
-        .map_err(|source| ConsumeError {
-            summary: ConsumeSummary::default(),
-            source: Box::new(source),
-        })?;
+        .messages();
+    let messages = consume::setup("the pull subscription", &options, subscribe).await?;
     // A missed heartbeat is reported and then recovered from by the client: not fatal.
     let messages = messages
         .filter(|item| {
@@ -88,55 +86,24 @@ where
             std::future::ready(fatal)
         })
         .boxed();
-    let id_source = Arc::new(options.id_source.unwrap_or_else(IdSource::nats_msg_id));
-    let dead_letters = Arc::new(options.dead_letter_subject);
-    let handler = Arc::new(handler);
+    let jet = Arc::new(Jet {
+        id_source: options
+            .id_source
+            .clone()
+            .unwrap_or_else(IdSource::nats_msg_id),
+        jetstream: jetstream.clone(),
+        dead_letters: options.dead_letter_subject.clone(),
+    });
     let tally = Arc::new(Tally::default());
-    let process = {
-        let tally = Arc::clone(&tally);
-        let jetstream = jetstream.clone();
-        move |message: jetstream::Message, _stopping: Stopping| {
-            let (handler, id_source, tally, dead_letters, jetstream) = (
-                Arc::clone(&handler),
-                Arc::clone(&id_source),
-                Arc::clone(&tally),
-                Arc::clone(&dead_letters),
-                jetstream.clone(),
-            );
-            async move {
-                let deliveries = message
-                    .info()
-                    .ok()
-                    .and_then(|info| u32::try_from(info.delivered).ok());
-                let (message, acker) = message.split();
-                let disposition = match message_id(
-                    &id_source,
-                    message.headers.as_ref(),
-                    &message.payload,
-                ) {
-                    Ok(id) => {
-                        let incoming =
-                            Message::new(id, message.payload.clone()).with_deliveries(deliveries);
-                        handler(incoming).await
-                    }
-                    Err(missing) => {
-                        tracing::warn!(error = %missing, "dead-lettering a message without an ID");
-                        Disposition::DeadLetter {
-                            reason: DeadLetterReason::MissingId,
-                        }
-                    }
-                };
-                let route = DeadLetterRoute {
-                    jetstream: &jetstream,
-                    subject: dead_letters.as_deref(),
-                    message: &message,
-                };
-                let applied = apply(&acker, &disposition, route).await;
-                tally.count(&disposition, applied);
-            }
-        }
-    };
-    let outcome = consume::run(messages, options.concurrency, shutdown, tally, process).await;
+    let failure = consume::run(
+        jet,
+        messages,
+        &options,
+        shutdown,
+        Arc::clone(&tally),
+        handler,
+    )
+    .await;
     let client = jetstream.client();
     // Disconnected, the acks cannot go out: no point waiting for them.
     let connected = client.connection_state() == async_nats::connection::State::Connected;
@@ -149,7 +116,51 @@ where
             "the last acks may not have reached the server; JetStream will redeliver those messages"
         );
     }
-    outcome
+    tally.outcome(failure)
+}
+
+/// JetStream's side of the shared loop.
+struct Jet {
+    id_source: IdSource,
+    jetstream: Context,
+    dead_letters: Option<String>,
+}
+
+/// What settles one JetStream delivery: its acker, and the message a dead-letter copy is
+/// made of.
+struct Settler {
+    acker: Acker,
+    message: async_nats::Message,
+}
+
+impl Broker for Jet {
+    type Delivery = jetstream::Message;
+    type Settler = Settler;
+
+    fn open(&self, delivery: jetstream::Message) -> (Result<Message, MissingId>, Settler) {
+        let deliveries = delivery
+            .info()
+            .ok()
+            .and_then(|info| u32::try_from(info.delivered).ok());
+        let (message, acker) = delivery.split();
+        let incoming = message_id(&self.id_source, message.headers.as_ref(), &message.payload)
+            .map(|id| Message::new(id, message.payload.clone()).with_deliveries(deliveries));
+        (incoming, Settler { acker, message })
+    }
+
+    async fn settle(
+        &self,
+        settler: Settler,
+        disposition: &Disposition,
+        _stopping: Stopping,
+    ) -> bool {
+        let route = DeadLetterRoute {
+            jetstream: &self.jetstream,
+            subject: self.dead_letters.as_deref(),
+            message: &settler.message,
+        };
+        apply(&settler.acker, disposition, route).await
+    }
 }
 
 /// Where a dead-lettered message's copy goes.

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use idem_core::{
-    Claim, ClaimRequest, Config, Error, Fingerprint, IdempotencyStore, Key, Lease, OwnerToken,
-    Retryable, Ttl,
+    Claim, ClaimRequest, Config, Error, Fingerprint, Key, Lease, OwnerToken, Retryable, Ttl,
 };
 use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::{Connection, MySqlConnection};
@@ -16,7 +15,7 @@ use serde::Serialize;
 use crate::attempt::{Attempt, Ran};
 use crate::consumer::dispose;
 use crate::disposition::Disposition;
-use crate::message::Message;
+use crate::message::{Delivery, Message};
 use crate::policy::Policy;
 
 /// A consumer whose operation writes its business rows in the same MySQL/MariaDB
@@ -152,8 +151,12 @@ impl TransactionalConsumer {
         T: Serialize,
         E: Serialize + Retryable,
     {
-        self.handle_delivery(message_id, fingerprint, None, operation)
-            .await
+        let delivery = Delivery {
+            id: message_id,
+            fingerprint,
+            deliveries: None,
+        };
+        self.handle_delivery(delivery, operation).await
     }
 
     /// Like [`handle`](Self::handle) for a [`Message`] from an adapter: the fingerprint is
@@ -164,31 +167,21 @@ impl TransactionalConsumer {
         T: Serialize,
         E: Serialize + Retryable,
     {
-        let fingerprint = Some(message.fingerprint());
-        self.handle_delivery(message.id(), fingerprint, message.deliveries(), operation)
-            .await
+        self.handle_delivery(message.into(), operation).await
     }
 
-    async fn handle_delivery<T, E, F>(
-        &self,
-        message_id: &str,
-        fingerprint: Option<Fingerprint>,
-        deliveries: Option<u32>,
-        operation: F,
-    ) -> Disposition
+    async fn handle_delivery<T, E, F>(&self, delivery: Delivery<'_>, operation: F) -> Disposition
     where
         F: for<'c> FnOnce(&'c mut MySqlConnection) -> BoxFuture<'c, Result<T, E>>,
         T: Serialize,
         E: Serialize + Retryable,
     {
-        let store = &self.store;
         dispose(
             &self.policy,
             &self.namespace,
-            message_id,
-            deliveries,
-            |key| async move { store.read(&key).await },
-            |key| self.attempt(key, fingerprint, operation),
+            &*self.store,
+            delivery,
+            |key, fingerprint| self.attempt(key, fingerprint, operation),
         )
         .await
     }

@@ -5,42 +5,20 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Proxy, Rabbit, wait_until};
+use common::{DISPOSITION_CASES, Failure, Proxy, Rabbit, Seen, wait_until};
 use idem_consumer::amqp::{self, lapin};
 use idem_consumer::{
-    ConsumeOptions, Consumer, DeadLetterReason, Disposition, IdSource, Policy, RequeueReason,
+    AckReason, ConsumeFailure, ConsumeOptions, ConsumeSummary, Consumer, DeadLetterReason,
+    Disposition, IdSource, Message, Policy,
 };
-use idem_core::{Idempotency, Retryable};
+use idem_core::Idempotency;
 use idem_memory::MemoryStore;
-use tokio::sync::oneshot;
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Failure {
-    Permanent,
-    Retryable,
-}
-
-impl Retryable for Failure {
-    fn is_retryable(&self) -> bool {
-        matches!(self, Failure::Retryable)
-    }
-}
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Seen {
-    effects: AtomicUsize,
-    ok_handled: AtomicUsize,
-    poison_runs: AtomicUsize,
-    permanent_runs: AtomicUsize,
-    poison_deliveries: Mutex<Vec<Option<u32>>>,
-    dispositions: Mutex<Vec<(String, Disposition)>>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_disposition_is_observed_on_the_broker() {
@@ -53,84 +31,37 @@ async fn every_disposition_is_observed_on_the_broker() {
     let consumer = Consumer::new(Idempotency::new(store), "amqp-dispositions")
         .expect("consumer")
         .with_policy(policy);
-
-    rabbit.publish(Some("m-ok"), b"ok").await;
-    rabbit.publish(Some("m-ok"), b"ok").await; // a duplicate publish
-    rabbit.publish(None, b"no id").await;
-    rabbit.publish(Some("m-permanent"), b"permanent").await;
-    rabbit.publish(Some("m-poison"), b"poison").await;
+    for (id, body) in DISPOSITION_CASES {
+        rabbit.publish(id, body).await;
+    }
 
     let seen = Arc::new(Seen::default());
-    let (stop, stopped) = oneshot::channel::<()>();
     let handler = {
         let seen = Arc::clone(&seen);
-        move |message: idem_consumer::Message| {
+        move |message: Message| {
             let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
             async move {
+                seen.delivered(&message);
                 let body = message.body().clone();
-                if body.as_ref() == b"poison" {
-                    seen.poison_deliveries
-                        .lock()
-                        .expect("lock")
-                        .push(message.deliveries());
-                }
                 let disposition = consumer
-                    .handle_message(&message, || async {
-                        match body.as_ref() {
-                            b"ok" => {
-                                seen.effects.fetch_add(1, Ordering::SeqCst);
-                                Ok(())
-                            }
-                            b"permanent" => {
-                                seen.permanent_runs.fetch_add(1, Ordering::SeqCst);
-                                Err(Failure::Permanent)
-                            }
-                            _ => {
-                                seen.poison_runs.fetch_add(1, Ordering::SeqCst);
-                                Err(Failure::Retryable)
-                            }
-                        }
-                    })
+                    .handle_message(&message, || async { common::outcome_for(&body, &seen) })
                     .await;
-                if body.as_ref() == b"ok" && matches!(disposition, Disposition::Ack { .. }) {
-                    seen.ok_handled.fetch_add(1, Ordering::SeqCst);
-                }
-                seen.dispositions
-                    .lock()
-                    .expect("lock")
-                    .push((message.id().to_owned(), disposition));
-                disposition
+                seen.settled(&message, disposition)
             }
         }
     };
     let channel = rabbit.conn.create_channel().await.expect("channel");
-    let queue = rabbit.queue.clone();
-    let running = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let summary = amqp::consume(
-            &channel,
-            &queue,
-            ConsumeOptions::default().concurrency(4),
-            shutdown,
-            handler,
-        )
-        .await;
-        let _ = channel.close(200, "done".into()).await;
-        summary
-    });
-
+    let options = ConsumeOptions::default().concurrency(4);
+    let running = common::consume_amqp(channel, &rabbit.queue, options, handler);
     wait_until(
         "three dead letters and both copies of m-ok acked",
         DEADLINE,
         || async {
-            rabbit.depth(&rabbit.dlq).await == 3 && seen.ok_handled.load(Ordering::SeqCst) == 2
+            rabbit.depth(&rabbit.dlq).await == 3 && seen.ok_acked.load(Ordering::SeqCst) == 2
         },
     )
     .await;
-    let _ = stop.send(());
-    let summary = running.await.expect("consume task").expect("consume");
+    let summary = running.stop().await;
 
     // On the broker: nothing left in the queue, the three in the dead-letter queue.
     assert_eq!(
@@ -170,19 +101,18 @@ async fn every_disposition_is_observed_on_the_broker() {
         vec![Some(1), Some(2), Some(3), Some(4)],
         "the quorum queue's delivery count reaches the handler"
     );
-    let dispositions = seen.dispositions.lock().expect("lock").clone();
-    assert!(dispositions.contains(&(
-        "m-poison".into(),
+    assert!(seen.saw(
+        "m-poison",
         Disposition::DeadLetter {
             reason: DeadLetterReason::Poison { deliveries: 4 }
         }
-    )));
-    assert!(dispositions.contains(&(
-        "m-permanent".into(),
+    ));
+    assert!(seen.saw(
+        "m-permanent",
         Disposition::DeadLetter {
             reason: DeadLetterReason::PermanentFailure
         }
-    )));
+    ));
     assert_eq!(summary.acked, 2);
     assert_eq!(summary.dead_lettered, 3);
     // The poison thrice, and the duplicate of m-ok if it came while the first still ran.
@@ -194,81 +124,39 @@ async fn every_disposition_is_observed_on_the_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_store_requeues_and_never_runs() {
     let rabbit = Rabbit::new().await;
-    // A pool whose server never answers: every store call is Unavailable.
-    let pool = idem_mysql::sqlx::mysql::MySqlPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(200))
-        .connect_lazy("mysql://root@127.0.0.1:1/test")
-        .expect("lazy pool");
-    let store = idem_mysql::MySqlStore::from_pool(pool);
-    let consumer = Consumer::new(Idempotency::new(store), "amqp-unavailable")
-        .expect("consumer")
-        .with_policy(Policy::default().unavailable_delay(Duration::from_millis(50)));
+    let consumer = Consumer::new(
+        Idempotency::new(common::unreachable_store()),
+        "amqp-unavailable",
+    )
+    .expect("consumer")
+    .with_policy(Policy::default().unavailable_delay(Duration::from_millis(50)));
     rabbit.publish(Some("m-1"), b"pay").await;
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    let dispositions = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Seen::default());
     let handler = {
-        let (runs, dispositions) = (Arc::clone(&runs), Arc::clone(&dispositions));
-        move |message: idem_consumer::Message| {
-            let (consumer, runs, dispositions) = (
-                consumer.clone(),
-                Arc::clone(&runs),
-                Arc::clone(&dispositions),
-            );
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
             async move {
                 let disposition = consumer
                     .handle_message(&message, || async {
-                        runs.fetch_add(1, Ordering::SeqCst);
+                        seen.effects.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, Failure>(())
                     })
                     .await;
-                dispositions.lock().expect("lock").push(disposition);
-                disposition
+                seen.settled(&message, disposition)
             }
         }
     };
-    let (stop, stopped) = oneshot::channel::<()>();
     let channel = rabbit.conn.create_channel().await.expect("channel");
-    let queue = rabbit.queue.clone();
-    let running = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let summary = amqp::consume(
-            &channel,
-            &queue,
-            ConsumeOptions::default(),
-            shutdown,
-            handler,
-        )
-        .await;
-        let _ = channel.close(200, "done".into()).await;
-        summary
-    });
+    let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
     wait_until("three deliveries", DEADLINE, || async {
-        dispositions.lock().expect("lock").len() >= 3
+        seen.settled_count() >= 3
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("consume task").expect("consume");
+    running.stop().await;
 
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        0,
-        "nothing runs without a claim"
-    );
-    for disposition in dispositions.lock().expect("lock").iter() {
-        assert!(
-            matches!(
-                disposition,
-                Disposition::Requeue {
-                    reason: RequeueReason::StoreUnavailable,
-                    ..
-                }
-            ),
-            "{disposition:?}"
-        );
-    }
+    common::assert_requeued_unrun(&seen);
     // Still on the queue, delivered several times, never dead-lettered.
     assert_eq!(rabbit.depth(&rabbit.dlq).await, 0);
     let message = rabbit
@@ -286,16 +174,13 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
     let rabbit = Rabbit::new().await;
     let consumer =
         Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-shutdown").expect("consumer");
-    let messages: Vec<(String, Vec<u8>)> = (0..MESSAGES)
-        .map(|i| (format!("m-{i}"), b"x".to_vec()))
-        .collect();
-    rabbit.publish_all(&messages).await;
+    rabbit.publish_all(&common::numbered(MESSAGES)).await;
 
     let started = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicUsize::new(0));
     let handler = {
         let (started, finished) = (Arc::clone(&started), Arc::clone(&finished));
-        move |message: idem_consumer::Message| {
+        move |message: Message| {
             let (consumer, started, finished) = (
                 consumer.clone(),
                 Arc::clone(&started),
@@ -313,30 +198,14 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
             }
         }
     };
-    let (stop, stopped) = oneshot::channel::<()>();
     let channel = rabbit.conn.create_channel().await.expect("channel");
-    let queue = rabbit.queue.clone();
-    let running = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let summary = amqp::consume(
-            &channel,
-            &queue,
-            ConsumeOptions::default().concurrency(8),
-            shutdown,
-            handler,
-        )
-        .await;
-        let _ = channel.close(200, "done".into()).await;
-        summary
-    });
+    let options = ConsumeOptions::default().concurrency(8);
+    let running = common::consume_amqp(channel, &rabbit.queue, options, handler);
     wait_until("ten finished", DEADLINE, || async {
         finished.load(Ordering::SeqCst) >= 10
     })
     .await;
-    let _ = stop.send(()); // while up to 8 are in flight
-    let summary = running.await.expect("consume task").expect("consume");
+    let summary = running.stop().await; // while up to 8 are in flight
 
     let (started, finished) = (
         started.load(Ordering::SeqCst),
@@ -352,6 +221,48 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
         rabbit.depth(&rabbit.queue).await as usize == MESSAGES - finished
     })
     .await;
+    rabbit.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_fails_the_setup_in_bounded_time() {
+    let rabbit = Rabbit::new().await;
+    let proxy = Proxy::start(common::host_port(&common::amqp_url())).await;
+    // RabbitMQ's own 60 s heartbeat: lapin would take 120 s to give up on the silence, far
+    // past HANG, so only the setup timeout can end this in time.
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let connection = common::amqp_connect(&url).await;
+    let channel = connection.create_channel().await.expect("channel");
+    proxy.freeze();
+    let options = ConsumeOptions::default().setup_timeout(Duration::from_millis(500));
+    let handler = |_message: Message| async {
+        Disposition::Ack {
+            reason: AckReason::Processed,
+        }
+    };
+    let setup = amqp::consume(
+        &channel,
+        &rabbit.queue,
+        options,
+        std::future::pending(),
+        handler,
+    );
+    let error = tokio::time::timeout(HANG, setup)
+        .await
+        .expect("the setup hung on a silent broker")
+        .expect_err("a silent broker fails the setup");
+    assert!(
+        matches!(
+            error.failure,
+            ConsumeFailure::SetupTimedOut {
+                step: "basic.qos",
+                waited,
+            } if waited == Duration::from_millis(500)
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.summary, ConsumeSummary::default());
+    proxy.sever();
     rabbit.cleanup().await;
 }
 
@@ -398,15 +309,12 @@ async fn connection_lost(loss: Loss, busy: bool) {
     let proxy = Proxy::start(common::host_port(&common::amqp_url())).await;
     let consumer =
         Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-lost").expect("consumer");
-    let batch: Vec<(String, Vec<u8>)> = (0..messages)
-        .map(|i| (format!("m-{i}"), b"x".to_vec()))
-        .collect();
-    rabbit.publish_all(&batch).await;
+    rabbit.publish_all(&common::numbered(messages)).await;
 
     let effects = Arc::new(AtomicUsize::new(0));
     let handler = {
         let effects = Arc::clone(&effects);
-        move |message: idem_consumer::Message| {
+        move |message: Message| {
             let (consumer, effects) = (consumer.clone(), Arc::clone(&effects));
             async move {
                 consumer
@@ -462,21 +370,13 @@ async fn connection_lost(loss: Loss, busy: bool) {
     // The caller reconnects; what the lost connection held comes back, nothing twice.
     let direct = common::amqp_connect(&common::amqp_url()).await;
     let channel = direct.create_channel().await.expect("channel");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let queue = rabbit.queue.clone();
-    let again = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let options = ConsumeOptions::default().concurrency(4);
-        amqp::consume(&channel, &queue, options, shutdown, handler).await
-    });
+    let options = ConsumeOptions::default().concurrency(4);
+    let again = common::consume_amqp(channel, &rabbit.queue, options, handler);
     wait_until("every message's effect", DEADLINE, || async {
         effects.load(Ordering::SeqCst) == messages && rabbit.depth(&rabbit.queue).await == 0
     })
     .await;
-    let _ = stop.send(());
-    again.await.expect("consume task").expect("consume");
+    again.stop().await;
     assert_eq!(
         effects.load(Ordering::SeqCst),
         messages,

@@ -142,12 +142,7 @@ impl Effects {
                 let (records, ledger) =
                     (format!("idem_crash_{sfx}"), format!("ledger_crash_{sfx}"));
                 let store = common::mysql_store(&records).await;
-                sqlx::query(AssertSqlSafe(format!(
-                    "CREATE TABLE `{ledger}` (order_id VARCHAR(64) NOT NULL, UNIQUE KEY (order_id))"
-                )))
-                .execute(store.pool())
-                .await
-                .expect("ledger table");
+                common::ledger_table(&store, &ledger).await;
                 let consumer = TransactionalConsumer::new(store, "crash")
                     .expect("consumer")
                     .with_policy(policy);
@@ -195,23 +190,19 @@ impl Effects {
                 consumer
                     .handle_message(message, move |conn| {
                         Box::pin(async move {
-                            sqlx::query(AssertSqlSafe(format!(
-                                "INSERT INTO `{ledger}` (order_id) VALUES (?)"
-                            )))
-                            .bind(&id)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(|e| {
-                                let duplicate = e
-                                    .as_database_error()
-                                    .is_some_and(|d| d.is_unique_violation());
-                                if duplicate {
-                                    violations.fetch_add(1, Ordering::SeqCst);
-                                    Failure::Duplicate(id.clone())
-                                } else {
-                                    Failure::Database(e.to_string())
-                                }
-                            })?;
+                            common::insert_order(conn, &ledger, &id)
+                                .await
+                                .map_err(|e| {
+                                    let duplicate = e
+                                        .as_database_error()
+                                        .is_some_and(|d| d.is_unique_violation());
+                                    if duplicate {
+                                        violations.fetch_add(1, Ordering::SeqCst);
+                                        Failure::Duplicate(id.clone())
+                                    } else {
+                                        Failure::Database(e.to_string())
+                                    }
+                                })?;
                             if let Some(crash) = crash_inside {
                                 crash(); // mid-transaction: the insert is rolled back
                                 return Err(Failure::Crashed);

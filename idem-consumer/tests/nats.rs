@@ -5,43 +5,17 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Jet, wait_until};
+use common::{DISPOSITION_CASES, Failure, Jet, Seen, wait_until};
 use idem_consumer::nats;
-use idem_consumer::{
-    ConsumeOptions, DeadLetterReason, Disposition, IdSource, Policy, RequeueReason,
-    TransactionalConsumer,
-};
-use idem_core::Retryable;
+use idem_consumer::{ConsumeOptions, IdSource, Message, Policy, TransactionalConsumer};
 use idem_mysql::sqlx::{self, AssertSqlSafe};
-use tokio::sync::oneshot;
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Failure {
-    Permanent,
-    Retryable,
-    Database(String),
-}
-
-impl Retryable for Failure {
-    fn is_retryable(&self) -> bool {
-        !matches!(self, Failure::Permanent)
-    }
-}
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const ORDER_ID: &str = "Order-Id";
-
-#[derive(Default)]
-struct Seen {
-    ok_acked: AtomicUsize,
-    poison_runs: AtomicUsize,
-    poison_deliveries: Mutex<Vec<Option<u32>>>,
-    dispositions: Mutex<Vec<(String, Disposition)>>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_disposition_is_observed_on_jetstream() {
@@ -49,12 +23,7 @@ async fn every_disposition_is_observed_on_jetstream() {
     let sfx = common::suffix();
     let (records, ledger) = (format!("idem_nats_{sfx}"), format!("ledger_nats_{sfx}"));
     let store = common::mysql_store(&records).await;
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE `{ledger}` (order_id VARCHAR(64) NOT NULL, UNIQUE KEY (order_id))"
-    )))
-    .execute(store.pool())
-    .await
-    .expect("ledger table");
+    common::ledger_table(&store, &ledger).await;
     let policy = Policy::default()
         .max_deliveries(Some(3))
         .retry_delay(Duration::from_millis(50))
@@ -62,74 +31,36 @@ async fn every_disposition_is_observed_on_jetstream() {
     let consumer = TransactionalConsumer::new(store.clone(), "nats-dispositions")
         .expect("consumer")
         .with_policy(policy);
-
     // JetStream drops a second publish with the same Nats-Msg-Id itself, so these
     // messages carry their ID in a header of their own: the duplicate reaches the consumer.
-    let publish = |id: Option<&'static str>, body: &'static [u8]| {
-        let mut headers = nats::async_nats::HeaderMap::new();
-        if let Some(id) = id {
-            headers.insert(ORDER_ID, id);
-        }
-        let (js, subject) = (jet.js.clone(), jet.subject.clone());
-        async move {
-            js.publish_with_headers(subject, headers, body.into())
-                .await
-                .expect("publish")
-                .await
-                .expect("stream ack");
-        }
-    };
-    publish(Some("m-ok"), b"ok").await;
-    publish(Some("m-ok"), b"ok").await;
-    publish(None, b"no id").await;
-    publish(Some("m-permanent"), b"permanent").await;
-    publish(Some("m-poison"), b"poison").await;
+    for (id, body) in DISPOSITION_CASES {
+        jet.publish(ORDER_ID, id, body).await;
+    }
 
     let seen = Arc::new(Seen::default());
     let handler = {
         let (seen, ledger) = (Arc::clone(&seen), ledger.clone());
-        move |message: idem_consumer::Message| {
+        move |message: Message| {
             let (consumer, seen, ledger) = (consumer.clone(), Arc::clone(&seen), ledger.clone());
             async move {
-                let body = message.body().clone();
-                let id = message.id().to_owned();
-                if body.as_ref() == b"poison" {
-                    seen.poison_deliveries
-                        .lock()
-                        .expect("lock")
-                        .push(message.deliveries());
-                }
-                let (seen_in_op, body_in_op) = (Arc::clone(&seen), body.clone());
+                seen.delivered(&message);
+                let (id, body, seen_in_op) = (
+                    message.id().to_owned(),
+                    message.body().clone(),
+                    Arc::clone(&seen),
+                );
                 let disposition = consumer
                     .handle_message(&message, |conn| {
                         Box::pin(async move {
                             // The business write, in the claim's transaction.
-                            sqlx::query(AssertSqlSafe(format!(
-                                "INSERT INTO `{ledger}` (order_id) VALUES (?)"
-                            )))
-                            .bind(&id)
-                            .execute(&mut *conn)
-                            .await
-                            .map_err(|e| Failure::Database(e.to_string()))?;
-                            match body_in_op.as_ref() {
-                                b"ok" => Ok(()),
-                                b"permanent" => Err(Failure::Permanent),
-                                _ => {
-                                    seen_in_op.poison_runs.fetch_add(1, Ordering::SeqCst);
-                                    Err(Failure::Retryable)
-                                }
-                            }
+                            common::insert_order(conn, &ledger, &id)
+                                .await
+                                .map_err(|e| Failure::Database(e.to_string()))?;
+                            common::outcome_for(&body, &seen_in_op)
                         })
                     })
                     .await;
-                if body.as_ref() == b"ok" && matches!(disposition, Disposition::Ack { .. }) {
-                    seen.ok_acked.fetch_add(1, Ordering::SeqCst);
-                }
-                seen.dispositions
-                    .lock()
-                    .expect("lock")
-                    .push((message.id().to_owned(), disposition));
-                disposition
+                seen.settled(&message, disposition)
             }
         }
     };
@@ -138,15 +69,7 @@ async fn every_disposition_is_observed_on_jetstream() {
         .concurrency(4)
         .id_source(IdSource::header(ORDER_ID))
         .dead_letter_subject(jet.dead_subject.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let js = jet.js.clone();
-    let running = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        nats::consume(&js, &pull, options, shutdown, handler).await
-    });
-
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
     wait_until(
         "three dead letters and both copies of m-ok acked",
         DEADLINE,
@@ -156,8 +79,7 @@ async fn every_disposition_is_observed_on_jetstream() {
         },
     )
     .await;
-    let _ = stop.send(());
-    let summary = running.await.expect("consume task").expect("consume");
+    let summary = running.stop().await;
 
     // On JetStream: every message settled, three copies in the dead-letter stream.
     wait_until("nothing pending on the consumer", DEADLINE, || async {
@@ -219,78 +141,50 @@ async fn every_disposition_is_observed_on_jetstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
     let jet = Jet::new().await;
-    let pool = sqlx::mysql::MySqlPoolOptions::new()
-        .acquire_timeout(Duration::from_millis(200))
-        .connect_lazy("mysql://root@127.0.0.1:1/test")
-        .expect("lazy pool");
-    let consumer =
-        TransactionalConsumer::new(idem_mysql::MySqlStore::from_pool(pool), "nats-unavailable")
-            .expect("consumer")
-            .with_policy(Policy::default().unavailable_delay(Duration::from_millis(100)));
-    jet.publish(Some("m-1"), b"pay").await;
+    let consumer = TransactionalConsumer::new(common::unreachable_store(), "nats-unavailable")
+        .expect("consumer")
+        .with_policy(Policy::default().unavailable_delay(Duration::from_millis(100)));
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"pay")
+        .await;
 
-    let runs = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Seen::default());
     let handler = {
-        let (runs, seen) = (Arc::clone(&runs), Arc::clone(&seen));
-        move |message: idem_consumer::Message| {
-            let (consumer, runs, seen) = (consumer.clone(), Arc::clone(&runs), Arc::clone(&seen));
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
             async move {
+                let seen_in_op = Arc::clone(&seen);
                 let disposition = consumer
                     .handle_message(&message, |_conn| {
                         Box::pin(async move {
-                            runs.fetch_add(1, Ordering::SeqCst);
+                            seen_in_op.effects.fetch_add(1, Ordering::SeqCst);
                             Ok::<_, Failure>(())
                         })
                     })
                     .await;
-                seen.lock()
-                    .expect("lock")
-                    .push((message.deliveries(), disposition));
-                disposition
+                seen.settled(&message, disposition)
             }
         }
     };
     let pull = jet.consumer(Duration::from_secs(10), -1).await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let js = jet.js.clone();
-    let running = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        // The default ID source: JetStream's Nats-Msg-Id.
-        nats::consume(&js, &pull, ConsumeOptions::default(), shutdown, handler).await
-    });
+    // The default ID source: JetStream's Nats-Msg-Id.
+    let running = common::consume_nats(jet.js.clone(), pull, ConsumeOptions::default(), handler);
     wait_until("three deliveries", DEADLINE, || async {
-        seen.lock().expect("lock").len() >= 3
+        seen.settled_count() >= 3
     })
     .await;
-    let _ = stop.send(());
-    running.await.expect("consume task").expect("consume");
+    running.stop().await;
 
-    assert_eq!(
-        runs.load(Ordering::SeqCst),
-        0,
-        "nothing runs without a claim"
-    );
-    let seen = seen.lock().expect("lock").clone();
-    for (i, (deliveries, disposition)) in seen.iter().enumerate() {
-        assert_eq!(
-            *deliveries,
-            Some(i as u32 + 1),
-            "JetStream counts each nak'ed delivery"
-        );
-        assert!(
-            matches!(
-                disposition,
-                Disposition::Requeue {
-                    reason: RequeueReason::StoreUnavailable,
-                    ..
-                }
-            ),
-            "{disposition:?}"
-        );
-    }
+    common::assert_requeued_unrun(&seen);
+    let deliveries: Vec<Option<u32>> = seen
+        .dispositions
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, deliveries, _)| *deliveries)
+        .collect();
+    let counted: Vec<Option<u32>> = (1..=deliveries.len() as u32).map(Some).collect();
+    assert_eq!(deliveries, counted, "JetStream counts each nak'ed delivery");
     // Still in the stream, unacknowledged, never dead-lettered.
     assert_eq!(jet.messages_in(&jet.stream).await, 1);
     assert_eq!(jet.messages_in(&jet.dead_stream).await, 0);
@@ -313,5 +207,4 @@ fn the_id_comes_from_nats_msg_id_by_default() {
         nats::message_id(&IdSource::AmqpMessageId, Some(&headers), b"x").is_err(),
         "NATS has no AMQP property"
     );
-    let _ = DeadLetterReason::MissingId;
 }

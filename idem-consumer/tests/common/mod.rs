@@ -3,7 +3,10 @@
 //! consumer "crash"), and a seeded random source.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,10 +22,15 @@ use idem_consumer::nats::async_nats::{
     self, HeaderMap,
     jetstream::{self, consumer::PullConsumer, stream},
 };
+use idem_consumer::{
+    ConsumeError, ConsumeOptions, ConsumeSummary, Disposition, Message, RequeueReason, amqp, nats,
+};
+use idem_core::Retryable;
 use idem_mysql::MySqlStore;
 use idem_redis::RedisStore;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::sync::oneshot;
+use tokio::task::{AbortHandle, JoinHandle};
 
 pub const START_RABBITMQ: &str =
     "bash .ci/services rabbitmq   # runs: rabbitmq-server -detached && rabbitmqctl await_startup";
@@ -70,7 +78,203 @@ where
     }
 }
 
+/// How the tests' operations fail.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum Failure {
+    Permanent,
+    Retryable,
+    Database(String),
+}
+
+impl Retryable for Failure {
+    fn is_retryable(&self) -> bool {
+        !matches!(self, Failure::Permanent)
+    }
+}
+
+// ---------------------------------------------------------------- consume loops
+
+/// A consume loop running in a task of its own until [`Running::stop`].
+pub struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<ConsumeSummary, ConsumeError>>,
+}
+
+pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Running {
+    /// Runs `consume` with a shutdown that resolves at [`Running::stop`].
+    pub fn start<Fut>(consume: impl FnOnce(Shutdown) -> Fut) -> Self
+    where
+        Fut: Future<Output = Result<ConsumeSummary, ConsumeError>> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let shutdown: Shutdown = Box::pin(async {
+            let _ = stopped.await;
+        });
+        Self {
+            stop,
+            task: tokio::spawn(consume(shutdown)),
+        }
+    }
+
+    /// Asks the loop to shut down and returns its summary.
+    pub async fn stop(self) -> ConsumeSummary {
+        let _ = self.stop.send(());
+        self.task.await.expect("consume task").expect("consume")
+    }
+}
+
+/// The RabbitMQ consume loop on `channel`, which it closes when it returns.
+pub fn consume_amqp<F, Fut>(
+    channel: Channel,
+    queue: &str,
+    options: ConsumeOptions,
+    handler: F,
+) -> Running
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Disposition> + Send + 'static,
+{
+    let queue = queue.to_owned();
+    Running::start(move |shutdown| async move {
+        let summary = amqp::consume(&channel, &queue, options, shutdown, handler).await;
+        let _ = channel.close(200, "done".into()).await;
+        summary
+    })
+}
+
+/// The JetStream consume loop on `pull`.
+pub fn consume_nats<F, Fut>(
+    js: jetstream::Context,
+    pull: PullConsumer,
+    options: ConsumeOptions,
+    handler: F,
+) -> Running
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Disposition> + Send + 'static,
+{
+    Running::start(move |shutdown| async move {
+        nats::consume(&js, &pull, options, shutdown, handler).await
+    })
+}
+
+/// The messages every disposition test publishes, as (ID, body): one to succeed, its
+/// duplicate publish, one without an ID, one that fails permanently, and a poison one that
+/// fails retryably every time.
+pub const DISPOSITION_CASES: [(Option<&str>, &[u8]); 5] = [
+    (Some("m-ok"), b"ok"),
+    (Some("m-ok"), b"ok"),
+    (None, b"no id"),
+    (Some("m-permanent"), b"permanent"),
+    (Some("m-poison"), b"poison"),
+];
+
+/// The operation of the disposition tests, by body: `ok` succeeds, `permanent` fails for
+/// good, anything else (the poison) fails retryably. Counts its runs.
+pub fn outcome_for(body: &[u8], seen: &Seen) -> Result<(), Failure> {
+    match body {
+        b"ok" => {
+            seen.effects.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        b"permanent" => {
+            seen.permanent_runs.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::Permanent)
+        }
+        _ => {
+            seen.poison_runs.fetch_add(1, Ordering::SeqCst);
+            Err(Failure::Retryable)
+        }
+    }
+}
+
+/// What a test's handler saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Runs of the `ok` operation.
+    pub effects: AtomicUsize,
+    /// `ok` messages acked (a run or a replay).
+    pub ok_acked: AtomicUsize,
+    pub permanent_runs: AtomicUsize,
+    pub poison_runs: AtomicUsize,
+    /// The delivery count of each delivery of the poison message.
+    pub poison_deliveries: Mutex<Vec<Option<u32>>>,
+    /// Every message's ID (empty without one) and deliveries, with its disposition.
+    pub dispositions: Mutex<Vec<(String, Option<u32>, Disposition)>>,
+}
+
+impl Seen {
+    /// Notes a delivery, before it is handled.
+    pub fn delivered(&self, message: &Message) {
+        if message.body().as_ref() == b"poison" {
+            self.poison_deliveries
+                .lock()
+                .expect("lock")
+                .push(message.deliveries());
+        }
+    }
+
+    /// Notes a delivery's disposition, and hands it on.
+    pub fn settled(&self, message: &Message, disposition: Disposition) -> Disposition {
+        if message.body().as_ref() == b"ok" && matches!(disposition, Disposition::Ack { .. }) {
+            self.ok_acked.fetch_add(1, Ordering::SeqCst);
+        }
+        self.dispositions.lock().expect("lock").push((
+            message.id().to_owned(),
+            message.deliveries(),
+            disposition,
+        ));
+        disposition
+    }
+
+    pub fn settled_count(&self) -> usize {
+        self.dispositions.lock().expect("lock").len()
+    }
+
+    /// Whether `id` was given `disposition`.
+    pub fn saw(&self, id: &str, disposition: Disposition) -> bool {
+        self.dispositions
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|(seen_id, _, seen)| seen_id == id && *seen == disposition)
+    }
+}
+
+/// What a test whose store never answers must see: the message requeued as
+/// `StoreUnavailable` at every delivery, and its operation never run.
+pub fn assert_requeued_unrun(seen: &Seen) {
+    assert_eq!(
+        seen.effects.load(Ordering::SeqCst),
+        0,
+        "nothing runs without a claim"
+    );
+    for (_, _, disposition) in seen.dispositions.lock().expect("lock").iter() {
+        assert!(
+            matches!(
+                disposition,
+                Disposition::Requeue {
+                    reason: RequeueReason::StoreUnavailable,
+                    ..
+                }
+            ),
+            "{disposition:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- stores
+
+/// A MySQL store whose server never answers: every call is `Unavailable`.
+pub fn unreachable_store() -> MySqlStore {
+    let pool = idem_mysql::sqlx::mysql::MySqlPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(200))
+        .connect_lazy("mysql://root@127.0.0.1:1/test")
+        .expect("lazy pool");
+    MySqlStore::from_pool(pool)
+}
 
 pub async fn redis_store() -> RedisStore {
     RedisStore::builder()
@@ -119,13 +323,47 @@ pub async fn mysql_store(table: &str) -> MySqlStore {
     store
 }
 
-pub async fn drop_table(store: &MySqlStore, table: &str) {
+/// A ledger of business effects: a row per order ID, a unique index so that a second run
+/// of an effect fails instead of writing twice.
+pub async fn ledger_table(store: &MySqlStore, table: &str) {
+    execute(
+        store,
+        format!("CREATE TABLE `{table}` (order_id VARCHAR(64) NOT NULL, UNIQUE KEY (order_id))"),
+    )
+    .await;
+}
+
+/// Writes `order_id` into the ledger `table` on `conn` (a consumer's transaction).
+pub async fn insert_order(
+    conn: &mut idem_mysql::sqlx::MySqlConnection,
+    table: &str,
+    order_id: &str,
+) -> Result<(), idem_mysql::sqlx::Error> {
     idem_mysql::sqlx::query(idem_mysql::sqlx::AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS `{table}`"
+        "INSERT INTO `{table}` (order_id) VALUES (?)"
     )))
-    .execute(store.pool())
+    .bind(order_id)
+    .execute(conn)
     .await
-    .expect("drop table");
+    .map(drop)
+}
+
+pub async fn drop_table(store: &MySqlStore, table: &str) {
+    execute(store, format!("DROP TABLE IF EXISTS `{table}`")).await;
+}
+
+async fn execute(store: &MySqlStore, sql: String) {
+    idem_mysql::sqlx::query(idem_mysql::sqlx::AssertSqlSafe(sql.clone()))
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// `count` messages with the IDs `m-0`, `m-1`, … and a one-byte body.
+pub fn numbered(count: usize) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("m-{i}"), b"x".to_vec()))
+        .collect()
 }
 
 // ---------------------------------------------------------------- RabbitMQ
@@ -221,8 +459,24 @@ impl Rabbit {
     }
 
     pub async fn publish_with(&self, properties: BasicProperties, body: &[u8]) {
-        let confirm = self
-            .channel
+        let confirmation = self.send(properties, body).await.await.expect("confirm");
+        assert!(confirmation.is_ack(), "the broker refused a message");
+    }
+
+    /// Publishes many, then waits for all the confirms.
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (id, body) in messages {
+            confirms.push(self.send(id_properties(Some(id)), body).await);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+    }
+
+    /// Publishes one message to the queue; the broker's confirm comes with the result.
+    async fn send(&self, properties: BasicProperties, body: &[u8]) -> lapin::PublisherConfirm {
+        self.channel
             .basic_publish(
                 "".into(),
                 self.queue.as_str().into(),
@@ -231,31 +485,7 @@ impl Rabbit {
                 properties,
             )
             .await
-            .expect("publish");
-        let confirmation = confirm.await.expect("confirm");
-        assert!(confirmation.is_ack(), "the broker refused a message");
-    }
-
-    /// Publishes many, then waits for all the confirms.
-    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) {
-        let mut confirms = Vec::with_capacity(messages.len());
-        for (id, body) in messages {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    id_properties(Some(id)),
-                )
-                .await
-                .expect("publish");
-            confirms.push(confirm);
-        }
-        for confirm in confirms {
-            assert!(confirm.await.expect("confirm").is_ack());
-        }
+            .expect("publish")
     }
 
     /// Messages ready in a queue (not counting those delivered and unacked).
@@ -391,16 +621,10 @@ impl Jet {
             .expect("consumer")
     }
 
-    /// Publishes with a `Nats-Msg-Id` (or none) and waits for the stream's ack.
-    pub async fn publish(&self, id: Option<&str>, body: &[u8]) {
-        let mut headers = HeaderMap::new();
-        if let Some(id) = id {
-            headers.insert(idem_consumer::NATS_MSG_ID, id);
-        }
-        self.js
-            .publish_with_headers(self.subject.clone(), headers, body.to_vec().into())
+    /// Publishes with its ID in header `id_header` (or none) and waits for the stream's ack.
+    pub async fn publish(&self, id_header: &str, id: Option<&str>, body: &[u8]) {
+        self.send(id_header, id, body)
             .await
-            .expect("publish")
             .await
             .expect("stream ack");
     }
@@ -408,18 +632,28 @@ impl Jet {
     pub async fn publish_all(&self, messages: &[(String, Vec<u8>)], id_header: &str) {
         let mut acks = Vec::with_capacity(messages.len());
         for (id, body) in messages {
-            let mut headers = HeaderMap::new();
-            headers.insert(id_header, id.as_str());
-            acks.push(
-                self.js
-                    .publish_with_headers(self.subject.clone(), headers, body.clone().into())
-                    .await
-                    .expect("publish"),
-            );
+            acks.push(self.send(id_header, Some(id), body).await);
         }
         for ack in acks {
             ack.await.expect("stream ack");
         }
+    }
+
+    /// Publishes one message; the stream's ack comes with the result.
+    async fn send(
+        &self,
+        id_header: &str,
+        id: Option<&str>,
+        body: &[u8],
+    ) -> jetstream::context::PublishAckFuture {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = id {
+            headers.insert(id_header, id);
+        }
+        self.js
+            .publish_with_headers(self.subject.clone(), headers, body.to_vec().into())
+            .await
+            .expect("publish")
     }
 
     /// Messages in a stream.
