@@ -70,6 +70,7 @@ impl MissingId {
 }
 
 /// The hex SHA-256 digest of a body, the ID under [`IdSource::BodyDigest`].
+#[cfg(any(feature = "lapin", feature = "nats"))]
 pub(crate) fn body_digest(body: &[u8]) -> String {
     Fingerprint::from_bytes(body).to_string()
 }
