@@ -83,10 +83,9 @@ async fn rows<B: Broker>(broker: B, settings: &Settings) -> Result<Vec<Row>, Err
             .connect(&url)
             .await?;
         // Records outlive a run that dies before deleting them by ten minutes at most.
-        let config = Config {
-            success_retention: Duration::from_secs(600),
-            ..Config::default()
-        };
+        let config = Config::builder()
+            .success_retention(Duration::from_secs(600))
+            .build()?;
         let consumer = Consumer::new(Idempotency::with_config(store, config)?, "bench")?;
         measure(&broker, &consumer, settings).await
     }

@@ -23,10 +23,7 @@ pub(crate) fn executor<S: IdempotencyStore>(
     store: S,
     workload: &Workload,
 ) -> Result<Idempotency<S>, Error> {
-    let config = Config {
-        lease_ttl: workload.lease,
-        ..Config::default()
-    };
+    let config = Config::builder().lease_ttl(workload.lease).build()?;
     Idempotency::with_config(store, config)
 }
 

@@ -239,7 +239,9 @@ impl<S: IdempotencyStore> Caller<S> {
         };
         let answer = match outcome {
             None => Answer::Cancelled,
-            Some(Ok(Execution { result, replayed })) => {
+            Some(Ok(Execution {
+                result, replayed, ..
+            })) => {
                 let id = match result {
                     Ok(id) | Err(OpError::Declined(id)) => id,
                     Err(OpError::Transient) => return None,

@@ -63,11 +63,7 @@ async fn every_call<S: IdempotencyStore>(
     key: &Key,
     fencing: u64,
 ) -> Result<(), TestCaseError> {
-    let lease = Lease {
-        key: key.clone(),
-        owner: OwnerToken::random(),
-        fencing,
-    };
+    let lease = Lease::new(key.clone(), OwnerToken::random(), fencing);
     typed("read", &store.read(key).await)?;
     typed(
         "complete",

@@ -5,9 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use idem_core::{
-    Claim, ClaimRequest, Config, Error, Fingerprint, Key, Lease, OwnerToken, Retryable, Ttl,
-};
+use idem_core::{Claim, ClaimRequest, Config, Error, Fingerprint, Key, Lease, Retryable, Ttl};
 use idem_mysql::MySqlStore;
 use idem_mysql::sqlx::{Connection, MySqlConnection};
 use serde::Serialize;
@@ -197,12 +195,7 @@ impl TransactionalConsumer {
         T: Serialize,
         E: Serialize + Retryable,
     {
-        let request = ClaimRequest {
-            key,
-            owner: OwnerToken::random(),
-            lease_ttl: self.lease_ttl,
-            fingerprint,
-        };
+        let request = ClaimRequest::new(key, self.lease_ttl).with_fingerprint(fingerprint);
         // Every early return drops the transaction, which rolls it back.
         let mut tx = match self.store.pool().begin().await {
             Ok(tx) => tx,

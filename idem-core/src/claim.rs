@@ -11,6 +11,7 @@ use crate::ttl::Ttl;
 
 /// A request to claim a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClaimRequest {
     /// The key to claim.
     pub key: Key,
@@ -46,6 +47,13 @@ impl ClaimRequest {
     pub fn with_fingerprint(mut self, fingerprint: impl Into<Option<Fingerprint>>) -> Self {
         self.fingerprint = fingerprint.into();
         self
+    }
+
+    /// The lease a store grants this request under `fencing`, for its
+    /// [`Claim::Acquired`].
+    #[must_use]
+    pub fn lease(&self, fencing: u64) -> Lease {
+        Lease::new(self.key.clone(), self.owner, fencing)
     }
 }
 

@@ -66,6 +66,7 @@ impl fmt::Debug for OwnerToken {
 ///
 /// [`Error::LeaseLost`]: crate::Error::LeaseLost
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Lease {
     /// The key this lease holds.
     pub key: Key,
@@ -75,4 +76,18 @@ pub struct Lease {
     /// including after a lease expired. Guard downstream writes with it: reject a write
     /// whose fencing number is lower than one already seen.
     pub fencing: u64,
+}
+
+impl Lease {
+    /// The lease `owner` holds on `key` under `fencing`: what a store rebuilds from its own
+    /// records, or a test forges. A store granting a [`ClaimRequest`](crate::ClaimRequest)
+    /// uses [`ClaimRequest::lease`](crate::ClaimRequest::lease).
+    #[must_use]
+    pub const fn new(key: Key, owner: OwnerToken, fencing: u64) -> Self {
+        Self {
+            key,
+            owner,
+            fencing,
+        }
+    }
 }

@@ -18,7 +18,7 @@ mod token;
 mod ttl;
 
 pub use claim::{Claim, ClaimRequest};
-pub use config::{Config, WaitPolicy};
+pub use config::{Config, ConfigBuilder, WaitPolicy};
 pub use error::{BoxError, Error, InputField, InvalidInput};
 pub use executor::{ExecuteError, Execution, Idempotency};
 pub use fingerprint::Fingerprint;

@@ -12,6 +12,7 @@ use crate::lease::OwnerToken;
 ///
 /// [`IdempotencyStore::read`]: crate::IdempotencyStore::read
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Record {
     /// The key.
     pub key: Key,
@@ -23,6 +24,28 @@ pub struct Record {
     pub fingerprint: Option<Fingerprint>,
     /// Time left: of the lease while claimed, of the retention once finished.
     pub expires_in: Duration,
+}
+
+impl Record {
+    /// What a store reports for `key`: its `state`, the `fencing` number of the lease that
+    /// claimed it, the claim's `fingerprint`, and the time `expires_in` left (of the lease
+    /// while claimed, of the retention once finished).
+    #[must_use]
+    pub const fn new(
+        key: Key,
+        state: RecordState,
+        fencing: u64,
+        fingerprint: Option<Fingerprint>,
+        expires_in: Duration,
+    ) -> Self {
+        Self {
+            key,
+            state,
+            fencing,
+            fingerprint,
+            expires_in,
+        }
+    }
 }
 
 /// The lifecycle of a key:

@@ -207,6 +207,7 @@ impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
 
 /// What a token store keeps per token, for stores that hold Rust values.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TokenRecord {
     /// Whom it was issued to.
     pub scope: Scope,
@@ -215,6 +216,12 @@ pub struct TokenRecord {
 }
 
 impl TokenRecord {
+    /// A token issued to `scope`, `used` up or not yet.
+    #[must_use]
+    pub const fn new(scope: Scope, used: bool) -> Self {
+        Self { scope, used }
+    }
+
     /// The consume rule, once for every store that keeps [`TokenRecord`]s: answers what
     /// consuming finds, and the record to write back when the token was used up.
     #[must_use]
@@ -230,10 +237,7 @@ impl TokenRecord {
             }
             Some(record) => (
                 Consumption::Consumed,
-                Some(TokenRecord {
-                    scope: record.scope.clone(),
-                    used: true,
-                }),
+                Some(TokenRecord::new(record.scope.clone(), true)),
             ),
         }
     }

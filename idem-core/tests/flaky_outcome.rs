@@ -211,10 +211,10 @@ async fn a_write_whose_reply_was_lost_is_recognised() {
 
 #[tokio::test]
 async fn a_store_that_stays_down_is_retried_while_the_lease_lasts_then_not_recorded() {
-    let config = Config {
-        lease_ttl: std::time::Duration::from_secs(2),
-        ..Config::default()
-    };
+    let config = Config::builder()
+        .lease_ttl(std::time::Duration::from_secs(2))
+        .build()
+        .expect("valid config");
     let (store, results, runs) =
         repeatedly(FlakyStore::new(Blink::Refused, u32::MAX), config, 1).await;
     match &results[..] {

@@ -290,9 +290,7 @@ impl EntryMap for Records {
         if self.held_bytes() < self.capacity {
             return Ok(());
         }
-        Err(Error::unavailable(StoreFull {
-            capacity: self.capacity,
-        }))
+        Err(Error::unavailable(StoreFull::new(self.capacity)))
     }
 }
 
@@ -377,20 +375,12 @@ mod tests {
     }
 
     fn open_entry(expires_at: u64) -> Entry {
-        Entry {
-            phase: Phase::Vacant,
-            fencing: 1,
-            fingerprint: None,
-            expires_at,
-        }
+        Entry::new(Phase::Vacant, 1, None, expires_at)
     }
 
     #[test]
     fn a_record_weighs_its_key_its_payload_and_the_overhead() {
-        let finished = Entry {
-            phase: Phase::Completed(Bytes::from_static(b"12345")),
-            ..open_entry(0)
-        };
+        let finished = Entry::new(Phase::Completed(Bytes::from_static(b"12345")), 1, None, 0);
         let key = Key::new("ns", "abc").expect("valid key");
         assert_eq!(
             u64::from(weight(&key, &finished)),

@@ -134,9 +134,7 @@ impl TokenMap for Tokens {
         if self.cache.weighted_size() < self.capacity {
             return Ok(());
         }
-        Err(Error::unavailable(StoreFull {
-            capacity: self.capacity,
-        }))
+        Err(Error::unavailable(StoreFull::new(self.capacity)))
     }
 }
 

@@ -170,11 +170,7 @@ impl<C: RedisConnection> RedisStore<C> {
         call.arg(value).arg(px);
         let mut reply = self.connection.run(&SCRIPTS.claim, &call).await?;
         match reply.code()? {
-            reply::ACQUIRED => Ok(Claim::Acquired(Lease {
-                key: request.key.clone(),
-                owner: request.owner,
-                fencing: reply.count()?,
-            })),
+            reply::ACQUIRED => Ok(Claim::Acquired(request.lease(reply.count()?))),
             reply::IN_PROGRESS => Ok(Claim::InProgress {
                 retry_after: reply.millis()?,
             }),
@@ -243,11 +239,7 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
             .arg("GET");
         let found = match self.connection.query(&set).await? {
             Value::Nil => {
-                return Ok(Claim::Acquired(Lease {
-                    key: request.key.clone(),
-                    owner: request.owner,
-                    fencing: 1,
-                }));
+                return Ok(Claim::Acquired(request.lease(1)));
             }
             Value::BulkString(raw) => record::found(raw)?,
             other => {
@@ -326,11 +318,11 @@ fn read_record(key: &Key, reply: &mut Reply) -> Result<Record, Error> {
         },
         other => return Err(reply::unexpected(format!("unknown phase {other}"))),
     };
-    Ok(Record {
-        key: key.clone(),
+    Ok(Record::new(
+        key.clone(),
         state,
         fencing,
         fingerprint,
         expires_in,
-    })
+    ))
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 
 use idem_core::backend::lifecycle::{self, Entry};
-use idem_core::{Claim, ClaimRequest, Error, Key, Lease};
+use idem_core::{Claim, ClaimRequest, Error, Key};
 
 use crate::row::NOW;
 
@@ -69,7 +69,7 @@ pub async fn claim<S: ClaimSteps + Send>(
 ) -> Result<Claim, Error> {
     for _ in 0..ROUNDS {
         let entry = match steps.insert(request).await? {
-            Insertion::Inserted => return Ok(Claim::Acquired(lease(request, 1))),
+            Insertion::Inserted => return Ok(Claim::Acquired(request.lease(1))),
             Insertion::Existing(entry) => entry,
             // The row vanished (removed, purged) since the INSERT saw it: insert again.
             Insertion::Unread => match steps.select(&request.key).await? {
@@ -85,7 +85,7 @@ pub async fn claim<S: ClaimSteps + Send>(
             Ok(Claim::Acquired(_)) => {
                 if let Some(fencing) = steps.take_over(request).await? {
                     tracing::debug!(key = %request.key, fencing, "idem-sql: took a free key over");
-                    return Ok(Claim::Acquired(lease(request, fencing)));
+                    return Ok(Claim::Acquired(request.lease(fencing)));
                 }
                 // Another caller changed the row first: look again.
             }
@@ -96,12 +96,4 @@ pub async fn claim<S: ClaimSteps + Send>(
         "the claim of {} did not settle in {ROUNDS} rounds: the row kept changing",
         request.key
     )))
-}
-
-fn lease(request: &ClaimRequest, fencing: u64) -> Lease {
-    Lease {
-        key: request.key.clone(),
-        owner: request.owner,
-        fencing,
-    }
 }

@@ -74,12 +74,7 @@ impl StoredRow {
             state::FAILED => Phase::Failed(payload(self.payload)?),
             other => return Err(Error::corrupt(format!("unknown state byte {other}"))),
         };
-        Ok(Entry {
-            phase,
-            fencing: self.fencing,
-            fingerprint,
-            expires_at,
-        })
+        Ok(Entry::new(phase, self.fencing, fingerprint, expires_at))
     }
 }
 

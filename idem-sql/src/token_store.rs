@@ -197,10 +197,7 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
             return Ok(None);
         };
         let (scope, used) = D::token(&row)?;
-        Ok(Some(TokenRecord {
-            scope: decode_scope(scope)?,
-            used,
-        }))
+        Ok(Some(TokenRecord::new(decode_scope(scope)?, used)))
     }
 }
 

@@ -7,8 +7,8 @@
 // Making an operation idempotent: the executor, its keys, settings and errors.
 #[doc(inline)]
 pub use idem_core::{
-    BoxError, Config, Error, ExecuteError, Execution, Fingerprint, Idempotency, InputField,
-    InvalidInput, Key, MAX_KEY_LEN, Retryable, Ttl, WaitPolicy,
+    BoxError, Config, ConfigBuilder, Error, ExecuteError, Execution, Fingerprint, Idempotency,
+    InputField, InvalidInput, Key, MAX_KEY_LEN, Retryable, Ttl, WaitPolicy,
 };
 
 // One-time tokens: issued by the server, consumed once.

@@ -262,6 +262,7 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
 
 /// What a [`TokenMap`] keeps per token: the record and when it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TokenEntry {
     /// The token's scope and whether it was used.
     pub record: TokenRecord,
@@ -270,6 +271,13 @@ pub struct TokenEntry {
 }
 
 impl TokenEntry {
+    /// `record`, kept until `expires_at` in the map's milliseconds: for a map that rebuilds
+    /// entries from its own encoding.
+    #[must_use]
+    pub const fn new(record: TokenRecord, expires_at: u64) -> Self {
+        Self { record, expires_at }
+    }
+
     /// Whether the token is still usable at `now`.
     #[must_use]
     pub fn is_live(&self, now: u64) -> bool {
@@ -328,13 +336,10 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
             if current.is_some_and(|entry| entry.is_live(now)) {
                 return (Err(Error::TokenCollision), None);
             }
-            let entry = TokenEntry {
-                record: TokenRecord {
-                    scope: scope.clone(),
-                    used: false,
-                },
-                expires_at: now.saturating_add(ttl.as_millis()),
-            };
+            let entry = TokenEntry::new(
+                TokenRecord::new(scope.clone(), false),
+                now.saturating_add(ttl.as_millis()),
+            );
             (Ok(()), Some(entry))
         })
         .await?
@@ -346,10 +351,9 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
             let live = current.filter(|entry| entry.is_live(map.now()));
             let (consumption, write) = TokenRecord::consume(live.map(|e| &e.record), scope);
             // The used mark keeps the token's own expiry.
-            let write = write.zip(live).map(|(record, entry)| TokenEntry {
-                record,
-                expires_at: entry.expires_at,
-            });
+            let write = write
+                .zip(live)
+                .map(|(record, entry)| TokenEntry::new(record, entry.expires_at));
             (consumption, write)
         })
         .await

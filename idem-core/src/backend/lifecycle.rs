@@ -26,6 +26,7 @@ use crate::ttl::Ttl;
 
 /// What a store keeps for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// Where the key is.
     pub phase: Phase,
@@ -59,6 +60,7 @@ pub enum Phase {
 
 /// What a transition answers and what the store must write.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Step<T> {
     /// The answer for the caller.
     pub answer: Result<T, Error>,
@@ -107,6 +109,24 @@ impl<T> Step<T> {
 }
 
 impl Entry {
+    /// An entry in `phase`, for a store that rebuilds entries from its own encoding: the
+    /// `fencing` number of the latest acquisition, the `fingerprint` of the latest claim,
+    /// and when the store may forget it (`expires_at`, in store milliseconds).
+    #[must_use]
+    pub const fn new(
+        phase: Phase,
+        fencing: u64,
+        fingerprint: Option<Fingerprint>,
+        expires_at: u64,
+    ) -> Self {
+        Self {
+            phase,
+            fencing,
+            fingerprint,
+            expires_at,
+        }
+    }
+
     /// Whether the store may drop the entry at `now`. Stores treat an expired entry as absent.
     pub fn is_expired(&self, now: u64) -> bool {
         now >= self.expires_at
@@ -257,11 +277,7 @@ fn take_over(entry: &Entry, request: &ClaimRequest, now: u64) -> Step<Claim> {
 }
 
 fn acquire(request: &ClaimRequest, fencing: u64, now: u64) -> Step<Claim> {
-    let lease = Lease {
-        key: request.key.clone(),
-        owner: request.owner,
-        fencing,
-    };
+    let lease = request.lease(fencing);
     let entry = Entry::claimed(
         request.owner,
         fencing,

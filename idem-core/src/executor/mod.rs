@@ -64,7 +64,10 @@ pub struct Idempotency<S> {
 
 /// The outcome of [`Idempotency::execute_outcome`]: the operation's result, and whether
 /// it was replayed from the store rather than run by this call.
+///
+/// Only the executor makes one; read its fields, or match it with `..`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Execution<T, E> {
     /// The operation's success or permanent failure (a retryable failure is never replayed).
     pub result: Result<T, E>,

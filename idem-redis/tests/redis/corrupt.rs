@@ -66,11 +66,7 @@ fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
 }
 
 async fn assert_every_call_is_corrupt(store: &RedisStore, k: &Key, what: &str) {
-    let lease = Lease {
-        key: k.clone(),
-        owner: OwnerToken::random(),
-        fencing: 1,
-    };
+    let lease = Lease::new(k.clone(), OwnerToken::random(), 1);
     let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
     assert!(is_corrupt(store.claim(&request).await), "claim of {what}");
     assert!(is_corrupt(store.read(k).await), "read of {what}");

@@ -39,11 +39,7 @@ async fn claim_loop(
 }
 
 async fn assert_every_call_is_unavailable(store: &RedisStore, k: &Key) {
-    let lease = Lease {
-        key: k.clone(),
-        owner: OwnerToken::random(),
-        fencing: 1,
-    };
+    let lease = Lease::new(k.clone(), OwnerToken::random(), 1);
     let request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
     let started = Instant::now();
     assert!(is_unavailable(&store.claim(&request).await));

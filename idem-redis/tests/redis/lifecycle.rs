@@ -309,26 +309,17 @@ async fn a_stale_lease_changes_nothing() {
     ));
     assert!(matches!(store.release(&old).await, Err(Error::LeaseLost)));
     // The same owner with a wrong fencing number, and a stranger with the right one.
-    let forged = Lease {
-        fencing: new.fencing + 1,
-        ..new.clone()
-    };
+    let forged = Lease::new(new.key.clone(), new.owner, new.fencing + 1);
     assert!(matches!(
         store.complete(&forged, payload.clone(), ttl_ms(LONG)).await,
         Err(Error::LeaseLost)
     ));
-    let stranger = Lease {
-        owner: OwnerToken::random(),
-        ..new.clone()
-    };
+    let stranger = Lease::new(new.key.clone(), OwnerToken::random(), new.fencing);
     assert!(matches!(
         store.release(&stranger).await,
         Err(Error::LeaseLost)
     ));
-    let huge = Lease {
-        fencing: u64::MAX,
-        ..new.clone()
-    };
+    let huge = Lease::new(new.key.clone(), new.owner, u64::MAX);
     assert!(matches!(store.release(&huge).await, Err(Error::LeaseLost)));
 
     let after = store.read(&k).await.expect("read").expect("claimed");

@@ -194,10 +194,7 @@ pub async fn fencing_stops_at_the_largest_number_the_column_holds<S: TestServer>
         );
     }
     // Nothing changed: the lapsed owner, whom nobody took over from, can still finish.
-    let lapsed = Lease {
-        fencing: max,
-        ..first
-    };
+    let lapsed = Lease::new(first.key.clone(), first.owner, max);
     store
         .complete(&lapsed, "late".into(), ttl(RETENTION))
         .await
@@ -218,10 +215,7 @@ pub async fn takes_over_past<S: TestServer>(
     plant_lapsed_fencing::<S>(store, key, planted).await;
     let taken = acquired(store.claim(&request(key, LONG)).await.expect("takeover"));
     assert_eq!(taken.fencing, planted + 1);
-    let stale = Lease {
-        fencing: planted,
-        ..first
-    };
+    let stale = Lease::new(first.key.clone(), first.owner, planted);
     assert!(matches!(
         store.complete(&stale, "stale".into(), ttl(RETENTION)).await,
         Err(Error::LeaseLost)
@@ -259,19 +253,13 @@ pub async fn a_stale_lease_changes_nothing<S: TestServer>() {
     // Right owner, wrong fencing number (one behind, or past any the column holds); right
     // fencing number, wrong owner.
     for fencing in [stale.fencing, u64::MAX] {
-        let forged = Lease {
-            fencing,
-            ..current.clone()
-        };
+        let forged = Lease::new(current.key.clone(), current.owner, fencing);
         assert!(matches!(
             store.release(&forged).await,
             Err(Error::LeaseLost)
         ));
     }
-    let forged = Lease {
-        owner: OwnerToken::random(),
-        ..current.clone()
-    };
+    let forged = Lease::new(current.key.clone(), OwnerToken::random(), current.fencing);
     assert!(matches!(
         store.complete(&forged, "x".into(), retention).await,
         Err(Error::LeaseLost)
@@ -296,11 +284,9 @@ pub async fn the_same_owner_gets_its_lease_back_extended<S: TestServer>() {
     let lease = acquired(store.claim(&request).await.expect("claim"));
     tokio::time::sleep(PAST_SHORT).await;
     // Lapsed but not taken over: the same attempt asking again keeps its fencing number.
-    let longer = request.clone().with_owner(lease.owner);
-    let longer = ClaimRequest {
-        lease_ttl: ttl(LONG),
-        ..longer
-    };
+    let longer = ClaimRequest::new(key.clone(), ttl(LONG))
+        .with_owner(lease.owner)
+        .with_fingerprint(fingerprint);
     assert_eq!(
         store.claim(&longer).await.expect("re-claim"),
         Claim::Acquired(lease.clone())

@@ -156,11 +156,7 @@ impl BrokenStore {
             }
             Defect::ReclaimDoesNotExtend => {
                 if let Some(entry) = own {
-                    return Step::keep(Ok(Claim::Acquired(Lease {
-                        key: request.key.clone(),
-                        owner: request.owner,
-                        fencing: entry.fencing,
-                    })));
+                    return Step::keep(Ok(Claim::Acquired(request.lease(entry.fencing))));
                 }
             }
             Defect::OwnRetryIgnoresFingerprint => {
@@ -188,11 +184,7 @@ impl BrokenStore {
         match (&mut step.answer, current) {
             (Ok(Claim::InProgress { retry_after }), Some(entry)) => match self.defect {
                 Defect::TwoWinners => {
-                    step.answer = Ok(Claim::Acquired(Lease {
-                        key: request.key.clone(),
-                        owner: request.owner,
-                        fencing: 0,
-                    }));
+                    step.answer = Ok(Claim::Acquired(request.lease(0)));
                 }
                 Defect::RetryAfterIsLeaseTtl => {
                     if let Phase::Claimed { lease_ttl, .. } = entry.phase {
@@ -242,19 +234,18 @@ impl BrokenStore {
                 .saturating_add(SHORT_TRACE_MS),
             Phase::Completed(_) | Phase::Failed(_) => entry.expires_at,
         };
-        Entry {
-            expires_at,
-            ..entry
-        }
+        Entry::new(entry.phase, entry.fencing, entry.fingerprint, expires_at)
     }
 
     /// A finished entry whose retention starts over at `now`: the sliding-expiry defect.
     fn slid(&self, state: &State, slot: &str, entry: &Entry, now: u64) -> Entry {
         let retention = state.retention.get(slot).copied().unwrap_or(0);
-        Entry {
-            expires_at: now.saturating_add(retention),
-            ..entry.clone()
-        }
+        Entry::new(
+            entry.phase.clone(),
+            entry.fencing,
+            entry.fingerprint,
+            now.saturating_add(retention),
+        )
     }
 
     /// Whether `lease` may change `entry`, by this store's ownership test.
@@ -330,12 +321,12 @@ impl BrokenStore {
                 } if from_claim => lease_until.saturating_sub(lease_ttl),
                 _ => now,
             };
-            Entry {
+            Entry::new(
                 phase,
-                fencing: entry.fencing,
-                fingerprint: entry.fingerprint,
-                expires_at: start.saturating_add(retention.as_millis()),
-            }
+                entry.fencing,
+                entry.fingerprint,
+                start.saturating_add(retention.as_millis()),
+            )
         })
         .await?;
         self.lock()?
@@ -392,16 +383,16 @@ impl IdempotencyStore for BrokenStore {
                 _ => now,
             };
             let lease_until = start.saturating_add(ttl.as_millis());
-            Entry {
-                phase: Phase::Claimed {
+            Entry::new(
+                Phase::Claimed {
                     owner: lease.owner,
                     lease_until,
                     lease_ttl: ttl.as_millis(),
                 },
-                fencing: entry.fencing,
-                fingerprint: entry.fingerprint,
-                expires_at: lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis())),
-            }
+                entry.fencing,
+                entry.fingerprint,
+                lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis())),
+            )
         })
         .await
     }
@@ -415,22 +406,23 @@ impl IdempotencyStore for BrokenStore {
             };
             if as_expiry {
                 // "Release" by ending the lease now: the entry still names its owner.
-                return Entry {
-                    phase: Phase::Claimed {
+                return Entry::new(
+                    Phase::Claimed {
                         owner: lease.owner,
                         lease_until: now,
                         lease_ttl,
                     },
-                    expires_at: now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
-                    ..entry.clone()
-                };
+                    entry.fencing,
+                    entry.fingerprint,
+                    now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
+                );
             }
-            Entry {
-                phase: Phase::Vacant,
-                fencing: entry.fencing,
-                fingerprint: None,
-                expires_at: now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
-            }
+            Entry::new(
+                Phase::Vacant,
+                entry.fencing,
+                None,
+                now.saturating_add(lifecycle::trace_ttl(lease_ttl)),
+            )
         })
         .await
     }
@@ -451,15 +443,15 @@ impl IdempotencyStore for BrokenStore {
             return Ok(None);
         };
         match (&entry.phase, self.defect) {
-            (Phase::Claimed { owner, .. }, Defect::LapsedReadsAsClaimed) => Ok(Some(Record {
-                key: key.clone(),
-                state: RecordState::Claimed { owner: *owner },
-                fencing: entry.fencing,
-                fingerprint: entry.fingerprint,
-                expires_in: entry
+            (Phase::Claimed { owner, .. }, Defect::LapsedReadsAsClaimed) => Ok(Some(Record::new(
+                key.clone(),
+                RecordState::Claimed { owner: *owner },
+                entry.fencing,
+                entry.fingerprint,
+                entry
                     .record(key, now)
                     .map_or(Duration::ZERO, |r| r.expires_in),
-            })),
+            ))),
             (Phase::Completed(_) | Phase::Failed(_), Defect::SlidingRetention) => {
                 let slid = self.slid(&state, &slot, &entry, now);
                 let record = slid.record(key, now);

@@ -152,10 +152,7 @@ impl TokenStore for BrokenTokenStore {
         if live.is_some() && !overwrite && !revives {
             return Err(Error::TokenCollision);
         }
-        let record = TokenRecord {
-            scope: scope.clone(),
-            used: false,
-        };
+        let record = TokenRecord::new(scope.clone(), false);
         let deadline = Instant::now() + ttl.as_duration();
         self.with_tokens(|tokens| {
             tokens.insert(token.clone(), (record, deadline, ttl.as_duration()))
@@ -180,13 +177,7 @@ impl TokenStore for BrokenTokenStore {
         };
         let (answer, write) = TokenRecord::consume(Some(&record), &asked_as);
         if self.defect == TokenDefect::BurnsOnWrongScope && !record.used {
-            self.write(
-                token,
-                TokenRecord {
-                    used: true,
-                    ..record.clone()
-                },
-            )?;
+            self.write(token, TokenRecord::new(record.scope.clone(), true))?;
         }
         if let Some(used) = write {
             if self.defect == TokenDefect::CheckThenMark {

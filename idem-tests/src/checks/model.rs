@@ -231,11 +231,11 @@ impl<'a> Model<'a> {
     /// A lease owner `o` may present for key `k`: mostly its latest, sometimes an older
     /// one, sometimes one it never got.
     fn lease_of(&mut self, k: usize, o: usize) -> Lease {
-        let forged = Lease {
-            key: self.keys[k].clone(),
-            owner: self.owners[o],
-            fencing: 1 + self.rng.below(4) as u64,
-        };
+        let forged = Lease::new(
+            self.keys[k].clone(),
+            self.owners[o],
+            1 + self.rng.below(4) as u64,
+        );
         let pick = self.rng.below(10);
         match self.leases.get(&(k, o)) {
             Some(leases) if !leases.is_empty() && pick < 9 => {

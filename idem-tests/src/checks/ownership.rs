@@ -99,10 +99,7 @@ pub async fn lease_identity(store: Store, capabilities: Capabilities) -> CheckRe
         ctx.expect_spent(&older, "of the same owner token, older fencing number")
             .await?;
 
-        let forged = Lease {
-            owner: OwnerToken::random(),
-            ..current.clone()
-        };
+        let forged = Lease::new(current.key.clone(), OwnerToken::random(), current.fencing);
         ctx.expect_spent(&forged, "with the current fencing number but another owner")
             .await?;
         let record = ctx.read(&key).await?.ok_or("the current claim vanished")?;

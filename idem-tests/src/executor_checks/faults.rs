@@ -147,7 +147,8 @@ pub async fn lost_write_reply_is_recognised(
                     first,
                     Ok(Execution {
                         result: Ok(71),
-                        replayed: false
+                        replayed: false,
+                        ..
                     })
                 ),
                 "the first call should get its value, got {first:?}"
@@ -198,7 +199,8 @@ pub async fn unavailable_claim_is_retried_by_its_owner(
                     first,
                     Ok(Execution {
                         result: Ok(81),
-                        replayed: false
+                        replayed: false,
+                        ..
                     })
                 ),
                 "the claim whose reply was lost should be recognised as ours, got {first:?}"

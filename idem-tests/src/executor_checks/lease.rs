@@ -29,6 +29,7 @@ async fn poll_while_running(
             Ok(Execution {
                 result: Ok(value),
                 replayed: true,
+                ..
             }) if value == expected => {}
             other => return Err(format!("a repeat during the first run got {other:?}")),
         }

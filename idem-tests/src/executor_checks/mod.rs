@@ -122,14 +122,14 @@ pub(crate) fn executor(
     wait: WaitPolicy,
     cancel_policy: CancelPolicy,
 ) -> Result<Executor, String> {
-    let config = Config {
-        lease_ttl: lease,
-        success_retention: crate::context::RETENTION,
-        failure_retention: crate::context::RETENTION,
-        wait,
-        cancel_policy,
-        ..Config::default()
-    };
+    let config = Config::builder()
+        .lease_ttl(lease)
+        .success_retention(crate::context::RETENTION)
+        .failure_retention(crate::context::RETENTION)
+        .wait(wait)
+        .cancel_policy(cancel_policy)
+        .build()
+        .doing("configuring the executor")?;
     Idempotency::with_config(store, config).doing("building the executor")
 }
 
@@ -198,6 +198,7 @@ where
             Ok(Execution {
                 result: Ok(value),
                 replayed: true,
+                ..
             }) if value == expected => return Ok(()),
             other => {
                 return Err(format!(

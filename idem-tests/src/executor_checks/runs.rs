@@ -110,7 +110,8 @@ pub async fn retryable_failure_reruns(store: Store, capabilities: Capabilities) 
                     second,
                     Ok(Execution {
                         result: Ok(12),
-                        replayed: false
+                        replayed: false,
+                        ..
                     })
                 ),
                 "after a retryable failure the next call should run, got {second:?}"
@@ -121,7 +122,8 @@ pub async fn retryable_failure_reruns(store: Store, capabilities: Capabilities) 
                     third,
                     Ok(Execution {
                         result: Ok(12),
-                        replayed: true
+                        replayed: true,
+                        ..
                     })
                 ),
                 "the success should then be replayed, got {third:?}"
@@ -165,7 +167,7 @@ pub async fn permanent_failure_replays(store: Store, capabilities: Capabilities)
         for _ in 0..2 {
             let repeat = run_counted(&idem, &key, &runs, 22u64).await;
             ensure!(
-                matches!(&repeat, Ok(Execution { result: Err(e), replayed: true }) if e == &declined),
+                matches!(&repeat, Ok(Execution { result: Err(e), replayed: true, .. }) if e == &declined),
                 "a repeat should replay the failure, got {repeat:?}"
             );
         }
@@ -217,7 +219,8 @@ pub async fn panic_frees_the_key(store: Store, capabilities: Capabilities) -> Ch
                     next,
                     Ok(Execution {
                         result: Ok(31),
-                        replayed: false
+                        replayed: false,
+                        ..
                     })
                 ),
                 "after a panic the next call should run, got {next:?}"
