@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use idem_core::{Error, Key};
+use idem_sql::driver::{Query, column, query};
 use idem_sql::row::micros;
 use idem_sql::{
     Arg, CallPolicy, Insertion, RecordStatements, SqlDialect, Statement, StoredRow, TableKind,
     TableName, TokenStatements,
 };
-use sqlx::mysql::{MySqlArguments, MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
-use sqlx::{Executor, MySql, MySqlConnection, MySqlPool, Row};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
+use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
 
-use crate::errors::{from_sqlx, is_duplicate_key, is_lock_conflict, is_parse_error};
+use crate::errors::{is_duplicate_key, is_lock_conflict, is_parse_error, is_transient_error};
 use crate::schema::{self, MAX_TABLE_NAME, RECORDS};
 use crate::statements::{self, MySqlExtra};
 use crate::token_schema::TOKENS;
@@ -23,29 +24,6 @@ use crate::token_statements;
 /// made of. See the [crate docs](crate).
 #[derive(Debug, Clone, Copy)]
 pub struct MySqlDialect;
-
-type Query<'q> = sqlx::query::Query<'q, MySql, MySqlArguments>;
-
-/// A statement with its arguments bound as MySQL takes them: integers unsigned.
-fn query<'q>(statement: &'q Statement, args: &'q [Arg<'q>]) -> Query<'q> {
-    statement
-        .binds(args)
-        .fold(sqlx::query(statement.sql()), |query, arg| match arg {
-            Arg::Bytes(bytes) => query.bind(bytes),
-            Arg::MaybeBytes(bytes) => query.bind(bytes),
-            Arg::Micros(n) | Arg::Fencing(n) => query.bind(n),
-            Arg::State(state) => query.bind(state),
-            Arg::Count(count) => query.bind(count),
-        })
-}
-
-fn column<'r, T>(row: &'r MySqlRow, name: &str) -> Result<T, Error>
-where
-    T: sqlx::Decode<'r, MySql> + sqlx::Type<MySql>,
-{
-    row.try_get(name)
-        .map_err(|e| Error::corrupt_with(format!("column {name} did not decode"), e))
-}
 
 impl SqlDialect for MySqlDialect {
     type Db = MySql;
@@ -70,12 +48,23 @@ impl SqlDialect for MySqlDialect {
         statements::purge(table)
     }
 
+    /// Integers unsigned, as the columns are.
+    fn bind<'q>(query: Query<'q, Self>, arg: Arg<'q>) -> Query<'q, Self> {
+        match arg {
+            Arg::Bytes(bytes) => query.bind(bytes),
+            Arg::MaybeBytes(bytes) => query.bind(bytes),
+            Arg::Micros(n) | Arg::Fencing(n) => query.bind(n),
+            Arg::State(state) => query.bind(state),
+            Arg::Count(count) => query.bind(count),
+        }
+    }
+
     async fn execute<'c>(
         conn: &'c mut MySqlConnection,
         statement: &'c Statement,
         args: &'c [Arg<'c>],
     ) -> Result<u64, sqlx::Error> {
-        let done = query(statement, args).execute(&mut *conn).await?;
+        let done = query::<Self>(statement, args).execute(&mut *conn).await?;
         Ok(done.rows_affected())
     }
 
@@ -84,7 +73,9 @@ impl SqlDialect for MySqlDialect {
         statement: &'c Statement,
         args: &'c [Arg<'c>],
     ) -> Result<Option<MySqlRow>, sqlx::Error> {
-        query(statement, args).fetch_optional(&mut *conn).await
+        query::<Self>(statement, args)
+            .fetch_optional(&mut *conn)
+            .await
     }
 
     fn record(row: &MySqlRow) -> Result<StoredRow, Error> {
@@ -115,7 +106,7 @@ impl SqlDialect for MySqlDialect {
     ) -> Result<Insertion, Error> {
         let extra = &statements.extra;
         if extra.returning() {
-            match query(&statements.insert, args)
+            match query::<Self>(&statements.insert, args)
                 .fetch_optional(&mut *conn)
                 .await
             {
@@ -132,13 +123,16 @@ impl SqlDialect for MySqlDialect {
                     extra.without_returning();
                     tracing::info!(%error, "idem-mysql: no INSERT ... RETURNING on this server; a replay takes two statements");
                 }
-                Err(error) => return Err(from_sqlx(error)),
+                Err(error) => return Err(Self::error(error)),
             }
         }
-        match query(&extra.plain_insert, args).execute(&mut *conn).await {
+        match query::<Self>(&extra.plain_insert, args)
+            .execute(&mut *conn)
+            .await
+        {
             Ok(_) => Ok(Insertion::Inserted),
             Err(e) if is_duplicate_key(&e) => Ok(Insertion::Unread),
-            Err(e) => Err(from_sqlx(e)),
+            Err(e) => Err(Self::error(e)),
         }
     }
 
@@ -148,10 +142,10 @@ impl SqlDialect for MySqlDialect {
         statements: &'c RecordStatements<Self>,
         args: &'c [Arg<'c>],
     ) -> Result<Option<u64>, Error> {
-        let done = query(&statements.take_over, args)
+        let done = query::<Self>(&statements.take_over, args)
             .execute(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(Self::error)?;
         if done.rows_affected() == 0 {
             return Ok(None);
         }
@@ -180,15 +174,15 @@ impl SqlDialect for MySqlDialect {
         ];
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
-        let probed = query(&extra.probe_locked, &row_key)
+            .map_err(Self::error)?;
+        let probed = query::<Self>(&extra.probe_locked, &row_key)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(from_sqlx)?
+            .map_err(Self::error)?
             .map(|row| {
                 Ok::<_, Error>((
-                    column::<i64>(&row, "visible")?,
-                    column::<i64>(&row, "vacant")?,
+                    column::<_, i64>(&row, "visible")?,
+                    column::<_, i64>(&row, "vacant")?,
                 ))
             })
             .transpose()?;
@@ -200,18 +194,18 @@ impl SqlDialect for MySqlDialect {
                 row_key[0],
                 row_key[1],
             ];
-            let vacated = query(&extra.vacate, &vacate)
+            let vacated = query::<Self>(&extra.vacate, &vacate)
                 .execute(&mut *tx)
                 .await
-                .map_err(from_sqlx)?;
+                .map_err(Self::error)?;
             if vacated.rows_affected() == 0 {
-                query(&extra.delete, &row_key)
+                query::<Self>(&extra.delete, &row_key)
                     .execute(&mut *tx)
                     .await
-                    .map_err(from_sqlx)?;
+                    .map_err(Self::error)?;
             }
         }
-        tx.commit().await.map_err(from_sqlx)?;
+        tx.commit().await.map_err(Self::error)?;
         Ok(probed.is_some_and(|(visible, _)| visible != 0))
     }
 
@@ -248,7 +242,7 @@ impl SqlDialect for MySqlDialect {
         policy: CallPolicy,
         max_connections: u32,
     ) -> Result<MySqlPool, Error> {
-        let options: MySqlConnectOptions = url.parse().map_err(from_sqlx)?;
+        let options: MySqlConnectOptions = url.parse().map_err(Self::error)?;
         let timeout = policy.server_timeout();
         MySqlPoolOptions::new()
             .max_connections(max_connections)
@@ -261,19 +255,19 @@ impl SqlDialect for MySqlDialect {
             })
             .connect_with(options)
             .await
-            .map_err(from_sqlx)
+            .map_err(Self::error)
     }
 
-    fn error(error: sqlx::Error) -> Error {
-        from_sqlx(error)
+    fn is_transient(error: &sqlx::Error) -> bool {
+        is_transient_error(error)
+    }
+
+    fn is_lock_conflict(error: &sqlx::Error) -> bool {
+        is_lock_conflict(error)
     }
 
     fn is_duplicate_key(error: &sqlx::Error) -> bool {
         is_duplicate_key(error)
-    }
-
-    fn is_lock_conflict(error: &Error) -> bool {
-        is_lock_conflict(error)
     }
 }
 

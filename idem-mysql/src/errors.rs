@@ -1,6 +1,5 @@
-//! sqlx errors as idem errors, and which server errors mean what.
+//! Which MySQL and MariaDB server errors mean what; idem-sql maps them to idem errors.
 
-use idem_core::Error;
 use sqlx::mysql::MySqlDatabaseError;
 
 /// `ER_DUP_ENTRY`: the claimed key already has a row.
@@ -35,24 +34,6 @@ const TRANSIENT: &[u16] = &[
     4031,
 ];
 
-/// Maps a sqlx error to the idem error a caller acts on; the sqlx error stays the source.
-pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Error::unavailable(error),
-        sqlx::Error::Database(_) if server_error(&error).is_some_and(is_transient) => {
-            Error::unavailable(error)
-        }
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            Error::corrupt_with("a stored column did not decode", error)
-        }
-        _ => Error::backend(error),
-    }
-}
-
 /// Whether a server error number means "interrupted, or try again".
 fn is_transient(number: u16) -> bool {
     TRANSIENT.contains(&number)
@@ -80,16 +61,15 @@ pub(crate) fn is_parse_error(error: &sqlx::Error) -> bool {
     server_error(error) == Some(PARSE_ERROR)
 }
 
-/// Whether an idem error is a deadlock or lock wait timeout, which an autocommit statement
+/// Whether a server error means "interrupted, or try again" ([`TRANSIENT`]).
+pub(crate) fn is_transient_error(error: &sqlx::Error) -> bool {
+    server_error(error).is_some_and(is_transient)
+}
+
+/// Whether a server error is a deadlock or lock wait timeout, which an autocommit statement
 /// can simply run again.
-pub(crate) fn is_lock_conflict(error: &Error) -> bool {
-    let Error::Unavailable { source } = error else {
-        return false;
-    };
-    source
-        .downcast_ref::<sqlx::Error>()
-        .and_then(server_error)
-        .is_some_and(|n| n == DEADLOCK || n == LOCK_WAIT_TIMEOUT)
+pub(crate) fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    server_error(error).is_some_and(|n| n == DEADLOCK || n == LOCK_WAIT_TIMEOUT)
 }
 
 #[cfg(test)]

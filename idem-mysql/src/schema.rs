@@ -11,7 +11,9 @@ use idem_core::Error;
 use idem_sql::{Migration, TableKind, TableName};
 use sqlx::{AssertSqlSafe, MySqlConnection};
 
-use crate::errors::from_sqlx;
+use idem_sql::SqlDialect;
+
+use crate::MySqlDialect;
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -82,7 +84,7 @@ pub(crate) async fn migrate(
         sqlx::raw_sql(AssertSqlSafe((migration.ddl)(table)))
             .execute(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(MySqlDialect::error)?;
     }
     Ok(())
 }
@@ -100,7 +102,7 @@ pub(crate) async fn version(
     .bind(table.as_str())
     .fetch_optional(&mut *conn)
     .await
-    .map_err(from_sqlx)?;
+    .map_err(MySqlDialect::error)?;
     kind.version_in(table, comment.as_deref())
 }
 

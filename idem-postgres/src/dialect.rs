@@ -2,15 +2,16 @@
 //! operations whose shape is PostgreSQL's own.
 
 use idem_core::{Error, Key};
+use idem_sql::driver::{Query, column, query};
 use idem_sql::row::{self, micros};
 use idem_sql::{
     Arg, CallPolicy, Insertion, RecordStatements, SqlDialect, Statement, StoredRow, TableKind,
     TableName, TokenStatements,
 };
-use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, PgPool, Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::errors::{from_sqlx, is_lock_conflict};
+use crate::errors::{is_lock_conflict, is_transient_error};
 use crate::schema::{self, MAX_TABLE_NAME, RECORDS, TOKENS};
 use crate::statements::{self, PgExtra};
 
@@ -18,32 +19,6 @@ use crate::statements::{self, PgExtra};
 /// [`PgTokenStore`](crate::PgTokenStore) are made of. See the [crate docs](crate).
 #[derive(Debug, Clone, Copy)]
 pub struct PgDialect;
-
-type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
-
-/// A statement with its arguments bound as PostgreSQL takes them: `bigint` and `smallint`.
-/// A span past `i64::MAX` µs cannot come from a `Ttl` (at most ten years); a fencing
-/// number past it cannot be in the table, and bound as -1 it matches nothing.
-fn query<'q>(statement: &'q Statement, args: &'q [Arg<'q>]) -> Query<'q> {
-    statement
-        .binds(args)
-        .fold(sqlx::query(statement.sql()), |query, arg| match arg {
-            Arg::Bytes(bytes) => query.bind(bytes),
-            Arg::MaybeBytes(bytes) => query.bind(bytes),
-            Arg::Micros(us) => query.bind(i64::try_from(us).unwrap_or(i64::MAX)),
-            Arg::Fencing(fencing) => query.bind(i64::try_from(fencing).unwrap_or(-1)),
-            Arg::State(state) => query.bind(i16::from(state)),
-            Arg::Count(count) => query.bind(i64::from(count)),
-        })
-}
-
-fn column<'r, T>(row: &'r PgRow, name: &str) -> Result<T, Error>
-where
-    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
-{
-    row.try_get(name)
-        .map_err(|e| Error::corrupt_with(format!("column {name} did not decode"), e))
-}
 
 impl SqlDialect for PgDialect {
     type Db = Postgres;
@@ -68,12 +43,26 @@ impl SqlDialect for PgDialect {
         statements::purge(table)
     }
 
+    /// `bigint` and `smallint`. A span past `i64::MAX` µs cannot come from a `Ttl` (at most
+    /// ten years); a fencing number past it cannot be in the table, and bound as -1 it
+    /// matches nothing.
+    fn bind<'q>(query: Query<'q, Self>, arg: Arg<'q>) -> Query<'q, Self> {
+        match arg {
+            Arg::Bytes(bytes) => query.bind(bytes),
+            Arg::MaybeBytes(bytes) => query.bind(bytes),
+            Arg::Micros(us) => query.bind(i64::try_from(us).unwrap_or(i64::MAX)),
+            Arg::Fencing(fencing) => query.bind(i64::try_from(fencing).unwrap_or(-1)),
+            Arg::State(state) => query.bind(i16::from(state)),
+            Arg::Count(count) => query.bind(i64::from(count)),
+        }
+    }
+
     async fn execute<'c>(
         conn: &'c mut PgConnection,
         statement: &'c Statement,
         args: &'c [Arg<'c>],
     ) -> Result<u64, sqlx::Error> {
-        let done = query(statement, args).execute(&mut *conn).await?;
+        let done = query::<Self>(statement, args).execute(&mut *conn).await?;
         Ok(done.rows_affected())
     }
 
@@ -82,7 +71,9 @@ impl SqlDialect for PgDialect {
         statement: &'c Statement,
         args: &'c [Arg<'c>],
     ) -> Result<Option<PgRow>, sqlx::Error> {
-        query(statement, args).fetch_optional(&mut *conn).await
+        query::<Self>(statement, args)
+            .fetch_optional(&mut *conn)
+            .await
     }
 
     fn record(row: &PgRow) -> Result<StoredRow, Error> {
@@ -110,15 +101,15 @@ impl SqlDialect for PgDialect {
         statements: &'c RecordStatements<Self>,
         args: &'c [Arg<'c>],
     ) -> Result<Insertion, Error> {
-        let row = query(&statements.insert, args)
+        let row = query::<Self>(&statements.insert, args)
             .fetch_one(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(Self::error)?;
         if column(&row, "inserted")? {
             return Ok(Insertion::Inserted);
         }
         // No row in the statement's snapshot: committed after it began.
-        if column::<Option<i16>>(&row, "state")?.is_none() {
+        if column::<_, Option<i16>>(&row, "state")?.is_none() {
             return Ok(Insertion::Unread);
         }
         Ok(Insertion::Existing(Self::record(&row)?.into_entry()?))
@@ -130,10 +121,10 @@ impl SqlDialect for PgDialect {
         statements: &'c RecordStatements<Self>,
         args: &'c [Arg<'c>],
     ) -> Result<Option<u64>, Error> {
-        let row = query(&statements.take_over, args)
+        let row = query::<Self>(&statements.take_over, args)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(Self::error)?;
         row.map(|row| row::fencing(column(&row, "fencing")?))
             .transpose()
     }
@@ -149,10 +140,10 @@ impl SqlDialect for PgDialect {
             Arg::Bytes(key.id().as_bytes()),
             Arg::Micros(micros(idem_core::backend::lifecycle::trace_ttl(0))),
         ];
-        let row = query(&statements.extra.remove, &args)
+        let row = query::<Self>(&statements.extra.remove, &args)
             .fetch_optional(&mut *conn)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(Self::error)?;
         match row {
             Some(row) => column(&row, "visible"),
             None => Ok(false),
@@ -180,7 +171,7 @@ impl SqlDialect for PgDialect {
     /// statement timeout to get a connection, and `statement_timeout` on the server at
     /// [`CallPolicy::server_timeout`].
     async fn connect(url: &str, policy: CallPolicy, max_connections: u32) -> Result<PgPool, Error> {
-        let options: PgConnectOptions = url.parse().map_err(from_sqlx)?;
+        let options: PgConnectOptions = url.parse().map_err(Self::error)?;
         let timeout_ms = policy.server_timeout().as_millis().max(1).to_string();
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         PgPoolOptions::new()
@@ -189,19 +180,19 @@ impl SqlDialect for PgDialect {
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(from_sqlx)
+            .map_err(Self::error)
     }
 
-    fn error(error: sqlx::Error) -> Error {
-        from_sqlx(error)
+    fn is_transient(error: &sqlx::Error) -> bool {
+        is_transient_error(error)
+    }
+
+    fn is_lock_conflict(error: &sqlx::Error) -> bool {
+        is_lock_conflict(error)
     }
 
     /// Never: every INSERT says `ON CONFLICT DO NOTHING`, and a conflict matches no row.
     fn is_duplicate_key(_: &sqlx::Error) -> bool {
         false
-    }
-
-    fn is_lock_conflict(error: &Error) -> bool {
-        is_lock_conflict(error)
     }
 }

@@ -1,6 +1,4 @@
-//! sqlx errors as idem errors, and which SQLSTATEs mean what.
-
-use idem_core::Error;
+//! Which SQLSTATEs mean what; idem-sql maps them to idem errors.
 
 /// `serialization_failure`: a REPEATABLE READ or SERIALIZABLE transaction saw a concurrent
 /// change; the whole transaction must run again.
@@ -30,24 +28,6 @@ fn is_transient(code: &str) -> bool {
         || code.starts_with("53")
 }
 
-/// Maps a sqlx error to the idem error a caller acts on; the sqlx error stays the source.
-pub(crate) fn from_sqlx(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Error::unavailable(error),
-        sqlx::Error::Database(_) if sqlstate(&error).is_some_and(is_transient) => {
-            Error::unavailable(error)
-        }
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            Error::corrupt_with("a stored column did not decode", error)
-        }
-        _ => Error::backend(error),
-    }
-}
-
 /// The SQLSTATE of a server error.
 fn sqlstate(error: &sqlx::Error) -> Option<&str> {
     error
@@ -56,15 +36,15 @@ fn sqlstate(error: &sqlx::Error) -> Option<&str> {
         .map(sqlx::postgres::PgDatabaseError::code)
 }
 
-/// Whether an idem error is a deadlock, a lock timeout or a serialization failure, which a
+/// Whether a server error means the same call may succeed later.
+pub(crate) fn is_transient_error(error: &sqlx::Error) -> bool {
+    sqlstate(error).is_some_and(is_transient)
+}
+
+/// Whether a server error is a deadlock, a lock timeout or a serialization failure, which a
 /// statement on its own (autocommit) can simply run again.
-pub(crate) fn is_lock_conflict(error: &Error) -> bool {
-    let Error::Unavailable { source } = error else {
-        return false;
-    };
-    source
-        .downcast_ref::<sqlx::Error>()
-        .and_then(sqlstate)
+pub(crate) fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    sqlstate(error)
         .is_some_and(|code| matches!(code, SERIALIZATION_FAILURE | DEADLOCK | LOCK_NOT_AVAILABLE))
 }
 

@@ -7,7 +7,9 @@ use idem_core::Error;
 use idem_sql::{Migration, TableKind, TableName};
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 
-use crate::errors::from_sqlx;
+use idem_sql::SqlDialect;
+
+use crate::PgDialect;
 
 /// The records table's schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -115,21 +117,21 @@ pub(crate) async fn migrate(
 ) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn)
         .await
-        .map_err(from_sqlx)?;
+        .map_err(PgDialect::error)?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
         .bind(format!("idem-postgres migrate {table}"))
         .execute(&mut *tx)
         .await
-        .map_err(from_sqlx)?;
+        .map_err(PgDialect::error)?;
     let current = version(&mut tx, kind, table).await?;
     for migration in kind.pending(current) {
         tracing::info!(table = %table, version = migration.version, "idem-postgres: migrating");
         sqlx::raw_sql(AssertSqlSafe((migration.ddl)(table)))
             .execute(&mut *tx)
             .await
-            .map_err(from_sqlx)?;
+            .map_err(PgDialect::error)?;
     }
-    tx.commit().await.map_err(from_sqlx)
+    tx.commit().await.map_err(PgDialect::error)
 }
 
 /// The schema version `table` carries in its comment, `None` when the table does not exist
@@ -146,9 +148,9 @@ pub(crate) async fn version(
     .bind(quoted(table))
     .fetch_one(&mut *conn)
     .await
-    .map_err(from_sqlx)?;
-    let present: bool = row.try_get("present").map_err(from_sqlx)?;
-    let comment: Option<String> = row.try_get("comment").map_err(from_sqlx)?;
+    .map_err(PgDialect::error)?;
+    let present: bool = row.try_get("present").map_err(PgDialect::error)?;
+    let comment: Option<String> = row.try_get("comment").map_err(PgDialect::error)?;
     if !present {
         return Ok(None);
     }

@@ -8,6 +8,7 @@ use idem_core::{Error, Key};
 use sqlx::Database;
 
 use crate::claim::Insertion;
+use crate::driver::Query;
 use crate::statement::{Arg, RecordStatements, Statement, TokenStatements};
 use crate::{CallPolicy, StoredRow, TableKind, TableName};
 
@@ -69,6 +70,10 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
 
     /// Deletes up to [`Arg::Count`] expired rows of `table` (either kind), oldest first.
     fn purge_statement(table: &TableName) -> Statement;
+
+    /// Binds one argument as the driver takes it (MySQL keeps integers unsigned,
+    /// PostgreSQL binds them as `bigint`/`smallint`); see [`driver::query`](crate::driver::query).
+    fn bind<'q>(query: Query<'q, Self>, arg: Arg<'q>) -> Query<'q, Self>;
 
     /// Runs a write; how many rows it matched.
     fn execute<'c>(
@@ -143,13 +148,21 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
         max_connections: u32,
     ) -> impl Future<Output = Result<Pool<Self>, Error>> + Send;
 
-    /// A driver error as the idem error a caller acts on, the driver's error as `source`.
-    fn error(error: sqlx::Error) -> Error;
+    /// Whether a server error means the same call may succeed later: a lock conflict, the
+    /// statement interrupted, the server refusing or dropping connections.
+    fn is_transient(error: &sqlx::Error) -> bool;
+
+    /// Whether a server error is a lock conflict (a deadlock, a lock wait timeout, a
+    /// serialization failure) that a statement on its own (autocommit) may simply run
+    /// again.
+    fn is_lock_conflict(error: &sqlx::Error) -> bool;
 
     /// Whether a driver error says the key (or token) already has a row.
     fn is_duplicate_key(error: &sqlx::Error) -> bool;
 
-    /// Whether an idem error is a lock conflict that a statement on its own (autocommit)
-    /// may simply run again.
-    fn is_lock_conflict(error: &Error) -> bool;
+    /// A driver error as the idem error a caller acts on, the driver's error as `source`
+    /// ([`driver::from_sqlx`](crate::driver::from_sqlx) with [`is_transient`](Self::is_transient)).
+    fn error(error: sqlx::Error) -> Error {
+        crate::driver::from_sqlx(error, Self::is_transient)
+    }
 }

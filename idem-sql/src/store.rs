@@ -1,5 +1,6 @@
 //! The record store of every SQL engine: a table, its statements and the payload limit.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use idem_core::{Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record
 use crate::builder::{FromTable, SqlBuilder};
 use crate::dialect::Pool;
 use crate::ops::{self, OnConnection, Outcome, Reading};
-use crate::pooled::PooledTable;
+use crate::sql_table::SqlTable;
 use crate::statement::RecordStatements;
 use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
 
@@ -32,7 +33,7 @@ use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
 /// Cloning is cheap: clones share the pool.
 #[derive(Debug)]
 pub struct SqlStore<D: SqlDialect> {
-    table: PooledTable<D>,
+    table: SqlTable<D>,
     statements: Arc<RecordStatements<D>>,
     max_payload: usize,
 }
@@ -90,48 +91,10 @@ impl<D: SqlDialect> SqlStore<D> {
         )
     }
 
-    /// The pool, to begin the transactions of the transactional mode.
-    #[must_use]
-    pub fn pool(&self) -> &Pool<D> {
-        &self.table.pool
-    }
-
-    /// The table name.
-    #[must_use]
-    pub fn table(&self) -> &str {
-        self.table.name.as_str()
-    }
-
     /// The payload limit.
     #[must_use]
     pub fn max_payload(&self) -> usize {
         self.max_payload
-    }
-
-    /// Creates the table, or brings it up to this build's schema version; a table already
-    /// there is left alone, so running it at every start is harmless.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when a table of that name exists but is not a records table of
-    /// this crate, or carries a newer schema version.
-    pub async fn migrate(&self) -> Result<(), Error> {
-        self.table.migrate().await
-    }
-
-    /// Checks that the table exists at this build's schema version, without changing
-    /// anything: for deployments where the application may not run DDL.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when it does not.
-    pub async fn check_schema(&self) -> Result<(), Error> {
-        self.table.check_schema().await
-    }
-
-    /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text: for teams
-    /// that apply schema changes with their own tooling.
-    #[must_use]
-    pub fn migration_sql(&self) -> String {
-        self.table.migration_sql()
     }
 
     /// The DDL for a table called `table`, without a store (say, in a build script).
@@ -153,6 +116,8 @@ impl<D: SqlDialect> SqlStore<D> {
         check_payload(payload.len(), self.max_payload)
     }
 
+    /// [`finish_in`](Self::finish_in) on a pooled connection of its own, bounded and
+    /// retried; an oversized payload is refused before any connection is taken.
     async fn finish(
         &self,
         lease: &Lease,
@@ -164,17 +129,21 @@ impl<D: SqlDialect> SqlStore<D> {
         self.table
             .run(|| async {
                 let mut conn = self.table.connection().await?;
-                ops::finish(
-                    &mut *conn,
-                    &self.statements,
-                    lease,
-                    outcome,
-                    payload,
-                    retention,
-                )
-                .await
+                self.finish_in(&mut conn, lease, outcome, payload, retention)
+                    .await
             })
             .await
+    }
+}
+
+/// The table's maintenance and its pool: [`pool`](SqlTable::pool),
+/// [`table`](SqlTable::table), [`migrate`](SqlTable::migrate),
+/// [`check_schema`](SqlTable::check_schema), [`migration_sql`](SqlTable::migration_sql).
+impl<D: SqlDialect> Deref for SqlStore<D> {
+    type Target = SqlTable<D>;
+
+    fn deref(&self) -> &SqlTable<D> {
+        &self.table
     }
 }
 
@@ -184,7 +153,7 @@ impl<D: SqlDialect> FromTable<D> for SqlStore<D> {
     fn from_parts(pool: Pool<D>, table: TableName, policy: CallPolicy, max_payload: usize) -> Self {
         Self {
             statements: Arc::new(D::record_statements(&table)),
-            table: PooledTable::new(pool, table, D::RECORDS, policy),
+            table: SqlTable::new(pool, table, D::RECORDS, policy),
             max_payload,
         }
     }
@@ -195,7 +164,7 @@ impl<D: SqlDialect> PurgeExpired for SqlStore<D> {
     /// Deletes every record past its retention, and every trace of a lease past its fencing
     /// memory, in batches on the `expires_at` index; see [`PurgeExpired`].
     async fn purge_expired(&self, batch_size: u32) -> Result<u64, Error> {
-        self.table.purge_expired(batch_size).await
+        self.table.purge_batches(batch_size).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one-time token store of every SQL engine.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -8,7 +9,7 @@ use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
 
 use crate::builder::{FromTable, SqlBuilder};
 use crate::dialect::Pool;
-use crate::pooled::PooledTable;
+use crate::sql_table::SqlTable;
 use crate::statement::{Arg, Statement, TokenStatements};
 use crate::tokens::{self, TokenSteps, decode_scope};
 use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
@@ -31,7 +32,7 @@ use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
 /// Cloning is cheap: clones share the pool.
 #[derive(Debug)]
 pub struct SqlTokenStore<D: SqlDialect> {
-    table: PooledTable<D>,
+    table: SqlTable<D>,
     statements: Arc<TokenStatements>,
 }
 
@@ -78,43 +79,6 @@ impl<D: SqlDialect> SqlTokenStore<D> {
         )
     }
 
-    /// The pool.
-    #[must_use]
-    pub fn pool(&self) -> &Pool<D> {
-        &self.table.pool
-    }
-
-    /// The table name.
-    #[must_use]
-    pub fn table(&self) -> &str {
-        self.table.name.as_str()
-    }
-
-    /// Creates the token table, or brings it up to this build's schema version; a table
-    /// already there is left alone, so running it at every start is harmless.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when a table of that name exists but is not a token table of
-    /// this crate (a records table included), or carries a newer schema version.
-    pub async fn migrate(&self) -> Result<(), Error> {
-        self.table.migrate().await
-    }
-
-    /// Checks that the token table exists at this build's schema version, without changing
-    /// anything.
-    ///
-    /// # Errors
-    /// [`Error::Backend`] when it does not.
-    pub async fn check_schema(&self) -> Result<(), Error> {
-        self.table.check_schema().await
-    }
-
-    /// The DDL [`migrate`](Self::migrate) runs, for this store's table, as text.
-    #[must_use]
-    pub fn migration_sql(&self) -> String {
-        self.table.migration_sql()
-    }
-
     /// The DDL for a token table called `table`, without a store.
     ///
     /// # Errors
@@ -132,13 +96,22 @@ impl<D: SqlDialect> SqlTokenStore<D> {
     }
 }
 
+/// The table's maintenance and its pool, as for [`SqlStore`](crate::SqlStore).
+impl<D: SqlDialect> Deref for SqlTokenStore<D> {
+    type Target = SqlTable<D>;
+
+    fn deref(&self) -> &SqlTable<D> {
+        &self.table
+    }
+}
+
 impl<D: SqlDialect> FromTable<D> for SqlTokenStore<D> {
     const KIND: &'static TableKind = D::TOKENS;
 
     fn from_parts(pool: Pool<D>, table: TableName, policy: CallPolicy, _: usize) -> Self {
         Self {
             statements: Arc::new(D::token_statements(&table)),
-            table: PooledTable::new(pool, table, D::TOKENS, policy),
+            table: SqlTable::new(pool, table, D::TOKENS, policy),
         }
     }
 }
@@ -222,6 +195,6 @@ impl<D: SqlDialect> TokenStore for SqlTokenStore<D> {
 impl<D: SqlDialect> PurgeExpired for SqlTokenStore<D> {
     /// Deletes every expired token, used or not; see [`PurgeExpired`].
     async fn purge_expired(&self, batch_size: u32) -> Result<u64, Error> {
-        self.table.purge_expired(batch_size).await
+        self.table.purge_batches(batch_size).await
     }
 }

@@ -77,7 +77,7 @@ impl<D: SqlDialect> SqlStore<D> {
             .await
     }
 
-    async fn finish_in(
+    pub(crate) async fn finish_in(
         &self,
         conn: &mut Connection<D>,
         lease: &Lease,

@@ -5,41 +5,23 @@ use idem_core::{Consumption, Error, IdempotencyStore, Scope, TokenStore};
 
 use super::*;
 use crate::builder::FromTable;
-use crate::{SqlBuilder, TableKind};
+use std::ops::Deref;
 
-/// The maintenance surface both stores have, so one check covers both kinds of table.
-trait Maintained<D: SqlDialect>: FromTable<D> {
-    async fn migrate(&self) -> Result<(), Error>;
-    async fn check_schema(&self) -> Result<(), Error>;
-    fn migration_sql(&self) -> String;
+use crate::{SqlBuilder, SqlTable, TableKind};
+
+/// Either store: its table's maintenance through [`SqlTable`], and the DDL for a table of
+/// its kind without a store.
+trait Maintained<D: SqlDialect>: FromTable<D> + Deref<Target = SqlTable<D>> {
     fn migration_sql_for(table: &str) -> Result<String, Error>;
 }
 
 impl<D: SqlDialect> Maintained<D> for SqlStore<D> {
-    async fn migrate(&self) -> Result<(), Error> {
-        SqlStore::migrate(self).await
-    }
-    async fn check_schema(&self) -> Result<(), Error> {
-        SqlStore::check_schema(self).await
-    }
-    fn migration_sql(&self) -> String {
-        SqlStore::migration_sql(self)
-    }
     fn migration_sql_for(table: &str) -> Result<String, Error> {
         SqlStore::<D>::migration_sql_for(table)
     }
 }
 
 impl<D: SqlDialect> Maintained<D> for SqlTokenStore<D> {
-    async fn migrate(&self) -> Result<(), Error> {
-        SqlTokenStore::migrate(self).await
-    }
-    async fn check_schema(&self) -> Result<(), Error> {
-        SqlTokenStore::check_schema(self).await
-    }
-    fn migration_sql(&self) -> String {
-        SqlTokenStore::migration_sql(self)
-    }
     fn migration_sql_for(table: &str) -> Result<String, Error> {
         SqlTokenStore::<D>::migration_sql_for(table)
     }

@@ -1,5 +1,6 @@
 //! The one table type every SQL store holds: a pool, a table of one kind, and how calls on
-//! it are bounded and retried; with the maintenance every table has (migrate, check, purge).
+//! it are bounded and retried; with the maintenance every table has (migrate, check, purge),
+//! written once for both stores.
 
 use std::future::Future;
 
@@ -10,18 +11,21 @@ use crate::dialect::Pool;
 use crate::statement::{Arg, Statement};
 use crate::{CallPolicy, SqlDialect, TableKind, TableName, purge};
 
-/// A table of one kind on a pool.
+/// The table of a store ([`SqlStore`](crate::SqlStore) or
+/// [`SqlTokenStore`](crate::SqlTokenStore)) on its pool, with the maintenance every table
+/// has: each store dereferences to its table, so `store.migrate()`, `store.pool()` and the
+/// rest are these methods.
 #[derive(Debug)]
-pub(crate) struct PooledTable<D: SqlDialect> {
-    pub(crate) pool: Pool<D>,
-    pub(crate) name: TableName,
-    pub(crate) kind: &'static TableKind,
-    pub(crate) policy: CallPolicy,
+pub struct SqlTable<D: SqlDialect> {
+    pool: Pool<D>,
+    name: TableName,
+    kind: &'static TableKind,
+    policy: CallPolicy,
     purge: Statement,
 }
 
 // Not derived: a derive would ask `D: Clone`.
-impl<D: SqlDialect> Clone for PooledTable<D> {
+impl<D: SqlDialect> Clone for SqlTable<D> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
@@ -33,7 +37,7 @@ impl<D: SqlDialect> Clone for PooledTable<D> {
     }
 }
 
-impl<D: SqlDialect> PooledTable<D> {
+impl<D: SqlDialect> SqlTable<D> {
     pub(crate) fn new(
         pool: Pool<D>,
         name: TableName,
@@ -61,28 +65,61 @@ impl<D: SqlDialect> PooledTable<D> {
         Fut: Future<Output = Result<T, Error>>,
     {
         self.policy
-            .run(self.policy.timeout, D::is_lock_conflict, op)
+            .run(
+                self.policy.timeout,
+                crate::driver::is_lock_conflict::<D>,
+                op,
+            )
             .await
     }
 
-    pub(crate) async fn migrate(&self) -> Result<(), Error> {
+    /// The pool, to begin the transactions of the transactional mode, or to share with a
+    /// store of the other kind (`from_pool(store.pool().clone())`).
+    #[must_use]
+    pub fn pool(&self) -> &Pool<D> {
+        &self.pool
+    }
+
+    /// The table's name.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// Creates the table, or brings it up to this build's schema version; a table already
+    /// there is left alone, so running it at every start is harmless.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when a table of that name exists but is not a table of this kind
+    /// made by this crate (a token table for a record store, say), or carries a newer
+    /// schema version.
+    pub async fn migrate(&self) -> Result<(), Error> {
         let mut conn = self.connection().await?;
         D::migrate(&mut *conn, self.kind, &self.name).await?;
         let found = D::schema_version(&mut *conn, self.kind, &self.name).await?;
         self.kind.check(&self.name, found)
     }
 
-    pub(crate) async fn check_schema(&self) -> Result<(), Error> {
+    /// Checks that the table exists at this build's schema version, without changing
+    /// anything: for deployments where the application may not run DDL.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when it does not.
+    pub async fn check_schema(&self) -> Result<(), Error> {
         let mut conn = self.connection().await?;
         let found = D::schema_version(&mut *conn, self.kind, &self.name).await?;
         self.kind.check(&self.name, found)
     }
 
-    pub(crate) fn migration_sql(&self) -> String {
+    /// The DDL [`migrate`](Self::migrate) runs, for this table, as text: for teams that
+    /// apply schema changes with their own tooling.
+    #[must_use]
+    pub fn migration_sql(&self) -> String {
         self.kind.migration_sql(&self.name)
     }
 
-    pub(crate) async fn purge_expired(&self, batch_size: u32) -> Result<u64, Error> {
+    /// The purge of [`PurgeExpired`](crate::PurgeExpired), for either store.
+    pub(crate) async fn purge_batches(&self, batch_size: u32) -> Result<u64, Error> {
         purge::in_batches(batch_size, |batch| {
             self.run(move || async move {
                 let mut conn = self.connection().await?;
