@@ -535,4 +535,30 @@ mod tests {
             "the open trace is not due yet"
         );
     }
+
+    /// moka asks `expire_after_update` when a key is written over an entry that is still
+    /// live by its timer (moka 0.12.16 asks `expire_after_create` over an expired one). In
+    /// this store that is a finished record written where one still sits in moka, which only
+    /// happens when a retention ends within the millisecond that a new claim of the key
+    /// finishes, so no store-level test can time it: the rule is pinned here instead. The
+    /// new entry expires at its own instant, as a created one does, whatever the old one had
+    /// left: never `None` (kept forever, memory grows) nor zero (a replay lost at once).
+    #[test]
+    fn an_entry_written_over_a_live_one_expires_at_its_own_instant() {
+        let clock = Clock::new();
+        let expiry = EntryExpiry { clock };
+        let at = Instant::now();
+        let entry = Entry {
+            phase: Phase::Completed(Bytes::from_static(b"second")),
+            ..open_entry(clock.now() + 5_000)
+        };
+        let old_left = Some(Duration::from_secs(60));
+        let updated = expiry.expire_after_update(&key("k"), &entry, at, old_left);
+        assert_eq!(updated, expiry.expire_after_create(&key("k"), &entry, at));
+        let left = updated.expect("an updated entry expires");
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+            "{left:?}"
+        );
+    }
 }
