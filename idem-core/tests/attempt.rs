@@ -300,12 +300,25 @@ async fn attempt_errors_and_the_engine_describe_themselves() {
     assert!(not_recorded.source().is_some());
 }
 
-/// A store whose claims are `Unavailable` a given number of times, counting them.
+/// A store whose claims are `Unavailable` a given number of times, counting them; each claim
+/// answers after `delay`.
 #[derive(Debug)]
 struct Blinking {
     inner: MemoryStore,
     outages: std::sync::atomic::AtomicU32,
     claims: std::sync::atomic::AtomicU32,
+    delay: Duration,
+}
+
+impl Blinking {
+    fn new(outages: u32, delay: Duration) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            outages: outages.into(),
+            claims: 0.into(),
+            delay,
+        }
+    }
 }
 
 #[idem_core::async_trait]
@@ -313,6 +326,7 @@ impl IdempotencyStore for Blinking {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         use std::sync::atomic::Ordering::SeqCst;
         self.claims.fetch_add(1, SeqCst);
+        tokio::time::sleep(self.delay).await;
         if self
             .outages
             .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
@@ -348,11 +362,7 @@ impl IdempotencyStore for Blinking {
 async fn an_unavailable_claim_is_retried_four_times_at_most() {
     use std::sync::atomic::Ordering::SeqCst;
     for (outages, claims, acquires) in [(2, 3, true), (3, 4, true), (u32::MAX, 4, false)] {
-        let store = Arc::new(Blinking {
-            inner: MemoryStore::new(),
-            outages: outages.into(),
-            claims: 0.into(),
-        });
+        let store = Arc::new(Blinking::new(outages, Duration::ZERO));
         let engine = Engine::new(Arc::clone(&store), ttl(30));
         let key = Key::new("attempt-tests", "blinking").expect("key");
         let answer = engine.claim(&ClaimRequest::new(key, ttl(30))).await;
@@ -369,6 +379,31 @@ async fn an_unavailable_claim_is_retried_four_times_at_most() {
         }
         assert_eq!(store.claims.load(SeqCst), claims, "{outages} outages");
     }
+}
+
+/// No claim is sent again once the pause before it would end past the claim window (1 s
+/// from the first claim), however few attempts were made: a caller waits about a second in
+/// all for an unavailable store, also when each of its answers is slow.
+#[tokio::test(start_paused = true)]
+async fn no_claim_is_sent_again_past_the_claim_window() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // The first answer comes 990 ms in; the first pause (10 to 20 ms) would end at or past
+    // the window.
+    let store = Arc::new(Blinking::new(u32::MAX, Duration::from_millis(990)));
+    let engine = Engine::new(Arc::clone(&store), ttl(30));
+    let key = Key::new("attempt-tests", "slow-outage").expect("key");
+    let started = tokio::time::Instant::now();
+    let answer = engine.claim(&ClaimRequest::new(key, ttl(30))).await;
+    assert!(
+        matches!(answer, Err(Error::Unavailable { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(store.claims.load(SeqCst), 1, "a second claim was sent");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(990),
+        "no pause was slept"
+    );
 }
 
 /// A Release attempt dropped where no runtime runs (its future moved out of the runtime and
