@@ -302,4 +302,64 @@ mod tests {
             );
         }
     }
+
+    /// A store whose every complete is `LeaseLost` and whose key shows the very outcome
+    /// under the lease's fencing number, counting reads.
+    #[derive(Debug, Default)]
+    struct LostAtOnce {
+        reads: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for LostAtOnce {
+        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
+            unimplemented!("not claimed in these tests")
+        }
+        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            Err(Error::LeaseLost)
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            Err(Error::LeaseLost)
+        }
+        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+            *self.reads.lock().expect("not poisoned") += 1;
+            Ok(Some(Record {
+                key: key.clone(),
+                state: RecordState::Completed {
+                    response: Bytes::from_static(b"done"),
+                },
+                fencing: 1,
+                fingerprint: None,
+                expires_in: Duration::from_secs(60),
+            }))
+        }
+        async fn remove(&self, _: &Key) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    /// `LeaseLost` on the first write is the answer as it is, with no read: nothing of this
+    /// attempt can be in the store yet, so what the key shows (here, a look-alike outcome
+    /// under the same fencing number) is someone else's. Only a retried write looks.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_lost_on_the_first_write_is_reported_without_a_read() {
+        let store = LostAtOnce::default();
+        let written = finish(
+            &store,
+            &lease(),
+            Finish::Completed,
+            Bytes::from_static(b"done"),
+            Ttl::from_secs(60).expect("ttl"),
+            Instant::now() + Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(written, Err(Error::LeaseLost)), "{written:?}");
+        assert_eq!(*store.reads.lock().expect("not poisoned"), 0);
+    }
 }
