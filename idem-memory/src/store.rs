@@ -548,10 +548,12 @@ mod tests {
         let clock = Clock::new();
         let expiry = EntryExpiry { clock };
         let at = Instant::now();
-        let entry = Entry {
-            phase: Phase::Completed(Bytes::from_static(b"second")),
-            ..open_entry(clock.now() + 5_000)
-        };
+        let entry = Entry::new(
+            Phase::Completed(Bytes::from_static(b"second")),
+            1,
+            None,
+            clock.now() + 5_000,
+        );
         let old_left = Some(Duration::from_secs(60));
         let updated = expiry.expire_after_update(&key("k"), &entry, at, old_left);
         assert_eq!(updated, expiry.expire_after_create(&key("k"), &entry, at));

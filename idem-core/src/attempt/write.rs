@@ -329,15 +329,16 @@ mod tests {
         }
         async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
             *self.reads.lock().expect("not poisoned") += 1;
-            Ok(Some(Record {
-                key: key.clone(),
-                state: RecordState::Completed {
-                    response: Bytes::from_static(b"done"),
-                },
-                fencing: 1,
-                fingerprint: None,
-                expires_in: Duration::from_secs(60),
-            }))
+            let done = RecordState::Completed {
+                response: Bytes::from_static(b"done"),
+            };
+            Ok(Some(Record::new(
+                key.clone(),
+                done,
+                1,
+                None,
+                Duration::from_secs(60),
+            )))
         }
         async fn remove(&self, _: &Key) -> Result<bool, Error> {
             Ok(false)
