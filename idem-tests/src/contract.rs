@@ -13,19 +13,19 @@
 //!
 //! | Sentence | Checks that fail a store breaking it | Broken store |
 //! |---|---|---|
-//! | Every method is atomic with respect to every other call on the same key. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] (claim against claim); [`checks::finish_races_takeover`] (complete/fail/renew against claim); [`checks::freeing_races_takeover`] (release/remove against claim). Other pairs: see Gaps. | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords`, `CheckThenSetFinish`, `CheckThenSetRelease`, `CheckThenSetRemove` |
+//! | Every method is atomic with respect to every other call on the same key. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] (claim against claim); [`checks::finish_races_takeover`] (complete/fail/renew against claim); [`checks::freeing_races_takeover`] (release/remove against claim); [`checks::finishes_race_each_other`] (two of complete/fail/release with one lease, and renew against each); [`checks::reads_race_writes`] (read against complete/fail/renew/release: never a torn state). Other pairs: see Gaps. | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords`, `CheckThenSetFinish`, `CheckThenSetRelease`, `CheckThenSetRemove`, `CheckThenSetLiveWrites`, `TornFinish` |
 //! | `claim`: exactly one of any number of concurrent claims of a free key acquires it. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords` |
 //! | A key is free when it was never seen, was released, its lease expired without being finished, or its record outlived its retention. | [`checks::free_key`] (reads `None`, removes `false`, any fingerprint acquires, on every path), [`checks::exclusive_every_path`], [`checks::lease_expiry`], [`checks::failures`] (released), [`checks::retention`], [`checks::model`] | `LapsedReadsAsClaimed`, `RemoveCountsTraces`, `FreeKeyKeepsFingerprint`, `NeverExpiresLeases`, `IgnoresRetention` |
 //! | On a key that is not free (claimed, completed, failed) the fingerprint is compared first: a differing stored fingerprint (`Some` vs `None` included) is `FingerprintMismatch` and changes nothing. | [`checks::fingerprints`] (every state, both `Some`/`None` directions, the holder's own retry, record unchanged); [`checks::free_key`] and [`checks::model`] (a *free* key does not compare) | `IgnoresFingerprints`, `OwnRetryIgnoresFingerprint`, `FreeKeyKeepsFingerprint` |
 //! | A claim by the owner that already holds the key (same `OwnerToken`) returns the same lease again and extends it by `lease_ttl`. | [`checks::uncertain_claim`], [`checks::fingerprints`] (exact retry after a mismatch), [`checks::model`]; only while it *holds* it: [`checks::own_retry_after_takeover`] | `ForgetsOwnClaim`, `ReclaimDoesNotExtend`, `RetryRevivesOldLease` |
 //! | Fencing: each acquisition gets a fencing number greater than any the store issued for the key before, as long as the store remembers the key. | [`checks::lease_expiry`], [`checks::failures`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`], [`checks::spent_lease`], [`checks::lapsed_lease_still_finishes`], [`checks::removal_fencing`], [`checks::model`] | `ReusesFencing`, `RemoveForgetsFencing` |
 //! | A store remembers a key while it holds its record, and after it was freed (lease expired, release, `remove`) for at least `lifecycle::trace_ttl` more: the longer of the lease TTL and `FENCING_MEMORY` (60 s). | That a freed key is remembered at all: [`checks::lease_expiry`] (expired), [`checks::failures`] (released), [`checks::removal_fencing`] (removed). For how long: [`checks::fencing_memory`] (every path, [`checks::FENCING_MEMORY_CHECKED`] = 12 s after freeing; the rest of the 60 s: see Gaps). | `ReusesFencing`, `RemoveForgetsFencing`, `ShortFencingMemory` |
-//! | `complete`, `fail`, `renew` and `release` apply only while the record is claimed by the lease's owner with the lease's fencing number; otherwise `LeaseLost`, changing nothing. | [`checks::stale_lease`] (after a takeover), [`checks::lease_identity`] (owner and fencing both compared; a reused owner token), [`checks::spent_lease`] (after its own finish or release), [`checks::own_retry_after_takeover`], [`checks::finish_races_takeover`] (raced, loser changed nothing), [`checks::freeing_races_takeover`] (a release raced by a takeover changes nothing), [`checks::inspection_and_removal`] (after a remove), [`checks::removal_fencing`] (removed lease spent), [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish`, `CheckThenSetRelease` |
+//! | `complete`, `fail`, `renew` and `release` apply only while the record is claimed by the lease's owner with the lease's fencing number; otherwise `LeaseLost`, changing nothing. | [`checks::finishes_race_each_other`] (the second of two racing calls with one lease finds it finished or released), [`checks::stale_lease`] (after a takeover), [`checks::lease_identity`] (owner and fencing both compared; a reused owner token), [`checks::spent_lease`] (after its own finish or release), [`checks::own_retry_after_takeover`], [`checks::finish_races_takeover`] (raced, loser changed nothing), [`checks::freeing_races_takeover`] (a release raced by a takeover changes nothing), [`checks::inspection_and_removal`] (after a remove), [`checks::removal_fencing`] (removed lease spent), [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish`, `CheckThenSetRelease` |
 //! | (A lapsed lease nobody took over still counts, while the store remembers the key.) | [`checks::lapsed_lease_still_finishes`] (complete, fail, renew, release), [`checks::model`] | `DropsLapsedLeases`, `DropsLapsedRenewals` |
 //! | Finished records keep their payload byte for byte for their retention TTL, then the key is free again. | [`checks::replay_fidelity`] (byte for byte), [`checks::retention`] (then free), [`checks::retention_from_finish`] (retention counted from the finish, once), [`checks::free_key`], [`checks::exclusive_every_path`] (retention ended), [`checks::model`] | `ReencodesPayloads`, `IgnoresRetention`, `SlidingRetention`, `RetentionFromClaim`, `RacesExpiredRecords` |
 //! | Payloads over the store's limit are `PayloadTooLarge` and nothing is written. | [`checks::bad_input`] (complete and fail one byte over the declared limit; the claim unchanged; exactly the limit accepted) | `IgnoresPayloadLimit` |
-//! | Anything found in the store that does not decode is `CorruptRecord`. | none: see Gaps | none |
-//! | An unreachable backend is `Unavailable`, with the driver error as `source`. | none: see Gaps | none |
+//! | Anything found in the store that does not decode is `CorruptRecord`. | [`sabotage_checks::corrupt_record`] (through the backend's [`Sabotage`] hook: every method on a record corrupted while claimed and once finished; never a panic, never freed or overwritten; `remove` deletes it or keeps it; neighbours untouched). Not for the in-memory store: see below. | `CorruptAsFree` |
+//! | An unreachable backend is `Unavailable`, with the driver error as `source`. | [`sabotage_checks::unavailable_backend`] (every method on the hook's store whose server does not answer, each within `Capabilities::unavailable_within`). Not for the in-memory store: see below. | `UnavailableAsBackend`, `HangsWhenDown` |
 //! | Keys, TTLs and fingerprints arrive validated (`Key`, `Ttl`), so a store never has to check them. | [`checks::bad_input`] asserts `Key` and `Ttl` refuse malformed values (a rule of the core, not of a store: no store can break it) | none |
 //! | A store must store them faithfully: two different keys never share a record. | [`checks::namespace_isolation`], [`checks::key_fidelity`] (separators, escapes, case, spacing, Unicode normalisation, truncation, in namespace and id) | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator` |
 //!
@@ -71,10 +71,10 @@
 //!
 //! | Sentence | Checks that fail a store breaking it | Broken store |
 //! |---|---|---|
-//! | Both operations are atomic per token. | [`token_checks::exclusive_consume`] (consume against consume). Other pairs: see Gaps. | `CheckThenMark` |
+//! | Both operations are atomic per token. | [`token_checks::exclusive_consume`] (consume against consume), [`token_checks::issue_races`] (issue against issue, issue against consume) | `CheckThenMark`, `CheckThenIssue` |
 //! | A consumed token is kept, marked used, until it expires, so a repeat is told `AlreadyUsed` rather than `Unknown`. | [`token_checks::exclusive_consume`], [`token_checks::used_mark_lifetime`] (late in the TTL still `AlreadyUsed`; not restarted), [`token_checks::token_expiry`] (the mark expires with it), [`token_checks::rejection_reasons`] | `CheckThenMark`, `UsedMarkRestartsTtl`, `UsedMarkNeverExpires` |
 //! | `issue`: stores a new token for `scope`, valid for `ttl`. | [`token_checks::token_expiry`], [`token_checks::distinct_tokens`] (all 10,000 stored), [`token_checks::scope_binding`] | `NeverExpires` |
-//! | A token already stored is left untouched and the call fails with `TokenCollision`. | [`token_checks::issue_never_overwrites`], [`token_checks::issue_against_used`] (a used token, still marked; an expired one is stored afresh) | `Overwrites`, `IssueRevivesUsed` |
+//! | A token already stored is left untouched and the call fails with `TokenCollision`. | [`token_checks::issue_never_overwrites`], [`token_checks::issue_against_used`] (a used token, still marked; an expired one is stored afresh), [`token_checks::issue_races`] (two issues at once: one stores, one collides) | `Overwrites`, `IssueRevivesUsed`, `CheckThenIssue` |
 //! | `consume`: uses the token up if it is live, unused and belongs to `scope`, in one atomic step. | [`token_checks::exclusive_consume`], [`token_checks::token_expiry`], [`token_checks::scope_binding`], [`token_checks::rejection_reasons`] | `CheckThenMark`, `NeverExpires`, `IgnoresScope` |
 //! | `Scope`: a token issued for one scope is rejected for any other, without being used up. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`] (case, spacing, prefix, suffix, Unicode normalisation) | `IgnoresScope`, `BurnsOnWrongScope`, `ScopeFoldsCase` |
 //! | `Consumption::Consumed`: this call used the token up. | [`token_checks::exclusive_consume`] | `CheckThenMark` |
@@ -82,41 +82,52 @@
 //! | `Rejection::AlreadyUsed`: consumed before. | [`token_checks::exclusive_consume`], [`token_checks::rejection_reasons`] (for any scope), [`token_checks::used_mark_lifetime`] | `CheckThenMark`, `ScopeCheckedFirst`, `UsedMarkRestartsTtl` |
 //! | `Rejection::WrongScope`: issued for another scope; the token stays usable by its own scope. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`], [`token_checks::rejection_reasons`] | `BurnsOnWrongScope`, `ScopeFoldsCase`, `ScopeCheckedFirst` |
 //! | `Token::parse`: non-empty, at most `MAX_TOKEN_LEN` bytes, no whitespace or control characters, else `MalformedToken`. | [`token_checks::malformed_tokens`] (refused before the store is asked; `Tokens`' rule, no store can break it) | none |
+//! | (Errors, as for `IdempotencyStore`:) a stored token that does not decode is `CorruptRecord`; an unreachable backend is `Unavailable`. | [`sabotage_checks::corrupt_token`] (consume by any scope; an issue over it is refused and overwrites nothing), [`sabotage_checks::unavailable_token_backend`] (issue and consume, within the bound), through the backend's [`TokenSabotage`] hook | `TokenDefect::CorruptAsUnknown`, `TokenDefect::UnavailableAsBackend` |
 //! | `TokenGenerator::generate`: a new ID, unique across processes and machines, and unguessable. | [`token_checks::distinct_tokens`] (10,000 distinct, uniqueness only; the generator's rule, no store can break it) | none |
+//!
+//! ## Faults need the backend's hook
+//!
+//! No store-independent check can write an undecodable record or take a server down, so
+//! the fault checks ([`sabotage_checks`]) run through a hook each backend implements
+//! ([`Sabotage`], [`TokenSabotage`]) and wires with
+//! [`fault_conformance!`](crate::fault_conformance) and
+//! [`token_fault_conformance!`](crate::token_fault_conformance): Redis, MySQL and PostgreSQL
+//! do. The in-memory store does not, because neither sentence applies to it: it keeps
+//! typed Rust values, never bytes it must decode (nothing it holds can fail to decode),
+//! and it has no server to be unreachable. A store author who skips the hook runs none
+//! of the four checks: the table's claim for those two sentences holds only where the
+//! hook is wired.
 //!
 //! ## Gaps
 //!
 //! What the table cannot honestly claim a check for:
 //!
-//! 1. **`CorruptRecord`.** No check plants an undecodable record: the suite has no
-//!    store-independent way to write one. A store that panics on, or silently skips,
-//!    corrupt data passes.
-//! 2. **`Unavailable` with the driver error as `source`.** No check takes a backend down.
-//! 3. **How long a freed key is remembered** (at least `trace_ttl`: the longer of the lease
+//! 1. **How long a freed key is remembered** (at least `trace_ttl`: the longer of the lease
 //!    TTL and 60 s). [`checks::fencing_memory`] claims freed keys again 12 s
 //!    ([`checks::FENCING_MEMORY_CHECKED`]) after freeing them, on every path: waiting the
 //!    whole 60 s would not fit a backend's 40 s suite. A store that forgets between 12 s
 //!    and 60 s passes; one that sizes the trace by the lease TTL alone fails.
-//! 4. **"Every method is atomic with respect to every other call on the same key"** is
-//!    checked for claim against claim, and for complete/fail/renew/release/remove against
-//!    a claim taking the key over. No check races two finishes of one lease against each
-//!    other, `renew` against `complete`, or `read` against a write.
-//! 5. **"Two different keys never share a record"** is checked on a finite set of keys a
+//! 2. **"Every method is atomic with respect to every other call on the same key"** is
+//!    checked for claim against claim; complete/fail/renew/release/remove against a claim
+//!    taking the key over; two calls presenting one lease against each other; and read
+//!    against those calls. Still unraced: `remove` against a live lease's finish or
+//!    renewal, and `read` against a claim or a `remove`.
+//! 3. **"Two different keys never share a record"** is checked on a finite set of keys a
 //!    plausible encoding would merge ([`checks::key_fidelity`]), not for all keys.
-//! 6. **"Keys, TTLs and fingerprints arrive validated"** is a rule of the core's types,
+//! 4. **"Keys, TTLs and fingerprints arrive validated"** is a rule of the core's types,
 //!    not of a store; [`checks::bad_input`] only restates it for `Key` and `Ttl`.
-//! 7. **Not store behaviour, so no check:** `Lease::fencing`'s "guard downstream writes
+//! 5. **Not store behaviour, so no check:** `Lease::fencing`'s "guard downstream writes
 //!    with it" (advice to users); `OwnerToken::random` (122 random bits),
 //!    `OwnerToken::from_uuid`, `as_bytes`, `as_uuid` (constructors; [`checks::lease_identity`]
 //!    only uses `from_uuid`); the `ClaimRequest` builders; `Scope::new`'s validation (no
 //!    check at all); `Token::key` (no check at all).
-//! 8. **`TokenStore`: "both operations are atomic per token"** is checked only for consume
-//!    against consume; no check races two issues of one token, or an issue against a
-//!    consume.
-//! 9. **"Unguessable"** token IDs: too vague to check; [`token_checks::distinct_tokens`]
+//! 6. **"Unguessable"** token IDs: too vague to check; [`token_checks::distinct_tokens`]
 //!    checks uniqueness only, and [`token_checks::malformed_tokens`] and
 //!    [`token_checks::distinct_tokens`] test `Tokens` and the generator rather than a store
 //!    (no broken store can fail them; `tests/proof.rs` exempts them).
+//! 7. **Corrupt records and an unreachable server** are checked only where the backend
+//!    wires its [`Sabotage`] hook (see above); a store that does not runs none of the fault
+//!    checks.
 
 #[allow(unused_imports)]
-use crate::{checks, token_checks};
+use crate::{Sabotage, TokenSabotage, checks, sabotage_checks, token_checks};

@@ -15,7 +15,11 @@ pub mod checks;
 mod context;
 pub mod contract;
 pub mod executor_checks;
+mod sabotage;
+pub mod sabotage_checks;
 pub mod token_checks;
+
+pub use sabotage::{Sabotage, SharedSabotage, SharedTokenSabotage, TokenSabotage};
 
 /// The store under test, shared by the tasks of a check.
 pub type Store = Arc<dyn IdempotencyStore>;
@@ -36,6 +40,9 @@ pub struct Capabilities {
     pub time_slack: Duration,
     /// How many tasks race for one key in the exclusivity check. Default 64.
     pub concurrency: usize,
+    /// How long a call on a store whose server does not answer may take before it counts
+    /// as hung, in the [`sabotage_checks`]. Default 10 s.
+    pub unavailable_within: Duration,
 }
 
 impl Default for Capabilities {
@@ -45,6 +52,7 @@ impl Default for Capabilities {
             short_ttl: Duration::from_millis(300),
             time_slack: Duration::from_millis(700),
             concurrency: 64,
+            unavailable_within: Duration::from_secs(10),
         }
     }
 }
@@ -139,6 +147,8 @@ macro_rules! __with_check_names {
             exclusive_every_path
             finish_races_takeover
             freeing_races_takeover
+            finishes_race_each_other
+            reads_race_writes
             uncertain_claim
             own_retry_after_takeover
             in_progress_retry_after
@@ -182,6 +192,7 @@ macro_rules! __with_token_check_names {
             rejection_reasons
             used_mark_lifetime
             issue_against_used
+            issue_races
         }
     };
 }
@@ -220,6 +231,13 @@ __with_check_names!(__check_list { CHECKS Store, checks, "Every store check, in 
 __with_token_check_names!(__check_list {
     TOKEN_CHECKS SharedTokenStore, token_checks, "Every token check, in order."
 });
+__with_fault_check_names!(__check_list {
+    FAULT_CHECKS SharedSabotage, sabotage_checks, "Every fault check of a store, in order."
+});
+__with_token_fault_check_names!(__check_list {
+    TOKEN_FAULT_CHECKS SharedTokenSabotage, sabotage_checks,
+    "Every fault check of a token store, in order."
+});
 
 /// Runs every store check against one store, concurrently; returns the failures.
 pub async fn run_all(store: Store, capabilities: Capabilities) -> Vec<CheckFailure> {
@@ -232,6 +250,24 @@ pub async fn run_all_tokens(
     capabilities: Capabilities,
 ) -> Vec<CheckFailure> {
     run_checks(TOKEN_CHECKS, store, capabilities).await
+}
+
+/// Runs every fault check against one store's [`Sabotage`], concurrently; returns the
+/// failures.
+pub async fn run_all_faults(
+    sabotage: SharedSabotage,
+    capabilities: Capabilities,
+) -> Vec<CheckFailure> {
+    run_checks(FAULT_CHECKS, sabotage, capabilities).await
+}
+
+/// Runs every token fault check against one token store's [`TokenSabotage`], concurrently;
+/// returns the failures.
+pub async fn run_all_token_faults(
+    sabotage: SharedTokenSabotage,
+    capabilities: Capabilities,
+) -> Vec<CheckFailure> {
+    run_checks(TOKEN_FAULT_CHECKS, sabotage, capabilities).await
 }
 
 async fn run_checks<S: Clone + Send + 'static>(
@@ -270,10 +306,12 @@ where
     FFut: Future<Output = S>,
     S: IdempotencyStore,
 {
-    block_on_check(async {
-        let store: Store = Arc::new(factory().await);
-        check(store, capabilities).await
-    });
+    run_shared(
+        check,
+        factory,
+        |store| -> Store { Arc::new(store) },
+        capabilities,
+    );
 }
 
 /// Runs one token check, like [`run_check`]. Used by [`token_conformance!`].
@@ -285,9 +323,66 @@ where
     FFut: Future<Output = S>,
     S: TokenStore,
 {
+    run_shared(
+        check,
+        factory,
+        |store| -> SharedTokenStore { Arc::new(store) },
+        capabilities,
+    );
+}
+
+/// Runs one fault check, like [`run_check`]. Used by [`fault_conformance!`].
+pub fn run_sabotage_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
+where
+    C: FnOnce(SharedSabotage, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+    S: Sabotage,
+{
+    run_shared(
+        check,
+        factory,
+        |sabotage| -> SharedSabotage { Arc::new(sabotage) },
+        capabilities,
+    );
+}
+
+/// Runs one token fault check, like [`run_check`]. Used by [`token_fault_conformance!`].
+pub fn run_token_sabotage_check<C, CFut, F, FFut, S>(
+    check: C,
+    factory: F,
+    capabilities: Capabilities,
+) where
+    C: FnOnce(SharedTokenSabotage, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+    S: TokenSabotage,
+{
+    run_shared(
+        check,
+        factory,
+        |sabotage| -> SharedTokenSabotage { Arc::new(sabotage) },
+        capabilities,
+    );
+}
+
+/// Makes what a check takes with `factory`, shares it, and runs the check on it.
+fn run_shared<C, CFut, F, FFut, S, T>(
+    check: C,
+    factory: F,
+    share: fn(S) -> T,
+    capabilities: Capabilities,
+) where
+    C: FnOnce(T, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+{
     block_on_check(async {
-        let store: SharedTokenStore = Arc::new(factory().await);
-        check(store, capabilities).await
+        let shared = share(factory().await);
+        check(shared, capabilities).await
     });
 }
 

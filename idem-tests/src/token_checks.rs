@@ -16,13 +16,14 @@ use crate::context::{Doing, ensure};
 use crate::{Capabilities, CheckFailure, CheckResult, SharedTokenStore};
 
 /// A check's tokens service and a scope of its own.
-struct Ctx {
-    tokens: Tokens<SharedTokenStore>,
-    caps: Capabilities,
-    scope: Scope,
+pub(crate) struct Ctx {
+    pub(crate) tokens: Tokens<SharedTokenStore>,
+    pub(crate) caps: Capabilities,
+    pub(crate) scope: Scope,
 }
 
-async fn run<F, Fut>(
+/// Runs a token check body under a fresh scope and names the check in its failure.
+pub(crate) async fn run<F, Fut>(
     check: &'static str,
     store: SharedTokenStore,
     caps: Capabilities,
@@ -51,11 +52,20 @@ where
 }
 
 impl Ctx {
-    fn other_scope(&self, suffix: &str) -> Result<Scope, String> {
+    pub(crate) fn other_scope(&self, suffix: &str) -> Result<Scope, String> {
         Scope::new(format!("{}.{suffix}", self.scope.as_str())).doing("scope")
     }
 
-    async fn consume(&self, scope: &Scope, token: &Token) -> Result<Consumption, String> {
+    /// A well-formed token never issued.
+    pub(crate) fn fresh_token(&self) -> Result<Token, String> {
+        self.tokens.parse(&UuidV7Tokens.generate()).doing("parse")
+    }
+
+    pub(crate) async fn consume(
+        &self,
+        scope: &Scope,
+        token: &Token,
+    ) -> Result<Consumption, String> {
         self.tokens
             .consume(scope, token.as_str())
             .await
@@ -124,10 +134,9 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("token_expiry", store, capabilities, |ctx| async move {
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
-        let generator = UuidV7Tokens;
         let store = ctx.tokens.store();
-        let used = ctx.tokens.parse(&generator.generate()).doing("parse")?;
-        let stale = ctx.tokens.parse(&generator.generate()).doing("parse")?;
+        let used = ctx.fresh_token()?;
+        let stale = ctx.fresh_token()?;
         store.issue(&used, &ctx.scope, short).await.doing("issue")?;
         store
             .issue(&stale, &ctx.scope, short)
@@ -395,10 +404,10 @@ pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabiliti
         let other = ctx.other_scope("other")?;
         let store = ctx.tokens.store();
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
-        let never = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        let never = ctx.fresh_token()?;
         let used = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
-        let lapsed_unused = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
-        let lapsed_used = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        let lapsed_unused = ctx.fresh_token()?;
+        let lapsed_used = ctx.fresh_token()?;
         for token in [&lapsed_unused, &lapsed_used] {
             store.issue(token, &ctx.scope, short).await.doing("issue")?;
         }
@@ -462,7 +471,7 @@ pub async fn used_mark_lifetime(
         |ctx| async move {
             let unit = ctx.caps.short_ttl + ctx.caps.time_slack;
             let lifetime = 3 * unit;
-            let token = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+            let token = ctx.fresh_token()?;
             let issued = Instant::now();
             ctx.tokens
                 .store()
@@ -525,7 +534,7 @@ pub async fn issue_against_used(
             );
         }
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
-        let expiring = ctx.tokens.parse(&UuidV7Tokens.generate()).doing("parse")?;
+        let expiring = ctx.fresh_token()?;
         store.issue(&expiring, &ctx.scope, short).await.doing("issue")?;
         ctx.consume(&ctx.scope, &expiring).await?;
         tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
@@ -538,4 +547,118 @@ pub async fn issue_against_used(
         Ok(())
     })
     .await
+}
+
+/// How many tokens [`issue_races`] races on, so that on a real server some calls overlap.
+const RACED_TOKENS: usize = 32;
+
+/// On many fresh tokens, two issues of one token race (for two scopes), or an issue races a
+/// consume. Of two issues exactly one stores the token and the other is `TokenCollision`:
+/// the token then belongs to the winner's scope alone. A consume racing the issue either
+/// came first (`Unknown`, and the token is then usable once) or second (`Consumed`, and the
+/// token is then `AlreadyUsed`).
+///
+/// # Errors
+///
+/// A [`CheckFailure`] naming this check when both or neither of two issues succeed, the token
+/// does not belong to the winner, or a consume's answer disagrees with what the token shows
+/// afterwards; or when a store call the check needs fails unexpectedly.
+pub async fn issue_races(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("issue_races", store, capabilities, |ctx| async move {
+        let rival = ctx.other_scope("rival")?;
+        let ttl = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
+        let gate = Arc::new(Barrier::new(2 * RACED_TOKENS));
+        let store = ctx.tokens.store();
+        let mut races = Vec::new();
+        for i in 0..RACED_TOKENS {
+            let token = ctx.fresh_token()?;
+            let issue = |scope: Scope| {
+                let (store, gate, token) = (Arc::clone(store), Arc::clone(&gate), token.clone());
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    store.issue(&token, &scope, ttl).await.map(|()| None)
+                })
+            };
+            let first = issue(ctx.scope.clone());
+            let second = if i % 2 == 0 {
+                issue(rival.clone())
+            } else {
+                let (store, gate, token) = (Arc::clone(store), Arc::clone(&gate), token.clone());
+                let scope = ctx.scope.clone();
+                tokio::spawn(async move {
+                    gate.wait().await;
+                    store.consume(&token, &scope).await.map(Some)
+                })
+            };
+            races.push((token, first, second));
+        }
+        for (token, first, second) in races {
+            let first = first.await.map_err(|e| format!("a task panicked: {e}"))?;
+            let second = second.await.map_err(|e| format!("a task panicked: {e}"))?;
+            match second {
+                Ok(Some(consumed)) => {
+                    ensure!(first.is_ok(), "an issue racing a consume failed: {first:?}");
+                    judge_issue_and_consume(&ctx, &token, consumed).await?;
+                }
+                second => judge_two_issues(&ctx, &rival, &token, first, second).await?,
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+type Issued = Result<Option<Consumption>, Error>;
+
+async fn judge_two_issues(
+    ctx: &Ctx,
+    rival: &Scope,
+    token: &Token,
+    first: Issued,
+    second: Issued,
+) -> Result<(), String> {
+    let (winner, loser) = match (&first, &second) {
+        (Ok(None), Err(Error::TokenCollision)) => (&ctx.scope, rival),
+        (Err(Error::TokenCollision), Ok(None)) => (rival, &ctx.scope),
+        _ => {
+            return Err(format!(
+                "two issues of one token raced: got {first:?} and {second:?}; exactly one \
+                 must store it and the other be TokenCollision"
+            ));
+        }
+    };
+    let refused = ctx.consume(loser, token).await?;
+    ensure!(
+        refused == Consumption::Rejected(Rejection::WrongScope),
+        "the losing issuer's scope consumed the winner's token: {refused:?}"
+    );
+    let used = ctx.consume(winner, token).await?;
+    ensure!(
+        used == Consumption::Consumed,
+        "the winning issuer's scope could not use its token: {used:?}"
+    );
+    Ok(())
+}
+
+async fn judge_issue_and_consume(
+    ctx: &Ctx,
+    token: &Token,
+    raced: Consumption,
+) -> Result<(), String> {
+    let again = ctx.consume(&ctx.scope, token).await?;
+    let expected = match raced {
+        Consumption::Rejected(Rejection::Unknown) => Consumption::Consumed,
+        Consumption::Consumed => Consumption::Rejected(Rejection::AlreadyUsed),
+        other => {
+            return Err(format!(
+                "a consume racing the token's issue got {other:?}: it came first (Unknown) or \
+                 second (Consumed)"
+            ));
+        }
+    };
+    ensure!(
+        again == expected,
+        "a consume racing the issue got {raced:?}, then the next consume got {again:?}"
+    );
+    Ok(())
 }

@@ -8,13 +8,21 @@ use std::sync::Arc;
 use idem_memory::{MemoryStore, MemoryTokenStore};
 use idem_tests::broken::Defect;
 use idem_tests::broken::tokens::TokenDefect;
+use std::time::Duration;
+
 use idem_tests::{
-    CHECKS, Capabilities, CheckFailure, SharedTokenStore, Store, TOKEN_CHECKS, run_all,
-    run_all_tokens,
+    CHECKS, Capabilities, CheckFailure, FAULT_CHECKS, SharedSabotage, SharedTokenSabotage,
+    SharedTokenStore, Store, TOKEN_CHECKS, TOKEN_FAULT_CHECKS, run_all, run_all_faults,
+    run_all_token_faults, run_all_tokens,
 };
 
 fn capabilities() -> Capabilities {
-    Capabilities::default()
+    Capabilities {
+        // The broken stores answer at once when down: a short bound catches the one that
+        // hangs without holding the proof up.
+        unavailable_within: Duration::from_secs(2),
+        ..Capabilities::default()
+    }
 }
 
 /// The randomized check: whether its random steps reach a given defect is chance, so it may
@@ -94,8 +102,13 @@ fn failures_by_check(failures: Vec<CheckFailure>) -> BTreeMap<&'static str, Stri
 async fn every_defect_is_caught_by_exactly_its_checks() {
     let max_payload = capabilities().max_payload;
     let wrong = disagreements(Defect::ALL, Defect::caught_by, Defect::is_exact, |defect| {
-        let store: Store = Arc::new(defect.store(max_payload));
-        run_all(store, capabilities())
+        let store = Arc::new(defect.store(max_payload));
+        let sabotage: SharedSabotage = Arc::new(Arc::clone(&store));
+        async move {
+            let mut failures = run_all(store, capabilities()).await;
+            failures.extend(run_all_faults(sabotage, capabilities()).await);
+            failures
+        }
     })
     .await;
     assert!(
@@ -112,8 +125,13 @@ async fn every_token_defect_is_caught_by_exactly_its_checks() {
         TokenDefect::caught_by,
         TokenDefect::is_exact,
         |defect| {
-            let store: SharedTokenStore = Arc::new(defect.store());
-            run_all_tokens(store, capabilities())
+            let store = Arc::new(defect.store());
+            let sabotage: SharedTokenSabotage = Arc::new(Arc::clone(&store));
+            async move {
+                let mut failures = run_all_tokens(store, capabilities()).await;
+                failures.extend(run_all_token_faults(sabotage, capabilities()).await);
+                failures
+            }
         },
     )
     .await;
@@ -133,6 +151,7 @@ fn every_check_is_proven_by_some_defect() {
     let unproven: Vec<_> = CHECKS
         .iter()
         .map(|c| c.name)
+        .chain(FAULT_CHECKS.iter().map(|c| c.name))
         .filter(|name| !proven.contains(name))
         .collect();
     assert!(
@@ -141,7 +160,7 @@ fn every_check_is_proven_by_some_defect() {
     );
     for name in &proven {
         assert!(
-            CHECKS.iter().any(|c| c.name == *name),
+            CHECKS.iter().any(|c| c.name == *name) || FAULT_CHECKS.iter().any(|c| c.name == *name),
             "caught_by names an unknown check `{name}`"
         );
     }
@@ -156,6 +175,7 @@ fn every_token_check_is_proven_by_some_defect() {
     let unproven: Vec<_> = TOKEN_CHECKS
         .iter()
         .map(|c| c.name)
+        .chain(TOKEN_FAULT_CHECKS.iter().map(|c| c.name))
         .filter(|name| !proven.contains(name))
         .collect();
     // Malformed tokens are refused by `Tokens` before any store is asked, and token IDs come

@@ -14,6 +14,7 @@ mod faults;
 mod lifecycle;
 mod replicas;
 mod round_trips;
+mod sabotage;
 mod token_conformance;
 mod token_corrupt;
 mod token_faults;

@@ -23,6 +23,7 @@
 
 pub mod claims;
 pub mod maintenance;
+pub mod sabotage;
 pub mod schema;
 pub mod statements;
 pub mod tokens;
@@ -338,7 +339,8 @@ pub use idem_tests as __idem_tests;
 /// `crate::support::MariaDb`): `idem_sql::sql_conformance!(T)`.
 ///
 /// The idem-tests conformance suites land in their usual modules (`conformance`,
-/// `token_conformance`, `executor_conformance`); the checks of
+/// `token_conformance`, `executor_conformance`, and the fault checks through
+/// [`sabotage`] in `fault_conformance` and `token_fault_conformance`); the checks of
 /// [`idem_sql::testing`](crate::testing) in a `sql_conformance` module, with a module per
 /// subject.
 #[macro_export]
@@ -356,6 +358,16 @@ macro_rules! sql_conformance {
         );
         $crate::testing::__idem_tests::executor_conformance!(
             $crate::testing::shared_store::<$server>
+        );
+        $crate::testing::__idem_tests::fault_conformance!(
+            $crate::testing::sabotage::record_sabotage::<$server>,
+            $crate::testing::__idem_tests::Capabilities {
+                max_payload: $crate::testing::MAX_PAYLOAD,
+                ..Default::default()
+            }
+        );
+        $crate::testing::__idem_tests::token_fault_conformance!(
+            $crate::testing::sabotage::token_sabotage::<$server>
         );
 
         /// idem-sql's SQL suite on this server, one test per check.

@@ -10,6 +10,7 @@
 //! Behind the `proof` feature: these stores are the suite's own evidence, not part of its
 //! API for store authors.
 
+mod sabotage;
 mod store;
 pub mod tokens;
 
@@ -44,6 +45,13 @@ pub enum Defect {
     CheckThenSetRelease,
     /// Remove reads the key, then writes its trace in a second step.
     CheckThenSetRemove,
+    /// Complete, fail, renew and release of a live lease check it, then write in a second
+    /// step (a lapsed lease is written in one): two calls with one lease both win.
+    CheckThenSetLiveWrites,
+    /// A finish of a live lease writes the finished state, then its payload in a second
+    /// step (two statements outside a transaction): a read in between sees a finished
+    /// record with no payload.
+    TornFinish,
     /// A claim by an owner that held the key before, while someone else holds it now,
     /// gets that owner's old lease back.
     RetryRevivesOldLease,
@@ -102,6 +110,14 @@ pub enum Defect {
     ReadsNothing,
     /// Removing says yes and removes nothing.
     RemoveIsNoop,
+    /// A record that does not decode counts as no record: it reads as free, and a claim
+    /// writes over it.
+    CorruptAsFree,
+    /// A server that does not answer is reported as `Backend` (not worth retrying) instead
+    /// of `Unavailable`.
+    UnavailableAsBackend,
+    /// A call to a server that does not answer waits forever.
+    HangsWhenDown,
 }
 
 impl Defect {
@@ -118,6 +134,8 @@ impl Defect {
         Defect::CheckThenSetFinish,
         Defect::CheckThenSetRelease,
         Defect::CheckThenSetRemove,
+        Defect::CheckThenSetLiveWrites,
+        Defect::TornFinish,
         Defect::RetryRevivesOldLease,
         Defect::RetryAfterIsLeaseTtl,
         Defect::SlidingRetention,
@@ -146,6 +164,9 @@ impl Defect {
         Defect::DropsLapsedLeases,
         Defect::ReadsNothing,
         Defect::RemoveIsNoop,
+        Defect::CorruptAsFree,
+        Defect::UnavailableAsBackend,
+        Defect::HangsWhenDown,
     ];
 
     /// Exactly the checks that fail against this defect: this crate's proof asserts that
@@ -192,11 +213,18 @@ impl Defect {
                 &["lease_identity", "model", "removal_fencing", "spent_lease"]
             }
             Defect::ChecksFencingOnly => &["lease_identity", "model"],
-            Defect::FinishIgnoresState => &["model", "spent_lease"],
-            Defect::ReleaseAsExpiry => &["lease_identity", "model", "spent_lease"],
-            Defect::CheckThenSetFinish => &["finish_races_takeover"],
-            Defect::CheckThenSetRelease => &["freeing_races_takeover"],
+            Defect::FinishIgnoresState => &["finishes_race_each_other", "model", "spent_lease"],
+            Defect::ReleaseAsExpiry => &[
+                "finishes_race_each_other",
+                "lease_identity",
+                "model",
+                "spent_lease",
+            ],
+            Defect::CheckThenSetFinish => &["finish_races_takeover", "finishes_race_each_other"],
+            Defect::CheckThenSetRelease => &["finishes_race_each_other", "freeing_races_takeover"],
             Defect::CheckThenSetRemove => &["freeing_races_takeover"],
+            Defect::CheckThenSetLiveWrites => &["finishes_race_each_other"],
+            Defect::TornFinish => &["reads_race_writes"],
             Defect::RetryRevivesOldLease => &["model", "own_retry_after_takeover"],
             Defect::RetryAfterIsLeaseTtl => &["in_progress_retry_after", "model"],
             Defect::SlidingRetention => &["model", "retention_from_finish"],
@@ -288,12 +316,14 @@ impl Defect {
                 "bad_input",
                 "fingerprints",
                 "finish_races_takeover",
+                "finishes_race_each_other",
                 "freeing_races_takeover",
                 "inspection_and_removal",
                 "lease_identity",
                 "model",
                 "namespace_isolation",
                 "own_retry_after_takeover",
+                "reads_race_writes",
                 "renewal",
                 "renewal_from_now",
                 "replay_fidelity",
@@ -309,11 +339,14 @@ impl Defect {
                 "model",
                 "removal_fencing",
             ],
+            Defect::CorruptAsFree => &["corrupt_record"],
+            Defect::UnavailableAsBackend | Defect::HangsWhenDown => &["unavailable_backend"],
         }
     }
 
-    /// Whether [`Defect::caught_by`] is the whole set of checks that fail. Not for races
-    /// (which checks' interleavings hit a race changes from run to run) nor for defects that
+    /// Whether [`Defect::caught_by`] is the whole set of checks that fail. Not for races that
+    /// several checks hit (which checks' interleavings hit one changes from run to run; the
+    /// races of calls with one lease only their own checks reach), nor for defects that
     /// make the concurrently running checks share keys: other checks catch those by chance
     /// too, and the table lists the checks that catch them every time.
     #[must_use]

@@ -3,7 +3,7 @@
 //! rule at the exact place a real backend would: in the claim rule, the ownership test, a
 //! write path, the key encoding or the clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,20 +26,32 @@ const GAP: Duration = Duration::from_millis(5);
 /// A map-backed store with one [`Defect`].
 #[derive(Debug)]
 pub struct BrokenStore {
-    defect: Defect,
+    pub(super) defect: Defect,
     origin: Instant,
-    max_payload: usize,
+    pub(super) max_payload: usize,
     state: Mutex<State>,
+    /// Answers every call as a store whose server is gone (see `broken::sabotage`).
+    pub(super) down: bool,
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
+    /// Slots whose record was replaced by bytes that do not decode (`Sabotage`).
+    pub(super) corrupt: HashSet<String>,
     /// Entries by encoded key ([`BrokenStore::slot`]); expired ones stay until overwritten.
-    entries: HashMap<String, Entry>,
+    pub(super) entries: HashMap<String, Entry>,
     /// The retention each finished key was given, for the sliding-expiry defect.
     retention: HashMap<String, u64>,
     /// Every lease handed out per key, for the lease-reviving defect.
     leases: HashMap<String, Vec<Lease>>,
+}
+
+/// The second step of a transition written in two.
+enum Later<F> {
+    /// Runs the transition on the entry as it was checked.
+    Write(Entry, F),
+    /// Writes this entry.
+    Put(Entry),
 }
 
 /// Which transition presents a lease.
@@ -57,6 +69,15 @@ impl BrokenStore {
             origin: Instant::now(),
             max_payload,
             state: Mutex::default(),
+            down: false,
+        }
+    }
+
+    /// A store with this defect whose server is gone.
+    pub(super) fn unreachable(defect: Defect, max_payload: usize) -> Self {
+        Self {
+            down: true,
+            ..Self::new(defect, max_payload)
         }
     }
 
@@ -64,7 +85,7 @@ impl BrokenStore {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, State>, Error> {
         self.state
             .lock()
             .map_err(|_| Error::backend("a broken store's lock was poisoned"))
@@ -72,7 +93,7 @@ impl BrokenStore {
 
     /// Where a key lives. The honest encoding is length-prefixed, so no part can move the
     /// boundary between namespace and id.
-    fn slot(&self, key: &Key) -> String {
+    pub(super) fn slot(&self, key: &Key) -> String {
         let (namespace, id) = (key.namespace(), key.id());
         match self.defect {
             Defect::LeaksNamespaces => format!("shared:{id}"),
@@ -276,12 +297,14 @@ impl BrokenStore {
         next: impl FnOnce(&Entry, u64) -> Entry,
     ) -> Result<(), Error> {
         let slot = self.slot(&lease.key);
-        let check_then_set = match self.defect {
-            Defect::CheckThenSetFinish => op == Op::Finish,
-            Defect::CheckThenSetRelease => op == Op::Release,
-            _ => false,
-        };
-        let checked = {
+        self.reachable().await?;
+        if self.undecodable(&slot)? {
+            return Err(match self.defect {
+                Defect::CorruptAsFree => Error::LeaseLost,
+                _ => Self::corrupt(),
+            });
+        }
+        let later = {
             let mut state = self.lock()?;
             let now = self.now();
             let Some(entry) = state
@@ -292,18 +315,44 @@ impl BrokenStore {
             else {
                 return Err(Error::LeaseLost);
             };
-            if !check_then_set {
-                state.entries.insert(slot, self.kept(next(&entry, now)));
-                return Ok(());
+            let live =
+                matches!(entry.phase, Phase::Claimed { lease_until, .. } if lease_until > now);
+            match self.defect {
+                Defect::CheckThenSetFinish if op == Op::Finish => Later::Write(entry, next),
+                Defect::CheckThenSetRelease if op == Op::Release => Later::Write(entry, next),
+                Defect::CheckThenSetLiveWrites if live => Later::Write(entry, next),
+                Defect::TornFinish if op == Op::Finish && live => {
+                    // The state lands now, its payload after the gap.
+                    let full = self.kept(next(&entry, now));
+                    state
+                        .entries
+                        .insert(slot.clone(), Self::without_payload(full.clone()));
+                    Later::Put(full)
+                }
+                _ => {
+                    state.entries.insert(slot, self.kept(next(&entry, now)));
+                    return Ok(());
+                }
             }
-            entry
         };
         tokio::time::sleep(GAP).await;
         let now = self.now();
-        self.lock()?
-            .entries
-            .insert(slot, self.kept(next(&checked, now)));
+        let entry = match later {
+            Later::Write(checked, next) => self.kept(next(&checked, now)),
+            Later::Put(entry) => entry,
+        };
+        self.lock()?.entries.insert(slot, entry);
         Ok(())
+    }
+
+    /// A finished entry with its payload not written yet, for [`Defect::TornFinish`].
+    fn without_payload(entry: Entry) -> Entry {
+        let phase = match entry.phase {
+            Phase::Completed(_) => Phase::Completed(Bytes::new()),
+            Phase::Failed(_) => Phase::Failed(Bytes::new()),
+            other => other,
+        };
+        Entry::new(phase, entry.fencing, entry.fingerprint, entry.expires_at)
     }
 
     async fn finish(&self, lease: &Lease, phase: Phase, retention: Ttl) -> Result<(), Error> {
@@ -346,6 +395,14 @@ impl IdempotencyStore for BrokenStore {
             _ => {}
         }
         let slot = self.slot(&request.key);
+        self.reachable().await?;
+        if self.undecodable(&slot)? {
+            match self.defect {
+                // The garbage decodes as "no record": the claim writes over it.
+                Defect::CorruptAsFree => self.forget(&slot)?,
+                _ => return Err(Self::corrupt()),
+            }
+        }
         let delayed = {
             let mut state = self.lock()?;
             let now = self.now();
@@ -371,6 +428,10 @@ impl IdempotencyStore for BrokenStore {
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.reachable().await?;
+        if self.undecodable(&self.slot(&lease.key))? {
+            return Err(Self::corrupt());
+        }
         let ttl = match self.defect {
             Defect::NoopRenew => return Ok(()),
             Defect::NeverExpiresLeases => Self::stretched(ttl)?,
@@ -428,10 +489,17 @@ impl IdempotencyStore for BrokenStore {
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let slot = self.slot(key);
+        self.reachable().await?;
+        if self.undecodable(&slot)? {
+            return match self.defect {
+                Defect::CorruptAsFree => Ok(None),
+                _ => Err(Self::corrupt()),
+            };
+        }
         if self.defect == Defect::ReadsNothing {
             return Ok(None);
         }
-        let slot = self.slot(key);
         let mut state = self.lock()?;
         let now = self.now();
         let Some(entry) = state
@@ -464,6 +532,12 @@ impl IdempotencyStore for BrokenStore {
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         let slot = self.slot(key);
+        self.reachable().await?;
+        if self.undecodable(&slot)? {
+            // Removing is the way out of a corrupt record: it goes, whatever it held.
+            self.forget(&slot)?;
+            return Ok(true);
+        }
         if self.defect == Defect::CheckThenSetRemove {
             let step = {
                 let state = self.lock()?;

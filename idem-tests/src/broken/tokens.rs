@@ -1,12 +1,12 @@
 //! Token stores with one deliberate defect each, for the token checks' proof.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use idem_core::backend::TokenRecord;
-use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
+use idem_core::{Consumption, Error, Rejection, Scope, Token, TokenStore, Ttl};
 
 /// One way a token store can be wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +33,15 @@ pub enum TokenDefect {
     UsedMarkRestartsTtl,
     /// Issuing refuses only unused tokens: a used one is overwritten and usable again.
     IssueRevivesUsed,
+    /// Issuing checks that the token is free, then stores it in a second step: two issues
+    /// racing both store it, the second overwriting the first.
+    CheckThenIssue,
+    /// A record that does not decode counts as no record: consuming it is `Unknown`, and
+    /// issuing the token writes over it.
+    CorruptAsUnknown,
+    /// A server that does not answer is reported as `Backend` (not worth retrying) instead
+    /// of `Unavailable`.
+    UnavailableAsBackend,
 }
 
 impl TokenDefect {
@@ -48,6 +57,9 @@ impl TokenDefect {
         TokenDefect::ScopeCheckedFirst,
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
+        TokenDefect::CheckThenIssue,
+        TokenDefect::CorruptAsUnknown,
+        TokenDefect::UnavailableAsBackend,
     ];
 
     /// Exactly the token checks that fail against this defect (asserted both ways by this
@@ -57,8 +69,12 @@ impl TokenDefect {
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             TokenDefect::CheckThenMark => &["exclusive_consume"],
-            TokenDefect::IgnoresScope => &["scope_binding", "scope_compared_exactly"],
-            TokenDefect::BurnsOnWrongScope => &["scope_binding", "scope_compared_exactly"],
+            TokenDefect::IgnoresScope => {
+                &["issue_races", "scope_binding", "scope_compared_exactly"]
+            }
+            TokenDefect::BurnsOnWrongScope => {
+                &["issue_races", "scope_binding", "scope_compared_exactly"]
+            }
             TokenDefect::NeverExpires => &[
                 "issue_against_used",
                 "rejection_reasons",
@@ -71,11 +87,18 @@ impl TokenDefect {
                 "token_expiry",
                 "used_mark_lifetime",
             ],
-            TokenDefect::Overwrites => &["issue_against_used", "issue_never_overwrites"],
+            TokenDefect::Overwrites => &[
+                "issue_against_used",
+                "issue_never_overwrites",
+                "issue_races",
+            ],
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
             TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["issue_against_used"],
+            TokenDefect::CheckThenIssue => &["issue_races"],
+            TokenDefect::CorruptAsUnknown => &["corrupt_token"],
+            TokenDefect::UnavailableAsBackend => &["unavailable_token_backend"],
         }
     }
 
@@ -89,10 +112,7 @@ impl TokenDefect {
     /// A store with this defect.
     #[must_use]
     pub fn store(self) -> BrokenTokenStore {
-        BrokenTokenStore {
-            tokens: Mutex::default(),
-            defect: self,
-        }
+        BrokenTokenStore::new(self, false)
     }
 }
 
@@ -100,10 +120,23 @@ impl TokenDefect {
 #[derive(Debug)]
 pub struct BrokenTokenStore {
     tokens: Mutex<HashMap<Token, (TokenRecord, Instant, Duration)>>,
-    defect: TokenDefect,
+    /// Tokens whose record was replaced by bytes that do not decode (`TokenSabotage`).
+    pub(super) corrupt: Mutex<HashSet<Token>>,
+    pub(super) defect: TokenDefect,
+    /// Answers every call as a store whose server is gone.
+    pub(super) down: bool,
 }
 
 impl BrokenTokenStore {
+    pub(super) fn new(defect: TokenDefect, down: bool) -> Self {
+        Self {
+            tokens: Mutex::default(),
+            corrupt: Mutex::default(),
+            defect,
+            down,
+        }
+    }
+
     fn with_tokens<T>(
         &self,
         f: impl FnOnce(&mut HashMap<Token, (TokenRecord, Instant, Duration)>) -> T,
@@ -145,6 +178,10 @@ impl BrokenTokenStore {
 #[async_trait]
 impl TokenStore for BrokenTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
+        self.reachable()?;
+        if self.undecodable(token, true)? {
+            return Err(Error::TokenCollision);
+        }
         let overwrite = self.defect == TokenDefect::Overwrites;
         let live = self.live(token)?;
         let revives = self.defect == TokenDefect::IssueRevivesUsed
@@ -153,6 +190,10 @@ impl TokenStore for BrokenTokenStore {
             return Err(Error::TokenCollision);
         }
         let record = TokenRecord::new(scope.clone(), false);
+        if self.defect == TokenDefect::CheckThenIssue {
+            // The window between the check and the write that a conditional insert closes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let deadline = Instant::now() + ttl.as_duration();
         self.with_tokens(|tokens| {
             tokens.insert(token.clone(), (record, deadline, ttl.as_duration()))
@@ -161,6 +202,15 @@ impl TokenStore for BrokenTokenStore {
     }
 
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+        self.reachable()?;
+        if self.undecodable(token, false)? {
+            return match self.defect {
+                TokenDefect::CorruptAsUnknown => Ok(Consumption::Rejected(Rejection::Unknown)),
+                _ => Err(Error::corrupt(
+                    "a broken token record was overwritten with garbage",
+                )),
+            };
+        }
         let Some(record) = self.live(token)? else {
             return Ok(TokenRecord::consume(None, scope).0);
         };
@@ -171,7 +221,7 @@ impl TokenStore for BrokenTokenStore {
             TokenDefect::IgnoresScope => record.scope.clone(),
             TokenDefect::ScopeFoldsCase if folds(&record.scope, scope) => record.scope.clone(),
             TokenDefect::ScopeCheckedFirst if record.scope != *scope => {
-                return Ok(Consumption::Rejected(idem_core::Rejection::WrongScope));
+                return Ok(Consumption::Rejected(Rejection::WrongScope));
             }
             _ => scope.clone(),
         };

@@ -14,6 +14,7 @@ mod outcome;
 mod ownership;
 mod races;
 mod replay;
+mod same_lease;
 mod timing;
 
 pub use claim::{exclusive_claim, exclusive_claim_many_keys, exclusive_takeover, uncertain_claim};
@@ -27,6 +28,7 @@ pub use outcome::{bad_input, failures, retention};
 pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, spent_lease};
 pub use races::{exclusive_every_path, finish_races_takeover, freeing_races_takeover};
 pub use replay::replay_fidelity;
+pub use same_lease::{finishes_race_each_other, reads_race_writes};
 pub use timing::{
     FENCING_MEMORY_CHECKED, fencing_memory, in_progress_retry_after, renewal_from_now,
     retention_from_finish,
