@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use idem_core::{BoxError, Key, Token, async_trait};
-use idem_redis::redis::{self, aio::MultiplexedConnection};
 use idem_redis::{RedisStore, RedisTokenStore};
 use idem_tests::{Capabilities, Sabotage, SharedTokenStore, Store, TokenSabotage};
 
@@ -15,14 +14,8 @@ const GARBAGE: &[u8] = b"\xffnot an idem record";
 
 /// Writes `GARBAGE` at `redis_key`, for a minute.
 async fn plant(redis_key: &str) -> Result<(), BoxError> {
-    let mut raw: MultiplexedConnection = common::raw_connection(&common::url()).await;
-    redis::cmd("SET")
-        .arg(redis_key)
-        .arg(GARBAGE)
-        .arg("PX")
-        .arg(60_000)
-        .query_async::<()>(&mut raw)
-        .await?;
+    let mut raw = common::raw_connection(&common::url()).await;
+    common::plant(&mut raw, redis_key, GARBAGE).await;
     Ok(())
 }
 
