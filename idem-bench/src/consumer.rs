@@ -74,8 +74,7 @@ trait Broker: Send + Sync + Sized {
 
 /// Connects the store, measures, and cleans up whatever happened.
 async fn rows<B: Broker>(broker: B, settings: &Settings) -> Result<Vec<Row>, Error> {
-    let url =
-        std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url = service_url("IDEM_REDIS_URL", "redis://127.0.0.1:6379");
     let prefix = format!("idem-bench-consumer:{}:", fresh_tag());
     let measured = async {
         let store = RedisStore::builder()
@@ -221,6 +220,25 @@ impl Handler {
     }
 }
 
+/// A service's URL: the environment variable's, or the machine's own service.
+fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The error for a broker that does not answer, with the command that starts it.
+fn unreachable(
+    name: &str,
+    service: &str,
+    var: &str,
+    url: &str,
+    error: impl std::fmt::Display,
+) -> Error {
+    Error::unavailable(format!(
+        "cannot reach {name} at {url} ({error}); start it with: \
+         bash .ci/services {service} (or set {var})"
+    ))
+}
+
 fn amqp_error(error: lapin::Error) -> Error {
     Error::backend(error)
 }
@@ -235,16 +253,10 @@ struct Rabbit {
 
 impl Rabbit {
     async fn connect() -> Result<Self, Error> {
-        let url = std::env::var("IDEM_AMQP_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let url = service_url("IDEM_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
             .await
-            .map_err(|e| {
-                Error::unavailable(format!(
-                    "cannot reach RabbitMQ at {url} ({e}); start it with: \
-                         bash .ci/services rabbitmq (or set IDEM_AMQP_URL)"
-                ))
-            })?;
+            .map_err(|e| unreachable("RabbitMQ", "rabbitmq", "IDEM_AMQP_URL", &url, e))?;
         let control = connection.create_channel().await.map_err(amqp_error)?;
         control
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -347,18 +359,12 @@ struct Jet {
 
 impl Jet {
     async fn connect() -> Result<Self, Error> {
-        let url =
-            std::env::var("IDEM_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        let url = service_url("IDEM_NATS_URL", "nats://127.0.0.1:4222");
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(3))
             .connect(url.as_str())
             .await
-            .map_err(|e| {
-                Error::unavailable(format!(
-                    "cannot reach NATS at {url} ({e}); start it with: \
-                     bash .ci/services nats (or set IDEM_NATS_URL)"
-                ))
-            })?;
+            .map_err(|e| unreachable("NATS", "nats", "IDEM_NATS_URL", &url, e))?;
         let js = async_nats::jetstream::new(client.clone());
         Ok(Self { client, js })
     }
