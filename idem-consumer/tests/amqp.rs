@@ -23,7 +23,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_disposition_is_observed_on_the_broker() {
     let rabbit = Rabbit::new().await;
-    let store = common::redis_store().await;
+    let (store, prefix) = common::redis_store().await;
     let policy = Policy::default()
         .max_deliveries(Some(3))
         .retry_delay(Duration::from_millis(50))
@@ -119,6 +119,7 @@ async fn every_disposition_is_observed_on_the_broker() {
     assert!((3..=4).contains(&summary.requeued), "{summary:?}");
     assert_eq!(summary.unsettled, 0);
     rabbit.cleanup().await;
+    common::delete_keys(&prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

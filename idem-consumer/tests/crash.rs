@@ -131,6 +131,8 @@ enum Effects {
         consumer: Consumer<RedisStore>,
         redis: redis::aio::MultiplexedConnection,
         hash: String,
+        /// Every key of the run starts with it.
+        prefix: String,
     },
 }
 
@@ -154,15 +156,16 @@ impl Effects {
                 }
             }
             StoreKind::Redis => {
-                let consumer =
-                    Consumer::new(Idempotency::new(common::redis_store().await), "crash")
-                        .expect("consumer")
-                        .with_policy(policy);
+                let (store, prefix) = common::redis_store().await;
+                let consumer = Consumer::new(Idempotency::new(store), "crash")
+                    .expect("consumer")
+                    .with_policy(policy);
                 let redis = common::redis_connection().await;
                 Self::Counters {
                     consumer,
                     redis,
-                    hash: format!("idem-test:consumer:effects:{sfx}"),
+                    hash: format!("{prefix}effects"),
+                    prefix,
                 }
             }
         }
@@ -216,6 +219,7 @@ impl Effects {
                 consumer,
                 redis,
                 hash,
+                ..
             } => {
                 let mut redis = redis.clone();
                 consumer
@@ -276,9 +280,8 @@ impl Effects {
                 common::drop_table(consumer.store(), ledger).await;
                 common::drop_table(consumer.store(), records).await;
             }
-            Self::Counters { redis, hash, .. } => {
-                let _: () = redis.clone().del(hash).await.expect("DEL");
-            }
+            // The effects' hash and the store's records.
+            Self::Counters { prefix, .. } => common::delete_keys(prefix).await,
         }
     }
 }

@@ -276,9 +276,12 @@ pub fn unreachable_store() -> MySqlStore {
     MySqlStore::from_pool(pool)
 }
 
-pub async fn redis_store() -> RedisStore {
-    RedisStore::builder()
-        .prefix(format!("idem-test:consumer:{}:", suffix()))
+/// A Redis store on a key prefix of its own, and that prefix: the test removes its keys
+/// with [`delete_keys`] (the records would otherwise stay for their 24 h retention).
+pub async fn redis_store() -> (RedisStore, String) {
+    let prefix = format!("idem-test:consumer:{}:", suffix());
+    let store = RedisStore::builder()
+        .prefix(prefix.clone())
         .connect(&redis_url())
         .await
         .unwrap_or_else(|e| {
@@ -286,7 +289,37 @@ pub async fn redis_store() -> RedisStore {
                 "Redis at {} did not answer ({e}). Start it with:\n    {START_REDIS}",
                 redis_url()
             )
-        })
+        });
+    (store, prefix)
+}
+
+/// Deletes every Redis key that starts with `prefix`.
+pub async fn delete_keys(prefix: &str) {
+    let mut redis = redis_connection().await;
+    let pattern = format!("{prefix}*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .expect("SCAN");
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async::<()>(&mut redis)
+                .await
+                .expect("UNLINK");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
 }
 
 /// A plain Redis connection for a test's own effects. Without the client's 500 ms response
