@@ -5,6 +5,10 @@
 //! in idem-tests), and a run whose lease was taken over gets its value back as "not recorded"
 //! instead of a bare `LeaseLost` (8b).
 //!
+//! The rules every store must keep with the executor (one run under concurrency, a retryable
+//! failure reruns, a permanent one replays, a panic frees the key, ...) are idem-tests'
+//! executor checks, which idem-memory runs on `MemoryStore`; they are not repeated here.
+//!
 //! Real time with short leases: `MemoryStore` reads `std::time::Instant`, so paused Tokio
 //! time would not move its clock. Margins are generous because CI boxes are busy.
 
@@ -68,7 +72,19 @@ fn count(runs: &AtomicUsize) -> usize {
     runs.load(Ordering::SeqCst)
 }
 
-/// An execute whose operation counts its run and returns `value` at once.
+/// An operation that counts its run in `runs` and returns `result` at once.
+fn counted<T>(
+    runs: &Arc<AtomicUsize>,
+    result: Result<T, OpError>,
+) -> impl FnOnce() -> std::future::Ready<Result<T, OpError>> {
+    let runs = Arc::clone(runs);
+    move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(result)
+    }
+}
+
+/// An `execute_outcome` of [`counted`] returning `value`.
 async fn run_counted<T>(
     idem: &Idempotency<MemoryStore>,
     key: &Key,
@@ -78,12 +94,8 @@ async fn run_counted<T>(
 where
     T: Serialize + serde::de::DeserializeOwned + Send + 'static,
 {
-    let runs = Arc::clone(runs);
-    idem.execute_outcome(key, None, move || async move {
-        runs.fetch_add(1, Ordering::SeqCst);
-        Ok(value)
-    })
-    .await
+    idem.execute_outcome(key, None, counted(runs, Ok(value)))
+        .await
 }
 
 /// Starts a call whose operation holds the key for `hold`, and returns once it runs.
@@ -128,115 +140,6 @@ fn expect_in_progress<T: std::fmt::Debug>(outcome: Outcome<T>) -> Duration {
         Err(ExecuteError::Idempotency(Error::InProgress { retry_after })) => retry_after,
         other => panic!("expected InProgress, got {other:?}"),
     }
-}
-
-// 1. One key, 100 concurrent waiting callers: one run, one value for all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hundred_concurrent_calls_run_the_operation_once() {
-    let idem = executor(config(ms(5_000), WaitPolicy::wait(ms(20_000))));
-    let key = key("concurrent");
-    let runs = counter();
-    let barrier = Arc::new(tokio::sync::Barrier::new(100));
-    let calls: Vec<_> = (0..100u64)
-        .map(|caller| {
-            let (idem, key, runs, barrier) = (
-                idem.clone(),
-                key.clone(),
-                Arc::clone(&runs),
-                Arc::clone(&barrier),
-            );
-            tokio::spawn(async move {
-                barrier.wait().await;
-                idem.execute(&key, None, || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    sleep(ms(200)).await;
-                    Ok::<_, OpError>(format!("made by caller {caller}"))
-                })
-                .await
-            })
-        })
-        .collect();
-    let mut values = Vec::new();
-    for call in calls {
-        values.push(
-            call.await
-                .expect("no panic")
-                .expect("every caller gets the value"),
-        );
-    }
-    assert_eq!(count(&runs), 1, "the operation ran more than once");
-    assert!(
-        values.iter().all(|v| v == &values[0]),
-        "callers got different values: {values:?}"
-    );
-}
-
-// 2. A retryable failure releases the key: the next call runs again.
-#[tokio::test]
-async fn retryable_failure_reruns_on_the_next_call() {
-    let idem = executor(Config::default());
-    let key = key("retryable");
-    let runs = counter();
-    let first: Outcome<String> = idem
-        .execute(&key, None, {
-            let runs = Arc::clone(&runs);
-            || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Err(OpError::Transient("provider timeout".into()))
-            }
-        })
-        .await;
-    assert!(matches!(
-        first,
-        Err(ExecuteError::Operation(OpError::Transient(_)))
-    ));
-    assert_eq!(idem.store().read(&key).await.expect("read"), None);
-
-    let second = run_counted(&idem, &key, &runs, "second".to_string()).await;
-    assert_eq!(second.expect("runs").result, Ok("second".to_string()));
-    assert_eq!(count(&runs), 2);
-
-    let third = run_counted(&idem, &key, &runs, "third".to_string()).await;
-    let third = third.expect("replays");
-    assert_eq!(
-        (third.result, third.replayed),
-        (Ok("second".to_string()), true)
-    );
-    assert_eq!(count(&runs), 2);
-}
-
-// 3. A permanent failure is stored and replayed, not rerun.
-#[tokio::test]
-async fn permanent_failure_replays_without_rerunning() {
-    let idem = executor(Config::default());
-    let key = key("permanent");
-    let runs = counter();
-    let declined = OpError::Permanent("card declined".into());
-    let first: Execution<u64, OpError> = idem
-        .execute_outcome(&key, None, {
-            let (runs, declined) = (Arc::clone(&runs), declined.clone());
-            || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Err(declined)
-            }
-        })
-        .await
-        .expect("the operation ran");
-    assert_eq!(
-        (first.result, first.replayed),
-        (Err(declined.clone()), false)
-    );
-
-    let repeat = run_counted(&idem, &key, &runs, 7u64)
-        .await
-        .expect("replays");
-    assert_eq!(
-        (repeat.result, repeat.replayed),
-        (Err(declined.clone()), true)
-    );
-    let via_execute: Outcome<u64> = idem.execute(&key, None, || async { Ok(8) }).await;
-    assert!(matches!(via_execute, Err(ExecuteError::Operation(e)) if e == declined));
-    assert_eq!(count(&runs), 1);
 }
 
 // 4a. Fail fast: a repeat during the first run gets InProgress with the lease's time left.
@@ -367,35 +270,27 @@ async fn slow_operation_keeps_its_lease() {
     assert_eq!(count(&runs), 1);
 }
 
-// 6a. A panicking operation frees its key at once (the drop guard), well before its lease ends.
-#[tokio::test]
-async fn panicking_operation_frees_the_key() {
-    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
-    let key = key("panic");
+/// Drops `call` while its operation still runs (it runs for 30 s), then insists that the key
+/// is free at once and the next call runs.
+async fn expect_freed_when_dropped<T: std::fmt::Debug>(
+    idem: &Idempotency<MemoryStore>,
+    key: &Key,
+    call: impl Future<Output = T>,
+) {
+    let cancelled = tokio::time::timeout(ms(100), call).await;
+    assert!(
+        cancelled.is_err(),
+        "the operation should still have been running"
+    );
+    await_free(idem.store(), key, ms(5_000)).await;
     let runs = counter();
-    let panicked = tokio::spawn({
-        let (idem, key, runs) = (idem.clone(), key.clone(), Arc::clone(&runs));
-        async move {
-            idem.execute(&key, None, || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                if count(&runs) > 0 {
-                    panic!("the operation panics (expected by this test)");
-                }
-                Ok::<u64, OpError>(0)
-            })
-            .await
-        }
-    });
-    assert!(panicked.await.expect_err("the task panicked").is_panic());
-
-    await_free(idem.store(), &key, ms(5_000)).await;
-    let next = run_counted(&idem, &key, &runs, 51u64).await.expect("runs");
-    assert_eq!((next.result, next.replayed), (Ok(51), false));
-    assert_eq!(count(&runs), 2);
+    let next = run_counted(idem, key, &runs, 61u64).await.expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(61), false));
 }
 
 // 6b. Under CancelPolicy::Release, and always for `execute_scoped`, a dropped (cancelled)
-// execute future frees its key. (Under the default Detach it no longer does: issue 11.)
+// execute future frees its key. (Under the default Detach it no longer does: issue 11; that
+// rule is idem-tests' `dropped_caller_runs_once`.)
 #[tokio::test]
 async fn cancelled_execution_frees_the_key_under_release() {
     let release = Config::builder()
@@ -406,72 +301,15 @@ async fn cancelled_execution_frees_the_key_under_release() {
     let idem = executor(release);
     let key = key("cancelled");
     let runs = counter();
-    let cancelled = tokio::time::timeout(
-        ms(100),
-        idem.execute(&key, None, {
-            let runs = Arc::clone(&runs);
-            || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                sleep(ms(30_000)).await;
-                Ok::<u64, OpError>(0)
-            }
-        }),
-    )
-    .await;
-    assert!(
-        cancelled.is_err(),
-        "the operation should still have been running"
-    );
-
-    await_free(idem.store(), &key, ms(5_000)).await;
-    let next = run_counted(&idem, &key, &runs, 61u64).await.expect("runs");
-    assert_eq!((next.result, next.replayed), (Ok(61), false));
-    assert_eq!(count(&runs), 2);
-}
-
-// 6c. Under the default CancelPolicy::Detach, a dropped caller changes nothing: the operation
-// finishes on its own task, a repeat meanwhile is InProgress, and the one after is a replay.
-#[tokio::test]
-async fn dropped_caller_under_detach_runs_once_then_replays() {
-    let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
-    let key = key("detached");
-    let runs = counter();
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let (started_tx, started_rx) = oneshot::channel();
     let call = idem.execute(&key, None, {
         let runs = Arc::clone(&runs);
         || async move {
             runs.fetch_add(1, Ordering::SeqCst);
-            let _ = started_tx.send(());
-            let _ = release_rx.await;
-            Ok::<u64, OpError>(63)
+            sleep(ms(30_000)).await;
+            Ok::<u64, OpError>(0)
         }
     });
-    let dropped = tokio::time::timeout(ms(10_000), async {
-        tokio::select! {
-            _ = call => panic!("the operation finished before it was let go"),
-            _ = started_rx => {}
-        }
-    })
-    .await;
-    assert!(dropped.is_ok(), "the operation never started");
-    // The caller's future is gone; the operation still holds the key.
-    expect_in_progress(idem.execute(&key, None, || async { Ok(64u64) }).await);
-    release_tx
-        .send(())
-        .expect("the detached operation still runs");
-    let deadline = Instant::now() + ms(10_000);
-    let replay = loop {
-        match run_counted(&idem, &key, &runs, 65u64).await {
-            Err(ExecuteError::Idempotency(Error::InProgress { .. }))
-                if Instant::now() < deadline =>
-            {
-                sleep(ms(10)).await;
-            }
-            other => break other.expect("a replay"),
-        }
-    };
-    assert_eq!((replay.result, replay.replayed), (Ok(63), true));
+    expect_freed_when_dropped(&idem, &key, call).await;
     assert_eq!(count(&runs), 1);
 }
 
@@ -479,26 +317,14 @@ async fn dropped_caller_under_detach_runs_once_then_replays() {
 async fn cancelled_scoped_execution_frees_the_key() {
     let idem = executor(config(ms(20_000), WaitPolicy::FailFast));
     let key = key("cancelled-scoped");
-    let runs = counter();
     let borrowed = AtomicUsize::new(0);
-    let cancelled = tokio::time::timeout(
-        ms(100),
-        idem.execute_scoped(&key, None, || async {
-            borrowed.fetch_add(1, Ordering::SeqCst);
-            sleep(ms(30_000)).await;
-            Ok::<u64, OpError>(0)
-        }),
-    )
-    .await;
-    assert!(
-        cancelled.is_err(),
-        "the operation should still have been running"
-    );
+    let call = idem.execute_scoped(&key, None, || async {
+        borrowed.fetch_add(1, Ordering::SeqCst);
+        sleep(ms(30_000)).await;
+        Ok::<u64, OpError>(0)
+    });
+    expect_freed_when_dropped(&idem, &key, call).await;
     assert_eq!(count(&borrowed), 1);
-
-    await_free(idem.store(), &key, ms(5_000)).await;
-    let next = run_counted(&idem, &key, &runs, 62u64).await.expect("runs");
-    assert_eq!((next.result, next.replayed), (Ok(62), false));
 }
 
 // 7. A fingerprint mismatch is rejected and leaves the stored record as it was.
@@ -510,13 +336,7 @@ async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
     let original = Some(Fingerprint::of(&("order-1", 100)).expect("fingerprint"));
     let other = Some(Fingerprint::of(&("order-1", 999)).expect("fingerprint"));
     let stored: u64 = idem
-        .execute(&key, original, {
-            let runs = Arc::clone(&runs);
-            || async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok::<_, OpError>(71)
-            }
-        })
+        .execute(&key, original, counted(&runs, Ok(71)))
         .await
         .expect("runs");
     assert_eq!(stored, 71);
@@ -529,13 +349,7 @@ async fn fingerprint_mismatch_is_rejected_and_changes_nothing() {
 
     for fingerprint in [other, None] {
         let outcome: Outcome<u64> = idem
-            .execute(&key, fingerprint, {
-                let runs = Arc::clone(&runs);
-                || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    Ok(72)
-                }
-            })
+            .execute(&key, fingerprint, counted(&runs, Ok(72)))
             .await;
         assert!(
             matches!(
@@ -834,15 +648,7 @@ async fn stored_garbage_is_a_corrupt_record() {
         } else {
             store.fail(&lease, garbage, retention).await.expect("fail");
         }
-        let outcome: Outcome<u64> = idem
-            .execute(&key, None, {
-                let runs = Arc::clone(&runs);
-                || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    Ok(1)
-                }
-            })
-            .await;
+        let outcome: Outcome<u64> = idem.execute(&key, None, counted(&runs, Ok(1))).await;
         assert!(
             matches!(
                 outcome,
