@@ -265,15 +265,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Retryable + Send + 'static,
     {
-        self.traced(key, async {
-            let attempt = match self.start(key, fingerprint).await? {
-                Started::Acquired(attempt) => attempt,
-                Started::Replayed(execution) => return Ok(execution),
-            };
+        self.run_or_replay(key, fingerprint, |attempt| async move {
             let operation = operation(attempt.lease_handle());
-            ran(attempt
+            attempt
                 .run(operation, JsonSettle::new(&self.settings))
-                .await)
+                .await
         })
         .await
     }
@@ -300,16 +296,34 @@ impl<S: IdempotencyStore> Idempotency<S> {
         E: Serialize + DeserializeOwned + Retryable,
     {
         let execution = self
-            .traced(key, async {
-                let attempt = match self.start(key, fingerprint).await? {
-                    Started::Acquired(attempt) => attempt,
-                    Started::Replayed(execution) => return Ok(execution),
-                };
+            .run_or_replay(key, fingerprint, |attempt| async move {
                 let settle = JsonSettle::new(&self.settings);
-                ran(attempt.run_scoped(operation(), settle).await)
+                attempt.run_scoped(operation(), settle).await
             })
             .await?;
         execution.result.map_err(ExecuteError::Operation)
+    }
+
+    /// Claims the key, in one traced execution: replays what is stored, or hands the
+    /// acquired attempt to `run`.
+    async fn run_or_replay<T, E, Fut>(
+        &self,
+        key: &Key,
+        fingerprint: Option<Fingerprint>,
+        run: impl FnOnce(Attempt<S>) -> Fut,
+    ) -> Result<Execution<T, E>, ExecuteError<E, T>>
+    where
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+        Fut: Future<Output = Result<Result<T, E>, AttemptError<Result<T, E>>>>,
+    {
+        self.traced(key, async {
+            match self.start(key, fingerprint).await? {
+                Started::Acquired(attempt) => ran(run(attempt).await),
+                Started::Replayed(execution) => Ok(execution),
+            }
+        })
+        .await
     }
 
     /// Runs one execution in an `idem.execute` span. The fields are recorded inside the
