@@ -63,7 +63,7 @@ use crate::ttl::Ttl;
 /// use std::sync::Mutex;
 /// use std::time::Instant;
 /// use idem_core::backend::{EntryMap, LifecycleStore};
-/// use idem_core::backend::lifecycle::{Entry, Step, Write};
+/// use idem_core::backend::lifecycle::{Entry, Step};
 /// use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Ttl};
 ///
 /// #[derive(Debug)]
@@ -84,13 +84,7 @@ use crate::ttl::Ttl;
 ///         step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
 ///     ) -> Result<T, Error> {
 ///         let mut entries = self.entries.lock().map_err(|_| Error::backend("poisoned"))?;
-///         let step = step(entries.get(key));
-///         match step.write {
-///             Write::Keep => {}
-///             Write::Put(entry) => { entries.insert(key.clone(), entry); }
-///             Write::Remove => { entries.remove(key); }
-///         }
-///         step.answer
+///         step(entries.get(key)).apply_to(&mut entries, key)
 ///     }
 ///
 ///     async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {

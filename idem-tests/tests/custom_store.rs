@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use idem_core::backend::lifecycle::{Entry, Step, Write};
+use idem_core::backend::lifecycle::{Entry, Step};
 use idem_core::backend::{EntryMap, LifecycleStore};
 use idem_core::{Error, Key};
 
@@ -33,17 +33,7 @@ impl EntryMap for LockedMap {
             .entries
             .lock()
             .map_err(|_| Error::backend("lock poisoned"))?;
-        let step = step(entries.get(key));
-        match step.write {
-            Write::Keep => {}
-            Write::Put(entry) => {
-                entries.insert(key.clone(), entry);
-            }
-            Write::Remove => {
-                entries.remove(key);
-            }
-        }
-        step.answer
+        step(entries.get(key)).apply_to(&mut entries, key)
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {

@@ -401,17 +401,7 @@ mod tests {
             step: impl FnOnce(Option<&Entry>) -> Step<T> + Send,
         ) -> Result<T, Error> {
             let mut entries = self.entries.lock().expect("not poisoned");
-            let step = step(entries.get(key));
-            match step.write {
-                Write::Keep => {}
-                Write::Put(entry) => {
-                    entries.insert(key.clone(), entry);
-                }
-                Write::Remove => {
-                    entries.remove(key);
-                }
-            }
-            step.answer
+            step(entries.get(key)).apply_to(&mut entries, key)
         }
         async fn get(&self, key: &Key) -> Result<Option<Entry>, Error> {
             Ok(self.entries.lock().expect("not poisoned").get(key).cloned())

@@ -12,6 +12,8 @@
 //! for [`trace_ttl`] more, so that the next acquisition's fencing number still grows and a
 //! lapsed lease nobody took over can still finish.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -98,6 +100,29 @@ impl<T> Step<T> {
             answer,
             write: Write::Keep,
         }
+    }
+
+    /// Writes the step into `entries` at `key` and hands back its answer: the whole of an
+    /// [`EntryMap::update`](super::EntryMap::update) over a `HashMap` held under a lock.
+    ///
+    /// # Errors
+    ///
+    /// The step's own answer, when it is an error.
+    pub fn apply_to<S: BuildHasher>(
+        self,
+        entries: &mut HashMap<Key, Entry, S>,
+        key: &Key,
+    ) -> Result<T, Error> {
+        match self.write {
+            Write::Keep => {}
+            Write::Put(entry) => {
+                entries.insert(key.clone(), entry);
+            }
+            Write::Remove => {
+                entries.remove(key);
+            }
+        }
+        self.answer
     }
 
     fn put(answer: T, entry: Entry) -> Self {
