@@ -3,6 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use idem_core::backend::TokenEntry;
+use idem_core::backend::lifecycle::Entry;
+use moka::Expiry;
+
 /// Milliseconds since a fixed origin.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
@@ -24,5 +28,41 @@ impl Clock {
     /// The time from `at` until the clock reads `deadline` (zero if it is past).
     pub(crate) fn until(&self, deadline: u64, at: Instant) -> Duration {
         (self.origin + Duration::from_millis(deadline)).saturating_duration_since(at)
+    }
+}
+
+/// What the caches keep: a value that knows when it expires, in [`Clock`] milliseconds.
+pub(crate) trait ExpiresAt {
+    fn expires_at(&self) -> u64;
+}
+
+impl ExpiresAt for Entry {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+impl ExpiresAt for TokenEntry {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+}
+
+/// Tells moka when each value's own `expires_at` comes, on the store's clock.
+pub(crate) struct ClockExpiry(pub(crate) Clock);
+
+impl<K, V: ExpiresAt> Expiry<K, V> for ClockExpiry {
+    fn expire_after_create(&self, _: &K, value: &V, created_at: Instant) -> Option<Duration> {
+        Some(self.0.until(value.expires_at(), created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &K,
+        value: &V,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.0.until(value.expires_at(), updated_at))
     }
 }

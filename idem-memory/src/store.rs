@@ -4,17 +4,15 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
 
 use idem_core::backend::lifecycle::{Entry, Phase, Step, Write};
 use idem_core::backend::{EntryMap, LifecycleStore};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Ttl, async_trait,
 };
-use moka::Expiry;
 use moka::sync::Cache;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
 
 /// Bytes of process memory one record takes besides its key text and payload: moka's
@@ -147,7 +145,7 @@ impl MemoryStore {
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
         let cache = Cache::builder()
-            .expire_after(EntryExpiry { clock })
+            .expire_after(ClockExpiry(clock))
             // No max_capacity: moka only keeps the weighted size, it never evicts by it.
             .weigher(|key: &Key, entry: &Entry| weight(key, entry))
             // Keys come from clients: a hasher with a random per-store seed, and much
@@ -301,33 +299,6 @@ impl Records {
     }
 }
 
-/// Tells moka when each entry's own `expires_at` comes.
-struct EntryExpiry {
-    clock: Clock,
-}
-
-impl EntryExpiry {
-    fn remaining(&self, entry: &Entry, at: Instant) -> Option<Duration> {
-        Some(self.clock.until(entry.expires_at, at))
-    }
-}
-
-impl Expiry<Key, Entry> for EntryExpiry {
-    fn expire_after_create(&self, _: &Key, entry: &Entry, created_at: Instant) -> Option<Duration> {
-        self.remaining(entry, created_at)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Key,
-        entry: &Entry,
-        updated_at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        self.remaining(entry, updated_at)
-    }
-}
-
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
@@ -355,6 +326,8 @@ impl IdempotencyStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use idem_core::backend::lifecycle::FENCING_MEMORY;
 
     use super::*;

@@ -1,14 +1,11 @@
 //! The in-memory [`TokenStore`]: the core's [`TokenMapStore`] over a moka cache.
 
-use std::time::{Duration, Instant};
-
 use idem_core::backend::{TokenEntry, TokenMap, TokenMapStore};
 use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
-use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
 
 /// Bytes of process memory one token takes besides its text and its scope's: moka's entry
@@ -71,7 +68,7 @@ impl MemoryTokenStore {
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
         let cache = Cache::builder()
-            .expire_after(TokenExpiry { clock })
+            .expire_after(ClockExpiry(clock))
             .weigher(|token: &Token, entry: &TokenEntry| {
                 let bytes = (token.as_str().len() + entry.record.scope.as_str().len()) as u64
                     + TOKEN_OVERHEAD;
@@ -135,27 +132,6 @@ impl TokenMap for Tokens {
             return Ok(());
         }
         Err(Error::unavailable(StoreFull::new(self.capacity)))
-    }
-}
-
-/// Tells moka when each token's own `expires_at` comes.
-struct TokenExpiry {
-    clock: Clock,
-}
-
-impl Expiry<Token, TokenEntry> for TokenExpiry {
-    fn expire_after_create(&self, _: &Token, entry: &TokenEntry, now: Instant) -> Option<Duration> {
-        Some(self.clock.until(entry.expires_at, now))
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &Token,
-        entry: &TokenEntry,
-        now: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(self.clock.until(entry.expires_at, now))
     }
 }
 
