@@ -122,6 +122,37 @@ where
     }
 }
 
+/// The inner service as the layer runs it: on a task of its own, to the end.
+trait Handler<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<T, ReqBody, ResBody> Handler<ReqBody, ResBody> for T
+where
+    T: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    T::Future: Send + 'static,
+    T::Error: Send + 'static,
+{
+}
+
+/// A request or response body the layer buffers: `Bytes` chunks, errors that box, and free
+/// to move to a task.
+trait BytesBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> BytesBody for B
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+}
+
 /// The layer's own answer, as a response of the service.
 fn own<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {
     response.map(ResponseBody::full)
@@ -134,13 +165,9 @@ impl<S: IdempotencyStore> Shared<S> {
         request: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
     where
-        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-        Inner::Future: Send + 'static,
-        Inner::Error: Send + 'static,
-        ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-        ReqBody::Error: Into<BoxError>,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        Inner: Handler<ReqBody, ResBody>,
+        ReqBody: BytesBody + From<Bytes>,
+        ResBody: BytesBody,
     {
         let options = &self.settings.options;
         if !options.methods.contains(request.method()) {
@@ -267,12 +294,9 @@ impl<S: IdempotencyStore> Shared<S> {
         request: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
     where
-        Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-        Inner::Future: Send + 'static,
-        Inner::Error: Send + 'static,
+        Inner: Handler<ReqBody, ResBody>,
         ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: BytesBody,
     {
         let usual = self.runs.route(route(request.extensions(), request.uri()));
         let limit = self.settings.options.max_response_body;

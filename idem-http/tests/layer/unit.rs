@@ -42,14 +42,12 @@ fn hanging(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_request_future_leaves_the_handler_running_and_its_response_stored() {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let go = Arc::new(tokio::sync::Notify::new());
-    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
-        .build()
-        .expect("valid");
-    let service = layer.layer(hanging(Arc::clone(&runs), Arc::clone(&go)));
+/// Sends `post("k")` and drops it after 100 ms, while its handler still runs.
+async fn drop_a_request<S, B>(service: &S)
+where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
     let dropped = tokio::time::timeout(
         Duration::from_millis(100),
         service.clone().oneshot(post("\"k\"")),
@@ -59,6 +57,37 @@ async fn a_dropped_request_future_leaves_the_handler_running_and_its_response_st
         dropped.is_err(),
         "the first request is still running when dropped"
     );
+}
+
+/// Repeats `post("k")` until the answer is no longer 409 (10 s at most), and returns it.
+async fn first_settled<S, B>(service: &S) -> Response<B>
+where
+    S: tower::Service<Request<Body>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..400 {
+        let response = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible");
+        if response.status() != StatusCode::CONFLICT {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the key stayed in progress")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_request_future_leaves_the_handler_running_and_its_response_stored() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(hanging(Arc::clone(&runs), Arc::clone(&go)));
+    drop_a_request(&service).await;
     let retry = service
         .clone()
         .oneshot(post("\"k\""))
@@ -66,18 +95,7 @@ async fn a_dropped_request_future_leaves_the_handler_running_and_its_response_st
         .expect("infallible");
     assert_eq!(retry.status(), StatusCode::CONFLICT);
     go.notify_one();
-    let mut replay = retry;
-    for _ in 0..400 {
-        replay = service
-            .clone()
-            .oneshot(post("\"k\""))
-            .await
-            .expect("infallible");
-        if replay.status() != StatusCode::CONFLICT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let replay = first_settled(&service).await;
     assert!(replay.headers().contains_key("idempotent-replayed"));
     let body = replay.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(body.as_ref(), b"finished");
@@ -93,26 +111,8 @@ async fn under_the_release_policy_a_dropped_request_frees_its_key() {
         .build()
         .expect("valid");
     let service = layer.layer(hanging(Arc::clone(&runs), Arc::clone(&go)));
-    let dropped = tokio::time::timeout(
-        Duration::from_millis(100),
-        service.clone().oneshot(post("\"k\"")),
-    )
-    .await;
-    assert!(dropped.is_err());
-    let mut status = StatusCode::CONFLICT;
-    for _ in 0..400 {
-        status = service
-            .clone()
-            .oneshot(post("\"k\""))
-            .await
-            .expect("infallible")
-            .status();
-        if status != StatusCode::CONFLICT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(status, StatusCode::OK);
+    drop_a_request(&service).await;
+    assert_eq!(first_settled(&service).await.status(), StatusCode::OK);
     assert_eq!(runs.load(Ordering::SeqCst), 2, "released, so run again");
 }
 
