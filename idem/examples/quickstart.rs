@@ -4,10 +4,11 @@
 //! (a double click, then a retry after a timeout): the charge runs once, and the repeats get
 //! the first receipt back. A different payment reusing the key is refused.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use idem::{Error, ExecuteError, Fingerprint, Idempotency, Key, MemoryStore, Retryable};
+use idem::{BoxError, Error, ExecuteError, Fingerprint, Idempotency, Key, MemoryStore, Retryable};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize)]
@@ -33,8 +34,16 @@ impl Retryable for ChargeError {
     }
 }
 
+impl fmt::Display for ChargeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the card was declined")
+    }
+}
+
+impl std::error::Error for ChargeError {}
+
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), BoxError> {
     let idem = Idempotency::new(MemoryStore::new());
     let charges = Arc::new(AtomicU32::new(0));
 
@@ -58,18 +67,9 @@ async fn main() -> Result<(), Error> {
                     })
                 }
             })
-            .await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
             // In progress elsewhere, store unavailable, ran but not recorded, ...
-            Err(ExecuteError::Idempotency(error) | ExecuteError::NotRecorded { error, .. }) => {
-                return Err(error);
-            }
-            Err(other) => return Err(Error::backend(format!("{other:?}"))),
-        };
-        let receipt = outcome
-            .result
-            .map_err(|e| Error::backend(format!("{e:?}")))?;
+            .await?;
+        let receipt = outcome.result?;
         let how = if outcome.replayed {
             "replayed"
         } else {

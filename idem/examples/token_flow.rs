@@ -3,10 +3,10 @@
 //!
 //! Run with `cargo run --example token_flow`.
 
+use std::fmt;
+
 use idem::memory::MemoryTokenStore;
-use idem::{
-    Consumption, Error, ExecuteError, Idempotency, MemoryStore, Rejection, Retryable, Scope, Tokens,
-};
+use idem::{BoxError, Consumption, Idempotency, MemoryStore, Rejection, Retryable, Scope, Tokens};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -23,8 +23,16 @@ impl Retryable for Refused {
     }
 }
 
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the token was refused")
+    }
+}
+
+impl std::error::Error for Refused {}
+
 #[tokio::main]
-async fn main() -> Result<(), Error> {
+async fn main() -> Result<(), BoxError> {
     let tokens = Tokens::new(MemoryTokenStore::new());
     let alice = Scope::new("user:alice")?;
 
@@ -74,15 +82,8 @@ async fn main() -> Result<(), Error> {
                     _ => Err(Refused),
                 }
             })
-            .await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
             // In progress elsewhere, store unavailable, ran but not recorded, ...
-            Err(ExecuteError::Idempotency(error) | ExecuteError::NotRecorded { error, .. }) => {
-                return Err(error);
-            }
-            Err(other) => return Err(Error::backend(format!("{other:?}"))),
-        };
+            .await?;
         let how = if outcome.replayed {
             "replayed"
         } else {
