@@ -518,9 +518,11 @@ mod tests {
     /// left: never `None` (kept forever, memory grows) nor zero (a replay lost at once).
     #[test]
     fn an_entry_written_over_a_live_one_expires_at_its_own_instant() {
+        use moka::Expiry;
+
         let clock = Clock::new();
-        let expiry = EntryExpiry { clock };
-        let at = Instant::now();
+        let expiry = ClockExpiry(clock);
+        let at = std::time::Instant::now();
         let entry = Entry::new(
             Phase::Completed(Bytes::from_static(b"second")),
             1,
