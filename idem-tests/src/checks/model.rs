@@ -26,9 +26,14 @@ pub const SEED_VAR: &str = "IDEM_MODEL_SEED";
 pub const STEPS_VAR: &str = "IDEM_MODEL_STEPS";
 /// Steps per run unless [`STEPS_VAR`] says otherwise.
 pub const STEPS: usize = 2_000;
+/// How many models run side by side, each with three keys and three owners of its own and
+/// a share of the steps. Steps wait for windows of time far from every TTL boundary, so the
+/// run's length is its windows: four lanes take a quarter of one lane's time.
+const LANES: u64 = 4;
 
 /// Random claim, complete, fail, renew, release, remove and read calls by three owners
-/// over three keys, with time moving on between them, checked step by step against
+/// over three keys (in four independent lanes at once, each with keys and owners of its
+/// own), with time moving on between them, checked step by step against
 /// `idem_core::backend::lifecycle` (the reference state machine): every answer, every fencing number
 /// (growing, and the holder's own), every record read. A failure names its seed; set
 /// `IDEM_MODEL_SEED` to replay it (and `IDEM_MODEL_STEPS` to run more or fewer steps).
@@ -54,20 +59,30 @@ pub async fn model(store: Store, capabilities: Capabilities) -> CheckResult {
                 .map_err(|e| format!("{STEPS_VAR}={raw:?} is not a count: {e}"))?,
             Err(_) => STEPS,
         };
-        let mut model = Model::new(&ctx, seed)?;
-        match model.run(steps).await {
-            Ok(()) => Ok(()),
-            Err(message) => {
-                let failure = format!(
-                    "{message}\nlast steps:\n{}seed {seed}: replay with {SEED_VAR}={seed}",
-                    model.history.join("")
-                );
-                eprintln!("idem-tests model check failed: {failure}");
-                Err(failure)
-            }
-        }
+        let share = steps.div_ceil(LANES as usize);
+        let lane = |lane| run_lane(&ctx, seed, lane, share);
+        let lanes = tokio::join!(lane(0), lane(1), lane(2), lane(3));
+        lanes.0.and(lanes.1).and(lanes.2).and(lanes.3)
     })
     .await
+}
+
+/// One lane of the model check: `steps` steps from the lane's own seed (derived from
+/// `seed`, so one seed replays every lane).
+async fn run_lane(ctx: &Ctx, seed: u64, lane: u64, steps: usize) -> Result<(), String> {
+    let mut model = Model::new(ctx, seed, lane)?;
+    match model.run(steps).await {
+        Ok(()) => Ok(()),
+        Err(message) => {
+            let failure = format!(
+                "lane {lane}: {message}\nlast steps:\n{}seed {seed}: replay with \
+                 {SEED_VAR}={seed}",
+                model.history.join("")
+            );
+            eprintln!("idem-tests model check failed: {failure}");
+            Err(failure)
+        }
+    }
 }
 
 /// A small, fast, seedable generator (SplitMix64): the sequence is the seed's alone.
@@ -94,6 +109,8 @@ impl Rng {
 struct Model<'a> {
     ctx: &'a Ctx,
     rng: Rng,
+    /// Which lane this model is, to name its keys.
+    lane: u64,
     keys: Vec<Key>,
     owners: Vec<OwnerToken>,
     fingerprints: Vec<Option<Fingerprint>>,
@@ -114,13 +131,15 @@ struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    fn new(ctx: &'a Ctx, seed: u64) -> Result<Self, String> {
+    fn new(ctx: &'a Ctx, seed: u64, lane: u64) -> Result<Self, String> {
         let keys = (0..3)
-            .map(|i| ctx.key(&format!("model-{i}")))
+            .map(|i| ctx.key(&format!("model-{lane}-0-{i}")))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             ctx,
-            rng: Rng(seed),
+            // Lanes step apart by the generator's own increment: disjoint sequences.
+            rng: Rng(seed.wrapping_add(lane.wrapping_mul(0x5851_f42d_4c95_7f2d))),
+            lane,
             keys,
             owners: (0..3).map(|_| OwnerToken::random()).collect(),
             fingerprints: vec![
@@ -166,7 +185,10 @@ impl<'a> Model<'a> {
     fn start_over(&mut self) -> Result<(), String> {
         self.generation += 1;
         self.keys = (0..3)
-            .map(|i| self.ctx.key(&format!("model-{}-{i}", self.generation)))
+            .map(|i| {
+                let (lane, generation) = (self.lane, self.generation);
+                self.ctx.key(&format!("model-{lane}-{generation}-{i}"))
+            })
             .collect::<Result<_, _>>()?;
         self.entries.clear();
         self.leases.clear();
