@@ -363,4 +363,21 @@ mod tests {
         assert!(matches!(written, Err(Error::LeaseLost)), "{written:?}");
         assert_eq!(*store.reads.lock().expect("not poisoned"), 0);
     }
+
+    /// The first attempts keep their backoff pauses even when the lease has no time left:
+    /// the minimum attempts exist to ride out a blip of the store, which attempts made in
+    /// the same instant would all meet.
+    #[tokio::test(start_paused = true)]
+    async fn the_minimum_attempts_are_spread_even_with_no_lease_left() {
+        let (written, store) = write_with(Duration::from_secs(5), Duration::ZERO).await;
+        assert!(
+            matches!(written, Err(Error::Unavailable { .. })),
+            "{written:?}"
+        );
+        let tries = store.tries.lock().expect("not poisoned");
+        assert_eq!(tries.len(), MIN_WRITE_ATTEMPTS as usize, "{tries:?}");
+        for pair in tries.windows(2) {
+            assert!(pair[1] - pair[0] >= FIRST_PAUSE / 2, "{tries:?}");
+        }
+    }
 }
