@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lease::Lease;
+use super::renewal::Held;
 use crate::store::IdempotencyStore;
 
 /// How long a release started from a helper thread (no runtime at hand) may take.
@@ -22,11 +22,11 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`CancelPolicy::Release`]: super::CancelPolicy::Release
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
     store: Arc<S>,
-    lease: Option<Arc<Lease>>,
+    lease: Option<Arc<Held>>,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
-    pub(crate) fn new(store: Arc<S>, lease: Arc<Lease>) -> Self {
+    pub(crate) fn new(store: Arc<S>, lease: Arc<Held>) -> Self {
         Self {
             store,
             lease: Some(lease),
@@ -41,26 +41,27 @@ impl<S: IdempotencyStore> ReleaseOnDrop<S> {
 
 impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
+        let Some(held) = self.lease.take() else {
             return;
         };
         let store = Arc::clone(&self.store);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::warn!(
-                    namespace = lease.key.namespace(),
-                    fencing = lease.fencing,
+                    namespace = held.lease.key.namespace(),
+                    fencing = held.lease.fencing,
                     "operation cancelled or panicked before it returned; releasing its key"
                 );
-                runtime.spawn(release(store, lease));
+                runtime.spawn(release(store, held));
             }
-            Err(_) => release_from_helper_thread(store, lease),
+            Err(_) => release_from_helper_thread(store, held),
         }
     }
 }
 
-async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lease>) {
-    if let Err(error) = store.release(&lease).await {
+async fn release<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>) {
+    let lease = &held.lease;
+    if let Err(error) = store.release(lease).await {
         tracing::warn!(
             %error,
             namespace = lease.key.namespace(),
@@ -70,11 +71,11 @@ async fn release<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lease>) {
 }
 
 /// No runtime on this thread: release from a thread with a runtime of its own.
-fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lease>) {
-    let namespace = lease.key.namespace().to_owned();
+fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>) {
+    let namespace = held.lease.key.namespace().to_owned();
     tracing::warn!(
         namespace,
-        fencing = lease.fencing,
+        fencing = held.lease.fencing,
         "operation dropped outside a Tokio runtime before it returned; releasing its key from a helper thread"
     );
     let spawned = std::thread::Builder::new()
@@ -90,9 +91,10 @@ fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, lease: Arc<Lea
                     return;
                 }
             };
+            let lease = &held.lease;
             runtime.block_on(async {
                 let released =
-                    tokio::time::timeout(HELPER_RELEASE_TIMEOUT, store.release(&lease)).await;
+                    tokio::time::timeout(HELPER_RELEASE_TIMEOUT, store.release(lease)).await;
                 match released {
                     Ok(Ok(())) => tracing::info!(
                         namespace = lease.key.namespace(),

@@ -72,8 +72,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
-use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::Error;
@@ -82,7 +80,7 @@ use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
 use detach::Detachable;
 use guard::ReleaseOnDrop;
-use renewal::LeaseStatus;
+use renewal::Held;
 use watchlist::Watchlist;
 
 pub use renewal::LeaseHandle;
@@ -186,15 +184,10 @@ impl<S: IdempotencyStore> Engine<S> {
     /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
     #[must_use]
     pub fn attempt(&self, lease: Lease) -> Attempt<S> {
-        let (status, _) = watch::channel(LeaseStatus {
-            lost: false,
-            until: Instant::now() + self.lease_ttl().as_duration(),
-        });
         Attempt {
+            held: Arc::new(Held::new(lease, self.lease_ttl())),
             watchlist: Arc::clone(&self.watchlist),
-            lease,
             cancel_policy: self.cancel_policy,
-            status,
         }
     }
 }
@@ -203,15 +196,15 @@ impl<S: IdempotencyStore> Engine<S> {
 /// settle step makes of its output. See the [module docs](self).
 pub struct Attempt<S: IdempotencyStore> {
     watchlist: Arc<Watchlist<S>>,
-    lease: Lease,
+    /// The lease, and what is known of it.
+    held: Arc<Held>,
     cancel_policy: CancelPolicy,
-    status: watch::Sender<LeaseStatus>,
 }
 
 impl<S: IdempotencyStore> fmt::Debug for Attempt<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
-            .field("lease", &self.lease)
+            .field("lease", &self.held.lease)
             .field("lease_ttl", &self.watchlist.ttl())
             .field("cancel_policy", &self.cancel_policy)
             .finish_non_exhaustive()
@@ -222,13 +215,13 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// The lease the attempt runs under.
     #[must_use]
     pub fn lease(&self) -> &Lease {
-        &self.lease
+        &self.held.lease
     }
 
     /// A handle for the operation: its lease, and whether it was lost while it runs.
     #[must_use]
     pub fn lease_handle(&self) -> LeaseHandle {
-        LeaseHandle::new(self.lease.clone(), self.status.subscribe())
+        LeaseHandle::new(Arc::clone(&self.held))
     }
 
     /// Runs `operation` under the lease, as the engine's [`CancelPolicy`] says, then carries
@@ -294,16 +287,11 @@ impl<S: IdempotencyStore> Attempt<S> {
         St: Settle<T>,
     {
         let Self {
-            watchlist,
-            lease,
-            status,
-            ..
+            watchlist, held, ..
         } = self;
         let store = watchlist.store();
-        let lease = Arc::new(lease);
-        let watch = status.subscribe();
-        let guard = ReleaseOnDrop::new(Arc::clone(store), Arc::clone(&lease));
-        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&lease), status, &runtime);
+        let guard = ReleaseOnDrop::new(Arc::clone(store), Arc::clone(&held));
+        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&held), &runtime);
         drop(runtime);
         if new_supervisor {
             // Let the supervisor start (it would otherwise wait in this worker's next-task
@@ -314,17 +302,17 @@ impl<S: IdempotencyStore> Attempt<S> {
         let output = operation.await;
         guard.disarm();
         drop(watched);
-        let known = *watch.borrow();
+        let lease = &held.lease;
 
         let settlement = settle.settle(&output);
-        let written = if known.lost {
+        let written = if held.is_lost() {
             match settlement {
                 // Nothing to free: the key is no longer ours.
                 Settlement::Release => Ok(()),
                 _ => Err(Error::LeaseLost),
             }
         } else {
-            write::carry_out::<_, T, _>(&**store, &lease, settlement, &mut settle, known.until)
+            write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until())
                 .await
         };
         match written {

@@ -1,11 +1,13 @@
 //! Keeping a lease alive while its operation runs, on a task of its own, and what the
 //! operation sees of it.
 
+use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::error::Error;
@@ -13,14 +15,65 @@ use crate::lease::Lease;
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
 
-/// What the attempt knows about its lease.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LeaseStatus {
+/// An acquired lease and what its attempt knows about it, shared by the attempt, the
+/// operation's [`LeaseHandle`]s and the renewal task (if one starts): one allocation per
+/// attempt, the lease included. Plain atomics rather than a channel, because almost no
+/// attempt lives long enough to be renewed, and a channel per attempt cost more than the
+/// rest of the engine's bookkeeping together.
+pub(crate) struct Held {
+    pub(crate) lease: Lease,
+    /// When the attempt began; `until` counts from here.
+    began: Instant,
+    /// The latest the lease is known to last, in nanoseconds after `began`: when the last
+    /// renewal that succeeded was sent (or the attempt began), plus the TTL.
+    until: AtomicU64,
     /// The store said the lease no longer holds the key.
-    pub(crate) lost: bool,
-    /// The latest the lease is known to last: when the last renewal that succeeded was sent,
-    /// plus the TTL.
-    pub(crate) until: Instant,
+    lost: AtomicBool,
+    /// Wakes [`LeaseHandle::lost`] once `lost` is set.
+    lost_notify: Notify,
+}
+
+impl Held {
+    /// A lease acquired just now, lasting `ttl` unless renewed.
+    pub(crate) fn new(lease: Lease, ttl: Ttl) -> Self {
+        Self {
+            lease,
+            began: Instant::now(),
+            until: AtomicU64::new(nanos(ttl.as_duration())),
+            lost: AtomicBool::new(false),
+            lost_notify: Notify::new(),
+        }
+    }
+
+    /// When the attempt began.
+    pub(crate) fn began(&self) -> Instant {
+        self.began
+    }
+
+    /// The latest the lease is known to last.
+    pub(crate) fn until(&self) -> Instant {
+        self.began + Duration::from_nanos(self.until.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// A renewal sent at `sent` succeeded: the lease lasts `ttl` from then.
+    fn renewed(&self, sent: Instant, ttl: Ttl) {
+        let until = (sent + ttl.as_duration()).saturating_duration_since(self.began);
+        self.until.fetch_max(nanos(until), Ordering::AcqRel);
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Release);
+        self.lost_notify.notify_waiters();
+    }
+}
+
+/// A duration in nanoseconds, saturating (a lease would have to last 584 years to).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// How often a lease of `ttl` is renewed: every third of it, so two renewals may fail
@@ -29,24 +82,20 @@ pub(crate) fn renew_interval(ttl: Ttl) -> Duration {
     ttl.as_duration() / 3
 }
 
-/// Keeps `lease` renewed: at once (the supervisor starts this once the attempt has run a
-/// while, see [`watchlist`](super::watchlist)), then every third of the TTL, until aborted or
-/// the lease is found lost.
-pub(crate) async fn keep_renewed<S: IdempotencyStore>(
-    store: Arc<S>,
-    lease: Arc<Lease>,
-    ttl: Ttl,
-    status: watch::Sender<LeaseStatus>,
-) {
+/// Keeps `held`'s lease renewed: at once (the supervisor starts this once the attempt has
+/// run a while, see [`watchlist`](super::watchlist)), then every third of the TTL, until
+/// aborted or the lease is found lost.
+pub(crate) async fn keep_renewed<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>, ttl: Ttl) {
     let every = renew_interval(ttl);
     let mut ticker = tokio::time::interval_at(Instant::now(), every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let lease = &held.lease;
     loop {
         ticker.tick().await;
         let sent = Instant::now();
-        match store.renew(&lease, ttl).await {
+        match store.renew(lease, ttl).await {
             Ok(()) => {
-                status.send_modify(|status| status.until = sent + ttl.as_duration());
+                held.renewed(sent, ttl);
                 tracing::trace!(fencing = lease.fencing, "lease renewed");
             }
             Err(Error::LeaseLost) => {
@@ -55,7 +104,7 @@ pub(crate) async fn keep_renewed<S: IdempotencyStore>(
                     fencing = lease.fencing,
                     "lease lost while the operation runs; its outcome will not be stored"
                 );
-                status.send_modify(|status| status.lost = true);
+                held.mark_lost();
                 return;
             }
             Err(error) => tracing::warn!(%error, "renewing the lease failed; retrying"),
@@ -71,36 +120,47 @@ pub(crate) async fn keep_renewed<S: IdempotencyStore>(
 /// stored, and a second owner may be running the same operation: a long job should check
 /// [`is_lost`](Self::is_lost) between steps, or race its work against
 /// [`lost`](Self::lost), and stop.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LeaseHandle {
-    lease: Lease,
-    status: watch::Receiver<LeaseStatus>,
+    held: Arc<Held>,
+}
+
+impl fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseHandle")
+            .field("lease", &self.held.lease)
+            .field("lost", &self.held.is_lost())
+            .finish()
+    }
 }
 
 impl LeaseHandle {
-    pub(crate) fn new(lease: Lease, status: watch::Receiver<LeaseStatus>) -> Self {
-        Self { lease, status }
+    pub(crate) fn new(held: Arc<Held>) -> Self {
+        Self { held }
     }
 
     /// The lease.
     #[must_use]
     pub fn lease(&self) -> &Lease {
-        &self.lease
+        &self.held.lease
     }
 
     /// Whether the lease was found lost.
     #[must_use]
     pub fn is_lost(&self) -> bool {
-        self.status.borrow().lost
+        self.held.is_lost()
     }
 
     /// Resolves once the lease is found lost. Never resolves if the attempt ends with the
     /// lease held.
     pub async fn lost(&self) {
-        let mut status = self.status.clone();
-        if status.wait_for(|status| status.lost).await.is_err() {
-            // The attempt ended (its renewal stopped) without losing the lease.
-            std::future::pending::<()>().await;
+        loop {
+            // Registered before the flag is read: a loss marked in between still wakes it.
+            let notified = self.held.lost_notify.notified();
+            if self.held.is_lost() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -109,6 +169,6 @@ impl Deref for LeaseHandle {
     type Target = Lease;
 
     fn deref(&self) -> &Lease {
-        &self.lease
+        &self.held.lease
     }
 }

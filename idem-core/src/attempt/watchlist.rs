@@ -19,12 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::runtime::{self, Handle};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::renewal::{self, LeaseStatus};
-use crate::lease::Lease;
+use super::renewal::{self, Held};
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
 
@@ -47,10 +45,8 @@ struct State {
 
 /// One running attempt.
 struct Slot {
-    lease: Arc<Lease>,
-    since: Instant,
+    held: Arc<Held>,
     runtime: runtime::Id,
-    status: watch::Sender<LeaseStatus>,
     renewal: Option<JoinHandle<()>>,
 }
 
@@ -93,18 +89,11 @@ impl<S: IdempotencyStore> Watchlist<S> {
     /// The flag says a supervisor was just spawned for it: the caller should yield once, so
     /// that the new task is not left in this worker's next-task slot (which other workers do
     /// not steal from) behind an operation that may block the thread.
-    pub(crate) fn enter(
-        self: &Arc<Self>,
-        lease: Arc<Lease>,
-        status: watch::Sender<LeaseStatus>,
-        runtime: &Handle,
-    ) -> (Watched<S>, bool) {
+    pub(crate) fn enter(self: &Arc<Self>, held: Arc<Held>, runtime: &Handle) -> (Watched<S>, bool) {
         let id = runtime.id();
         let slot = Slot {
-            lease,
-            since: Instant::now(),
+            held,
             runtime: id,
-            status,
             renewal: None,
         };
         let mut state = self.lock();
@@ -151,12 +140,11 @@ impl<S: IdempotencyStore> Watchlist<S> {
                 continue;
             }
             any = true;
-            if slot.renewal.is_none() && now.saturating_duration_since(slot.since) >= age {
+            if slot.renewal.is_none() && now.saturating_duration_since(slot.held.began()) >= age {
                 slot.renewal = Some(tokio::spawn(renewal::keep_renewed(
                     Arc::clone(&self.store),
-                    Arc::clone(&slot.lease),
+                    Arc::clone(&slot.held),
                     self.ttl,
-                    slot.status.clone(),
                 )));
             }
         }
@@ -243,7 +231,7 @@ mod tests {
     use crate::claim::{Claim, ClaimRequest};
     use crate::error::Error;
     use crate::key::Key;
-    use crate::lease::OwnerToken;
+    use crate::lease::{Lease, OwnerToken};
     use crate::record::Record;
 
     /// A store that only renews, and remembers the fencing number of every renewal.
@@ -297,11 +285,8 @@ mod tests {
             owner: OwnerToken::random(),
             fencing,
         };
-        let (status, _) = watch::channel(LeaseStatus {
-            lost: false,
-            until: Instant::now(),
-        });
-        list.enter(Arc::new(lease), status, &Handle::current())
+        let held = Held::new(lease, list.ttl());
+        list.enter(Arc::new(held), &Handle::current())
     }
 
     fn supervisors(list: &Watchlist<Renewals>) -> Vec<(runtime::Id, u64)> {
