@@ -1,5 +1,6 @@
 //! How the executor stores outcomes: a success as the plain JSON of the value, a failure in a
-//! [`StoredFailure`] envelope; and how it reads them back.
+//! [`StoredFailure`] envelope; and how it reads them back. The JSON is serde_json's, written
+//! by the executor's own cheaper [`json`] writer.
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 
 use super::Execution;
+use super::json;
 use crate::attempt::{Settle, Settlement};
 use crate::config::Settings;
 use crate::error::Error;
@@ -42,28 +44,29 @@ impl JsonSettle {
 
     /// A success or failure to store; one that does not serialize or is over the limit is
     /// recorded as a marker instead.
-    fn encoded(
+    fn encoded<V: Serialize + ?Sized>(
         self,
-        encoded: serde_json::Result<Vec<u8>>,
+        value: &V,
         complete: bool,
         retention: Ttl,
     ) -> Settlement {
-        let bytes = match encoded {
-            Ok(bytes) => bytes,
+        let limit = self.max_payload;
+        // Copied out of the encoder's buffer only when it is to be stored.
+        let encoded = json::encoded(value, |bytes| {
+            if bytes.len() > limit {
+                Err(bytes.len())
+            } else {
+                Ok(Bytes::copy_from_slice(bytes))
+            }
+        });
+        match encoded {
+            Ok(Ok(payload)) if complete => Settlement::Complete { payload, retention },
+            Ok(Ok(payload)) => Settlement::Fail { payload, retention },
+            Ok(Err(size)) => self.too_large_marker(size, limit),
             Err(error) => {
                 let reason = error.to_string();
-                return self.marker(&StoredFailure::Unserializable { reason });
+                self.marker(&StoredFailure::Unserializable { reason })
             }
-        };
-        let (size, limit) = (bytes.len(), self.max_payload);
-        if size > limit {
-            return self.too_large_marker(size, limit);
-        }
-        let payload = Bytes::from(bytes);
-        if complete {
-            Settlement::Complete { payload, retention }
-        } else {
-            Settlement::Fail { payload, retention }
         }
     }
 
@@ -79,9 +82,9 @@ impl JsonSettle {
     /// An envelope that holds no operation error: a few dozen bytes that always serialize,
     /// under any sane payload limit.
     fn marker(self, marker: &StoredFailure<()>) -> Settlement {
-        match serde_json::to_vec(marker) {
-            Ok(bytes) => Settlement::Fail {
-                payload: Bytes::from(bytes),
+        match json::encoded(marker, Bytes::copy_from_slice) {
+            Ok(payload) => Settlement::Fail {
+                payload,
                 retention: self.failure_retention,
             },
             // Not expected: a marker holds numbers and a string. Then the key is freed.
@@ -100,11 +103,11 @@ where
 {
     fn settle(&mut self, output: &Result<T, E>) -> Settlement {
         match output {
-            Ok(value) => self.encoded(serde_json::to_vec(value), true, self.success_retention),
+            Ok(value) => self.encoded(value, true, self.success_retention),
             // The next request runs the operation again.
             Err(error) if error.is_retryable() => Settlement::Release,
             Err(error) => self.encoded(
-                serde_json::to_vec(&StoredFailure::Operation(error)),
+                &StoredFailure::Operation(error),
                 false,
                 self.failure_retention,
             ),

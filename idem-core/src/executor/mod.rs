@@ -5,6 +5,7 @@
 //! [`Attempt`] whose settle step is the JSON codec.
 
 mod codec;
+mod json;
 
 use std::fmt;
 use std::future::Future;
@@ -317,8 +318,8 @@ impl<S: IdempotencyStore> Idempotency<S> {
         E: DeserializeOwned,
         Fut: Future<Output = Result<Result<T, E>, AttemptError<Result<T, E>>>>,
     {
-        self.traced(key, async {
-            match self.start(key, fingerprint).await? {
+        self.traced(key, |traced| async move {
+            match self.start(key, fingerprint, traced).await? {
                 Started::Acquired(attempt) => ran(run(attempt).await),
                 Started::Replayed(execution) => Ok(execution),
             }
@@ -328,12 +329,16 @@ impl<S: IdempotencyStore> Idempotency<S> {
 
     /// Runs one execution in an `idem.execute` span. The fields are recorded inside the
     /// instrumented future, while the span is open and entered: subscribers that finish a
-    /// span on its last exit see them too.
-    async fn traced<T, E>(
+    /// span on its last exit see them too. `execution` is told whether the span is
+    /// recorded, and so whether the current span is its own.
+    async fn traced<T, E, Fut>(
         &self,
         key: &Key,
-        execution: impl Future<Output = Result<Execution<T, E>, ExecuteError<E, T>>>,
-    ) -> Result<Execution<T, E>, ExecuteError<E, T>> {
+        execution: impl FnOnce(bool) -> Fut,
+    ) -> Result<Execution<T, E>, ExecuteError<E, T>>
+    where
+        Fut: Future<Output = Result<Execution<T, E>, ExecuteError<E, T>>>,
+    {
         let span = tracing::info_span!(
             "idem.execute",
             namespace = key.namespace(),
@@ -343,8 +348,9 @@ impl<S: IdempotencyStore> Idempotency<S> {
         );
         if span.is_disabled() {
             // Nobody listens: the span, its timing and its fields would go nowhere.
-            return execution.await;
+            return execution(false).await;
         }
+        let execution = execution(true);
         async {
             let started = Instant::now();
             let result = execution.await;
@@ -358,11 +364,13 @@ impl<S: IdempotencyStore> Idempotency<S> {
         .await
     }
 
-    /// Claims the key (waiting as the policy says) and replays what is stored.
+    /// Claims the key (waiting as the policy says) and replays what is stored; the fencing
+    /// number of a lease goes to the `idem.execute` span when it is `traced`.
     async fn start<T: DeserializeOwned, E: DeserializeOwned>(
         &self,
         key: &Key,
         fingerprint: Option<Fingerprint>,
+        traced: bool,
     ) -> Result<Started<S, T, E>, Error> {
         let request = ClaimRequest {
             key: key.clone(),
@@ -376,7 +384,9 @@ impl<S: IdempotencyStore> Idempotency<S> {
             .await?
         {
             Claim::Acquired(lease) => {
-                tracing::Span::current().record("fencing", lease.fencing);
+                if traced {
+                    tracing::Span::current().record("fencing", lease.fencing);
+                }
                 Ok(Started::Acquired(self.engine.attempt(lease)))
             }
             Claim::Completed(response) => codec::replay_success(&response).map(Started::Replayed),

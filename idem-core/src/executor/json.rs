@@ -1,0 +1,788 @@
+//! The executor's JSON writer: the very bytes `serde_json::to_vec` writes, cheaper.
+//!
+//! serde_json looks at every byte of every string, one at a time, for the few that JSON
+//! escapes (quote, backslash, control characters); on a typical outcome, a few hundred bytes
+//! of text, that pass cost more than the rest of the encoding. This writer checks a string
+//! in one pass the compiler vectorizes and copies it as it is when nothing in it needs
+//! escaping, which is nearly always. Every value it writes is serde_json's own output for
+//! the same value, byte for byte (stored outcomes stay what they were, and are read back by
+//! serde_json as before):
+//!
+//! - strings that need escaping, numbers, booleans and bytes are written by serde_json
+//!   itself, one value at a time;
+//! - what it does not handle (maps whose keys are not strings, which serde_json quotes or
+//!   refuses; serde_json's own raw values and numbers) and every error end the attempt, and
+//!   serde_json encodes the whole value instead, errors included.
+
+use std::cell::RefCell;
+
+use serde::Serialize;
+use serde::ser::{self, Serializer};
+
+/// Hands the JSON of `value`, exactly as [`serde_json::to_vec`] writes it, to `take` (which
+/// copies what it keeps).
+///
+/// The JSON is written into a buffer this thread keeps between calls: the caller copies it
+/// into an allocation of its exact size, where a `Vec` handed over would cost a second
+/// allocation to become `Bytes` (its capacity is not its length).
+///
+/// # Errors
+///
+/// As [`serde_json::to_vec`].
+pub(crate) fn encoded<T: Serialize + ?Sized, R>(
+    value: &T,
+    take: impl FnOnce(&[u8]) -> R,
+) -> serde_json::Result<R> {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            let taken = write(value, &mut buffer).map(|()| take(&buffer));
+            if buffer.capacity() > SCRATCH_KEPT {
+                *buffer = Vec::new(); // a large outcome's buffer is not kept
+            }
+            taken
+        }
+        // Already in use on this thread: a `Serialize` impl that encodes an outcome itself.
+        Err(_) => {
+            let mut buffer = Vec::new();
+            write(value, &mut buffer).map(|()| take(&buffer))
+        }
+    })
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The largest buffer a thread keeps for the next outcome.
+const SCRATCH_KEPT: usize = 64 * 1024;
+
+/// Writes the JSON of `value` to the empty `out`.
+fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    match value.serialize(Writer { out: &mut *out }) {
+        Ok(()) => Ok(()),
+        // A shape left to serde_json, or an error, which serde_json then reports in its own
+        // words. Serializing twice is harmless: `Serialize` takes `&self`.
+        Err(Unsupported) => {
+            out.clear();
+            serde_json::to_writer(out, value)
+        }
+    }
+}
+
+/// The fast writer gave up: serde_json encodes the value instead.
+#[derive(Debug)]
+struct Unsupported;
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("left to serde_json")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+impl ser::Error for Unsupported {
+    fn custom<M: std::fmt::Display>(_: M) -> Self {
+        Self
+    }
+}
+
+/// The name prefix of serde_json's own marker structs (raw values, arbitrary-precision
+/// numbers), which its serializer writes as something else than a struct.
+const SERDE_JSON_MARKER: &str = "$serde_json::";
+
+/// Writes compact JSON to `out`.
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    /// serde_json, writing one value to the same buffer.
+    fn json(&mut self) -> serde_json::Serializer<&mut Vec<u8>> {
+        serde_json::Serializer::new(&mut *self.out)
+    }
+
+    fn reborrow(&mut self) -> Writer<'_> {
+        Writer { out: self.out }
+    }
+
+    fn string(&mut self, text: &str) -> Result<(), Unsupported> {
+        if needs_escaping(text.as_bytes()) {
+            return (&mut self.json())
+                .serialize_str(text)
+                .map_err(|_| Unsupported);
+        }
+        self.out.reserve(text.len() + 2);
+        self.out.push(b'"');
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    /// `{"variant":`, the opening of a variant with content.
+    fn open_variant(&mut self, variant: &str) -> Result<(), Unsupported> {
+        self.out.push(b'{');
+        self.string(variant)?;
+        self.out.push(b':');
+        Ok(())
+    }
+}
+
+/// Whether JSON escapes any of `bytes`: a quote, a backslash or a control character. No
+/// early exit, so the loop is vectorized; strings are short, and this runs once each.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |found, &b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// serde_json's output for a leaf value, written by serde_json.
+macro_rules! leaf {
+    ($($method:ident($type:ty)),* $(,)?) => {
+        $(
+            fn $method(mut self, value: $type) -> Result<(), Unsupported> {
+                (&mut self.json()).$method(value).map_err(|_| Unsupported)
+            }
+        )*
+    };
+}
+
+impl<'a> Serializer for Writer<'a> {
+    type Ok = ();
+    type Error = Unsupported;
+    type SerializeSeq = Sequence<'a>;
+    type SerializeTuple = Sequence<'a>;
+    type SerializeTupleStruct = Sequence<'a>;
+    type SerializeTupleVariant = Sequence<'a>;
+    type SerializeMap = Object<'a>;
+    type SerializeStruct = Object<'a>;
+    type SerializeStructVariant = Object<'a>;
+
+    leaf!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_bytes(&[u8]),
+    );
+
+    fn serialize_char(mut self, value: char) -> Result<(), Unsupported> {
+        self.string(value.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_str(mut self, value: &str) -> Result<(), Unsupported> {
+        self.string(value)
+    }
+
+    fn serialize_none(self) -> Result<(), Unsupported> {
+        self.serialize_unit()
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Unsupported> {
+        value.serialize(self)
+    }
+
+    fn serialize_unit(self) -> Result<(), Unsupported> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Unsupported> {
+        self.serialize_unit()
+    }
+
+    fn serialize_unit_variant(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Unsupported> {
+        self.string(variant)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        value.serialize(self)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        self.open_variant(variant)?;
+        value.serialize(self.reborrow())?;
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Sequence<'a>, Unsupported> {
+        self.out.push(b'[');
+        Ok(Sequence {
+            out: self.out,
+            first: true,
+            variant: false,
+        })
+    }
+
+    fn serialize_tuple(self, len: usize) -> Result<Sequence<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        len: usize,
+    ) -> Result<Sequence<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+
+    fn serialize_tuple_variant(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Sequence<'a>, Unsupported> {
+        self.open_variant(variant)?;
+        self.out.push(b'[');
+        Ok(Sequence {
+            out: self.out,
+            first: true,
+            variant: true,
+        })
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Unsupported> {
+        self.out.push(b'{');
+        Ok(Object {
+            out: self.out,
+            first: true,
+            variant: false,
+        })
+    }
+
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Object<'a>, Unsupported> {
+        if name.starts_with(SERDE_JSON_MARKER) {
+            return Err(Unsupported);
+        }
+        self.serialize_map(Some(len))
+    }
+
+    fn serialize_struct_variant(
+        mut self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<Object<'a>, Unsupported> {
+        self.open_variant(variant)?;
+        self.out.push(b'{');
+        Ok(Object {
+            out: self.out,
+            first: true,
+            variant: true,
+        })
+    }
+}
+
+/// An array being written: `[a,b]`, closed by a `}` too when it is a variant's content.
+struct Sequence<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    variant: bool,
+}
+
+impl Sequence<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        value.serialize(Writer { out: self.out })
+    }
+
+    fn close(self) -> Result<(), Unsupported> {
+        self.out.push(b']');
+        if self.variant {
+            self.out.push(b'}');
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeSeq for Sequence<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTuple for Sequence<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleStruct for Sequence<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeTupleVariant for Sequence<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        self.element(value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+/// An object being written: `{"k":v}`, closed by a second `}` when it is a variant's
+/// content.
+struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    variant: bool,
+}
+
+impl Object<'_> {
+    fn comma(&mut self) {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), Unsupported> {
+        self.comma();
+        let mut writer = Writer { out: self.out };
+        writer.string(name)?;
+        writer.out.push(b':');
+        value.serialize(writer)
+    }
+
+    fn close(self) -> Result<(), Unsupported> {
+        self.out.push(b'}');
+        if self.variant {
+            self.out.push(b'}');
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for Object<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
+        self.comma();
+        key.serialize(StringKey { out: self.out })?;
+        self.out.push(b':');
+        Ok(())
+    }
+
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        value.serialize(Writer { out: self.out })
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStruct for Object<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        self.field(name, value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+impl ser::SerializeStructVariant for Object<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+
+    fn serialize_field<T: Serialize + ?Sized>(
+        &mut self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        self.field(name, value)
+    }
+
+    fn end(self) -> Result<(), Unsupported> {
+        self.close()
+    }
+}
+
+/// A map key: a string is written as one; anything else (numbers and booleans, which
+/// serde_json quotes, and what it refuses) is left to serde_json.
+struct StringKey<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+/// Map-key methods that give up.
+macro_rules! not_a_string {
+    ($($method:ident($($type:ty),*)),* $(,)?) => {
+        $(
+            fn $method(self, $(_: $type),*) -> Result<(), Unsupported> {
+                Err(Unsupported)
+            }
+        )*
+    };
+}
+
+impl Serializer for StringKey<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+    type SerializeSeq = ser::Impossible<(), Unsupported>;
+    type SerializeTuple = ser::Impossible<(), Unsupported>;
+    type SerializeTupleStruct = ser::Impossible<(), Unsupported>;
+    type SerializeTupleVariant = ser::Impossible<(), Unsupported>;
+    type SerializeMap = ser::Impossible<(), Unsupported>;
+    type SerializeStruct = ser::Impossible<(), Unsupported>;
+    type SerializeStructVariant = ser::Impossible<(), Unsupported>;
+
+    fn serialize_str(self, value: &str) -> Result<(), Unsupported> {
+        Writer { out: self.out }.string(value)
+    }
+
+    not_a_string!(
+        serialize_bool(bool),
+        serialize_i8(i8),
+        serialize_i16(i16),
+        serialize_i32(i32),
+        serialize_i64(i64),
+        serialize_i128(i128),
+        serialize_u8(u8),
+        serialize_u16(u16),
+        serialize_u32(u32),
+        serialize_u64(u64),
+        serialize_u128(u128),
+        serialize_f32(f32),
+        serialize_f64(f64),
+        serialize_char(char),
+        serialize_bytes(&[u8]),
+        serialize_none(),
+        serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str),
+    );
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, Unsupported> {
+        Err(Unsupported)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Unsupported> {
+        Err(Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use serde::Serialize;
+
+    use super::*;
+
+    fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
+        encoded(value, <[u8]>::to_vec)
+    }
+
+    /// Writes `value` both ways and insists on the same bytes (or both failing).
+    fn same<T: Serialize + ?Sized + std::fmt::Debug>(value: &T) {
+        match (to_vec(value), serde_json::to_vec(value)) {
+            (Ok(ours), Ok(theirs)) => assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "{value:?}"
+            ),
+            (Err(ours), Err(theirs)) => assert_eq!(ours.to_string(), theirs.to_string()),
+            (ours, theirs) => panic!("{value:?}: ours {ours:?}, serde_json {theirs:?}"),
+        }
+    }
+
+    #[derive(Debug, Serialize)]
+    struct Unit;
+
+    #[derive(Debug, Serialize)]
+    struct Newtype(String);
+
+    #[derive(Debug, Serialize)]
+    struct Pair(u8, &'static str);
+
+    #[derive(Debug, Serialize)]
+    struct Empty {}
+
+    #[derive(Debug, Serialize)]
+    enum Shape {
+        Unit,
+        Newtype(Vec<u8>),
+        Tuple(i32, Option<bool>),
+        Struct {
+            name: &'static str,
+            #[serde(rename = "we\"ird")]
+            weird: f64,
+        },
+        Empty(),
+    }
+
+    #[derive(Debug, Serialize)]
+    struct Charge {
+        id: String,
+        cents: u64,
+        refunded: bool,
+        fee: Option<f32>,
+        tags: Vec<&'static str>,
+        meta: BTreeMap<String, serde_json::Value>,
+        shape: Shape,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped: Option<u8>,
+        #[serde(flatten)]
+        extra: HashMap<String, i8>,
+    }
+
+    #[test]
+    fn every_byte_in_a_string_is_written_as_serde_json_writes_it() {
+        for byte in 0..=0x7F_u8 {
+            let text = format!("a{}b", char::from(byte));
+            same(&text);
+            same(&char::from(byte));
+            same(&BTreeMap::from([(text.clone(), text)]));
+        }
+        for text in [
+            "",
+            "plain",
+            "é ü 😀",
+            "\u{7f}",
+            "tab\tquote\"slash\\",
+            "\u{2028}",
+        ] {
+            same(text);
+        }
+        same(&"x".repeat(10_000));
+        same(&format!("{}\n", "y".repeat(1000)));
+    }
+
+    #[test]
+    fn every_shape_is_written_as_serde_json_writes_it() {
+        same(&Unit);
+        same(&());
+        same(&Newtype("n".into()));
+        same(&Pair(7, "p"));
+        same(&Empty {});
+        same(&(
+            1_u8,
+            -2_i64,
+            3.5_f64,
+            'c',
+            "t",
+            None::<u8>,
+            Some(()),
+            i128::MIN,
+            u128::MAX,
+        ));
+        same(&[f64::NAN, f64::INFINITY, -0.0, 1e300, 0.1]);
+        same(&[f32::MIN_POSITIVE, 1.0]);
+        same(&Vec::<u8>::new());
+        same(&serde_bytes_like());
+        for shape in [
+            Shape::Unit,
+            Shape::Newtype(vec![1, 2]),
+            Shape::Tuple(-1, Some(true)),
+            Shape::Struct {
+                name: "s",
+                weird: 2.0,
+            },
+            Shape::Empty(),
+        ] {
+            same(&shape);
+            same(&vec![shape]);
+        }
+        let charge = Charge {
+            id: "ch_1".into(),
+            cents: 4999,
+            refunded: false,
+            fee: Some(0.3),
+            tags: vec!["a", "b\u{1}"],
+            meta: BTreeMap::from([
+                (
+                    "k".into(),
+                    serde_json::json!({"nested": [1, "two", null, {"x": 1.5}]}),
+                ),
+                ("q\"".into(), serde_json::Value::Null),
+            ]),
+            shape: Shape::Tuple(3, None),
+            skipped: None,
+            extra: HashMap::from([("flat".into(), -3)]),
+        };
+        same(&charge);
+        same(&serde_json::to_value(&charge).expect("a value"));
+        same(&Ok::<_, ()>(Some(vec![Some("a"), None])));
+    }
+
+    /// Bytes, written by serde_json as an array of numbers.
+    fn serde_bytes_like() -> impl Serialize + std::fmt::Debug {
+        #[derive(Debug)]
+        struct Raw(&'static [u8]);
+        impl Serialize for Raw {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(self.0)
+            }
+        }
+        Raw(b"\x00\xff")
+    }
+
+    /// Keys serde_json quotes (numbers, booleans) or refuses, and errors: serde_json's own
+    /// output and words.
+    #[test]
+    fn what_is_left_to_serde_json_comes_out_as_serde_json_writes_it() {
+        same(&BTreeMap::from([(1_u32, "one"), (2, "two")]));
+        same(&BTreeMap::from([(true, 1)]));
+        same(&BTreeMap::from([('c', 1)]));
+        same(&HashMap::from([((1_u8, 2_u8), 3_u8)]));
+        same(&vec![BTreeMap::from([(Some(1), 1)])]);
+        #[derive(Debug)]
+        struct Refuses;
+        impl Serialize for Refuses {
+            fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(ser::Error::custom("refused by its own impl"))
+            }
+        }
+        same(&(1, Refuses));
+        assert!(to_vec(&Refuses).is_err());
+    }
+
+    /// An outcome whose own `Serialize` encodes another while the thread's buffer is in use
+    /// gets a buffer of its own, and neither is disturbed.
+    #[test]
+    fn an_encoding_inside_an_encoding_gets_a_buffer_of_its_own() {
+        #[derive(Debug)]
+        struct Nested;
+        impl Serialize for Nested {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let inner = to_vec(&vec!["inner"]).map_err(ser::Error::custom)?;
+                serializer.serialize_str(&String::from_utf8_lossy(&inner))
+            }
+        }
+        assert_eq!(
+            to_vec(&("a", Nested)).expect("encodes"),
+            br#"["a","[\"inner\"]"]"#
+        );
+        same(&("a", Nested));
+        let big = "z".repeat(SCRATCH_KEPT * 2);
+        same(&big);
+        SCRATCH.with(|scratch| assert!(scratch.borrow().capacity() <= SCRATCH_KEPT));
+    }
+}
