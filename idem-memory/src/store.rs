@@ -51,6 +51,9 @@ pub struct Records {
     stripes: Arc<[Mutex<Stripe>]>,
     /// The weight of every open entry, which moka does not see.
     open_bytes: Arc<AtomicU64>,
+    /// The latest clock reading a step took: recent enough for the sweeps, which only need
+    /// the time to the second, without reading the clock twice per write.
+    seen: Arc<AtomicU64>,
     hasher: foldhash::fast::RandomState,
     clock: Clock,
     capacity: u64,
@@ -112,12 +115,13 @@ impl Records {
         self.open_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
-    /// Takes `key` out of the open entries, returning its weight to the budget.
-    fn close(&self, stripe: &mut Stripe, key: &Key) {
-        if let Some(entry) = stripe.open.remove(key) {
-            self.open_bytes
-                .fetch_sub(u64::from(weight(key, &entry)), Ordering::Relaxed);
-        }
+    /// Takes `key` out of the open entries, returning its weight to the budget, and hands
+    /// back the map's own copy of the key (one clone fewer for the caller to make).
+    fn close(&self, stripe: &mut Stripe, key: &Key) -> Option<Key> {
+        let (owned, entry) = stripe.open.remove_entry(key)?;
+        self.open_bytes
+            .fetch_sub(u64::from(weight(key, &entry)), Ordering::Relaxed);
+        Some(owned)
     }
 }
 
@@ -155,6 +159,7 @@ impl MemoryStore {
             finished: cache,
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             open_bytes: Arc::default(),
+            seen: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
             clock,
             capacity,
@@ -209,7 +214,12 @@ fn weight(key: &Key, entry: &Entry) -> u32 {
 
 impl EntryMap for Records {
     fn now(&self) -> u64 {
-        self.clock.now()
+        let now = self.clock.now();
+        // Written once per millisecond at most, so threads rarely contend for it.
+        if self.seen.load(Ordering::Relaxed) < now {
+            self.seen.store(now, Ordering::Relaxed);
+        }
+        now
     }
 
     async fn update<T: Send>(
@@ -229,13 +239,13 @@ impl EntryMap for Records {
         match step.write {
             Write::Keep => {}
             Write::Remove => {
-                self.close(&mut stripe, key);
+                drop(self.close(&mut stripe, key));
                 self.finished.invalidate(key);
             }
             Write::Put(entry) => match entry.phase {
                 Phase::Completed(_) | Phase::Failed(_) => {
-                    self.close(&mut stripe, key);
-                    self.finished.insert(key.clone(), entry);
+                    let owned = self.close(&mut stripe, key).unwrap_or_else(|| key.clone());
+                    self.finished.insert(owned, entry);
                 }
                 // A finished record changes only by removal, which leaves a vacant trace
                 // (lifecycle::remove): that one must leave moka. A claim never meets a live
@@ -250,7 +260,8 @@ impl EntryMap for Records {
                         self.open_bytes
                             .fetch_sub(u64::from(weight(key, &old)), Ordering::Relaxed);
                     }
-                    let now = self.clock.now();
+                    // The step just read the clock (through `now`).
+                    let now = self.seen.load(Ordering::Relaxed);
                     self.sweep(&mut stripe, now, false);
                 }
             },
