@@ -9,8 +9,8 @@ use idem_core::{
     RecordState, Ttl, async_trait,
 };
 use moka::Expiry;
-use moka::future::Cache;
 use moka::ops::compute::Op;
+use moka::sync::Cache;
 
 /// Bytes one cached replay takes besides its key text and payload (moka's entry with
 /// per-entry expiry, the headers), counted against the cache's capacity.
@@ -174,12 +174,10 @@ impl<S: IdempotencyStore> ReplayCache<S> {
         &self.inner
     }
 
-    /// The cached answer to `request`, if there is a live copy of its record.
-    async fn cached(&self, request: &ClaimRequest) -> Option<Result<Claim, Error>> {
-        let finished = self.cache.get(&request.key).await?;
-        if finished.until <= Instant::now() {
-            return None;
-        }
+    /// The cached answer to `request`, if there is a live copy of its record (moka hands
+    /// out no copy past its `until`: see [`UntilExpiry`]).
+    fn cached(&self, request: &ClaimRequest) -> Option<Result<Claim, Error>> {
+        let finished = self.cache.get(&request.key)?;
         // As the store would: a different request under the key is refused, not replayed.
         if finished.fingerprint != request.fingerprint {
             return Some(Err(Error::FingerprintMismatch));
@@ -215,15 +213,16 @@ impl<S: IdempotencyStore> ReplayCache<S> {
         self.cache
             .entry_by_ref(key)
             // Serialized with the drop in `remove`, so a copy is either stored before that
-            // drop (and dropped by it) or sees the removal and is not stored.
+            // drop (and dropped by it) or sees the removal and is not stored. (moka's sync
+            // cache: the closure is short and never awaits, and a replay served from the copy
+            // then costs no more than one from the in-memory store.)
             .and_compute_with(|_| {
-                std::future::ready(if removals_now.load(Ordering::Acquire) == removals {
+                if removals_now.load(Ordering::Acquire) == removals {
                     Op::Put(finished)
                 } else {
                     Op::Nop
-                })
-            })
-            .await;
+                }
+            });
     }
 }
 
@@ -249,7 +248,7 @@ impl Expiry<Key, Finished> for UntilExpiry {
 #[async_trait]
 impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        if let Some(answer) = self.cached(request).await {
+        if let Some(answer) = self.cached(request) {
             return answer;
         }
         let removals = self.removals.load(Ordering::Acquire);
@@ -285,8 +284,7 @@ impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
         let removed = self.inner.remove(key).await;
         self.cache
             .entry_by_ref(key)
-            .and_compute_with(|_| std::future::ready(Op::Remove))
-            .await;
+            .and_compute_with(|_| Op::Remove);
         removed
     }
 }
