@@ -54,6 +54,27 @@ pub(crate) fn header(phase: u8, fencing: u64) -> [u8; HEADER_LEN] {
     out
 }
 
+/// How a claimed record held by `owner` under `fencing` starts when it has no fingerprint:
+/// `header | 0 | owner`, the lease as the transition scripts compare it (`lua/held.lua`).
+pub(crate) fn lease(fencing: u64, owner: &OwnerToken) -> [u8; LEASE_LEN] {
+    let mut out = [0; LEASE_LEN];
+    out[..HEADER_LEN].copy_from_slice(&header(CLAIMED, fencing));
+    out[FINGERPRINT_AT..].copy_from_slice(owner.as_bytes());
+    out
+}
+
+/// `header | flag | owner`.
+const LEASE_LEN: usize = HEADER_LEN + 1 + 16;
+
+/// The bytes of a finished record without a fingerprint, ahead of its payload:
+/// `header | 0`. The finish script writes them and the payload as they come, or puts the
+/// claim's fingerprint field in the flag's place.
+pub(crate) fn finished_head(phase: u8, fencing: u64) -> [u8; FINGERPRINT_AT] {
+    let mut out = [0; FINGERPRINT_AT];
+    out[..HEADER_LEN].copy_from_slice(&header(phase, fencing));
+    out
+}
+
 /// The longest claimed record: with a fingerprint.
 const CLAIMED_MAX: usize = HEADER_LEN + 1 + 32 + 16 + 8;
 

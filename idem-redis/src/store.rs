@@ -4,13 +4,14 @@
 use std::fmt;
 use std::time::Duration;
 
+use bytes::BufMut;
 use idem_core::backend::{check_payload, lifecycle};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, RecordState, Ttl,
     async_trait,
 };
 use redis::aio::ConnectionManager;
-use redis::{Cmd, Value};
+use redis::{Cmd, RedisWrite, Value};
 
 use crate::connection::{Connection, RedisConnection};
 use crate::keys::{RecordKey, record_key};
@@ -106,8 +107,9 @@ impl<C: RedisConnection> RedisStore<C> {
         self.connection.load(&SCRIPTS.of_records()).await
     }
 
-    /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: its record
-    /// header and owner come first, then `args` more arguments of about `bytes` bytes.
+    /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: the lease as
+    /// its claimed record starts ([`record::lease`]) comes first, then `args` more arguments
+    /// of about `bytes` bytes.
     fn transition(
         &self,
         script: &LuaScript,
@@ -123,9 +125,8 @@ impl<C: RedisConnection> RedisStore<C> {
             prefix: self.connection.prefix(),
             key: &lease.key,
         };
-        let mut call = script.call(key, 2 + args, 26 + bytes);
-        call.arg(&record::header(record::CLAIMED, lease.fencing)[..])
-            .arg(&lease.owner.as_bytes()[..]);
+        let mut call = script.call(key, 1 + args, 27 + bytes);
+        call.arg(&record::lease(lease.fencing, &lease.owner)[..]);
         Ok(call)
     }
 
@@ -141,10 +142,16 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let mut call = self.transition(&SCRIPTS.finish, lease, 3, 32 + payload.len())?;
-        call.arg(&record::header(phase, lease.fencing)[..])
-            .arg(retention.as_millis())
-            .arg(payload.as_ref());
+        let mut call = self.transition(&SCRIPTS.finish, lease, 2, 32 + payload.len())?;
+        call.arg(retention.as_millis());
+        // The finished record as it is without a fingerprint, as one argument: the script
+        // then writes it as it came (lua/finish.lua).
+        let head = record::finished_head(phase, lease.fencing);
+        {
+            let mut value = call.bufmut_for_next_arg(head.len() + payload.len());
+            value.put_slice(&head);
+            value.put_slice(&payload);
+        }
         let Some(replication) = &self.replication else {
             return self.run_transition(&SCRIPTS.finish, &call).await;
         };

@@ -1,8 +1,13 @@
--- Complete or fail KEYS[1], after held.lua. ARGV: the lease's record header and owner (see
--- held.lua), the finished header (VERSION, COMPLETED or FAILED, fencing), retention (ms),
--- payload. The finished record keeps the claim's fingerprint field (bytes 11 to len - 24).
+-- Complete or fail KEYS[1], after held.lua. ARGV: the lease (see held.lua), retention (ms),
+-- the finished record as it is without a fingerprint: header (VERSION, COMPLETED or FAILED,
+-- fencing), flag 0, payload. Sent whole so that, without a fingerprint, it is written as it
+-- came; with one, the claim's fingerprint field (bytes 11 to 43) takes the flag's place.
 -- idem_core::lifecycle::{complete, fail}.
 if held then
-  redis.call('SET', key, ARGV[3] .. string.sub(raw, 11, len - 24) .. ARGV[5], 'PX', ARGV[4])
+  local value = ARGV[3]
+  if len == 67 then
+    value = string.sub(value, 1, 10) .. string.sub(raw, 11, 43) .. string.sub(value, 12)
+  end
+  redis.call('SET', key, value, 'PX', ARGV[2])
   return R_DONE
 end
