@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Steps: `execute` (the executor: claim, run, complete), `claim+complete` (the same two
-//! store calls without the executor), `replay` (a claim of a completed key), `moka-insert`
+//! store calls without the executor), `replay` (a claim of a completed key),
+//! `cached-replay` (the same through `ReplayCache`, answered from its copy), `moka-insert`
 //! and `moka-get` (bare moka with per-entry expiry, the floor), `noop` (the loop alone, to
 //! subtract). Divide the counts, less `noop`'s, by the number of calls.
 
@@ -17,6 +18,7 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use idem::memory::ReplayCache;
 use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, MemoryStore, Ttl};
 use moka::future::Cache;
 
@@ -79,6 +81,11 @@ async fn run(step: &str, calls: usize) -> Result<Duration, Error> {
     }
     raw.insert("bench/cost:replay".to_owned(), payload.clone())
         .await;
+    // The same key through the replay cache; its first replay fills the copy.
+    let cached = ReplayCache::new(store.clone());
+    cached
+        .claim(&ClaimRequest::new(key(usize::MAX)?, ttl))
+        .await?;
     let started = Instant::now();
     for i in 0..calls {
         match step {
@@ -102,6 +109,14 @@ async fn run(step: &str, calls: usize) -> Result<Duration, Error> {
                     .await?;
                 if !matches!(claim, Claim::Completed(_)) {
                     return Err(Error::backend("the replay found no record"));
+                }
+            }
+            "cached-replay" => {
+                let claim = cached
+                    .claim(&ClaimRequest::new(key(usize::MAX)?, ttl))
+                    .await?;
+                if !matches!(claim, Claim::Completed(_)) {
+                    return Err(Error::backend("the cached replay found no record"));
                 }
             }
             "moka-insert" => {

@@ -60,6 +60,12 @@ pub trait BenchBackend: Send + Sync + Sized + 'static {
     /// The name in `--backends` and in the table.
     const NAME: &'static str;
 
+    /// How many times more operations than the others this backend's throughput rows time
+    /// ([`Settings::throughput_scale`]). A store whose operations take a microsecond or two
+    /// (memory) sets more, so its rows last a good fraction of a second rather than a few
+    /// milliseconds, which the machine's load would swing.
+    const THROUGHPUT_SCALE: usize = 1;
+
     /// Connects both sides (each with a client of its own, set up the same way) and creates
     /// what the run needs.
     fn connect(settings: &Settings) -> impl Future<Output = Result<Self, Error>> + Send;
@@ -149,6 +155,10 @@ pub fn row<B: BenchBackend>(
 
 /// Connects `B`, measures the common rows and its own, and closes it whatever happened.
 pub async fn rows<B: BenchBackend>(settings: &Settings) -> Result<Vec<Row>, Error> {
+    let settings = &Settings {
+        throughput_scale: B::THROUGHPUT_SCALE,
+        ..settings.clone()
+    };
     let backend = Arc::new(B::connect(settings).await?);
     let rows = measure_all(&backend, settings).await;
     let closed = backend.close().await;

@@ -18,6 +18,8 @@ pub struct Cached<B: BenchBackend> {
 impl BenchBackend for Cached<Redis> {
     type Store = ReplayCache<<Redis as BenchBackend>::Store>;
     const NAME: &'static str = "redis+cache";
+    /// Replays from memory take microseconds.
+    const THROUGHPUT_SCALE: usize = 4;
 
     async fn connect(settings: &Settings) -> Result<Self, Error> {
         let backend = Redis::connect(settings).await?;

@@ -90,7 +90,7 @@ pub fn keys_needed(settings: &Settings, mode: Mode) -> usize {
 pub fn measured_ops(settings: &Settings, mode: Mode) -> usize {
     match mode {
         Mode::Latency => settings.ops,
-        Mode::Throughput(_) => settings.ops * 4,
+        Mode::Throughput(_) => settings.ops * 4 * settings.throughput_scale,
     }
 }
 

@@ -54,6 +54,8 @@ impl Memory {
 impl BenchBackend for Memory {
     type Store = MemoryStore;
     const NAME: &'static str = "memory";
+    /// 4N operations last a few milliseconds at many tasks.
+    const THROUGHPUT_SCALE: usize = 16;
 
     async fn connect(_: &Settings) -> Result<Self, Error> {
         Ok(Self {
@@ -77,16 +79,18 @@ impl BenchBackend for Memory {
             Operation::ClaimNew => "moka entry().or_insert_with",
             Operation::Replay => "moka get",
             Operation::Complete => "moka insert",
-            Operation::Execute => "moka or_insert_with + insert",
+            Operation::Execute => "one moka insert",
         }
     }
 
+    /// Issue 17's targets: complete at 0.6× a moka insert with per-entry expiry and execute
+    /// (claim, run, complete) at 0.5× one; replays at 0.8× a moka get.
     fn target(&self, operation: Operation, _: Mode) -> Option<f64> {
         match operation {
             Operation::ClaimNew => None,
             Operation::Replay => Some(0.8),
             Operation::Complete => Some(0.6),
-            Operation::Execute => Some(0.85),
+            Operation::Execute => Some(0.5),
         }
     }
 
@@ -125,6 +129,13 @@ impl BenchBackend for Memory {
             .insert(Self::raw_key(tag, i), self.payload.clone())
             .await;
         Ok(())
+    }
+
+    /// One insert, not the two-step protocol: moka's `or_insert_with` costs more than the
+    /// store's whole claim, so against two steps the ratio would say little about how far
+    /// execute is from the one write any cache of outcomes pays.
+    async fn raw_execute(&self, tag: &str, i: usize) -> Result<(), Error> {
+        self.raw_complete(tag, i).await
     }
 
     async fn close(&self) -> Result<(), Error> {

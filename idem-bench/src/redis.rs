@@ -91,10 +91,15 @@ impl BenchBackend for Redis {
         }
     }
 
+    /// Issue 17's targets, at many tasks: the full cycle at 0.85× the raw two-round-trip
+    /// cycle, and replays at 0.9× an existing-key `SET NX PX GET`. (Its third, finish at no
+    /// more than 3 µs of Redis time per call, is measured from the server's own statistics by
+    /// idem-redis's `server_cost` example, on a server of its own.)
     fn target(&self, operation: Operation, mode: Mode) -> Option<f64> {
         match (operation, mode) {
-            (Operation::Execute, _) => Some(0.85),
-            _ => Some(0.9),
+            (Operation::Execute, Mode::Throughput(_)) => Some(0.85),
+            (Operation::Replay, Mode::Throughput(_)) => Some(0.9),
+            _ => None,
         }
     }
 

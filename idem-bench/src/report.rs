@@ -88,7 +88,7 @@ fn micros(d: Duration) -> f64 {
 /// Prints the table; returns how many rows missed their target.
 pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
     println!(
-        "\n{:<14} {:<11} {:<5} {:<30} {:<30} {:>6} {:>6}  {:<7} floor",
+        "\n{:<14} {:<16} {:<5} {:<30} {:<30} {:>6} {:>6}  {:<7} floor",
         "operation", "backend", "tasks", "idem", "floor", "ratio", "target", "verdict"
     );
     let mut missed = 0;
@@ -104,7 +104,7 @@ pub fn print(rows: &[(Row, f64)], rounds: usize) -> usize {
         };
         missed += usize::from(verdict == "MISSED");
         println!(
-            "{:<14} {:<11} {:<5} {:<30} {:<30} {:>6.2} {:>6}  {verdict:<7} {}",
+            "{:<14} {:<16} {:<5} {:<30} {:<30} {:>6.2} {:>6}  {verdict:<7} {}",
             row.operation,
             row.backend,
             tasks,

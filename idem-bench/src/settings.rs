@@ -10,12 +10,15 @@ USAGE:
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
                       (memory, redis, mysql, postgres, redis+cache: the replay
-                      cache in front of Redis, http: an axum handler behind the layer,
-                      served by a child process of this binary, amqp / nats:
+                      cache in front of Redis, http: an axum handler behind the layer
+                      on memory, Redis and Redis behind the replay cache, served by a
+                      child process of this binary, amqp / nats:
                       idem-consumer's consume loop on RabbitMQ / NATS JetStream with
                       the Redis store, against the same loop acking without idem)
                       [default: memory,redis,mysql,postgres,redis+cache,http,amqp,nats]
-    --ops N           operations per latency measurement; throughput uses 4N
+    --ops N           operations per latency measurement; throughput uses 4N, and
+                      more where one operation takes microseconds (memory 64N,
+                      redis+cache 16N), so those rows last long enough to be steady
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
     --tasks T         concurrent tasks of the throughput rows, and messages in flight
@@ -44,6 +47,9 @@ pub struct Settings {
     pub backends: Vec<String>,
     /// Completed records of the memory footprint (0 skips it).
     pub records: usize,
+    /// How many times more operations a throughput row times than 4 × `ops`: set per
+    /// section (see `BenchBackend::THROUGHPUT_SCALE`), not on the command line.
+    pub throughput_scale: usize,
     /// Internal: measure one footprint in this process and print it (`idem` or `raw`).
     pub footprint_of: Option<String>,
     /// Internal: serve the HTTP rows' servers on this store (`memory` or `redis`) until
@@ -79,6 +85,7 @@ impl Default for Settings {
             .map(String::from)
             .to_vec(),
             records: 1_000_000,
+            throughput_scale: 1,
             footprint_of: None,
             serve_http: None,
         }
