@@ -1,5 +1,5 @@
 //! How the executor stores outcomes: a success as the plain JSON of the value, a failure in a
-//! [`StoredFailure`] envelope; and how it reads them back. The JSON is serde_json's, written
+//! [`StoredFailure`] envelope; and how it reads them back. The JSON is `serde_json`'s, written
 //! by the executor's own cheaper [`json`] writer.
 
 use bytes::Bytes;

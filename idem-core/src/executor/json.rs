@@ -1,18 +1,18 @@
 //! The executor's JSON writer: the very bytes `serde_json::to_vec` writes, cheaper.
 //!
-//! serde_json looks at every byte of every string, one at a time, for the few that JSON
+//! `serde_json` looks at every byte of every string, one at a time, for the few that JSON
 //! escapes (quote, backslash, control characters); on a typical outcome, a few hundred bytes
 //! of text, that pass cost more than the rest of the encoding. This writer checks a string
 //! in one pass the compiler vectorizes and copies it as it is when nothing in it needs
-//! escaping, which is nearly always. Every value it writes is serde_json's own output for
+//! escaping, which is nearly always. Every value it writes is `serde_json`'s own output for
 //! the same value, byte for byte (stored outcomes stay what they were, and are read back by
-//! serde_json as before):
+//! `serde_json` as before):
 //!
-//! - strings that need escaping, numbers, booleans and bytes are written by serde_json
+//! - strings that need escaping, numbers, booleans and bytes are written by `serde_json`
 //!   itself, one value at a time;
-//! - what it does not handle (maps whose keys are not strings, which serde_json quotes or
-//!   refuses; serde_json's own raw values and numbers) and every error end the attempt, and
-//!   serde_json encodes the whole value instead, errors included.
+//! - what it does not handle (maps whose keys are not strings, which `serde_json` quotes or
+//!   refuses; `serde_json`'s own raw values and numbers) and every error end the attempt, and
+//!   `serde_json` encodes the whole value instead, errors included.
 
 use std::cell::RefCell;
 
@@ -70,7 +70,7 @@ fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Res
     }
 }
 
-/// The fast writer gave up: serde_json encodes the value instead.
+/// The fast writer gave up: `serde_json` encodes the value instead.
 #[derive(Debug)]
 struct Unsupported;
 
@@ -88,7 +88,7 @@ impl ser::Error for Unsupported {
     }
 }
 
-/// The name prefix of serde_json's own marker structs (raw values, arbitrary-precision
+/// The name prefix of `serde_json`'s own marker structs (raw values, arbitrary-precision
 /// numbers), which its serializer writes as something else than a struct.
 const SERDE_JSON_MARKER: &str = "$serde_json::";
 
@@ -98,7 +98,7 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// serde_json, writing one value to the same buffer.
+    /// `serde_json`, writing one value to the same buffer.
     fn json(&mut self) -> serde_json::Serializer<&mut Vec<u8>> {
         serde_json::Serializer::new(&mut *self.out)
     }
@@ -137,7 +137,7 @@ fn needs_escaping(bytes: &[u8]) -> bool {
     })
 }
 
-/// serde_json's output for a leaf value, written by serde_json.
+/// `serde_json`'s output for a leaf value, written by `serde_json`.
 macro_rules! leaf {
     ($($method:ident($type:ty)),* $(,)?) => {
         $(
@@ -464,7 +464,7 @@ impl ser::SerializeStructVariant for Object<'_> {
 }
 
 /// A map key: a string is written as one; anything else (numbers and booleans, which
-/// serde_json quotes, and what it refuses) is left to serde_json.
+/// `serde_json` quotes, and what it refuses) is left to `serde_json`.
 struct StringKey<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -732,7 +732,7 @@ mod tests {
         same(&Ok::<_, ()>(Some(vec![Some("a"), None])));
     }
 
-    /// Bytes, written by serde_json as an array of numbers.
+    /// Bytes, written by `serde_json` as an array of numbers.
     fn serde_bytes_like() -> impl Serialize + std::fmt::Debug {
         #[derive(Debug)]
         struct Raw(&'static [u8]);
@@ -744,7 +744,7 @@ mod tests {
         Raw(b"\x00\xff")
     }
 
-    /// Keys serde_json quotes (numbers, booleans) or refuses, and errors: serde_json's own
+    /// Keys `serde_json` quotes (numbers, booleans) or refuses, and errors: `serde_json`'s own
     /// output and words.
     #[test]
     fn what_is_left_to_serde_json_comes_out_as_serde_json_writes_it() {
