@@ -137,6 +137,30 @@ fn needs_escaping(bytes: &[u8]) -> bool {
     })
 }
 
+/// `$then!` over the scalar methods of `Serializer` (numbers, booleans, bytes) with their
+/// argument types, and `$more` methods after them.
+macro_rules! scalars {
+    ($then:ident $(, $more:ident($($type:ty),*))*) => {
+        $then!(
+            serialize_bool(bool),
+            serialize_i8(i8),
+            serialize_i16(i16),
+            serialize_i32(i32),
+            serialize_i64(i64),
+            serialize_i128(i128),
+            serialize_u8(u8),
+            serialize_u16(u16),
+            serialize_u32(u32),
+            serialize_u64(u64),
+            serialize_u128(u128),
+            serialize_f32(f32),
+            serialize_f64(f64),
+            serialize_bytes(&[u8])
+            $(, $more($($type),*))*
+        );
+    };
+}
+
 /// `serde_json`'s output for a leaf value, written by `serde_json`.
 macro_rules! leaf {
     ($($method:ident($type:ty)),* $(,)?) => {
@@ -159,22 +183,7 @@ impl<'a> Serializer for Writer<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Object<'a>;
 
-    leaf!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_bytes(&[u8]),
-    );
+    scalars!(leaf);
 
     fn serialize_char(mut self, value: char) -> Result<(), Unsupported> {
         self.string(value.encode_utf8(&mut [0; 4]))
@@ -325,57 +334,32 @@ impl Sequence<'_> {
     }
 }
 
-impl ser::SerializeSeq for Sequence<'_> {
-    type Ok = ();
-    type Error = Unsupported;
+/// The four array-shaped `serde` traits, each one element at a time.
+macro_rules! sequence {
+    ($($trait:ident::$method:ident),+) => {
+        $(
+            impl ser::$trait for Sequence<'_> {
+                type Ok = ();
+                type Error = Unsupported;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
-        self.element(value)
-    }
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+                    self.element(value)
+                }
 
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
+                fn end(self) -> Result<(), Unsupported> {
+                    self.close()
+                }
+            }
+        )+
+    };
 }
 
-impl ser::SerializeTuple for Sequence<'_> {
-    type Ok = ();
-    type Error = Unsupported;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Sequence<'_> {
-    type Ok = ();
-    type Error = Unsupported;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Sequence<'_> {
-    type Ok = ();
-    type Error = Unsupported;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
-}
+sequence!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object being written: `{"k":v}`, closed by a second `}` when it is a variant's
 /// content.
@@ -429,39 +413,31 @@ impl ser::SerializeMap for Object<'_> {
     }
 }
 
-impl ser::SerializeStruct for Object<'_> {
-    type Ok = ();
-    type Error = Unsupported;
+/// The two struct-shaped `serde` traits, one named field at a time.
+macro_rules! fields {
+    ($($trait:ident),+) => {
+        $(
+            impl ser::$trait for Object<'_> {
+                type Ok = ();
+                type Error = Unsupported;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<(), Unsupported> {
-        self.field(name, value)
-    }
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    name: &'static str,
+                    value: &T,
+                ) -> Result<(), Unsupported> {
+                    self.field(name, value)
+                }
 
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
+                fn end(self) -> Result<(), Unsupported> {
+                    self.close()
+                }
+            }
+        )+
+    };
 }
 
-impl ser::SerializeStructVariant for Object<'_> {
-    type Ok = ();
-    type Error = Unsupported;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<(), Unsupported> {
-        self.field(name, value)
-    }
-
-    fn end(self) -> Result<(), Unsupported> {
-        self.close()
-    }
-}
+fields!(SerializeStruct, SerializeStructVariant);
 
 /// A map key: a string is written as one; anything else (numbers and booleans, which
 /// `serde_json` quotes, and what it refuses) is left to `serde_json`.
@@ -495,26 +471,13 @@ impl Serializer for StringKey<'_> {
         Writer { out: self.out }.string(value)
     }
 
-    not_a_string!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
+    scalars!(
+        not_a_string,
         serialize_char(char),
-        serialize_bytes(&[u8]),
         serialize_none(),
         serialize_unit(),
         serialize_unit_struct(&'static str),
-        serialize_unit_variant(&'static str, u32, &'static str),
+        serialize_unit_variant(&'static str, u32, &'static str)
     );
 
     fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unsupported> {
