@@ -141,6 +141,53 @@ async fn a_record_written_by_the_store_decodes() {
     assert!(store.remove(&k).await.expect("remove"));
 }
 
+/// A claim that is the lease's own (its header and owner) but whose trace TTL is out of
+/// range: release, the one transition that uses the trace TTL, finds it corrupt and leaves
+/// it; renew and finish, which replace it, go through, with or without a fingerprint.
+#[tokio::test]
+async fn a_held_claim_with_a_bad_trace_ttl_is_corrupt_only_to_release() {
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    for fingerprint in [None, Some(idem_core::Fingerprint::from_bytes(b"body"))] {
+        let k = key(&format!("bad-trace-{}", fingerprint.is_some()));
+        let mut request = ClaimRequest::new(k.clone(), ttl_ms(10_000));
+        if let Some(fingerprint) = fingerprint {
+            request = request.with_fingerprint(fingerprint);
+        }
+        let Claim::Acquired(lease) = store.claim(&request).await.expect("claim") else {
+            panic!("a fresh key");
+        };
+        let redis_key = store.redis_key(&k);
+        let mut bad = value_of(&mut raw, &redis_key).await.expect("the claim");
+        let at = bad.len() - 8;
+        bad[at..].copy_from_slice(&0_u64.to_be_bytes());
+        plant(&mut raw, &redis_key, &bad).await;
+
+        assert!(
+            matches!(
+                store.release(&lease).await,
+                Err(Error::CorruptRecord { .. })
+            ),
+            "release of a claim whose trace TTL is 0"
+        );
+        assert_eq!(value_of(&mut raw, &redis_key).await, Some(bad.clone()));
+        store
+            .renew(&lease, ttl_ms(10_000))
+            .await
+            .expect("renew replaces the trace TTL");
+        plant(&mut raw, &redis_key, &bad).await;
+        store
+            .complete(&lease, Bytes::from_static(b"done"), ttl_ms(10_000))
+            .await
+            .expect("complete replaces it");
+        assert_eq!(
+            store.claim(&request).await.expect("replay"),
+            Claim::Completed(Bytes::from_static(b"done"))
+        );
+        assert!(store.remove(&k).await.expect("remove"));
+    }
+}
+
 /// At the end of the exact range (2^53 − 1, the largest number Lua counts without
 /// rounding) a takeover is refused with `CorruptRecord` and changes nothing, as on every
 /// store (`idem_core::backend::lifecycle::next_fencing`); one below still grows, to the end.
