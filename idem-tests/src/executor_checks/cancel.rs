@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::faults::Faulty;
 use super::{
     Executor, Outcome, PATIENCE, await_free, count, counter, detached, executor,
-    expect_in_progress, expect_replay_after,
+    expect_in_progress, expect_replay_after, expect_replayed_once,
 };
 use crate::context::{LONG, ensure, run};
 use crate::{Capabilities, CheckResult, Store};
@@ -85,13 +85,7 @@ pub async fn dropped_caller_runs_once(store: Store, capabilities: Capabilities) 
                 go.send(()).is_ok(),
                 "the operation was dropped with its caller"
             );
-            expect_replay_after(&idem, &key, &runs, 41u64, 43u64).await?;
-            ensure!(
-                count(&runs) == 1,
-                "the operation ran {} times",
-                count(&runs)
-            );
-            Ok(())
+            expect_replayed_once(&idem, &key, &runs, 41u64, 43u64).await
         },
     )
     .await

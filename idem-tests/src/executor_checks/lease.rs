@@ -9,7 +9,7 @@ use idem_core::{Claim, Error, ExecuteError, Execution, RecordState};
 use tokio::time::Instant;
 
 use super::faults::expect_not_recorded;
-use super::{Executor, OpError, Outcome, PATIENCE, count, counter, detached, expect_replay_after};
+use super::{Executor, OpError, Outcome, PATIENCE, count, counter, detached, expect_replayed_once};
 use crate::context::{Ctx, ensure, run};
 use crate::{Capabilities, CheckResult, Store};
 
@@ -77,13 +77,7 @@ where
         Ok(Ok(91)) => {}
         other => return Err(format!("the first call should store 91, got {other:?}")),
     }
-    expect_replay_after(&idem, &key, &runs, 91u64, 92u64).await?;
-    ensure!(
-        count(&runs) == 1,
-        "the operation ran {} times",
-        count(&runs)
-    );
-    Ok(())
+    expect_replayed_once(&idem, &key, &runs, 91u64, 92u64).await
 }
 
 /// An operation that blocks its thread (no `.await`) for longer than its lease, so at least
@@ -153,13 +147,7 @@ pub async fn long_operation_keeps_its_key(store: Store, capabilities: Capabiliti
                 Ok(Ok(91)) => {}
                 other => return Err(format!("the first call should store 91, got {other:?}")),
             }
-            expect_replay_after(&idem, &key, &runs, 91u64, 92u64).await?;
-            ensure!(
-                count(&runs) == 1,
-                "the operation ran {} times",
-                count(&runs)
-            );
-            Ok(())
+            expect_replayed_once(&idem, &key, &runs, 91u64, 92u64).await
         },
     )
     .await

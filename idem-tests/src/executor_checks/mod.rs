@@ -209,6 +209,19 @@ where
     }
 }
 
+/// [`expect_replay_after`], then insists the operation ran exactly once.
+pub(crate) async fn expect_replayed_once(
+    idem: &Executor,
+    key: &Key,
+    runs: &Arc<AtomicUsize>,
+    expected: u64,
+    other: u64,
+) -> Result<(), String> {
+    expect_replay_after(idem, key, runs, expected, other).await?;
+    ensure!(count(runs) == 1, "the operation ran {} times", count(runs));
+    Ok(())
+}
+
 /// Insists the repeat finds the key in progress.
 pub(crate) fn expect_in_progress<V: std::fmt::Debug, T: std::fmt::Debug>(
     what: &str,
