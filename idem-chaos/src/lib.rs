@@ -4,6 +4,7 @@ mod history;
 mod postgres;
 mod scenarios;
 mod servers;
+mod sql;
 mod workload;
 
 use std::sync::Once;

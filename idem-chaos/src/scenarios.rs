@@ -14,6 +14,7 @@ use idem::{
 
 use crate::history::{Answer, ErrorKind, Fault, History, RunId, Summary};
 use crate::servers::{MariaDb, RedisServer, StartError};
+use crate::sql::{self, SqlFaults};
 use crate::workload::{self, Workload};
 
 pub(crate) type Outcome = Result<Summary, StartError>;
@@ -32,11 +33,11 @@ pub(crate) fn run_name() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
-/// Runs the load and, alongside, `faults` until the load is done.
+/// Runs the load, under a run name of its own, and, alongside, `faults` until the load is
+/// done.
 pub(crate) async fn with_faults<S, F, Fut>(
     idem: Idempotency<S>,
     workload: &Workload,
-    run: &str,
     history: &Arc<History>,
     faults: F,
 ) where
@@ -46,7 +47,7 @@ pub(crate) async fn with_faults<S, F, Fut>(
 {
     let stop = Arc::new(AtomicBool::new(false));
     let injector = tokio::spawn(faults(Arc::clone(&stop)));
-    workload::drive(idem, workload, run, history).await;
+    workload::drive(idem, workload, &run_name(), history).await;
     stop.store(true, Ordering::SeqCst);
     if injector.await.is_err() {
         history.panicked();
@@ -87,6 +88,14 @@ pub(crate) async fn memory_full(workload: &Workload) -> Outcome {
     Ok(summary)
 }
 
+/// The history's verdict, with `Backend` and `Corrupt` answers flagged: no fault a scenario
+/// injects may turn into either.
+pub(crate) fn verdict(history: &History) -> Summary {
+    let mut summary = history.check("");
+    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
+    summary
+}
+
 // ---- Redis ----
 
 /// A store on a private server that gives up quickly while the server is away.
@@ -99,16 +108,48 @@ async fn redis_store(server: &RedisServer) -> Result<RedisStore, StartError> {
         .await?)
 }
 
-/// Waits until `store`, the callers' own client, answers again, and returns when: after a
-/// restart that includes its reconnecting, which the server's first answer does not.
-async fn answered_again(store: &RedisStore, stop: &AtomicBool) -> Instant {
-    let Ok(probe) = workload::key("probe", 0) else {
-        return Instant::now();
-    };
-    while store.read(&probe).await.is_err() && !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(2)).await;
+/// Waits until `store`, the callers' own client, answers again, and records the outage of
+/// `what` from `from` until then: after a restart that includes its reconnecting, which the
+/// server's first answer does not.
+async fn outage_until_answered(
+    history: &History,
+    store: &RedisStore,
+    stop: &AtomicBool,
+    what: &'static str,
+    from: Instant,
+) {
+    if let Ok(probe) = workload::key("probe", 0) {
+        while store.read(&probe).await.is_err() && !stop.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
-    Instant::now()
+    history.fault(Fault::Outage {
+        what,
+        key: None,
+        from,
+        to: Instant::now(),
+    });
+}
+
+/// A private server started with `args`, the executor on a store of it, a second client of
+/// the store to probe it with, and the history.
+async fn redis_ground(
+    args: &[&str],
+    workload: &Workload,
+) -> Result<
+    (
+        RedisServer,
+        Idempotency<RedisStore>,
+        RedisStore,
+        Arc<History>,
+    ),
+    StartError,
+> {
+    let server = RedisServer::start(args)?;
+    let store = redis_store(&server).await?;
+    let probe = store.clone();
+    let idem = executor(store, workload)?;
+    Ok((server, idem, probe, Arc::new(History::new(workload.lease))))
 }
 
 pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
@@ -117,88 +158,52 @@ pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
     } else {
         &["--appendonly", "no"]
     };
-    let server = RedisServer::start(args)?;
-    let store = redis_store(&server).await?;
-    let history = Arc::new(History::new(workload.lease));
-    let probe = store.clone();
-    let idem = executor(store, workload)?;
+    let (server, idem, probe, history) = redis_ground(args, workload).await?;
     let injector_history = Arc::clone(&history);
     let seed = workload.seed;
-    with_faults(
-        idem,
-        workload,
-        &run_name(),
-        &history,
-        move |stop| async move {
-            let mut server = server;
-            let history = injector_history;
-            let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
-            while !stop.load(Ordering::SeqCst) {
-                pause_ms(&mut rng, 300..900).await;
-                let from = Instant::now();
-                tokio::task::block_in_place(|| server.kill());
-                if !aof {
-                    history.fault(Fault::DataLoss { at: from });
-                }
-                pause_ms(&mut rng, 10..600).await;
-                if let Err(error) = tokio::task::block_in_place(|| server.restart()) {
-                    eprintln!("redis-server did not come back: {error}");
-                    return;
-                }
-                let what = if aof { "kill-aof" } else { "kill" };
-                let to = answered_again(&probe, &stop).await;
-                history.fault(Fault::Outage {
-                    what,
-                    key: None,
-                    from,
-                    to,
-                });
+    with_faults(idem, workload, &history, move |stop| async move {
+        let mut server = server;
+        let history = injector_history;
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+        while !stop.load(Ordering::SeqCst) {
+            pause_ms(&mut rng, 300..900).await;
+            let from = Instant::now();
+            tokio::task::block_in_place(|| server.kill());
+            if !aof {
+                history.fault(Fault::DataLoss { at: from });
             }
-        },
-    )
+            pause_ms(&mut rng, 10..600).await;
+            if let Err(error) = tokio::task::block_in_place(|| server.restart()) {
+                eprintln!("redis-server did not come back: {error}");
+                return;
+            }
+            let what = if aof { "kill-aof" } else { "kill" };
+            outage_until_answered(&history, &probe, &stop, what, from).await;
+        }
+    })
     .await;
-    let mut summary = history.check("");
-    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
-    Ok(summary)
+    Ok(verdict(&history))
 }
 
 pub(crate) async fn redis_pause(workload: &Workload) -> Outcome {
-    let server = RedisServer::start(&["--appendonly", "no"])?;
-    let store = redis_store(&server).await?;
-    let history = Arc::new(History::new(workload.lease));
-    let probe = store.clone();
-    let idem = executor(store, workload)?;
+    let (server, idem, probe, history) = redis_ground(&["--appendonly", "no"], workload).await?;
     let injector_history = Arc::clone(&history);
     let (seed, lease) = (workload.seed, workload.lease);
-    with_faults(
-        idem,
-        workload,
-        &run_name(),
-        &history,
-        move |stop| async move {
-            let history = injector_history;
-            let mut rng = fastrand::Rng::with_seed(seed ^ 0x9a05e);
-            let longest = u64::try_from(lease.as_millis() * 3 / 2).unwrap_or(1500);
-            while !stop.load(Ordering::SeqCst) {
-                pause_ms(&mut rng, 300..900).await;
-                let from = Instant::now();
-                server.pause();
-                pause_ms(&mut rng, 20..longest).await;
-                server.resume();
-                let to = answered_again(&probe, &stop).await;
-                history.fault(Fault::Outage {
-                    what: "pause",
-                    key: None,
-                    from,
-                    to,
-                });
-            }
-        },
-    )
+    with_faults(idem, workload, &history, move |stop| async move {
+        let history = injector_history;
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0x9a05e);
+        let longest = u64::try_from(lease.as_millis() * 3 / 2).unwrap_or(1500);
+        while !stop.load(Ordering::SeqCst) {
+            pause_ms(&mut rng, 300..900).await;
+            let from = Instant::now();
+            server.pause();
+            pause_ms(&mut rng, 20..longest).await;
+            server.resume();
+            outage_until_answered(&history, &probe, &stop, "pause", from).await;
+        }
+    })
     .await;
-    let mut summary = history.check("");
-    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
-    Ok(summary)
+    Ok(verdict(&history))
 }
 
 // ---- MariaDB ----
@@ -215,185 +220,111 @@ async fn mysql_store(server: &MariaDb, table: &str) -> Result<MySqlStore, StartE
     Ok(store)
 }
 
-/// A connection of the fault injector's own (to the `mysql` database, so the store's
-/// connections are the ones in `test`).
-async fn admin(server: &MariaDb) -> Result<MySqlConnection, StartError> {
-    let url = server.url().replace("/test", "/mysql");
-    Ok(MySqlConnection::connect(&url).await?)
+/// A private MariaDB server and the campaign's table on it; the server goes when this does.
+pub(crate) struct Private {
+    server: MariaDb,
+    table: String,
 }
 
-/// Holds row locks on up to `rows` claimed rows of `table` for a random time in `hold`
-/// milliseconds; returns the key numbers locked.
-async fn hold_locks(
-    admin: &mut MySqlConnection,
-    table: &str,
-    rows: u32,
-    hold: std::ops::Range<u64>,
-    rng: &mut fastrand::Rng,
-) -> Result<(Vec<u32>, Instant), sqlx::Error> {
-    sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN")
-        .execute(&mut *admin)
-        .await?;
-    let query = format!(
-        "SELECT CAST(idem_key AS CHAR) FROM `test`.`{table}` WHERE state = 1 LIMIT {rows} FOR UPDATE SKIP LOCKED"
-    );
-    let locked: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+/// A private server with a migrated store on a fresh table of it.
+async fn private() -> Result<(MySqlStore, Private), StartError> {
+    let server = MariaDb::start().await?;
+    let table = format!("chaos_{}", run_name());
+    let store = mysql_store(&server, &table).await?;
+    Ok((store, Private { server, table }))
+}
+
+impl SqlFaults for Private {
+    type Admin = MySqlConnection;
+    const SALTS: [u64; 3] = [0x10c5, 0x4111, 0x10c6];
+
+    /// To the `mysql` database, so the store's connections are the ones in `test`.
+    async fn admin(&self) -> Result<MySqlConnection, StartError> {
+        let url = self.server.url().replace("/test", "/mysql");
+        Ok(MySqlConnection::connect(&url).await?)
+    }
+
+    async fn lock_claimed(
+        &self,
+        admin: &mut MySqlConnection,
+        rows: u32,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::raw_sql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN")
+            .execute(&mut *admin)
+            .await?;
+        let query = format!(
+            "SELECT CAST(idem_key AS CHAR) FROM `test`.`{}` WHERE state = 1 LIMIT {rows} FOR UPDATE SKIP LOCKED",
+            self.table
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+            .fetch_all(&mut *admin)
+            .await
+    }
+
+    async fn unlock(admin: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *admin).await?;
+        Ok(())
+    }
+
+    /// `KILL CONNECTION` of one of the store's connections, or `KILL QUERY` of one that
+    /// runs a query.
+    async fn kill_one(
+        &self,
+        admin: &mut MySqlConnection,
+        rng: &mut fastrand::Rng,
+    ) -> Result<Option<&'static str>, sqlx::Error> {
+        let busy: Vec<(u64, bool)> = sqlx::query(
+            "SELECT CAST(ID AS UNSIGNED), CAST(INFO IS NOT NULL AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE DB = 'test' AND ID <> CONNECTION_ID()",
+        )
         .fetch_all(&mut *admin)
-        .await?;
-    let from = Instant::now();
-    pause_ms(rng, hold).await;
-    sqlx::raw_sql("ROLLBACK").execute(&mut *admin).await?;
-    let keys = locked
+        .await?
         .iter()
-        .filter_map(|k| k.rsplit('-').next()?.parse().ok())
+        .filter_map(|row| {
+            Some((
+                row.try_get::<u64, _>(0).ok()?,
+                row.try_get::<i64, _>(1).ok()? != 0,
+            ))
+        })
         .collect();
-    Ok((keys, from))
-}
-
-/// Kills one connection of the store, or the query it runs; returns what it did.
-async fn kill_one(
-    admin: &mut MySqlConnection,
-    rng: &mut fastrand::Rng,
-    connections_too: bool,
-) -> Result<Option<&'static str>, sqlx::Error> {
-    let busy: Vec<(u64, bool)> = sqlx::query(
-        "SELECT CAST(ID AS UNSIGNED), CAST(INFO IS NOT NULL AS SIGNED) FROM information_schema.PROCESSLIST \
-         WHERE DB = 'test' AND ID <> CONNECTION_ID()",
-    )
-    .fetch_all(&mut *admin)
-    .await?
-    .iter()
-    .filter_map(|row| Some((row.try_get::<u64, _>(0).ok()?, row.try_get::<i64, _>(1).ok()? != 0)))
-    .collect();
-    let running: Vec<u64> = busy.iter().filter(|(_, q)| *q).map(|(id, _)| *id).collect();
-    let (statement, what) = if connections_too && rng.bool() {
-        let Some((id, _)) = busy.get(rng.usize(0..busy.len().max(1))) else {
-            return Ok(None);
+        let running: Vec<u64> = busy.iter().filter(|(_, q)| *q).map(|(id, _)| *id).collect();
+        let (statement, what) = if rng.bool() {
+            let Some((id, _)) = busy.get(rng.usize(0..busy.len().max(1))) else {
+                return Ok(None);
+            };
+            (format!("KILL CONNECTION {id}"), "kill-connection")
+        } else {
+            let Some(id) = running.get(rng.usize(0..running.len().max(1))) else {
+                return Ok(None);
+            };
+            (format!("KILL QUERY {id}"), "kill-query")
         };
-        (format!("KILL CONNECTION {id}"), "kill-connection")
-    } else {
-        let Some(id) = running.get(rng.usize(0..running.len().max(1))) else {
-            return Ok(None);
-        };
-        (format!("KILL QUERY {id}"), "kill-query")
-    };
-    // The target may have finished meanwhile ("unknown thread id"): that is no fault.
-    Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
-        .execute(&mut *admin)
-        .await
-        .ok()
-        .map(|_| what))
+        // The target may have finished meanwhile ("unknown thread id"): that is no fault.
+        Ok(sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *admin)
+            .await
+            .ok()
+            .map(|_| what))
+    }
 }
 
 pub(crate) async fn mysql_kill(workload: &Workload) -> Outcome {
-    let server = MariaDb::start().await?;
-    let table = format!("chaos_{}", run_name());
-    let store = mysql_store(&server, &table).await?;
-    let (mut killer, mut locker) = (admin(&server).await?, admin(&server).await?);
-    let history = Arc::new(History::new(workload.lease));
-    let idem = executor(store, workload)?;
-    let (kills, locks) = (Arc::clone(&history), Arc::clone(&history));
-    let seed = workload.seed;
-    with_faults(
-        idem,
-        workload,
-        &run_name(),
-        &history,
-        move |stop| async move {
-            let stop_locks = Arc::clone(&stop);
-            // Short locks (below the lock wait timeout) keep queries waiting, so KILL QUERY
-            // finds some to interrupt.
-            let locker_task = tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed ^ 0x10c5);
-                while !stop_locks.load(Ordering::SeqCst) {
-                    pause_ms(&mut rng, 20..120).await;
-                    let (keys, from) =
-                        match hold_locks(&mut locker, &table, 4, 100..500, &mut rng).await {
-                            Ok(locked) => locked,
-                            Err(e) => {
-                                eprintln!("lock: {e}");
-                                continue;
-                            }
-                        };
-                    for key in keys {
-                        locks.fault(Fault::Outage {
-                            what: "short-lock",
-                            key: Some(key),
-                            from,
-                            to: Instant::now(),
-                        });
-                    }
-                }
-            });
-            let mut rng = fastrand::Rng::with_seed(seed ^ 0x4111);
-            while !stop.load(Ordering::SeqCst) {
-                pause_ms(&mut rng, 20..150).await;
-                match kill_one(&mut killer, &mut rng, true).await {
-                    Ok(Some(what)) => kills.fault(Fault::Instant { what }),
-                    Ok(None) => {}
-                    Err(e) => eprintln!("kill: {e}"),
-                }
-            }
-            let _ = locker_task.await;
-            drop(server);
-        },
-    )
-    .await;
-    let mut summary = history.check("");
-    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
-    Ok(summary)
+    let (store, private) = private().await?;
+    sql::kills(store, private, workload).await
 }
 
 pub(crate) async fn mysql_locks(workload: &Workload) -> Outcome {
-    let server = MariaDb::start().await?;
-    let table = format!("chaos_{}", run_name());
-    let store = mysql_store(&server, &table).await?;
-    let mut locker = admin(&server).await?;
-    let history = Arc::new(History::new(workload.lease));
-    let idem = executor(store, workload)?;
-    let locks = Arc::clone(&history);
-    let (seed, lease) = (workload.seed, workload.lease);
-    with_faults(
-        idem,
-        workload,
-        &run_name(),
-        &history,
-        move |stop| async move {
-            let mut rng = fastrand::Rng::with_seed(seed ^ 0x10c6);
-            let longest = u64::try_from(lease.as_millis() * 2).unwrap_or(2000);
-            while !stop.load(Ordering::SeqCst) {
-                pause_ms(&mut rng, 50..300).await;
-                let Ok((keys, from)) =
-                    hold_locks(&mut locker, &table, 2, 300..longest, &mut rng).await
-                else {
-                    continue;
-                };
-                for key in keys {
-                    locks.fault(Fault::Outage {
-                        what: "row-lock",
-                        key: Some(key),
-                        from,
-                        to: Instant::now(),
-                    });
-                }
-            }
-            drop(server);
-        },
-    )
-    .await;
-    let mut summary = history.check("");
-    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
-    Ok(summary)
+    let (store, private) = private().await?;
+    sql::locks(store, private, workload).await
 }
 
 /// The transactional mode: each request claims, writes its business row and completes in
 /// one transaction of its own; some are rolled back on purpose, and connections are killed.
 /// The business table is the ledger: a key with two committed rows ran twice.
 pub(crate) async fn mysql_tx(workload: &Workload) -> Outcome {
-    let server = MariaDb::start().await?;
+    let (store, private) = private().await?;
+    let (store, private) = (Arc::new(store), Arc::new(private));
     let run = run_name();
-    let table = format!("chaos_{run}");
-    let store = Arc::new(mysql_store(&server, &table).await?);
     let business = format!("chaos_effects_{run}");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE `{business}` (seq BIGINT AUTO_INCREMENT PRIMARY KEY, \
@@ -404,15 +335,16 @@ pub(crate) async fn mysql_tx(workload: &Workload) -> Outcome {
     let history = Arc::new(History::new(workload.lease));
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut killer = admin(&server).await?;
+    let mut killer = private.admin().await?;
     let kills = Arc::clone(&history);
     let stop_kills = Arc::clone(&stop);
     let seed = workload.seed;
+    let injector_faults = Arc::clone(&private);
     let injector = tokio::spawn(async move {
         let mut rng = fastrand::Rng::with_seed(seed ^ 0x7a);
         while !stop_kills.load(Ordering::SeqCst) {
             pause_ms(&mut rng, 50..300).await;
-            if let Ok(Some(what)) = kill_one(&mut killer, &mut rng, true).await {
+            if let Ok(Some(what)) = injector_faults.kill_one(&mut killer, &mut rng).await {
                 kills.fault(Fault::Instant { what });
             }
         }
@@ -476,9 +408,8 @@ pub(crate) async fn mysql_tx(workload: &Workload) -> Outcome {
             started,
         );
     }
-    let mut summary = history.check("");
-    summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
-    drop(server);
+    let summary = verdict(&history);
+    drop(private);
     Ok(summary)
 }
 
@@ -610,9 +541,8 @@ pub(crate) async fn corrupt(seed: u64) -> Outcome {
     }
     next += 1;
     // MariaDB: rows no store writes.
-    let server = MariaDb::start().await?;
-    let table = format!("chaos_{}", run_name());
-    let store = mysql_store(&server, &table).await?;
+    let (store, private) = private().await?;
+    let table = &private.table;
     for row in MYSQL_GARBAGE {
         let key = workload::key(&run, next)?;
         let insert = format!(
