@@ -54,9 +54,9 @@ pub(crate) const RECORDS: TableKind = TableKind {
 ///   the application. `DATETIME` rather than `TIMESTAMP`, which ends in 2038. A row counts
 ///   as absent from `expires_at` on; `expires_at` is indexed for `purge_expired`.
 fn create_table_v1(table: &TableName) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-  namespace VARBINARY(255) NOT NULL,
+    create_table(
+        table,
+        "  namespace VARBINARY(255) NOT NULL,
   idem_key VARBINARY(255) NOT NULL,
   state TINYINT UNSIGNED NOT NULL,
   fingerprint BINARY(32) NULL,
@@ -66,9 +66,19 @@ fn create_table_v1(table: &TableName) -> String {
   expires_at DATETIME(6) NOT NULL,
   payload LONGBLOB NULL,
   PRIMARY KEY (namespace, idem_key),
-  KEY expires_at_idx (expires_at)
-) ENGINE=InnoDB COMMENT='{COMMENT_PREFIX}1'",
-        table = quoted(table)
+  KEY expires_at_idx (expires_at)",
+        COMMENT_PREFIX,
+    )
+}
+
+/// Version 1 of either table: its columns and keys, in InnoDB, with the comment that names
+/// the kind and the version.
+pub(crate) fn create_table(table: &TableName, columns: &str, comment_prefix: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+{columns}
+) ENGINE=InnoDB COMMENT='{comment_prefix}1'",
+        quoted(table)
     )
 }
 

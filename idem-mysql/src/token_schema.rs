@@ -2,7 +2,7 @@
 
 use idem_sql::{Migration, TableKind, TableName};
 
-use crate::schema::quoted;
+use crate::schema::create_table;
 
 /// The token table's name unless another is configured.
 pub(crate) const DEFAULT_TABLE: &str = "idem_tokens";
@@ -34,16 +34,15 @@ pub(crate) const TOKENS: TableKind = TableKind {
 /// - `expires_at`: UTC from the server's clock; the row counts as absent from then on, and
 ///   the index serves `purge_expired`.
 fn create_table_v1(table: &TableName) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {table} (
-  token VARBINARY(128) NOT NULL,
+    create_table(
+        table,
+        "  token VARBINARY(128) NOT NULL,
   scope VARBINARY(255) NOT NULL,
   used_at DATETIME(6) NULL,
   expires_at DATETIME(6) NOT NULL,
   PRIMARY KEY (token),
-  KEY expires_at_idx (expires_at)
-) ENGINE=InnoDB COMMENT='{COMMENT_PREFIX}1'",
-        table = quoted(table)
+  KEY expires_at_idx (expires_at)",
+        COMMENT_PREFIX,
     )
 }
 

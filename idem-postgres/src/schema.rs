@@ -60,11 +60,9 @@ pub(crate) const TOKENS: TableKind = TableKind {
 /// - `lease_until`, `expires_at`: `timestamptz` from the server's `clock_timestamp()`. A row
 ///   counts as absent from `expires_at` on; the index serves `purge_expired`.
 fn records_v1(table: &TableName) -> String {
-    let t = quoted(table);
-    let index = quoted_index(table);
-    format!(
-        "CREATE TABLE IF NOT EXISTS {t} (
-  namespace bytea NOT NULL,
+    create_table(
+        table,
+        "  namespace bytea NOT NULL,
   idem_key bytea NOT NULL,
   state smallint NOT NULL,
   fingerprint bytea NULL,
@@ -73,11 +71,8 @@ fn records_v1(table: &TableName) -> String {
   lease_until timestamptz NULL,
   expires_at timestamptz NOT NULL,
   payload bytea NULL,
-  PRIMARY KEY (namespace, idem_key)
-);
-CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);
-COMMENT ON TABLE {t} IS '{}1'",
-        RECORDS.comment_prefix
+  PRIMARY KEY (namespace, idem_key)",
+        RECORDS.comment_prefix,
     )
 }
 
@@ -85,19 +80,28 @@ COMMENT ON TABLE {t} IS '{}1'",
 /// `used_at` NULL until consumed (a used row stays until it expires, so a repeat is told
 /// "already used"), `expires_at` from the server's clock, indexed for `purge_expired`.
 fn tokens_v1(table: &TableName) -> String {
+    create_table(
+        table,
+        "  token bytea NOT NULL,
+  scope bytea NOT NULL,
+  used_at timestamptz NULL,
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (token)",
+        TOKENS.comment_prefix,
+    )
+}
+
+/// Version 1 of either table: its `columns`, the `expires_at` index `purge_expired` runs on,
+/// and the comment that names the kind and the version.
+fn create_table(table: &TableName, columns: &str, comment_prefix: &str) -> String {
     let t = quoted(table);
     let index = quoted_index(table);
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (
-  token bytea NOT NULL,
-  scope bytea NOT NULL,
-  used_at timestamptz NULL,
-  expires_at timestamptz NOT NULL,
-  PRIMARY KEY (token)
+{columns}
 );
 CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at);
-COMMENT ON TABLE {t} IS '{}1'",
-        TOKENS.comment_prefix
+COMMENT ON TABLE {t} IS '{comment_prefix}1'"
     )
 }
 
