@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use idem_core::{Claim, Error, Lease, RecordState};
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use super::claim::race;
 use crate::context::{Ctx, LONG, RETENTION, ensure, run, ttl};
@@ -126,7 +127,7 @@ pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> 
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
-                let request = ctx.request(&lease.key, LONG)?;
+                let claim = spawn_takeover(&ctx, &barrier, lease)?;
                 let (store, gate, lease) =
                     (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
                 let finish = tokio::spawn(async move {
@@ -139,21 +140,13 @@ pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> 
                         _ => store.renew(&lease, ttl(LONG)?).await,
                     })
                 });
-                let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
-                let claim = tokio::spawn(async move {
-                    gate.wait().await;
-                    store.claim(&request).await
-                });
                 tasks.push((finish, claim));
             }
             for (i, ((finish, claim), lease)) in tasks.into_iter().zip(&leases).enumerate() {
                 let finished = finish
                     .await
                     .map_err(|e| format!("a task panicked: {e}"))??;
-                let claimed = claim
-                    .await
-                    .map_err(|e| format!("a task panicked: {e}"))?
-                    .map_err(|e| format!("a racing claim failed: {e:?}"))?;
+                let claimed = taken_over(claim).await?;
                 judge(&ctx, i, lease, finished, claimed).await?;
             }
             Ok(())
@@ -253,7 +246,7 @@ pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) ->
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
-                let request = ctx.request(&lease.key, LONG)?;
+                let claim = spawn_takeover(&ctx, &barrier, lease)?;
                 let (store, gate, lease) =
                     (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
                 let free = tokio::spawn(async move {
@@ -264,19 +257,11 @@ pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) ->
                         Freed::Removed(store.remove(&lease.key).await)
                     }
                 });
-                let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(&barrier));
-                let claim = tokio::spawn(async move {
-                    gate.wait().await;
-                    store.claim(&request).await
-                });
                 tasks.push((free, claim));
             }
             for ((free, claim), lease) in tasks.into_iter().zip(&leases) {
                 let freed = free.await.map_err(|e| format!("a task panicked: {e}"))?;
-                let claimed = claim
-                    .await
-                    .map_err(|e| format!("a task panicked: {e}"))?
-                    .map_err(|e| format!("a racing claim failed: {e:?}"))?;
+                let claimed = taken_over(claim).await?;
                 judge_freeing(&ctx, lease, freed, claimed).await?;
             }
             Ok(())
@@ -344,6 +329,28 @@ async fn judge_freeing(ctx: &Ctx, old: &Lease, freed: Freed, claimed: Claim) -> 
         }
         other => Err(format!("{key}: freeing a lapsed lease failed: {other:?}")),
     }
+}
+
+/// A new owner's claim of `lease`'s key, sent once `gate` opens: the takeover side of a race.
+fn spawn_takeover(
+    ctx: &Ctx,
+    gate: &Arc<Barrier>,
+    lease: &Lease,
+) -> Result<JoinHandle<Result<Claim, Error>>, String> {
+    let request = ctx.request(&lease.key, LONG)?;
+    let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(gate));
+    Ok(tokio::spawn(async move {
+        gate.wait().await;
+        store.claim(&request).await
+    }))
+}
+
+/// What a [`spawn_takeover`] claim found.
+async fn taken_over(claim: JoinHandle<Result<Claim, Error>>) -> Result<Claim, String> {
+    claim
+        .await
+        .map_err(|e| format!("a task panicked: {e}"))?
+        .map_err(|e| format!("a racing claim failed: {e:?}"))
 }
 
 /// How many keys each race between a takeover and the lapsed owner runs on.
