@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
+
+use super::backoff::Backoff;
+use super::write::{FIRST_PAUSE, MAX_PAUSE};
 
 use crate::error::Error;
 use crate::lease::Lease;
@@ -76,8 +79,9 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// How often a lease of `ttl` is renewed: every third of it, so two renewals may fail
-/// before it lapses.
+/// How often a lease of `ttl` is renewed: every third of it, so the lease outlasts a
+/// store away for two thirds of it (a failed renewal is sent again sooner, see
+/// [`keep_renewed`]).
 pub(crate) fn renew_interval(ttl: Ttl) -> Duration {
     ttl.as_duration() / 3
 }
@@ -85,17 +89,28 @@ pub(crate) fn renew_interval(ttl: Ttl) -> Duration {
 /// Keeps `held`'s lease renewed: at once (the supervisor starts this once the attempt has
 /// run a while, see [`watchlist`](super::watchlist)), then every third of the TTL, until
 /// aborted or the lease is found lost.
+///
+/// A renewal the store could not answer is sent again after the outcome write's short
+/// pauses (at most [`MAX_PAUSE`] apart) while the lease is known to last, not a third of
+/// the TTL later: a store that fails a renewal now and then but answers in between (a
+/// query cancelled while it waits on a row lock, a connection terminated) must not cost
+/// the lease. Two such failures at the regular pace let a live lease lapse under a running
+/// operation, which the key's next caller then ran a second time (idem-chaos
+/// `postgres-kill`). Past the lease's known end the regular pace resumes: the key may have
+/// been taken over, and a renewal then only finds out.
 pub(crate) async fn keep_renewed<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>, ttl: Ttl) {
     let every = renew_interval(ttl);
-    let mut ticker = tokio::time::interval_at(Instant::now(), every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let lease = &held.lease;
+    let mut next = Instant::now();
+    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
     loop {
-        ticker.tick().await;
+        tokio::time::sleep_until(next).await;
         let sent = Instant::now();
         match store.renew(lease, ttl).await {
             Ok(()) => {
                 held.renewed(sent, ttl);
+                backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
+                next = sent + every;
                 tracing::trace!(fencing = lease.fencing, "lease renewed");
             }
             Err(Error::LeaseLost) => {
@@ -107,7 +122,15 @@ pub(crate) async fn keep_renewed<S: IdempotencyStore>(store: Arc<S>, held: Arc<H
                 held.mark_lost();
                 return;
             }
-            Err(error) => tracing::warn!(%error, "renewing the lease failed; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, "renewing the lease failed; retrying");
+                let regular = sent + every;
+                next = if Instant::now() < held.until() {
+                    (Instant::now() + backoff.pause()).min(regular)
+                } else {
+                    regular
+                };
+            }
         }
     }
 }
@@ -170,5 +193,111 @@ impl Deref for LeaseHandle {
 
     fn deref(&self) -> &Lease {
         &self.held.lease
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::claim::{Claim, ClaimRequest};
+    use crate::key::Key;
+    use crate::lease::OwnerToken;
+    use crate::record::Record;
+
+    /// A store whose renewals are unavailable until `back`, recording when each was sent.
+    #[derive(Debug)]
+    struct RenewableFrom {
+        back: Instant,
+        sent: Mutex<Vec<Instant>>,
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for RenewableFrom {
+        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
+            unimplemented!("not claimed in these tests")
+        }
+        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("not completed in these tests")
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("not failed in these tests")
+        }
+        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
+            let now = Instant::now();
+            self.sent.lock().expect("not poisoned").push(now);
+            if now < self.back {
+                return Err(Error::unavailable("statement cancelled"));
+            }
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
+            Ok(None)
+        }
+        async fn remove(&self, _: &Key) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    const TTL_SECS: u64 = 3;
+
+    /// Renews a lease of [`TTL_SECS`] on a store back after `back`, for `run`; the lease
+    /// as it is then known, and the store.
+    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<RenewableFrom>) {
+        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
+        let store = Arc::new(RenewableFrom {
+            back: Instant::now() + back,
+            sent: Mutex::new(Vec::new()),
+        });
+        let lease = Lease {
+            key: Key::new("renewal", "k").expect("a valid key"),
+            owner: OwnerToken::random(),
+            fencing: 1,
+        };
+        let held = Arc::new(Held::new(lease, ttl));
+        let task = tokio::spawn(keep_renewed(Arc::clone(&store), Arc::clone(&held), ttl));
+        tokio::time::sleep(run).await;
+        task.abort();
+        (held, store)
+    }
+
+    /// Renewals that fail at their regular times (0, 1 and 2 s of a 3 s lease) while the
+    /// store answers in between still keep the lease: the failed one is sent again at the
+    /// write's pace, and the store, back at 2.1 s, renews it before it lapses at 3 s. (At
+    /// the regular pace the next renewal went at 3 s, as the lease ended.)
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_renewal_is_sent_again_before_the_lease_lapses() {
+        let back = Duration::from_millis(2100);
+        let (held, store) = renew_for(back, Duration::from_millis(2500)).await;
+        let lapse = held.began() + Duration::from_secs(TTL_SECS);
+        assert!(
+            held.until() > lapse,
+            "not renewed by 2.5 s; renewals sent at {:?}",
+            store.sent.lock().expect("not poisoned")
+        );
+        let sent = store.sent.lock().expect("not poisoned");
+        let renewed = sent.iter().find(|at| **at >= store.back).expect("renewed");
+        assert!(*renewed <= store.back + MAX_PAUSE, "{sent:?}");
+    }
+
+    /// Past the lease's known end a store that stays away is asked at the regular pace
+    /// again, not ten times a second for as long as the operation runs.
+    #[tokio::test(start_paused = true)]
+    async fn past_the_lease_renewals_go_at_the_regular_pace() {
+        let (held, store) = renew_for(Duration::from_secs(60), Duration::from_secs(10)).await;
+        let end = held.until();
+        let sent = store.sent.lock().expect("not poisoned");
+        let dense = sent.iter().filter(|at| **at < end).count();
+        let late = sent.iter().filter(|at| **at >= end).count();
+        assert!(dense > 10, "{sent:?}");
+        // 3 s to 10 s, every second: at most 8.
+        assert!(late <= 8, "{late} renewals past the lease's end: {sent:?}");
     }
 }

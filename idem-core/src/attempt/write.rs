@@ -16,11 +16,11 @@ use crate::ttl::Ttl;
 /// An outcome write is tried at least this often, whatever the lease has left.
 const MIN_WRITE_ATTEMPTS: u32 = 3;
 /// The first pause between attempts; pauses double, with jitter, up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(25);
+pub(super) const FIRST_PAUSE: Duration = Duration::from_millis(25);
 /// Attempts stay this dense while the lease lasts, so a store back before the lease ends
 /// (a Redis restart takes 70–700 ms) gets the outcome well before a takeover could race it;
 /// ten small writes a second per pending outcome are no load on a recovering store.
-const MAX_PAUSE: Duration = Duration::from_millis(100);
+pub(super) const MAX_PAUSE: Duration = Duration::from_millis(100);
 /// The last attempt goes this long before the lease's end (as the attempt knows it), so
 /// that it reaches the store while the lease still holds there, timer lag included.
 const FINAL_MARGIN: Duration = Duration::from_millis(50);
