@@ -10,15 +10,13 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use idem::{ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Ttl};
+use idem::{ClaimRequest, Error, Idempotency, IdempotencyStore, Ttl};
 
 use crate::claims::{acquire_fresh, claim_all, claim_replay, execute_noop, expect_lease};
+use crate::keys::{fresh_tag, key};
 use crate::measure::{Mode, compare, keys_needed, modes};
 use crate::report::Row;
 use crate::settings::Settings;
-
-/// The namespace of every idem key the bench writes.
-pub const NAMESPACE: &str = "bench";
 
 /// What a completed record holds: 100 bytes, as a small JSON response.
 pub fn payload() -> Bytes {
@@ -123,16 +121,6 @@ pub trait BenchBackend: Send + Sync + Sized + 'static {
     /// Deletes what the run wrote and closes the clients; runs even when a measurement
     /// failed.
     fn close(&self) -> impl Future<Output = Result<(), Error>> + Send;
-}
-
-/// The idem key number `i` of the measurement `tag`.
-pub fn key(tag: &str, i: usize) -> Result<Key, Error> {
-    Key::new(NAMESPACE, format!("{tag}:{i}"))
-}
-
-/// A tag for the keys of one measurement, so no two measurements share a key.
-pub fn fresh_tag() -> Arc<str> {
-    uuid::Uuid::new_v4().simple().to_string()[..8].into()
 }
 
 /// A row of `backend` from the figures of one [`compare`].

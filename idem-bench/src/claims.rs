@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use idem::{Claim, ClaimRequest, Error, Idempotency, IdempotencyStore, Key, Lease, Retryable, Ttl};
 
-use crate::backend::key;
+use crate::keys::key;
 use crate::measure::throughput;
 
 /// What the executor's operation returns: serialized, 100 bytes, as the floor's payload.

@@ -22,8 +22,8 @@ use idem::redis::RedisStore;
 use idem::{Config, Error, Idempotency};
 use tokio::sync::Notify;
 
-use crate::backend::fresh_tag;
 use crate::claims::Never;
+use crate::keys::fresh_tag;
 use crate::measure::{Figure, Mode, SLICES, measured_ops};
 use crate::report::Row;
 use crate::settings::Settings;

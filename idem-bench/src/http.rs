@@ -25,7 +25,7 @@ use idem::memory::ReplayCache;
 use idem::redis::RedisStore;
 use idem::{Error, IdempotencyStore, MemoryStore};
 
-use crate::backend::fresh_tag;
+use crate::keys::fresh_tag;
 use crate::measure::{Mode, compare, keys_needed, modes};
 use crate::report::Row;
 use crate::settings::Settings;

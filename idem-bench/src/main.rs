@@ -5,6 +5,7 @@ mod cached;
 mod claims;
 mod consumer;
 mod http;
+mod keys;
 mod measure;
 mod memory;
 mod mysql;

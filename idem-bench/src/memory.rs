@@ -7,8 +7,9 @@ use idem::MemoryStore;
 use idem::{ClaimRequest, Error, IdempotencyStore, Ttl};
 use moka::future::Cache;
 
-use crate::backend::{BenchBackend, NAMESPACE, Operation, payload};
+use crate::backend::{BenchBackend, Operation, payload};
 use crate::claims::expect_lease;
+use crate::keys::NAMESPACE;
 use crate::measure::Mode;
 use crate::settings::Settings;
 

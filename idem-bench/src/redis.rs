@@ -18,7 +18,8 @@ use idem::{Error, Ttl};
 // record codec and clock; the `server_cost` example measures the same script.
 use idem_redis::floor::COMPARE_AND_SET;
 
-use crate::backend::{BenchBackend, NAMESPACE, Operation, payload};
+use crate::backend::{BenchBackend, Operation, payload};
+use crate::keys::NAMESPACE;
 use crate::measure::Mode;
 use crate::settings::Settings;
 

@@ -20,7 +20,8 @@ use idem::{Error, Ttl};
 use idem_sql::{Arg, SqlDialect, SqlStore, Statement};
 use sqlx::pool::{PoolConnection, PoolOptions};
 
-use crate::backend::{BenchBackend, NAMESPACE, Operation, payload};
+use crate::backend::{BenchBackend, Operation, payload};
+use crate::keys::NAMESPACE;
 use crate::measure::Mode;
 use crate::settings::Settings;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::attempt::CancelPolicy;
+use crate::attempt::{CancelPolicy, WaitPolicy};
 use crate::error::{Error, InvalidInput};
 use crate::ttl::Ttl;
 
@@ -146,36 +146,6 @@ impl ConfigBuilder {
     pub fn build(self) -> Result<Config, Error> {
         Settings::try_from(self.config.clone())?;
         Ok(self.config)
-    }
-}
-
-/// What a repeat does when it finds the key in progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WaitPolicy {
-    /// Return [`Error::InProgress`] at once, with how long the lease has left.
-    FailFast,
-    /// Poll with exponential backoff until the first request finishes, its lease lapses (then
-    /// this caller takes over), or `timeout` passes (then [`Error::InProgress`]).
-    Wait {
-        /// The longest a caller waits in all. `Duration::MAX` waits as long as it takes.
-        timeout: Duration,
-        /// The first pause between polls; it doubles up to `max_backoff`.
-        initial_backoff: Duration,
-        /// The longest pause between polls.
-        max_backoff: Duration,
-    },
-}
-
-impl WaitPolicy {
-    /// Waits up to `timeout`, polling from every 10 ms up to every 500 ms.
-    #[must_use]
-    pub fn wait(timeout: Duration) -> Self {
-        Self::Wait {
-            timeout,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_millis(500),
-        }
     }
 }
 

@@ -17,8 +17,9 @@ mod store;
 mod token;
 mod ttl;
 
+pub use attempt::WaitPolicy;
 pub use claim::{Claim, ClaimRequest};
-pub use config::{Config, ConfigBuilder, WaitPolicy};
+pub use config::{Config, ConfigBuilder};
 pub use error::{BoxError, Error, InputField, InvalidInput};
 pub use executor::{ExecuteError, Execution, Idempotency};
 pub use fingerprint::Fingerprint;

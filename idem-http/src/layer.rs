@@ -44,6 +44,11 @@ impl<S, Inner> Layer<Inner> for IdempotencyLayer<S> {
     type Service = IdempotencyService<S, Inner>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
-        IdempotencyService::new(self.clone(), inner)
+        IdempotencyService::new(
+            self.engine.clone(),
+            Arc::clone(&self.settings),
+            Arc::clone(&self.runs),
+            inner,
+        )
     }
 }

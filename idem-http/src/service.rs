@@ -24,7 +24,6 @@ use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
 use crate::header::IDEMPOTENT_REPLAYED;
 use crate::key_header::{KeyHeader, read_key};
-use crate::layer::IdempotencyLayer;
 use crate::policy::OversizedResponse;
 use crate::problem::{self, in_progress, problem, store_error};
 use crate::record::StoredOutcome;
@@ -59,12 +58,19 @@ impl<S> Clone for Shared<S> {
 }
 
 impl<S, Inner> IdempotencyService<S, Inner> {
-    pub(crate) fn new(layer: IdempotencyLayer<S>, inner: Inner) -> Self {
+    /// Made by [`IdempotencyLayer`](crate::IdempotencyLayer), from its parts (taking them, not
+    /// the layer, keeps the service module independent of the layer's).
+    pub(crate) fn new(
+        engine: Engine<S>,
+        settings: Arc<Settings>,
+        runs: Arc<RunTimes>,
+        inner: Inner,
+    ) -> Self {
         Self {
             shared: Shared {
-                engine: layer.engine,
-                settings: layer.settings,
-                runs: layer.runs,
+                engine,
+                settings,
+                runs,
             },
             inner,
         }

@@ -11,9 +11,8 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use idem_sql::{RecordStatements, Statement, TableName};
+use idem_sql::{RecordStatements, SqlDialect, Statement, TableName};
 
-use crate::dialect::MySqlDialect;
 use crate::schema::quoted;
 
 /// The row's columns as the store reads them: times become microseconds from the
@@ -75,7 +74,9 @@ impl MySqlExtra {
 }
 
 /// The statements for one table.
-pub(crate) fn records(table: &TableName) -> RecordStatements<MySqlDialect> {
+/// Generic over the dialect only so this module need not name [`MySqlDialect`](crate::MySqlDialect),
+/// which names it back.
+pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> RecordStatements<D> {
     let t = quoted(table);
     let select = format!("SELECT {COLUMNS} FROM {t} WHERE {KEY}");
     let insert = format!(

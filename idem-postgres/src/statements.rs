@@ -8,9 +8,8 @@
 //! Writes are conditional, and whether they matched (affected rows, or a `RETURNING` row)
 //! is the verdict. In an `UPDATE`, every `SET` expression reads the row as it was.
 
-use idem_sql::{RecordStatements, Statement, TableName, TokenStatements};
+use idem_sql::{RecordStatements, SqlDialect, Statement, TableName, TokenStatements};
 
-use crate::dialect::PgDialect;
 use crate::schema::quoted;
 
 /// The statement's instant, read once.
@@ -56,7 +55,9 @@ fn held(n: u8) -> String {
 }
 
 /// The statements for one table.
-pub(crate) fn records(table: &TableName) -> RecordStatements<PgDialect> {
+/// Generic over the dialect only so this module need not name [`PgDialect`](crate::PgDialect),
+/// which names it back.
+pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> RecordStatements<D> {
     let t = quoted(table);
     let select = format!(
         "SELECT {COLUMNS} FROM {t} AS t, {CLOCK} WHERE t.namespace = $1 AND t.idem_key = $2"

@@ -85,6 +85,7 @@ use watchlist::Watchlist;
 
 pub use renewal::LeaseHandle;
 pub use settle::{Settle, Settlement};
+pub use wait::WaitPolicy;
 
 /// What happens to an acquired key when the caller waiting for its operation goes away (its
 /// future is dropped: a client disconnected, a timeout fired) before the operation returned.
