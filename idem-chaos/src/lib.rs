@@ -2,6 +2,7 @@
 
 mod history;
 mod postgres;
+mod run;
 mod scenarios;
 mod servers;
 mod sql;

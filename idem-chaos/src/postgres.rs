@@ -8,7 +8,7 @@ use idem::postgres::PgStore;
 use idem::postgres::sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use idem::postgres::sqlx::{self, ConnectOptions, PgPool};
 
-use crate::scenarios::{Outcome, run_name};
+use crate::run::{Outcome, run_name};
 use crate::servers::StartError;
 use crate::sql::{self, SqlFaults};
 use crate::workload::Workload;

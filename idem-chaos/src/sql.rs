@@ -11,7 +11,7 @@ use std::time::Instant;
 use idem::IdempotencyStore;
 
 use crate::history::{Fault, History};
-use crate::scenarios::{Outcome, executor, pause_ms, verdict, with_faults};
+use crate::run::{Outcome, executor, pause_ms, verdict, with_faults};
 use crate::servers::StartError;
 use crate::workload::Workload;
 
