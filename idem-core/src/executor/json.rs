@@ -630,6 +630,10 @@ mod tests {
             "é ü 😀",
             "\u{7f}",
             "tab\tquote\"slash\\",
+            // An even number of characters to escape: a check that toggles per character
+            // instead of remembering any would call these clean.
+            "two \"quotes\"",
+            "\r\n",
             "\u{2028}",
         ] {
             same(text);
@@ -716,6 +720,15 @@ mod tests {
         same(&BTreeMap::from([('c', 1)]));
         same(&HashMap::from([((1_u8, 2_u8), 3_u8)]));
         same(&vec![BTreeMap::from([(Some(1), 1)])]);
+        // Keys that wrap a value: a newtype struct, a newtype variant.
+        #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+        struct Name(String);
+        #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+        enum Tagged {
+            Id(u8),
+        }
+        same(&BTreeMap::from([(Name("n".into()), 1)]));
+        same(&BTreeMap::from([(Tagged::Id(4), 1)]));
         #[derive(Debug)]
         struct Refuses;
         impl Serialize for Refuses {
