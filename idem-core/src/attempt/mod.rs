@@ -57,6 +57,8 @@
 //! # }).unwrap();
 //! ```
 
+#[cfg(test)]
+mod back_at;
 mod backoff;
 mod claim;
 mod detach;

@@ -198,64 +198,18 @@ impl Deref for LeaseHandle {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-    use bytes::Bytes;
-
     use super::*;
-    use crate::claim::{Claim, ClaimRequest};
+    use crate::attempt::back_at::BackAt;
     use crate::key::Key;
     use crate::lease::OwnerToken;
-    use crate::record::Record;
-
-    /// A store whose renewals are unavailable until `back`, recording when each was sent.
-    #[derive(Debug)]
-    struct RenewableFrom {
-        back: Instant,
-        sent: Mutex<Vec<Instant>>,
-    }
-
-    #[async_trait]
-    impl IdempotencyStore for RenewableFrom {
-        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
-            unimplemented!("not claimed in these tests")
-        }
-        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("not completed in these tests")
-        }
-        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("not failed in these tests")
-        }
-        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
-            let now = Instant::now();
-            self.sent.lock().expect("not poisoned").push(now);
-            if now < self.back {
-                return Err(Error::unavailable("statement cancelled"));
-            }
-            Ok(())
-        }
-        async fn release(&self, _: &Lease) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
-            Ok(None)
-        }
-        async fn remove(&self, _: &Key) -> Result<bool, Error> {
-            Ok(false)
-        }
-    }
 
     const TTL_SECS: u64 = 3;
 
     /// Renews a lease of [`TTL_SECS`] on a store back after `back`, for `run`; the lease
     /// as it is then known, and the store.
-    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<RenewableFrom>) {
+    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
         let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
-        let store = Arc::new(RenewableFrom {
-            back: Instant::now() + back,
-            sent: Mutex::new(Vec::new()),
-        });
+        let store = Arc::new(BackAt::new(Instant::now() + back));
         let lease = Lease {
             key: Key::new("renewal", "k").expect("a valid key"),
             owner: OwnerToken::random(),
@@ -280,9 +234,9 @@ mod tests {
         assert!(
             held.until() > lapse,
             "not renewed by 2.5 s; renewals sent at {:?}",
-            store.sent.lock().expect("not poisoned")
+            store.tries.lock().expect("not poisoned")
         );
-        let sent = store.sent.lock().expect("not poisoned");
+        let sent = store.tries.lock().expect("not poisoned");
         let renewed = sent.iter().find(|at| **at >= store.back).expect("renewed");
         assert!(*renewed <= store.back + MAX_PAUSE, "{sent:?}");
     }
@@ -293,7 +247,7 @@ mod tests {
     async fn past_the_lease_renewals_go_at_the_regular_pace() {
         let (held, store) = renew_for(Duration::from_secs(60), Duration::from_secs(10)).await;
         let end = held.until();
-        let sent = store.sent.lock().expect("not poisoned");
+        let sent = store.tries.lock().expect("not poisoned");
         let dense = sent.iter().filter(|at| **at < end).count();
         let late = sent.iter().filter(|at| **at >= end).count();
         assert!(dense > 10, "{sent:?}");

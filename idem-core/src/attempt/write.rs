@@ -175,48 +175,11 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::attempt::back_at::BackAt;
     use crate::claim::{Claim, ClaimRequest};
     use crate::key::Key;
     use crate::lease::OwnerToken;
     use crate::record::Record;
-
-    /// A store that is unavailable until `back` and then completes, recording when each
-    /// complete was tried.
-    #[derive(Debug)]
-    struct BackAt {
-        back: Instant,
-        tries: Mutex<Vec<Instant>>,
-    }
-
-    #[async_trait]
-    impl IdempotencyStore for BackAt {
-        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
-            unimplemented!("not claimed in these tests")
-        }
-        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            let now = Instant::now();
-            self.tries.lock().expect("not poisoned").push(now);
-            if now < self.back {
-                return Err(Error::unavailable("restarting"));
-            }
-            Ok(())
-        }
-        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("not failed in these tests")
-        }
-        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn release(&self, _: &Lease) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
-            Ok(None)
-        }
-        async fn remove(&self, _: &Key) -> Result<bool, Error> {
-            Ok(false)
-        }
-    }
 
     fn lease() -> Lease {
         Lease {
@@ -228,10 +191,7 @@ mod tests {
 
     async fn write_with(back_after: Duration, lease_left: Duration) -> (Result<(), Error>, BackAt) {
         let start = Instant::now();
-        let store = BackAt {
-            back: start + back_after,
-            tries: Mutex::new(Vec::new()),
-        };
+        let store = BackAt::new(start + back_after);
         let written = finish(
             &store,
             &lease(),
