@@ -85,3 +85,36 @@ where
         drop(self.runtime.spawn(attempt.instrument(span)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An attempt that is done at its first poll, and counts its polls.
+    struct CountsPolls(Arc<AtomicUsize>);
+
+    impl Future for CountsPolls {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready(())
+        }
+    }
+
+    /// An attempt that finished in its caller's future is not handed to a task when the
+    /// caller's future is dropped: that task would poll a finished future (an `async` block
+    /// panics then, silently, on a task nobody joins).
+    #[tokio::test]
+    async fn a_finished_attempt_is_not_polled_again_once_dropped() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        Detachable::new(CountsPolls(Arc::clone(&polls)), Handle::current()).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+    }
+}

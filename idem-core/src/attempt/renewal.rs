@@ -241,6 +241,29 @@ mod tests {
         assert!(*renewed <= store.back + MAX_PAUSE, "{sent:?}");
     }
 
+    /// What a long job logs of its handle: the lease, and whether it was lost.
+    #[tokio::test]
+    async fn a_lease_handle_shows_its_lease_and_whether_it_was_lost() {
+        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
+        let lease = Lease {
+            key: Key::new("renewal", "shown").expect("a valid key"),
+            owner: OwnerToken::random(),
+            fencing: 7,
+        };
+        let held = Arc::new(Held::new(lease, ttl));
+        let handle = LeaseHandle::new(Arc::clone(&held));
+        let shown = format!("{handle:?}");
+        assert!(
+            shown.starts_with("LeaseHandle {")
+                && shown.contains("fencing: 7")
+                && shown.contains("lost: false"),
+            "{shown}"
+        );
+        held.mark_lost();
+        let shown = format!("{handle:?}");
+        assert!(shown.contains("lost: true"), "{shown}");
+    }
+
     /// Past the lease's known end a store that stays away is asked at the regular pace
     /// again, not ten times a second for as long as the operation runs.
     #[tokio::test(start_paused = true)]
