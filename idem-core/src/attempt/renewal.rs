@@ -241,6 +241,35 @@ mod tests {
         assert!(*renewed <= store.back + MAX_PAUSE, "{sent:?}");
     }
 
+    /// `lost` waits while the lease holds, and resolves once it is marked lost; `is_lost`
+    /// says so from then on.
+    #[tokio::test(start_paused = true)]
+    async fn lost_resolves_once_the_lease_is_marked_lost() {
+        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
+        let lease = Lease {
+            key: Key::new("renewal", "lost").expect("a valid key"),
+            owner: OwnerToken::random(),
+            fencing: 1,
+        };
+        let held = Arc::new(Held::new(lease, ttl));
+        let handle = LeaseHandle::new(Arc::clone(&held));
+        assert!(!handle.is_lost());
+        let waiting = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.lost().await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "lost() resolved for a lease held");
+        held.mark_lost();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("lost() resolves once the lease is lost")
+            .expect("no panic");
+        assert!(handle.is_lost());
+    }
+
     /// What a long job logs of its handle: the lease, and whether it was lost.
     #[tokio::test]
     async fn a_lease_handle_shows_its_lease_and_whether_it_was_lost() {
