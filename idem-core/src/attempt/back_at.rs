@@ -1,5 +1,5 @@
-//! A store for the engine's own tests: unavailable until an instant, then answering, and
-//! recording when each write (complete or renew) was sent.
+//! A store for the engine's own tests: unavailable until an instant, then answering (or
+//! finding the lease taken over), and recording when each write (complete or renew) was sent.
 
 use std::sync::Mutex;
 
@@ -15,12 +15,14 @@ use crate::record::Record;
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
 
-/// Completes and renewals are `Unavailable` before `back` and succeed from then on; `tries`
-/// holds when each was sent.
+/// Completes and renewals are `Unavailable` before `back` and succeed from then on (or, once
+/// the key was [`taken_over`](Self::taken_over), are `LeaseLost`); `tries` holds when each
+/// was sent.
 #[derive(Debug)]
 pub(super) struct BackAt {
     pub(super) back: Instant,
     pub(super) tries: Mutex<Vec<Instant>>,
+    taken_over: bool,
 }
 
 impl BackAt {
@@ -28,6 +30,16 @@ impl BackAt {
         Self {
             back,
             tries: Mutex::new(Vec::new()),
+            taken_over: false,
+        }
+    }
+
+    /// Back at `back` with the key held by another owner: every write from then on is
+    /// `LeaseLost`.
+    pub(super) fn taken_over(back: Instant) -> Self {
+        Self {
+            taken_over: true,
+            ..Self::new(back)
         }
     }
 
@@ -37,6 +49,9 @@ impl BackAt {
         self.tries.lock().expect("not poisoned").push(now);
         if now < self.back {
             return Err(Error::unavailable("not back yet"));
+        }
+        if self.taken_over {
+            return Err(Error::LeaseLost);
         }
         Ok(())
     }

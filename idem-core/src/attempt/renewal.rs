@@ -205,21 +205,32 @@ mod tests {
 
     const TTL_SECS: u64 = 3;
 
-    /// Renews a lease of [`TTL_SECS`] on a store back after `back`, for `run`; the lease
-    /// as it is then known, and the store.
-    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
-        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
-        let store = Arc::new(BackAt::new(Instant::now() + back));
+    fn ttl() -> Ttl {
+        Ttl::from_secs(TTL_SECS).expect("a valid TTL")
+    }
+
+    /// A lease of [`TTL_SECS`] with fencing number `fencing`, acquired just now.
+    fn held(fencing: u64) -> Arc<Held> {
         let lease = Lease {
             key: Key::new("renewal", "k").expect("a valid key"),
             owner: OwnerToken::random(),
-            fencing: 1,
+            fencing,
         };
-        let held = Arc::new(Held::new(lease, ttl));
-        let task = tokio::spawn(keep_renewed(Arc::clone(&store), Arc::clone(&held), ttl));
+        Arc::new(Held::new(lease, ttl()))
+    }
+
+    /// Renews a lease on `store` for `run`; the lease as it is then known, and the store.
+    async fn renew_on(store: BackAt, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
+        let (store, held) = (Arc::new(store), held(1));
+        let task = tokio::spawn(keep_renewed(Arc::clone(&store), Arc::clone(&held), ttl()));
         tokio::time::sleep(run).await;
         task.abort();
         (held, store)
+    }
+
+    /// Renews a lease on a store back after `back`, for `run`.
+    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
+        renew_on(BackAt::new(Instant::now() + back), run).await
     }
 
     /// Renewals that fail at their regular times (0, 1 and 2 s of a 3 s lease) while the
@@ -241,17 +252,23 @@ mod tests {
         assert!(*renewed <= store.back + MAX_PAUSE, "{sent:?}");
     }
 
+    /// A renewal that finds the key taken over marks the lease lost and stops: no renewal
+    /// is sent after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_finds_the_lease_lost_marks_it_and_stops() {
+        let taken = BackAt::taken_over(Instant::now() + Duration::from_millis(1500));
+        let (held, store) = renew_on(taken, Duration::from_secs(10)).await;
+        assert!(held.is_lost());
+        let sent = store.tries.lock().expect("not poisoned");
+        let after = sent.iter().filter(|at| **at >= store.back).count();
+        assert_eq!(after, 1, "renewals sent once the lease was lost: {sent:?}");
+    }
+
     /// `lost` waits while the lease holds, and resolves once it is marked lost; `is_lost`
     /// says so from then on.
     #[tokio::test(start_paused = true)]
     async fn lost_resolves_once_the_lease_is_marked_lost() {
-        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
-        let lease = Lease {
-            key: Key::new("renewal", "lost").expect("a valid key"),
-            owner: OwnerToken::random(),
-            fencing: 1,
-        };
-        let held = Arc::new(Held::new(lease, ttl));
+        let held = held(1);
         let handle = LeaseHandle::new(Arc::clone(&held));
         assert!(!handle.is_lost());
         let waiting = tokio::spawn({
@@ -273,13 +290,7 @@ mod tests {
     /// What a long job logs of its handle: the lease, and whether it was lost.
     #[tokio::test]
     async fn a_lease_handle_shows_its_lease_and_whether_it_was_lost() {
-        let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
-        let lease = Lease {
-            key: Key::new("renewal", "shown").expect("a valid key"),
-            owner: OwnerToken::random(),
-            fencing: 7,
-        };
-        let held = Arc::new(Held::new(lease, ttl));
+        let held = held(7);
         let handle = LeaseHandle::new(Arc::clone(&held));
         let shown = format!("{handle:?}");
         assert!(
