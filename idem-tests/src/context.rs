@@ -1,10 +1,13 @@
 //! What every check needs: a namespace of its own and short ways to drive the store.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use idem_core::{Claim, ClaimRequest, Error, Key, Lease, Record, Ttl};
+use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use crate::{Capabilities, CheckFailure, CheckResult, Store};
 
@@ -198,6 +201,26 @@ impl Ctx {
     pub(crate) async fn outlive_short_ttl(&self) {
         tokio::time::sleep(self.caps.short_ttl + self.caps.time_slack).await;
     }
+}
+
+/// Starts `call` on a task of its own once `gate` opens: one side of a race, so that every
+/// side of every race of a check leaves at the same instant.
+pub(crate) fn after_gate<T, F>(gate: &Arc<Barrier>, call: F) -> JoinHandle<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let gate = Arc::clone(gate);
+    tokio::spawn(async move {
+        gate.wait().await;
+        call.await
+    })
+}
+
+/// What a task of a race answered; a panic is a failure.
+pub(crate) async fn joined<T>(task: JoinHandle<T>) -> Result<T, String> {
+    task.await
+        .map_err(|e| format!("a racing task panicked: {e}"))
 }
 
 /// Insists that a store call failed with `LeaseLost`.

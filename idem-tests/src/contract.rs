@@ -13,14 +13,14 @@
 //!
 //! | Sentence | Checks that fail a store breaking it | Broken store |
 //! |---|---|---|
-//! | Every method is atomic with respect to every other call on the same key. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] (claim against claim); [`checks::finish_races_takeover`] (complete/fail/renew against claim); [`checks::freeing_races_takeover`] (release/remove against claim); [`checks::finishes_race_each_other`] (two of complete/fail/release with one lease, and renew against each); [`checks::reads_race_writes`] (read against complete/fail/renew/release: never a torn state). Other pairs: see Gaps. | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords`, `CheckThenSetFinish`, `CheckThenSetRelease`, `CheckThenSetRemove`, `CheckThenSetLiveWrites`, `TornFinish` |
+//! | Every method is atomic with respect to every other call on the same key. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] (claim against claim); [`checks::finish_races_takeover`] (complete/fail/renew against claim); [`checks::freeing_races_takeover`] (release/remove against claim); [`checks::finishes_race_each_other`] (two of complete/fail/release with one lease, and renew against each); [`checks::removal_races_holder`] (remove against a live lease's complete/fail/renew/release: the answers fit one order, no record comes back, fencing grows); [`checks::reads_race_writes`] (read against complete/fail/renew/release: never a torn state); [`checks::reads_race_claims_and_removals`] (read against a claim of a key freed by every path, and against a remove of a claimed, completed or failed key). Other pairs: see Gaps. | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords`, `CheckThenSetFinish`, `CheckThenSetRelease`, `CheckThenSetRemove`, `CheckThenSetLiveWrites`, `RemoveIgnoresLeaseLock`, `TornFinish`, `TornClaim`, `TornRemove` |
 //! | `claim`: exactly one of any number of concurrent claims of a free key acquires it. | [`checks::exclusive_claim`], [`checks::exclusive_claim_many_keys`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`] | `TwoWinners`, `TwoWinnersOnTakeover`, `RacesExpiredRecords` |
 //! | A key is free when it was never seen, was released, its lease expired without being finished, or its record outlived its retention. | [`checks::free_key`] (reads `None`, removes `false`, any fingerprint acquires, on every path), [`checks::exclusive_every_path`], [`checks::lease_expiry`], [`checks::failures`] (released), [`checks::retention`], [`checks::model`] | `LapsedReadsAsClaimed`, `RemoveCountsTraces`, `FreeKeyKeepsFingerprint`, `NeverExpiresLeases`, `IgnoresRetention` |
 //! | On a key that is not free (claimed, completed, failed) the fingerprint is compared first: a differing stored fingerprint (`Some` vs `None` included) is `FingerprintMismatch` and changes nothing. | [`checks::fingerprints`] (every state, both `Some`/`None` directions, the holder's own retry, record unchanged); [`checks::free_key`] and [`checks::model`] (a *free* key does not compare) | `IgnoresFingerprints`, `OwnRetryIgnoresFingerprint`, `FreeKeyKeepsFingerprint` |
 //! | A claim by the owner that already holds the key (same `OwnerToken`) returns the same lease again and extends it by `lease_ttl`. | [`checks::uncertain_claim`], [`checks::fingerprints`] (exact retry after a mismatch), [`checks::model`]; only while it *holds* it: [`checks::own_retry_after_takeover`] | `ForgetsOwnClaim`, `ReclaimDoesNotExtend`, `RetryRevivesOldLease` |
 //! | Fencing: each acquisition gets a fencing number greater than any the store issued for the key before, as long as the store remembers the key. | [`checks::lease_expiry`], [`checks::failures`], [`checks::exclusive_takeover`], [`checks::exclusive_every_path`], [`checks::spent_lease`], [`checks::lapsed_lease_still_finishes`], [`checks::removal_fencing`], [`checks::model`] | `ReusesFencing`, `RemoveForgetsFencing` |
-//! | A store remembers a key while it holds its record, and after it was freed (lease expired, release, `remove`) for at least `lifecycle::trace_ttl` more: the longer of the lease TTL and `FENCING_MEMORY` (60 s). | That a freed key is remembered at all: [`checks::lease_expiry`] (expired), [`checks::failures`] (released), [`checks::removal_fencing`] (removed). For how long: [`checks::fencing_memory`] (every path, [`checks::FENCING_MEMORY_CHECKED`] = 12 s after freeing; the rest of the 60 s: see Gaps). | `ReusesFencing`, `RemoveForgetsFencing`, `ShortFencingMemory` |
-//! | `complete`, `fail`, `renew` and `release` apply only while the record is claimed by the lease's owner with the lease's fencing number; otherwise `LeaseLost`, changing nothing. | [`checks::finishes_race_each_other`] (the second of two racing calls with one lease finds it finished or released), [`checks::stale_lease`] (after a takeover), [`checks::lease_identity`] (owner and fencing both compared; a reused owner token), [`checks::spent_lease`] (after its own finish or release), [`checks::own_retry_after_takeover`], [`checks::finish_races_takeover`] (raced, loser changed nothing), [`checks::freeing_races_takeover`] (a release raced by a takeover changes nothing), [`checks::inspection_and_removal`] (after a remove), [`checks::removal_fencing`] (removed lease spent), [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish`, `CheckThenSetRelease` |
+//! | A store remembers a key while it holds its record, and after it was freed (lease expired, release, `remove`) for at least `lifecycle::trace_ttl` more: the longer of the lease TTL and `FENCING_MEMORY` (60 s). | That a freed key is remembered at all: [`checks::lease_expiry`] (expired), [`checks::failures`] (released), [`checks::removal_fencing`] (removed). For how long: [`checks::fencing_memory`] (end to end: every path claimed again [`checks::FENCING_MEMORY_CHECKED`] = 12 s after freeing); [`sabotage_checks::trace_lifetime`] (the whole `trace_ttl`, as the storage's own expiry says through [`Sabotage::kept_for`]: every path, a short lease and one longer than 60 s; only where the hook is wired, see Gaps). | `ReusesFencing`, `RemoveForgetsFencing`, `ShortFencingMemory`, `HalfFencingMemory` |
+//! | `complete`, `fail`, `renew` and `release` apply only while the record is claimed by the lease's owner with the lease's fencing number; otherwise `LeaseLost`, changing nothing. | [`checks::finishes_race_each_other`] (the second of two racing calls with one lease finds it finished or released), [`checks::stale_lease`] (after a takeover), [`checks::lease_identity`] (owner and fencing both compared; a reused owner token), [`checks::spent_lease`] (after its own finish or release), [`checks::own_retry_after_takeover`], [`checks::finish_races_takeover`] (raced, loser changed nothing), [`checks::freeing_races_takeover`] (a release raced by a takeover changes nothing), [`checks::removal_races_holder`] (raced by a remove: `LeaseLost` and nothing written back), [`checks::inspection_and_removal`] (after a remove), [`checks::removal_fencing`] (removed lease spent), [`checks::model`] | `IgnoresOwner`, `ChecksOwnerOnly`, `ChecksFencingOnly`, `FinishIgnoresState`, `ReleaseAsExpiry`, `CheckThenSetFinish`, `CheckThenSetRelease`, `RemoveIgnoresLeaseLock` |
 //! | (A lapsed lease nobody took over still counts, while the store remembers the key.) | [`checks::lapsed_lease_still_finishes`] (complete, fail, renew, release), [`checks::model`] | `DropsLapsedLeases`, `DropsLapsedRenewals` |
 //! | Finished records keep their payload byte for byte for their retention TTL, then the key is free again. | [`checks::replay_fidelity`] (byte for byte), [`checks::retention`] (then free), [`checks::retention_from_finish`] (retention counted from the finish, once), [`checks::free_key`], [`checks::exclusive_every_path`] (retention ended), [`checks::model`] | `ReencodesPayloads`, `IgnoresRetention`, `SlidingRetention`, `RetentionFromClaim`, `RacesExpiredRecords` |
 //! | Payloads over the store's limit are `PayloadTooLarge` and nothing is written. | [`checks::bad_input`] (complete and fail one byte over the declared limit; the claim unchanged; exactly the limit accepted) | `IgnoresPayloadLimit` |
@@ -39,10 +39,10 @@
 //! | A retryable failure is not stored: `release` the lease instead, and the next request runs the operation again. | [`checks::failures`] (a released key is free at once, with a larger fencing number) | `ReusesFencing` |
 //! | `renew`: extends a live lease to `ttl` from now, so a slow operation keeps its key. | [`checks::renewal`] (outlives its first TTL), [`checks::renewal_from_now`] (from now, not from the old end; shorter shortens), [`checks::in_progress_retry_after`] (after a renewal), [`checks::lapsed_lease_still_finishes`], [`checks::model`] | `NoopRenew`, `RenewAddsToOldEnd`, `DropsLapsedRenewals` |
 //! | `release`: gives the key up without an outcome: the next claim acquires it, with a larger fencing number. | [`checks::failures`], [`checks::spent_lease`] (by anyone, the same owner token included), [`checks::exclusive_every_path`], [`checks::free_key`], [`checks::lapsed_lease_still_finishes`], [`checks::model`] | `ReleaseAsExpiry`, `ReusesFencing`, `TwoWinnersOnTakeover` |
-//! | `read`: reads a key's record, or `None` when the key is free. | [`checks::inspection_and_removal`], [`checks::free_key`] (`None` on every path), [`checks::model`] (every read against the reference) | `ReadsNothing`, `LapsedReadsAsClaimed` |
+//! | `read`: reads a key's record, or `None` when the key is free. | [`checks::inspection_and_removal`], [`checks::free_key`] (`None` on every path), [`checks::model`] (every read against the reference), [`checks::reads_race_writes`] and [`checks::reads_race_claims_and_removals`] (while a call changes the key: the state before or after, never one in between) | `ReadsNothing`, `LapsedReadsAsClaimed`, `TornFinish`, `TornClaim`, `TornRemove` |
 //! | `remove`: deletes a key's record whatever its state; says whether there was one (a live claim or a finished record: what `read` would have shown). | [`checks::inspection_and_removal`] (claimed and completed: `true`; absent: `false`), [`checks::free_key`] (a free key the store still remembers: `false`), [`checks::removal_fencing`] (claimed, completed, failed), [`checks::model`] | `RemoveIsNoop`, `RemoveCountsTraces` |
-//! | A current owner's lease is lost by this, and the key is free. | [`checks::inspection_and_removal`], [`checks::removal_fencing`], [`checks::exclusive_every_path`] (removed), [`checks::free_key`] (removed) | `RemoveIsNoop` |
-//! | The key's fencing number is remembered as after a release, so the next acquisition gets a larger one. | [`checks::removal_fencing`] (by a new owner and by the removed owner's token), [`checks::exclusive_every_path`], [`checks::freeing_races_takeover`] (a remove racing a takeover remembers the number it freed), [`checks::model`] | `RemoveForgetsFencing`, `CheckThenSetRemove` |
+//! | A current owner's lease is lost by this, and the key is free. | [`checks::inspection_and_removal`], [`checks::removal_fencing`], [`checks::exclusive_every_path`] (removed), [`checks::free_key`] (removed), [`checks::removal_races_holder`] (while the owner's call runs) | `RemoveIsNoop`, `RemoveIgnoresLeaseLock` |
+//! | The key's fencing number is remembered as after a release, so the next acquisition gets a larger one. | [`checks::removal_fencing`] (by a new owner and by the removed owner's token), [`checks::exclusive_every_path`], [`checks::freeing_races_takeover`] (a remove racing a takeover remembers the number it freed), [`checks::removal_races_holder`] (a remove racing the holder), [`checks::model`] | `RemoveForgetsFencing`, `CheckThenSetRemove` |
 //!
 //! ## The types the store docs name
 //!
@@ -87,31 +87,39 @@
 //!
 //! ## Faults need the backend's hook
 //!
-//! No store-independent check can write an undecodable record or take a server down, so
-//! the fault checks ([`sabotage_checks`]) run through a hook each backend implements
+//! No store-independent check can write an undecodable record, take a server down or see
+//! how long the storage will keep a freed key, so those checks ([`sabotage_checks`]) run
+//! through a hook each backend implements
 //! ([`Sabotage`], [`TokenSabotage`]) and wires with
 //! [`fault_conformance!`](crate::fault_conformance) and
 //! [`token_fault_conformance!`](crate::token_fault_conformance): Redis, MySQL and PostgreSQL
 //! do. The in-memory store does not, because neither sentence applies to it: it keeps
 //! typed Rust values, never bytes it must decode (nothing it holds can fail to decode),
 //! and it has no server to be unreachable. A store author who skips the hook runs none
-//! of the four checks: the table's claim for those two sentences holds only where the
-//! hook is wired.
+//! of those five checks: the table's claim for those sentences (and for the whole length
+//! of the fencing memory) holds only where the hook is wired.
 //!
 //! ## Gaps
 //!
 //! What the table cannot honestly claim a check for:
 //!
 //! 1. **How long a freed key is remembered** (at least `trace_ttl`: the longer of the lease
-//!    TTL and 60 s). [`checks::fencing_memory`] claims freed keys again 12 s
+//!    TTL and 60 s). End to end, [`checks::fencing_memory`] claims freed keys again 12 s
 //!    ([`checks::FENCING_MEMORY_CHECKED`]) after freeing them, on every path: waiting the
-//!    whole 60 s would not fit a backend's 40 s suite. A store that forgets between 12 s
-//!    and 60 s passes; one that sizes the trace by the lease TTL alone fails.
+//!    whole 60 s would not fit a backend's 40 s suite. The rest of the 60 s is seen only
+//!    through the storage's own expiry ([`sabotage_checks::trace_lifetime`], by
+//!    [`Sabotage::kept_for`]: Redis's `PTTL`, the SQL row's `expires_at`), so (a) where the
+//!    hook is not wired, as for the in-memory store, a store forgetting between 12 s and
+//!    60 s passes (the in-memory store's traces are `lifecycle` entries, whose expiry the
+//!    core's own tests pin); (b) a store that drops a trace before the expiry it wrote, by
+//!    a path of its own (a purge ignoring the expiry, an eviction under memory pressure
+//!    such as a Redis `maxmemory` policy), passes for the part after 12 s.
 //! 2. **"Every method is atomic with respect to every other call on the same key"** is
 //!    checked for claim against claim; complete/fail/renew/release/remove against a claim
-//!    taking the key over; two calls presenting one lease against each other; and read
-//!    against those calls. Still unraced: `remove` against a live lease's finish or
-//!    renewal, and `read` against a claim or a `remove`.
+//!    taking the key over; two calls presenting one lease against each other; remove
+//!    against a live lease's calls; and read against every call that writes. Still
+//!    unraced: `remove` against `remove`, and an owner's retried claim against its own
+//!    lease's calls.
 //! 3. **"Two different keys never share a record"** is checked on a finite set of keys a
 //!    plausible encoding would merge ([`checks::key_fidelity`]), not for all keys.
 //! 4. **"Keys, TTLs and fingerprints arrive validated"** is a rule of the core's types,
@@ -125,9 +133,9 @@
 //!    checks uniqueness only, and [`token_checks::malformed_tokens`] and
 //!    [`token_checks::distinct_tokens`] test `Tokens` and the generator rather than a store
 //!    (no broken store can fail them; `tests/proof.rs` exempts them).
-//! 7. **Corrupt records and an unreachable server** are checked only where the backend
-//!    wires its [`Sabotage`] hook (see above); a store that does not runs none of the fault
-//!    checks.
+//! 7. **Corrupt records, an unreachable server and the length of the fencing memory** are
+//!    checked only where the backend wires its [`Sabotage`] hook (see above); a store that
+//!    does not runs none of those checks.
 
 #[allow(unused_imports)]
 use crate::{Sabotage, TokenSabotage, checks, sabotage_checks, token_checks};

@@ -148,7 +148,9 @@ macro_rules! __with_check_names {
             finish_races_takeover
             freeing_races_takeover
             finishes_race_each_other
+            removal_races_holder
             reads_race_writes
+            reads_race_claims_and_removals
             uncertain_claim
             own_retry_after_takeover
             in_progress_retry_after

@@ -1,5 +1,5 @@
-//! The hook a backend gives the fault checks: ways to break its own storage that no
-//! store-independent check can reach. Like `object_store`'s integration tests, the checks in
+//! The hook a backend gives the fault checks: ways to break its own storage, and to look
+//! into it, that no store-independent check can reach. Like `object_store`'s integration tests, the checks in
 //! [`sabotage_checks`](crate::sabotage_checks) are plain `pub async fn`s taking what they
 //! need, here a [`Sabotage`] (or [`TokenSabotage`]) of the store under test;
 //! [`fault_conformance!`](crate::fault_conformance) and
@@ -8,6 +8,8 @@
 //!
 //! ```
 //! # mod hidden {
+//! use std::time::Duration;
+//!
 //! use idem_core::{Key, async_trait};
 //! use idem_tests::{Sabotage, Store};
 //!
@@ -32,6 +34,12 @@
 //!         // The same kind of store, pointed at a server that does not answer.
 //!         Ok(self.store.clone())
 //!     }
+//!
+//!     async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, idem_core::BoxError> {
+//!         // How long the storage itself will keep what it holds for `key`: its expiry.
+//!         # let _ = key;
+//!         Ok(None)
+//!     }
 //! }
 //!
 //! async fn make_sabotage() -> MySabotage {
@@ -48,6 +56,7 @@
 //! unreachable), so the two sentences these checks pin do not apply to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem_core::{BoxError, Key, Token, async_trait};
 
@@ -76,6 +85,18 @@ pub trait Sabotage: std::fmt::Debug + Send + Sync + 'static {
     ///
     /// Whatever kept the hook from making one; the check reports it.
     async fn unreachable_store(&self) -> Result<Store, BoxError>;
+
+    /// How much longer [`store`](Self::store) keeps what it holds for `key` (its record,
+    /// or the trace of a freed key that carries its fencing number), as the storage itself
+    /// says, not the store's calls: the key's `PTTL` in Redis, the row's expiry column in
+    /// SQL. `None` when it holds nothing for the key; [`Duration::MAX`] when it never
+    /// expires. Lets [`trace_lifetime`](crate::sabotage_checks::trace_lifetime) see the
+    /// whole fencing memory of a freed key without waiting it out.
+    ///
+    /// # Errors
+    ///
+    /// Whatever kept the hook from looking; the check reports it.
+    async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, BoxError>;
 }
 
 /// Breaks a [`TokenStore`](idem_core::TokenStore)'s storage on demand, as [`Sabotage`].
@@ -114,6 +135,7 @@ macro_rules! __with_fault_check_names {
         $crate::$callback! { [$($args)*]
             corrupt_record
             unavailable_backend
+            trace_lifetime
         }
     };
 }

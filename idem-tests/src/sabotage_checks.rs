@@ -1,6 +1,7 @@
 //! The contract's two sentences about faults, as checks on a store a [`Sabotage`] hook can
 //! break: "anything found in the store that does not decode is `CorruptRecord`; an
-//! unreachable backend is `Unavailable`, with the driver error as `source`".
+//! unreachable backend is `Unavailable`, with the driver error as `source`"; and how long
+//! a freed key is remembered, which only the hook's look into the storage shows whole.
 //!
 //! Every store call here runs on a task of its own, so a store that panics on garbage fails
 //! the check with the call named, rather than taking the check down with it.
@@ -9,7 +10,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use idem_core::backend::lifecycle::{FENCING_MEMORY, trace_ttl};
 use idem_core::{
     Claim, Consumption, Error, Fingerprint, Key, Lease, Record, Scope, Token, Tokens, Ttl,
 };
@@ -312,6 +315,94 @@ async fn all_unavailable(caps: &Capabilities, calls: Vec<(&str, Call<()>)>) -> R
         }
     }
     Ok(())
+}
+
+/// A lease longer than the fencing memory, so that the trace must outlast the memory.
+const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs() + 30);
+
+/// A freed key is remembered for the whole of `lifecycle::trace_ttl` from the moment it was
+/// freed (the longer of the lease TTL and `FENCING_MEMORY`, 60 s; 60 s for a finished
+/// record), as the storage itself says through [`Sabotage::kept_for`](crate::Sabotage::kept_for):
+/// keys freed by every path (a lapsed lease, a release, a removed claim, a removed finished
+/// record), under a short lease and under one longer than 60 s, must be kept at least that
+/// long from their freeing, less the time since. [`checks::fencing_memory`] claims freed
+/// keys again 12 s later, end to end; this sees the rest of the 60 s without waiting it out.
+///
+/// [`checks::fencing_memory`]: crate::checks::fencing_memory
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the storage keeps a freed
+/// key for less than its trace TTL (beyond the clock slack), or nothing at all; or when the
+/// hook or a store call the check needs fails.
+pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities) -> CheckResult {
+    run(
+        "trace_lifetime",
+        sabotage.store(),
+        capabilities,
+        |ctx| async move {
+            let mut freed = Vec::new();
+            for lease_ttl in [ctx.short(), LONGER_THAN_MEMORY] {
+                for path in ["lapsed", "released", "removed-claim", "removed-finished"] {
+                    if path == "lapsed" && lease_ttl == LONGER_THAN_MEMORY {
+                        continue; // It would not lapse within the check.
+                    }
+                    let key = ctx.key(&format!("{path}-{}", lease_ttl.as_millis()))?;
+                    freed.push((
+                        path,
+                        lease_ttl,
+                        free(&ctx, path, &key, lease_ttl).await?,
+                        key,
+                    ));
+                }
+            }
+            ctx.outlive_short_ttl().await;
+            for (path, lease_ttl, (freed_at, trace), key) in freed {
+                let kept = sabotage
+                    .kept_for(&key)
+                    .await
+                    .map_err(|e| format!("the hook could not look at {key}: {e}"))?;
+                let looked = Instant::now();
+                let owed = (freed_at + trace).saturating_duration_since(looked);
+                ensure!(
+                    kept.is_some_and(|kept| kept + ctx.slack() >= owed),
+                    "{key} ({path}, a {lease_ttl:?} lease): freed {:?} ago, the storage keeps it \
+                     {kept:?} more; the contract owes {owed:?} more (trace TTL {trace:?})",
+                    looked.saturating_duration_since(freed_at)
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Acquires `key` under a `lease_ttl` lease and frees it by `path`: the earliest instant
+/// the key may count as freed, and the trace TTL it is owed from then.
+async fn free(
+    ctx: &Ctx,
+    path: &str,
+    key: &Key,
+    lease_ttl: Duration,
+) -> Result<(Instant, Duration), String> {
+    let claimed = Instant::now();
+    let lease = ctx.acquire(key, lease_ttl).await?;
+    let freeing = Instant::now();
+    let lease_trace = Duration::from_millis(trace_ttl(
+        u64::try_from(lease_ttl.as_millis()).unwrap_or(u64::MAX),
+    ));
+    match path {
+        "lapsed" => return Ok((claimed + lease_ttl, lease_trace)),
+        "released" => ctx.release(&lease).await?,
+        "removed-claim" => ensure!(ctx.remove(key).await?, "removing a claim said no"),
+        _ => {
+            ctx.complete(&lease, &b"done"[..]).await?;
+            let freeing = Instant::now();
+            ensure!(ctx.remove(key).await?, "removing a record said no");
+            return Ok((freeing, FENCING_MEMORY));
+        }
+    }
+    Ok((freeing, lease_trace))
 }
 
 /// Consuming a token whose record does not decode is `CorruptRecord` for any scope, and

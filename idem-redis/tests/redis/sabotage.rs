@@ -2,6 +2,7 @@
 //! plain `SET`, and a private server killed after the store connected to it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem_core::{BoxError, Key, Token, async_trait};
 use idem_redis::{RedisStore, RedisTokenStore};
@@ -49,6 +50,20 @@ impl Sabotage for RedisSabotage {
         })
         .await;
         Ok(Arc::new(store))
+    }
+
+    /// The record key's `PTTL`: Redis's own expiry of what the store keeps for `key`.
+    async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, BoxError> {
+        let mut raw = common::raw_connection(&common::url()).await;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(self.store.redis_key(key))
+            .query_async(&mut raw)
+            .await?;
+        Ok(match pttl {
+            -2 => None,
+            -1 => Some(Duration::MAX),
+            ms => Some(Duration::from_millis(u64::try_from(ms)?)),
+        })
     }
 }
 

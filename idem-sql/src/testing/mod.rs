@@ -87,6 +87,10 @@ pub trait TestServer: Send + Sync + 'static {
     /// one text, so a check can show that a call changed nothing.
     fn raw_row(table: &str) -> String;
 
+    /// A statement that reads how many milliseconds a key's row (namespace, key bound) has
+    /// until its `expires_at` by the server's clock, as text (negative once past).
+    fn kept_for_ms(table: &str) -> String;
+
     /// A statement that reads a key's payload (namespace, key bound) as lowercase hex.
     fn payload_hex(table: &str) -> String;
 

@@ -5,11 +5,12 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem_core::{BoxError, Key, Token, async_trait};
 use idem_tests::{Sabotage, SharedTokenStore, Store, TokenSabotage};
 
-use super::{TestServer, quoted, shared_store, shared_token_store, update_row};
+use super::{TestServer, quoted, read_text, row_key, shared_store, shared_token_store, update_row};
 use crate::{SqlStore, SqlTokenStore};
 
 /// The shared record store of the server `S`, with its [`Sabotage`] hook.
@@ -74,6 +75,17 @@ impl<S: TestServer> Sabotage for RecordSabotage<S> {
             .max_payload(self.store.max_payload())
             .build(S::unreachable_pool())?;
         Ok(Arc::new(store))
+    }
+
+    /// The row's `expires_at`, less the server's clock: what the store keeps for `key`
+    /// (and what `purge_expired` may delete after).
+    async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, BoxError> {
+        let sql = S::kept_for_ms(self.store.table());
+        let Some(left) = read_text::<S>(self.store.pool(), sql, &row_key(key)).await else {
+            return Ok(None);
+        };
+        let left: i64 = left.parse()?;
+        Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }
 

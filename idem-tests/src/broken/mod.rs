@@ -52,6 +52,17 @@ pub enum Defect {
     /// step (two statements outside a transaction): a read in between sees a finished
     /// record with no payload.
     TornFinish,
+    /// Calls presenting a live lease take a per-key lock, check the lease, then write in a
+    /// second step; `remove` does not take the lock, so a remove between a check and its
+    /// write is undone (the record comes back). Two calls with one lease stay exclusive.
+    RemoveIgnoresLeaseLock,
+    /// The first acquisition of a key the store does not know inserts the claim, then sets
+    /// its fencing number in a second statement (outside a transaction): a read in between
+    /// sees the new owner under fencing number 0.
+    TornClaim,
+    /// Removing a finished record blanks its payload first, then leaves the trace in a
+    /// second step: a read in between sees a finished record with no payload.
+    TornRemove,
     /// A claim by an owner that held the key before, while someone else holds it now,
     /// gets that owner's old lease back.
     RetryRevivesOldLease,
@@ -78,6 +89,10 @@ pub enum Defect {
     /// A freed key (lapsed, released, removed) is remembered 5 s instead of the fencing
     /// memory's 60 s, so fencing numbers start over after that.
     ShortFencingMemory,
+    /// A freed key is remembered 30 s instead of 60 s: longer than the end-to-end check
+    /// waits ([`FENCING_MEMORY_CHECKED`](crate::checks::FENCING_MEMORY_CHECKED)), so only
+    /// the storage's own expiry, seen through the [`Sabotage`](crate::Sabotage) hook, shows it.
+    HalfFencingMemory,
     /// Leases never expire: a crashed owner blocks its key for good.
     NeverExpiresLeases,
     /// Payloads are stored through a lossy UTF-8 conversion.
@@ -136,6 +151,9 @@ impl Defect {
         Defect::CheckThenSetRemove,
         Defect::CheckThenSetLiveWrites,
         Defect::TornFinish,
+        Defect::RemoveIgnoresLeaseLock,
+        Defect::TornClaim,
+        Defect::TornRemove,
         Defect::RetryRevivesOldLease,
         Defect::RetryAfterIsLeaseTtl,
         Defect::SlidingRetention,
@@ -148,6 +166,7 @@ impl Defect {
         Defect::OwnRetryIgnoresFingerprint,
         Defect::RemoveForgetsFencing,
         Defect::ShortFencingMemory,
+        Defect::HalfFencingMemory,
         Defect::NeverExpiresLeases,
         Defect::ReencodesPayloads,
         Defect::IgnoresFingerprints,
@@ -220,11 +239,21 @@ impl Defect {
                 "model",
                 "spent_lease",
             ],
-            Defect::CheckThenSetFinish => &["finish_races_takeover", "finishes_race_each_other"],
-            Defect::CheckThenSetRelease => &["finishes_race_each_other", "freeing_races_takeover"],
-            Defect::CheckThenSetRemove => &["freeing_races_takeover"],
-            Defect::CheckThenSetLiveWrites => &["finishes_race_each_other"],
-            Defect::TornFinish => &["reads_race_writes"],
+            Defect::CheckThenSetFinish => &[
+                "finish_races_takeover",
+                "finishes_race_each_other",
+                "removal_races_holder",
+            ],
+            Defect::CheckThenSetRelease => &[
+                "finishes_race_each_other",
+                "freeing_races_takeover",
+                "removal_races_holder",
+            ],
+            Defect::CheckThenSetRemove => &["freeing_races_takeover", "removal_races_holder"],
+            Defect::CheckThenSetLiveWrites => &["finishes_race_each_other", "removal_races_holder"],
+            Defect::TornFinish => &["reads_race_writes", "removal_races_holder"],
+            Defect::RemoveIgnoresLeaseLock => &["removal_races_holder"],
+            Defect::TornClaim | Defect::TornRemove => &["reads_race_claims_and_removals"],
             Defect::RetryRevivesOldLease => &["model", "own_retry_after_takeover"],
             Defect::RetryAfterIsLeaseTtl => &["in_progress_retry_after", "model"],
             Defect::SlidingRetention => &["model", "retention_from_finish"],
@@ -232,12 +261,13 @@ impl Defect {
             Defect::RenewAddsToOldEnd => &["in_progress_retry_after", "model", "renewal_from_now"],
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],
             Defect::FreeKeyKeepsFingerprint => &["free_key", "model"],
-            Defect::LapsedReadsAsClaimed => &["free_key"],
+            Defect::LapsedReadsAsClaimed => &["free_key", "reads_race_claims_and_removals"],
             Defect::RemoveCountsTraces => &[
                 "free_key",
                 "freeing_races_takeover",
                 "inspection_and_removal",
                 "model",
+                "removal_races_holder",
             ],
             Defect::OwnRetryIgnoresFingerprint => &["fingerprints", "model"],
             Defect::RemoveForgetsFencing => &[
@@ -246,8 +276,11 @@ impl Defect {
                 "freeing_races_takeover",
                 "model",
                 "removal_fencing",
+                "removal_races_holder",
+                "trace_lifetime",
             ],
-            Defect::ShortFencingMemory => &["fencing_memory"],
+            Defect::ShortFencingMemory => &["fencing_memory", "trace_lifetime"],
+            Defect::HalfFencingMemory => &["trace_lifetime"],
             Defect::NeverExpiresLeases => &[
                 "exclusive_every_path",
                 "exclusive_takeover",
@@ -260,6 +293,7 @@ impl Defect {
                 "lease_expiry",
                 "model",
                 "own_retry_after_takeover",
+                "reads_race_claims_and_removals",
                 "renewal_from_now",
                 "stale_lease",
             ],
@@ -276,6 +310,7 @@ impl Defect {
                 "lease_identity",
                 "model",
                 "removal_fencing",
+                "removal_races_holder",
                 "spent_lease",
             ],
             Defect::LeaksNamespaces => &[
@@ -294,6 +329,7 @@ impl Defect {
                 "free_key",
                 "inspection_and_removal",
                 "model",
+                "reads_race_claims_and_removals",
                 "retention",
                 "retention_from_finish",
             ],
@@ -323,6 +359,7 @@ impl Defect {
                 "model",
                 "namespace_isolation",
                 "own_retry_after_takeover",
+                "reads_race_claims_and_removals",
                 "reads_race_writes",
                 "renewal",
                 "renewal_from_now",
@@ -337,7 +374,9 @@ impl Defect {
                 "freeing_races_takeover",
                 "inspection_and_removal",
                 "model",
+                "reads_race_claims_and_removals",
                 "removal_fencing",
+                "removal_races_holder",
             ],
             Defect::CorruptAsFree => &["corrupt_record"],
             Defect::UnavailableAsBackend | Defect::HangsWhenDown => &["unavailable_backend"],

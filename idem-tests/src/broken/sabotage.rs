@@ -3,6 +3,7 @@
 //! is one of the fault defects.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use idem_core::{BoxError, Error, Key, Token, async_trait};
 
@@ -68,6 +69,10 @@ impl Sabotage for Arc<BrokenStore> {
             self.defect,
             self.max_payload,
         )))
+    }
+
+    async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, BoxError> {
+        Ok(self.kept_ms(&self.slot(key))?.map(Duration::from_millis))
     }
 }
 

@@ -4,7 +4,7 @@
 //! write path, the key encoding or the clock.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +19,10 @@ use super::Defect;
 
 /// How long [`Defect::ShortFencingMemory`] remembers a freed key, in milliseconds.
 const SHORT_TRACE_MS: u64 = 5_000;
+
+/// How long [`Defect::HalfFencingMemory`] remembers a freed key, in milliseconds: longer
+/// than the end-to-end check waits, half of what the contract asks.
+const HALF_TRACE_MS: u64 = 30_000;
 
 /// The window a check-then-set leaves between its check and its write.
 const GAP: Duration = Duration::from_millis(5);
@@ -44,6 +48,8 @@ pub(super) struct State {
     retention: HashMap<String, u64>,
     /// Every lease handed out per key, for the lease-reviving defect.
     leases: HashMap<String, Vec<Lease>>,
+    /// The per-key locks of the calls presenting a lease, for [`Defect::RemoveIgnoresLeaseLock`].
+    lease_locks: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The second step of a transition written in two.
@@ -149,6 +155,25 @@ impl BrokenStore {
         }
     }
 
+    /// Under [`Defect::TornClaim`], what the first acquisition of a key the store does not
+    /// know writes first: the claim with no fencing number yet (0).
+    fn torn_claim(&self, raw: Option<&Entry>, step: &Step<Claim>, now: u64) -> Option<Entry> {
+        let unknown = raw.is_none_or(|e| e.is_expired(now));
+        match (&step.answer, &step.write) {
+            (Ok(Claim::Acquired(_)), Write::Put(entry))
+                if self.defect == Defect::TornClaim && unknown =>
+            {
+                Some(Entry::new(
+                    entry.phase.clone(),
+                    0,
+                    entry.fingerprint,
+                    entry.expires_at,
+                ))
+            }
+            _ => None,
+        }
+    }
+
     /// The claim rule, with this store's defect.
     fn decide_claim(
         &self,
@@ -241,18 +266,32 @@ impl BrokenStore {
         step.answer
     }
 
+    /// How long the entry at `slot` is kept, in milliseconds; `None` when there is none.
+    pub(super) fn kept_ms(&self, slot: &str) -> Result<Option<u64>, Error> {
+        let state = self.lock()?;
+        let now = self.now();
+        Ok(state
+            .entries
+            .get(slot)
+            .filter(|e| !e.is_expired(now))
+            .map(|e| e.expires_at - now))
+    }
+
     /// The entry as this store keeps it: a freed key's trace (a lapsed or vacant entry) is
-    /// cut to [`SHORT_TRACE_MS`] under [`Defect::ShortFencingMemory`].
+    /// cut to [`SHORT_TRACE_MS`] under [`Defect::ShortFencingMemory`], to
+    /// [`HALF_TRACE_MS`] under [`Defect::HalfFencingMemory`].
     fn kept(&self, entry: Entry) -> Entry {
-        if self.defect != Defect::ShortFencingMemory {
-            return entry;
-        }
+        let trace_ms = match self.defect {
+            Defect::ShortFencingMemory => SHORT_TRACE_MS,
+            Defect::HalfFencingMemory => HALF_TRACE_MS,
+            _ => return entry,
+        };
         let expires_at = match entry.phase {
-            Phase::Claimed { lease_until, .. } => lease_until.saturating_add(SHORT_TRACE_MS),
+            Phase::Claimed { lease_until, .. } => lease_until.saturating_add(trace_ms),
             Phase::Vacant => entry
                 .expires_at
                 .saturating_sub(lifecycle::trace_ttl(0))
-                .saturating_add(SHORT_TRACE_MS),
+                .saturating_add(trace_ms),
             Phase::Completed(_) | Phase::Failed(_) => entry.expires_at,
         };
         Entry::new(entry.phase, entry.fencing, entry.fingerprint, expires_at)
@@ -304,6 +343,10 @@ impl BrokenStore {
                 _ => Self::corrupt(),
             });
         }
+        let _lease_lock = match self.defect {
+            Defect::RemoveIgnoresLeaseLock => Some(self.lease_lock(&slot)?.lock_owned().await),
+            _ => None,
+        };
         let later = {
             let mut state = self.lock()?;
             let now = self.now();
@@ -320,7 +363,9 @@ impl BrokenStore {
             match self.defect {
                 Defect::CheckThenSetFinish if op == Op::Finish => Later::Write(entry, next),
                 Defect::CheckThenSetRelease if op == Op::Release => Later::Write(entry, next),
-                Defect::CheckThenSetLiveWrites if live => Later::Write(entry, next),
+                Defect::CheckThenSetLiveWrites | Defect::RemoveIgnoresLeaseLock if live => {
+                    Later::Write(entry, next)
+                }
                 Defect::TornFinish if op == Op::Finish && live => {
                     // The state lands now, its payload after the gap.
                     let full = self.kept(next(&entry, now));
@@ -345,7 +390,17 @@ impl BrokenStore {
         Ok(())
     }
 
-    /// A finished entry with its payload not written yet, for [`Defect::TornFinish`].
+    /// The lock the calls presenting a lease on `slot` take under
+    /// [`Defect::RemoveIgnoresLeaseLock`].
+    fn lease_lock(&self, slot: &str) -> Result<Arc<tokio::sync::Mutex<()>>, Error> {
+        let mut state = self.lock()?;
+        Ok(Arc::clone(
+            state.lease_locks.entry(slot.to_owned()).or_default(),
+        ))
+    }
+
+    /// A finished entry with its payload not written yet, for [`Defect::TornFinish`] (and
+    /// with its payload gone already, for [`Defect::TornRemove`]).
     fn without_payload(entry: Entry) -> Entry {
         let phase = match entry.phase {
             Phase::Completed(_) => Phase::Completed(Bytes::new()),
@@ -353,6 +408,43 @@ impl BrokenStore {
             other => other,
         };
         Entry::new(phase, entry.fencing, entry.fingerprint, entry.expires_at)
+    }
+
+    /// Under [`Defect::TornRemove`], removes a finished record in two steps (its payload,
+    /// then after the gap the record, if nothing replaced it meanwhile) and answers.
+    async fn torn_remove(
+        &self,
+        slot: &str,
+        key: &Key,
+    ) -> Result<Option<Result<bool, Error>>, Error> {
+        if self.defect != Defect::TornRemove {
+            return Ok(None);
+        }
+        let (blank, step) = {
+            let mut state = self.lock()?;
+            let now = self.now();
+            let Some(entry) = state
+                .entries
+                .get(slot)
+                .filter(|e| {
+                    !e.is_expired(now) && matches!(e.phase, Phase::Completed(_) | Phase::Failed(_))
+                })
+                .cloned()
+            else {
+                return Ok(None);
+            };
+            let blank = Self::without_payload(entry.clone());
+            state.entries.insert(slot.to_owned(), blank.clone());
+            (blank, lifecycle::remove(Some(&entry), key, now))
+        };
+        tokio::time::sleep(GAP).await;
+        if let Write::Put(trace) = step.write {
+            let mut state = self.lock()?;
+            if state.entries.get(slot) == Some(&blank) {
+                state.entries.insert(slot.to_owned(), self.kept(trace));
+            }
+        }
+        Ok(Some(step.answer))
     }
 
     async fn finish(&self, lease: &Lease, phase: Phase, retention: Ttl) -> Result<(), Error> {
@@ -407,7 +499,10 @@ impl IdempotencyStore for BrokenStore {
             let mut state = self.lock()?;
             let now = self.now();
             let step = self.decide_claim(&state, &slot, &request, now);
-            if !self.racy_claim(state.entries.get(&slot), now) {
+            if let Some(torn) = self.torn_claim(state.entries.get(&slot), &step, now) {
+                // The claim lands now, its new fencing number after the gap.
+                state.entries.insert(slot.clone(), torn);
+            } else if !self.racy_claim(state.entries.get(&slot), now) {
                 return self.apply(&mut state, slot, step);
             }
             step
@@ -550,6 +645,9 @@ impl IdempotencyStore for BrokenStore {
                 self.lock()?.entries.insert(slot, self.kept(entry));
             }
             return step.answer;
+        }
+        if let Some(answer) = self.torn_remove(&slot, key).await? {
+            return answer;
         }
         let mut state = self.lock()?;
         let now = self.now();

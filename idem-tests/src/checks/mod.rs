@@ -13,6 +13,7 @@ mod model;
 mod outcome;
 mod ownership;
 mod races;
+mod reads;
 mod replay;
 mod same_lease;
 mod timing;
@@ -27,8 +28,9 @@ pub use model::model;
 pub use outcome::{bad_input, failures, retention};
 pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, spent_lease};
 pub use races::{exclusive_every_path, finish_races_takeover, freeing_races_takeover};
+pub use reads::{reads_race_claims_and_removals, reads_race_writes};
 pub use replay::replay_fidelity;
-pub use same_lease::{finishes_race_each_other, reads_race_writes};
+pub use same_lease::{finishes_race_each_other, removal_races_holder};
 pub use timing::{
     FENCING_MEMORY_CHECKED, fencing_memory, in_progress_retry_after, renewal_from_now,
     retention_from_finish,

@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use idem_core::{Claim, Error, Lease, RecordState};
+use idem_core::{Claim, Error, Key, Lease, RecordState};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
 use super::claim::race;
-use crate::context::{Ctx, LONG, RETENTION, ensure, run, ttl};
+use crate::context::{Ctx, LONG, RETENTION, after_gate, ensure, joined, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
 /// The ways a key becomes free.
-const PATHS: [&str; 5] = [
+pub(super) const PATHS: [&str; 5] = [
     "never-seen",
     "released",
     "lapsed",
@@ -83,8 +83,9 @@ pub async fn exclusive_every_path(store: Store, capabilities: Capabilities) -> C
 }
 
 /// Frees `key` by `path`; the fencing number the next acquisition must exceed, where the
-/// store must still remember it.
-async fn free_by(ctx: &Ctx, path: &str, key: &idem_core::Key) -> Result<Option<u64>, String> {
+/// store must still remember it. The lapsed and retention-ended paths are free only once
+/// the short TTL has passed ([`Ctx::outlive_short_ttl`]).
+pub(super) async fn free_by(ctx: &Ctx, path: &str, key: &Key) -> Result<Option<u64>, String> {
     if path == "never-seen" {
         return Ok(None);
     }
@@ -127,11 +128,9 @@ pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> 
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
-                let claim = spawn_takeover(&ctx, &barrier, lease)?;
-                let (store, gate, lease) =
-                    (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
-                let finish = tokio::spawn(async move {
-                    gate.wait().await;
+                let claim = spawn_takeover(&ctx, &barrier, &lease.key)?;
+                let (store, lease) = (Arc::clone(&ctx.store), lease.clone());
+                let finish = after_gate(&barrier, async move {
                     let retention = ttl(RETENTION)?;
                     let payload = format!("old-{i}").into_bytes().into();
                     Ok::<_, String>(match i % 3 {
@@ -143,9 +142,7 @@ pub async fn finish_races_takeover(store: Store, capabilities: Capabilities) -> 
                 tasks.push((finish, claim));
             }
             for (i, ((finish, claim), lease)) in tasks.into_iter().zip(&leases).enumerate() {
-                let finished = finish
-                    .await
-                    .map_err(|e| format!("a task panicked: {e}"))??;
+                let finished = joined(finish).await??;
                 let claimed = taken_over(claim).await?;
                 judge(&ctx, i, lease, finished, claimed).await?;
             }
@@ -246,11 +243,9 @@ pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) ->
             let barrier = Arc::new(Barrier::new(2 * leases.len()));
             let mut tasks = Vec::new();
             for (i, lease) in leases.iter().enumerate() {
-                let claim = spawn_takeover(&ctx, &barrier, lease)?;
-                let (store, gate, lease) =
-                    (Arc::clone(&ctx.store), Arc::clone(&barrier), lease.clone());
-                let free = tokio::spawn(async move {
-                    gate.wait().await;
+                let claim = spawn_takeover(&ctx, &barrier, &lease.key)?;
+                let (store, lease) = (Arc::clone(&ctx.store), lease.clone());
+                let free = after_gate(&barrier, async move {
                     if i % 2 == 0 {
                         Freed::Released(store.release(&lease).await)
                     } else {
@@ -260,7 +255,7 @@ pub async fn freeing_races_takeover(store: Store, capabilities: Capabilities) ->
                 tasks.push((free, claim));
             }
             for ((free, claim), lease) in tasks.into_iter().zip(&leases) {
-                let freed = free.await.map_err(|e| format!("a task panicked: {e}"))?;
+                let freed = joined(free).await?;
                 let claimed = taken_over(claim).await?;
                 judge_freeing(&ctx, lease, freed, claimed).await?;
             }
@@ -331,25 +326,21 @@ async fn judge_freeing(ctx: &Ctx, old: &Lease, freed: Freed, claimed: Claim) -> 
     }
 }
 
-/// A new owner's claim of `lease`'s key, sent once `gate` opens: the takeover side of a race.
-fn spawn_takeover(
+/// A new owner's claim of `key`, sent once `gate` opens: the takeover side of a race.
+pub(super) fn spawn_takeover(
     ctx: &Ctx,
     gate: &Arc<Barrier>,
-    lease: &Lease,
+    key: &Key,
 ) -> Result<JoinHandle<Result<Claim, Error>>, String> {
-    let request = ctx.request(&lease.key, LONG)?;
-    let (store, gate) = (Arc::clone(&ctx.store), Arc::clone(gate));
-    Ok(tokio::spawn(async move {
-        gate.wait().await;
-        store.claim(&request).await
-    }))
+    let request = ctx.request(key, LONG)?;
+    let store = Arc::clone(&ctx.store);
+    Ok(after_gate(gate, async move { store.claim(&request).await }))
 }
 
 /// What a [`spawn_takeover`] claim found.
-async fn taken_over(claim: JoinHandle<Result<Claim, Error>>) -> Result<Claim, String> {
-    claim
-        .await
-        .map_err(|e| format!("a task panicked: {e}"))?
+pub(super) async fn taken_over(claim: JoinHandle<Result<Claim, Error>>) -> Result<Claim, String> {
+    joined(claim)
+        .await?
         .map_err(|e| format!("a racing claim failed: {e:?}"))
 }
 

@@ -1,27 +1,23 @@
-//! Calls presenting one live lease, racing each other and racing reads: the pairs of
+//! Calls presenting one live lease, racing each other and racing a `remove`: the pairs of
 //! "every method is atomic with respect to every other call on the same key" that no
 //! takeover is part of.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use idem_core::{Error, Lease, RecordState};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
-use crate::context::{Ctx, LONG, RETENTION, ensure, run, ttl};
+use crate::context::{Ctx, LONG, RETENTION, after_gate, ensure, joined, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
 /// How many keys each race runs on, so that on a real server some calls do overlap.
-const RACED_KEYS: usize = 32;
-
-/// The most reads one reader makes while its key's write runs.
-const MAX_READS: usize = 1_000;
+pub(super) const RACED_KEYS: usize = 32;
 
 /// A call presenting a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
+pub(super) enum Write {
     Complete,
     Fail,
     Renew,
@@ -29,7 +25,15 @@ enum Write {
 }
 
 impl Write {
-    async fn apply(self, store: &Store, lease: &Lease, payload: Bytes) -> Result<(), Error> {
+    /// Every call presenting a lease, once each.
+    pub(super) const ALL: [Write; 4] = [Write::Complete, Write::Fail, Write::Renew, Write::Release];
+
+    pub(super) async fn apply(
+        self,
+        store: &Store,
+        lease: &Lease,
+        payload: Bytes,
+    ) -> Result<(), Error> {
         let retention = ttl(RETENTION).map_err(Error::backend)?;
         match self {
             Write::Complete => store.complete(lease, payload, retention).await,
@@ -45,7 +49,7 @@ impl Write {
     }
 
     /// What the key reads as (state and fencing) once this write applied.
-    fn leaves(self, lease: &Lease, payload: &Bytes) -> Option<(RecordState, u64)> {
+    pub(super) fn leaves(self, lease: &Lease, payload: &Bytes) -> Option<(RecordState, u64)> {
         match self {
             Write::Complete => Some((
                 RecordState::Completed {
@@ -65,7 +69,8 @@ impl Write {
     }
 }
 
-fn held(lease: &Lease) -> (RecordState, u64) {
+/// What a key reads as (state and fencing) while `lease` holds it.
+pub(super) fn held(lease: &Lease) -> (RecordState, u64) {
     (RecordState::Claimed { owner: lease.owner }, lease.fencing)
 }
 
@@ -83,7 +88,7 @@ const PAIRS: [(Write, Write); 9] = [
 ];
 
 /// [`RACED_KEYS`] keys `prefix-0`, `prefix-1`, ... each acquired with a long lease.
-async fn live_leases(ctx: &Ctx, prefix: &str) -> Result<Vec<Lease>, String> {
+pub(super) async fn live_leases(ctx: &Ctx, prefix: &str) -> Result<Vec<Lease>, String> {
     let mut leases = Vec::with_capacity(RACED_KEYS);
     for i in 0..RACED_KEYS {
         leases.push(
@@ -102,21 +107,11 @@ fn spawn_write(
     write: Write,
     payload: &Bytes,
 ) -> JoinHandle<Result<(), Error>> {
-    let (store, gate, lease, payload) = (
-        Arc::clone(&ctx.store),
-        Arc::clone(gate),
-        lease.clone(),
-        payload.clone(),
-    );
-    tokio::spawn(async move {
-        gate.wait().await;
-        write.apply(&store, &lease, payload).await
-    })
-}
-
-async fn joined<T>(task: JoinHandle<T>) -> Result<T, String> {
-    task.await
-        .map_err(|e| format!("a racing task panicked: {e}"))
+    let (store, lease, payload) = (Arc::clone(&ctx.store), lease.clone(), payload.clone());
+    after_gate(
+        gate,
+        async move { write.apply(&store, &lease, payload).await },
+    )
 }
 
 /// On many keys, two calls presenting the same live lease race: two finishes, a finish and
@@ -180,88 +175,67 @@ pub async fn finishes_race_each_other(store: Store, capabilities: Capabilities) 
     .await
 }
 
-/// On many keys, one call presenting the live lease (complete, fail, renew or release) runs
-/// while readers read the key again and again: every read shows the key as it was before
-/// the write (claimed by the lease) or as the write left it, never a mix of the two (a
-/// finished state without its payload, another fencing number, another owner).
+/// On many keys, `remove` races a call presenting the key's live lease: complete, fail,
+/// renew or release. Either the remove came first: it found the claim (`true`), and the
+/// holder's call is `LeaseLost` and changed nothing; or the holder's call came first and
+/// the remove then took away what it left (a finished record or a renewed claim: `true`;
+/// after a release nothing: `false`). Whichever came first, the key ends free (it reads
+/// `None`: no record comes back after a remove) and the next claim acquires it with a
+/// larger fencing number.
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`](crate::CheckFailure) naming this check when a read shows a state the key
-/// was never in; or when a store call the check needs fails.
-pub async fn reads_race_writes(store: Store, capabilities: Capabilities) -> CheckResult {
-    run("reads_race_writes", store, capabilities, |ctx| async move {
-        const READERS: usize = 2;
-        const WRITES: [Write; 4] = [Write::Complete, Write::Fail, Write::Renew, Write::Release];
-        let leases = live_leases(&ctx, "read-write").await?;
-        let gate = Arc::new(Barrier::new(leases.len() * (1 + READERS)));
-        let mut races = Vec::new();
-        for (i, lease) in leases.iter().enumerate() {
-            let write = WRITES[i % WRITES.len()];
-            let payload = Bytes::from(format!("outcome-{i}"));
-            let written = Arc::new(AtomicBool::new(false));
-            let (store, gate_w, lease_w, payload_w, done) = (
-                Arc::clone(&ctx.store),
-                Arc::clone(&gate),
-                lease.clone(),
-                payload.clone(),
-                Arc::clone(&written),
-            );
-            let writer = tokio::spawn(async move {
-                gate_w.wait().await;
-                let result = write.apply(&store, &lease_w, payload_w).await;
-                done.store(true, Ordering::SeqCst);
-                result
-            });
-            let readers: Vec<_> = (0..READERS)
-                .map(|_| {
-                    let (store, gate, key, done) = (
-                        Arc::clone(&ctx.store),
-                        Arc::clone(&gate),
-                        lease.key.clone(),
-                        Arc::clone(&written),
-                    );
-                    tokio::spawn(async move {
-                        gate.wait().await;
-                        let mut seen = Vec::new();
-                        // Read until the write is over, then once more.
-                        for _ in 0..MAX_READS {
-                            let over = done.load(Ordering::SeqCst);
-                            let record = store.read(&key).await?;
-                            seen.push(record.map(|r| (r.state, r.fencing)));
-                            if over {
-                                break;
-                            }
-                            tokio::task::yield_now().await;
-                        }
-                        Ok::<_, Error>(seen)
-                    })
-                })
-                .collect();
-            races.push((write, payload, writer, readers));
-        }
-        for ((write, payload, writer, readers), lease) in races.into_iter().zip(&leases) {
-            let key = &lease.key;
-            let written = joined(writer).await?;
-            ensure!(
-                written.is_ok(),
-                "{key}: {write:?} with its live lease failed: {written:?}"
-            );
-            let possible = [Some(held(lease)), write.leaves(lease, &payload)];
-            for reader in readers {
-                let seen = joined(reader)
-                    .await?
-                    .map_err(|e| format!("{key}: a read racing {write:?} failed: {e:?}"))?;
-                if let Some(odd) = seen.iter().find(|s| !possible.contains(s)) {
-                    return Err(format!(
-                        "{key}: a read racing {write:?} saw {odd:?}, a state the key was never \
-                         in (before: {:?}, after: {:?})",
-                        possible[0], possible[1]
-                    ));
-                }
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the two answers fit no
+/// order of the two calls, the key holds a record after the race, or the next claim's
+/// fencing number is not larger; or when a store call the check needs fails.
+pub async fn removal_races_holder(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "removal_races_holder",
+        store,
+        capabilities,
+        |ctx| async move {
+            let leases = live_leases(&ctx, "removed-holder").await?;
+            let gate = Arc::new(Barrier::new(2 * leases.len()));
+            let mut races = Vec::new();
+            for (i, lease) in leases.iter().enumerate() {
+                let write = Write::ALL[i % Write::ALL.len()];
+                let payload = Bytes::from(format!("outcome-{i}"));
+                let holder = spawn_write(&ctx, &gate, lease, write, &payload);
+                let (store, key) = (Arc::clone(&ctx.store), lease.key.clone());
+                let remover = after_gate(&gate, async move { store.remove(&key).await });
+                races.push((write, holder, remover));
             }
-        }
-        Ok(())
-    })
+            for ((write, holder, remover), lease) in races.into_iter().zip(&leases) {
+                let (held, removed) = (joined(holder).await?, joined(remover).await?);
+                let key = &lease.key;
+                let order = match (&held, &removed) {
+                    (Err(Error::LeaseLost), Ok(true)) => "the remove came first",
+                    (Ok(()), Ok(true)) if write != Write::Release => "the holder came first",
+                    (Ok(()), Ok(false)) if write == Write::Release => "the release came first",
+                    _ => {
+                        return Err(format!(
+                            "{key}: {write:?} with the live lease raced a remove and got \
+                             {held:?}, the remove {removed:?}: no order of the two answers so"
+                        ));
+                    }
+                };
+                let record = ctx.read(key).await?;
+                ensure!(
+                    record.is_none(),
+                    "{key}: {write:?} with the live lease raced a remove ({order}), and the \
+                     key reads {record:?}: after a remove the key is free, whichever came first"
+                );
+                let next = ctx.acquire(key, LONG).await?;
+                ensure!(
+                    next.fencing > lease.fencing,
+                    "{key}: after {write:?} raced a remove ({order}), the next claim got \
+                     fencing {} after the raced lease's {}",
+                    next.fencing,
+                    lease.fencing
+                );
+            }
+            Ok(())
+        },
+    )
     .await
 }
