@@ -288,3 +288,89 @@ impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    fn key() -> Key {
+        Key::new("replay", "k-1").expect("valid key")
+    }
+
+    fn ttl() -> Ttl {
+        Ttl::from_secs(60).expect("valid ttl")
+    }
+
+    /// A cache whose store behind holds `key()` completed with `payload`, and the cache
+    /// filled from it.
+    async fn filled(
+        builder: ReplayCacheBuilder,
+        payload: &'static [u8],
+    ) -> ReplayCache<MemoryStore> {
+        let cache = builder.build(MemoryStore::new());
+        let request = ClaimRequest::new(key(), ttl());
+        let Ok(Claim::Acquired(lease)) = cache.claim(&request).await else {
+            panic!("a fresh key")
+        };
+        cache
+            .complete(&lease, Bytes::from_static(payload), ttl())
+            .await
+            .expect("complete");
+        cache.claim(&request).await.expect("the repeat fills");
+        cache.cache.run_pending_tasks();
+        cache
+    }
+
+    /// A copy counts its key, its payload and the overhead against the capacity.
+    #[tokio::test]
+    async fn a_cached_replay_weighs_its_key_its_payload_and_the_overhead() {
+        let cache = filled(ReplayCache::builder(), b"receipt").await;
+        assert_eq!(
+            cache.cache.weighted_size(),
+            ("replay".len() + "k-1".len() + "receipt".len()) as u64 + CACHED_OVERHEAD
+        );
+        let shown = format!("{cache:?}");
+        assert!(
+            shown.contains("ttl: 5s") && shown.contains("cached: 1"),
+            "{shown}"
+        );
+    }
+
+    /// A capacity that holds exactly one copy keeps it; one byte less keeps nothing, and
+    /// the replay then comes from the store.
+    #[tokio::test]
+    async fn the_capacity_bounds_the_copies_by_their_weight() {
+        let weight = ("replay".len() + "k-1".len() + "receipt".len()) as u64 + CACHED_OVERHEAD;
+        let fits = filled(ReplayCache::builder().capacity(weight), b"receipt").await;
+        assert!(
+            fits.cache.contains_key(&key()),
+            "a copy that fits was dropped"
+        );
+        let over = filled(ReplayCache::builder().capacity(weight - 1), b"receipt").await;
+        assert!(
+            !over.cache.contains_key(&key()),
+            "a copy over the capacity was kept"
+        );
+    }
+
+    /// moka asks `expire_after_update` when a copy is written over a live one (two fills
+    /// of a key racing): the new copy still ends at its own `until`, never `None` (kept past
+    /// the record) nor zero.
+    #[test]
+    fn a_copy_written_over_a_live_one_ends_at_its_own_until() {
+        let now = Instant::now();
+        let finished = Finished {
+            outcome: Outcome::Completed(Bytes::from_static(b"x")),
+            fingerprint: None,
+            until: now + Duration::from_secs(5),
+        };
+        let updated =
+            UntilExpiry.expire_after_update(&key(), &finished, now, Some(Duration::from_secs(60)));
+        assert_eq!(updated, Some(Duration::from_secs(5)));
+        assert_eq!(
+            updated,
+            UntilExpiry.expire_after_create(&key(), &finished, now)
+        );
+    }
+}

@@ -440,6 +440,40 @@ mod tests {
         assert_eq!(stripe.swept_at, 5_000);
     }
 
+    /// A write sweeps its stripe on the clock reading its own step took: an open entry past
+    /// its expiry is dropped, and its bytes return to the budget, by the next write to its
+    /// stripe once a second has gone by since the store began, with no housekeeping run.
+    #[tokio::test]
+    async fn a_write_sweeps_its_stripe_on_its_own_clock_reading() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        let stripe_of = |key: &Key| (records.hasher.hash_one(key) as usize) % STRIPES;
+        let stale = key("stale");
+        let neighbour = (0..)
+            .map(|i| key(&format!("neighbour-{i}")))
+            .find(|candidate| stripe_of(candidate) == stripe_of(&stale))
+            .expect("a key in the same stripe");
+        let expired = open_entry(10);
+        records
+            .open_bytes
+            .fetch_add(u64::from(weight(&stale, &expired)), Ordering::Relaxed);
+        records.stripe(&stale).open.insert(stale.clone(), expired);
+        // Past the first sweep's second on the store's clock (the stripe last swept at 0).
+        while records.clock.now() < SWEEP_EVERY_MS {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acquire(&store, neighbour.id()).await;
+        assert!(
+            !records.stripe(&stale).open.contains_key(&stale),
+            "the write did not sweep its stripe"
+        );
+        assert_eq!(
+            store.held_bytes(),
+            u64::from(weight(&neighbour, &open_entry(0))),
+            "the swept entry's bytes did not return to the budget"
+        );
+    }
+
     /// A full store refuses new keys, but a key it holds (open or finished) always gets in.
     #[tokio::test]
     async fn a_full_store_admits_the_keys_it_holds() {

@@ -144,3 +144,88 @@ impl TokenStore for MemoryTokenStore {
         self.inner.consume(token, scope).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use idem_core::{TokenGenerator, UuidV7Tokens};
+
+    use super::*;
+
+    fn token() -> Token {
+        Token::parse(&UuidV7Tokens.generate(), &UuidV7Tokens).expect("a well-formed token")
+    }
+
+    fn scope() -> Scope {
+        Scope::new("user:7").expect("valid scope")
+    }
+
+    /// What one token counts against the capacity, scope included.
+    fn weight_of(token: &Token, scope: &Scope) -> u64 {
+        (token.as_str().len() + scope.as_str().len()) as u64 + TOKEN_OVERHEAD
+    }
+
+    fn ttl(millis: u64) -> Ttl {
+        Ttl::from_millis(millis).expect("valid ttl")
+    }
+
+    /// The held bytes are exactly the tokens' weights: text, scope and overhead, used or
+    /// not.
+    #[tokio::test]
+    async fn a_token_weighs_its_text_its_scope_and_the_overhead() {
+        let store = MemoryTokenStore::new();
+        assert_eq!(store.capacity(), 256 * 1024 * 1024);
+        assert_eq!(MemoryTokenStore::with_capacity(9).capacity(), 9);
+        let (token, scope) = (token(), scope());
+        store
+            .issue(&token, &scope, ttl(60_000))
+            .await
+            .expect("issue");
+        store.inner.map().cache.run_pending_tasks().await;
+        assert_eq!(store.held_bytes(), weight_of(&token, &scope));
+        assert_eq!(
+            store.consume(&token, &scope).await.expect("consume"),
+            Consumption::Consumed
+        );
+        store.inner.map().cache.run_pending_tasks().await;
+        assert_eq!(
+            store.held_bytes(),
+            weight_of(&token, &scope),
+            "the used mark is the same token"
+        );
+        let shown = format!("{store:?}");
+        assert!(
+            shown.contains("tokens: 1") && shown.contains("capacity: 268435456"),
+            "{shown}"
+        );
+    }
+
+    /// At capacity (held == capacity is full) issuing is refused with [`StoreFull`], and a
+    /// token that expires makes room again: the refusal looks past moka's stale count.
+    #[tokio::test]
+    async fn a_full_token_store_refuses_to_issue_until_a_token_expires() {
+        let (first, scope) = (token(), scope());
+        let store = MemoryTokenStore::with_capacity(weight_of(&first, &scope));
+        store.issue(&first, &scope, ttl(200)).await.expect("issue");
+        store.inner.map().cache.run_pending_tasks().await;
+        assert_eq!(store.held_bytes(), store.capacity());
+        let refused = store.issue(&token(), &scope, ttl(60_000)).await;
+        match refused {
+            Err(Error::Unavailable { source }) => {
+                assert_eq!(
+                    source.downcast_ref::<StoreFull>().map(|full| full.capacity),
+                    Some(store.capacity())
+                );
+            }
+            other => panic!("a full store issued: {other:?}"),
+        }
+        // The first token's 200 ms run out; moka's timer wheel ticks about once a second.
+        // Nobody runs moka's housekeeping here but the refusal itself.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        store
+            .issue(&token(), &scope, ttl(60_000))
+            .await
+            .expect("an expired token made room");
+    }
+}
