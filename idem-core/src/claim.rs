@@ -53,7 +53,7 @@ impl ClaimRequest {
     /// [`Claim::Acquired`].
     #[must_use]
     pub fn lease(&self, fencing: u64) -> Lease {
-        Lease::new(self.key.clone(), self.owner, fencing)
+        Lease::new(self.key.clone(), self.owner, fencing).with_fingerprint(self.fingerprint)
     }
 }
 

@@ -4,6 +4,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
+use crate::fingerprint::Fingerprint;
 use crate::key::Key;
 
 /// Names one attempt at a request. Made once per attempt (the executor makes one per call)
@@ -76,6 +77,11 @@ pub struct Lease {
     /// including after a lease expired. Guard downstream writes with it: reject a write
     /// whose fencing number is lower than one already seen.
     pub fencing: u64,
+    /// The fingerprint of the claim that acquired it, if it had one. The store keeps the
+    /// claim's own copy and that copy decides; this one only lets a store skip reading it
+    /// (idem-redis sends the finished record whole, fingerprint included, and the script
+    /// writes it as it came when the claim's fingerprint field is the same).
+    pub fingerprint: Option<Fingerprint>,
 }
 
 impl Lease {
@@ -88,6 +94,14 @@ impl Lease {
             key,
             owner,
             fencing,
+            fingerprint: None,
         }
+    }
+
+    /// Sets the fingerprint of the claim that acquired the lease.
+    #[must_use]
+    pub fn with_fingerprint(mut self, fingerprint: impl Into<Option<Fingerprint>>) -> Self {
+        self.fingerprint = fingerprint.into();
+        self
     }
 }

@@ -211,11 +211,11 @@ mod tests {
 
     /// A lease of [`TTL_SECS`] with fencing number `fencing`, acquired just now.
     fn held(fencing: u64) -> Arc<Held> {
-        let lease = Lease {
-            key: Key::new("renewal", "k").expect("a valid key"),
-            owner: OwnerToken::random(),
+        let lease = Lease::new(
+            Key::new("renewal", "k").expect("a valid key"),
+            OwnerToken::random(),
             fencing,
-        };
+        );
         Arc::new(Held::new(lease, ttl()))
     }
 

@@ -280,11 +280,11 @@ mod tests {
 
     /// Puts an attempt holding fencing number `fencing` on `list`.
     fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<Renewals>, bool) {
-        let lease = Lease {
-            key: Key::new("watchlist", "k").expect("a valid key"),
-            owner: OwnerToken::random(),
+        let lease = Lease::new(
+            Key::new("watchlist", "k").expect("a valid key"),
+            OwnerToken::random(),
             fencing,
-        };
+        );
         let held = Held::new(lease, list.ttl());
         list.enter(Arc::new(held), &Handle::current())
     }

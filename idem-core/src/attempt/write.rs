@@ -182,11 +182,11 @@ mod tests {
     use crate::record::Record;
 
     fn lease() -> Lease {
-        Lease {
-            key: Key::new("write", "k").expect("a valid key"),
-            owner: OwnerToken::random(),
-            fencing: 1,
-        }
+        Lease::new(
+            Key::new("write", "k").expect("a valid key"),
+            OwnerToken::random(),
+            1,
+        )
     }
 
     async fn write_with(back_after: Duration, lease_left: Duration) -> (Result<(), Error>, BackAt) {
