@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Ttl};
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Key, Lease, Ttl,
+};
 use idem_redis::RedisStore;
 use idem_redis::floor::COMPARE_AND_SET;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
@@ -63,12 +65,18 @@ async fn main() -> Result<(), BoxError> {
     // Complete against the bench's raw compare-and-set (idem-bench/src/redis.rs), in
     // alternation, on fresh keys each round; the least of the rounds is the least noisy.
     // One call in flight leaves the server idle between calls (cold caches); 64 in flight
-    // keep it busy, as the bench's many-task rows do.
-    for in_flight in [1, 64] {
+    // keep it busy, as the bench's many-task rows do. Claims with a fingerprint finish with
+    // a longer lease and record (the fingerprint in both), claims without one with neither.
+    let fingerprints = [None, Some(Fingerprint::from_bytes(b"request"))];
+    for (in_flight, fingerprint) in [1, 64]
+        .into_iter()
+        .flat_map(|n| fingerprints.map(|f| (n, f)))
+    {
         let (mut best_complete, mut best_cas) = (f64::MAX, f64::MAX);
         for round in 0..ROUNDS {
-            let first = 2 * CALLS + (round + ROUNDS * in_flight) * CALLS;
-            let leases = claim_fresh(&store, &mut stats, first, round, ttl).await?;
+            let batch = round + ROUNDS * (in_flight + usize::from(fingerprint.is_some()));
+            let first = 2 * CALLS + batch * CALLS;
+            let leases = claim_fresh(&store, &mut stats, first, fingerprint, round, ttl).await?;
             reset(&mut stats).await?;
             in_parallel(in_flight, &leases, |lease, _| {
                 let (store, payload) = (store.clone(), payload.clone());
@@ -108,8 +116,13 @@ async fn main() -> Result<(), BoxError> {
                     .await?;
             }
         }
+        let with = if fingerprint.is_some() {
+            "with"
+        } else {
+            "without"
+        };
         println!(
-            "complete vs raw CAS, {in_flight:2} in flight: {best_complete:.2} vs {best_cas:.2} µs per EVALSHA, best of {ROUNDS} (ratio {:.2})",
+            "complete ({with} fingerprint) vs raw CAS, {in_flight:2} in flight: {best_complete:.2} vs {best_cas:.2} µs per EVALSHA, best of {ROUNDS} (ratio {:.2})",
             best_cas / best_complete
         );
     }
@@ -150,12 +163,14 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The owner field the raw compare-and-set checks.
 const OWNER: [u8; 16] = [b'o'; 16];
 
-/// Claims `CALLS` fresh keys from number `first` with the store, and writes as many raw
-/// claimed keys for round `round` (the owner field, then filler up to 43 bytes).
+/// Claims `CALLS` fresh keys from number `first` with the store (with `fingerprint`), and
+/// writes as many raw claimed keys for round `round` (the owner field, then filler up to 43
+/// bytes).
 async fn claim_fresh(
     store: &RedisStore,
     stats: &mut MultiplexedConnection,
     first: usize,
+    fingerprint: Option<Fingerprint>,
     round: usize,
     ttl: Ttl,
 ) -> Result<Vec<Lease>, BoxError> {
@@ -164,10 +179,10 @@ async fn claim_fresh(
     let mut leases = Vec::with_capacity(CALLS);
     for i in 0..CALLS {
         match store
-            .claim(&ClaimRequest::new(
-                Key::new("cost", format!("k{}", first + i))?,
-                ttl,
-            ))
+            .claim(
+                &ClaimRequest::new(Key::new("cost", format!("k{}", first + i))?, ttl)
+                    .with_fingerprint(fingerprint),
+            )
             .await?
         {
             Claim::Acquired(lease) => leases.push(lease),

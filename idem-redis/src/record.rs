@@ -44,6 +44,12 @@ shared_with_lua! {
 const HEADER_LEN: usize = 10;
 /// The first byte after the fingerprint flag.
 const FINGERPRINT_AT: usize = HEADER_LEN + 1;
+/// `header | flag [digest]` at its longest: how a claimed or finished record starts.
+const HEAD_MAX: usize = FINGERPRINT_AT + 32;
+/// `head | owner` at its longest: the lease (see [`lease`]).
+const LEASE_MAX: usize = HEAD_MAX + 16;
+/// The longest claimed record: with a fingerprint.
+const CLAIMED_MAX: usize = LEASE_MAX + 8;
 
 /// `version | phase | fencing`: how a record under `fencing` in `phase` begins.
 pub(crate) fn header(phase: u8, fencing: u64) -> [u8; HEADER_LEN] {
@@ -54,37 +60,46 @@ pub(crate) fn header(phase: u8, fencing: u64) -> [u8; HEADER_LEN] {
     out
 }
 
-/// How a claimed record held by `owner` under `fencing` starts when it has no fingerprint:
-/// `header | 0 | owner`, the lease as the transition scripts compare it (`lua/held.lua`).
-pub(crate) fn lease(fencing: u64, owner: &OwnerToken) -> [u8; LEASE_LEN] {
-    let mut out = [0; LEASE_LEN];
-    out[..HEADER_LEN].copy_from_slice(&header(CLAIMED, fencing));
-    out[FINGERPRINT_AT..].copy_from_slice(owner.as_bytes());
-    out
-}
-
-/// `header | flag | owner`.
-const LEASE_LEN: usize = HEADER_LEN + 1 + 16;
-
-/// The bytes of a finished record without a fingerprint, ahead of its payload:
-/// `header | 0`. The finish script writes them and the payload as they come, or puts the
-/// claim's fingerprint field in the flag's place.
-pub(crate) fn finished_head(phase: u8, fencing: u64) -> [u8; FINGERPRINT_AT] {
-    let mut out = [0; FINGERPRINT_AT];
-    out[..HEADER_LEN].copy_from_slice(&header(phase, fencing));
-    out
-}
-
-/// The longest claimed record: with a fingerprint.
-const CLAIMED_MAX: usize = HEADER_LEN + 1 + 32 + 16 + 8;
-
-/// A claimed record, `header | fingerprint flag [digest] | owner | trace TTL`, built on the
-/// stack: every claim sends one, and most claims are new keys or replays that never look at
-/// it again.
-pub(crate) struct Claimed {
-    bytes: [u8; CLAIMED_MAX],
+/// Record bytes, at most `N`, built on the stack: every call sends some, and a claim that
+/// turns out a replay never looks at them again.
+pub(crate) struct Built<const N: usize> {
+    bytes: [u8; N],
     len: usize,
 }
+
+impl<const N: usize> Built<N> {
+    /// `header | fingerprint flag [digest]`: how a claimed or finished record in `phase`
+    /// starts.
+    fn head(phase: u8, fencing: u64, fingerprint: Option<&Fingerprint>) -> Self {
+        let mut out = Self {
+            bytes: [0; N],
+            len: 0,
+        };
+        out.put(&header(phase, fencing));
+        match fingerprint {
+            Some(fingerprint) => {
+                out.put(&[1]);
+                out.put(fingerprint.as_bytes());
+            }
+            None => out.put(&[0]),
+        }
+        out
+    }
+
+    /// Appends `bytes`: each caller's `N` has room for all it puts.
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        self.bytes[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// A claimed record, `header | fingerprint flag [digest] | owner | trace TTL`.
+pub(crate) type Claimed = Built<CLAIMED_MAX>;
 
 impl Claimed {
     pub(crate) fn new(
@@ -93,25 +108,42 @@ impl Claimed {
         owner: &OwnerToken,
         trace_ttl: u64,
     ) -> Self {
-        let mut bytes = [0; CLAIMED_MAX];
-        bytes[..HEADER_LEN].copy_from_slice(&header(CLAIMED, fencing));
-        let mut at = FINGERPRINT_AT;
-        if let Some(fingerprint) = fingerprint {
-            bytes[HEADER_LEN] = 1;
-            bytes[at..at + 32].copy_from_slice(fingerprint.as_bytes());
-            at += 32;
-        }
-        bytes[at..at + 16].copy_from_slice(owner.as_bytes());
-        bytes[at + 16..at + 24].copy_from_slice(&trace_ttl.to_be_bytes());
-        Self {
-            bytes,
-            len: at + 24,
-        }
+        let mut out = claimed_prefix(fencing, fingerprint, owner);
+        out.put(&trace_ttl.to_be_bytes());
+        out
     }
+}
 
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+/// The lease as the transition scripts compare it (`lua/held.lua`): how its claimed record
+/// starts, `header | fingerprint flag [digest] | owner`.
+pub(crate) fn lease(
+    fencing: u64,
+    fingerprint: Option<&Fingerprint>,
+    owner: &OwnerToken,
+) -> Built<LEASE_MAX> {
+    claimed_prefix(fencing, fingerprint, owner)
+}
+
+/// `header | fingerprint flag [digest] | owner`, in a buffer of `N` with room for more.
+fn claimed_prefix<const N: usize>(
+    fencing: u64,
+    fingerprint: Option<&Fingerprint>,
+    owner: &OwnerToken,
+) -> Built<N> {
+    let mut out = Built::head(CLAIMED, fencing, fingerprint);
+    out.put(owner.as_bytes());
+    out
+}
+
+/// How a finished record starts, ahead of its payload: `header | fingerprint flag
+/// [digest]`. The finish script writes it and the payload as they come when the lease's
+/// fingerprint field is the claim's, and puts the claim's field in place of this one if not.
+pub(crate) fn finished_head(
+    phase: u8,
+    fencing: u64,
+    fingerprint: Option<&Fingerprint>,
+) -> Built<HEAD_MAX> {
+    Built::head(phase, fencing, fingerprint)
 }
 
 /// What a claim found under its key.
@@ -188,6 +220,27 @@ mod tests {
             assert_eq!(raw[HEADER_LEN], u8::from(fp.is_some()));
             assert_eq!(&raw[..HEADER_LEN], &header(CLAIMED, 3));
             assert!(matches!(found(raw), Ok(Found::Held)));
+        }
+    }
+
+    #[test]
+    fn a_lease_is_how_its_claimed_record_starts() {
+        // What lets the finish script compare a lease with one string.find at byte 1.
+        let owner = OwnerToken::random();
+        let fingerprint = Fingerprint::from_digest([7; 32]);
+        for fp in [None, Some(&fingerprint)] {
+            let claimed = Claimed::new(5, fp, &owner, 60_000);
+            let claimed = claimed.as_bytes();
+            assert_eq!(
+                lease(5, fp, &owner).as_bytes(),
+                &claimed[..claimed.len() - 8]
+            );
+            let head = finished_head(COMPLETED, 5, fp);
+            assert_eq!(&head.as_bytes()[..HEADER_LEN], &header(COMPLETED, 5));
+            assert_eq!(
+                &head.as_bytes()[HEADER_LEN..],
+                &claimed[HEADER_LEN..claimed.len() - 24]
+            );
         }
     }
 

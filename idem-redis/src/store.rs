@@ -108,8 +108,8 @@ impl<C: RedisConnection> RedisStore<C> {
     }
 
     /// `EVALSHA` of a transition script (finish, renew, release) for `lease`: the lease as
-    /// its claimed record starts ([`record::lease`]) comes first, then `args` more arguments
-    /// of about `bytes` bytes.
+    /// its claimed record starts ([`record::lease`], fingerprint included) comes first, then
+    /// `args` more arguments of about `bytes` bytes.
     fn transition(
         &self,
         script: &LuaScript,
@@ -125,8 +125,8 @@ impl<C: RedisConnection> RedisStore<C> {
             prefix: self.connection.prefix(),
             key: &lease.key,
         };
-        let mut call = script.call(key, 1 + args, 27 + bytes);
-        call.arg(&record::lease(lease.fencing, &lease.owner)[..]);
+        let mut call = script.call(key, 1 + args, 59 + bytes);
+        call.arg(record::lease(lease.fencing, lease.fingerprint.as_ref(), &lease.owner).as_bytes());
         Ok(call)
     }
 
@@ -142,14 +142,15 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let mut call = self.transition(&SCRIPTS.finish, lease, 2, 32 + payload.len())?;
+        let mut call = self.transition(&SCRIPTS.finish, lease, 2, 64 + payload.len())?;
         call.arg(retention.as_millis());
-        // The finished record as it is without a fingerprint, as one argument: the script
-        // then writes it as it came (lua/finish.lua).
-        let head = record::finished_head(phase, lease.fencing);
+        // The finished record whole, with the lease's fingerprint, as one argument: the
+        // script then writes it as it came (lua/finish.lua).
+        let head = record::finished_head(phase, lease.fencing, lease.fingerprint.as_ref());
+        let head = head.as_bytes();
         {
             let mut value = call.bufmut_for_next_arg(head.len() + payload.len());
-            value.put_slice(&head);
+            value.put_slice(head);
             value.put_slice(&payload);
         }
         let Some(replication) = &self.replication else {

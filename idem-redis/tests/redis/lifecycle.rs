@@ -5,7 +5,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{acquire, key, store, ttl_ms, unique_prefix, url};
+use crate::common::{acquire, key, raw_connection, store, ttl_ms, unique_prefix, url, value_of};
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Lease, OwnerToken,
     RecordState,
@@ -453,6 +453,64 @@ async fn fingerprints_are_compared_strictly() {
             .fingerprint,
         None
     );
+}
+
+/// A finish writes the fingerprint its key was claimed with, whatever the lease carries: the
+/// claim's own (the finished record is then written as the client sent it), none (a lease
+/// made with `Lease::new`) or another one. Each way the record is the same bytes, the layout
+/// a finish has always written, `2 | phase | fencing | flag [digest] | payload`, and renew
+/// and release accept the lease too.
+#[tokio::test]
+async fn a_finish_keeps_the_claims_fingerprint_whatever_the_lease_carries() {
+    let store = store().await;
+    let mut raw = raw_connection(&url()).await;
+    let a = Some(Fingerprint::from_bytes(b"a"));
+    let b = Some(Fingerprint::from_bytes(b"b"));
+    let payload = Bytes::from_static(b"\x00out\xff");
+    let cases = [(a, a), (a, None), (a, b), (None, None), (None, a)];
+    for (i, (claimed, carried)) in cases.into_iter().enumerate() {
+        for (phase, name) in [(3, "complete"), (4, "fail")] {
+            let k = key(&format!("lease-fingerprint-{i}-{name}"));
+            let request = ClaimRequest::new(k.clone(), ttl_ms(LONG)).with_fingerprint(claimed);
+            let lease = acquire(&store, &request).await.with_fingerprint(carried);
+            store.renew(&lease, ttl_ms(LONG)).await.expect("renew");
+            let finished = if phase == 3 {
+                store.complete(&lease, payload.clone(), ttl_ms(LONG)).await
+            } else {
+                store.fail(&lease, payload.clone(), ttl_ms(LONG)).await
+            };
+            finished.expect("the owner finishes");
+
+            let mut written = vec![2, phase];
+            written.extend_from_slice(&1u64.to_be_bytes());
+            match claimed {
+                Some(fingerprint) => {
+                    written.push(1);
+                    written.extend_from_slice(fingerprint.as_bytes());
+                }
+                None => written.push(0),
+            }
+            written.extend_from_slice(&payload);
+            let what = format!("claimed {claimed:?}, lease {carried:?}, {name}");
+            assert_eq!(
+                value_of(&mut raw, &store.redis_key(&k)).await,
+                Some(written),
+                "{what}"
+            );
+            let replay = store.claim(&request).await.expect(&what);
+            let expected = if phase == 3 {
+                Claim::Completed(payload.clone())
+            } else {
+                Claim::Failed(payload.clone())
+            };
+            assert_eq!(replay, expected, "{what}");
+        }
+        let k = key(&format!("lease-fingerprint-{i}-release"));
+        let request = ClaimRequest::new(k.clone(), ttl_ms(LONG)).with_fingerprint(claimed);
+        let lease = acquire(&store, &request).await.with_fingerprint(carried);
+        store.release(&lease).await.expect("release");
+        assert_eq!(store.read(&k).await.expect("read"), None);
+    }
 }
 
 #[tokio::test]
