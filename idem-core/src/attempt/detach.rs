@@ -105,6 +105,24 @@ mod tests {
         }
     }
 
+    /// An attempt whose caller goes away before it finished runs to the end on a task of
+    /// its own.
+    #[tokio::test]
+    async fn an_unfinished_attempt_runs_on_once_its_caller_is_dropped() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let attempt = async move {
+            let _ = wait.await;
+            let _ = finished.send(());
+        };
+        let mut caller = Box::pin(Detachable::new(attempt, Handle::current()));
+        let pending = std::future::poll_fn(|cx| Poll::Ready(caller.as_mut().poll(cx).is_pending()));
+        assert!(pending.await, "the attempt waits for `go`");
+        drop(caller);
+        go.send(()).expect("the attempt still waits");
+        done.await.expect("the attempt ran to the end");
+    }
+
     /// An attempt that finished in its caller's future is not handed to a task when the
     /// caller's future is dropped: that task would poll a finished future (an `async` block
     /// panics then, silently, on a task nobody joins).
