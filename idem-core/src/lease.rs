@@ -1,6 +1,9 @@
 //! Owner tokens and leases.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use tokio::time::Instant;
 
 use uuid::Uuid;
 
@@ -66,7 +69,11 @@ impl fmt::Debug for OwnerToken {
 /// same fencing number. A stale lease changes nothing and gets [`Error::LeaseLost`].
 ///
 /// [`Error::LeaseLost`]: crate::Error::LeaseLost
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Two leases are equal when their key, owner, fencing number and fingerprint are. When
+/// this process sent the claim that granted the lease ([`Lease::claim_sent`]) is local
+/// knowledge, not part of the right, and not compared.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Lease {
     /// The key this lease holds.
@@ -82,6 +89,39 @@ pub struct Lease {
     /// (idem-redis sends the finished record whole, fingerprint included, and the script
     /// writes it as it came when the claim's fingerprint field is the same).
     pub fingerprint: Option<Fingerprint>,
+    /// When the claim that granted the lease was sent, where the engine knows it.
+    claim_sent: Option<Instant>,
+}
+
+impl PartialEq for Lease {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.owner == other.owner
+            && self.fencing == other.fencing
+            && self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for Lease {}
+
+impl Hash for Lease {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.owner.hash(state);
+        self.fencing.hash(state);
+        self.fingerprint.hash(state);
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("owner", &self.owner)
+            .field("fencing", &self.fencing)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {
@@ -95,7 +135,27 @@ impl Lease {
             owner,
             fencing,
             fingerprint: None,
+            claim_sent: None,
         }
+    }
+
+    /// When the claim that granted this lease was sent, if known: the engine's
+    /// [`claim`](crate::attempt::Engine::claim) records it, a store does not.
+    ///
+    /// The store counts the lease's TTL from when it applied the claim, which is no earlier
+    /// than this; a claim whose answer was slow (a row lock, a congested server) already
+    /// used part of the lease when it returns. An [`Attempt`](crate::attempt::Attempt) counts
+    /// the lease from here, so it renews on time; without it, from when the attempt began.
+    #[must_use]
+    pub const fn claim_sent(&self) -> Option<Instant> {
+        self.claim_sent
+    }
+
+    /// This lease, known to have been granted by a claim sent at `sent`.
+    #[must_use]
+    pub(crate) fn sent_at(mut self, sent: Instant) -> Self {
+        self.claim_sent = Some(sent);
+        self
     }
 
     /// Sets the fingerprint of the claim that acquired the lease.

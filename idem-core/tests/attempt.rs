@@ -301,13 +301,14 @@ async fn attempt_errors_and_the_engine_describe_themselves() {
 }
 
 /// A store whose claims are `Unavailable` a given number of times, counting them; each claim
-/// answers after `delay`.
+/// answers after `delay`. It notes when each renewal is sent.
 #[derive(Debug)]
 struct Blinking {
     inner: MemoryStore,
     outages: std::sync::atomic::AtomicU32,
     claims: std::sync::atomic::AtomicU32,
     delay: Duration,
+    renewals: std::sync::Mutex<Vec<tokio::time::Instant>>,
 }
 
 impl Blinking {
@@ -317,6 +318,7 @@ impl Blinking {
             outages: outages.into(),
             claims: 0.into(),
             delay,
+            renewals: std::sync::Mutex::default(),
         }
     }
 }
@@ -343,6 +345,8 @@ impl IdempotencyStore for Blinking {
         self.inner.fail(lease, f, t).await
     }
     async fn renew(&self, lease: &idem_core::Lease, t: Ttl) -> Result<(), Error> {
+        let now = tokio::time::Instant::now();
+        self.renewals.lock().expect("not poisoned").push(now);
         self.inner.renew(lease, t).await
     }
     async fn release(&self, lease: &idem_core::Lease) -> Result<(), Error> {
@@ -403,6 +407,43 @@ async fn no_claim_is_sent_again_past_the_claim_window() {
         started.elapsed(),
         Duration::from_millis(990),
         "no pause was slept"
+    );
+}
+
+/// A lease counts from when its claim was sent, not from when the answer came: a claim
+/// that took 2.7 s of a 3 s lease is renewed at once, before the store lets the lease lapse
+/// (counted from the claim's arrival, no earlier than its send). Counting from the answer,
+/// the first renewal went half a second after the lapse, and a takeover could run the
+/// operation a second time.
+#[tokio::test(start_paused = true)]
+async fn a_lease_acquired_by_a_slow_claim_is_renewed_before_it_lapses() {
+    let store = Arc::new(Blinking::new(0, Duration::from_millis(2700)));
+    let engine = Engine::new(Arc::clone(&store), ttl(3));
+    let key = Key::new("attempt-tests", "slow-claim").expect("key");
+    let sent = tokio::time::Instant::now();
+    let Ok(Claim::Acquired(lease)) = engine.claim(&ClaimRequest::new(key, ttl(3))).await else {
+        panic!("a fresh key is acquired");
+    };
+    assert_eq!(lease.claim_sent(), Some(sent));
+    let output = engine
+        .attempt(lease)
+        .run(
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                7
+            },
+            complete(b"7"),
+        )
+        .await
+        .expect("stored");
+    assert_eq!(output, 7);
+    let renewals = store.renewals.lock().expect("not poisoned").clone();
+    let lapse = sent + Duration::from_secs(3);
+    assert!(
+        renewals.first().is_some_and(|first| *first < lapse),
+        "the lease lapses {:?} after the claim was sent; renewals at {:?}",
+        lapse - sent,
+        renewals.iter().map(|at| *at - sent).collect::<Vec<_>>()
     );
 }
 

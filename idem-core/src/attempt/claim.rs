@@ -17,7 +17,9 @@ const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_millis(250);
 
 /// Claims, retrying with the same owner token while the store is unavailable (a few
-/// attempts within [`CLAIM_WINDOW`]).
+/// attempts within [`CLAIM_WINDOW`]). An acquired lease carries when the claim that granted
+/// it was sent ([`Lease::claim_sent`](crate::Lease::claim_sent)): a retry by the same owner
+/// extends the lease from its own send, so the last send is the lease's start.
 ///
 /// An `Unavailable` claim may have been applied with only its reply lost; the retry, by the
 /// same owner, then gets that very lease back (the store recognises its owner) instead of
@@ -30,7 +32,10 @@ pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
     let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
     let mut attempt = 1;
     loop {
+        // The store counts the lease from when it applies this claim, so no earlier than now.
+        let sent = Instant::now();
         match store.claim(request).await {
+            Ok(Claim::Acquired(lease)) => return Ok(Claim::Acquired(lease.sent_at(sent))),
             Err(Error::Unavailable { source }) => {
                 let pause = backoff.pause();
                 if attempt >= CLAIM_ATTEMPTS || Instant::now() + pause >= deadline {

@@ -12,11 +12,12 @@
 //! - **when the key may be freed without an outcome**: only before the operation returned
 //!   (a cancelled or panicking operation, under `Release`). From the moment it returns, its
 //!   effects may have happened: a cancellation while the outcome is written frees nothing;
-//! - **the lease's renewal**: once the operation has run for a sixth of the TTL, on a task of
-//!   its own, at once and then every third of the TTL, so an operation that blocks its thread
-//!   for a while keeps its key (a quick operation costs no task and no timer: one supervisor
-//!   per engine and runtime watches the running attempts); it stops when the attempt ends, and
-//!   tells the operation when the lease is lost ([`LeaseHandle`]);
+//! - **the lease's renewal**: once the lease has run for a sixth of the TTL (counted from when
+//!   its claim was sent: a slow claim already used part of it), on a task of its own, at once
+//!   and then every third of the TTL, so an operation that blocks its thread for a while
+//!   keeps its key (a quick operation costs no task and no timer: one supervisor per engine
+//!   and runtime watches the running attempts); it stops when the attempt ends, and tells the
+//!   operation when the lease is lost ([`LeaseHandle`]);
 //! - **the outcome write**: retried while the store is unavailable, with jittered backoff, for
 //!   as long as the lease may still be ours; a write whose reply was lost is recognised by
 //!   reading the key back;

@@ -25,7 +25,8 @@ use crate::ttl::Ttl;
 /// rest of the engine's bookkeeping together.
 pub(crate) struct Held {
     pub(crate) lease: Lease,
-    /// When the attempt began; `until` counts from here.
+    /// When the lease began, as far as this process knows: when its claim was sent, or
+    /// else when the attempt began. `until` counts from here.
     began: Instant,
     /// The latest the lease is known to last, in nanoseconds after `began`: when the last
     /// renewal that succeeded was sent (or the attempt began), plus the TTL.
@@ -37,18 +38,19 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    /// A lease acquired just now, lasting `ttl` unless renewed.
+    /// A lease lasting `ttl` from when its claim was sent (if known, else from now) unless
+    /// renewed.
     pub(crate) fn new(lease: Lease, ttl: Ttl) -> Self {
         Self {
+            began: lease.claim_sent().unwrap_or_else(Instant::now),
             lease,
-            began: Instant::now(),
             until: AtomicU64::new(nanos(ttl.as_duration())),
             lost: AtomicBool::new(false),
             lost_notify: Notify::new(),
         }
     }
 
-    /// When the attempt began.
+    /// When the lease began (see [`Held::new`]).
     pub(crate) fn began(&self) -> Instant {
         self.began
     }

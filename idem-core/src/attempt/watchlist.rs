@@ -91,10 +91,20 @@ impl<S: IdempotencyStore> Watchlist<S> {
     /// not steal from) behind an operation that may block the thread.
     pub(crate) fn enter(self: &Arc<Self>, held: Arc<Held>, runtime: &Handle) -> (Watched<S>, bool) {
         let id = runtime.id();
+        // A lease whose claim was slow to answer has already run a while: renewed from now,
+        // not from the supervisor's next look (up to a sixth of the TTL later).
+        let overdue = Instant::now().saturating_duration_since(held.began()) >= self.patience();
+        let renewal = overdue.then(|| {
+            runtime.spawn(renewal::keep_renewed(
+                Arc::clone(&self.store),
+                Arc::clone(&held),
+                self.ttl,
+            ))
+        });
         let slot = Slot {
             held,
             runtime: id,
-            renewal: None,
+            renewal,
         };
         let mut state = self.lock();
         let index = match state.free.pop() {

@@ -549,14 +549,8 @@ mod tests {
     fn a_lease_is_its_owner_and_its_fencing_together() {
         let holder = ClaimRequest::new(key(), ttl(1_000));
         let (lease, entry) = acquired(claim(None, &holder, 0));
-        let older = Lease {
-            fencing: lease.fencing + 1,
-            ..lease.clone()
-        };
-        let stranger = Lease {
-            owner: OwnerToken::random(),
-            ..lease.clone()
-        };
+        let older = Lease::new(lease.key.clone(), lease.owner, lease.fencing + 1);
+        let stranger = Lease::new(lease.key.clone(), OwnerToken::random(), lease.fencing);
         for wrong in [&older, &stranger] {
             assert!(!entry.is_held_by(wrong));
             lost(complete(Some(&entry), wrong, Bytes::new(), ttl(1_000), 1));
