@@ -474,6 +474,30 @@ mod tests {
         );
     }
 
+    /// A claim's quick look (`peek`) finds finished records, so a replay is answered
+    /// without the key's stripe; open entries are left to `update`.
+    #[tokio::test]
+    async fn a_quick_look_finds_finished_records_only() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        let lease = acquire(&store, "done").await;
+        acquire(&store, "open").await;
+        store
+            .complete(
+                &lease,
+                Bytes::from_static(b"r"),
+                Ttl::from_secs(60).expect("ttl"),
+            )
+            .await
+            .expect("complete");
+        let finished = records.peek(&key("done")).await.expect("peek");
+        assert_eq!(
+            finished.map(|entry| entry.phase),
+            Some(Phase::Completed(Bytes::from_static(b"r")))
+        );
+        assert_eq!(records.peek(&key("open")).await.expect("peek"), None);
+    }
+
     /// A full store refuses new keys, but a key it holds (open or finished) always gets in.
     #[tokio::test]
     async fn a_full_store_admits_the_keys_it_holds() {

@@ -223,9 +223,15 @@ mod tests {
         // The first token's 200 ms run out; moka's timer wheel ticks about once a second.
         // Nobody runs moka's housekeeping here but the refusal itself.
         tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let late = token();
         store
-            .issue(&token(), &scope, ttl(60_000))
+            .issue(&late, &scope, ttl(1_000))
             .await
             .expect("an expired token made room");
+        // Issued seconds into the store's life, its second of life counts from now.
+        assert_eq!(
+            store.consume(&late, &scope).await.expect("consume"),
+            Consumption::Consumed
+        );
     }
 }
