@@ -1,4 +1,4 @@
-//! MySQL and MariaDB as an [`SqlDialect`]: the driver's types, the statements, and the three
+//! MySQL and MariaDB as an [`SqlDialect`]: the driver's types, the statements, and the two
 //! operations whose shape is MySQL's own.
 
 use std::time::Duration;
@@ -7,13 +7,13 @@ use idem_core::{Error, Key};
 use idem_sql::driver::{Query, column, query};
 use idem_sql::row::micros;
 use idem_sql::{
-    Arg, CallPolicy, Insertion, RecordStatements, SqlDialect, Statement, StoredRow, TableKind,
-    TableName, TokenStatements,
+    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, TableKind, TableName,
+    TokenStatements,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
 
-use crate::errors::{is_duplicate_key, is_lock_conflict, is_parse_error, is_transient_error};
+use crate::errors::{is_duplicate_key, is_lock_conflict, is_transient_error};
 use crate::schema::{self, MAX_TABLE_NAME, RECORDS};
 use crate::statements::{self, MySqlExtra};
 use crate::token_schema::TOKENS;
@@ -94,46 +94,6 @@ impl SqlDialect for MySqlDialect {
     fn token(row: &MySqlRow) -> Result<(Vec<u8>, bool), Error> {
         let used: i64 = column(row, "used")?;
         Ok((column(row, "scope")?, used != 0))
-    }
-
-    /// On MariaDB one statement, `INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING`, which
-    /// reads an existing row back; on a server that refuses RETURNING (MySQL 8), a plain
-    /// INSERT whose duplicate key (1062) leaves the row to a second statement.
-    async fn insert_claim<'c>(
-        conn: &'c mut MySqlConnection,
-        statements: &'c RecordStatements<Self>,
-        args: &'c [Arg<'c>],
-    ) -> Result<Insertion, Error> {
-        let extra = &statements.extra;
-        if extra.returning() {
-            match query::<Self>(&statements.insert, args)
-                .fetch_optional(&mut *conn)
-                .await
-            {
-                Ok(Some(row)) => {
-                    let fresh: i64 = column(&row, "fresh")?;
-                    return if fresh != 0 {
-                        Ok(Insertion::Inserted)
-                    } else {
-                        Ok(Insertion::Existing(Self::record(&row)?.into_entry()?))
-                    };
-                }
-                Ok(None) => return Ok(Insertion::Unread),
-                Err(error) if is_parse_error(&error) => {
-                    extra.without_returning();
-                    tracing::info!(%error, "idem-mysql: no INSERT ... RETURNING on this server; a replay takes two statements");
-                }
-                Err(error) => return Err(Self::error(error)),
-            }
-        }
-        match query::<Self>(&extra.plain_insert, args)
-            .execute(&mut *conn)
-            .await
-        {
-            Ok(_) => Ok(Insertion::Inserted),
-            Err(e) if is_duplicate_key(&e) => Ok(Insertion::Unread),
-            Err(e) => Err(Self::error(e)),
-        }
     }
 
     /// The takeover reports the new fencing number through `LAST_INSERT_ID(expr)`.

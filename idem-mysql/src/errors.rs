@@ -39,9 +39,6 @@ fn is_transient(number: u16) -> bool {
     TRANSIENT.contains(&number)
 }
 
-/// `ER_PARSE_ERROR`: a server without `INSERT ... RETURNING` (MySQL 8) refuses it so.
-const PARSE_ERROR: u16 = 1064;
-
 /// The MySQL error number of a server error.
 fn server_error(error: &sqlx::Error) -> Option<u16> {
     error
@@ -53,12 +50,6 @@ fn server_error(error: &sqlx::Error) -> Option<u16> {
 /// Whether an INSERT failed because the key already has a row.
 pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
     server_error(error) == Some(DUPLICATE_KEY)
-}
-
-/// Whether the server could not parse a statement: what a server without
-/// `INSERT ... RETURNING` answers to it.
-pub(crate) fn is_parse_error(error: &sqlx::Error) -> bool {
-    server_error(error) == Some(PARSE_ERROR)
 }
 
 /// Whether a server error means "interrupted, or try again" ([`TRANSIENT`]).

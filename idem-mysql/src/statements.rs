@@ -9,8 +9,6 @@
 //! UPDATE happens to write the values a row already had (a same-owner re-claim within the
 //! same microsecond, say).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use idem_sql::{RecordStatements, SqlDialect, Statement, TableName};
 
 use crate::schema::quoted;
@@ -33,17 +31,9 @@ const KEY: &str = "namespace = ? AND idem_key = ?";
 const HELD: &str = "namespace = ? AND idem_key = ? AND state = 1 AND owner = ? AND fencing = ? \
      AND expires_at > UTC_TIMESTAMP(6)";
 
-/// The statements only MySQL has: those of `remove` (its own short transaction), and the
-/// plain INSERT of a server without `INSERT ... RETURNING`.
+/// The statements only MySQL has: those of `remove` (its own short transaction).
 #[derive(Debug)]
 pub struct MySqlExtra {
-    /// Claims a never-seen key, reading nothing back; a duplicate key (1062) means the key
-    /// has a row. Binds: as [`RecordStatements::insert`].
-    pub(crate) plain_insert: Statement,
-    /// Whether the server takes `INSERT ... RETURNING` (MariaDB 10.5+); cleared the first
-    /// time it refuses it (MySQL 8), and the claim then reads a row it could not insert
-    /// with a second statement.
-    pub(crate) returning: AtomicBool,
     /// Whether a key shows a record (a live claim or a finished key), and whether it is a
     /// live vacant trace already, locking its row. Binds: namespace, key.
     pub(crate) probe_locked: Statement,
@@ -54,23 +44,6 @@ pub struct MySqlExtra {
     /// Deletes a key's row unless it is a live vacant trace (a corrupt or expired row).
     /// Binds: namespace, key.
     pub(crate) delete: Statement,
-}
-
-impl MySqlExtra {
-    /// Whether claims still try `INSERT ... RETURNING` (MariaDB 10.5+): cleared for good
-    /// the first time the server refuses it.
-    #[must_use]
-    pub fn returning(&self) -> bool {
-        self.returning.load(Ordering::Relaxed)
-    }
-
-    /// Makes claims take the two statements of a server without `INSERT ... RETURNING`
-    /// (MySQL 8) from now on: a plain INSERT and, after a duplicate key, a SELECT. A server
-    /// with RETURNING runs them as well, which is how the tests cover MySQL 8's path on
-    /// MariaDB.
-    pub fn without_returning(&self) {
-        self.returning.store(false, Ordering::Relaxed);
-    }
 }
 
 /// The statements for one table.
@@ -87,23 +60,9 @@ pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> R
          TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), NULL)"
     );
     RecordStatements {
-        // One statement for a claim and for a replay (MariaDB): a key with a row is left
-        // as it is (the no-op UPDATE takes its row lock, so the row read is the latest
-        // commit, inside a transaction too) and RETURNING reads it back. `fresh` tells an
-        // inserted row from an existing one: only a row this statement wrote has exactly
-        // this owner, fingerprint and lease on this statement's clock (an earlier claim of
-        // the same owner ended its lease at another microsecond).
-        insert: Statement::reordered(
-            format!(
-                "{insert} ON DUPLICATE KEY UPDATE namespace = namespace \
-                 RETURNING {COLUMNS}, CAST(COALESCE(state = 1 AND fencing = 1 AND owner = ? \
-                   AND fingerprint <=> ? \
-                   AND lease_until = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) \
-                   AND expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)), 0) \
-                   AS SIGNED) AS fresh"
-            ),
-            &[0, 1, 2, 3, 4, 5, 3, 2, 4, 5],
-        ),
+        // A key with a row fails with a duplicate key (1062), which leaves a caller's
+        // transaction usable; `INSERT IGNORE` would turn other errors into warnings too.
+        insert: Statement::new(insert),
         // Inside a transaction a plain read could see an older snapshot; the failed INSERT
         // already holds this shared lock, so it costs no new conflict.
         select_locked: Statement::new(format!("{select} LOCK IN SHARE MODE")),
@@ -154,8 +113,6 @@ pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> R
              lease_until = NULL WHERE {HELD}"
         )),
         extra: MySqlExtra {
-            plain_insert: Statement::new(insert),
-            returning: AtomicBool::new(true),
             probe_locked: Statement::new(format!(
                 "SELECT COALESCE(expires_at > UTC_TIMESTAMP(6) AND (state IN (3, 4) \
                  OR (state = 1 AND lease_until > UTC_TIMESTAMP(6))), 0) AS visible, \

@@ -1,12 +1,12 @@
-//! PostgreSQL as an [`SqlDialect`]: the driver's types, the statements, and the three
+//! PostgreSQL as an [`SqlDialect`]: the driver's types, the statements, and the two
 //! operations whose shape is PostgreSQL's own.
 
 use idem_core::{Error, Key};
 use idem_sql::driver::{Query, column, query};
 use idem_sql::row::{self, micros};
 use idem_sql::{
-    Arg, CallPolicy, Insertion, RecordStatements, SqlDialect, Statement, StoredRow, TableKind,
-    TableName, TokenStatements,
+    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, TableKind, TableName,
+    TokenStatements,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -93,26 +93,6 @@ impl SqlDialect for PgDialect {
 
     fn token(row: &PgRow) -> Result<(Vec<u8>, bool), Error> {
         Ok((column(row, "scope")?, column(row, "used")?))
-    }
-
-    /// One statement: the INSERT and, when the key has a row, its read.
-    async fn insert_claim<'c>(
-        conn: &'c mut PgConnection,
-        statements: &'c RecordStatements<Self>,
-        args: &'c [Arg<'c>],
-    ) -> Result<Insertion, Error> {
-        let row = query::<Self>(&statements.insert, args)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(Self::error)?;
-        if column(&row, "inserted")? {
-            return Ok(Insertion::Inserted);
-        }
-        // No row in the statement's snapshot: committed after it began.
-        if column::<_, Option<i16>>(&row, "state")?.is_none() {
-            return Ok(Insertion::Unread);
-        }
-        Ok(Insertion::Existing(Self::record(&row)?.into_entry()?))
     }
 
     /// The takeover returns the new fencing number.

@@ -63,17 +63,13 @@ pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> Reco
         "SELECT {COLUMNS} FROM {t} AS t, {CLOCK} WHERE t.namespace = $1 AND t.idem_key = $2"
     );
     RecordStatements {
-        // One statement for a claim and for a replay: the INSERT does nothing on a key
-        // that has a row, and the outer SELECT reads that row, as the statement's
-        // snapshot shows it. A row committed after the snapshot is not shown
-        // (`inserted` false, no row): the claim then reads it with `select`.
+        // A key with a row matches nothing: no error, so a caller's transaction stays
+        // usable and the server logs nothing; the claim then reads the row with `select`.
         insert: Statement::new(format!(
-            "WITH ins AS (INSERT INTO {t} \
+            "INSERT INTO {t} \
                  (namespace, idem_key, state, fingerprint, owner, fencing, lease_until, expires_at) \
                  SELECT $1, $2, 1, $3, $4, 1, c.now + {}, c.now + {} FROM {CLOCK} \
-                 ON CONFLICT DO NOTHING RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM ins) AS inserted, {COLUMNS} \
-                 FROM {CLOCK} LEFT JOIN {t} AS t ON t.namespace = $1 AND t.idem_key = $2",
+                 ON CONFLICT DO NOTHING",
             micros!(5),
             micros!(6),
         )),

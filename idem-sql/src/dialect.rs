@@ -7,7 +7,6 @@ use std::future::Future;
 use idem_core::{Error, Key};
 use sqlx::Database;
 
-use crate::claim::Insertion;
 use crate::driver::Query;
 use crate::statement::{Arg, RecordStatements, Statement, TokenStatements};
 use crate::{CallPolicy, StoredRow, TableKind, TableName};
@@ -33,16 +32,15 @@ pub type Pool<D> = sqlx::Pool<<D as SqlDialect>::Db>;
 /// - the statements' text ([`record_statements`](Self::record_statements),
 ///   [`token_statements`](Self::token_statements)), the tables' DDL ([`RECORDS`](Self::RECORDS),
 ///   [`TOKENS`](Self::TOKENS)) and how a schema version is read and migrated;
-/// - the three operations whose shape is the engine's: the claim's INSERT (and what it
-///   reads back when the key has a row), the takeover (how it hands back the new fencing
-///   number) and `remove`;
+/// - the two operations whose shape is the engine's: the takeover (how it hands back the
+///   new fencing number) and `remove`;
 /// - which server errors mean "a duplicate key", "a lock conflict" and "try again later".
 pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// The sqlx driver.
     type Db: Database;
 
     /// The dialect's own statements: those of [`remove`](Self::remove), and any its
-    /// [`insert_claim`](Self::insert_claim) or [`take_over`](Self::take_over) needs.
+    /// [`take_over`](Self::take_over) needs.
     type Extra: Debug + Send + Sync;
 
     /// How log lines and errors name the crate (`idem-mysql`).
@@ -101,14 +99,6 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// # Errors
     /// [`Error::CorruptRecord`] for a column that does not decode.
     fn token(row: &Row<Self>) -> Result<(Vec<u8>, bool), Error>;
-
-    /// The claim's INSERT ([`RecordStatements::insert`], its arguments given): inserted, or
-    /// the key's row as the same statement read it where the engine allows.
-    fn insert_claim<'c>(
-        conn: &'c mut Connection<Self>,
-        statements: &'c RecordStatements<Self>,
-        args: &'c [Arg<'c>],
-    ) -> impl Future<Output = Result<Insertion, Error>> + Send + 'c;
 
     /// The takeover ([`RecordStatements::take_over`], its arguments given): the new
     /// fencing number, or `None` when the row no longer was free.

@@ -21,7 +21,7 @@ mod transaction;
 
 pub use builder::{FromTable, SqlBuilder};
 pub use call::{CallPolicy, CallTimedOut};
-pub use claim::{ClaimSteps, Insertion, ROUNDS, claim};
+pub use claim::{ClaimSteps, ROUNDS, claim};
 pub use dialect::{Connection, Pool, Row, SqlDialect};
 pub use purge::PurgeExpired;
 pub use row::StoredRow;

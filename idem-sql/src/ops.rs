@@ -6,7 +6,7 @@ use idem_core::backend::lifecycle::Entry;
 use idem_core::{ClaimRequest, Error, Key, Lease, Record, Ttl};
 
 use crate::SqlDialect;
-use crate::claim::{ClaimSteps, Insertion};
+use crate::claim::ClaimSteps;
 use crate::dialect::Connection;
 use crate::row::{NOW, claim_spans, micros, state};
 use crate::statement::{Arg, RecordStatements, Statement};
@@ -36,7 +36,10 @@ fn fingerprint(request: &ClaimRequest) -> Arg<'_> {
 }
 
 impl<D: SqlDialect> ClaimSteps for OnConnection<'_, D> {
-    async fn insert(&mut self, request: &ClaimRequest) -> Result<Insertion, Error> {
+    /// A key with a row matches nothing (PostgreSQL's `ON CONFLICT DO NOTHING`) or is
+    /// refused as a duplicate key (MySQL, whose `INSERT IGNORE` would turn other errors
+    /// into warnings too); a refused statement leaves a caller's transaction usable.
+    async fn insert(&mut self, request: &ClaimRequest) -> Result<bool, Error> {
         let (lease_us, life_us) = claim_spans(request.lease_ttl);
         let args = [
             bytes(request.key.namespace().as_bytes()),
@@ -46,7 +49,11 @@ impl<D: SqlDialect> ClaimSteps for OnConnection<'_, D> {
             Arg::Micros(lease_us),
             Arg::Micros(life_us),
         ];
-        D::insert_claim(self.conn, self.statements, &args).await
+        match D::execute(self.conn, &self.statements.insert, &args).await {
+            Ok(inserted) => Ok(inserted > 0),
+            Err(error) if D::is_duplicate_key(&error) => Ok(false),
+            Err(error) => Err(D::error(error)),
+        }
     }
 
     async fn select(&mut self, key: &Key) -> Result<Option<Entry>, Error> {

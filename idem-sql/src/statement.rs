@@ -88,9 +88,9 @@ impl Statement {
 /// its doc.
 #[derive(Debug)]
 pub struct RecordStatements<D: SqlDialect> {
-    /// Claims a never-seen key: namespace, key, fingerprint, owner, lease µs, lease +
-    /// trace µs. What it reads back is the dialect's
-    /// ([`SqlDialect::insert_claim`]).
+    /// Claims a never-seen key, reading nothing back; a key that has a row matches
+    /// nothing, or fails with a duplicate key ([`SqlDialect::is_duplicate_key`]): namespace,
+    /// key, fingerprint, owner, lease µs, lease + trace µs.
     pub insert: Statement,
     /// Reads a key's row (the columns of [`StoredRow`](crate::StoredRow), times relative to
     /// the statement's instant): namespace, key.

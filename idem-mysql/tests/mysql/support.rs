@@ -19,13 +19,6 @@ pub struct MariaDb;
 /// for it (prepares not included).
 pub struct Questions(MySqlPool);
 
-impl Questions {
-    /// The counter of `pool`, which must hold one connection.
-    pub fn on(pool: MySqlPool) -> Self {
-        Self(pool)
-    }
-}
-
 impl StatementCounter for Questions {
     async fn statements(&self) -> u64 {
         let (_, value): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Questions'")

@@ -11,7 +11,8 @@ use super::*;
 /// Long enough that a loaded machine gets from the claim to the read inside it.
 const SHORT: Duration = Duration::from_secs(2);
 
-/// A first claim and each finish are one statement.
+/// A first claim and each finish are one statement; a claim that meets a row reads it with
+/// a second.
 pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     let (pool, counter) = S::counted_pool().await;
     let store = SqlStore::<S::Dialect>::builder()
@@ -43,6 +44,13 @@ pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     let lease = acquired(claim.expect("claim"));
     assert_eq!(n, 1, "a first claim is one INSERT");
 
+    let (n, busy) = count(&counter, store.claim(&request(&counted, LONG))).await;
+    assert!(matches!(busy, Ok(Claim::InProgress { .. })), "{busy:?}");
+    assert_eq!(
+        n, 2,
+        "a held key is the INSERT that met its row and one SELECT"
+    );
+
     let (n, done) = count(&counter, store.complete(&lease, "r".into(), ttl(RETENTION))).await;
     done.expect("complete");
     assert_eq!(n, 1, "a completion is one UPDATE");
@@ -50,9 +58,8 @@ pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     let (n, replay) = count(&counter, store.claim(&request(&counted, LONG))).await;
     assert_eq!(replay.expect("replay"), Claim::Completed("r".into()));
     assert_eq!(
-        n, 1,
-        "a replay is one INSERT that reads the row back (MariaDB: ON DUPLICATE KEY UPDATE \
-         ... RETURNING)"
+        n, 2,
+        "a replay is the INSERT that met its row and one SELECT"
     );
 
     let failed = key(&ns, "failed");
@@ -73,8 +80,8 @@ pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
     let (n, taken) = count(&counter, store.claim(&request(&other, LONG))).await;
     let lease = acquired(taken.expect("takeover"));
     assert_eq!(
-        n, 2,
-        "a takeover is the INSERT that reads the row back, and one UPDATE"
+        n, 3,
+        "a takeover is the INSERT that met its row, one SELECT and one UPDATE"
     );
     let (n, released) = count(&counter, store.release(&lease)).await;
     released.expect("release");
