@@ -201,6 +201,31 @@ mod tests {
         );
     }
 
+    /// A store over its capacity (moka's count lagged behind issues made at once) refuses
+    /// to issue, as a full one does: being over is no reason to skip the check.
+    #[tokio::test]
+    async fn a_token_store_over_its_capacity_refuses_to_issue() {
+        let (first, scope) = (token(), scope());
+        let store = MemoryTokenStore::with_capacity(weight_of(&first, &scope));
+        let tokens = &store.inner.map().cache;
+        for token in [first, token()] {
+            let entry = TokenEntry::new(
+                idem_core::backend::TokenRecord::new(scope.clone(), false),
+                store.inner.map().now() + 60_000,
+            );
+            tokens.insert(token, entry).await;
+        }
+        tokens.run_pending_tasks().await;
+        assert!(store.held_bytes() > store.capacity(), "the premise");
+        assert!(
+            matches!(
+                store.issue(&token(), &scope, ttl(60_000)).await,
+                Err(Error::Unavailable { .. })
+            ),
+            "a store over its capacity issued"
+        );
+    }
+
     /// At capacity (held == capacity is full) issuing is refused with [`StoreFull`], and a
     /// token that expires makes room again: the refusal looks past moka's stale count.
     #[tokio::test]
