@@ -39,6 +39,9 @@ pub(crate) fn read_key(headers: &HeaderMap, name: &HeaderName, syntax: KeySyntax
 }
 
 fn parse_key(value: &[u8], name: &HeaderName, syntax: KeySyntax) -> KeyHeader {
+    if let Some(key) = plain_string(value) {
+        return KeyHeader::Valid(key.to_owned());
+    }
     match Parser::new(value).parse_item::<Item>() {
         Ok(Item {
             bare_item: BareItem::String(key),
@@ -56,6 +59,22 @@ fn parse_key(value: &[u8], name: &HeaderName, syntax: KeySyntax) -> KeyHeader {
              \"8e03978e-40d5-43e8-bc93-6894a57f9324\" with its double quotes"
         )),
     }
+}
+
+/// The key of a structured-field string with nothing to unescape and nothing around it
+/// (`"8e03978e-…"`, as nearly every client sends it), read without the parser: the
+/// characters inside the quotes, which RFC 8941 allows unescaped (visible ASCII and space,
+/// but no `"` or `\`), are the key as they stand. Anything else goes to the parser.
+fn plain_string(value: &[u8]) -> Option<&str> {
+    let inner = value.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner
+        .iter()
+        .all(|&byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\')
+    {
+        return None;
+    }
+    // Only ASCII, so this never fails.
+    std::str::from_utf8(inner).ok()
 }
 
 /// An RFC 9110 `token`: no quotes, commas, semicolons or spaces, so a bare value can never
@@ -117,6 +136,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_plain_string_shortcut_reads_what_the_parser_reads() {
+        let mut values: Vec<Vec<u8>> = [
+            "\"abc\"",
+            "\"\"",
+            "\"a b ~!#\"",
+            "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"",
+            "\"a\\\"b\"",
+            "\"a\\\\\"",
+            "\"k\";x=1",
+            " \"abc\"",
+            "\"abc\" ",
+            "\"",
+            "\"a\"b\"",
+            "\"tab\there\"",
+        ]
+        .iter()
+        .map(|value| value.as_bytes().to_vec())
+        .collect();
+        // Every byte inside the quotes, the shortcut's whole decision.
+        values.extend((0..=255u8).map(|byte| vec![b'"', b'k', byte, b'"']));
+        for value in values {
+            let parsed = match Parser::new(&value).parse_item::<Item>() {
+                Ok(Item {
+                    bare_item: BareItem::String(key),
+                    params,
+                }) if params.is_empty() => Some(key.as_str().to_owned()),
+                _ => None,
+            };
+            match plain_string(&value) {
+                Some(key) => assert_eq!(Some(key.to_owned()), parsed, "{value:?}"),
+                // Missed only for escapes or space around the quotes.
+                None if parsed.is_some() => assert!(
+                    value.contains(&b'\\') || !value.starts_with(b"\"") || !value.ends_with(b"\""),
+                    "{value:?}"
+                ),
+                None => {}
+            }
+        }
+        assert_eq!(
+            plain_string(b"\"a b ~!#\""),
+            Some("a b ~!#"),
+            "taken when it can be"
+        );
+        assert_eq!(
+            plain_string(b"\"a\\\"b\""),
+            None,
+            "escapes go to the parser"
+        );
     }
 
     #[test]
