@@ -537,6 +537,30 @@ mod tests {
         assert!(records.admit(&key("b")).await.is_err());
     }
 
+    /// A store over its capacity refuses new keys, as a full one does: being over is no
+    /// reason to skip the check.
+    #[tokio::test]
+    async fn a_store_over_its_capacity_refuses_new_keys() {
+        let capacity = u64::from(weight(&key("x"), &open_entry(0)));
+        let store = MemoryStore::with_capacity(capacity);
+        let records = store.inner.map();
+        for held in [key("x"), key("y")] {
+            let entry = open_entry(u64::MAX);
+            records
+                .open_bytes
+                .fetch_add(u64::from(weight(&held, &entry)), Ordering::Relaxed);
+            records.stripe(&held).open.insert(held.clone(), entry);
+        }
+        assert!(store.held_bytes() > capacity, "the premise");
+        assert!(
+            matches!(
+                store.claim(&claim_request("new")).await,
+                Err(Error::Unavailable { .. })
+            ),
+            "a store over its capacity took a new key"
+        );
+    }
+
     /// Finished records leave the store, and its budget, when their retention ends, also
     /// when the key was finished before (moka then updates its entry rather than creating
     /// it).
