@@ -52,9 +52,10 @@ pub enum Defect {
     /// step (two statements outside a transaction): a read in between sees a finished
     /// record with no payload.
     TornFinish,
-    /// Calls presenting a live lease take a per-key lock, check the lease, then write in a
-    /// second step; `remove` does not take the lock, so a remove between a check and its
-    /// write is undone (the record comes back). Two calls with one lease stay exclusive.
+    /// Calls presenting a lease take a per-key lock; renew and release of a live lease
+    /// check it, then write in a second step. `remove` does not take the lock, so a remove
+    /// between a check and its write is undone (the claim comes back, or both say they
+    /// freed the key). Two calls with one lease stay exclusive.
     RemoveIgnoresLeaseLock,
     /// The first acquisition of a key the store does not know inserts the claim, then sets
     /// its fencing number in a second statement (outside a transaction): a read in between

@@ -343,9 +343,11 @@ impl BrokenStore {
                 _ => Self::corrupt(),
             });
         }
-        let _lease_lock = match self.defect {
-            Defect::RemoveIgnoresLeaseLock => Some(self.lease_lock(&slot)?.lock_owned().await),
-            _ => None,
+        let locked = self.defect == Defect::RemoveIgnoresLeaseLock;
+        let _lease_lock = if locked {
+            Some(self.lease_lock(&slot)?.lock_owned().await)
+        } else {
+            None
         };
         let later = {
             let mut state = self.lock()?;
@@ -363,7 +365,8 @@ impl BrokenStore {
             match self.defect {
                 Defect::CheckThenSetFinish if op == Op::Finish => Later::Write(entry, next),
                 Defect::CheckThenSetRelease if op == Op::Release => Later::Write(entry, next),
-                Defect::CheckThenSetLiveWrites | Defect::RemoveIgnoresLeaseLock if live => {
+                Defect::CheckThenSetLiveWrites if live => Later::Write(entry, next),
+                Defect::RemoveIgnoresLeaseLock if live && op != Op::Finish => {
                     Later::Write(entry, next)
                 }
                 Defect::TornFinish if op == Op::Finish && live => {
