@@ -44,14 +44,31 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let namespace = format!("idem-tests.{check}.{}", uuid::Uuid::new_v4().simple());
-    body(Ctx {
-        store,
-        caps,
-        namespace,
-    })
+    let namespace = unique_name(check);
+    named(
+        check,
+        body(Ctx {
+            store,
+            caps,
+            namespace,
+        }),
+    )
     .await
-    .map_err(|message| CheckFailure { check, message })
+}
+
+/// A name no other run of any check uses, `idem-tests.<check>.<uuid>`: a check's namespace
+/// or scope, so that checks share a server without wiping it.
+pub(crate) fn unique_name(check: &str) -> String {
+    format!("idem-tests.{check}.{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Runs a check's body and names the check in its failure.
+pub(crate) async fn named(
+    check: &'static str,
+    body: impl Future<Output = Result<(), String>>,
+) -> CheckResult {
+    body.await
+        .map_err(|message| CheckFailure { check, message })
 }
 
 /// Turns a store error into a check failure that says what was being done.

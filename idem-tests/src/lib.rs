@@ -115,7 +115,7 @@ macro_rules! conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_check_names!(__conformance_tests {
-            conformance run_check checks ($factory) ($capabilities)
+            conformance checks ($factory) ($capabilities)
         });
     };
 }
@@ -129,7 +129,7 @@ macro_rules! token_conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_token_check_names!(__conformance_tests {
-            token_conformance run_token_check token_checks ($factory) ($capabilities)
+            token_conformance token_checks ($factory) ($capabilities)
         });
     };
 }
@@ -202,7 +202,7 @@ macro_rules! __with_token_check_names {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ([$module:ident $runner:ident $checks:ident ($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
+    ([$module:ident $checks:ident ($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
         /// The idem-tests conformance suite, one test per rule.
         mod $module {
             #[allow(unused_imports)]
@@ -210,7 +210,7 @@ macro_rules! __conformance_tests {
             $(
                 #[test]
                 fn $name() {
-                    $crate::$runner($crate::$checks::$name, $factory, $capabilities);
+                    $crate::run_check($crate::$checks::$name, $factory, $capabilities);
                 }
             )*
         }
@@ -298,94 +298,50 @@ async fn run_checks<S: Clone + Send + 'static>(
 /// The longest one check may take before it counts as hung.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Runs one store check on a fresh multi-threaded runtime and panics with its failure. Used
-/// by [`conformance!`]; call it yourself to run a single check in a `#[test]`.
-pub fn run_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
+/// What a check's factory builds, shared as what the check takes: a store as [`Store`], a
+/// token store as [`SharedTokenStore`], a hook as [`SharedSabotage`] or
+/// [`SharedTokenSabotage`]. Lets [`run_check`] run every kind of check.
+pub trait Shared<T> {
+    /// Shares it between the check's tasks.
+    fn shared(self) -> T;
+}
+
+impl<S: IdempotencyStore> Shared<Store> for S {
+    fn shared(self) -> Store {
+        Arc::new(self)
+    }
+}
+
+impl<S: TokenStore> Shared<SharedTokenStore> for S {
+    fn shared(self) -> SharedTokenStore {
+        Arc::new(self)
+    }
+}
+
+impl<S: Sabotage> Shared<SharedSabotage> for S {
+    fn shared(self) -> SharedSabotage {
+        Arc::new(self)
+    }
+}
+
+impl<S: TokenSabotage> Shared<SharedTokenSabotage> for S {
+    fn shared(self) -> SharedTokenSabotage {
+        Arc::new(self)
+    }
+}
+
+/// Runs one check (of a store, a token store, the executor or a hook) on what `factory`
+/// builds, on a fresh multi-threaded runtime, and panics with its failure. Used by
+/// [`conformance!`] and its siblings; call it yourself to run a single check in a `#[test]`.
+pub fn run_check<T, C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
 where
-    C: FnOnce(Store, Capabilities) -> CFut,
-    CFut: Future<Output = CheckResult>,
-    F: FnOnce() -> FFut,
-    FFut: Future<Output = S>,
-    S: IdempotencyStore,
-{
-    run_shared(
-        check,
-        factory,
-        |store| -> Store { Arc::new(store) },
-        capabilities,
-    );
-}
-
-/// Runs one token check, like [`run_check`]. Used by [`token_conformance!`].
-pub fn run_token_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
-where
-    C: FnOnce(SharedTokenStore, Capabilities) -> CFut,
-    CFut: Future<Output = CheckResult>,
-    F: FnOnce() -> FFut,
-    FFut: Future<Output = S>,
-    S: TokenStore,
-{
-    run_shared(
-        check,
-        factory,
-        |store| -> SharedTokenStore { Arc::new(store) },
-        capabilities,
-    );
-}
-
-/// Runs one fault check, like [`run_check`]. Used by [`fault_conformance!`].
-pub fn run_sabotage_check<C, CFut, F, FFut, S>(check: C, factory: F, capabilities: Capabilities)
-where
-    C: FnOnce(SharedSabotage, Capabilities) -> CFut,
-    CFut: Future<Output = CheckResult>,
-    F: FnOnce() -> FFut,
-    FFut: Future<Output = S>,
-    S: Sabotage,
-{
-    run_shared(
-        check,
-        factory,
-        |sabotage| -> SharedSabotage { Arc::new(sabotage) },
-        capabilities,
-    );
-}
-
-/// Runs one token fault check, like [`run_check`]. Used by [`token_fault_conformance!`].
-pub fn run_token_sabotage_check<C, CFut, F, FFut, S>(
-    check: C,
-    factory: F,
-    capabilities: Capabilities,
-) where
-    C: FnOnce(SharedTokenSabotage, Capabilities) -> CFut,
-    CFut: Future<Output = CheckResult>,
-    F: FnOnce() -> FFut,
-    FFut: Future<Output = S>,
-    S: TokenSabotage,
-{
-    run_shared(
-        check,
-        factory,
-        |sabotage| -> SharedTokenSabotage { Arc::new(sabotage) },
-        capabilities,
-    );
-}
-
-/// Makes what a check takes with `factory`, shares it, and runs the check on it.
-fn run_shared<C, CFut, F, FFut, S, T>(
-    check: C,
-    factory: F,
-    share: fn(S) -> T,
-    capabilities: Capabilities,
-) where
     C: FnOnce(T, Capabilities) -> CFut,
     CFut: Future<Output = CheckResult>,
     F: FnOnce() -> FFut,
     FFut: Future<Output = S>,
+    S: Shared<T>,
 {
-    block_on_check(async {
-        let shared = share(factory().await);
-        check(shared, capabilities).await
-    });
+    block_on_check(async { check(factory().await.shared(), capabilities).await });
 }
 
 fn block_on_check(check: impl Future<Output = CheckResult>) {

@@ -162,7 +162,7 @@ macro_rules! fault_conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_fault_check_names!(__conformance_tests {
-            fault_conformance run_sabotage_check sabotage_checks ($factory) ($capabilities)
+            fault_conformance sabotage_checks ($factory) ($capabilities)
         });
     };
 }
@@ -176,7 +176,7 @@ macro_rules! token_fault_conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_token_fault_check_names!(__conformance_tests {
-            token_fault_conformance run_token_sabotage_check sabotage_checks ($factory) ($capabilities)
+            token_fault_conformance sabotage_checks ($factory) ($capabilities)
         });
     };
 }

@@ -12,8 +12,8 @@ use idem_core::{
 };
 use tokio::sync::Barrier;
 
-use crate::context::{Doing, ensure};
-use crate::{Capabilities, CheckFailure, CheckResult, SharedTokenStore};
+use crate::context::{Doing, ensure, named, unique_name};
+use crate::{Capabilities, CheckResult, SharedTokenStore};
 
 /// A check's tokens service and a scope of its own.
 pub(crate) struct Ctx {
@@ -33,22 +33,16 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let scope = Scope::new(format!(
-        "idem-tests.{check}.{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let scope = scope.map_err(|e| CheckFailure {
-        check,
-        message: format!("scope: {e}"),
-    })?;
-    let ctx = Ctx {
-        tokens: Tokens::new(store),
-        caps,
-        scope,
-    };
-    body(ctx)
+    named(check, async move {
+        let scope = Scope::new(unique_name(check)).doing("scope")?;
+        body(Ctx {
+            tokens: Tokens::new(store),
+            caps,
+            scope,
+        })
         .await
-        .map_err(|message| CheckFailure { check, message })
+    })
+    .await
 }
 
 impl Ctx {
@@ -78,7 +72,7 @@ impl Ctx {
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when more or fewer than one consume wins, or a loser is not
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when more or fewer than one consume wins, or a loser is not
 /// told `AlreadyUsed`; or when a store call the check needs fails unexpectedly.
 pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("exclusive_consume", store, capabilities, |ctx| async move {
@@ -129,7 +123,7 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when a token is refused within its TTL or accepted after
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a token is refused within its TTL or accepted after
 /// it, or its used mark outlives it; or when a store call the check needs fails unexpectedly.
 pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("token_expiry", store, capabilities, |ctx| async move {
@@ -169,7 +163,7 @@ pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when another scope's consume is accepted or uses the token
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when another scope's consume is accepted or uses the token
 /// up; or when a store call the check needs fails unexpectedly.
 pub async fn scope_binding(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("scope_binding", store, capabilities, |ctx| async move {
@@ -197,7 +191,7 @@ pub async fn scope_binding(store: SharedTokenStore, capabilities: Capabilities) 
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when a malformed token is accepted or reaches the store, or
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a malformed token is accepted or reaches the store, or
 /// a token never issued is not `Unknown`; or when a store call the check needs fails unexpectedly.
 pub async fn malformed_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("malformed_tokens", store, capabilities, |ctx| async move {
@@ -245,7 +239,7 @@ pub async fn malformed_tokens(store: SharedTokenStore, capabilities: Capabilitie
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when two tokens are equal, or an issue overwrote a live
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when two tokens are equal, or an issue overwrote a live
 /// token; or when a store call the check needs fails unexpectedly.
 pub async fn issue_never_overwrites(
     store: SharedTokenStore,
@@ -279,7 +273,7 @@ pub async fn issue_never_overwrites(
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when two tokens are equal, or one was not stored; or when a
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when two tokens are equal, or one was not stored; or when a
 /// store call the check needs fails unexpectedly.
 pub async fn distinct_tokens(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("distinct_tokens", store, capabilities, |ctx| async move {
@@ -347,7 +341,7 @@ impl TokenStore for CountingStore {
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when a scope that differs is accepted, or the attempt used
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a scope that differs is accepted, or the attempt used
 /// the token up; or when a store call the check needs fails unexpectedly.
 pub async fn scope_compared_exactly(
     store: SharedTokenStore,
@@ -397,7 +391,7 @@ pub async fn scope_compared_exactly(
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when a rejection names another reason than the core's order
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a rejection names another reason than the core's order
 /// gives; or when a store call the check needs fails unexpectedly.
 pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("rejection_reasons", store, capabilities, |ctx| async move {
@@ -458,7 +452,7 @@ pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabiliti
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when a repeat is not `AlreadyUsed` within the token's TTL
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a repeat is not `AlreadyUsed` within the token's TTL
 /// or not `Unknown` after it; or when a store call the check needs fails unexpectedly.
 pub async fn used_mark_lifetime(
     store: SharedTokenStore,
@@ -508,7 +502,7 @@ pub async fn used_mark_lifetime(
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when issuing against a used token is not `TokenCollision`
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when issuing against a used token is not `TokenCollision`
 /// or removed its mark, or an expired one is not stored afresh; or when a store call the check
 /// needs fails unexpectedly.
 pub async fn issue_against_used(
@@ -560,7 +554,7 @@ const RACED_TOKENS: usize = 32;
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`] naming this check when both or neither of two issues succeed, the token
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when both or neither of two issues succeed, the token
 /// does not belong to the winner, or a consume's answer disagrees with what the token shows
 /// afterwards; or when a store call the check needs fails unexpectedly.
 pub async fn issue_races(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {

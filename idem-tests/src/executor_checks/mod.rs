@@ -86,7 +86,7 @@ macro_rules! executor_conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_executor_check_names!(__conformance_tests {
-            executor_conformance run_check executor_checks ($factory) ($capabilities)
+            executor_conformance executor_checks ($factory) ($capabilities)
         });
     };
 }
