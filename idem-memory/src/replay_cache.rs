@@ -327,6 +327,11 @@ mod tests {
     async fn a_cached_replay_weighs_its_key_its_payload_and_the_overhead() {
         let cache = filled(ReplayCache::builder(), b"receipt").await;
         assert_eq!(
+            cache.cache.policy().max_capacity(),
+            Some(64 * 1024 * 1024),
+            "the default capacity is 64 MiB"
+        );
+        assert_eq!(
             cache.cache.weighted_size(),
             ("replay".len() + "k-1".len() + "receipt".len()) as u64 + CACHED_OVERHEAD
         );
