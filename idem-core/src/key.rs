@@ -1,6 +1,8 @@
 //! Idempotency keys: a namespace plus the client's key.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::LazyLock;
 
 use crate::error::{Error, InputField, InvalidInput};
 
@@ -24,14 +26,25 @@ pub const MAX_KEY_LEN: usize = 255;
 /// assert!(Key::new("payments", "").is_err());
 /// # Ok::<(), idem_core::Error>(())
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Key {
     /// Both parts in one allocation, namespace first: a key is cloned into every lease and
     /// held by every stored record, so one allocation instead of two is worth the split.
+    /// (Not an `Arc<str>`, whose clones would be free: its two counters would make every
+    /// stored record 16 bytes larger, and the store's footprint is held to moka's.)
     text: Box<str>,
     /// Where the namespace ends in `text`.
     split: u16,
+    /// The hash of `text` under [`HASH_SEED`], taken once when the key is built. A store
+    /// hashes a key several times per step (its lock, its maps, its cache); each of those
+    /// then hashes these four bytes instead of the text. (It fits beside `split`: a key is
+    /// no larger for it.)
+    hash: u32,
 }
+
+/// The seed of every key's [`hash`](Key::hash): random per process, so that clients, who
+/// choose the keys, cannot choose keys that collide.
+static HASH_SEED: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
 
 impl Key {
     /// Validates and builds a key.
@@ -47,12 +60,11 @@ impl Key {
         let (namespace, id) = (namespace.as_ref(), id.as_ref());
         validate(InputField::Namespace, namespace)?;
         validate(InputField::Key, id)?;
-        // One exact allocation: keys are built on every request.
-        let mut text = String::with_capacity(namespace.len() + id.len());
-        text.push_str(namespace);
-        text.push_str(id);
+        let text = joined(namespace, id);
         Ok(Self {
-            text: text.into_boxed_str(),
+            // A 64-bit hash folded to 32: collisions only cost a comparison of the texts.
+            hash: HASH_SEED.hash_one(&*text) as u32,
+            text,
             // Both parts are at most MAX_KEY_LEN bytes, so the split fits a u16.
             split: namespace.len() as u16,
         })
@@ -81,6 +93,23 @@ impl Key {
     }
 }
 
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        // The hashes first: two different keys almost never get past them.
+        self.hash == other.hash && self.split == other.split && self.text == other.text
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    /// Writes the hash the key carries: equal keys carry equal hashes, and a hasher then
+    /// mixes four bytes instead of the whole text.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.hash);
+    }
+}
+
 impl PartialOrd for Key {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
@@ -104,6 +133,14 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace(), self.id())
     }
+}
+
+/// `namespace` then `id`, in one exact allocation: keys are built on every request.
+fn joined(namespace: &str, id: &str) -> Box<str> {
+    let mut text = String::with_capacity(namespace.len() + id.len());
+    text.push_str(namespace);
+    text.push_str(id);
+    text.into_boxed_str()
 }
 
 pub(crate) fn validate(field: InputField, value: &str) -> Result<(), InvalidInput> {
@@ -212,6 +249,25 @@ mod tests {
         assert_eq!((a.namespace(), a.id()), ("ab", "c"));
         assert_eq!((b.namespace(), b.id()), ("a", "bc"));
         assert!(b < a, "ordered by namespace first");
+    }
+
+    /// Equal keys hash alike under any hasher (their carried hash is of their text), and
+    /// the hash decides nothing: keys whose texts run together alike share it and still
+    /// differ.
+    #[test]
+    fn equal_keys_hash_alike_and_differ_by_their_parts() {
+        use std::hash::{BuildHasher, RandomState};
+
+        let state = RandomState::new();
+        let (a, b) = (Key::new("orders", "o-1"), Key::new("orders", "o-1"));
+        let (a, b) = (a.expect("valid"), b.expect("valid"));
+        assert_eq!(a, b);
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        assert_ne!(a, Key::new("orders", "o-2").expect("valid"));
+        let (c, d) = (Key::new("ab", "c"), Key::new("a", "bc"));
+        let (c, d) = (c.expect("valid"), d.expect("valid"));
+        assert_eq!(state.hash_one(&c), state.hash_one(&d));
+        assert_ne!(c, d);
     }
 
     #[test]
