@@ -39,9 +39,19 @@ where
         Self {
             attempt: Some(Box::pin(attempt)),
             runtime,
-            span: Span::current(),
+            span: caller_span(),
             polling: false,
         }
+    }
+}
+
+/// The caller's span, kept for a detached attempt's task. When no subscriber listens at any
+/// level, no span is open, and looking it up would only cost the lookup.
+fn caller_span() -> Span {
+    if tracing::level_enabled!(tracing::Level::ERROR) {
+        Span::current()
+    } else {
+        Span::none()
     }
 }
 
