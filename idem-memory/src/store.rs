@@ -232,7 +232,7 @@ impl EntryMap for Records {
         let step = match stripe.open.get(key) {
             Some(open) => step(Some(open)),
             None => {
-                finished = self.finished.get(key);
+                finished = self.finished_record(key);
                 step(finished.as_ref())
             }
         };
@@ -304,6 +304,17 @@ impl EntryMap for Records {
 }
 
 impl Records {
+    /// The key's finished record. A key that reaches `update` rarely has one (a replay is
+    /// answered by `peek`), so a miss is found by `contains_key`, which, unlike `get`,
+    /// records no read for moka to process later.
+    fn finished_record(&self, key: &Key) -> Option<Entry> {
+        if self.finished.contains_key(key) {
+            self.finished.get(key)
+        } else {
+            None
+        }
+    }
+
     fn holds(&self, key: &Key) -> bool {
         let stripe = self.stripe(key);
         stripe.open.contains_key(key) || self.finished.contains_key(key)
