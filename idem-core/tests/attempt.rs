@@ -301,13 +301,14 @@ async fn attempt_errors_and_the_engine_describe_themselves() {
 }
 
 /// A store whose claims are `Unavailable` a given number of times, counting them; each claim
-/// answers after `delay`. It notes when each renewal is sent.
+/// answers after `delay`. It notes when each claim and each renewal is sent.
 #[derive(Debug)]
 struct Blinking {
     inner: MemoryStore,
     outages: std::sync::atomic::AtomicU32,
     claims: std::sync::atomic::AtomicU32,
     delay: Duration,
+    claims_sent: std::sync::Mutex<Vec<tokio::time::Instant>>,
     renewals: std::sync::Mutex<Vec<tokio::time::Instant>>,
 }
 
@@ -318,6 +319,7 @@ impl Blinking {
             outages: outages.into(),
             claims: 0.into(),
             delay,
+            claims_sent: std::sync::Mutex::default(),
             renewals: std::sync::Mutex::default(),
         }
     }
@@ -328,6 +330,8 @@ impl IdempotencyStore for Blinking {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         use std::sync::atomic::Ordering::SeqCst;
         self.claims.fetch_add(1, SeqCst);
+        let now = tokio::time::Instant::now();
+        self.claims_sent.lock().expect("not poisoned").push(now);
         tokio::time::sleep(self.delay).await;
         if self
             .outages
@@ -445,6 +449,24 @@ async fn a_lease_acquired_by_a_slow_claim_is_renewed_before_it_lapses() {
         lapse - sent,
         renewals.iter().map(|at| *at - sent).collect::<Vec<_>>()
     );
+}
+
+/// A lease granted by a retried claim counts from that retry's send, the one the store
+/// applied: not from the first send (an outage's earlier, refused claims granted nothing,
+/// and counting from them would renew too early by the outages and pauses), nor from the
+/// answer.
+#[tokio::test(start_paused = true)]
+async fn a_lease_granted_by_a_retried_claim_counts_from_the_retrys_send() {
+    let store = Arc::new(Blinking::new(2, Duration::from_millis(100)));
+    let engine = Engine::new(Arc::clone(&store), ttl(3));
+    let key = Key::new("attempt-tests", "retried-claim").expect("key");
+    let Ok(Claim::Acquired(lease)) = engine.claim(&ClaimRequest::new(key, ttl(3))).await else {
+        panic!("the third claim acquires the fresh key");
+    };
+    let sends = store.claims_sent.lock().expect("not poisoned").clone();
+    assert_eq!(sends.len(), 3, "two outages, then the claim that acquired");
+    assert!(sends[0] < sends[1] && sends[1] < sends[2], "{sends:?}");
+    assert_eq!(lease.claim_sent(), Some(sends[2]), "sends at {sends:?}");
 }
 
 /// A Release attempt dropped where no runtime runs (its future moved out of the runtime and
