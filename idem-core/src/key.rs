@@ -270,6 +270,28 @@ mod tests {
         assert_ne!(c, d);
     }
 
+    /// Distinct keys carry distinct hashes (all but a rare 32-bit collision): a store's
+    /// maps and locks spread keys by them, and keys that all hashed alike would pile into
+    /// one bucket, every lookup a walk through all the keys held.
+    #[test]
+    fn distinct_keys_spread_their_hashes() {
+        use std::collections::HashSet;
+        use std::hash::{BuildHasher, RandomState};
+
+        let state = RandomState::new();
+        let hashes: HashSet<u64> = (0..100)
+            .map(|i| state.hash_one(Key::new("orders", format!("o-{i}")).expect("valid")))
+            .collect();
+        assert!(hashes.len() >= 99, "100 keys, {} hashes", hashes.len());
+    }
+
+    #[test]
+    fn a_key_shows_both_parts() {
+        let key = Key::new("orders", "o-1").expect("valid");
+        assert_eq!(key.to_string(), "orders/o-1");
+        assert_eq!(format!("{key:?}"), r#"Key("orders"/"o-1")"#);
+    }
+
     #[test]
     fn encoding_is_unambiguous() {
         let a = Key::new("a:b", "c").expect("valid");
