@@ -133,6 +133,33 @@ mod tests {
         done.await.expect("the attempt ran to the end");
     }
 
+    /// A detached attempt's task runs in its caller's span, so what it logs (a renewal that
+    /// failed, the outcome it stores) is still told apart by the request it belongs to.
+    #[tokio::test]
+    async fn a_detached_attempt_runs_on_in_its_callers_span() {
+        // The test's runtime runs every task on this thread, the one the subscriber is on.
+        let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let attempt = async move {
+            let _ = wait.await;
+            let _ = finished.send(Span::current().metadata().map(|m| m.name()));
+        };
+        let mut caller = {
+            let request = tracing::error_span!("request");
+            let _in = request.enter();
+            Box::pin(Detachable::new(attempt, Handle::current()))
+        };
+        let pending = std::future::poll_fn(|cx| Poll::Ready(caller.as_mut().poll(cx).is_pending()));
+        assert!(pending.await, "the attempt waits for `go`");
+        drop(caller);
+        go.send(()).expect("the attempt still waits");
+        assert_eq!(
+            done.await.expect("the attempt ran to the end"),
+            Some("request")
+        );
+    }
+
     /// An attempt that finished in its caller's future is not handed to a task when the
     /// caller's future is dropped: that task would poll a finished future (an `async` block
     /// panics then, silently, on a task nobody joins).
