@@ -165,3 +165,52 @@ impl Lease {
         self
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasher, RandomState};
+
+    use super::*;
+
+    const UUID: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+
+    #[test]
+    fn an_owner_token_shows_its_uuid() {
+        let owner = OwnerToken::from_uuid(Uuid::parse_str(UUID).expect("a UUID"));
+        assert_eq!(owner.to_string(), UUID);
+        assert_eq!(format!("{owner:?}"), format!("OwnerToken({UUID})"));
+    }
+
+    /// A lease is its key, owner, fencing number and fingerprint: two leases that differ
+    /// in any one of them are different rights, and compare and hash apart; when the claim
+    /// was sent is local knowledge and changes neither.
+    #[test]
+    fn leases_compare_and_hash_by_their_right_alone() {
+        let state = RandomState::new();
+        let key = Key::new("lease", "k").expect("valid");
+        let owner = OwnerToken::random();
+        let lease =
+            Lease::new(key.clone(), owner, 7).with_fingerprint(Fingerprint::from_bytes(b"a"));
+        let sent = lease.clone().sent_at(Instant::now());
+        assert_eq!(sent, lease);
+        assert_eq!(state.hash_one(&sent), state.hash_one(&lease));
+
+        let other_key = Lease {
+            key: Key::new("lease", "other").expect("valid"),
+            ..lease.clone()
+        };
+        let other_owner = Lease {
+            owner: OwnerToken::random(),
+            ..lease.clone()
+        };
+        let other_fencing = Lease {
+            fencing: 8,
+            ..lease.clone()
+        };
+        let other_fingerprint = lease.clone().with_fingerprint(None);
+        for other in [other_key, other_owner, other_fencing, other_fingerprint] {
+            assert_ne!(other, lease, "{other:?}");
+            assert_ne!(state.hash_one(&other), state.hash_one(&lease), "{other:?}");
+        }
+    }
+}
