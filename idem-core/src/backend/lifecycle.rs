@@ -449,6 +449,11 @@ mod tests {
         assert_eq!(lease.owner, request.owner);
         assert_eq!(lease.key, key());
         assert_eq!(
+            lease.fingerprint,
+            fingerprint(1),
+            "the claim's own fingerprint"
+        );
+        assert_eq!(
             entry,
             Entry {
                 phase: Phase::Claimed {
