@@ -596,6 +596,49 @@ mod tests {
         });
     }
 
+    /// A claim answered from the snapshot is decided at the map's time, like one that
+    /// writes: "in progress" with the lease's time left then, a lapsed lease free for
+    /// another owner, a finished key replayed only until its retention ends.
+    #[test]
+    fn a_claim_is_decided_at_the_maps_time() {
+        block_on(async {
+            let store = LifecycleStore::new(TestMap::default());
+            let clock = &store.map().now;
+            let holder = ClaimRequest::new(key(), ttl(1_000));
+            let lease = acquired(store.claim(&holder).await);
+            clock.store(400, Ordering::SeqCst);
+            let other = ClaimRequest::new(key(), ttl(1_000));
+            assert_eq!(
+                store.claim(&other).await.expect("answered"),
+                Claim::InProgress {
+                    retry_after: Duration::from_millis(600)
+                }
+            );
+            clock.store(1_000, Ordering::SeqCst);
+            let taken = acquired(store.claim(&other).await);
+            assert_eq!(
+                taken.fencing,
+                lease.fencing + 1,
+                "the lapsed lease is taken over"
+            );
+            store
+                .complete(&taken, Bytes::from_static(b"ok"), ttl(5_000))
+                .await
+                .expect("complete");
+            clock.store(5_999, Ordering::SeqCst);
+            assert_eq!(
+                store.claim(&holder).await.expect("a replay"),
+                Claim::Completed(Bytes::from_static(b"ok"))
+            );
+            clock.store(6_000, Ordering::SeqCst);
+            assert_eq!(
+                acquired(store.claim(&holder).await).fencing,
+                1,
+                "the retention ended: a new key"
+            );
+        });
+    }
+
     #[test]
     fn tokens_live_until_their_expiry_and_keep_it_when_used() {
         block_on(async {

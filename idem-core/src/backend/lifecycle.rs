@@ -604,12 +604,14 @@ mod tests {
         ));
         assert_eq!(failed.phase, Phase::Failed(Bytes::from_static(b"no")));
         assert_eq!(failed.expires_at, 5_010);
+        let record = failed.record(&key(), 1_010).expect("finished");
         assert_eq!(
-            failed.record(&key(), 10).expect("finished").state,
+            record.state,
             RecordState::Failed {
                 failure: Bytes::from_static(b"no")
             }
         );
+        assert_eq!(record.expires_in, Duration::from_millis(4_000));
         // A finished key replays to its own fingerprint only, and is never held again.
         assert_eq!(
             kept(claim(Some(&done), &holder, 3_000)).expect("replay"),
