@@ -60,9 +60,29 @@ impl Fingerprint {
     /// The fingerprint of raw bytes.
     #[must_use]
     pub fn from_bytes(bytes: &[u8]) -> Self {
+        Self::from_byte_parts([bytes])
+    }
+
+    /// The fingerprint of `parts` one after the other: the same as
+    /// [`from_bytes`](Self::from_bytes) of their concatenation, without copying them into one
+    /// buffer first (a request's fields and its body, say).
+    ///
+    /// ```
+    /// use idem_core::Fingerprint;
+    ///
+    /// let parts: [&[u8]; 3] = [b"POST ", b"/payments ", b"{\"cents\":100}"];
+    /// assert_eq!(
+    ///     Fingerprint::from_byte_parts(parts),
+    ///     Fingerprint::from_bytes(b"POST /payments {\"cents\":100}"),
+    /// );
+    /// ```
+    #[must_use]
+    pub fn from_byte_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(BYTES_DOMAIN);
-        hasher.update(bytes);
+        for part in parts {
+            hasher.update(part);
+        }
         Self(hasher.finalize().into())
     }
 
@@ -182,6 +202,18 @@ mod tests {
             Fingerprint::from_bytes(b"POST /payments {\"cents\":100}").to_string(),
             "3d26551516ce49cfb71476aa0bc6651c98db57c7553323268e3ef00839bd29c2"
         );
+    }
+
+    #[test]
+    fn parts_hash_as_their_concatenation() {
+        let whole = b"POST /payments {\"cents\":100}";
+        for cut in 0..=whole.len() {
+            let (a, b) = whole.split_at(cut);
+            assert_eq!(
+                Fingerprint::from_byte_parts([a, b]),
+                Fingerprint::from_bytes(whole)
+            );
+        }
     }
 
     #[test]
