@@ -68,27 +68,11 @@ impl StoredResponse {
     /// Encodes the record. Fails only when a header or the header count does not fit its
     /// length field, which no real response reaches.
     pub(crate) fn encode(&self) -> Result<Bytes, &'static str> {
-        let headers_len: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| 6 + name.as_str().len() + value.len())
-            .sum();
-        let mut out = BytesMut::with_capacity(7 + headers_len + self.body.len());
-        out.put_slice(MAGIC);
-        out.put_u16(self.status.as_u16());
-        let count = u16::try_from(self.headers.len()).map_err(|_| "too many headers")?;
-        out.put_u16(count);
-        for (name, value) in &self.headers {
-            let name_len =
-                u16::try_from(name.as_str().len()).map_err(|_| "header name too long")?;
-            let value_len = u32::try_from(value.len()).map_err(|_| "header value too long")?;
-            out.put_u16(name_len);
-            out.put_slice(name.as_str().as_bytes());
-            out.put_u32(value_len);
-            out.put_slice(value.as_bytes());
-        }
-        out.put_slice(&self.body);
-        Ok(out.freeze())
+        encode_response(
+            self.status,
+            || self.headers.iter().map(|(name, value)| (name, value)),
+            &self.body,
+        )
     }
 
     /// The response to replay. Fails when the record holds more headers than a
@@ -120,7 +104,8 @@ impl StoredResponse {
             let name = HeaderName::from_bytes(reader.take(name_len)?)
                 .map_err(|_| "invalid header name")?;
             let value_len = usize::try_from(reader.u32()?).map_err(|_| "header too long")?;
-            let value = HeaderValue::from_bytes(reader.take(value_len)?)
+            // A slice of the stored bytes, not a copy: a replay allocates nothing per header.
+            let value = HeaderValue::from_maybe_shared(reader.take_shared(value_len)?)
                 .map_err(|_| "invalid header value")?;
             headers.push((name, value));
         }
@@ -130,6 +115,40 @@ impl StoredResponse {
             body: stored.slice(reader.at..),
         })
     }
+}
+
+/// Encodes a response record of `status`, the headers `headers()` yields (called twice: once
+/// to size the record, once to write it) and `body`, without collecting the headers first.
+/// Fails only when a header or the header count does not fit its length field, which no
+/// real response reaches.
+pub(crate) fn encode_response<'a, I>(
+    status: StatusCode,
+    headers: impl Fn() -> I,
+    body: &[u8],
+) -> Result<Bytes, &'static str>
+where
+    I: Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+{
+    let (mut count, mut headers_len) = (0_usize, 0_usize);
+    for (name, value) in headers() {
+        count += 1;
+        headers_len += 6 + name.as_str().len() + value.len();
+    }
+    let count = u16::try_from(count).map_err(|_| "too many headers")?;
+    let mut out = BytesMut::with_capacity(7 + headers_len + body.len());
+    out.put_slice(MAGIC);
+    out.put_u16(status.as_u16());
+    out.put_u16(count);
+    for (name, value) in headers().take(usize::from(count)) {
+        let name_len = u16::try_from(name.as_str().len()).map_err(|_| "header name too long")?;
+        let value_len = u32::try_from(value.len()).map_err(|_| "header value too long")?;
+        out.put_u16(name_len);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value_len);
+        out.put_slice(value.as_bytes());
+    }
+    out.put_slice(body);
+    Ok(out.freeze())
 }
 
 /// A bounds-checked cursor over stored bytes.
@@ -144,6 +163,13 @@ impl<'a> Reader<'a> {
         let slice = self.stored.get(self.at..end).ok_or("truncated record")?;
         self.at = end;
         Ok(slice)
+    }
+
+    /// Like [`take`](Self::take), as a slice of the stored `Bytes` sharing their buffer.
+    fn take_shared(&mut self, len: usize) -> Result<Bytes, &'static str> {
+        let start = self.at;
+        self.take(len)?;
+        Ok(self.stored.slice(start..self.at))
     }
 
     fn u16(&mut self) -> Result<u16, &'static str> {

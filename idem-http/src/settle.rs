@@ -8,7 +8,7 @@ use idem_core::attempt::{Settle, Settlement};
 
 use crate::body::BufferedResponse;
 use crate::policy::Storage;
-use crate::record::{StoredOutcome, StoredResponse};
+use crate::record::{StoredOutcome, encode_response};
 use crate::settings::Settings;
 
 /// The handler's output as the engine sees it: the buffered response, or the inner
@@ -59,12 +59,8 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
                 if self.settings.options.statuses.decide(parts.status) == Storage::Release {
                     return Settlement::Release;
                 }
-                let record = StoredResponse {
-                    status: parts.status,
-                    headers: selected_headers(&self.settings.options.replay_headers, parts),
-                    body: body.clone(),
-                };
-                match record.encode() {
+                let names = &self.settings.options.replay_headers;
+                match encode_response(parts.status, || selected_headers(names, parts), body) {
                     Ok(payload) => Settlement::Complete {
                         payload,
                         retention: self.settings.retention,
@@ -90,15 +86,15 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
 }
 
 /// The response headers to store, in the configured order.
-fn selected_headers(
-    names: &[HeaderName],
-    parts: &http::response::Parts,
-) -> Vec<(HeaderName, HeaderValue)> {
-    let mut selected = Vec::new();
-    for name in names {
-        for value in parts.headers.get_all(name) {
-            selected.push((name.clone(), value.clone()));
-        }
-    }
-    selected
+fn selected_headers<'a>(
+    names: &'a [HeaderName],
+    parts: &'a http::response::Parts,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
+    names.iter().flat_map(|name| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(move |value| (name, value))
+    })
 }
