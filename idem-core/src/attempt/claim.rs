@@ -28,12 +28,15 @@ pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
     store: &S,
     request: &ClaimRequest,
 ) -> Result<Claim, Error> {
-    let deadline = Instant::now() + CLAIM_WINDOW;
     let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
     let mut attempt = 1;
+    // Counted from the first send, whose clock reading serves both (a claim that succeeds
+    // at once, nearly all of them, reads the clock once).
+    let mut deadline = None;
     loop {
         // The store counts the lease from when it applies this claim, so no earlier than now.
         let sent = Instant::now();
+        let deadline = *deadline.get_or_insert(sent + CLAIM_WINDOW);
         match store.claim(request).await {
             Ok(Claim::Acquired(lease)) => return Ok(Claim::Acquired(lease.sent_at(sent))),
             Err(Error::Unavailable { source }) => {
