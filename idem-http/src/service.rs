@@ -123,8 +123,9 @@ where
         // The instance polled ready goes with this request; `self` keeps a fresh clone.
         let fresh = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, fresh);
-        let shared = self.shared.clone();
-        Box::pin(async move { shared.handle(inner, request).await })
+        // The request's future owns its `Shared`: an `async` block around a borrowing
+        // `handle` would be one more layer of the same large future, copied once more.
+        Box::pin(self.shared.clone().handle(inner, request))
     }
 }
 
@@ -166,7 +167,7 @@ fn own<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {
 
 impl<S: IdempotencyStore> Shared<S> {
     async fn handle<Inner, ReqBody, ResBody>(
-        &self,
+        self,
         inner: Inner,
         request: Request<ReqBody>,
     ) -> Result<Response<ResponseBody<ResBody>>, Inner::Error>
