@@ -13,6 +13,11 @@
 //! `cached-replay` (the same through `ReplayCache`, answered from its copy), `moka-insert`
 //! and `moka-get` (bare moka with per-entry expiry, the floor), `noop` (the loop alone, to
 //! subtract). Divide the counts, less `noop`'s, by the number of calls.
+//!
+//! A third argument `threaded` runs the loop as the bench's 1-task rows do: inside a task
+//! spawned on a multi-threaded runtime, where what wakes another worker (a spawn, a notify,
+//! a timer) costs context switches that callgrind does not see; count them with
+//! `perf stat -e context-switches,raw_syscalls:sys_enter`.
 
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
@@ -54,11 +59,26 @@ fn main() -> Result<(), Error> {
     let mut args = std::env::args().skip(1);
     let step = args.next().unwrap_or_else(|| "execute".to_owned());
     let calls: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(20_000);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::backend)?;
-    let elapsed = runtime.block_on(run(&step, calls))?;
+    let threaded = args.next().as_deref() == Some("threaded");
+    let runtime = if threaded {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .map_err(Error::backend)?;
+    let elapsed = if threaded {
+        let spawned = {
+            let step = step.clone();
+            runtime.spawn(async move { run(&step, calls).await })
+        };
+        runtime.block_on(spawned).map_err(Error::backend)??
+    } else {
+        runtime.block_on(run(&step, calls))?
+    };
     println!(
         "{step}: {calls} calls, {:.2} µs per call",
         elapsed.as_secs_f64() * 1e6 / calls as f64
