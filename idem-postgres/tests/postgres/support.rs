@@ -57,7 +57,7 @@ impl TestServer for PostgreSql {
     type Dialect = PgDialect;
     type Counter = CountingProxy;
     const QUOTE: char = '"';
-    /// One `DELETE ... RETURNING` either way.
+    /// One statement either way: the CTE that locks, vacates or deletes, and answers.
     const REMOVAL_STATEMENTS: [u64; 2] = [1, 1];
 
     fn url() -> String {
