@@ -149,6 +149,8 @@ macro_rules! __with_check_names {
             freeing_races_takeover
             finishes_race_each_other
             removal_races_holder
+            removals_race_each_other
+            retried_claim_races_own_lease
             reads_race_writes
             reads_race_claims_and_removals
             uncertain_claim

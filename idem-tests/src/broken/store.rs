@@ -139,7 +139,7 @@ impl BrokenStore {
 
     /// Whether this claim goes through a check-then-set: decided on a snapshot, written
     /// after a gap, so concurrent claimers all act on the same snapshot.
-    fn racy_claim(&self, raw: Option<&Entry>, now: u64) -> bool {
+    fn racy_claim(&self, raw: Option<&Entry>, request: &ClaimRequest, now: u64) -> bool {
         let free_but_known = |e: &Entry| {
             !e.is_expired(now)
                 && match e.phase {
@@ -151,6 +151,11 @@ impl BrokenStore {
         match self.defect {
             Defect::TwoWinnersOnTakeover => raw.is_some_and(free_but_known),
             Defect::RacesExpiredRecords => raw.is_some_and(|e| e.is_expired(now)),
+            Defect::RetriedClaimCheckThenSet => raw.is_some_and(|e| {
+                !e.is_expired(now)
+                    && matches!(e.phase, Phase::Claimed { owner, lease_until, .. }
+                        if owner == request.owner && lease_until > now)
+            }),
             _ => false,
         }
     }
@@ -450,6 +455,26 @@ impl BrokenStore {
         Ok(Some(step.answer))
     }
 
+    /// Under [`Defect::RemoveAnswersFromSnapshot`], the answer a remove of a finished record
+    /// decided before its delete (`true`), after waiting out the gap; `None` otherwise.
+    async fn snapshot_answer(&self, slot: &str) -> Result<Option<bool>, Error> {
+        if self.defect != Defect::RemoveAnswersFromSnapshot {
+            return Ok(None);
+        }
+        let finished = {
+            let state = self.lock()?;
+            let now = self.now();
+            state.entries.get(slot).is_some_and(|e| {
+                !e.is_expired(now) && matches!(e.phase, Phase::Completed(_) | Phase::Failed(_))
+            })
+        };
+        if !finished {
+            return Ok(None);
+        }
+        tokio::time::sleep(GAP).await;
+        Ok(Some(true))
+    }
+
     async fn finish(&self, lease: &Lease, phase: Phase, retention: Ttl) -> Result<(), Error> {
         let retention = match self.defect {
             Defect::IgnoresRetention => Self::stretched(retention)?,
@@ -505,7 +530,7 @@ impl IdempotencyStore for BrokenStore {
             if let Some(torn) = self.torn_claim(state.entries.get(&slot), &step, now) {
                 // The claim lands now, its new fencing number after the gap.
                 state.entries.insert(slot.clone(), torn);
-            } else if !self.racy_claim(state.entries.get(&slot), now) {
+            } else if !self.racy_claim(state.entries.get(&slot), &request, now) {
                 return self.apply(&mut state, slot, step);
             }
             step
@@ -652,6 +677,7 @@ impl IdempotencyStore for BrokenStore {
         if let Some(answer) = self.torn_remove(&slot, key).await? {
             return answer;
         }
+        let answered_early = self.snapshot_answer(&slot).await?;
         let mut state = self.lock()?;
         let now = self.now();
         let current = state
@@ -678,6 +704,6 @@ impl IdempotencyStore for BrokenStore {
         if let Write::Put(entry) = step.write {
             state.entries.insert(slot, self.kept(entry));
         }
-        step.answer
+        answered_early.map_or(step.answer, Ok)
     }
 }

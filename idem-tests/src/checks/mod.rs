@@ -30,7 +30,10 @@ pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, s
 pub use races::{exclusive_every_path, finish_races_takeover, freeing_races_takeover};
 pub use reads::{reads_race_claims_and_removals, reads_race_writes};
 pub use replay::replay_fidelity;
-pub use same_lease::{finishes_race_each_other, removal_races_holder};
+pub use same_lease::{
+    finishes_race_each_other, removal_races_holder, removals_race_each_other,
+    retried_claim_races_own_lease,
+};
 pub use timing::{
     FENCING_MEMORY_CHECKED, fencing_memory, in_progress_retry_after, renewal_from_now,
     retention_from_finish,

@@ -1,11 +1,11 @@
-//! Calls presenting one live lease, racing each other and racing a `remove`: the pairs of
-//! "every method is atomic with respect to every other call on the same key" that no
-//! takeover is part of.
+//! The pairs of "every method is atomic with respect to every other call on the same key"
+//! that no takeover is part of: calls presenting one live lease racing each other, a
+//! `remove` or the holder's own retried claim, and removes racing each other.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use idem_core::{Error, Lease, RecordState};
+use idem_core::{Claim, Error, Lease, RecordState};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
@@ -230,6 +230,172 @@ pub async fn removal_races_holder(store: Store, capabilities: Capabilities) -> C
                     next.fencing > lease.fencing,
                     "{key}: after {write:?} raced a remove ({order}), the next claim got \
                      fencing {} after the raced lease's {}",
+                    next.fencing,
+                    lease.fencing
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// On many keys, the holder's own retried claim (same owner token, same request: a claim
+/// whose reply was lost, sent again) races a call presenting the holder's live lease:
+/// complete, fail, renew or release. The retry never takes the lease from its own call:
+/// the call succeeds whichever came first. Either the retry came first (the same lease
+/// again, same fencing number) or second (the stored outcome; after a release, a new
+/// acquisition with a larger fencing number), and the key holds what the later of the two
+/// left: the outcome byte for byte, the renewed claim, nothing after a release that came
+/// second, or the new acquisition.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the holder's call fails,
+/// the retried claim's answer fits no order of the two, or the key holds something other
+/// than what that order leaves (a finish or release undone by the retry); or when a store
+/// call the check needs fails.
+pub async fn retried_claim_races_own_lease(
+    store: Store,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run(
+        "retried_claim_races_own_lease",
+        store,
+        capabilities,
+        |ctx| async move {
+            let leases = live_leases(&ctx, "retried").await?;
+            let gate = Arc::new(Barrier::new(2 * leases.len()));
+            let mut races = Vec::new();
+            for (i, lease) in leases.iter().enumerate() {
+                let write = Write::ALL[i % Write::ALL.len()];
+                let payload = Bytes::from(format!("outcome-{i}"));
+                let holder = spawn_write(&ctx, &gate, lease, write, &payload);
+                let retry = ctx.request(&lease.key, LONG)?.with_owner(lease.owner);
+                let store = Arc::clone(&ctx.store);
+                let retried = after_gate(&gate, async move { store.claim(&retry).await });
+                races.push((write, payload, holder, retried));
+            }
+            for ((write, payload, holder, retried), lease) in races.into_iter().zip(&leases) {
+                let (written, claimed) = (joined(holder).await?, joined(retried).await?);
+                judge_retry(&ctx, lease, write, &payload, written, claimed).await?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Checks one key's race between the holder's `write` and its retried claim.
+async fn judge_retry(
+    ctx: &Ctx,
+    lease: &Lease,
+    write: Write,
+    payload: &Bytes,
+    written: Result<(), Error>,
+    claimed: Result<Claim, Error>,
+) -> Result<(), String> {
+    let key = &lease.key;
+    let (Ok(()), Ok(claimed)) = (&written, &claimed) else {
+        return Err(format!(
+            "{key}: the holder's {write:?} raced its own retried claim and got {written:?}, the \
+             claim {claimed:?}: a retried claim returns the same lease, so both must succeed"
+        ));
+    };
+    let same_lease = |l: &Lease| l.owner == lease.owner && l.fencing == lease.fencing;
+    let leaves = match (write, claimed) {
+        // The retry came first and handed back the same lease; the call then applied.
+        (_, Claim::Acquired(again)) if same_lease(again) => write.leaves(lease, payload),
+        // The call came first: the retry finds its outcome, or after a release a free key.
+        (Write::Complete, Claim::Completed(seen)) | (Write::Fail, Claim::Failed(seen))
+            if seen == payload =>
+        {
+            write.leaves(lease, payload)
+        }
+        (Write::Release, Claim::Acquired(new))
+            if new.owner == lease.owner && new.fencing > lease.fencing =>
+        {
+            Some(held(new))
+        }
+        _ => {
+            return Err(format!(
+                "{key}: the holder's {write:?} ({payload:?}) raced its own retried claim, \
+                 which got {claimed:?}: no order of the two answers so"
+            ));
+        }
+    };
+    let record = ctx.read(key).await?;
+    let state = record.as_ref().map(|r| (r.state.clone(), r.fencing));
+    ensure!(
+        state == leaves,
+        "{key}: the holder's {write:?} raced its own retried claim ({claimed:?}), and the key \
+         reads {record:?}, not {leaves:?}: one of the two was undone"
+    );
+    Ok(())
+}
+
+/// How many removes race on each key in [`removals_race_each_other`].
+const REMOVERS: usize = 3;
+
+/// On many keys holding a record (a live claim, a completed or a failed record), three
+/// removes race. Exactly one says it found the record; the others came after it and found
+/// the key free (`false`). The key then reads `None`, and the next claim acquires it with a
+/// larger fencing number: a remove that found only the first one's trace kept it.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when more or fewer than one
+/// remove says it found the record, the key holds a record after the race, or the next
+/// claim's fencing number is not larger; or when a store call the check needs fails.
+pub async fn removals_race_each_other(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "removals_race_each_other",
+        store,
+        capabilities,
+        |ctx| async move {
+            let leases = live_leases(&ctx, "removed-twice").await?;
+            for (i, lease) in leases.iter().enumerate() {
+                match i % 3 {
+                    1 => ctx.complete(lease, &b"completed"[..]).await?,
+                    2 => ctx.fail(lease, &b"failed"[..]).await?,
+                    _ => {}
+                }
+            }
+            let gate = Arc::new(Barrier::new(REMOVERS * leases.len()));
+            let races: Vec<Vec<_>> = leases
+                .iter()
+                .map(|lease| {
+                    (0..REMOVERS)
+                        .map(|_| {
+                            let (store, key) = (Arc::clone(&ctx.store), lease.key.clone());
+                            after_gate(&gate, async move { store.remove(&key).await })
+                        })
+                        .collect()
+                })
+                .collect();
+            for (removers, lease) in races.into_iter().zip(&leases) {
+                let key = &lease.key;
+                let mut answers = Vec::with_capacity(REMOVERS);
+                for remover in removers {
+                    answers.push(joined(remover).await?);
+                }
+                let found = answers.iter().filter(|a| matches!(a, Ok(true))).count();
+                let free = answers.iter().filter(|a| matches!(a, Ok(false))).count();
+                ensure!(
+                    found == 1 && free == REMOVERS - 1,
+                    "{key}: {REMOVERS} removes of one record raced and answered {answers:?}: \
+                     exactly one finds the record, the others find the key free"
+                );
+                let record = ctx.read(key).await?;
+                ensure!(
+                    record.is_none(),
+                    "{key}: after {REMOVERS} racing removes the key reads {record:?}"
+                );
+                let next = ctx.acquire(key, LONG).await?;
+                ensure!(
+                    next.fencing > lease.fencing,
+                    "{key}: after {REMOVERS} racing removes the next claim got fencing {} \
+                     after the removed record's {}",
                     next.fencing,
                     lease.fencing
                 );
