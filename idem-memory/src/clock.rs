@@ -66,3 +66,28 @@ impl<K, V: ExpiresAt> Expiry<K, V> for ClockExpiry {
         Some(self.0.until(value.expires_at(), updated_at))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clock reads whole milliseconds since its origin, and `until` turns a reading
+    /// back into the time left from an instant (zero once it is past).
+    #[test]
+    fn the_clock_counts_milliseconds_from_its_origin() {
+        let clock = Clock::new();
+        std::thread::sleep(Duration::from_millis(30));
+        let now = clock.now();
+        assert!(
+            (30..30_000).contains(&now),
+            "30 ms after its origin the clock read {now}"
+        );
+        let at = Instant::now();
+        let left = clock.until(now + 500, at);
+        assert!(
+            left > Duration::from_millis(400) && left <= Duration::from_millis(500),
+            "{left:?}"
+        );
+        assert_eq!(clock.until(now.saturating_sub(10), at), Duration::ZERO);
+    }
+}

@@ -470,7 +470,13 @@ mod tests {
             .fetch_add(u64::from(weight(&stale, &expired)), Ordering::Relaxed);
         records.stripe(&stale).open.insert(stale.clone(), expired);
         // Past the first sweep's second on the store's clock (the stripe last swept at 0).
+        // Bounded, so a clock that does not advance fails here instead of hanging the run.
+        let waiting = std::time::Instant::now();
         while records.clock.now() < SWEEP_EVERY_MS {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(10),
+                "the store's clock does not advance"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         acquire(&store, neighbour.id()).await;
