@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use idem_core::{Claim, Error, Lease, RecordState};
+use idem_core::{Claim, ClaimRequest, Error, Lease, RecordState};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
@@ -114,6 +114,52 @@ fn spawn_write(
     )
 }
 
+/// One key's race between its holder's [`Write`] and a rival call on the same key.
+struct HolderRace<T> {
+    lease: Lease,
+    write: Write,
+    payload: Bytes,
+    /// What the holder's write answered.
+    written: Result<(), Error>,
+    /// What the rival call answered.
+    rival: T,
+}
+
+/// On [`RACED_KEYS`] keys `prefix-0`, `prefix-1`, ... each acquired with a long lease, the
+/// holder makes one [`Write`] (each in turn) while `rival` makes its call on the same key,
+/// all released by one gate; each key's race once both answered.
+async fn race_the_holder<T, F>(
+    ctx: &Ctx,
+    prefix: &str,
+    rival: impl Fn(Store, &Lease) -> Result<F, String>,
+) -> Result<Vec<HolderRace<T>>, String>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let leases = live_leases(ctx, prefix).await?;
+    let gate = Arc::new(Barrier::new(2 * leases.len()));
+    let mut started = Vec::with_capacity(leases.len());
+    for (i, lease) in leases.into_iter().enumerate() {
+        let write = Write::ALL[i % Write::ALL.len()];
+        let payload = Bytes::from(format!("outcome-{i}"));
+        let holder = spawn_write(ctx, &gate, &lease, write, &payload);
+        let other = after_gate(&gate, rival(Arc::clone(&ctx.store), &lease)?);
+        started.push((lease, write, payload, holder, other));
+    }
+    let mut races = Vec::with_capacity(started.len());
+    for (lease, write, payload, holder, other) in started {
+        races.push(HolderRace {
+            written: joined(holder).await?,
+            rival: joined(other).await?,
+            lease,
+            write,
+            payload,
+        });
+    }
+    Ok(races)
+}
+
 /// On many keys, two calls presenting the same live lease race: two finishes, a finish and
 /// a release, two releases, a renewal and any of those. Of two calls that end the lease
 /// exactly one succeeds and the other is `LeaseLost`; a renewal never keeps the other call
@@ -194,19 +240,19 @@ pub async fn removal_races_holder(store: Store, capabilities: Capabilities) -> C
         store,
         capabilities,
         |ctx| async move {
-            let leases = live_leases(&ctx, "removed-holder").await?;
-            let gate = Arc::new(Barrier::new(2 * leases.len()));
-            let mut races = Vec::new();
-            for (i, lease) in leases.iter().enumerate() {
-                let write = Write::ALL[i % Write::ALL.len()];
-                let payload = Bytes::from(format!("outcome-{i}"));
-                let holder = spawn_write(&ctx, &gate, lease, write, &payload);
-                let (store, key) = (Arc::clone(&ctx.store), lease.key.clone());
-                let remover = after_gate(&gate, async move { store.remove(&key).await });
-                races.push((write, holder, remover));
-            }
-            for ((write, holder, remover), lease) in races.into_iter().zip(&leases) {
-                let (held, removed) = (joined(holder).await?, joined(remover).await?);
+            let races = race_the_holder(&ctx, "removed-holder", |store, lease| {
+                let key = lease.key.clone();
+                Ok(async move { store.remove(&key).await })
+            })
+            .await?;
+            for HolderRace {
+                lease,
+                write,
+                written: held,
+                rival: removed,
+                ..
+            } in races
+            {
                 let key = &lease.key;
                 let order = match (&held, &removed) {
                     (Err(Error::LeaseLost), Ok(true)) => "the remove came first",
@@ -264,21 +310,14 @@ pub async fn retried_claim_races_own_lease(
         store,
         capabilities,
         |ctx| async move {
-            let leases = live_leases(&ctx, "retried").await?;
-            let gate = Arc::new(Barrier::new(2 * leases.len()));
-            let mut races = Vec::new();
-            for (i, lease) in leases.iter().enumerate() {
-                let write = Write::ALL[i % Write::ALL.len()];
-                let payload = Bytes::from(format!("outcome-{i}"));
-                let holder = spawn_write(&ctx, &gate, lease, write, &payload);
-                let retry = ctx.request(&lease.key, LONG)?.with_owner(lease.owner);
-                let store = Arc::clone(&ctx.store);
-                let retried = after_gate(&gate, async move { store.claim(&retry).await });
-                races.push((write, payload, holder, retried));
-            }
-            for ((write, payload, holder, retried), lease) in races.into_iter().zip(&leases) {
-                let (written, claimed) = (joined(holder).await?, joined(retried).await?);
-                judge_retry(&ctx, lease, write, &payload, written, claimed).await?;
+            let races = race_the_holder(&ctx, "retried", |store, lease| {
+                let retry =
+                    ClaimRequest::new(lease.key.clone(), ttl(LONG)?).with_owner(lease.owner);
+                Ok(async move { store.claim(&retry).await })
+            })
+            .await?;
+            for race in races {
+                judge_retry(&ctx, race).await?;
             }
             Ok(())
         },
@@ -287,14 +326,15 @@ pub async fn retried_claim_races_own_lease(
 }
 
 /// Checks one key's race between the holder's `write` and its retried claim.
-async fn judge_retry(
-    ctx: &Ctx,
-    lease: &Lease,
-    write: Write,
-    payload: &Bytes,
-    written: Result<(), Error>,
-    claimed: Result<Claim, Error>,
-) -> Result<(), String> {
+async fn judge_retry(ctx: &Ctx, race: HolderRace<Result<Claim, Error>>) -> Result<(), String> {
+    let HolderRace {
+        lease,
+        write,
+        payload,
+        written,
+        rival: claimed,
+    } = race;
+    let (lease, payload) = (&lease, &payload);
     let key = &lease.key;
     let (Ok(()), Ok(claimed)) = (&written, &claimed) else {
         return Err(format!(
