@@ -205,6 +205,18 @@ mod tests {
     }
 
     #[test]
+    fn a_fingerprint_shows_its_digest_in_hex() {
+        let print = Fingerprint::from_bytes(b"");
+        let hex = print.to_string();
+        assert_eq!(hex.len(), 64);
+        assert!(
+            hex.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(format!("{print:?}"), format!("Fingerprint({hex})"));
+    }
+
+    #[test]
     fn parts_hash_as_their_concatenation() {
         let whole = b"POST /payments {\"cents\":100}";
         for cut in 0..=whole.len() {
