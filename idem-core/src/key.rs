@@ -154,10 +154,24 @@ pub(crate) fn validate(field: InputField, value: &str) -> Result<(), InvalidInpu
             max: MAX_KEY_LEN,
         });
     }
-    if let Some((at, _)) = value.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some(at) = control_at(value) {
         return Err(InvalidInput::ControlCharacter { field, at });
     }
     Ok(())
+}
+
+/// Where the first control character (`char::is_control`: U+0000–U+001F and U+007F–U+009F)
+/// starts, found in the UTF-8 bytes without decoding them: those characters are the bytes
+/// below 0x20 and 0x7F, and 0xC2 followed by 0x80–0x9F. (0xC2 only ever leads a character,
+/// so a match is always a character's start.) Keys are validated on every request, and
+/// decoding each character cost several times this scan.
+fn control_at(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    bytes.iter().enumerate().find_map(|(at, &byte)| match byte {
+        0x00..=0x1F | 0x7F => Some(at),
+        0xC2 if matches!(bytes.get(at + 1), Some(0x80..=0x9F)) => Some(at),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -298,5 +312,19 @@ mod tests {
         let b = Key::new("a", "b:c").expect("valid");
         assert_ne!(a.encoded(), b.encoded());
         assert_eq!(a.encoded(), "3:a:b:c");
+    }
+
+    #[test]
+    fn the_byte_scan_finds_exactly_the_control_characters() {
+        // Every scalar value, alone and after a multi-byte character, against `is_control`.
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            for prefix in ["", "é"] {
+                let text = format!("{prefix}{c}x");
+                let expected = c.is_control().then_some(prefix.len());
+                assert_eq!(control_at(&text), expected, "{c:?} after {prefix:?}");
+            }
+        }
+        assert_eq!(control_at("ok\u{85}"), Some(2));
+        assert_eq!(control_at("\u{a0}\u{c2}"), None);
     }
 }
