@@ -1,5 +1,7 @@
 //! Reading the `Idempotency-Key` header: an RFC 8941 structured-field string.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use http::HeaderName;
 use sfv::{BareItem, Item, Parser};
@@ -16,18 +18,23 @@ pub(crate) enum KeySyntax {
 
 /// What the key header says.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum KeyHeader {
+pub(crate) enum KeyHeader<'a> {
     /// No header.
     Missing,
     /// A malformed header, with what is wrong for the client's 400.
     Invalid(String),
-    /// The client's key, unquoted.
-    Valid(String),
+    /// The client's key, unquoted: borrowed from the header unless unescaping changed it
+    /// (the key is copied once more into its [`Key`](idem_core::Key) anyway).
+    Valid(Cow<'a, str>),
 }
 
 /// Reads the key from `headers`. Several header lines are refused: a field that must be
 /// an item cannot be split over lines.
-pub(crate) fn read_key(headers: &HeaderMap, name: &HeaderName, syntax: KeySyntax) -> KeyHeader {
+pub(crate) fn read_key<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    syntax: KeySyntax,
+) -> KeyHeader<'a> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return KeyHeader::Missing;
@@ -38,21 +45,21 @@ pub(crate) fn read_key(headers: &HeaderMap, name: &HeaderName, syntax: KeySyntax
     parse_key(value.as_bytes(), name, syntax)
 }
 
-fn parse_key(value: &[u8], name: &HeaderName, syntax: KeySyntax) -> KeyHeader {
+fn parse_key<'a>(value: &'a [u8], name: &HeaderName, syntax: KeySyntax) -> KeyHeader<'a> {
     if let Some(key) = plain_string(value) {
-        return KeyHeader::Valid(key.to_owned());
+        return KeyHeader::Valid(Cow::Borrowed(key));
     }
     match Parser::new(value).parse_item::<Item>() {
         Ok(Item {
             bare_item: BareItem::String(key),
             params,
-        }) if params.is_empty() => KeyHeader::Valid(key.as_str().to_owned()),
+        }) if params.is_empty() => KeyHeader::Valid(Cow::Owned(key.as_str().to_owned())),
         Ok(Item { params, .. }) if !params.is_empty() => KeyHeader::Invalid(format!(
             "the {name} header must be a structured-field string without parameters"
         )),
         _ if syntax == KeySyntax::AllowBare && is_bare_token(value) => {
-            // Only token characters: ASCII, so this never fails.
-            KeyHeader::Valid(String::from_utf8_lossy(value).into_owned())
+            // Only token characters: ASCII, so this never allocates.
+            KeyHeader::Valid(String::from_utf8_lossy(value))
         }
         _ => KeyHeader::Invalid(format!(
             "the {name} header must be a structured-field string, such as \
@@ -90,12 +97,12 @@ fn is_bare_token(value: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn parse(value: &str, syntax: KeySyntax) -> KeyHeader {
+    fn parse(value: &str, syntax: KeySyntax) -> KeyHeader<'_> {
         parse_key(value.as_bytes(), &crate::IDEMPOTENCY_KEY, syntax)
     }
 
-    fn valid(key: &str) -> KeyHeader {
-        KeyHeader::Valid(key.to_owned())
+    fn valid(key: &str) -> KeyHeader<'_> {
+        KeyHeader::Valid(Cow::Borrowed(key))
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Whose keys: the scope every key lives in.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -99,23 +99,26 @@ impl KeyScope {
         self
     }
 
-    /// The key namespace for a request: the principal (length-prefixed, so no principal
-    /// can pose as another plus a route) or `*` for the global scope, then the route.
-    pub(crate) fn namespace(&self, parts: &Parts) -> Result<String, NoPrincipal> {
-        let mut namespace = match &self.principal {
+    /// Writes the key namespace for a request into `out` (cleared first): the principal
+    /// (length-prefixed, so no principal can pose as another plus a route) or `*` for the
+    /// global scope, then the route.
+    pub(crate) fn namespace(&self, parts: &Parts, out: &mut String) -> Result<(), NoPrincipal> {
+        out.clear();
+        match &self.principal {
             Some(principal) => {
                 let id = principal(&parts.extensions).ok_or(NoPrincipal)?;
-                format!("{}:{id}", id.len())
+                // Writing to a `String` cannot fail.
+                let _ = write!(out, "{}:{id}", id.len());
             }
-            None => String::from("*"),
-        };
-        if self.per_route {
-            namespace.push(' ');
-            namespace.push_str(parts.method.as_str());
-            namespace.push(' ');
-            namespace.push_str(route(&parts.extensions, &parts.uri));
+            None => out.push('*'),
         }
-        Ok(namespace)
+        if self.per_route {
+            out.push(' ');
+            out.push_str(parts.method.as_str());
+            out.push(' ');
+            out.push_str(route(&parts.extensions, &parts.uri));
+        }
+        Ok(())
     }
 }
 
@@ -149,6 +152,13 @@ mod tests {
         request.into_parts().0
     }
 
+    /// The namespace as a value, for comparing.
+    fn namespace(scope: &KeyScope, parts: &Parts) -> Result<String, NoPrincipal> {
+        // Something in the buffer beforehand: it must be cleared.
+        let mut out = String::from("left over");
+        scope.namespace(parts, &mut out).map(|()| out)
+    }
+
     fn by_principal() -> KeyScope {
         KeyScope::principal(|p: &Principal| p.0.to_owned())
     }
@@ -156,14 +166,14 @@ mod tests {
     #[test]
     fn principals_and_routes_make_distinct_namespaces() {
         let scope = by_principal();
-        let alice = scope.namespace(&parts("POST", "/orders?x=1", Some("alice")));
+        let alice = namespace(&scope, &parts("POST", "/orders?x=1", Some("alice")));
         assert_eq!(alice, Ok("5:alice POST /orders".to_owned()));
         let namespaces = [
             alice,
-            scope.namespace(&parts("POST", "/orders", Some("bob"))),
-            scope.namespace(&parts("PATCH", "/orders", Some("alice"))),
-            scope.namespace(&parts("POST", "/refunds", Some("alice"))),
-            KeyScope::global().namespace(&parts("POST", "/orders", None)),
+            namespace(&scope, &parts("POST", "/orders", Some("bob"))),
+            namespace(&scope, &parts("PATCH", "/orders", Some("alice"))),
+            namespace(&scope, &parts("POST", "/refunds", Some("alice"))),
+            namespace(&KeyScope::global(), &parts("POST", "/orders", None)),
         ];
         for (i, a) in namespaces.iter().enumerate() {
             for b in &namespaces[i + 1..] {
@@ -176,19 +186,19 @@ mod tests {
     fn a_principal_cannot_pose_as_another_plus_a_route() {
         let scope = by_principal().across_routes();
         assert_ne!(
-            scope.namespace(&parts("POST", "/", Some("a 1"))),
-            by_principal().namespace(&parts("POST", "/", Some("a")))
+            namespace(&scope, &parts("POST", "/", Some("a 1"))),
+            namespace(&by_principal(), &parts("POST", "/", Some("a")))
         );
         assert_eq!(
-            scope.namespace(&parts("POST", "/x", Some("alice"))),
-            scope.namespace(&parts("PUT", "/y", Some("alice")))
+            namespace(&scope, &parts("POST", "/x", Some("alice"))),
+            namespace(&scope, &parts("PUT", "/y", Some("alice")))
         );
     }
 
     #[test]
     fn no_principal_no_namespace() {
         assert_eq!(
-            by_principal().namespace(&parts("POST", "/orders", None)),
+            namespace(&by_principal(), &parts("POST", "/orders", None)),
             Err(NoPrincipal)
         );
     }

@@ -1,5 +1,6 @@
 //! The service: claim, run once, store, replay.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use http_body::Body;
 use idem_core::attempt::{AttemptError, Engine};
 use idem_core::{
     BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
+    MAX_KEY_LEN,
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -95,6 +97,16 @@ impl<S: fmt::Debug, Inner: fmt::Debug> fmt::Debug for IdempotencyService<S, Inne
             .finish()
     }
 }
+
+thread_local! {
+    /// Where a request's namespace is built before it is copied into its [`Key`]: a request
+    /// then allocates for its key alone, not for the namespace too.
+    static NAMESPACE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// The most the [`NAMESPACE`] buffer keeps between requests: longer than any valid
+/// namespace.
+const NAMESPACE_KEPT: usize = 2 * MAX_KEY_LEN;
 
 /// The future of [`IdempotencyService`].
 pub type ResponseFuture<B, E> =
@@ -238,7 +250,23 @@ impl<S: IdempotencyStore> Shared<S> {
     /// The request's key: its scope, its route and the client's key.
     /// The refusal is boxed: it is the rare path, and keeps the result small.
     fn key(&self, parts: &Parts, id: &str) -> Result<Key, Box<Response<Bytes>>> {
-        let Ok(namespace) = self.settings.scope.namespace(parts) else {
+        NAMESPACE.with_borrow_mut(|namespace| {
+            let key = self.key_in(namespace, parts, id);
+            // A principal of any length may pass through: the buffer keeps no more than a
+            // namespace's worth of memory.
+            namespace.shrink_to(NAMESPACE_KEPT);
+            key
+        })
+    }
+
+    /// [`key`](Self::key), with `namespace` to build the namespace in.
+    fn key_in(
+        &self,
+        namespace: &mut String,
+        parts: &Parts,
+        id: &str,
+    ) -> Result<Key, Box<Response<Bytes>>> {
+        let Ok(()) = self.settings.scope.namespace(parts, namespace) else {
             tracing::error!(
                 "a request reached the idempotency layer without the principal its scope \
                  reads: run the auth layer first"
@@ -249,7 +277,7 @@ impl<S: IdempotencyStore> Shared<S> {
                 "the request has no principal to scope its Idempotency-Key",
             )));
         };
-        Key::new(namespace, id).map_err(|error| {
+        Key::new(&namespace[..], id).map_err(|error| {
             Box::new(match error {
                 Error::InvalidInput(reason) if is_namespace_error(&reason) => {
                     tracing::error!(%reason, "the idempotency scope makes an invalid namespace");
@@ -353,10 +381,7 @@ impl<S: IdempotencyStore> Shared<S> {
     /// Replays a stored outcome, marked with `Idempotent-Replayed: true`.
     fn replay(&self, stored: &Bytes) -> Response<Bytes> {
         let mut response = match StoredOutcome::decode(stored) {
-            Ok(StoredOutcome::Response(record)) => match record.into_response() {
-                Ok(response) => response,
-                Err(reason) => return unreadable(reason),
-            },
+            Ok(StoredOutcome::Response(record)) => record.into_response(),
             Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
             Err(reason) => return unreadable(reason),
         };
