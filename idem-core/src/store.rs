@@ -1,6 +1,7 @@
 //! The storage contract every backend implements.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -133,6 +134,50 @@ pub trait IdempotencyStore: Debug + Send + Sync + 'static {
     /// after a release, so the next acquisition gets a larger one: the removed owner may
     /// still be running, and a downstream guard must keep accepting its successor.
     async fn remove(&self, key: &Key) -> Result<bool, Error>;
+
+    /// [`claim`](Self::claim), for a caller that knows the store's type (the engine: its
+    /// store is a type parameter). A store whose steps need no box of their own overrides
+    /// this and the two below to hand back its future as it is; the default boxes, as the
+    /// trait's methods do. Not part of the trait object (`dyn IdempotencyStore` calls
+    /// [`claim`](Self::claim)), and never required: a store that does not override them
+    /// behaves the same, one allocation per call dearer.
+    fn claim_unboxed<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        self.claim(request)
+    }
+
+    /// [`complete`](Self::complete), without the box where the store can; see
+    /// [`claim_unboxed`](Self::claim_unboxed).
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        self.complete(lease, response, retention)
+    }
+
+    /// [`fail`](Self::fail), without the box where the store can; see
+    /// [`claim_unboxed`](Self::claim_unboxed).
+    fn fail_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        self.fail(lease, failure, retention)
+    }
 }
 
 macro_rules! forward_store {

@@ -857,3 +857,27 @@ fn execute_errors_display_and_chain_their_cause() {
         "{shown}"
     );
 }
+
+/// An execute on a store behind `Arc<dyn IdempotencyStore>` can be spawned: its future is
+/// `Send` for rustc too, though the engine calls the store's unboxed steps (which a trait
+/// object does not have; it falls back on the boxed ones).
+#[tokio::test]
+async fn an_execute_on_a_store_trait_object_can_be_spawned() {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+    let idem = Idempotency::new(store);
+    let key = Key::new("executor", "dyn-spawned").expect("a valid key");
+    let call = tokio::spawn({
+        let (idem, key) = (idem.clone(), key.clone());
+        async move {
+            idem.execute(&key, None, || async { Ok::<_, OpError>(5_u32) })
+                .await
+                .map_err(|e| format!("{e:?}"))
+        }
+    });
+    assert_eq!(call.await.expect("no panic"), Ok(5));
+    let replay = idem
+        .execute(&key, None, || async { Ok::<_, OpError>(6_u32) })
+        .await
+        .map_err(|e| format!("{e:?}"));
+    assert_eq!(replay, Ok(5), "the stored outcome replays");
+}

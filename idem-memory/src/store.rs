@@ -344,6 +344,31 @@ impl IdempotencyStore for MemoryStore {
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.inner.remove(key).await
     }
+
+    fn claim_unboxed<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+        self.inner.claim(request)
+    }
+
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner.complete(lease, response, retention)
+    }
+
+    fn fail_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner.fail(lease, failure, retention)
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// An `Unavailable` claim may have been applied with only its reply lost; the retry, by the
 /// same owner, then gets that very lease back (the store recognises its owner) instead of
 /// leaving a claim nobody runs, answering "in progress" for a whole lease.
-pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
+pub(crate) async fn claim<S: IdempotencyStore>(
     store: &S,
     request: &ClaimRequest,
 ) -> Result<Claim, Error> {
@@ -37,7 +37,7 @@ pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
         // The store counts the lease from when it applies this claim, so no earlier than now.
         let sent = Instant::now();
         let deadline = *deadline.get_or_insert(sent + CLAIM_WINDOW);
-        match store.claim(request).await {
+        match claim_once(store, request).await {
             Ok(Claim::Acquired(lease)) => return Ok(Claim::Acquired(lease.sent_at(sent))),
             Err(Error::Unavailable { source }) => {
                 let pause = backoff.pause();
@@ -51,4 +51,20 @@ pub(crate) async fn claim<S: IdempotencyStore + ?Sized>(
             answer => return answer,
         }
     }
+}
+
+/// One send of the claim, without the trait's box where the store has none.
+///
+/// Awaited through this function, whose future is `Send` by its signature, and not as
+/// `store.claim_unboxed(..)` in the loop above: there rustc would have to prove the
+/// store's own future `Send` for every lifetime of a `dyn IdempotencyStore` behind an `Arc`,
+/// which it cannot ("implementation of `Send` is not general enough"), and a spawned
+/// `execute` on an `Arc<dyn IdempotencyStore>` would not compile
+/// (pinned by `an_execute_on_a_store_trait_object_can_be_spawned` in
+/// `idem-core/tests/executor.rs`, and the `idem-tests` checks, which run on one).
+fn claim_once<'a, S: IdempotencyStore>(
+    store: &'a S,
+    request: &'a ClaimRequest,
+) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+    store.claim_unboxed(request)
 }

@@ -42,7 +42,7 @@ pub(crate) async fn carry_out<S, T, St>(
     lease_until: Instant,
 ) -> Result<(), Error>
 where
-    S: IdempotencyStore + ?Sized,
+    S: IdempotencyStore,
     St: Settle<T> + ?Sized,
 {
     let refused = match write(store, lease, settlement, lease_until).await {
@@ -63,7 +63,7 @@ where
     }
 }
 
-async fn write<S: IdempotencyStore + ?Sized>(
+async fn write<S: IdempotencyStore>(
     store: &S,
     lease: &Lease,
     settlement: Settlement,
@@ -106,7 +106,7 @@ async fn write<S: IdempotencyStore + ?Sized>(
 /// Writes an outcome, retrying while the store is unavailable and the lease may still be
 /// ours: the operation has run, and an outcome left unstored lets the key run again once
 /// its lease ends.
-async fn finish<S: IdempotencyStore + ?Sized>(
+async fn finish<S: IdempotencyStore>(
     store: &S,
     lease: &Lease,
     finish: Finish,
@@ -118,8 +118,8 @@ async fn finish<S: IdempotencyStore + ?Sized>(
     let mut attempt = 1;
     loop {
         let written = match finish {
-            Finish::Completed => store.complete(lease, payload.clone(), retention).await,
-            Finish::Failed => store.fail(lease, payload.clone(), retention).await,
+            Finish::Completed => complete_once(store, lease, payload.clone(), retention).await,
+            Finish::Failed => fail_once(store, lease, payload.clone(), retention).await,
         };
         match written {
             Err(Error::Unavailable { source }) => {
@@ -148,6 +148,27 @@ async fn finish<S: IdempotencyStore + ?Sized>(
             written => return written,
         }
     }
+}
+
+/// One try of the write, without the trait's box where the store has none; a function of
+/// its own for the reason `claim_once` (in `claim.rs`) is.
+fn complete_once<'a, S: IdempotencyStore>(
+    store: &'a S,
+    lease: &'a Lease,
+    payload: Bytes,
+    retention: Ttl,
+) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+    store.complete_unboxed(lease, payload, retention)
+}
+
+/// As [`complete_once`], for a failure.
+fn fail_once<'a, S: IdempotencyStore>(
+    store: &'a S,
+    lease: &'a Lease,
+    payload: Bytes,
+    retention: Ttl,
+) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+    store.fail_unboxed(lease, payload, retention)
 }
 
 /// Whether the key holds `payload` as its `finish`, written under `lease`.

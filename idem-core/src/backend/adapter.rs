@@ -258,6 +258,31 @@ impl<M: EntryMap> IdempotencyStore for LifecycleStore<M> {
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         LifecycleStore::remove(self, key).await
     }
+
+    fn claim_unboxed<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+        LifecycleStore::claim(self, request)
+    }
+
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        LifecycleStore::complete(self, lease, response, retention)
+    }
+
+    fn fail_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        LifecycleStore::fail(self, lease, failure, retention)
+    }
 }
 
 /// What a [`TokenMap`] keeps per token: the record and when it expires.
