@@ -35,9 +35,9 @@ impl<F: Future + Send + 'static> Detachable<F>
 where
     F::Output: Send + 'static,
 {
-    pub(crate) fn new(attempt: F, runtime: Handle) -> Self {
+    pub(crate) fn new(attempt: Pin<Box<F>>, runtime: Handle) -> Self {
         Self {
-            attempt: Some(Box::pin(attempt)),
+            attempt: Some(attempt),
             runtime,
             span: caller_span(),
             polling: false,
@@ -125,7 +125,7 @@ mod tests {
             let _ = wait.await;
             let _ = finished.send(());
         };
-        let mut caller = Box::pin(Detachable::new(attempt, Handle::current()));
+        let mut caller = Box::pin(Detachable::new(Box::pin(attempt), Handle::current()));
         let pending = std::future::poll_fn(|cx| Poll::Ready(caller.as_mut().poll(cx).is_pending()));
         assert!(pending.await, "the attempt waits for `go`");
         drop(caller);
@@ -148,7 +148,7 @@ mod tests {
         let mut caller = {
             let request = tracing::error_span!("request");
             let _in = request.enter();
-            Box::pin(Detachable::new(attempt, Handle::current()))
+            Box::pin(Detachable::new(Box::pin(attempt), Handle::current()))
         };
         let pending = std::future::poll_fn(|cx| Poll::Ready(caller.as_mut().poll(cx).is_pending()));
         assert!(pending.await, "the attempt waits for `go`");
@@ -166,7 +166,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_attempt_is_not_polled_again_once_dropped() {
         let polls = Arc::new(AtomicUsize::new(0));
-        Detachable::new(CountsPolls(Arc::clone(&polls)), Handle::current()).await;
+        Detachable::new(Box::pin(CountsPolls(Arc::clone(&polls))), Handle::current()).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

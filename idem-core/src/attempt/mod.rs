@@ -253,8 +253,13 @@ impl<S: IdempotencyStore> Attempt<S> {
         match self.cancel_policy {
             CancelPolicy::Release => self.run_here(operation, settle, runtime).await,
             CancelPolicy::Detach => {
-                let attempt = self.run_here(operation, settle, runtime.clone());
-                Detachable::new(attempt, runtime).await
+                // Built in its box rather than moved into it: the attempt's future is about
+                // a kilobyte.
+                let attempt = Box::write(
+                    Box::new_uninit(),
+                    self.run_here(operation, settle, runtime.clone()),
+                );
+                Detachable::new(Box::into_pin(attempt), runtime).await
             }
         }
     }
