@@ -30,6 +30,8 @@ use crate::ttl::Ttl;
 pub(crate) struct Watchlist<S> {
     store: Arc<S>,
     ttl: Ttl,
+    /// See [`patience`](Self::patience); every attempt asks, so it is worked out once.
+    patience: Duration,
     state: Mutex<State>,
 }
 
@@ -55,6 +57,7 @@ impl<S> Watchlist<S> {
         Self {
             store,
             ttl,
+            patience: renewal::renew_interval(ttl) / 2,
             state: Mutex::new(State {
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -77,7 +80,7 @@ impl<S: IdempotencyStore> Watchlist<S> {
     /// How long an attempt runs before its lease is renewed, and how often the supervisor
     /// looks: a sixth of the TTL, so the first renewal comes within a third of it.
     fn patience(&self) -> Duration {
-        renewal::renew_interval(self.ttl) / 2
+        self.patience
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
