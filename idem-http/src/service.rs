@@ -253,7 +253,8 @@ impl<S: IdempotencyStore> Shared<S> {
         NAMESPACE.with_borrow_mut(|namespace| {
             let key = self.key_in(namespace, parts, id);
             // A principal of any length may pass through: the buffer keeps no more than a
-            // namespace's worth of memory.
+            // namespace's worth of memory (and nothing of this request's).
+            namespace.clear();
             namespace.shrink_to(NAMESPACE_KEPT);
             key
         })
@@ -441,4 +442,56 @@ fn unreadable(reason: &'static str) -> Response<Bytes> {
         problem::STORE_FAILED,
         "the stored response is unreadable",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use idem_memory::MemoryStore;
+    use tower_layer::Layer;
+
+    use super::*;
+    use crate::{IdempotencyLayer, KeyScope};
+
+    #[derive(Clone)]
+    struct Principal(String);
+
+    fn parts(principal: &str) -> Parts {
+        let mut request = Request::post("/orders").body(()).expect("a valid request");
+        request
+            .extensions_mut()
+            .insert(Principal(principal.to_owned()));
+        request.into_parts().0
+    }
+
+    /// The per-thread namespace buffer: reused from request to request, never holding on to
+    /// what an oversized principal made it grow to.
+    #[test]
+    fn the_namespace_buffer_keeps_no_more_than_a_namespace() {
+        let layer = IdempotencyLayer::builder(
+            MemoryStore::new(),
+            KeyScope::principal(|principal: &Principal| principal.0.clone()),
+        )
+        .build()
+        .expect("a valid layer");
+        let service = layer.layer(());
+        let key = service
+            .shared
+            .key(&parts("alice"), "k1")
+            .expect("a valid key");
+        assert_eq!((key.namespace(), key.id()), ("5:alice POST /orders", "k1"));
+        let refused = service.shared.key(&parts(&"p".repeat(100_000)), "k1");
+        assert_eq!(
+            refused
+                .map(|key| key.namespace().len())
+                .map_err(|r| r.status()),
+            Err(StatusCode::INTERNAL_SERVER_ERROR),
+            "a namespace over the limit is the scope's fault"
+        );
+        NAMESPACE.with_borrow(|namespace| assert!(namespace.capacity() <= NAMESPACE_KEPT));
+        let key = service
+            .shared
+            .key(&parts("bob"), "k2")
+            .expect("a valid key");
+        assert_eq!((key.namespace(), key.id()), ("3:bob POST /orders", "k2"));
+    }
 }
