@@ -493,5 +493,7 @@ mod tests {
             .key(&parts("bob"), "k2")
             .expect("a valid key");
         assert_eq!((key.namespace(), key.id()), ("3:bob POST /orders", "k2"));
+        // What a valid namespace took stays for the next request.
+        NAMESPACE.with_borrow(|namespace| assert!(namespace.capacity() >= key.namespace().len()));
     }
 }
