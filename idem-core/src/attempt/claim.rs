@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use crate::claim::{Claim, ClaimRequest};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::store::IdempotencyStore;
 
 /// How often a claim is sent at most while the store is unavailable.
@@ -24,30 +24,47 @@ const MAX_PAUSE: Duration = Duration::from_millis(250);
 /// An `Unavailable` claim may have been applied with only its reply lost; the retry, by the
 /// same owner, then gets that very lease back (the store recognises its owner) instead of
 /// leaving a claim nobody runs, answering "in progress" for a whole lease.
+///
+/// The first send is awaited here, the retries in a box of their own: nearly every claim is
+/// answered at once, and its future, which every request's future holds, then carries no
+/// timer and no retry state.
 pub(crate) async fn claim<S: IdempotencyStore>(
     store: &S,
     request: &ClaimRequest,
 ) -> Result<Claim, Error> {
+    // The store counts the lease from when it applies this claim, so no earlier than now.
+    let sent = Instant::now();
+    match claim_once(store, request).await {
+        Ok(Claim::Acquired(lease)) => Ok(Claim::Acquired(lease.sent_at(sent))),
+        Err(Error::Unavailable { source }) => {
+            Box::pin(retry(store, request, sent + CLAIM_WINDOW, source)).await
+        }
+        answer => answer,
+    }
+}
+
+/// Sends the claim again after the first send (counted in `CLAIM_ATTEMPTS`) was unavailable
+/// with `source`, until `deadline`.
+async fn retry<S: IdempotencyStore>(
+    store: &S,
+    request: &ClaimRequest,
+    deadline: Instant,
+    mut source: BoxError,
+) -> Result<Claim, Error> {
     let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
     let mut attempt = 1;
-    // Counted from the first send, whose clock reading serves both (a claim that succeeds
-    // at once, nearly all of them, reads the clock once).
-    let mut deadline = None;
     loop {
-        // The store counts the lease from when it applies this claim, so no earlier than now.
+        let pause = backoff.pause();
+        if attempt >= CLAIM_ATTEMPTS || Instant::now() + pause >= deadline {
+            return Err(Error::Unavailable { source });
+        }
+        tracing::debug!(attempt, error = %source, "claiming failed; retrying with the same owner");
+        tokio::time::sleep(pause).await;
+        attempt += 1;
         let sent = Instant::now();
-        let deadline = *deadline.get_or_insert(sent + CLAIM_WINDOW);
         match claim_once(store, request).await {
             Ok(Claim::Acquired(lease)) => return Ok(Claim::Acquired(lease.sent_at(sent))),
-            Err(Error::Unavailable { source }) => {
-                let pause = backoff.pause();
-                if attempt >= CLAIM_ATTEMPTS || Instant::now() + pause >= deadline {
-                    return Err(Error::Unavailable { source });
-                }
-                tracing::debug!(attempt, error = %source, "claiming failed; retrying with the same owner");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
+            Err(Error::Unavailable { source: again }) => source = again,
             answer => return answer,
         }
     }

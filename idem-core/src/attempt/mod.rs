@@ -62,9 +62,9 @@
 mod back_at;
 mod backoff;
 mod claim;
-mod detach;
 mod guard;
 mod renewal;
+mod running;
 mod settle;
 mod wait;
 mod watchlist;
@@ -81,9 +81,9 @@ use crate::error::Error;
 use crate::lease::Lease;
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
-use detach::Detachable;
 use guard::ReleaseOnDrop;
 use renewal::Held;
+use running::Running;
 use watchlist::Watchlist;
 
 pub use renewal::LeaseHandle;
@@ -181,8 +181,11 @@ impl<S: IdempotencyStore> Engine<S> {
     ///
     /// What the store's [`claim`](IdempotencyStore::claim) returns: [`Error::FingerprintMismatch`],
     /// or [`Error::Unavailable`] once the resends are used up, or any other store error at once.
-    pub async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        claim::claim(&**self.store(), request).await
+    pub fn claim<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+        claim::claim(&**self.store(), request)
     }
 
     /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
@@ -243,25 +246,21 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// [`AttemptError::NotRecorded`], with the operation's output, when the outcome could not be
     /// stored (the lease was lost, the store stayed unavailable while the lease lasted, the payload
     /// was refused).
-    pub async fn run<T, Fut, St>(self, operation: Fut, settle: St) -> Result<T, AttemptError<T>>
+    pub fn run<T, Fut, St>(
+        self,
+        operation: Fut,
+        settle: St,
+    ) -> impl Future<Output = Result<T, AttemptError<T>>> + Send + 'static
     where
         Fut: Future<Output = T> + Send + 'static,
         T: Send + 'static,
         St: Settle<T> + Send + 'static,
     {
-        let runtime = Handle::current();
-        match self.cancel_policy {
-            CancelPolicy::Release => self.run_here(operation, settle, runtime).await,
-            CancelPolicy::Detach => {
-                // Built in its box rather than moved into it: the attempt's future is about
-                // a kilobyte.
-                let attempt = Box::write(
-                    Box::new_uninit(),
-                    self.run_here(operation, settle, runtime.clone()),
-                );
-                Detachable::new(Box::into_pin(attempt), runtime).await
-            }
-        }
+        let policy = self.cancel_policy;
+        // Built in its box rather than moved into it: the attempt's future is about a
+        // kilobyte, and the caller's future holds only the box.
+        let attempt = Box::write(Box::new_uninit(), self.run_here(operation, settle));
+        Running::new(Box::into_pin(attempt), policy)
     }
 
     /// Like [`run`](Self::run), for an operation that borrows from its caller, and so cannot
@@ -282,14 +281,13 @@ impl<S: IdempotencyStore> Attempt<S> {
         Fut: Future<Output = T>,
         St: Settle<T>,
     {
-        self.run_here(operation, settle, Handle::current()).await
+        self.run_here(operation, settle).await
     }
 
     async fn run_here<T, Fut, St>(
         self,
         operation: Fut,
         mut settle: St,
-        runtime: Handle,
     ) -> Result<T, AttemptError<T>>
     where
         Fut: Future<Output = T>,
@@ -300,8 +298,7 @@ impl<S: IdempotencyStore> Attempt<S> {
         } = self;
         let store = watchlist.store();
         let guard = ReleaseOnDrop::new(Arc::clone(store), Arc::clone(&held));
-        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&held), &runtime);
-        drop(runtime);
+        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&held), &Handle::current());
         if new_supervisor {
             // Let the supervisor start (it would otherwise wait in this worker's next-task
             // slot, which other workers do not steal from) before an operation that may block

@@ -23,37 +23,69 @@ impl<S: IdempotencyStore> Engine<S> {
         request: &ClaimRequest,
         policy: WaitPolicy,
     ) -> Result<Claim, Error> {
-        let engine = self;
         let WaitPolicy::Wait {
             timeout,
             initial_backoff,
             max_backoff,
         } = policy
         else {
-            return engine.claim(request).await;
+            return self.claim(request).await;
         };
         // A timeout too long to represent as an instant (`Duration::MAX`, say) never ends.
         let deadline = Instant::now().checked_add(timeout);
-        let mut backoff = initial_backoff;
+        match self.claim(request).await? {
+            // The waiting in a box of its own: the claim's future, which every request's
+            // future holds, then carries no timer.
+            Claim::InProgress { retry_after } => {
+                let pace = Pace {
+                    deadline,
+                    backoff: initial_backoff,
+                    max_backoff,
+                };
+                Box::pin(self.wait_out(request, retry_after, pace)).await
+            }
+            claim => Ok(claim),
+        }
+    }
+
+    /// Polls a key found in progress (`retry_after` is what its lease has left) until it is
+    /// not, or the wait ends.
+    async fn wait_out(
+        &self,
+        request: &ClaimRequest,
+        mut retry_after: Duration,
+        mut pace: Pace,
+    ) -> Result<Claim, Error> {
         loop {
-            let claim = engine.claim(request).await?;
-            let Claim::InProgress { retry_after } = claim else {
-                return Ok(claim);
-            };
             let now = Instant::now();
-            let left = match deadline {
-                Some(deadline) if now >= deadline => return Ok(claim),
+            let left = match pace.deadline {
+                Some(deadline) if now >= deadline => {
+                    return Ok(Claim::InProgress { retry_after });
+                }
                 Some(deadline) => deadline - now,
                 None => Duration::MAX,
             };
             // Poll no later than the lease's end, so a crashed owner is taken over promptly.
-            let pause = backoff
+            let pause = pace
+                .backoff
                 .min(retry_after.max(Duration::from_millis(1)))
                 .min(left);
             tokio::time::sleep(pause).await;
-            backoff = backoff.saturating_mul(2).min(max_backoff);
+            pace.backoff = pace.backoff.saturating_mul(2).min(pace.max_backoff);
+            match self.claim(request).await? {
+                Claim::InProgress { retry_after: left } => retry_after = left,
+                claim => return Ok(claim),
+            }
         }
     }
+}
+
+/// When a wait ends, and the pause before the next poll.
+struct Pace {
+    /// `None`: never.
+    deadline: Option<Instant>,
+    backoff: Duration,
+    max_backoff: Duration,
 }
 
 /// What a repeat does when it finds the key in progress.

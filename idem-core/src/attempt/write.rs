@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::backoff::Backoff;
 use super::settle::{Settle, Settlement};
-use crate::error::Error;
+use crate::error::{BoxError, Error};
 use crate::lease::Lease;
 use crate::record::RecordState;
 use crate::store::IdempotencyStore;
@@ -106,6 +106,10 @@ async fn write<S: IdempotencyStore>(
 /// Writes an outcome, retrying while the store is unavailable and the lease may still be
 /// ours: the operation has run, and an outcome left unstored lets the key run again once
 /// its lease ends.
+///
+/// The first try is awaited here, the retries in a box of their own: nearly every write
+/// succeeds at once, and its future, part of every attempt's, then carries no timer and no
+/// retry state.
 async fn finish<S: IdempotencyStore>(
     store: &S,
     lease: &Lease,
@@ -114,38 +118,76 @@ async fn finish<S: IdempotencyStore>(
     retention: Ttl,
     lease_until: Instant,
 ) -> Result<(), Error> {
-    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
-    let mut attempt = 1;
-    loop {
-        let written = match finish {
-            Finish::Completed => complete_once(store, lease, payload.clone(), retention).await,
-            Finish::Failed => fail_once(store, lease, payload.clone(), retention).await,
-        };
-        match written {
-            Err(Error::Unavailable { source }) => {
-                let last_call = lease_until.checked_sub(FINAL_MARGIN).unwrap_or(lease_until);
-                let left = last_call.saturating_duration_since(Instant::now());
-                if attempt >= MIN_WRITE_ATTEMPTS && left.is_zero() {
-                    return Err(Error::Unavailable { source });
+    let written = match finish {
+        Finish::Completed => complete_once(store, lease, payload.clone(), retention).await,
+        Finish::Failed => fail_once(store, lease, payload.clone(), retention).await,
+    };
+    match written {
+        Err(Error::Unavailable { source }) => {
+            let retry = Retry {
+                finish,
+                payload,
+                retention,
+                lease_until,
+            };
+            Box::pin(retry.run(store, lease, source)).await
+        }
+        written => written,
+    }
+}
+
+/// An outcome write whose first try found the store unavailable.
+struct Retry {
+    finish: Finish,
+    payload: Bytes,
+    retention: Ttl,
+    lease_until: Instant,
+}
+
+impl Retry {
+    /// Tries again, from the second try on, after the last one failed with `source`.
+    async fn run<S: IdempotencyStore>(
+        self,
+        store: &S,
+        lease: &Lease,
+        mut source: BoxError,
+    ) -> Result<(), Error> {
+        let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
+        let mut attempt = 1;
+        loop {
+            let last_call = self
+                .lease_until
+                .checked_sub(FINAL_MARGIN)
+                .unwrap_or(self.lease_until);
+            let left = last_call.saturating_duration_since(Instant::now());
+            if attempt >= MIN_WRITE_ATTEMPTS && left.is_zero() {
+                return Err(Error::Unavailable { source });
+            }
+            // Never past the lease's end, but never giving up before it either: when the
+            // next pause would outlast the lease, the last attempt is made as it ends, so a
+            // store back by then still gets the outcome (a restart that ends inside the
+            // lease costs no second run).
+            let pause = match backoff.pause() {
+                pause if attempt >= MIN_WRITE_ATTEMPTS => pause.min(left),
+                pause => pause,
+            };
+            tracing::warn!(attempt, error = %source, "storing the outcome failed; retrying");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+            let payload = self.payload.clone();
+            let written = match self.finish {
+                Finish::Completed => complete_once(store, lease, payload, self.retention).await,
+                Finish::Failed => fail_once(store, lease, payload, self.retention).await,
+            };
+            match written {
+                Err(Error::Unavailable { source: again }) => source = again,
+                // An earlier attempt may have been applied and only its reply lost: then
+                // the key holds this outcome under this lease's fencing number.
+                Err(Error::LeaseLost) if holds(store, lease, self.finish, &self.payload).await => {
+                    return Ok(());
                 }
-                // Never past the lease's end, but never giving up before it either: when the
-                // next pause would outlast the lease, the last attempt is made as it ends,
-                // so a store back by then still gets the outcome (a restart that ends inside
-                // the lease costs no second run).
-                let pause = match backoff.pause() {
-                    pause if attempt >= MIN_WRITE_ATTEMPTS => pause.min(left),
-                    pause => pause,
-                };
-                tracing::warn!(attempt, error = %source, "storing the outcome failed; retrying");
-                tokio::time::sleep(pause).await;
-                attempt += 1;
+                written => return written,
             }
-            // An earlier attempt may have been applied and only its reply lost: then the
-            // key holds this outcome under this lease's fencing number.
-            Err(Error::LeaseLost) if attempt > 1 && holds(store, lease, finish, &payload).await => {
-                return Ok(());
-            }
-            written => return written,
         }
     }
 }
