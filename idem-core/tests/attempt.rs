@@ -508,3 +508,44 @@ fn a_release_attempt_dropped_outside_a_runtime_frees_its_key() {
         "the key is still held 5 s after its attempt was dropped"
     );
 }
+
+/// An attempt's future dropped before its first poll never started the operation: it frees
+/// the key at once (the release runs on a task), under either policy and from `run_scoped`,
+/// instead of leaving it in progress until the lease ends.
+#[tokio::test]
+async fn an_attempt_dropped_before_its_first_poll_frees_its_key() {
+    use idem_core::attempt::CancelPolicy;
+    for (policy, scoped) in [
+        (CancelPolicy::Detach, false),
+        (CancelPolicy::Release, false),
+        (CancelPolicy::Release, true),
+    ] {
+        let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30)).with_cancel_policy(policy);
+        let lease = acquired(&engine, "dropped-unpolled").await;
+        let key = lease.key.clone();
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let operation = {
+            let ran = Arc::clone(&ran);
+            async move { ran.store(true, std::sync::atomic::Ordering::SeqCst) }
+        };
+        let settle = |_: &()| Settlement::Release;
+        if scoped {
+            drop(engine.attempt(lease).run_scoped(operation, settle));
+        } else {
+            drop(engine.attempt(lease).run(operation, settle));
+        }
+        let mut freed = false;
+        for _ in 0..100 {
+            if engine.store().read(&key).await.expect("read").is_none() {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "{policy:?}, scoped {scoped}: the key is still held");
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "{policy:?}, scoped {scoped}: the operation ran"
+        );
+    }
+}

@@ -9,9 +9,9 @@ use crate::store::IdempotencyStore;
 /// How long a release started from a helper thread (no runtime at hand) may take.
 const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Releases the lease if dropped while armed: the operation's future was dropped before it
-/// returned (its caller went away under [`CancelPolicy::Release`]), or it panicked (drops run
-/// while unwinding). Disarmed the moment the operation returns: from then on its effects may
+/// Releases the lease if dropped while armed: the attempt's future was dropped before its
+/// first poll, or the operation's future was dropped before it returned (its caller went
+/// away under [`CancelPolicy::Release`]), or it panicked (drops run while unwinding). Disarmed the moment the operation returns: from then on its effects may
 /// have happened, and only a stored outcome, or the lease's end, may free the key.
 ///
 /// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped

@@ -237,7 +237,9 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// Under [`CancelPolicy::Detach`], dropping the returned future changes nothing: what is
     /// left of the attempt moves to a task of its own and runs to the end. If the operation
     /// panics, its key is released (a panic counts as "no effect"; use a `Result` for
-    /// failures that had one) and the panic unwinds into the caller.
+    /// failures that had one) and the panic unwinds into the caller. A future dropped before
+    /// it was first polled never started the operation, and releases the key, under either
+    /// policy.
     ///
     /// Must be polled within a Tokio runtime.
     ///
@@ -257,9 +259,10 @@ impl<S: IdempotencyStore> Attempt<S> {
         St: Settle<T> + Send + 'static,
     {
         let policy = self.cancel_policy;
+        let guard = self.release_on_drop();
         // Built in its box rather than moved into it: the attempt's future is about a
         // kilobyte, and the caller's future holds only the box.
-        let attempt = Box::write(Box::new_uninit(), self.run_here(operation, settle));
+        let attempt = Box::write(Box::new_uninit(), self.run_here(operation, settle, guard));
         Running::new(Box::into_pin(attempt), policy)
     }
 
@@ -272,22 +275,30 @@ impl<S: IdempotencyStore> Attempt<S> {
     ///
     /// [`AttemptError::NotRecorded`], with the operation's output, when the outcome could not be
     /// stored, as for [`run`](Self::run).
-    pub async fn run_scoped<T, Fut, St>(
+    pub fn run_scoped<T, Fut, St>(
         self,
         operation: Fut,
         settle: St,
-    ) -> Result<T, AttemptError<T>>
+    ) -> impl Future<Output = Result<T, AttemptError<T>>>
     where
         Fut: Future<Output = T>,
         St: Settle<T>,
     {
-        self.run_here(operation, settle).await
+        let guard = self.release_on_drop();
+        self.run_here(operation, settle, guard)
+    }
+
+    /// The guard that frees the key unless the operation returns: made with the attempt's
+    /// future, not at its first poll, so a future dropped unpolled frees the key too.
+    fn release_on_drop(&self) -> ReleaseOnDrop<S> {
+        ReleaseOnDrop::new(Arc::clone(self.watchlist.store()), Arc::clone(&self.held))
     }
 
     async fn run_here<T, Fut, St>(
         self,
         operation: Fut,
         mut settle: St,
+        guard: ReleaseOnDrop<S>,
     ) -> Result<T, AttemptError<T>>
     where
         Fut: Future<Output = T>,
@@ -297,7 +308,6 @@ impl<S: IdempotencyStore> Attempt<S> {
             watchlist, held, ..
         } = self;
         let store = watchlist.store();
-        let guard = ReleaseOnDrop::new(Arc::clone(store), Arc::clone(&held));
         let (watched, new_supervisor) = watchlist.enter(Arc::clone(&held), &Handle::current());
         if new_supervisor {
             // Let the supervisor start (it would otherwise wait in this worker's next-task

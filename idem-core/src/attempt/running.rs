@@ -33,8 +33,8 @@ where
     policy: CancelPolicy,
     /// Under [`CancelPolicy::Detach`], the runtime of the first poll (a caller may be
     /// dropped on a thread outside it); `None` before it, and under `Release`. An attempt
-    /// never polled never started: dropping it drops it, as dropping its caller's future
-    /// before its first poll always did.
+    /// never polled never started its operation: dropping it drops it, and its guard frees
+    /// the key.
     runtime: Option<Handle>,
     /// The caller's span at the first poll, for the attempt's task if it detaches (inline,
     /// the attempt is polled inside it already).
@@ -171,7 +171,7 @@ mod tests {
     }
 
     /// An attempt never polled never started: dropping its caller drops it, under either
-    /// policy, as dropping the caller's future before its first poll always did.
+    /// policy, without a task to run it on.
     #[tokio::test]
     async fn an_attempt_never_polled_is_not_started_once_dropped() {
         for policy in [CancelPolicy::Detach, CancelPolicy::Release] {
