@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::renewal::Held;
+use super::watchlist::Watchlist;
 use crate::store::IdempotencyStore;
 
 /// How long a release started from a helper thread (no runtime at hand) may take.
@@ -20,31 +21,38 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// that is gone), the log says so and the key frees itself when the lease ends.
 ///
 /// [`CancelPolicy::Release`]: super::CancelPolicy::Release
+///
+/// It owns what the attempt runs with (the engine's watchlist, with the store, and the lease),
+/// and the attempt borrows them from it: one set of handles per attempt, not a second set of
+/// reference counts for the guard.
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
-    store: Arc<S>,
-    lease: Option<Arc<Held>>,
+    pub(super) watchlist: Arc<Watchlist<S>>,
+    pub(super) held: Arc<Held>,
+    /// Set until the operation returns.
+    armed: bool,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
-    pub(crate) fn new(store: Arc<S>, lease: Arc<Held>) -> Self {
+    pub(crate) fn new(watchlist: Arc<Watchlist<S>>, held: Arc<Held>) -> Self {
         Self {
-            store,
-            lease: Some(lease),
+            watchlist,
+            held,
+            armed: true,
         }
     }
 
     /// The operation returned: the key's fate is no longer this guard's to decide.
-    pub(crate) fn disarm(mut self) {
-        self.lease = None;
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
     }
 }
 
 impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     fn drop(&mut self) {
-        let Some(held) = self.lease.take() else {
+        if !self.armed {
             return;
-        };
-        let store = Arc::clone(&self.store);
+        }
+        let (store, held) = (Arc::clone(self.watchlist.store()), Arc::clone(&self.held));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 tracing::warn!(

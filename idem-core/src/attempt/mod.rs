@@ -259,10 +259,12 @@ impl<S: IdempotencyStore> Attempt<S> {
         St: Settle<T> + Send + 'static,
     {
         let policy = self.cancel_policy;
-        let guard = self.release_on_drop();
         // Built in its box rather than moved into it: the attempt's future is about a
         // kilobyte, and the caller's future holds only the box.
-        let attempt = Box::write(Box::new_uninit(), self.run_here(operation, settle, guard));
+        let attempt = Box::write(
+            Box::new_uninit(),
+            run_here(self.release_on_drop(), operation, settle),
+        );
         Running::new(Box::into_pin(attempt), policy)
     }
 
@@ -284,67 +286,69 @@ impl<S: IdempotencyStore> Attempt<S> {
         Fut: Future<Output = T>,
         St: Settle<T>,
     {
-        let guard = self.release_on_drop();
-        self.run_here(operation, settle, guard)
+        run_here(self.release_on_drop(), operation, settle)
     }
 
-    /// The guard that frees the key unless the operation returns: made with the attempt's
-    /// future, not at its first poll, so a future dropped unpolled frees the key too.
-    fn release_on_drop(&self) -> ReleaseOnDrop<S> {
-        ReleaseOnDrop::new(Arc::clone(self.watchlist.store()), Arc::clone(&self.held))
+    /// The attempt as the guard that frees the key unless the operation returns: made with
+    /// the attempt's future, not at its first poll, so a future dropped unpolled frees the
+    /// key too.
+    fn release_on_drop(self) -> ReleaseOnDrop<S> {
+        ReleaseOnDrop::new(self.watchlist, self.held)
     }
+}
 
-    async fn run_here<T, Fut, St>(
-        self,
-        operation: Fut,
-        mut settle: St,
-        guard: ReleaseOnDrop<S>,
-    ) -> Result<T, AttemptError<T>>
-    where
-        Fut: Future<Output = T>,
-        St: Settle<T>,
-    {
-        let Self {
-            watchlist, held, ..
-        } = self;
-        let store = watchlist.store();
-        let (watched, new_supervisor) = watchlist.enter(Arc::clone(&held), &Handle::current());
+/// The attempt, from its guard: the operation under the lease, then the settlement.
+async fn run_here<S, T, Fut, St>(
+    mut guard: ReleaseOnDrop<S>,
+    operation: Fut,
+    mut settle: St,
+) -> Result<T, AttemptError<T>>
+where
+    S: IdempotencyStore,
+    Fut: Future<Output = T>,
+    St: Settle<T>,
+{
+    let watched = {
+        let (watched, new_supervisor) = guard
+            .watchlist
+            .enter(Arc::clone(&guard.held), &Handle::current());
         if new_supervisor {
             // Let the supervisor start (it would otherwise wait in this worker's next-task
             // slot, which other workers do not steal from) before an operation that may block
             // the thread.
             tokio::task::yield_now().await;
         }
-        let output = operation.await;
-        guard.disarm();
-        drop(watched);
-        let lease = &held.lease;
+        watched
+    };
+    let output = operation.await;
+    drop(watched);
+    guard.disarm();
+    let (store, held) = (guard.watchlist.store(), &guard.held);
+    let lease = &held.lease;
 
-        let settlement = settle.settle(&output);
-        let written = if held.is_lost() {
-            match settlement {
-                // Nothing to free: the key is no longer ours.
-                Settlement::Release => Ok(()),
-                _ => Err(Error::LeaseLost),
-            }
-        } else {
-            write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until())
-                .await
-        };
-        match written {
-            Ok(()) => Ok(output),
-            Err(cause) => {
-                tracing::warn!(
-                    error = %cause,
-                    namespace = lease.key.namespace(),
-                    fencing = lease.fencing,
-                    "the operation ran but its outcome was not stored"
-                );
-                Err(AttemptError::NotRecorded {
-                    output,
-                    error: Error::not_recorded(cause),
-                })
-            }
+    let settlement = settle.settle(&output);
+    let written = if held.is_lost() {
+        match settlement {
+            // Nothing to free: the key is no longer ours.
+            Settlement::Release => Ok(()),
+            _ => Err(Error::LeaseLost),
+        }
+    } else {
+        write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until()).await
+    };
+    match written {
+        Ok(()) => Ok(output),
+        Err(cause) => {
+            tracing::warn!(
+                error = %cause,
+                namespace = lease.key.namespace(),
+                fencing = lease.fencing,
+                "the operation ran but its outcome was not stored"
+            );
+            Err(AttemptError::NotRecorded {
+                output,
+                error: Error::not_recorded(cause),
+            })
         }
     }
 }

@@ -92,7 +92,11 @@ impl<S: IdempotencyStore> Watchlist<S> {
     /// The flag says a supervisor was just spawned for it: the caller should yield once, so
     /// that the new task is not left in this worker's next-task slot (which other workers do
     /// not steal from) behind an operation that may block the thread.
-    pub(crate) fn enter(self: &Arc<Self>, held: Arc<Held>, runtime: &Handle) -> (Watched<S>, bool) {
+    pub(crate) fn enter(
+        self: &Arc<Self>,
+        held: Arc<Held>,
+        runtime: &Handle,
+    ) -> (Watched<'_, S>, bool) {
         let id = runtime.id();
         // A lease whose claim was slow to answer has already run a while: renewed from now,
         // not from the supervisor's next look (up to a sixth of the TTL later).
@@ -134,10 +138,7 @@ impl<S: IdempotencyStore> Watchlist<S> {
         if let Some(number) = supervisor {
             runtime.spawn(supervise(Arc::downgrade(self), id, number));
         }
-        let watched = Watched {
-            list: Arc::clone(self),
-            index,
-        };
+        let watched = Watched { list: self, index };
         (watched, supervisor.is_some())
     }
 
@@ -174,12 +175,13 @@ impl<S: IdempotencyStore> Watchlist<S> {
 
 /// An attempt's place on the watchlist. Dropping it takes the attempt off the list and stops
 /// its renewal, if one started.
-pub(crate) struct Watched<S: IdempotencyStore> {
-    list: Arc<Watchlist<S>>,
+pub(crate) struct Watched<'a, S: IdempotencyStore> {
+    /// Borrowed: the attempt holds the list for longer than its place on it.
+    list: &'a Watchlist<S>,
     index: usize,
 }
 
-impl<S: IdempotencyStore> Drop for Watched<S> {
+impl<S: IdempotencyStore> Drop for Watched<'_, S> {
     fn drop(&mut self) {
         let slot = {
             let mut state = self.list.lock();
@@ -292,7 +294,7 @@ mod tests {
     }
 
     /// Puts an attempt holding fencing number `fencing` on `list`.
-    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<Renewals>, bool) {
+    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<'_, Renewals>, bool) {
         let lease = Lease::new(
             Key::new("watchlist", "k").expect("a valid key"),
             OwnerToken::random(),
