@@ -243,8 +243,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Retryable + Send + 'static,
     {
-        self.execute_with_lease(key, fingerprint, |_| operation())
-            .await
+        // Not through `execute_with_lease`: an operation that takes no handle gets none made.
+        self.run_or_replay(key, fingerprint, |attempt| {
+            attempt.run(operation(), JsonSettle::new(&self.settings))
+        })
+        .await
     }
 
     /// Like [`execute_outcome`](Self::execute_outcome), handing the operation its
