@@ -342,6 +342,13 @@ impl<S: IdempotencyStore> Idempotency<S> {
     where
         Fut: Future<Output = Result<Execution<T, E>, ExecuteError<E, T>>>,
     {
+        if !tracing::level_enabled!(tracing::Level::INFO) {
+            // No subscriber takes INFO spans, so not even a disabled span is built: with
+            // tracing's `log` feature on (sqlx turns it on), one still records its fields for
+            // a `log` logger, about 150 instructions per execute. A `log` logger without a
+            // tracing subscriber therefore sees no `idem.execute` line; warnings still reach it.
+            return execution(false).await;
+        }
         let span = tracing::info_span!(
             "idem.execute",
             namespace = key.namespace(),
