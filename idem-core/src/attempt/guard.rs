@@ -1,5 +1,6 @@
 //! Frees a key whose operation never returned.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
     pub(super) watchlist: Arc<Watchlist<S>>,
     pub(super) held: Arc<Held>,
-    /// Set until the operation returns.
-    armed: bool,
+    /// Set until the operation returns. A `Cell`, so the attempt can disarm the guard while
+    /// its place on the watchlist still borrows the guard's watchlist.
+    armed: Cell<bool>,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
@@ -38,19 +40,19 @@ impl<S: IdempotencyStore> ReleaseOnDrop<S> {
         Self {
             watchlist,
             held,
-            armed: true,
+            armed: Cell::new(true),
         }
     }
 
     /// The operation returned: the key's fate is no longer this guard's to decide.
-    pub(crate) fn disarm(&mut self) {
-        self.armed = false;
+    pub(crate) fn disarm(&self) {
+        self.armed.set(false);
     }
 }
 
 impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed.get() {
             return;
         }
         let (store, held) = (Arc::clone(self.watchlist.store()), Arc::clone(&self.held));

@@ -299,7 +299,7 @@ impl<S: IdempotencyStore> Attempt<S> {
 
 /// The attempt, from its guard: the operation under the lease, then the settlement.
 async fn run_here<S, T, Fut, St>(
-    mut guard: ReleaseOnDrop<S>,
+    guard: ReleaseOnDrop<S>,
     operation: Fut,
     mut settle: St,
 ) -> Result<T, AttemptError<T>>
@@ -308,21 +308,17 @@ where
     Fut: Future<Output = T>,
     St: Settle<T>,
 {
-    let watched = {
-        let (watched, new_supervisor) = guard
-            .watchlist
-            .enter(Arc::clone(&guard.held), &Handle::current());
-        if new_supervisor {
-            // Let the supervisor start (it would otherwise wait in this worker's next-task
-            // slot, which other workers do not steal from) before an operation that may block
-            // the thread.
-            tokio::task::yield_now().await;
-        }
-        watched
-    };
+    let (watched, new_supervisor) = guard
+        .watchlist
+        .enter(Arc::clone(&guard.held), &Handle::current());
+    if new_supervisor {
+        // Let the supervisor start (it would otherwise wait in this worker's next-task slot,
+        // which other workers do not steal from) before an operation that may block the thread.
+        tokio::task::yield_now().await;
+    }
     let output = operation.await;
-    drop(watched);
     guard.disarm();
+    drop(watched);
     let (store, held) = (guard.watchlist.store(), &guard.held);
     let lease = &held.lease;
 
