@@ -269,11 +269,9 @@ impl<S: IdempotencyStore> Idempotency<S> {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Retryable + Send + 'static,
     {
-        self.run_or_replay(key, fingerprint, |attempt| async move {
+        self.run_or_replay(key, fingerprint, |attempt| {
             let operation = operation(attempt.lease_handle());
-            attempt
-                .run(operation, JsonSettle::new(&self.settings))
-                .await
+            attempt.run(operation, JsonSettle::new(&self.settings))
         })
         .await
     }
@@ -300,9 +298,8 @@ impl<S: IdempotencyStore> Idempotency<S> {
         E: Serialize + DeserializeOwned + Retryable,
     {
         let execution = self
-            .run_or_replay(key, fingerprint, |attempt| async move {
-                let settle = JsonSettle::new(&self.settings);
-                attempt.run_scoped(operation(), settle).await
+            .run_or_replay(key, fingerprint, |attempt| {
+                attempt.run_scoped(operation(), JsonSettle::new(&self.settings))
             })
             .await?;
         execution.result.map_err(ExecuteError::Operation)
