@@ -20,6 +20,9 @@ pub enum Storage {
 /// Either way the handler has run, so the key is never freed: a marker is stored, and
 /// every retry gets a 500 problem of type
 /// [`RESPONSE_NOT_STORED`](crate::problem::RESPONSE_NOT_STORED) instead of a second run.
+/// A response whose status the policy releases ([`Storage::Release`]: 503 and the other
+/// "try again" statuses by default) is the exception, whatever its size: it frees the key
+/// and reaches its client as it is, like a small one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OversizedResponse {

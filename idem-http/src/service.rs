@@ -26,7 +26,7 @@ use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
 use crate::header::IDEMPOTENT_REPLAYED;
 use crate::key_header::{KeyHeader, read_key};
-use crate::policy::OversizedResponse;
+use crate::policy::{OversizedResponse, Storage};
 use crate::problem::{self, in_progress, problem, store_error};
 use crate::record::StoredOutcome;
 use crate::scope::route;
@@ -411,6 +411,12 @@ impl<S: IdempotencyStore> Shared<S> {
         match output? {
             BufferedResponse::Complete(parts, body) => {
                 Ok(Response::from_parts(parts, ResponseBody::full(body)))
+            }
+            // A status the policy releases stored no marker: the answer goes to its client.
+            BufferedResponse::TooLarge(response, _)
+                if self.settings.options.statuses.decide(response.status()) == Storage::Release =>
+            {
+                Ok(response)
             }
             BufferedResponse::TooLarge(response, _) => match self.settings.options.oversized {
                 OversizedResponse::PassOn => Ok(response),

@@ -46,6 +46,11 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
             Err(_) | Ok(BufferedResponse::Unreadable(_)) => Settlement::Release,
             Ok(BufferedResponse::TooLarge(response, size)) => {
                 self.status = response.status();
+                // A "try again" answer frees the key whatever its size: the marker would
+                // refuse every retry of an operation that said nothing happened.
+                if self.settings.options.statuses.decide(self.status) == Storage::Release {
+                    return Settlement::Release;
+                }
                 tracing::warn!(
                     status = %self.status,
                     size,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use idem_http::{CancelPolicy, IdempotencyLayer, KeyScope, problem};
+use idem_http::{CancelPolicy, IdempotencyLayer, KeyScope, OversizedResponse, Storage, problem};
 use idem_memory::MemoryStore;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -184,4 +184,86 @@ fn bad_settings_are_refused_at_build() {
         })
         .build();
     assert!(backoff.is_err());
+}
+
+/// A service whose first call answers `status` with a body of `bytes` bytes, and every later
+/// call 201 `again`; it counts its calls.
+fn first_answers(
+    status: StatusCode,
+    bytes: usize,
+    runs: Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_: Request<Body>| {
+        let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            let response = if first {
+                let mut response = Response::new(Body::from(vec![b'x'; bytes]));
+                *response.status_mut() = status;
+                response
+            } else {
+                let mut response = Response::new(Body::from("again"));
+                *response.status_mut() = StatusCode::CREATED;
+                response
+            };
+            Ok(response)
+        }
+    })
+}
+
+/// A status the policy releases ("try again": 503 by default, or any 5xx under
+/// `server_errors(Storage::Release)`) frees the key whatever its body's size: an
+/// oversized 503 or 500 used to store the too-large marker, so every retry got
+/// `response-not-stored` for the whole retention and the operation, which said "nothing
+/// happened, try again", could never be retried.
+#[tokio::test]
+async fn an_oversized_answer_of_a_released_status_frees_the_key_too() {
+    for (status, server_errors, oversized) in [
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Storage::Store,
+            OversizedResponse::PassOn,
+        ),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Storage::Release,
+            OversizedResponse::PassOn,
+        ),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Storage::Store,
+            OversizedResponse::Refuse,
+        ),
+    ] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+            .max_response_body(4096)
+            .server_errors(server_errors)
+            .oversized(oversized)
+            .build()
+            .expect("valid");
+        let service = layer.layer(first_answers(status, 10_000, Arc::clone(&runs)));
+        let first = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible");
+        assert_eq!(first.status(), status, "{oversized:?}: the answer itself");
+        let body = first.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), 10_000, "{status}: passed on whole");
+        let retry = service.oneshot(post("\"k\"")).await.expect("infallible");
+        assert_eq!(
+            retry.status(),
+            StatusCode::CREATED,
+            "{status} under {server_errors:?}, {oversized:?}: the retry runs again"
+        );
+        assert!(!retry.headers().contains_key("idempotent-replayed"));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
 }
