@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use http::request::Parts;
+use idem_core::{Fingerprint, MAX_KEY_LEN};
 
 /// Reads the principal's scope from a request's extensions.
 type ScopeFn = dyn Fn(&http::Extensions) -> Option<String> + Send + Sync;
@@ -101,7 +102,8 @@ impl KeyScope {
 
     /// Writes the key namespace for a request into `out` (cleared first): the principal
     /// (length-prefixed, so no principal can pose as another plus a route) or `*` for the
-    /// global scope, then the route.
+    /// global scope, then the route, or the route's digest when the route would make the
+    /// namespace too long for a key (a long path is the client's, not the scope's fault).
     pub(crate) fn namespace(&self, parts: &Parts, out: &mut String) -> Result<(), NoPrincipal> {
         out.clear();
         match &self.principal {
@@ -113,10 +115,21 @@ impl KeyScope {
             None => out.push('*'),
         }
         if self.per_route {
+            let scope_len = out.len();
+            let (method, route) = (parts.method.as_str(), route(&parts.extensions, &parts.uri));
             out.push(' ');
-            out.push_str(parts.method.as_str());
+            out.push_str(method);
             out.push(' ');
-            out.push_str(route(&parts.extensions, &parts.uri));
+            out.push_str(route);
+            if out.len() > MAX_KEY_LEN {
+                // The route is the client's (a long path): too long for a key, its digest
+                // stands for it. One space, where a route has two (neither a method nor a
+                // path holds one), so a digest never spells a route.
+                let digest =
+                    Fingerprint::from_byte_parts([method.as_bytes(), b" ", route.as_bytes()]);
+                out.truncate(scope_len);
+                let _ = write!(out, " #{digest}");
+            }
         }
         Ok(())
     }
@@ -192,6 +205,32 @@ mod tests {
         assert_eq!(
             namespace(&scope, &parts("POST", "/x", Some("alice"))),
             namespace(&scope, &parts("PUT", "/y", Some("alice")))
+        );
+    }
+
+    #[test]
+    fn a_route_too_long_for_a_key_is_scoped_by_its_digest() {
+        let long = |last: char| format!("/{}{last}", "a".repeat(300));
+        let scope = by_principal();
+        let first =
+            namespace(&scope, &parts("POST", &long('a'), Some("alice"))).expect("a namespace");
+        assert!(first.len() <= MAX_KEY_LEN, "{}", first.len());
+        assert!(first.starts_with("5:alice #"), "{first}");
+        assert_eq!(
+            namespace(&scope, &parts("POST", &long('a'), Some("alice"))),
+            Ok(first.clone())
+        );
+        for other in [
+            parts("POST", &long('b'), Some("alice")),
+            parts("PATCH", &long('a'), Some("alice")),
+            parts("POST", &long('a'), Some("bob")),
+        ] {
+            assert_ne!(namespace(&scope, &other), Ok(first.clone()));
+        }
+        // A route that fits keeps its spelling.
+        assert_eq!(
+            namespace(&scope, &parts("POST", "/orders", Some("alice"))),
+            Ok("5:alice POST /orders".to_owned())
         );
     }
 

@@ -267,3 +267,49 @@ async fn an_oversized_answer_of_a_released_status_frees_the_key_too() {
         assert_eq!(runs.load(Ordering::SeqCst), 2);
     }
 }
+
+/// The request path is the client's: a long one must not turn into the layer's 500
+/// `no-scope` (with an error log blaming the application's scope). The route's part of
+/// the namespace used to push it over the key length limit, so a POST to a path of a few
+/// hundred bytes was refused outright and could never be made idempotent.
+#[tokio::test]
+async fn a_long_path_is_still_protected_and_keeps_its_own_scope() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, std::convert::Infallible>(Response::new(Body::from(run.to_string()))) }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let long = |last: char| format!("/{}{last}", "a".repeat(400));
+    let call = |path: String| {
+        Request::post(path)
+            .header("idempotency-key", "\"k\"")
+            .body(Body::empty())
+            .expect("a valid request")
+    };
+    let first = service
+        .clone()
+        .oneshot(call(long('a')))
+        .await
+        .expect("infallible");
+    assert_eq!(first.status(), StatusCode::OK);
+    let again = service
+        .clone()
+        .oneshot(call(long('a')))
+        .await
+        .expect("infallible");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Another long path with the same key is another route: its own run, not a 422.
+    let other = service.oneshot(call(long('b'))).await.expect("infallible");
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(!other.headers().contains_key("idempotent-replayed"));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
