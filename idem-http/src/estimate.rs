@@ -9,6 +9,11 @@ use std::time::Duration;
 /// routes by raw paths (`/orders/17`, `/orders/18`, ...) cannot grow the map without bound.
 const MAX_ROUTES: usize = 1024;
 
+/// The longest route tracked one by one: a longer one (a long raw path, the client's) is
+/// not kept as a map key, but shares the one average, so the map holds a bounded amount of
+/// memory whatever paths clients send.
+const MAX_ROUTE_LEN: usize = idem_core::MAX_KEY_LEN;
+
 /// A [`RunTime`] per route (method and path template), shared by every service of a layer.
 #[derive(Debug, Default)]
 pub(crate) struct RunTimes {
@@ -19,6 +24,9 @@ pub(crate) struct RunTimes {
 impl RunTimes {
     /// The route's average, made on first use.
     pub(crate) fn route(&self, route: &str) -> Arc<RunTime> {
+        if route.len() > MAX_ROUTE_LEN {
+            return Arc::clone(&self.others);
+        }
         // A poisoned lock only means a panic elsewhere mid-insert: the map is still whole.
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         if let Some(found) = routes.get(route) {
@@ -86,6 +94,11 @@ mod tests {
         for i in 0..MAX_ROUTES {
             times.route(&format!("POST /{i}"));
         }
+        let long = format!("POST /{}", "a".repeat(MAX_ROUTE_LEN));
+        assert!(
+            Arc::ptr_eq(&times.route(&long), &times.others),
+            "never a map key"
+        );
         let shared = times.route("POST /late");
         assert!(Arc::ptr_eq(&shared, &times.route("POST /later")));
     }
