@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -377,20 +378,30 @@ impl<S: IdempotencyStore> Shared<S> {
             let response = inner.call(request).await?;
             Ok(buffer_response(response, limit).await)
         };
-        let settle = SettleResponse::new(Arc::clone(&self.settings));
+        // Only under `Refuse` does the first answer depend on whether the store took the
+        // record.
+        let store_refused = (self.settings.options.oversized == OversizedResponse::Refuse)
+            .then(|| Arc::new(AtomicBool::new(false)));
+        let settle = SettleResponse::new(Arc::clone(&self.settings), store_refused.clone());
         let ran = self.engine.attempt(lease).run(handler, settle);
         async move {
             let ran = ran.await;
             usual.record(started.elapsed());
-            self.respond(ran)
+            let store_refused = store_refused.is_some_and(|flag| flag.load(Ordering::Relaxed));
+            self.respond(ran, store_refused)
         }
     }
 
     /// The response to a request whose handler ran under the lease (or did not, see
     /// [`run`](Self::run)).
+    ///
+    /// `store_refused`: the store refused the record as too large and the marker was
+    /// stored instead, so under [`OversizedResponse::Refuse`] the first client gets the
+    /// retries' problem.
     fn respond<ResBody, E>(
         &self,
         ran: Ran<ResBody, E>,
+        store_refused: bool,
     ) -> Result<Response<ResponseBody<ResBody>>, E> {
         let output = match ran {
             Ok(output) => output,
@@ -409,6 +420,9 @@ impl<S: IdempotencyStore> Shared<S> {
             }
         };
         match output? {
+            BufferedResponse::Complete(parts, _) if store_refused => {
+                Ok(own(self.not_stored(parts.status)))
+            }
             BufferedResponse::Complete(parts, body) => {
                 Ok(Response::from_parts(parts, ResponseBody::full(body)))
             }

@@ -2,6 +2,7 @@
 //! marker, or nothing (the key is freed).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use idem_core::attempt::{Settle, Settlement};
@@ -21,13 +22,18 @@ pub(crate) struct SettleResponse {
     /// The status of the response being settled, for the marker written when the store
     /// refuses the record as too large.
     status: StatusCode,
+    /// Set when the store refused the record and the marker was written instead: under
+    /// [`OversizedResponse::Refuse`](crate::OversizedResponse::Refuse) the first client
+    /// then gets the retries' problem too. `None` (no allocation) under `PassOn`.
+    store_refused: Option<Arc<AtomicBool>>,
 }
 
 impl SettleResponse {
-    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, store_refused: Option<Arc<AtomicBool>>) -> Self {
         Self {
             settings,
             status: StatusCode::OK,
+            store_refused,
         }
     }
 
@@ -86,6 +92,9 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
             limit,
             "the store refused the response as too large; storing a marker"
         );
+        if let Some(flag) = &self.store_refused {
+            flag.store(true, Ordering::Relaxed);
+        }
         Some(self.marker(size as u64))
     }
 }

@@ -313,3 +313,34 @@ async fn a_long_path_is_still_protected_and_keeps_its_own_scope() {
     assert!(!other.headers().contains_key("idempotent-replayed"));
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// Under `OversizedResponse::Refuse` "the first client gets the same problem as every
+/// retry, so all see one answer". A response within the layer's `max_response_body` but
+/// over the store's payload limit gets the too-large marker all the same (never a second
+/// run), yet its first client used to be handed the whole response while every retry got
+/// `response-not-stored`: two answers.
+#[tokio::test]
+async fn under_refuse_a_response_the_store_refuses_gets_one_answer_too() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::builder(
+        MemoryStore::new().with_max_payload(1024),
+        KeyScope::global(),
+    )
+    .oversized(OversizedResponse::Refuse)
+    .build()
+    .expect("valid");
+    let service = layer.layer(first_answers(StatusCode::OK, 5000, Arc::clone(&runs)));
+    let first = service
+        .clone()
+        .oneshot(post("\"k\""))
+        .await
+        .expect("infallible");
+    let again = service.oneshot(post("\"k\"")).await.expect("infallible");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "never a second run");
+    assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        first.status(),
+        again.status(),
+        "the first client gets the retries' answer"
+    );
+}
