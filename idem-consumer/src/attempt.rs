@@ -23,8 +23,13 @@ pub(crate) enum Attempt {
         /// Whether the stored outcome is a permanent failure.
         failed: bool,
     },
-    /// It ran, and its outcome could not be stored.
-    RanNotRecorded(Error),
+    /// It ran and ended as `ran` says, and its outcome could not be stored.
+    RanNotRecorded {
+        /// How it ended.
+        ran: Ran,
+        /// Why nothing was stored.
+        error: Error,
+    },
     /// It did not run; the error says why.
     NotRun(Error),
 }
@@ -77,7 +82,10 @@ where
         Err(ExecuteError::Operation(error)) if ran => Attempt::Ran(Ran::of::<(), E>(&Err(error))),
         // Only permanent failures are stored, so only they are replayed.
         Err(ExecuteError::Operation(_)) => Attempt::Replayed { failed: true },
-        Err(ExecuteError::NotRecorded { error, .. }) => Attempt::RanNotRecorded(error),
+        Err(ExecuteError::NotRecorded { result, error }) => Attempt::RanNotRecorded {
+            ran: Ran::of(&result),
+            error,
+        },
         Err(ExecuteError::Idempotency(error)) => Attempt::NotRun(error),
         // ExecuteError is non-exhaustive: whatever else comes, do not ack what may not
         // have taken effect.

@@ -8,7 +8,7 @@ use idem_core::{Error, Fingerprint, Idempotency, IdempotencyStore, Key, Retryabl
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::attempt::{self, Attempt};
+use crate::attempt::{self, Attempt, Ran};
 use crate::disposition::{AckReason, DeadLetterReason, Disposition};
 use crate::message::{Delivery, Message};
 use crate::policy::Policy;
@@ -182,16 +182,95 @@ where
 
 fn log_attempt(message_id: &str, attempt: &Attempt) {
     match attempt {
-        Attempt::RanNotRecorded(error) => tracing::error!(
+        Attempt::RanNotRecorded {
+            ran: Ran::Succeeded,
+            error,
+        } => tracing::error!(
             message_id,
             %error,
             "the operation ran but its outcome could not be stored; acking it ({:?}): \
              a redelivery would run it again",
             AckReason::RanNotRecorded
         ),
+        Attempt::RanNotRecorded { ran, error } => tracing::error!(
+            message_id,
+            %error,
+            ?ran,
+            "the operation failed and its failure could not be stored",
+        ),
         Attempt::NotRun(error) if !error.is_transient() => {
             tracing::warn!(message_id, %error, "the message did not run");
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idem_core::{Bytes, Claim, ClaimRequest, Lease, Record, Ttl, async_trait};
+    use idem_memory::MemoryStore;
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    struct Broken;
+
+    impl Retryable for Broken {
+        fn is_retryable(&self) -> bool {
+            false
+        }
+    }
+
+    /// A memory store that refuses to store a permanent failure (a store error that is
+    /// not `Unavailable`, so the engine does not retry the write).
+    #[derive(Debug)]
+    struct FailureWriteRefused(MemoryStore);
+
+    #[async_trait]
+    impl IdempotencyStore for FailureWriteRefused {
+        async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+            self.0.claim(request).await
+        }
+        async fn complete(
+            &self,
+            lease: &Lease,
+            response: Bytes,
+            retention: Ttl,
+        ) -> Result<(), Error> {
+            self.0.complete(lease, response, retention).await
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            Err(Error::backend("the failure write is refused"))
+        }
+        async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+            self.0.renew(lease, ttl).await
+        }
+        async fn release(&self, lease: &Lease) -> Result<(), Error> {
+            self.0.release(lease).await
+        }
+        async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+            self.0.read(key).await
+        }
+        async fn remove(&self, key: &Key) -> Result<bool, Error> {
+            self.0.remove(key).await
+        }
+    }
+
+    /// A message whose operation failed permanently is never acked: acking it would drop
+    /// it from the queue with nothing stored and nothing dead-lettered, so no one would
+    /// ever see that it failed. When the failure cannot be stored, the message still goes
+    /// to the dead-letter route (which does not run it again either).
+    #[tokio::test]
+    async fn a_permanent_failure_that_cannot_be_stored_is_dead_lettered_not_acked() {
+        let store = FailureWriteRefused(MemoryStore::new());
+        let consumer = Consumer::new(Idempotency::new(store), "orders").expect("consumer");
+        let disposition = consumer
+            .handle("m-1", None, || async { Err::<(), _>(Broken) })
+            .await;
+        assert_eq!(
+            disposition,
+            Disposition::DeadLetter {
+                reason: DeadLetterReason::PermanentFailure
+            }
+        );
     }
 }

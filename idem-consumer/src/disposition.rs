@@ -71,7 +71,7 @@ pub enum AckReason {
     Processed,
     /// The outcome was already stored (a duplicate or a redelivery): nothing ran.
     Replayed,
-    /// The operation ran, but its outcome could not be stored (the store stayed unavailable
+    /// The operation succeeded, but its outcome could not be stored (the store stayed unavailable
     /// or the lease was lost). Acked anyway: its effect has happened, and a redelivery would
     /// run it a second time. Logged at `error`.
     RanNotRecorded,

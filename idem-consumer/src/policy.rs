@@ -91,7 +91,22 @@ impl Policy {
             // The first delivery dead-lettered it; it may have crashed before it could, so
             // this one does too.
             Attempt::Replayed { failed: true } => dead_letter(DeadLetterReason::PermanentFailure),
-            Attempt::RanNotRecorded(_) => ack(AckReason::RanNotRecorded),
+            // Its effect has happened: acked, as a redelivery would run it again.
+            Attempt::RanNotRecorded {
+                ran: Ran::Succeeded,
+                ..
+            } => ack(AckReason::RanNotRecorded),
+            // It failed for good: dead-lettered as any permanent failure (which does not
+            // run it again either), never acked, which would drop it unseen.
+            Attempt::RanNotRecorded {
+                ran: Ran::FailedPermanently,
+                ..
+            } => dead_letter(DeadLetterReason::PermanentFailure),
+            // Nothing took effect that must not run again: the next delivery runs it.
+            Attempt::RanNotRecorded {
+                ran: Ran::FailedRetryably,
+                ..
+            } => self.requeue(self.retry_delay, RequeueReason::RetryableFailure),
             Attempt::NotRun(error) => self.not_run(error),
         }
     }
@@ -186,8 +201,18 @@ mod tests {
             dead_letter(D::PermanentFailure)
         );
         assert_eq!(
-            decide(Attempt::RanNotRecorded(Error::LeaseLost)),
+            decide(Attempt::RanNotRecorded {
+                ran: Ran::Succeeded,
+                error: Error::LeaseLost
+            }),
             ack(AckReason::RanNotRecorded)
+        );
+        assert_eq!(
+            decide(Attempt::RanNotRecorded {
+                ran: Ran::FailedPermanently,
+                error: Error::LeaseLost
+            }),
+            dead_letter(D::PermanentFailure)
         );
         assert_eq!(
             decide(Attempt::NotRun(Error::unavailable("down"))),

@@ -5,8 +5,8 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{DISPOSITION_CASES, Failure, Proxy, Rabbit, Seen, wait_until};
@@ -222,6 +222,57 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
         rabbit.depth(&rabbit.queue).await as usize == MESSAGES - finished
     })
     .await;
+    rabbit.cleanup().await;
+}
+
+/// A handler that panics does not keep its message: the loop hands it back to the broker,
+/// which delivers it again, and takes the next one. A delivery left unacked on the channel
+/// instead would stay there for as long as the loop runs, holding a prefetch slot: with a
+/// concurrency of 1 the loop would take no other message ever again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_gives_its_message_back_and_the_loop_goes_on() {
+    let rabbit = Rabbit::new().await;
+    rabbit.publish(Some("m-panics-once"), b"first").await;
+    rabbit.publish(Some("m-after"), b"second").await;
+
+    let panicked = Arc::new(AtomicBool::new(false));
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let handler = {
+        let (panicked, handled) = (Arc::clone(&panicked), Arc::clone(&handled));
+        move |message: Message| {
+            let (panicked, handled) = (Arc::clone(&panicked), Arc::clone(&handled));
+            async move {
+                if message.id() == "m-panics-once" && !panicked.swap(true, Ordering::SeqCst) {
+                    panic!("the handler panics on the first delivery");
+                }
+                handled.lock().expect("lock").push(message.id().to_owned());
+                Disposition::Ack {
+                    reason: AckReason::Processed,
+                }
+            }
+        }
+    };
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let options = ConsumeOptions::default().concurrency(1);
+    let running = common::consume_amqp(channel, &rabbit.queue, options, handler);
+    wait_until(
+        "both messages handled after the panic",
+        Duration::from_secs(15),
+        || async { handled.lock().expect("lock").len() >= 2 },
+    )
+    .await;
+    let summary = running.stop().await;
+
+    assert!(panicked.load(Ordering::SeqCst));
+    let handled: BTreeSet<String> = handled.lock().expect("lock").iter().cloned().collect();
+    assert_eq!(
+        handled,
+        BTreeSet::from(["m-after".to_owned(), "m-panics-once".to_owned()])
+    );
+    assert_eq!(summary.acked, 2);
+    assert_eq!(summary.unsettled, 1, "the panicked delivery: {summary:?}");
+    assert_eq!(rabbit.depth(&rabbit.queue).await, 0);
+    assert_eq!(rabbit.depth(&rabbit.dlq).await, 0);
     rabbit.cleanup().await;
 }
 
