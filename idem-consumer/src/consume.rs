@@ -2,16 +2,17 @@
 //! a graceful shutdown that settles every message it started.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use idem_core::BoxError;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::disposition::{DeadLetterReason, Disposition};
+use crate::disposition::{DeadLetterReason, Disposition, RequeueReason};
 use crate::message::{IdSource, Message, MissingId};
 
 /// How an adapter's consume loop runs.
@@ -340,7 +341,29 @@ async fn process<B: Broker, F, Fut>(
 {
     let (message, settler) = broker.open(delivery);
     let disposition = match message {
-        Ok(message) => handler(message).await,
+        Ok(message) => match AssertUnwindSafe(async move { handler(message).await })
+            .catch_unwind()
+            .await
+        {
+            Ok(disposition) => disposition,
+            Err(panic) => {
+                // Handed back to the broker, not left unacked: on RabbitMQ an unsettled
+                // delivery stays on the channel for as long as the loop runs, holding a
+                // prefetch slot, and is redelivered only when the channel closes.
+                tracing::error!(
+                    panic = panic_text(&*panic),
+                    "a message handler panicked; handing its message back to the broker"
+                );
+                let requeue = Disposition::Requeue {
+                    delay: PANICKED_DELAY,
+                    reason: RequeueReason::HandlerPanicked,
+                };
+                broker.settle(settler, &requeue, stopping).await;
+                // It has no disposition of its own: counted as unsettled, as before.
+                tally.unsettled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        },
         Err(missing) => {
             tracing::warn!(error = %missing, "dead-lettering a message without an ID");
             Disposition::DeadLetter {
@@ -350,6 +373,18 @@ async fn process<B: Broker, F, Fut>(
     };
     let applied = broker.settle(settler, &disposition, stopping).await;
     tally.count(&disposition, applied);
+}
+
+/// How long a message whose handler panicked waits before the broker delivers it again.
+const PANICKED_DELAY: Duration = Duration::from_secs(1);
+
+/// A panic's message, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Collects finished tasks so the set does not grow, noting panics.

@@ -87,6 +87,9 @@ pub enum RequeueReason {
     RetryableFailure,
     /// The store could not be reached (or failed) before the operation ran.
     StoreUnavailable,
+    /// The handler panicked (a consume loop's choice, never the core's): the message goes
+    /// back to the broker instead of staying unacked, and the loop counts it as unsettled.
+    HandlerPanicked,
 }
 
 /// Why a message is dead-lettered.
