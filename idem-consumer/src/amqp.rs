@@ -311,15 +311,18 @@ fn integer(value: &AMQPValue) -> Option<i128> {
 }
 
 /// How many times this message was delivered, this time included, when the broker says.
+///
+/// A delivery the broker does not flag as redelivered is the first, whatever
+/// `x-delivery-count` it carries: only the broker's own count on a redelivery counts, not a
+/// header its publisher copied or made up.
 fn deliveries(properties: &BasicProperties, redelivered: bool) -> Option<u32> {
+    if !redelivered {
+        return Some(1);
+    }
     let before = properties
         .headers()
         .as_ref()
         .and_then(|headers| headers.inner().get(DELIVERY_COUNT))
         .and_then(integer);
-    match before {
-        Some(before) => u32::try_from(before).ok().map(|n| n.saturating_add(1)),
-        None if !redelivered => Some(1),
-        None => None,
-    }
+    before.and_then(|before| u32::try_from(before).ok().map(|n| n.saturating_add(1)))
 }

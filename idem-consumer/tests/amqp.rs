@@ -225,6 +225,62 @@ async fn a_graceful_shutdown_finishes_what_it_started_and_loses_nothing() {
     rabbit.cleanup().await;
 }
 
+/// A first delivery (`redelivered` false) is the first, whatever `x-delivery-count` header
+/// its publisher put on it: a message re-published with the headers of a redelivery it was
+/// consumed as (a shovel, a tool moving messages between queues), or a producer's own
+/// header. Taken at its word, the stale count made it poison on its first delivery:
+/// dead-lettered without ever running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_delivery_is_not_poison_whatever_count_its_publisher_wrote() {
+    let rabbit = Rabbit::new().await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-republished").expect("consumer");
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "x-delivery-count".into(),
+        lapin::types::AMQPValue::LongLongInt(50),
+    );
+    let properties = common::id_properties(Some("m-republished")).with_headers(headers);
+    rabbit.publish_with(properties, b"ok").await;
+
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let body = message.body().clone();
+                let disposition = consumer
+                    .handle_message(&message, || async { common::outcome_for(&body, &seen) })
+                    .await;
+                seen.settled(&message, disposition)
+            }
+        }
+    };
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
+    wait_until("the message settled", DEADLINE, || async {
+        seen.settled_count() >= 1
+    })
+    .await;
+    running.stop().await;
+
+    let dispositions = seen.dispositions.lock().expect("lock").clone();
+    assert_eq!(
+        dispositions,
+        vec![(
+            "m-republished".to_owned(),
+            Some(1),
+            Disposition::Ack {
+                reason: AckReason::Processed
+            }
+        )],
+        "a first delivery runs"
+    );
+    assert_eq!(seen.effects.load(Ordering::SeqCst), 1);
+    rabbit.cleanup().await;
+}
+
 /// A handler that panics does not keep its message: the loop hands it back to the broker,
 /// which delivers it again, and takes the next one. A delivery left unacked on the channel
 /// instead would stay there for as long as the loop runs, holding a prefetch slot: with a
