@@ -265,7 +265,7 @@ where
     let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(options.concurrency));
     let (stop, stopping) = watch::channel(false);
-    let mut tasks = JoinSet::new();
+    let mut tasks = InFlight(JoinSet::new());
     let mut failure = None;
     tokio::pin!(shutdown);
     loop {
@@ -385,6 +385,33 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+/// The tasks of the messages in flight. Dropping the loop's future (instead of resolving
+/// its shutdown) detaches them rather than aborting them: each finishes and settles its
+/// message as at a shutdown. Aborted, a task whose operation had returned would lose its
+/// outcome write and its ack, and the redelivery would run the operation again once the
+/// lease ran out.
+struct InFlight(JoinSet<()>);
+
+impl std::ops::Deref for InFlight {
+    type Target = JoinSet<()>;
+
+    fn deref(&self) -> &JoinSet<()> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for InFlight {
+    fn deref_mut(&mut self) -> &mut JoinSet<()> {
+        &mut self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.detach_all();
+    }
 }
 
 /// Collects finished tasks so the set does not grow, noting panics.

@@ -15,7 +15,10 @@ use idem_consumer::{
     AckReason, ConsumeFailure, ConsumeOptions, ConsumeSummary, Consumer, DeadLetterReason,
     Disposition, IdSource, Message, Policy,
 };
-use idem_core::Idempotency;
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Config, Error, Idempotency, IdempotencyStore, Key, Lease, Record,
+    Ttl,
+};
 use idem_memory::MemoryStore;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -278,6 +281,108 @@ async fn a_first_delivery_is_not_poison_whatever_count_its_publisher_wrote() {
         "a first delivery runs"
     );
     assert_eq!(seen.effects.load(Ordering::SeqCst), 1);
+    rabbit.cleanup().await;
+}
+
+/// A store whose outcome writes are slow: a window between the operation's return and its
+/// stored outcome that a test can aim at.
+#[derive(Debug)]
+struct SlowComplete(MemoryStore);
+
+#[idem_core::async_trait]
+impl IdempotencyStore for SlowComplete {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.0.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        self.0.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.0.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.0.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.0.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        self.0.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.0.remove(key).await
+    }
+}
+
+/// Dropping a consume loop's future (a `select!` on ctrl-c, a timeout around it) instead of
+/// resolving its shutdown must not cut short a message whose operation has returned: its
+/// outcome write and its ack finish. Aborted there, the key stayed claimed with nothing
+/// stored and the message unacked; once the lease ran out, the redelivery ran the operation
+/// a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_consume_loop_does_not_run_a_finished_operation_again() {
+    let rabbit = Rabbit::new().await;
+    let config = Config::builder()
+        .lease_ttl(Duration::from_secs(2))
+        .build()
+        .expect("config");
+    let idem = Idempotency::with_config(SlowComplete(MemoryStore::new()), config).expect("config");
+    let consumer = Consumer::new(idem, "amqp-dropped").expect("consumer");
+    rabbit.publish(Some("m-1"), b"pay").await;
+
+    let effects = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let effects = Arc::clone(&effects);
+        move |message: Message| {
+            let (consumer, effects) = (consumer.clone(), Arc::clone(&effects));
+            async move {
+                consumer
+                    .handle_message(&message, || async {
+                        effects.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await
+            }
+        }
+    };
+
+    // The first loop: dropped while the outcome of its one message is being written.
+    let first = rabbit.conn.create_channel().await.expect("channel");
+    let loop_task = {
+        let (first, queue, handler) = (first.clone(), rabbit.queue.clone(), handler.clone());
+        tokio::spawn(async move {
+            let shutdown = std::future::pending::<()>();
+            amqp::consume(&first, &queue, ConsumeOptions::default(), shutdown, handler).await
+        })
+    };
+    wait_until("the operation ran", DEADLINE, || async {
+        effects.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    loop_task.abort();
+    assert!(
+        loop_task.await.is_err(),
+        "the loop was dropped, not finished"
+    );
+    // The process goes on a while (past the lease), then closes its channel.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let _ = first.close(200, "done".into()).await;
+
+    // Another consumer: whatever is still on the queue comes to it.
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    running.stop().await;
+
+    assert_eq!(
+        effects.load(Ordering::SeqCst),
+        1,
+        "the operation ran again after its loop was dropped"
+    );
+    assert_eq!(rabbit.depth(&rabbit.queue).await, 0);
+    assert_eq!(rabbit.depth(&rabbit.dlq).await, 0);
     rabbit.cleanup().await;
 }
 
