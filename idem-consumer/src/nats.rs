@@ -10,6 +10,11 @@
 //! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay |
 //! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost) |
 //!
+//! A dead-letter copy carries the original's headers, [`DEAD_LETTER_REASON`] and
+//! [`ORIGINAL_SUBJECT`]; the original's `Nats-Msg-Id` moves to [`ORIGINAL_MSG_ID`], and the
+//! copy's own is the original's stream and sequence, so the dead-letter stream's
+//! deduplication drops only a second copy of the same message.
+//!
 //! The message ID is the `Nats-Msg-Id` header by default (the one JetStream itself
 //! deduplicates publishes on, within the stream's duplicate window; idem keeps
 //! deduplicating long after it). The delivery count is JetStream's `delivered`.
@@ -31,7 +36,7 @@ use futures::StreamExt;
 
 use crate::consume::{self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
 use crate::disposition::Disposition;
-use crate::message::{IdSource, Message, MissingId, body_digest};
+use crate::message::{IdSource, Message, MissingId, NATS_MSG_ID, body_digest};
 
 /// Re-exported so the context and consumer passed in match this crate's async-nats.
 pub use async_nats;
@@ -40,6 +45,12 @@ pub use async_nats;
 pub const DEAD_LETTER_REASON: &str = "Idem-Dead-Letter-Reason";
 /// The header a dead-lettered copy carries: the subject it was first published to.
 pub const ORIGINAL_SUBJECT: &str = "Idem-Original-Subject";
+/// The header a dead-lettered copy carries when the original had a `Nats-Msg-Id`: that ID.
+/// The copy's own `Nats-Msg-Id` names the original's place in its stream (`stream:sequence`),
+/// so the dead-letter stream drops a second copy of the same message, never the copy of
+/// another message that shares its ID (from another stream sharing the dead-letter
+/// stream, or published outside the source stream's duplicate window).
+pub const ORIGINAL_MSG_ID: &str = "Idem-Original-Msg-Id";
 
 /// How long the shutdown waits for the acks to reach the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -131,6 +142,8 @@ struct Jet {
 struct Settler {
     acker: Acker,
     message: async_nats::Message,
+    /// The original's place in its stream, `stream:sequence`: the copy's `Nats-Msg-Id`.
+    copy_id: Option<String>,
 }
 
 impl Broker for Jet {
@@ -138,14 +151,24 @@ impl Broker for Jet {
     type Settler = Settler;
 
     fn open(&self, delivery: jetstream::Message) -> (Result<Message, MissingId>, Settler) {
-        let deliveries = delivery
-            .info()
-            .ok()
+        let info = delivery.info().ok();
+        let deliveries = info
+            .as_ref()
             .and_then(|info| u32::try_from(info.delivered).ok());
+        let copy_id = info
+            .as_ref()
+            .map(|info| format!("{}:{}", info.stream, info.stream_sequence));
         let (message, acker) = delivery.split();
         let incoming = message_id(&self.id_source, message.headers.as_ref(), &message.payload)
             .map(|id| Message::new(id, message.payload.clone()).with_deliveries(deliveries));
-        (incoming, Settler { acker, message })
+        (
+            incoming,
+            Settler {
+                acker,
+                message,
+                copy_id,
+            },
+        )
     }
 
     async fn settle(
@@ -158,6 +181,7 @@ impl Broker for Jet {
             jetstream: &self.jetstream,
             subject: self.dead_letters.as_deref(),
             message: &settler.message,
+            copy_id: settler.copy_id.as_deref(),
         };
         apply(&settler.acker, disposition, route).await
     }
@@ -168,6 +192,7 @@ struct DeadLetterRoute<'a> {
     jetstream: &'a Context,
     subject: Option<&'a str>,
     message: &'a async_nats::Message,
+    copy_id: Option<&'a str>,
 }
 
 impl DeadLetterRoute<'_> {
@@ -177,7 +202,21 @@ impl DeadLetterRoute<'_> {
         let Some(subject) = self.subject else {
             return true;
         };
-        let mut headers = self.message.headers.clone().unwrap_or_default();
+        let mut headers = HeaderMap::new();
+        for (name, values) in self.message.headers.iter().flat_map(HeaderMap::iter) {
+            let name: &str = name.as_ref();
+            let renamed = if name.eq_ignore_ascii_case(NATS_MSG_ID) {
+                ORIGINAL_MSG_ID
+            } else {
+                name
+            };
+            for value in values {
+                headers.append(renamed, value.clone());
+            }
+        }
+        if let Some(copy_id) = self.copy_id {
+            headers.insert(NATS_MSG_ID, copy_id);
+        }
         headers.insert(DEAD_LETTER_REASON, disposition.to_string().as_str());
         headers.insert(ORIGINAL_SUBJECT, self.message.subject.as_str());
         let published = self

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use common::{DISPOSITION_CASES, Failure, Jet, Seen, wait_until};
 use idem_consumer::nats;
-use idem_consumer::{ConsumeOptions, IdSource, Message, Policy, TransactionalConsumer};
+use idem_consumer::{ConsumeOptions, Consumer, IdSource, Message, Policy, TransactionalConsumer};
+use idem_core::Idempotency;
+use idem_memory::MemoryStore;
 use idem_mysql::sqlx::{self, AssertSqlSafe};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -135,6 +137,58 @@ async fn every_disposition_is_observed_on_jetstream() {
     assert_eq!(summary.unsettled, 0);
     common::drop_table(&store, &ledger).await;
     common::drop_table(&store, &records).await;
+    jet.cleanup().await;
+}
+
+/// Every dead-lettered message gets its copy in the dead-letter stream, even when another
+/// message with the same `Nats-Msg-Id` was dead-lettered shortly before: one dead-letter
+/// stream shared by several streams (whose IDs idem keeps apart by namespace), or two
+/// messages published further apart than the source stream's duplicate window. The copy
+/// carried the original's `Nats-Msg-Id`, so the dead-letter stream dropped the second copy
+/// as a duplicate, acked it all the same, and the message was `term`ed: lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dead_letters_with_one_nats_msg_id_both_reach_the_dead_letter_stream() {
+    let jet = Jet::new().await;
+    // The source stream forgets IDs quickly, so both messages are in it.
+    let mut source = jet.js.get_stream(&jet.stream).await.expect("stream");
+    let mut config = source.info().await.expect("stream info").config.clone();
+    config.duplicate_window = Duration::from_millis(200);
+    jet.js.update_stream(config).await.expect("update stream");
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"permanent")
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"another body")
+        .await;
+    assert_eq!(jet.messages_in(&jet.stream).await, 2);
+
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-dead-ids").expect("consumer");
+    let handler = move |message: Message| {
+        let consumer = consumer.clone();
+        async move {
+            consumer
+                .handle_message(&message, || async { Err::<(), _>(Failure::Permanent) })
+                .await
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), -1).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(jet.dead_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("both messages settled", DEADLINE, || async {
+        let (pending, ack_pending, _) = jet.consumer_state().await;
+        pending == 0 && ack_pending == 0
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(summary.dead_lettered, 2, "{summary:?}");
+    assert_eq!(
+        jet.messages_in(&jet.dead_stream).await,
+        2,
+        "a dead-lettered message has no copy in the dead-letter stream"
+    );
     jet.cleanup().await;
 }
 
