@@ -166,10 +166,11 @@ where
     let disposition = if let Some(deliveries) = policy.poison(delivery.deliveries) {
         // Only a poison message pays for this read: its outcome may be stored after all
         // (every ack lost), and then it is a plain repeat.
-        let stored = store
-            .read(&key)
-            .await
-            .map(|record| record.map(|r| (r.state, r.expires_in)));
+        // Another body under the stored ID is a reused ID, as the claim would have said.
+        let stored = store.read(&key).await.and_then(|record| match record {
+            Some(r) if r.fingerprint != delivery.fingerprint => Err(Error::FingerprintMismatch),
+            record => Ok(record.map(|r| (r.state, r.expires_in))),
+        });
         policy.decide_poison(deliveries, stored)
     } else {
         let attempt = run(key, delivery.fingerprint).await;
@@ -253,6 +254,32 @@ mod tests {
         async fn remove(&self, key: &Key) -> Result<bool, Error> {
             self.0.remove(key).await
         }
+    }
+
+    /// The disposition table treats a poison message whose outcome was stored after all
+    /// "as for a repeat": a repeat with another body is a reused ID, dead-lettered. Acked
+    /// as a replay instead, a different message that reached the poison limit without
+    /// running (its earlier deliveries found the store down) left the queue without its
+    /// effect ever happening, and without anyone seeing it.
+    #[tokio::test]
+    async fn a_poison_message_reusing_an_id_is_dead_lettered_not_acked_as_a_replay() {
+        let consumer =
+            Consumer::new(Idempotency::new(MemoryStore::new()), "orders").expect("consumer");
+        let ran = || async { Ok::<_, Broken>(()) };
+        let first = Message::new("m-1", "ship order 1042");
+        assert_eq!(
+            consumer.handle_message(&first, ran).await,
+            Disposition::Ack {
+                reason: AckReason::Processed
+            }
+        );
+        let id_reused = Disposition::DeadLetter {
+            reason: DeadLetterReason::IdReused,
+        };
+        let other = Message::new("m-1", "refund order 7");
+        assert_eq!(consumer.handle_message(&other, ran).await, id_reused);
+        let poison = other.with_deliveries(Some(11));
+        assert_eq!(consumer.handle_message(&poison, ran).await, id_reused);
     }
 
     /// A message whose operation failed permanently is never acked: acking it would drop
