@@ -64,8 +64,8 @@ pub struct ReplayCache<S> {
     inner: S,
     cache: Cache<Key, Finished, foldhash::fast::RandomState>,
     ttl: Duration,
-    /// Bumped by every remove through this instance: a fill that started before a remove
-    /// is not stored.
+    /// Bumped by every remove through this instance, before and after it reaches the store:
+    /// a fill that started before a remove returned is not stored.
     removals: Arc<AtomicU64>,
 }
 
@@ -282,6 +282,10 @@ impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.removals.fetch_add(1, Ordering::AcqRel);
         let removed = self.inner.remove(key).await;
+        // Again once the remove has applied: a fill that started while it was on its way
+        // (after the first bump) may have read the record before it applied, and its copy
+        // may arrive after the drop below; this bump makes that fill discard it.
+        self.removals.fetch_add(1, Ordering::AcqRel);
         self.cache
             .entry_by_ref(key)
             .and_compute_with(|_| Op::Remove);

@@ -255,3 +255,84 @@ async fn a_cached_replay_still_checks_the_fingerprint() {
         Err(Error::FingerprintMismatch)
     ));
 }
+
+/// A store behind the cache with a network's latency: a `remove` travels a while before it
+/// applies, and a `read` answers a while after it was applied, as over a loaded link.
+#[derive(Debug, Clone)]
+struct Latent {
+    inner: MemoryStore,
+    request_delay: Duration,
+    reply_delay: Duration,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for Latent {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        let record = self.inner.read(key).await;
+        tokio::time::sleep(self.reply_delay).await;
+        record
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        tokio::time::sleep(self.request_delay).await;
+        self.inner.remove(key).await
+    }
+}
+
+/// A repeat that starts while a remove through the cache is on its way reads the record
+/// before the remove applies, and its answer arrives after the remove returned: that copy
+/// must not be kept, or this instance replays the removed outcome for the whole cache TTL.
+#[tokio::test]
+async fn a_fill_that_read_before_a_local_remove_applied_is_discarded() {
+    let behind = MemoryStore::new();
+    let cache = ReplayCache::builder()
+        .ttl(Duration::from_secs(3600))
+        .build(Latent {
+            inner: behind.clone(),
+            request_delay: Duration::from_millis(100),
+            reply_delay: Duration::from_millis(300),
+        });
+    let k = key("racing-remove");
+    let lease = acquire(&cache, &k).await;
+    cache
+        .complete(&lease, Bytes::from_static(b"gone"), ttl(60_000))
+        .await
+        .expect("complete");
+    let remover = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move { cache.remove(&k).await })
+    };
+    // The repeat starts after the remove did, and reads before the remove applies.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let repeat = {
+        let (cache, k) = (cache.clone(), k.clone());
+        tokio::spawn(async move { claim(&cache, &k).await })
+    };
+    assert!(
+        remover.await.expect("remove task").expect("remove"),
+        "the record was there to remove"
+    );
+    assert_eq!(
+        repeat.await.expect("repeat task").expect("repeat"),
+        Claim::Completed(Bytes::from_static(b"gone"))
+    );
+    assert!(behind.read(&k).await.expect("read behind").is_none());
+    assert!(
+        matches!(claim(&cache, &k).await, Ok(Claim::Acquired(_))),
+        "a record removed through this cache is still replayed from it"
+    );
+}
