@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use idem_core::Error;
 use redis::aio::ConnectionLike;
-use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, Value};
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ServerErrorKind, Value};
 
 use crate::errors::{deadline_passed, from_record_call, from_redis};
 use crate::reply::Reply;
@@ -56,6 +56,18 @@ impl<C> fmt::Debug for Connection<C> {
             .field("prefix", &self.prefix)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
+    }
+}
+
+/// The script's own error out of the error of a pipeline whose first command is the script,
+/// so it is sorted as the same script run alone would be (`redis` gives a pipeline's error
+/// no code of its own when the server's code is not one it knows, such as `WRONGTYPE`,
+/// `OOM` or `BUSY`). An error of a later command alone (the script ran) stays the
+/// pipeline's.
+fn script_error(err: RedisError) -> RedisError {
+    match err.clone().into_server_errors().as_deref() {
+        Some([(0, first), ..]) => first.clone().into(),
+        _ => err,
     }
 }
 
@@ -120,7 +132,10 @@ impl<C: RedisConnection> Connection<C> {
                 other => other,
             }
         };
-        let (value, then) = self.bounded(attempt).await?.map_err(from_record_call)?;
+        let (value, then) = self
+            .bounded(attempt)
+            .await?
+            .map_err(|err| from_record_call(script_error(err)))?;
         Ok((Reply::new(value)?, then))
     }
 

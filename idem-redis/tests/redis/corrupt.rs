@@ -225,3 +225,33 @@ async fn a_takeover_at_the_end_of_the_fencing_range_is_a_corrupt_record() {
         }
     }
 }
+
+#[tokio::test]
+async fn other_redis_types_are_corrupt_records_to_a_store_waiting_for_replicas() {
+    // A finish that waits for replicas sends its script and `WAIT` in one pipeline: a key of
+    // another type is still a corrupt record there, as for a store that does not wait.
+    let store = crate::common::store_at(
+        &url(),
+        RedisStore::builder()
+            .prefix(crate::common::unique_prefix())
+            .wait_for_replicas(1, std::time::Duration::from_millis(50)),
+    )
+    .await;
+    let mut raw = raw_connection(&url()).await;
+    for (what, command, args) in OTHER_TYPES {
+        let k = key(what);
+        plant_other_type(&mut raw, &store.redis_key(&k), command, args).await;
+        let lease = Lease::new(k.clone(), OwnerToken::random(), 1);
+        let completed = store.complete(&lease, Bytes::new(), ttl_ms(10_000)).await;
+        assert!(
+            matches!(completed, Err(Error::CorruptRecord { .. })),
+            "complete of {what}: {completed:?}"
+        );
+        let failed = store.fail(&lease, Bytes::new(), ttl_ms(10_000)).await;
+        assert!(
+            matches!(failed, Err(Error::CorruptRecord { .. })),
+            "fail of {what}: {failed:?}"
+        );
+        assert!(store.remove(&k).await.expect("remove"), "{what}");
+    }
+}

@@ -152,3 +152,35 @@ async fn a_hung_server_times_out_every_call() {
     }
     server.resume();
 }
+
+#[tokio::test]
+async fn a_server_out_of_memory_is_unavailable_to_a_store_waiting_for_replicas_too() {
+    // Out of memory is worth retrying later (the write was refused): Unavailable, for a
+    // finish sent alone and for one sent with `WAIT` in the same pipeline alike.
+    let server = RedisServer::start();
+    let plain = store_at(&server.url(), RedisStore::builder()).await;
+    let waiting = store_at(
+        &server.url(),
+        RedisStore::builder().wait_for_replicas(1, Duration::from_millis(50)),
+    )
+    .await;
+    let mut leases = Vec::new();
+    for id in ["plain", "waiting"] {
+        let request = ClaimRequest::new(key(id), ttl_ms(30_000));
+        leases.push(crate::common::acquire(&plain, &request).await);
+    }
+    let mut config = crate::common::raw_connection(&server.url()).await;
+    idem_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async::<()>(&mut config)
+        .await
+        .expect("CONFIG SET maxmemory");
+    for (store, lease) in [&plain, &waiting].into_iter().zip(&leases) {
+        let done = store
+            .complete(lease, Bytes::from_static(b"x"), ttl_ms(30_000))
+            .await;
+        assert!(is_unavailable(&done), "{store:?}: {done:?}");
+    }
+}
