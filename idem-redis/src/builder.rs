@@ -273,6 +273,14 @@ impl RedisStoreBuilder<RedisStore> {
     /// primary all the same. `WAIT` makes a write durable on more servers, not atomic
     /// across them: see the crate docs on durability. Not for Redis Cluster connections.
     ///
+    /// `WAIT` holds up the connection it is sent on until it answers, and a store's calls
+    /// share one connection: while the replicas lag, every call of the store (claims too)
+    /// waits behind each finish's `WAIT`, and finishes wait in turn. A finish held up past
+    /// its deadline that way is reported [`Error::Unavailable`] although written; the
+    /// executor's retry then finds its outcome stored and reports success without knowing
+    /// whether the replicas have it. So keep `timeout` short against the response timeout,
+    /// for replicas that normally keep up.
+    ///
     /// `replicas` must be at least 1, and `timeout` at least 1 ms and shorter than the
     /// response timeout (checked when the store is built).
     ///

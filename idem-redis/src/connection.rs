@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use idem_core::Error;
 use redis::aio::ConnectionLike;
@@ -112,22 +112,33 @@ impl<C: RedisConnection> Connection<C> {
         Reply::new(value)
     }
 
-    /// [`run`](Self::run), with `then` sent right behind the script in the same round trip
-    /// (a pipeline); its reply comes back beside the script's.
+    /// [`run`](Self::run), with `then(spent)` sent right behind the script in the same round
+    /// trip (a pipeline), `spent` being how long the call has taken so far; its reply comes
+    /// back beside the script's. When the server did not know the script, the first
+    /// pipeline's `then` ran all the same: the second is built with the time it took.
     pub(crate) async fn run_then(
         &self,
         script: &LuaScript,
         call: &Cmd,
-        then: &Cmd,
+        then: impl Fn(Duration) -> Cmd,
     ) -> Result<(Reply, Value), Error> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(call.clone()).add_command(then.clone());
+        let started = Instant::now();
+        let pipeline = |then: Cmd| {
+            let mut pipe = redis::pipe();
+            pipe.add_command(call.clone()).add_command(then);
+            pipe
+        };
         let mut connection = self.connection.clone();
         let attempt = async {
-            match pipe.query_async::<(Value, Value)>(&mut connection).await {
+            match pipeline(then(Duration::ZERO))
+                .query_async::<(Value, Value)>(&mut connection)
+                .await
+            {
                 Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                     script.load().query_async::<()>(&mut connection).await?;
-                    pipe.query_async(&mut connection).await
+                    pipeline(then(started.elapsed()))
+                        .query_async(&mut connection)
+                        .await
                 }
                 other => other,
             }

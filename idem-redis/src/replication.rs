@@ -34,12 +34,15 @@ impl Replication {
         Ok(Self { replicas, timeout })
     }
 
-    /// `WAIT replicas timeout-ms`, sent right behind the finish script.
-    pub(crate) fn wait(&self) -> Cmd {
+    /// `WAIT replicas timeout-ms`, sent right behind the finish script, with what is left of
+    /// the timeout once `spent` has gone on the call (a first send that found the script
+    /// unloaded already waited: one finish waits one timeout in all, as its deadline allows).
+    pub(crate) fn wait(&self, spent: Duration) -> Cmd {
+        let left = self.timeout.saturating_sub(spent);
         let mut wait = redis::cmd("WAIT");
-        // At least 1 ms (checked above): `WAIT n 0` would block forever.
+        // At least 1 ms: `WAIT n 0` would block forever.
         wait.arg(self.replicas)
-            .arg(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX));
+            .arg(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1));
         wait
     }
 

@@ -159,7 +159,7 @@ impl<C: RedisConnection> RedisStore<C> {
         // `WAIT` rides in the same round trip, right behind the script.
         let (reply, waited) = self
             .connection
-            .run_then(&SCRIPTS.finish, &call, &replication.wait())
+            .run_then(&SCRIPTS.finish, &call, |spent| replication.wait(spent))
             .await?;
         transition_done(reply)?;
         replication.check(waited)

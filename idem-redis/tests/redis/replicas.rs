@@ -178,3 +178,81 @@ async fn replica_waits_out_of_range_are_refused_before_connecting() {
         );
     }
 }
+
+/// A store on a primary whose replica is gone (so each `WAIT` runs out its timeout), with a
+/// replica wait close to the response timeout: the call must still end within the
+/// connection timeout plus the response timeout, as the crate docs promise, even when the
+/// server has forgotten the scripts (a restart, `SCRIPT FLUSH`).
+const CONNECT: Duration = Duration::from_millis(200);
+const RESPOND: Duration = Duration::from_millis(1_000);
+const LONG_WAIT: Duration = Duration::from_millis(800);
+
+async fn flushed_primary_without_replica() -> RedisServer {
+    let primary = RedisServer::start();
+    let mut raw = raw_connection(&primary.url()).await;
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut raw)
+        .await
+        .expect("SCRIPT FLUSH");
+    primary
+}
+
+#[tokio::test]
+async fn a_finish_that_reloads_its_script_stays_within_the_deadline() {
+    let primary = flushed_primary_without_replica().await;
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .connection_timeout(CONNECT)
+            .response_timeout(RESPOND)
+            .wait_for_replicas(1, LONG_WAIT),
+    )
+    .await;
+    let lease = acquire(&store, &ClaimRequest::new(key("reload"), ttl_ms(60_000))).await;
+    let started = Instant::now();
+    let done = store
+        .complete(&lease, Bytes::from_static(b"paid"), ttl_ms(60_000))
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took <= CONNECT + RESPOND,
+        "the finish took {took:?}, over the {:?} the docs promise ({done:?})",
+        CONNECT + RESPOND
+    );
+}
+
+#[tokio::test]
+async fn a_finish_that_applied_is_not_reported_unavailable_by_its_own_deadline() {
+    // On a connection of the application's, the store bounds the whole call by the
+    // connection timeout plus the response timeout: after a NOSCRIPT the second pipeline's
+    // WAIT outlives it, and the finish (written) comes back as a retryable Unavailable.
+    let primary = flushed_primary_without_replica().await;
+    let client = redis::Client::open(primary.url()).expect("a valid URL");
+    // The connection's own response timeout is the store's: only the store's deadline
+    // (their sum with the connection timeout) can cut the call short.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(RESPOND));
+    let connection = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect");
+    let store = RedisStore::builder()
+        .connection_timeout(CONNECT)
+        .response_timeout(RESPOND)
+        .wait_for_replicas(1, LONG_WAIT)
+        .build(connection)
+        .expect("build");
+    let k = key("reload-own-connection");
+    let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl_ms(60_000))).await;
+    let done = store
+        .complete(&lease, Bytes::from_static(b"paid"), ttl_ms(60_000))
+        .await;
+    let written = matches!(
+        store.claim(&ClaimRequest::new(k, ttl_ms(60_000))).await,
+        Ok(Claim::Completed(_))
+    );
+    assert!(
+        !(written && matches!(done, Err(Error::Unavailable { .. }))),
+        "the finish was written, yet reported as retryable: {done:?}"
+    );
+}
