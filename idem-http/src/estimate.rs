@@ -104,6 +104,22 @@ mod tests {
     }
 
     #[test]
+    fn a_route_longer_than_a_key_shares_the_one_average_even_with_room_left() {
+        let times = RunTimes::default();
+        let longest = format!("POST /{}", "a".repeat(MAX_ROUTE_LEN - "POST /".len()));
+        assert_eq!(longest.len(), MAX_ROUTE_LEN);
+        assert!(
+            !Arc::ptr_eq(&times.route(&longest), &times.others),
+            "a route as long as a key has an average of its own"
+        );
+        let longer = format!("{longest}a");
+        assert!(
+            Arc::ptr_eq(&times.route(&longer), &times.others),
+            "a longer one is never a map key"
+        );
+    }
+
+    #[test]
     fn the_hint_follows_the_runs_and_never_passes_the_lease() {
         let runs = RunTime::default();
         let lease = Duration::from_secs(30);

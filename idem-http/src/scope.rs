@@ -227,6 +227,12 @@ mod tests {
         ] {
             assert_ne!(namespace(&scope, &other), Ok(first.clone()));
         }
+        // A namespace exactly as long as a key keeps its spelling too.
+        let prefix = "5:alice POST /";
+        let fits = format!("/{}", "a".repeat(MAX_KEY_LEN - prefix.len()));
+        let exact = namespace(&scope, &parts("POST", &fits, Some("alice"))).expect("a namespace");
+        assert_eq!(exact.len(), MAX_KEY_LEN);
+        assert_eq!(exact, format!("5:alice POST {fits}"));
         // A route that fits keeps its spelling.
         assert_eq!(
             namespace(&scope, &parts("POST", "/orders", Some("alice"))),
