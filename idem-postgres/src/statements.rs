@@ -125,10 +125,14 @@ pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> Reco
         // One statement, lifecycle::remove: the row, locked, becomes a vacant trace that
         // keeps its fencing number (for the claimed row's own trace, or $3 µs for a
         // finished one); a live trace stays as it is; a row that is no lifecycle entry
-        // (or expired) is deleted. The answer is computed on the row as it was.
+        // (or expired) is deleted. The answer is computed on the row as it was. A
+        // fencing number below 1 (the signed column can hold a negative one, which does
+        // not decode) is no entry either: kept as a trace, it would leave the key
+        // corrupt after the removal that is meant to clear it (as idem-mysql's
+        // `fencing >= 1`).
         extra: PgExtra {
             remove: Statement::new(format!(
-                "WITH old AS (SELECT t.state, t.lease_until, t.expires_at, c.now \
+                "WITH old AS (SELECT t.state, t.fencing, t.lease_until, t.expires_at, c.now \
                    FROM {t} AS t, {CLOCK} \
                    WHERE t.namespace = $1 AND t.idem_key = $2 FOR UPDATE), \
                  vacated AS (UPDATE {t} AS t SET state = 2, fingerprint = NULL, payload = NULL, \
@@ -137,13 +141,14 @@ pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> Reco
                    lease_until = NULL \
                    FROM old WHERE t.namespace = $1 AND t.idem_key = $2 \
                    AND old.expires_at > old.now AND old.state IN (1, 3, 4) \
+                   AND old.fencing >= 1 \
                    AND (old.state <> 1 OR COALESCE(old.lease_until < old.expires_at, false)) \
                    RETURNING 1), \
                  deleted AS (DELETE FROM {t} AS t USING old \
                    WHERE t.namespace = $1 AND t.idem_key = $2 \
-                   AND NOT (old.expires_at > old.now AND (old.state = 2 \
-                     OR old.state IN (3, 4) \
-                     OR (old.state = 1 AND COALESCE(old.lease_until < old.expires_at, false)))) \
+                   AND NOT (old.expires_at > old.now AND (old.state = 2 AND old.fencing >= 0 \
+                     OR old.fencing >= 1 AND (old.state IN (3, 4) \
+                     OR (old.state = 1 AND COALESCE(old.lease_until < old.expires_at, false))))) \
                    RETURNING 1) \
                  SELECT COALESCE(old.expires_at > old.now AND (old.state IN (3, 4) \
                    OR (old.state = 1 AND old.lease_until > old.now)), false) AS visible, \

@@ -1,7 +1,7 @@
 //! Claims where PostgreSQL differs: a signed fencing column. Its largest value is idem-sql's
 //! `fencing_stops_at_the_largest_number_the_column_holds`.
 
-use idem_core::{Error, IdempotencyStore};
+use idem_core::{Claim, Error, IdempotencyStore};
 use idem_sql::testing::update_row;
 
 use crate::support::*;
@@ -24,4 +24,38 @@ async fn a_negative_fencing_number_is_a_corrupt_record() {
         "{result:?}"
     );
     assert!(store.remove(&key).await.is_ok());
+}
+
+/// Removing a row is how an operator clears a corrupt one (idem-sql's
+/// `rows_that_do_not_decode_are_corrupt_records`): a negative fencing number, which only
+/// PostgreSQL's signed column can hold, must not survive the removal as a vacant trace
+/// that still does not decode, leaving the key unusable until the trace expires.
+#[tokio::test]
+async fn removing_a_row_with_a_negative_fencing_number_clears_it() {
+    let store = shared_store::<PostgreSql>().await;
+    let ns = namespace::<PostgreSql>("fencing-negative-removed");
+    for id in ["claimed", "completed", "released"] {
+        let key = key(&ns, id);
+        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+        match id {
+            "completed" => store
+                .complete(&lease, "x".into(), ttl(RETENTION))
+                .await
+                .expect("complete"),
+            "released" => store.release(&lease).await.expect("release"),
+            _ => {}
+        }
+        update_row::<PostgreSql>(&store, &key, "fencing = -5").await;
+        assert!(
+            matches!(
+                store.claim(&request(&key, LONG)).await,
+                Err(Error::CorruptRecord { .. })
+            ),
+            "{id}"
+        );
+        store.remove(&key).await.expect("remove");
+        let again = store.claim(&request(&key, LONG)).await;
+        assert!(matches!(again, Ok(Claim::Acquired(_))), "{id}: {again:?}");
+        store.remove(&key).await.expect("clean up");
+    }
 }
