@@ -25,11 +25,17 @@ macro_rules! micros {
 /// The row's columns as the store reads them: times become microseconds from the
 /// statement's instant, so no clock or time zone of the application is involved.
 /// `trace_us` is `expires_at - lease_until`, which for a claimed row is the trace the
-/// lifecycle keeps after the lease.
+/// lifecycle keeps after the lease. An infinite time (`timestamptz` holds `infinity`, the
+/// store never writes it) reads as NULL, which does not decode where the row's state needs
+/// it (`CorruptRecord`), instead of failing the statement ("cannot subtract infinite
+/// timestamps").
 const COLUMNS: &str = "t.state, t.fingerprint, t.owner, t.fencing, \
-     (extract(epoch FROM t.lease_until - c.now) * 1000000)::bigint AS lease_left_us, \
-     (extract(epoch FROM t.expires_at - t.lease_until) * 1000000)::bigint AS trace_us, \
-     (extract(epoch FROM t.expires_at - c.now) * 1000000)::bigint AS expires_left_us, \
+     CASE WHEN isfinite(t.lease_until) \
+       THEN (extract(epoch FROM t.lease_until - c.now) * 1000000)::bigint END AS lease_left_us, \
+     CASE WHEN isfinite(t.lease_until) AND isfinite(t.expires_at) \
+       THEN (extract(epoch FROM t.expires_at - t.lease_until) * 1000000)::bigint END AS trace_us, \
+     CASE WHEN isfinite(t.expires_at) \
+       THEN (extract(epoch FROM t.expires_at - c.now) * 1000000)::bigint END AS expires_left_us, \
      t.payload";
 
 /// The statement only PostgreSQL has: `remove` in one statement.
@@ -127,9 +133,9 @@ pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> Reco
         // finished one); a live trace stays as it is; a row that is no lifecycle entry
         // (or expired) is deleted. The answer is computed on the row as it was. A
         // fencing number below 1 (the signed column can hold a negative one, which does
-        // not decode) is no entry either: kept as a trace, it would leave the key
-        // corrupt after the removal that is meant to clear it (as idem-mysql's
-        // `fencing >= 1`).
+        // not decode) or an infinite time is no entry either: kept as a trace, it would
+        // leave the key corrupt after the removal that is meant to clear it (as
+        // idem-mysql's `fencing >= 1`).
         extra: PgExtra {
             remove: Statement::new(format!(
                 "WITH old AS (SELECT t.state, t.fencing, t.lease_until, t.expires_at, c.now \
@@ -140,15 +146,18 @@ pub(crate) fn records<D: SqlDialect<Extra = PgExtra>>(table: &TableName) -> Reco
                      THEN t.expires_at - t.lease_until ELSE {} END, \
                    lease_until = NULL \
                    FROM old WHERE t.namespace = $1 AND t.idem_key = $2 \
-                   AND old.expires_at > old.now AND old.state IN (1, 3, 4) \
-                   AND old.fencing >= 1 \
-                   AND (old.state <> 1 OR COALESCE(old.lease_until < old.expires_at, false)) \
+                   AND old.expires_at > old.now AND isfinite(old.expires_at) \
+                   AND old.state IN (1, 3, 4) AND old.fencing >= 1 \
+                   AND (old.state <> 1 OR COALESCE(isfinite(old.lease_until) \
+                     AND old.lease_until < old.expires_at, false)) \
                    RETURNING 1), \
                  deleted AS (DELETE FROM {t} AS t USING old \
                    WHERE t.namespace = $1 AND t.idem_key = $2 \
-                   AND NOT (old.expires_at > old.now AND (old.state = 2 AND old.fencing >= 0 \
+                   AND NOT (old.expires_at > old.now AND isfinite(old.expires_at) \
+                     AND (old.state = 2 AND old.fencing >= 0 \
                      OR old.fencing >= 1 AND (old.state IN (3, 4) \
-                     OR (old.state = 1 AND COALESCE(old.lease_until < old.expires_at, false))))) \
+                     OR (old.state = 1 AND COALESCE(isfinite(old.lease_until) \
+                       AND old.lease_until < old.expires_at, false))))) \
                    RETURNING 1) \
                  SELECT COALESCE(old.expires_at > old.now AND (old.state IN (3, 4) \
                    OR (old.state = 1 AND old.lease_until > old.now)), false) AS visible, \

@@ -59,3 +59,46 @@ async fn removing_a_row_with_a_negative_fencing_number_clears_it() {
         store.remove(&key).await.expect("clean up");
     }
 }
+
+/// `timestamptz` can hold `infinity`, which the store never writes (an operator's "keep
+/// forever", say): such a row does not decode, so it is a `CorruptRecord` on read and
+/// claim (not a `Backend` error from subtracting an infinite time), and removing it clears
+/// it.
+#[tokio::test]
+async fn an_infinite_time_is_a_corrupt_record_that_removal_clears() {
+    let store = shared_store::<PostgreSql>().await;
+    let ns = namespace::<PostgreSql>("infinite-time");
+    for (id, set, then) in [
+        ("expires", "expires_at = 'infinity'", "claimed"),
+        ("expires-completed", "expires_at = 'infinity'", "completed"),
+        ("expires-released", "expires_at = 'infinity'", "released"),
+        ("lease", "lease_until = '-infinity'", "claimed"),
+    ] {
+        let key = key(&ns, id);
+        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+        match then {
+            "completed" => store
+                .complete(&lease, "x".into(), ttl(RETENTION))
+                .await
+                .expect("complete"),
+            "released" => store.release(&lease).await.expect("release"),
+            _ => {}
+        }
+        update_row::<PostgreSql>(&store, &key, set).await;
+        let read = store.read(&key).await;
+        assert!(
+            matches!(read, Err(Error::CorruptRecord { .. })),
+            "{id}: {read:?}"
+        );
+        let claim = store.claim(&request(&key, LONG)).await;
+        assert!(
+            matches!(claim, Err(Error::CorruptRecord { .. })),
+            "{id}: {claim:?}"
+        );
+        let removed = store.remove(&key).await;
+        assert!(removed.is_ok(), "{id}: {removed:?}");
+        let again = store.claim(&request(&key, LONG)).await;
+        assert!(matches!(again, Ok(Claim::Acquired(_))), "{id}: {again:?}");
+        store.remove(&key).await.expect("clean up");
+    }
+}
