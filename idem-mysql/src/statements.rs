@@ -120,6 +120,10 @@ pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> R
                  FROM {t} WHERE {KEY} FOR UPDATE"
             )),
             // Left-to-right SET again: `expires_at` is computed from the row as it was.
+            // A claimed row's trace is `TIMESTAMPDIFF(lease_until, expires_at)`, which is
+            // NULL for a NULL or zero-date `lease_until` (DATETIME takes '0000-00-00'
+            // unless sql_mode says NO_ZERO_DATE): such a row is no entry, and is deleted
+            // rather than failing on a NULL `expires_at` (1048).
             vacate: Statement::new(format!(
                 "UPDATE {t} SET \
                  expires_at = TIMESTAMPADD(MICROSECOND, IF(state = 1, \
@@ -127,7 +131,7 @@ pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> R
                  state = 2, fingerprint = NULL, payload = NULL, lease_until = NULL \
                  WHERE {KEY} AND state IN (1, 3, 4) AND fencing >= 1 \
                  AND expires_at > UTC_TIMESTAMP(6) \
-                 AND (state <> 1 OR lease_until IS NOT NULL AND lease_until < expires_at)"
+                 AND (state <> 1 OR TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at) > 0)"
             )),
             delete: Statement::new(format!(
                 "DELETE FROM {t} WHERE {KEY} \

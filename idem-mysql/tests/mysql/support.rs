@@ -189,6 +189,9 @@ impl TestServer for MariaDb {
             ("bad-state", "state = 9", false),
             ("no-payload", "payload = NULL", true),
             ("short-fingerprint", "fingerprint = x'0102'", false),
+            ("no-lease", "lease_until = NULL", false),
+            // A zero date, which DATETIME takes unless sql_mode says NO_ZERO_DATE.
+            ("zero-lease", "lease_until = '0000-00-00 00:00:00'", false),
         ]
     }
 
