@@ -29,7 +29,13 @@ macro_rules! micros {
 /// store never writes it) reads as NULL, which does not decode where the row's state needs
 /// it (`CorruptRecord`), instead of failing the statement ("cannot subtract infinite
 /// timestamps").
-const COLUMNS: &str = "t.state, t.fingerprint, t.owner, t.fencing, \
+///
+/// An expired row is absent whatever it holds, so its state and fencing number, which
+/// only PostgreSQL's wider signed columns could hold out of range, read as a vacant
+/// trace's: the rest of an expired row is not looked at (`StoredRow::into_entry`).
+const COLUMNS: &str = "CASE WHEN t.expires_at <= c.now THEN 2::smallint ELSE t.state END AS state, \
+     t.fingerprint, t.owner, \
+     CASE WHEN t.expires_at <= c.now THEN 0::bigint ELSE t.fencing END AS fencing, \
      CASE WHEN isfinite(t.lease_until) \
        THEN (extract(epoch FROM t.lease_until - c.now) * 1000000)::bigint END AS lease_left_us, \
      CASE WHEN isfinite(t.lease_until) AND isfinite(t.expires_at) \

@@ -50,19 +50,24 @@ pub struct StoredRow {
 
 impl StoredRow {
     /// The lifecycle entry this row stands for, at [`NOW`]; a row no store of this shape
-    /// could have written is [`Error::CorruptRecord`].
+    /// could have written is [`Error::CorruptRecord`], unless it has expired: an expired
+    /// row is absent whatever it holds (the purge deletes it without reading it), so it
+    /// is an expired vacant entry, which the lifecycle treats as no entry at all.
     ///
     /// # Errors
     ///
     /// [`Error::CorruptRecord`] for an unknown state byte, a missing column its state needs, or a
     /// fingerprint, owner or payload of the wrong shape.
     pub fn into_entry(self) -> Result<Entry, Error> {
+        let expires_at = at(required(self.expires_left_us, "expires_at")?);
+        if expires_at <= NOW {
+            return Ok(Entry::new(Phase::Vacant, self.fencing, None, expires_at));
+        }
         let fingerprint = self
             .fingerprint
             .as_deref()
             .map(Fingerprint::try_from)
             .transpose()?;
-        let expires_at = at(required(self.expires_left_us, "expires_at")?);
         let phase = match self.state {
             state::CLAIMED => Phase::Claimed {
                 owner: owner(&self.owner)?,
@@ -213,6 +218,24 @@ mod tests {
             ..row(state::VACANT)
         }));
         assert!(matches!(fencing(-1), Err(Error::CorruptRecord { .. })));
+    }
+
+    #[test]
+    fn expired_rows_are_absent_whatever_they_hold() {
+        for expires_left_us in [0, -1, -60_000_000] {
+            let entry = StoredRow {
+                state: 9,
+                fingerprint: Some(vec![1; 31]),
+                owner: vec![1; 15],
+                lease_left_us: None,
+                payload: None,
+                expires_left_us: Some(expires_left_us),
+                ..row(state::CLAIMED)
+            }
+            .into_entry()
+            .expect("an expired row decodes");
+            assert!(entry.is_expired(NOW), "{expires_left_us}");
+        }
         assert_eq!(fencing(i64::MAX).ok(), Some(i64::MAX as u64));
     }
 }

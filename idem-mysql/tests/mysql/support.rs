@@ -184,6 +184,8 @@ impl TestServer for MariaDb {
         )
     }
 
+    const EXPIRE: &'static str = "expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND";
+
     fn corruptions() -> &'static [(&'static str, &'static str, bool)] {
         &[
             ("bad-state", "state = 9", false),

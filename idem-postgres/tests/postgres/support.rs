@@ -208,6 +208,8 @@ impl TestServer for PostgreSql {
         )
     }
 
+    const EXPIRE: &'static str = "expires_at = clock_timestamp() - interval '1 second'";
+
     fn corruptions() -> &'static [(&'static str, &'static str, bool)] {
         &[
             ("bad-state", "state = 9", false),

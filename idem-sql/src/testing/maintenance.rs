@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use idem_core::{Error, IdempotencyStore, Key};
+use idem_core::{Claim, Error, IdempotencyStore, Key};
 
 use super::*;
 
@@ -36,6 +36,37 @@ pub async fn rows_that_do_not_decode_are_corrupt_records<S: TestServer>() {
                 .claim(&request(&key, LONG))
                 .await
                 .expect("claim after removal"),
+        );
+    }
+    drop_table::<S>(store.pool(), store.table()).await;
+}
+
+/// An expired row is absent, whatever it holds: a row that would not decode is read as no
+/// record and claimed afresh (fencing 1) once past its `expires_at`, as the purge would
+/// delete it, rather than reported corrupt until a purge runs.
+pub async fn expired_rows_that_do_not_decode_are_absent<S: TestServer>() {
+    let store = own_store::<S>(S::pool(2).await).await;
+    if let Some(ddl) = S::prepare_corruption(store.table()) {
+        S::exec(store.pool(), ddl).await;
+    }
+    let ns = namespace::<S>("corrupt-expired");
+    for &(id, set, finish) in S::corruptions() {
+        let key = key(&ns, id);
+        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+        if finish {
+            store
+                .complete(&lease, "x".into(), ttl(RETENTION))
+                .await
+                .expect("complete");
+        }
+        update_row::<S>(&store, &key, set).await;
+        update_row::<S>(&store, &key, S::EXPIRE).await;
+        let read = store.read(&key).await;
+        assert!(matches!(read, Ok(None)), "{id}: {read:?}");
+        let claim = store.claim(&request(&key, LONG)).await;
+        assert!(
+            matches!(&claim, Ok(Claim::Acquired(lease)) if lease.fencing == 1),
+            "{id}: {claim:?}"
         );
     }
     drop_table::<S>(store.pool(), store.table()).await;

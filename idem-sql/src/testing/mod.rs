@@ -119,6 +119,10 @@ pub trait TestServer: Send + Sync + 'static {
     /// [`prepare_corruption`](Self::prepare_corruption).
     fn corruptions() -> &'static [(&'static str, &'static str, bool)];
 
+    /// The `SET` clause that puts a row's `expires_at` a second in the past by the
+    /// server's clock.
+    const EXPIRE: &'static str;
+
     /// DDL that lets a table take [`corruptions`](Self::corruptions) the engine's own
     /// types would refuse (a wider column, say); none by default.
     fn prepare_corruption(table: &str) -> Option<String> {
@@ -387,6 +391,7 @@ macro_rules! sql_conformance {
                     fingerprints_are_compared_only_on_remembered_records,
                     keys_are_distinct_byte_for_byte;
                 maintenance: rows_that_do_not_decode_are_corrupt_records,
+                    expired_rows_that_do_not_decode_are_absent,
                     purge_removes_only_expired_rows_in_batches,
                     an_unreachable_server_is_unavailable,
                     a_call_never_waits_longer_than_the_statement_timeout;
