@@ -8,9 +8,15 @@ const DUPLICATE_KEY: u16 = 1062;
 const DEADLOCK: u16 = 1213;
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock was held longer than `innodb_lock_wait_timeout`.
 const LOCK_WAIT_TIMEOUT: u16 = 1205;
+/// `ER_CHECKREAD`: MariaDB's snapshot isolation (`innodb_snapshot_isolation`, the default
+/// from 11.6 on) refused a locking read or a write of a row another transaction changed
+/// after this one's snapshot ("try restarting transaction"): PostgreSQL's serialization
+/// failure.
+const RECORD_CHANGED: u16 = 1020;
 
 /// Server errors after which the same call may succeed later, on MariaDB and MySQL 8:
-/// - lock conflicts: deadlock (1213), lock wait timeout (1205), `NOWAIT` refused (3572);
+/// - lock conflicts: deadlock (1213), lock wait timeout (1205), `NOWAIT` refused (3572),
+///   a row changed since the snapshot (1020, MariaDB's snapshot isolation);
 /// - the statement interrupted: `KILL QUERY` (1317 `ER_QUERY_INTERRUPTED`), MariaDB's
 ///   `max_statement_time` (1969 `ER_STATEMENT_TIMEOUT`), MySQL's `max_execution_time`
 ///   (3024 `ER_QUERY_TIMEOUT`);
@@ -23,6 +29,7 @@ const LOCK_WAIT_TIMEOUT: u16 = 1205;
 const TRANSIENT: &[u16] = &[
     DEADLOCK,
     LOCK_WAIT_TIMEOUT,
+    RECORD_CHANGED,
     3572,
     1317,
     1969,
@@ -57,10 +64,10 @@ pub(crate) fn is_transient_error(error: &sqlx::Error) -> bool {
     server_error(error).is_some_and(is_transient)
 }
 
-/// Whether a server error is a deadlock or lock wait timeout, which an autocommit statement
-/// can simply run again.
+/// Whether a server error is a deadlock, a lock wait timeout or a row changed since the
+/// snapshot, which an autocommit statement can simply run again.
 pub(crate) fn is_lock_conflict(error: &sqlx::Error) -> bool {
-    server_error(error).is_some_and(|n| n == DEADLOCK || n == LOCK_WAIT_TIMEOUT)
+    server_error(error).is_some_and(|n| matches!(n, DEADLOCK | LOCK_WAIT_TIMEOUT | RECORD_CHANGED))
 }
 
 #[cfg(test)]
@@ -71,7 +78,9 @@ mod tests {
     /// retry cannot fix are not.
     #[test]
     fn interrupted_statements_are_transient() {
-        for number in [1317, 1969, 3024, 3572, 1205, 1213, 1040, 1053, 1927, 4031] {
+        for number in [
+            1317, 1969, 3024, 3572, 1205, 1213, 1020, 1040, 1053, 1927, 4031,
+        ] {
             assert!(is_transient(number), "{number}");
         }
         for number in [1062, 1146, 1142, 1064, 1406, 1916] {

@@ -5,5 +5,6 @@
 mod claims;
 mod faults;
 mod support;
+mod transactional;
 
 idem_sql::sql_conformance!(crate::support::MariaDb);
