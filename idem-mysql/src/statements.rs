@@ -17,10 +17,14 @@ use crate::schema::quoted;
 /// statement's instant, so no clock or time zone of the application is involved.
 /// `trace_us` is `expires_at - lease_until`, which for a claimed row is the trace the
 /// lifecycle keeps after the lease ([`idem_core::backend::lifecycle::trace_ttl`]).
+/// `TIMESTAMPDIFF` is NULL for a zero date (DATETIME takes '0000-00-00' unless `sql_mode`
+/// says `NO_ZERO_DATE`), which every comparison puts before any other time: such an
+/// `expires_at` reads as expired (0), as the takeover and the purge treat it.
 const COLUMNS: &str = "state, fingerprint, owner, fencing, \
      TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until) AS lease_left_us, \
      TIMESTAMPDIFF(MICROSECOND, lease_until, expires_at) AS trace_us, \
-     TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) AS expires_left_us, \
+     COALESCE(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at), \
+       IF(expires_at <= UTC_TIMESTAMP(6), 0, NULL)) AS expires_left_us, \
      payload";
 
 /// The row of one key.
