@@ -21,9 +21,12 @@ const RECORD_CHANGED: u16 = 1020;
 ///   `max_statement_time` (1969 `ER_STATEMENT_TIMEOUT`), MySQL's `max_execution_time`
 ///   (3024 `ER_QUERY_TIMEOUT`);
 /// - the server refusing or dropping connections: too many connections (1040, 1203),
-///   shutting down (1053), the connection killed (1927), MySQL 8's idle disconnect (4031).
+///   shutting down (1053), the connection killed (1927), MySQL 8's idle disconnect (4031);
+/// - a write refused because the server is read-only (1290 `ER_OPTION_PREVENTS_STATEMENT`
+///   under `read_only`, 1836 `ER_READ_ONLY_MODE`): a replica, or a primary demoted by a
+///   failover, until the application reaches the new primary.
 ///
-/// An interrupted statement changed nothing (InnoDB rolls the statement back), so running
+/// An interrupted or refused statement changed nothing (InnoDB rolls the statement back), so running
 /// it again, or letting the executor retry the outcome write, is safe; reporting it as
 /// `Backend` made the executor give the key up and the operation run a second time.
 const TRANSIENT: &[u16] = &[
@@ -39,6 +42,8 @@ const TRANSIENT: &[u16] = &[
     1053,
     1927,
     4031,
+    1290,
+    1836,
 ];
 
 /// Whether a server error number means "interrupted, or try again".
@@ -79,7 +84,7 @@ mod tests {
     #[test]
     fn interrupted_statements_are_transient() {
         for number in [
-            1317, 1969, 3024, 3572, 1205, 1213, 1020, 1040, 1053, 1927, 4031,
+            1317, 1969, 3024, 3572, 1205, 1213, 1020, 1040, 1053, 1927, 4031, 1290, 1836,
         ] {
             assert!(is_transient(number), "{number}");
         }

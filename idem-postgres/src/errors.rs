@@ -7,11 +7,16 @@ const SERIALIZATION_FAILURE: &str = "40001";
 const DEADLOCK: &str = "40P01";
 /// `lock_not_available`: a row lock was not granted within `lock_timeout`.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+/// `read_only_sql_transaction`: a write on a read-only server or session.
+const READ_ONLY: &str = "25006";
 
 /// SQLSTATEs after which the same call may succeed later: lock conflicts and serialization
 /// failures, a statement cancelled (`statement_timeout`, `pg_cancel_backend`), the server
 /// shutting down or terminating the connection (`pg_terminate_backend`), refusing
-/// connections, out of resources, or an idle session timed out.
+/// connections, out of resources, or an idle session timed out; and a write refused because
+/// the server is read-only (`read_only_sql_transaction`: a standby, or a primary demoted by a
+/// failover), which changed nothing and may succeed once the application reaches the new
+/// primary.
 fn is_transient(code: &str) -> bool {
     matches!(
         code,
@@ -24,6 +29,7 @@ fn is_transient(code: &str) -> bool {
             | "57P03"
             | "57P05"
             | "25P03"
+            | READ_ONLY
     ) || code.starts_with("08")
         || code.starts_with("53")
 }
@@ -55,7 +61,7 @@ mod tests {
     #[test]
     fn transient_codes() {
         for code in [
-            "40001", "40P01", "55P03", "57014", "57P01", "08006", "53300",
+            "40001", "40P01", "55P03", "57014", "57P01", "08006", "53300", "25006",
         ] {
             assert!(is_transient(code), "{code}");
         }

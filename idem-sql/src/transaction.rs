@@ -28,7 +28,8 @@ impl<D: SqlDialect> SqlStore<D> {
     /// As [`IdempotencyStore::claim`](idem_core::IdempotencyStore::claim):
     /// [`Error::FingerprintMismatch`], [`Error::CorruptRecord`] for a row that does not
     /// decode; [`Error::Unavailable`] for a lost connection, a lock wait timeout or a
-    /// deadlock (the transaction is then rolled back: run it again from the start).
+    /// deadlock: roll the transaction back (a deadlock already did; on InnoDB a lock wait
+    /// timeout undoes only the statement) and run it again from the start.
     pub async fn claim_in(
         &self,
         conn: &mut Connection<D>,

@@ -128,3 +128,52 @@ async fn terminated_connections_are_unavailable_then_recover() {
         .expect("execute after recovery");
     assert_eq!(value, 7);
 }
+
+/// A server that refuses writes because it is read-only (a standby, or a primary demoted by a
+/// failover: SQLSTATE 25006) changed nothing, and the application may reach the new primary
+/// soon: claims and outcome writes are `Unavailable`, which the executor retries, not a
+/// `Backend` error that ends the request with a 500. The sessions here are made read-only
+/// (`default_transaction_read_only`), which refuses writes with the same SQLSTATE as a standby.
+#[tokio::test]
+async fn a_read_only_server_is_unavailable() {
+    let writable = PgStore::builder()
+        .table(SHARED_TABLE)
+        .build(pool(1).await)
+        .expect("store");
+    writable.migrate().await.expect("migrate");
+    let options: sqlx::postgres::PgConnectOptions = url().parse().expect("a valid URL");
+    let read_only = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([("default_transaction_read_only", "on")]))
+        .await
+        .expect("a read-only pool");
+    let store = PgStore::builder()
+        .table(SHARED_TABLE)
+        .build(read_only)
+        .expect("store");
+    let ns = namespace::<PostgreSql>("read-only");
+    let fresh = key(&ns, "fresh");
+    let claim = store.claim(&request(&fresh, LONG)).await;
+    assert!(
+        matches!(claim, Err(Error::Unavailable { .. })),
+        "a claim on a read-only server: {claim:?}"
+    );
+    let held = key(&ns, "held");
+    let lease = acquired(
+        writable
+            .claim(&request(&held, LONG))
+            .await
+            .expect("a claim on the primary"),
+    );
+    let completed = store.complete(&lease, "paid".into(), ttl(RETENTION)).await;
+    assert!(
+        matches!(completed, Err(Error::Unavailable { .. })),
+        "an outcome write on a read-only server: {completed:?}"
+    );
+    assert_eq!(
+        writable.read(&fresh).await.expect("read"),
+        None,
+        "the refused claim changed nothing"
+    );
+    writable.remove(&held).await.expect("clean up");
+}
