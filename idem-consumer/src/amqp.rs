@@ -42,7 +42,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 
-use crate::consume::{self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::consume::{
+    self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
+};
 use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, body_digest};
 
@@ -163,8 +165,8 @@ impl Broker for Rabbit {
         acker: lapin::Acker,
         disposition: &Disposition,
         stopping: Stopping,
-    ) -> bool {
-        apply(&acker, disposition, stopping).await
+    ) -> Settled {
+        apply(&acker, disposition, stopping).await.into()
     }
 }
 
@@ -201,7 +203,7 @@ async fn stop(channel: &Channel, consumer: &mut lapin::Consumer, tally: &Tally) 
         let requeued = tokio::time::timeout(SETTLE_TIMEOUT, nack)
             .await
             .unwrap_or(Ok(false));
-        tally.count(&requeue, matches!(requeued, Ok(true)));
+        tally.count(&requeue, Settled::from(matches!(requeued, Ok(true))));
     }
 }
 

@@ -77,9 +77,11 @@ impl ConsumeOptions {
 pub struct ConsumeSummary {
     /// Messages acked.
     pub acked: u64,
-    /// Messages handed back to the broker.
+    /// Messages handed back to the broker, dead-letters whose copy could not be published
+    /// included (JetStream: `nak`ed instead of `term`ed).
     pub requeued: u64,
-    /// Messages dead-lettered.
+    /// Messages dead-lettered: rejected to the queue's dead-letter exchange (RabbitMQ), or
+    /// `term`ed once their copy reached the dead-letter stream (JetStream).
     pub dead_lettered: u64,
     /// Messages whose disposition could not be applied (the connection was gone, or the
     /// handler panicked). The broker still holds them and delivers them again.
@@ -172,13 +174,31 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// The message for the handler, or why it has none (no ID), and its settler.
     fn open(&self, delivery: Self::Delivery) -> (Result<Message, MissingId>, Self::Settler);
 
-    /// Applies a disposition; says whether the broker took it.
+    /// Applies a disposition; says what the broker took.
     fn settle(
         &self,
         settler: Self::Settler,
         disposition: &Disposition,
         stopping: Stopping,
-    ) -> impl Future<Output = bool> + Send;
+    ) -> impl Future<Output = Settled> + Send;
+}
+
+/// What became of a disposition at the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Applied as given.
+    AsGiven,
+    /// Applied as a requeue instead: a dead-letter whose copy could not be published.
+    AsRequeue,
+    /// Not applied (the connection was gone): the broker still holds the message.
+    Not,
+}
+
+impl From<bool> for Settled {
+    /// Whether the broker took the disposition as given.
+    fn from(applied: bool) -> Self {
+        if applied { Self::AsGiven } else { Self::Not }
+    }
 }
 
 /// Counters shared by the tasks of one loop.
@@ -191,13 +211,15 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    /// Counts a disposition applied (`applied`), or one that could not be.
-    pub(crate) fn count(&self, disposition: &Disposition, applied: bool) {
-        let counter = match (applied, disposition) {
-            (false, _) => &self.unsettled,
-            (true, Disposition::Ack { .. }) => &self.acked,
-            (true, Disposition::Requeue { .. }) => &self.requeued,
-            (true, Disposition::DeadLetter { .. }) => &self.dead_lettered,
+    /// Counts a disposition as the broker took it.
+    pub(crate) fn count(&self, disposition: &Disposition, settled: Settled) {
+        let counter = match (settled, disposition) {
+            (Settled::Not, _) => &self.unsettled,
+            (Settled::AsRequeue, _) | (Settled::AsGiven, Disposition::Requeue { .. }) => {
+                &self.requeued
+            }
+            (Settled::AsGiven, Disposition::Ack { .. }) => &self.acked,
+            (Settled::AsGiven, Disposition::DeadLetter { .. }) => &self.dead_lettered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -371,8 +393,8 @@ async fn process<B: Broker, F, Fut>(
             }
         }
     };
-    let applied = broker.settle(settler, &disposition, stopping).await;
-    tally.count(&disposition, applied);
+    let settled = broker.settle(settler, &disposition, stopping).await;
+    tally.count(&disposition, settled);
 }
 
 /// How long a message whose handler panicked waits before the broker delivers it again.

@@ -34,7 +34,9 @@ use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 
-use crate::consume::{self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Stopping, Tally};
+use crate::consume::{
+    self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
+};
 use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, NATS_MSG_ID, body_digest};
 
@@ -176,7 +178,7 @@ impl Broker for Jet {
         settler: Settler,
         disposition: &Disposition,
         _stopping: Stopping,
-    ) -> bool {
+    ) -> Settled {
         let route = DeadLetterRoute {
             jetstream: &self.jetstream,
             subject: self.dead_letters.as_deref(),
@@ -240,18 +242,22 @@ impl DeadLetterRoute<'_> {
 }
 
 /// Applies a disposition; says whether it was sent.
-async fn apply(acker: &Acker, disposition: &Disposition, route: DeadLetterRoute<'_>) -> bool {
-    let kind = match disposition {
-        Disposition::Ack { .. } => AckKind::Ack,
-        Disposition::Requeue { delay, .. } => AckKind::Nak(Some(*delay)),
-        Disposition::DeadLetter { .. } if route.publish(disposition).await => AckKind::Term,
-        Disposition::DeadLetter { .. } => AckKind::Nak(Some(DEAD_LETTER_RETRY)),
+async fn apply(acker: &Acker, disposition: &Disposition, route: DeadLetterRoute<'_>) -> Settled {
+    let (kind, settled) = match disposition {
+        Disposition::Ack { .. } => (AckKind::Ack, Settled::AsGiven),
+        Disposition::Requeue { delay, .. } => (AckKind::Nak(Some(*delay)), Settled::AsGiven),
+        Disposition::DeadLetter { .. } if route.publish(disposition).await => {
+            (AckKind::Term, Settled::AsGiven)
+        }
+        Disposition::DeadLetter { .. } => {
+            (AckKind::Nak(Some(DEAD_LETTER_RETRY)), Settled::AsRequeue)
+        }
     };
     match acker.ack_with(kind).await {
-        Ok(()) => true,
+        Ok(()) => settled,
         Err(error) => {
             tracing::debug!(%error, %disposition, "settling failed; JetStream will redeliver");
-            false
+            Settled::Not
         }
     }
 }

@@ -262,3 +262,44 @@ fn the_id_comes_from_nats_msg_id_by_default() {
         "NATS has no AMQP property"
     );
 }
+
+/// A dead-letter whose copy cannot be published (nothing listens on the dead-letter subject)
+/// is `nak`ed, never `term`ed, so the message stays in the stream and comes back; the loop's
+/// summary counts it as requeued, not as dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_whose_copy_cannot_be_published_is_counted_requeued() {
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"permanent")
+        .await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-dead-nowhere").expect("consumer");
+    let deliveries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = {
+        let deliveries = Arc::clone(&deliveries);
+        move |message: Message| {
+            let (consumer, deliveries) = (consumer.clone(), Arc::clone(&deliveries));
+            async move {
+                deliveries.fetch_add(1, Ordering::SeqCst);
+                consumer
+                    .handle_message(&message, || async { Err::<(), _>(Failure::Permanent) })
+                    .await
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), -1).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(format!("idem.nowhere.{}", common::suffix()));
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    // Delivered again: the first settle is done, and was a `nak`.
+    wait_until("the message came back", DEADLINE, || async {
+        deliveries.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+    assert!(summary.requeued >= 1, "{summary:?}");
+    assert_eq!(jet.messages_in(&jet.stream).await, 1, "never lost");
+    jet.cleanup().await;
+}
