@@ -155,9 +155,12 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
         self
     }
 
-    /// Another response header to store and replay. Default: `Content-Type` and
-    /// `Location` only, since other headers (dates, request ids, cookies) describe the
-    /// first answer rather than the result.
+    /// Another response header to store and replay. Default: `Content-Type`,
+    /// `Content-Encoding` (the stored body is the bytes the inner service answered, so a
+    /// compression layer inside this one compressed them) and `Location` only, since other
+    /// headers (dates, request ids, cookies) describe the first answer rather than the
+    /// result. Put compression outside this layer where you can: a replay then gets the
+    /// encoding its own request asks for.
     pub fn replay_header(mut self, header: HeaderName) -> Self {
         if !self.options.replay_headers.contains(&header) {
             self.options.replay_headers.push(header);

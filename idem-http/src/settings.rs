@@ -44,7 +44,11 @@ impl Default for Options {
             statuses: StatusPolicy::default(),
             oversized: OversizedResponse::default(),
             wait: WaitPolicy::FailFast,
-            replay_headers: vec![header::CONTENT_TYPE, header::LOCATION],
+            replay_headers: vec![
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::LOCATION,
+            ],
         }
     }
 }

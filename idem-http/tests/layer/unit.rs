@@ -344,3 +344,46 @@ async fn under_refuse_a_response_the_store_refuses_gets_one_answer_too() {
         "the first client gets the retries' answer"
     );
 }
+
+/// The stored body is the bytes the inner service answered: compressed, when a compression
+/// layer sits inside this one. A replay that dropped `Content-Encoding` would hand a client
+/// compressed bytes it cannot tell from plain ones.
+#[tokio::test]
+async fn a_replay_keeps_the_content_encoding_of_its_body() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut response = Response::new(Body::from(vec![0x1f, 0x8b, 8, 0, 1, 2, 3]));
+                response.headers_mut().insert(
+                    http::header::CONTENT_ENCODING,
+                    "gzip".parse().expect("valid"),
+                );
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let first = service
+        .clone()
+        .oneshot(post("\"gz\""))
+        .await
+        .expect("infallible");
+    let again = service.oneshot(post("\"gz\"")).await.expect("infallible");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    assert_eq!(
+        again.headers().get(http::header::CONTENT_ENCODING),
+        first.headers().get(http::header::CONTENT_ENCODING)
+    );
+    let (first, again) = (
+        first.into_body().collect().await.expect("body").to_bytes(),
+        again.into_body().collect().await.expect("body").to_bytes(),
+    );
+    assert_eq!(first, again);
+}
