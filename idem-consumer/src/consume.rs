@@ -321,7 +321,7 @@ where
                 // Profiled with callgrind on idem-bench's consumer rows, the copies were
                 // two thirds of the instructions.
                 let work = Box::pin(work);
-                tasks.spawn(async move {
+                tasks.0.spawn(async move {
                     work.await;
                     drop(slot);
                 });
@@ -334,12 +334,12 @@ where
             }
             None => break,
         }
-        reap(&mut tasks, &tally);
+        reap(&mut tasks.0, &tally);
     }
     // Graceful: nothing new is taken; what started finishes and is settled.
     let _ = stop.send(true);
-    tracing::debug!(in_flight = tasks.len(), "consume loop draining");
-    while let Some(joined) = tasks.join_next().await {
+    tracing::debug!(in_flight = tasks.0.len(), "consume loop draining");
+    while let Some(joined) = tasks.0.join_next().await {
         if let Err(error) = joined {
             tracing::error!(%error, "a message handler panicked; the broker will redeliver its message");
             tally.unsettled.fetch_add(1, Ordering::Relaxed);
@@ -415,20 +415,6 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 /// outcome write and its ack, and the redelivery would run the operation again once the
 /// lease ran out.
 struct InFlight(JoinSet<()>);
-
-impl std::ops::Deref for InFlight {
-    type Target = JoinSet<()>;
-
-    fn deref(&self) -> &JoinSet<()> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for InFlight {
-    fn deref_mut(&mut self) -> &mut JoinSet<()> {
-        &mut self.0
-    }
-}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -280,6 +280,14 @@ mod tests {
         assert_eq!(consumer.handle_message(&other, ran).await, id_reused);
         let poison = other.with_deliveries(Some(11));
         assert_eq!(consumer.handle_message(&poison, ran).await, id_reused);
+        // The same message past the limit, its outcome stored after all: a plain repeat.
+        let repeat = first.with_deliveries(Some(11));
+        assert_eq!(
+            consumer.handle_message(&repeat, ran).await,
+            Disposition::Ack {
+                reason: AckReason::Replayed
+            }
+        );
     }
 
     /// A message whose operation failed permanently is never acked: acking it would drop
