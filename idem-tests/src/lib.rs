@@ -151,6 +151,7 @@ macro_rules! __with_check_names {
             removal_races_holder
             removals_race_each_other
             retried_claim_races_own_lease
+            retried_claim_races_takeover
             reads_race_writes
             reads_race_claims_and_removals
             uncertain_claim

@@ -67,6 +67,10 @@ pub enum Defect {
     /// The holder's retried claim reads its own live claim, then writes the extended lease
     /// in a second step: a finish or release of that lease landing in between is undone.
     RetriedClaimCheckThenSet,
+    /// The retried claim of an owner whose lease lapsed (nobody took the key over) reads its
+    /// own claim, then writes the extended lease in a second step: a new owner's takeover
+    /// landing in between is overwritten, and two owners hold the key.
+    LapsedRetryCheckThenSet,
     /// Removing a finished record decides its answer from a read made before its (atomic)
     /// delete: two removes racing both say they found the record.
     RemoveAnswersFromSnapshot,
@@ -162,6 +166,7 @@ impl Defect {
         Defect::TornClaim,
         Defect::TornRemove,
         Defect::RetriedClaimCheckThenSet,
+        Defect::LapsedRetryCheckThenSet,
         Defect::RemoveAnswersFromSnapshot,
         Defect::RetryRevivesOldLease,
         Defect::RetryAfterIsLeaseTtl,
@@ -274,8 +279,13 @@ impl Defect {
             Defect::TornClaim => &["reads_race_claims_and_removals"],
             Defect::TornRemove => &["reads_race_claims_and_removals", "removals_race_each_other"],
             Defect::RetriedClaimCheckThenSet => &["retried_claim_races_own_lease"],
+            Defect::LapsedRetryCheckThenSet => &["retried_claim_races_takeover"],
             Defect::RemoveAnswersFromSnapshot => &["removals_race_each_other"],
-            Defect::RetryRevivesOldLease => &["model", "own_retry_after_takeover"],
+            Defect::RetryRevivesOldLease => &[
+                "model",
+                "own_retry_after_takeover",
+                "retried_claim_races_takeover",
+            ],
             // The randomized check reaches it only when an "in progress" answer comes a
             // quantum or more into the holder's lease, which some runs' seeds never do.
             Defect::RetryAfterIsLeaseTtl => &["in_progress_retry_after"],
@@ -338,6 +348,7 @@ impl Defect {
                 "removal_races_holder",
                 "removals_race_each_other",
                 "retried_claim_races_own_lease",
+                "retried_claim_races_takeover",
                 "spent_lease",
             ],
             Defect::LeaksNamespaces => &[
@@ -378,7 +389,12 @@ impl Defect {
                 "retried_claim_races_own_lease",
                 "uncertain_claim",
             ],
-            Defect::ReclaimDoesNotExtend => &["fingerprints", "model", "uncertain_claim"],
+            Defect::ReclaimDoesNotExtend => &[
+                "fingerprints",
+                "model",
+                "retried_claim_races_takeover",
+                "uncertain_claim",
+            ],
             Defect::DropsLapsedLeases => &["lapsed_lease_still_finishes"],
             Defect::ReadsNothing => &[
                 "bad_input",
@@ -398,6 +414,7 @@ impl Defect {
                 "replay_fidelity",
                 "retention_from_finish",
                 "retried_claim_races_own_lease",
+                "retried_claim_races_takeover",
                 "stale_lease",
             ],
             Defect::RemoveIsNoop => &[

@@ -151,6 +151,11 @@ impl BrokenStore {
         match self.defect {
             Defect::TwoWinnersOnTakeover => raw.is_some_and(free_but_known),
             Defect::RacesExpiredRecords => raw.is_some_and(|e| e.is_expired(now)),
+            Defect::LapsedRetryCheckThenSet => raw.is_some_and(|e| {
+                !e.is_expired(now)
+                    && matches!(e.phase, Phase::Claimed { owner, lease_until, .. }
+                        if owner == request.owner && lease_until <= now)
+            }),
             Defect::RetriedClaimCheckThenSet => raw.is_some_and(|e| {
                 !e.is_expired(now)
                     && matches!(e.phase, Phase::Claimed { owner, lease_until, .. }

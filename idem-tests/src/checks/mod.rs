@@ -27,7 +27,10 @@ pub use lease::{lapsed_lease_still_finishes, lease_expiry, renewal, stale_lease}
 pub use model::model;
 pub use outcome::{bad_input, failures, retention};
 pub use ownership::{lease_identity, own_retry_after_takeover, removal_fencing, spent_lease};
-pub use races::{exclusive_every_path, finish_races_takeover, freeing_races_takeover};
+pub use races::{
+    exclusive_every_path, finish_races_takeover, freeing_races_takeover,
+    retried_claim_races_takeover,
+};
 pub use reads::{reads_race_claims_and_removals, reads_race_writes};
 pub use replay::replay_fidelity;
 pub use same_lease::{

@@ -326,6 +326,105 @@ async fn judge_freeing(ctx: &Ctx, old: &Lease, freed: Freed, claimed: Claim) -> 
     }
 }
 
+/// On many keys whose lease lapsed with nobody taking it over, the lapsed owner's retried
+/// claim (same owner token and fingerprint: a claim whose reply was lost, sent again, with a
+/// long lease this time) races a new owner's claim. A lapsed key is free, so exactly one of
+/// the two acquires it: either the retry came first (its own lease back, same fencing
+/// number, and the new owner sees the key in progress) or the takeover did (a larger
+/// fencing number, and the retry sees the key in progress). The key then reads as the
+/// winner's claim, and the winner's lease completes it.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when both or neither of the two
+/// claims acquire, the retry wins with another lease than its own, the takeover wins without
+/// a larger fencing number, or the key does not hold the winner's claim; or when a store call
+/// the check needs fails.
+pub async fn retried_claim_races_takeover(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "retried_claim_races_takeover",
+        store,
+        capabilities,
+        |ctx| async move {
+            let ctx = Arc::new(ctx);
+            let mut lapsed = Vec::with_capacity(RACED_KEYS);
+            for i in 0..RACED_KEYS {
+                let key = ctx.key(&format!("retried-{i}"))?;
+                let request = ctx.request(&key, ctx.short())?;
+                let lease = ctx.acquire_with(&request).await?;
+                lapsed.push((request, lease));
+            }
+            ctx.outlive_short_ttl().await;
+            let barrier = Arc::new(Barrier::new(2 * lapsed.len()));
+            let mut tasks = Vec::new();
+            for (request, _) in &lapsed {
+                let takeover = spawn_takeover(&ctx, &barrier, &request.key)?;
+                let mut retried = request.clone();
+                retried.lease_ttl = ttl(LONG)?;
+                let store = Arc::clone(&ctx.store);
+                let retry = after_gate(&barrier, async move { store.claim(&retried).await });
+                tasks.push((retry, takeover));
+            }
+            for ((retry, takeover), (_, old)) in tasks.into_iter().zip(&lapsed) {
+                let retried = taken_over(retry).await?;
+                let claimed = taken_over(takeover).await?;
+                judge_retry(&ctx, old, retried, claimed).await?;
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Checks one key's race between the lapsed owner's retried claim and a new owner's.
+async fn judge_retry(ctx: &Ctx, old: &Lease, retried: Claim, claimed: Claim) -> Result<(), String> {
+    let key = &old.key;
+    let winner = match (&retried, &claimed) {
+        (Claim::Acquired(again), Claim::Acquired(new)) => {
+            return Err(format!(
+                "{key}: both won: the lapsed owner's retried claim got {again:?} and a new \
+                 owner acquired {new:?}"
+            ));
+        }
+        (Claim::Acquired(again), Claim::InProgress { .. }) => {
+            ensure!(
+                again == old,
+                "{key}: the lapsed owner's retried claim won, but got {again:?} instead of \
+                 its own lease {old:?}"
+            );
+            again
+        }
+        (Claim::InProgress { .. }, Claim::Acquired(new)) => {
+            ensure!(
+                new.fencing > old.fencing,
+                "{key}: the new owner took the key over with fencing {} after the lapsed \
+                 lease's {}",
+                new.fencing,
+                old.fencing
+            );
+            new
+        }
+        _ => {
+            return Err(format!(
+                "{key}: nobody won: the lapsed owner's retried claim got {retried:?} and the \
+                 new owner's {claimed:?}"
+            ));
+        }
+    };
+    let record = ctx.read(key).await?;
+    ensure!(
+        record.as_ref().is_some_and(|r| {
+            r.state
+                == RecordState::Claimed {
+                    owner: winner.owner,
+                }
+                && r.fencing == winner.fencing
+        }),
+        "{key}: {winner:?} won the race, but the key reads {record:?}"
+    );
+    ctx.complete(winner, &b"winner"[..]).await
+}
+
 /// A new owner's claim of `key`, sent once `gate` opens: the takeover side of a race.
 pub(super) fn spawn_takeover(
     ctx: &Ctx,
