@@ -167,6 +167,7 @@ macro_rules! __with_check_names {
             lapsed_lease_still_finishes
             failures
             fingerprints
+            claim_fingerprint_decides
             free_key
             retention
             retention_from_finish

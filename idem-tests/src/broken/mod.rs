@@ -110,6 +110,15 @@ pub enum Defect {
     ReencodesPayloads,
     /// Fingerprints are dropped on claim.
     IgnoresFingerprints,
+    /// Complete and fail write the fingerprint the presented lease carries instead of the
+    /// claim's (the finished record sent whole, as idem-redis sends it, without checking the
+    /// lease's field is the claim's): a lease rebuilt with `Lease::new` finishes the key with
+    /// no fingerprint, and the request's own repeats are then refused as a mismatch.
+    FinishWritesLeaseFingerprint,
+    /// The ownership test compares the fingerprint the presented lease carries with the
+    /// claim's: a lease rebuilt from its owner and fencing number (`Lease::new`) is
+    /// `LeaseLost`.
+    HeldComparesLeaseFingerprint,
     /// A free key forgets its fencing number, so numbers are reused.
     ReusesFencing,
     /// The namespace is dropped: every namespace shares one key space.
@@ -184,6 +193,8 @@ impl Defect {
         Defect::NeverExpiresLeases,
         Defect::ReencodesPayloads,
         Defect::IgnoresFingerprints,
+        Defect::FinishWritesLeaseFingerprint,
+        Defect::HeldComparesLeaseFingerprint,
         Defect::ReusesFencing,
         Defect::LeaksNamespaces,
         Defect::MangleKeys,
@@ -333,7 +344,15 @@ impl Defect {
                 "stale_lease",
             ],
             Defect::ReencodesPayloads => &["replay_fidelity"],
-            Defect::IgnoresFingerprints => &["fingerprints", "inspection_and_removal", "model"],
+            Defect::IgnoresFingerprints => &[
+                "claim_fingerprint_decides",
+                "fingerprints",
+                "inspection_and_removal",
+                "model",
+            ],
+            Defect::FinishWritesLeaseFingerprint | Defect::HeldComparesLeaseFingerprint => {
+                &["claim_fingerprint_decides"]
+            }
             Defect::ReusesFencing => &[
                 "exclusive_every_path",
                 "exclusive_takeover",
@@ -398,6 +417,7 @@ impl Defect {
             Defect::DropsLapsedLeases => &["lapsed_lease_still_finishes"],
             Defect::ReadsNothing => &[
                 "bad_input",
+                "claim_fingerprint_decides",
                 "fingerprints",
                 "finish_races_takeover",
                 "finishes_race_each_other",

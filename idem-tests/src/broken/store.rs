@@ -333,6 +333,9 @@ impl BrokenStore {
                     && (by_owner || matches!(entry.phase, Phase::Completed(_) | Phase::Failed(_)))
             }
             Defect::DropsLapsedLeases => entry.is_held_by(lease) && live,
+            Defect::HeldComparesLeaseFingerprint => {
+                entry.is_held_by(lease) && entry.fingerprint == lease.fingerprint
+            }
             Defect::DropsLapsedRenewals if op == Op::Renew => entry.is_held_by(lease) && live,
             _ => entry.is_held_by(lease),
         }
@@ -486,6 +489,10 @@ impl BrokenStore {
             _ => retention,
         };
         let from_claim = self.defect == Defect::RetentionFromClaim;
+        let fingerprint = |entry: &Entry| match self.defect {
+            Defect::FinishWritesLeaseFingerprint => lease.fingerprint,
+            _ => entry.fingerprint,
+        };
         self.transition(lease, Op::Finish, |entry, now| {
             let start = match entry.phase {
                 Phase::Claimed {
@@ -498,7 +505,7 @@ impl BrokenStore {
             Entry::new(
                 phase,
                 entry.fencing,
-                entry.fingerprint,
+                fingerprint(entry),
                 start.saturating_add(retention.as_millis()),
             )
         })

@@ -127,3 +127,81 @@ async fn expect_mismatches(
     );
     Ok(())
 }
+
+/// The fingerprint a lease carries is not the record's: the store keeps the claim's own
+/// copy, and that copy decides. A lease rebuilt from its key, owner and fencing number
+/// (`Lease::new`: no fingerprint), or one carrying another fingerprint, still completes,
+/// fails and renews its claim, and the key keeps the fingerprint it was claimed with: it
+/// reads it, a repeat with it replays the outcome, and a claim with the lease's is
+/// `FingerprintMismatch`.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a lease whose fingerprint
+/// differs from its claim's is refused, or the key then holds, replays to or compares
+/// another fingerprint than the claim's; or when a store call the check needs fails
+/// unexpectedly.
+pub async fn claim_fingerprint_decides(store: Store, capabilities: Capabilities) -> CheckResult {
+    run(
+        "claim_fingerprint_decides",
+        store,
+        capabilities,
+        |ctx| async move {
+            let claimed = Fingerprint::from_bytes(b"POST /transfers amount=100");
+            let other = Fingerprint::from_bytes(b"POST /transfers amount=999");
+            let pairs = [
+                (Some(claimed), None),
+                (None, Some(other)),
+                (Some(claimed), Some(other)),
+            ];
+            for what in ["complete", "fail", "renew"] {
+                for (i, (stored, carried)) in pairs.into_iter().enumerate() {
+                    let key = ctx.key(&format!("{what}-{i}"))?;
+                    let lease = acquire_with(&ctx, &key, stored).await?;
+                    let presented = Lease::new(key.clone(), lease.owner, lease.fencing)
+                        .with_fingerprint(carried);
+                    let payload = format!("{what} {i}");
+                    let done = match what {
+                        "complete" => ctx.complete(&presented, payload.clone()).await,
+                        "fail" => ctx.fail(&presented, payload.clone()).await,
+                        _ => ctx.renew(&presented, LONG).await,
+                    };
+                    done.map_err(|e| {
+                        format!(
+                            "{key} claimed with {stored:?}: {what} with the claim's lease \
+                             carrying {carried:?}: {e}"
+                        )
+                    })?;
+                    let record = ctx.read(&key).await?;
+                    ensure!(
+                        record.as_ref().is_some_and(|r| r.fingerprint == stored),
+                        "{key} claimed with {stored:?}, after {what} with the lease carrying \
+                         {carried:?} reads {record:?}"
+                    );
+                    let outcome = match what {
+                        "fail" => Claim::Failed(payload.into()),
+                        "complete" => Claim::Completed(payload.into()),
+                        _ => {
+                            ctx.complete(&lease, payload.clone()).await?;
+                            Claim::Completed(payload.into())
+                        }
+                    };
+                    let repeat = ctx.claim(&request(&ctx, &key, stored)?).await?;
+                    ensure!(
+                        repeat == outcome,
+                        "{key} claimed with {stored:?}, {what} with the lease carrying \
+                         {carried:?}: a repeat with the claim's fingerprint got {repeat:?}"
+                    );
+                    let theirs = ctx.store.claim(&request(&ctx, &key, carried)?).await;
+                    ensure!(
+                        matches!(theirs, Err(Error::FingerprintMismatch)),
+                        "{key} claimed with {stored:?}, {what} with the lease carrying \
+                         {carried:?}: a claim with the lease's fingerprint got {theirs:?}"
+                    );
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
