@@ -168,6 +168,7 @@ macro_rules! __with_check_names {
             failures
             fingerprints
             claim_fingerprint_decides
+            granted_lease
             free_key
             retention
             retention_from_finish

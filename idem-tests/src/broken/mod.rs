@@ -119,6 +119,9 @@ pub enum Defect {
     /// claim's: a lease rebuilt from its owner and fencing number (`Lease::new`) is
     /// `LeaseLost`.
     HeldComparesLeaseFingerprint,
+    /// An acquired lease is built from its key, owner and fencing number (`Lease::new`)
+    /// instead of from its claim (`ClaimRequest::lease`): it carries no fingerprint.
+    LeaseWithoutFingerprint,
     /// A free key forgets its fencing number, so numbers are reused.
     ReusesFencing,
     /// The namespace is dropped: every namespace shares one key space.
@@ -195,6 +198,7 @@ impl Defect {
         Defect::IgnoresFingerprints,
         Defect::FinishWritesLeaseFingerprint,
         Defect::HeldComparesLeaseFingerprint,
+        Defect::LeaseWithoutFingerprint,
         Defect::ReusesFencing,
         Defect::LeaksNamespaces,
         Defect::MangleKeys,
@@ -304,7 +308,7 @@ impl Defect {
             Defect::RetentionFromClaim => &["model", "retention_from_finish"],
             Defect::RenewAddsToOldEnd => &["in_progress_retry_after", "model", "renewal_from_now"],
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],
-            Defect::FreeKeyKeepsFingerprint => &["free_key", "model"],
+            Defect::FreeKeyKeepsFingerprint => &["free_key", "granted_lease", "model"],
             Defect::LapsedReadsAsClaimed => &["free_key", "reads_race_claims_and_removals"],
             Defect::RemoveCountsTraces => &[
                 "free_key",
@@ -347,12 +351,14 @@ impl Defect {
             Defect::IgnoresFingerprints => &[
                 "claim_fingerprint_decides",
                 "fingerprints",
+                "granted_lease",
                 "inspection_and_removal",
                 "model",
             ],
             Defect::FinishWritesLeaseFingerprint | Defect::HeldComparesLeaseFingerprint => {
                 &["claim_fingerprint_decides"]
             }
+            Defect::LeaseWithoutFingerprint => &["granted_lease"],
             Defect::ReusesFencing => &[
                 "exclusive_every_path",
                 "exclusive_takeover",
@@ -404,6 +410,7 @@ impl Defect {
             ],
             Defect::ForgetsOwnClaim => &[
                 "fingerprints",
+                "granted_lease",
                 "model",
                 "retried_claim_races_own_lease",
                 "uncertain_claim",

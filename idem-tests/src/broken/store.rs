@@ -260,7 +260,18 @@ impl BrokenStore {
     }
 
     /// Writes what a claim decided and answers it.
-    fn apply(&self, state: &mut State, slot: String, step: Step<Claim>) -> Result<Claim, Error> {
+    fn apply(
+        &self,
+        state: &mut State,
+        slot: String,
+        mut step: Step<Claim>,
+    ) -> Result<Claim, Error> {
+        // The lease as a careless store builds it: from its parts, not from its claim.
+        if let (Ok(Claim::Acquired(lease)), Defect::LeaseWithoutFingerprint) =
+            (&mut step.answer, self.defect)
+        {
+            *lease = Lease::new(lease.key.clone(), lease.owner, lease.fencing);
+        }
         match step.write {
             Write::Put(entry) => {
                 state.entries.insert(slot.clone(), self.kept(entry));

@@ -205,3 +205,46 @@ pub async fn claim_fingerprint_decides(store: Store, capabilities: Capabilities)
     )
     .await
 }
+
+/// The lease a claim is granted is the claim's own (`ClaimRequest::lease`): its key, its
+/// owner and the fingerprint of the claim that acquired it, or none if it had none. So on
+/// a key never seen, on a key taken over after a release, and on the holder's retried
+/// claim, with a fingerprint and without.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when an acquired lease names
+/// another key or owner, or carries another fingerprint than its claim's; or when a store
+/// call the check needs fails unexpectedly.
+pub async fn granted_lease(store: Store, capabilities: Capabilities) -> CheckResult {
+    run("granted_lease", store, capabilities, |ctx| async move {
+        let fingerprint = Fingerprint::from_bytes(b"POST /transfers amount=100");
+        for stored in [Some(fingerprint), None] {
+            let key = ctx.key(&format!("granted-{}", stored.is_some()))?;
+            let first = request(&ctx, &key, stored)?;
+            let lease = ctx.acquire_with(&first).await?;
+            expect_granted("a new key", &first, &lease)?;
+            let again = ctx.acquire_with(&first).await?;
+            expect_granted("the holder's retried claim", &first, &again)?;
+            ctx.release(&lease).await?;
+            let next = request(&ctx, &key, stored)?;
+            let taken = ctx.acquire_with(&next).await?;
+            expect_granted("a takeover after a release", &next, &taken)?;
+            ctx.complete(&taken, &b"ok"[..]).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+fn expect_granted(what: &str, request: &ClaimRequest, lease: &Lease) -> Result<(), String> {
+    let granted = request.lease(lease.fencing);
+    ensure!(
+        *lease == granted,
+        "{what}: claimed with fingerprint {:?}, the store granted {lease:?} (fingerprint {:?}) \
+         instead of the claim's own lease {granted:?}",
+        request.fingerprint,
+        lease.fingerprint
+    );
+    Ok(())
+}

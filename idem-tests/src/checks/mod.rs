@@ -19,7 +19,7 @@ mod same_lease;
 mod timing;
 
 pub use claim::{exclusive_claim, exclusive_claim_many_keys, exclusive_takeover, uncertain_claim};
-pub use fingerprint::{claim_fingerprint_decides, fingerprints};
+pub use fingerprint::{claim_fingerprint_decides, fingerprints, granted_lease};
 pub use free::free_key;
 pub use inspection::inspection_and_removal;
 pub use keys::{key_fidelity, namespace_isolation};
