@@ -626,6 +626,32 @@ async fn replay_decodes_into_the_callers_type() {
     assert_eq!(count(&runs), 1);
 }
 
+/// A stored float replays as the very float that ran, bit for bit: `serde_json` writes the
+/// shortest text that round-trips, and must read it back exactly (its default, faster float
+/// parsing is off by one ulp for many values, such as these).
+#[tokio::test]
+async fn a_stored_float_replays_as_the_same_float() {
+    let idem = executor(Config::default());
+    let runs = counter();
+    let floats = vec![
+        15.884_001_440_776_327_f64,
+        216_748.991_075_087_02,
+        1.071_566_039_146_582_6e-75,
+    ];
+    let first = run_counted(&idem, &key("floats"), &runs, floats.clone())
+        .await
+        .expect("runs");
+    assert_eq!(first.result, Ok(floats.clone()));
+    let replay = run_counted(&idem, &key("floats"), &runs, vec![])
+        .await
+        .expect("replays");
+    assert!(replay.replayed);
+    let replayed = replay.result.expect("a success");
+    let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&replayed), bits(&floats), "{replayed:?} != {floats:?}");
+    assert_eq!(count(&runs), 1);
+}
+
 // 12b. Garbage in the store is a CorruptRecord from execute.
 #[tokio::test]
 async fn stored_garbage_is_a_corrupt_record() {
