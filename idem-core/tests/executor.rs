@@ -652,6 +652,41 @@ async fn a_stored_float_replays_as_the_same_float() {
     assert_eq!(count(&runs), 1);
 }
 
+/// JSON has no NaN or infinity: `serde_json` writes `null`, which reads back as another value
+/// (`None`, here) or not at all. The run's caller gets its value; a repeat gets a
+/// serialization error, never a value that did not run.
+#[tokio::test]
+async fn a_non_finite_float_is_not_replayed_as_another_value() {
+    let idem = executor(Config::default());
+    let runs = counter();
+    let first = run_counted(&idem, &key("nan"), &runs, Some(f64::NAN))
+        .await
+        .expect("runs");
+    assert!(first.result.expect("a success").is_some_and(f64::is_nan));
+    let replay = run_counted(&idem, &key("nan"), &runs, Some(1.0_f64)).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    // Also inside a map whose keys are not strings (which serde_json quotes).
+    let map = BTreeMap::from([(7_u32, Some(f32::INFINITY))]);
+    run_counted(&idem, &key("inf-map"), &runs, map.clone())
+        .await
+        .expect("runs");
+    let replay = run_counted(&idem, &key("inf-map"), &runs, map).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    assert_eq!(count(&runs), 2);
+}
+
 // 12b. Garbage in the store is a CorruptRecord from execute.
 #[tokio::test]
 async fn stored_garbage_is_a_corrupt_record() {

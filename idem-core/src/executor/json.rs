@@ -9,10 +9,17 @@
 //! `serde_json` as before):
 //!
 //! - strings that need escaping, numbers, booleans and bytes are written by `serde_json`
-//!   itself, one value at a time;
-//! - what it does not handle (maps whose keys are not strings, which `serde_json` quotes or
-//!   refuses; `serde_json`'s own raw values and numbers) and every error end the attempt, and
-//!   `serde_json` encodes the whole value instead, errors included.
+//!   itself, one value at a time; map keys that are numbers, booleans or characters are
+//!   quoted as `serde_json` quotes them;
+//! - what it does not handle (map keys `serde_json` refuses; `serde_json`'s own raw values
+//!   and numbers) and every error end the attempt, and `serde_json` encodes the whole value
+//!   instead, errors included.
+//!
+//! One departure: a NaN or infinite float is an error, where `serde_json` writes `null`, which
+//! reads back as another value (`Some(f64::NAN)` as `None`) or not at all. The executor then
+//! stores an "unserializable" marker, and repeats get a serialization error instead of a value
+//! that never ran. (A value the writer hands to `serde_json` whole, one holding a raw value,
+//! is not checked.)
 
 use std::cell::RefCell;
 
@@ -63,30 +70,43 @@ fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Res
         Ok(()) => Ok(()),
         // A shape left to serde_json, or an error, which serde_json then reports in its own
         // words. Serializing twice is harmless: `Serialize` takes `&self`.
-        Err(Unsupported) => {
+        Err(Stop::Unsupported) => {
             out.clear();
             serde_json::to_writer(out, value)
+        }
+        Err(Stop::NonFinite) => Err(ser::Error::custom(NON_FINITE)),
+    }
+}
+
+/// Why the fast writer stopped.
+#[derive(Debug)]
+enum Stop {
+    /// It gave up: `serde_json` encodes the value instead.
+    Unsupported,
+    /// A NaN or infinite float: `serde_json` would write `null`, which reads back as another
+    /// value (`None`) or not at all, so the value is refused.
+    NonFinite,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unsupported => f.write_str("left to serde_json"),
+            Self::NonFinite => f.write_str(NON_FINITE),
         }
     }
 }
 
-/// The fast writer gave up: `serde_json` encodes the value instead.
-#[derive(Debug)]
-struct Unsupported;
+impl std::error::Error for Stop {}
 
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("left to serde_json")
-    }
-}
-
-impl std::error::Error for Unsupported {}
-
-impl ser::Error for Unsupported {
+impl ser::Error for Stop {
     fn custom<M: std::fmt::Display>(_: M) -> Self {
-        Self
+        Self::Unsupported
     }
 }
+
+/// The error for a NaN or infinite float.
+const NON_FINITE: &str = "a NaN or infinite float has no JSON form (it would be stored as null)";
 
 /// The name prefix of `serde_json`'s own marker structs (raw values, arbitrary-precision
 /// numbers), which its serializer writes as something else than a struct.
@@ -107,11 +127,11 @@ impl Writer<'_> {
         Writer { out: self.out }
     }
 
-    fn string(&mut self, text: &str) -> Result<(), Unsupported> {
+    fn string(&mut self, text: &str) -> Result<(), Stop> {
         if needs_escaping(text.as_bytes()) {
             return (&mut self.json())
                 .serialize_str(text)
-                .map_err(|_| Unsupported);
+                .map_err(|_| Stop::Unsupported);
         }
         self.out.reserve(text.len() + 2);
         self.out.push(b'"');
@@ -121,7 +141,7 @@ impl Writer<'_> {
     }
 
     /// `{"variant":`, the opening of a variant with content.
-    fn open_variant(&mut self, variant: &str) -> Result<(), Unsupported> {
+    fn open_variant(&mut self, variant: &str) -> Result<(), Stop> {
         self.out.push(b'{');
         self.string(variant)?;
         self.out.push(b':');
@@ -137,8 +157,8 @@ fn needs_escaping(bytes: &[u8]) -> bool {
     })
 }
 
-/// `$then!` over the scalar methods of `Serializer` (numbers, booleans, bytes) with their
-/// argument types, and `$more` methods after them.
+/// `$then!` over the integer and boolean methods of `Serializer` with their argument types,
+/// and `$more` methods after them.
 macro_rules! scalars {
     ($then:ident $(, $more:ident($($type:ty),*))*) => {
         $then!(
@@ -152,10 +172,7 @@ macro_rules! scalars {
             serialize_u16(u16),
             serialize_u32(u32),
             serialize_u64(u64),
-            serialize_u128(u128),
-            serialize_f32(f32),
-            serialize_f64(f64),
-            serialize_bytes(&[u8])
+            serialize_u128(u128)
             $(, $more($($type),*))*
         );
     };
@@ -165,8 +182,8 @@ macro_rules! scalars {
 macro_rules! leaf {
     ($($method:ident($type:ty)),* $(,)?) => {
         $(
-            fn $method(mut self, value: $type) -> Result<(), Unsupported> {
-                (&mut self.json()).$method(value).map_err(|_| Unsupported)
+            fn $method(mut self, value: $type) -> Result<(), Stop> {
+                (&mut self.json()).$method(value).map_err(|_| Stop::Unsupported)
             }
         )*
     };
@@ -174,7 +191,7 @@ macro_rules! leaf {
 
 impl<'a> Serializer for Writer<'a> {
     type Ok = ();
-    type Error = Unsupported;
+    type Error = Stop;
     type SerializeSeq = Sequence<'a>;
     type SerializeTuple = Sequence<'a>;
     type SerializeTupleStruct = Sequence<'a>;
@@ -183,30 +200,48 @@ impl<'a> Serializer for Writer<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Object<'a>;
 
-    scalars!(leaf);
+    scalars!(leaf, serialize_bytes(&[u8]));
 
-    fn serialize_char(mut self, value: char) -> Result<(), Unsupported> {
+    fn serialize_f32(mut self, value: f32) -> Result<(), Stop> {
+        if !value.is_finite() {
+            return Err(Stop::NonFinite);
+        }
+        (&mut self.json())
+            .serialize_f32(value)
+            .map_err(|_| Stop::Unsupported)
+    }
+
+    fn serialize_f64(mut self, value: f64) -> Result<(), Stop> {
+        if !value.is_finite() {
+            return Err(Stop::NonFinite);
+        }
+        (&mut self.json())
+            .serialize_f64(value)
+            .map_err(|_| Stop::Unsupported)
+    }
+
+    fn serialize_char(mut self, value: char) -> Result<(), Stop> {
         self.string(value.encode_utf8(&mut [0; 4]))
     }
 
-    fn serialize_str(mut self, value: &str) -> Result<(), Unsupported> {
+    fn serialize_str(mut self, value: &str) -> Result<(), Stop> {
         self.string(value)
     }
 
-    fn serialize_none(self) -> Result<(), Unsupported> {
+    fn serialize_none(self) -> Result<(), Stop> {
         self.serialize_unit()
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Unsupported> {
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Stop> {
         value.serialize(self)
     }
 
-    fn serialize_unit(self) -> Result<(), Unsupported> {
+    fn serialize_unit(self) -> Result<(), Stop> {
         self.out.extend_from_slice(b"null");
         Ok(())
     }
 
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Unsupported> {
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Stop> {
         self.serialize_unit()
     }
 
@@ -215,7 +250,7 @@ impl<'a> Serializer for Writer<'a> {
         _: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<(), Unsupported> {
+    ) -> Result<(), Stop> {
         self.string(variant)
     }
 
@@ -223,7 +258,7 @@ impl<'a> Serializer for Writer<'a> {
         self,
         _: &'static str,
         value: &T,
-    ) -> Result<(), Unsupported> {
+    ) -> Result<(), Stop> {
         value.serialize(self)
     }
 
@@ -233,14 +268,14 @@ impl<'a> Serializer for Writer<'a> {
         _: u32,
         variant: &'static str,
         value: &T,
-    ) -> Result<(), Unsupported> {
+    ) -> Result<(), Stop> {
         self.open_variant(variant)?;
         value.serialize(self.reborrow())?;
         self.out.push(b'}');
         Ok(())
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Sequence<'a>, Unsupported> {
+    fn serialize_seq(self, _: Option<usize>) -> Result<Sequence<'a>, Stop> {
         self.out.push(b'[');
         Ok(Sequence {
             out: self.out,
@@ -249,15 +284,11 @@ impl<'a> Serializer for Writer<'a> {
         })
     }
 
-    fn serialize_tuple(self, len: usize) -> Result<Sequence<'a>, Unsupported> {
+    fn serialize_tuple(self, len: usize) -> Result<Sequence<'a>, Stop> {
         self.serialize_seq(Some(len))
     }
 
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        len: usize,
-    ) -> Result<Sequence<'a>, Unsupported> {
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Sequence<'a>, Stop> {
         self.serialize_seq(Some(len))
     }
 
@@ -267,7 +298,7 @@ impl<'a> Serializer for Writer<'a> {
         _: u32,
         variant: &'static str,
         _: usize,
-    ) -> Result<Sequence<'a>, Unsupported> {
+    ) -> Result<Sequence<'a>, Stop> {
         self.open_variant(variant)?;
         self.out.push(b'[');
         Ok(Sequence {
@@ -277,7 +308,7 @@ impl<'a> Serializer for Writer<'a> {
         })
     }
 
-    fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Unsupported> {
+    fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Stop> {
         self.out.push(b'{');
         Ok(Object {
             out: self.out,
@@ -286,9 +317,9 @@ impl<'a> Serializer for Writer<'a> {
         })
     }
 
-    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Object<'a>, Unsupported> {
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Object<'a>, Stop> {
         if name.starts_with(SERDE_JSON_MARKER) {
-            return Err(Unsupported);
+            return Err(Stop::Unsupported);
         }
         self.serialize_map(Some(len))
     }
@@ -299,7 +330,7 @@ impl<'a> Serializer for Writer<'a> {
         _: u32,
         variant: &'static str,
         _: usize,
-    ) -> Result<Object<'a>, Unsupported> {
+    ) -> Result<Object<'a>, Stop> {
         self.open_variant(variant)?;
         self.out.push(b'{');
         Ok(Object {
@@ -318,14 +349,14 @@ struct Sequence<'a> {
 }
 
 impl Sequence<'_> {
-    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
         }
         value.serialize(Writer { out: self.out })
     }
 
-    fn close(self) -> Result<(), Unsupported> {
+    fn close(self) -> Result<(), Stop> {
         self.out.push(b']');
         if self.variant {
             self.out.push(b'}');
@@ -340,13 +371,13 @@ macro_rules! sequence {
         $(
             impl ser::$trait for Sequence<'_> {
                 type Ok = ();
-                type Error = Unsupported;
+                type Error = Stop;
 
-                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
                     self.element(value)
                 }
 
-                fn end(self) -> Result<(), Unsupported> {
+                fn end(self) -> Result<(), Stop> {
                     self.close()
                 }
             }
@@ -376,7 +407,7 @@ impl Object<'_> {
         }
     }
 
-    fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), Unsupported> {
+    fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), Stop> {
         self.comma();
         let mut writer = Writer { out: self.out };
         writer.string(name)?;
@@ -384,7 +415,7 @@ impl Object<'_> {
         value.serialize(writer)
     }
 
-    fn close(self) -> Result<(), Unsupported> {
+    fn close(self) -> Result<(), Stop> {
         self.out.push(b'}');
         if self.variant {
             self.out.push(b'}');
@@ -395,20 +426,20 @@ impl Object<'_> {
 
 impl ser::SerializeMap for Object<'_> {
     type Ok = ();
-    type Error = Unsupported;
+    type Error = Stop;
 
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Stop> {
         self.comma();
         key.serialize(StringKey { out: self.out })?;
         self.out.push(b':');
         Ok(())
     }
 
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
         value.serialize(Writer { out: self.out })
     }
 
-    fn end(self) -> Result<(), Unsupported> {
+    fn end(self) -> Result<(), Stop> {
         self.close()
     }
 }
@@ -419,17 +450,17 @@ macro_rules! fields {
         $(
             impl ser::$trait for Object<'_> {
                 type Ok = ();
-                type Error = Unsupported;
+                type Error = Stop;
 
                 fn serialize_field<T: Serialize + ?Sized>(
                     &mut self,
                     name: &'static str,
                     value: &T,
-                ) -> Result<(), Unsupported> {
+                ) -> Result<(), Stop> {
                     self.field(name, value)
                 }
 
-                fn end(self) -> Result<(), Unsupported> {
+                fn end(self) -> Result<(), Stop> {
                     self.close()
                 }
             }
@@ -439,18 +470,33 @@ macro_rules! fields {
 
 fields!(SerializeStruct, SerializeStructVariant);
 
-/// A map key: a string is written as one; anything else (numbers and booleans, which
-/// `serde_json` quotes, and what it refuses) is left to `serde_json`.
+/// A map key, as `serde_json` writes one: a string as it is; a number, a boolean or a
+/// character as a string; what `serde_json` refuses (NaN and infinite floats among them) is
+/// left to it, for its error.
 struct StringKey<'a> {
     out: &'a mut Vec<u8>,
+}
+
+/// Map-key methods that write the value quoted.
+macro_rules! quoted {
+    ($($method:ident($type:ty)),* $(,)?) => {
+        $(
+            fn $method(self, value: $type) -> Result<(), Stop> {
+                self.out.push(b'"');
+                Writer { out: &mut *self.out }.$method(value)?;
+                self.out.push(b'"');
+                Ok(())
+            }
+        )*
+    };
 }
 
 /// Map-key methods that give up.
 macro_rules! not_a_string {
     ($($method:ident($($type:ty),*)),* $(,)?) => {
         $(
-            fn $method(self, $(_: $type),*) -> Result<(), Unsupported> {
-                Err(Unsupported)
+            fn $method(self, $(_: $type),*) -> Result<(), Stop> {
+                Err(Stop::Unsupported)
             }
         )*
     };
@@ -458,38 +504,77 @@ macro_rules! not_a_string {
 
 impl Serializer for StringKey<'_> {
     type Ok = ();
-    type Error = Unsupported;
-    type SerializeSeq = ser::Impossible<(), Unsupported>;
-    type SerializeTuple = ser::Impossible<(), Unsupported>;
-    type SerializeTupleStruct = ser::Impossible<(), Unsupported>;
-    type SerializeTupleVariant = ser::Impossible<(), Unsupported>;
-    type SerializeMap = ser::Impossible<(), Unsupported>;
-    type SerializeStruct = ser::Impossible<(), Unsupported>;
-    type SerializeStructVariant = ser::Impossible<(), Unsupported>;
+    type Error = Stop;
+    type SerializeSeq = ser::Impossible<(), Stop>;
+    type SerializeTuple = ser::Impossible<(), Stop>;
+    type SerializeTupleStruct = ser::Impossible<(), Stop>;
+    type SerializeTupleVariant = ser::Impossible<(), Stop>;
+    type SerializeMap = ser::Impossible<(), Stop>;
+    type SerializeStruct = ser::Impossible<(), Stop>;
+    type SerializeStructVariant = ser::Impossible<(), Stop>;
 
-    fn serialize_str(self, value: &str) -> Result<(), Unsupported> {
+    fn serialize_str(self, value: &str) -> Result<(), Stop> {
         Writer { out: self.out }.string(value)
     }
 
-    scalars!(
-        not_a_string,
-        serialize_char(char),
+    scalars!(quoted);
+
+    fn serialize_f32(self, value: f32) -> Result<(), Stop> {
+        if !value.is_finite() {
+            return Err(Stop::Unsupported);
+        }
+        self.out.push(b'"');
+        Writer {
+            out: &mut *self.out,
+        }
+        .serialize_f32(value)?;
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    fn serialize_f64(self, value: f64) -> Result<(), Stop> {
+        if !value.is_finite() {
+            return Err(Stop::Unsupported);
+        }
+        self.out.push(b'"');
+        Writer {
+            out: &mut *self.out,
+        }
+        .serialize_f64(value)?;
+        self.out.push(b'"');
+        Ok(())
+    }
+
+    fn serialize_char(self, value: char) -> Result<(), Stop> {
+        Writer { out: self.out }.string(value.encode_utf8(&mut [0; 4]))
+    }
+
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Stop> {
+        Writer { out: self.out }.string(variant)
+    }
+
+    not_a_string!(
+        serialize_bytes(&[u8]),
         serialize_none(),
         serialize_unit(),
         serialize_unit_struct(&'static str),
-        serialize_unit_variant(&'static str, u32, &'static str)
     );
 
-    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<(), Unsupported> {
-        Err(Unsupported)
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Stop> {
+        value.serialize(self)
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
-        _: &T,
-    ) -> Result<(), Unsupported> {
-        Err(Unsupported)
+        value: &T,
+    ) -> Result<(), Stop> {
+        value.serialize(self)
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -498,24 +583,24 @@ impl Serializer for StringKey<'_> {
         _: u32,
         _: &'static str,
         _: &T,
-    ) -> Result<(), Unsupported> {
-        Err(Unsupported)
+    ) -> Result<(), Stop> {
+        Err(Stop::Unsupported)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
-        Err(Unsupported)
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Stop> {
+        Err(Stop::Unsupported)
     }
 
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
-        Err(Unsupported)
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Stop> {
+        Err(Stop::Unsupported)
     }
 
     fn serialize_tuple_struct(
         self,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeTupleStruct, Unsupported> {
-        Err(Unsupported)
+    ) -> Result<Self::SerializeTupleStruct, Stop> {
+        Err(Stop::Unsupported)
     }
 
     fn serialize_tuple_variant(
@@ -524,20 +609,16 @@ impl Serializer for StringKey<'_> {
         _: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
-        Err(Unsupported)
+    ) -> Result<Self::SerializeTupleVariant, Stop> {
+        Err(Stop::Unsupported)
     }
 
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
-        Err(Unsupported)
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Stop> {
+        Err(Stop::Unsupported)
     }
 
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, Unsupported> {
-        Err(Unsupported)
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, Stop> {
+        Err(Stop::Unsupported)
     }
 
     fn serialize_struct_variant(
@@ -546,8 +627,8 @@ impl Serializer for StringKey<'_> {
         _: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self::SerializeStructVariant, Unsupported> {
-        Err(Unsupported)
+    ) -> Result<Self::SerializeStructVariant, Stop> {
+        Err(Stop::Unsupported)
     }
 }
 
@@ -660,7 +741,7 @@ mod tests {
             i128::MIN,
             u128::MAX,
         ));
-        same(&[f64::NAN, f64::INFINITY, -0.0, 1e300, 0.1]);
+        same(&[-0.0, 1e300, 0.1, f64::MAX, f64::MIN_POSITIVE]);
         same(&[f32::MIN_POSITIVE, 1.0]);
         same(&Vec::<u8>::new());
         same(&serde_bytes_like());
@@ -720,6 +801,30 @@ mod tests {
         same(&BTreeMap::from([('c', 1)]));
         same(&HashMap::from([((1_u8, 2_u8), 3_u8)]));
         same(&vec![BTreeMap::from([(Some(1), 1)])]);
+        same(&BTreeMap::from([(None::<u8>, 1)]));
+        same(&BTreeMap::from([(i128::MIN, 1), (0, 2)]));
+        same(&BTreeMap::from([(u128::MAX, 1)]));
+        #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+        enum Color {
+            Red,
+            #[serde(rename = "g\"reen")]
+            Green,
+        }
+        same(&BTreeMap::from([(Color::Red, 1), (Color::Green, 2)]));
+        for float in [1.5_f64, -0.0, 1e300, f64::NAN, f64::INFINITY] {
+            #[derive(Debug)]
+            struct FloatKey(f64);
+            impl Serialize for FloatKey {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    use ser::SerializeMap;
+                    let mut map = serializer.serialize_map(Some(1))?;
+                    map.serialize_entry(&self.0, &(self.0 as f32).to_bits())?;
+                    map.serialize_entry(&"q\"", &'c')?;
+                    map.end()
+                }
+            }
+            same(&FloatKey(float));
+        }
         // Keys that wrap a value: a newtype struct, a newtype variant.
         #[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
         struct Name(String);
@@ -738,6 +843,21 @@ mod tests {
         }
         same(&(1, Refuses));
         assert!(to_vec(&Refuses).is_err());
+    }
+
+    /// A NaN or infinite float is refused, wherever it is: `serde_json` would write `null`,
+    /// which does not read back as the float.
+    #[test]
+    fn a_non_finite_float_is_refused() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let error = to_vec(&bad).expect_err("refused");
+            assert!(error.to_string().contains("NaN or infinite"), "{error}");
+            assert!(to_vec(&Some(bad)).is_err());
+            assert!(to_vec(&(bad as f32)).is_err());
+            assert!(to_vec(&BTreeMap::from([(1_u8, vec![0.5, bad])])).is_err());
+            assert!(to_vec(&BTreeMap::from([(1_u8, bad)])).is_err());
+            assert!(to_vec(&HashMap::from([((1_u8, 2_u8), bad)])).is_err());
+        }
     }
 
     /// An outcome whose own `Serialize` encodes another while the thread's buffer is in use
