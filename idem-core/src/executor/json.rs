@@ -857,6 +857,39 @@ mod tests {
             assert!(to_vec(&BTreeMap::from([(1_u8, vec![0.5, bad])])).is_err());
             assert!(to_vec(&BTreeMap::from([(1_u8, bad)])).is_err());
             assert!(to_vec(&HashMap::from([((1_u8, 2_u8), bad)])).is_err());
+            // Under float keys too, which the writer quotes itself.
+            assert!(to_vec(&FloatKeyed(1.5_f32, bad)).is_err());
+            assert!(to_vec(&FloatKeyed(1.5_f64, bad)).is_err());
+        }
+    }
+
+    /// A map of one entry whose key is a float, which `BTreeMap` cannot hold.
+    #[derive(Debug)]
+    struct FloatKeyed<K>(K, f64);
+
+    impl<K: Serialize> Serialize for FloatKeyed<K> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(1))?;
+            map.serialize_entry(&self.0, &self.1)?;
+            map.end()
+        }
+    }
+
+    #[test]
+    fn float_keys_are_written_as_serde_json_writes_them() {
+        for key in [
+            1.5_f32,
+            -0.0,
+            3.4e38,
+            f32::MIN_POSITIVE,
+            f32::NAN,
+            f32::INFINITY,
+        ] {
+            same(&FloatKeyed(key, 2.0));
+        }
+        for key in [1.5_f64, -0.0, 1e300, f64::NAN, f64::NEG_INFINITY] {
+            same(&FloatKeyed(key, 2.0));
         }
     }
 
