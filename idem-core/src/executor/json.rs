@@ -189,6 +189,21 @@ macro_rules! leaf {
     };
 }
 
+/// Float methods: a NaN or infinite float is refused (see the module docs); any other is
+/// written by `serde_json`.
+macro_rules! finite {
+    ($($method:ident($type:ty)),* $(,)?) => {
+        $(
+            fn $method(mut self, value: $type) -> Result<(), Stop> {
+                if !value.is_finite() {
+                    return Err(Stop::NonFinite);
+                }
+                (&mut self.json()).$method(value).map_err(|_| Stop::Unsupported)
+            }
+        )*
+    };
+}
+
 impl<'a> Serializer for Writer<'a> {
     type Ok = ();
     type Error = Stop;
@@ -202,23 +217,7 @@ impl<'a> Serializer for Writer<'a> {
 
     scalars!(leaf, serialize_bytes(&[u8]));
 
-    fn serialize_f32(mut self, value: f32) -> Result<(), Stop> {
-        if !value.is_finite() {
-            return Err(Stop::NonFinite);
-        }
-        (&mut self.json())
-            .serialize_f32(value)
-            .map_err(|_| Stop::Unsupported)
-    }
-
-    fn serialize_f64(mut self, value: f64) -> Result<(), Stop> {
-        if !value.is_finite() {
-            return Err(Stop::NonFinite);
-        }
-        (&mut self.json())
-            .serialize_f64(value)
-            .map_err(|_| Stop::Unsupported)
-    }
+    finite!(serialize_f32(f32), serialize_f64(f64));
 
     fn serialize_char(mut self, value: char) -> Result<(), Stop> {
         self.string(value.encode_utf8(&mut [0; 4]))
@@ -477,15 +476,39 @@ struct StringKey<'a> {
     out: &'a mut Vec<u8>,
 }
 
+impl StringKey<'_> {
+    /// The key `write` writes, in quotes.
+    fn quoted(self, write: impl FnOnce(Writer<'_>) -> Result<(), Stop>) -> Result<(), Stop> {
+        self.out.push(b'"');
+        write(Writer {
+            out: &mut *self.out,
+        })?;
+        self.out.push(b'"');
+        Ok(())
+    }
+}
+
 /// Map-key methods that write the value quoted.
 macro_rules! quoted {
     ($($method:ident($type:ty)),* $(,)?) => {
         $(
             fn $method(self, value: $type) -> Result<(), Stop> {
-                self.out.push(b'"');
-                Writer { out: &mut *self.out }.$method(value)?;
-                self.out.push(b'"');
-                Ok(())
+                self.quoted(|writer| writer.$method(value))
+            }
+        )*
+    };
+}
+
+/// Float map-key methods: a finite float is quoted; a NaN or infinite one is left to
+/// `serde_json`, for its own error.
+macro_rules! quoted_finite {
+    ($($method:ident($type:ty)),* $(,)?) => {
+        $(
+            fn $method(self, value: $type) -> Result<(), Stop> {
+                if !value.is_finite() {
+                    return Err(Stop::Unsupported);
+                }
+                self.quoted(|writer| writer.$method(value))
             }
         )*
     };
@@ -518,32 +541,7 @@ impl Serializer for StringKey<'_> {
     }
 
     scalars!(quoted);
-
-    fn serialize_f32(self, value: f32) -> Result<(), Stop> {
-        if !value.is_finite() {
-            return Err(Stop::Unsupported);
-        }
-        self.out.push(b'"');
-        Writer {
-            out: &mut *self.out,
-        }
-        .serialize_f32(value)?;
-        self.out.push(b'"');
-        Ok(())
-    }
-
-    fn serialize_f64(self, value: f64) -> Result<(), Stop> {
-        if !value.is_finite() {
-            return Err(Stop::Unsupported);
-        }
-        self.out.push(b'"');
-        Writer {
-            out: &mut *self.out,
-        }
-        .serialize_f64(value)?;
-        self.out.push(b'"');
-        Ok(())
-    }
+    quoted_finite!(serialize_f32(f32), serialize_f64(f64));
 
     fn serialize_char(self, value: char) -> Result<(), Stop> {
         Writer { out: self.out }.string(value.encode_utf8(&mut [0; 4]))
