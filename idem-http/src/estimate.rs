@@ -1,5 +1,6 @@
 //! How long a handler usually takes: the `Retry-After` hint of a 409.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,7 +22,30 @@ pub(crate) struct RunTimes {
     others: Arc<RunTime>,
 }
 
+thread_local! {
+    /// Where a request's route (`METHOD path`) is spelled for the lookup, so a lookup
+    /// allocates nothing.
+    static ROUTE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 impl RunTimes {
+    /// The average of the route `method` `path` (a path template with the `axum` feature):
+    /// one route is a method and a path, as in the key's scope, so a quick `PATCH /x` says
+    /// nothing of how long `POST /x` takes.
+    pub(crate) fn method_route(&self, method: &http::Method, path: &str) -> Arc<RunTime> {
+        let method = method.as_str();
+        if method.len() + 1 + path.len() > MAX_ROUTE_LEN {
+            return Arc::clone(&self.others);
+        }
+        ROUTE.with_borrow_mut(|route| {
+            route.clear();
+            route.push_str(method);
+            route.push(' ');
+            route.push_str(path);
+            self.route(route)
+        })
+    }
+
     /// The route's average, made on first use.
     pub(crate) fn route(&self, route: &str) -> Arc<RunTime> {
         if route.len() > MAX_ROUTE_LEN {
@@ -101,6 +125,31 @@ mod tests {
         );
         let shared = times.route("POST /late");
         assert!(Arc::ptr_eq(&shared, &times.route("POST /later")));
+    }
+
+    #[test]
+    fn a_route_is_a_method_and_a_path() {
+        let times = RunTimes::default();
+        times
+            .method_route(&http::Method::PATCH, "/x")
+            .record(Duration::from_millis(1));
+        let lease = Duration::from_secs(30);
+        assert_eq!(
+            times
+                .method_route(&http::Method::POST, "/x")
+                .retry_after(lease),
+            lease,
+            "nothing known of POST /x"
+        );
+        assert!(Arc::ptr_eq(
+            &times.method_route(&http::Method::PATCH, "/x"),
+            &times.route("PATCH /x")
+        ));
+        let long = format!("/{}", "a".repeat(MAX_ROUTE_LEN));
+        assert!(Arc::ptr_eq(
+            &times.method_route(&http::Method::POST, &long),
+            &times.others
+        ));
     }
 
     #[test]

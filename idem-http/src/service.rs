@@ -273,7 +273,9 @@ impl<S: IdempotencyStore> Shared<S> {
                     Ok(own(self.replay(&stored)))
                 }
                 Ok(Claim::InProgress { retry_after }) => {
-                    let usual = self.runs.route(route(&parts.extensions, &parts.uri));
+                    let usual = self
+                        .runs
+                        .method_route(&parts.method, route(&parts.extensions, &parts.uri));
                     Ok(own(in_progress(usual.retry_after(retry_after))))
                 }
                 Err(error) => Ok(own(store_error(&error))),
@@ -371,7 +373,9 @@ impl<S: IdempotencyStore> Shared<S> {
         ReqBody: Send + 'static,
         ResBody: BytesBody,
     {
-        let usual = self.runs.route(route(request.extensions(), request.uri()));
+        let usual = self
+            .runs
+            .method_route(request.method(), route(request.extensions(), request.uri()));
         let limit = self.settings.options.max_response_body;
         let started = Instant::now();
         let handler = async move {

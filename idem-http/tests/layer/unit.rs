@@ -387,3 +387,72 @@ async fn a_replay_keeps_the_content_encoding_of_its_body() {
     );
     assert_eq!(first, again);
 }
+
+/// `Retry-After` is "the handler's usual run time on this route", and a route is a method
+/// and a path (`RunTimes` keeps "a `RunTime` per route (method and path template)"). The
+/// averages used to be kept by path alone, so quick `PATCH /x` runs made a duplicate of a
+/// long `POST /x`, of which nothing was known yet, told to retry in one second rather than
+/// when the lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_after_hint_is_kept_per_method_and_path() {
+    let started = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let inner = service_fn({
+        let (started, go) = (Arc::clone(&started), Arc::clone(&go));
+        move |request: Request<Body>| {
+            let (started, go) = (Arc::clone(&started), Arc::clone(&go));
+            async move {
+                if request.method() == http::Method::POST {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    go.notified().await;
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from("done")))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let call = |method: http::Method, key: &str| {
+        Request::builder()
+            .method(method)
+            .uri("/x")
+            .header("idempotency-key", key)
+            .body(Body::empty())
+            .expect("a valid request")
+    };
+    for n in 0..4 {
+        let patched = service
+            .clone()
+            .oneshot(call(http::Method::PATCH, &format!("\"p{n}\"")))
+            .await
+            .expect("infallible");
+        assert_eq!(patched.status(), StatusCode::OK);
+    }
+    let first = tokio::spawn(service.clone().oneshot(call(http::Method::POST, "\"k\"")));
+    for _ in 0..2_000 {
+        if started.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let duplicate = service
+        .clone()
+        .oneshot(call(http::Method::POST, "\"k\""))
+        .await
+        .expect("infallible");
+    assert_eq!(duplicate.status(), StatusCode::CONFLICT);
+    let seconds: u64 = duplicate.headers()[http::header::RETRY_AFTER]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("whole seconds");
+    assert!(
+        seconds > 5,
+        "nothing is known of POST /x: the hint is the lease's time left, not PATCH's {seconds} s"
+    );
+    go.notify_one();
+    let first = first.await.expect("joined").expect("infallible");
+    assert_eq!(first.status(), StatusCode::OK);
+}
