@@ -103,7 +103,8 @@ impl KeyScope {
     /// Writes the key namespace for a request into `out` (cleared first): the principal
     /// (length-prefixed, so no principal can pose as another plus a route) or `*` for the
     /// global scope, then the route, or the route's digest when the route would make the
-    /// namespace too long for a key (a long path is the client's, not the scope's fault).
+    /// namespace too long for a key (a long path is the client's, not the scope's fault), or
+    /// the digest of both when even the route's digest does not fit beside the principal.
     pub(crate) fn namespace(&self, parts: &Parts, out: &mut String) -> Result<(), NoPrincipal> {
         out.clear();
         match &self.principal {
@@ -129,6 +130,24 @@ impl KeyScope {
                     Fingerprint::from_byte_parts([method.as_bytes(), b" ", route.as_bytes()]);
                 out.truncate(scope_len);
                 let _ = write!(out, " #{digest}");
+            }
+            if out.len() > MAX_KEY_LEN
+                && scope_len <= MAX_KEY_LEN
+                && !out[..scope_len].chars().any(char::is_control)
+            {
+                // A principal that fits a key, but not with the route's digest: the digest
+                // of both stands for them. It starts with `#`, where every other namespace
+                // starts with a principal's length or `*`, so it spells no other namespace.
+                // (A principal no key could hold is left to be refused as the scope's.)
+                let digest = Fingerprint::from_byte_parts([
+                    &out.as_bytes()[..scope_len],
+                    b" ",
+                    method.as_bytes(),
+                    b" ",
+                    route.as_bytes(),
+                ]);
+                out.clear();
+                let _ = write!(out, "#{digest}");
             }
         }
         Ok(())
@@ -238,6 +257,36 @@ mod tests {
             namespace(&scope, &parts("POST", "/orders", Some("alice"))),
             Ok("5:alice POST /orders".to_owned())
         );
+    }
+
+    #[test]
+    fn a_principal_that_fits_a_key_keeps_its_requests_scoped_on_any_path() {
+        let scope = KeyScope::principal(|p: &Principal| p.0.to_owned());
+        let long_a: &'static str = "a".repeat(200).leak();
+        let long_b: &'static str = "b".repeat(200).leak();
+        let path = format!("/{}", "p".repeat(400));
+        let first = namespace(&scope, &parts("POST", &path, Some(long_a))).expect("a namespace");
+        assert!(first.len() <= MAX_KEY_LEN, "{}", first.len());
+        assert!(first.starts_with('#'), "{first}");
+        assert_eq!(
+            namespace(&scope, &parts("POST", &path, Some(long_a))),
+            Ok(first.clone())
+        );
+        for other in [
+            parts("POST", &path, Some(long_b)),
+            parts("PATCH", &path, Some(long_a)),
+            parts("POST", &format!("{path}q"), Some(long_a)),
+        ] {
+            assert_ne!(namespace(&scope, &other), Ok(first.clone()));
+        }
+        // A principal too long for a key alone, or with a control character, is still the
+        // scope's fault, whatever the path.
+        let longest: &'static str = "c".repeat(MAX_KEY_LEN).leak();
+        let refused = namespace(&scope, &parts("POST", "/x", Some(longest))).expect("built");
+        assert!(refused.len() > MAX_KEY_LEN);
+        let control: &'static str = format!("{}\n", "d".repeat(199)).leak();
+        let kept = namespace(&scope, &parts("POST", &path, Some(control))).expect("built");
+        assert!(kept.contains('\n'), "{kept}");
     }
 
     #[test]

@@ -456,3 +456,74 @@ async fn the_retry_after_hint_is_kept_per_method_and_path() {
     let first = first.await.expect("joined").expect("infallible");
     assert_eq!(first.status(), StatusCode::OK);
 }
+
+/// A long path is the client's, not the scope's fault: its digest stands for the route.
+/// But only the route was digested, so a principal that fits a key with a short path (an
+/// account id of 200 bytes: a long e-mail address, a tenant and user pair) still made
+/// the namespace too long on a long path, and the client, by choosing the path, turned its
+/// request into the layer's 500 `no-scope`, blaming the application's scope.
+#[tokio::test]
+async fn a_long_principal_on_a_long_path_is_still_protected() {
+    #[derive(Clone)]
+    struct Account(String);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move { Ok::<_, std::convert::Infallible>(Response::new(Body::from(run.to_string()))) }
+        }
+    });
+    let layer = IdempotencyLayer::builder(
+        MemoryStore::new(),
+        KeyScope::principal(|account: &Account| account.0.clone()),
+    )
+    .build()
+    .expect("valid");
+    let service = layer.layer(inner);
+    let call = |path: &str, account: &str| {
+        let mut request = Request::post(path)
+            .header("idempotency-key", "\"k\"")
+            .body(Body::empty())
+            .expect("a valid request");
+        request.extensions_mut().insert(Account(account.to_owned()));
+        request
+    };
+    let (alice, bob) = ("a".repeat(200), "b".repeat(200));
+    let short = service
+        .clone()
+        .oneshot(call("/x", &alice))
+        .await
+        .expect("infallible");
+    assert_eq!(short.status(), StatusCode::OK, "the principal fits a key");
+    let long = format!("/{}", "p".repeat(400));
+    let first = service
+        .clone()
+        .oneshot(call(&long, &alice))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        first.status(),
+        StatusCode::OK,
+        "a long path is not the scope's fault"
+    );
+    let again = service
+        .clone()
+        .oneshot(call(&long, &alice))
+        .await
+        .expect("infallible");
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    // Still scoped by principal and by route.
+    let other = service
+        .clone()
+        .oneshot(call(&long, &bob))
+        .await
+        .expect("infallible");
+    assert!(!other.headers().contains_key("idempotent-replayed"));
+    let elsewhere = service
+        .oneshot(call(&format!("{long}q"), &alice))
+        .await
+        .expect("infallible");
+    assert!(!elsewhere.headers().contains_key("idempotent-replayed"));
+    assert_eq!(runs.load(Ordering::SeqCst), 4);
+}
