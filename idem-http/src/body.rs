@@ -120,8 +120,11 @@ where
 
 /// Why a request body could not be buffered.
 pub(crate) enum RequestBodyError {
-    /// Over the limit: 413.
+    /// Over the layer's limit: 413.
     TooLarge,
+    /// Ended by a limit in front of the layer (tower-http's `RequestBodyLimitLayer` on a
+    /// chunked body, say): 413 too, as without the layer.
+    OverOuterLimit,
     /// The client's body failed mid-way: 400.
     Unreadable(BoxError),
 }
@@ -135,8 +138,22 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(RequestBodyError::TooLarge),
+        Err(error) if is_length_limit(&*error) => Err(RequestBodyError::OverOuterLimit),
         Err(error) => Err(RequestBodyError::Unreadable(error)),
     }
+}
+
+/// Whether a length-limit error is anywhere in `error`'s chain: a limit in front of the
+/// layer ends the body with one, boxed again by every body type on the way (axum's).
+fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// A response body read as far as the limit allows.

@@ -9,7 +9,7 @@
 //! | [`INVALID_KEY`] | 400 | the header is not one structured-field string of 1 to 255 visible characters |
 //! | [`KEY_REUSED`] | 422 | the key was used before with a different request (method, path, query, body) |
 //! | [`IN_PROGRESS`] | 409 | the first request with the key is still running; `Retry-After` says when to ask again |
-//! | [`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit |
+//! | [`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit, or a limit in front of the layer ended it |
 //! | [`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
 //! | [`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
 //! | [`RESPONSE_FAILED`] | 500 | the handler's response body failed while being read; nothing was stored and the key was freed |
@@ -44,7 +44,8 @@ problem_types! {
     KEY_REUSED = "key-reused";
     /// 409: a request with this key is still being processed.
     IN_PROGRESS = "in-progress";
-    /// 413: the request body is over the limit for idempotent requests.
+    /// 413: the request body is over the limit for idempotent requests, or a body limit
+    /// in front of the layer ended it.
     REQUEST_TOO_LARGE = "request-too-large";
     /// 400: the request body could not be read.
     REQUEST_UNREADABLE = "request-unreadable";

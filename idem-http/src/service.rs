@@ -343,6 +343,11 @@ impl<S: IdempotencyStore> Shared<S> {
                     self.settings.options.max_request_body
                 ),
             ),
+            RequestBodyError::OverOuterLimit => problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                problem::REQUEST_TOO_LARGE,
+                "the request body is over the server's size limit",
+            ),
             RequestBodyError::Unreadable(error) => {
                 tracing::debug!(%error, "reading the request body failed");
                 problem(

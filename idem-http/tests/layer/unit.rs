@@ -527,3 +527,36 @@ async fn a_long_principal_on_a_long_path_is_still_protected() {
     assert!(!elsewhere.headers().contains_key("idempotent-replayed"));
     assert_eq!(runs.load(Ordering::SeqCst), 4);
 }
+
+/// A body limit applied in front of the layer (tower-http's `RequestBodyLimitLayer` wraps
+/// a chunked body in `http_body_util::Limited`, and axum's router boxes its error once
+/// more) ends the body with a length-limit error. That is a body over a limit, 413 as
+/// without this layer, not a body that "could not be read": the layer only looked for
+/// the error at the top of the chain, so the client got 400 `request-unreadable`.
+#[tokio::test]
+async fn a_body_over_a_limit_in_front_of_the_layer_is_413() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(first_answers(StatusCode::OK, 2, Arc::clone(&runs)));
+    let limited = Body::new(http_body_util::Limited::new(
+        Body::from(vec![b'a'; 100]),
+        16,
+    ));
+    let request = Request::post("/x")
+        .header("idempotency-key", "\"limited\"")
+        .body(limited)
+        .expect("a valid request");
+    let response = service.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(problem["type"], problem::REQUEST_TOO_LARGE);
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
