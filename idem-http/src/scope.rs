@@ -26,7 +26,11 @@ type ScopeFn = dyn Fn(&http::Extensions) -> Option<String> + Send + Sync;
 ///
 /// The route (method and path) is part of the scope by default, so one key on two
 /// endpoints names two operations; with the `axum` feature the route is the matched path
-/// template (`/orders/{id}`), otherwise the request path.
+/// template (`/orders/{id}`), otherwise the request path as the layer sees it. Inside an
+/// axum `Router::nest`, that path has the nest's prefix stripped: without the `axum`
+/// feature, a layer shared by `/v1` and `/v2` nests would see one route, `/orders`, for
+/// `/v1/orders` and `/v2/orders`, and replay one's response to the other. Enable the
+/// feature with axum (or put the layer outside the nests).
 ///
 /// ```
 /// use idem_http::KeyScope;

@@ -560,3 +560,47 @@ async fn a_body_over_a_limit_in_front_of_the_layer_is_413() {
     assert_eq!(problem["type"], problem::REQUEST_TOO_LARGE);
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
+
+/// Inside an axum `nest`, the path the layer sees has the nest's prefix stripped, so
+/// without the `axum` feature one layer on `/v1` and `/v2` nests sees one route for
+/// `/v1/orders` and `/v2/orders` and replays one's response to the other (documented on
+/// `KeyScope`). With the feature, the matched path keeps them apart.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn nested_routers_keep_their_routes_apart_with_the_axum_feature() {
+    use axum::Router;
+    use axum::routing::post;
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let v1 = Router::new()
+        .route("/orders", post(|| async { "v1" }))
+        .layer(layer.clone());
+    let v2 = Router::new()
+        .route("/orders", post(|| async { "v2" }))
+        .layer(layer);
+    let app = Router::new().nest("/v1", v1).nest("/v2", v2);
+    for (path, answer) in [("/v1/orders", "v1"), ("/v2/orders", "v2")] {
+        let response = app
+            .clone()
+            .oneshot(
+                Request::post(path)
+                    .header("idempotency-key", "\"k\"")
+                    .body(Body::empty())
+                    .expect("a valid request"),
+            )
+            .await
+            .expect("infallible");
+        assert!(
+            !response.headers().contains_key("idempotent-replayed"),
+            "{path}"
+        );
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(body.as_ref(), answer.as_bytes(), "{path}");
+    }
+}
