@@ -942,3 +942,48 @@ async fn an_execute_on_a_store_trait_object_can_be_spawned() {
         .map_err(|e| format!("{e:?}"));
     assert_eq!(replay, Ok(5), "the stored outcome replays");
 }
+
+/// An operation that panics as it is called, before it gives its future (a closure that
+/// validates its input with `unwrap` before its `async` block), releases its key like one
+/// that panics in its future: the next request runs, instead of finding the key in
+/// progress until the lease ends.
+#[tokio::test]
+async fn an_operation_that_panics_before_giving_its_future_frees_the_key() {
+    let idem = Arc::new(Idempotency::new(MemoryStore::new()));
+    let first = tokio::spawn({
+        let idem = Arc::clone(&idem);
+        async move {
+            idem.execute(
+                &key("panics-when-called"),
+                None,
+                || -> std::future::Ready<Result<u32, OpError>> {
+                    panic!("the input did not validate")
+                },
+            )
+            .await
+        }
+    });
+    assert!(
+        first.await.is_err_and(|e| e.is_panic()),
+        "the panic reaches the caller"
+    );
+    let mut answer = None;
+    for _ in 0..100 {
+        match idem
+            .execute(&key("panics-when-called"), None, || async {
+                Ok::<u32, OpError>(2)
+            })
+            .await
+        {
+            Err(ExecuteError::Idempotency(Error::InProgress { .. })) => sleep(ms(10)).await,
+            other => {
+                answer = Some(other);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(answer, Some(Ok(2))),
+        "the key is still in progress a second after the panic: {answer:?}"
+    );
+}

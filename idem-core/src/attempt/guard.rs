@@ -1,7 +1,7 @@
 //! Frees a key whose operation never returned.
 
-use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::renewal::Held;
@@ -11,8 +11,8 @@ use crate::store::IdempotencyStore;
 /// How long a release started from a helper thread (no runtime at hand) may take.
 const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Releases the lease if dropped while armed: the attempt's future was dropped before its
-/// first poll, or the operation's future was dropped before it returned (its caller went
+/// Releases the lease if dropped while armed: the attempt was dropped without being run, or
+/// its future was dropped before its first poll, or the operation's future was dropped before it returned (its caller went
 /// away under [`CancelPolicy::Release`]), or it panicked (drops run while unwinding).
 /// Disarmed the moment the operation returns: from then on its effects may have happened,
 /// and only a stored outcome, or the lease's end, may free the key.
@@ -30,9 +30,10 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
     pub(super) watchlist: Arc<Watchlist<S>>,
     pub(super) held: Arc<Held>,
-    /// Set until the operation returns. A `Cell`, so the attempt can disarm the guard while
-    /// its place on the watchlist still borrows the guard's watchlist.
-    armed: Cell<bool>,
+    /// Set until the operation returns. Set through `&self`, so the attempt can disarm the
+    /// guard while its place on the watchlist still borrows the guard's watchlist; atomic,
+    /// so an [`Attempt`](super::Attempt), which holds the guard, stays `Sync`.
+    armed: AtomicBool,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
@@ -40,19 +41,19 @@ impl<S: IdempotencyStore> ReleaseOnDrop<S> {
         Self {
             watchlist,
             held,
-            armed: Cell::new(true),
+            armed: AtomicBool::new(true),
         }
     }
 
     /// The operation returned: the key's fate is no longer this guard's to decide.
     pub(crate) fn disarm(&self) {
-        self.armed.set(false);
+        self.armed.store(false, Ordering::Relaxed);
     }
 }
 
 impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     fn drop(&mut self) {
-        if !self.armed.get() {
+        if !self.armed.load(Ordering::Relaxed) {
             return;
         }
         let (store, held) = (Arc::clone(self.watchlist.store()), Arc::clone(&self.held));

@@ -191,9 +191,9 @@ impl<S: IdempotencyStore> Engine<S> {
     /// The attempt that runs the operation under `lease`, just acquired by [`claim`](Self::claim).
     #[must_use]
     pub fn attempt(&self, lease: Lease) -> Attempt<S> {
+        let held = Arc::new(Held::new(lease, self.lease_ttl()));
         Attempt {
-            held: Arc::new(Held::new(lease, self.lease_ttl())),
-            watchlist: Arc::clone(&self.watchlist),
+            guard: ReleaseOnDrop::new(Arc::clone(&self.watchlist), held),
             cancel_policy: self.cancel_policy,
         }
     }
@@ -201,18 +201,22 @@ impl<S: IdempotencyStore> Engine<S> {
 
 /// One acquired attempt: runs its operation under the lease, then carries out what the
 /// settle step makes of its output. See the [module docs](self).
+///
+/// An attempt dropped without being run frees its key: its operation never started (say,
+/// the closure that makes the operation's future panicked when called).
 pub struct Attempt<S: IdempotencyStore> {
-    watchlist: Arc<Watchlist<S>>,
-    /// The lease, and what is known of it.
-    held: Arc<Held>,
+    /// The engine's watchlist and the lease, in the guard that frees the key unless the
+    /// operation returns: armed from the attempt's making, so an attempt dropped unrun
+    /// frees it too.
+    guard: ReleaseOnDrop<S>,
     cancel_policy: CancelPolicy,
 }
 
 impl<S: IdempotencyStore> fmt::Debug for Attempt<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attempt")
-            .field("lease", &self.held.lease)
-            .field("lease_ttl", &self.watchlist.ttl())
+            .field("lease", &self.guard.held.lease)
+            .field("lease_ttl", &self.guard.watchlist.ttl())
             .field("cancel_policy", &self.cancel_policy)
             .finish_non_exhaustive()
     }
@@ -222,13 +226,13 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// The lease the attempt runs under.
     #[must_use]
     pub fn lease(&self) -> &Lease {
-        &self.held.lease
+        &self.guard.held.lease
     }
 
     /// A handle for the operation: its lease, and whether it was lost while it runs.
     #[must_use]
     pub fn lease_handle(&self) -> LeaseHandle {
-        LeaseHandle::new(Arc::clone(&self.held))
+        LeaseHandle::new(Arc::clone(&self.guard.held))
     }
 
     /// Runs `operation` under the lease, as the engine's [`CancelPolicy`] says, then carries
@@ -289,11 +293,11 @@ impl<S: IdempotencyStore> Attempt<S> {
         run_here(self.release_on_drop(), operation, settle)
     }
 
-    /// The attempt as the guard that frees the key unless the operation returns: made with
-    /// the attempt's future, not at its first poll, so a future dropped unpolled frees the
-    /// key too.
+    /// The attempt as the guard that frees the key unless the operation returns: moved into
+    /// the attempt's future, not taken at its first poll, so a future dropped unpolled frees
+    /// the key too.
     fn release_on_drop(self) -> ReleaseOnDrop<S> {
-        ReleaseOnDrop::new(self.watchlist, self.held)
+        self.guard
     }
 }
 
