@@ -549,3 +549,44 @@ async fn an_attempt_dropped_before_its_first_poll_frees_its_key() {
         );
     }
 }
+
+/// An attempt whose operation had not returned when its runtime shut down (its task dropped
+/// with the runtime) frees its key, as one dropped outside a runtime does: the release
+/// cannot run on the runtime that is going away, so it must not be spawned there.
+#[test]
+fn an_attempt_dropped_with_its_runtime_frees_its_key() {
+    use idem_core::attempt::CancelPolicy;
+    for policy in [CancelPolicy::Release, CancelPolicy::Detach] {
+        let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30)).with_cancel_policy(policy);
+        let dying = runtime();
+        let key = dying.block_on(async {
+            let lease = acquired(&engine, "runtime-gone").await;
+            let key = lease.key.clone();
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            let running = engine.attempt(lease).run(
+                async move {
+                    let _ = started_tx.send(());
+                    std::future::pending::<u32>().await
+                },
+                complete(b"never"),
+            );
+            tokio::spawn(running);
+            started_rx.await.expect("the operation started");
+            key
+        });
+        drop(dying);
+        let freed = runtime().block_on(async {
+            for _ in 0..100 {
+                if engine.store().read(&key).await.expect("read").is_none() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            false
+        });
+        assert!(
+            freed,
+            "{policy:?}: the key is still held 5 s after its runtime shut down"
+        );
+    }
+}

@@ -18,7 +18,8 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// and only a stored outcome, or the lease's end, may free the key.
 ///
 /// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped
-/// outside one (a future dropped after its runtime was left), a short-lived helper thread
+/// outside one (a future dropped after its runtime was left), or with a runtime shutting
+/// down (which drops the release task unstarted), a short-lived helper thread
 /// runs the release on a runtime of its own; if that fails too (a store bound to the runtime
 /// that is gone), the log says so and the key frees itself when the lease ends.
 ///
@@ -64,9 +65,28 @@ impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
                     fencing = held.lease.fencing,
                     "operation cancelled or panicked before it returned; releasing its key"
                 );
-                runtime.spawn(release(store, held));
+                // A runtime shutting down drops the task unpolled: the release then goes to
+                // a helper thread, as with no runtime at all.
+                let mut unstarted = Unstarted(Some((store, held)));
+                runtime.spawn(async move {
+                    if let Some((store, held)) = unstarted.0.take() {
+                        release(store, held).await;
+                    }
+                });
             }
             Err(_) => release_from_helper_thread(store, held),
+        }
+    }
+}
+
+/// The lease of a release task not yet started: dropped with it (its runtime shut down
+/// before running it), it hands the release to a helper thread.
+struct Unstarted<S: IdempotencyStore>(Option<(Arc<S>, Arc<Held>)>);
+
+impl<S: IdempotencyStore> Drop for Unstarted<S> {
+    fn drop(&mut self) {
+        if let Some((store, held)) = self.0.take() {
+            release_from_helper_thread(store, held);
         }
     }
 }
@@ -88,7 +108,7 @@ fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held
     tracing::warn!(
         namespace,
         fencing = held.lease.fencing,
-        "operation dropped outside a Tokio runtime before it returned; releasing its key from a helper thread"
+        "operation dropped with no runtime to release its key on; releasing it from a helper thread"
     );
     let spawned = std::thread::Builder::new()
         .name("idem-release".into())
