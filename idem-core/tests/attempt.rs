@@ -590,3 +590,72 @@ fn an_attempt_dropped_with_its_runtime_frees_its_key() {
         );
     }
 }
+
+/// A lease whose claim was slow gets its renewal task at once, and that task must run even
+/// when the operation then blocks its thread: left in the worker's next-task slot (which
+/// other workers do not steal from), it ran only once the operation returned, after the
+/// lease had lapsed and a rival had taken the key over.
+#[test]
+fn a_slow_claims_renewal_runs_while_the_operation_blocks_its_thread() {
+    let rt = runtime();
+    let lease_ttl = Ttl::from_millis(1200).expect("ttl");
+    // A claim answered after 300 ms: overdue (a sixth of the TTL is 200 ms) when it runs.
+    let store = Arc::new(Blinking::new(0, Duration::from_millis(300)));
+    let engine = Engine::new(Arc::clone(&store), lease_ttl);
+    // A long attempt keeps the runtime's supervisor running, so the blocking attempt below
+    // starts no new one (and so does not yield before its operation).
+    let keeper = rt.spawn({
+        let engine = engine.clone();
+        async move {
+            let key = Key::new("attempt-tests", "keeper").expect("key");
+            let Ok(Claim::Acquired(lease)) = engine.claim(&ClaimRequest::new(key, lease_ttl)).await
+            else {
+                panic!("a fresh key is acquired");
+            };
+            engine
+                .attempt(lease)
+                .run(tokio::time::sleep(Duration::from_secs(3)), |_: &()| {
+                    Settlement::Release
+                })
+                .await
+                .expect("released");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let key = Key::new("attempt-tests", "blocking").expect("key");
+    let blocking = rt.spawn({
+        let (engine, key) = (engine.clone(), key.clone());
+        async move {
+            let Ok(Claim::Acquired(lease)) = engine.claim(&ClaimRequest::new(key, lease_ttl)).await
+            else {
+                panic!("a fresh key is acquired");
+            };
+            engine
+                .attempt(lease)
+                .run(
+                    async { std::thread::sleep(Duration::from_millis(2000)) },
+                    |_: &()| Settlement::Release,
+                )
+                .await
+                .expect("released");
+        }
+    });
+    let rival = rt.block_on(async {
+        // The rival claims on the store itself, with no delay, once the lease would have
+        // lapsed unrenewed (it began at most 1.5 s ago).
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        store
+            .inner
+            .claim(&ClaimRequest::new(key, lease_ttl))
+            .await
+            .expect("claimed")
+    });
+    assert!(
+        matches!(rival, Claim::InProgress { .. }),
+        "a rival took the key over while its operation ran: {rival:?}"
+    );
+    rt.block_on(async {
+        blocking.await.expect("joined");
+        keeper.await.expect("joined");
+    });
+}

@@ -312,12 +312,13 @@ where
     Fut: Future<Output = T>,
     St: Settle<T>,
 {
-    let (watched, new_supervisor) = guard
+    let (watched, spawned) = guard
         .watchlist
         .enter(Arc::clone(&guard.held), &Handle::current());
-    if new_supervisor {
-        // Let the supervisor start (it would otherwise wait in this worker's next-task slot,
-        // which other workers do not steal from) before an operation that may block the thread.
+    if spawned {
+        // Let the new task (the supervisor, or an overdue lease's renewal) start: it would
+        // otherwise wait in this worker's next-task slot, which other workers do not steal
+        // from, behind an operation that may block the thread.
         tokio::task::yield_now().await;
     }
     let output = operation.await;

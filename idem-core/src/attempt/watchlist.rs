@@ -89,9 +89,10 @@ impl<S: IdempotencyStore> Watchlist<S> {
     }
 
     /// Puts an attempt running on `runtime` on the list until the returned place is dropped.
-    /// The flag says a supervisor was just spawned for it: the caller should yield once, so
-    /// that the new task is not left in this worker's next-task slot (which other workers do
-    /// not steal from) behind an operation that may block the thread.
+    /// The flag says a task was just spawned for it (a supervisor, or the renewal of a lease
+    /// already overdue): the caller should yield once, so that the new task is not left in
+    /// this worker's next-task slot (which other workers do not steal from) behind an
+    /// operation that may block the thread.
     pub(crate) fn enter(
         self: &Arc<Self>,
         held: Arc<Held>,
@@ -108,6 +109,7 @@ impl<S: IdempotencyStore> Watchlist<S> {
                 self.ttl,
             ))
         });
+        let slot_renewed = renewal.is_some();
         let slot = Slot {
             held,
             runtime: id,
@@ -138,8 +140,9 @@ impl<S: IdempotencyStore> Watchlist<S> {
         if let Some(number) = supervisor {
             runtime.spawn(supervise(Arc::downgrade(self), id, number));
         }
+        let spawned = supervisor.is_some() || slot_renewed;
         let watched = Watched { list: self, index };
-        (watched, supervisor.is_some())
+        (watched, spawned)
     }
 
     /// One look by the supervisor `number` of `runtime`: starts the renewal of every attempt
