@@ -47,6 +47,8 @@ struct FlakyStore {
     completes: AtomicU32,
     fails: AtomicU32,
     releases: AtomicU32,
+    /// Reads answered `Unavailable` before the store reads again.
+    reads_failing: AtomicU32,
 }
 
 impl FlakyStore {
@@ -58,6 +60,7 @@ impl FlakyStore {
             completes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             releases: AtomicU32::new(0),
+            reads_failing: AtomicU32::new(0),
         }
     }
 
@@ -147,6 +150,15 @@ impl IdempotencyStore for FlakyStore {
     }
 
     async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        let failing = self
+            .reads_failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if failing {
+            return Err(outage());
+        }
         self.inner.read(key).await
     }
 
@@ -324,4 +336,17 @@ async fn a_returned_operation_is_never_released() {
         0,
         "the key was released"
     );
+}
+
+/// The read that recognises a write whose reply was lost meets the same blinking store: it
+/// is read again, and the write is recognised, instead of telling the caller its outcome
+/// was not recorded while the key holds it.
+#[tokio::test]
+async fn a_lost_reply_is_recognised_when_the_read_back_blinks_too() {
+    let store = FlakyStore::new(Blink::ReplyLost, 1);
+    store.reads_failing.store(1, Ordering::SeqCst);
+    let (store, results, runs) = twice(store).await;
+    assert!(matches!(results[..], [Ok(7), Ok(7)]), "{results:?}");
+    assert_eq!(runs, 1, "the operation ran again");
+    assert_eq!(store.completes.load(Ordering::SeqCst), 2);
 }

@@ -183,10 +183,46 @@ impl Retry {
                 Err(Error::Unavailable { source: again }) => source = again,
                 // An earlier attempt may have been applied and only its reply lost: then
                 // the key holds this outcome under this lease's fencing number.
-                Err(Error::LeaseLost) if holds(store, lease, self.finish, &self.payload).await => {
-                    return Ok(());
+                Err(Error::LeaseLost) => {
+                    let ours = self.read_back(store, lease, &mut backoff).await;
+                    return if ours { Ok(()) } else { Err(Error::LeaseLost) };
                 }
                 written => return written,
+            }
+        }
+    }
+
+    /// Whether the key holds this outcome under `lease`, read again while the store, which
+    /// has just been blinking, cannot answer (at least [`MIN_WRITE_ATTEMPTS`] reads, and
+    /// until the lease's last call).
+    async fn read_back<S: IdempotencyStore>(
+        &self,
+        store: &S,
+        lease: &Lease,
+        backoff: &mut Backoff,
+    ) -> bool {
+        let mut reads = 1;
+        loop {
+            match holds(store, lease, self.finish, &self.payload).await {
+                Ok(held) => return held,
+                Err(Error::Unavailable { source }) => {
+                    let last_call = self
+                        .lease_until
+                        .checked_sub(FINAL_MARGIN)
+                        .unwrap_or(self.lease_until);
+                    let left = last_call.saturating_duration_since(Instant::now());
+                    if reads >= MIN_WRITE_ATTEMPTS && left.is_zero() {
+                        return false;
+                    }
+                    tracing::warn!(error = %source, "reading back the outcome failed; retrying");
+                    let pause = match backoff.pause() {
+                        pause if reads >= MIN_WRITE_ATTEMPTS => pause.min(left),
+                        pause => pause,
+                    };
+                    tokio::time::sleep(pause).await;
+                    reads += 1;
+                }
+                Err(_) => return false,
             }
         }
     }
@@ -213,22 +249,23 @@ fn fail_once<'a, S: IdempotencyStore>(
     store.fail_unboxed(lease, payload, retention)
 }
 
-/// Whether the key holds `payload` as its `finish`, written under `lease`.
+/// Whether the key holds `payload` as its `finish`, written under `lease`; the read's error
+/// if the store could not say.
 async fn holds<S: IdempotencyStore + ?Sized>(
     store: &S,
     lease: &Lease,
     finish: Finish,
     payload: &Bytes,
-) -> bool {
-    let Ok(Some(record)) = store.read(&lease.key).await else {
-        return false;
+) -> Result<bool, Error> {
+    let Some(record) = store.read(&lease.key).await? else {
+        return Ok(false);
     };
-    record.fencing == lease.fencing
+    Ok(record.fencing == lease.fencing
         && match (finish, record.state) {
             (Finish::Completed, RecordState::Completed { response }) => response == payload,
             (Finish::Failed, RecordState::Failed { failure }) => failure == payload,
             _ => false,
-        }
+        })
 }
 
 #[cfg(test)]
