@@ -12,16 +12,16 @@ use crate::store::IdempotencyStore;
 const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Releases the lease if dropped while armed: the attempt was dropped without being run, or
-/// its future was dropped before its first poll, or the operation's future was dropped before it returned (its caller went
-/// away under [`CancelPolicy::Release`]), or it panicked (drops run while unwinding).
-/// Disarmed the moment the operation returns: from then on its effects may have happened,
-/// and only a stored outcome, or the lease's end, may free the key.
+/// its future was dropped before its first poll, or the operation's future was dropped before
+/// it returned (its caller went away under [`CancelPolicy::Release`]), or it panicked (drops
+/// run while unwinding). Disarmed the moment the operation returns: from then on its effects
+/// may have happened, and only a stored outcome, or the lease's end, may free the key.
 ///
-/// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped
-/// outside one (a future dropped after its runtime was left), or with a runtime shutting
-/// down (which drops the release task unstarted), a short-lived helper thread
-/// runs the release on a runtime of its own; if that fails too (a store bound to the runtime
-/// that is gone), the log says so and the key frees itself when the lease ends.
+/// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped outside
+/// one (a future dropped after its runtime was left), or with a runtime shutting down (which
+/// drops the release task unstarted), a short-lived helper thread runs the release on a
+/// runtime of its own; if that fails too (a store bound to the runtime that is gone), the log
+/// says so and the key frees itself when the lease ends.
 ///
 /// It owns what the attempt runs with (the engine's watchlist, with the store, and the
 /// lease), and the attempt borrows them from it: one set of handles per attempt, not a
