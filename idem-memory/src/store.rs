@@ -54,6 +54,8 @@ pub struct Records {
     /// The latest clock reading a step took: recent enough for the sweeps, which only need
     /// the time to the second, without reading the clock twice per write.
     seen: Arc<AtomicU64>,
+    /// When a full store may next sweep every stripe (see [`Records::sweep_all`]).
+    next_full_sweep: Arc<AtomicU64>,
     hasher: foldhash::fast::RandomState,
     clock: Clock,
     capacity: u64,
@@ -160,6 +162,7 @@ impl MemoryStore {
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             open_bytes: Arc::default(),
             seen: Arc::default(),
+            next_full_sweep: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
             clock,
             capacity,
@@ -296,6 +299,7 @@ impl EntryMap for Records {
             return Ok(());
         }
         self.finished.run_pending_tasks();
+        self.sweep_all();
         if self.held_bytes() < self.capacity {
             return Ok(());
         }
@@ -312,6 +316,32 @@ impl Records {
             self.finished.get(key)
         } else {
             None
+        }
+    }
+
+    /// Drops the expired open entries of every stripe, at most once per
+    /// [`SWEEP_EVERY_MS`] across the store. A full store needs it: a refused claim writes
+    /// nothing, so no write sweeps the stripes for it, and open entries that all expired
+    /// (lapsed claims, traces past their fencing memory) would keep it full for good.
+    fn sweep_all(&self) {
+        let now = self.now();
+        let due = self.next_full_sweep.load(Ordering::Relaxed);
+        if now < due
+            || self
+                .next_full_sweep
+                .compare_exchange(
+                    due,
+                    now.saturating_add(SWEEP_EVERY_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        for stripe in self.stripes.iter() {
+            let mut stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+            self.sweep(&mut stripe, now, true);
         }
     }
 
@@ -600,6 +630,31 @@ mod tests {
                 Err(Error::Unavailable { .. })
             ),
             "a store over its capacity took a new key"
+        );
+    }
+
+    /// A store full of open entries that have all expired (lapsed claims, traces past
+    /// their fencing memory) takes new keys again: a refused claim writes nothing, so no
+    /// write sweeps the stripes for it, and the refusal must look past them itself.
+    #[tokio::test]
+    async fn a_store_full_of_expired_open_entries_takes_new_keys() {
+        let held = key("old");
+        let capacity = u64::from(weight(&held, &open_entry(0)));
+        let store = MemoryStore::with_capacity(capacity);
+        let records = store.inner.map();
+        let expired = open_entry(1);
+        records
+            .open_bytes
+            .fetch_add(u64::from(weight(&held, &expired)), Ordering::Relaxed);
+        records.stripe(&held).open.insert(held.clone(), expired);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(records.clock.now() > 1, "the premise: the entry expired");
+        assert!(
+            matches!(
+                store.claim(&claim_request("new")).await,
+                Ok(Claim::Acquired(_))
+            ),
+            "an expired open entry kept a new key out"
         );
     }
 
