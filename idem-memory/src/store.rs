@@ -51,6 +51,11 @@ pub struct Records {
     stripes: Arc<[Mutex<Stripe>]>,
     /// The weight of every open entry, which moka does not see.
     open_bytes: Arc<AtomicU64>,
+    /// The weight of every finished record in moka, expired ones not yet dropped included:
+    /// added before each insert, taken back by moka's eviction listener when the record
+    /// leaves (expired, invalidated or written over). Unlike moka's `weighted_size`, which
+    /// only counts the writes its housekeeping has applied, it is current after every step.
+    finished_bytes: Arc<AtomicU64>,
     /// The latest clock reading a step took: recent enough for the sweeps, which only need
     /// the time to the second, without reading the clock twice per write.
     seen: Arc<AtomicU64>,
@@ -86,8 +91,8 @@ impl std::fmt::Debug for Records {
 
 impl Records {
     fn held_bytes(&self) -> u64 {
-        self.finished
-            .weighted_size()
+        self.finished_bytes
+            .load(Ordering::Relaxed)
             .saturating_add(self.open_bytes.load(Ordering::Relaxed))
     }
 
@@ -150,10 +155,15 @@ impl MemoryStore {
     #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
+        let finished_bytes = Arc::new(AtomicU64::new(0));
+        let left = Arc::clone(&finished_bytes);
         let cache = Cache::builder()
             .expire_after(ClockExpiry(clock))
-            // No max_capacity: moka only keeps the weighted size, it never evicts by it.
-            .weigher(|key: &Key, entry: &Entry| weight(key, entry))
+            // No max_capacity: moka never evicts by size. Every record that leaves takes
+            // its weight back from the count (`finished_bytes`), whatever the cause.
+            .eviction_listener(move |key: Arc<Key>, entry: Entry, _| {
+                left.fetch_sub(u64::from(weight(&key, &entry)), Ordering::Relaxed);
+            })
             // Keys come from clients: a hasher with a random per-store seed, and much
             // cheaper than the default SipHash on short keys.
             .build_with_hasher(foldhash::fast::RandomState::default());
@@ -161,6 +171,7 @@ impl MemoryStore {
             finished: cache,
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             open_bytes: Arc::default(),
+            finished_bytes,
             seen: Arc::default(),
             next_full_sweep: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
@@ -186,8 +197,9 @@ impl MemoryStore {
         self.inner.map().capacity
     }
 
-    /// The bytes the records held take, by the store's own count (as of moka's last
-    /// housekeeping; [`run_pending_tasks`](Self::run_pending_tasks) brings it up to date).
+    /// The bytes the records held take, by the store's own count: current after every
+    /// step, expired records included until they are dropped
+    /// ([`run_pending_tasks`](Self::run_pending_tasks) drops them now).
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
         self.inner.map().held_bytes()
@@ -248,6 +260,10 @@ impl EntryMap for Records {
             Write::Put(entry) => match entry.phase {
                 Phase::Completed(_) | Phase::Failed(_) => {
                     let owned = self.close(&mut stripe, key).unwrap_or_else(|| key.clone());
+                    // Counted before moka holds it, so the listener never takes back
+                    // bytes not yet added.
+                    self.finished_bytes
+                        .fetch_add(u64::from(weight(&owned, &entry)), Ordering::Relaxed);
                     self.finished.insert(owned, entry);
                 }
                 // A finished record changes only by removal, which leaves a vacant trace
