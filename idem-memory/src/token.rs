@@ -1,5 +1,8 @@
 //! The in-memory [`TokenStore`]: the core's [`TokenMapStore`] over a moka cache.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use idem_core::backend::{TokenEntry, TokenMap, TokenMapStore};
 use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
 use moka::future::Cache;
@@ -32,15 +35,25 @@ pub struct MemoryTokenStore {
 #[derive(Clone)]
 pub struct Tokens {
     cache: Cache<Token, TokenEntry, foldhash::fast::RandomState>,
+    /// The weight of every token in the cache, expired ones not yet dropped included:
+    /// added before each write, taken back by moka's eviction listener when a token leaves
+    /// (expired or written over). Unlike moka's `weighted_size`, which only counts the
+    /// writes its housekeeping has applied, it is current after every issue.
+    held: Arc<AtomicU64>,
     clock: Clock,
     capacity: u64,
+}
+
+/// What one token counts against the capacity.
+fn weight(token: &Token, entry: &TokenEntry) -> u64 {
+    (token.as_str().len() + entry.record.scope.as_str().len()) as u64 + TOKEN_OVERHEAD
 }
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
             .field("tokens", &self.cache.entry_count())
-            .field("held_bytes", &self.cache.weighted_size())
+            .field("held_bytes", &self.held.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
@@ -67,17 +80,20 @@ impl MemoryTokenStore {
     #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
+        let held = Arc::new(AtomicU64::new(0));
+        let left = Arc::clone(&held);
         let cache = Cache::builder()
             .expire_after(ClockExpiry(clock))
-            .weigher(|token: &Token, entry: &TokenEntry| {
-                let bytes = (token.as_str().len() + entry.record.scope.as_str().len()) as u64
-                    + TOKEN_OVERHEAD;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
+            // Every token that leaves takes its weight back from the count, whatever the
+            // cause (moka never evicts by size here: there is no max_capacity).
+            .eviction_listener(move |token: Arc<Token>, entry: TokenEntry, _| {
+                left.fetch_sub(weight(&token, &entry), Ordering::Relaxed);
             })
             .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner: TokenMapStore::new(Tokens {
                 cache,
+                held,
                 clock,
                 capacity,
             }),
@@ -90,11 +106,17 @@ impl MemoryTokenStore {
         self.inner.map().capacity
     }
 
-    /// The bytes the tokens held take, by the store's own count (as of moka's last
-    /// housekeeping).
+    /// The bytes the tokens held take, by the store's own count: current after every
+    /// issue, expired tokens included until they are dropped.
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
-        self.inner.map().cache.weighted_size()
+        self.inner.map().held_bytes()
+    }
+}
+
+impl Tokens {
+    fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
     }
 }
 
@@ -115,7 +137,13 @@ impl TokenMap for Tokens {
                 let (value, write) = step(current.as_ref().map(|e| e.value()));
                 answer = Some(value);
                 std::future::ready(match write {
-                    Some(entry) => Op::Put(entry),
+                    Some(entry) => {
+                        // Counted before moka holds it, so the listener never takes back
+                        // bytes not yet added.
+                        self.held
+                            .fetch_add(weight(token, &entry), Ordering::Relaxed);
+                        Op::Put(entry)
+                    }
                     None => Op::Nop,
                 })
             })
@@ -124,11 +152,11 @@ impl TokenMap for Tokens {
     }
 
     async fn admit(&self) -> Result<(), Error> {
-        if self.cache.weighted_size() < self.capacity {
+        if self.held_bytes() < self.capacity {
             return Ok(());
         }
         self.cache.run_pending_tasks().await;
-        if self.cache.weighted_size() < self.capacity {
+        if self.held_bytes() < self.capacity {
             return Ok(());
         }
         Err(Error::unavailable(StoreFull::new(self.capacity)))
@@ -201,7 +229,7 @@ mod tests {
         );
     }
 
-    /// A store over its capacity (moka's count lagged behind issues made at once) refuses
+    /// A store over its capacity (issues that raced past the check at once) refuses
     /// to issue, as a full one does: being over is no reason to skip the check.
     #[tokio::test]
     async fn a_token_store_over_its_capacity_refuses_to_issue() {
@@ -213,6 +241,8 @@ mod tests {
                 idem_core::backend::TokenRecord::new(scope.clone(), false),
                 store.inner.map().now() + 60_000,
             );
+            let held = &store.inner.map().held;
+            held.fetch_add(weight(&token, &entry), Ordering::Relaxed);
             tokens.insert(token, entry).await;
         }
         tokens.run_pending_tasks().await;
@@ -223,6 +253,29 @@ mod tests {
                 Err(Error::Unavailable { .. })
             ),
             "a store over its capacity issued"
+        );
+    }
+
+    /// Tokens issued one after another, with nobody running moka's housekeeping, stop at
+    /// the capacity, not at what moka last counted.
+    #[tokio::test]
+    async fn issued_tokens_count_against_the_capacity_at_once() {
+        let scope = scope();
+        let one = weight_of(&token(), &scope);
+        let store = MemoryTokenStore::with_capacity(4 * one);
+        let mut issued = 0;
+        for _ in 0..100 {
+            match store.issue(&token(), &scope, ttl(60_000)).await {
+                Ok(()) => issued += 1,
+                Err(Error::Unavailable { .. }) => break,
+                Err(other) => panic!("issue: {other:?}"),
+            }
+        }
+        store.inner.map().cache.run_pending_tasks().await;
+        assert!(
+            store.held_bytes() <= store.capacity(),
+            "a store with room for 4 tokens issued {issued}: {} bytes held",
+            store.held_bytes()
         );
     }
 
