@@ -204,10 +204,14 @@ impl<S: IdempotencyStore> ReplayCache<S> {
             RecordState::Failed { failure } => Outcome::Failed(failure),
             RecordState::Claimed { .. } => return,
         };
+        // Stores count the time left in whole milliseconds from a clock read in whole
+        // milliseconds, which overstates it by up to one: less that, the copy ends no later
+        // than the record.
+        let left = record.expires_in.saturating_sub(Duration::from_millis(1));
         let finished = Finished {
             outcome,
             fingerprint: record.fingerprint,
-            until: asked + record.expires_in.min(self.ttl),
+            until: asked + left.min(self.ttl),
         };
         let removals_now = &self.removals;
         self.cache

@@ -336,3 +336,30 @@ async fn a_fill_that_read_before_a_local_remove_applied_is_discarded() {
         "a record removed through this cache is still replayed from it"
     );
 }
+
+/// The moment the store lets a record go, the cache does too: a copy never answers past
+/// the record's end, not even within its last millisecond (the store counts the time left
+/// in whole milliseconds, which can round it up).
+#[tokio::test]
+async fn a_cached_replay_never_outlives_the_record_by_a_millisecond() {
+    let (cache, behind) = cached(Duration::from_secs(3600));
+    let mut outlived = 0;
+    for i in 0..20 {
+        let k = key(&format!("last-millisecond-{i}"));
+        let lease = acquire(&cache, &k).await;
+        cache
+            .complete(&lease, Bytes::from_static(b"done"), ttl(30))
+            .await
+            .expect("complete");
+        claim(&cache, &k).await.expect("fill");
+        // Until the store lets the record go...
+        while behind.read(&k).await.expect("read").is_some() {
+            std::hint::spin_loop();
+        }
+        // ...and at once after: the key is free, so the cache must not replay it.
+        if let Ok(Claim::Completed(_)) = claim(&cache, &k).await {
+            outlived += 1;
+        }
+    }
+    assert_eq!(outlived, 0, "cached copies outlived their records");
+}
