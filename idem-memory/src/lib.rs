@@ -6,6 +6,7 @@ mod full;
 mod replay_cache;
 mod store;
 mod token;
+mod unapplied;
 
 pub use full::StoreFull;
 pub use replay_cache::{ReplayCache, ReplayCacheBuilder};

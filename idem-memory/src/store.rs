@@ -14,6 +14,7 @@ use moka::sync::Cache;
 
 use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
+use crate::unapplied::Unapplied;
 
 /// Bytes of process memory one record takes besides its key text and payload: moka's
 /// entry with its per-entry expiry bookkeeping, the key's and the payload's headers, and
@@ -51,11 +52,9 @@ pub struct Records {
     stripes: Arc<[Mutex<Stripe>]>,
     /// The weight of every open entry, which moka does not see.
     open_bytes: Arc<AtomicU64>,
-    /// The weight of every finished record in moka, expired ones not yet dropped included:
-    /// added before each insert, taken back by moka's eviction listener when the record
-    /// leaves (expired, invalidated or written over). Unlike moka's `weighted_size`, which
-    /// only counts the writes its housekeeping has applied, it is current after every step.
-    finished_bytes: Arc<AtomicU64>,
+    /// The weight of the finished records written since the store last ran moka's
+    /// housekeeping, which moka's `weighted_size` may not count yet.
+    unapplied: Arc<Unapplied>,
     /// The latest clock reading a step took: recent enough for the sweeps, which only need
     /// the time to the second, without reading the clock twice per write.
     seen: Arc<AtomicU64>,
@@ -91,9 +90,16 @@ impl std::fmt::Debug for Records {
 
 impl Records {
     fn held_bytes(&self) -> u64 {
-        self.finished_bytes
-            .load(Ordering::Relaxed)
+        self.unapplied
+            .held(self.finished.weighted_size())
             .saturating_add(self.open_bytes.load(Ordering::Relaxed))
+    }
+
+    /// Runs moka's housekeeping: expired records leave, and `weighted_size` counts every
+    /// write made so far.
+    fn apply_pending(&self) {
+        self.unapplied.restart();
+        self.finished.run_pending_tasks();
     }
 
     fn stripe(&self, key: &Key) -> MutexGuard<'_, Stripe> {
@@ -155,15 +161,10 @@ impl MemoryStore {
     #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
-        let finished_bytes = Arc::new(AtomicU64::new(0));
-        let left = Arc::clone(&finished_bytes);
         let cache = Cache::builder()
             .expire_after(ClockExpiry(clock))
-            // No max_capacity: moka never evicts by size. Every record that leaves takes
-            // its weight back from the count (`finished_bytes`), whatever the cause.
-            .eviction_listener(move |key: Arc<Key>, entry: Entry, _| {
-                left.fetch_sub(u64::from(weight(&key, &entry)), Ordering::Relaxed);
-            })
+            // No max_capacity: moka only keeps the weighted size, it never evicts by it.
+            .weigher(|key: &Key, entry: &Entry| weight(key, entry))
             // Keys come from clients: a hasher with a random per-store seed, and much
             // cheaper than the default SipHash on short keys.
             .build_with_hasher(foldhash::fast::RandomState::default());
@@ -171,7 +172,7 @@ impl MemoryStore {
             finished: cache,
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             open_bytes: Arc::default(),
-            finished_bytes,
+            unapplied: Arc::default(),
             seen: Arc::default(),
             next_full_sweep: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
@@ -197,9 +198,10 @@ impl MemoryStore {
         self.inner.map().capacity
     }
 
-    /// The bytes the records held take, by the store's own count: current after every
-    /// step, expired records included until they are dropped
-    /// ([`run_pending_tasks`](Self::run_pending_tasks) drops them now).
+    /// The bytes the records held take, by the store's own count: at least what they take
+    /// after every step (a record just finished counts at once), expired records included
+    /// until they are dropped; exact after [`run_pending_tasks`](Self::run_pending_tasks),
+    /// which also drops them.
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
         self.inner.map().held_bytes()
@@ -208,7 +210,7 @@ impl MemoryStore {
     /// Drops expired records now rather than lazily, and returns their bytes to the budget.
     pub async fn run_pending_tasks(&self) {
         let records = self.inner.map();
-        records.finished.run_pending_tasks();
+        records.apply_pending();
         let now = records.clock.now();
         for stripe in records.stripes.iter() {
             let mut stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
@@ -260,11 +262,9 @@ impl EntryMap for Records {
             Write::Put(entry) => match entry.phase {
                 Phase::Completed(_) | Phase::Failed(_) => {
                     let owned = self.close(&mut stripe, key).unwrap_or_else(|| key.clone());
-                    // Counted before moka holds it, so the listener never takes back
-                    // bytes not yet added.
-                    self.finished_bytes
-                        .fetch_add(u64::from(weight(&owned, &entry)), Ordering::Relaxed);
+                    let bytes = u64::from(weight(&owned, &entry));
                     self.finished.insert(owned, entry);
+                    self.unapplied.add(bytes);
                 }
                 // A finished record changes only by removal, which leaves a vacant trace
                 // (lifecycle::remove): that one must leave moka. A claim never meets a live
@@ -314,7 +314,7 @@ impl EntryMap for Records {
         if self.held_bytes() < self.capacity || self.holds(key) {
             return Ok(());
         }
-        self.finished.run_pending_tasks();
+        self.apply_pending();
         self.sweep_all();
         if self.held_bytes() < self.capacity {
             return Ok(());

@@ -1,7 +1,6 @@
 //! The in-memory [`TokenStore`]: the core's [`TokenMapStore`] over a moka cache.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use idem_core::backend::{TokenEntry, TokenMap, TokenMapStore};
 use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
@@ -10,6 +9,7 @@ use moka::ops::compute::Op;
 
 use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
+use crate::unapplied::Unapplied;
 
 /// Bytes of process memory one token takes besides its text and its scope's: moka's entry
 /// with per-entry expiry, the headers, allocator rounding (as [`RECORD_OVERHEAD`] for
@@ -35,11 +35,9 @@ pub struct MemoryTokenStore {
 #[derive(Clone)]
 pub struct Tokens {
     cache: Cache<Token, TokenEntry, foldhash::fast::RandomState>,
-    /// The weight of every token in the cache, expired ones not yet dropped included:
-    /// added before each write, taken back by moka's eviction listener when a token leaves
-    /// (expired or written over). Unlike moka's `weighted_size`, which only counts the
-    /// writes its housekeeping has applied, it is current after every issue.
-    held: Arc<AtomicU64>,
+    /// The weight of the tokens written since the store last ran moka's housekeeping,
+    /// which moka's `weighted_size` may not count yet.
+    unapplied: Arc<Unapplied>,
     clock: Clock,
     capacity: u64,
 }
@@ -53,7 +51,7 @@ impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
             .field("tokens", &self.cache.entry_count())
-            .field("held_bytes", &self.held.load(Ordering::Relaxed))
+            .field("held_bytes", &self.held_bytes())
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
@@ -80,20 +78,16 @@ impl MemoryTokenStore {
     #[must_use]
     pub fn with_capacity(capacity: u64) -> Self {
         let clock = Clock::new();
-        let held = Arc::new(AtomicU64::new(0));
-        let left = Arc::clone(&held);
         let cache = Cache::builder()
             .expire_after(ClockExpiry(clock))
-            // Every token that leaves takes its weight back from the count, whatever the
-            // cause (moka never evicts by size here: there is no max_capacity).
-            .eviction_listener(move |token: Arc<Token>, entry: TokenEntry, _| {
-                left.fetch_sub(weight(&token, &entry), Ordering::Relaxed);
+            .weigher(|token: &Token, entry: &TokenEntry| {
+                u32::try_from(weight(token, entry)).unwrap_or(u32::MAX)
             })
             .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner: TokenMapStore::new(Tokens {
                 cache,
-                held,
+                unapplied: Arc::default(),
                 clock,
                 capacity,
             }),
@@ -106,8 +100,9 @@ impl MemoryTokenStore {
         self.inner.map().capacity
     }
 
-    /// The bytes the tokens held take, by the store's own count: current after every
-    /// issue, expired tokens included until they are dropped.
+    /// The bytes the tokens held take, by the store's own count: at least what they take
+    /// after every issue (a token just issued counts at once), expired tokens included until
+    /// they are dropped.
     #[must_use]
     pub fn held_bytes(&self) -> u64 {
         self.inner.map().held_bytes()
@@ -116,7 +111,14 @@ impl MemoryTokenStore {
 
 impl Tokens {
     fn held_bytes(&self) -> u64 {
-        self.held.load(Ordering::Relaxed)
+        self.unapplied.held(self.cache.weighted_size())
+    }
+
+    /// Runs moka's housekeeping: expired tokens leave, and `weighted_size` counts every
+    /// write made so far.
+    async fn apply_pending(&self) {
+        self.unapplied.restart();
+        self.cache.run_pending_tasks().await;
     }
 }
 
@@ -131,6 +133,7 @@ impl TokenMap for Tokens {
         step: impl FnOnce(Option<&TokenEntry>) -> (T, Option<TokenEntry>) + Send,
     ) -> Result<T, Error> {
         let mut answer = None;
+        let mut written = 0;
         self.cache
             .entry_by_ref(token)
             .and_compute_with(|current| {
@@ -138,16 +141,15 @@ impl TokenMap for Tokens {
                 answer = Some(value);
                 std::future::ready(match write {
                     Some(entry) => {
-                        // Counted before moka holds it, so the listener never takes back
-                        // bytes not yet added.
-                        self.held
-                            .fetch_add(weight(token, &entry), Ordering::Relaxed);
+                        written = weight(token, &entry);
                         Op::Put(entry)
                     }
                     None => Op::Nop,
                 })
             })
             .await;
+        // Counted once the cache took it (see `Unapplied::add`).
+        self.unapplied.add(written);
         answer.ok_or_else(|| Error::backend("the cache did not run the update"))
     }
 
@@ -155,7 +157,7 @@ impl TokenMap for Tokens {
         if self.held_bytes() < self.capacity {
             return Ok(());
         }
-        self.cache.run_pending_tasks().await;
+        self.apply_pending().await;
         if self.held_bytes() < self.capacity {
             return Ok(());
         }
@@ -210,13 +212,13 @@ mod tests {
             .issue(&token, &scope, ttl(60_000))
             .await
             .expect("issue");
-        store.inner.map().cache.run_pending_tasks().await;
+        store.inner.map().apply_pending().await;
         assert_eq!(store.held_bytes(), weight_of(&token, &scope));
         assert_eq!(
             store.consume(&token, &scope).await.expect("consume"),
             Consumption::Consumed
         );
-        store.inner.map().cache.run_pending_tasks().await;
+        store.inner.map().apply_pending().await;
         assert_eq!(
             store.held_bytes(),
             weight_of(&token, &scope),
@@ -241,8 +243,6 @@ mod tests {
                 idem_core::backend::TokenRecord::new(scope.clone(), false),
                 store.inner.map().now() + 60_000,
             );
-            let held = &store.inner.map().held;
-            held.fetch_add(weight(&token, &entry), Ordering::Relaxed);
             tokens.insert(token, entry).await;
         }
         tokens.run_pending_tasks().await;
@@ -271,7 +271,7 @@ mod tests {
                 Err(other) => panic!("issue: {other:?}"),
             }
         }
-        store.inner.map().cache.run_pending_tasks().await;
+        store.inner.map().apply_pending().await;
         assert!(
             store.held_bytes() <= store.capacity(),
             "a store with room for 4 tokens issued {issued}: {} bytes held",
@@ -286,7 +286,7 @@ mod tests {
         let (first, scope) = (token(), scope());
         let store = MemoryTokenStore::with_capacity(weight_of(&first, &scope));
         store.issue(&first, &scope, ttl(200)).await.expect("issue");
-        store.inner.map().cache.run_pending_tasks().await;
+        store.inner.map().apply_pending().await;
         assert_eq!(store.held_bytes(), store.capacity());
         let refused = store.issue(&token(), &scope, ttl(60_000)).await;
         match refused {
