@@ -10,24 +10,43 @@ fn is_corrupt<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
     matches!(result, Err(Error::CorruptRecord { .. }))
 }
 
-/// Every corruption the engine's columns can hold is a `CorruptRecord` on read and claim,
-/// and removing the row clears it, which is how an operator clears one.
-pub async fn rows_that_do_not_decode_are_corrupt_records<S: TestServer>() {
+/// A store of its own whose table can take every corruption of
+/// [`TestServer::corruptions`].
+async fn corruptible_store<S: TestServer>() -> SqlStore<S::Dialect> {
     let store = own_store::<S>(S::pool(2).await).await;
     if let Some(ddl) = S::prepare_corruption(store.table()) {
         S::exec(store.pool(), ddl).await;
     }
+    store
+}
+
+/// The key `id` of `ns`, claimed (and completed, if `finish`), then corrupted by `set`.
+async fn corrupted<S: TestServer>(
+    store: &SqlStore<S::Dialect>,
+    ns: &str,
+    id: &str,
+    set: &str,
+    finish: bool,
+) -> Key {
+    let key = key(ns, id);
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    if finish {
+        store
+            .complete(&lease, "x".into(), ttl(RETENTION))
+            .await
+            .expect("complete");
+    }
+    update_row::<S>(store, &key, set).await;
+    key
+}
+
+/// Every corruption the engine's columns can hold is a `CorruptRecord` on read and claim,
+/// and removing the row clears it, which is how an operator clears one.
+pub async fn rows_that_do_not_decode_are_corrupt_records<S: TestServer>() {
+    let store = corruptible_store::<S>().await;
     let ns = namespace::<S>("corrupt");
     for &(id, set, finish) in S::corruptions() {
-        let key = key(&ns, id);
-        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
-        if finish {
-            store
-                .complete(&lease, "x".into(), ttl(RETENTION))
-                .await
-                .expect("complete");
-        }
-        update_row::<S>(&store, &key, set).await;
+        let key = corrupted::<S>(&store, &ns, id, set, finish).await;
         assert!(is_corrupt(store.read(&key).await), "{id}");
         assert!(is_corrupt(store.claim(&request(&key, LONG)).await), "{id}");
         store.remove(&key).await.expect("remove");
@@ -45,21 +64,10 @@ pub async fn rows_that_do_not_decode_are_corrupt_records<S: TestServer>() {
 /// record and claimed afresh (fencing 1) once past its `expires_at`, as the purge would
 /// delete it, rather than reported corrupt until a purge runs.
 pub async fn expired_rows_that_do_not_decode_are_absent<S: TestServer>() {
-    let store = own_store::<S>(S::pool(2).await).await;
-    if let Some(ddl) = S::prepare_corruption(store.table()) {
-        S::exec(store.pool(), ddl).await;
-    }
+    let store = corruptible_store::<S>().await;
     let ns = namespace::<S>("corrupt-expired");
     for &(id, set, finish) in S::corruptions() {
-        let key = key(&ns, id);
-        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
-        if finish {
-            store
-                .complete(&lease, "x".into(), ttl(RETENTION))
-                .await
-                .expect("complete");
-        }
-        update_row::<S>(&store, &key, set).await;
+        let key = corrupted::<S>(&store, &ns, id, set, finish).await;
         update_row::<S>(&store, &key, S::EXPIRE).await;
         let read = store.read(&key).await;
         assert!(matches!(read, Ok(None)), "{id}: {read:?}");
