@@ -155,21 +155,8 @@ impl Retry {
         let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
         let mut attempt = 1;
         loop {
-            let last_call = self
-                .lease_until
-                .checked_sub(FINAL_MARGIN)
-                .unwrap_or(self.lease_until);
-            let left = last_call.saturating_duration_since(Instant::now());
-            if attempt >= MIN_WRITE_ATTEMPTS && left.is_zero() {
+            let Some(pause) = self.next_pause(attempt, &mut backoff) else {
                 return Err(Error::Unavailable { source });
-            }
-            // Never past the lease's end, but never giving up before it either: when the
-            // next pause would outlast the lease, the last attempt is made as it ends, so a
-            // store back by then still gets the outcome (a restart that ends inside the
-            // lease costs no second run).
-            let pause = match backoff.pause() {
-                pause if attempt >= MIN_WRITE_ATTEMPTS => pause.min(left),
-                pause => pause,
             };
             tracing::warn!(attempt, error = %source, "storing the outcome failed; retrying");
             tokio::time::sleep(pause).await;
@@ -192,6 +179,28 @@ impl Retry {
         }
     }
 
+    /// The pause before the next call to the store, after `calls` of them failed with
+    /// `Unavailable`; `None` once no more is worth making.
+    ///
+    /// Never past the lease's end, but never giving up before it either: at least
+    /// [`MIN_WRITE_ATTEMPTS`] calls, and when the next pause would outlast the lease, the
+    /// last call is made as it ends, so a store back by then still gets it (a restart that
+    /// ends inside the lease costs no second run).
+    fn next_pause(&self, calls: u32, backoff: &mut Backoff) -> Option<Duration> {
+        let last_call = self
+            .lease_until
+            .checked_sub(FINAL_MARGIN)
+            .unwrap_or(self.lease_until);
+        let left = last_call.saturating_duration_since(Instant::now());
+        if calls >= MIN_WRITE_ATTEMPTS && left.is_zero() {
+            return None;
+        }
+        Some(match backoff.pause() {
+            pause if calls >= MIN_WRITE_ATTEMPTS => pause.min(left),
+            pause => pause,
+        })
+    }
+
     /// Whether the key holds this outcome under `lease`, read again while the store, which
     /// has just been blinking, cannot answer (at least [`MIN_WRITE_ATTEMPTS`] reads, and
     /// until the lease's last call).
@@ -206,19 +215,10 @@ impl Retry {
             match holds(store, lease, self.finish, &self.payload).await {
                 Ok(held) => return held,
                 Err(Error::Unavailable { source }) => {
-                    let last_call = self
-                        .lease_until
-                        .checked_sub(FINAL_MARGIN)
-                        .unwrap_or(self.lease_until);
-                    let left = last_call.saturating_duration_since(Instant::now());
-                    if reads >= MIN_WRITE_ATTEMPTS && left.is_zero() {
+                    let Some(pause) = self.next_pause(reads, backoff) else {
                         return false;
-                    }
-                    tracing::warn!(error = %source, "reading back the outcome failed; retrying");
-                    let pause = match backoff.pause() {
-                        pause if reads >= MIN_WRITE_ATTEMPTS => pause.min(left),
-                        pause => pause,
                     };
+                    tracing::warn!(error = %source, "reading back the outcome failed; retrying");
                     tokio::time::sleep(pause).await;
                     reads += 1;
                 }
