@@ -1,7 +1,9 @@
 //! Claims where PostgreSQL differs: a signed fencing column. Its largest value is idem-sql's
 //! `fencing_stops_at_the_largest_number_the_column_holds`.
 
-use idem_core::{Claim, Error, IdempotencyStore};
+use idem_core::{Claim, Error, IdempotencyStore, Key};
+use idem_postgres::PgDialect;
+use idem_sql::SqlStore;
 use idem_sql::testing::update_row;
 
 use crate::support::*;
@@ -26,6 +28,19 @@ async fn a_negative_fencing_number_is_a_corrupt_record() {
     assert!(store.remove(&key).await.is_ok());
 }
 
+/// Claims `key` and leaves it `state`: "completed", "released", or else claimed.
+async fn left(store: &SqlStore<PgDialect>, key: &Key, state: &str) {
+    let lease = acquired(store.claim(&request(key, LONG)).await.expect("claim"));
+    match state {
+        "completed" => store
+            .complete(&lease, "x".into(), ttl(RETENTION))
+            .await
+            .expect("complete"),
+        "released" => store.release(&lease).await.expect("release"),
+        _ => {}
+    }
+}
+
 /// Removing a row is how an operator clears a corrupt one (idem-sql's
 /// `rows_that_do_not_decode_are_corrupt_records`): a negative fencing number, which only
 /// PostgreSQL's signed column can hold, must not survive the removal as a vacant trace
@@ -36,15 +51,7 @@ async fn removing_a_row_with_a_negative_fencing_number_clears_it() {
     let ns = namespace::<PostgreSql>("fencing-negative-removed");
     for id in ["claimed", "completed", "released"] {
         let key = key(&ns, id);
-        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
-        match id {
-            "completed" => store
-                .complete(&lease, "x".into(), ttl(RETENTION))
-                .await
-                .expect("complete"),
-            "released" => store.release(&lease).await.expect("release"),
-            _ => {}
-        }
+        left(&store, &key, id).await;
         update_row::<PostgreSql>(&store, &key, "fencing = -5").await;
         assert!(
             matches!(
@@ -75,15 +82,7 @@ async fn an_infinite_time_is_a_corrupt_record_that_removal_clears() {
         ("lease", "lease_until = '-infinity'", "claimed"),
     ] {
         let key = key(&ns, id);
-        let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
-        match then {
-            "completed" => store
-                .complete(&lease, "x".into(), ttl(RETENTION))
-                .await
-                .expect("complete"),
-            "released" => store.release(&lease).await.expect("release"),
-            _ => {}
-        }
+        left(&store, &key, then).await;
         update_row::<PostgreSql>(&store, &key, set).await;
         let read = store.read(&key).await;
         assert!(
