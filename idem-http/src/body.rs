@@ -4,8 +4,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::Response;
 use http::response::Parts;
+use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::BoxError;
@@ -24,7 +24,7 @@ pin_project! {
 pin_project! {
     #[project = KindProjection]
     enum Kind<B> {
-        Full { data: Option<Bytes> },
+        Full { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
         Inner { #[pin] body: B },
         Prefixed { prefix: Option<Bytes>, rest: Pin<Box<B>> },
     }
@@ -32,9 +32,16 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     pub(crate) fn full(data: Bytes) -> Self {
+        Self::full_with_trailers(data, None)
+    }
+
+    /// A buffered body followed by its trailers: a first response, whose trailers its
+    /// client gets though they are not stored.
+    pub(crate) fn full_with_trailers(data: Bytes, trailers: Option<Box<HeaderMap>>) -> Self {
         Self {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
+                trailers,
             },
         }
     }
@@ -79,7 +86,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProjection::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProjection::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
+                    .map(Ok),
+            ),
             KindProjection::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProjection::Prefixed { prefix, rest } => {
                 if let Some(prefix) = prefix.take() {
@@ -92,7 +104,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
@@ -100,8 +112,16 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            Kind::Full { data, trailers } => {
+                let len = data.as_ref().map_or(0, |d| d.len() as u64);
+                if trailers.is_none() {
+                    return SizeHint::with_exact(len);
+                }
+                // Not exact, as the handler's own body was not: HTTP/1 then sends it
+                // chunked, the one framing trailers can follow.
+                let mut hint = SizeHint::new();
+                hint.set_lower(len);
+                hint
             }
             Kind::Inner { body } => body.size_hint(),
             Kind::Prefixed { prefix, rest } => {
@@ -158,8 +178,9 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// A response body read as far as the limit allows.
 pub(crate) enum BufferedResponse<B> {
-    /// The whole body. Trailers, if any, are dropped.
-    Complete(Parts, Bytes),
+    /// The whole body, and its trailers if any: given back to the first client, never
+    /// stored.
+    Complete(Parts, Bytes, Option<Box<HeaderMap>>),
     /// Over the limit: the response, still streaming, with what was read put back in
     /// front; and how many bytes were read.
     TooLarge(Response<ResponseBody<B>>, u64),
@@ -175,14 +196,19 @@ where
 {
     let (parts, body) = response.into_parts();
     let mut collected = BytesMut::new();
+    let mut trailers = None;
     let mut body = Box::pin(body);
     loop {
         let data = match body.frame().await {
-            None => return BufferedResponse::Complete(parts, collected.freeze()),
+            None => return BufferedResponse::Complete(parts, collected.freeze(), trailers),
             Some(Err(error)) => return BufferedResponse::Unreadable(error.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
-                Err(_trailers) => continue,
+                // The last frame: kept for the first client.
+                Err(frame) => {
+                    trailers = frame.into_trailers().ok().map(Box::new);
+                    continue;
+                }
             },
         };
         if collected.is_empty() && body.is_end_stream() {
@@ -194,7 +220,7 @@ where
                     size,
                 );
             }
-            return BufferedResponse::Complete(parts, data);
+            return BufferedResponse::Complete(parts, data, None);
         }
         collected.extend_from_slice(&data);
         if collected.len() > limit {

@@ -429,12 +429,13 @@ impl<S: IdempotencyStore> Shared<S> {
             }
         };
         match output? {
-            BufferedResponse::Complete(parts, _) if store_refused => {
+            BufferedResponse::Complete(parts, ..) if store_refused => {
                 Ok(own(self.not_stored(parts.status)))
             }
-            BufferedResponse::Complete(parts, body) => {
-                Ok(Response::from_parts(parts, ResponseBody::full(body)))
-            }
+            BufferedResponse::Complete(parts, body, trailers) => Ok(Response::from_parts(
+                parts,
+                ResponseBody::full_with_trailers(body, trailers),
+            )),
             // A status the policy releases stored no marker: the answer goes to its client.
             BufferedResponse::TooLarge(response, _)
                 if self.settings.options.statuses.decide(response.status()) == Storage::Release =>

@@ -65,7 +65,7 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
                 );
                 self.marker(*size)
             }
-            Ok(BufferedResponse::Complete(parts, body)) => {
+            Ok(BufferedResponse::Complete(parts, body, _)) => {
                 self.status = parts.status;
                 if self.settings.options.statuses.decide(parts.status) == Storage::Release {
                     return Settlement::Release;

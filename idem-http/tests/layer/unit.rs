@@ -604,3 +604,56 @@ async fn nested_routers_keep_their_routes_apart_with_the_axum_feature() {
         assert_eq!(body.as_ref(), answer.as_bytes(), "{path}");
     }
 }
+
+/// Trailers are not stored, so a replay has none; but the first response is the handler's
+/// own, and its client must get all of it. Buffering the body for storage used to drop the
+/// trailers frame, so the first client lost them too (a gRPC call's `grpc-status`, a
+/// checksum sent after the body).
+#[tokio::test]
+async fn the_first_response_keeps_its_trailers() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().expect("valid"));
+                let frames = [
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                        axum::body::Bytes::from_static(b"answer"),
+                    )),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, std::convert::Infallible>(Response::new(Body::new(body)))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let first = service
+        .clone()
+        .oneshot(post("\"trailers\""))
+        .await
+        .expect("infallible");
+    let first = first.into_body().collect().await.expect("body");
+    let trailers = first.trailers().cloned();
+    assert_eq!(first.to_bytes().as_ref(), b"answer");
+    assert_eq!(
+        trailers.as_ref().and_then(|t| t.get("grpc-status")),
+        Some(&http::HeaderValue::from_static("0")),
+        "the first client gets the handler's trailers"
+    );
+    let again = service
+        .oneshot(post("\"trailers\""))
+        .await
+        .expect("infallible");
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    let again = again.into_body().collect().await.expect("body");
+    assert!(again.trailers().is_none(), "trailers are not stored");
+    assert_eq!(again.to_bytes().as_ref(), b"answer");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
