@@ -14,6 +14,7 @@ use crate::keys::validate_prefix;
 use crate::replication::Replication;
 use crate::store::RedisStore;
 use crate::token::RedisTokenStore;
+use crate::wait_lanes::WaitLanes;
 
 /// Builds a [`RedisStore`] (`RedisStore::builder()`) or a [`RedisTokenStore`]
 /// (`RedisTokenStore::builder()`, a [`RedisTokenStoreBuilder`]): settings first, then a
@@ -157,6 +158,22 @@ impl<S> RedisStoreBuilder<S> {
             .map(|(replicas, timeout)| Replication::new(replicas, timeout, self.response_timeout))
             .transpose()
     }
+
+    /// The connections of their own that finishes waiting for replicas are sent on
+    /// ([`WaitLanes`]), each managed as the store's own; none without a replica wait.
+    async fn wait_lanes(
+        &self,
+        client: &Client,
+        replication: Option<&Replication>,
+    ) -> Result<Vec<Connection<ConnectionManager>>, Error> {
+        let mut lanes = Vec::new();
+        if replication.is_some() {
+            for _ in 0..WaitLanes::<ConnectionManager>::COUNT {
+                lanes.push(self.managed(client.clone()).await?);
+            }
+        }
+        Ok(lanes)
+    }
 }
 
 /// How each store is put together from its connection and the builder's settings (a token
@@ -169,6 +186,7 @@ trait Assemble {
         connection: Connection<C>,
         max_payload: usize,
         replication: Option<Replication>,
+        wait_lanes: Vec<Connection<C>>,
     ) -> Self::On<C>;
 }
 
@@ -179,8 +197,14 @@ impl Assemble for RedisStore {
         connection: Connection<C>,
         max_payload: usize,
         replication: Option<Replication>,
+        wait_lanes: Vec<Connection<C>>,
     ) -> RedisStore<C> {
-        RedisStore::new(connection, max_payload, replication)
+        RedisStore::new(
+            connection,
+            max_payload,
+            replication,
+            WaitLanes::new(wait_lanes),
+        )
     }
 }
 
@@ -191,6 +215,7 @@ impl Assemble for RedisTokenStore {
         connection: Connection<C>,
         _max_payload: usize,
         _replication: Option<Replication>,
+        _wait_lanes: Vec<Connection<C>>,
     ) -> RedisTokenStore<C> {
         RedisTokenStore::new(connection)
     }
@@ -214,8 +239,14 @@ impl<S> RedisStoreBuilder<S> {
         S: Assemble,
     {
         let replication = self.replication()?;
-        let connection = self.managed(client).await?;
-        Ok(S::assemble(connection, self.max_payload, replication))
+        let connection = self.managed(client.clone()).await?;
+        let wait_lanes = self.wait_lanes(&client, replication.as_ref()).await?;
+        Ok(S::assemble(
+            connection,
+            self.max_payload,
+            replication,
+            wait_lanes,
+        ))
     }
 
     fn build_on<C: RedisConnection>(self, connection: C) -> Result<S::On<C>, Error>
@@ -224,7 +255,13 @@ impl<S> RedisStoreBuilder<S> {
     {
         let replication = self.replication()?;
         let connection = self.checked(connection)?;
-        Ok(S::assemble(connection, self.max_payload, replication))
+        // The application's connection is the only one: replicated finishes go on it too.
+        Ok(S::assemble(
+            connection,
+            self.max_payload,
+            replication,
+            Vec::new(),
+        ))
     }
 
     /// A manager with the default settings, which need no check: its own timeouts apply, and
@@ -234,7 +271,7 @@ impl<S> RedisStoreBuilder<S> {
         S: Assemble,
     {
         let connection = self.on(manager, Deadline::Store(self.deadline()));
-        S::assemble(connection, self.max_payload, None)
+        S::assemble(connection, self.max_payload, None, Vec::new())
     }
 }
 
@@ -273,13 +310,17 @@ impl RedisStoreBuilder<RedisStore> {
     /// primary all the same. `WAIT` makes a write durable on more servers, not atomic
     /// across them: see the crate docs on durability. Not for Redis Cluster connections.
     ///
-    /// `WAIT` holds up the connection it is sent on until it answers, and a store's calls
-    /// share one connection: while the replicas lag, every call of the store (claims too)
-    /// waits behind each finish's `WAIT`, and finishes wait in turn. A finish held up past
-    /// its deadline that way is reported [`Error::Unavailable`] although written; the
-    /// executor's retry then finds its outcome stored and reports success without knowing
-    /// whether the replicas have it. So keep `timeout` short against the response timeout,
-    /// for replicas that normally keep up.
+    /// `WAIT` holds up the connection it is sent on until it answers, so a store that waits
+    /// for replicas sends its finishes on connections of their own (four more, opened by
+    /// [`connect`](Self::connect) and [`connect_client`](Self::connect_client)), each on the
+    /// one with the fewest finishes in flight: while the replicas lag, claims, replays and
+    /// reads go on as before, and a finish waits behind another's `WAIT` only when more than
+    /// four are in flight. A store [`build`](Self::build) on an application's connection has
+    /// no other connection to use: there every call of the store (claims too) waits behind
+    /// each finish's `WAIT`. A finish held up past its deadline that way is reported
+    /// [`Error::Unavailable`] although written; the executor's retry then finds its outcome
+    /// stored and reports success without knowing whether the replicas have it. So keep
+    /// `timeout` short against the response timeout, for replicas that normally keep up.
     ///
     /// `replicas` must be at least 1, and `timeout` at least 1 ms and shorter than the
     /// response timeout (checked when the store is built).

@@ -18,6 +18,7 @@ mod reply;
 mod scripts;
 mod store;
 mod token;
+mod wait_lanes;
 
 pub use builder::{RedisStoreBuilder, RedisTokenStoreBuilder};
 pub use connection::RedisConnection;

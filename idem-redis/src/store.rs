@@ -19,9 +19,12 @@ use crate::record::{self, Claimed, Found, MAX_EXACT};
 use crate::replication::Replication;
 use crate::reply::{self, Reply, unknown_code};
 use crate::scripts::{LuaScript, SCRIPTS};
+use crate::wait_lanes::WaitLanes;
 
 /// The Redis [`IdempotencyStore`]. Cloning is cheap: clones share one multiplexed
-/// connection, which any number of tasks use at once.
+/// connection, which any number of tasks use at once (and, with
+/// [`wait_for_replicas`](crate::RedisStoreBuilder::wait_for_replicas), the few its finishes
+/// are sent on).
 ///
 /// It runs on a [`ConnectionManager`] (the default: one multiplexed connection that
 /// reconnects by itself) or on any other [`RedisConnection`], such as a
@@ -33,6 +36,9 @@ pub struct RedisStore<C = ConnectionManager> {
     max_payload: usize,
     /// Replicas to wait for after each finish, if any.
     replication: Option<Replication>,
+    /// The connections those finishes are sent on, so that their `WAIT` holds up no other
+    /// call (none on an application's connection: they then go on `connection`).
+    wait_lanes: WaitLanes<C>,
 }
 
 impl<C: Clone> Clone for RedisStore<C> {
@@ -41,6 +47,7 @@ impl<C: Clone> Clone for RedisStore<C> {
             connection: self.connection.clone(),
             max_payload: self.max_payload,
             replication: self.replication,
+            wait_lanes: self.wait_lanes.clone(),
         }
     }
 }
@@ -51,6 +58,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("connection", &self.connection)
             .field("max_payload", &self.max_payload)
             .field("replication", &self.replication)
+            .field("wait_lanes", &self.wait_lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -71,11 +79,13 @@ impl<C: RedisConnection> RedisStore<C> {
         connection: Connection<C>,
         max_payload: usize,
         replication: Option<Replication>,
+        wait_lanes: WaitLanes<C>,
     ) -> Self {
         Self {
             connection,
             max_payload,
             replication,
+            wait_lanes,
         }
     }
 
@@ -156,9 +166,11 @@ impl<C: RedisConnection> RedisStore<C> {
         let Some(replication) = &self.replication else {
             return self.run_transition(&SCRIPTS.finish, &call).await;
         };
-        // `WAIT` rides in the same round trip, right behind the script.
-        let (reply, waited) = self
-            .connection
+        // `WAIT` rides in the same round trip, right behind the script, on a lane of its own
+        // where the store has them.
+        let lane = self.wait_lanes.take();
+        let connection = lane.as_deref().unwrap_or(&self.connection);
+        let (reply, waited) = connection
             .run_then(&SCRIPTS.finish, &call, |spent| replication.wait(spent))
             .await?;
         transition_done(reply)?;

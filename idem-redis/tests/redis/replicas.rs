@@ -161,6 +161,66 @@ async fn the_executor_reports_a_replica_shortfall_once_and_a_repeat_replays() {
     );
 }
 
+/// Whether a client of the server at `raw`'s end is blocked in `WAIT` (`CLIENT LIST`).
+async fn blocked_in_wait(raw: &mut redis::aio::MultiplexedConnection) -> bool {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(raw)
+        .await
+        .expect("CLIENT LIST");
+    clients.lines().any(|client| client.contains(" cmd=wait "))
+}
+
+/// `WAIT` holds up the connection it is sent on until the replicas answer, so a finish
+/// waiting for a lagging replica must not hold up the store's other calls: a claim of
+/// another key, made while that finish's `WAIT` is blocked on the server, is answered while
+/// the `WAIT` still is.
+#[tokio::test]
+async fn a_finish_waiting_for_a_lagging_replica_holds_up_no_claim() {
+    let (primary, replica) = replica_pair();
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .response_timeout(Duration::from_secs(30))
+            .wait_for_replicas(1, Duration::from_secs(10)),
+    )
+    .await;
+    store.load_scripts().await.expect("SCRIPT LOAD");
+    let ttl = ttl_ms(60_000);
+    let lease = acquire(&store, &ClaimRequest::new(key("slow-finish"), ttl)).await;
+    // A replica that stops answering: the finish's WAIT runs out its 10 s.
+    replica.pause();
+    let finishing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .complete(&lease, Bytes::from_static(b"paid"), ttl)
+                .await
+        }
+    });
+    let mut raw = raw_connection(&primary.url()).await;
+    let started = Instant::now();
+    while !blocked_in_wait(&mut raw).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the finish never reached WAIT"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let claimed = store.claim(&ClaimRequest::new(key("meanwhile"), ttl)).await;
+    let still_waiting = blocked_in_wait(&mut raw).await;
+    replica.resume();
+    assert!(matches!(claimed, Ok(Claim::Acquired(_))), "{claimed:?}");
+    assert!(
+        still_waiting,
+        "the claim was answered only once the finish's WAIT was"
+    );
+    let finished = finishing.await.expect("the finish did not panic");
+    assert!(finished.is_ok(), "{finished:?}");
+}
+
 #[tokio::test]
 async fn replica_waits_out_of_range_are_refused_before_connecting() {
     for builder in [
