@@ -139,7 +139,7 @@ impl<S> RedisStoreBuilder<S> {
             ConnectionManager::new_with_config(client, config),
         )
         .await?;
-        Ok(self.on(manager, Deadline::Connection))
+        Ok(self.on(manager, Deadline::Connection(self.deadline())))
     }
 
     /// An application's connection, whose settings are unknown: the store bounds each call.

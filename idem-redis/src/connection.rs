@@ -20,17 +20,29 @@ pub trait RedisConnection: ConnectionLike + Clone + Send + Sync + 'static {}
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
 
-/// How long a call may take, and who enforces it.
+/// How long a call may take (the connection timeout plus the response timeout), and who
+/// enforces it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Deadline {
-    /// The connection bounds every call itself: the [`ConnectionManager`] this crate
-    /// configures with the same timeouts, so a timer per call would only add its cost.
+    /// The connection bounds every command itself: the [`ConnectionManager`] this crate
+    /// configures with the same timeouts, so a timer per call would only add its cost. A
+    /// call's second round trip (a claim's script after its `SET`) is still bounded by what
+    /// is left of the whole: each command alone would be given the response timeout.
     ///
     /// [`ConnectionManager`]: redis::aio::ConnectionManager
-    Connection,
+    Connection(Duration),
     /// A connection from the application, whose own settings are unknown: every call is
     /// wrapped in a timer.
     Store(Duration),
+}
+
+impl Deadline {
+    /// The longest one store call may take, round trips all included.
+    fn whole(self) -> Duration {
+        match self {
+            Self::Connection(whole) | Self::Store(whole) => whole,
+        }
+    }
 }
 
 /// A connection with the settings every call needs.
@@ -98,18 +110,41 @@ impl<C: RedisConnection> Connection<C> {
     /// script first if the server does not know it (`EVALSHA`, `NOSCRIPT`, `SCRIPT LOAD`,
     /// `EVALSHA`).
     pub(crate) async fn run(&self, script: &LuaScript, call: &Cmd) -> Result<Reply, Error> {
-        let mut connection = self.connection.clone();
-        let attempt = async {
-            match call.query_async::<Value>(&mut connection).await {
-                Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load().query_async::<()>(&mut connection).await?;
-                    call.query_async(&mut connection).await
-                }
-                other => other,
-            }
-        };
-        let value = self.bounded(attempt).await?.map_err(from_record_call)?;
+        let value = self
+            .bounded(self.evalsha(script, call))
+            .await?
+            .map_err(from_record_call)?;
         Reply::new(value)
+    }
+
+    /// [`run`](Self::run), as the second round trip of a store call that started at
+    /// `started`: bounded by what is left of the call's deadline, so that both round trips
+    /// together keep within it.
+    pub(crate) async fn run_after(
+        &self,
+        started: Instant,
+        script: &LuaScript,
+        call: &Cmd,
+    ) -> Result<Reply, Error> {
+        let whole = self.deadline.whole();
+        let left = whole.saturating_sub(started.elapsed());
+        let value = tokio::time::timeout(left, self.evalsha(script, call))
+            .await
+            .map_err(|_| deadline_passed(whole))?
+            .map_err(from_record_call)?;
+        Reply::new(value)
+    }
+
+    /// `call`, loading `script` first if the server does not know it.
+    async fn evalsha(&self, script: &LuaScript, call: &Cmd) -> RedisResult<Value> {
+        let mut connection = self.connection.clone();
+        match call.query_async::<Value>(&mut connection).await {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load().query_async::<()>(&mut connection).await?;
+                call.query_async(&mut connection).await
+            }
+            other => other,
+        }
     }
 
     /// [`run`](Self::run), with `then(spent)` sent right behind the script in the same round
@@ -168,7 +203,7 @@ impl<C: RedisConnection> Connection<C> {
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<RedisResult<T>, Error> {
         match self.deadline {
-            Deadline::Connection => Ok(call.await),
+            Deadline::Connection(_) => Ok(call.await),
             Deadline::Store(deadline) => tokio::time::timeout(deadline, call)
                 .await
                 .map_err(|_| deadline_passed(deadline)),

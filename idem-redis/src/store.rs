@@ -2,7 +2,7 @@
 //! a lease takes two).
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BufMut;
 use idem_core::backend::{check_payload, lifecycle};
@@ -177,10 +177,12 @@ impl<C: RedisConnection> RedisStore<C> {
         replication.check(waited)
     }
 
-    /// The claim script, for a key the plain claim found claimed or released: only there
-    /// does Redis's clock decide, atomically with the write.
+    /// The claim script, for a key the plain claim (sent at `started`) found claimed or
+    /// released: only there does Redis's clock decide, atomically with the write. Both
+    /// round trips together keep within one call's deadline.
     async fn claim_by_script(
         &self,
+        started: Instant,
         request: &ClaimRequest,
         redis_key: &str,
         value: &[u8],
@@ -188,7 +190,10 @@ impl<C: RedisConnection> RedisStore<C> {
     ) -> Result<Claim, Error> {
         let mut call = SCRIPTS.claim.call(redis_key, 2, value.len() + 20);
         call.arg(value).arg(px);
-        let mut reply = self.connection.run(&SCRIPTS.claim, &call).await?;
+        let mut reply = self
+            .connection
+            .run_after(started, &SCRIPTS.claim, &call)
+            .await?;
         match reply.code()? {
             reply::ACQUIRED => Ok(Claim::Acquired(request.lease(reply.count()?))),
             reply::IN_PROGRESS => Ok(Claim::InProgress {
@@ -239,6 +244,7 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     /// claimed or released takes a second round trip, the claim script, because only Redis's
     /// clock can tell whether that lease lapsed.
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let started = Instant::now();
         let lease_ttl = request.lease_ttl.as_millis();
         let trace_ttl = lifecycle::trace_ttl(lease_ttl);
         let px = lease_ttl.saturating_add(trace_ttl);
@@ -270,7 +276,7 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
             Some(answer) => answer,
             None => {
                 let redis_key = self.redis_key(&request.key);
-                self.claim_by_script(request, &redis_key, value.as_bytes(), px)
+                self.claim_by_script(started, request, &redis_key, value.as_bytes(), px)
                     .await
             }
         }

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use idem_core::{Claim, ClaimRequest, IdempotencyStore, Key, Lease, Ttl};
@@ -291,4 +293,88 @@ pub fn sent_by_client(delta: &BTreeMap<String, u64>) -> u64 {
 /// Each of `commands` run once.
 pub fn expected(commands: &[&str]) -> BTreeMap<String, u64> {
     commands.iter().map(|c| ((*c).to_owned(), 1)).collect()
+}
+
+/// A TCP proxy of the test's own in front of a server: it passes everything on as it
+/// comes until [`slow_down`](Self::slow_down), and from then on holds each chunk of the
+/// server's replies for its `delay` first: a server that answers every command late.
+pub struct SlowProxy {
+    pub port: u16,
+    slow: Arc<AtomicBool>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl SlowProxy {
+    /// A proxy to the server at `url` (`redis://host:port`).
+    pub async fn start(url: &str, delay: Duration) -> Self {
+        let target = url
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .expect("host:port")
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let port = listener.local_addr().expect("a bound address").port();
+        let slow = Arc::new(AtomicBool::new(false));
+        let accepting = tokio::spawn({
+            let slow = Arc::clone(&slow);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    tokio::spawn(proxy(client, server, Arc::clone(&slow), delay));
+                }
+            }
+        });
+        Self {
+            port,
+            slow,
+            accepting,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, every reply is held for the delay.
+    pub fn slow_down(&self) {
+        self.slow.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// Commands on as they come; replies on after `delay` each once `slow` is set.
+async fn proxy(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    slow: Arc<AtomicBool>,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+    });
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(read) = from_server.read(&mut buffer).await {
+        if read == 0 {
+            return;
+        }
+        if slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(delay).await;
+        }
+        if to_client.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }

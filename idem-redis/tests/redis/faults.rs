@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{RedisServer, key, store_at, ttl_ms};
+use crate::common::{RedisServer, SlowProxy, acquire, key, store_at, ttl_ms, unique_prefix, url};
 use crate::outage::{NO_HANG, builder, is_unavailable, nothing_listening, once_back, timed};
 use idem_core::{Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, OwnerToken};
 use idem_redis::RedisStore;
@@ -182,5 +182,46 @@ async fn a_server_out_of_memory_is_unavailable_to_a_store_waiting_for_replicas_t
             .complete(lease, Bytes::from_static(b"x"), ttl_ms(30_000))
             .await;
         assert!(is_unavailable(&done), "{store:?}: {done:?}");
+    }
+}
+
+/// A claim that finds another owner's lease takes two round trips (the plain `SET`, then
+/// the claim script): on a server that answers each command late, but within the response
+/// timeout, the two together must still end within the connection timeout plus the response
+/// timeout, as the crate docs promise of every call, whether the connection bounds the call
+/// (the store's own manager) or the store does (a connection from the application).
+#[tokio::test]
+async fn a_claim_of_a_held_key_keeps_within_one_deadline() {
+    const CONNECT: Duration = Duration::from_millis(200);
+    const RESPOND: Duration = Duration::from_millis(2_000);
+    // Each round trip fits the response timeout; two of them do not fit the deadline.
+    let proxy = SlowProxy::start(&url(), Duration::from_millis(1_500)).await;
+    let prefix = unique_prefix();
+    let settings = || {
+        RedisStore::builder()
+            .prefix(prefix.clone())
+            .connection_timeout(CONNECT)
+            .response_timeout(RESPOND)
+    };
+    let owner = store_at(&url(), settings()).await;
+    owner.load_scripts().await.expect("SCRIPT LOAD");
+    let k = key("held");
+    acquire(&owner, &ClaimRequest::new(k.clone(), ttl_ms(60_000))).await;
+
+    let managed = store_at(&proxy.url(), settings()).await;
+    let client = idem_redis::redis::Client::open(proxy.url()).expect("a valid URL");
+    let unbounded = AsyncConnectionConfig::new().set_response_timeout(None);
+    let plain = client
+        .get_multiplexed_async_connection_with_config(&unbounded)
+        .await
+        .expect("a connection");
+    let own = settings().build(plain).expect("a valid prefix");
+    proxy.slow_down();
+    let request = ClaimRequest::new(k, ttl_ms(60_000));
+    for claimed in [managed.claim(&request).await, own.claim(&request).await] {
+        assert!(
+            is_unavailable(&claimed),
+            "the claim outlived its deadline to answer {claimed:?}"
+        );
     }
 }
