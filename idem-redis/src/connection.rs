@@ -9,7 +9,7 @@ use idem_core::Error;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisResult, ServerErrorKind, Value};
 
-use crate::errors::{deadline_passed, from_record_call, from_redis};
+use crate::errors::{deadline_passed, from_record_call, from_redis, timed_out};
 use crate::reply::Reply;
 use crate::scripts::LuaScript;
 
@@ -26,8 +26,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> RedisConnection for C {}
 pub(crate) enum Deadline {
     /// The connection bounds every command itself: the [`ConnectionManager`] this crate
     /// configures with the same timeouts, so a timer per call would only add its cost. A
-    /// call's second round trip (a claim's script after its `SET`) is still bounded by what
-    /// is left of the whole: each command alone would be given the response timeout.
+    /// call's later round trips (a claim's script after its `SET`, the reload after a
+    /// `NOSCRIPT`) are still bounded by what is left of the whole: each command alone would
+    /// be given the response timeout.
     ///
     /// [`ConnectionManager`]: redis::aio::ConnectionManager
     Connection(Duration),
@@ -111,7 +112,7 @@ impl<C: RedisConnection> Connection<C> {
     /// `EVALSHA`).
     pub(crate) async fn run(&self, script: &LuaScript, call: &Cmd) -> Result<Reply, Error> {
         let value = self
-            .bounded(self.evalsha(script, call))
+            .bounded(self.evalsha(Instant::now(), script, call))
             .await?
             .map_err(from_record_call)?;
         Reply::new(value)
@@ -128,23 +129,46 @@ impl<C: RedisConnection> Connection<C> {
     ) -> Result<Reply, Error> {
         let whole = self.deadline.whole();
         let left = whole.saturating_sub(started.elapsed());
-        let value = tokio::time::timeout(left, self.evalsha(script, call))
+        let value = tokio::time::timeout(left, self.evalsha(started, script, call))
             .await
             .map_err(|_| deadline_passed(whole))?
             .map_err(from_record_call)?;
         Reply::new(value)
     }
 
-    /// `call`, loading `script` first if the server does not know it.
-    async fn evalsha(&self, script: &LuaScript, call: &Cmd) -> RedisResult<Value> {
+    /// `call`, sent at `started`, loading `script` first if the server does not know it.
+    async fn evalsha(
+        &self,
+        started: Instant,
+        script: &LuaScript,
+        call: &Cmd,
+    ) -> RedisResult<Value> {
         let mut connection = self.connection.clone();
         match call.query_async::<Value>(&mut connection).await {
             Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                script.load().query_async::<()>(&mut connection).await?;
-                call.query_async(&mut connection).await
+                let reload = async {
+                    script.load().query_async::<()>(&mut connection).await?;
+                    call.query_async(&mut connection).await
+                };
+                self.within(started, reload).await
             }
             other => other,
         }
+    }
+
+    /// The rest of a call that started at `started` (the reload after a `NOSCRIPT`), bounded
+    /// by what is left of its deadline: a connection that bounds each command by the
+    /// response timeout would give each of the three round trips that much.
+    async fn within<T>(
+        &self,
+        started: Instant,
+        rest: impl Future<Output = RedisResult<T>>,
+    ) -> RedisResult<T> {
+        let whole = self.deadline.whole();
+        let left = whole.saturating_sub(started.elapsed());
+        tokio::time::timeout(left, rest)
+            .await
+            .unwrap_or_else(|_| Err(timed_out(whole)))
     }
 
     /// [`run`](Self::run), with `then(spent)` sent right behind the script in the same round
@@ -170,10 +194,13 @@ impl<C: RedisConnection> Connection<C> {
                 .await
             {
                 Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                    script.load().query_async::<()>(&mut connection).await?;
-                    pipeline(then(started.elapsed()))
-                        .query_async(&mut connection)
-                        .await
+                    let reload = async {
+                        script.load().query_async::<()>(&mut connection).await?;
+                        pipeline(then(started.elapsed()))
+                            .query_async(&mut connection)
+                            .await
+                    };
+                    self.within(started, reload).await
                 }
                 other => other,
             }

@@ -62,10 +62,16 @@ pub(crate) async fn bounded<T>(
 
 /// The error of a call that outlived the store's deadline, as Redis's own timeouts report.
 pub(crate) fn deadline_passed(deadline: Duration) -> Error {
-    Error::unavailable(RedisError::from(io::Error::new(
+    Error::unavailable(timed_out(deadline))
+}
+
+/// The Redis error of a call that outlived `deadline`: an I/O timeout, which
+/// [`from_redis`] sorts as [`Error::Unavailable`].
+pub(crate) fn timed_out(deadline: Duration) -> RedisError {
+    RedisError::from(io::Error::new(
         io::ErrorKind::TimedOut,
         format!("no reply from Redis within {deadline:?}"),
-    )))
+    ))
 }
 
 #[cfg(test)]

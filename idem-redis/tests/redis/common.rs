@@ -365,15 +365,24 @@ async fn proxy(
     tokio::spawn(async move {
         let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
     });
-    let mut buffer = vec![0; 64 * 1024];
+    let mut buffer = vec![0; 1 << 20];
     while let Ok(read) = from_server.read(&mut buffer).await {
         if read == 0 {
             return;
         }
+        let mut held = read;
         if slow.load(Ordering::SeqCst) {
             tokio::time::sleep(delay).await;
+            // What came meanwhile goes with it: the replies to one pipeline are late once,
+            // not once each.
+            while held < buffer.len() {
+                match from_server.try_read(&mut buffer[held..]) {
+                    Ok(more) if more > 0 => held += more,
+                    _ => break,
+                }
+            }
         }
-        if to_client.write_all(&buffer[..read]).await.is_err() {
+        if to_client.write_all(&buffer[..held]).await.is_err() {
             return;
         }
     }

@@ -225,3 +225,40 @@ async fn a_claim_of_a_held_key_keeps_within_one_deadline() {
         );
     }
 }
+
+/// A server that has forgotten the scripts (a restart, `SCRIPT FLUSH`) costs a script call
+/// two more round trips (`SCRIPT LOAD`, then the script again): on a server that answers
+/// each command late, but within the response timeout, the three together must still end
+/// within the connection timeout plus the response timeout, for a script run alone (read)
+/// and for a finish with `WAIT` behind it alike.
+#[tokio::test]
+async fn a_call_that_reloads_its_script_keeps_within_one_deadline() {
+    let server = RedisServer::start();
+    let proxy = SlowProxy::start(&server.url(), Duration::from_millis(1_500)).await;
+    let settings = || {
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .connection_timeout(Duration::from_millis(200))
+            .response_timeout(Duration::from_millis(2_000))
+    };
+    let plain = store_at(&proxy.url(), settings()).await;
+    let waiting = store_at(
+        &proxy.url(),
+        settings().wait_for_replicas(1, Duration::from_millis(100)),
+    )
+    .await;
+    let lease = acquire(&waiting, &ClaimRequest::new(key("k"), ttl_ms(60_000))).await;
+    proxy.slow_down();
+    let read = plain.read(&key("fresh")).await;
+    assert!(
+        is_unavailable(&read),
+        "the read outlived its deadline to answer {read:?}"
+    );
+    let completed = waiting
+        .complete(&lease, Bytes::from_static(b"paid"), ttl_ms(60_000))
+        .await;
+    assert!(
+        is_unavailable(&completed),
+        "the finish outlived its deadline to answer {completed:?}"
+    );
+}
