@@ -48,6 +48,17 @@ pub(crate) fn from_record_call(err: RedisError) -> Error {
     from_redis(err)
 }
 
+/// Whether `err` is a server's refusal of a write for want of memory (`OOM`, with
+/// `maxmemory-policy noeviction`): the server still serves what it holds.
+pub(crate) fn is_out_of_memory(err: &Error) -> bool {
+    let Error::Unavailable { source } = err else {
+        return false;
+    };
+    source
+        .downcast_ref::<RedisError>()
+        .is_some_and(|err| err.code() == Some("OOM"))
+}
+
 /// Awaits one Redis call for at most `deadline`: a call that outlives it, or fails, is sorted
 /// by [`from_redis`].
 pub(crate) async fn bounded<T>(

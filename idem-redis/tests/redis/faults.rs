@@ -262,3 +262,40 @@ async fn a_call_that_reloads_its_script_keeps_within_one_deadline() {
         "the finish outlived its deadline to answer {completed:?}"
     );
 }
+
+/// A full server (`maxmemory` reached, `noeviction`) refuses writes, but what it holds it
+/// still serves: a repeat of a finished key gets its stored outcome, and a repeat of a key
+/// in progress is told so, while a claim that would write (a new key) is refused as
+/// `Unavailable`.
+#[tokio::test]
+async fn a_full_server_still_replays_and_reports_keys_in_progress() {
+    let server = RedisServer::start();
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    let ttl = ttl_ms(60_000);
+    let done = key("done");
+    let lease = acquire(&store, &ClaimRequest::new(done.clone(), ttl)).await;
+    store
+        .complete(&lease, Bytes::from_static(b"receipt"), ttl)
+        .await
+        .expect("complete");
+    let running = key("running");
+    acquire(&store, &ClaimRequest::new(running.clone(), ttl)).await;
+    let mut config = crate::common::raw_connection(&server.url()).await;
+    idem_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async::<()>(&mut config)
+        .await
+        .expect("CONFIG SET maxmemory");
+
+    let replay = store.claim(&ClaimRequest::new(done, ttl)).await;
+    assert!(
+        matches!(&replay, Ok(Claim::Completed(receipt)) if receipt == "receipt"),
+        "{replay:?}"
+    );
+    let repeat = store.claim(&ClaimRequest::new(running, ttl)).await;
+    assert!(matches!(repeat, Ok(Claim::InProgress { .. })), "{repeat:?}");
+    let new = store.claim(&ClaimRequest::new(key("new"), ttl)).await;
+    assert!(is_unavailable(&new), "{new:?}");
+}
