@@ -7,8 +7,9 @@ use idem_core::Error;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// [`Error::Unavailable`] for what may pass (no connection, timeouts, a server loading,
-/// failing over, busy or out of memory); [`Error::Backend`] for the rest (permissions,
-/// authentication, a bad URL, script errors). The Redis error is kept as the source.
+/// failing over, busy, out of memory, or refusing writes until its replicas catch up);
+/// [`Error::Backend`] for the rest (permissions, authentication, a bad URL, script errors).
+/// The Redis error is kept as the source.
 pub(crate) fn from_redis(err: RedisError) -> Error {
     if is_transient(&err) {
         Error::unavailable(err)
@@ -33,7 +34,9 @@ fn is_transient(err: &RedisError) -> bool {
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ReadOnly,
         ) => true,
-        _ => matches!(err.code(), Some("BUSY" | "OOM")),
+        // NOREPLICAS: a primary with `min-replicas-to-write` refused the write (nothing was
+        // written) until enough replicas are back.
+        _ => matches!(err.code(), Some("BUSY" | "OOM" | "NOREPLICAS")),
     }
 }
 

@@ -299,3 +299,29 @@ async fn a_full_server_still_replays_and_reports_keys_in_progress() {
     let new = store.claim(&ClaimRequest::new(key("new"), ttl)).await;
     assert!(is_unavailable(&new), "{new:?}");
 }
+
+/// A primary that refuses writes for want of replicas (`min-replicas-to-write`, replicas
+/// lagging or gone: `NOREPLICAS`) refused the write and wrote nothing, and will take it
+/// once the replicas are back: worth retrying later, so `Unavailable`, as out of memory is.
+#[tokio::test]
+async fn a_primary_short_of_replicas_is_unavailable() {
+    let server = RedisServer::start();
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    let ttl = ttl_ms(60_000);
+    let lease = acquire(&store, &ClaimRequest::new(key("running"), ttl)).await;
+    let mut config = crate::common::raw_connection(&server.url()).await;
+    idem_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg("1")
+        .query_async::<()>(&mut config)
+        .await
+        .expect("CONFIG SET min-replicas-to-write");
+
+    let claimed = store.claim(&ClaimRequest::new(key("new"), ttl)).await;
+    assert!(is_unavailable(&claimed), "{claimed:?}");
+    let completed = store
+        .complete(&lease, Bytes::from_static(b"receipt"), ttl)
+        .await;
+    assert!(is_unavailable(&completed), "{completed:?}");
+}
