@@ -51,15 +51,16 @@ pub(crate) fn from_record_call(err: RedisError) -> Error {
     from_redis(err)
 }
 
-/// Whether `err` is a server's refusal of a write for want of memory (`OOM`, with
-/// `maxmemory-policy noeviction`): the server still serves what it holds.
-pub(crate) fn is_out_of_memory(err: &Error) -> bool {
+/// Whether `err` is a server's refusal of a command that may write, for want of memory
+/// (`OOM`, with `maxmemory-policy noeviction`) or of replicas (`NOREPLICAS`, with
+/// `min-replicas-to-write`): the server still serves what it holds.
+pub(crate) fn is_write_refused(err: &Error) -> bool {
     let Error::Unavailable { source } = err else {
         return false;
     };
     source
         .downcast_ref::<RedisError>()
-        .is_some_and(|err| err.code() == Some("OOM"))
+        .is_some_and(|err| matches!(err.code(), Some("OOM" | "NOREPLICAS")))
 }
 
 /// Awaits one Redis call for at most `deadline`: a call that outlives it, or fails, is sorted

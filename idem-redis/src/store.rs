@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisWrite, Value};
 
 use crate::connection::{Connection, RedisConnection};
-use crate::errors::is_out_of_memory;
+use crate::errors::is_write_refused;
 use crate::keys::{RecordKey, record_key};
 use crate::record::{self, Claimed, Found, MAX_EXACT};
 use crate::replication::Replication;
@@ -272,10 +272,11 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
             Ok(other) => {
                 return Err(reply::unexpected(format!("SET NX GET answered {other:?}")));
             }
-            // A full server refuses the SET whatever it would find, a replay too. The claim
-            // script writes only where the key is free: it still replays a finished key and
-            // reports one in progress, and is refused like the SET where it would write.
-            Err(error) if is_out_of_memory(&error) => Found::Held,
+            // A full server, or a primary short of replicas, refuses the SET whatever it
+            // would find, a replay too. The claim script writes only where the key is free:
+            // it still replays a finished key and reports one in progress, and is refused
+            // like the SET where it would write.
+            Err(error) if is_write_refused(&error) => Found::Held,
             Err(error) => return Err(error),
         };
         match replay(request, found) {

@@ -325,3 +325,36 @@ async fn a_primary_short_of_replicas_is_unavailable() {
         .await;
     assert!(is_unavailable(&completed), "{completed:?}");
 }
+
+/// A primary that refuses writes for want of replicas still serves what it holds: a repeat
+/// of a finished key gets its stored outcome, and a repeat of a key in progress is told so.
+#[tokio::test]
+async fn a_primary_short_of_replicas_still_replays_and_reports_keys_in_progress() {
+    let server = RedisServer::start();
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    let ttl = ttl_ms(60_000);
+    let done = key("done");
+    let lease = acquire(&store, &ClaimRequest::new(done.clone(), ttl)).await;
+    store
+        .complete(&lease, Bytes::from_static(b"receipt"), ttl)
+        .await
+        .expect("complete");
+    let running = key("running");
+    acquire(&store, &ClaimRequest::new(running.clone(), ttl)).await;
+    let mut config = crate::common::raw_connection(&server.url()).await;
+    idem_redis::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("min-replicas-to-write")
+        .arg("1")
+        .query_async::<()>(&mut config)
+        .await
+        .expect("CONFIG SET min-replicas-to-write");
+
+    let replay = store.claim(&ClaimRequest::new(done, ttl)).await;
+    assert!(
+        matches!(&replay, Ok(Claim::Completed(receipt)) if receipt == "receipt"),
+        "{replay:?}"
+    );
+    let repeat = store.claim(&ClaimRequest::new(running, ttl)).await;
+    assert!(matches!(repeat, Ok(Claim::InProgress { .. })), "{repeat:?}");
+}
