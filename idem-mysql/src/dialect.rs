@@ -189,7 +189,8 @@ impl SqlDialect for MySqlDialect {
     /// - no ping per checkout (`test_before_acquire(false)`): sqlx's default sends one
     ///   round trip before every call, which costs as much as the call. What replaces it:
     ///   a connection the server dropped fails its one call with [`Error::Unavailable`],
-    ///   which the executor retries, and sqlx discards it; connections are closed after 10
+    ///   which the executor retries, and sqlx discards it (a claim, which its owner may
+    ///   send again, runs on another connection instead); connections are closed after 10
     ///   minutes idle and 30 minutes of life, well inside the server's `wait_timeout`
     ///   (8 h), so the server rarely drops one first;
     /// - the statement timeout to get a connection, and on every connection the server's

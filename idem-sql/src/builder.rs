@@ -118,7 +118,8 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     ///
     /// The pool checks connections out without a ping (a connection the server dropped
     /// fails its one call with [`Error::Unavailable`], which the executor retries, and is
-    /// discarded), waits at most the statement timeout for a connection, and sets the
+    /// discarded; a claim, which its owner may send again, runs on another connection
+    /// instead), waits at most the statement timeout for a connection, and sets the
     /// server's own statement bounds (see [`statement_timeout`](Self::statement_timeout)).
     ///
     /// # Errors

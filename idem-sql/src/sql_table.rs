@@ -57,6 +57,32 @@ impl<D: SqlDialect> SqlTable<D> {
         self.pool.acquire().await.map_err(D::error)
     }
 
+    /// Whether the call that just failed with `error` on `conn` failed because the server
+    /// had ended the connection (a restart, an idle timeout, a kill) while it sat in the
+    /// pool, and another may be tried: at most one per connection the pool holds, counted
+    /// in `lost`. The pool hands connections out without a ping, so every idle connection
+    /// the server ended fails one call; a call safe to run again (a claim: its owner gets
+    /// its own lease back) runs on the next one instead of failing with them. Told by a
+    /// ping, only after an [`Error::Unavailable`]; a dead connection is closed rather than
+    /// pinged again on its way back to the pool.
+    pub(crate) async fn lost(
+        &self,
+        conn: &mut PoolConnection<D::Db>,
+        error: &Error,
+        lost: &mut u32,
+    ) -> bool {
+        if !matches!(error, Error::Unavailable { .. })
+            || *lost >= self.pool.options().get_max_connections()
+            || sqlx::Connection::ping(&mut **conn).await.is_ok()
+        {
+            return false;
+        }
+        tracing::debug!(%error, "idem-sql: the server had ended the connection, trying another");
+        conn.close_on_drop();
+        *lost += 1;
+        true
+    }
+
     /// Runs `op` within the statement timeout, again after a lock conflict (autocommit
     /// statements roll back alone, so running them again is exactly a retry).
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, Error>

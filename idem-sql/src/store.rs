@@ -173,13 +173,19 @@ impl<D: SqlDialect> IdempotencyStore for SqlStore<D> {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
         self.table
             .run(|| async {
-                let mut conn = self.table.connection().await?;
-                let mut steps = OnConnection::<D> {
-                    conn: &mut conn,
-                    statements: &self.statements,
-                    reading: Reading::Latest,
-                };
-                crate::claim(&mut steps, request).await
+                let mut lost = 0;
+                loop {
+                    let mut conn = self.table.connection().await?;
+                    let mut steps = OnConnection::<D> {
+                        conn: &mut conn,
+                        statements: &self.statements,
+                        reading: Reading::Latest,
+                    };
+                    match crate::claim(&mut steps, request).await {
+                        Err(error) if self.table.lost(&mut conn, &error, &mut lost).await => {}
+                        claimed => return claimed,
+                    }
+                }
             })
             .await
     }

@@ -196,32 +196,61 @@ async fn lock_wait_timeouts_are_retried() {
     }
 }
 
-#[tokio::test]
-async fn a_lost_connection_is_unavailable() {
-    let (store, id) = one_connection_store(None, MySqlStore::DEFAULT_STATEMENT_TIMEOUT).await;
-    let killer = pool(1).await;
-    exec(&killer, format!("KILL CONNECTION {id}")).await;
-    // KILL returns before the server has closed the connection: wait until it is gone, so
-    // the claim below cannot slip in first.
+/// Kills connection `id`, and waits until it is gone: KILL returns before the server has
+/// closed the connection, and a call must not slip in first.
+async fn kill_connection(killer: &MySqlPool, id: u64) {
+    exec(killer, format!("KILL CONNECTION {id}")).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alive: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?")
                 .bind(id)
-                .fetch_one(&killer)
+                .fetch_one(killer)
                 .await
                 .expect("processlist");
         if alive == 0 {
-            break;
+            return;
         }
         assert!(Instant::now() < deadline, "connection {id} never went away");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let result = store
-        .claim(&request(&key(&namespace::<MariaDb>("lost"), "k"), LONG))
-        .await;
+}
+
+/// An outcome write on a connection the server ended is `Unavailable` (which the executor
+/// retries), not `Backend`; the next call gets a new connection.
+#[tokio::test]
+async fn a_lost_connection_is_unavailable() {
+    let (store, id) = one_connection_store(None, MySqlStore::DEFAULT_STATEMENT_TIMEOUT).await;
+    let killer = pool(1).await;
+    let lease = acquired(
+        store
+            .claim(&request(&key(&namespace::<MariaDb>("lost"), "k"), LONG))
+            .await
+            .expect("claim"),
+    );
+    kill_connection(&killer, id).await;
+    let result = store.complete(&lease, "done".into(), ttl(RETENTION)).await;
     assert!(
         matches!(result, Err(Error::Unavailable { .. })),
         "{result:?}"
     );
+    store
+        .complete(&lease, "done".into(), ttl(RETENTION))
+        .await
+        .expect("the next call, on a new connection");
+}
+
+/// A claim on a connection the server ended while it sat idle in the pool (a restart, an
+/// idle timeout, a kill) runs on a new connection instead of failing: its owner may send
+/// it again, and the executor's few claim retries would otherwise be spent one per dead
+/// connection.
+#[tokio::test]
+async fn a_claim_on_a_lost_connection_runs_on_a_new_one() {
+    let (store, id) = one_connection_store(None, MySqlStore::DEFAULT_STATEMENT_TIMEOUT).await;
+    let killer = pool(1).await;
+    kill_connection(&killer, id).await;
+    let key = key(&namespace::<MariaDb>("lost-claim"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    assert_eq!(lease.fencing, 1);
+    store.release(&lease).await.expect("release");
 }
