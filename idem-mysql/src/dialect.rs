@@ -13,7 +13,7 @@ use idem_sql::{
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
 
-use crate::errors::{is_duplicate_key, is_lock_conflict, is_transient_error};
+use crate::errors::{is_duplicate_key, is_lock_conflict, is_too_large, is_transient_error};
 use crate::schema::{self, MAX_TABLE_NAME, RECORDS};
 use crate::statements::{self, MySqlExtra};
 use crate::token_schema::TOKENS;
@@ -229,6 +229,11 @@ impl SqlDialect for MySqlDialect {
 
     fn is_duplicate_key(error: &sqlx::Error) -> bool {
         is_duplicate_key(error)
+    }
+
+    /// `max_allowed_packet` (1153): a payload near it, under a store limit set above it.
+    fn is_too_large(error: &sqlx::Error) -> bool {
+        is_too_large(error)
     }
 }
 

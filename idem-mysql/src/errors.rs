@@ -4,6 +4,9 @@ use sqlx::mysql::MySqlDatabaseError;
 
 /// `ER_DUP_ENTRY`: the claimed key already has a row.
 const DUPLICATE_KEY: u16 = 1062;
+/// `ER_NET_PACKET_TOO_LARGE`: a statement longer than the server's `max_allowed_packet`
+/// (a payload near it); the server refuses it and closes the connection.
+const PACKET_TOO_LARGE: u16 = 1153;
 /// `ER_LOCK_DEADLOCK`: InnoDB picked this statement's transaction as a deadlock victim.
 const DEADLOCK: u16 = 1213;
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock was held longer than `innodb_lock_wait_timeout`.
@@ -62,6 +65,11 @@ fn server_error(error: &sqlx::Error) -> Option<u16> {
 /// Whether an INSERT failed because the key already has a row.
 pub(crate) fn is_duplicate_key(error: &sqlx::Error) -> bool {
     server_error(error) == Some(DUPLICATE_KEY)
+}
+
+/// Whether the server refused a statement over its `max_allowed_packet`.
+pub(crate) fn is_too_large(error: &sqlx::Error) -> bool {
+    server_error(error) == Some(PACKET_TOO_LARGE)
 }
 
 /// Whether a server error means "interrupted, or try again" ([`TRANSIENT`]).

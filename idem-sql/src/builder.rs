@@ -138,7 +138,9 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
 }
 
 impl<D: SqlDialect> SqlBuilder<D, SqlStore<D>> {
-    /// Refuses responses and failures over `bytes` with [`Error::PayloadTooLarge`].
+    /// Refuses responses and failures over `bytes` with [`Error::PayloadTooLarge`]. A
+    /// payload the server itself refuses (MySQL's `max_allowed_packet`, 16 MiB on MariaDB
+    /// and 64 MiB on MySQL 8 by default) is refused the same way, with nothing written.
     /// Default: 4 MiB ([`SqlStore::DEFAULT_MAX_PAYLOAD`]).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;

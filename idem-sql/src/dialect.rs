@@ -150,6 +150,15 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// Whether a driver error says the key (or token) already has a row.
     fn is_duplicate_key(error: &sqlx::Error) -> bool;
 
+    /// Whether a driver error says the server takes no statement as large as the one sent
+    /// (MySQL's `max_allowed_packet`), which an outcome write then reports as
+    /// [`Error::PayloadTooLarge`]. None by default.
+    #[must_use]
+    fn is_too_large(error: &sqlx::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// A driver error as the idem error a caller acts on, the driver's error as `source`
     /// ([`driver::from_sqlx`](crate::driver::from_sqlx) with [`is_transient`](Self::is_transient)).
     fn error(error: sqlx::Error) -> Error {

@@ -127,7 +127,18 @@ pub(crate) async fn finish<D: SqlDialect>(
         bytes(&lease.owner.as_bytes()[..]),
         Arg::Fencing(lease.fencing),
     ];
-    held::<D>(conn, &statements.finish, &args).await
+    match D::execute(conn, &statements.finish, &args).await {
+        // The server takes no payload this large, whatever the store's own limit says:
+        // refused as that limit refuses it, with nothing written, so the executor stores
+        // a marker instead of leaving the key to run again once its lease ends. The
+        // server's limit (less the statement around the payload) is below `size`; its
+        // error does not say by how much.
+        Err(error) if D::is_too_large(&error) => Err(Error::PayloadTooLarge {
+            size: payload.len(),
+            limit: payload.len().saturating_sub(1),
+        }),
+        written => verdict::<D>(written),
+    }
 }
 
 /// Extends a held lease to `ttl` from now.
@@ -171,7 +182,12 @@ async fn held<D: SqlDialect>(
     statement: &Statement,
     args: &[Arg<'_>],
 ) -> Result<(), Error> {
-    match D::execute(conn, statement, args).await.map_err(D::error)? {
+    verdict::<D>(D::execute(conn, statement, args).await)
+}
+
+/// A conditional transition's verdict from the rows it matched.
+fn verdict<D: SqlDialect>(matched: Result<u64, sqlx::Error>) -> Result<(), Error> {
+    match matched.map_err(D::error)? {
         0 => Err(Error::LeaseLost),
         _ => Ok(()),
     }

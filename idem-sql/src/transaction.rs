@@ -48,7 +48,9 @@ impl<D: SqlDialect> SqlStore<D> {
     ///
     /// # Errors
     /// [`Error::LeaseLost`] when the lease no longer holds the key;
-    /// [`Error::PayloadTooLarge`] over the store's limit, with nothing written;
+    /// [`Error::PayloadTooLarge`] over the store's limit, with nothing written (over the
+    /// server's own limit too, MySQL's `max_allowed_packet`, where the server also closes
+    /// the connection, and the transaction with it);
     /// [`Error::Unavailable`] for a lost connection or a lock error that rolled the
     /// transaction back.
     pub async fn complete_in(

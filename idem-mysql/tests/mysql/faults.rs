@@ -254,3 +254,40 @@ async fn a_claim_on_a_lost_connection_runs_on_a_new_one() {
     assert_eq!(lease.fencing, 1);
     store.release(&lease).await.expect("release");
 }
+
+/// A payload over the server's `max_allowed_packet` (16 MiB on MariaDB), under a store
+/// limit set above it, is refused as the store's own limit refuses one: `PayloadTooLarge`
+/// with nothing written, so the executor stores its marker under the same lease instead
+/// of leaving the key to run again (it was `Backend`).
+#[tokio::test]
+async fn a_payload_over_max_allowed_packet_is_too_large() {
+    let store = MySqlStore::builder()
+        .table(SHARED_TABLE)
+        .max_payload(64 << 20)
+        .build(pool(2).await)
+        .expect("store");
+    let packet: u64 = sqlx::query_scalar("SELECT @@max_allowed_packet")
+        .fetch_one(store.pool())
+        .await
+        .expect("max_allowed_packet");
+    let size = usize::try_from(packet).expect("a size") + 1;
+    let key = key(&namespace::<MariaDb>("packet"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    let refused = store
+        .complete(&lease, vec![7u8; size].into(), ttl(RETENTION))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::PayloadTooLarge { size: s, limit }) if s == size && limit < size),
+        "{refused:?}"
+    );
+    let record = store.read(&key).await.expect("read").expect("a record");
+    assert_eq!(record.fencing, lease.fencing);
+    assert!(
+        matches!(record.state, idem_core::RecordState::Claimed { .. }),
+        "nothing written: {record:?}"
+    );
+    store
+        .fail(&lease, "too large".into(), ttl(RETENTION))
+        .await
+        .expect("a marker under the same lease");
+}
