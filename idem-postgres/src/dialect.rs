@@ -15,6 +15,9 @@ use crate::errors::{is_lock_conflict, is_transient_error};
 use crate::schema::{self, MAX_TABLE_NAME, RECORDS, TOKENS};
 use crate::statements::{self, PgExtra};
 
+/// The largest `statement_timeout` PostgreSQL takes, in milliseconds: an `int`.
+const MAX_STATEMENT_TIMEOUT_MS: u128 = i32::MAX as u128;
+
 /// PostgreSQL, for [`SqlStore`](idem_sql::SqlStore): what [`PgStore`](crate::PgStore) and
 /// [`PgTokenStore`](crate::PgTokenStore) are made of. See the [crate docs](crate).
 #[derive(Debug, Clone, Copy)]
@@ -149,10 +152,15 @@ impl SqlDialect for PgDialect {
     /// The pool: no ping per checkout (a dead connection fails its call with
     /// [`Error::Unavailable`], which the executor retries, and is dropped), at most the
     /// statement timeout to get a connection, and `statement_timeout` on the server at
-    /// [`CallPolicy::server_timeout`].
+    /// [`CallPolicy::server_timeout`], at most the largest the server takes (2^31−1 ms,
+    /// about 24.8 days: past it the server refuses every connection).
     async fn connect(url: &str, policy: CallPolicy, max_connections: u32) -> Result<PgPool, Error> {
         let options: PgConnectOptions = url.parse().map_err(Self::error)?;
-        let timeout_ms = policy.server_timeout().as_millis().max(1).to_string();
+        let timeout_ms = policy
+            .server_timeout()
+            .as_millis()
+            .clamp(1, MAX_STATEMENT_TIMEOUT_MS)
+            .to_string();
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         PgPoolOptions::new()
             .max_connections(max_connections)

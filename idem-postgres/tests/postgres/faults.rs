@@ -222,3 +222,24 @@ async fn idle_connections_the_server_ended_cost_no_request() {
         assert_eq!(value, 7);
     }
 }
+
+/// A statement timeout past the longest `statement_timeout` PostgreSQL takes (2^31−1 ms,
+/// about 24.8 days) gives the server its longest bound, instead of every connection being
+/// refused ("Value exceeds integer range") and the store never connecting.
+#[tokio::test]
+async fn a_statement_timeout_past_the_servers_range_still_connects() {
+    let store = PgStore::builder()
+        .table(SHARED_TABLE)
+        .statement_timeout(Duration::from_secs(30 * 24 * 3600))
+        .connect(&url())
+        .await
+        .expect("connect");
+    let bound: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(store.pool())
+        .await
+        .expect("statement_timeout");
+    assert_eq!(bound, "2147483647ms");
+    let key = key(&namespace::<PostgreSql>("long-timeout"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    store.release(&lease).await.expect("release");
+}
