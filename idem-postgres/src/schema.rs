@@ -128,14 +128,43 @@ pub(crate) async fn migrate(
         .await
         .map_err(PgDialect::error)?;
     let current = version(&mut tx, kind, table).await?;
+    let mut migrated = false;
     for migration in kind.pending(current) {
         tracing::info!(table = %table, version = migration.version, "idem-postgres: migrating");
         sqlx::raw_sql(AssertSqlSafe((migration.ddl)(table)))
             .execute(&mut *tx)
             .await
             .map_err(PgDialect::error)?;
+        migrated = true;
+    }
+    if migrated {
+        // Dropping the transaction rolls the steps back: nothing is left half made.
+        check_index(&mut tx, table).await?;
     }
     tx.commit().await.map_err(PgDialect::error)
+}
+
+/// Fails unless the relation named for `table`'s `expires_at` index is that index:
+/// `CREATE INDEX IF NOT EXISTS` skips without a word when another relation already holds
+/// the name (a table called `<table>_expires_at`, say), which would leave `purge_expired`
+/// scanning the whole table instead of a short range of its index.
+async fn check_index(conn: &mut PgConnection, table: &TableName) -> Result<(), Error> {
+    let index = quoted_index(table);
+    let on_table: Option<bool> = sqlx::query_scalar(
+        "SELECT i.indrelid = to_regclass($1) FROM pg_index i WHERE i.indexrelid = to_regclass($2)",
+    )
+    .bind(quoted(table))
+    .bind(&index)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(PgDialect::error)?;
+    match on_table {
+        Some(true) => Ok(()),
+        _ => Err(Error::backend(format!(
+            "relation {index} already exists and is not the expires_at index of table {table}: \
+             choose another table name"
+        ))),
+    }
 }
 
 /// The schema version `table` carries in its comment, `None` when the table does not exist

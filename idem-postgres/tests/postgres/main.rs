@@ -4,6 +4,7 @@
 
 mod claims;
 mod faults;
+mod schema;
 mod support;
 mod transactional;
 
