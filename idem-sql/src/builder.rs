@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use idem_core::Error;
+use idem_core::{Error, InvalidInput};
 
 use crate::dialect::Pool;
 use crate::{CallPolicy, SqlDialect, SqlStore, TableKind, TableName};
@@ -94,7 +94,8 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
         self
     }
 
-    /// The size of the pool [`connect`](Self::connect) makes. Default: 10.
+    /// The size of the pool [`connect`](Self::connect) makes: at least 1 (checked by
+    /// `connect`). Default: 10.
     pub fn max_connections(mut self, connections: u32) -> Self {
         self.max_connections = connections;
         self
@@ -124,14 +125,18 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     ///
     /// # Errors
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
-    /// is [`Error::Backend`], each with the sqlx error as `source`; a bad table name is
-    /// [`Error::InvalidInput`].
+    /// is [`Error::Backend`], each with the sqlx error as `source`; a bad table name or a
+    /// pool of no connections is [`Error::InvalidInput`].
     pub async fn connect(self, url: &str) -> Result<S, Error> {
-        // The name first: a bad one should not cost a pool of connections.
+        // The settings first: a bad name should not cost a pool of connections, and sqlx's
+        // pool panics on a size of zero.
         TableName::new(
             self.table.as_deref().unwrap_or(S::KIND.default_table),
             D::MAX_TABLE_NAME,
         )?;
+        if self.max_connections == 0 {
+            return Err(InvalidInput::Other("a pool holds at least one connection").into());
+        }
         let pool = D::connect(url, self.policy, self.max_connections).await?;
         self.build(pool)
     }

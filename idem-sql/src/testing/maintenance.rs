@@ -151,6 +151,24 @@ pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     }
 }
 
+/// A pool of no connections is refused as a setting, for both kinds of store, before any
+/// connection is made (sqlx's pool panicked on it, inside `connect`).
+pub async fn a_pool_of_no_connections_is_invalid_input<S: TestServer>() {
+    let records = SqlStore::<S::Dialect>::builder()
+        .max_connections(0)
+        .connect(&S::url())
+        .await;
+    assert!(
+        matches!(records, Err(Error::InvalidInput(_))),
+        "{records:?}"
+    );
+    let tokens = SqlTokenStore::<S::Dialect>::builder()
+        .max_connections(0)
+        .connect(&S::url())
+        .await;
+    assert!(matches!(tokens, Err(Error::InvalidInput(_))), "{tokens:?}");
+}
+
 /// A claim stuck behind a row lock held by a long transaction gives up within the store's
 /// statement timeout, as `Unavailable`, instead of waiting as long as the transaction; the
 /// server cancelled the statement too, so the same pool works again.
