@@ -207,7 +207,7 @@ impl SqlDialect for MySqlDialect {
         let timeout = policy.server_timeout();
         MySqlPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(policy.timeout)
+            .acquire_timeout(policy.acquire_timeout())
             .test_before_acquire(false)
             .idle_timeout(Duration::from_secs(600))
             .max_lifetime(Duration::from_secs(1800))

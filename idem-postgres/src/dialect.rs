@@ -164,7 +164,7 @@ impl SqlDialect for PgDialect {
         let options = options.options([("statement_timeout", timeout_ms.as_str())]);
         PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(policy.timeout)
+            .acquire_timeout(policy.acquire_timeout())
             .test_before_acquire(false)
             .connect_with(options)
             .await

@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use idem_core::Error;
 
+/// The longest wait for a pooled connection given to sqlx, which adds it to the clock and
+/// panics past the clock's range (`Duration::MAX`, say).
+const LONGEST_ACQUIRE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The time bound and the retries of every call a SQL store makes on its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallPolicy {
@@ -32,6 +36,15 @@ impl CallPolicy {
     #[must_use]
     pub fn server_timeout(&self) -> Duration {
         self.timeout.mul_f64(0.9)
+    }
+
+    /// The bound to give the pool for getting a connection: the
+    /// [`timeout`](Self::timeout), at most a year, a deadline the pool can compute (it
+    /// panicked on `Duration::MAX`, a caller's "no bound"); every call stays bounded by the
+    /// timeout itself.
+    #[must_use]
+    pub fn acquire_timeout(&self) -> Duration {
+        self.timeout.min(LONGEST_ACQUIRE)
     }
 
     /// Runs `op` within `bound` (the [`timeout`](Self::timeout), or a caller's own), and again after an error `is_lock_conflict` accepts, at most

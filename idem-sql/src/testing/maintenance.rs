@@ -151,6 +151,21 @@ pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     }
 }
 
+/// The longest statement timeout there is (`Duration::MAX`, a caller's "no bound")
+/// connects and serves calls: sqlx's pool panicked adding it to the clock as the wait for a
+/// connection.
+pub async fn an_unbounded_statement_timeout_serves_calls<S: TestServer>() {
+    let store = SqlStore::<S::Dialect>::builder()
+        .table(SHARED_TABLE)
+        .statement_timeout(Duration::MAX)
+        .connect(&S::url())
+        .await
+        .expect("connect");
+    let key = key(&namespace::<S>("unbounded"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    store.release(&lease).await.expect("release");
+}
+
 /// A pool of no connections is refused as a setting, for both kinds of store, before any
 /// connection is made (sqlx's pool panicked on it, inside `connect`).
 pub async fn a_pool_of_no_connections_is_invalid_input<S: TestServer>() {
