@@ -13,7 +13,10 @@
 //! A dead-letter copy carries the original's headers, [`DEAD_LETTER_REASON`] and
 //! [`ORIGINAL_SUBJECT`]; the original's `Nats-Msg-Id` moves to [`ORIGINAL_MSG_ID`], and the
 //! copy's own is the original's stream and sequence, so the dead-letter stream's
-//! deduplication drops only a second copy of the same message.
+//! deduplication drops only a second copy of the same message. The original's other
+//! JetStream headers (`Nats-Expected-Stream` and the other publish expectations) move to
+//! `Idem-Original-…` likewise (`Idem-Original-Expected-Stream`): the dead-letter stream
+//! would refuse a copy that carried them as such.
 //!
 //! The message ID is the `Nats-Msg-Id` header by default (the one JetStream itself
 //! deduplicates publishes on, within the stream's duplicate window; idem keeps
@@ -53,6 +56,8 @@ pub const ORIGINAL_SUBJECT: &str = "Idem-Original-Subject";
 /// another message that shares its ID (from another stream sharing the dead-letter
 /// stream, or published outside the source stream's duplicate window).
 pub const ORIGINAL_MSG_ID: &str = "Idem-Original-Msg-Id";
+/// What a dead-letter copy puts before the rest of an original's `Nats-…` header name.
+const ORIGINAL_PREFIX: &str = "Idem-Original-";
 
 /// How long the shutdown waits for the acks to reach the server.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -206,14 +211,9 @@ impl DeadLetterRoute<'_> {
         };
         let mut headers = HeaderMap::new();
         for (name, values) in self.message.headers.iter().flat_map(HeaderMap::iter) {
-            let name: &str = name.as_ref();
-            let renamed = if name.eq_ignore_ascii_case(NATS_MSG_ID) {
-                ORIGINAL_MSG_ID
-            } else {
-                name
-            };
+            let renamed = copy_header_name(name.as_ref());
             for value in values {
-                headers.append(renamed, value.clone());
+                headers.append(renamed.as_str(), value.clone());
             }
         }
         if let Some(copy_id) = self.copy_id {
@@ -238,6 +238,27 @@ impl DeadLetterRoute<'_> {
                 false
             }
         }
+    }
+}
+
+/// The name an original's header has on its dead-letter copy.
+///
+/// `Nats-…` headers are JetStream's: `Nats-Msg-Id` and the publish expectations
+/// (`Nats-Expected-Stream`, `Nats-Expected-Last-Sequence`, …) held for the original's
+/// publish into its own stream. Sent as such with the copy, the dead-letter stream would
+/// check them against itself and refuse the copy at every try, so the message could never
+/// be dead-lettered. They move to `Idem-Original-…` instead (`Nats-Msg-Id` to
+/// [`ORIGINAL_MSG_ID`]), kept for a person to read; every other header is copied as is.
+fn copy_header_name(name: &str) -> String {
+    const JETSTREAM: &str = "Nats-";
+    if name.eq_ignore_ascii_case(NATS_MSG_ID) {
+        return ORIGINAL_MSG_ID.to_owned();
+    }
+    match name.get(..JETSTREAM.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(JETSTREAM) => {
+            format!("{ORIGINAL_PREFIX}{}", &name[JETSTREAM.len()..])
+        }
+        _ => name.to_owned(),
     }
 }
 

@@ -303,3 +303,66 @@ async fn a_dead_letter_whose_copy_cannot_be_published_is_counted_requeued() {
     assert_eq!(jet.messages_in(&jet.stream).await, 1, "never lost");
     jet.cleanup().await;
 }
+
+/// A dead-letter copy does not carry the original's JetStream publish directives
+/// (`Nats-Expected-Stream`, `Nats-Expected-Last-Sequence`, …) as such: they held for the
+/// original's publish into its own stream, and on the copy the dead-letter stream would
+/// check them against itself and refuse it, at every delivery. The message then went back
+/// to the stream for ever (or until the consumer's `max_deliver`) and never reached a
+/// person. The copy keeps them under `Idem-Original-…`, as it does `Nats-Msg-Id`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_does_not_replay_the_originals_publish_expectations() {
+    let jet = Jet::new().await;
+    let mut headers = nats::async_nats::HeaderMap::new();
+    headers.insert(idem_consumer::NATS_MSG_ID, "m-1");
+    headers.insert("Nats-Expected-Stream", jet.stream.as_str());
+    jet.js
+        .publish_with_headers(jet.subject.clone(), headers, "permanent".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("the source stream takes it");
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-dead-expect").expect("consumer");
+    let deliveries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handler = {
+        let deliveries = Arc::clone(&deliveries);
+        move |message: Message| {
+            let (consumer, deliveries) = (consumer.clone(), Arc::clone(&deliveries));
+            async move {
+                deliveries.fetch_add(1, Ordering::SeqCst);
+                consumer
+                    .handle_message(&message, || async { Err::<(), _>(Failure::Permanent) })
+                    .await
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), -1).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(jet.dead_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    // Either the copy arrived, or the message came back: its first settle is done.
+    wait_until("dead-lettered or delivered again", DEADLINE, || async {
+        deliveries.load(Ordering::SeqCst) >= 2 || jet.messages_in(&jet.dead_stream).await >= 1
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(
+        jet.messages_in(&jet.dead_stream).await,
+        1,
+        "the dead-letter stream refused the copy: {summary:?}"
+    );
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    let dead = jet.js.get_stream(&jet.dead_stream).await.expect("stream");
+    let copy = dead.get_raw_message(1).await.expect("the copy");
+    assert_eq!(
+        copy.headers
+            .get("Idem-Original-Expected-Stream")
+            .map(|value| value.as_str()),
+        Some(jet.stream.as_str()),
+        "the copy keeps the original's expectation for a person to see"
+    );
+    jet.cleanup().await;
+}
