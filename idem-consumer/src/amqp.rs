@@ -39,8 +39,9 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     BasicRejectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
+use tokio::sync::oneshot;
 
 use crate::consume::{
     self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
@@ -57,8 +58,9 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 /// Consumes `queue` on `channel` until `shutdown` resolves or the channel fails, running
 /// `handler` on each message, at most `options`' concurrency at once.
 ///
-/// On shutdown it cancels the consumer, requeues the deliveries already sent but not
-/// started, waits for the messages in flight and applies their dispositions, then returns.
+/// On shutdown it cancels the consumer at once (the broker sends it nothing more), waits
+/// for the messages in flight and applies their dispositions, requeues the deliveries the
+/// broker had sent before the cancel but that had not started, then returns.
 /// The channel stays open; close it afterwards (the broker requeues anything still
 /// unacknowledged on it, so nothing is lost in any case).
 ///
@@ -101,21 +103,35 @@ where
     Fut: Future<Output = Disposition> + Send + 'static,
 {
     let mut consumer = start(channel, queue, &options).await?;
+    let tag = consumer.tag();
     let rabbit = Arc::new(Rabbit {
         id_source: options.id_source.clone().unwrap_or(IdSource::AmqpMessageId),
     });
     let tally = Arc::new(Tally::default());
-    let failure = consume::run(
-        rabbit,
-        &mut consumer,
-        &options,
-        shutdown,
-        Arc::clone(&tally),
-        handler,
-    )
-    .await;
-    if failure.is_none() {
-        stop(channel, &mut consumer, &tally).await;
+    // The consumer is cancelled as soon as the shutdown comes, while the messages in
+    // flight finish: cancelled only after them, each of their acks would make room under
+    // the prefetch for a new delivery, held unstarted for the rest of the drain and then
+    // handed back, marked redelivered and counted towards the poison limit.
+    let (shutting_down, shutdown_came) = oneshot::channel();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = shutting_down.send(());
+    };
+    // Ends unsent when the loop stops on its own (the sender is dropped with the loop).
+    let cancel = async { shutdown_came.await.is_ok() && cancel(channel, tag).await };
+    let (failure, cancelled) = tokio::join!(
+        consume::run(
+            rabbit,
+            &mut consumer,
+            &options,
+            shutdown,
+            Arc::clone(&tally),
+            handler,
+        ),
+        cancel
+    );
+    if failure.is_none() && cancelled {
+        requeue_unstarted(&mut consumer, &tally).await;
     }
     tally.outcome(failure)
 }
@@ -170,25 +186,30 @@ impl Broker for Rabbit {
     }
 }
 
-/// Cancels the consumer and requeues what the broker had already sent, until the
-/// broker confirms the cancel and the stream ends.
-async fn stop(channel: &Channel, consumer: &mut lapin::Consumer, tally: &Tally) {
-    use futures::StreamExt;
+/// Cancels the consumer: the broker sends it nothing more. Says whether the broker
+/// confirmed it.
+async fn cancel(channel: &Channel, tag: ShortString) -> bool {
     // On a connection that died unnoticed the cancel would wait for ever.
-    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    let cancel = channel.basic_cancel(tag, BasicCancelOptions::default());
     match tokio::time::timeout(SETTLE_TIMEOUT, cancel).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => true,
         Ok(Err(error)) => {
             tracing::debug!(%error, "cancelling the consumer failed; closing the channel requeues its messages");
-            return;
+            false
         }
         Err(_) => {
             tracing::debug!(
                 "cancelling the consumer timed out; closing the channel requeues its messages"
             );
-            return;
+            false
         }
     }
+}
+
+/// Requeues what the broker had sent a cancelled consumer before its cancel, until the
+/// stream ends.
+async fn requeue_unstarted(consumer: &mut lapin::Consumer, tally: &Tally) {
+    use futures::StreamExt;
     let requeue = Disposition::Requeue {
         delay: Duration::ZERO,
         reason: crate::RequeueReason::InProgressElsewhere,

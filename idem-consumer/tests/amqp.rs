@@ -643,3 +643,80 @@ fn the_id_comes_from_where_it_is_configured() {
         "an empty ID is no ID"
     );
 }
+
+/// A graceful shutdown cancels the consumer first, then lets the messages in flight
+/// finish: the broker hands this consumer nothing new while they do. It cancelled only
+/// after they had finished, so each of their acks made room under the prefetch for one
+/// more delivery, held unstarted for the rest of the drain, then handed back: marked
+/// redelivered, its quorum delivery count raised towards the poison limit without it
+/// ever running, and kept from the other consumers all that time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_takes_nothing_new_while_the_messages_in_flight_finish() {
+    let rabbit = Rabbit::new().await;
+    rabbit.publish(Some("m-0"), b"ok").await;
+    rabbit.publish(Some("m-1"), b"ok").await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "amqp-drain").expect("consumer");
+    let watcher = rabbit.conn.create_channel().await.expect("channel");
+    let started = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let (started, queue) = (Arc::clone(&started), rabbit.queue.clone());
+        move |message: Message| {
+            let (consumer, started, watcher, queue) = (
+                consumer.clone(),
+                Arc::clone(&started),
+                watcher.clone(),
+                queue.clone(),
+            );
+            async move {
+                if message.id() == "m-0" {
+                    started.store(true, Ordering::SeqCst);
+                    // In flight until the shutdown has cancelled the consumer (or, as
+                    // before the fix, a bound passes without it).
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        while consumers_of(&watcher, &queue).await > 0 {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    })
+                    .await;
+                }
+                consumer
+                    .handle_message(&message, || async { Ok::<_, Failure>(()) })
+                    .await
+            }
+        }
+    };
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let options = ConsumeOptions::default().concurrency(1);
+    let running = common::consume_amqp(channel, &rabbit.queue, options, handler);
+    wait_until("m-0 in flight", DEADLINE, || async {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(summary.acked, 1, "{summary:?}");
+    assert_eq!(
+        summary.requeued, 0,
+        "nothing new was delivered: {summary:?}"
+    );
+    let rest = rabbit.take(&rabbit.queue).await.expect("m-1 still queued");
+    assert!(
+        !rest.delivery.redelivered,
+        "m-1 was delivered to the consumer shutting down and handed back"
+    );
+    rabbit.cleanup().await;
+}
+
+/// The consumers a queue has, as the broker counts them.
+async fn consumers_of(channel: &lapin::Channel, queue: &str) -> u32 {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .expect("passive declare")
+        .consumer_count()
+}
