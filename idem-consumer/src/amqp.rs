@@ -176,6 +176,11 @@ impl Broker for Rabbit {
         (message, acker)
     }
 
+    /// RabbitMQ redelivers a message only once its channel is gone: nothing to do.
+    fn keep_alive(&self, _: &lapin::Acker) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
     async fn settle(
         &self,
         acker: lapin::Acker,

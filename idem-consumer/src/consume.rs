@@ -174,6 +174,11 @@ pub(crate) trait Broker: Send + Sync + 'static {
     /// The message for the handler, or why it has none (no ID), and its settler.
     fn open(&self, delivery: Self::Delivery) -> (Result<Message, MissingId>, Self::Settler);
 
+    /// Keeps the broker from redelivering the message while its handler runs, for as
+    /// long as it is polled: the loop drops it when the handler returns. A broker that
+    /// never redelivers a message still in hand (RabbitMQ) pends.
+    fn keep_alive(&self, settler: &Self::Settler) -> impl Future<Output = ()> + Send;
+
     /// Applies a disposition; says what the broker took.
     fn settle(
         &self,
@@ -363,9 +368,11 @@ async fn process<B: Broker, F, Fut>(
 {
     let (message, settler) = broker.open(delivery);
     let disposition = match message {
-        Ok(message) => match AssertUnwindSafe(async move { handler(message).await })
-            .catch_unwind()
-            .await
+        Ok(message) => match kept_alive(
+            AssertUnwindSafe(async move { handler(message).await }).catch_unwind(),
+            broker.keep_alive(&settler),
+        )
+        .await
         {
             Ok(disposition) => disposition,
             Err(panic) => {
@@ -395,6 +402,18 @@ async fn process<B: Broker, F, Fut>(
     };
     let settled = broker.settle(settler, &disposition, stopping).await;
     tally.count(&disposition, settled);
+}
+
+/// Runs `work` with `keep_alive` beside it until `work` is done; a keep-alive that ends
+/// first (it could not reach the broker) just leaves `work` to finish.
+async fn kept_alive<F: Future>(work: F, keep_alive: impl Future<Output = ()>) -> F::Output {
+    tokio::pin!(work);
+    tokio::select! {
+        biased;
+        done = &mut work => return done,
+        () = keep_alive => {}
+    }
+    work.await
 }
 
 /// How long a message whose handler panicked waits before the broker delivers it again.

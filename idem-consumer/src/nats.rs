@@ -22,6 +22,10 @@
 //! deduplicates publishes on, within the stream's duplicate window; idem keeps
 //! deduplicating long after it). The delivery count is JetStream's `delivered`.
 //!
+//! While a handler runs, its message is reported in progress (`AckKind::Progress`) every
+//! third of the consumer's `ack_wait`, so JetStream does not redeliver it meanwhile,
+//! however long the handler takes.
+//!
 //! Acks are published without waiting for the server's confirmation (one round trip
 //! less per message). One that is lost means a redelivery after the consumer's
 //! `ack_wait`, which idem answers as a replay: acked, not run.
@@ -111,6 +115,7 @@ where
             .unwrap_or_else(IdSource::nats_msg_id),
         jetstream: jetstream.clone(),
         dead_letters: options.dead_letter_subject.clone(),
+        progress_every: progress_interval(consumer.cached_info().config.ack_wait),
     });
     let tally = Arc::new(Tally::default());
     let failure = consume::run(
@@ -142,6 +147,15 @@ struct Jet {
     id_source: IdSource,
     jetstream: Context,
     dead_letters: Option<String>,
+    /// How often a message whose handler still runs is reported in progress; `None`
+    /// when the consumer's `ack_wait` is unknown.
+    progress_every: Option<Duration>,
+}
+
+/// A third of `ack_wait`: two progress reports may be late or lost before JetStream
+/// gives up on the message.
+fn progress_interval(ack_wait: Duration) -> Option<Duration> {
+    Some(ack_wait / 3).filter(|every| !every.is_zero())
 }
 
 /// What settles one JetStream delivery: its acker, and the message a dead-letter copy is
@@ -176,6 +190,23 @@ impl Broker for Jet {
                 copy_id,
             },
         )
+    }
+
+    /// Reports the message in progress (`+WPI`) every third of the consumer's `ack_wait`:
+    /// unreported, a handler slower than `ack_wait` had its message redelivered while it
+    /// ran, each time counted towards the poison limit and the consumer's `max_deliver`
+    /// and answered with a requeue, until the limit gave up on a message that was running.
+    async fn keep_alive(&self, settler: &Settler) {
+        let Some(every) = self.progress_every else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = settler.acker.ack_with(AckKind::Progress).await {
+                tracing::debug!(%error, "reporting progress failed; JetStream may redeliver");
+                return;
+            }
+        }
     }
 
     async fn settle(

@@ -366,3 +366,61 @@ async fn a_dead_letter_copy_does_not_replay_the_originals_publish_expectations()
     );
     jet.cleanup().await;
 }
+
+/// A handler slower than the consumer's `ack_wait` keeps its message: the adapter reports
+/// it in progress while it runs, so JetStream does not hand it out again meanwhile.
+/// Unreported, the message came back at every `ack_wait` while its first delivery still
+/// ran, each copy answered with a requeue and counted towards the poison limit and the
+/// consumer's `max_deliver`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"slow")
+        .await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-slow").expect("consumer");
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let disposition = consumer
+                    .handle_message(&message, || async {
+                        // Three times the consumer's ack_wait.
+                        tokio::time::sleep(Duration::from_secs(6)).await;
+                        Ok::<_, Failure>(())
+                    })
+                    .await;
+                seen.settled(&message, disposition)
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(2), -1).await;
+    let options = ConsumeOptions::default().concurrency(4);
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("the message acked", DEADLINE, || async {
+        seen.saw(
+            "m-1",
+            idem_consumer::Disposition::Ack {
+                reason: idem_consumer::AckReason::Processed,
+            },
+        )
+    })
+    .await;
+    let summary = running.stop().await;
+
+    let deliveries: Vec<Option<u32>> = seen
+        .dispositions
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, deliveries, _)| *deliveries)
+        .collect();
+    assert_eq!(
+        deliveries,
+        vec![Some(1)],
+        "redelivered while it ran: {summary:?}"
+    );
+    jet.cleanup().await;
+}
