@@ -44,7 +44,8 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::oneshot;
 
 use crate::consume::{
-    self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
+    self, Broker, ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary, Settled, Stopping,
+    Tally,
 };
 use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, body_digest};
@@ -89,8 +90,9 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 /// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) when setting the channel's prefetch or
 /// starting the consumer gets no answer within [`ConsumeOptions::setup_timeout`],
 /// [`Setup`](crate::ConsumeFailure::Setup) when the broker refuses either, and
-/// [`Stream`](crate::ConsumeFailure::Stream) when the delivery stream ends in a broker error. Messages
-/// in flight are settled first or left to the broker to redeliver.
+/// [`Stream`](crate::ConsumeFailure::Stream) when the delivery stream ends in a broker error, or
+/// ends with no shutdown asked for (the broker cancelled the consumer: its queue was
+/// deleted, say). Messages in flight are settled first or left to the broker to redeliver.
 pub async fn consume<F, Fut>(
     channel: &Channel,
     queue: &str,
@@ -117,8 +119,13 @@ where
         shutdown.await;
         let _ = shutting_down.send(());
     };
-    // Ends unsent when the loop stops on its own (the sender is dropped with the loop).
-    let cancel = async { shutdown_came.await.is_ok() && cancel(channel, tag).await };
+    // `None` when the loop stopped on its own (the sender is dropped with the loop).
+    let cancel = async {
+        match shutdown_came.await {
+            Ok(()) => Some(cancel(channel, tag).await),
+            Err(_) => None,
+        }
+    };
     let (failure, cancelled) = tokio::join!(
         consume::run(
             rabbit,
@@ -130,11 +137,25 @@ where
         ),
         cancel
     );
-    if failure.is_none() && cancelled {
-        requeue_unstarted(&mut consumer, &tally).await;
-    }
+    let failure = match (failure, cancelled) {
+        (None, Some(true)) => {
+            requeue_unstarted(&mut consumer, &tally).await;
+            None
+        }
+        // The stream ended with no shutdown asked for: the broker cancelled the consumer.
+        // An `Ok` would read as the shutdown, and the caller would stop consuming.
+        (None, None) => Some(ConsumeFailure::Stream {
+            source: Box::new(CancelledByBroker),
+        }),
+        (failure, _) => failure,
+    };
     tally.outcome(failure)
 }
+
+/// The broker cancelled the consumer on its own: its queue was deleted, say.
+#[derive(Debug, thiserror::Error)]
+#[error("the broker cancelled the consumer (was its queue deleted?)")]
+struct CancelledByBroker;
 
 /// Sets the prefetch and registers the consumer, each call bounded by the setup timeout.
 async fn start(

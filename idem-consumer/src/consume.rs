@@ -135,8 +135,9 @@ pub enum ConsumeFailure {
         #[source]
         source: BoxError,
     },
-    /// The delivery stream failed: the connection or the channel was lost. Reconnect and
-    /// consume again; what was in flight comes back as redeliveries.
+    /// The delivery stream failed: the connection or the channel was lost, or the broker
+    /// cancelled the consumer (RabbitMQ, its queue deleted). Reconnect and consume again;
+    /// what was in flight comes back as redeliveries.
     #[error("the delivery stream failed: {source}")]
     Stream {
         /// The broker client's error.

@@ -720,3 +720,54 @@ async fn consumers_of(channel: &lapin::Channel, queue: &str) -> u32 {
         .expect("passive declare")
         .consumer_count()
 }
+
+/// A consumer the broker cancels (its queue deleted) ends the loop with an error, as a
+/// lost channel does: the caller must consume again. It ended with `Ok`, the very answer
+/// of a shutdown the caller had asked for, so a service took it for one and stopped
+/// consuming without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cancelled_by_the_broker_ends_the_loop_with_an_error() {
+    let rabbit = Rabbit::new().await;
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let handler = |_message: Message| async {
+        Disposition::Ack {
+            reason: AckReason::Processed,
+        }
+    };
+    let looping = tokio::spawn({
+        let queue = rabbit.queue.clone();
+        async move {
+            amqp::consume(
+                &channel,
+                &queue,
+                ConsumeOptions::default(),
+                std::future::pending(),
+                handler,
+            )
+            .await
+        }
+    });
+    wait_until("the loop consuming", DEADLINE, || async {
+        consumers_of(&rabbit.channel, &rabbit.queue).await == 1
+    })
+    .await;
+    rabbit
+        .channel
+        .queue_delete(
+            rabbit.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the queue");
+
+    let ended = tokio::time::timeout(HANG, looping)
+        .await
+        .expect("the loop went on without its consumer")
+        .expect("the loop's task");
+    let error = ended.expect_err("a cancelled consumer is not a shutdown");
+    assert!(
+        matches!(error.failure, ConsumeFailure::Stream { .. }),
+        "{error:?}"
+    );
+    rabbit.cleanup().await;
+}
