@@ -44,8 +44,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::oneshot;
 
 use crate::consume::{
-    self, Broker, ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary, Settled, Stopping,
-    Tally,
+    self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
 };
 use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, body_digest};
@@ -119,13 +118,8 @@ where
         shutdown.await;
         let _ = shutting_down.send(());
     };
-    // `None` when the loop stopped on its own (the sender is dropped with the loop).
-    let cancel = async {
-        match shutdown_came.await {
-            Ok(()) => Some(cancel(channel, tag).await),
-            Err(_) => None,
-        }
-    };
+    // Ends unsent when the loop stops on its own (the sender is dropped with the loop).
+    let cancel = async { shutdown_came.await.is_ok() && cancel(channel, tag).await };
     let (failure, cancelled) = tokio::join!(
         consume::run(
             rabbit,
@@ -137,25 +131,11 @@ where
         ),
         cancel
     );
-    let failure = match (failure, cancelled) {
-        (None, Some(true)) => {
-            requeue_unstarted(&mut consumer, &tally).await;
-            None
-        }
-        // The stream ended with no shutdown asked for: the broker cancelled the consumer.
-        // An `Ok` would read as the shutdown, and the caller would stop consuming.
-        (None, None) => Some(ConsumeFailure::Stream {
-            source: Box::new(CancelledByBroker),
-        }),
-        (failure, _) => failure,
-    };
+    if failure.is_none() && cancelled {
+        requeue_unstarted(&mut consumer, &tally).await;
+    }
     tally.outcome(failure)
 }
-
-/// The broker cancelled the consumer on its own: its queue was deleted, say.
-#[derive(Debug, thiserror::Error)]
-#[error("the broker cancelled the consumer (was its queue deleted?)")]
-struct CancelledByBroker;
 
 /// Sets the prefetch and registers the consumer, each call bounded by the setup timeout.
 async fn start(

@@ -135,9 +135,10 @@ pub enum ConsumeFailure {
         #[source]
         source: BoxError,
     },
-    /// The delivery stream failed: the connection or the channel was lost, or the broker
-    /// cancelled the consumer (RabbitMQ, its queue deleted). Reconnect and consume again;
-    /// what was in flight comes back as redeliveries.
+    /// The delivery stream failed or ended: the connection or the channel was lost, the
+    /// client gave up reconnecting (NATS), or the broker cancelled the consumer (RabbitMQ,
+    /// its queue deleted). Reconnect and consume again; what was in flight comes back as
+    /// redeliveries.
     #[error("the delivery stream failed: {source}")]
     Stream {
         /// The broker client's error.
@@ -274,7 +275,8 @@ impl Stopping {
 /// and settles each through `broker`, until the stream ends, fails, or `shutdown`
 /// resolves; then waits for every message it started.
 ///
-/// Returns the stream's failure, if that is what stopped it; the tally has the rest.
+/// Returns the stream's failure (its end counts as one) if that is what stopped it; the
+/// tally has the rest.
 pub(crate) async fn run<B, Er, St, F, Fut>(
     broker: Arc<B>,
     mut stream: St,
@@ -338,7 +340,14 @@ where
                 });
                 break;
             }
-            None => break,
+            // Only a shutdown ends the loop cleanly: an `Ok` would read as the one the
+            // caller asked for, and it would stop consuming.
+            None => {
+                failure = Some(ConsumeFailure::Stream {
+                    source: Box::new(StreamEnded),
+                });
+                break;
+            }
         }
         reap(&mut tasks.0, &tally);
     }
@@ -354,6 +363,14 @@ where
     tracing::debug!("consume loop drained");
     failure
 }
+
+/// The delivery stream ended with no shutdown asked for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the delivery stream ended: the broker cancelled the consumer (its queue deleted, say) \
+     or the client closed its connection"
+)]
+struct StreamEnded;
 
 /// One delivery, start to end: its message to the handler (or the dead-letter route when
 /// it has no ID), then its disposition to the broker, counted.

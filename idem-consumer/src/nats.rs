@@ -80,8 +80,9 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when the pull subscription
 /// cannot be opened ([`Setup`](crate::ConsumeFailure::Setup), or
 /// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) past
-/// [`ConsumeOptions::setup_timeout`]) or its stream fails ([`Stream`](crate::ConsumeFailure::Stream);
-/// a missed heartbeat is not a failure: the client recovers from it).
+/// [`ConsumeOptions::setup_timeout`]) or its stream fails or ends with no shutdown asked for
+/// ([`Stream`](crate::ConsumeFailure::Stream): the consumer deleted, the client given up
+/// reconnecting; a missed heartbeat is not a failure: the client recovers from it).
 pub async fn consume<F, Fut>(
     jetstream: &Context,
     consumer: &PullConsumer,

@@ -424,3 +424,53 @@ async fn a_handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
     );
     jet.cleanup().await;
 }
+
+/// A client that has given up reconnecting ends the consume loop with an error: the
+/// caller must connect and consume again. Not with `Ok`, the answer of a shutdown the
+/// caller asked for, which a service would take for one and stop consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_given_up_ends_the_loop_with_an_error() {
+    let jet = Jet::new().await;
+    let proxy = common::Proxy::start(common::host_port(&common::nats_url())).await;
+    let client = nats::async_nats::ConnectOptions::new()
+        .max_reconnects(Some(1))
+        .connect(format!("nats://{}", proxy.addr))
+        .await
+        .expect("NATS through the proxy");
+    let js = nats::async_nats::jetstream::new(client);
+    let pull = jet.consumer_on(&js, Duration::from_secs(10), -1).await;
+    let handler = |_message: Message| async {
+        idem_consumer::Disposition::Ack {
+            reason: idem_consumer::AckReason::Processed,
+        }
+    };
+    let looping = tokio::spawn(async move {
+        nats::consume(
+            &js,
+            &pull,
+            ConsumeOptions::default(),
+            std::future::pending(),
+            handler,
+        )
+        .await
+    });
+    wait_until("the loop pulling", DEADLINE, || async {
+        let stream = jet.js.get_stream(&jet.stream).await.expect("stream");
+        let mut consumer: nats::async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("worker").await.expect("consumer");
+        consumer.info().await.expect("consumer info").num_waiting > 0
+    })
+    .await;
+    proxy.sever();
+
+    let ended = tokio::time::timeout(Duration::from_secs(60), looping)
+        .await
+        .expect("the loop went on without its connection")
+        .expect("the loop's task");
+    let error = ended.expect_err("a lost connection is not a shutdown");
+    assert!(
+        matches!(error.failure, idem_consumer::ConsumeFailure::Stream { .. }),
+        "{error:?}"
+    );
+    jet.cleanup().await;
+}
