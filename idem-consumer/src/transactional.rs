@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use idem_core::{Claim, ClaimRequest, Config, Error, Fingerprint, Key, Lease, Retryable, Ttl};
@@ -32,7 +33,9 @@ use crate::policy::Policy;
 ///    written). In progress: requeue. A concurrent transaction on the same key waits on
 ///    its row lock and then sees the committed outcome.
 /// 2. `SAVEPOINT`; run the operation on the transaction's connection.
-/// 3. Success: `complete_in`, `COMMIT`, ack. Permanent failure: roll back to the savepoint
+/// 3. Success: `complete_in` (after an operation that outlasted the lease, the key is
+///    claimed again in the transaction first: the row stays locked, so no one else can
+///    have it), `COMMIT`, ack. Permanent failure: roll back to the savepoint
 ///    (the business writes go, the claim stays), `fail_in`, `COMMIT`, dead-letter.
 ///    Retryable failure: `ROLLBACK` of everything, requeue.
 ///
@@ -201,6 +204,7 @@ impl TransactionalConsumer {
             Ok(tx) => tx,
             Err(error) => return Attempt::NotRun(Error::unavailable(error)),
         };
+        let claimed_at = Instant::now();
         let lease = match self.store.claim_in(&mut tx, &request).await {
             Ok(Claim::Acquired(lease)) => lease,
             Ok(Claim::Completed(_)) => return Attempt::Replayed { failed: false },
@@ -215,10 +219,19 @@ impl TransactionalConsumer {
             Err(error) => return Attempt::NotRun(error),
         };
         let ran = Ran::of(&result);
-        let recorded = match (&result, ran) {
-            (_, Ran::FailedRetryably) => return Attempt::Ran(ran), // dropped: rolled back
-            (Ok(value), _) => self.complete(&mut tx, &lease, value).await,
-            (Err(error), _) => self.fail(&mut tx, &lease, error).await,
+        if ran == Ran::FailedRetryably {
+            return Attempt::Ran(ran); // dropped: rolled back
+        }
+        let lease = match self
+            .lease_to_finish(&mut tx, &request, lease, claimed_at)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(error) => return Attempt::NotRun(error),
+        };
+        let recorded = match &result {
+            Ok(value) => self.complete(&mut tx, &lease, value).await,
+            Err(error) => self.fail(&mut tx, &lease, error).await,
         };
         // Before the commit nothing of this attempt exists outside the transaction, so any
         // error here means "not run": the redelivery runs it afresh (or, if a lost reply
@@ -229,6 +242,29 @@ impl TransactionalConsumer {
         match tx.commit().await {
             Ok(()) => Attempt::Ran(ran),
             Err(error) => Attempt::NotRun(Error::unavailable(error)),
+        }
+    }
+
+    /// The lease to store the outcome under. However long the operation ran, the key's
+    /// row is this transaction's, under its lock; but the outcome writes take a lease only
+    /// while its row has not expired (the lease, then the trace after it), which a slow
+    /// operation outlives, and then everything rolled back to run as long again at the
+    /// next delivery. Past the lease, the same owner claims the key again in the
+    /// transaction, which hands it back afresh.
+    async fn lease_to_finish(
+        &self,
+        conn: &mut MySqlConnection,
+        request: &ClaimRequest,
+        lease: Lease,
+        claimed_at: Instant,
+    ) -> Result<Lease, Error> {
+        if claimed_at.elapsed() < self.lease_ttl.as_duration() {
+            return Ok(lease);
+        }
+        match self.store.claim_in(conn, request).await? {
+            Claim::Acquired(lease) => Ok(lease),
+            // Not expected under the row lock: whatever it is, the key is not ours.
+            _ => Err(Error::LeaseLost),
         }
     }
 
