@@ -35,14 +35,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 
 use crate::consume::{
-    self, Broker, ConsumeError, ConsumeOptions, ConsumeSummary, Settled, Stopping, Tally,
+    self, Broker, ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary, Settled, Stopping,
+    Tally,
 };
 use crate::disposition::Disposition;
 use crate::message::{IdSource, Message, MissingId, NATS_MSG_ID, body_digest};
@@ -77,7 +78,9 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 ///
-/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when the pull subscription
+/// A [`ConsumeError`], with the [`ConsumeSummary`] of what was done, when the consumer's ack
+/// policy is not `explicit` ([`Setup`](crate::ConsumeFailure::Setup): under `all` an ack of one
+/// message acks the earlier ones still running), when the pull subscription
 /// cannot be opened ([`Setup`](crate::ConsumeFailure::Setup), or
 /// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) past
 /// [`ConsumeOptions::setup_timeout`]) or its stream fails or ends with no shutdown asked for
@@ -94,6 +97,7 @@ where
     F: Fn(Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Disposition> + Send + 'static,
 {
+    explicit_acks(consumer)?;
     let subscribe = consumer
         .stream()
         .max_messages_per_batch(options.concurrency)
@@ -142,6 +146,26 @@ where
     }
     tally.outcome(failure)
 }
+
+/// Refuses a consumer whose ack policy is not `explicit`. Under `all` an ack also acks
+/// every earlier message, and the loop acks out of order: a message that finished would
+/// ack the ones still running, which a crash or a requeue (a `nak` on an acked message
+/// does nothing) would then lose. Under `none` JetStream takes every message as acked
+/// the moment it sends it.
+fn explicit_acks(consumer: &PullConsumer) -> Result<(), ConsumeError> {
+    match consumer.cached_info().config.ack_policy {
+        AckPolicy::Explicit => Ok(()),
+        policy => Err(ConsumeError::before_start(ConsumeFailure::Setup {
+            step: "the consumer's ack policy",
+            source: Box::new(NotExplicit(policy)),
+        })),
+    }
+}
+
+/// The consumer's ack policy is not `explicit`.
+#[derive(Debug, thiserror::Error)]
+#[error("the consumer's ack policy is {0:?}; idempotent consuming needs explicit acks")]
+struct NotExplicit(AckPolicy);
 
 /// JetStream's side of the shared loop.
 struct Jet {

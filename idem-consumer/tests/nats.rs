@@ -474,3 +474,56 @@ async fn a_connection_given_up_ends_the_loop_with_an_error() {
     );
     jet.cleanup().await;
 }
+
+/// A consumer whose ack policy is not `explicit` is refused before anything is pulled.
+/// Under `all` an ack also acks every earlier message, and the loop acks out of order:
+/// a message that finished acked the ones still running, which a crash or a requeue
+/// (a `nak` on an acked message does nothing) then lost. Under `none` JetStream takes
+/// every message as acked the moment it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_without_explicit_acks_is_refused() {
+    use nats::async_nats::jetstream::consumer::{AckPolicy, pull};
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"ok")
+        .await;
+    for (name, ack_policy) in [("acks-all", AckPolicy::All), ("acks-none", AckPolicy::None)] {
+        let stream = jet.js.get_stream(&jet.stream).await.expect("stream");
+        let pull = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.into()),
+                ack_policy,
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let handled = Arc::new(tokio::sync::Notify::new());
+        let handler = {
+            let handled = Arc::clone(&handled);
+            move |_message: Message| {
+                handled.notify_one();
+                async {
+                    idem_consumer::Disposition::Ack {
+                        reason: idem_consumer::AckReason::Processed,
+                    }
+                }
+            }
+        };
+        // Under the old code the loop ran, and stopped once it had handled the message.
+        let shutdown = {
+            let handled = Arc::clone(&handled);
+            async move { handled.notified().await }
+        };
+        let consumed = tokio::time::timeout(
+            DEADLINE,
+            nats::consume(&jet.js, &pull, ConsumeOptions::default(), shutdown, handler),
+        )
+        .await
+        .expect("the loop neither refused the consumer nor handled the message");
+        let error = consumed.expect_err("a consumer without explicit acks is refused");
+        assert!(
+            matches!(error.failure, idem_consumer::ConsumeFailure::Setup { .. }),
+            "{name}: {error:?}"
+        );
+    }
+    jet.cleanup().await;
+}
