@@ -197,6 +197,8 @@ pub(crate) enum Settled {
     AsGiven,
     /// Applied as a requeue instead: a dead-letter whose copy could not be published.
     AsRequeue,
+    /// Applied as a dead-letter instead: a requeue at the last delivery the broker allows.
+    AsDeadLetter,
     /// Not applied (the connection was gone): the broker still holds the message.
     Not,
 }
@@ -222,6 +224,7 @@ impl Tally {
     pub(crate) fn count(&self, disposition: &Disposition, settled: Settled) {
         let counter = match (settled, disposition) {
             (Settled::Not, _) => &self.unsettled,
+            (Settled::AsDeadLetter, _) => &self.dead_lettered,
             (Settled::AsRequeue, _) | (Settled::AsGiven, Disposition::Requeue { .. }) => {
                 &self.requeued
             }

@@ -10,6 +10,10 @@
 //! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay |
 //! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost) |
 //!
+//! A requeue at the last delivery the consumer's `max_deliver` allows is dead-lettered
+//! instead ([`Poison`](crate::DeadLetterReason::Poison)): JetStream would not deliver the
+//! message again, and it would sit in the stream unseen.
+//!
 //! A dead-letter copy carries the original's headers, [`DEAD_LETTER_REASON`] and
 //! [`ORIGINAL_SUBJECT`]; the original's `Nats-Msg-Id` moves to [`ORIGINAL_MSG_ID`], and the
 //! copy's own is the original's stream and sequence, so the dead-letter stream's
@@ -45,7 +49,7 @@ use crate::consume::{
     self, Broker, ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary, Settled, Stopping,
     Tally,
 };
-use crate::disposition::Disposition;
+use crate::disposition::{DeadLetterReason, Disposition};
 use crate::message::{IdSource, Message, MissingId, NATS_MSG_ID, body_digest};
 
 /// Re-exported so the context and consumer passed in match this crate's async-nats.
@@ -121,6 +125,9 @@ where
         jetstream: jetstream.clone(),
         dead_letters: options.dead_letter_subject.clone(),
         progress_every: progress_interval(consumer.cached_info().config.ack_wait),
+        max_deliver: u32::try_from(consumer.cached_info().config.max_deliver)
+            .ok()
+            .filter(|max| *max > 0),
     });
     let tally = Arc::new(Tally::default());
     let failure = consume::run(
@@ -175,6 +182,16 @@ struct Jet {
     /// How often a message whose handler still runs is reported in progress; `None`
     /// when the consumer's `ack_wait` is unknown.
     progress_every: Option<Duration>,
+    /// The consumer's `max_deliver`, when it has one.
+    max_deliver: Option<u32>,
+}
+
+impl Jet {
+    /// The delivery count, when this is the last delivery the consumer's `max_deliver`
+    /// allows.
+    fn last_delivery(&self, deliveries: Option<u32>) -> Option<u32> {
+        deliveries.filter(|count| self.max_deliver.is_some_and(|max| *count >= max))
+    }
 }
 
 /// A third of `ack_wait`: two progress reports may be late or lost before JetStream
@@ -190,6 +207,8 @@ struct Settler {
     message: async_nats::Message,
     /// The original's place in its stream, `stream:sequence`: the copy's `Nats-Msg-Id`.
     copy_id: Option<String>,
+    /// JetStream's delivery count.
+    deliveries: Option<u32>,
 }
 
 impl Broker for Jet {
@@ -213,6 +232,7 @@ impl Broker for Jet {
                 acker,
                 message,
                 copy_id,
+                deliveries,
             },
         )
     }
@@ -246,6 +266,24 @@ impl Broker for Jet {
             message: &settler.message,
             copy_id: settler.copy_id.as_deref(),
         };
+        // JetStream delivers it no more after its `max_deliver`-th delivery: a requeue then
+        // would leave it in the stream, unacked and unseen, with no dead-letter copy.
+        if let (Disposition::Requeue { .. }, Some(deliveries)) =
+            (disposition, self.last_delivery(settler.deliveries))
+        {
+            tracing::warn!(
+                deliveries,
+                %disposition,
+                "the consumer's max_deliver is reached; dead-lettering instead of requeueing"
+            );
+            let poison = Disposition::DeadLetter {
+                reason: DeadLetterReason::Poison { deliveries },
+            };
+            return match apply(&settler.acker, &poison, route).await {
+                Settled::AsGiven => Settled::AsDeadLetter,
+                other => other,
+            };
+        }
         apply(&settler.acker, disposition, route).await
     }
 }

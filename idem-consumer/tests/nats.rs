@@ -527,3 +527,47 @@ async fn a_consumer_without_explicit_acks_is_refused() {
     }
     jet.cleanup().await;
 }
+
+/// A message requeued at the last delivery the consumer's `max_deliver` allows is
+/// dead-lettered instead: JetStream would never deliver it again, and it would sit in the
+/// stream, unacked and unseen, with no copy in the dead-letter stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requeue_at_the_consumers_last_delivery_is_dead_lettered() {
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"poison")
+        .await;
+    let consumer = Consumer::new(Idempotency::new(MemoryStore::new()), "nats-max-deliver")
+        .expect("consumer")
+        .with_policy(Policy::default().retry_delay(Duration::from_millis(100)));
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let disposition = consumer
+                    .handle_message(&message, || async { Err::<(), _>(Failure::Retryable) })
+                    .await;
+                seen.settled(&message, disposition)
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), 2).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(jet.dead_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("both deliveries handled", DEADLINE, || async {
+        seen.settled_count() >= 2
+    })
+    .await;
+    let summary = running.stop().await; // the second one's settle is done
+
+    assert_eq!(
+        jet.messages_in(&jet.dead_stream).await,
+        1,
+        "the message JetStream gave up on has no dead-letter copy: {summary:?}"
+    );
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    jet.cleanup().await;
+}
