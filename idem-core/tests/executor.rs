@@ -687,6 +687,63 @@ async fn a_non_finite_float_is_not_replayed_as_another_value() {
     assert_eq!(count(&runs), 2);
 }
 
+/// `Some` of a value JSON writes as `null` (a `None`, a unit) has no JSON form of its own:
+/// `serde_json` writes `null`, which reads back as the outer `None`, a value that never ran.
+/// The run's caller gets its value; a repeat gets a serialization error.
+#[tokio::test]
+async fn a_some_written_as_null_is_not_replayed_as_none() {
+    let idem = executor(Config::default());
+    let runs = counter();
+    let first = run_counted(&idem, &key("some-none"), &runs, Some(None::<u32>))
+        .await
+        .expect("runs");
+    assert_eq!(first.result, Ok(Some(None)));
+    let replay = run_counted(&idem, &key("some-none"), &runs, Some(Some(1_u32))).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    // Inside a struct field too, and with a unit inside.
+    let fields = BTreeMap::from([("unit".to_owned(), Some(()))]);
+    run_counted(&idem, &key("some-unit"), &runs, fields.clone())
+        .await
+        .expect("runs");
+    let replay = run_counted(&idem, &key("some-unit"), &runs, fields).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    assert_eq!(count(&runs), 2);
+
+    // A `Deserialize` that reads such a `null` as the `Some` it was gets it replayed.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Patch {
+        #[serde(default, deserialize_with = "null_as_some")]
+        name: Option<Option<String>>,
+    }
+    fn null_as_some<'de, D>(deserializer: D) -> Result<Option<Option<String>>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+    {
+        Option::<String>::deserialize(deserializer).map(Some)
+    }
+    let cleared = Patch { name: Some(None) };
+    run_counted(&idem, &key("some-kept"), &runs, cleared.clone())
+        .await
+        .expect("runs");
+    let replay = run_counted(&idem, &key("some-kept"), &runs, Patch { name: None })
+        .await
+        .expect("replays");
+    assert_eq!((replay.result, replay.replayed), (Ok(cleared), true));
+    assert_eq!(count(&runs), 3);
+}
+
 // 12b. Garbage in the store is a CorruptRecord from execute.
 #[tokio::test]
 async fn stored_garbage_is_a_corrupt_record() {

@@ -42,9 +42,9 @@ impl JsonSettle {
         }
     }
 
-    /// A success or failure to store; one that does not serialize or is over the limit is
-    /// recorded as a marker instead.
-    fn encoded<V: Serialize + ?Sized>(
+    /// A success or failure to store, read back as a `D`; one that does not serialize, does
+    /// not read back as itself or is over the limit is recorded as a marker instead.
+    fn encoded<V: Serialize + ?Sized, D: Serialize + DeserializeOwned>(
         self,
         value: &V,
         complete: bool,
@@ -52,7 +52,7 @@ impl JsonSettle {
     ) -> Settlement {
         let limit = self.max_payload;
         // Copied out of the encoder's buffer only when it is to be stored.
-        let encoded = json::encoded(value, |bytes| {
+        let encoded = json::encoded_counted(value, |bytes| {
             if bytes.len() > limit {
                 Err(bytes.len())
             } else {
@@ -60,9 +60,15 @@ impl JsonSettle {
             }
         });
         match encoded {
-            Ok(Ok(payload)) if complete => Settlement::Complete { payload, retention },
-            Ok(Ok(payload)) => Settlement::Fail { payload, retention },
-            Ok(Err(size)) => self.too_large_marker(size, limit),
+            Ok((Ok(payload), some_nulls))
+                if some_nulls > 0 && !reads_back::<D>(&payload, some_nulls) =>
+            {
+                let reason = SOME_READ_AS_NONE.to_owned();
+                self.marker(&StoredFailure::Unserializable { reason })
+            }
+            Ok((Ok(payload), _)) if complete => Settlement::Complete { payload, retention },
+            Ok((Ok(payload), _)) => Settlement::Fail { payload, retention },
+            Ok((Err(size), _)) => self.too_large_marker(size, limit),
             Err(error) => {
                 let reason = error.to_string();
                 self.marker(&StoredFailure::Unserializable { reason })
@@ -98,15 +104,15 @@ impl JsonSettle {
 
 impl<T, E> Settle<Result<T, E>> for JsonSettle
 where
-    T: Serialize,
-    E: Serialize + Retryable,
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned + Retryable,
 {
     fn settle(&mut self, output: &Result<T, E>) -> Settlement {
         match output {
-            Ok(value) => self.encoded(value, true, self.success_retention),
+            Ok(value) => self.encoded::<T, T>(value, true, self.success_retention),
             // The next request runs the operation again.
             Err(error) if error.is_retryable() => Settlement::Release,
-            Err(error) => self.encoded(
+            Err(error) => self.encoded::<_, StoredFailure<E>>(
                 &StoredFailure::Operation(error),
                 false,
                 self.failure_retention,
@@ -117,6 +123,22 @@ where
     fn too_large(&mut self, size: usize, limit: usize) -> Option<Settlement> {
         Some(self.too_large_marker(size, limit))
     }
+}
+
+/// Why an outcome holding a `Some` written as `null` that reads back as `None` is not stored.
+const SOME_READ_AS_NONE: &str =
+    "a Some of a value written as null (Some(None), Some(())) would be read back as None";
+
+/// Whether `payload`, holding `some_nulls` `Some`s written as `null`, reads back as a `D`
+/// that writes the same bytes with as many of them: a derived `Deserialize` reads such a
+/// `null` as `None`, another value (so the writer counts fewer), where a hand-written one
+/// may read it as the `Some` it was.
+fn reads_back<D: Serialize + DeserializeOwned>(payload: &[u8], some_nulls: usize) -> bool {
+    let Ok(decoded) = serde_json::from_slice::<D>(payload) else {
+        return false;
+    };
+    json::encoded_counted(&decoded, |bytes| bytes == payload)
+        .is_ok_and(|(same, again)| same && again == some_nulls)
 }
 
 pub(crate) fn replay_success<T: DeserializeOwned, E>(
@@ -185,7 +207,10 @@ mod tests {
         })
     }
 
-    fn settled<T: Serialize>(max_payload: usize, output: &Result<T, OpError>) -> Settlement {
+    fn settled<T: Serialize + DeserializeOwned>(
+        max_payload: usize,
+        output: &Result<T, OpError>,
+    ) -> Settlement {
         Settle::settle(&mut settle(max_payload), output)
     }
 

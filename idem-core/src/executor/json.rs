@@ -20,8 +20,13 @@
 //! stores an "unserializable" marker, and repeats get a serialization error instead of a value
 //! that never ran. (A value the writer hands to `serde_json` whole, one holding a raw value,
 //! is not checked.)
+//!
+//! A `Some` of a value written as `null` (`Some(None)`, `Some(())`) is written as `null` too,
+//! which a derived `Deserialize` reads back as `None`, another value, though a hand-written
+//! one may read it as the `Some`. So the writer counts them
+//! ([`encoded_counted`]), and the executor reads such an outcome back before storing it.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use serde::Serialize;
 use serde::ser::{self, Serializer};
@@ -40,10 +45,23 @@ pub(crate) fn encoded<T: Serialize + ?Sized, R>(
     value: &T,
     take: impl FnOnce(&[u8]) -> R,
 ) -> serde_json::Result<R> {
+    encoded_counted(value, take).map(|(taken, _)| taken)
+}
+
+/// As [`encoded`], and how many `Some`s of a value written as `null` the JSON holds (each
+/// written as a bare `null`; none are counted in a value handed to `serde_json` whole).
+///
+/// # Errors
+///
+/// As [`serde_json::to_vec`].
+pub(crate) fn encoded_counted<T: Serialize + ?Sized, R>(
+    value: &T,
+    take: impl FnOnce(&[u8]) -> R,
+) -> serde_json::Result<(R, usize)> {
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut buffer) => {
             buffer.clear();
-            let taken = write(value, &mut buffer).map(|()| take(&buffer));
+            let taken = write(value, &mut buffer).map(|nulls| (take(&buffer), nulls));
             if buffer.capacity() > SCRATCH_KEPT {
                 *buffer = Vec::new(); // a large outcome's buffer is not kept
             }
@@ -52,27 +70,33 @@ pub(crate) fn encoded<T: Serialize + ?Sized, R>(
         // Already in use on this thread: a `Serialize` impl that encodes an outcome itself.
         Err(_) => {
             let mut buffer = Vec::new();
-            write(value, &mut buffer).map(|()| take(&buffer))
+            write(value, &mut buffer).map(|nulls| (take(&buffer), nulls))
         }
     })
 }
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The `Some`s written as `null` by the encoding under way on this thread.
+    static SOME_NULLS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The largest buffer a thread keeps for the next outcome.
 const SCRATCH_KEPT: usize = 64 * 1024;
 
-/// Writes the JSON of `value` to the empty `out`.
-fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    match value.serialize(Writer { out: &mut *out }) {
-        Ok(()) => Ok(()),
+/// Writes the JSON of `value` to the empty `out`; how many `Some`s it wrote as `null`.
+fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Result<usize> {
+    // Counted from zero, and the count of an encoding this one runs inside kept for it.
+    let outer = SOME_NULLS.replace(0);
+    let written = value.serialize(Writer { out: &mut *out });
+    let some_nulls = SOME_NULLS.replace(outer);
+    match written {
+        Ok(()) => Ok(some_nulls),
         // A shape left to serde_json, or an error, which serde_json then reports in its own
         // words. Serializing twice is harmless: `Serialize` takes `&self`.
         Err(Stop::Unsupported) => {
             out.clear();
-            serde_json::to_writer(out, value)
+            serde_json::to_writer(out, value).map(|()| 0)
         }
         Err(Stop::NonFinite) => Err(ser::Error::custom(NON_FINITE)),
     }
@@ -232,7 +256,15 @@ impl<'a> Serializer for Writer<'a> {
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Stop> {
-        value.serialize(self)
+        let start = self.out.len();
+        value.serialize(Writer {
+            out: &mut *self.out,
+        })?;
+        // Written as `None` is: counted, for the executor to check it reads back.
+        if self.out[start..] == *b"null" {
+            SOME_NULLS.set(SOME_NULLS.get() + 1);
+        }
+        Ok(())
     }
 
     fn serialize_unit(self) -> Result<(), Stop> {
@@ -858,6 +890,47 @@ mod tests {
             // Under float keys too, which the writer quotes itself.
             assert!(to_vec(&FloatKeyed(1.5_f32, bad)).is_err());
             assert!(to_vec(&FloatKeyed(1.5_f64, bad)).is_err());
+        }
+    }
+
+    /// A `Some` of a value written as `null` is written as `serde_json` writes it, and
+    /// counted, wherever it is; a `Some` of anything else is not counted.
+    #[test]
+    fn a_some_written_as_null_is_counted() {
+        let counted = |value: &dyn erased::Value| -> usize { value.counted().expect("written").1 };
+        for (value, nulls) in [
+            (&Some(None::<u8>) as &dyn erased::Value, 1),
+            (&Some(()), 1),
+            (&Some(Unit), 1),
+            (&Some(serde_json::Value::Null), 1),
+            (&vec![Some(Some(1_u8)), Some(None), Some(None)], 2),
+            (&BTreeMap::from([(1_u8, Some(()))]), 1),
+            (&Some(Some(1_u8)), 0),
+            (&Some(""), 0),
+            (&Some(vec![None::<u8>]), 0),
+            (&BTreeMap::from([(Some(1_u8), 2_u8)]), 0),
+        ] {
+            assert_eq!(counted(value), nulls, "{value:?}");
+            value.same();
+        }
+    }
+
+    /// Object-safe views of what the tests write, to list values of many types.
+    mod erased {
+        use super::*;
+
+        pub(super) trait Value: std::fmt::Debug {
+            fn counted(&self) -> serde_json::Result<(Vec<u8>, usize)>;
+            fn same(&self);
+        }
+
+        impl<T: Serialize + std::fmt::Debug> Value for T {
+            fn counted(&self) -> serde_json::Result<(Vec<u8>, usize)> {
+                encoded_counted(self, <[u8]>::to_vec)
+            }
+            fn same(&self) {
+                super::same(self);
+            }
         }
     }
 
