@@ -1044,3 +1044,70 @@ async fn an_operation_that_panics_before_giving_its_future_frees_the_key() {
         "the key is still in progress a second after the panic: {answer:?}"
     );
 }
+
+/// A store whose claims are applied but, while `hang` is set, never answered: the reply of a
+/// claim the store applied is lost on the way (a client timeout fires, a connection hangs).
+#[derive(Debug, Default)]
+struct ClaimReplyHangs {
+    inner: MemoryStore,
+    hang: AtomicBool,
+    applied: AtomicUsize,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for ClaimReplyHangs {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let claim = self.inner.claim(request).await;
+        self.applied.fetch_add(1, Ordering::SeqCst);
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        claim
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A caller that goes away while its claim is in flight (applied by the store, the reply not
+/// back yet) never started the operation: its key is freed at once, as for a caller gone
+/// before its operation's first poll, not left "in progress" for the whole lease with no
+/// one running it.
+#[tokio::test]
+async fn a_caller_gone_while_its_claim_is_in_flight_frees_the_key() {
+    let store = ClaimReplyHangs {
+        hang: AtomicBool::new(true),
+        ..ClaimReplyHangs::default()
+    };
+    let idem = Idempotency::with_config(store, config(ms(30_000), WaitPolicy::FailFast))
+        .expect("valid config");
+    let key = key("claim-in-flight");
+    let runs = counter();
+    let call = idem.execute(&key, None, counted(&runs, Ok(1_u64)));
+    let gone = tokio::time::timeout(ms(100), call).await;
+    assert!(gone.is_err(), "the claim's reply never came: {gone:?}");
+    assert_eq!(idem.store().applied.load(Ordering::SeqCst), 1, "claimed");
+    assert_eq!(count(&runs), 0, "the operation never started");
+    idem.store().hang.store(false, Ordering::SeqCst);
+    await_free(&idem.store().inner, &key, ms(5_000)).await;
+    let next = idem
+        .execute_outcome(&key, None, counted(&runs, Ok(2_u64)))
+        .await
+        .expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(2), false));
+}

@@ -1,10 +1,13 @@
 //! A claim, retried by its owner when the store's answer is lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
+use super::guard::{self, Abandoned};
+use super::{Engine, WaitPolicy};
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::{BoxError, Error};
 use crate::store::IdempotencyStore;
@@ -40,6 +43,56 @@ pub(crate) async fn claim<S: IdempotencyStore>(
             Box::pin(retry(store, request, sent + CLAIM_WINDOW, source)).await
         }
         answer => answer,
+    }
+}
+
+impl<S: IdempotencyStore> Engine<S> {
+    /// [`claim_or_wait`](Engine::claim_or_wait) for a request whose owner token is this
+    /// call's alone: made for it, and never sent again by anyone once this returns (the
+    /// executor's). Dropped before the answer came back (its caller went away: a timeout, a
+    /// client gone), the claim may have been applied all the same: the key is then freed, on
+    /// a task of its own, as the operation it was for never starts (see [`InFlight`]).
+    ///
+    /// Not for a request its caller may send again (`ClaimRequest::with_owner`): the freeing
+    /// would race that claim, and could release the lease it gets back.
+    pub(crate) async fn claim_own(
+        &self,
+        request: &ClaimRequest,
+        policy: WaitPolicy,
+    ) -> Result<Claim, Error> {
+        let mut in_flight = InFlight {
+            store: self.store(),
+            request,
+            answered: false,
+        };
+        let answer = self.claim_or_wait(request, policy).await;
+        in_flight.answered = true;
+        answer
+    }
+}
+
+/// A claim on its way to the store. Dropped before its answer came back, it frees the key if
+/// the store applied the claim (the key shows its owner): otherwise nobody would run the
+/// operation, and the key would answer "in progress" until the lease ends.
+struct InFlight<'a, S: IdempotencyStore> {
+    store: &'a Arc<S>,
+    request: &'a ClaimRequest,
+    answered: bool,
+}
+
+impl<S: IdempotencyStore> Drop for InFlight<'_, S> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        tracing::warn!(
+            namespace = self.request.key.namespace(),
+            "claim dropped before its answer came back; freeing its key if it was applied"
+        );
+        guard::free(
+            Arc::clone(self.store),
+            Abandoned::Claim(self.request.clone()),
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Frees a key whose operation never returned.
+//! Frees a key whose operation never returned, or never started: its claim's caller went
+//! away before the claim's answer came back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,6 +7,10 @@ use std::time::Duration;
 
 use super::renewal::Held;
 use super::watchlist::Watchlist;
+use crate::claim::ClaimRequest;
+use crate::error::Error;
+use crate::key::Key;
+use crate::record::{Record, RecordState};
 use crate::store::IdempotencyStore;
 
 /// How long a release started from a helper thread (no runtime at hand) may take.
@@ -57,57 +62,93 @@ impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
         if !self.armed.load(Ordering::Relaxed) {
             return;
         }
-        let (store, held) = (Arc::clone(self.watchlist.store()), Arc::clone(&self.held));
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                tracing::warn!(
-                    namespace = held.lease.key.namespace(),
-                    fencing = held.lease.fencing,
-                    "operation cancelled or panicked before it returned; releasing its key"
-                );
-                // A runtime shutting down drops the task unpolled: the release then goes to
-                // a helper thread, as with no runtime at all.
-                let mut unstarted = Unstarted(Some((store, held)));
-                runtime.spawn(async move {
-                    if let Some((store, held)) = unstarted.0.take() {
-                        release(store, held).await;
-                    }
-                });
-            }
-            Err(_) => release_from_helper_thread(store, held),
+        tracing::warn!(
+            namespace = self.held.lease.key.namespace(),
+            fencing = self.held.lease.fencing,
+            "operation cancelled or panicked before it returned; releasing its key"
+        );
+        let abandoned = Abandoned::Lease(Arc::clone(&self.held));
+        free(Arc::clone(self.watchlist.store()), abandoned);
+    }
+}
+
+/// A hold on a key whose operation will never run, to be freed in the store.
+pub(crate) enum Abandoned {
+    /// An acquired lease whose operation never returned.
+    Lease(Arc<Held>),
+    /// A claim whose caller went away before its answer came back: if the store applied it
+    /// (the key shows this claim's owner), the lease it granted is released.
+    Claim(ClaimRequest),
+}
+
+impl Abandoned {
+    fn key(&self) -> &Key {
+        match self {
+            Self::Lease(held) => &held.lease.key,
+            Self::Claim(request) => &request.key,
+        }
+    }
+
+    /// Frees the key in `store` if it is still held by what was abandoned.
+    async fn free<S: IdempotencyStore>(&self, store: &S) -> Result<(), Error> {
+        match self {
+            Self::Lease(held) => store.release(&held.lease).await,
+            Self::Claim(request) => match store.read(&request.key).await? {
+                Some(Record {
+                    state: RecordState::Claimed { owner },
+                    fencing,
+                    ..
+                }) if owner == request.owner => store.release(&request.lease(fencing)).await,
+                // Never applied, or no longer this claim's: nothing of it to free.
+                _ => Ok(()),
+            },
         }
     }
 }
 
-/// The lease of a release task not yet started: dropped with it (its runtime shut down
+/// Frees what was abandoned, off the dropping thread: on a task of the current runtime, or,
+/// with none or one shutting down (which drops the task unstarted), on a helper thread.
+pub(crate) fn free<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let mut unstarted = Unstarted(Some((store, abandoned)));
+            runtime.spawn(async move {
+                if let Some((store, abandoned)) = unstarted.0.take() {
+                    release(store, abandoned).await;
+                }
+            });
+        }
+        Err(_) => release_from_helper_thread(store, abandoned),
+    }
+}
+
+/// The hold of a release task not yet started: dropped with it (its runtime shut down
 /// before running it), it hands the release to a helper thread.
-struct Unstarted<S: IdempotencyStore>(Option<(Arc<S>, Arc<Held>)>);
+struct Unstarted<S: IdempotencyStore>(Option<(Arc<S>, Abandoned)>);
 
 impl<S: IdempotencyStore> Drop for Unstarted<S> {
     fn drop(&mut self) {
-        if let Some((store, held)) = self.0.take() {
-            release_from_helper_thread(store, held);
+        if let Some((store, abandoned)) = self.0.take() {
+            release_from_helper_thread(store, abandoned);
         }
     }
 }
 
-async fn release<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>) {
-    let lease = &held.lease;
-    if let Err(error) = store.release(lease).await {
+async fn release<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
+    if let Err(error) = abandoned.free(&*store).await {
         tracing::warn!(
             %error,
-            namespace = lease.key.namespace(),
+            namespace = abandoned.key().namespace(),
             "releasing an abandoned lease failed; the key frees itself when the lease ends"
         );
     }
 }
 
 /// No runtime on this thread: release from a thread with a runtime of its own.
-fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>) {
-    let namespace = held.lease.key.namespace().to_owned();
+fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
+    let namespace = abandoned.key().namespace().to_owned();
     tracing::warn!(
         namespace,
-        fencing = held.lease.fencing,
         "operation dropped with no runtime to release its key on; releasing it from a helper thread"
     );
     let spawned = std::thread::Builder::new()
@@ -123,22 +164,22 @@ fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held
                     return;
                 }
             };
-            let lease = &held.lease;
+            let namespace = abandoned.key().namespace();
             runtime.block_on(async {
                 let released =
-                    tokio::time::timeout(HELPER_RELEASE_TIMEOUT, store.release(lease)).await;
+                    tokio::time::timeout(HELPER_RELEASE_TIMEOUT, abandoned.free(&*store)).await;
                 match released {
                     Ok(Ok(())) => tracing::info!(
-                        namespace = lease.key.namespace(),
+                        namespace,
                         "released the key of an operation dropped outside a runtime"
                     ),
                     Ok(Err(error)) => tracing::warn!(
                         %error,
-                        namespace = lease.key.namespace(),
+                        namespace,
                         "releasing from the helper thread failed; the key frees itself when the lease ends"
                     ),
                     Err(_) => tracing::warn!(
-                        namespace = lease.key.namespace(),
+                        namespace,
                         "releasing from the helper thread timed out; the key frees itself when the lease ends"
                     ),
                 }

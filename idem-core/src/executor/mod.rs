@@ -50,7 +50,9 @@ use codec::JsonSettle;
 /// [`Error::InProgress`] (or waits), and the replay after. With
 /// [`CancelPolicy::Release`](crate::attempt::CancelPolicy::Release) in the [`Config`], or
 /// always with [`execute_scoped`](Self::execute_scoped) (for operations that borrow), a
-/// dropped caller drops the operation and releases the key at once.
+/// dropped caller drops the operation and releases the key at once. A caller dropped while
+/// its claim is on its way to the store never started the operation: if the store applied the
+/// claim, the key is released at once too.
 ///
 /// A panicking operation releases its key (under either policy), and the panic reaches the
 /// caller. Once the operation has returned, nothing releases the key but a retryable failure:
@@ -385,11 +387,7 @@ impl<S: IdempotencyStore> Idempotency<S> {
             lease_ttl: self.settings.lease_ttl,
             fingerprint,
         };
-        match self
-            .engine
-            .claim_or_wait(&request, self.settings.wait)
-            .await?
-        {
+        match self.engine.claim_own(&request, self.settings.wait).await? {
             Claim::Acquired(lease) => {
                 if traced {
                     tracing::Span::current().record("fencing", lease.fencing);
