@@ -1045,12 +1045,14 @@ async fn an_operation_that_panics_before_giving_its_future_frees_the_key() {
     );
 }
 
-/// A store whose claims are applied but, while `hang` is set, never answered: the reply of a
-/// claim the store applied is lost on the way (a client timeout fires, a connection hangs).
+/// A store whose claims are applied but whose replies are lost on the way: never answered
+/// while `hang` is set (a connection hangs), answered `Unavailable` while `lost` counts down
+/// (a client timeout fires).
 #[derive(Debug, Default)]
 struct ClaimReplyHangs {
     inner: MemoryStore,
     hang: AtomicBool,
+    lost: std::sync::atomic::AtomicU32,
     applied: AtomicUsize,
 }
 
@@ -1061,6 +1063,15 @@ impl IdempotencyStore for ClaimReplyHangs {
         self.applied.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        if self
+            .lost
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+        {
+            return Err(Error::unavailable(std::io::Error::other("reply lost")));
         }
         claim
     }
@@ -1104,6 +1115,38 @@ async fn a_caller_gone_while_its_claim_is_in_flight_frees_the_key() {
     assert_eq!(idem.store().applied.load(Ordering::SeqCst), 1, "claimed");
     assert_eq!(count(&runs), 0, "the operation never started");
     idem.store().hang.store(false, Ordering::SeqCst);
+    await_free(&idem.store().inner, &key, ms(5_000)).await;
+    let next = idem
+        .execute_outcome(&key, None, counted(&runs, Ok(2_u64)))
+        .await
+        .expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(2), false));
+}
+
+/// A claim whose every send was applied but answered `Unavailable` (the replies lost) holds
+/// the key for an owner that gives up: the caller gets `Unavailable` and the operation never
+/// starts, so the key is freed at once, not left "in progress" until the lease ends.
+#[tokio::test]
+async fn a_claim_given_up_as_unavailable_frees_the_key_it_was_granted() {
+    let store = ClaimReplyHangs {
+        lost: u32::MAX.into(),
+        ..ClaimReplyHangs::default()
+    };
+    let idem = Idempotency::with_config(store, config(ms(30_000), WaitPolicy::FailFast))
+        .expect("valid config");
+    let key = key("claim-given-up");
+    let runs = counter();
+    let outcome = idem.execute(&key, None, counted(&runs, Ok(1_u64))).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(ExecuteError::Idempotency(Error::Unavailable { .. }))
+        ),
+        "{outcome:?}"
+    );
+    assert!(idem.store().applied.load(Ordering::SeqCst) > 0, "claimed");
+    assert_eq!(count(&runs), 0, "the operation never started");
+    idem.store().lost.store(0, Ordering::SeqCst);
     await_free(&idem.store().inner, &key, ms(5_000)).await;
     let next = idem
         .execute_outcome(&key, None, counted(&runs, Ok(2_u64)))

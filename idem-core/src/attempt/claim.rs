@@ -50,8 +50,9 @@ impl<S: IdempotencyStore> Engine<S> {
     /// [`claim_or_wait`](Engine::claim_or_wait) for a request whose owner token is this
     /// call's alone: made for it, and never sent again by anyone once this returns (the
     /// executor's). Dropped before the answer came back (its caller went away: a timeout, a
-    /// client gone), the claim may have been applied all the same: the key is then freed, on
-    /// a task of its own, as the operation it was for never starts (see [`InFlight`]).
+    /// client gone), or ending `Unavailable`, the claim may have been applied all the same:
+    /// the key is then freed, on a task of its own, as the operation it was for never starts
+    /// (see [`InFlight`]).
     ///
     /// Not for a request its caller may send again (`ClaimRequest::with_owner`): the freeing
     /// would race that claim, and could release the lease it gets back.
@@ -66,14 +67,17 @@ impl<S: IdempotencyStore> Engine<S> {
             answered: false,
         };
         let answer = self.claim_or_wait(request, policy).await;
-        in_flight.answered = true;
+        // Given up as unavailable, the claim may have been applied all the same (only its
+        // replies lost): nobody runs its operation, so it is freed as if its caller went away.
+        in_flight.answered = !matches!(answer, Err(Error::Unavailable { .. }));
         answer
     }
 }
 
-/// A claim on its way to the store. Dropped before its answer came back, it frees the key if
-/// the store applied the claim (the key shows its owner): otherwise nobody would run the
-/// operation, and the key would answer "in progress" until the lease ends.
+/// A claim on its way to the store. Dropped without an answer (its caller went away, or the
+/// store never answered but `Unavailable`), it frees the key if the store applied the claim
+/// (the key shows its owner): otherwise nobody would run the operation, and the key would
+/// answer "in progress" until the lease ends.
 struct InFlight<'a, S: IdempotencyStore> {
     store: &'a Arc<S>,
     request: &'a ClaimRequest,
@@ -85,9 +89,9 @@ impl<S: IdempotencyStore> Drop for InFlight<'_, S> {
         if self.answered {
             return;
         }
-        tracing::warn!(
+        tracing::debug!(
             namespace = self.request.key.namespace(),
-            "claim dropped before its answer came back; freeing its key if it was applied"
+            "claim left without an answer; freeing its key if it was applied"
         );
         guard::free(
             Arc::clone(self.store),

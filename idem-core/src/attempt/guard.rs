@@ -135,12 +135,20 @@ impl<S: IdempotencyStore> Drop for Unstarted<S> {
 }
 
 async fn release<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
-    if let Err(error) = abandoned.free(&*store).await {
-        tracing::warn!(
+    match (abandoned.free(&*store).await, &abandoned) {
+        (Ok(()), _) => {}
+        // Most claims left unanswered were never applied (the store was down): no warning
+        // for each of them on top of the outage's own.
+        (Err(error), Abandoned::Claim(request)) => tracing::debug!(
+            %error,
+            namespace = request.key.namespace(),
+            "freeing the key of an unanswered claim failed; if it was applied, the key frees itself when the lease ends"
+        ),
+        (Err(error), Abandoned::Lease(_)) => tracing::warn!(
             %error,
             namespace = abandoned.key().namespace(),
             "releasing an abandoned lease failed; the key frees itself when the lease ends"
-        );
+        ),
     }
 }
 
