@@ -1154,3 +1154,88 @@ async fn a_claim_given_up_as_unavailable_frees_the_key_it_was_granted() {
         .expect("runs");
     assert_eq!((next.result, next.replayed), (Ok(2), false));
 }
+
+/// A store whose outcome writes take `delay` before they reach the store.
+#[derive(Debug)]
+struct SlowWrites {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for SlowWrites {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        sleep(self.delay).await;
+        self.inner.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        sleep(self.delay).await;
+        self.inner.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A caller that goes away while its outcome is written, where the attempt runs in the
+/// caller's future (`execute_scoped`, `CancelPolicy::Release`), does not cancel the write:
+/// the operation returned, its effects happened, and an outcome left unstored would let it
+/// run a second time once the lease ends. The outcome is stored and replayed.
+#[tokio::test]
+async fn a_caller_gone_during_the_outcome_write_leaves_the_outcome_stored() {
+    let release = Config::builder()
+        .lease_ttl(ms(30_000))
+        .cancel_policy(CancelPolicy::Release)
+        .build()
+        .expect("valid config");
+    let store = SlowWrites {
+        inner: MemoryStore::new(),
+        delay: ms(300),
+    };
+    let idem = Idempotency::with_config(store, release).expect("valid config");
+    for (id, scoped) in [
+        ("gone-writing-scoped", true),
+        ("gone-writing-release", false),
+    ] {
+        let key = key(id);
+        let runs = counter();
+        let gone = if scoped {
+            let call = idem.execute_scoped(&key, None, counted(&runs, Ok(5_u64)));
+            tokio::time::timeout(ms(100), call).await.is_err()
+        } else {
+            let call = idem.execute(&key, None, counted(&runs, Ok(5_u64)));
+            tokio::time::timeout(ms(100), call).await.is_err()
+        };
+        assert!(gone, "{id}: the write was still under way");
+        assert_eq!(count(&runs), 1, "{id}: the operation returned");
+        let deadline = Instant::now() + ms(5_000);
+        loop {
+            let record = idem.store().inner.read(&key).await.expect("read");
+            match record.map(|r| r.state) {
+                Some(RecordState::Completed { .. }) => break,
+                state if Instant::now() >= deadline => {
+                    panic!("{id}: the outcome is not stored 5 s after the caller went: {state:?}")
+                }
+                _ => sleep(ms(10)).await,
+            }
+        }
+        let replay = idem
+            .execute_outcome(&key, None, counted(&runs, Ok(6_u64)))
+            .await
+            .expect("replays");
+        assert_eq!((replay.result, replay.replayed), (Ok(5), true), "{id}");
+        assert_eq!(count(&runs), 1, "{id}: ran once");
+    }
+}

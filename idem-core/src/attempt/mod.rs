@@ -11,7 +11,8 @@
 //!   replay after. [`Release`](CancelPolicy::Release) frees the key at once instead;
 //! - **when the key may be freed without an outcome**: only before the operation returned
 //!   (a cancelled or panicking operation, under `Release`). From the moment it returns, its
-//!   effects may have happened: a cancellation while the outcome is written frees nothing;
+//!   effects may have happened: a cancellation while the outcome is written frees nothing,
+//!   and the write is finished on a task of its own;
 //! - **the lease's renewal**: once the lease has run for a sixth of the TTL (counted from when
 //!   its claim was sent: a slow claim already used part of it), on a task of its own, at once
 //!   and then every third of the TTL, so an operation that blocks its thread for a while
@@ -66,6 +67,7 @@ mod guard;
 mod renewal;
 mod running;
 mod settle;
+mod unwritten;
 mod wait;
 mod watchlist;
 mod write;
@@ -84,6 +86,7 @@ use crate::ttl::Ttl;
 use guard::ReleaseOnDrop;
 use renewal::Held;
 use running::Running;
+use unwritten::Unwritten;
 use watchlist::Watchlist;
 
 pub use renewal::LeaseHandle;
@@ -275,7 +278,8 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// Like [`run`](Self::run), for an operation that borrows from its caller, and so cannot
     /// outlive it: the policy is always [`CancelPolicy::Release`]. Dropping the returned future
     /// before the operation returned drops the operation and releases the key; dropping it
-    /// later (during the outcome write) releases nothing.
+    /// later (during the outcome write) releases nothing: the write is finished on a task of
+    /// its own.
     ///
     /// # Errors
     ///
@@ -335,7 +339,13 @@ where
             _ => Err(Error::LeaseLost),
         }
     } else {
-        write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until()).await
+        // Finished on a task if this future is dropped before the write ends.
+        let unwritten = Unwritten::new(store, &guard.held, &settlement);
+        let written =
+            write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until())
+                .await;
+        unwritten.written();
+        written
     };
     match written {
         Ok(()) => Ok(output),

@@ -56,8 +56,8 @@ use codec::JsonSettle;
 ///
 /// A panicking operation releases its key (under either policy), and the panic reaches the
 /// caller. Once the operation has returned, nothing releases the key but a retryable failure:
-/// a caller dropped while the outcome is written leaves the key to that write, or to the
-/// lease's end.
+/// a caller dropped while the outcome is written leaves the key to that write (finished on a
+/// task of its own), or to the lease's end.
 ///
 /// Cloning is cheap: clones share the store.
 pub struct Idempotency<S> {
