@@ -1239,3 +1239,53 @@ async fn a_caller_gone_during_the_outcome_write_leaves_the_outcome_stored() {
         assert_eq!(count(&runs), 1, "{id}: ran once");
     }
 }
+
+/// A runtime shutting down while a detached attempt writes its outcome (the operation
+/// returned: its effects happened) does not drop the write: it is finished elsewhere, and the
+/// outcome is replayed, instead of the key lapsing at the lease's end and the operation
+/// running a second time.
+#[test]
+fn a_runtime_shut_down_during_the_outcome_write_leaves_the_outcome_stored() {
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    let store = SlowWrites {
+        inner: MemoryStore::new(),
+        delay: ms(300),
+    };
+    let idem = Idempotency::with_config(store, config(ms(30_000), WaitPolicy::FailFast))
+        .expect("valid config");
+    let key = key("runtime-gone-writing");
+    let runs = counter();
+    let dying = rt();
+    dying.block_on(async {
+        let call = idem.execute(&key, None, counted(&runs, Ok(5_u64)));
+        let gone = tokio::time::timeout(ms(100), call).await;
+        assert!(gone.is_err(), "the write was still under way");
+    });
+    assert_eq!(count(&runs), 1, "the operation returned");
+    drop(dying);
+    rt().block_on(async {
+        let deadline = Instant::now() + ms(5_000);
+        loop {
+            let record = idem.store().inner.read(&key).await.expect("read");
+            match record.map(|r| r.state) {
+                Some(RecordState::Completed { .. }) => break,
+                state if Instant::now() >= deadline => {
+                    panic!("the outcome is not stored 5 s after its runtime shut down: {state:?}")
+                }
+                _ => sleep(ms(10)).await,
+            }
+        }
+        let replay = idem
+            .execute_outcome(&key, None, counted(&runs, Ok(6_u64)))
+            .await
+            .expect("replays");
+        assert_eq!((replay.result, replay.replayed), (Ok(5), true));
+    });
+    assert_eq!(count(&runs), 1, "ran once");
+}

@@ -1,12 +1,15 @@
 //! Frees a key whose operation never returned, or never started: its claim's caller went
-//! away before the claim's answer came back.
+//! away before the claim's answer came back; and finishes the outcome write of one that
+//! returned, when that write was dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::renewal::Held;
+use super::settle::{Settle, Settlement};
 use super::watchlist::Watchlist;
+use super::write;
 use crate::claim::ClaimRequest;
 use crate::error::Error;
 use crate::key::Key;
@@ -79,20 +82,43 @@ pub(crate) enum Abandoned {
     /// A claim whose caller went away before its answer came back: if the store applied it
     /// (the key shows this claim's owner), the lease it granted is released.
     Claim(ClaimRequest),
+    /// The settlement of an operation that returned, whose write was dropped before it
+    /// ended: it is carried out (see [`Unwritten`](super::unwritten::Unwritten)).
+    Outcome(Arc<Held>, Settlement),
 }
 
 impl Abandoned {
+    /// What is done with the key, for the logs.
+    fn what(&self) -> &'static str {
+        match self {
+            Self::Lease(_) | Self::Claim(_) => "release",
+            Self::Outcome(..) => "outcome write",
+        }
+    }
+
     fn key(&self) -> &Key {
         match self {
-            Self::Lease(held) => &held.lease.key,
+            Self::Lease(held) | Self::Outcome(held, _) => &held.lease.key,
             Self::Claim(request) => &request.key,
         }
     }
 
-    /// Frees the key in `store` if it is still held by what was abandoned.
+    /// Frees the key in `store` if it is still held by what was abandoned, or finishes it
+    /// with the abandoned outcome.
     async fn free<S: IdempotencyStore>(&self, store: &S) -> Result<(), Error> {
         match self {
             Self::Lease(held) => store.release(&held.lease).await,
+            Self::Outcome(held, settlement) => {
+                let (lease, until) = (&held.lease, held.until());
+                write::carry_out::<_, (), _>(
+                    store,
+                    lease,
+                    settlement.clone(),
+                    &mut NoFallback,
+                    until,
+                )
+                .await
+            }
             Self::Claim(request) => match store.read(&request.key).await? {
                 Some(Record {
                     state: RecordState::Claimed { owner },
@@ -106,8 +132,9 @@ impl Abandoned {
     }
 }
 
-/// Frees what was abandoned, off the dropping thread: on a task of the current runtime, or,
-/// with none or one shutting down (which drops the task unstarted), on a helper thread.
+/// Frees (or finishes) what was abandoned, off the dropping thread: on a task of the current
+/// runtime, or, with none or one shutting down (which drops the task unstarted), on a helper
+/// thread.
 pub(crate) fn free<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
@@ -149,15 +176,37 @@ async fn release<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
             namespace = abandoned.key().namespace(),
             "releasing an abandoned lease failed; the key frees itself when the lease ends"
         ),
+        // The dropped write's last try may have been applied: the key is finished.
+        (Err(Error::LeaseLost), Abandoned::Outcome(..)) => tracing::debug!(
+            namespace = abandoned.key().namespace(),
+            "the abandoned outcome write found the key no longer held: written by the dropped write, or taken over"
+        ),
+        (Err(error), Abandoned::Outcome(..)) => tracing::warn!(
+            %error,
+            namespace = abandoned.key().namespace(),
+            "the operation ran but its outcome was not stored"
+        ),
     }
 }
 
-/// No runtime on this thread: release from a thread with a runtime of its own.
+/// The settle step of an abandoned outcome write: the settlement is known already, and the
+/// caller's step, with its fallback for a payload over the store's limit, went with the
+/// caller.
+struct NoFallback;
+
+impl Settle<()> for NoFallback {
+    fn settle(&mut self, (): &()) -> Settlement {
+        Settlement::Release
+    }
+}
+
+/// No runtime on this thread: free (or finish) from a thread with a runtime of its own.
 fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, abandoned: Abandoned) {
     let namespace = abandoned.key().namespace().to_owned();
     tracing::warn!(
         namespace,
-        "operation dropped with no runtime to release its key on; releasing it from a helper thread"
+        task = abandoned.what(),
+        "operation dropped with no runtime to finish with its key on; doing it from a helper thread"
     );
     let spawned = std::thread::Builder::new()
         .name("idem-release".into())
@@ -168,32 +217,35 @@ fn release_from_helper_thread<S: IdempotencyStore>(store: Arc<S>, abandoned: Aba
             {
                 Ok(runtime) => runtime,
                 Err(error) => {
-                    tracing::warn!(%error, "no runtime for releasing an abandoned lease; the key frees itself when the lease ends");
+                    tracing::warn!(%error, "no runtime for the helper thread; the key frees itself when the lease ends");
                     return;
                 }
             };
-            let namespace = abandoned.key().namespace();
+            let (namespace, task) = (abandoned.key().namespace(), abandoned.what());
             runtime.block_on(async {
                 let released =
                     tokio::time::timeout(HELPER_RELEASE_TIMEOUT, abandoned.free(&*store)).await;
                 match released {
                     Ok(Ok(())) => tracing::info!(
                         namespace,
-                        "released the key of an operation dropped outside a runtime"
+                        task,
+                        "finished with the key of an operation dropped outside a runtime"
                     ),
                     Ok(Err(error)) => tracing::warn!(
                         %error,
                         namespace,
-                        "releasing from the helper thread failed; the key frees itself when the lease ends"
+                        task,
+                        "the helper thread's call failed; the key frees itself when the lease ends"
                     ),
                     Err(_) => tracing::warn!(
                         namespace,
-                        "releasing from the helper thread timed out; the key frees itself when the lease ends"
+                        task,
+                        "the helper thread's call timed out; the key frees itself when the lease ends"
                     ),
                 }
             });
         });
     if let Err(error) = spawned {
-        tracing::warn!(%error, namespace, "could not start a thread to release an abandoned lease; the key frees itself when the lease ends");
+        tracing::warn!(%error, namespace, "could not start a helper thread; the key frees itself when the lease ends");
     }
 }
