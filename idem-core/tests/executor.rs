@@ -744,6 +744,43 @@ async fn a_some_written_as_null_is_not_replayed_as_none() {
     assert_eq!(count(&runs), 3);
 }
 
+/// `serde_json` reads no JSON nested deeper than 127 arrays or objects, so an outcome nested
+/// deeper has no stored form a replay can read: the run's caller gets its value; a repeat
+/// gets a serialization error (not a "corrupt record": idem wrote it). One just within the
+/// limit replays as itself.
+#[tokio::test]
+async fn an_outcome_nested_too_deep_to_read_back_is_a_serialization_error() {
+    let nested = |depth: usize| {
+        (0..depth).fold(serde_json::Value::Null, |inner, _| {
+            serde_json::Value::Array(vec![inner])
+        })
+    };
+    let idem = executor(Config::default());
+    let runs = counter();
+    let deepest = nested(127);
+    run_counted(&idem, &key("deepest"), &runs, deepest.clone())
+        .await
+        .expect("runs");
+    let replay = run_counted(&idem, &key("deepest"), &runs, nested(1))
+        .await
+        .expect("replays");
+    assert_eq!((replay.result, replay.replayed), (Ok(deepest), true));
+    let too_deep = nested(128);
+    let first = run_counted(&idem, &key("too-deep"), &runs, too_deep.clone())
+        .await
+        .expect("runs");
+    assert_eq!(first.result, Ok(too_deep));
+    let replay = run_counted(&idem, &key("too-deep"), &runs, nested(1)).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    assert_eq!(count(&runs), 2);
+}
+
 // 12b. Garbage in the store is a CorruptRecord from execute.
 #[tokio::test]
 async fn stored_garbage_is_a_corrupt_record() {

@@ -21,6 +21,10 @@
 //! that never ran. (A value the writer hands to `serde_json` whole, one holding a raw value,
 //! is not checked.)
 //!
+//! A value nested deeper than `serde_json` reads back (more than [`MAX_DEPTH`] arrays and
+//! objects in one another) is an error too, for the same reason: a repeat would find it
+//! unreadable.
+//!
 //! A `Some` of a value written as `null` (`Some(None)`, `Some(())`) is written as `null` too,
 //! which a derived `Deserialize` reads back as `None`, another value, though a hand-written
 //! one may read it as the `Some`. So the writer counts them
@@ -88,7 +92,10 @@ const SCRATCH_KEPT: usize = 64 * 1024;
 fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Result<usize> {
     // Counted from zero, and the count of an encoding this one runs inside kept for it.
     let outer = SOME_NULLS.replace(0);
-    let written = value.serialize(Writer { out: &mut *out });
+    let written = value.serialize(Writer {
+        out: &mut *out,
+        depth: 0,
+    });
     let some_nulls = SOME_NULLS.replace(outer);
     match written {
         Ok(()) => Ok(some_nulls),
@@ -99,6 +106,7 @@ fn write<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> serde_json::Res
             serde_json::to_writer(out, value).map(|()| 0)
         }
         Err(Stop::NonFinite) => Err(ser::Error::custom(NON_FINITE)),
+        Err(Stop::TooDeep) => Err(ser::Error::custom(TOO_DEEP)),
     }
 }
 
@@ -110,6 +118,8 @@ enum Stop {
     /// A NaN or infinite float: `serde_json` would write `null`, which reads back as another
     /// value (`None`) or not at all, so the value is refused.
     NonFinite,
+    /// More arrays and objects in one another than `serde_json` reads back.
+    TooDeep,
 }
 
 impl std::fmt::Display for Stop {
@@ -117,6 +127,7 @@ impl std::fmt::Display for Stop {
         match self {
             Self::Unsupported => f.write_str("left to serde_json"),
             Self::NonFinite => f.write_str(NON_FINITE),
+            Self::TooDeep => f.write_str(TOO_DEEP),
         }
     }
 }
@@ -132,6 +143,14 @@ impl ser::Error for Stop {
 /// The error for a NaN or infinite float.
 const NON_FINITE: &str = "a NaN or infinite float has no JSON form (it would be stored as null)";
 
+/// The most arrays and objects `serde_json` reads nested in one another: its recursion
+/// limit, 128, leaves this many.
+pub(crate) const MAX_DEPTH: u8 = 127;
+
+/// The error for a value nested deeper than [`MAX_DEPTH`].
+const TOO_DEEP: &str =
+    "the value nests more than 127 arrays and objects, which serde_json would not read back";
+
 /// The name prefix of `serde_json`'s own marker structs (raw values, arbitrary-precision
 /// numbers), which its serializer writes as something else than a struct.
 const SERDE_JSON_MARKER: &str = "$serde_json::";
@@ -139,6 +158,8 @@ const SERDE_JSON_MARKER: &str = "$serde_json::";
 /// Writes compact JSON to `out`.
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
+    /// The arrays and objects the value is written in.
+    depth: u8,
 }
 
 impl Writer<'_> {
@@ -147,8 +168,20 @@ impl Writer<'_> {
         serde_json::Serializer::new(&mut *self.out)
     }
 
-    fn reborrow(&mut self) -> Writer<'_> {
-        Writer { out: self.out }
+    fn reborrow(&mut self, depth: u8) -> Writer<'_> {
+        Writer {
+            out: self.out,
+            depth,
+        }
+    }
+
+    /// The depth inside one more array or object; refused past [`MAX_DEPTH`].
+    fn deeper(depth: u8) -> Result<u8, Stop> {
+        if depth >= MAX_DEPTH {
+            Err(Stop::TooDeep)
+        } else {
+            Ok(depth + 1)
+        }
     }
 
     fn string(&mut self, text: &str) -> Result<(), Stop> {
@@ -164,12 +197,13 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// `{"variant":`, the opening of a variant with content.
-    fn open_variant(&mut self, variant: &str) -> Result<(), Stop> {
+    /// `{"variant":`, the opening of a variant with content; the depth of the content.
+    fn open_variant(&mut self, variant: &str) -> Result<u8, Stop> {
+        let depth = Self::deeper(self.depth)?;
         self.out.push(b'{');
         self.string(variant)?;
         self.out.push(b':');
-        Ok(())
+        Ok(depth)
     }
 }
 
@@ -239,7 +273,15 @@ impl<'a> Serializer for Writer<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Object<'a>;
 
-    scalars!(leaf, serialize_bytes(&[u8]));
+    scalars!(leaf);
+
+    fn serialize_bytes(mut self, value: &[u8]) -> Result<(), Stop> {
+        // Written as an array of numbers: one level deeper.
+        Self::deeper(self.depth)?;
+        (&mut self.json())
+            .serialize_bytes(value)
+            .map_err(|_| Stop::Unsupported)
+    }
 
     finite!(serialize_f32(f32), serialize_f64(f64));
 
@@ -259,6 +301,7 @@ impl<'a> Serializer for Writer<'a> {
         let start = self.out.len();
         value.serialize(Writer {
             out: &mut *self.out,
+            depth: self.depth,
         })?;
         // Written as `None` is: counted, for the executor to check it reads back.
         if self.out[start..] == *b"null" {
@@ -300,16 +343,18 @@ impl<'a> Serializer for Writer<'a> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Stop> {
-        self.open_variant(variant)?;
-        value.serialize(self.reborrow())?;
+        let depth = self.open_variant(variant)?;
+        value.serialize(self.reborrow(depth))?;
         self.out.push(b'}');
         Ok(())
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<Sequence<'a>, Stop> {
+        let depth = Self::deeper(self.depth)?;
         self.out.push(b'[');
         Ok(Sequence {
             out: self.out,
+            depth,
             first: true,
             variant: false,
         })
@@ -330,19 +375,22 @@ impl<'a> Serializer for Writer<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Sequence<'a>, Stop> {
-        self.open_variant(variant)?;
+        let depth = Self::deeper(self.open_variant(variant)?)?;
         self.out.push(b'[');
         Ok(Sequence {
             out: self.out,
+            depth,
             first: true,
             variant: true,
         })
     }
 
     fn serialize_map(self, _: Option<usize>) -> Result<Object<'a>, Stop> {
+        let depth = Self::deeper(self.depth)?;
         self.out.push(b'{');
         Ok(Object {
             out: self.out,
+            depth,
             first: true,
             variant: false,
         })
@@ -362,10 +410,11 @@ impl<'a> Serializer for Writer<'a> {
         variant: &'static str,
         _: usize,
     ) -> Result<Object<'a>, Stop> {
-        self.open_variant(variant)?;
+        let depth = Self::deeper(self.open_variant(variant)?)?;
         self.out.push(b'{');
         Ok(Object {
             out: self.out,
+            depth,
             first: true,
             variant: true,
         })
@@ -375,6 +424,8 @@ impl<'a> Serializer for Writer<'a> {
 /// An array being written: `[a,b]`, closed by a `}` too when it is a variant's content.
 struct Sequence<'a> {
     out: &'a mut Vec<u8>,
+    /// The arrays and objects the elements are written in, this one included.
+    depth: u8,
     first: bool,
     variant: bool,
 }
@@ -384,7 +435,10 @@ impl Sequence<'_> {
         if !std::mem::take(&mut self.first) {
             self.out.push(b',');
         }
-        value.serialize(Writer { out: self.out })
+        value.serialize(Writer {
+            out: self.out,
+            depth: self.depth,
+        })
     }
 
     fn close(self) -> Result<(), Stop> {
@@ -427,6 +481,8 @@ sequence!(
 /// content.
 struct Object<'a> {
     out: &'a mut Vec<u8>,
+    /// The arrays and objects the values are written in, this one included.
+    depth: u8,
     first: bool,
     variant: bool,
 }
@@ -440,7 +496,10 @@ impl Object<'_> {
 
     fn field<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) -> Result<(), Stop> {
         self.comma();
-        let mut writer = Writer { out: self.out };
+        let mut writer = Writer {
+            out: self.out,
+            depth: self.depth,
+        };
         writer.string(name)?;
         writer.out.push(b':');
         value.serialize(writer)
@@ -467,7 +526,10 @@ impl ser::SerializeMap for Object<'_> {
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Stop> {
-        value.serialize(Writer { out: self.out })
+        value.serialize(Writer {
+            out: self.out,
+            depth: self.depth,
+        })
     }
 
     fn end(self) -> Result<(), Stop> {
@@ -508,12 +570,21 @@ struct StringKey<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl StringKey<'_> {
+impl<'a> StringKey<'a> {
+    /// The writer of a key's text: a key holds no arrays or objects.
+    fn writer(self) -> Writer<'a> {
+        Writer {
+            out: self.out,
+            depth: 0,
+        }
+    }
+
     /// The key `write` writes, in quotes.
     fn quoted(self, write: impl FnOnce(Writer<'_>) -> Result<(), Stop>) -> Result<(), Stop> {
         self.out.push(b'"');
         write(Writer {
             out: &mut *self.out,
+            depth: 0, // a key holds no arrays or objects
         })?;
         self.out.push(b'"');
         Ok(())
@@ -569,14 +640,14 @@ impl Serializer for StringKey<'_> {
     type SerializeStructVariant = ser::Impossible<(), Stop>;
 
     fn serialize_str(self, value: &str) -> Result<(), Stop> {
-        Writer { out: self.out }.string(value)
+        self.writer().string(value)
     }
 
     scalars!(quoted);
     quoted_finite!(serialize_f32(f32), serialize_f64(f64));
 
     fn serialize_char(self, value: char) -> Result<(), Stop> {
-        Writer { out: self.out }.string(value.encode_utf8(&mut [0; 4]))
+        self.writer().string(value.encode_utf8(&mut [0; 4]))
     }
 
     fn serialize_unit_variant(
@@ -585,7 +656,7 @@ impl Serializer for StringKey<'_> {
         _: u32,
         variant: &'static str,
     ) -> Result<(), Stop> {
-        Writer { out: self.out }.string(variant)
+        self.writer().string(variant)
     }
 
     not_a_string!(
@@ -932,6 +1003,66 @@ mod tests {
                 super::same(self);
             }
         }
+    }
+
+    /// A value is refused exactly when `serde_json` would not read it back for its depth, in
+    /// every shape that nests: arrays, objects, variants with content, bytes.
+    #[test]
+    fn a_value_is_refused_exactly_when_it_nests_too_deep_to_read_back() {
+        #[derive(Debug, Serialize)]
+        enum Nest {
+            Leaf,
+            Bytes(#[serde(serialize_with = "as_bytes")] u8),
+            Newtype(Box<Nest>),
+            Tuple(Box<Nest>, u8),
+            Struct { inner: Box<Nest> },
+            Array(Vec<Nest>),
+            Map(BTreeMap<String, Nest>),
+        }
+        fn as_bytes<S: Serializer>(byte: &u8, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_bytes(&[*byte])
+        }
+        let wrappers: [fn(Nest) -> Nest; 5] = [
+            |n| Nest::Newtype(Box::new(n)),
+            |n| Nest::Tuple(Box::new(n), 1),
+            |n| Nest::Struct { inner: Box::new(n) },
+            |n| Nest::Array(vec![n]),
+            |n| Nest::Map(BTreeMap::from([("k".to_owned(), n)])),
+        ];
+        for wrap in wrappers {
+            for bottom in [|| Nest::Leaf, || Nest::Bytes(7)] {
+                let (mut written, mut refused) = (0, 0);
+                for levels in 60..135 {
+                    let value = (0..levels).fold(bottom(), |inner, _| wrap(inner));
+                    let json = serde_json::to_vec(&value).expect("serde_json writes it");
+                    let readable = serde_json::from_slice::<serde_json::Value>(&json).is_ok();
+                    match to_vec(&value) {
+                        Ok(ours) => {
+                            assert!(readable, "written, unreadable: {levels} of {value:?}");
+                            assert_eq!(ours, json);
+                            written += 1;
+                        }
+                        Err(error) => {
+                            assert!(!readable, "refused, readable: {levels} of {value:?}");
+                            assert!(error.to_string().contains("127"), "{error}");
+                            refused += 1;
+                        }
+                    }
+                }
+                assert!(
+                    written > 0 && refused > 0,
+                    "{written} written, {refused} refused"
+                );
+            }
+        }
+        // At the edge: 127 arrays are read back, 128 are not.
+        let arrays = |depth: usize| {
+            (0..depth).fold(serde_json::Value::Null, |inner, _| {
+                serde_json::Value::Array(vec![inner])
+            })
+        };
+        same(&arrays(usize::from(MAX_DEPTH)));
+        assert!(to_vec(&arrays(usize::from(MAX_DEPTH) + 1)).is_err());
     }
 
     /// A map of one entry whose key is a float, which `BTreeMap` cannot hold.
