@@ -659,3 +659,83 @@ fn a_slow_claims_renewal_runs_while_the_operation_blocks_its_thread() {
         keeper.await.expect("joined");
     });
 }
+
+/// A store whose first `hung` renewals are applied but never answered (the reply lost on
+/// the way, a connection that hangs).
+#[derive(Debug, Default)]
+struct RenewalReplyLost {
+    inner: MemoryStore,
+    hung: std::sync::atomic::AtomicU32,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for RenewalReplyLost {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &idem_core::Lease, r: Bytes, t: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, r, t).await
+    }
+    async fn fail(&self, lease: &idem_core::Lease, f: Bytes, t: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, f, t).await
+    }
+    async fn renew(&self, lease: &idem_core::Lease, t: Ttl) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let renewed = self.inner.renew(lease, t).await;
+        if self
+            .hung
+            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+        renewed
+    }
+    async fn release(&self, lease: &idem_core::Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// A renewal whose reply never comes does not stop the renewals after it: the lease is
+/// still renewed while the operation runs, so a rival that claims long after the lease
+/// would have lapsed finds the key in progress, instead of taking it over and running the
+/// operation a second time.
+#[tokio::test]
+async fn a_renewal_whose_reply_never_comes_does_not_stop_the_renewals() {
+    let lease_ttl = Ttl::from_millis(900).expect("ttl");
+    let store = Arc::new(RenewalReplyLost {
+        hung: 1.into(),
+        ..RenewalReplyLost::default()
+    });
+    let engine = Engine::new(Arc::clone(&store), lease_ttl);
+    let key = Key::new("attempt-tests", "renewal-reply-lost").expect("key");
+    let request = ClaimRequest::new(key.clone(), lease_ttl);
+    let Ok(Claim::Acquired(lease)) = engine.claim(&request).await else {
+        panic!("a fresh key is acquired");
+    };
+    let running = tokio::spawn(
+        engine
+            .attempt(lease)
+            .run(tokio::time::sleep(Duration::from_millis(2500)), |_: &()| {
+                Settlement::Release
+            }),
+    );
+    // Well past the lease's end had it been renewed only by the renewal that hung.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let rival = store
+        .inner
+        .claim(&ClaimRequest::new(key, lease_ttl))
+        .await
+        .expect("claimed");
+    assert!(
+        matches!(rival, Claim::InProgress { .. }),
+        "a rival took the key over while its operation ran: {rival:?}"
+    );
+    running.await.expect("joined").expect("released");
+}

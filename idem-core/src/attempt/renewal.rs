@@ -88,18 +88,21 @@ pub(crate) fn renew_interval(ttl: Ttl) -> Duration {
     ttl.as_duration() / 3
 }
 
+/// Why a renewal left unanswered for a renewal interval is sent again.
+const UNANSWERED: &str = "the store did not answer the renewal within a renewal interval";
+
 /// Keeps `held`'s lease renewed: at once (the supervisor starts this once the attempt has
 /// run a while, see [`watchlist`](super::watchlist)), then every third of the TTL, until
 /// aborted or the lease is found lost.
 ///
-/// A renewal the store could not answer is sent again after the outcome write's short
-/// pauses (at most [`MAX_PAUSE`] apart) while the lease is known to last, not a third of
-/// the TTL later: a store that fails a renewal now and then but answers in between (a
-/// query cancelled while it waits on a row lock, a connection terminated) must not cost
-/// the lease. Two such failures at the regular pace let a live lease lapse under a running
-/// operation, which the key's next caller then ran a second time (idem-chaos
-/// `postgres-kill`). Past the lease's known end the regular pace resumes: the key may have
-/// been taken over, and a renewal then only finds out.
+/// A renewal the store could not answer, or left unanswered for an interval, is sent again
+/// after the outcome write's short pauses (at most [`MAX_PAUSE`] apart) while the lease is
+/// known to last, not a third of the TTL later: a store that fails a renewal now and then
+/// but answers in between (a query cancelled while it waits on a row lock, a connection
+/// terminated) must not cost the lease. Two such failures at the regular pace let a live
+/// lease lapse under a running operation, which the key's next caller then ran a second
+/// time (idem-chaos `postgres-kill`). Past the lease's known end the regular pace resumes:
+/// the key may have been taken over, and a renewal then only finds out.
 pub(crate) async fn keep_renewed<S: IdempotencyStore>(store: Arc<S>, held: Arc<Held>, ttl: Ttl) {
     let every = renew_interval(ttl);
     let lease = &held.lease;
@@ -108,7 +111,13 @@ pub(crate) async fn keep_renewed<S: IdempotencyStore>(store: Arc<S>, held: Arc<H
     loop {
         tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        match store.renew(lease, ttl).await {
+        // A renewal unanswered for a whole interval (its reply lost, a connection that
+        // hangs) is given up on and sent again: awaited, it held back every renewal after it,
+        // and the lease lapsed under the running operation.
+        let renewed = tokio::time::timeout(every, store.renew(lease, ttl))
+            .await
+            .unwrap_or_else(|_| Err(Error::unavailable(UNANSWERED)));
+        match renewed {
             Ok(()) => {
                 held.renewed(sent, ttl);
                 backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
