@@ -37,6 +37,8 @@ enum Blink {
     TakenOver,
     /// Written after a pause, with no error.
     Slow,
+    /// Written, but the reply never comes (a connection that hangs).
+    ReplyHangs,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,10 @@ impl FlakyStore {
                 assert!(next.fencing > lease.fencing);
                 write(next, payload).await?;
                 Err(outage())
+            }
+            (true, Blink::ReplyHangs) => {
+                write(lease.clone(), payload).await?;
+                std::future::pending().await
             }
             (true, Blink::Slow) => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -349,4 +355,28 @@ async fn a_lost_reply_is_recognised_when_the_read_back_blinks_too() {
     assert!(matches!(results[..], [Ok(7), Ok(7)]), "{results:?}");
     assert_eq!(runs, 1, "the operation ran again");
     assert_eq!(store.completes.load(Ordering::SeqCst), 2);
+}
+
+/// A write applied whose reply never comes (a connection that hangs) is a lost reply too: it
+/// is given up on by the lease's end at the latest, tried again, and recognised by reading
+/// the key back. The caller gets its value, and the repeat the replay, instead of the first
+/// call waiting forever.
+#[tokio::test]
+async fn a_write_whose_reply_never_comes_is_recognised() {
+    let config = Config::builder()
+        .lease_ttl(std::time::Duration::from_secs(2))
+        .build()
+        .expect("valid config");
+    let store = FlakyStore::new(Blink::ReplyHangs, 1);
+    let called = repeatedly(store, config, 2);
+    let (store, results, runs) = tokio::time::timeout(std::time::Duration::from_secs(20), called)
+        .await
+        .expect("the first call still waits for the reply that never comes");
+    assert!(matches!(results[..], [Ok(7), Ok(7)]), "{results:?}");
+    assert_eq!(runs, 1, "the operation ran again");
+    assert_eq!(
+        store.completes.load(Ordering::SeqCst),
+        2,
+        "the retry found the key finished"
+    );
 }

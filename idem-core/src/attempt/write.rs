@@ -1,5 +1,6 @@
 //! Carrying out a settlement: the outcome write, retried while the lease is ours.
 
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,34 @@ pub(super) const MAX_PAUSE: Duration = Duration::from_millis(100);
 /// The last attempt goes this long before the lease's end (as the attempt knows it), so
 /// that it reaches the store while the lease still holds there, timer lag included.
 const FINAL_MARGIN: Duration = Duration::from_millis(50);
+/// The least time a call of the write is given to answer, whatever the lease has left.
+const MIN_ANSWER: Duration = Duration::from_secs(1);
+/// Why a call left unanswered is given up on.
+const UNANSWERED: &str = "the store did not answer the outcome write before the lease's end";
+
+/// When the last call of a write under a lease known to last until `lease_until` goes.
+fn last_call(lease_until: Instant) -> Instant {
+    lease_until.checked_sub(FINAL_MARGIN).unwrap_or(lease_until)
+}
+
+/// `call`, given up on as `Unavailable` if it is still unanswered at the lease's last call
+/// (and not before [`MIN_ANSWER`]): a reply that never comes (a connection that hangs) is a
+/// lost reply, which the write's retry recognises by reading the key back, where awaiting
+/// it kept the caller waiting forever. A call answered at once costs no timer.
+async fn answered<T>(
+    call: impl Future<Output = Result<T, Error>>,
+    lease_until: Instant,
+) -> Result<T, Error> {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if let Poll::Ready(answer) = first {
+        return answer;
+    }
+    let deadline = last_call(lease_until).max(Instant::now() + MIN_ANSWER);
+    Box::pin(tokio::time::timeout_at(deadline, call))
+        .await
+        .unwrap_or_else(|_| Err(Error::unavailable(UNANSWERED)))
+}
 
 /// Which of the two finished states an outcome is written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +124,7 @@ async fn write<S: IdempotencyStore>(
         Settlement::Release => {
             // Nothing to lose: a failed release only means the key frees itself when the
             // lease runs out.
-            if let Err(error) = store.release(lease).await {
+            if let Err(error) = answered(store.release(lease), lease_until).await {
                 tracing::warn!(%error, "releasing the key failed; it frees itself when the lease ends");
             }
             Ok(())
@@ -119,8 +148,14 @@ async fn finish<S: IdempotencyStore>(
     lease_until: Instant,
 ) -> Result<(), Error> {
     let written = match finish {
-        Finish::Completed => complete_once(store, lease, payload.clone(), retention).await,
-        Finish::Failed => fail_once(store, lease, payload.clone(), retention).await,
+        Finish::Completed => {
+            let call = complete_once(store, lease, payload.clone(), retention);
+            answered(call, lease_until).await
+        }
+        Finish::Failed => {
+            let call = fail_once(store, lease, payload.clone(), retention);
+            answered(call, lease_until).await
+        }
     };
     match written {
         Err(Error::Unavailable { source }) => {
@@ -163,8 +198,14 @@ impl Retry {
             attempt += 1;
             let payload = self.payload.clone();
             let written = match self.finish {
-                Finish::Completed => complete_once(store, lease, payload, self.retention).await,
-                Finish::Failed => fail_once(store, lease, payload, self.retention).await,
+                Finish::Completed => {
+                    let call = complete_once(store, lease, payload, self.retention);
+                    answered(call, self.lease_until).await
+                }
+                Finish::Failed => {
+                    let call = fail_once(store, lease, payload, self.retention);
+                    answered(call, self.lease_until).await
+                }
             };
             match written {
                 Err(Error::Unavailable { source: again }) => source = again,
@@ -187,11 +228,7 @@ impl Retry {
     /// last call is made as it ends, so a store back by then still gets it (a restart that
     /// ends inside the lease costs no second run).
     fn next_pause(&self, calls: u32, backoff: &mut Backoff) -> Option<Duration> {
-        let last_call = self
-            .lease_until
-            .checked_sub(FINAL_MARGIN)
-            .unwrap_or(self.lease_until);
-        let left = last_call.saturating_duration_since(Instant::now());
+        let left = last_call(self.lease_until).saturating_duration_since(Instant::now());
         if calls >= MIN_WRITE_ATTEMPTS && left.is_zero() {
             return None;
         }
@@ -212,7 +249,8 @@ impl Retry {
     ) -> bool {
         let mut reads = 1;
         loop {
-            match holds(store, lease, self.finish, &self.payload).await {
+            let read = holds(store, lease, self.finish, &self.payload);
+            match answered(read, self.lease_until).await {
                 Ok(held) => return held,
                 Err(Error::Unavailable { source }) => {
                     let Some(pause) = self.next_pause(reads, backoff) else {
