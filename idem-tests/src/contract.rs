@@ -85,7 +85,7 @@
 //! | `Rejection::WrongScope`: issued for another scope; the token stays usable by its own scope. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`], [`token_checks::rejection_reasons`] | `BurnsOnWrongScope`, `ScopeFoldsCase`, `ScopeCheckedFirst` |
 //! | `Token::parse`: non-empty, at most `MAX_TOKEN_LEN` bytes, no whitespace or control characters, else `MalformedToken`. | [`token_checks::malformed_tokens`] (refused before the store is asked; `Tokens`' rule, no store can break it) | none |
 //! | (Errors, as for `IdempotencyStore`:) a stored token that does not decode is `CorruptRecord`; an unreachable backend is `Unavailable`. | [`sabotage_checks::corrupt_token`] (consume by any scope; an issue over it is refused and overwrites nothing), [`sabotage_checks::unavailable_token_backend`] (issue and consume, within the bound), through the backend's [`TokenSabotage`] hook | `TokenDefect::CorruptAsUnknown`, `TokenDefect::UnavailableAsBackend` |
-//! | `TokenGenerator::generate`: a new ID, unique across processes and machines, and unguessable. | [`token_checks::distinct_tokens`] (2,048 distinct through the store; the default generator's 10,000 in idem-core's unit tests; uniqueness only; the generator's rule, no store can break it) | none |
+//! | `TokenGenerator::generate`: a new ID, unique across processes and machines, and unguessable. | [`token_checks::distinct_tokens`] (2,048 distinct through the store; the default generator's 10,000 in idem-core's unit tests, where consecutive ones also share no more of their 74 random bits than chance; the generator's rule, no store can break it) | none |
 //!
 //! ## Faults need the backend's hook
 //!
@@ -134,8 +134,9 @@
 //!    `OwnerToken::from_uuid`, `as_bytes`, `as_uuid` (constructors; [`checks::lease_identity`]
 //!    only uses `from_uuid`); the `ClaimRequest` builders; `Scope::new`'s validation (no
 //!    check at all); `Token::key` (no check at all).
-//! 6. **"Unguessable"** token IDs: too vague to check; [`token_checks::distinct_tokens`]
-//!    checks uniqueness only, and [`token_checks::malformed_tokens`] and
+//! 6. **"Unguessable"** token IDs: no check of a store can see it; [`token_checks::distinct_tokens`]
+//!    checks uniqueness only (the default generator's random bits are idem-core's unit
+//!    test: tokens made back to back share no more of them than chance), and [`token_checks::malformed_tokens`] and
 //!    [`token_checks::distinct_tokens`] test `Tokens` and the generator rather than a store
 //!    (no broken store can fail them; `tests/proof.rs` exempts them).
 //! 7. **Corrupt records, an unreachable server and the length of the fencing memory** are
