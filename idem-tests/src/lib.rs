@@ -199,6 +199,7 @@ macro_rules! __with_token_check_names {
             rejection_reasons
             used_mark_lifetime
             issue_against_used
+            collision_keeps_expiry
             issue_races
         }
     };

@@ -557,6 +557,58 @@ pub async fn issue_against_used(
     .await
 }
 
+/// An issue refused with `TokenCollision` leaves the token's expiry as it was, unused or
+/// used: a token issued for a short TTL and then issued again for a long one is `Unknown`
+/// once the short TTL has passed, and its ID can be issued afresh.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a colliding issue is not
+/// `TokenCollision`, or a token outlives its own TTL after one; or when a store call the
+/// check needs fails unexpectedly.
+pub async fn collision_keeps_expiry(
+    store: SharedTokenStore,
+    capabilities: Capabilities,
+) -> CheckResult {
+    run(
+        "collision_keeps_expiry",
+        store,
+        capabilities,
+        |ctx| async move {
+            let store = ctx.tokens.store();
+            let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
+            let long = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
+            let (unused, used) = (ctx.fresh_token()?, ctx.fresh_token()?);
+            for token in [&unused, &used] {
+                store.issue(token, &ctx.scope, short).await.doing("issue")?;
+            }
+            let first = ctx.consume(&ctx.scope, &used).await?;
+            ensure!(
+                first == Consumption::Consumed,
+                "a fresh token: got {first:?}"
+            );
+            for (what, token) in [("an unused", &unused), ("a used", &used)] {
+                let again = store.issue(token, &ctx.scope, long).await;
+                ensure!(
+                    matches!(again, Err(Error::TokenCollision)),
+                    "issuing {what} live token again: expected TokenCollision, got {again:?}"
+                );
+            }
+            tokio::time::sleep(ctx.caps.short_ttl + ctx.caps.time_slack).await;
+            for (what, token) in [("an unused", &unused), ("a used", &used)] {
+                let late = ctx.consume(&ctx.scope, token).await?;
+                ensure!(
+                    late == Consumption::Rejected(Rejection::Unknown),
+                    "{what} token past its own TTL, after a refused issue with a longer one: \
+                     expected Rejected(Unknown), got {late:?}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// How many tokens [`issue_races`] races on, so that on a real server some calls overlap.
 const RACED_TOKENS: usize = 32;
 

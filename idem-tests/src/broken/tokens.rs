@@ -33,6 +33,9 @@ pub enum TokenDefect {
     UsedMarkRestartsTtl,
     /// Issuing refuses only unused tokens: a used one is overwritten and usable again.
     IssueRevivesUsed,
+    /// A refused issue restarts the live token's TTL with its own (an `EXPIRE` after a
+    /// failed `SET NX`, say): scope and used mark stay, the expiry does not.
+    CollisionRestartsTtl,
     /// Issuing checks that the token is free, then stores it in a second step: two issues
     /// racing both store it, the second overwriting the first.
     CheckThenIssue,
@@ -57,6 +60,7 @@ impl TokenDefect {
         TokenDefect::ScopeCheckedFirst,
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
+        TokenDefect::CollisionRestartsTtl,
         TokenDefect::CheckThenIssue,
         TokenDefect::CorruptAsUnknown,
         TokenDefect::UnavailableAsBackend,
@@ -76,18 +80,21 @@ impl TokenDefect {
                 &["issue_races", "scope_binding", "scope_compared_exactly"]
             }
             TokenDefect::NeverExpires => &[
+                "collision_keeps_expiry",
                 "issue_against_used",
                 "rejection_reasons",
                 "token_expiry",
                 "used_mark_lifetime",
             ],
             TokenDefect::UsedMarkNeverExpires => &[
+                "collision_keeps_expiry",
                 "issue_against_used",
                 "rejection_reasons",
                 "token_expiry",
                 "used_mark_lifetime",
             ],
             TokenDefect::Overwrites => &[
+                "collision_keeps_expiry",
                 "issue_against_used",
                 "issue_never_overwrites",
                 "issue_races",
@@ -95,7 +102,8 @@ impl TokenDefect {
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
             TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
-            TokenDefect::IssueRevivesUsed => &["issue_against_used"],
+            TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
+            TokenDefect::CollisionRestartsTtl => &["collision_keeps_expiry"],
             TokenDefect::CheckThenIssue => &["issue_races"],
             TokenDefect::CorruptAsUnknown => &["corrupt_token"],
             TokenDefect::UnavailableAsBackend => &["unavailable_token_backend"],
@@ -187,6 +195,13 @@ impl TokenStore for BrokenTokenStore {
         let revives = self.defect == TokenDefect::IssueRevivesUsed
             && live.as_ref().is_some_and(|record| record.used);
         if live.is_some() && !overwrite && !revives {
+            if self.defect == TokenDefect::CollisionRestartsTtl {
+                self.with_tokens(|tokens| {
+                    if let Some(entry) = tokens.get_mut(token) {
+                        entry.1 = Instant::now() + ttl.as_duration();
+                    }
+                })?;
+            }
             return Err(Error::TokenCollision);
         }
         let record = TokenRecord::new(scope.clone(), false);
