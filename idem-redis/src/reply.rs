@@ -35,9 +35,9 @@ shared_with_lua! {
     const CONSUMED: i64 = 10;
     /// No token under the key.
     const UNKNOWN: i64 = 11;
-    /// The token was consumed before.
+    /// The token was consumed before; its stored scope follows.
     const ALREADY_USED: i64 = 12;
-    /// The token belongs to another scope.
+    /// The token belongs to another scope; its stored scope follows.
     const WRONG_SCOPE: i64 = 13;
 }
 

@@ -109,12 +109,24 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
         let script = &SCRIPTS.consume_token;
         let mut call = script.call(self.redis_key(token), 1, scope.as_str().len());
         call.arg(scope.as_str());
-        match self.connection.run(script, &call).await?.code()? {
-            reply::CONSUMED => Ok(Consumption::Consumed),
-            reply::UNKNOWN => Ok(Consumption::Rejected(Rejection::Unknown)),
-            reply::ALREADY_USED => Ok(Consumption::Rejected(Rejection::AlreadyUsed)),
-            reply::WRONG_SCOPE => Ok(Consumption::Rejected(Rejection::WrongScope)),
-            code => Err(unknown_code(code)),
-        }
+        let mut reply = self.connection.run(script, &call).await?;
+        let rejection = match reply.code()? {
+            reply::CONSUMED => return Ok(Consumption::Consumed),
+            reply::UNKNOWN => return Ok(Consumption::Rejected(Rejection::Unknown)),
+            reply::ALREADY_USED => Rejection::AlreadyUsed,
+            reply::WRONG_SCOPE => Rejection::WrongScope,
+            code => return Err(unknown_code(code)),
+        };
+        stored_scope(reply.bytes()?)?;
+        Ok(Consumption::Rejected(rejection))
     }
+}
+
+/// The scope a rejected consume found stored, as the [`Scope`] it must be: a value whose
+/// header reads well over bytes no scope can be was not written by this store, and is
+/// [`Error::CorruptRecord`] rather than a rejection.
+fn stored_scope(bytes: Vec<u8>) -> Result<Scope, Error> {
+    let text = String::from_utf8(bytes)
+        .map_err(|e| Error::corrupt_with("a stored token scope is not UTF-8", e))?;
+    Scope::new(text).map_err(|e| Error::corrupt_with("a stored token scope is not a scope", e))
 }

@@ -26,15 +26,18 @@ local version, state = string.byte(raw, 1, 2)
 if version ~= TOKEN_VERSION then
   return { R_CORRUPT, 'unknown token record version ' .. version }
 end
+-- A rejection hands the stored scope back: Rust decodes it (a scope that no Scope can be is
+-- a corrupt record, not an answer), which Lua cannot do as Scope::new does.
+local stored = string.sub(raw, 3)
 if state == USED then
-  return { R_ALREADY_USED }
+  return { R_ALREADY_USED, stored }
 end
 if state ~= ISSUED then
   return { R_CORRUPT, 'unknown token state ' .. state }
 end
 -- Another scope's attempt leaves the token as it is, usable by its owner.
-if string.sub(raw, 3) ~= scope then
-  return { R_WRONG_SCOPE }
+if stored ~= scope then
+  return { R_WRONG_SCOPE, stored }
 end
 redis.call('SET', key, string.char(TOKEN_VERSION, USED) .. scope, 'KEEPTTL')
 return { R_CONSUMED }

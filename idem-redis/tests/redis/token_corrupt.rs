@@ -25,6 +25,24 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
         ("unknown version", b"\x02\x00alice".to_vec()),
         ("unknown state", b"\x01\x07alice".to_vec()),
         ("all ones", vec![0xff; 64]),
+        // A well-formed header over a scope no `Scope` can be: the store never wrote it,
+        // whether the token reads as issued or as used.
+        (
+            "a scope that is not UTF-8",
+            b"\x01\x00\xff\xfealice".to_vec(),
+        ),
+        (
+            "a used token's scope that is not UTF-8",
+            b"\x01\x01\xff\xfe".to_vec(),
+        ),
+        (
+            "a scope with a control character",
+            b"\x01\x00al\x07ice".to_vec(),
+        ),
+        (
+            "a scope over MAX_KEY_LEN",
+            [&[1, 0][..], &[b'a'; 256]].concat(),
+        ),
     ]
 }
 
