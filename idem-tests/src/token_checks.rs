@@ -119,12 +119,14 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 }
 
 /// A token is usable within its TTL and unknown after it; a used token's mark expires
-/// with it too (it is kept only to tell repeats "already used" meanwhile).
+/// with it too (it is kept only to tell repeats "already used" meanwhile). Unknown means
+/// not stored: the ID of an expired token, used or not, is issued afresh.
 ///
 /// # Errors
 ///
 /// A [`CheckFailure`](crate::CheckFailure) naming this check when a token is refused within its TTL or accepted after
-/// it, or its used mark outlives it; or when a store call the check needs fails unexpectedly.
+/// it, or its used mark outlives it, or its ID cannot be issued again once it expired; or when
+/// a store call the check needs fails unexpectedly.
 pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
     run("token_expiry", store, capabilities, |ctx| async move {
         let short = Ttl::new(ctx.caps.short_ttl).doing("ttl")?;
@@ -152,6 +154,17 @@ pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -
             ensure!(
                 late == Consumption::Rejected(Rejection::Unknown),
                 "{what} token past its TTL: expected Rejected(Unknown), got {late:?}"
+            );
+        }
+        for (what, token) in [("an unused", &stale), ("a used", &used)] {
+            store
+                .issue(token, &ctx.scope, short)
+                .await
+                .map_err(|e| format!("issuing {what} token afresh past its TTL: {e:?}"))?;
+            let again = ctx.consume(&ctx.scope, token).await?;
+            ensure!(
+                again == Consumption::Consumed,
+                "{what} token issued afresh past its TTL: expected Consumed, got {again:?}"
             );
         }
         Ok(())

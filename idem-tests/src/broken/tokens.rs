@@ -36,6 +36,9 @@ pub enum TokenDefect {
     /// A refused issue restarts the live token's TTL with its own (an `EXPIRE` after a
     /// failed `SET NX`, say): scope and used mark stay, the expiry does not.
     CollisionRestartsTtl,
+    /// Issuing refuses an expired token that was never used, as if it were still stored
+    /// (a reissue that only replaces used rows): its ID stays taken until a purge.
+    ExpiredUnusedCollides,
     /// Issuing checks that the token is free, then stores it in a second step: two issues
     /// racing both store it, the second overwriting the first.
     CheckThenIssue,
@@ -61,6 +64,7 @@ impl TokenDefect {
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
         TokenDefect::CollisionRestartsTtl,
+        TokenDefect::ExpiredUnusedCollides,
         TokenDefect::CheckThenIssue,
         TokenDefect::CorruptAsUnknown,
         TokenDefect::UnavailableAsBackend,
@@ -104,6 +108,7 @@ impl TokenDefect {
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
             TokenDefect::CollisionRestartsTtl => &["collision_keeps_expiry"],
+            TokenDefect::ExpiredUnusedCollides => &["token_expiry"],
             TokenDefect::CheckThenIssue => &["issue_races"],
             TokenDefect::CorruptAsUnknown => &["corrupt_token"],
             TokenDefect::UnavailableAsBackend => &["unavailable_token_backend"],
@@ -192,6 +197,11 @@ impl TokenStore for BrokenTokenStore {
         }
         let overwrite = self.defect == TokenDefect::Overwrites;
         let live = self.live(token)?;
+        let expired_unused = self.defect == TokenDefect::ExpiredUnusedCollides
+            && self.with_tokens(|tokens| tokens.get(token).is_some_and(|(r, _, _)| !r.used))?;
+        if expired_unused {
+            return Err(Error::TokenCollision);
+        }
         let revives = self.defect == TokenDefect::IssueRevivesUsed
             && live.as_ref().is_some_and(|record| record.used);
         if live.is_some() && !overwrite && !revives {
