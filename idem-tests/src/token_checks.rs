@@ -364,7 +364,8 @@ impl TokenStore for CountingStore {
 }
 
 /// Scopes are compared exactly: a scope that differs in case, spacing, a prefix or suffix,
-/// or Unicode normalization is `WrongScope`, and the token stays usable by its own scope.
+/// Unicode normalization, or only the last byte of [`MAX_KEY_LEN`](idem_core::MAX_KEY_LEN)
+/// is `WrongScope`, and the token stays usable by its own scope.
 ///
 /// # Errors
 ///
@@ -391,6 +392,11 @@ pub async fn scope_compared_exactly(
             ];
             cases.push((composed.clone(), format!("{own}.cafe\u{301}")));
             cases.push((composed, format!("{own}.CAF\u{c9}")));
+            // Scopes of the longest length, differing in their last byte only: kept and
+            // compared whole, not cut to a shorter column's size.
+            let longest = format!("{own:x<width$}", width = idem_core::MAX_KEY_LEN);
+            let last_byte_differs = format!("{}y", &longest[..longest.len() - 1]);
+            cases.push((Scope::new(longest).doing("scope")?, last_byte_differs));
             for (issued_to, presented) in cases {
                 let token = ctx.tokens.issue(&issued_to).await.doing("issue")?;
                 let presented = Scope::new(presented).doing("scope")?;

@@ -26,6 +26,9 @@ pub enum TokenDefect {
     Overwrites,
     /// Scopes are compared ignoring case and surrounding spaces (a case-folding collation).
     ScopeFoldsCase,
+    /// Scopes are compared on their first 128 bytes only (a column sized like the token's):
+    /// two long scopes that share those are one owner.
+    TruncatesScopes,
     /// The scope is checked before the used mark: a used token presented by another scope
     /// is told `WrongScope`.
     ScopeCheckedFirst,
@@ -60,6 +63,7 @@ impl TokenDefect {
         TokenDefect::UsedMarkNeverExpires,
         TokenDefect::Overwrites,
         TokenDefect::ScopeFoldsCase,
+        TokenDefect::TruncatesScopes,
         TokenDefect::ScopeCheckedFirst,
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
@@ -104,6 +108,7 @@ impl TokenDefect {
                 "issue_races",
             ],
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
+            TokenDefect::TruncatesScopes => &["scope_compared_exactly"],
             TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
@@ -242,9 +247,20 @@ impl TokenStore for BrokenTokenStore {
         let folds = |a: &Scope, b: &Scope| {
             a.as_str().trim().to_lowercase() == b.as_str().trim().to_lowercase()
         };
+        let truncated = |s: &Scope| {
+            s.as_str()
+                .as_bytes()
+                .iter()
+                .take(128)
+                .copied()
+                .collect::<Vec<_>>()
+        };
         let asked_as = match self.defect {
             TokenDefect::IgnoresScope => record.scope.clone(),
             TokenDefect::ScopeFoldsCase if folds(&record.scope, scope) => record.scope.clone(),
+            TokenDefect::TruncatesScopes if truncated(&record.scope) == truncated(scope) => {
+                record.scope.clone()
+            }
             TokenDefect::ScopeCheckedFirst if record.scope != *scope => {
                 return Ok(Consumption::Rejected(Rejection::WrongScope));
             }
