@@ -196,6 +196,7 @@ macro_rules! __with_token_check_names {
             issue_never_overwrites
             distinct_tokens
             scope_compared_exactly
+            token_fidelity
             rejection_reasons
             used_mark_lifetime
             issue_against_used

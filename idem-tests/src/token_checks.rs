@@ -343,6 +343,68 @@ pub async fn distinct_tokens(store: SharedTokenStore, capabilities: Capabilities
     .await
 }
 
+/// Accepts any text [`Token::parse`] accepts, for tokens of another generator's format.
+#[derive(Debug)]
+pub(crate) struct AnyTokenText;
+
+impl TokenGenerator for AnyTokenText {
+    fn generate(&self) -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    fn is_well_formed(&self, _raw: &str) -> bool {
+        true
+    }
+}
+
+/// Tokens are stored as given: two tokens of another generator's format that a plausible
+/// encoding would merge (case, the last byte of [`MAX_TOKEN_LEN`](idem_core::MAX_TOKEN_LEN),
+/// an escape and the text it stands for, Unicode normalization) are two tokens. The second
+/// is issued for another scope without `TokenCollision`, and each is consumed by its own.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when issuing the second token
+/// collides with the first, or either is not consumed by its own scope; or when a store call
+/// the check needs fails unexpectedly.
+pub async fn token_fidelity(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("token_fidelity", store, capabilities, |ctx| async move {
+        let store = ctx.tokens.store();
+        let other = ctx.other_scope("other")?;
+        let ttl = Ttl::new(Tokens::<SharedTokenStore>::DEFAULT_TTL).doing("ttl")?;
+        // A prefix of the check's own, so that runs in parallel never share a token.
+        let own = format!("t{}", uuid::Uuid::new_v4().simple());
+        let longest = format!("{own:x<width$}", width = idem_core::MAX_TOKEN_LEN);
+        let pairs = [
+            (own.clone(), own.to_uppercase()),
+            (format!("{}y", &longest[..longest.len() - 1]), longest),
+            (format!("{own}{{x}}%"), format!("{own}%7Bx%7D%25")),
+            (format!("{own}.caf\u{e9}"), format!("{own}.cafe\u{301}")),
+        ];
+        for (first, second) in pairs {
+            let first = Token::parse(&first, &AnyTokenText).doing("parse")?;
+            let second = Token::parse(&second, &AnyTokenText).doing("parse")?;
+            store.issue(&first, &ctx.scope, ttl).await.doing("issue")?;
+            let issued = store.issue(&second, &other, ttl).await;
+            ensure!(
+                issued.is_ok(),
+                "{second:?} after {first:?} was issued: expected a token of its own, got \
+                 {issued:?}"
+            );
+            for (token, scope) in [(&first, &ctx.scope), (&second, &other)] {
+                let answer = store.consume(token, scope).await.doing("consume")?;
+                ensure!(
+                    answer == Consumption::Consumed,
+                    "{token:?} by its own scope, next to {first:?} and {second:?}: expected \
+                     Consumed, got {answer:?}"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Counts the calls that reach the store.
 #[derive(Debug)]
 struct CountingStore {

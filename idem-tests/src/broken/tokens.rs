@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use idem_core::backend::TokenRecord;
 use idem_core::{Consumption, Error, Rejection, Scope, Token, TokenStore, Ttl};
 
+use crate::token_checks::AnyTokenText;
+
 /// One way a token store can be wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -29,6 +31,9 @@ pub enum TokenDefect {
     /// Scopes are compared on their first 128 bytes only (a column sized like the token's):
     /// two long scopes that share those are one owner.
     TruncatesScopes,
+    /// Tokens are kept under their lowercase text (a case-insensitive column): a token
+    /// and its uppercase twin are one token.
+    FoldsTokenCase,
     /// The scope is checked before the used mark: a used token presented by another scope
     /// is told `WrongScope`.
     ScopeCheckedFirst,
@@ -64,6 +69,7 @@ impl TokenDefect {
         TokenDefect::Overwrites,
         TokenDefect::ScopeFoldsCase,
         TokenDefect::TruncatesScopes,
+        TokenDefect::FoldsTokenCase,
         TokenDefect::ScopeCheckedFirst,
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
@@ -109,6 +115,7 @@ impl TokenDefect {
             ],
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
             TokenDefect::TruncatesScopes => &["scope_compared_exactly"],
+            TokenDefect::FoldsTokenCase => &["token_fidelity"],
             TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
@@ -191,12 +198,21 @@ impl BrokenTokenStore {
             }
         })
     }
+
+    /// The token as the store keys it.
+    fn stored_as(&self, token: &Token) -> Result<Token, Error> {
+        if self.defect != TokenDefect::FoldsTokenCase {
+            return Ok(token.clone());
+        }
+        Token::parse(&token.as_str().to_lowercase(), &AnyTokenText)
+    }
 }
 
 #[async_trait]
 impl TokenStore for BrokenTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         self.reachable()?;
+        let token = &self.stored_as(token)?;
         if self.undecodable(token, true)? {
             return Err(Error::TokenCollision);
         }
@@ -233,6 +249,7 @@ impl TokenStore for BrokenTokenStore {
 
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
         self.reachable()?;
+        let token = &self.stored_as(token)?;
         if self.undecodable(token, false)? {
             return match self.defect {
                 TokenDefect::CorruptAsUnknown => Ok(Consumption::Rejected(Rejection::Unknown)),
