@@ -120,7 +120,8 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 
 /// A token is usable within its TTL and unknown after it; a used token's mark expires
 /// with it too (it is kept only to tell repeats "already used" meanwhile). Unknown means
-/// not stored: the ID of an expired token, used or not, is issued afresh.
+/// not stored: the ID of an expired token, used or not, is issued afresh, to another scope,
+/// which alone can use it then.
 ///
 /// # Errors
 ///
@@ -156,12 +157,19 @@ pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -
                 "{what} token past its TTL: expected Rejected(Unknown), got {late:?}"
             );
         }
+        let next = ctx.other_scope("next")?;
         for (what, token) in [("an unused", &stale), ("a used", &used)] {
             store
-                .issue(token, &ctx.scope, short)
+                .issue(token, &next, short)
                 .await
                 .map_err(|e| format!("issuing {what} token afresh past its TTL: {e:?}"))?;
-            let again = ctx.consume(&ctx.scope, token).await?;
+            let old = ctx.consume(&ctx.scope, token).await?;
+            ensure!(
+                old == Consumption::Rejected(Rejection::WrongScope),
+                "{what} token issued afresh to another scope, presented by its old one: \
+                 expected Rejected(WrongScope), got {old:?}"
+            );
+            let again = ctx.consume(&next, token).await?;
             ensure!(
                 again == Consumption::Consumed,
                 "{what} token issued afresh past its TTL: expected Consumed, got {again:?}"

@@ -44,6 +44,9 @@ pub enum TokenDefect {
     /// A refused issue restarts the live token's TTL with its own (an `EXPIRE` after a
     /// failed `SET NX`, say): scope and used mark stay, the expiry does not.
     CollisionRestartsTtl,
+    /// Issuing an expired token afresh keeps the scope it was issued for before (a reissue
+    /// that sets everything but the scope): the old owner can use the new token.
+    ReissueKeepsScope,
     /// Issuing refuses an expired token that was never used, as if it were still stored
     /// (a reissue that only replaces used rows): its ID stays taken until a purge.
     ExpiredUnusedCollides,
@@ -74,6 +77,7 @@ impl TokenDefect {
         TokenDefect::UsedMarkRestartsTtl,
         TokenDefect::IssueRevivesUsed,
         TokenDefect::CollisionRestartsTtl,
+        TokenDefect::ReissueKeepsScope,
         TokenDefect::ExpiredUnusedCollides,
         TokenDefect::CheckThenIssue,
         TokenDefect::CorruptAsUnknown,
@@ -87,12 +91,18 @@ impl TokenDefect {
     pub fn caught_by(self) -> &'static [&'static str] {
         match self {
             TokenDefect::CheckThenMark => &["exclusive_consume"],
-            TokenDefect::IgnoresScope => {
-                &["issue_races", "scope_binding", "scope_compared_exactly"]
-            }
-            TokenDefect::BurnsOnWrongScope => {
-                &["issue_races", "scope_binding", "scope_compared_exactly"]
-            }
+            TokenDefect::IgnoresScope => &[
+                "issue_races",
+                "scope_binding",
+                "scope_compared_exactly",
+                "token_expiry",
+            ],
+            TokenDefect::BurnsOnWrongScope => &[
+                "issue_races",
+                "scope_binding",
+                "scope_compared_exactly",
+                "token_expiry",
+            ],
             TokenDefect::NeverExpires => &[
                 "collision_keeps_expiry",
                 "issue_against_used",
@@ -120,6 +130,7 @@ impl TokenDefect {
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
             TokenDefect::CollisionRestartsTtl => &["collision_keeps_expiry"],
+            TokenDefect::ReissueKeepsScope => &["token_expiry"],
             TokenDefect::ExpiredUnusedCollides => &["token_expiry"],
             TokenDefect::CheckThenIssue => &["issue_races"],
             TokenDefect::CorruptAsUnknown => &["corrupt_token"],
@@ -235,7 +246,13 @@ impl TokenStore for BrokenTokenStore {
             }
             return Err(Error::TokenCollision);
         }
-        let record = TokenRecord::new(scope.clone(), false);
+        let kept = match self.defect {
+            TokenDefect::ReissueKeepsScope => self.with_tokens(|tokens| {
+                tokens.get(token).map(|(record, _, _)| record.scope.clone())
+            })?,
+            _ => None,
+        };
+        let record = TokenRecord::new(kept.unwrap_or_else(|| scope.clone()), false);
         if self.defect == TokenDefect::CheckThenIssue {
             // The window between the check and the write that a conditional insert closes.
             tokio::time::sleep(Duration::from_millis(5)).await;
