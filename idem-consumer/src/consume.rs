@@ -196,6 +196,9 @@ pub(crate) enum Settled {
     /// Applied as given.
     AsGiven,
     /// Applied as a requeue instead: a dead-letter whose copy could not be published.
+    // Only the NATS adapter publishes a dead-letter copy of its own (RabbitMQ routes it
+    // through the queue's dead-letter exchange), so a build without `nats` never makes it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     AsRequeue,
     /// Applied as a dead-letter instead: a requeue at the last delivery the broker allows.
     AsDeadLetter,
