@@ -261,9 +261,13 @@ impl Tally {
 
 /// Tells the tasks the loop is shutting down, so a requeue delay is cut short: the
 /// message goes back to the broker at once instead of holding up the shutdown.
+// Only the RabbitMQ adapter sleeps out a requeue delay itself (JetStream's `nak` carries
+// the delay to the server), so a build without `lapin` never reads it.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "lapin"), allow(dead_code))]
 pub(crate) struct Stopping(watch::Receiver<bool>);
 
+#[cfg_attr(not(feature = "lapin"), allow(dead_code))]
 impl Stopping {
     /// Sleeps for `delay`, or less if the loop starts shutting down.
     pub(crate) async fn sleep(&mut self, delay: Duration) {
