@@ -1,21 +1,22 @@
 //! The layer's own answers: RFC 9457 problem details (`application/problem+json`), as the
 //! draft recommends, each with a `type` link to its entry below.
 //!
-//! None of them is ever stored: a retry after one gets a fresh answer.
+//! None of them is ever stored: a retry after one gets a fresh answer. Each `type` is this
+//! page with its row's anchor (`#missing-key`, ...), so a client's link lands on the row.
 //!
 //! | `type` | status | when |
 //! |---|---|---|
-//! | [`MISSING_KEY`] | 400 | the route requires a key and the request has none |
-//! | [`INVALID_KEY`] | 400 | the header is not one structured-field string of 1 to 255 visible characters |
-//! | [`KEY_REUSED`] | 422 | the key was used before with a different request (method, path, query, body) |
-//! | [`IN_PROGRESS`] | 409 | the first request with the key is still running; `Retry-After` says when to ask again |
-//! | [`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit, or a limit in front of the layer ended it |
-//! | [`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
-//! | [`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
-//! | [`RESPONSE_FAILED`] | 500 | the handler's response body failed while being read; nothing was stored and the key was freed |
-//! | [`NO_SCOPE`] | 500 | the request carries no principal to scope its key (the auth layer must run first) |
-//! | [`STORE_UNAVAILABLE`] | 503 | the idempotency store did not answer |
-//! | [`STORE_FAILED`] | 500 | the idempotency store failed, or a stored response does not decode |
+//! | <a id="missing-key"></a>[`MISSING_KEY`] | 400 | the route requires a key and the request has none |
+//! | <a id="invalid-key"></a>[`INVALID_KEY`] | 400 | the header is not one structured-field string of 1 to 255 visible characters |
+//! | <a id="key-reused"></a>[`KEY_REUSED`] | 422 | the key was used before with a different request (method, path, query, body) |
+//! | <a id="in-progress"></a>[`IN_PROGRESS`] | 409 | the first request with the key is still running; `Retry-After` says when to ask again |
+//! | <a id="request-too-large"></a>[`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit, or a limit in front of the layer ended it |
+//! | <a id="request-unreadable"></a>[`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
+//! | <a id="response-not-stored"></a>[`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
+//! | <a id="response-failed"></a>[`RESPONSE_FAILED`] | 500 | the handler's response body failed while being read; nothing was stored and the key was freed |
+//! | <a id="no-scope"></a>[`NO_SCOPE`] | 500 | the request carries no principal to scope its key (the auth layer must run first) |
+//! | <a id="store-unavailable"></a>[`STORE_UNAVAILABLE`] | 503 | the idempotency store did not answer |
+//! | <a id="store-failed"></a>[`STORE_FAILED`] | 500 | the idempotency store failed, or a stored response does not decode |
 
 use std::time::Duration;
 
@@ -145,6 +146,37 @@ mod tests {
         assert!(INVALID_KEY.ends_with("#invalid-key"));
         assert_eq!(body["status"], 400);
         assert_eq!(body["detail"], "bad");
+    }
+
+    #[test]
+    fn every_problem_type_links_to_an_anchor_of_these_docs() {
+        // rustdoc makes no anchor for an entry of a module's table: the table's rows set
+        // their own, and a `type` whose fragment has none lands at the top of the page.
+        let docs: Vec<&str> = include_str!("problem.rs")
+            .lines()
+            .filter(|line| line.starts_with("//! |"))
+            .collect();
+        for kind in [
+            MISSING_KEY,
+            INVALID_KEY,
+            KEY_REUSED,
+            IN_PROGRESS,
+            REQUEST_TOO_LARGE,
+            REQUEST_UNREADABLE,
+            RESPONSE_NOT_STORED,
+            RESPONSE_FAILED,
+            NO_SCOPE,
+            STORE_UNAVAILABLE,
+            STORE_FAILED,
+        ] {
+            let (page, anchor) = kind.split_once('#').expect("a fragment");
+            assert_eq!(format!("{page}#"), BASE);
+            let id = format!("<a id=\"{anchor}\"></a>");
+            assert!(
+                docs.iter().any(|row| row.contains(&id)),
+                "no row of the module docs has the anchor of {kind}"
+            );
+        }
     }
 
     #[test]
