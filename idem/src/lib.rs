@@ -69,6 +69,7 @@ pub mod redis {
 /// table of behaviours, next to the draft's wording and Stripe's.
 ///
 /// ```
+/// # #[cfg(feature = "memory")] { // the example's store
 /// use idem::MemoryStore;
 /// use idem::http::{IdempotencyLayer, KeyScope};
 ///
@@ -84,6 +85,7 @@ pub mod redis {
 /// .build()?;
 /// // axum: Router::new().route("/payments", post(charge)).layer(layer).layer(auth)
 /// # let _ = layer;
+/// # }
 /// # Ok::<(), idem::Error>(())
 /// ```
 ///
@@ -122,8 +124,14 @@ pub mod postgres {
 }
 
 /// The README's examples, compiled and run as doctests so the README never lies. They use
-/// every store, so they run when the `redis`, `mysql` and `postgres` features are on, as they are in
-/// `cargo test --workspace` (idem-bench turns them on).
-#[cfg(all(doctest, feature = "redis", feature = "mysql", feature = "postgres"))]
+/// every store, so they run when the `memory`, `redis`, `mysql` and `postgres` features are on,
+/// as they are in `cargo test --workspace` (idem-bench turns them on).
+#[cfg(all(
+    doctest,
+    feature = "memory",
+    feature = "redis",
+    feature = "mysql",
+    feature = "postgres"
+))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
