@@ -7,6 +7,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+use crate::executor::json;
 
 /// A SHA-256 digest of a request, stored with its claim so that a key reused for a
 /// *different* request is caught ([`Error::FingerprintMismatch`]) instead of replaying an
@@ -39,16 +40,22 @@ impl Fingerprint {
     /// The fingerprint of a serializable value, through its canonical JSON form.
     ///
     /// Fails with [`Error::Serialization`] for values JSON cannot hold (maps with non-string
-    /// keys, for example).
+    /// keys, NaN or infinite floats, for example).
     ///
     /// # Errors
     ///
     /// [`Error::Serialization`] when `value` fails to serialize or JSON cannot hold it (a map with
-    /// non-string keys, for example).
+    /// non-string keys, a NaN or infinite float, for example).
     pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
-        let value = serde_json::to_value(value).map_err(|e| Error::Serialization {
+        let serialization = |e: serde_json::Error| Error::Serialization {
             source: Box::new(e),
-        })?;
+        };
+        // `to_value` turns a NaN or infinite float into `null`, so two different requests
+        // (`NaN` and `None`, `inf` and `-inf`) would share a fingerprint and a key reused for
+        // the second would replay the first's outcome. The executor's writer refuses them,
+        // as it does for outcomes.
+        json::encoded(value, |_| ()).map_err(serialization)?;
+        let value = serde_json::to_value(value).map_err(serialization)?;
         let mut canonical = Vec::with_capacity(128);
         write_canonical(&value, &mut canonical);
         let mut hasher = Sha256::new();
@@ -165,6 +172,29 @@ mod tests {
     use super::*;
     use serde::Serialize;
     use std::collections::{BTreeMap, HashMap};
+
+    #[test]
+    fn a_non_finite_float_is_refused_not_fingerprinted_as_null() {
+        #[derive(Serialize)]
+        struct Refund {
+            cents: Option<f64>,
+        }
+        for float in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for refused in [
+                Fingerprint::of(&float),
+                Fingerprint::of(&Refund { cents: Some(float) }),
+                Fingerprint::of(&vec![1.0, float]),
+            ] {
+                assert!(
+                    matches!(refused, Err(Error::Serialization { .. })),
+                    "{float}: got {refused:?}"
+                );
+            }
+        }
+        // What is refused would otherwise be the fingerprint of `null`: another request's.
+        assert!(Fingerprint::of(&Refund { cents: None }).is_ok());
+        assert!(Fingerprint::of(&f32::MAX).is_ok());
+    }
 
     #[derive(Serialize)]
     struct Transfer {

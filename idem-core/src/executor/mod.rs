@@ -5,7 +5,7 @@
 //! [`Attempt`] whose settle step is the JSON codec.
 
 mod codec;
-mod json;
+pub(crate) mod json;
 
 use std::fmt;
 use std::future::Future;
