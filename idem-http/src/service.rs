@@ -14,8 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use idem_core::attempt::{AttemptError, Engine};
 use idem_core::{
-    BoxError, Claim, ClaimRequest, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease,
-    MAX_KEY_LEN,
+    BoxError, Claim, Error, IdempotencyStore, InputField, InvalidInput, Key, Lease, MAX_KEY_LEN,
 };
 use tokio::time::Instant;
 use tower_service::Service;
@@ -261,9 +260,12 @@ impl<S: IdempotencyStore> Shared<S> {
                 Ok(body) => body,
                 Err(refusal) => return Ok(own(self.request_body_refusal(refusal))),
             };
-            let claim = ClaimRequest::new(key, self.engine.lease_ttl())
-                .with_fingerprint(request_fingerprint(&parts, &body));
-            match self.engine.claim_or_wait(&claim, options.wait).await {
+            let fingerprint = request_fingerprint(&parts, &body);
+            match self
+                .engine
+                .claim_fresh(key, Some(fingerprint), options.wait)
+                .await
+            {
                 Ok(Claim::Acquired(lease)) => {
                     let request = Request::from_parts(parts, ReqBody::from(body));
                     self.run(inner, lease, request).await

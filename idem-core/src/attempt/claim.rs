@@ -10,6 +10,9 @@ use super::guard::{self, Abandoned};
 use super::{Engine, WaitPolicy};
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::{BoxError, Error};
+use crate::fingerprint::Fingerprint;
+use crate::key::Key;
+use crate::lease::OwnerToken;
 use crate::store::IdempotencyStore;
 
 /// How often a claim is sent at most while the store is unavailable.
@@ -47,30 +50,50 @@ pub(crate) async fn claim<S: IdempotencyStore>(
 }
 
 impl<S: IdempotencyStore> Engine<S> {
-    /// [`claim_or_wait`](Engine::claim_or_wait) for a request whose owner token is this
-    /// call's alone: made for it, and never sent again by anyone once this returns (the
-    /// executor's). Dropped before the answer came back (its caller went away: a timeout, a
-    /// client gone), or ending `Unavailable`, the claim may have been applied all the same:
-    /// the key is then freed, on a task of its own, as the operation it was for never starts
-    /// (see [`InFlight`]).
+    /// Claims `key` for one caller, as a fresh owner (a new owner token, this engine's lease
+    /// TTL, `fingerprint`), waiting while the key is in progress as `policy` says: what
+    /// [`claim_or_wait`](Engine::claim_or_wait) does for an integration that claims once per
+    /// request or message (the executor, the HTTP layer).
     ///
-    /// Not for a request its caller may send again (`ClaimRequest::with_owner`): the freeing
-    /// would race that claim, and could release the lease it gets back.
-    pub(crate) async fn claim_own(
+    /// The owner token is made here and never sent again once this returns, so this claim
+    /// can clean up after itself: dropped before its answer came back (its caller went away:
+    /// a timeout, a client gone), or ending `Unavailable`, the claim may have been applied all
+    /// the same, and then nobody would run its operation and the key would answer "in
+    /// progress" until the lease ends. The key is freed instead, on a task of its own, if the
+    /// store shows this claim's owner. (Not possible for a request its caller may send again,
+    /// [`ClaimRequest::with_owner`]: the freeing would race that claim.)
+    ///
+    /// Not an `async fn`: that would keep the key and the fingerprint in its future twice,
+    /// as arguments and in the request, and an HTTP request's future holds this one.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim_or_wait`](Engine::claim_or_wait).
+    pub fn claim_fresh(
         &self,
-        request: &ClaimRequest,
+        key: Key,
+        fingerprint: Option<Fingerprint>,
         policy: WaitPolicy,
-    ) -> Result<Claim, Error> {
-        let mut in_flight = InFlight {
-            store: self.store(),
-            request,
-            answered: false,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + '_ {
+        let request = ClaimRequest {
+            key,
+            owner: OwnerToken::random(),
+            lease_ttl: self.lease_ttl(),
+            fingerprint,
         };
-        let answer = self.claim_or_wait(request, policy).await;
-        // Given up as unavailable, the claim may have been applied all the same (only its
-        // replies lost): nobody runs its operation, so it is freed as if its caller went away.
-        in_flight.answered = !matches!(answer, Err(Error::Unavailable { .. }));
-        answer
+        async move {
+            let mut in_flight = InFlight {
+                store: self.store(),
+                request: &request,
+                answered: false,
+            };
+            let answer = self.claim_or_wait(&request, policy).await;
+            // Given up as unavailable, the claim may have been applied all the same (only its
+            // replies lost): nobody runs its operation, so it is freed as if its caller went
+            // away.
+            in_flight.answered = !matches!(answer, Err(Error::Unavailable { .. }));
+            answer
+        }
     }
 }
 

@@ -17,12 +17,11 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use crate::attempt::{Attempt, AttemptError, Engine, LeaseHandle};
-use crate::claim::{Claim, ClaimRequest};
+use crate::claim::Claim;
 use crate::config::{Config, Settings};
 use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::Key;
-use crate::lease::OwnerToken;
 use crate::retryable::Retryable;
 use crate::store::IdempotencyStore;
 use codec::JsonSettle;
@@ -381,13 +380,11 @@ impl<S: IdempotencyStore> Idempotency<S> {
         fingerprint: Option<Fingerprint>,
         traced: bool,
     ) -> Result<Started<S, T, E>, Error> {
-        let request = ClaimRequest {
-            key: key.clone(),
-            owner: OwnerToken::random(),
-            lease_ttl: self.settings.lease_ttl,
-            fingerprint,
-        };
-        match self.engine.claim_own(&request, self.settings.wait).await? {
+        let claimed = self
+            .engine
+            .claim_fresh(key.clone(), fingerprint, self.settings.wait)
+            .await?;
+        match claimed {
             Claim::Acquired(lease) => {
                 if traced {
                     tracing::Span::current().record("fencing", lease.fencing);

@@ -3,6 +3,7 @@
 //! store so a failure names the rule and the store.
 
 mod cases;
+mod faults;
 mod stores;
 mod support;
 
