@@ -385,8 +385,14 @@ impl<S: IdempotencyStore> Shared<S> {
             .method_route(request.method(), route(request.extensions(), request.uri()));
         let limit = self.settings.options.max_response_body;
         let started = Instant::now();
+        let attempt = self.engine.attempt(lease);
+        let lease = attempt.lease_handle();
         let handler = async move {
             let response = inner.call(request).await?;
+            // The handler returned: whatever it did is done, even if its body, read next, is
+            // still streaming. A client gone from here on (under `Release` too) never frees
+            // the key for a second run.
+            lease.commit();
             Ok(buffer_response(response, limit).await)
         };
         // Only under `Refuse` does the first answer depend on whether the store took the
@@ -394,7 +400,7 @@ impl<S: IdempotencyStore> Shared<S> {
         let store_refused = (self.settings.options.oversized == OversizedResponse::Refuse)
             .then(|| Arc::new(AtomicBool::new(false)));
         let settle = SettleResponse::new(Arc::clone(&self.settings), store_refused.clone());
-        let ran = self.engine.attempt(lease).run(handler, settle);
+        let ran = attempt.run(handler, settle);
         async move {
             let ran = ran.await;
             usual.record(started.elapsed());

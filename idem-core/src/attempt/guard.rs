@@ -3,7 +3,6 @@
 //! returned, when that write was dropped.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::renewal::Held;
@@ -19,10 +18,11 @@ use crate::store::IdempotencyStore;
 /// How long a release started from a helper thread (no runtime at hand) may take.
 const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Releases the lease if dropped while armed: the attempt was dropped without being run, or
-/// its future was dropped before its first poll, or the operation's future was dropped before
-/// it returned (its caller went away under [`CancelPolicy::Release`]), or it panicked (drops
-/// run while unwinding). Disarmed the moment the operation returns: from then on its effects
+/// Releases the lease if dropped before the operation committed: the attempt was dropped
+/// without being run, or its future was dropped before its first poll, or the operation's
+/// future was dropped before it returned (its caller went away under
+/// [`CancelPolicy::Release`]), or it panicked (drops run while unwinding). The operation
+/// commits when it returns, or earlier by [`LeaseHandle::commit`]: from then on its effects
 /// may have happened, and only a stored outcome, or the lease's end, may free the key.
 ///
 /// Dropped inside a Tokio runtime, the release runs on a task of that runtime. Dropped outside
@@ -36,33 +36,28 @@ const HELPER_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// second set of reference counts for the guard.
 ///
 /// [`CancelPolicy::Release`]: super::CancelPolicy::Release
+/// [`LeaseHandle::commit`]: super::LeaseHandle::commit
 pub(crate) struct ReleaseOnDrop<S: IdempotencyStore> {
     pub(super) watchlist: Arc<Watchlist<S>>,
+    /// The lease, and whether the operation committed (the guard's arming, kept with the
+    /// lease so that the operation's [`LeaseHandle`](super::LeaseHandle) can commit early).
     pub(super) held: Arc<Held>,
-    /// Set until the operation returns. Set through `&self`, so the attempt can disarm the
-    /// guard while its place on the watchlist still borrows the guard's watchlist; atomic,
-    /// so an [`Attempt`](super::Attempt), which holds the guard, stays `Sync`.
-    armed: AtomicBool,
 }
 
 impl<S: IdempotencyStore> ReleaseOnDrop<S> {
     pub(crate) fn new(watchlist: Arc<Watchlist<S>>, held: Arc<Held>) -> Self {
-        Self {
-            watchlist,
-            held,
-            armed: AtomicBool::new(true),
-        }
+        Self { watchlist, held }
     }
 
     /// The operation returned: the key's fate is no longer this guard's to decide.
     pub(crate) fn disarm(&self) {
-        self.armed.store(false, Ordering::Relaxed);
+        self.held.commit();
     }
 }
 
 impl<S: IdempotencyStore> Drop for ReleaseOnDrop<S> {
     fn drop(&mut self) {
-        if !self.armed.load(Ordering::Relaxed) {
+        if self.held.is_committed() {
             return;
         }
         tracing::warn!(

@@ -266,13 +266,13 @@ impl<S: IdempotencyStore> Attempt<S> {
         St: Settle<T> + Send + 'static,
     {
         let policy = self.cancel_policy;
+        let guard = self.release_on_drop();
+        let release_until_committed =
+            (policy == CancelPolicy::Release).then(|| Arc::clone(&guard.held));
         // Built in its box rather than moved into it: the attempt's future is about a
         // kilobyte, and the caller's future holds only the box.
-        let attempt = Box::write(
-            Box::new_uninit(),
-            run_here(self.release_on_drop(), operation, settle),
-        );
-        Running::new(Box::into_pin(attempt), policy)
+        let attempt = Box::write(Box::new_uninit(), run_here(guard, operation, settle));
+        Running::new(Box::into_pin(attempt), release_until_committed)
     }
 
     /// Like [`run`](Self::run), for an operation that borrows from its caller, and so cannot

@@ -35,6 +35,10 @@ pub(crate) struct Held {
     lost: AtomicBool,
     /// Wakes [`LeaseHandle::lost`] once `lost` is set.
     lost_notify: Notify,
+    /// The operation's effects may have happened: it returned, or said so
+    /// ([`LeaseHandle::commit`]). From then on nothing may free the key but a stored outcome
+    /// or the lease's end.
+    committed: AtomicBool,
 }
 
 impl Held {
@@ -47,6 +51,7 @@ impl Held {
             until: AtomicU64::new(nanos(ttl.as_duration())),
             lost: AtomicBool::new(false),
             lost_notify: Notify::new(),
+            committed: AtomicBool::new(false),
         }
     }
 
@@ -62,6 +67,15 @@ impl Held {
 
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
+    }
+
+    /// The operation's effects may have happened (see `committed`).
+    pub(crate) fn commit(&self) {
+        self.committed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::Acquire)
     }
 
     /// A renewal sent at `sent` succeeded: the lease lasts `ttl` from then.
@@ -183,6 +197,20 @@ impl LeaseHandle {
     #[must_use]
     pub fn is_lost(&self) -> bool {
         self.held.is_lost()
+    }
+
+    /// Marks the point past which the operation's effects may have happened (a payment sent, a
+    /// row written), for an operation that goes on after it: an HTTP handler's response body
+    /// still to read, say. From here on a caller going away never frees the key: under
+    /// [`CancelPolicy::Release`](super::CancelPolicy::Release), what is left of an attempt
+    /// started with [`Attempt::run`](super::Attempt::run) moves to a task of its own and runs
+    /// to the end, its outcome stored, as under `Detach`; an operation that panics after it,
+    /// or one run with [`run_scoped`](super::Attempt::run_scoped) whose caller goes away,
+    /// leaves the key held until its lease ends. Before it, `Release` drops the operation and
+    /// frees the key at once. An operation's return is its last such point, whether it marked
+    /// one or not.
+    pub fn commit(&self) {
+        self.held.commit();
     }
 
     /// Resolves once the lease is found lost. Never resolves if the attempt ends with the

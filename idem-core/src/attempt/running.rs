@@ -6,7 +6,9 @@
 //! task of its own, where it runs to the end. Spawning every attempt up front would cost a
 //! spawn and two cross-task wake-ups per request, for the rare caller that goes away. Under
 //! [`CancelPolicy::Release`] the unfinished attempt is dropped with its caller's future, and
-//! its guard frees the key.
+//! its guard frees the key, unless the operation committed (returned, or said its effects may
+//! have happened: [`LeaseHandle::commit`](super::LeaseHandle::commit)): what is left of it then
+//! moves to a task as under `Detach`, so that its outcome is stored.
 //!
 //! The box is made when the attempt is, so the caller's future holds a pointer, not the
 //! attempt: an attempt's future is about a kilobyte, and the futures that await it (the
@@ -15,12 +17,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
 use tracing::{Instrument, Span};
 
-use super::CancelPolicy;
+use super::renewal::Held;
 
 /// A boxed attempt, polled in its caller's task. Under [`CancelPolicy::Detach`] it moves to
 /// a task on the runtime it was first polled on when dropped unfinished.
@@ -30,11 +33,12 @@ where
 {
     /// `None` once finished.
     attempt: Option<Pin<Box<F>>>,
-    policy: CancelPolicy,
-    /// Under [`CancelPolicy::Detach`], the runtime of the first poll (a caller may be
-    /// dropped on a thread outside it); `None` before it, and under `Release`. An attempt
-    /// never polled never started its operation: dropping it drops it, and its guard frees
-    /// the key.
+    /// Under [`CancelPolicy::Release`], the lease, which says whether the operation
+    /// committed; `None` under `Detach`, which moves every unfinished attempt.
+    release_until_committed: Option<Arc<Held>>,
+    /// The runtime of the first poll (a caller may be dropped on a thread outside it);
+    /// `None` before it. An attempt never polled never started its operation: dropping it
+    /// drops it, and its guard frees the key.
     runtime: Option<Handle>,
     /// The caller's span at the first poll, for the attempt's task if it detaches (inline,
     /// the attempt is polled inside it already).
@@ -49,10 +53,12 @@ impl<F: Future + Send + 'static> Running<F>
 where
     F::Output: Send + 'static,
 {
-    pub(crate) fn new(attempt: Pin<Box<F>>, policy: CancelPolicy) -> Self {
+    /// Under [`CancelPolicy::Detach`], `release_until_committed` is `None`; under `Release`,
+    /// it is the attempt's lease, and the attempt detaches only once its operation committed.
+    pub(crate) fn new(attempt: Pin<Box<F>>, release_until_committed: Option<Arc<Held>>) -> Self {
         Self {
             attempt: Some(attempt),
-            policy,
+            release_until_committed,
             runtime: None,
             span: Span::none(),
             polling: false,
@@ -78,7 +84,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        if this.runtime.is_none() && this.policy == CancelPolicy::Detach {
+        if this.runtime.is_none() {
             // Where the caller runs now: the attempt's task goes there if it detaches.
             this.runtime = Some(Handle::current());
             this.span = caller_span();
@@ -105,12 +111,17 @@ where
         let Some(attempt) = self.attempt.take() else {
             return;
         };
-        // Under `Release`, never polled, or panicked: dropped here, with what is left of it
-        // (under `Release`, its guard frees the key).
+        // Never polled, panicked, or under `Release` before its operation committed: dropped
+        // here, with what is left of it (its guard frees the key unless it committed).
         let Some(runtime) = self.runtime.take() else {
             return;
         };
         if self.polling {
+            return;
+        }
+        if let Some(held) = &self.release_until_committed
+            && !held.is_committed()
+        {
             return;
         }
         // The caller went away: the attempt runs on to the end, and its outcome is stored.
@@ -123,10 +134,20 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::attempt::CancelPolicy;
+    use crate::key::Key;
+    use crate::lease::{Lease, OwnerToken};
+    use crate::ttl::Ttl;
+
+    /// The lease of the attempt under test.
+    fn held() -> Arc<Held> {
+        let key = Key::new("running", "k").expect("a valid key");
+        let lease = Lease::new(key, OwnerToken::random(), 1);
+        Arc::new(Held::new(lease, Ttl::from_secs(30).expect("a valid TTL")))
+    }
 
     /// An attempt that is done at its first poll, and counts its polls.
     struct CountsPolls(Arc<AtomicUsize>);
@@ -150,7 +171,7 @@ mod tests {
             let _ = wait.await;
             let _ = finished.send(());
         };
-        let mut caller = Box::pin(Running::new(Box::pin(attempt), CancelPolicy::Detach));
+        let mut caller = Box::pin(Running::new(Box::pin(attempt), None));
         assert!(pending(caller.as_mut()).await, "the attempt waits for `go`");
         drop(caller);
         go.send(()).expect("the attempt still waits");
@@ -164,10 +185,29 @@ mod tests {
         let attempt = async move {
             let _ = wait.await;
         };
-        let mut caller = Box::pin(Running::new(Box::pin(attempt), CancelPolicy::Release));
+        let mut caller = Box::pin(Running::new(Box::pin(attempt), Some(held())));
         assert!(pending(caller.as_mut()).await, "the attempt waits for `go`");
         drop(caller);
         assert!(go.send(()).is_err(), "the attempt was dropped");
+    }
+
+    /// Under `Release`, an attempt whose operation committed is not dropped with its caller:
+    /// its effects may have happened, so it runs to the end on a task, as under `Detach`.
+    #[tokio::test]
+    async fn under_release_a_committed_attempt_runs_on_once_its_caller_is_dropped() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let attempt = async move {
+            let _ = wait.await;
+            let _ = finished.send(());
+        };
+        let held = held();
+        let mut caller = Box::pin(Running::new(Box::pin(attempt), Some(Arc::clone(&held))));
+        assert!(pending(caller.as_mut()).await, "the attempt waits for `go`");
+        held.commit();
+        drop(caller);
+        go.send(()).expect("the attempt still waits");
+        done.await.expect("the attempt ran to the end");
     }
 
     /// An attempt never polled never started: dropping its caller drops it, under either
@@ -178,7 +218,7 @@ mod tests {
             let polls = Arc::new(AtomicUsize::new(0));
             drop(Running::new(
                 Box::pin(CountsPolls(Arc::clone(&polls))),
-                policy,
+                (policy == CancelPolicy::Release).then(held),
             ));
             for _ in 0..10 {
                 tokio::task::yield_now().await;
@@ -208,7 +248,7 @@ mod tests {
             let _ = wait.await;
             let _ = finished.send(Span::current().metadata().map(|m| m.name()));
         };
-        let mut caller = Box::pin(Running::new(Box::pin(attempt), CancelPolicy::Detach));
+        let mut caller = Box::pin(Running::new(Box::pin(attempt), None));
         let request = tracing::error_span!("request");
         let first_poll = pending(caller.as_mut()).instrument(request).await;
         assert!(first_poll, "the attempt waits for `go`");
@@ -226,11 +266,7 @@ mod tests {
     #[tokio::test]
     async fn a_finished_attempt_is_not_polled_again_once_dropped() {
         let polls = Arc::new(AtomicUsize::new(0));
-        Running::new(
-            Box::pin(CountsPolls(Arc::clone(&polls))),
-            CancelPolicy::Detach,
-        )
-        .await;
+        Running::new(Box::pin(CountsPolls(Arc::clone(&polls))), None).await;
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }

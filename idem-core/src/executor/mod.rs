@@ -29,8 +29,9 @@ use codec::JsonSettle;
 /// Runs operations at most once per key, on any [`IdempotencyStore`].
 ///
 /// For each call [`execute`](Self::execute):
-/// 1. claims the key with a fresh [`OwnerToken`] (a claim the store could not answer is
-///    sent again by the same owner, so a claim applied whose reply was lost is recognised);
+/// 1. claims the key with a fresh [`OwnerToken`](crate::OwnerToken) (a claim the store could
+///    not answer is sent again by the same owner, so a claim applied whose reply was lost is
+///    recognised);
 /// 2. on a repeat, returns the stored success or permanent failure without running anything;
 ///    if the first request is still running, fails fast or waits, as
 ///    [`WaitPolicy`](crate::WaitPolicy) says;

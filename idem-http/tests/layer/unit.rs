@@ -116,6 +116,54 @@ async fn under_the_release_policy_a_dropped_request_frees_its_key() {
     assert_eq!(runs.load(Ordering::SeqCst), 2, "released, so run again");
 }
 
+/// Under `Release` too, a client gone while the layer reads the response body its handler
+/// returned does not free the key: the handler ran, so its response is read to the end and
+/// stored, and the retry gets it replayed instead of running the handler a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_release_policy_a_request_dropped_after_its_handler_returned_keeps_its_key() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(tokio::sync::Notify::new());
+    let inner = service_fn({
+        let (runs, go) = (Arc::clone(&runs), Arc::clone(&go));
+        move |_: Request<Body>| {
+            let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+            let go = Arc::clone(&go);
+            async move {
+                // The handler's work is done; only its body is still on the way.
+                let body = futures::stream::once(async move {
+                    if first {
+                        go.notified().await;
+                    }
+                    Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"done"))
+                });
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from_stream(body)))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .cancel_policy(CancelPolicy::Release)
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    drop_a_request(&service).await;
+    let retry = service
+        .clone()
+        .oneshot(post("\"k\""))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        retry.status(),
+        StatusCode::CONFLICT,
+        "the body is still read"
+    );
+    go.notify_one();
+    let replay = first_settled(&service).await;
+    assert!(replay.headers().contains_key("idempotent-replayed"));
+    let body = replay.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body.as_ref(), b"done");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+}
+
 #[tokio::test]
 async fn an_inner_error_propagates_and_frees_the_key() {
     let runs = Arc::new(AtomicUsize::new(0));
