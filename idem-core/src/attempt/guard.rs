@@ -105,14 +105,7 @@ impl Abandoned {
             Self::Lease(held) => store.release(&held.lease).await,
             Self::Outcome(held, settlement) => {
                 let (lease, until) = (&held.lease, held.until());
-                write::carry_out::<_, (), _>(
-                    store,
-                    lease,
-                    settlement.clone(),
-                    &mut NoFallback,
-                    until,
-                )
-                .await
+                write::carry_out::<_, (), _>(store, lease, settlement, &mut NoFallback, until).await
             }
             Self::Claim(request) => match store.read(&request.key).await? {
                 Some(Record {

@@ -342,7 +342,7 @@ where
         // Finished on a task if this future is dropped before the write ends.
         let unwritten = Unwritten::new(store, &guard.held, &settlement);
         let written =
-            write::carry_out::<_, T, _>(&**store, lease, settlement, &mut settle, held.until())
+            write::carry_out::<_, T, _>(&**store, lease, &settlement, &mut settle, held.until())
                 .await;
         unwritten.written();
         written

@@ -24,15 +24,15 @@ pub(crate) struct Unwritten<'a, S: IdempotencyStore> {
     store: &'a Arc<S>,
     held: &'a Arc<Held>,
     /// `None` once the write ended.
-    settlement: Option<Settlement>,
+    settlement: Option<&'a Settlement>,
 }
 
 impl<'a, S: IdempotencyStore> Unwritten<'a, S> {
-    pub(crate) fn new(store: &'a Arc<S>, held: &'a Arc<Held>, settlement: &Settlement) -> Self {
+    pub(crate) fn new(store: &'a Arc<S>, held: &'a Arc<Held>, settlement: &'a Settlement) -> Self {
         Self {
             store,
             held,
-            settlement: Some(settlement.clone()),
+            settlement: Some(settlement),
         }
     }
 
@@ -52,7 +52,7 @@ impl<S: IdempotencyStore> Drop for Unwritten<'_, S> {
             fencing = self.held.lease.fencing,
             "the outcome write was dropped before it ended; finishing it elsewhere"
         );
-        let abandoned = Abandoned::Outcome(Arc::clone(self.held), settlement);
+        let abandoned = Abandoned::Outcome(Arc::clone(self.held), settlement.clone());
         guard::free(Arc::clone(self.store), abandoned);
     }
 }

@@ -1,10 +1,13 @@
 //! Carrying out a settlement: the outcome write, retried while the lease is ours.
 
-use std::task::Poll;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Instant;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use super::backoff::Backoff;
 use super::settle::{Settle, Settlement};
@@ -39,19 +42,46 @@ fn last_call(lease_until: Instant) -> Instant {
 /// (and not before [`MIN_ANSWER`]): a reply that never comes (a connection that hangs) is a
 /// lost reply, which the write's retry recognises by reading the key back, where awaiting
 /// it kept the caller waiting forever. A call answered at once costs no timer.
-async fn answered<T>(
-    call: impl Future<Output = Result<T, Error>>,
-    lease_until: Instant,
-) -> Result<T, Error> {
-    let mut call = std::pin::pin!(call);
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    if let Poll::Ready(answer) = first {
-        return answer;
+fn answered<F>(call: F, lease_until: Instant) -> Answered<F> {
+    Answered {
+        call,
+        lease_until,
+        deadline: None,
     }
-    let deadline = last_call(lease_until).max(Instant::now() + MIN_ANSWER);
-    Box::pin(tokio::time::timeout_at(deadline, call))
-        .await
-        .unwrap_or_else(|_| Err(Error::unavailable(UNANSWERED)))
+}
+
+pin_project! {
+    /// The future of [`answered`]. Written out rather than an `async fn`, which would hold
+    /// the call's future twice (as its argument and pinned), and every attempt's future
+    /// holds this one: past glibc's per-thread cache (1,032 bytes), the attempt's box takes
+    /// the allocator's slow paths.
+    struct Answered<F> {
+        #[pin]
+        call: F,
+        lease_until: Instant,
+        // Boxed, and made only once the call did not answer at once.
+        deadline: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<T, F: Future<Output = Result<T, Error>>> Future for Answered<F> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(answer) = this.call.poll(cx) {
+            return Poll::Ready(answer);
+        }
+        let lease_until = *this.lease_until;
+        let deadline = this.deadline.get_or_insert_with(|| {
+            let at = last_call(lease_until).max(Instant::now() + MIN_ANSWER);
+            Box::pin(tokio::time::sleep_until(at))
+        });
+        deadline
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(Error::unavailable(UNANSWERED)))
+    }
 }
 
 /// Which of the two finished states an outcome is written as.
@@ -63,10 +93,14 @@ enum Finish {
 
 /// Carries out `settlement` under `lease`, known to last until `lease_until`. On `Err`,
 /// nothing the operation produced is stored (the error says why).
+///
+/// The settlement and its payload are borrowed down to the store call, which takes its own
+/// reference to the payload: moved down instead, each level's future kept a copy, and every
+/// attempt's future holds these (see [`Answered`]).
 pub(crate) async fn carry_out<S, T, St>(
     store: &S,
     lease: &Lease,
-    settlement: Settlement,
+    settlement: &Settlement,
     settle: &mut St,
     lease_until: Instant,
 ) -> Result<(), Error>
@@ -86,7 +120,7 @@ where
                 limit,
                 "the outcome is over the store's payload limit; writing what the settle step gave instead"
             );
-            write(store, lease, instead, lease_until).await
+            write(store, lease, &instead, lease_until).await
         }
         None => Err(Error::PayloadTooLarge { size, limit }),
     }
@@ -95,11 +129,14 @@ where
 async fn write<S: IdempotencyStore>(
     store: &S,
     lease: &Lease,
-    settlement: Settlement,
+    settlement: &Settlement,
     lease_until: Instant,
 ) -> Result<(), Error> {
-    match settlement {
-        Settlement::Complete { payload, retention } => {
+    match *settlement {
+        Settlement::Complete {
+            ref payload,
+            retention,
+        } => {
             finish(
                 store,
                 lease,
@@ -110,7 +147,10 @@ async fn write<S: IdempotencyStore>(
             )
             .await
         }
-        Settlement::Fail { payload, retention } => {
+        Settlement::Fail {
+            ref payload,
+            retention,
+        } => {
             finish(
                 store,
                 lease,
@@ -143,7 +183,7 @@ async fn finish<S: IdempotencyStore>(
     store: &S,
     lease: &Lease,
     finish: Finish,
-    payload: Bytes,
+    payload: &Bytes,
     retention: Ttl,
     lease_until: Instant,
 ) -> Result<(), Error> {
@@ -161,7 +201,7 @@ async fn finish<S: IdempotencyStore>(
         Err(Error::Unavailable { source }) => {
             let retry = Retry {
                 finish,
-                payload,
+                payload: payload.clone(),
                 retention,
                 lease_until,
             };
@@ -334,7 +374,7 @@ mod tests {
             &store,
             &lease(),
             Finish::Completed,
-            Bytes::from_static(b"done"),
+            &Bytes::from_static(b"done"),
             Ttl::from_secs(60).expect("ttl"),
             start + lease_left,
         )
@@ -453,7 +493,7 @@ mod tests {
             &store,
             &lease(),
             Finish::Completed,
-            Bytes::from_static(b"done"),
+            &Bytes::from_static(b"done"),
             Ttl::from_secs(60).expect("ttl"),
             Instant::now() + Duration::from_secs(1),
         )
