@@ -781,6 +781,56 @@ async fn an_outcome_nested_too_deep_to_read_back_is_a_serialization_error() {
     assert_eq!(count(&runs), 2);
 }
 
+/// A value whose `Serialize` panics: user code the executor runs after the operation returned.
+#[derive(Debug, PartialEq, Deserialize)]
+struct PanicsWhenWritten(u32);
+
+impl Serialize for PanicsWhenWritten {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this Serialize panics")
+    }
+}
+
+/// A `Serialize` that panics runs after the operation returned, whose effects may have
+/// happened: its outcome is recorded as one that could not be stored, as one JSON cannot
+/// hold. The run's caller gets its value and a repeat a serialization error; the key is not
+/// left claimed, to run the operation a second time once the lease ends.
+#[tokio::test]
+async fn an_outcome_whose_serialize_panics_is_not_run_again() {
+    let lease = ms(300);
+    let idem = executor(config(lease, WaitPolicy::FailFast));
+    let runs = counter();
+    let first =
+        tokio::spawn({
+            let (idem, runs) = (idem.clone(), Arc::clone(&runs));
+            async move {
+                run_counted(&idem, &key("serialize-panics"), &runs, PanicsWhenWritten(7)).await
+            }
+        })
+        .await;
+    assert!(
+        matches!(
+            &first,
+            Ok(Ok(Execution {
+                result: Ok(PanicsWhenWritten(7)),
+                ..
+            }))
+        ),
+        "the run's caller gets its value: {first:?}"
+    );
+    // Past the lease: a key left claimed would be taken over now, and run again.
+    sleep(lease * 3).await;
+    let replay = run_counted(&idem, &key("serialize-panics"), &runs, PanicsWhenWritten(8)).await;
+    assert!(
+        matches!(
+            replay,
+            Err(ExecuteError::Idempotency(Error::Serialization { .. }))
+        ),
+        "got {replay:?}"
+    );
+    assert_eq!(count(&runs), 1);
+}
+
 // 12b. Garbage in the store is a CorruptRecord from execute.
 #[tokio::test]
 async fn stored_garbage_is_a_corrupt_record() {

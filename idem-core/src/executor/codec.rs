@@ -2,6 +2,9 @@
 //! [`StoredFailure`] envelope; and how it reads them back. The JSON is `serde_json`'s, written
 //! by the executor's own cheaper [`json`] writer.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -108,6 +111,32 @@ where
     E: Serialize + DeserializeOwned + Retryable,
 {
     fn settle(&mut self, output: &Result<T, E>) -> Settlement {
+        // The caller's `Serialize`, `Deserialize` and `is_retryable` run here, after the
+        // operation returned: its effects may have happened, so a panic in them must not
+        // leave the key claimed, to run the operation a second time once the lease ends. The
+        // outcome is recorded as one that cannot be stored (the panic itself is logged by the
+        // panic hook).
+        let settle = *self;
+        std::panic::catch_unwind(AssertUnwindSafe(|| settle.settled(output))).unwrap_or_else(
+            |panic| {
+                let reason = format!("writing the outcome panicked: {}", panic_message(&*panic));
+                self.marker(&StoredFailure::Unserializable { reason })
+            },
+        )
+    }
+
+    fn too_large(&mut self, size: usize, limit: usize) -> Option<Settlement> {
+        Some(self.too_large_marker(size, limit))
+    }
+}
+
+impl JsonSettle {
+    /// What to store for `output`.
+    fn settled<T, E>(self, output: &Result<T, E>) -> Settlement
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + Retryable,
+    {
         match output {
             Ok(value) => self.encoded::<T, T>(value, true, self.success_retention),
             // The next request runs the operation again.
@@ -119,10 +148,15 @@ where
             ),
         }
     }
+}
 
-    fn too_large(&mut self, size: usize, limit: usize) -> Option<Settlement> {
-        Some(self.too_large_marker(size, limit))
-    }
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 /// Why an outcome holding a `Some` written as `null` that reads back as `None` is not stored.
