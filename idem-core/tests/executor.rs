@@ -1134,18 +1134,23 @@ async fn an_operation_that_panics_before_giving_its_future_frees_the_key() {
 
 /// A store whose claims are applied but whose replies are lost on the way: never answered
 /// while `hang` is set (a connection hangs), answered `Unavailable` while `lost` counts down
-/// (a client timeout fires).
+/// (a client timeout fires). With `refuse_again` set, a claim after one was applied is
+/// refused with a `Backend` error, unapplied (the server failing otherwise on the resend).
 #[derive(Debug, Default)]
 struct ClaimReplyHangs {
     inner: MemoryStore,
     hang: AtomicBool,
     lost: std::sync::atomic::AtomicU32,
     applied: AtomicUsize,
+    refuse_again: AtomicBool,
 }
 
 #[idem_core::async_trait]
 impl IdempotencyStore for ClaimReplyHangs {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        if self.refuse_again.load(Ordering::SeqCst) && self.applied.load(Ordering::SeqCst) > 0 {
+            return Err(Error::backend(std::io::Error::other("refused")));
+        }
         let claim = self.inner.claim(request).await;
         self.applied.fetch_add(1, Ordering::SeqCst);
         if self.hang.load(Ordering::SeqCst) {
@@ -1234,6 +1239,44 @@ async fn a_claim_given_up_as_unavailable_frees_the_key_it_was_granted() {
     assert!(idem.store().applied.load(Ordering::SeqCst) > 0, "claimed");
     assert_eq!(count(&runs), 0, "the operation never started");
     idem.store().lost.store(0, Ordering::SeqCst);
+    await_free(&idem.store().inner, &key, ms(5_000)).await;
+    let next = idem
+        .execute_outcome(&key, None, counted(&runs, Ok(2_u64)))
+        .await
+        .expect("runs");
+    assert_eq!((next.result, next.replayed), (Ok(2), false));
+}
+
+/// A claim applied but answered `Unavailable` (its reply lost), whose resend then fails
+/// otherwise (a `Backend` error), holds the key for an owner that gives up just the same:
+/// the operation never starts, so the key is freed at once, not left "in progress" until
+/// the lease ends.
+#[tokio::test]
+async fn a_claim_whose_resend_fails_frees_the_key_its_first_send_was_granted() {
+    let store = ClaimReplyHangs {
+        lost: 1.into(),
+        refuse_again: true.into(),
+        ..ClaimReplyHangs::default()
+    };
+    let idem = Idempotency::with_config(store, config(ms(30_000), WaitPolicy::FailFast))
+        .expect("valid config");
+    let key = key("claim-resend-fails");
+    let runs = counter();
+    let outcome = idem.execute(&key, None, counted(&runs, Ok(1_u64))).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(ExecuteError::Idempotency(Error::Backend { .. }))
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        idem.store().applied.load(Ordering::SeqCst),
+        1,
+        "claimed once"
+    );
+    assert_eq!(count(&runs), 0, "the operation never started");
+    idem.store().refuse_again.store(false, Ordering::SeqCst);
     await_free(&idem.store().inner, &key, ms(5_000)).await;
     let next = idem
         .execute_outcome(&key, None, counted(&runs, Ok(2_u64)))

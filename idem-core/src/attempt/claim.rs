@@ -57,8 +57,9 @@ impl<S: IdempotencyStore> Engine<S> {
     ///
     /// The owner token is made here and never sent again once this returns, so this claim
     /// can clean up after itself: dropped before its answer came back (its caller went away:
-    /// a timeout, a client gone), or ending `Unavailable`, the claim may have been applied all
-    /// the same, and then nobody would run its operation and the key would answer "in
+    /// a timeout, a client gone), or ending in an error (`Unavailable`, or another error on a
+    /// resend after a send whose reply was lost), the claim may have been applied all the
+    /// same, and then nobody would run its operation and the key would answer "in
     /// progress" until the lease ends. The key is freed instead, on a task of its own, if the
     /// store shows this claim's owner. (Not possible for a request its caller may send again,
     /// [`ClaimRequest::with_owner`]: the freeing would race that claim.)
@@ -88,17 +89,20 @@ impl<S: IdempotencyStore> Engine<S> {
                 answered: false,
             };
             let answer = self.claim_or_wait(&request, policy).await;
-            // Given up as unavailable, the claim may have been applied all the same (only its
-            // replies lost): nobody runs its operation, so it is freed as if its caller went
-            // away.
-            in_flight.answered = !matches!(answer, Err(Error::Unavailable { .. }));
+            // Ending in an error, the claim may have been applied all the same: given up as
+            // unavailable (only its replies lost), or failing otherwise on a resend after an
+            // earlier send was applied. Nobody runs its operation, so it is freed as if its
+            // caller went away. A fingerprint mismatch shows the key held for another
+            // request, never this one: no read for it.
+            in_flight.answered =
+                answer.is_ok() || matches!(answer, Err(Error::FingerprintMismatch));
             answer
         }
     }
 }
 
 /// A claim on its way to the store. Dropped without an answer (its caller went away, or the
-/// store never answered but `Unavailable`), it frees the key if the store applied the claim
+/// store answered only with an error), it frees the key if the store applied the claim
 /// (the key shows its owner): otherwise nobody would run the operation, and the key would
 /// answer "in progress" until the lease ends.
 struct InFlight<'a, S: IdempotencyStore> {
