@@ -1419,3 +1419,77 @@ fn a_runtime_shut_down_during_the_outcome_write_leaves_the_outcome_stored() {
     });
     assert_eq!(count(&runs), 1, "ran once");
 }
+
+/// A store whose outcome writes are not answered at their first poll, as a network store's
+/// never are: they yield once, without a timer.
+#[derive(Debug, Default)]
+struct YieldingWrites {
+    inner: MemoryStore,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for YieldingWrites {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        tokio::task::yield_now().await;
+        self.inner.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        tokio::task::yield_now().await;
+        self.inner.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// The engine needs timers (renewals, retries, the outcome write's deadline). On a runtime
+/// built without them it refuses the attempt before the operation runs, and frees the key:
+/// it used to run the operation and then panic in the outcome write, leaving the key claimed,
+/// to run the operation a second time once the lease ended.
+#[test]
+fn a_runtime_without_timers_is_refused_before_the_operation_runs() {
+    let idem = Idempotency::new(YieldingWrites::default());
+    let key = key("no-timers");
+    let runs = counter();
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let call = no_timers.spawn({
+        let (idem, key, runs) = (idem.clone(), key.clone(), Arc::clone(&runs));
+        async move {
+            let run = move || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, OpError>(5_u64)
+            };
+            idem.execute(&key, None, run).await
+        }
+    });
+    let joined = no_timers.block_on(call);
+    assert!(joined.is_err_and(|e| e.is_panic()), "the caller is told");
+    assert_eq!(count(&runs), 0, "the operation ran, its outcome unstored");
+    drop(no_timers);
+    let timers = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    timers.block_on(async {
+        await_free(&idem.store().inner, &key, ms(5_000)).await;
+        let next = idem
+            .execute_outcome(&key, None, counted(&runs, Ok(6_u64)))
+            .await
+            .expect("runs");
+        assert_eq!((next.result, next.replayed), (Ok(6), false));
+    });
+}

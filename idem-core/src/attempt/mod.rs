@@ -248,7 +248,9 @@ impl<S: IdempotencyStore> Attempt<S> {
     /// it was first polled never started the operation, and releases the key, under either
     /// policy.
     ///
-    /// Must be polled within a Tokio runtime.
+    /// Must be polled within a Tokio runtime with timers enabled (the renewals, the retries
+    /// and the outcome write's deadline need them): on one without, it panics before the
+    /// operation runs, and the key is released.
     ///
     /// # Errors
     ///

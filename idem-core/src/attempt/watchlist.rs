@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::runtime::{self, Handle};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::renewal::{self, Held};
 use crate::store::IdempotencyStore;
@@ -116,6 +116,21 @@ impl<S: IdempotencyStore> Watchlist<S> {
             renewal,
         };
         let mut state = self.lock();
+        let supervisor = if state.supervisors.iter().any(|&(runtime, _)| runtime == id) {
+            None
+        } else {
+            // The supervisor's first look, timed here, in the caller, before anything is
+            // listed: a runtime built without timers (which the renewals, the retries and
+            // the outcome write all need) panics now, before the operation runs, and the
+            // attempt's guard frees the key. Timed in the supervisor's own task, the panic
+            // stayed there, and the caller's came from the outcome write, after the
+            // operation ran, leaving its key to run it again once the lease ended.
+            let first_look = tokio::time::sleep(self.patience());
+            state.next_supervisor += 1;
+            let number = state.next_supervisor;
+            state.supervisors.push((id, number));
+            Some((number, first_look))
+        };
         let index = match state.free.pop() {
             Some(index) => {
                 if let Some(free) = state.slots.get_mut(index) {
@@ -128,19 +143,11 @@ impl<S: IdempotencyStore> Watchlist<S> {
                 state.slots.len() - 1
             }
         };
-        let supervisor = if state.supervisors.iter().any(|&(runtime, _)| runtime == id) {
-            None
-        } else {
-            state.next_supervisor += 1;
-            let number = state.next_supervisor;
-            state.supervisors.push((id, number));
-            Some(number)
-        };
         drop(state);
-        if let Some(number) = supervisor {
-            runtime.spawn(supervise(Arc::downgrade(self), id, number));
-        }
         let spawned = supervisor.is_some() || slot_renewed;
+        if let Some((number, first_look)) = supervisor {
+            runtime.spawn(supervise(Arc::downgrade(self), id, number, first_look));
+        }
         let watched = Watched { list: self, index };
         (watched, spawned)
     }
@@ -204,6 +211,7 @@ async fn supervise<S: IdempotencyStore>(
     list: Weak<Watchlist<S>>,
     runtime: runtime::Id,
     number: u64,
+    first_look: Sleep,
 ) {
     // Stopped from outside (its runtime shut down), it still strikes itself off, so the next
     // attempt starts another.
@@ -214,8 +222,10 @@ async fn supervise<S: IdempotencyStore>(
     let Some(patience) = list.upgrade().map(|list| list.patience()) else {
         return;
     };
+    let mut look = std::pin::pin!(first_look);
     loop {
-        tokio::time::sleep(patience).await;
+        look.as_mut().await;
+        look.as_mut().reset(Instant::now() + patience);
         let Some(list) = list.upgrade() else {
             return; // the engine and all its attempts are gone
         };
