@@ -84,7 +84,8 @@ impl<S: IdempotencyStore> Watchlist<S> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Nothing panics while the lock is held; a poisoned list is still consistent.
+        // Only the first supervisor's timer panics while the lock is held (a runtime built
+        // without timers), before the list changes: a poisoned list is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
