@@ -1,5 +1,6 @@
 //! The request fingerprint: what makes two requests with one key "the same request".
 
+use http::Uri;
 use http::request::Parts;
 use idem_core::Fingerprint;
 
@@ -9,9 +10,10 @@ use idem_core::Fingerprint;
 /// different requests share an encoding (`/a?b` vs `/a` + body `b`, `/a?` vs `/a`).
 /// Headers are left out: clients and proxies rewrite them freely between retries.
 pub(crate) fn request_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
+    let uri = sent_uri(parts);
     let method = parts.method.as_str().as_bytes();
-    let path = parts.uri.path().as_bytes();
-    let query = parts.uri.query().map(str::as_bytes);
+    let path = uri.path().as_bytes();
+    let query = uri.query().map(str::as_bytes);
     // Each field's length (8 bytes, big-endian), then the field; the query after a presence
     // byte. Hashed part by part, so the body is not copied into one buffer with the rest.
     let [method_len, path_len, query_len, body_len] = [
@@ -32,6 +34,19 @@ pub(crate) fn request_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
             .chain(query_field)
             .chain([&body_len[..], body]),
     )
+}
+
+/// The URI as the client sent it. Inside an axum `Router::nest` the request's own has the
+/// nest's prefix stripped, so `/v1/orders` and `/v2/orders`, or `/tenants/a/orders` and
+/// `/tenants/b/orders`, would read as one request and replay each other's response; axum
+/// keeps the client's in `OriginalUri`. (Outside a nest the two are the same URI, so a
+/// fingerprint stored before this read it is unchanged.)
+fn sent_uri(parts: &Parts) -> &Uri {
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        return uri;
+    }
+    &parts.uri
 }
 
 #[cfg(test)]

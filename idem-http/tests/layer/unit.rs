@@ -653,6 +653,66 @@ async fn nested_routers_keep_their_routes_apart_with_the_axum_feature() {
     }
 }
 
+/// Inside an axum `nest`, the request the layer fingerprints is the one the client sent,
+/// not its nest-stripped path: `/v1/orders` and `/v2/orders` (a scope without the route),
+/// or `/tenants/a/orders` and `/tenants/b/orders` (one route template, `{t}` in the nest's
+/// prefix), with one key and one body, are two requests, and the second gets 422 rather
+/// than the first one's response.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn inside_a_nest_the_fingerprint_reads_the_path_the_client_sent() {
+    use axum::Router;
+    use axum::routing::post;
+    let reused = |app: Router, first: &'static str, second: &'static str| async move {
+        let mut statuses = Vec::new();
+        for path in [first, second] {
+            let response = app
+                .clone()
+                .oneshot(
+                    Request::post(path)
+                        .header("idempotency-key", "\"k\"")
+                        .body(Body::from("{}"))
+                        .expect("a valid request"),
+                )
+                .await
+                .expect("infallible");
+            statuses.push(response.status());
+        }
+        statuses
+    };
+    let across_routes =
+        IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global().across_routes())
+            .build()
+            .expect("valid");
+    let v1 = Router::new()
+        .route("/orders", post(|| async { "v1" }))
+        .layer(across_routes.clone());
+    let v2 = Router::new()
+        .route("/orders", post(|| async { "v2" }))
+        .layer(across_routes);
+    let app = Router::new().nest("/v1", v1).nest("/v2", v2);
+    assert_eq!(
+        reused(app, "/v1/orders", "/v2/orders").await,
+        [StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY],
+        "one key across routes on another path is another request"
+    );
+    let per_route = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let tenant = Router::new()
+        .route(
+            "/orders",
+            post(|axum::extract::Path(t): axum::extract::Path<String>| async move { t }),
+        )
+        .layer(per_route);
+    let app = Router::new().nest("/tenants/{t}", tenant);
+    assert_eq!(
+        reused(app, "/tenants/a/orders", "/tenants/b/orders").await,
+        [StatusCode::OK, StatusCode::UNPROCESSABLE_ENTITY],
+        "tenant b never gets tenant a's response"
+    );
+}
+
 /// Trailers are not stored, so a replay has none; but the first response is the handler's
 /// own, and its client must get all of it. Buffering the body for storage used to drop the
 /// trailers frame, so the first client lost them too (a gRPC call's `grpc-status`, a
