@@ -17,6 +17,10 @@ fuzz_target!(|raw: &[u8]| {
             assert!(raw.starts_with(b"IHM"), "a marker decoded from {raw:02x?}");
             assert!((100..1000).contains(&status));
         }
+        Ok(Replay::BodyFailed { status }) => {
+            assert!(raw.starts_with(b"IHF"), "a marker decoded from {raw:02x?}");
+            assert!((100..1000).contains(&status));
+        }
         Err(_) => {}
     }
 });

@@ -367,7 +367,8 @@ fn tokens_of_any_text_are_consumed_or_rejected_with_typed_answers() {
         .expect("every token text gets a typed answer");
 }
 
-/// Bytes near idem-http's record layouts (`IH1` responses, `IHM` markers) and arbitrary ones.
+/// Bytes near idem-http's record layouts (`IH1` responses, `IHM` and `IHF` markers) and
+/// arbitrary ones.
 fn http_records() -> impl Strategy<Value = Vec<u8>> {
     let header = |magic: &'static [u8]| {
         (
@@ -387,6 +388,7 @@ fn http_records() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(any::<u8>(), 0..64),
         header(b"IH1"),
         header(b"IHM"),
+        header(b"IHF"),
         Just(b"IH1\x00\xc8\x00\x01\x00\x0ccontent-type\x00\x00\x00\x04text{}".to_vec()),
     ]
 }
@@ -407,6 +409,10 @@ proptest! {
             }
             Ok(idem::http::fuzzing::Replay::TooLarge { status }) => {
                 prop_assert!(raw.starts_with(b"IHM"));
+                prop_assert!((100..1000).contains(&status));
+            }
+            Ok(idem::http::fuzzing::Replay::BodyFailed { status }) => {
+                prop_assert!(raw.starts_with(b"IHF"));
                 prop_assert!((100..1000).contains(&status));
             }
             Err(_) => {}

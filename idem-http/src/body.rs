@@ -184,8 +184,8 @@ pub(crate) enum BufferedResponse<B> {
     /// Over the limit: the response, still streaming, with what was read put back in
     /// front; and how many bytes were read.
     TooLarge(Response<ResponseBody<B>>, u64),
-    /// The body failed mid-way.
-    Unreadable(BoxError),
+    /// The body of a response of this status failed mid-way.
+    Unreadable(http::StatusCode, BoxError),
 }
 
 /// Reads a whole response body, up to `limit` bytes.
@@ -201,7 +201,7 @@ where
     loop {
         let data = match body.frame().await {
             None => return BufferedResponse::Complete(parts, collected.freeze(), trailers),
-            Some(Err(error)) => return BufferedResponse::Unreadable(error.into()),
+            Some(Err(error)) => return BufferedResponse::Unreadable(parts.status, error.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 // The last frame: kept for the first client.

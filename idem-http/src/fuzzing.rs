@@ -25,6 +25,11 @@ pub enum Replay {
         /// The handler's status code.
         status: u16,
     },
+    /// The marker of a response whose body failed mid-way, with its status.
+    BodyFailed {
+        /// The handler's status code.
+        status: u16,
+    },
 }
 
 /// Decodes stored bytes the way a replay does, and builds the response a replay would
@@ -34,6 +39,9 @@ pub fn replay(raw: &[u8]) -> Result<Replay, &'static str> {
     let stored = Bytes::copy_from_slice(raw);
     match StoredOutcome::decode(&stored)? {
         StoredOutcome::TooLarge { status, .. } => Ok(Replay::TooLarge {
+            status: status.as_u16(),
+        }),
+        StoredOutcome::BodyFailed { status } => Ok(Replay::BodyFailed {
             status: status.as_u16(),
         }),
         StoredOutcome::Response(record) => {

@@ -5,6 +5,7 @@
 //! ```text
 //! b"IH1"  status:u16  header_count:u16  { name_len:u16 name  value_len:u32 value }*  body
 //! b"IHM"  status:u16  size:u64          (a response of `size` bytes or more, not stored)
+//! b"IHF"  status:u16                    (a response whose body failed mid-way)
 //! ```
 //! All integers are big-endian; the body is everything after the last header.
 
@@ -17,6 +18,9 @@ const MAGIC: &[u8; 3] = b"IH1";
 /// Marks a response that ran but was too large to store.
 const MARKER: &[u8; 3] = b"IHM";
 
+/// Marks a response that ran but whose body failed before it ended.
+const FAILED: &[u8; 3] = b"IHF";
+
 /// What a key's record holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StoredOutcome {
@@ -28,6 +32,11 @@ pub(crate) enum StoredOutcome {
         status: StatusCode,
         /// How many body bytes had been read when the limit was passed.
         size: u64,
+    },
+    /// The handler ran and answered `status`, but its body failed before it ended.
+    BodyFailed {
+        /// The handler's status.
+        status: StatusCode,
     },
 }
 
@@ -43,6 +52,14 @@ impl StoredOutcome {
             let size = reader.u64()?;
             return Ok(Self::TooLarge { status, size });
         }
+        if stored.starts_with(FAILED) {
+            let mut reader = Reader {
+                stored,
+                at: FAILED.len(),
+            };
+            let status = StatusCode::from_u16(reader.u16()?).map_err(|_| "invalid status code")?;
+            return Ok(Self::BodyFailed { status });
+        }
         StoredResponse::decode(stored).map(Self::Response)
     }
 
@@ -52,6 +69,14 @@ impl StoredOutcome {
         out.put_slice(MARKER);
         out.put_u16(status.as_u16());
         out.put_u64(size);
+        out.freeze()
+    }
+
+    /// The marker for a response of `status` whose body failed mid-way.
+    pub(crate) fn encode_body_failed(status: StatusCode) -> Bytes {
+        let mut out = BytesMut::with_capacity(FAILED.len() + 2);
+        out.put_slice(FAILED);
+        out.put_u16(status.as_u16());
         out.freeze()
     }
 }
@@ -243,6 +268,19 @@ mod tests {
             StoredOutcome::decode(&response),
             Ok(StoredOutcome::Response(sample()))
         );
+    }
+
+    #[test]
+    fn the_body_failed_marker_round_trips_and_is_no_response() {
+        let marker = StoredOutcome::encode_body_failed(StatusCode::CREATED);
+        assert_eq!(
+            StoredOutcome::decode(&marker),
+            Ok(StoredOutcome::BodyFailed {
+                status: StatusCode::CREATED
+            })
+        );
+        assert!(StoredResponse::decode(&marker).is_err());
+        assert!(StoredOutcome::decode(&marker.slice(..4)).is_err());
     }
 
     #[test]

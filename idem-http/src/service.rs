@@ -454,13 +454,9 @@ impl<S: IdempotencyStore> Shared<S> {
                 OversizedResponse::PassOn => Ok(response),
                 OversizedResponse::Refuse => Ok(own(self.not_stored(response.status()))),
             },
-            BufferedResponse::Unreadable(error) => {
-                tracing::warn!(%error, "reading the response body failed; its key was freed");
-                Ok(own(problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    problem::RESPONSE_FAILED,
-                    "the response could not be produced",
-                )))
+            BufferedResponse::Unreadable(status, error) => {
+                tracing::warn!(%error, %status, "reading the response body failed");
+                Ok(own(self.body_failed(status)))
             }
         }
     }
@@ -470,12 +466,29 @@ impl<S: IdempotencyStore> Shared<S> {
         let mut response = match StoredOutcome::decode(stored) {
             Ok(StoredOutcome::Response(record)) => record.into_response(),
             Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
+            Ok(StoredOutcome::BodyFailed { status }) => self.body_failed(status),
             Err(reason) => return unreadable(reason),
         };
         response
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         response
+    }
+
+    /// The answer to a request whose handler answered `status` with a body that failed
+    /// mid-way: its first client and, unless the status freed the key, every retry.
+    fn body_failed(&self, status: StatusCode) -> Response<Bytes> {
+        let detail = if self.settings.options.statuses.decide(status) == Storage::Release {
+            "the response could not be produced"
+        } else {
+            "the first request with this Idempotency-Key ran, but its response failed before \
+             it was complete and cannot be replayed; it will not run again with this key"
+        };
+        problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            problem::RESPONSE_FAILED,
+            detail,
+        )
     }
 
     fn not_stored(&self, status: StatusCode) -> Response<Bytes> {

@@ -48,8 +48,21 @@ impl SettleResponse {
 impl<B, E> Settle<Output<B, E>> for SettleResponse {
     fn settle(&mut self, output: &Output<B, E>) -> Settlement {
         match output {
-            // The inner service failed or the body broke mid-way: nothing to replay.
-            Err(_) | Ok(BufferedResponse::Unreadable(_)) => Settlement::Release,
+            // The inner service failed: it may not have run the handler at all (a load
+            // shedder's refusal), and left nothing to replay.
+            Err(_) => Settlement::Release,
+            // The handler returned, so whatever it did is done, though its body broke
+            // mid-way: a marker keeps the key from a second run, unless the status says
+            // nothing happened.
+            Ok(BufferedResponse::Unreadable(status, _)) => {
+                if self.settings.options.statuses.decide(*status) == Storage::Release {
+                    return Settlement::Release;
+                }
+                Settlement::Complete {
+                    payload: StoredOutcome::encode_body_failed(*status),
+                    retention: self.settings.retention,
+                }
+            }
             Ok(BufferedResponse::TooLarge(response, size)) => {
                 self.status = response.status();
                 // A "try again" answer frees the key whatever its size: the marker would

@@ -194,6 +194,72 @@ async fn an_inner_error_propagates_and_frees_the_key() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
+/// A handler that returned its response has done its work, even if the body it returned then
+/// fails mid-way (a stream from a cursor that broke): the key must not be freed, or the
+/// retry runs the handler a second time. Every request with the key gets the
+/// `response-failed` problem instead; a "try again" status (503) still frees the key.
+#[tokio::test]
+async fn a_response_body_failing_mid_way_never_runs_the_handler_twice() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |request: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let status = if request.uri().path() == "/busy" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::CREATED
+            };
+            async move {
+                let frames = [
+                    Ok(http_body::Frame::data(axum::body::Bytes::from_static(
+                        b"charged, receipt: ",
+                    ))),
+                    Err(std::io::Error::other("the cursor broke")),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                let mut response = Response::new(Body::new(body));
+                *response.status_mut() = status;
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    for attempt in 0..2 {
+        let response = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(
+            answer["type"],
+            problem::RESPONSE_FAILED,
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+    for _ in 0..2 {
+        let busy = Request::post("/busy")
+            .header("idempotency-key", "\"b\"")
+            .body(Body::empty())
+            .expect("a valid request");
+        let response = service.clone().oneshot(busy).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "a 503 frees its key");
+}
+
 #[tokio::test]
 async fn a_full_store_is_503() {
     let runs = Arc::new(AtomicUsize::new(0));
