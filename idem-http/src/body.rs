@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use idem_core::BoxError;
 use pin_project_lite::pin_project;
 
+use crate::unwind::Panic;
+
 pin_project! {
     /// The body of every response the layer returns: a buffered body (a stored or replayed
     /// response, or the layer's own answer), the inner service's body passed through
@@ -186,6 +188,8 @@ pub(crate) enum BufferedResponse<B> {
     TooLarge(Response<ResponseBody<B>>, u64),
     /// The body of a response of this status failed mid-way.
     Unreadable(http::StatusCode, BoxError),
+    /// The handler panicked: the panic, resumed once its key is settled.
+    Panicked(Panic),
 }
 
 /// Reads a whole response body, up to `limit` bytes.

@@ -133,8 +133,9 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
     /// free the key so a retry runs the handler again. Default: [`Storage::Store`], as
     /// Stripe: a handler that answered 500 may have done part of its work (charged the
     /// card, then failed to write the receipt), and running it again is the one thing this
-    /// layer exists to prevent. Choose [`Storage::Release`] when your handlers roll back
-    /// everything before answering 5xx.
+    /// layer exists to prevent. A handler that panics counts as one that answered 500.
+    /// Choose [`Storage::Release`] when your handlers roll back everything before answering
+    /// 5xx.
     pub fn server_errors(mut self, storage: Storage) -> Self {
         self.options.statuses.server_errors = storage;
         self

@@ -17,6 +17,7 @@ mod scope;
 mod service;
 mod settings;
 mod settle;
+mod unwind;
 
 pub use body::ResponseBody;
 pub use builder::IdempotencyLayerBuilder;

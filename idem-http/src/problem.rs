@@ -13,7 +13,7 @@
 //! | <a id="request-too-large"></a>[`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit, or a limit in front of the layer ended it |
 //! | <a id="request-unreadable"></a>[`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
 //! | <a id="response-not-stored"></a>[`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
-//! | <a id="response-failed"></a>[`RESPONSE_FAILED`] | 500 | the handler returned, but its response body failed while being read: the handler does not run again for this key (but for a status that frees it, 503 say), and every retry gets this problem |
+//! | <a id="response-failed"></a>[`RESPONSE_FAILED`] | 500 | the handler panicked, or returned a response whose body failed while being read: the handler does not run again for this key (but for a status that frees it, 503 say, or a panic under [`server_errors`](crate::IdempotencyLayerBuilder::server_errors)`(Release)`), and every retry gets this problem |
 //! | <a id="no-scope"></a>[`NO_SCOPE`] | 500 | the request carries no principal to scope its key (the auth layer must run first) |
 //! | <a id="store-unavailable"></a>[`STORE_UNAVAILABLE`] | 503 | the idempotency store did not answer |
 //! | <a id="store-failed"></a>[`STORE_FAILED`] | 500 | the idempotency store failed, or a stored response does not decode |
@@ -53,7 +53,7 @@ problem_types! {
     /// 500: the first request with this key ran, but its response was over the storable
     /// size; it is not replayed, and the handler does not run again for this key.
     RESPONSE_NOT_STORED = "response-not-stored";
-    /// 500: the handler returned, but its response body failed while being read; the
+    /// 500: the handler panicked, or its response body failed while being read; the
     /// handler does not run again for this key (but for a status the policy releases).
     RESPONSE_FAILED = "response-failed";
     /// 500: the request carries no principal to scope its key.

@@ -32,6 +32,7 @@ use crate::record::StoredOutcome;
 use crate::scope::route;
 use crate::settings::Settings;
 use crate::settle::SettleResponse;
+use crate::unwind::CatchPanic;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer): wraps `Inner` so each
 /// request with an `Idempotency-Key` runs it at most once and repeats get the first
@@ -387,13 +388,20 @@ impl<S: IdempotencyStore> Shared<S> {
         let started = Instant::now();
         let attempt = self.engine.attempt(lease);
         let lease = attempt.lease_handle();
-        let handler = async move {
+        let handled = async move {
             let response = inner.call(request).await?;
             // The handler returned: whatever it did is done, even if its body, read next, is
             // still streaming. A client gone from here on (under `Release` too) never frees
             // the key for a second run.
             lease.commit();
             Ok(buffer_response(response, limit).await)
+        };
+        // A panic, in the handler or its body, is caught here, where the output settles the
+        // key, and resumed by `respond` once it is settled.
+        let handler = async move {
+            CatchPanic::new(handled)
+                .await
+                .unwrap_or_else(|panic| Ok(BufferedResponse::Panicked(panic)))
         };
         // Only under `Refuse` does the first answer depend on whether the store took the
         // record.
@@ -458,6 +466,8 @@ impl<S: IdempotencyStore> Shared<S> {
                 tracing::warn!(%error, %status, "reading the response body failed");
                 Ok(own(self.body_failed(status)))
             }
+            // Its key settled, the panic goes on to the caller, as without the layer.
+            BufferedResponse::Panicked(panic) => std::panic::resume_unwind(panic),
         }
     }
 

@@ -37,6 +37,18 @@ impl SettleResponse {
         }
     }
 
+    /// A response of `status` with no body to store: a marker keeps the key from a second
+    /// run, unless the status says nothing happened.
+    fn body_failed(&self, status: StatusCode) -> Settlement {
+        if self.settings.options.statuses.decide(status) == Storage::Release {
+            return Settlement::Release;
+        }
+        Settlement::Complete {
+            payload: StoredOutcome::encode_body_failed(status),
+            retention: self.settings.retention,
+        }
+    }
+
     fn marker(&self, size: u64) -> Settlement {
         Settlement::Complete {
             payload: StoredOutcome::encode_too_large(self.status, size),
@@ -54,14 +66,11 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
             // The handler returned, so whatever it did is done, though its body broke
             // mid-way: a marker keeps the key from a second run, unless the status says
             // nothing happened.
-            Ok(BufferedResponse::Unreadable(status, _)) => {
-                if self.settings.options.statuses.decide(*status) == Storage::Release {
-                    return Settlement::Release;
-                }
-                Settlement::Complete {
-                    payload: StoredOutcome::encode_body_failed(*status),
-                    retention: self.settings.retention,
-                }
+            Ok(BufferedResponse::Unreadable(status, _)) => self.body_failed(*status),
+            // A handler that panicked may have done part of its work, as one that answered
+            // 500: settled as a 500 whose body failed.
+            Ok(BufferedResponse::Panicked(_)) => {
+                self.body_failed(StatusCode::INTERNAL_SERVER_ERROR)
             }
             Ok(BufferedResponse::TooLarge(response, size)) => {
                 self.status = response.status();

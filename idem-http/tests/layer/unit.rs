@@ -260,6 +260,45 @@ async fn a_response_body_failing_mid_way_never_runs_the_handler_twice() {
     assert_eq!(runs.load(Ordering::SeqCst), 3, "a 503 frees its key");
 }
 
+/// A handler that panics may have done part of its work (charged the card, then hit a bug
+/// writing the receipt), like one that answers 500, which is stored: its key must not be
+/// freed for a second run. The panic still reaches the first caller (a catch-panic layer
+/// outside, or the server); every retry gets the `response-failed` problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_never_runs_twice() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                assert!(run > 0, "the handler panics after charging");
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from("charged")))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let first = tokio::spawn(service.clone().oneshot(post("\"k\""))).await;
+    assert!(
+        first.is_err_and(|error| error.is_panic()),
+        "the panic reaches its caller"
+    );
+    let retry = service
+        .clone()
+        .oneshot(post("\"k\""))
+        .await
+        .expect("infallible");
+    assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(retry.headers().contains_key("idempotent-replayed"));
+    let body = retry.into_body().collect().await.expect("body").to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::RESPONSE_FAILED);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+}
+
 #[tokio::test]
 async fn a_full_store_is_503() {
     let runs = Arc::new(AtomicUsize::new(0));
