@@ -74,8 +74,8 @@
 //! | Sentence | Checks that fail a store breaking it | Broken store |
 //! |---|---|---|
 //! | Both operations are atomic per token. | [`token_checks::exclusive_consume`] (consume against consume), [`token_checks::issue_races`] (issue against issue, issue against consume) | `CheckThenMark`, `CheckThenIssue` |
-//! | A consumed token is kept, marked used, until it expires, so a repeat is told `AlreadyUsed` rather than `Unknown`. | [`token_checks::exclusive_consume`], [`token_checks::used_mark_lifetime`] (late in the TTL still `AlreadyUsed`; not restarted), [`token_checks::token_expiry`] (the mark expires with it), [`token_checks::rejection_reasons`] | `CheckThenMark`, `UsedMarkRestartsTtl`, `UsedMarkNeverExpires` |
-//! | `issue`: stores a new token for `scope`, valid for `ttl`. | [`token_checks::token_expiry`] (an expired token issued afresh to another scope is that scope's alone), [`token_checks::collision_keeps_expiry`] (a refused issue does not make the token live longer than its own `ttl`), [`token_checks::distinct_tokens`] (2,048 issued, the last of each of 32 issuing tasks consumes), [`token_checks::scope_binding`] | `NeverExpires`, `ReissueKeepsScope` |
+//! | A consumed token is kept, marked used, until it expires, so a repeat is told `AlreadyUsed` rather than `Unknown`. | [`token_checks::exclusive_consume`], [`token_checks::used_mark_lifetime`] (late in the TTL still `AlreadyUsed`; not restarted), [`token_checks::token_expiry`] (the mark expires with it), [`token_checks::rejection_reasons`]; until it expires after a long TTL too: [`sabotage_checks::token_lifetime`] (30 minutes, through the [`TokenSabotage`] hook's `kept_for`) | `CheckThenMark`, `UsedMarkRestartsTtl`, `UsedMarkNeverExpires`, `CapsUsedMark` |
+//! | `issue`: stores a new token for `scope`, valid for `ttl`. | [`token_checks::token_expiry`] (an expired token issued afresh to another scope is that scope's alone), [`token_checks::collision_keeps_expiry`] (a refused issue does not make the token live longer than its own `ttl`), [`token_checks::distinct_tokens`] (2,048 issued, the last of each of 32 issuing tasks consumes), [`token_checks::scope_binding`]; the whole of a long `ttl`: [`sabotage_checks::token_lifetime`] (30 minutes, through the [`TokenSabotage`] hook's `kept_for`) | `NeverExpires`, `ReissueKeepsScope`, `CapsLifetime` |
 //! | A token already stored is left untouched and the call fails with `TokenCollision`. | [`token_checks::issue_never_overwrites`], [`token_checks::issue_against_used`] (a used token, still marked; an expired one is stored afresh), [`token_checks::issue_races`] (two issues at once: one stores, one collides), [`token_checks::collision_keeps_expiry`] (untouched includes the expiry: an unused and a used token issued again for longer still expire on time); only a token stored: [`token_checks::token_expiry`] (an expired token, used or not, is issued afresh), [`token_checks::token_fidelity`] (and only that token: tokens of another generator's format that an encoding would merge, by case, the last byte of the longest, an escape, Unicode normalisation, are two; a finite set, as for keys) | `Overwrites`, `IssueRevivesUsed`, `CheckThenIssue`, `CollisionRestartsTtl`, `ExpiredUnusedCollides`, `FoldsTokenCase` |
 //! | `consume`: uses the token up if it is live, unused and belongs to `scope`, in one atomic step. | [`token_checks::exclusive_consume`], [`token_checks::token_expiry`], [`token_checks::scope_binding`], [`token_checks::rejection_reasons`] | `CheckThenMark`, `NeverExpires`, `IgnoresScope` |
 //! | `Scope`: a token issued for one scope is rejected for any other, without being used up. | [`token_checks::scope_binding`], [`token_checks::scope_compared_exactly`] (case, spacing, prefix, suffix, Unicode normalisation, the last byte of the longest scope) | `IgnoresScope`, `BurnsOnWrongScope`, `ScopeFoldsCase`, `TruncatesScopes` |
@@ -98,8 +98,8 @@
 //! do. The in-memory store does not, because neither sentence applies to it: it keeps
 //! typed Rust values, never bytes it must decode (nothing it holds can fail to decode),
 //! and it has no server to be unreachable. A store author who skips the hook runs none
-//! of those five checks: the table's claim for those sentences (and for the whole length
-//! of the fencing memory) holds only where the hook is wired.
+//! of those six checks: the table's claim for those sentences (and for the whole length
+//! of the fencing memory and of a long token lifetime) holds only where the hook is wired.
 //!
 //! ## Gaps
 //!
@@ -139,9 +139,11 @@
 //!    test: tokens made back to back share no more of them than chance), and [`token_checks::malformed_tokens`] and
 //!    [`token_checks::distinct_tokens`] test `Tokens` and the generator rather than a store
 //!    (no broken store can fail them; `tests/proof.rs` exempts them).
-//! 7. **Corrupt records, an unreachable server and the length of the fencing memory** are
-//!    checked only where the backend wires its [`Sabotage`] hook (see above); a store that
-//!    does not runs none of those checks.
+//! 7. **Corrupt records, an unreachable server, the length of the fencing memory and a
+//!    long token lifetime** are checked only where the backend wires its [`Sabotage`] or
+//!    [`TokenSabotage`] hook (see above); a store that does not runs none of those checks,
+//!    and a [`TokenSabotage`] that leaves `kept_for` to its default passes
+//!    [`sabotage_checks::token_lifetime`] whatever the store keeps.
 
 #[allow(unused_imports)]
 use crate::{Sabotage, TokenSabotage, checks, sabotage_checks, token_checks};

@@ -119,6 +119,24 @@ pub trait TokenSabotage: std::fmt::Debug + Send + Sync + 'static {
     ///
     /// Whatever kept the hook from making one; the check reports it.
     async fn unreachable_store(&self) -> Result<SharedTokenStore, BoxError>;
+
+    /// How much longer [`store`](Self::store) keeps `token` (unused, or its used mark), as
+    /// the storage itself says, not the store's calls: the key's `PTTL` in Redis, the row's
+    /// expiry column in SQL. `None` when it holds nothing for the token; [`Duration::MAX`]
+    /// when it never expires. Lets
+    /// [`token_lifetime`](crate::sabotage_checks::token_lifetime) see a whole long TTL
+    /// without waiting it out.
+    ///
+    /// Default: [`Duration::MAX`], which tells the check nothing (a hook that does not say
+    /// passes it); wire it so that a store cutting long lifetimes short is caught.
+    ///
+    /// # Errors
+    ///
+    /// Whatever kept the hook from looking; the check reports it.
+    async fn kept_for(&self, token: &Token) -> Result<Option<Duration>, BoxError> {
+        let _ = token;
+        Ok(Some(Duration::MAX))
+    }
 }
 
 /// The sabotage hook of the store under test, shared by a check's tasks.
@@ -148,6 +166,7 @@ macro_rules! __with_token_fault_check_names {
         $crate::$callback! { [$($args)*]
             corrupt_token
             unavailable_token_backend
+            token_lifetime
         }
     };
 }

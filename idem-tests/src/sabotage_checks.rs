@@ -511,3 +511,56 @@ pub async fn unavailable_token_backend(
     )
     .await
 }
+
+/// A token is kept for the whole TTL it was issued with, unused or used (its used mark keeps
+/// the token's own expiry), as the storage itself says through
+/// [`TokenSabotage::kept_for`](crate::TokenSabotage::kept_for): tokens issued for
+/// [`Tokens::DEFAULT_TTL`] (30 minutes), one left unused and one consumed, must be kept at
+/// least that long from their issue, less the time since. The token checks see short TTLs
+/// end to end; this sees a long one without waiting it out, so a store that cuts every
+/// lifetime (or every used mark) to seconds is caught.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the storage keeps a token
+/// for less than its TTL (beyond the clock slack), or not at all; or when the hook or a store
+/// call the check needs fails.
+pub async fn token_lifetime(
+    sabotage: SharedTokenSabotage,
+    capabilities: Capabilities,
+) -> CheckResult {
+    token_checks::run(
+        "token_lifetime",
+        sabotage.store(),
+        capabilities,
+        |ctx| async move {
+            let lifetime = Tokens::<SharedTokenStore>::DEFAULT_TTL;
+            let ttl = Ttl::new(lifetime).doing("ttl")?;
+            let store = ctx.tokens.store();
+            let (unused, used) = (ctx.fresh_token()?, ctx.fresh_token()?);
+            let issued = Instant::now();
+            for token in [&unused, &used] {
+                store.issue(token, &ctx.scope, ttl).await.doing("issue")?;
+            }
+            let first = ctx.consume(&ctx.scope, &used).await?;
+            ensure!(
+                first == Consumption::Consumed,
+                "a fresh token: got {first:?}"
+            );
+            for (what, token) in [("an unused", &unused), ("a used", &used)] {
+                let kept = sabotage
+                    .kept_for(token)
+                    .await
+                    .map_err(|e| format!("the hook could not look at {token}: {e}"))?;
+                let owed = (issued + lifetime).saturating_duration_since(Instant::now());
+                ensure!(
+                    kept.is_some_and(|kept| kept.saturating_add(ctx.caps.time_slack) >= owed),
+                    "{what} token issued for {lifetime:?}: the storage keeps it {kept:?} more; \
+                     the contract owes {owed:?} more"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}

@@ -144,6 +144,13 @@ impl TestServer for MariaDb {
         )
     }
 
+    fn token_kept_for_ms(table: &str) -> String {
+        format!(
+            "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) DIV 1000 AS CHAR) \
+             FROM `{table}` WHERE token = ?"
+        )
+    }
+
     fn payload_hex(table: &str) -> String {
         format!(
             "SELECT CAST(LOWER(HEX(payload)) AS CHAR) FROM `{table}` \

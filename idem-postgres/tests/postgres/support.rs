@@ -167,6 +167,13 @@ impl TestServer for PostgreSql {
         )
     }
 
+    fn token_kept_for_ms(table: &str) -> String {
+        format!(
+            "SELECT floor(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint::text \
+             FROM \"{table}\" WHERE token = $1"
+        )
+    }
+
     fn payload_hex(table: &str) -> String {
         format!(
             "SELECT encode(payload, 'hex') FROM \"{table}\" WHERE namespace = $1 AND idem_key = $2"

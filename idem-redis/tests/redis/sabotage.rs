@@ -54,17 +54,22 @@ impl Sabotage for RedisSabotage {
 
     /// The record key's `PTTL`: Redis's own expiry of what the store keeps for `key`.
     async fn kept_for(&self, key: &Key) -> Result<Option<Duration>, BoxError> {
-        let mut raw = common::raw_connection(&common::url()).await;
-        let pttl: i64 = redis::cmd("PTTL")
-            .arg(self.store.redis_key(key))
-            .query_async(&mut raw)
-            .await?;
-        Ok(match pttl {
-            -2 => None,
-            -1 => Some(Duration::MAX),
-            ms => Some(Duration::from_millis(u64::try_from(ms)?)),
-        })
+        pttl(&self.store.redis_key(key)).await
     }
+}
+
+/// `redis_key`'s `PTTL`: how long Redis itself keeps it, `None` when it holds nothing.
+async fn pttl(redis_key: &str) -> Result<Option<Duration>, BoxError> {
+    let mut raw = common::raw_connection(&common::url()).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(redis_key)
+        .query_async(&mut raw)
+        .await?;
+    Ok(match pttl {
+        -2 => None,
+        -1 => Some(Duration::MAX),
+        ms => Some(Duration::from_millis(u64::try_from(ms)?)),
+    })
 }
 
 #[derive(Debug)]
@@ -89,6 +94,11 @@ impl TokenSabotage for RedisTokenSabotage {
         })
         .await;
         Ok(Arc::new(store))
+    }
+
+    /// The token key's `PTTL`: Redis's own expiry of the token or its used mark.
+    async fn kept_for(&self, token: &Token) -> Result<Option<Duration>, BoxError> {
+        pttl(&self.store.redis_key(token)).await
     }
 }
 

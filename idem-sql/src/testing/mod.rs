@@ -91,6 +91,10 @@ pub trait TestServer: Send + Sync + 'static {
     /// until its `expires_at` by the server's clock, as text (negative once past).
     fn kept_for_ms(table: &str) -> String;
 
+    /// A statement that reads how many milliseconds a token's row (token bound) has until
+    /// its `expires_at` by the server's clock, as text (negative once past).
+    fn token_kept_for_ms(table: &str) -> String;
+
     /// A statement that reads a key's payload (namespace, key bound) as lowercase hex.
     fn payload_hex(table: &str) -> String;
 

@@ -11,7 +11,7 @@ use idem_core::{BoxError, Key, Token, async_trait};
 use idem_tests::{Sabotage, SharedTokenStore, Store, TokenSabotage};
 
 use super::{TestServer, quoted, read_text, row_key, shared_store, shared_token_store, update_row};
-use crate::{SqlStore, SqlTokenStore};
+use crate::{Arg, SqlStore, SqlTokenStore};
 
 /// The shared record store of the server `S`, with its [`Sabotage`] hook.
 pub struct RecordSabotage<S: TestServer> {
@@ -113,5 +113,17 @@ impl<S: TestServer> TokenSabotage for TokenStoreSabotage<S> {
             .table(self.store.table())
             .build(S::unreachable_pool())?;
         Ok(Arc::new(store))
+    }
+
+    /// The token row's `expires_at`, less the server's clock: what the store keeps for
+    /// `token`, used or not (and what `purge_expired` may delete after).
+    async fn kept_for(&self, token: &Token) -> Result<Option<Duration>, BoxError> {
+        let sql = S::token_kept_for_ms(self.store.table());
+        let args = [Arg::Bytes(token.as_str().as_bytes())];
+        let Some(left) = read_text::<S>(self.store.pool(), sql, &args).await else {
+            return Ok(None);
+        };
+        let left: i64 = left.parse()?;
+        Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 }

@@ -118,4 +118,8 @@ impl TokenSabotage for Arc<BrokenTokenStore> {
     async fn unreachable_store(&self) -> Result<SharedTokenStore, BoxError> {
         Ok(Arc::new(BrokenTokenStore::new(self.defect, true)))
     }
+
+    async fn kept_for(&self, token: &Token) -> Result<Option<Duration>, BoxError> {
+        Ok(self.kept(token)?)
+    }
 }

@@ -59,7 +59,17 @@ pub enum TokenDefect {
     /// A server that does not answer is reported as `Backend` (not worth retrying) instead
     /// of `Unavailable`.
     UnavailableAsBackend,
+    /// Every token is kept at most [`CAPPED_LIFETIME`], whatever its TTL (an engine's own
+    /// cap, a TTL cut to a smaller unit): a long-lived token is gone early.
+    CapsLifetime,
+    /// A used mark is kept at most [`CAPPED_LIFETIME`] from the consume, not until the
+    /// token's own expiry: a repeat late in a long TTL is told `Unknown`.
+    CapsUsedMark,
 }
+
+/// How long [`TokenDefect::CapsLifetime`] and [`TokenDefect::CapsUsedMark`] keep a token:
+/// longer than any token check waits.
+pub const CAPPED_LIFETIME: Duration = Duration::from_secs(10);
 
 impl TokenDefect {
     /// Every defect.
@@ -82,6 +92,8 @@ impl TokenDefect {
         TokenDefect::CheckThenIssue,
         TokenDefect::CorruptAsUnknown,
         TokenDefect::UnavailableAsBackend,
+        TokenDefect::CapsLifetime,
+        TokenDefect::CapsUsedMark,
     ];
 
     /// Exactly the token checks that fail against this defect (asserted both ways by this
@@ -135,6 +147,8 @@ impl TokenDefect {
             TokenDefect::CheckThenIssue => &["issue_races"],
             TokenDefect::CorruptAsUnknown => &["corrupt_token"],
             TokenDefect::UnavailableAsBackend => &["unavailable_token_backend"],
+            TokenDefect::CapsLifetime => &["token_lifetime"],
+            TokenDefect::CapsUsedMark => &["token_lifetime"],
         }
     }
 
@@ -197,6 +211,7 @@ impl BrokenTokenStore {
     fn write(&self, token: &Token, record: TokenRecord) -> Result<(), Error> {
         let forever = self.defect == TokenDefect::UsedMarkNeverExpires && record.used;
         let restart = self.defect == TokenDefect::UsedMarkRestartsTtl && record.used;
+        let capped = self.defect == TokenDefect::CapsUsedMark && record.used;
         self.with_tokens(|tokens| {
             if let Some(entry) = tokens.get_mut(token) {
                 entry.0 = record;
@@ -206,7 +221,21 @@ impl BrokenTokenStore {
                 if restart {
                     entry.1 = Instant::now() + entry.2;
                 }
+                if capped {
+                    entry.1 = entry.1.min(Instant::now() + CAPPED_LIFETIME);
+                }
             }
+        })
+    }
+
+    /// How much longer the token is kept: `None` once it is gone or past its deadline.
+    pub(super) fn kept(&self, token: &Token) -> Result<Option<Duration>, Error> {
+        let token = self.stored_as(token)?;
+        self.with_tokens(|tokens| {
+            tokens
+                .get(&token)
+                .map(|(_, deadline, _)| deadline.saturating_duration_since(Instant::now()))
+                .filter(|left| !left.is_zero())
         })
     }
 
@@ -257,7 +286,11 @@ impl TokenStore for BrokenTokenStore {
             // The window between the check and the write that a conditional insert closes.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let deadline = Instant::now() + ttl.as_duration();
+        let lifetime = match self.defect {
+            TokenDefect::CapsLifetime => ttl.as_duration().min(CAPPED_LIFETIME),
+            _ => ttl.as_duration(),
+        };
+        let deadline = Instant::now() + lifetime;
         self.with_tokens(|tokens| {
             tokens.insert(token.clone(), (record, deadline, ttl.as_duration()))
         })?;
