@@ -189,12 +189,19 @@ pub(crate) fn tokens(table: &TableName) -> TokenStatements {
              FROM {CLOCK} WHERE t.token = $1 AND t.expires_at <= c.now",
             micros!(3)
         )),
+        // An infinite expiry (`timestamptz` holds `infinity`; a `Ttl` is at most ten years,
+        // so the store never writes it) is no token of the store's: consuming does not
+        // match it, and `inspect` reads its scope as NULL, which does not decode
+        // (`CorruptRecord`), as an infinite time in the records table. Consumed, it would
+        // be kept, marked, forever, never purged.
         consume: Statement::new(format!(
             "UPDATE {t} AS t SET used_at = c.now FROM {CLOCK} \
-             WHERE t.token = $1 AND t.scope = $2 AND t.used_at IS NULL AND t.expires_at > c.now"
+             WHERE t.token = $1 AND t.scope = $2 AND t.used_at IS NULL AND t.expires_at > c.now \
+             AND isfinite(t.expires_at)"
         )),
         inspect: Statement::new(format!(
-            "SELECT t.scope, t.used_at IS NOT NULL AS used FROM {t} AS t, {CLOCK} \
+            "SELECT CASE WHEN isfinite(t.expires_at) THEN t.scope END AS scope, \
+             t.used_at IS NOT NULL AS used FROM {t} AS t, {CLOCK} \
              WHERE t.token = $1 AND t.expires_at > c.now"
         )),
     }

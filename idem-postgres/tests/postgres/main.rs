@@ -6,6 +6,7 @@ mod claims;
 mod faults;
 mod schema;
 mod support;
+mod tokens;
 mod transactional;
 
 idem_sql::sql_conformance!(crate::support::PostgreSql);
