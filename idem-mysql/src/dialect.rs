@@ -188,11 +188,13 @@ impl SqlDialect for MySqlDialect {
     /// The pool:
     /// - no ping per checkout (`test_before_acquire(false)`): sqlx's default sends one
     ///   round trip before every call, which costs as much as the call. What replaces it:
-    ///   a connection the server dropped fails its one call with [`Error::Unavailable`],
-    ///   which the executor retries, and sqlx discards it (a claim, which its owner may
-    ///   send again, runs on another connection instead); connections are closed after 10
-    ///   minutes idle and 30 minutes of life, well inside the server's `wait_timeout`
-    ///   (8 h), so the server rarely drops one first;
+    ///   a ping only for a connection that sat idle a while
+    ///   ([`alive_after_idle`](idem_sql::driver::alive_after_idle)), so one the server
+    ///   ended meanwhile is replaced instead of failing a call (one ended within a second
+    ///   of its last call still fails its next one with [`Error::Unavailable`]; a claim,
+    ///   which its owner may send again, then runs on another connection); connections
+    ///   are closed after 10 minutes idle and 30 minutes of life, well inside the
+    ///   server's `wait_timeout` (8 h), so the server rarely drops one first;
     /// - the statement timeout to get a connection, and on every connection the server's
     ///   own bounds at [`CallPolicy::server_timeout`]: `innodb_lock_wait_timeout` (whole
     ///   seconds, rounded down, at least 1) and MariaDB's `max_statement_time` (MySQL 8
@@ -209,6 +211,7 @@ impl SqlDialect for MySqlDialect {
             .max_connections(max_connections)
             .acquire_timeout(policy.acquire_timeout())
             .test_before_acquire(false)
+            .before_acquire(idem_sql::driver::alive_after_idle::<Self::Db>)
             .idle_timeout(Duration::from_secs(600))
             .max_lifetime(Duration::from_secs(1800))
             .after_connect(move |conn, _| {

@@ -149,8 +149,9 @@ impl SqlDialect for PgDialect {
         schema::migrate(conn, kind, table).await
     }
 
-    /// The pool: no ping per checkout (a dead connection fails its call with
-    /// [`Error::Unavailable`], which the executor retries, and is dropped), at most the
+    /// The pool: no ping per checkout, only after an idle spell
+    /// ([`alive_after_idle`](idem_sql::driver::alive_after_idle): a connection the server
+    /// ended while idle is replaced rather than failing a call), at most the
     /// statement timeout to get a connection, and `statement_timeout` on the server at
     /// [`CallPolicy::server_timeout`], at most the largest the server takes (2^31−1 ms,
     /// about 24.8 days: past it the server refuses every connection).
@@ -166,6 +167,7 @@ impl SqlDialect for PgDialect {
             .max_connections(max_connections)
             .acquire_timeout(policy.acquire_timeout())
             .test_before_acquire(false)
+            .before_acquire(idem_sql::driver::alive_after_idle::<Self::Db>)
             .connect_with(options)
             .await
             .map_err(Self::error)

@@ -117,10 +117,12 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     /// Connects a pool to `url` (`mysql://user:password@host:3306/database`,
     /// `postgres://user:password@host:5432/database`) and builds.
     ///
-    /// The pool checks connections out without a ping (a connection the server dropped
-    /// fails its one call with [`Error::Unavailable`], which the executor retries, and is
-    /// discarded; a claim, which its owner may send again, runs on another connection
-    /// instead), waits at most the statement timeout for a connection, and sets the
+    /// The pool checks connections out without a ping, except one idle for a second or
+    /// more ([`alive_after_idle`](crate::driver::alive_after_idle)): one the server
+    /// dropped while idle is replaced, and one dropped within a second of its last call
+    /// fails that call with [`Error::Unavailable`], which the executor retries, and is
+    /// discarded (a claim, which its owner may send again, runs on another connection
+    /// instead). It waits at most the statement timeout for a connection, and sets the
     /// server's own statement bounds (see [`statement_timeout`](Self::statement_timeout)).
     ///
     /// # Errors

@@ -129,7 +129,8 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
         table: &'c TableName,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'c;
 
-    /// Connects the pool a store's `connect` makes: no ping per checkout, `policy.timeout`
+    /// Connects the pool a store's `connect` makes: no ping per checkout but after an idle
+    /// spell ([`driver::alive_after_idle`](crate::driver::alive_after_idle)), `policy.timeout`
     /// to get a connection, the server's own statement bounds at
     /// [`CallPolicy::server_timeout`].
     fn connect(

@@ -60,8 +60,9 @@ impl<D: SqlDialect> SqlTable<D> {
     /// Whether the call that just failed with `error` on `conn` failed because the server
     /// had ended the connection (a restart, an idle timeout, a kill) while it sat in the
     /// pool, and another may be tried: at most one per connection the pool holds, counted
-    /// in `lost`. The pool hands connections out without a ping, so every idle connection
-    /// the server ended fails one call; a call safe to run again (a claim: its owner gets
+    /// in `lost`. The pool hands connections out without a ping (but after an idle spell,
+    /// or not at all on a caller's pool), so an idle connection the server ended can fail
+    /// one call; a call safe to run again (a claim: its owner gets
     /// its own lease back) runs on the next one instead of failing with them. Told by a
     /// ping, only after an [`Error::Unavailable`]; a dead connection is closed rather than
     /// pinged again on its way back to the pool.

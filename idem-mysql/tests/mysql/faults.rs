@@ -255,6 +255,37 @@ async fn a_claim_on_a_lost_connection_runs_on_a_new_one() {
     store.release(&lease).await.expect("release");
 }
 
+/// A pool made by `connect` pings a connection that sat idle for a while before a call
+/// uses it, so a connection the server ended meanwhile (a restart, `wait_timeout`, a kill)
+/// is replaced instead of failing the call: an outcome write (like a token's consume or a
+/// release), which cannot simply run again on another connection, then succeeds. It
+/// failed with `Unavailable`, once per dead connection in the pool.
+#[tokio::test]
+async fn a_write_on_a_connection_ended_while_idle_runs_on_a_new_one() {
+    let store = MySqlStore::builder()
+        .table(SHARED_TABLE)
+        .max_connections(1)
+        .connect(&url())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let key = key(&namespace::<MariaDb>("idle-write"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()")
+        .fetch_one(store.pool())
+        .await
+        .expect("the store's one connection");
+    kill_connection(&pool(1).await, id).await;
+    // Idle long enough to be pinged before its next call.
+    tokio::time::sleep(idem_sql::driver::PING_AFTER_IDLE + Duration::from_millis(200)).await;
+    store
+        .complete(&lease, "done".into(), ttl(RETENTION))
+        .await
+        .expect("the outcome write after the connection was ended");
+    let replay = store.claim(&request(&key, LONG)).await.expect("claim");
+    assert_eq!(replay, Claim::Completed("done".into()));
+}
+
 /// A payload over the server's `max_allowed_packet` (16 MiB on MariaDB), under a store
 /// limit set above it, is refused as the store's own limit refuses one: `PayloadTooLarge`
 /// with nothing written, so the executor stores its marker under the same lease instead

@@ -243,3 +243,40 @@ async fn a_statement_timeout_past_the_servers_range_still_connects() {
     let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
     store.release(&lease).await.expect("release");
 }
+
+/// A pool made by `connect` pings a connection that sat idle for a while before a call
+/// uses it, so a connection the server ended meanwhile (a restart, an idle-session
+/// timeout, a kill) is replaced instead of failing the call: an outcome write (like a
+/// token's consume or a release), which cannot simply run again on another connection,
+/// then succeeds. It failed with `Unavailable`, once per dead connection in the pool.
+#[tokio::test]
+async fn a_write_on_a_connection_ended_while_idle_runs_on_a_new_one() {
+    let store = PgStore::builder()
+        .table(SHARED_TABLE)
+        .max_connections(1)
+        .connect(&url())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let key = key(&namespace::<PostgreSql>("idle-write"), "k");
+    let lease = acquired(store.claim(&request(&key, LONG)).await.expect("claim"));
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .expect("the store's one connection");
+    let admin = pool(1).await;
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .expect("terminate");
+    assert!(ended, "the store's connection was not terminated");
+    // Idle long enough to be pinged before its next call.
+    tokio::time::sleep(idem_sql::driver::PING_AFTER_IDLE + Duration::from_millis(200)).await;
+    store
+        .complete(&lease, "done".into(), ttl(RETENTION))
+        .await
+        .expect("the outcome write after the connection was ended");
+    let replay = store.claim(&request(&key, LONG)).await.expect("claim");
+    assert_eq!(replay, idem_core::Claim::Completed("done".into()));
+}
