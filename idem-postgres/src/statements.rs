@@ -28,7 +28,8 @@ macro_rules! micros {
 /// lifecycle keeps after the lease. An infinite time (`timestamptz` holds `infinity`, the
 /// store never writes it) reads as NULL, which does not decode where the row's state needs
 /// it (`CorruptRecord`), instead of failing the statement ("cannot subtract infinite
-/// timestamps").
+/// timestamps"); but an `expires_at` of `-infinity` reads as expired (0), as the takeover
+/// and the purge treat it (and idem-mysql a zero date).
 ///
 /// An expired row is absent whatever it holds, so its state and fencing number, which
 /// only PostgreSQL's wider signed columns could hold out of range, read as a vacant
@@ -41,7 +42,8 @@ const COLUMNS: &str = "CASE WHEN t.expires_at <= c.now THEN 2::smallint ELSE t.s
      CASE WHEN isfinite(t.lease_until) AND isfinite(t.expires_at) \
        THEN (extract(epoch FROM t.expires_at - t.lease_until) * 1000000)::bigint END AS trace_us, \
      CASE WHEN isfinite(t.expires_at) \
-       THEN (extract(epoch FROM t.expires_at - c.now) * 1000000)::bigint END AS expires_left_us, \
+       THEN (extract(epoch FROM t.expires_at - c.now) * 1000000)::bigint \
+       WHEN t.expires_at <= c.now THEN 0::bigint END AS expires_left_us, \
      t.payload";
 
 /// The statement only PostgreSQL has: `remove` in one statement.

@@ -101,3 +101,25 @@ async fn an_infinite_time_is_a_corrupt_record_that_removal_clears() {
         store.remove(&key).await.expect("clean up");
     }
 }
+
+/// A row that expires at `-infinity` has expired, as the takeover and the purge treat it
+/// (and as idem-mysql reads a zero date): absent whatever it holds, so the key is free,
+/// not a `CorruptRecord` until a purge happens to delete the row.
+#[tokio::test]
+async fn a_row_expiring_at_minus_infinity_has_expired() {
+    let store = shared_store::<PostgreSql>().await;
+    let ns = namespace::<PostgreSql>("minus-infinity");
+    for then in ["claimed", "completed", "released"] {
+        let key = key(&ns, then);
+        left(&store, &key, then).await;
+        update_row::<PostgreSql>(&store, &key, "expires_at = '-infinity'").await;
+        let read = store.read(&key).await;
+        assert!(matches!(read, Ok(None)), "{then}: {read:?}");
+        let again = store.claim(&request(&key, LONG)).await;
+        assert!(
+            matches!(&again, Ok(Claim::Acquired(lease)) if lease.fencing == 1),
+            "{then}: {again:?}"
+        );
+        store.remove(&key).await.expect("clean up");
+    }
+}
