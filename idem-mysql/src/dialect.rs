@@ -48,6 +48,19 @@ impl SqlDialect for MySqlDialect {
         statements::purge(table)
     }
 
+    /// Not `purge` in one statement, which waits on the lock of the first live row past
+    /// the expired ones: a short transaction picks the expired rows no one else holds
+    /// (`FOR UPDATE SKIP LOCKED`) and deletes them by key.
+    async fn purge<'c>(
+        conn: &'c mut MySqlConnection,
+        table: &'c TableName,
+        kind: &'static TableKind,
+        _: &'c Statement,
+        batch: u32,
+    ) -> Result<u64, Error> {
+        crate::purge::batch(conn, table, kind, batch).await
+    }
+
     /// Integers unsigned, as the columns are.
     fn bind<'q>(query: Query<'q, Self>, arg: Arg<'q>) -> Query<'q, Self> {
         match arg {

@@ -4,6 +4,7 @@
 
 mod dialect;
 mod errors;
+mod purge;
 mod schema;
 mod statements;
 mod token_schema;

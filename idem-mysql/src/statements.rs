@@ -146,7 +146,9 @@ pub(crate) fn records<D: SqlDialect<Extra = MySqlExtra>>(table: &TableName) -> R
 }
 
 /// Deletes up to `?` rows past `expires_at`, oldest first, on the `expires_at` index: the
-/// purge of every idem-mysql table.
+/// one-statement purge of every idem-mysql table, as the README's event scheduler runs it.
+/// The stores purge with [`crate::purge`] instead, which does not wait on a live row
+/// locked by a transaction still open.
 pub(crate) fn purge(table: &TableName) -> Statement {
     Statement::new(format!(
         "DELETE FROM {} WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?",

@@ -69,6 +69,27 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// Deletes up to [`Arg::Count`] expired rows of `table` (either kind), oldest first.
     fn purge_statement(table: &TableName) -> Statement;
 
+    /// Deletes up to `batch` expired rows of `table`, a table of `kind`, oldest first: how
+    /// many. By default one statement, `purge` (what
+    /// [`purge_statement`](Self::purge_statement) made for the table); a dialect whose
+    /// single statement would wait on the locks of live rows does it its own way.
+    ///
+    /// # Errors
+    /// The driver's errors, as [`error`](Self::error) maps them.
+    fn purge<'c>(
+        conn: &'c mut Connection<Self>,
+        table: &'c TableName,
+        kind: &'static TableKind,
+        purge: &'c Statement,
+        batch: u32,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'c {
+        let _ = (table, kind);
+        async move {
+            let args = [Arg::Count(batch)];
+            Self::execute(conn, purge, &args).await.map_err(Self::error)
+        }
+    }
+
     /// Binds one argument as the driver takes it (MySQL keeps integers unsigned,
     /// PostgreSQL binds them as `bigint`/`smallint`); see [`driver::query`](crate::driver::query).
     fn bind<'q>(query: Query<'q, Self>, arg: Arg<'q>) -> Query<'q, Self>;

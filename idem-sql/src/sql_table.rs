@@ -8,7 +8,7 @@ use idem_core::Error;
 use sqlx::pool::PoolConnection;
 
 use crate::dialect::Pool;
-use crate::statement::{Arg, Statement};
+use crate::statement::Statement;
 use crate::{CallPolicy, SqlDialect, TableKind, TableName, purge};
 
 /// The table of a store ([`SqlStore`](crate::SqlStore) or
@@ -150,9 +150,7 @@ impl<D: SqlDialect> SqlTable<D> {
         purge::in_batches(batch_size, |batch| {
             self.run(move || async move {
                 let mut conn = self.connection().await?;
-                D::execute(&mut *conn, &self.purge, &[Arg::Count(batch)])
-                    .await
-                    .map_err(D::error)
+                D::purge(&mut *conn, &self.name, self.kind, &self.purge, batch).await
             })
         })
         .await

@@ -49,6 +49,8 @@ impl TestServer for MariaDb {
     const QUOTE: char = '`';
     /// BEGIN, SELECT ... FOR UPDATE, COMMIT (the trace stays); with the UPDATE to a trace.
     const REMOVAL_STATEMENTS: [u64; 2] = [3, 4];
+    /// BEGIN, SELECT ... FOR UPDATE SKIP LOCKED, COMMIT; with the DELETE by key.
+    const PURGE_BATCH_STATEMENTS: [u64; 2] = [3, 4];
 
     fn url() -> String {
         url()

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use idem_core::IdempotencyStore;
+use idem_mysql::PurgeExpired;
 use idem_mysql::sqlx::{self, AssertSqlSafe, Connection};
+
+use idem_sql::testing::{drop_table, own_store, update_row};
 
 use crate::support::*;
 
@@ -48,4 +51,33 @@ async fn a_row_changed_since_the_snapshot_is_unavailable() {
         Err(idem_core::Error::Unavailable { .. }) => {}
         other => panic!("expected Unavailable (1020), got {other:?}"),
     }
+}
+
+/// A purge passes a live row in a transaction still open (a claim of the transactional
+/// mode): it deletes the expired rows instead of waiting on that row's lock, as one
+/// `DELETE ... ORDER BY expires_at LIMIT n` did (the first live row past the expired ones
+/// ends its range scan, and is locked too), until it gave up with `Unavailable`.
+#[tokio::test]
+async fn a_purge_passes_an_open_transactional_claim() {
+    let store = own_store::<MariaDb>(pool(3).await).await;
+    let ns = namespace::<MariaDb>("tx-purge");
+    let expired = key(&ns, "expired");
+    acquired(store.claim(&request(&expired, LONG)).await.expect("claim"));
+    update_row::<MariaDb>(
+        &store,
+        &expired,
+        "expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 HOUR",
+    )
+    .await;
+    let mut tx = store.pool().begin().await.expect("begin");
+    acquired(
+        store
+            .claim_in(&mut tx, &request(&key(&ns, "open"), LONG))
+            .await
+            .expect("claim_in"),
+    );
+    let purged = store.purge_expired(100).await;
+    tx.rollback().await.expect("rollback");
+    drop_table::<MariaDb>(store.pool(), store.table()).await;
+    assert_eq!(purged.expect("purge"), 1);
 }

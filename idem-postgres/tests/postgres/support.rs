@@ -59,6 +59,8 @@ impl TestServer for PostgreSql {
     const QUOTE: char = '"';
     /// One statement either way: the CTE that locks, vacates or deletes, and answers.
     const REMOVAL_STATEMENTS: [u64; 2] = [1, 1];
+    /// One DELETE either way.
+    const PURGE_BATCH_STATEMENTS: [u64; 2] = [1, 1];
 
     fn url() -> String {
         url()

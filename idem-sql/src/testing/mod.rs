@@ -55,6 +55,9 @@ pub trait TestServer: Send + Sync + 'static {
     /// claimed key.
     const REMOVAL_STATEMENTS: [u64; 2];
 
+    /// The statements one purge batch sends: finding no expired row, and deleting some.
+    const PURGE_BATCH_STATEMENTS: [u64; 2];
+
     /// The URL of the server.
     fn url() -> String;
 

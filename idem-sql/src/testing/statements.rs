@@ -105,9 +105,10 @@ pub async fn a_first_claim_and_each_finish_are_one_statement<S: TestServer>() {
 
     let (n, purged) = count(&counter, store.purge_expired(1_000_000)).await;
     purged.expect("purge");
-    assert_eq!(
-        n, 1,
-        "a purge with fewer expired rows than a batch is one DELETE"
+    // One batch, whether it found expired rows to delete or none.
+    assert!(
+        S::PURGE_BATCH_STATEMENTS.contains(&n),
+        "a purge with fewer expired rows than a batch is one batch, not {n} statements"
     );
 }
 
