@@ -228,6 +228,13 @@ async fn a_lost_connection_is_unavailable() {
             .await
             .expect("claim"),
     );
+    // sqlx pings a connection on its way back to the pool: killed before that ping, it
+    // would be found dead there and replaced, and the complete would never meet it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.pool().num_idle() < 1 {
+        assert!(Instant::now() < deadline, "the claim's connection never came back");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     kill_connection(&killer, id).await;
     let result = store.complete(&lease, "done".into(), ttl(RETENTION)).await;
     assert!(
