@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::attempt::{self, Attempt, Ran};
 use crate::disposition::{AckReason, DeadLetterReason, Disposition};
 use crate::message::{Delivery, Message};
-use crate::policy::Policy;
+use crate::policy::{Policy, Stored};
 
 /// Runs each message's operation at most once per message ID, on any idem store, and says
 /// what to do with the message: the [`Disposition`].
@@ -129,8 +129,8 @@ impl<S: IdempotencyStore> Consumer<S> {
         dispose(
             &self.policy,
             &self.namespace,
-            self.idem.store(),
             delivery,
+            |key, fingerprint| async move { stored(self.idem.store(), &key, fingerprint).await },
             |key, fingerprint| async move {
                 attempt::execute(&self.idem, &key, fingerprint, operation).await
             },
@@ -140,16 +140,17 @@ impl<S: IdempotencyStore> Consumer<S> {
 }
 
 /// The steps every consumer takes, whatever runs the operation: make the key, stop a
-/// poison message, run, decide, log.
-pub(crate) async fn dispose<S, A, AFut>(
+/// poison message (unless `read` finds its outcome stored after all), run, decide, log.
+pub(crate) async fn dispose<R, RFut, A, AFut>(
     policy: &Policy,
     namespace: &str,
-    store: &S,
     delivery: Delivery<'_>,
+    read: R,
     run: A,
 ) -> Disposition
 where
-    S: IdempotencyStore,
+    R: FnOnce(Key, Option<Fingerprint>) -> RFut,
+    RFut: Future<Output = Result<Stored, Error>>,
     A: FnOnce(Key, Option<Fingerprint>) -> AFut,
     AFut: Future<Output = Attempt>,
 {
@@ -166,11 +167,7 @@ where
     let disposition = if let Some(deliveries) = policy.poison(delivery.deliveries) {
         // Only a poison message pays for this read: its outcome may be stored after all
         // (every ack lost), and then it is a plain repeat.
-        // Another body under the stored ID is a reused ID, as the claim would have said.
-        let stored = store.read(&key).await.and_then(|record| match record {
-            Some(r) if r.fingerprint != delivery.fingerprint => Err(Error::FingerprintMismatch),
-            record => Ok(record.map(|r| (r.state, r.expires_in))),
-        });
+        let stored = read(key, delivery.fingerprint).await;
         policy.decide_poison(deliveries, stored)
     } else {
         let attempt = run(key, delivery.fingerprint).await;
@@ -179,6 +176,19 @@ where
     };
     tracing::debug!(message_id, %disposition, "message handled");
     disposition
+}
+
+/// What `store` holds for a poison message's key. Another body under the stored ID is a
+/// reused ID, as the claim would have said.
+async fn stored<S: IdempotencyStore>(
+    store: &S,
+    key: &Key,
+    fingerprint: Option<Fingerprint>,
+) -> Result<Stored, Error> {
+    match store.read(key).await? {
+        Some(record) if record.fingerprint != fingerprint => Err(Error::FingerprintMismatch),
+        record => Ok(Stored::of(record.map(|r| (r.state, r.expires_in)))),
+    }
 }
 
 fn log_attempt(message_id: &str, attempt: &Attempt) {

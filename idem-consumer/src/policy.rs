@@ -116,15 +116,13 @@ impl Policy {
     pub(crate) fn decide_poison(
         &self,
         deliveries: u32,
-        stored: Result<Option<(RecordState, Duration)>, Error>,
+        stored: Result<Stored, Error>,
     ) -> Disposition {
         match stored {
-            Ok(None) => dead_letter(DeadLetterReason::Poison { deliveries }),
-            Ok(Some((RecordState::Completed { .. }, _))) => ack(AckReason::Replayed),
-            Ok(Some((RecordState::Failed { .. }, _))) => {
-                dead_letter(DeadLetterReason::PermanentFailure)
-            }
-            Ok(Some((RecordState::Claimed { .. }, left))) => self.in_progress(left),
+            Ok(Stored::Nothing) => dead_letter(DeadLetterReason::Poison { deliveries }),
+            Ok(Stored::Completed) => ack(AckReason::Replayed),
+            Ok(Stored::Failed) => dead_letter(DeadLetterReason::PermanentFailure),
+            Ok(Stored::InProgress { left }) => self.in_progress(left),
             Err(error) => self.not_run(&error),
         }
     }
@@ -153,6 +151,34 @@ impl Policy {
 
     fn requeue(&self, delay: Duration, reason: RequeueReason) -> Disposition {
         Disposition::Requeue { delay, reason }
+    }
+}
+
+/// What the store holds for a poison message's key, as far as its disposition cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// No outcome, and no one working on it.
+    Nothing,
+    /// A success.
+    Completed,
+    /// A permanent failure.
+    Failed,
+    /// Another consumer holds it, for `left` more.
+    InProgress {
+        /// The time its lease has left.
+        left: Duration,
+    },
+}
+
+impl Stored {
+    /// What a record read from the store says.
+    pub(crate) fn of(record: Option<(RecordState, Duration)>) -> Self {
+        match record {
+            None => Self::Nothing,
+            Some((RecordState::Completed { .. }, _)) => Self::Completed,
+            Some((RecordState::Failed { .. }, _)) => Self::Failed,
+            Some((RecordState::Claimed { .. }, left)) => Self::InProgress { left },
+        }
     }
 }
 
@@ -274,18 +300,18 @@ mod tests {
             response: "null".into(),
         };
         assert_eq!(
-            policy.decide_poison(7, Ok(Some((completed, left)))),
+            policy.decide_poison(7, Ok(Stored::of(Some((completed, left))))),
             ack(AckReason::Replayed)
         );
         assert_eq!(
-            policy.decide_poison(7, Ok(None)),
+            policy.decide_poison(7, Ok(Stored::of(None))),
             dead_letter(DeadLetterReason::Poison { deliveries: 7 })
         );
         let claimed = RecordState::Claimed {
             owner: OwnerToken::random(),
         };
         assert!(matches!(
-            policy.decide_poison(7, Ok(Some((claimed, left)))),
+            policy.decide_poison(7, Ok(Stored::of(Some((claimed, left))))),
             Disposition::Requeue {
                 reason: RequeueReason::InProgressElsewhere,
                 ..

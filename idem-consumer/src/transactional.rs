@@ -15,7 +15,7 @@ use crate::attempt::{Attempt, Ran};
 use crate::consumer::dispose;
 use crate::disposition::Disposition;
 use crate::message::{Delivery, Message};
-use crate::policy::Policy;
+use crate::policy::{Policy, Stored};
 
 /// A consumer whose operation writes its business rows in the same MySQL/MariaDB
 /// transaction as the claim and the outcome (idem-mysql's transactional mode).
@@ -38,6 +38,10 @@ use crate::policy::Policy;
 ///    have it), `COMMIT`, ack. Permanent failure: roll back to the savepoint
 ///    (the business writes go, the claim stays), `fail_in`, `COMMIT`, dead-letter.
 ///    Retryable failure: `ROLLBACK` of everything, requeue.
+///
+/// A message past the poison limit runs nothing: its key is claimed in a transaction that
+/// is rolled back, so it too waits for a transaction still running the message, and is
+/// dead-lettered as poison only when that finds no outcome.
 ///
 /// The operation must write through the connection it is given, and only there: a write
 /// elsewhere (another pool, an HTTP call) is not part of the transaction.
@@ -180,11 +184,34 @@ impl TransactionalConsumer {
         dispose(
             &self.policy,
             &self.namespace,
-            &*self.store,
             delivery,
+            |key, fingerprint| self.stored(key, fingerprint),
             |key, fingerprint| self.attempt(key, fingerprint, operation),
         )
         .await
+    }
+
+    /// What the store holds for a poison message's key, read as a claim in a transaction
+    /// that is rolled back. A plain read does not wait for the row lock: a transaction
+    /// still running the message's first delivery has claimed the key, but a plain read
+    /// sees none of it, and the message would be dead-lettered as poison while its effect
+    /// was about to commit. The claim waits for that transaction to end, then sees its
+    /// outcome.
+    async fn stored(&self, key: Key, fingerprint: Option<Fingerprint>) -> Result<Stored, Error> {
+        let request = ClaimRequest::new(key, self.lease_ttl).with_fingerprint(fingerprint);
+        // Dropped at the end, so rolled back: a key found free stays as it was.
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(Error::unavailable)?;
+        Ok(match self.store.claim_in(&mut tx, &request).await? {
+            Claim::Acquired(_) => Stored::Nothing,
+            Claim::Completed(_) => Stored::Completed,
+            Claim::Failed(_) => Stored::Failed,
+            Claim::InProgress { retry_after } => Stored::InProgress { left: retry_after },
+        })
     }
 
     async fn attempt<T, E, F>(
