@@ -53,8 +53,10 @@ impl ConsumeOptions {
 
     /// NATS only: the subject a dead-lettered message is published to (into a stream
     /// that captures it) before it is `term`ed. Default: none, the message is only
-    /// `term`ed (JetStream then emits a `MSG_TERMINATED` advisory). On RabbitMQ the route
-    /// is the queue's own `x-dead-letter-exchange`.
+    /// `term`ed (JetStream then emits a `MSG_TERMINATED` advisory): a stream with `limits`
+    /// retention keeps it until its limits remove it, but one with `workqueue` or
+    /// `interest` retention removes it at once, as if acked. On RabbitMQ the route is the
+    /// queue's own dead-letter exchange; a queue without one drops the message.
     pub fn dead_letter_subject(mut self, subject: impl Into<String>) -> Self {
         self.dead_letter_subject = Some(subject.into());
         self

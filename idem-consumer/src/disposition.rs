@@ -28,7 +28,11 @@ pub enum Disposition {
         reason: RequeueReason,
     },
     /// Never going to work as it is: take it off the queue and route it for a person to look
-    /// at (dead-letter exchange, dead-letter subject). Never silently dropped.
+    /// at (dead-letter exchange, dead-letter subject). Never acked as if it had worked; but
+    /// kept only where the broker has a dead-letter route: a RabbitMQ queue without a
+    /// dead-letter exchange drops it, and so does JetStream (without
+    /// [`ConsumeOptions::dead_letter_subject`](crate::ConsumeOptions::dead_letter_subject))
+    /// under `workqueue` or `interest` retention.
     DeadLetter {
         /// Why.
         reason: DeadLetterReason,

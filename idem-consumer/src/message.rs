@@ -49,8 +49,9 @@ impl IdSource {
 pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 
 /// A message carried no ID where its [`IdSource`] looks (or an empty one). Adapters
-/// dead-letter such a message ([`DeadLetterReason::MissingId`](crate::DeadLetterReason)),
-/// never run it and never drop it.
+/// dead-letter such a message ([`DeadLetterReason::MissingId`](crate::DeadLetterReason))
+/// and never run it; where it is kept depends on the broker's dead-letter route (see
+/// [`Disposition::DeadLetter`](crate::Disposition::DeadLetter)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the message has no ID in {looked_in}; it is dead-lettered, not run")]
 #[non_exhaustive]
