@@ -203,6 +203,9 @@ pub(crate) enum Settled {
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     AsRequeue,
     /// Applied as a dead-letter instead: a requeue at the last delivery the broker allows.
+    // Only the NATS adapter knows that last delivery (the consumer's `max_deliver`), so a
+    // build without `nats` never makes it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     AsDeadLetter,
     /// Not applied (the connection was gone): the broker still holds the message.
     Not,
