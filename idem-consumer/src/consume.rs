@@ -86,7 +86,9 @@ pub struct ConsumeSummary {
     /// `term`ed once their copy reached the dead-letter stream (JetStream).
     pub dead_lettered: u64,
     /// Messages whose disposition could not be applied (the connection was gone, or the
-    /// handler panicked). The broker still holds them and delivers them again.
+    /// handler panicked). The broker still holds them and delivers them again. (A message
+    /// whose handler panicked at the last delivery a JetStream consumer's `max_deliver`
+    /// allows is dead-lettered, and counted there.)
     pub unsettled: u64,
 }
 
@@ -420,9 +422,16 @@ async fn process<B: Broker, F, Fut>(
                     delay: PANICKED_DELAY,
                     reason: RequeueReason::HandlerPanicked,
                 };
-                broker.settle(settler, &requeue, stopping).await;
-                // It has no disposition of its own: counted as unsettled, as before.
-                tally.unsettled.fetch_add(1, Ordering::Relaxed);
+                let settled = broker.settle(settler, &requeue, stopping).await;
+                // It has no disposition of its own: counted as unsettled, as the broker
+                // delivers it again; unless its requeue went to the dead-letter route
+                // instead (JetStream's last delivery), and then it is not coming back.
+                match settled {
+                    Settled::AsDeadLetter => tally.count(&requeue, settled),
+                    _ => {
+                        tally.unsettled.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 return;
             }
         },

@@ -571,3 +571,32 @@ async fn a_requeue_at_the_consumers_last_delivery_is_dead_lettered() {
     assert_eq!(summary.dead_lettered, 1, "{summary:?}");
     jet.cleanup().await;
 }
+
+/// A handler that panics at the last delivery the consumer's `max_deliver` allows gets its
+/// message dead-lettered (JetStream would never deliver it again), and the summary counts
+/// it so. It was counted `unsettled`, which the summary says the broker "delivers again":
+/// a message gone to the dead-letter stream was reported as still on its way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_at_the_consumers_last_delivery_is_counted_dead_lettered() {
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"panics")
+        .await;
+    let handler = |_: Message| async { panic!("the handler's bug") };
+    let pull = jet.consumer(Duration::from_secs(10), 1).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(jet.dead_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("the dead-letter copy", DEADLINE, || async {
+        jet.messages_in(&jet.dead_stream).await == 1
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(
+        (summary.dead_lettered, summary.unsettled),
+        (1, 0),
+        "{summary:?}"
+    );
+    jet.cleanup().await;
+}
