@@ -266,16 +266,20 @@ impl Tally {
     }
 }
 
-/// Tells the tasks the loop is shutting down, so a requeue delay is cut short: the
-/// message goes back to the broker at once instead of holding up the shutdown.
-// Only the RabbitMQ adapter sleeps out a requeue delay itself (JetStream's `nak` carries
-// the delay to the server), so a build without `lapin` never reads it.
+/// Tells the tasks the loop is shutting down, so a wait is cut short: a requeue delay
+/// (RabbitMQ) or a pause between tries of a dead-letter copy (JetStream) ends at once
+/// instead of holding up the shutdown.
 #[derive(Debug, Clone)]
-#[cfg_attr(not(feature = "lapin"), allow(dead_code))]
 pub(crate) struct Stopping(watch::Receiver<bool>);
 
-#[cfg_attr(not(feature = "lapin"), allow(dead_code))]
 impl Stopping {
+    /// Whether the loop is shutting down.
+    // Only the NATS adapter asks (RabbitMQ's adapter only sleeps).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Sleeps for `delay`, or less if the loop starts shutting down.
     pub(crate) async fn sleep(&mut self, delay: Duration) {
         if *self.0.borrow() {

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `Ack` | `ack` |
 //! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay |
-//! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost) |
+//! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost), except at the last delivery the consumer's `max_deliver` allows, where JetStream would not deliver it again: there the copy is tried again every second until it goes through (or the loop shuts down) |
 //!
 //! A requeue at the last delivery the consumer's `max_deliver` allows is dead-lettered
 //! instead ([`Poison`](crate::DeadLetterReason::Poison)): JetStream would not deliver the
@@ -258,13 +258,15 @@ impl Broker for Jet {
         &self,
         settler: Settler,
         disposition: &Disposition,
-        _stopping: Stopping,
+        stopping: Stopping,
     ) -> Settled {
         let route = DeadLetterRoute {
             jetstream: &self.jetstream,
             subject: self.dead_letters.as_deref(),
             message: &settler.message,
             copy_id: settler.copy_id.as_deref(),
+            last_delivery: self.last_delivery(settler.deliveries).is_some(),
+            stopping,
         };
         // JetStream delivers it no more after its `max_deliver`-th delivery: a requeue then
         // would leave it in the stream, unacked and unseen, with no dead-letter copy.
@@ -294,9 +296,29 @@ struct DeadLetterRoute<'a> {
     subject: Option<&'a str>,
     message: &'a async_nats::Message,
     copy_id: Option<&'a str>,
+    /// Whether this is the last delivery the consumer's `max_deliver` allows.
+    last_delivery: bool,
+    stopping: Stopping,
 }
 
 impl DeadLetterRoute<'_> {
+    /// Publishes the copy ([`publish`](Self::publish)). At the last delivery JetStream
+    /// allows, the `nak` that hands back a message whose copy failed would not bring it
+    /// back: JetStream delivers it no more, and it would sit in the stream unseen, in no
+    /// dead-letter stream. There the copy is tried again every [`DEAD_LETTER_RETRY`] until
+    /// it goes through, or the loop shuts down.
+    async fn deliver(&mut self, disposition: &Disposition) -> bool {
+        loop {
+            if self.publish(disposition).await {
+                return true;
+            }
+            if !self.last_delivery || self.stopping.is_set() {
+                return false;
+            }
+            self.stopping.sleep(DEAD_LETTER_RETRY).await;
+        }
+    }
+
     /// Publishes the copy and waits for the stream's ack; `true` when there is nothing to
     /// publish.
     async fn publish(&self, disposition: &Disposition) -> bool {
@@ -357,11 +379,15 @@ fn copy_header_name(name: &str) -> String {
 }
 
 /// Applies a disposition; says whether it was sent.
-async fn apply(acker: &Acker, disposition: &Disposition, route: DeadLetterRoute<'_>) -> Settled {
+async fn apply(
+    acker: &Acker,
+    disposition: &Disposition,
+    mut route: DeadLetterRoute<'_>,
+) -> Settled {
     let (kind, settled) = match disposition {
         Disposition::Ack { .. } => (AckKind::Ack, Settled::AsGiven),
         Disposition::Requeue { delay, .. } => (AckKind::Nak(Some(*delay)), Settled::AsGiven),
-        Disposition::DeadLetter { .. } if route.publish(disposition).await => {
+        Disposition::DeadLetter { .. } if route.deliver(disposition).await => {
             (AckKind::Term, Settled::AsGiven)
         }
         Disposition::DeadLetter { .. } => {

@@ -600,3 +600,60 @@ async fn a_panic_at_the_consumers_last_delivery_is_counted_dead_lettered() {
     );
     jet.cleanup().await;
 }
+
+/// At the last delivery the consumer's `max_deliver` allows, a dead-letter whose copy
+/// cannot be published yet is tried again until it goes through. It was `nak`ed, as at
+/// any other delivery; but JetStream delivers it no more, so it sat in the stream unseen,
+/// never in the dead-letter stream: lost to everyone who reads dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_copy_refused_at_the_last_delivery_is_tried_again() {
+    let jet = Jet::new().await;
+    let sfx = common::suffix();
+    let (late_stream, late_subject) = (format!("IDEM_LATE_{sfx}"), format!("idem.late.{sfx}"));
+    // Sees the first copy go out; it answers nothing, so that publish fails.
+    let mut first_try = jet
+        .client
+        .subscribe(late_subject.clone())
+        .await
+        .expect("subscribe");
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"permanent")
+        .await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-dead-late").expect("consumer");
+    let handler = move |message: Message| {
+        let consumer = consumer.clone();
+        async move {
+            consumer
+                .handle_message(&message, || async { Err::<(), _>(Failure::Permanent) })
+                .await
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), 1).await;
+    let options = ConsumeOptions::default()
+        .concurrency(1)
+        .dead_letter_subject(late_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    futures::StreamExt::next(&mut first_try)
+        .await
+        .expect("the first copy");
+    drop(first_try);
+    // The dead-letter stream comes up only now.
+    jet.js
+        .create_stream(nats::async_nats::jetstream::stream::Config {
+            name: late_stream.clone(),
+            subjects: vec![late_subject],
+            max_age: Duration::from_secs(600),
+            ..Default::default()
+        })
+        .await
+        .expect("dead-letter stream");
+    wait_until("the copy in the dead-letter stream", DEADLINE, || async {
+        jet.messages_in(&late_stream).await == 1
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(summary.dead_lettered, 1, "{summary:?}");
+    let _ = jet.js.delete_stream(&late_stream).await;
+    jet.cleanup().await;
+}
