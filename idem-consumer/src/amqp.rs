@@ -15,8 +15,14 @@
 //!
 //! **Delivery counts** (for the poison limit) come from the `x-delivery-count` header that
 //! quorum queues add to redeliveries. A classic queue does not count: a first delivery is
-//! known as such, a redelivery's count is unknown, and the poison limit does not apply.
-//! Use a quorum queue (`x-queue-type: quorum`) when poison messages matter.
+//! known as such, and a redelivery's count is unknown, so the poison limit does not apply;
+//! but a redelivery that carries an `x-delivery-count` its publisher wrote (a shovel or a
+//! republish that copied a quorum queue's headers, a dead letter of a quorum queue moved
+//! back) is counted from that header, which the adapter cannot tell from the broker's own:
+//! on such a queue one requeue can make it poison. Use a quorum queue (`x-queue-type:
+//! quorum`) when poison messages matter, and turn the limit off
+//! ([`Policy::max_deliveries(None)`](crate::Policy::max_deliveries)) on a classic queue
+//! that may receive such headers.
 //!
 //! **A lost connection** ends the loop: it returns a [`ConsumeError`] with lapin's error
 //! ([`ConsumeFailure::Stream`](crate::ConsumeFailure::Stream)),
