@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use idem_core::Error;
-use redis::Client;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ProtocolVersion};
 
 use crate::connection::{Connection, Deadline, RedisConnection};
 use crate::errors::{bounded, from_redis};
@@ -136,7 +136,7 @@ impl<S> RedisStoreBuilder<S> {
             .set_number_of_retries(0);
         let manager = bounded(
             self.deadline(),
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(resp3(client)?, config),
         )
         .await?;
         Ok(self.on(manager, Deadline::Connection(self.deadline())))
@@ -174,6 +174,20 @@ impl<S> RedisStoreBuilder<S> {
         }
         Ok(lanes)
     }
+}
+
+/// `client`, speaking RESP3. Only on RESP3 does a [`ConnectionManager`] reconnect as soon
+/// as the server closes its connection (an idle timeout, a restart, `CLIENT KILL`); on RESP2
+/// it finds out from the next call, which then fails with [`Error::Unavailable`] although
+/// the server is up. Every server the store runs on (Redis 7.0 or later) speaks RESP3, and
+/// the store's commands answer alike on both.
+fn resp3(client: Client) -> Result<Client, Error> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Client::open(info.set_redis_settings(settings)).map_err(from_redis)
 }
 
 /// How each store is put together from its connection and the builder's settings (a token
@@ -353,7 +367,9 @@ macro_rules! entry_points {
             /// Connects through an existing [`Client`], with a [`ConnectionManager`]
             /// configured from these settings, which reconnects by itself: a call made while
             /// the server is down fails with [`Error::Unavailable`] within the two timeouts;
-            /// the next one after the server is back succeeds.
+            /// the next one after the server is back succeeds. The store's connections speak
+            /// RESP3 whatever protocol the client was opened with, so that one the server
+            /// closes is replaced at once.
             ///
             /// # Errors
             ///

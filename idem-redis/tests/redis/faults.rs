@@ -358,3 +358,44 @@ async fn a_primary_short_of_replicas_still_replays_and_reports_keys_in_progress(
     let repeat = store.claim(&ClaimRequest::new(running, ttl)).await;
     assert!(matches!(repeat, Ok(Claim::InProgress { .. })), "{repeat:?}");
 }
+
+/// Ends every connection of the server's clients but the caller's (`CLIENT KILL`), as the
+/// server's idle `timeout` does, and gives the clients a moment of idleness after it.
+async fn server_closes_connections(server: &RedisServer) {
+    let mut admin = crate::common::raw_connection(&server.url()).await;
+    let killed: i64 = idem_redis::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    assert!(killed > 0, "no connection to close");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A server that closed an idle connection is still up: the next call (a claim, and a
+/// finish on a lane of its own) must get the server's answer, not `Unavailable`.
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_fails_no_call() {
+    let server = RedisServer::start();
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    let waiting = store_at(
+        &server.url(),
+        RedisStore::builder().wait_for_replicas(1, Duration::from_millis(20)),
+    )
+    .await;
+    let lease = acquire(&store, &ClaimRequest::new(key("idle-1"), ttl_ms(30_000))).await;
+    server_closes_connections(&server).await;
+    let claim = store
+        .claim(&ClaimRequest::new(key("idle-2"), ttl_ms(30_000)))
+        .await;
+    assert!(matches!(claim, Ok(Claim::Acquired(_))), "{claim:?}");
+    // No replica: the finish is written, and the lane answers that the replica is missing.
+    let finish = waiting
+        .complete(&lease, Bytes::from_static(b"x"), ttl_ms(30_000))
+        .await;
+    assert!(matches!(finish, Err(Error::Backend { .. })), "{finish:?}");
+}
