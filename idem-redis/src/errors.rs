@@ -7,7 +7,8 @@ use idem_core::Error;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 /// [`Error::Unavailable`] for what may pass (no connection, timeouts, a server loading,
-/// failing over, busy, out of memory, or refusing writes until its replicas catch up);
+/// failing over, busy, out of memory, or refusing writes until its replicas catch up or
+/// until it can persist again);
 /// [`Error::Backend`] for the rest (permissions, authentication, a bad URL, script errors).
 /// The Redis error is kept as the source.
 pub(crate) fn from_redis(err: RedisError) -> Error {
@@ -36,7 +37,7 @@ fn is_transient(err: &RedisError) -> bool {
         ) => true,
         // NOREPLICAS: a primary with `min-replicas-to-write` refused the write (nothing was
         // written) until enough replicas are back.
-        _ => matches!(err.code(), Some("BUSY" | "OOM" | "NOREPLICAS")),
+        _ => matches!(err.code(), Some("BUSY" | "OOM" | "NOREPLICAS" | "MISCONF")),
     }
 }
 
@@ -52,15 +53,16 @@ pub(crate) fn from_record_call(err: RedisError) -> Error {
 }
 
 /// Whether `err` is a server's refusal of a command that may write, for want of memory
-/// (`OOM`, with `maxmemory-policy noeviction`) or of replicas (`NOREPLICAS`, with
-/// `min-replicas-to-write`): the server still serves what it holds.
+/// (`OOM`, with `maxmemory-policy noeviction`), of replicas (`NOREPLICAS`, with
+/// `min-replicas-to-write`) or of a disk (`MISCONF`: its last snapshot failed, with
+/// `stop-writes-on-bgsave-error`): the server still serves what it holds.
 pub(crate) fn is_write_refused(err: &Error) -> bool {
     let Error::Unavailable { source } = err else {
         return false;
     };
     source
         .downcast_ref::<RedisError>()
-        .is_some_and(|err| matches!(err.code(), Some("OOM" | "NOREPLICAS")))
+        .is_some_and(|err| matches!(err.code(), Some("OOM" | "NOREPLICAS" | "MISCONF")))
 }
 
 /// Awaits one Redis call for at most `deadline`: a call that outlives it, or fails, is sorted

@@ -399,3 +399,62 @@ async fn a_connection_the_server_closed_while_idle_fails_no_call() {
         .await;
     assert!(matches!(finish, Err(Error::Backend { .. })), "{finish:?}");
 }
+
+/// A server whose last snapshot failed refuses writes (`stop-writes-on-bgsave-error`,
+/// `MISCONF`) until one succeeds, a disk problem an operator fixes, and still serves what it
+/// holds: as a full server, worth retrying later (`Unavailable`), and a repeat of a finished
+/// key gets its outcome and one of a key in progress is told so.
+#[tokio::test]
+async fn a_server_that_cannot_persist_is_unavailable_and_still_replays() {
+    let dir = std::env::temp_dir().join(format!("idem-misconf-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&dir).expect("a directory of the test's own");
+    let server = RedisServer::start_with(vec![
+        "--dir".into(),
+        dir.display().to_string(),
+        "--save".into(),
+        "3600 1".into(),
+    ]);
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    let ttl = ttl_ms(60_000);
+    let done = key("done");
+    let lease = acquire(&store, &ClaimRequest::new(done.clone(), ttl)).await;
+    store
+        .complete(&lease, Bytes::from_static(b"receipt"), ttl)
+        .await
+        .expect("complete");
+    let running = key("running");
+    let running_lease = acquire(&store, &ClaimRequest::new(running.clone(), ttl)).await;
+    // The snapshot cannot be written where the directory was.
+    std::fs::remove_dir(&dir).expect("remove the server's directory");
+    let mut config = crate::common::raw_connection(&server.url()).await;
+    idem_redis::redis::cmd("BGSAVE")
+        .query_async::<()>(&mut config)
+        .await
+        .expect("BGSAVE");
+    loop {
+        let info: String = idem_redis::redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut config)
+            .await
+            .expect("INFO persistence");
+        if info.contains("rdb_bgsave_in_progress:0") {
+            assert!(info.contains("rdb_last_bgsave_status:err"), "{info}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let new = store.claim(&ClaimRequest::new(key("new"), ttl)).await;
+    assert!(is_unavailable(&new), "{new:?}");
+    let completed = store
+        .complete(&running_lease, Bytes::from_static(b"x"), ttl)
+        .await;
+    assert!(is_unavailable(&completed), "{completed:?}");
+    let replay = store.claim(&ClaimRequest::new(done, ttl)).await;
+    assert!(
+        matches!(&replay, Ok(Claim::Completed(receipt)) if receipt == "receipt"),
+        "{replay:?}"
+    );
+    let repeat = store.claim(&ClaimRequest::new(running, ttl)).await;
+    assert!(matches!(repeat, Ok(Claim::InProgress { .. })), "{repeat:?}");
+}
