@@ -31,7 +31,8 @@ const CACHED_OVERHEAD: u64 = 400;
 ///   the copy never outlives the record) and by the cache TTL, whichever ends first; and by
 ///   a capacity in bytes, past which moka evicts (an evicted replay is only a miss).
 /// - **Removal**: [`remove`](IdempotencyStore::remove) through this instance drops the copy
-///   at once, and copies being filled concurrently are discarded. A `remove` made
+///   at once (also when its caller stops waiting for it), and copies being filled
+///   concurrently are discarded. A `remove` made
 ///   elsewhere (another process, or the store directly) is seen here only when the copy's
 ///   TTL ends: **for up to the cache TTL after a remote remove, this process may still
 ///   replay the removed outcome.** Keep the TTL short where records are removed by hand.
@@ -285,15 +286,33 @@ impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
 
     async fn remove(&self, key: &Key) -> Result<bool, Error> {
         self.removals.fetch_add(1, Ordering::AcqRel);
-        let removed = self.inner.remove(key).await;
-        // Again once the remove has applied: a fill that started while it was on its way
-        // (after the first bump) may have read the record before it applied, and its copy
-        // may arrive after the drop below; this bump makes that fill discard it.
+        // The copy goes when the remove returns, and also when its caller goes away first:
+        // the remove may have applied all the same.
+        let _forget = Forget {
+            cache: &self.cache,
+            removals: &self.removals,
+            key,
+        };
+        self.inner.remove(key).await
+    }
+}
+
+/// The end of a remove through the cache, however it ends: drops the key's copy.
+struct Forget<'a> {
+    cache: &'a Cache<Key, Finished, foldhash::fast::RandomState>,
+    removals: &'a AtomicU64,
+    key: &'a Key,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        // Bumped again once the remove has applied: a fill that started while it was on its
+        // way (after the first bump) may have read the record before it applied, and its
+        // copy may arrive after the drop below; this bump makes that fill discard it.
         self.removals.fetch_add(1, Ordering::AcqRel);
         self.cache
-            .entry_by_ref(key)
+            .entry_by_ref(self.key)
             .and_compute_with(|_| Op::Remove);
-        removed
     }
 }
 

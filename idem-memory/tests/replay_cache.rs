@@ -363,3 +363,63 @@ async fn a_cached_replay_never_outlives_the_record_by_a_millisecond() {
     }
     assert_eq!(outlived, 0, "cached copies outlived their records");
 }
+
+/// A store behind the cache whose `remove` applies and then never answers, as over a link
+/// that died right after the command went out.
+#[derive(Debug, Clone)]
+struct Unanswered {
+    inner: MemoryStore,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for Unanswered {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.inner.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.inner.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await?;
+        std::future::pending().await
+    }
+}
+
+/// A remove through the cache whose caller gives up waiting for it (a timeout, a client
+/// gone) may have applied all the same: the copy must go with it, or this instance replays
+/// the removed outcome for the whole cache TTL while the key is free.
+#[tokio::test]
+async fn a_remove_whose_caller_went_away_still_drops_the_copy() {
+    let behind = MemoryStore::new();
+    let cache = ReplayCache::builder()
+        .ttl(Duration::from_secs(3600))
+        .build(Unanswered {
+            inner: behind.clone(),
+        });
+    let k = key("abandoned-remove");
+    let lease = acquire(&cache, &k).await;
+    cache
+        .complete(&lease, Bytes::from_static(b"gone"), ttl(60_000))
+        .await
+        .expect("complete");
+    claim(&cache, &k).await.expect("the repeat fills the cache");
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), cache.remove(&k)).await;
+    assert!(abandoned.is_err(), "the remove never answers");
+    assert!(behind.read(&k).await.expect("read behind").is_none());
+    assert!(
+        matches!(claim(&cache, &k).await, Ok(Claim::Acquired(_))),
+        "a record removed through this cache is still replayed from it"
+    );
+}
