@@ -332,8 +332,9 @@ impl RedisStoreBuilder<RedisStore> {
     /// four are in flight. A store [`build`](Self::build) on an application's connection has
     /// no other connection to use: there every call of the store (claims too) waits behind
     /// each finish's `WAIT`. A finish held up past its deadline that way is reported
-    /// [`Error::Unavailable`] although written; the executor's retry then finds its outcome
-    /// stored and reports success without knowing whether the replicas have it. So keep
+    /// [`Error::Unavailable`] although written, and the executor sends it again: the store
+    /// recognises its own record, writes it again as it is and waits for the replicas once
+    /// more, so the retry reports the shortfall as the first send would have. Still, keep
     /// `timeout` short against the response timeout, for replicas that normally keep up.
     ///
     /// `replicas` must be at least 1, and `timeout` at least 1 ms and shorter than the

@@ -39,6 +39,10 @@ shared_with_lua! {
     const ALREADY_USED: i64 = 12;
     /// The token belongs to another scope; its stored scope follows.
     const WRONG_SCOPE: i64 = 13;
+    /// The lease is spent, and the key holds the very record this finish writes: the same
+    /// finish sent again after its reply was lost. Written again as it is, so that a `WAIT`
+    /// behind it counts the replicas that have it.
+    const FINISHED_BEFORE: i64 = 14;
 }
 
 /// A reply that is not what the scripts send: a different script under the same name, or a

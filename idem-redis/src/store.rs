@@ -153,7 +153,7 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let mut call = self.transition(&SCRIPTS.finish, lease, 2, 64 + payload.len())?;
+        let mut call = self.transition(&SCRIPTS.finish, lease, 3, 64 + payload.len())?;
         call.arg(retention.as_millis());
         // The finished record whole, with the lease's fingerprint, as one argument: the
         // script then writes it as it came (lua/finish.lua).
@@ -167,6 +167,8 @@ impl<C: RedisConnection> RedisStore<C> {
         let Some(replication) = &self.replication else {
             return self.run_transition(&SCRIPTS.finish, &call).await;
         };
+        // A `WAIT` follows: the script is to recognise the same finish sent again.
+        call.arg(1);
         // `WAIT` rides in the same round trip, right behind the script, on a lane of its own
         // where the store has them.
         let lane = self.wait_lanes.take();
@@ -174,8 +176,16 @@ impl<C: RedisConnection> RedisStore<C> {
         let (reply, waited) = connection
             .run_then(&SCRIPTS.finish, &call, |spent| replication.wait(spent))
             .await?;
-        transition_done(reply)?;
-        replication.check(waited)
+        let written = finish_written(reply)?;
+        // Also for the same finish sent again: its caller reads the outcome back on
+        // `LeaseLost` and takes it as written, so it must hear first when the replicas do not
+        // have it (the script wrote it again for this `WAIT` to count them).
+        replication.check(waited)?;
+        if written {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost)
+        }
     }
 
     /// The claim script, for a key the plain claim (sent at `started`) found claimed or
@@ -212,6 +222,18 @@ impl<C: RedisConnection> RedisStore<C> {
 fn transition_done(mut reply: Reply) -> Result<(), Error> {
     match reply.code()? {
         reply::DONE => Ok(()),
+        reply::LEASE_LOST => Err(Error::LeaseLost),
+        code => Err(unknown_code(code)),
+    }
+}
+
+/// What the finish script followed by a `WAIT` answered: written now (`true`), or written
+/// before by the same finish, whose reply was lost (`false`: the lease is spent all the
+/// same); or the lease is lost.
+fn finish_written(mut reply: Reply) -> Result<bool, Error> {
+    match reply.code()? {
+        reply::DONE => Ok(true),
+        reply::FINISHED_BEFORE => Ok(false),
         reply::LEASE_LOST => Err(Error::LeaseLost),
         code => Err(unknown_code(code)),
     }

@@ -316,3 +316,54 @@ async fn a_finish_that_applied_is_not_reported_unavailable_by_its_own_deadline()
         "the finish was written, yet reported as retryable: {done:?}"
     );
 }
+
+/// A finish whose reply was lost is sent again by the executor, which gets `LeaseLost`,
+/// reads the key back, finds its outcome and reports it stored. With `wait_for_replicas`,
+/// the first send's `WAIT` answer was lost with it: the second must check the replicas
+/// itself, and report a shortfall rather than `LeaseLost`, or nobody ever did. Another
+/// outcome under the spent lease is still `LeaseLost`.
+#[tokio::test]
+async fn a_finish_sent_again_after_its_reply_was_lost_still_waits_for_the_replicas() {
+    let (primary, mut replica, store) = store_waiting_for_a_replica().await;
+    let ttl = ttl_ms(60_000);
+    // The first send of each finish: applied, its answer (and its WAIT's) lost.
+    let first = store_at(&primary.url(), RedisStore::builder().prefix(store.prefix())).await;
+    // The replica has it: the lease is spent, and the executor's read-back finds the outcome.
+    let replicated = key("sent-again-replicated");
+    let lease = acquire(&store, &ClaimRequest::new(replicated, ttl)).await;
+    first
+        .complete(&lease, Bytes::from_static(b"paid"), ttl)
+        .await
+        .expect("the first send is applied");
+    let again = store
+        .complete(&lease, Bytes::from_static(b"paid"), ttl)
+        .await;
+    assert!(matches!(again, Err(Error::LeaseLost)), "{again:?}");
+
+    let k = key("sent-again");
+    let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl)).await;
+    replica.kill();
+    first
+        .complete(&lease, Bytes::from_static(b"paid"), ttl)
+        .await
+        .expect("the first send is applied");
+
+    let again = store
+        .complete(&lease, Bytes::from_static(b"paid"), ttl)
+        .await;
+    let Err(Error::Backend { source }) = &again else {
+        panic!("expected the replica shortfall, got {again:?}")
+    };
+    let short = source
+        .downcast_ref::<ReplicasNotReached>()
+        .expect("the source says how many replicas answered");
+    assert_eq!((short.wanted, short.acknowledged), (1, 0));
+    let other = store
+        .complete(&lease, Bytes::from_static(b"other"), ttl)
+        .await;
+    assert!(matches!(other, Err(Error::LeaseLost)), "{other:?}");
+    assert!(matches!(
+        store.claim(&ClaimRequest::new(k, ttl)).await,
+        Ok(Claim::Completed(receipt)) if receipt == "paid"
+    ));
+}
