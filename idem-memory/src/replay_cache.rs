@@ -147,12 +147,7 @@ impl ReplayCacheBuilder {
     pub fn build<S: IdempotencyStore>(self, inner: S) -> ReplayCache<S> {
         let cache = Cache::builder()
             .max_capacity(self.capacity)
-            .weigher(|key: &Key, finished: &Finished| {
-                let bytes = (key.namespace().len() + key.id().len()) as u64
-                    + finished.outcome.bytes().len() as u64
-                    + CACHED_OVERHEAD;
-                u32::try_from(bytes).unwrap_or(u32::MAX)
-            })
+            .weigher(weight)
             .expire_after(UntilExpiry)
             .build_with_hasher(foldhash::fast::RandomState::default());
         ReplayCache {
@@ -228,7 +223,20 @@ impl<S: IdempotencyStore> ReplayCache<S> {
                     Op::Nop
                 }
             });
+        // moka evicts past the capacity only when it next runs its housekeeping, which it
+        // schedules by the number of writes, not their bytes: until then, a few dozen large
+        // copies would stay over it many times. A fill is rare (once per key), and already
+        // took a round trip: it brings the cache back within its capacity at once.
+        self.cache.run_pending_tasks();
     }
+}
+
+/// What a copy counts against the capacity: its key text, its payload and the overhead.
+fn weight(key: &Key, finished: &Finished) -> u32 {
+    let bytes = (key.namespace().len() + key.id().len()) as u64
+        + finished.outcome.bytes().len() as u64
+        + CACHED_OVERHEAD;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }
 
 /// Each copy expires at its own `until`.
@@ -384,6 +392,37 @@ mod tests {
             !over.cache.contains_key(&key()),
             "a copy over the capacity was kept"
         );
+    }
+
+    /// Copies filled one after another never hold more than the capacity, however few of
+    /// them it takes: not only once moka gets round to its housekeeping.
+    #[tokio::test]
+    async fn filled_copies_never_hold_more_than_the_capacity() {
+        let capacity = 1 << 20;
+        let cache = ReplayCache::builder()
+            .capacity(capacity)
+            .build(MemoryStore::new());
+        let payload = Bytes::from(vec![7; 256 * 1024]);
+        for i in 0..32 {
+            let request = ClaimRequest::new(
+                Key::new("replay", format!("big-{i}")).expect("valid key"),
+                ttl(),
+            );
+            let Ok(Claim::Acquired(lease)) = cache.claim(&request).await else {
+                panic!("a fresh key")
+            };
+            cache
+                .complete(&lease, payload.clone(), ttl())
+                .await
+                .expect("complete");
+            cache.claim(&request).await.expect("the repeat fills");
+            let held: u64 = cache
+                .cache
+                .iter()
+                .map(|(key, finished)| u64::from(weight(&key, &finished)))
+                .sum();
+            assert!(held <= capacity, "{held} bytes held after {} fills", i + 1);
+        }
     }
 
     /// moka asks `expire_after_update` when a copy is written over a live one (two fills
