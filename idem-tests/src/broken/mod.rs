@@ -132,6 +132,9 @@ pub enum Defect {
     FoldsNamespaceCase,
     /// Namespace and id are joined with `|` unescaped, so a `|` moves the boundary.
     JoinsWithSeparator,
+    /// Namespaces are cut to 128 bytes (a narrower column than `MAX_KEY_LEN`, silently
+    /// truncating): namespaces that differ only past that share records.
+    TruncatesNamespace,
     /// Payloads over the declared limit are accepted.
     IgnoresPayloadLimit,
     /// Finished records are kept a thousand times longer than asked.
@@ -204,6 +207,7 @@ impl Defect {
         Defect::MangleKeys,
         Defect::FoldsNamespaceCase,
         Defect::JoinsWithSeparator,
+        Defect::TruncatesNamespace,
         Defect::IgnoresPayloadLimit,
         Defect::IgnoresRetention,
         Defect::NoopRenew,
@@ -386,6 +390,7 @@ impl Defect {
             Defect::MangleKeys => &["key_fidelity"],
             Defect::FoldsNamespaceCase => &["key_fidelity"],
             Defect::JoinsWithSeparator => &["key_fidelity"],
+            Defect::TruncatesNamespace => &["key_fidelity"],
             Defect::IgnoresPayloadLimit => &["bad_input"],
             Defect::IgnoresRetention => &[
                 "exclusive_every_path",

@@ -24,8 +24,21 @@ const SHORT_TRACE_MS: u64 = 5_000;
 /// than the end-to-end check waits, half of what the contract asks.
 const HALF_TRACE_MS: u64 = 30_000;
 
+/// How many bytes of a namespace [`Defect::TruncatesNamespace`] keeps: more than any
+/// namespace the checks would use if they only varied their ids.
+const TRUNCATED_NAMESPACE: usize = 128;
+
 /// The window a check-then-set leaves between its check and its write.
 const GAP: Duration = Duration::from_millis(5);
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a character boundary.
+fn prefix(text: &str, bytes: usize) -> &str {
+    let cut = (0..=text.len().min(bytes))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..cut]
+}
 
 /// A map-backed store with one [`Defect`].
 #[derive(Debug)]
@@ -105,17 +118,17 @@ impl BrokenStore {
             Defect::LeaksNamespaces => format!("shared:{id}"),
             Defect::MangleKeys => {
                 let folded = id.to_lowercase();
-                let cut = (0..=folded.len().min(64))
-                    .rev()
-                    .find(|i| folded.is_char_boundary(*i))
-                    .unwrap_or(0);
-                format!("{}:{namespace}:{}", namespace.len(), &folded[..cut])
+                format!("{}:{namespace}:{}", namespace.len(), prefix(&folded, 64))
             }
             Defect::FoldsNamespaceCase => {
                 let folded = namespace.to_lowercase();
                 format!("{}:{folded}:{id}", folded.len())
             }
             Defect::JoinsWithSeparator => format!("{namespace}|{id}"),
+            Defect::TruncatesNamespace => {
+                let kept = prefix(namespace, TRUNCATED_NAMESPACE);
+                format!("{}:{kept}:{id}", kept.len())
+            }
             _ => format!("{}:{namespace}:{id}", namespace.len()),
         }
     }

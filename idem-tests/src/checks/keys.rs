@@ -1,4 +1,4 @@
-use idem_core::{Claim, Key};
+use idem_core::{Claim, Key, MAX_KEY_LEN};
 
 use crate::context::{Ctx, Doing, LONG, ensure, run};
 use crate::{Capabilities, CheckResult, Store};
@@ -45,7 +45,8 @@ pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> Ch
 
 /// Keys are stored exactly, both parts: keys that a careless encoding, separator,
 /// collation, truncation or normalization would merge stay distinct, whether the
-/// difference is in the namespace or in the id.
+/// difference is in the namespace or in the id (at the maximum length of either part,
+/// and of both at once).
 ///
 /// # Errors
 ///
@@ -54,8 +55,13 @@ pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> Ch
 pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("key_fidelity", store, capabilities, |ctx| async move {
         let ns = ctx.namespace.clone();
-        let long_a = format!("{}a", "k".repeat(254));
-        let long_b = format!("{}b", "k".repeat(254));
+        let long_a = longest("", 'a');
+        let long_b = longest("", 'b');
+        // The namespace at its maximum length too: a narrower namespace column (or a
+        // whole-key column narrower than both parts) keeps only a prefix of it, and the
+        // checks' own namespaces are far shorter than the limit.
+        let long_ns_a = longest(&ns, 'a');
+        let long_ns_b = longest(&ns, 'b');
         let groups: Vec<Vec<(String, String)>> = vec![
             // A separator inside a part must not move the boundary between the parts.
             vec![(format!("{ns}:x"), "y".into()), (ns.clone(), "x:y".into())],
@@ -66,6 +72,11 @@ pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResu
             pairs(&ns, &["straße", "strasse"]),
             // Keys of the maximum length that differ only in the last byte.
             pairs(&ns, &[&long_a, &long_b]),
+            vec![
+                (long_ns_a.clone(), "k".into()),
+                (long_ns_b.clone(), "k".into()),
+            ],
+            pairs(&long_ns_a, &[&long_a, &long_b]),
             // Characters that are special somewhere: hash tags, wildcards, quotes, escapes.
             pairs(&ns, &["{t}", "t", "{t", "t}"]),
             pairs(&ns, &["a%", "a_", "a\\", "a'", "a\""]),
@@ -77,6 +88,13 @@ pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResu
         Ok(())
     })
     .await
+}
+
+/// `start`, padded to [`MAX_KEY_LEN`] bytes, ending in `last`: two such strings differ only
+/// in their last byte.
+fn longest(start: &str, last: char) -> String {
+    let pad = MAX_KEY_LEN.saturating_sub(start.len() + last.len_utf8());
+    format!("{start}{}{last}", "k".repeat(pad))
 }
 
 /// Characters some encoding treats specially: separators, escapes, quotes, wildcards.
