@@ -325,8 +325,10 @@ const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs(
 /// record), as the storage itself says through [`Sabotage::kept_for`](crate::Sabotage::kept_for):
 /// keys freed by every path (a lapsed lease, a release, a removed claim, a removed finished
 /// record), under a short lease and under one longer than 60 s, must be kept at least that
-/// long from their freeing, less the time since. [`checks::fencing_memory`] claims freed
-/// keys again 12 s later, end to end; this sees the rest of the 60 s without waiting it out.
+/// long from their freeing, less the time since. A short lease renewed past 60 s is owed
+/// as much from its renewed end: the record must outlive the renewal, not the claim.
+/// [`checks::fencing_memory`] claims freed keys again 12 s later, end to end; this sees the
+/// rest of the 60 s without waiting it out.
 ///
 /// [`checks::fencing_memory`]: crate::checks::fencing_memory
 ///
@@ -343,9 +345,18 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
         |ctx| async move {
             let mut freed = Vec::new();
             for lease_ttl in [ctx.short(), LONGER_THAN_MEMORY] {
-                for path in ["lapsed", "released", "removed-claim", "removed-finished"] {
-                    if path == "lapsed" && lease_ttl == LONGER_THAN_MEMORY {
-                        continue; // It would not lapse within the check.
+                for path in [
+                    "lapsed",
+                    "released",
+                    "removed-claim",
+                    "removed-finished",
+                    "renewed",
+                ] {
+                    let lapsing = path == "lapsed" || path == "renewed";
+                    if lapsing && lease_ttl == LONGER_THAN_MEMORY {
+                        // It would not lapse within the check; or, renewed to as long as it
+                        // already lasts, it would not outlive its claim.
+                        continue;
                     }
                     let key = ctx.key(&format!("{path}-{}", lease_ttl.as_millis()))?;
                     freed.push((
@@ -377,8 +388,9 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
     .await
 }
 
-/// Acquires `key` under a `lease_ttl` lease and frees it by `path`: the earliest instant
-/// the key may count as freed, and the trace TTL it is owed from then.
+/// Acquires `key` under a `lease_ttl` lease and frees it by `path` (or, `"renewed"`, renews
+/// it so that it lapses later): the earliest instant the key may count as freed, and the
+/// trace TTL it is owed from then.
 async fn free(
     ctx: &Ctx,
     path: &str,
@@ -393,6 +405,16 @@ async fn free(
     ));
     match path {
         "lapsed" => return Ok((claimed + lease_ttl, lease_trace)),
+        "renewed" => {
+            // Renewed past the memory, the lease lapses at its new end and is remembered a
+            // trace TTL of the new lease after that, far past what the claim first set.
+            let renewing = Instant::now();
+            ctx.renew(&lease, LONGER_THAN_MEMORY).await?;
+            let renewed_trace = Duration::from_millis(trace_ttl(
+                u64::try_from(LONGER_THAN_MEMORY.as_millis()).unwrap_or(u64::MAX),
+            ));
+            return Ok((renewing + LONGER_THAN_MEMORY, renewed_trace));
+        }
         "released" => ctx.release(&lease).await?,
         "removed-claim" => ensure!(ctx.remove(key).await?, "removing a claim said no"),
         _ => {

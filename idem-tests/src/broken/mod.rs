@@ -85,6 +85,11 @@ pub enum Defect {
     RetentionFromClaim,
     /// A renewal extends from the lease's old end instead of from now.
     RenewAddsToOldEnd,
+    /// A renewal moves the lease's end but not the record's own expiry (a row's
+    /// `expires_at`, a key's TTL), which stays where the claim set it: a lease renewed past
+    /// the fencing memory outlives its record, and a second owner acquires the key while
+    /// the first still holds it.
+    RenewKeepsExpiry,
     /// A lapsed lease nobody took over can finish but not renew.
     DropsLapsedRenewals,
     /// A free key that the store still remembers compares fingerprints.
@@ -188,6 +193,7 @@ impl Defect {
         Defect::SlidingRetention,
         Defect::RetentionFromClaim,
         Defect::RenewAddsToOldEnd,
+        Defect::RenewKeepsExpiry,
         Defect::DropsLapsedRenewals,
         Defect::FreeKeyKeepsFingerprint,
         Defect::LapsedReadsAsClaimed,
@@ -311,6 +317,7 @@ impl Defect {
             Defect::SlidingRetention => &["model", "retention_from_finish"],
             Defect::RetentionFromClaim => &["model", "retention_from_finish"],
             Defect::RenewAddsToOldEnd => &["in_progress_retry_after", "model", "renewal_from_now"],
+            Defect::RenewKeepsExpiry => &["trace_lifetime"],
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],
             Defect::FreeKeyKeepsFingerprint => &["free_key", "granted_lease", "model"],
             Defect::LapsedReadsAsClaimed => &["free_key", "reads_race_claims_and_removals"],
@@ -412,6 +419,7 @@ impl Defect {
                 "retention_from_finish",
                 "spent_lease",
                 "stale_lease",
+                "trace_lifetime",
             ],
             Defect::ForgetsOwnClaim => &[
                 "fingerprints",

@@ -597,12 +597,18 @@ impl IdempotencyStore for BrokenStore {
             _ => ttl,
         };
         let from_old_end = self.defect == Defect::RenewAddsToOldEnd;
+        let keeps_expiry = self.defect == Defect::RenewKeepsExpiry;
         self.transition(lease, Op::Renew, |entry, now| {
             let start = match entry.phase {
                 Phase::Claimed { lease_until, .. } if from_old_end => lease_until,
                 _ => now,
             };
             let lease_until = start.saturating_add(ttl.as_millis());
+            let expires_at = if keeps_expiry {
+                entry.expires_at
+            } else {
+                lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis()))
+            };
             Entry::new(
                 Phase::Claimed {
                     owner: lease.owner,
@@ -611,7 +617,7 @@ impl IdempotencyStore for BrokenStore {
                 },
                 entry.fencing,
                 entry.fingerprint,
-                lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis())),
+                expires_at,
             )
         })
         .await
