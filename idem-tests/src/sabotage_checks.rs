@@ -324,7 +324,7 @@ const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs(
 /// freed (the longer of the lease TTL and `FENCING_MEMORY`, 60 s; 60 s for a finished
 /// record), as the storage itself says through [`Sabotage::kept_for`](crate::Sabotage::kept_for):
 /// keys freed by every path (a lapsed lease, a release, a removed claim, a removed finished
-/// record), under a short lease and under one longer than 60 s, must be kept at least that
+/// record whose retention would have ended within seconds), under a short lease and under one longer than 60 s, must be kept at least that
 /// long from their freeing, less the time since. A short lease renewed past 60 s is owed
 /// as much from its renewed end: the record must outlive the renewal, not the claim.
 /// [`checks::fencing_memory`] claims freed keys again 12 s later, end to end; this sees the
@@ -418,7 +418,13 @@ async fn free(
         "released" => ctx.release(&lease).await?,
         "removed-claim" => ensure!(ctx.remove(key).await?, "removing a claim said no"),
         _ => {
-            ctx.complete(&lease, &b"done"[..]).await?;
+            // A short retention: the trace a removal leaves is owed the whole memory, not
+            // the little the record had left.
+            let retention = ttl(2 * ctx.unit())?;
+            ctx.store
+                .complete(&lease, "done".into(), retention)
+                .await
+                .map_err(|e| format!("complete: {e:?}"))?;
             let freeing = Instant::now();
             ensure!(ctx.remove(key).await?, "removing a record said no");
             return Ok((freeing, FENCING_MEMORY));

@@ -102,6 +102,10 @@ pub enum Defect {
     OwnRetryIgnoresFingerprint,
     /// Removing forgets the key, so fencing numbers start over at 1.
     RemoveForgetsFencing,
+    /// Removing leaves the trace with the expiry the record had (Redis's `SET … KEEPTTL`):
+    /// a finished record removed near the end of a short retention is forgotten with it,
+    /// long before the fencing memory's 60 s, so fencing numbers start over.
+    RemoveKeepsExpiry,
     /// A freed key (lapsed, released, removed) is remembered 5 s instead of the fencing
     /// memory's 60 s, so fencing numbers start over after that.
     ShortFencingMemory,
@@ -200,6 +204,7 @@ impl Defect {
         Defect::RemoveCountsTraces,
         Defect::OwnRetryIgnoresFingerprint,
         Defect::RemoveForgetsFencing,
+        Defect::RemoveKeepsExpiry,
         Defect::ShortFencingMemory,
         Defect::HalfFencingMemory,
         Defect::NeverExpiresLeases,
@@ -340,7 +345,9 @@ impl Defect {
                 "removals_race_each_other",
                 "trace_lifetime",
             ],
-            Defect::ShortFencingMemory => &["fencing_memory", "trace_lifetime"],
+            Defect::RemoveKeepsExpiry | Defect::ShortFencingMemory => {
+                &["fencing_memory", "trace_lifetime"]
+            }
             Defect::HalfFencingMemory => &["trace_lifetime"],
             Defect::NeverExpiresLeases => &[
                 "exclusive_every_path",
@@ -468,6 +475,7 @@ impl Defect {
                 "removal_fencing",
                 "removal_races_holder",
                 "removals_race_each_other",
+                "trace_lifetime",
             ],
             Defect::CorruptAsFree => &["corrupt_record"],
             Defect::UnavailableAsBackend | Defect::HangsWhenDown => &["unavailable_backend"],

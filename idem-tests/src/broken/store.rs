@@ -741,6 +741,13 @@ impl IdempotencyStore for BrokenStore {
                 }
                 return Ok(there);
             }
+            Defect::RemoveKeepsExpiry => {
+                if let (Write::Put(trace), Some(removed)) = (step.write, &current) {
+                    let kept = Entry::new(trace.phase, trace.fencing, None, removed.expires_at);
+                    state.entries.insert(slot, kept);
+                }
+                return step.answer;
+            }
             _ => {}
         }
         if let Write::Put(entry) = step.write {

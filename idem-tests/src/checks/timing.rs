@@ -189,7 +189,8 @@ pub const FENCING_MEMORY_CHECKED: Duration = Duration::from_secs(12);
 
 /// A freed key is remembered well past the moment it was freed (the contract says at
 /// least `lifecycle::trace_ttl`: the longer of the lease TTL and 60 s): keys freed by every
-/// path (a lapsed lease, a release, a removed claim, a removed finished record) are claimed
+/// path (a lapsed lease, a release, a removed claim, a removed finished record whose
+/// retention would have ended within seconds) are claimed
 /// again [`FENCING_MEMORY_CHECKED`] later, and each new lease's fencing number is larger
 /// than the one before the freeing.
 ///
@@ -213,7 +214,13 @@ pub async fn fencing_memory(store: Store, capabilities: Capabilities) -> CheckRe
                     ensure!(ctx.remove(&key).await?, "removing a claim should say so");
                 }
                 "removed-finished" => {
-                    ctx.complete(&lease, &b"done"[..]).await?;
+                    // A retention that ends long before the check claims again: the trace a
+                    // removal leaves is owed the whole memory, not what the record had left.
+                    let retention = ttl(2 * ctx.unit())?;
+                    ctx.store
+                        .complete(&lease, "done".into(), retention)
+                        .await
+                        .map_err(|e| format!("complete: {e:?}"))?;
                     ensure!(ctx.remove(&key).await?, "removing a record should say so");
                 }
                 _ => {}
