@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use idem_core::backend::lifecycle::{FENCING_MEMORY, trace_ttl};
 use idem_core::{
-    Claim, Consumption, Error, Fingerprint, Key, Lease, Record, Scope, Token, Tokens, Ttl,
+    Claim, ClaimRequest, Consumption, Error, Fingerprint, Key, Lease, Record, Scope, Token, Tokens,
+    Ttl,
 };
 
 use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
@@ -325,8 +326,9 @@ const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs(
 /// record), as the storage itself says through [`Sabotage::kept_for`](crate::Sabotage::kept_for):
 /// keys freed by every path (a lapsed lease, a release, a removed claim, a removed finished
 /// record whose retention would have ended within seconds), under a short lease and under one longer than 60 s, must be kept at least that
-/// long from their freeing, less the time since. A short lease renewed past 60 s is owed
-/// as much from its renewed end: the record must outlive the renewal, not the claim.
+/// long from their freeing, less the time since. A short lease renewed past 60 s, or
+/// extended past 60 s by its holder's retried claim, is owed as much from its new end: the
+/// record must outlive the extension, not the first claim.
 /// [`checks::fencing_memory`] claims freed keys again 12 s later, end to end; this sees the
 /// rest of the 60 s without waiting it out.
 ///
@@ -351,10 +353,13 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
                     "removed-claim",
                     "removed-finished",
                     "renewed",
+                    "reclaimed",
                 ] {
-                    let lapsing = path == "lapsed" || path == "renewed";
-                    if lapsing && lease_ttl == LONGER_THAN_MEMORY {
-                        // It would not lapse within the check; or, renewed to as long as it
+                    if path != "released"
+                        && !path.starts_with("removed")
+                        && lease_ttl == LONGER_THAN_MEMORY
+                    {
+                        // It would not lapse within the check; or, extended to as long as it
                         // already lasts, it would not outlive its claim.
                         continue;
                     }
@@ -388,9 +393,16 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
     .await
 }
 
-/// Acquires `key` under a `lease_ttl` lease and frees it by `path` (or, `"renewed"`, renews
-/// it so that it lapses later): the earliest instant the key may count as freed, and the
-/// trace TTL it is owed from then.
+/// The trace TTL of a [`LONGER_THAN_MEMORY`] lease.
+fn longer_trace() -> Duration {
+    Duration::from_millis(trace_ttl(
+        u64::try_from(LONGER_THAN_MEMORY.as_millis()).unwrap_or(u64::MAX),
+    ))
+}
+
+/// Acquires `key` under a `lease_ttl` lease and frees it by `path` (or, `"renewed"` and
+/// `"reclaimed"`, extends it so that it lapses later): the earliest instant the key may
+/// count as freed, and the trace TTL it is owed from then.
 async fn free(
     ctx: &Ctx,
     path: &str,
@@ -410,10 +422,20 @@ async fn free(
             // trace TTL of the new lease after that, far past what the claim first set.
             let renewing = Instant::now();
             ctx.renew(&lease, LONGER_THAN_MEMORY).await?;
-            let renewed_trace = Duration::from_millis(trace_ttl(
-                u64::try_from(LONGER_THAN_MEMORY.as_millis()).unwrap_or(u64::MAX),
-            ));
-            return Ok((renewing + LONGER_THAN_MEMORY, renewed_trace));
+            return Ok((renewing + LONGER_THAN_MEMORY, longer_trace()));
+        }
+        "reclaimed" => {
+            // The holder's retried claim, asking for a lease past the memory: the same
+            // lease, extended as a renewal would be.
+            let retry =
+                ClaimRequest::new(key.clone(), ttl(LONGER_THAN_MEMORY)?).with_owner(lease.owner);
+            let reclaiming = Instant::now();
+            let again = ctx.acquire_with(&retry).await?;
+            ensure!(
+                again.fencing == lease.fencing,
+                "the holder's retried claim got another lease: {again:?} after {lease:?}"
+            );
+            return Ok((reclaiming + LONGER_THAN_MEMORY, longer_trace()));
         }
         "released" => ctx.release(&lease).await?,
         "removed-claim" => ensure!(ctx.remove(key).await?, "removing a claim said no"),

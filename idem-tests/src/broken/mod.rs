@@ -154,6 +154,10 @@ pub enum Defect {
     ForgetsOwnClaim,
     /// A claim retried by the same owner gets its lease back but not extended.
     ReclaimDoesNotExtend,
+    /// A claim retried by the same owner extends its lease but not the record's own expiry,
+    /// which stays where the first claim set it: a retry asking for a lease past the
+    /// fencing memory outlives its record, and a second owner acquires the key.
+    ReclaimKeepsExpiry,
     /// A lapsed lease nobody took over can no longer finish.
     DropsLapsedLeases,
     /// Reading always finds nothing.
@@ -224,6 +228,7 @@ impl Defect {
         Defect::NoopRenew,
         Defect::ForgetsOwnClaim,
         Defect::ReclaimDoesNotExtend,
+        Defect::ReclaimKeepsExpiry,
         Defect::DropsLapsedLeases,
         Defect::ReadsNothing,
         Defect::RemoveIsNoop,
@@ -433,14 +438,17 @@ impl Defect {
                 "granted_lease",
                 "model",
                 "retried_claim_races_own_lease",
+                "trace_lifetime",
                 "uncertain_claim",
             ],
             Defect::ReclaimDoesNotExtend => &[
                 "fingerprints",
                 "model",
                 "retried_claim_races_takeover",
+                "trace_lifetime",
                 "uncertain_claim",
             ],
+            Defect::ReclaimKeepsExpiry => &["trace_lifetime"],
             Defect::DropsLapsedLeases => &["lapsed_lease_still_finishes"],
             Defect::ReadsNothing => &[
                 "bad_input",

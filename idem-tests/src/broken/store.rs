@@ -228,6 +228,15 @@ impl BrokenStore {
                     return Step::keep(Ok(Claim::Acquired(request.lease(entry.fencing))));
                 }
             }
+            Defect::ReclaimKeepsExpiry => {
+                if let Some(entry) = own {
+                    let mut step = lifecycle::claim(current, request, now);
+                    if let Write::Put(extended) = &mut step.write {
+                        extended.expires_at = entry.expires_at;
+                    }
+                    return step;
+                }
+            }
             Defect::OwnRetryIgnoresFingerprint => {
                 if let Some(entry) = own {
                     let retried = request.clone().with_fingerprint(entry.fingerprint);
