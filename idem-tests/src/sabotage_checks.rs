@@ -328,7 +328,8 @@ const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs(
 /// record whose retention would have ended within seconds), under a short lease and under one longer than 60 s, must be kept at least that
 /// long from their freeing, less the time since. A short lease renewed past 60 s, or
 /// extended past 60 s by its holder's retried claim, is owed as much from its new end: the
-/// record must outlive the extension, not the first claim.
+/// record must outlive the extension, not the first claim; and one finished with a
+/// retention past 60 s is owed its whole retention from the finish.
 /// [`checks::fencing_memory`] claims freed keys again 12 s later, end to end; this sees the
 /// rest of the 60 s without waiting it out.
 ///
@@ -354,13 +355,14 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
                     "removed-finished",
                     "renewed",
                     "reclaimed",
+                    "completed",
                 ] {
                     if path != "released"
                         && !path.starts_with("removed")
                         && lease_ttl == LONGER_THAN_MEMORY
                     {
-                        // It would not lapse within the check; or, extended to as long as it
-                        // already lasts, it would not outlive its claim.
+                        // It would not lapse within the check; or, extended or retained as
+                        // long as it already lasts, it would not outlive its claim.
                         continue;
                     }
                     let key = ctx.key(&format!("{path}-{}", lease_ttl.as_millis()))?;
@@ -401,8 +403,9 @@ fn longer_trace() -> Duration {
 }
 
 /// Acquires `key` under a `lease_ttl` lease and frees it by `path` (or, `"renewed"` and
-/// `"reclaimed"`, extends it so that it lapses later): the earliest instant the key may
-/// count as freed, and the trace TTL it is owed from then.
+/// `"reclaimed"`, extends it so that it lapses later; or, `"completed"`, finishes it with a
+/// long retention): the earliest instant the key may count as freed (or finished), and
+/// how long it is owed from then.
 async fn free(
     ctx: &Ctx,
     path: &str,
@@ -423,6 +426,16 @@ async fn free(
             let renewing = Instant::now();
             ctx.renew(&lease, LONGER_THAN_MEMORY).await?;
             return Ok((renewing + LONGER_THAN_MEMORY, longer_trace()));
+        }
+        "completed" => {
+            // Not freed: finished, with a retention past what the claim was kept for. The
+            // record is owed its whole retention from the finish.
+            let finishing = Instant::now();
+            ctx.store
+                .complete(&lease, "kept".into(), ttl(LONGER_THAN_MEMORY)?)
+                .await
+                .map_err(|e| format!("complete: {e:?}"))?;
+            return Ok((finishing, LONGER_THAN_MEMORY));
         }
         "reclaimed" => {
             // The holder's retried claim, asking for a lease past the memory: the same

@@ -83,6 +83,11 @@ pub enum Defect {
     SlidingRetention,
     /// Retention is counted from the claim, not from the finish.
     RetentionFromClaim,
+    /// A finish may shorten the record's own expiry but never extends it past where the
+    /// claim set it (the lease plus the fencing memory; an expiry written with Redis's
+    /// `PEXPIRE … LT`, a `LEAST` in SQL): a retention longer than that is cut short, and a
+    /// repeat after the cut runs the operation again.
+    FinishKeepsShorterExpiry,
     /// A renewal extends from the lease's old end instead of from now.
     RenewAddsToOldEnd,
     /// A renewal moves the lease's end but not the record's own expiry (a row's
@@ -200,6 +205,7 @@ impl Defect {
         Defect::RetryAfterIsLeaseTtl,
         Defect::SlidingRetention,
         Defect::RetentionFromClaim,
+        Defect::FinishKeepsShorterExpiry,
         Defect::RenewAddsToOldEnd,
         Defect::RenewKeepsExpiry,
         Defect::DropsLapsedRenewals,
@@ -326,6 +332,7 @@ impl Defect {
             Defect::RetryAfterIsLeaseTtl => &["in_progress_retry_after"],
             Defect::SlidingRetention => &["model", "retention_from_finish"],
             Defect::RetentionFromClaim => &["model", "retention_from_finish"],
+            Defect::FinishKeepsShorterExpiry => &["trace_lifetime"],
             Defect::RenewAddsToOldEnd => &["in_progress_retry_after", "model", "renewal_from_now"],
             Defect::RenewKeepsExpiry => &["trace_lifetime"],
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],

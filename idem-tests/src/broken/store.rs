@@ -522,6 +522,7 @@ impl BrokenStore {
             _ => retention,
         };
         let from_claim = self.defect == Defect::RetentionFromClaim;
+        let never_extends = self.defect == Defect::FinishKeepsShorterExpiry;
         let fingerprint = |entry: &Entry| match self.defect {
             Defect::FinishWritesLeaseFingerprint => lease.fingerprint,
             _ => entry.fingerprint,
@@ -535,12 +536,13 @@ impl BrokenStore {
                 } if from_claim => lease_until.saturating_sub(lease_ttl),
                 _ => now,
             };
-            Entry::new(
-                phase,
-                entry.fencing,
-                fingerprint(entry),
-                start.saturating_add(retention.as_millis()),
-            )
+            let retained_until = start.saturating_add(retention.as_millis());
+            let expires_at = if never_extends {
+                retained_until.min(entry.expires_at)
+            } else {
+                retained_until
+            };
+            Entry::new(phase, entry.fencing, fingerprint(entry), expires_at)
         })
         .await?;
         self.lock()?
