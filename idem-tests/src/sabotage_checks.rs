@@ -328,7 +328,8 @@ const LONGER_THAN_MEMORY: Duration = Duration::from_secs(FENCING_MEMORY.as_secs(
 /// record whose retention would have ended within seconds), under a short lease and under one longer than 60 s, must be kept at least that
 /// long from their freeing, less the time since. A short lease renewed past 60 s, or
 /// extended past 60 s by its holder's retried claim, is owed as much from its new end: the
-/// record must outlive the extension, not the first claim; and one finished with a
+/// record must outlive the extension, not the first claim (and once released, it is owed
+/// the trace of the renewed lease); and one finished with a
 /// retention past 60 s is owed its whole retention from the finish.
 /// [`checks::fencing_memory`] claims freed keys again 12 s later, end to end; this sees the
 /// rest of the 60 s without waiting it out.
@@ -354,6 +355,7 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
                     "removed-claim",
                     "removed-finished",
                     "renewed",
+                    "renewed-released",
                     "reclaimed",
                     "completed",
                 ] {
@@ -426,6 +428,14 @@ async fn free(
             let renewing = Instant::now();
             ctx.renew(&lease, LONGER_THAN_MEMORY).await?;
             return Ok((renewing + LONGER_THAN_MEMORY, longer_trace()));
+        }
+        "renewed-released" => {
+            // Released after a renewal past the memory: the trace is sized for the lease as
+            // renewed, not as claimed.
+            ctx.renew(&lease, LONGER_THAN_MEMORY).await?;
+            let releasing = Instant::now();
+            ctx.release(&lease).await?;
+            return Ok((releasing, longer_trace()));
         }
         "completed" => {
             // Not freed: finished, with a retention past what the claim was kept for. The

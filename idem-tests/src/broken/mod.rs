@@ -90,6 +90,10 @@ pub enum Defect {
     FinishKeepsShorterExpiry,
     /// A renewal extends from the lease's old end instead of from now.
     RenewAddsToOldEnd,
+    /// A renewal keeps the lease TTL the claim recorded (an unchanged `lease_ttl` column),
+    /// so the trace the lease leaves once freed is sized for the claim's TTL, not the
+    /// renewed one: a lease renewed past 60 s is remembered only 60 s after its release.
+    RenewKeepsLeaseTtl,
     /// A renewal moves the lease's end but not the record's own expiry (a row's
     /// `expires_at`, a key's TTL), which stays where the claim set it: a lease renewed past
     /// the fencing memory outlives its record, and a second owner acquires the key while
@@ -207,6 +211,7 @@ impl Defect {
         Defect::RetentionFromClaim,
         Defect::FinishKeepsShorterExpiry,
         Defect::RenewAddsToOldEnd,
+        Defect::RenewKeepsLeaseTtl,
         Defect::RenewKeepsExpiry,
         Defect::DropsLapsedRenewals,
         Defect::FreeKeyKeepsFingerprint,
@@ -334,7 +339,7 @@ impl Defect {
             Defect::RetentionFromClaim => &["model", "retention_from_finish"],
             Defect::FinishKeepsShorterExpiry => &["trace_lifetime"],
             Defect::RenewAddsToOldEnd => &["in_progress_retry_after", "model", "renewal_from_now"],
-            Defect::RenewKeepsExpiry => &["trace_lifetime"],
+            Defect::RenewKeepsLeaseTtl | Defect::RenewKeepsExpiry => &["trace_lifetime"],
             Defect::DropsLapsedRenewals => &["lapsed_lease_still_finishes"],
             Defect::FreeKeyKeepsFingerprint => &["free_key", "granted_lease", "model"],
             Defect::LapsedReadsAsClaimed => &["free_key", "reads_race_claims_and_removals"],

@@ -609,6 +609,7 @@ impl IdempotencyStore for BrokenStore {
         };
         let from_old_end = self.defect == Defect::RenewAddsToOldEnd;
         let keeps_expiry = self.defect == Defect::RenewKeepsExpiry;
+        let keeps_lease_ttl = self.defect == Defect::RenewKeepsLeaseTtl;
         self.transition(lease, Op::Renew, |entry, now| {
             let start = match entry.phase {
                 Phase::Claimed { lease_until, .. } if from_old_end => lease_until,
@@ -620,11 +621,15 @@ impl IdempotencyStore for BrokenStore {
             } else {
                 lease_until.saturating_add(lifecycle::trace_ttl(ttl.as_millis()))
             };
+            let lease_ttl = match entry.phase {
+                Phase::Claimed { lease_ttl, .. } if keeps_lease_ttl => lease_ttl,
+                _ => ttl.as_millis(),
+            };
             Entry::new(
                 Phase::Claimed {
                     owner: lease.owner,
                     lease_until,
-                    lease_ttl: ttl.as_millis(),
+                    lease_ttl,
                 },
                 entry.fencing,
                 entry.fingerprint,
