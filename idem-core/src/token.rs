@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use uuid::{NoContext, Timestamp, Uuid};
 
 use crate::error::{Error, InputField, InvalidInput};
+use crate::fingerprint::Fingerprint;
 use crate::key::{self, Key};
 use crate::ttl::Ttl;
 
@@ -66,15 +67,23 @@ impl Token {
         &self.0
     }
 
-    /// The idempotency key of the request this token guards, in `namespace`: run the
-    /// request through [`Idempotency`](crate::Idempotency) under it, and a repeat with a used
-    /// token gets the stored response instead of a bare rejection.
+    /// The idempotency key of the request this token guards when `scope` presents it, in
+    /// `namespace`: run the request through [`Idempotency`](crate::Idempotency) under it,
+    /// and a repeat with a used token gets the stored response instead of a bare rejection.
+    ///
+    /// The key holds the scope too (the token, a space, then the SHA-256 of the scope in
+    /// hex; a token holds no whitespace, so no two pairs share a key). Keyed by the token
+    /// alone, a request from another scope presenting the token first would store its
+    /// rejection under the key the owner's request then replays, refused for the whole
+    /// retention though the token was never used; and a request from another scope after
+    /// the owner's would get the owner's stored response.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] when `namespace` is not a valid key namespace (see [`Key::new`]).
-    pub fn key(&self, namespace: &str) -> Result<Key, Error> {
-        Key::new(namespace, self.0.clone())
+    pub fn key(&self, namespace: &str, scope: &Scope) -> Result<Key, Error> {
+        let scope = Fingerprint::from_bytes(scope.as_str().as_bytes());
+        Key::new(namespace, format!("{} {scope}", self.0))
     }
 }
 
@@ -479,10 +488,22 @@ mod tests {
         let token = Token::parse("abc", &AnyText).expect("well formed");
         assert_eq!(token.to_string(), "abc");
         assert_eq!(format!("{token:?}"), "Token(\"abc\")");
-        let key = token.key("orders").expect("valid key");
-        assert_eq!(key, Key::new("orders", "abc").expect("valid key"));
-        assert!(token.key("").is_err(), "the namespace is validated");
         let scope = Scope::new("user:1").expect("valid");
+        let key = token.key("orders", &scope).expect("valid key");
+        assert_eq!(key.namespace(), "orders");
+        assert_eq!(
+            key.id(),
+            format!("abc {}", Fingerprint::from_bytes(b"user:1")),
+            "the token and its scope's digest"
+        );
+        let other = Scope::new("user:2").expect("valid");
+        assert_ne!(token.key("orders", &other).expect("valid key"), key);
+        let longest = Token::parse(&"t".repeat(MAX_TOKEN_LEN), &AnyText).expect("well formed");
+        assert!(
+            longest.key("orders", &scope).is_ok(),
+            "the longest token fits"
+        );
+        assert!(token.key("", &scope).is_err(), "the namespace is validated");
         assert_eq!(format!("{scope:?}"), "Scope(\"user:1\")");
         assert_eq!(scope.as_str(), "user:1");
     }

@@ -14,22 +14,31 @@ struct Order {
     id: u64,
 }
 
+/// Why an order was not placed.
 #[derive(Debug, Serialize, Deserialize)]
-struct Refused;
+enum NotPlaced {
+    /// The token was refused: a permanent answer, stored and replayed.
+    Refused(String),
+    /// The token store could not say: nothing is stored, and the next submission tries again.
+    TokensUnavailable,
+}
 
-impl Retryable for Refused {
+impl Retryable for NotPlaced {
     fn is_retryable(&self) -> bool {
-        false
+        matches!(self, Self::TokensUnavailable)
     }
 }
 
-impl fmt::Display for Refused {
+impl fmt::Display for NotPlaced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the token was refused")
+        match self {
+            Self::Refused(reason) => write!(f, "the token was refused: {reason}"),
+            Self::TokensUnavailable => f.write_str("the token store is unavailable"),
+        }
     }
 }
 
-impl std::error::Error for Refused {}
+impl std::error::Error for NotPlaced {}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
@@ -68,10 +77,12 @@ async fn main() -> Result<(), BoxError> {
     );
 
     // 4. Tokens and keys combine: with the token as the idempotency key, the repeat of a
-    //    request gets the first response back instead of a bare rejection.
+    //    request gets the first response back instead of a bare rejection. The key holds
+    //    the scope that presents the token, so another user's attempt is stored apart and
+    //    never answers (or refuses) Alice's.
     let idem = Idempotency::new(MemoryStore::new());
     let token = tokens.issue(&alice).await?;
-    let key = token.key("orders")?;
+    let key = token.key("orders", &alice)?;
     for submission in 1..=2 {
         // The operation owns what it uses: it may finish on its own task if we go away.
         let (tokens, alice, token) = (tokens.clone(), alice.clone(), token.clone());
@@ -79,7 +90,10 @@ async fn main() -> Result<(), BoxError> {
             .execute_outcome(&key, None, || async move {
                 match tokens.consume(&alice, token.as_str()).await {
                     Ok(Consumption::Consumed) => Ok(Order { id: 1001 }),
-                    _ => Err(Refused),
+                    Ok(Consumption::Rejected(reason)) => {
+                        Err(NotPlaced::Refused(format!("{reason:?}")))
+                    }
+                    Err(_) => Err(NotPlaced::TokensUnavailable),
                 }
             })
             // In progress elsewhere, store unavailable, ran but not recorded, ...

@@ -232,7 +232,10 @@ async fn a_lost_connection_is_unavailable() {
     // would be found dead there and replaced, and the complete would never meet it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.pool().num_idle() < 1 {
-        assert!(Instant::now() < deadline, "the claim's connection never came back");
+        assert!(
+            Instant::now() < deadline,
+            "the claim's connection never came back"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     kill_connection(&killer, id).await;
