@@ -121,7 +121,9 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
     /// to the end on a task of its own and its response is stored, so the client's retry
     /// gets 409 meanwhile and the replay after, never a second run.
     /// [`CancelPolicy::Release`] drops the handler and frees the key at once, for handlers
-    /// known to have no effect until they finish; once the handler has returned its
+    /// known to have no effect until they finish, or that mark the point past which they
+    /// may have one ([`LeaseHandle::commit`](crate::LeaseHandle::commit), the lease in the
+    /// request's extensions); once the handler has returned its
     /// response (its body may still be streaming), a client gone changes nothing under
     /// either policy: the body is read and stored on a task of its own.
     pub fn cancel_policy(mut self, policy: CancelPolicy) -> Self {

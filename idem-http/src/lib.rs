@@ -23,7 +23,7 @@ pub use body::ResponseBody;
 pub use builder::IdempotencyLayerBuilder;
 pub use header::{IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED};
 pub use idem_core::WaitPolicy;
-pub use idem_core::attempt::CancelPolicy;
+pub use idem_core::attempt::{CancelPolicy, LeaseHandle};
 pub use layer::IdempotencyLayer;
 pub use policy::{OversizedResponse, Storage};
 pub use scope::KeyScope;

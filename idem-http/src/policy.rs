@@ -10,7 +10,10 @@ pub enum Storage {
     /// for the key (until the retention ends).
     Store,
     /// Free the key: the response reaches this client only, and a retry runs the handler
-    /// again. Only for answers that say "nothing happened, try again".
+    /// again. Only for answers that say "nothing happened, try again". A handler that
+    /// committed first ([`LeaseHandle::commit`](crate::LeaseHandle::commit) on the lease in
+    /// its request's extensions) may have done its work: its response is stored whatever
+    /// its status.
     Release,
 }
 

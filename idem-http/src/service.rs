@@ -26,12 +26,12 @@ use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
 use crate::header::IDEMPOTENT_REPLAYED;
 use crate::key_header::{KeyHeader, read_key};
-use crate::policy::{OversizedResponse, Storage};
+use crate::policy::OversizedResponse;
 use crate::problem::{self, in_progress, problem, store_error};
 use crate::record::StoredOutcome;
 use crate::scope::route;
 use crate::settings::Settings;
-use crate::settle::SettleResponse;
+use crate::settle::{Output, SettleResponse};
 use crate::unwind::CatchPanic;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer): wraps `Inner` so each
@@ -186,8 +186,7 @@ fn own<B>(response: Response<Bytes>) -> Response<ResponseBody<B>> {
 
 /// What the handler's attempt gives: the buffered response (or the handler's error), stored
 /// or not.
-type Ran<B, E> =
-    Result<Result<BufferedResponse<B>, E>, AttemptError<Result<BufferedResponse<B>, E>>>;
+type Ran<B, E> = Result<Output<B, E>, AttemptError<Output<B, E>>>;
 
 /// What a request is, before anything is awaited.
 enum Admission<ReqBody> {
@@ -388,20 +387,29 @@ impl<S: IdempotencyStore> Shared<S> {
         let started = Instant::now();
         let attempt = self.engine.attempt(lease);
         let lease = attempt.lease_handle();
-        let handled = async move {
-            let response = inner.call(request).await?;
+        // The handler can mark its point of no return with the lease's `commit`: from then
+        // on nothing it answers, nor an inner service dropping it, frees the key.
+        let mut request = request;
+        request.extensions_mut().insert(lease.clone());
+        // A panic, in the handler or its body, is caught here, where the output settles the
+        // key, and resumed by `respond` once it is settled.
+        let handler = async move {
+            let called = CatchPanic::new(async move { inner.call(request).await }).await;
+            // The handler's own mark, read before the layer's below.
+            let committed = lease.is_committed();
+            let response = match called {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Output::new(committed, Err(error)),
+                Err(panic) => return Output::new(committed, Ok(BufferedResponse::Panicked(panic))),
+            };
             // The handler returned: whatever it did is done, even if its body, read next, is
             // still streaming. A client gone from here on (under `Release` too) never frees
             // the key for a second run.
             lease.commit();
-            Ok(buffer_response(response, limit).await)
-        };
-        // A panic, in the handler or its body, is caught here, where the output settles the
-        // key, and resumed by `respond` once it is settled.
-        let handler = async move {
-            CatchPanic::new(handled)
+            let buffered = CatchPanic::new(buffer_response(response, limit))
                 .await
-                .unwrap_or_else(|panic| Ok(BufferedResponse::Panicked(panic)))
+                .unwrap_or_else(BufferedResponse::Panicked);
+            Output::new(committed, Ok(buffered))
         };
         // Only under `Refuse` does the first answer depend on whether the store took the
         // record.
@@ -444,7 +452,8 @@ impl<S: IdempotencyStore> Shared<S> {
                 )));
             }
         };
-        match output? {
+        let committed = output.committed;
+        match output.result? {
             BufferedResponse::Complete(parts, ..) if store_refused => {
                 Ok(own(self.not_stored(parts.status)))
             }
@@ -454,7 +463,7 @@ impl<S: IdempotencyStore> Shared<S> {
             )),
             // A status the policy releases stored no marker: the answer goes to its client.
             BufferedResponse::TooLarge(response, _)
-                if self.settings.options.statuses.decide(response.status()) == Storage::Release =>
+                if self.settings.releases(response.status(), committed) =>
             {
                 Ok(response)
             }
@@ -464,7 +473,7 @@ impl<S: IdempotencyStore> Shared<S> {
             },
             BufferedResponse::Unreadable(status, error) => {
                 tracing::warn!(%error, %status, "reading the response body failed");
-                Ok(own(self.body_failed(status)))
+                Ok(own(self.body_failed(status, committed)))
             }
             // Its key settled, the panic goes on to the caller, as without the layer.
             BufferedResponse::Panicked(panic) => std::panic::resume_unwind(panic),
@@ -476,7 +485,8 @@ impl<S: IdempotencyStore> Shared<S> {
         let mut response = match StoredOutcome::decode(stored) {
             Ok(StoredOutcome::Response(record)) => record.into_response(),
             Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
-            Ok(StoredOutcome::BodyFailed { status }) => self.body_failed(status),
+            // A marker is stored only for a key kept from a second run.
+            Ok(StoredOutcome::BodyFailed { status }) => self.body_failed(status, true),
             Err(reason) => return unreadable(reason),
         };
         response
@@ -487,8 +497,9 @@ impl<S: IdempotencyStore> Shared<S> {
 
     /// The answer to a request whose handler answered `status` with a body that failed
     /// mid-way: its first client and, unless the status freed the key, every retry.
-    fn body_failed(&self, status: StatusCode) -> Response<Bytes> {
-        let detail = if self.settings.options.statuses.decide(status) == Storage::Release {
+    /// `committed`: the handler committed before it answered, so the key was kept.
+    fn body_failed(&self, status: StatusCode, committed: bool) -> Response<Bytes> {
+        let detail = if self.settings.releases(status, committed) {
             "the response could not be produced"
         } else {
             "the first request with this Idempotency-Key ran, but its response failed before \

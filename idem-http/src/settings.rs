@@ -1,11 +1,11 @@
 //! What a layer does, checked once when it is built and shared by every service it makes.
 
-use http::{HeaderName, Method, header};
+use http::{HeaderName, Method, StatusCode, header};
 use idem_core::{Ttl, WaitPolicy};
 
 use crate::header::IDEMPOTENCY_KEY;
 use crate::key_header::KeySyntax;
-use crate::policy::{OversizedResponse, StatusPolicy};
+use crate::policy::{OversizedResponse, StatusPolicy, Storage};
 use crate::scope::KeyScope;
 
 /// A layer's settings: the options, and the retention in the units the stores take (the
@@ -30,6 +30,14 @@ pub(crate) struct Options {
     pub(crate) oversized: OversizedResponse,
     pub(crate) wait: WaitPolicy,
     pub(crate) replay_headers: Vec<HeaderName>,
+}
+
+impl Settings {
+    /// Whether a response of `status` frees the key: only a status the policy releases,
+    /// from a handler that did not commit (one that did may have done its work).
+    pub(crate) fn releases(&self, status: StatusCode, committed: bool) -> bool {
+        !committed && self.options.statuses.decide(status) == Storage::Release
+    }
 }
 
 impl Default for Options {

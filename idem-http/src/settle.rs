@@ -8,13 +8,27 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use idem_core::attempt::{Settle, Settlement};
 
 use crate::body::BufferedResponse;
-use crate::policy::Storage;
 use crate::record::{StoredOutcome, encode_response};
 use crate::settings::Settings;
 
 /// The handler's output as the engine sees it: the buffered response, or the inner
-/// service's error.
-pub(crate) type Output<B, E> = Result<BufferedResponse<B>, E>;
+/// service's error, and whether the handler committed before it answered.
+pub(crate) struct Output<B, E> {
+    /// The handler marked its point of no return ([`LeaseHandle::commit`] on the lease in
+    /// its request's extensions) before it answered: its effects may have happened, so
+    /// nothing it answers frees the key, an error or a "try again" status included (a
+    /// timeout inside the layer that dropped it, say).
+    ///
+    /// [`LeaseHandle::commit`]: idem_core::attempt::LeaseHandle::commit
+    pub(crate) committed: bool,
+    pub(crate) result: Result<BufferedResponse<B>, E>,
+}
+
+impl<B, E> Output<B, E> {
+    pub(crate) fn new(committed: bool, result: Result<BufferedResponse<B>, E>) -> Self {
+        Self { committed, result }
+    }
+}
 
 /// Turns a handler's output into the engine's [`Settlement`], as the layer's settings say.
 pub(crate) struct SettleResponse {
@@ -38,9 +52,9 @@ impl SettleResponse {
     }
 
     /// A response of `status` with no body to store: a marker keeps the key from a second
-    /// run, unless the status says nothing happened.
-    fn body_failed(&self, status: StatusCode) -> Settlement {
-        if self.settings.options.statuses.decide(status) == Storage::Release {
+    /// run, unless the status says nothing happened and the handler did not commit.
+    fn body_failed(&self, status: StatusCode, committed: bool) -> Settlement {
+        if self.settings.releases(status, committed) {
             return Settlement::Release;
         }
         Settlement::Complete {
@@ -59,24 +73,28 @@ impl SettleResponse {
 
 impl<B, E> Settle<Output<B, E>> for SettleResponse {
     fn settle(&mut self, output: &Output<B, E>) -> Settlement {
-        match output {
+        let committed = output.committed;
+        match &output.result {
+            // The inner service failed after the handler committed (a timeout inside the
+            // layer dropped it mid-charge): nothing to replay, but never a second run.
+            Err(_) if committed => self.body_failed(StatusCode::INTERNAL_SERVER_ERROR, committed),
             // The inner service failed: it may not have run the handler at all (a load
             // shedder's refusal), and left nothing to replay.
             Err(_) => Settlement::Release,
             // The handler returned, so whatever it did is done, though its body broke
             // mid-way: a marker keeps the key from a second run, unless the status says
             // nothing happened.
-            Ok(BufferedResponse::Unreadable(status, _)) => self.body_failed(*status),
+            Ok(BufferedResponse::Unreadable(status, _)) => self.body_failed(*status, committed),
             // A handler that panicked may have done part of its work, as one that answered
             // 500: settled as a 500 whose body failed.
             Ok(BufferedResponse::Panicked(_)) => {
-                self.body_failed(StatusCode::INTERNAL_SERVER_ERROR)
+                self.body_failed(StatusCode::INTERNAL_SERVER_ERROR, committed)
             }
             Ok(BufferedResponse::TooLarge(response, size)) => {
                 self.status = response.status();
                 // A "try again" answer frees the key whatever its size: the marker would
                 // refuse every retry of an operation that said nothing happened.
-                if self.settings.options.statuses.decide(self.status) == Storage::Release {
+                if self.settings.releases(self.status, committed) {
                     return Settlement::Release;
                 }
                 tracing::warn!(
@@ -89,7 +107,7 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
             }
             Ok(BufferedResponse::Complete(parts, body, _)) => {
                 self.status = parts.status;
-                if self.settings.options.statuses.decide(parts.status) == Storage::Release {
+                if self.settings.releases(parts.status, committed) {
                     return Settlement::Release;
                 }
                 let names = &self.settings.options.replay_headers;

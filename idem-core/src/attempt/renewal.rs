@@ -213,6 +213,14 @@ impl LeaseHandle {
         self.held.commit();
     }
 
+    /// Whether [`commit`](Self::commit) was called: for a layer that runs an operation it
+    /// did not write (an HTTP handler) and must keep the key for whatever the operation
+    /// answers once it committed.
+    #[must_use]
+    pub fn is_committed(&self) -> bool {
+        self.held.is_committed()
+    }
+
     /// Resolves once the lease is found lost. Never resolves if the attempt ends with the
     /// lease held.
     pub async fn lost(&self) {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::body::Body;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use idem_http::{CancelPolicy, IdempotencyLayer, KeyScope, OversizedResponse, Storage, problem};
+use idem_http::{
+    CancelPolicy, IdempotencyLayer, KeyScope, LeaseHandle, OversizedResponse, Storage, problem,
+};
 use idem_memory::MemoryStore;
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -192,6 +194,67 @@ async fn an_inner_error_propagates_and_frees_the_key() {
         .expect("second run succeeds");
     assert_eq!(retried.status(), StatusCode::OK);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A handler that marks its point of no return (`commit` on the `LeaseHandle` in its
+/// request's extensions) may have charged the card: a timeout inside the layer that then
+/// drops it, with an error (tower's `Timeout`) or with a 408 (tower-http's `TimeoutLayer`,
+/// a status the policy frees), must not free the key for a second charge.
+#[tokio::test]
+async fn a_handler_dropped_after_it_committed_never_runs_twice() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = service_fn({
+        let runs = Arc::clone(&runs);
+        move |request: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let lease = request.extensions().get::<LeaseHandle>().cloned();
+            async move {
+                lease.expect("the layer's lease").commit(); // the card is charged from here
+                std::future::pending::<()>().await; // and the provider never answers
+                Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+            }
+        }
+    });
+    // A timeout inside the layer: an error on `/error`, a 408 on `/408`.
+    let timed = service_fn(move |request: Request<Body>| {
+        let with_408 = request.uri().path() == "/408";
+        let call = handler.clone().oneshot(request);
+        async move {
+            match tokio::time::timeout(Duration::from_millis(50), call).await {
+                Ok(answer) => Ok(answer.unwrap_or_else(|never| match never {})),
+                Err(_) if with_408 => {
+                    let mut response = Response::new(Body::empty());
+                    *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+                    Ok(response)
+                }
+                Err(_) => Err("timed out"),
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(timed);
+    let at = |path: &str| {
+        Request::post(path)
+            .header("idempotency-key", "\"k\"")
+            .body(Body::empty())
+            .expect("a valid request")
+    };
+    let failed = service.clone().oneshot(at("/error")).await;
+    assert_eq!(failed.err(), Some("timed out"));
+    let retry = service.clone().oneshot(at("/error")).await.expect("kept");
+    assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(retry.headers().contains_key("idempotent-replayed"));
+    let body = retry.into_body().collect().await.expect("body").to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::RESPONSE_FAILED);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the charge ran once");
+    for attempt in 0..2 {
+        let response = service.clone().oneshot(at("/408")).await.expect("408");
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{attempt}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the 408 kept its key too");
 }
 
 /// A handler that returned its response has done its work, even if the body it returned then
