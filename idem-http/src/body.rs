@@ -149,6 +149,9 @@ pub(crate) enum RequestBodyError {
     OverOuterLimit,
     /// The client's body failed mid-way: 400.
     Unreadable(BoxError),
+    /// The body ended with trailers, which the body rebuilt for the handler (from bytes)
+    /// cannot carry: 400 rather than a handler that never sees them.
+    Trailers,
 }
 
 /// Reads a whole request body, up to `limit` bytes.
@@ -158,6 +161,7 @@ where
     B::Error: Into<BoxError>,
 {
     match Limited::new(body, limit).collect().await {
+        Ok(collected) if collected.trailers().is_some() => Err(RequestBodyError::Trailers),
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(RequestBodyError::TooLarge),
         Err(error) if is_length_limit(&*error) => Err(RequestBodyError::OverOuterLimit),

@@ -12,6 +12,7 @@
 //! | <a id="in-progress"></a>[`IN_PROGRESS`] | 409 | the first request with the key is still running; `Retry-After` says when to ask again |
 //! | <a id="request-too-large"></a>[`REQUEST_TOO_LARGE`] | 413 | the request body is over the layer's buffering limit, or a limit in front of the layer ended it |
 //! | <a id="request-unreadable"></a>[`REQUEST_UNREADABLE`] | 400 | the request body failed while being read |
+//! | <a id="request-trailers"></a>[`REQUEST_TRAILERS`] | 400 | the request body ends with trailers, which the layer cannot hand on to the handler (it rebuilds the body from its bytes) |
 //! | <a id="response-not-stored"></a>[`RESPONSE_NOT_STORED`] | 500 | the first request ran, but its response was too large to store: it cannot be replayed, and the handler does not run again |
 //! | <a id="response-failed"></a>[`RESPONSE_FAILED`] | 500 | the handler panicked, or returned a response whose body failed while being read: the handler does not run again for this key (but for a status that frees it, 503 say, or a panic under [`server_errors`](crate::IdempotencyLayerBuilder::server_errors)`(Release)`), and every retry gets this problem |
 //! | <a id="no-scope"></a>[`NO_SCOPE`] | 500 | the request carries no principal to scope its key (the auth layer must run first) |
@@ -50,6 +51,8 @@ problem_types! {
     REQUEST_TOO_LARGE = "request-too-large";
     /// 400: the request body could not be read.
     REQUEST_UNREADABLE = "request-unreadable";
+    /// 400: the request body ends with trailers, which the handler would not get.
+    REQUEST_TRAILERS = "request-trailers";
     /// 500: the first request with this key ran, but its response was over the storable
     /// size; it is not replayed, and the handler does not run again for this key.
     RESPONSE_NOT_STORED = "response-not-stored";
@@ -164,6 +167,7 @@ mod tests {
             IN_PROGRESS,
             REQUEST_TOO_LARGE,
             REQUEST_UNREADABLE,
+            REQUEST_TRAILERS,
             RESPONSE_NOT_STORED,
             RESPONSE_FAILED,
             NO_SCOPE,

@@ -350,6 +350,11 @@ impl<S: IdempotencyStore> Shared<S> {
                 problem::REQUEST_TOO_LARGE,
                 "the request body is over the server's size limit",
             ),
+            RequestBodyError::Trailers => problem(
+                StatusCode::BAD_REQUEST,
+                problem::REQUEST_TRAILERS,
+                "an idempotent request cannot carry trailers; send them as headers",
+            ),
             RequestBodyError::Unreadable(error) => {
                 tracing::debug!(%error, "reading the request body failed");
                 problem(

@@ -933,3 +933,52 @@ async fn the_first_response_keeps_its_trailers() {
     assert_eq!(again.to_bytes().as_ref(), b"answer");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A keyed request's body is rebuilt from its bytes for the handler, which drops the
+/// trailers it ended with: the handler would run without them (a checksum, a signature).
+/// The layer refuses such a request with a typed 400 instead, and runs nothing.
+#[tokio::test]
+async fn a_keyed_request_with_trailers_is_refused_not_stripped() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, std::convert::Infallible>(Response::new(Body::from("ok"))) }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("checksum", http::HeaderValue::from_static("abc"));
+    let frames = [
+        Ok::<_, std::io::Error>(http_body::Frame::data(axum::body::Bytes::from_static(
+            b"{}",
+        ))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let body = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+        frames,
+    )));
+    let request = Request::post("/x")
+        .header("idempotency-key", "\"k\"")
+        .body(body)
+        .expect("a valid request");
+    let response = service.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::REQUEST_TRAILERS);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the handler never ran without them"
+    );
+}
