@@ -1,8 +1,12 @@
 //! The layer's own answers: RFC 9457 problem details (`application/problem+json`), as the
 //! draft recommends, each with a `type` link to its entry below.
 //!
-//! None of them is ever stored: a retry after one gets a fresh answer. Each `type` is this
-//! page with its row's anchor (`#missing-key`, ...), so a client's link lands on the row.
+//! Two of them stand for a handler that ran: [`RESPONSE_NOT_STORED`] and
+//! [`RESPONSE_FAILED`] are kept with the key (as a marker, not as the problem's bytes) and
+//! every retry gets them back, marked `Idempotent-Replayed: true`, until the retention ends
+//! (but for a status that frees the key, see their rows). No other is ever stored: a retry
+//! after one gets a fresh answer. Each `type` is this page with its row's anchor
+//! (`#missing-key`, ...), so a client's link lands on the row.
 //!
 //! | `type` | status | when |
 //! |---|---|---|
