@@ -212,15 +212,18 @@ impl<C: RedisConnection> Connection<C> {
         Ok((Reply::new(value)?, then))
     }
 
-    /// Loads `scripts` into the server, in one round trip.
+    /// Loads `scripts` into the server: each `SCRIPT LOAD` a command of its own, all sent at
+    /// once (one round trip on a multiplexed connection). Not a pipeline: a cluster
+    /// connection sends a lone `SCRIPT LOAD` to every primary, but a pipeline of commands
+    /// without a key to one node only, and the keys live on all of them.
     pub(crate) async fn load(&self, scripts: &[&LuaScript]) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        for script in scripts {
-            pipe.add_command(script.load()).ignore();
-        }
-        let mut connection = self.connection.clone();
-        self.bounded(pipe.query_async::<()>(&mut connection))
+        let loads = scripts.iter().map(|script| {
+            let mut connection = self.connection.clone();
+            async move { script.load().query_async::<()>(&mut connection).await }
+        });
+        self.bounded(futures::future::try_join_all(loads))
             .await?
+            .map(drop)
             .map_err(from_redis)
     }
 

@@ -157,3 +157,50 @@ async fn the_store_works_on_redis_cluster() {
         assert!(store.remove(&key).await.expect("remove"));
     }
 }
+
+/// How many scripts the node at `url` holds (`INFO memory`'s `number_of_cached_scripts`).
+fn cached_scripts(url: &str) -> u64 {
+    let mut c = redis::Client::open(url)
+        .and_then(|client| client.get_connection())
+        .expect("a node");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut c)
+        .expect("INFO");
+    info.lines()
+        .find_map(|line| line.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO memory counts the cached scripts")
+}
+
+/// `load_scripts` promises that even the first call of each kind is one round trip: on a
+/// cluster, every primary must hold the scripts, since a key may live on any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_scripts_loads_them_on_every_cluster_node() {
+    let cluster = RedisCluster::start();
+    let client = ClusterClient::new(cluster.urls()).expect("cluster client");
+    let connection = client
+        .get_async_connection()
+        .await
+        .expect("cluster connection");
+    let store = RedisStore::builder()
+        .prefix(unique_prefix())
+        .build(connection.clone())
+        .expect("store");
+    store.load_scripts().await.expect("load scripts");
+    let tokens = idem_redis::RedisTokenStore::builder()
+        .prefix(unique_prefix())
+        .build(connection)
+        .expect("token store");
+    tokens.load_scripts().await.expect("load the token script");
+
+    let per_node: Vec<u64> = cluster
+        .urls()
+        .iter()
+        .map(|url| cached_scripts(url))
+        .collect();
+    assert!(
+        per_node.iter().all(|&n| n == 7),
+        "scripts per node (6 of the store, 1 of the tokens): {per_node:?}"
+    );
+}
