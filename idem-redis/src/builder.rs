@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use idem_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ProtocolVersion};
+use redis::{Client, ErrorKind, ProtocolVersion, ServerErrorKind};
 
 use crate::connection::{Connection, Deadline, RedisConnection};
-use crate::errors::{bounded, from_redis};
+use crate::errors::{from_redis, timed_out};
 use crate::keys::validate_prefix;
 use crate::replication::Replication;
 use crate::store::RedisStore;
@@ -126,20 +126,48 @@ impl<S> RedisStoreBuilder<S> {
     /// itself after a connection is lost: a call made while the server is down makes one
     /// connection attempt and fails with [`Error::Unavailable`]; the next one after the
     /// server is back succeeds.
+    ///
+    /// It speaks RESP3 where the server lets it (see [`speaking`]); a server that refuses
+    /// `HELLO` (a proxy that only speaks RESP2, `HELLO` renamed away) is spoken to in RESP2,
+    /// as before the store asked for RESP3, within what is left of the same deadline.
     async fn managed(&self, client: Client) -> Result<Connection<ConnectionManager>, Error> {
         validate_prefix(&self.prefix)?;
+        let started = Instant::now();
+        let manager = match self
+            .manager(speaking(&client, ProtocolVersion::RESP3)?, self.deadline())
+            .await
+        {
+            Err(err) if refused_hello(&err) => {
+                tracing::warn!(
+                    error = %err,
+                    "Redis refused HELLO 3: the idem store speaks RESP2, and finds a connection \
+                     the server closed only when the next call fails"
+                );
+                let left = self.deadline().saturating_sub(started.elapsed());
+                self.manager(speaking(&client, ProtocolVersion::RESP2)?, left)
+                    .await
+            }
+            other => other,
+        }
+        .map_err(from_redis)?;
+        Ok(self.on(manager, Deadline::Connection(self.deadline())))
+    }
+
+    /// A [`ConnectionManager`] on `client` with these timeouts, connected within `deadline`.
+    async fn manager(
+        &self,
+        client: Client,
+        deadline: Duration,
+    ) -> redis::RedisResult<ConnectionManager> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
             // Callers see an outage at once instead of waiting out a backoff; the next call
             // starts a fresh attempt.
             .set_number_of_retries(0);
-        let manager = bounded(
-            self.deadline(),
-            ConnectionManager::new_with_config(resp3(client)?, config),
-        )
-        .await?;
-        Ok(self.on(manager, Deadline::Connection(self.deadline())))
+        tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(deadline)))
     }
 
     /// An application's connection, whose settings are unknown: the store bounds each call.
@@ -176,18 +204,25 @@ impl<S> RedisStoreBuilder<S> {
     }
 }
 
-/// `client`, speaking RESP3. Only on RESP3 does a [`ConnectionManager`] reconnect as soon
-/// as the server closes its connection (an idle timeout, a restart, `CLIENT KILL`); on RESP2
-/// it finds out from the next call, which then fails with [`Error::Unavailable`] although
-/// the server is up. Every server the store runs on (Redis 7.0 or later) speaks RESP3, and
-/// the store's commands answer alike on both.
-fn resp3(client: Client) -> Result<Client, Error> {
+/// `client`, speaking `protocol`. The store asks for RESP3 (RESP3 first: see [`speaking`]): only on RESP3 does
+/// a [`ConnectionManager`] reconnect as soon as the server closes its connection (an idle
+/// timeout, a restart, `CLIENT KILL`); on RESP2 it finds out from the next call, which then
+/// fails with [`Error::Unavailable`] although the server is up. Every server the store runs
+/// on (Redis 7.0 or later) speaks RESP3, and the store's commands answer alike on both.
+fn speaking(client: &Client, protocol: ProtocolVersion) -> Result<Client, Error> {
     let info = client.get_connection_info().clone();
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
+    let settings = info.redis_settings().clone().set_protocol(protocol);
     Client::open(info.set_redis_settings(settings)).map_err(from_redis)
+}
+
+/// Whether connecting failed because the server refused `HELLO 3`: a command it does not
+/// know (a RESP2-only proxy, `HELLO` renamed away) or one it does not let the user run
+/// (`NOPERM`).
+fn refused_hello(err: &redis::RedisError) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::Server(ServerErrorKind::ResponseError | ServerErrorKind::NoPerm)
+    )
 }
 
 /// How each store is put together from its connection and the builder's settings (a token
@@ -370,7 +405,8 @@ macro_rules! entry_points {
             /// the server is down fails with [`Error::Unavailable`] within the two timeouts;
             /// the next one after the server is back succeeds. The store's connections speak
             /// RESP3 whatever protocol the client was opened with, so that one the server
-            /// closes is replaced at once.
+            /// closes is replaced at once (RESP2 where the server refuses `HELLO 3`: see
+            /// the crate docs on errors and outages).
             ///
             /// # Errors
             ///

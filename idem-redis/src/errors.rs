@@ -65,18 +65,6 @@ pub(crate) fn is_write_refused(err: &Error) -> bool {
         .is_some_and(|err| matches!(err.code(), Some("OOM" | "NOREPLICAS" | "MISCONF")))
 }
 
-/// Awaits one Redis call for at most `deadline`: a call that outlives it, or fails, is sorted
-/// by [`from_redis`].
-pub(crate) async fn bounded<T>(
-    deadline: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Error> {
-    tokio::time::timeout(deadline, call)
-        .await
-        .map_err(|_| deadline_passed(deadline))?
-        .map_err(from_redis)
-}
-
 /// The error of a call that outlived the store's deadline, as Redis's own timeouts report.
 pub(crate) fn deadline_passed(deadline: Duration) -> Error {
     Error::unavailable(timed_out(deadline))

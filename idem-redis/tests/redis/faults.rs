@@ -458,3 +458,40 @@ async fn a_server_that_cannot_persist_is_unavailable_and_still_replays() {
     let repeat = store.claim(&ClaimRequest::new(running, ttl)).await;
     assert!(matches!(repeat, Ok(Claim::InProgress { .. })), "{repeat:?}");
 }
+
+/// The store's connections ask for RESP3 (`HELLO 3`); a server or proxy that does not offer
+/// `HELLO` (renamed away here, as a RESP2-only proxy or an ACL user denied `HELLO` refuses
+/// it) served the store on RESP2 before, and must still: every call works there.
+#[tokio::test]
+async fn a_server_without_hello_is_still_served_on_resp2() {
+    let server = RedisServer::start_with(vec![
+        "--rename-command".into(),
+        "HELLO".into(),
+        String::new(),
+    ]);
+    for replicas in [false, true] {
+        let mut builder = RedisStore::builder().prefix(unique_prefix());
+        if replicas {
+            builder = builder.wait_for_replicas(1, Duration::from_millis(50));
+        }
+        let store = builder.connect(&server.url()).await;
+        let store = store.unwrap_or_else(|err| panic!("no RESP2 fallback: {err:?}"));
+        let ttl = ttl_ms(60_000);
+        let k = key("no-hello");
+        let lease = acquire(&store, &ClaimRequest::new(k.clone(), ttl)).await;
+        let done = store
+            .complete(&lease, Bytes::from_static(b"paid"), ttl)
+            .await;
+        // No replica answers the wait: the record is written all the same.
+        assert_eq!(done.is_ok(), !replicas, "{done:?}");
+        assert!(matches!(
+            store.claim(&ClaimRequest::new(k, ttl)).await,
+            Ok(Claim::Completed(receipt)) if receipt == "paid"
+        ));
+    }
+    let tokens = idem_redis::RedisTokenStore::builder()
+        .prefix(unique_prefix())
+        .connect(&server.url())
+        .await;
+    assert!(tokens.is_ok(), "{tokens:?}");
+}
