@@ -57,12 +57,22 @@ impl<C> WaitLanes<C> {
     /// The lane with the fewest finishes in flight, counted as busy until the guard drops
     /// (a finish that is cancelled included); `None` when there are no lanes.
     pub(crate) fn take(&self) -> Option<TakenLane<'_, C>> {
-        let lane = self
-            .lanes
-            .iter()
-            .min_by_key(|lane| lane.in_flight.load(Ordering::Relaxed))?;
-        lane.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(TakenLane { lane })
+        loop {
+            let (lane, busy) = self
+                .lanes
+                .iter()
+                .map(|lane| (lane, lane.in_flight.load(Ordering::Relaxed)))
+                .min_by_key(|&(_, busy)| busy)?;
+            // Taken only if no other finish took it since it was counted: two finishes that
+            // both saw it free would otherwise share it while another lane stays free.
+            if lane
+                .in_flight
+                .compare_exchange(busy, busy + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(TakenLane { lane });
+            }
+        }
     }
 }
 
@@ -82,5 +92,62 @@ impl<C> Deref for TakenLane<'_, C> {
 impl<C> Drop for TakenLane<'_, C> {
     fn drop(&mut self) {
         self.lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+    use std::time::Duration;
+
+    use redis::aio::MultiplexedConnection;
+
+    use super::*;
+    use crate::connection::Deadline;
+
+    /// Lanes on clones of one connection to the shared test server: only which lane each
+    /// finish takes matters here.
+    async fn lanes() -> WaitLanes<MultiplexedConnection> {
+        let url =
+            std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let connection = redis::Client::open(url)
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the shared Redis answers");
+        let deadline = Deadline::Store(Duration::from_secs(3));
+        WaitLanes::new(
+            (0..WaitLanes::<MultiplexedConnection>::COUNT)
+                .map(|_| Connection::new(connection.clone(), String::new(), deadline))
+                .collect(),
+        )
+    }
+
+    /// As many finishes as there are lanes, taking theirs at the same moment, each get a lane
+    /// of their own: none waits behind another's `WAIT` while a lane is free.
+    #[tokio::test]
+    async fn finishes_taking_lanes_at_once_never_share_one_while_another_is_free() {
+        let lanes = lanes().await;
+        let count = lanes.len();
+        let barrier = Barrier::new(count);
+        std::thread::scope(|scope| {
+            for _ in 0..count {
+                scope.spawn(|| {
+                    for _ in 0..2_000 {
+                        barrier.wait();
+                        let taken = lanes.take().expect("a lane");
+                        barrier.wait();
+                        let busy: Vec<usize> = lanes
+                            .lanes
+                            .iter()
+                            .map(|lane| lane.in_flight.load(Ordering::SeqCst))
+                            .collect();
+                        assert_eq!(busy, vec![1; count], "finishes per lane");
+                        barrier.wait();
+                        drop(taken);
+                    }
+                });
+            }
+        });
     }
 }
