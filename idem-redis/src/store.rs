@@ -171,11 +171,16 @@ impl<C: RedisConnection> RedisStore<C> {
         call.arg(1);
         // `WAIT` rides in the same round trip, right behind the script, on a lane of its own
         // where the store has them.
-        let lane = self.wait_lanes.take();
-        let connection = lane.as_deref().unwrap_or(&self.connection);
-        let (reply, waited) = connection
-            .run_then(&SCRIPTS.finish, &call, |spent| replication.wait(spent))
-            .await?;
+        let replication = *replication;
+        let wait = move |spent| replication.wait(spent);
+        let (reply, waited) = match self.wait_lanes.take() {
+            Some(lane) => lane.run_then(&SCRIPTS.finish, call, wait).await?,
+            None => {
+                self.connection
+                    .run_then(&SCRIPTS.finish, &call, wait)
+                    .await?
+            }
+        };
         let written = finish_written(reply)?;
         // Also for the same finish sent again: its caller reads the outcome back on
         // `LeaseLost` and takes it as written, so it must hear first when the replicas do not

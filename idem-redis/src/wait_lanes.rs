@@ -9,8 +9,14 @@
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::connection::Connection;
+use idem_core::Error;
+use redis::{Cmd, Value};
+
+use crate::connection::{Connection, RedisConnection};
+use crate::reply::Reply;
+use crate::scripts::LuaScript;
 
 /// The connections replicated finishes are sent on, each taken by the fewest finishes.
 pub(crate) struct WaitLanes<C> {
@@ -54,15 +60,17 @@ impl<C> WaitLanes<C> {
         self.lanes.len()
     }
 
-    /// The lane with the fewest finishes in flight, counted as busy until the guard drops
-    /// (a finish that is cancelled included); `None` when there are no lanes.
-    pub(crate) fn take(&self) -> Option<TakenLane<'_, C>> {
+    /// The lane with the fewest finishes in flight, counted as busy until the guard drops;
+    /// `None` when there are no lanes.
+    pub(crate) fn take(&self) -> Option<TakenLane<C>> {
         loop {
-            let (lane, busy) = self
+            let (index, busy) = self
                 .lanes
                 .iter()
-                .map(|lane| (lane, lane.in_flight.load(Ordering::Relaxed)))
+                .map(|lane| lane.in_flight.load(Ordering::Relaxed))
+                .enumerate()
                 .min_by_key(|&(_, busy)| busy)?;
+            let lane = &self.lanes[index];
             // Taken only if no other finish took it since it was counted: two finishes that
             // both saw it free would otherwise share it while another lane stays free.
             if lane
@@ -70,28 +78,60 @@ impl<C> WaitLanes<C> {
                 .compare_exchange(busy, busy + 1, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                return Some(TakenLane { lane });
+                return Some(TakenLane {
+                    lanes: Arc::clone(&self.lanes),
+                    index,
+                });
             }
         }
     }
 }
 
 /// A lane a finish is sent on.
-pub(crate) struct TakenLane<'a, C> {
-    lane: &'a Lane<C>,
+pub(crate) struct TakenLane<C> {
+    lanes: Arc<[Lane<C>]>,
+    index: usize,
 }
 
-impl<C> Deref for TakenLane<'_, C> {
-    type Target = Connection<C>;
-
-    fn deref(&self) -> &Connection<C> {
-        &self.lane.connection
+impl<C> TakenLane<C> {
+    fn lane(&self) -> &Lane<C> {
+        &self.lanes[self.index]
     }
 }
 
-impl<C> Drop for TakenLane<'_, C> {
+impl<C: RedisConnection> TakenLane<C> {
+    /// [`Connection::run_then`] on this lane, in a task of its own that keeps the lane taken
+    /// until the server has answered: once sent, a `WAIT` blocks the lane's connection until
+    /// it ends, whether its caller still awaits it or went away, and a finish sent on the lane
+    /// meanwhile would queue behind it.
+    pub(crate) async fn run_then(
+        self,
+        script: &'static LuaScript,
+        call: Cmd,
+        then: impl Fn(Duration) -> Cmd + Send + Sync + 'static,
+    ) -> Result<(Reply, Value), Error> {
+        let sent =
+            tokio::spawn(async move { Connection::run_then(&self, script, &call, then).await });
+        match sent.await {
+            Ok(answer) => answer,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The runtime is shutting down: the finish may or may not have been applied.
+            Err(err) => Err(Error::unavailable(err)),
+        }
+    }
+}
+
+impl<C> Deref for TakenLane<C> {
+    type Target = Connection<C>;
+
+    fn deref(&self) -> &Connection<C> {
+        &self.lane().connection
+    }
+}
+
+impl<C> Drop for TakenLane<C> {
     fn drop(&mut self) {
-        self.lane.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.lane().in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

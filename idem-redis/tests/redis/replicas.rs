@@ -367,3 +367,71 @@ async fn a_finish_sent_again_after_its_reply_was_lost_still_waits_for_the_replic
         Ok(Claim::Completed(receipt)) if receipt == "paid"
     ));
 }
+
+/// What the server's clients are doing: how many are blocked in `WAIT`, and whether one of
+/// those has more commands queued behind its `WAIT` (`CLIENT LIST`'s `qbuf`).
+async fn wait_clients(raw: &mut redis::aio::MultiplexedConnection) -> (usize, bool) {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(raw)
+        .await
+        .expect("CLIENT LIST");
+    let waiting: Vec<&str> = clients
+        .lines()
+        .filter(|client| client.contains(" cmd=wait "))
+        .collect();
+    let queued = waiting.iter().any(|client| !client.contains(" qbuf=0 "));
+    (waiting.len(), queued)
+}
+
+/// A finish whose caller went away while its `WAIT` was blocked leaves that lane's
+/// connection blocked until the `WAIT` ends: the lane must count as busy until then, so the
+/// next finish takes a free lane instead of queueing behind a `WAIT` nobody awaits.
+#[tokio::test]
+async fn a_cancelled_finish_keeps_its_lane_busy_until_its_wait_ends() {
+    let (primary, replica) = replica_pair();
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .response_timeout(Duration::from_secs(30))
+            .wait_for_replicas(1, Duration::from_secs(10)),
+    )
+    .await;
+    store.load_scripts().await.expect("SCRIPT LOAD");
+    let ttl = ttl_ms(60_000);
+    let first = acquire(&store, &ClaimRequest::new(key("cancelled"), ttl)).await;
+    let second = acquire(&store, &ClaimRequest::new(key("next"), ttl)).await;
+    replica.pause();
+    let finish = |lease| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .complete(&lease, Bytes::from_static(b"paid"), ttl)
+                .await
+        })
+    };
+    let cancelled = finish(first);
+    let mut raw = raw_connection(&primary.url()).await;
+    while wait_clients(&mut raw).await.0 == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancelled.abort();
+    let _ = cancelled.await;
+
+    let next = finish(second);
+    let (waiting, queued) = loop {
+        let (waiting, queued) = wait_clients(&mut raw).await;
+        if waiting >= 2 || queued {
+            break (waiting, queued);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    replica.resume();
+    assert!(
+        !queued && waiting == 2,
+        "the next finish queued behind the cancelled one's WAIT ({waiting} blocked in WAIT)"
+    );
+    let next = next.await.expect("the finish did not panic");
+    assert!(next.is_ok(), "{next:?}");
+}
