@@ -194,13 +194,14 @@ impl<S> RedisStoreBuilder<S> {
         client: &Client,
         replication: Option<&Replication>,
     ) -> Result<Vec<Connection<ConnectionManager>>, Error> {
-        let mut lanes = Vec::new();
-        if replication.is_some() {
-            for _ in 0..WaitLanes::<ConnectionManager>::COUNT {
-                lanes.push(self.managed(client.clone()).await?);
-            }
+        if replication.is_none() {
+            return Ok(Vec::new());
         }
-        Ok(lanes)
+        // All at once: one after another, a slow server would make connecting take as many
+        // deadlines as there are lanes.
+        let lanes =
+            (0..WaitLanes::<ConnectionManager>::COUNT).map(|_| self.managed(client.clone()));
+        futures::future::try_join_all(lanes).await
     }
 }
 
@@ -288,8 +289,12 @@ impl<S> RedisStoreBuilder<S> {
         S: Assemble,
     {
         let replication = self.replication()?;
-        let connection = self.managed(client.clone()).await?;
-        let wait_lanes = self.wait_lanes(&client, replication.as_ref()).await?;
+        // The store's own connection and its wait lanes are opened together, within one
+        // deadline.
+        let (connection, wait_lanes) = futures::try_join!(
+            self.managed(client.clone()),
+            self.wait_lanes(&client, replication.as_ref())
+        )?;
         Ok(S::assemble(
             connection,
             self.max_payload,

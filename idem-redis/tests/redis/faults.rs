@@ -495,3 +495,29 @@ async fn a_server_without_hello_is_still_served_on_resp2() {
         .await;
     assert!(tokens.is_ok(), "{tokens:?}");
 }
+
+/// A store that waits for replicas opens five connections (its own and four wait lanes):
+/// on a slow server, connecting must still take one connection's time, within the
+/// connection timeout plus the response timeout, not five in a row.
+#[tokio::test]
+async fn a_store_waiting_for_replicas_connects_within_one_deadline_on_a_slow_server() {
+    const CONNECT: Duration = Duration::from_millis(700);
+    const RESPOND: Duration = Duration::from_millis(700);
+    let proxy = SlowProxy::start(&url(), Duration::from_millis(400)).await;
+    proxy.slow_down();
+    let started = Instant::now();
+    let store = RedisStore::builder()
+        .prefix(unique_prefix())
+        .connection_timeout(CONNECT)
+        .response_timeout(RESPOND)
+        .wait_for_replicas(1, Duration::from_millis(100))
+        .connect(&proxy.url())
+        .await;
+    let took = started.elapsed();
+    assert!(store.is_ok(), "{store:?}");
+    assert!(
+        took <= CONNECT + RESPOND,
+        "connecting took {took:?}, over the {:?} of one call",
+        CONNECT + RESPOND
+    );
+}
