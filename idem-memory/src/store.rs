@@ -79,6 +79,25 @@ struct Stripe {
     swept_at: u64,
 }
 
+/// A stripe whose map holds no more than this many entries is never shrunk: small maps
+/// cost little, and a busy stripe would otherwise shrink and grow again all the time.
+const SHRINK_ABOVE: usize = 32;
+
+impl Stripe {
+    /// Gives back the room of entries that left. A map keeps its table at the largest size
+    /// it ever grew to, and only its entries count against the capacity: after a burst of
+    /// claims that all finished, the empty tables of the stripes held memory no record
+    /// counted (an eighth more than a full store's capacity, `tests/open_footprint.rs`).
+    /// Shrinks to twice the entries left once they fill under a quarter of the table, so a
+    /// stripe does not shrink and grow again on every few claims.
+    fn shrink(&mut self) {
+        let (len, room) = (self.open.len(), self.open.capacity());
+        if room > SHRINK_ABOVE && len < room / 4 {
+            self.open.shrink_to(len * 2);
+        }
+    }
+}
+
 impl std::fmt::Debug for Records {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Records")
@@ -126,6 +145,7 @@ impl Records {
             keep
         });
         self.open_bytes.fetch_sub(freed, Ordering::Relaxed);
+        stripe.shrink();
     }
 
     /// Takes `key` out of the open entries, returning its weight to the budget, and hands
@@ -134,6 +154,7 @@ impl Records {
         let (owned, entry) = stripe.open.remove_entry(key)?;
         self.open_bytes
             .fetch_sub(u64::from(weight(key, &entry)), Ordering::Relaxed);
+        stripe.shrink();
         Some(owned)
     }
 }
