@@ -79,7 +79,7 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     /// to the server (PostgreSQL's `statement_timeout`; MySQL's `innodb_lock_wait_timeout`
     /// and MariaDB's `max_statement_time`), so the server gives up on a stuck statement
     /// first, with a clean error on a connection that stays usable.
-    /// Default: 5 s, below the executor's 30 s lease.
+    /// Longer than zero (checked by `build`). Default: 5 s, below the executor's 30 s lease.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.policy.timeout = timeout;
         self
@@ -105,13 +105,23 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     /// their own server-side bounds; the store still bounds each call on its side.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a table name that is not an identifier.
+    /// [`Error::InvalidInput`] for a table name that is not an identifier, or a statement
+    /// timeout of zero.
     pub fn build(self, pool: Pool<D>) -> Result<S, Error> {
-        let name = TableName::new(
+        let name = self.checked_table()?;
+        Ok(S::from_parts(pool, name, self.policy, self.max_payload))
+    }
+
+    /// The table name, once every setting checks out: a call bounded by no time at all
+    /// would be `Unavailable` every time, as if the server were down.
+    fn checked_table(&self) -> Result<TableName, Error> {
+        if self.policy.timeout.is_zero() {
+            return Err(InvalidInput::Other("a statement timeout is longer than zero").into());
+        }
+        TableName::new(
             self.table.as_deref().unwrap_or(S::KIND.default_table),
             D::MAX_TABLE_NAME,
-        )?;
-        Ok(S::from_parts(pool, name, self.policy, self.max_payload))
+        )
     }
 
     /// Connects a pool to `url` (`mysql://user:password@host:3306/database`,
@@ -127,15 +137,12 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     ///
     /// # Errors
     /// An unreachable server is [`Error::Unavailable`]; a malformed URL or a refused login
-    /// is [`Error::Backend`], each with the sqlx error as `source`; a bad table name or a
-    /// pool of no connections is [`Error::InvalidInput`].
+    /// is [`Error::Backend`], each with the sqlx error as `source`; a bad table name, a
+    /// statement timeout of zero or a pool of no connections is [`Error::InvalidInput`].
     pub async fn connect(self, url: &str) -> Result<S, Error> {
         // The settings first: a bad name should not cost a pool of connections, and sqlx's
         // pool panics on a size of zero.
-        TableName::new(
-            self.table.as_deref().unwrap_or(S::KIND.default_table),
-            D::MAX_TABLE_NAME,
-        )?;
+        self.checked_table()?;
         if self.max_connections == 0 {
             return Err(InvalidInput::Other("a pool holds at least one connection").into());
         }

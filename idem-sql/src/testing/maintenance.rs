@@ -185,6 +185,29 @@ pub async fn a_pool_of_no_connections_is_invalid_input<S: TestServer>() {
     assert!(matches!(tokens, Err(Error::InvalidInput(_))), "{tokens:?}");
 }
 
+/// A statement timeout of zero is refused as a setting, by `connect` and `build` alike,
+/// for both kinds of store: it was taken, and then every call (or `connect` itself) was
+/// `Unavailable`, as if the server were down.
+pub async fn a_zero_statement_timeout_is_invalid_input<S: TestServer>() {
+    let records = SqlStore::<S::Dialect>::builder()
+        .statement_timeout(Duration::ZERO)
+        .connect(&S::url())
+        .await;
+    assert!(
+        matches!(records, Err(Error::InvalidInput(_))),
+        "{records:?}"
+    );
+    let tokens = SqlTokenStore::<S::Dialect>::builder()
+        .statement_timeout(Duration::ZERO)
+        .connect(&S::url())
+        .await;
+    assert!(matches!(tokens, Err(Error::InvalidInput(_))), "{tokens:?}");
+    let built = SqlStore::<S::Dialect>::builder()
+        .statement_timeout(Duration::ZERO)
+        .build(S::pool(1).await);
+    assert!(matches!(built, Err(Error::InvalidInput(_))), "{built:?}");
+}
+
 /// A claim stuck behind a row lock held by a long transaction gives up within the store's
 /// statement timeout, as `Unavailable`, instead of waiting as long as the transaction; the
 /// server cancelled the statement too, so the same pool works again.

@@ -402,6 +402,7 @@ macro_rules! sql_conformance {
                     purge_removes_only_expired_rows_in_batches,
                     an_unreachable_server_is_unavailable,
                     a_pool_of_no_connections_is_invalid_input,
+                    a_zero_statement_timeout_is_invalid_input,
                     an_unbounded_statement_timeout_serves_calls,
                     a_call_never_waits_longer_than_the_statement_timeout;
                 schema: migrating_twice_is_harmless,
