@@ -87,8 +87,10 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
 
     /// How many times a statement that hit a lock conflict (MySQL: deadlock 1213, lock
     /// wait timeout 1205; PostgreSQL: deadlock 40P01, serialization failure 40001, lock
-    /// timeout 55P03) is run again on a pooled connection, within the statement timeout.
-    /// Zero turns retrying off. Default: 3.
+    /// timeout 55P03) is run again on a pooled connection, within the statement timeout:
+    /// only while nine tenths of it, the server's bound for the retry, are left, so that no
+    /// retry the server is still running can take effect after its call was reported
+    /// [`Error::Unavailable`]. Zero turns retrying off. Default: 3.
     pub fn lock_retries(mut self, retries: u32) -> Self {
         self.policy.lock_retries = retries;
         self

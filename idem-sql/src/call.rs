@@ -12,7 +12,9 @@ const LONGEST_ACQUIRE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The time bound and the retries of every call a SQL store makes on its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallPolicy {
-    /// How many times a statement that hit a deadlock or a lock wait timeout is run again.
+    /// How many times a statement that hit a deadlock or a lock wait timeout is run again,
+    /// while the server's bound of the retry ([`server_timeout`](Self::server_timeout))
+    /// still ends within the [`timeout`](Self::timeout).
     pub lock_retries: u32,
     /// The longest a call may take in all, retries included, before it is
     /// [`Error::Unavailable`]. Keep it below the shortest lease TTL in use, so that no
@@ -48,8 +50,10 @@ impl CallPolicy {
     }
 
     /// Runs `op` within `bound` (the [`timeout`](Self::timeout), or a caller's own), and again after an error `is_lock_conflict` accepts, at most
-    /// [`lock_retries`](Self::lock_retries) more times. Only for statements that roll back
-    /// alone (autocommit), so that running them again is exactly a retry.
+    /// [`lock_retries`](Self::lock_retries) more times, and only while the server's own
+    /// bound of the next attempt ([`server_timeout`](Self::server_timeout)) still ends
+    /// within `bound`. Only for statements that roll back alone (autocommit), so that
+    /// running them again is exactly a retry.
     ///
     /// # Errors
     ///
@@ -66,14 +70,20 @@ impl CallPolicy {
         Fut: Future<Output = Result<T, Error>>,
     {
         let retries = self.lock_retries;
+        let started = tokio::time::Instant::now();
         let attempts = async {
             let mut attempt = 0;
             loop {
+                let backoff = Duration::from_millis(5 << (attempt + 1).min(6));
                 match op().await {
-                    Err(error) if attempt < retries && is_lock_conflict(&error) => {
+                    Err(error)
+                        if attempt < retries
+                            && is_lock_conflict(&error)
+                            && self.outlives_nothing(started.elapsed() + backoff, bound) =>
+                    {
                         attempt += 1;
                         tracing::debug!(%error, attempt, "idem-sql: lock conflict, running again");
-                        tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
+                        tokio::time::sleep(backoff).await;
                     }
                     outcome => return outcome,
                 }
@@ -83,6 +93,18 @@ impl CallPolicy {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::unavailable(CallTimedOut(bound))),
         }
+    }
+}
+
+impl CallPolicy {
+    /// Whether an attempt started `at` into a call bounded by `bound` ends, on the server,
+    /// within the bound: the server gives a statement up to
+    /// [`server_timeout`](Self::server_timeout), and stops waiting for no client. A retry past that point
+    /// could still apply after the call was reported [`Error::Unavailable`] (a token
+    /// consumed, and its retry refused as already used), so the conflict is reported
+    /// instead: the statement it ended had changed nothing.
+    fn outlives_nothing(&self, at: Duration, bound: Duration) -> bool {
+        at.saturating_add(self.server_timeout()) <= bound
     }
 }
 

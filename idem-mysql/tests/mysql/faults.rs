@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use idem_core::{Claim, Error, IdempotencyStore, Lease};
-use idem_mysql::MySqlStore;
+use idem_core::{Claim, Consumption, Error, IdempotencyStore, Lease, TokenStore};
 use idem_mysql::sqlx::mysql::MySqlPoolOptions;
 use idem_mysql::sqlx::{self, Executor, MySqlPool};
+use idem_mysql::{MySqlStore, MySqlTokenStore};
 
 use idem_sql::testing::maintenance::gives_up_behind_a_row_lock;
 
@@ -153,7 +153,8 @@ async fn connect_makes_a_pool_without_pings_and_with_server_bounds() {
 }
 
 /// A lock wait timeout (1205) on a pooled claim is retried, not reported as in progress;
-/// with retries off it is `Unavailable`, carrying the server error.
+/// with retries off it is `Unavailable`, carrying the server error. The statement timeout
+/// leaves room for the retry: nine tenths of it after the 1 s wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_wait_timeouts_are_retried() {
     let holder = shared_store::<MariaDb>().await;
@@ -173,6 +174,7 @@ async fn lock_wait_timeouts_are_retried() {
         let claimer = MySqlStore::builder()
             .table(SHARED_TABLE)
             .lock_retries(retries)
+            .statement_timeout(Duration::from_secs(20))
             .build(impatient.clone())
             .expect("table");
         let key = key(&namespace::<MariaDb>("lock-wait"), "k");
@@ -331,4 +333,41 @@ async fn a_payload_over_max_allowed_packet_is_too_large() {
         .fail(&lease, "too large".into(), ttl(RETENTION))
         .await
         .expect("a marker under the same lease");
+}
+
+/// A consume stuck behind a row lock with the default statement timeout (5 s; the server's
+/// lock wait gives up at 4 s) is `Unavailable` and changes nothing: the token is still
+/// there for the retry. The store ran the statement again after the 4 s lock wait timeout
+/// and gave up on it a second later, while the server went on waiting, so the consume
+/// took effect once the lock was free, after its caller got `Unavailable`, and the retry
+/// was refused as `AlreadyUsed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_given_up_behind_a_row_lock_changes_nothing() {
+    let store = MySqlTokenStore::builder()
+        .table(idem_sql::testing::SHARED_TOKEN_TABLE)
+        .connect(&url())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let token = idem_sql::testing::tokens::new_token(&store);
+    let scope = idem_sql::testing::tokens::scope::<MariaDb>("consume-lock-wait");
+    store.issue(&token, &scope, ttl(LONG)).await.expect("issue");
+    let holder = pool(1).await;
+    let mut tx = holder.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT used_at FROM {} WHERE token = ? FOR UPDATE",
+        idem_sql::testing::SHARED_TOKEN_TABLE
+    )))
+    .bind(token.as_str().as_bytes())
+    .fetch_optional(&mut *tx)
+    .await
+    .expect("lock the token's row");
+    let given_up = store.consume(&token, &scope).await;
+    tx.rollback().await.expect("rollback");
+    assert!(
+        matches!(given_up, Err(Error::Unavailable { .. })),
+        "{given_up:?}"
+    );
+    let retried = store.consume(&token, &scope).await.expect("consume");
+    assert_eq!(retried, Consumption::Consumed);
 }
