@@ -28,6 +28,13 @@ impl SqlDialect for PgDialect {
     type Extra = PgExtra;
 
     const NAME: &'static str = "idem-postgres";
+    /// 1 GiB less 64 KiB: the server reads no protocol message (the statement's `Bind`,
+    /// the payload with the other arguments) over 1 GiB − 2 bytes, and a `bytea` holds less
+    /// than 1 GiB. It ends the connection on a larger one, which the store reported as
+    /// [`Error::Unavailable`], so the executor tried the write again and again and left the
+    /// key to run once more. 64 KiB leaves room for the rest of the statement: a key
+    /// and an owner are a few hundred bytes.
+    const MAX_PAYLOAD: usize = (1 << 30) - (64 << 10);
     const MAX_TABLE_NAME: usize = MAX_TABLE_NAME;
     /// `fencing` is a `bigint`.
     const MAX_FENCING: u64 = idem_core::backend::lifecycle::MAX_SIGNED_FENCING;

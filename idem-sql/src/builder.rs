@@ -157,6 +157,8 @@ impl<D: SqlDialect> SqlBuilder<D, SqlStore<D>> {
     /// Refuses responses and failures over `bytes` with [`Error::PayloadTooLarge`]. A
     /// payload the server itself refuses (MySQL's `max_allowed_packet`, 16 MiB on MariaDB
     /// and 64 MiB on MySQL 8 by default) is refused the same way, with nothing written.
+    /// A limit over the engine's own ([`SqlDialect::MAX_PAYLOAD`]: just under 1 GiB on
+    /// PostgreSQL) is the engine's.
     /// Default: 4 MiB ([`SqlStore::DEFAULT_MAX_PAYLOAD`]).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;

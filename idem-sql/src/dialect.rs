@@ -54,6 +54,12 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// with [`Error::CorruptRecord`] (see `idem_core::backend::lifecycle::next_fencing`).
     const MAX_FENCING: u64;
 
+    /// The largest payload the engine takes in one statement, whatever a store's own limit
+    /// says: a store's limit above it is this one, so a larger payload is refused with
+    /// [`Error::PayloadTooLarge`] before it is sent, instead of a failure the executor takes
+    /// for a lost connection. No limit by default.
+    const MAX_PAYLOAD: usize = usize::MAX;
+
     /// The records table.
     const RECORDS: &'static TableKind;
 

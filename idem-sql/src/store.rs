@@ -154,7 +154,7 @@ impl<D: SqlDialect> FromTable<D> for SqlStore<D> {
         Self {
             statements: Arc::new(D::record_statements(&table)),
             table: SqlTable::new(pool, table, D::RECORDS, policy),
-            max_payload,
+            max_payload: max_payload.min(D::MAX_PAYLOAD),
         }
     }
 }

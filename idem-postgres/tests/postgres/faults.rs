@@ -280,3 +280,19 @@ async fn a_write_on_a_connection_ended_while_idle_runs_on_a_new_one() {
     let replay = store.claim(&request(&key, LONG)).await.expect("claim");
     assert_eq!(replay, idem_core::Claim::Completed("done".into()));
 }
+
+/// A payload limit above what PostgreSQL takes in one statement is PostgreSQL's (just
+/// under 1 GiB), so a larger payload is refused with `PayloadTooLarge` before it is sent.
+/// It was sent: the server ends the connection on a message over 1 GiB, the store
+/// reported `Unavailable`, and the executor kept trying the write until the lease ran out
+/// and the key ran again. (Checked on the limit, not with a payload of a GiB.)
+#[tokio::test]
+async fn a_payload_limit_over_the_servers_is_the_servers() {
+    let store = PgStore::builder()
+        .table(SHARED_TABLE)
+        .max_payload(usize::MAX)
+        .build(pool(1).await)
+        .expect("store");
+    let limit = store.max_payload();
+    assert_eq!(limit, (1 << 30) - (64 << 10));
+}
