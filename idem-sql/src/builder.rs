@@ -106,6 +106,14 @@ impl<D: SqlDialect, S: FromTable<D>> SqlBuilder<D, S> {
     /// Uses an existing pool, shared with the rest of the application. Its connections keep
     /// their own server-side bounds; the store still bounds each call on its side.
     ///
+    /// The pool checks its connections out as it was built to. With sqlx's
+    /// `test_before_acquire(false)` and no check of its own, every connection the server
+    /// ended while idle (a restart, an idle timeout) fails one call with
+    /// [`Error::Unavailable`]; a token consume or an outcome write so failed is not sent
+    /// again on another connection. Give such a pool the check [`connect`](Self::connect)
+    /// uses: `.before_acquire(idem_sql::driver::alive_after_idle::<Db>)`
+    /// ([`alive_after_idle`](crate::driver::alive_after_idle)).
+    ///
     /// # Errors
     /// [`Error::InvalidInput`] for a table name that is not an identifier, or a statement
     /// timeout of zero.

@@ -80,6 +80,7 @@ impl<D: SqlDialect> SqlStore<D> {
     }
 
     /// Uses an existing pool with every default, on the default table (`idem_records`).
+    /// How the pool should check idle connections: see [`SqlBuilder::build`].
     #[must_use]
     pub fn from_pool(pool: Pool<D>) -> Self {
         let table = TableName::default_for(D::RECORDS);

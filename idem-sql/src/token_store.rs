@@ -68,7 +68,8 @@ impl<D: SqlDialect> SqlTokenStore<D> {
 
     /// Uses an existing pool (the application's, or a record store's:
     /// `from_pool(store.pool().clone())`) with every default, on the default table
-    /// (`idem_tokens`).
+    /// (`idem_tokens`). How the pool should check idle connections: see
+    /// [`SqlBuilder::build`].
     #[must_use]
     pub fn from_pool(pool: Pool<D>) -> Self {
         Self::from_parts(
