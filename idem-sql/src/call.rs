@@ -103,7 +103,7 @@ impl CallPolicy {
     /// could still apply after the call was reported [`Error::Unavailable`] (a token
     /// consumed, and its retry refused as already used), so the conflict is reported
     /// instead: the statement it ended had changed nothing.
-    fn outlives_nothing(&self, at: Duration, bound: Duration) -> bool {
+    pub(crate) fn outlives_nothing(&self, at: Duration, bound: Duration) -> bool {
         at.saturating_add(self.server_timeout()) <= bound
     }
 }

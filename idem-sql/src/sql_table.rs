@@ -6,6 +6,7 @@ use std::future::Future;
 
 use idem_core::Error;
 use sqlx::pool::PoolConnection;
+use tokio::time::Instant;
 
 use crate::dialect::Pool;
 use crate::statement::Statement;
@@ -82,6 +83,14 @@ impl<D: SqlDialect> SqlTable<D> {
         conn.close_on_drop();
         *lost += 1;
         true
+    }
+
+    /// Whether a statement sent now, in a call that started at `started`, ends on the
+    /// server (within [`CallPolicy::server_timeout`]) before the call's own bound: one
+    /// sent later may take effect after the call was reported [`Error::Unavailable`].
+    pub(crate) fn ends_in_time(&self, started: Instant) -> bool {
+        self.policy
+            .outlives_nothing(started.elapsed(), self.policy.timeout)
     }
 
     /// Runs `op` within the statement timeout, again after a lock conflict (autocommit

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use idem_core::backend::TokenRecord;
 use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
+use tokio::time::Instant;
 
 use crate::builder::{FromTable, SqlBuilder};
 use crate::dialect::Pool;
@@ -117,8 +118,16 @@ impl<D: SqlDialect> FromTable<D> for SqlTokenStore<D> {
     }
 }
 
-/// The token statements on the store's pool, kept off the store's public surface.
-struct Steps<'s, D: SqlDialect>(&'s SqlTokenStore<D>);
+/// The token statements on the store's pool, kept off the store's public surface, for a
+/// call that started at the instant it holds.
+struct Steps<'s, D: SqlDialect>(&'s SqlTokenStore<D>, Instant);
+
+impl<'s, D: SqlDialect> Steps<'s, D> {
+    /// The steps of a call starting now.
+    fn new(store: &'s SqlTokenStore<D>) -> Self {
+        Self(store, Instant::now())
+    }
+}
 
 impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
     async fn insert(&self, token: &Token, scope: &Scope, life_us: u64) -> Result<bool, Error> {
@@ -153,12 +162,24 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
         Ok(replaced > 0)
     }
 
+    /// Not sent once the server could still run it after the call gave up (a wait for a
+    /// connection, say, used up the call's slack): a consume taking effect after its caller
+    /// got `Unavailable` would refuse the caller's retry as already used.
     async fn mark_used(&self, token: &Token, scope: &Scope) -> Result<bool, Error> {
         let args = [
             Arg::Bytes(token.as_str().as_bytes()),
             Arg::Bytes(scope.as_str().as_bytes()),
         ];
-        Ok(self.0.execute(&self.0.statements.consume, &args).await? > 0)
+        let mut conn = self.0.table.connection().await?;
+        if !self.0.table.ends_in_time(self.1) {
+            return Err(Error::unavailable(
+                "a consume was not sent: too little of its call's time was left for the server's own bound",
+            ));
+        }
+        let used = D::execute(&mut *conn, &self.0.statements.consume, &args)
+            .await
+            .map_err(D::error)?;
+        Ok(used > 0)
     }
 
     async fn inspect(&self, token: &Token) -> Result<Option<TokenRecord>, Error> {
@@ -178,14 +199,14 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
 #[async_trait]
 impl<D: SqlDialect> TokenStore for SqlTokenStore<D> {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
-        let steps = Steps(self);
+        let steps = Steps::new(self);
         self.table
             .run(|| tokens::issue(&steps, token, scope, ttl))
             .await
     }
 
     async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-        let steps = Steps(self);
+        let steps = Steps::new(self);
         self.table
             .run(|| tokens::consume(&steps, token, scope))
             .await

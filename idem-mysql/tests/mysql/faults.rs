@@ -371,3 +371,47 @@ async fn a_consume_given_up_behind_a_row_lock_changes_nothing() {
     let retried = store.consume(&token, &scope).await.expect("consume");
     assert_eq!(retried, Consumption::Consumed);
 }
+
+/// A consume that waited for a pooled connection, then behind a row lock, is `Unavailable`
+/// and changes nothing. It was sent late in its call, the server's lock wait (4 s) outlived
+/// the call's 5 s, and the server went on waiting after the store gave up: the consume took
+/// effect once the lock was free, and the caller's retry was refused as `AlreadyUsed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
+    let store = MySqlTokenStore::builder()
+        .table(idem_sql::testing::SHARED_TOKEN_TABLE)
+        .max_connections(1)
+        .connect(&url())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let token = idem_sql::testing::tokens::new_token(&store);
+    let scope = idem_sql::testing::tokens::scope::<MariaDb>("consume-late");
+    store.issue(&token, &scope, ttl(LONG)).await.expect("issue");
+    let holder = pool(1).await;
+    let mut tx = holder.begin().await.expect("begin");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT used_at FROM {} WHERE token = ? FOR UPDATE",
+        idem_sql::testing::SHARED_TOKEN_TABLE
+    )))
+    .bind(token.as_str().as_bytes())
+    .fetch_optional(&mut *tx)
+    .await
+    .expect("lock the token's row");
+    // The pool's one connection, busy elsewhere for the first 1.5 s of the consume.
+    let busy = store.pool().acquire().await.expect("the one connection");
+    let consuming = {
+        let (store, token, scope) = (store.clone(), token.clone(), scope.clone());
+        tokio::spawn(async move { store.consume(&token, &scope).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    drop(busy);
+    let given_up = consuming.await.expect("no panic");
+    tx.rollback().await.expect("rollback");
+    assert!(
+        matches!(given_up, Err(Error::Unavailable { .. })),
+        "{given_up:?}"
+    );
+    let retried = store.consume(&token, &scope).await.expect("consume");
+    assert_eq!(retried, Consumption::Consumed);
+}
