@@ -385,7 +385,8 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
                 let looked = Instant::now();
                 let owed = (freed_at + trace).saturating_duration_since(looked);
                 ensure!(
-                    kept.is_some_and(|kept| kept + ctx.slack() >= owed),
+                    // Saturating: a hook says `Duration::MAX` for a key its storage never expires.
+                    kept.is_some_and(|kept| kept.saturating_add(ctx.slack()) >= owed),
                     "{key} ({path}, a {lease_ttl:?} lease): freed {:?} ago, the storage keeps it \
                      {kept:?} more; the contract owes {owed:?} more (trace TTL {trace:?})",
                     looked.saturating_duration_since(freed_at)

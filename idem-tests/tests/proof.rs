@@ -10,10 +10,11 @@ use idem_tests::broken::Defect;
 use idem_tests::broken::tokens::TokenDefect;
 use std::time::Duration;
 
+use idem_core::{BoxError, Key, async_trait};
 use idem_tests::{
-    CHECKS, Capabilities, CheckFailure, FAULT_CHECKS, SharedSabotage, SharedTokenSabotage,
-    SharedTokenStore, Store, TOKEN_CHECKS, TOKEN_FAULT_CHECKS, run_all, run_all_faults,
-    run_all_token_faults, run_all_tokens,
+    CHECKS, Capabilities, CheckFailure, FAULT_CHECKS, Sabotage, SharedSabotage,
+    SharedTokenSabotage, SharedTokenStore, Store, TOKEN_CHECKS, TOKEN_FAULT_CHECKS, run_all,
+    run_all_faults, run_all_token_faults, run_all_tokens, sabotage_checks,
 };
 
 fn capabilities() -> Capabilities {
@@ -208,5 +209,41 @@ async fn the_memory_token_store_passes_every_token_check() {
     assert!(
         failures.is_empty(),
         "the reference token store fails: {failures:#?}"
+    );
+}
+
+/// The in-memory store seen through a hook whose storage never expires anything, as
+/// `Sabotage::kept_for` lets a hook say with `Duration::MAX`.
+#[derive(Debug)]
+struct KeptForever(Store);
+
+#[async_trait]
+impl Sabotage for KeptForever {
+    fn store(&self) -> Store {
+        Arc::clone(&self.0)
+    }
+
+    async fn corrupt_record(&self, _key: &Key) -> Result<(), BoxError> {
+        Err("not needed by trace_lifetime".into())
+    }
+
+    async fn unreachable_store(&self) -> Result<Store, BoxError> {
+        Err("not needed by trace_lifetime".into())
+    }
+
+    async fn kept_for(&self, _key: &Key) -> Result<Option<Duration>, BoxError> {
+        Ok(Some(Duration::MAX))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_lifetime_passes_a_storage_that_never_expires() {
+    let store: Store = Arc::new(MemoryStore::new());
+    let sabotage: SharedSabotage = Arc::new(KeptForever(store));
+    let checked = tokio::spawn(sabotage_checks::trace_lifetime(sabotage, capabilities())).await;
+    let result = checked.expect("trace_lifetime must not panic on a key kept forever");
+    assert!(
+        result.is_ok(),
+        "a key the storage never expires is kept long enough: {result:?}"
     );
 }
