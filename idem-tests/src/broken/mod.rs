@@ -124,6 +124,10 @@ pub enum Defect {
     HalfFencingMemory,
     /// Leases never expire: a crashed owner blocks its key for good.
     NeverExpiresLeases,
+    /// Lease TTLs (claimed and renewed) are cut to whole seconds, at least one, as Redis's
+    /// `EX` or an integer `INTERVAL` would keep them: a 1.99 s lease lasts 1 s, and a second
+    /// owner acquires the key while the first still holds it.
+    LeasesInWholeSeconds,
     /// Payloads are stored through a lossy UTF-8 conversion.
     ReencodesPayloads,
     /// Fingerprints are dropped on claim.
@@ -223,6 +227,7 @@ impl Defect {
         Defect::ShortFencingMemory,
         Defect::HalfFencingMemory,
         Defect::NeverExpiresLeases,
+        Defect::LeasesInWholeSeconds,
         Defect::ReencodesPayloads,
         Defect::IgnoresFingerprints,
         Defect::FinishWritesLeaseFingerprint,
@@ -382,6 +387,7 @@ impl Defect {
                 "renewal_from_now",
                 "stale_lease",
             ],
+            Defect::LeasesInWholeSeconds => &["lease_expiry"],
             Defect::ReencodesPayloads => &["replay_fidelity"],
             Defect::IgnoresFingerprints => &[
                 "claim_fingerprint_decides",
@@ -506,7 +512,9 @@ impl Defect {
     /// several checks hit (which checks' interleavings hit one changes from run to run; the
     /// races of calls with one lease only their own checks reach), nor for defects that
     /// make the concurrently running checks share keys: other checks catch those by chance
-    /// too, and the table lists the checks that catch them every time.
+    /// too, and the table lists the checks that catch them every time. Nor for leases cut to
+    /// whole seconds, which stretches the checks' short leases to a second: whether a check
+    /// waiting just past a short lease sees it end is then a matter of milliseconds.
     #[must_use]
     pub fn is_exact(self) -> bool {
         !matches!(
@@ -518,6 +526,7 @@ impl Defect {
                 | Defect::CheckThenSetRelease
                 | Defect::CheckThenSetRemove
                 | Defect::LeaksNamespaces
+                | Defect::LeasesInWholeSeconds
         )
     }
 

@@ -138,6 +138,11 @@ impl BrokenStore {
         Ttl::new((ttl.as_duration() * 1000).min(Ttl::MAX))
     }
 
+    /// `ttl` in whole seconds, at least one: what an expiry counted in seconds keeps of it.
+    fn in_seconds(ttl: Ttl) -> Result<Ttl, Error> {
+        Ttl::new(Duration::from_secs(ttl.as_duration().as_secs().max(1)))
+    }
+
     fn payload(&self, payload: Bytes) -> Result<Bytes, Error> {
         if self.defect != Defect::IgnoresPayloadLimit {
             check_payload(payload.len(), self.max_payload)?;
@@ -558,6 +563,9 @@ impl IdempotencyStore for BrokenStore {
         let mut request = request.clone();
         match self.defect {
             Defect::NeverExpiresLeases => request.lease_ttl = Self::stretched(request.lease_ttl)?,
+            Defect::LeasesInWholeSeconds => {
+                request.lease_ttl = Self::in_seconds(request.lease_ttl)?
+            }
             Defect::IgnoresFingerprints => request.fingerprint = None,
             _ => {}
         }
@@ -605,6 +613,7 @@ impl IdempotencyStore for BrokenStore {
         let ttl = match self.defect {
             Defect::NoopRenew => return Ok(()),
             Defect::NeverExpiresLeases => Self::stretched(ttl)?,
+            Defect::LeasesInWholeSeconds => Self::in_seconds(ttl)?,
             _ => ttl,
         };
         let from_old_end = self.defect == Defect::RenewAddsToOldEnd;

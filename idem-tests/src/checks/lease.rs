@@ -1,16 +1,19 @@
+use std::time::{Duration, Instant};
+
 use idem_core::{Claim, RecordState};
 
-use crate::context::{Doing, LONG, RETENTION, ensure, expect_lease_lost, run, ttl};
+use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, expect_lease_lost, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
 /// A claim not finished within its lease can be acquired by another owner, with a larger
-/// fencing number.
+/// fencing number; and not before: a lease of whole seconds and a fraction still holds
+/// past its whole seconds (seen where the clock slack is under that fraction).
 ///
 /// # Errors
 ///
 /// A [`CheckFailure`](crate::CheckFailure) naming this check when a lapsed claim is not acquired by
-/// another owner, or its fencing number does not grow; or when a store call the check needs fails
-/// unexpectedly.
+/// another owner, or its fencing number does not grow, or a live lease is taken over before its
+/// end; or when a store call the check needs fails unexpectedly.
 pub async fn lease_expiry(store: Store, capabilities: Capabilities) -> CheckResult {
     run("lease_expiry", store, capabilities, |ctx| async move {
         let key = ctx.key("abandoned")?;
@@ -32,9 +35,31 @@ pub async fn lease_expiry(store: Store, capabilities: Capabilities) -> CheckResu
             first.fencing,
             second.fencing
         );
-        Ok(())
+        holds_its_fraction(&ctx).await
     })
     .await
+}
+
+/// A lease of one second and a fraction of one.
+const FRACTIONAL_LEASE: Duration = Duration::from_millis(1_990);
+
+/// Another owner still sees a [`FRACTIONAL_LEASE`] in progress a clock slack before its end.
+/// A store keeping leases in whole seconds (Redis's `EX`, an integer `INTERVAL`) ends it
+/// after one second, and lets a second owner in while the first still runs.
+async fn holds_its_fraction(ctx: &Ctx) -> Result<(), String> {
+    let key = ctx.key("fractional")?;
+    let asked = Instant::now();
+    let lease = ctx.acquire(&key, FRACTIONAL_LEASE).await?;
+    let before_end = FRACTIONAL_LEASE.saturating_sub(ctx.slack());
+    tokio::time::sleep(before_end.saturating_sub(asked.elapsed())).await;
+    let meanwhile = ctx.probe(&key).await?;
+    ensure!(
+        matches!(meanwhile, Claim::InProgress { .. }),
+        "{:?} into a {FRACTIONAL_LEASE:?} lease, another owner should see InProgress, got \
+         {meanwhile:?}",
+        asked.elapsed()
+    );
+    ctx.release(&lease).await
 }
 
 /// After a takeover, complete, fail, renew and release with the old lease each return
