@@ -99,7 +99,8 @@
 //! typed Rust values, never bytes it must decode (nothing it holds can fail to decode),
 //! and it has no server to be unreachable. A store author who skips the hook runs none
 //! of those six checks: the table's claim for those sentences (and for the whole length
-//! of the fencing memory and of a long token lifetime) holds only where the hook is wired.
+//! of the fencing memory, for a record's expiry moved by a renewal, a retried claim or a
+//! finish, and for a long token lifetime) holds only where the hook is wired (Gaps 1, 7, 8).
 //!
 //! ## Gaps
 //!
@@ -115,7 +116,8 @@
 //!    60 s passes (the in-memory store's traces are `lifecycle` entries, whose expiry the
 //!    core's own tests pin); (b) a store that drops a trace before the expiry it wrote, by
 //!    a path of its own (a purge ignoring the expiry, an eviction under memory pressure
-//!    such as a Redis `maxmemory` policy), passes for the part after 12 s.
+//!    such as a Redis `maxmemory` policy), passes for the part after 12 s. Of the broken
+//!    stores, `HalfFencingMemory` (30 s) passes every check but that one.
 //! 2. **"Every method is atomic with respect to every other call on the same key"** is
 //!    checked for claim against claim (new owners against each other, and a lapsed owner's
 //!    retried claim against a new owner's); complete/fail/renew/release/remove against a claim
@@ -143,7 +145,19 @@
 //!    long token lifetime** are checked only where the backend wires its [`Sabotage`] or
 //!    [`TokenSabotage`] hook (see above); a store that does not runs none of those checks,
 //!    and a [`TokenSabotage`] that leaves `kept_for` to its default passes
-//!    [`sabotage_checks::token_lifetime`] whatever the store keeps.
+//!    [`sabotage_checks::token_lifetime`] whatever the store keeps. Of the broken stores,
+//!    `CorruptAsFree`, `UnavailableAsBackend` and `HangsWhenDown` pass every other check.
+//! 8. **A record's own expiry, moved by `renew`, by the holder's retried claim or by a
+//!    finish,** is seen only through the storage's own expiry
+//!    ([`sabotage_checks::trace_lifetime`], by [`Sabotage::kept_for`]): no end-to-end
+//!    check waits past the 60 s a claim's record is first kept. Where the hook is not
+//!    wired, four broken stores pass every check though they break more than the length
+//!    of the fencing memory: `RenewKeepsExpiry` and `ReclaimKeepsExpiry` (a lease extended
+//!    past 60 s outlives its record, and a second owner acquires the key while the first
+//!    still holds it), `FinishKeepsShorterExpiry` (a retention past what the claim was
+//!    kept for is cut short, and a repeat after the cut runs the operation again) and
+//!    `RenewKeepsLeaseTtl` (a lease renewed past 60 s is remembered only 60 s once
+//!    released).
 
 #[allow(unused_imports)]
 use crate::{Sabotage, TokenSabotage, checks, sabotage_checks, token_checks};

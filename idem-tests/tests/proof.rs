@@ -247,3 +247,25 @@ async fn trace_lifetime_passes_a_storage_that_never_expires() {
         "a key the storage never expires is kept long enough: {result:?}"
     );
 }
+
+/// The contract's own text, whose Gaps section must own up to what needs the hook.
+const CONTRACT: &str = include_str!("../src/contract.rs");
+
+#[test]
+fn every_defect_only_a_hook_catches_is_named_in_the_gaps() {
+    let gaps = CONTRACT
+        .split_once("//! ## Gaps")
+        .map(|(_, gaps)| gaps)
+        .expect("the contract has a Gaps section");
+    let fault_check = |name: &&str| FAULT_CHECKS.iter().any(|c| c.name == *name);
+    let unnamed: Vec<_> = Defect::ALL
+        .iter()
+        .filter(|defect| defect.caught_by().iter().all(fault_check))
+        .filter(|defect| !gaps.contains(&format!("`{defect:?}`")))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "defects that only the Sabotage hook's checks catch (so a store without the hook \
+         passes with them), not named in the contract's Gaps: {unnamed:?}"
+    );
+}
