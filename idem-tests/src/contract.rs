@@ -24,7 +24,7 @@
 //! | (A lapsed lease nobody took over still counts, while the store remembers the key.) | [`checks::lapsed_lease_still_finishes`] (complete, fail, renew, release), [`checks::model`] | `DropsLapsedLeases`, `DropsLapsedRenewals` |
 //! | Finished records keep their payload byte for byte for their retention TTL, then the key is free again. | [`checks::replay_fidelity`] (byte for byte), [`checks::retention`] (then free), [`checks::retention_from_finish`] (retention counted from the finish, once), [`checks::free_key`], [`checks::exclusive_every_path`] (retention ended), [`checks::model`]; a retention longer than the claim was kept for, kept whole by the storage: [`sabotage_checks::trace_lifetime`] (only where the hook is wired) | `ReencodesPayloads`, `IgnoresRetention`, `SlidingRetention`, `RetentionFromClaim`, `RacesExpiredRecords`, `FinishKeepsShorterExpiry` |
 //! | Payloads over the store's limit are `PayloadTooLarge` and nothing is written. | [`checks::bad_input`] (complete and fail one byte over the declared limit; the claim unchanged; exactly the limit accepted) | `IgnoresPayloadLimit` |
-//! | Anything found in the store that does not decode is `CorruptRecord`. | [`sabotage_checks::corrupt_record`] (through the backend's [`Sabotage`] hook: every method on a record corrupted while claimed and once finished; never a panic, never freed or overwritten; `remove` deletes it or keeps it; neighbours untouched). Not for the in-memory store: see below. | `CorruptAsFree` |
+//! | Anything found in the store that does not decode is `CorruptRecord`. | [`sabotage_checks::corrupt_record`] (through the backend's [`Sabotage`] hook: every method on a record corrupted while claimed, once finished, and on a released key's trace, whose fencing number a claim must not start over; never a panic, never freed or overwritten; `remove` deletes it or keeps it; neighbours untouched). Not for the in-memory store: see below. | `CorruptAsFree`, `CorruptTraceAsFree` |
 //! | An unreachable backend is `Unavailable`, with the driver error as `source`. | [`sabotage_checks::unavailable_backend`] (every method on the hook's store whose server does not answer, each within `Capabilities::unavailable_within`). Not for the in-memory store: see below. | `UnavailableAsBackend`, `HangsWhenDown` |
 //! | Keys, TTLs and fingerprints arrive validated (`Key`, `Ttl`), so a store never has to check them. | [`checks::bad_input`] asserts `Key` and `Ttl` refuse malformed values (a rule of the core, not of a store: no store can break it) | none |
 //! | A store must store them faithfully: two different keys never share a record. | [`checks::namespace_isolation`], [`checks::key_fidelity`] (separators, escapes, case, spacing, Unicode normalisation, truncation at the maximum length, in namespace and id) | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator`, `TruncatesNamespace` |
@@ -146,7 +146,8 @@
 //!    [`TokenSabotage`] hook (see above); a store that does not runs none of those checks,
 //!    and a [`TokenSabotage`] that leaves `kept_for` to its default passes
 //!    [`sabotage_checks::token_lifetime`] whatever the store keeps. Of the broken stores,
-//!    `CorruptAsFree`, `UnavailableAsBackend` and `HangsWhenDown` pass every other check.
+//!    `CorruptAsFree`, `CorruptTraceAsFree`, `UnavailableAsBackend` and `HangsWhenDown`
+//!    pass every other check.
 //! 8. **A record's own expiry, moved by `renew`, by the holder's retried claim or by a
 //!    finish,** is seen only through the storage's own expiry
 //!    ([`sabotage_checks::trace_lifetime`], by [`Sabotage::kept_for`]): no end-to-end

@@ -70,7 +70,8 @@ pub trait Sabotage: std::fmt::Debug + Send + Sync + 'static {
     fn store(&self) -> Store;
 
     /// Replaces the record [`store`](Self::store) keeps for `key` (the check made one: a
-    /// claim or a finished record) with bytes the store cannot decode, as a bad write by
+    /// claim, a finished record, or the trace a released key leaves) with bytes the store
+    /// cannot decode, as a bad write by
     /// another program, a disk fault or an old layout would leave them.
     ///
     /// # Errors

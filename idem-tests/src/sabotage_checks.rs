@@ -47,7 +47,8 @@ fn expect_corrupt<T: std::fmt::Debug>(what: &str, got: &Result<T, Error>) -> Res
 /// reads as corrupt afterwards. `remove` either deletes it (the key is then free: the
 /// operator's way out) or is `CorruptRecord` and leaves it. Keys next to it, finished or
 /// claimed, are untouched. Checked on a record corrupted while claimed (its owner's lease
-/// presented) and once finished.
+/// presented), once finished, and once released (the trace that carries its fencing
+/// number).
 ///
 /// # Errors
 ///
@@ -69,11 +70,15 @@ pub async fn corrupt_record(sabotage: SharedSabotage, capabilities: Capabilities
                 (done.clone(), ctx.read(&done).await?),
                 (held.clone(), ctx.read(&held).await?),
             ];
-            for (id, finished) in [("corrupt-claimed", false), ("corrupt-finished", true)] {
+            for id in ["corrupt-claimed", "corrupt-finished", "corrupt-freed"] {
                 let key = ctx.key(id)?;
                 let lease = ctx.acquire(&key, LONG).await?;
-                if finished {
-                    ctx.complete(&lease, "to be corrupted").await?;
+                match id {
+                    "corrupt-finished" => ctx.complete(&lease, "to be corrupted").await?,
+                    // The trace a freed key leaves carries its fencing number: read as no
+                    // trace, the next claim would start the numbers over.
+                    "corrupt-freed" => ctx.release(&lease).await?,
+                    _ => {}
                 }
                 sabotage
                     .corrupt_record(&key)

@@ -180,6 +180,10 @@ pub enum Defect {
     /// A record that does not decode counts as no record: it reads as free, and a claim
     /// writes over it.
     CorruptAsFree,
+    /// A freed key's trace that does not decode counts as no trace (only a claim or a
+    /// finished record is checked): it reads as free, and a claim writes over it with
+    /// fencing number 1, below the numbers the key had already issued.
+    CorruptTraceAsFree,
     /// A server that does not answer is reported as `Backend` (not worth retrying) instead
     /// of `Unavailable`.
     UnavailableAsBackend,
@@ -249,6 +253,7 @@ impl Defect {
         Defect::ReadsNothing,
         Defect::RemoveIsNoop,
         Defect::CorruptAsFree,
+        Defect::CorruptTraceAsFree,
         Defect::UnavailableAsBackend,
         Defect::HangsWhenDown,
     ];
@@ -503,7 +508,7 @@ impl Defect {
                 "removals_race_each_other",
                 "trace_lifetime",
             ],
-            Defect::CorruptAsFree => &["corrupt_record"],
+            Defect::CorruptAsFree | Defect::CorruptTraceAsFree => &["corrupt_record"],
             Defect::UnavailableAsBackend | Defect::HangsWhenDown => &["unavailable_backend"],
         }
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use idem_core::backend::lifecycle::Phase;
 use idem_core::{BoxError, Error, Key, Token, async_trait};
 
 use super::Defect;
@@ -34,9 +35,24 @@ impl BrokenStore {
         }
     }
 
-    /// Whether the record at `slot` was corrupted.
+    /// Whether the record at `slot` was corrupted. Under [`Defect::CorruptTraceAsFree`] a
+    /// corrupted freed key's trace is not: it decodes as no trace, and goes.
     pub(super) fn undecodable(&self, slot: &str) -> Result<bool, Error> {
-        Ok(self.lock()?.corrupt.contains(slot))
+        let mut state = self.lock()?;
+        if !state.corrupt.contains(slot) {
+            return Ok(false);
+        }
+        let trace = state
+            .entries
+            .get(slot)
+            .is_some_and(|entry| matches!(entry.phase, Phase::Vacant));
+        if trace && self.defect == Defect::CorruptTraceAsFree {
+            // With the garbage goes the fencing number it carried.
+            state.corrupt.remove(slot);
+            state.entries.remove(slot);
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Drops the slot's record, corrupt or not.
