@@ -392,15 +392,33 @@ pub async fn trace_lifetime(sabotage: SharedSabotage, capabilities: Capabilities
                 ensure!(
                     // Saturating: a hook says `Duration::MAX` for a key its storage never expires.
                     kept.is_some_and(|kept| kept.saturating_add(ctx.slack()) >= owed),
-                    "{key} ({path}, a {lease_ttl:?} lease): freed {:?} ago, the storage keeps it \
-                     {kept:?} more; the contract owes {owed:?} more (trace TTL {trace:?})",
-                    looked.saturating_duration_since(freed_at)
+                    "{key} ({path}, a {lease_ttl:?} lease): {}; the storage keeps it {kept:?} \
+                     more, the contract owes {owed:?} more",
+                    standing(path, freed_at, looked, trace)
                 );
             }
             Ok(())
         },
     )
     .await
+}
+
+/// How the key of `path` stood when looked at, and what it is owed from `since`, in words:
+/// an extended lease is not freed yet, and a finished record is owed its retention, not a
+/// trace.
+fn standing(path: &str, since: Instant, looked: Instant, owed_for: Duration) -> String {
+    if path == "completed" {
+        let ago = looked.saturating_duration_since(since);
+        return format!("finished {ago:?} ago, owed its {owed_for:?} retention");
+    }
+    if since > looked {
+        let lapsing = since.saturating_duration_since(looked);
+        return format!(
+            "still held, its extended lease lapsing in {lapsing:?}, then owed a {owed_for:?} trace"
+        );
+    }
+    let ago = looked.saturating_duration_since(since);
+    format!("freed {ago:?} ago, owed a {owed_for:?} trace")
 }
 
 /// The trace TTL of a [`LONGER_THAN_MEMORY`] lease.

@@ -269,3 +269,26 @@ fn every_defect_only_a_hook_catches_is_named_in_the_gaps() {
          passes with them), not named in the contract's Gaps: {unnamed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_lifetime_says_how_the_key_it_fails_stands() {
+    // Each of these stores fails the check first on a key that is not freed when looked at:
+    // a lease extended past the memory (still held), a record finished with a long retention.
+    let expected = [
+        (Defect::ReclaimKeepsExpiry, "still held"),
+        (Defect::RenewKeepsExpiry, "still held"),
+        (Defect::FinishKeepsShorterExpiry, "retention"),
+    ];
+    for (defect, says) in expected {
+        let store = Arc::new(defect.store(capabilities().max_payload));
+        let sabotage: SharedSabotage = Arc::new(Arc::clone(&store));
+        let failure = sabotage_checks::trace_lifetime(sabotage, capabilities())
+            .await
+            .expect_err("trace_lifetime catches the defect");
+        assert!(
+            failure.message.contains(says) && !failure.message.contains("freed"),
+            "{defect:?}: the message should say the key is {says:?}, not freed: {}",
+            failure.message
+        );
+    }
+}
