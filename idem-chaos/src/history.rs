@@ -43,6 +43,16 @@ struct Run {
     started: Instant,
     /// When the effect took place (the end of the operation).
     at: Instant,
+    /// When the operation returned, if it went on after its effect
+    /// ([`History::returned`]); its outcome write began then.
+    returned: Option<Instant>,
+}
+
+impl Run {
+    /// When the run's outcome write could begin.
+    fn end(&self) -> Instant {
+        self.returned.unwrap_or(self.at)
+    }
 }
 
 /// What one attempt of a caller came back with.
@@ -207,8 +217,20 @@ impl History {
             id,
             started,
             at: Instant::now(),
+            returned: None,
         };
         self.inner().runs.entry(id.key).or_default().push(run);
+    }
+
+    /// The operation of `id`, which took effect earlier, returned now: its outcome write
+    /// begins only now.
+    pub fn returned(&self, id: RunId) {
+        let now = Instant::now();
+        let mut inner = self.inner();
+        let runs = inner.runs.entry(id.key).or_default();
+        if let Some(run) = runs.iter_mut().find(|run| run.id == id) {
+            run.returned = Some(now);
+        }
     }
 
     /// The caller of `request` got `answer` for `key`.
@@ -397,12 +419,12 @@ impl History {
             Fault::Outage { key, from, to, .. } => {
                 let to = key.map_or(*to, |k| chained_end(inner, k, *to));
                 let renewed = (*from)
-                    .min(first.at)
+                    .min(first.end())
                     .checked_sub(self.lease / 3)
                     .map_or(first.started, |at| at.max(first.started));
                 let lease_end = renewed + self.lease;
                 key.is_none_or(|k| k == first.id.key)
-                    && *from <= first.at + IN_FLIGHT
+                    && *from <= first.end() + IN_FLIGHT
                     && to + FINAL_MARGIN >= lease_end
                     && *from < second.at
             }

@@ -41,12 +41,19 @@ pub enum Scenario {
     Memory,
     /// A memory store at capacity, refusing new keys.
     MemoryFull,
+    /// The memory store under `CancelPolicy::Release`: operations mark `commit` before their
+    /// effect, and one caller in five goes away.
+    MemoryRelease,
     /// Redis without persistence, killed and restarted: every record is lost each time.
     RedisKill,
     /// Redis with AOF and `appendfsync always`, killed and restarted.
     RedisAof,
     /// Redis paused (SIGSTOP) and resumed (SIGCONT), sometimes for longer than a lease.
     RedisPause,
+    /// `redis-pause` under `CancelPolicy::Release`, as `memory-release`.
+    RedisRelease,
+    /// The store's Redis connections closed by the server (`CLIENT KILL`), busy or idle.
+    RedisClients,
     /// MariaDB queries and connections killed while row locks make queries wait.
     MysqlKill,
     /// MariaDB row locks held on claimed rows, past the lock wait timeout.
@@ -64,12 +71,15 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 14] = [
         Self::Memory,
         Self::MemoryFull,
+        Self::MemoryRelease,
         Self::RedisKill,
         Self::RedisAof,
         Self::RedisPause,
+        Self::RedisRelease,
+        Self::RedisClients,
         Self::MysqlKill,
         Self::MysqlLocks,
         Self::MysqlTx,
@@ -84,9 +94,12 @@ impl Scenario {
         match self {
             Self::Memory => "memory",
             Self::MemoryFull => "memory-full",
+            Self::MemoryRelease => "memory-release",
             Self::RedisKill => "redis-kill",
             Self::RedisAof => "redis-aof",
             Self::RedisPause => "redis-pause",
+            Self::RedisRelease => "redis-release",
+            Self::RedisClients => "redis-clients",
             Self::MysqlKill => "mysql-kill",
             Self::MysqlLocks => "mysql-locks",
             Self::MysqlTx => "mysql-tx",
@@ -102,12 +115,21 @@ impl Scenario {
         match self {
             Self::Memory => "memory store; callers that go away; operations slower than the lease",
             Self::MemoryFull => "memory store at capacity (refuses new keys with Unavailable)",
+            Self::MemoryRelease => {
+                "memory store, CancelPolicy::Release, commit before each effect, 20 % of callers go away"
+            }
             Self::RedisKill => "private redis-server without persistence, SIGKILLed and restarted",
             Self::RedisAof => {
                 "private redis-server, AOF appendfsync always, SIGKILLed and restarted"
             }
             Self::RedisPause => {
                 "private redis-server paused with SIGSTOP/SIGCONT, up to 1.5 leases"
+            }
+            Self::RedisRelease => {
+                "redis-pause under CancelPolicy::Release, commit before each effect, 20 % of callers go away"
+            }
+            Self::RedisClients => {
+                "private redis-server closing the store's connections (CLIENT KILL), busy or idle"
             }
             Self::MysqlKill => {
                 "private mariadbd: KILL QUERY / KILL CONNECTION while locks make queries wait"
@@ -144,9 +166,12 @@ impl Scenario {
         let result = match self {
             Self::Memory => scenarios::memory(&workload).await,
             Self::MemoryFull => scenarios::memory_full(&workload).await,
+            Self::MemoryRelease => scenarios::memory(&scenarios::releasing(&workload)).await,
             Self::RedisKill => scenarios::redis_kill(&workload, false).await,
             Self::RedisAof => scenarios::redis_kill(&workload, true).await,
             Self::RedisPause => scenarios::redis_pause(&workload).await,
+            Self::RedisRelease => scenarios::redis_pause(&scenarios::releasing(&workload)).await,
+            Self::RedisClients => scenarios::redis_clients(&workload).await,
             Self::MysqlKill => scenarios::mysql_kill(&workload).await,
             Self::MysqlLocks => scenarios::mysql_locks(&workload).await,
             Self::MysqlTx => scenarios::mysql_tx(&workload).await,

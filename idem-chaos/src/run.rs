@@ -14,12 +14,16 @@ use crate::workload::{self, Workload};
 
 pub(crate) type Outcome = Result<Summary, StartError>;
 
-/// The executor the callers share: the scenario's lease, fail fast on `InProgress`.
+/// The executor the callers share: the scenario's lease and cancel policy, fail fast on
+/// `InProgress`.
 pub(crate) fn executor<S: IdempotencyStore>(
     store: S,
     workload: &Workload,
 ) -> Result<Idempotency<S>, Error> {
-    let config = Config::builder().lease_ttl(workload.lease).build()?;
+    let config = Config::builder()
+        .lease_ttl(workload.lease)
+        .cancel_policy(workload.cancel_policy)
+        .build()?;
     Idempotency::with_config(store, config)
 }
 

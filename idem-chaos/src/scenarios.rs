@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use idem::attempt::CancelPolicy;
 use idem::mysql::MySqlStore;
 use idem::mysql::sqlx::{self, Connection, MySqlConnection, Row};
 use idem::redis::RedisStore;
@@ -44,6 +45,17 @@ pub(crate) async fn memory_full(workload: &Workload) -> Outcome {
     let mut summary = history.check("memory-full");
     summary.flag_kinds(&[ErrorKind::Backend, ErrorKind::Corrupt]);
     Ok(summary)
+}
+
+/// `workload` under [`CancelPolicy::Release`]: each operation marks its commit before its
+/// effect and goes on after it, and one caller in five goes away at a random moment, before
+/// or after the mark.
+pub(crate) fn releasing(workload: &Workload) -> Workload {
+    Workload {
+        cancel_policy: CancelPolicy::Release,
+        cancel_percent: 20,
+        ..workload.clone()
+    }
 }
 
 // ---- Redis ----
@@ -150,6 +162,39 @@ pub(crate) async fn redis_pause(workload: &Workload) -> Outcome {
             pause_ms(&mut rng, 20..longest).await;
             server.resume();
             outage_until_answered(&history, &probe, &stop, "pause", from).await;
+        }
+    })
+    .await;
+    Ok(verdict(&history))
+}
+
+/// The server closes the store's connections now and then (`CLIENT KILL`), whether a call
+/// is on them or they sit idle: each is `Unavailable` at worst, and nothing runs twice.
+pub(crate) async fn redis_clients(workload: &Workload) -> Outcome {
+    let (server, idem, _probe, history) = redis_ground(&["--appendonly", "no"], workload).await?;
+    let mut admin = redis::Client::open(server.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let injector_history = Arc::clone(&history);
+    let seed = workload.seed;
+    with_faults(idem, workload, &history, move |stop| async move {
+        let _server = server;
+        let history = injector_history;
+        let mut rng = fastrand::Rng::with_seed(seed ^ 0xc11e);
+        while !stop.load(Ordering::SeqCst) {
+            pause_ms(&mut rng, 50..400).await;
+            // Every connection but the injector's own.
+            let killed: Result<u64, _> = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+                .query_async(&mut admin)
+                .await;
+            match killed {
+                Ok(n) if n > 0 => history.fault(Fault::Instant {
+                    what: "client-kill",
+                }),
+                Ok(_) => {}
+                Err(e) => eprintln!("client kill: {e}"),
+            }
         }
     })
     .await;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use idem::attempt::CancelPolicy;
 use idem::{
     Error, ExecuteError, Execution, Fingerprint, Idempotency, IdempotencyStore, Key, Retryable,
 };
@@ -36,6 +37,12 @@ pub struct Workload {
     pub deadline: Duration,
     /// The lease the executor takes.
     pub lease: Duration,
+    /// What a caller going away does to its attempt. Under [`CancelPolicy::Release`] each
+    /// operation marks [`commit`](idem::attempt::LeaseHandle::commit) just before its
+    /// effect and goes on for a while after it, as an HTTP handler whose body still
+    /// streams: a caller gone before the mark frees the key with no effect, one gone after
+    /// it must leave the operation to finish and its outcome stored.
+    pub cancel_policy: CancelPolicy,
     /// The seed of every random choice.
     pub seed: u64,
 }
@@ -55,6 +62,7 @@ impl Workload {
             cancel_percent: 3,
             deadline: Duration::from_secs(20),
             lease: Duration::from_secs(1),
+            cancel_policy: CancelPolicy::Detach,
             seed,
         }
     }
@@ -202,6 +210,7 @@ impl<S: IdempotencyStore> Caller<S> {
         let history = Arc::clone(&self.history);
         let ran_inside = Arc::clone(&ran);
         let (idem, key) = (self.idem.clone(), key.clone());
+        let commits = self.workload.cancel_policy == CancelPolicy::Release;
         // Spawned, so a panic is caught and counted; a caller that goes away has its future
         // dropped at a random moment.
         let handle = tokio::spawn(async move {
@@ -216,9 +225,19 @@ impl<S: IdempotencyStore> Caller<S> {
                     request,
                     fencing: lease.fencing,
                 };
+                if commits {
+                    // No await between the mark and the effect: an effect implies the mark.
+                    lease.commit();
+                }
                 // The effect: from here on the operation has taken place.
                 history.ran(id, started);
                 ran_inside.store(true, Ordering::SeqCst);
+                if commits {
+                    // The rest of the operation after its effect, which a caller going
+                    // away must not cut short.
+                    tokio::time::sleep(plan.after_effect).await;
+                    history.returned(id);
+                }
                 if plan.decline {
                     Err(OpError::Declined(id))
                 } else {
@@ -278,10 +297,19 @@ impl<S: IdempotencyStore> Caller<S> {
         } else {
             self.op_duration()
         };
-        let cancel_after = (self.rng.u32(0..100) < w.cancel_percent)
-            .then(|| Duration::from_millis(self.rng.u64(0..=millis(duration) * 2 + 1)));
+        // Drawn only where it is used, so the other scenarios keep their seeds' sequences.
+        let after_effect = if w.cancel_policy == CancelPolicy::Release {
+            self.op_duration()
+        } else {
+            Duration::ZERO
+        };
+        let cancel_after = (self.rng.u32(0..100) < w.cancel_percent).then(|| {
+            let whole = millis(duration) + millis(after_effect);
+            Duration::from_millis(self.rng.u64(0..=whole * 2 + 1))
+        });
         Plan {
             duration,
+            after_effect,
             transient: self.rng.u32(0..100) < w.transient_percent,
             decline: self.rng.u32(0..100) < w.decline_percent,
             cancel_after,
@@ -301,6 +329,8 @@ fn millis(duration: Duration) -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     duration: Duration,
+    /// How long the operation goes on after its effect, under [`CancelPolicy::Release`].
+    after_effect: Duration,
     transient: bool,
     decline: bool,
     cancel_after: Option<Duration>,
