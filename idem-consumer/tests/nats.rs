@@ -638,15 +638,7 @@ async fn a_dead_letter_copy_refused_at_the_last_delivery_is_tried_again() {
         .expect("the first copy");
     drop(first_try);
     // The dead-letter stream comes up only now.
-    jet.js
-        .create_stream(nats::async_nats::jetstream::stream::Config {
-            name: late_stream.clone(),
-            subjects: vec![late_subject],
-            max_age: Duration::from_secs(600),
-            ..Default::default()
-        })
-        .await
-        .expect("dead-letter stream");
+    common::create_stream(&jet.js, &late_stream, &late_subject).await;
     wait_until("the copy in the dead-letter stream", DEADLINE, || async {
         jet.messages_in(&late_stream).await == 1
     })

@@ -601,6 +601,33 @@ pub async fn nats_connect(url: &str) -> async_nats::Client {
         })
 }
 
+/// Creates a stream whose messages a test that dies leaves for ten minutes at most.
+///
+/// Tried up to five times: nats-server 2.9 deletes the account's storage directory with its
+/// last stream, and a stream created by a parallel test at that moment fails ("could not
+/// create storage directory", code 10049) although JetStream is up.
+pub async fn create_stream(js: &jetstream::Context, name: &str, subject: &str) {
+    let mut tries = 0;
+    loop {
+        let created = js
+            .create_stream(stream::Config {
+                name: name.to_owned(),
+                subjects: vec![subject.to_owned()],
+                max_age: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => return,
+            Err(_) if tries < 4 => tries += 1,
+            Err(e) => panic!(
+                "creating stream {name} failed ({e}); is JetStream on (-js)? Start NATS with:\n    {START_NATS}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Jet {
     pub async fn new() -> Self {
         let sfx = suffix();
@@ -609,14 +636,7 @@ impl Jet {
         let (stream, subject) = (format!("IDEM_TEST_{sfx}"), format!("idem.test.{sfx}"));
         let (dead_stream, dead_subject) = (format!("IDEM_DEAD_{sfx}"), format!("idem.dead.{sfx}"));
         for (name, subject) in [(&stream, &subject), (&dead_stream, &dead_subject)] {
-            js.create_stream(stream::Config {
-                name: name.clone(),
-                subjects: vec![subject.clone()],
-                max_age: Duration::from_secs(600), // left-overs of a test that died
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("creating stream {name} failed ({e}); is JetStream on (-js)? Start NATS with:\n    {START_NATS}"));
+            create_stream(&js, name, subject).await;
         }
         Self {
             client,
