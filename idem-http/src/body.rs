@@ -37,8 +37,7 @@ impl<B> ResponseBody<B> {
         Self::full_with_trailers(data, None)
     }
 
-    /// A buffered body followed by its trailers: a first response, whose trailers its
-    /// client gets though they are not stored.
+    /// A buffered body followed by its trailers: a first response, or its replay.
     pub(crate) fn full_with_trailers(data: Bytes, trailers: Option<Box<HeaderMap>>) -> Self {
         Self {
             kind: Kind::Full {
@@ -184,8 +183,8 @@ fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
 
 /// A response body read as far as the limit allows.
 pub(crate) enum BufferedResponse<B> {
-    /// The whole body, and its trailers if any: given back to the first client, never
-    /// stored.
+    /// The whole body, and its trailers if any: given back to the first client, and
+    /// stored with the response.
     Complete(Parts, Bytes, Option<Box<HeaderMap>>),
     /// Over the limit: the response, still streaming, with what was read put back in
     /// front; and how many bytes were read.

@@ -16,6 +16,8 @@ pub enum Replay {
         headers: usize,
         /// Its body.
         body: Bytes,
+        /// How many trailer lines follow its body.
+        trailers: usize,
         /// Whether encoding the decoded response and decoding that again gives the same
         /// response: the layout has one reading.
         stable: bool,
@@ -50,11 +52,12 @@ pub fn replay(raw: &[u8]) -> Result<Replay, &'static str> {
                 .ok()
                 .and_then(|encoded| StoredOutcome::decode(&encoded).ok())
                 .is_some_and(|again| again == StoredOutcome::Response(record.clone()));
-            let response = record.into_response();
+            let (response, trailers) = record.into_response();
             Ok(Replay::Response {
                 status: response.status().as_u16(),
                 headers: response.headers().len(),
                 body: response.into_body(),
+                trailers: trailers.map_or(0, |trailers| trailers.len()),
                 stable,
             })
         }
@@ -85,6 +88,7 @@ mod tests {
         let stored = encode_response(
             StatusCode::CREATED,
             || headers.iter().map(|(name, value)| (name, value)),
+            None,
             b"{\"id\":7}",
         )
         .expect("encodes");
@@ -94,6 +98,7 @@ mod tests {
                 status: 201,
                 headers: 2,
                 body: Bytes::from_static(b"{\"id\":7}"),
+                trailers: 0,
                 stable: true,
             })
         );

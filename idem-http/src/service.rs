@@ -271,9 +271,7 @@ impl<S: IdempotencyStore> Shared<S> {
                     self.run(inner, lease, request).await
                 }
                 // The layer never writes failures, but a record is a record: replay it.
-                Ok(Claim::Completed(stored) | Claim::Failed(stored)) => {
-                    Ok(own(self.replay(&stored)))
-                }
+                Ok(Claim::Completed(stored) | Claim::Failed(stored)) => Ok(self.replay(&stored)),
                 Ok(Claim::InProgress { retry_after }) => {
                     let usual = self
                         .runs
@@ -485,19 +483,20 @@ impl<S: IdempotencyStore> Shared<S> {
         }
     }
 
-    /// Replays a stored outcome, marked with `Idempotent-Replayed: true`.
-    fn replay(&self, stored: &Bytes) -> Response<Bytes> {
-        let mut response = match StoredOutcome::decode(stored) {
+    /// Replays a stored outcome, marked with `Idempotent-Replayed: true`: its body ends with
+    /// the trailers the first response's did.
+    fn replay<B>(&self, stored: &Bytes) -> Response<ResponseBody<B>> {
+        let (mut response, trailers) = match StoredOutcome::decode(stored) {
             Ok(StoredOutcome::Response(record)) => record.into_response(),
-            Ok(StoredOutcome::TooLarge { status, .. }) => self.not_stored(status),
+            Ok(StoredOutcome::TooLarge { status, .. }) => (self.not_stored(status), None),
             // A marker is stored only for a key kept from a second run.
-            Ok(StoredOutcome::BodyFailed { status }) => self.body_failed(status, true),
-            Err(reason) => return unreadable(reason),
+            Ok(StoredOutcome::BodyFailed { status }) => (self.body_failed(status, true), None),
+            Err(reason) => return own(unreadable(reason)),
         };
         response
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-        response
+        response.map(|body| ResponseBody::full_with_trailers(body, trailers))
     }
 
     /// The answer to a request whose handler answered `status` with a body that failed

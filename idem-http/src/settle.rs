@@ -105,13 +105,16 @@ impl<B, E> Settle<Output<B, E>> for SettleResponse {
                 );
                 self.marker(*size)
             }
-            Ok(BufferedResponse::Complete(parts, body, _)) => {
+            Ok(BufferedResponse::Complete(parts, body, trailers)) => {
                 self.status = parts.status;
                 if self.settings.releases(parts.status, committed) {
                     return Settlement::Release;
                 }
                 let names = &self.settings.options.replay_headers;
-                match encode_response(parts.status, || selected_headers(names, parts), body) {
+                let headers = || selected_headers(names, parts);
+                // Every trailer is kept: they end the body (a gRPC status, a checksum), so a
+                // replay without them is not the response that ran.
+                match encode_response(parts.status, headers, trailers.as_deref(), body) {
                     Ok(payload) => Settlement::Complete {
                         payload,
                         retention: self.settings.retention,

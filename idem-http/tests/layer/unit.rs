@@ -881,10 +881,9 @@ async fn inside_a_nest_the_fingerprint_reads_the_path_the_client_sent() {
     );
 }
 
-/// Trailers are not stored, so a replay has none; but the first response is the handler's
-/// own, and its client must get all of it. Buffering the body for storage used to drop the
-/// trailers frame, so the first client lost them too (a gRPC call's `grpc-status`, a
-/// checksum sent after the body).
+/// The first response is the handler's own, and its client must get all of it. Buffering
+/// the body for storage used to drop the trailers frame, so the first client lost them (a
+/// gRPC call's `grpc-status`, a checksum sent after the body).
 #[tokio::test]
 async fn the_first_response_keeps_its_trailers() {
     let runs = Arc::new(AtomicUsize::new(0));
@@ -929,9 +928,69 @@ async fn the_first_response_keeps_its_trailers() {
         .expect("infallible");
     assert!(again.headers().contains_key("idempotent-replayed"));
     let again = again.into_body().collect().await.expect("body");
-    assert!(again.trailers().is_none(), "trailers are not stored");
     assert_eq!(again.to_bytes().as_ref(), b"answer");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A replay is the response that ran, trailers included: they end its body (a gRPC call's
+/// `grpc-status` and `grpc-message`, a checksum of the body). They used to be left out of
+/// the stored record, so every replay ended without them: a gRPC client read the replay
+/// as a call that failed, and a checksum went missing.
+#[tokio::test]
+async fn a_replay_ends_with_the_first_responses_trailers() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from(run));
+                trailers.append("checksum", http::HeaderValue::from_static("a"));
+                trailers.append("checksum", http::HeaderValue::from_static("b"));
+                let frames = [
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                        axum::body::Bytes::from_static(b"answer"),
+                    )),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                Ok::<_, std::convert::Infallible>(Response::new(Body::new(body)))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = service
+            .clone()
+            .oneshot(post("\"trailers\""))
+            .await
+            .expect("infallible");
+        let replayed = response.headers().contains_key("idempotent-replayed");
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned();
+        answers.push((replayed, collected.to_bytes(), trailers));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let [
+        (false, body, trailers),
+        (true, replayed_body, replayed_trailers),
+    ] = &answers[..]
+    else {
+        panic!("a first answer, then a replay: {answers:?}");
+    };
+    assert_eq!(replayed_body, body);
+    let trailers = trailers.as_ref().expect("the first answer's trailers");
+    assert_eq!(trailers["grpc-status"], "1");
+    assert_eq!(
+        replayed_trailers.as_ref(),
+        Some(trailers),
+        "the replay ends with the same trailers"
+    );
 }
 
 /// A keyed request's body is rebuilt from its bytes for the handler, which drops the
