@@ -154,11 +154,20 @@ pub(crate) enum RequestBodyError {
 }
 
 /// Reads a whole request body, up to `limit` bytes.
+///
+/// A body that says it is longer than `limit` (its `Content-Length`) is refused before any
+/// of it is read: polling it would have the server send `100 Continue` to a client that
+/// asked first (`Expect: 100-continue`), so that it uploads a body only to be refused, and
+/// a `Content-Length` larger than what is sent would keep the request waiting for bytes
+/// that never come.
 pub(crate) async fn buffer_request<B>(body: B, limit: usize) -> Result<Bytes, RequestBodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    if body.size_hint().lower() > limit as u64 {
+        return Err(RequestBodyError::TooLarge);
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) if collected.trailers().is_some() => Err(RequestBodyError::Trailers),
         Ok(collected) => Ok(collected.to_bytes()),

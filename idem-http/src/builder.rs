@@ -81,8 +81,9 @@ impl<S: IdempotencyStore> IdempotencyLayerBuilder<S> {
         self
     }
 
-    /// The largest request body buffered for fingerprinting; a larger one gets 413.
-    /// Default: 1 MiB.
+    /// The largest request body buffered for fingerprinting; a larger one gets 413, at once
+    /// (before a `100 Continue`, and with none of it read) when its `Content-Length` says
+    /// so. Default: 1 MiB.
     pub fn max_request_body(mut self, bytes: usize) -> Self {
         self.options.max_request_body = bytes;
         self

@@ -15,6 +15,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use idem_core::IdempotencyStore;
 use idem_http::{IdempotencyLayer, IdempotencyLayerBuilder, KeyScope};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -287,4 +288,56 @@ async fn connect(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
         .expect("HTTP/1 handshake");
     tokio::spawn(connection);
     sender
+}
+
+/// A connection that writes raw HTTP/1 bytes and reads each response head as the server
+/// sends it, interim (`100 Continue`) responses included, which an HTTP client hides.
+pub struct Raw {
+    stream: TcpStream,
+    /// What was read past the last head.
+    read: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("connect to the test server");
+        Self {
+            stream,
+            read: Vec::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("the server reads");
+    }
+
+    /// The next response head (status line and headers), lower-cased; a minute without
+    /// one fails the test rather than hanging it.
+    pub async fn head(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(60), self.read_head())
+            .await
+            .expect("a response head within a minute")
+    }
+
+    async fn read_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.read.drain(..end + 4).collect();
+                return String::from_utf8_lossy(&head).to_ascii_lowercase();
+            }
+            let mut chunk = [0; 4096];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .expect("the server answers");
+            assert!(n > 0, "the connection closed without a response head");
+            self.read.extend_from_slice(&chunk[..n]);
+        }
+    }
 }

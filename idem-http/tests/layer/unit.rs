@@ -1041,3 +1041,68 @@ async fn a_keyed_request_with_trailers_is_refused_not_stripped() {
         "the handler never ran without them"
     );
 }
+
+/// A client that sends `Expect: 100-continue` waits for the server's go-ahead before it
+/// uploads the body. A body its `Content-Length` announces over `max_request_body` is
+/// refused with 413 at once; the layer used to poll it first, so the server sent
+/// `100 Continue`, the client uploaded (a megabyte of it was read) only to be refused,
+/// and a request whose `Content-Length` was larger than what it sent waited for bytes that
+/// never came. A body within the limit still gets the go-ahead, and its repeat the
+/// stored response after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_announced_over_the_limit_is_refused_before_the_client_is_asked_for_it() {
+    let layer = crate::support::builder(MemoryStore::new(), crate::support::by_principal())
+        .max_request_body(16)
+        .build()
+        .expect("valid");
+    let app = crate::support::serve(layer).await;
+    let head = |length: usize| {
+        format!(
+            "POST /orders HTTP/1.1\r\nhost: localhost\r\nidempotency-key: \"k\"\r\n\
+             x-principal: alice\r\nexpect: 100-continue\r\ncontent-length: {length}\r\n\r\n"
+        )
+    };
+    let mut over = crate::support::Raw::connect(app.addr).await;
+    over.write(head(17).as_bytes()).await;
+    let answer = over.head().await;
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+
+    for replayed in [false, true] {
+        let mut within = crate::support::Raw::connect(app.addr).await;
+        within.write(head(16).as_bytes()).await;
+        let go_ahead = within.head().await;
+        assert!(go_ahead.starts_with("http/1.1 100"), "{go_ahead}");
+        within.write(&[b'a'; 16]).await;
+        let answer = within.head().await;
+        assert!(answer.starts_with("http/1.1 201"), "{answer}");
+        assert_eq!(
+            answer.contains("idempotent-replayed: true"),
+            replayed,
+            "{answer}"
+        );
+    }
+    assert_eq!(app.runs(), 1);
+}
+
+/// A chunked body says nothing of its size, so the layer reads it up to the limit: one over
+/// it is 413 too, and the handler never runs.
+#[tokio::test]
+async fn a_chunked_body_over_the_limit_is_413_too() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .max_request_body(16)
+        .build()
+        .expect("valid");
+    let service = layer.layer(first_answers(StatusCode::OK, 2, Arc::clone(&runs)));
+    for (frames, status) in [(2, StatusCode::OK), (3, StatusCode::PAYLOAD_TOO_LARGE)] {
+        let chunks = (0..frames).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8]));
+        let request = Request::post("/x")
+            .header("idempotency-key", format!("\"chunked-{frames}\""))
+            .body(Body::from_stream(futures::stream::iter(chunks)))
+            .expect("a valid request");
+        let response = service.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), status, "{frames} chunks of 8 bytes");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
