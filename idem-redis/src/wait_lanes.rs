@@ -103,21 +103,40 @@ impl<C: RedisConnection> TakenLane<C> {
     /// [`Connection::run_then`] on this lane, in a task of its own that keeps the lane taken
     /// until the server has answered: once sent, a `WAIT` blocks the lane's connection until
     /// it ends, whether its caller still awaits it or went away, and a finish sent on the lane
-    /// meanwhile would queue behind it.
+    /// meanwhile would queue behind it. A call given up on unanswered (`Unavailable`: the
+    /// response timeout passed while the server was paused or busy) leaves the lane taken
+    /// until the server has caught up with it ([`drain`](Self::drain)).
     pub(crate) async fn run_then(
         self,
         script: &'static LuaScript,
         call: Cmd,
         then: impl Fn(Duration) -> Cmd + Send + Sync + 'static,
     ) -> Result<(Reply, Value), Error> {
-        let sent =
-            tokio::spawn(async move { Connection::run_then(&self, script, &call, then).await });
+        let sent = tokio::spawn(async move {
+            let answer = Connection::run_then(&self, script, &call, then).await;
+            if matches!(answer, Err(Error::Unavailable { .. })) {
+                tokio::spawn(self.drain());
+            }
+            answer
+        });
         match sent.await {
             Ok(answer) => answer,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             // The runtime is shutting down: the finish may or may not have been applied.
             Err(err) => Err(Error::unavailable(err)),
         }
+    }
+}
+
+impl<C: RedisConnection> TakenLane<C> {
+    /// Keeps the lane taken until the server has answered everything sent on it before, then
+    /// frees it. The client gives up on a reply at its response timeout, but the server still
+    /// runs what it was sent once it gets to it (a paused server, resumed): the finish, then
+    /// its `WAIT`, which blocks the connection for up to the replica wait. Replies come in
+    /// order, so a `PING`'s answer (or its own timeout, on a server still not answering) comes
+    /// after theirs.
+    async fn drain(self) {
+        let _ = self.query::<Value>(&redis::cmd("PING")).await;
     }
 }
 

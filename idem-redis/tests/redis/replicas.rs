@@ -435,3 +435,69 @@ async fn a_cancelled_finish_keeps_its_lane_busy_until_its_wait_ends() {
     let next = next.await.expect("the finish did not panic");
     assert!(next.is_ok(), "{next:?}");
 }
+
+/// A finish the client gave up on at its response timeout (the primary paused past it) is
+/// still run by the server once it resumes: the finish, then its `WAIT`, which blocks that
+/// lane's connection. The lane must count as busy until the server has answered it, so the
+/// next finish takes a free lane instead of queueing behind a `WAIT` nobody awaits.
+#[tokio::test]
+async fn a_finish_given_up_on_keeps_its_lane_busy_until_the_server_answered_it() {
+    let (primary, replica) = replica_pair();
+    let store = store_at(
+        &primary.url(),
+        RedisStore::builder()
+            .prefix(unique_prefix())
+            .response_timeout(Duration::from_secs(3))
+            .wait_for_replicas(1, Duration::from_millis(2_500)),
+    )
+    .await;
+    store.load_scripts().await.expect("SCRIPT LOAD");
+    let ttl = ttl_ms(60_000);
+    let first = acquire(&store, &ClaimRequest::new(key("given-up"), ttl)).await;
+    let second = acquire(&store, &ClaimRequest::new(key("after"), ttl)).await;
+    // Connected before the pause: a new connection would wait for the server too.
+    let mut raw = raw_connection(&primary.url()).await;
+    replica.pause();
+    primary.pause();
+    let given_up = store
+        .complete(&first, Bytes::from_static(b"paid"), ttl)
+        .await;
+    primary.resume();
+    assert!(
+        matches!(given_up, Err(Error::Unavailable { .. })),
+        "{given_up:?}"
+    );
+    let started = Instant::now();
+    while wait_clients(&mut raw).await.0 == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the resumed server never ran the finish's WAIT"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let next = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .complete(&second, Bytes::from_static(b"paid"), ttl)
+                .await
+        }
+    });
+    // Both blocked in `WAIT` at once, or the next one is queued behind the first's (where
+    // the store's own `PING` waits too, so a queue alone tells nothing) until it times out.
+    let waiting = loop {
+        let (waiting, _) = wait_clients(&mut raw).await;
+        if waiting >= 2 || next.is_finished() {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    replica.resume();
+    assert_eq!(
+        waiting, 2,
+        "the next finish queued behind the WAIT of one given up on"
+    );
+    let next = next.await.expect("the finish did not panic");
+    assert!(next.is_ok(), "{next:?}");
+}
