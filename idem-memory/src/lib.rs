@@ -4,6 +4,7 @@
 mod clock;
 mod full;
 mod replay_cache;
+mod scan;
 mod store;
 mod token;
 mod unapplied;

@@ -14,6 +14,7 @@ use moka::sync::Cache;
 
 use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
+use crate::scan::Expiring;
 use crate::unapplied::Unapplied;
 
 /// Bytes of process memory one record takes besides its key text and payload: moka's
@@ -60,6 +61,8 @@ pub struct Records {
     seen: Arc<AtomicU64>,
     /// When a full store may next sweep every stripe (see [`Records::sweep_all`]).
     next_full_sweep: Arc<AtomicU64>,
+    /// The finished records a full store saw expire soon (see [`Records::drop_expired`]).
+    expiring: Arc<Expiring<Arc<Key>>>,
     hasher: foldhash::fast::RandomState,
     clock: Clock,
     capacity: u64,
@@ -196,6 +199,7 @@ impl MemoryStore {
             unapplied: Arc::default(),
             seen: Arc::default(),
             next_full_sweep: Arc::default(),
+            expiring: Arc::default(),
             hasher: foldhash::fast::RandomState::default(),
             clock,
             capacity,
@@ -335,6 +339,7 @@ impl EntryMap for Records {
         if self.held_bytes() < self.capacity || self.holds(key) {
             return Ok(());
         }
+        self.drop_expired();
         self.apply_pending();
         self.sweep_all();
         if self.held_bytes() < self.capacity {
@@ -379,6 +384,24 @@ impl Records {
         for stripe in self.stripes.iter() {
             let mut stripe = stripe.lock().unwrap_or_else(PoisonError::into_inner);
             self.sweep(&mut stripe, now, true);
+        }
+    }
+
+    /// Drops the finished records whose retention has ended that moka has not dropped yet
+    /// (its timer wheel does, up to a second later: `crate::scan`), so that their bytes
+    /// leave the count, and the process, at their own expiry.
+    fn drop_expired(&self) {
+        let finished = self
+            .finished
+            .iter()
+            .map(|(key, entry)| (key, entry.expires_at));
+        for key in self.expiring.take_expired(self.now(), finished) {
+            // Under the key's stripe, where every write of a finished record is made: a
+            // record written since the scan is live, and stays.
+            let _stripe = self.stripe(&key);
+            if !self.finished.contains_key(&*key) {
+                self.finished.invalidate(&*key);
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use moka::ops::compute::Op;
 
 use crate::clock::{Clock, ClockExpiry};
 use crate::full::StoreFull;
+use crate::scan::Expiring;
 use crate::unapplied::Unapplied;
 
 /// Bytes of process memory one token takes besides its text and its scope's: moka's entry
@@ -38,6 +39,8 @@ pub struct Tokens {
     /// The weight of the tokens written since the store last ran moka's housekeeping,
     /// which moka's `weighted_size` may not count yet.
     unapplied: Arc<Unapplied>,
+    /// The tokens a full store saw expire soon (see [`Tokens::drop_expired`]).
+    expiring: Arc<Expiring<Arc<Token>>>,
     clock: Clock,
     capacity: u64,
 }
@@ -88,6 +91,7 @@ impl MemoryTokenStore {
             inner: TokenMapStore::new(Tokens {
                 cache,
                 unapplied: Arc::default(),
+                expiring: Arc::default(),
                 clock,
                 capacity,
             }),
@@ -112,6 +116,30 @@ impl MemoryTokenStore {
 impl Tokens {
     fn held_bytes(&self) -> u64 {
         self.unapplied.held(self.cache.weighted_size())
+    }
+
+    /// Drops the tokens past their expiry that moka has not dropped yet (its timer wheel
+    /// does, up to a second later: `crate::scan`), so that their bytes leave the count, and
+    /// the process, at their own expiry.
+    async fn drop_expired(&self) {
+        let tokens = self
+            .cache
+            .iter()
+            .map(|(token, entry)| (token, entry.expires_at));
+        for token in self.expiring.take_expired(self.clock.now(), tokens) {
+            // In the token's own compute, as every write of a token is made: one issued
+            // again since the scan is live, and stays. An expired token shows as none, and
+            // removing it drops what is left of it.
+            self.cache
+                .entry_by_ref(&*token)
+                .and_compute_with(|current| {
+                    std::future::ready(match current {
+                        None => Op::Remove,
+                        Some(_) => Op::Nop,
+                    })
+                })
+                .await;
+        }
     }
 
     /// Runs moka's housekeeping: expired tokens leave, and `weighted_size` counts every
@@ -157,6 +185,7 @@ impl TokenMap for Tokens {
         if self.held_bytes() < self.capacity {
             return Ok(());
         }
+        self.drop_expired().await;
         self.apply_pending().await;
         if self.held_bytes() < self.capacity {
             return Ok(());
