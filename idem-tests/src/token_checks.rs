@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use idem_core::{
     Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
@@ -121,7 +121,9 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
 /// A token is usable within its TTL and unknown after it; a used token's mark expires
 /// with it too (it is kept only to tell repeats "already used" meanwhile). Unknown means
 /// not stored: the ID of an expired token, used or not, is issued afresh, to another scope,
-/// which alone can use it then.
+/// which alone can use it then. And not before its TTL ends: a token issued for whole
+/// seconds and a fraction is still usable past its whole seconds (seen where the clock
+/// slack is under that fraction).
 ///
 /// # Errors
 ///
@@ -175,9 +177,34 @@ pub async fn token_expiry(store: SharedTokenStore, capabilities: Capabilities) -
                 "{what} token issued afresh past its TTL: expected Consumed, got {again:?}"
             );
         }
-        Ok(())
+        lives_its_fraction(&ctx).await
     })
     .await
+}
+
+/// A TTL of one second and a fraction of one.
+const FRACTIONAL_TTL: Duration = Duration::from_millis(1_990);
+
+/// A token issued for [`FRACTIONAL_TTL`] is still consumed a clock slack before its end. A
+/// store keeping TTLs in whole seconds (Redis's `EX`, an integer `INTERVAL`) drops it after
+/// one second, and refuses its holder's request as `Unknown`.
+async fn lives_its_fraction(ctx: &Ctx) -> Result<(), String> {
+    let token = ctx.fresh_token()?;
+    let asked = Instant::now();
+    ctx.tokens
+        .store()
+        .issue(&token, &ctx.scope, Ttl::new(FRACTIONAL_TTL).doing("ttl")?)
+        .await
+        .doing("issue")?;
+    let before_end = FRACTIONAL_TTL.saturating_sub(ctx.caps.time_slack);
+    tokio::time::sleep(before_end.saturating_sub(asked.elapsed())).await;
+    let late = ctx.consume(&ctx.scope, &token).await?;
+    ensure!(
+        late == Consumption::Consumed,
+        "{:?} into a {FRACTIONAL_TTL:?} TTL, the token should be consumed, got {late:?}",
+        asked.elapsed()
+    );
+    Ok(())
 }
 
 /// A token issued for one scope is rejected for another, and the attempt does not use it up.

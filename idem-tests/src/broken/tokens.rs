@@ -65,6 +65,10 @@ pub enum TokenDefect {
     /// A used mark is kept at most [`CAPPED_LIFETIME`] from the consume, not until the
     /// token's own expiry: a repeat late in a long TTL is told `Unknown`.
     CapsUsedMark,
+    /// Token TTLs are cut to whole seconds, at least one, as Redis's `EX` or an integer
+    /// `INTERVAL` would keep them: a token issued for 1.99 s is `Unknown` after 1 s, and
+    /// its holder's request is refused.
+    TtlInWholeSeconds,
 }
 
 /// How long [`TokenDefect::CapsLifetime`] and [`TokenDefect::CapsUsedMark`] keep a token:
@@ -94,6 +98,7 @@ impl TokenDefect {
         TokenDefect::UnavailableAsBackend,
         TokenDefect::CapsLifetime,
         TokenDefect::CapsUsedMark,
+        TokenDefect::TtlInWholeSeconds,
     ];
 
     /// Exactly the token checks that fail against this defect (asserted both ways by this
@@ -149,14 +154,20 @@ impl TokenDefect {
             TokenDefect::UnavailableAsBackend => &["unavailable_token_backend"],
             TokenDefect::CapsLifetime => &["token_lifetime"],
             TokenDefect::CapsUsedMark => &["token_lifetime"],
+            TokenDefect::TtlInWholeSeconds => &["token_expiry"],
         }
     }
 
     /// Whether [`TokenDefect::caught_by`] is the whole set of token checks that fail: not
-    /// for the race, which other checks hit by chance too.
+    /// for the race, which other checks hit by chance too; nor for TTLs cut to whole
+    /// seconds, which stretches the checks' short TTLs to a second: whether a check waiting
+    /// just past a short TTL sees it end is then a matter of milliseconds.
     #[must_use]
     pub fn is_exact(self) -> bool {
-        !matches!(self, TokenDefect::CheckThenMark)
+        !matches!(
+            self,
+            TokenDefect::CheckThenMark | TokenDefect::TtlInWholeSeconds
+        )
     }
 
     /// A store with this defect.
@@ -288,6 +299,9 @@ impl TokenStore for BrokenTokenStore {
         }
         let lifetime = match self.defect {
             TokenDefect::CapsLifetime => ttl.as_duration().min(CAPPED_LIFETIME),
+            TokenDefect::TtlInWholeSeconds => {
+                Duration::from_secs(ttl.as_duration().as_secs().max(1))
+            }
             _ => ttl.as_duration(),
         };
         let deadline = Instant::now() + lifetime;
