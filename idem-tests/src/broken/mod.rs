@@ -177,6 +177,10 @@ pub enum Defect {
     ReadsNothing,
     /// Removing says yes and removes nothing.
     RemoveIsNoop,
+    /// Removing deletes every record whose encoded key matches the key's as a `LIKE`
+    /// pattern (a `DELETE … WHERE k LIKE ?` without escaping): `%` and `_` in a key match
+    /// other keys, so removing `a_` removes `ab`'s record too.
+    RemoveMatchesLike,
     /// A record that does not decode counts as no record: it reads as free, and a claim
     /// writes over it.
     CorruptAsFree,
@@ -252,6 +256,7 @@ impl Defect {
         Defect::DropsLapsedLeases,
         Defect::ReadsNothing,
         Defect::RemoveIsNoop,
+        Defect::RemoveMatchesLike,
         Defect::CorruptAsFree,
         Defect::CorruptTraceAsFree,
         Defect::UnavailableAsBackend,
@@ -508,6 +513,7 @@ impl Defect {
                 "removals_race_each_other",
                 "trace_lifetime",
             ],
+            Defect::RemoveMatchesLike => &["key_fidelity"],
             Defect::CorruptAsFree | Defect::CorruptTraceAsFree => &["corrupt_record"],
             Defect::UnavailableAsBackend | Defect::HangsWhenDown => &["unavailable_backend"],
         }

@@ -40,6 +40,33 @@ fn prefix(text: &str, bytes: usize) -> &str {
     &text[..cut]
 }
 
+/// Whether `text` matches `pattern` as SQL's `LIKE` does with no escape character: `%`
+/// matches any run of characters, `_` any one character.
+fn like(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    // The last `%` seen, and where in the text its run would end if it took one more.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '_' || pattern[p] == text[t]) && pattern[p] != '%' {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '%' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((at, from)) = star {
+            // Let the last `%` take one more character and try again from there.
+            star = Some((at, from + 1));
+            p = at + 1;
+            t = from + 1;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '%')
+}
+
 /// A map-backed store with one [`Defect`].
 #[derive(Debug)]
 pub struct BrokenStore {
@@ -521,6 +548,27 @@ impl BrokenStore {
         Ok(Some(true))
     }
 
+    /// Under [`Defect::RemoveMatchesLike`], removes every other slot that `slot` matches as
+    /// a `LIKE` pattern, leaving each the trace a removal leaves.
+    fn remove_matching(&self, state: &mut State, slot: &str, key: &Key, now: u64) {
+        // Without a `%` only a text of as many characters can match: a cheap first cut.
+        let chars = (!slot.contains('%')).then(|| slot.chars().count());
+        let matched: Vec<String> = state
+            .entries
+            .keys()
+            .filter(|other| *other != slot)
+            .filter(|other| chars.is_none_or(|n| other.chars().count() == n))
+            .filter(|other| like(slot, other))
+            .cloned()
+            .collect();
+        for other in matched {
+            let current = state.entries.get(&other).filter(|e| !e.is_expired(now));
+            if let Write::Put(trace) = lifecycle::remove(current, key, now).write {
+                state.entries.insert(other, self.kept(trace));
+            }
+        }
+    }
+
     async fn finish(&self, lease: &Lease, phase: Phase, retention: Ttl) -> Result<(), Error> {
         let retention = match self.defect {
             Defect::IgnoresRetention => Self::stretched(retention)?,
@@ -754,6 +802,9 @@ impl IdempotencyStore for BrokenStore {
             .cloned();
         let there = current.is_some();
         let step = lifecycle::remove(current.as_ref(), key, now);
+        if self.defect == Defect::RemoveMatchesLike {
+            self.remove_matching(&mut state, &slot, key, now);
+        }
         match self.defect {
             Defect::RemoveIsNoop => return Ok(true),
             Defect::RemoveForgetsFencing => {

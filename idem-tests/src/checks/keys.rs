@@ -46,12 +46,14 @@ pub async fn namespace_isolation(store: Store, capabilities: Capabilities) -> Ch
 /// Keys are stored exactly, both parts: keys that a careless encoding, separator,
 /// collation, truncation or normalization would merge stay distinct, whether the
 /// difference is in the namespace or in the id (at the maximum length of either part,
-/// and of both at once).
+/// and of both at once); and removing one of them leaves the others' records (a removal
+/// matching keys as a pattern, `LIKE` or a glob, or by prefix would take them too).
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`](crate::CheckFailure) naming this check when two distinct keys share a record;
-/// or when a store call the check needs fails unexpectedly.
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when two distinct keys share a record,
+/// or removing one key takes another's record with it; or when a store call the check needs
+/// fails unexpectedly.
 pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResult {
     run("key_fidelity", store, capabilities, |ctx| async move {
         let ns = ctx.namespace.clone();
@@ -80,6 +82,7 @@ pub async fn key_fidelity(store: Store, capabilities: Capabilities) -> CheckResu
             // Characters that are special somewhere: hash tags, wildcards, quotes, escapes.
             pairs(&ns, &["{t}", "t", "{t", "t}"]),
             pairs(&ns, &["a%", "a_", "a\\", "a'", "a\""]),
+            pairs(&ns, &["a*", "a?", "a[b]", "ab", "a"]),
         ];
         let groups = groups.into_iter().chain(namespace_groups(&ns));
         for group in groups {
@@ -140,7 +143,8 @@ fn pairs(namespace: &str, ids: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Completes every key of a group with its own payload, then checks each replays its own.
+/// Completes every key of a group with its own payload, checks each replays its own, then
+/// removes them one by one: each removal leaves the keys not removed yet replaying theirs.
 async fn check_distinct(ctx: &Ctx, group: &[(String, String)]) -> Result<(), String> {
     let keys = group
         .iter()
@@ -161,6 +165,20 @@ async fn check_distinct(ctx: &Ctx, group: &[(String, String)]) -> Result<(), Str
             replay == Claim::Completed(i.to_string().into_bytes().into()),
             "{key:?} replayed another key's record: {replay:?}"
         );
+    }
+    for (i, key) in keys.iter().enumerate() {
+        ensure!(
+            ctx.remove(key).await?,
+            "removing {key:?}, completed, said there was no record"
+        );
+        for (j, other) in keys.iter().enumerate().skip(i + 1) {
+            let replay = ctx.probe(other).await?;
+            ensure!(
+                replay == Claim::Completed(j.to_string().into_bytes().into()),
+                "removing {key:?} took {other:?}'s record with it: a repeat of {other:?} got \
+                 {replay:?}"
+            );
+        }
     }
     Ok(())
 }
