@@ -27,7 +27,7 @@
 //! | Anything found in the store that does not decode is `CorruptRecord`. | [`sabotage_checks::corrupt_record`] (through the backend's [`Sabotage`] hook: every method on a record corrupted while claimed, once finished, and on a released key's trace, whose fencing number a claim must not start over; never a panic, never freed or overwritten; `remove` deletes it or keeps it; neighbours untouched). Not for the in-memory store: see below. | `CorruptAsFree`, `CorruptTraceAsFree` |
 //! | An unreachable backend is `Unavailable`, with the driver error as `source`. | [`sabotage_checks::unavailable_backend`] (every method on the hook's store whose server does not answer, each within `Capabilities::unavailable_within`). Not for the in-memory store: see below. | `UnavailableAsBackend`, `HangsWhenDown` |
 //! | Keys, TTLs and fingerprints arrive validated (`Key`, `Ttl`), so a store never has to check them. | [`checks::bad_input`] asserts `Key` and `Ttl` refuse malformed values (a rule of the core, not of a store: no store can break it) | none |
-//! | A store must store them faithfully: two different keys never share a record. | [`checks::namespace_isolation`], [`checks::key_fidelity`] (separators, escapes, case, spacing, Unicode normalisation, truncation at the maximum length, in namespace and id; and removing one key leaves the others' records: `LIKE` and glob wildcards, prefixes) | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator`, `TruncatesNamespace`, `RemoveMatchesLike` |
+//! | A store must store them faithfully: two different keys never share a record. | [`checks::namespace_isolation`], [`checks::key_fidelity`] (separators, escapes, case, spacing, Unicode normalisation, characters of four UTF-8 bytes, truncation at the maximum length, in namespace and id; and removing one key leaves the others' records: `LIKE` and glob wildcards, prefixes) | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator`, `TruncatesNamespace`, `RemoveMatchesLike`, `ReplacesAstralChars` |
 //!
 //! ## `IdempotencyStore`: each method
 //!
@@ -48,7 +48,7 @@
 //!
 //! | Sentence | Checks that fail a store breaking it | Broken store |
 //! |---|---|---|
-//! | `ClaimRequest::key`: the key to claim. | [`checks::namespace_isolation`], [`checks::key_fidelity`] | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator`, `TruncatesNamespace` |
+//! | `ClaimRequest::key`: the key to claim. | [`checks::namespace_isolation`], [`checks::key_fidelity`] | `LeaksNamespaces`, `MangleKeys`, `FoldsNamespaceCase`, `JoinsWithSeparator`, `TruncatesNamespace`, `ReplacesAstralChars` |
 //! | `ClaimRequest::owner`: the attempt making the claim. | [`checks::uncertain_claim`], [`checks::own_retry_after_takeover`] | `ForgetsOwnClaim`, `RetryRevivesOldLease` |
 //! | `ClaimRequest::lease_ttl`: how long the lease lasts unless renewed. | [`checks::lease_expiry`] (and no shorter: a 1.99 s lease still holds a clock slack before its end, not cut to whole seconds), [`checks::in_progress_retry_after`], [`checks::inspection_and_removal`] (time left), [`checks::model`] | `NeverExpiresLeases`, `RetryAfterIsLeaseTtl`, `LeasesInWholeSeconds` |
 //! | `ClaimRequest::fingerprint`: compared with the one stored for the key. | [`checks::fingerprints`], [`checks::claim_fingerprint_decides`] (the stored one is the claim's, whatever lease finished the key) | `IgnoresFingerprints`, `OwnRetryIgnoresFingerprint`, `FinishWritesLeaseFingerprint` |

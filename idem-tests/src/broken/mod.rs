@@ -157,6 +157,10 @@ pub enum Defect {
     /// Namespaces are cut to 128 bytes (a narrower column than `MAX_KEY_LEN`, silently
     /// truncating): namespaces that differ only past that share records.
     TruncatesNamespace,
+    /// Characters outside the Basic Multilingual Plane (emoji: four bytes of UTF-8) are
+    /// kept as `?`, as a MySQL `utf8` (utf8mb3) column converts what it cannot hold: keys
+    /// that differ only there share a record.
+    ReplacesAstralChars,
     /// Payloads over the declared limit are accepted.
     IgnoresPayloadLimit,
     /// Finished records are kept a thousand times longer than asked.
@@ -247,6 +251,7 @@ impl Defect {
         Defect::FoldsNamespaceCase,
         Defect::JoinsWithSeparator,
         Defect::TruncatesNamespace,
+        Defect::ReplacesAstralChars,
         Defect::IgnoresPayloadLimit,
         Defect::IgnoresRetention,
         Defect::NoopRenew,
@@ -438,6 +443,7 @@ impl Defect {
             Defect::FoldsNamespaceCase => &["key_fidelity"],
             Defect::JoinsWithSeparator => &["key_fidelity"],
             Defect::TruncatesNamespace => &["key_fidelity"],
+            Defect::ReplacesAstralChars => &["key_fidelity"],
             Defect::IgnoresPayloadLimit => &["bad_input"],
             Defect::IgnoresRetention => &[
                 "exclusive_every_path",

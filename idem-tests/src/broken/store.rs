@@ -67,6 +67,14 @@ fn like(pattern: &str, text: &str) -> bool {
     pattern[p..].iter().all(|c| *c == '%')
 }
 
+/// `text` with every character of four UTF-8 bytes replaced by `?`, as a three-byte
+/// character set keeps it.
+fn narrowed(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.len_utf8() == 4 { '?' } else { c })
+        .collect()
+}
+
 /// A map-backed store with one [`Defect`].
 #[derive(Debug)]
 pub struct BrokenStore {
@@ -155,6 +163,10 @@ impl BrokenStore {
             Defect::TruncatesNamespace => {
                 let kept = prefix(namespace, TRUNCATED_NAMESPACE);
                 format!("{}:{kept}:{id}", kept.len())
+            }
+            Defect::ReplacesAstralChars => {
+                let (namespace, id) = (narrowed(namespace), narrowed(id));
+                format!("{}:{namespace}:{id}", namespace.len())
             }
             _ => format!("{}:{namespace}:{id}", namespace.len()),
         }
