@@ -461,8 +461,9 @@ impl TokenStore for CountingStore {
 }
 
 /// Scopes are compared exactly: a scope that differs in case, spacing, a prefix or suffix,
-/// Unicode normalization, or only the last byte of [`MAX_KEY_LEN`](idem_core::MAX_KEY_LEN)
-/// is `WrongScope`, and the token stays usable by its own scope.
+/// Unicode normalization, a character of four UTF-8 bytes, or only the last byte of
+/// [`MAX_KEY_LEN`](idem_core::MAX_KEY_LEN) is `WrongScope`, and the token stays usable by
+/// its own scope.
 ///
 /// # Errors
 ///
@@ -489,6 +490,11 @@ pub async fn scope_compared_exactly(
             ];
             cases.push((composed.clone(), format!("{own}.cafe\u{301}")));
             cases.push((composed, format!("{own}.CAF\u{c9}")));
+            // Characters of four UTF-8 bytes, which a three-byte character set (MySQL's
+            // `utf8`) cannot hold and keeps as `?`.
+            let astral = ctx.other_scope("\u{1F600}")?;
+            cases.push((astral.clone(), format!("{own}.\u{1F601}")));
+            cases.push((astral, format!("{own}.?")));
             // Scopes of the longest length, differing in their last byte only: kept and
             // compared whole, not cut to a shorter column's size.
             let longest = format!("{own:x<width$}", width = idem_core::MAX_KEY_LEN);

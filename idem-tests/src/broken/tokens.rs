@@ -31,6 +31,10 @@ pub enum TokenDefect {
     /// Scopes are compared on their first 128 bytes only (a column sized like the token's):
     /// two long scopes that share those are one owner.
     TruncatesScopes,
+    /// Characters outside the Basic Multilingual Plane (emoji: four bytes of UTF-8) in a
+    /// scope are kept as `?`, as a MySQL `utf8` (utf8mb3) column converts what it cannot
+    /// hold: scopes that differ only there are one owner.
+    ScopeReplacesAstralChars,
     /// Tokens are kept under their lowercase text (a case-insensitive column): a token
     /// and its uppercase twin are one token.
     FoldsTokenCase,
@@ -86,6 +90,7 @@ impl TokenDefect {
         TokenDefect::Overwrites,
         TokenDefect::ScopeFoldsCase,
         TokenDefect::TruncatesScopes,
+        TokenDefect::ScopeReplacesAstralChars,
         TokenDefect::FoldsTokenCase,
         TokenDefect::ScopeCheckedFirst,
         TokenDefect::UsedMarkRestartsTtl,
@@ -142,6 +147,7 @@ impl TokenDefect {
             ],
             TokenDefect::ScopeFoldsCase => &["scope_compared_exactly"],
             TokenDefect::TruncatesScopes => &["scope_compared_exactly"],
+            TokenDefect::ScopeReplacesAstralChars => &["scope_compared_exactly"],
             TokenDefect::FoldsTokenCase => &["token_fidelity"],
             TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
@@ -175,6 +181,16 @@ impl TokenDefect {
     pub fn store(self) -> BrokenTokenStore {
         BrokenTokenStore::new(self, false)
     }
+}
+
+/// `scope` with every character of four UTF-8 bytes replaced by `?`, as a three-byte
+/// character set keeps it.
+fn narrowed(scope: &Scope) -> String {
+    scope
+        .as_str()
+        .chars()
+        .map(|c| if c.len_utf8() == 4 { '?' } else { c })
+        .collect()
 }
 
 /// A map-backed token store with one [`TokenDefect`].
@@ -340,6 +356,9 @@ impl TokenStore for BrokenTokenStore {
             TokenDefect::IgnoresScope => record.scope.clone(),
             TokenDefect::ScopeFoldsCase if folds(&record.scope, scope) => record.scope.clone(),
             TokenDefect::TruncatesScopes if truncated(&record.scope) == truncated(scope) => {
+                record.scope.clone()
+            }
+            TokenDefect::ScopeReplacesAstralChars if narrowed(&record.scope) == narrowed(scope) => {
                 record.scope.clone()
             }
             TokenDefect::ScopeCheckedFirst if record.scope != *scope => {
