@@ -7,7 +7,7 @@
 //! | disposition | on the broker |
 //! |---|---|
 //! | `Ack` | `basic.ack` |
-//! | `Requeue { delay }` | the message is held `delay` (cut short at shutdown), then `basic.nack` with `requeue` |
+//! | `Requeue { delay }` | the message is held `delay` (cut short at shutdown), then `basic.nack` with `requeue`; for the store unavailable or the key in progress elsewhere, the handler runs again on it instead, and it is `basic.nack`ed only at shutdown ([the consume loop](crate#the-consume-loop)) |
 //! | `DeadLetter` | `basic.reject` without requeue: the queue's `x-dead-letter-exchange` (and `x-dead-letter-routing-key`) route it; a queue without one drops it, so declare one |
 //!
 //! The message ID is the `message_id` property by default ([`IdSource`]). A message

@@ -267,22 +267,23 @@ impl Tally {
 }
 
 /// Tells the tasks the loop is shutting down, so a wait is cut short: a requeue delay
-/// (RabbitMQ) or a pause between tries of a dead-letter copy (JetStream) ends at once
-/// instead of holding up the shutdown.
+/// (RabbitMQ), the pause of a message held for another try, or a pause between tries of a
+/// dead-letter copy (JetStream) ends at once instead of holding up the shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Stopping(watch::Receiver<bool>);
 
 impl Stopping {
-    /// Whether the loop is shutting down.
-    // Only the NATS adapter asks (RabbitMQ's adapter only sleeps).
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    /// Whether the loop is shutting down, or gone: a loop whose future was dropped shuts
+    /// down as far as the tasks it left are concerned, and never says so. Read as still
+    /// running, its tasks' waits (which end at once, the sender gone) made a held message
+    /// go round its handler, or a dead-letter copy be tried again, without pause.
     pub(crate) fn is_set(&self) -> bool {
-        *self.0.borrow()
+        *self.0.borrow() || self.0.has_changed().is_err()
     }
 
     /// Sleeps for `delay`, or less if the loop starts shutting down.
     pub(crate) async fn sleep(&mut self, delay: Duration) {
-        if *self.0.borrow() {
+        if self.is_set() {
             return;
         }
         tokio::select! {
@@ -408,7 +409,7 @@ async fn process<B: Broker, F, Fut>(
     let (message, settler) = broker.open(delivery);
     let disposition = match message {
         Ok(message) => match kept_alive(
-            AssertUnwindSafe(async move { handler(message).await }).catch_unwind(),
+            handled(&*handler, message, stopping.clone()),
             broker.keep_alive(&settler),
         )
         .await
@@ -448,6 +449,40 @@ async fn process<B: Broker, F, Fut>(
     };
     let settled = broker.settle(settler, &disposition, stopping).await;
     tally.count(&disposition, settled);
+}
+
+/// Runs `handler` on `message` until it answers a disposition for the broker, or panics.
+///
+/// A requeue that is no fault of the message (the store unavailable, its key in progress on
+/// another consumer) is held here instead: the handler runs again after its delay, with the
+/// same delivery. Handed back, each such requeue raised the broker's delivery count (a
+/// quorum queue's `x-delivery-count`, which its `x-delivery-limit` dead-letters on;
+/// JetStream's `delivered`, which its `max_deliver` stops at) and so idem's poison limit:
+/// a store outage longer than those limits dead-lettered every message it touched, never
+/// run, for the store's fault. Only a shutdown (or a lost connection) hands it back.
+async fn handled<F, Fut>(
+    handler: &F,
+    message: Message,
+    mut stopping: Stopping,
+) -> std::thread::Result<Disposition>
+where
+    F: Fn(Message) -> Fut,
+    Fut: Future<Output = Disposition>,
+{
+    loop {
+        let disposition = AssertUnwindSafe(async { handler(message.clone()).await })
+            .catch_unwind()
+            .await?;
+        match disposition {
+            Disposition::Requeue { delay, reason } if !reason.is_the_messages_fault() => {
+                stopping.sleep(delay).await;
+                if stopping.is_set() {
+                    return Ok(disposition);
+                }
+            }
+            _ => return Ok(disposition),
+        }
+    }
 }
 
 /// Runs `work` with `keep_alive` beside it until `work` is done; a keep-alive that ends

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// |---|---|---|
 /// | [`Ack`](Self::Ack) | `basic_ack` | `ack` |
 /// | [`Requeue`](Self::Requeue) | wait `delay`, then `basic_nack` with `requeue` | `nak` with `delay` |
+///
+/// The consume loops hold a requeue that is no fault of the message's (the store
+/// unavailable, its key in progress elsewhere) and run the handler on it again after the
+/// delay: see [the consume loop](crate#the-consume-loop).
 /// | [`DeadLetter`](Self::DeadLetter) | `basic_reject` without requeue: the queue's dead-letter exchange routes it | publish to the dead-letter subject (if set), then `term` |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -94,6 +98,20 @@ pub enum RequeueReason {
     /// The handler panicked (a consume loop's choice, never the core's): the message goes
     /// back to the broker instead of staying unacked, and the loop counts it as unsettled.
     HandlerPanicked,
+}
+
+impl RequeueReason {
+    /// Whether the message itself is the cause: its operation failed, or its handler
+    /// panicked. The other requeues (the store unavailable, the key in progress on another
+    /// consumer) are no fault of the message's, and the consume loops hold such a message
+    /// and handle it again rather than hand it back, since each hand-back counts against
+    /// it at the broker.
+    pub(crate) fn is_the_messages_fault(self) -> bool {
+        match self {
+            Self::RetryableFailure | Self::HandlerPanicked => true,
+            Self::InProgressElsewhere | Self::StoreUnavailable => false,
+        }
+    }
 }
 
 /// Why a message is dead-lettered.

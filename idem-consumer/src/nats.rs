@@ -7,7 +7,7 @@
 //! | disposition | on the server |
 //! |---|---|
 //! | `Ack` | `ack` |
-//! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay |
+//! | `Requeue { delay }` | `nak` with `delay`: JetStream redelivers it after the delay; for the store unavailable or the key in progress elsewhere, the handler runs again on it after the delay instead, and it is `nak`ed only at shutdown ([the consume loop](crate#the-consume-loop)) |
 //! | `DeadLetter` | publish a copy to the dead-letter subject, if one is set ([`ConsumeOptions::dead_letter_subject`]), wait for the stream's ack, then `term`; if that publish fails, `nak` instead (never lost), except at the last delivery the consumer's `max_deliver` allows, where JetStream would not deliver it again: there the copy is tried again every second until it goes through (or the loop shuts down) |
 //!
 //! A requeue at the last delivery the consumer's `max_deliver` allows is dead-lettered

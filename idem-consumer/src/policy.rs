@@ -137,7 +137,8 @@ impl Policy {
             | Error::Serialization { .. }
             | Error::PayloadTooLarge { .. } => dead_letter(DeadLetterReason::Unreadable),
             // Unavailable, Backend, and anything new: requeue, the one choice that loses
-            // nothing; the poison limit ends a loop that never heals.
+            // nothing. The consume loops hold such a message rather than hand it back, so
+            // an outage does not count towards the poison limit.
             _ => self.requeue(self.unavailable_delay, RequeueReason::StoreUnavailable),
         }
     }

@@ -161,14 +161,98 @@ async fn an_unavailable_store_requeues_and_never_runs() {
     running.stop().await;
 
     common::assert_requeued_unrun(&seen);
-    // Still on the queue, delivered several times, never dead-lettered.
+    // Held by the loop, handled again on the one delivery, handed back at the shutdown:
+    // still on the queue, delivered once, never dead-lettered.
+    assert!(
+        seen.dispositions
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|(_, deliveries, _)| *deliveries == Some(1)),
+        "a held message is handled again without a redelivery"
+    );
     assert_eq!(rabbit.depth(&rabbit.dlq).await, 0);
     let message = rabbit
         .take(&rabbit.queue)
         .await
         .expect("the message is still queued");
-    let delivered_before = common::header_int(&message, "x-delivery-count").unwrap_or(0);
-    assert!(delivered_before >= 3, "x-delivery-count {delivered_before}");
+    assert_eq!(common::header_int(&message, "x-delivery-count"), Some(1));
+    rabbit.cleanup().await;
+}
+
+/// A store outage longer than a quorum queue's `x-delivery-limit` does not get a message
+/// dead-lettered: the loop holds a message the store cannot take and handles it again,
+/// rather than `basic.nack` it back. Handed back at each try, every requeue counted towards
+/// the limit, and the broker dead-lettered the message, never run, for the store's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_queues_delivery_limit_dead_letters_nothing() {
+    let mut limit = lapin::types::FieldTable::default();
+    limit.insert(
+        "x-delivery-limit".into(),
+        lapin::types::AMQPValue::LongInt(1),
+    );
+    store_outage(limit, Policy::default().max_deliveries(None)).await;
+}
+
+/// A store outage longer than idem's own poison limit does not make a message poison: the
+/// delivery count that limit reads (a quorum queue's) counts only the deliveries that
+/// failed for the message's sake. Each requeue for the store's outage counted, and once the
+/// store was back the message was dead-lettered as poison without ever running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_poison_limit_dead_letters_nothing() {
+    let policy = Policy::default().max_deliveries(Some(1));
+    store_outage(lapin::types::FieldTable::default(), policy).await;
+}
+
+/// A message handled while the store is down (four tries), then once it is back: it must
+/// run once and be acked, and nothing goes to the dead-letter queue.
+async fn store_outage(queue_args: lapin::types::FieldTable, policy: Policy) {
+    let rabbit = Rabbit::with_queue_args(queue_args).await;
+    let (store, down) = common::OutageStore::new();
+    let policy = policy.unavailable_delay(Duration::from_millis(50));
+    let consumer = Consumer::new(Idempotency::new(store), "amqp-outage")
+        .expect("consumer")
+        .with_policy(policy);
+    rabbit.publish(Some("m-1"), b"ok").await;
+
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let disposition = consumer
+                    .handle_message(&message, || async {
+                        seen.effects.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await;
+                seen.settled(&message, disposition)
+            }
+        }
+    };
+    let channel = rabbit.conn.create_channel().await.expect("channel");
+    let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
+    wait_until("four tries, or a dead letter", DEADLINE, || async {
+        seen.settled_count() >= 4 || rabbit.depth(&rabbit.dlq).await > 0
+    })
+    .await;
+    common::assert_requeued_unrun(&seen);
+    down.store(false, Ordering::SeqCst);
+    wait_until("the message acked, or dead-lettered", DEADLINE, || async {
+        seen.ok_acked.load(Ordering::SeqCst) == 1 || rabbit.depth(&rabbit.dlq).await > 0
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(
+        rabbit.depth(&rabbit.dlq).await,
+        0,
+        "dead-lettered for the store's outage: {summary:?}"
+    );
+    assert_eq!(seen.effects.load(Ordering::SeqCst), 1);
+    assert_eq!(summary.acked, 1, "{summary:?}");
+    assert_eq!(rabbit.depth(&rabbit.queue).await, 0);
     rabbit.cleanup().await;
 }
 

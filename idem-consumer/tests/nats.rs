@@ -237,14 +237,90 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
         .iter()
         .map(|(_, deliveries, _)| *deliveries)
         .collect();
-    let counted: Vec<Option<u32>> = (1..=deliveries.len() as u32).map(Some).collect();
-    assert_eq!(deliveries, counted, "JetStream counts each nak'ed delivery");
+    // Held by the loop and handled again on its one delivery, `nak`ed at the shutdown.
+    let held = vec![Some(1); deliveries.len()];
+    assert_eq!(
+        deliveries, held,
+        "a held message is handled again without a redelivery"
+    );
     // Still in the stream, unacknowledged, never dead-lettered.
     assert_eq!(jet.messages_in(&jet.stream).await, 1);
     assert_eq!(jet.messages_in(&jet.dead_stream).await, 0);
-    let (_, ack_pending, redelivered) = jet.consumer_state().await;
+    let (_, ack_pending, _) = jet.consumer_state().await;
     assert_eq!(ack_pending, 1, "the message waits for its next delivery");
-    assert!(redelivered >= 1);
+    jet.cleanup().await;
+}
+
+/// A store outage longer than the consumer's `max_deliver` does not get a message
+/// dead-lettered: the loop holds a message the store cannot take (reporting it in
+/// progress) and handles it again, rather than `nak` it back. Handed back at each try,
+/// every `nak` counted towards `max_deliver`, and at the last delivery the requeue became
+/// a dead-letter: the message never ran, for the store's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_max_deliver_dead_letters_nothing() {
+    store_outage(2, Policy::default().max_deliveries(None)).await;
+}
+
+/// A store outage longer than idem's own poison limit does not make a message poison:
+/// JetStream's delivery count counted each `nak` for the store's outage, and once the store
+/// was back the message was dead-lettered as poison without ever running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_longer_than_the_poison_limit_dead_letters_nothing() {
+    store_outage(-1, Policy::default().max_deliveries(Some(1))).await;
+}
+
+/// A message handled while the store is down (four tries), then once it is back: it must
+/// run once and be acked, and nothing goes to the dead-letter stream.
+async fn store_outage(max_deliver: i64, policy: Policy) {
+    let jet = Jet::new().await;
+    let (store, down) = common::OutageStore::new();
+    let policy = policy.unavailable_delay(Duration::from_millis(50));
+    let consumer = Consumer::new(Idempotency::new(store), "nats-outage")
+        .expect("consumer")
+        .with_policy(policy);
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-1"), b"ok")
+        .await;
+
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                let disposition = consumer
+                    .handle_message(&message, || async {
+                        seen.effects.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await;
+                seen.settled(&message, disposition)
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(10), max_deliver).await;
+    let options = ConsumeOptions::default().dead_letter_subject(jet.dead_subject.clone());
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("four tries, or a dead letter", DEADLINE, || async {
+        seen.settled_count() >= 4 || jet.messages_in(&jet.dead_stream).await > 0
+    })
+    .await;
+    common::assert_requeued_unrun(&seen);
+    down.store(false, Ordering::SeqCst);
+    wait_until("the message acked, or dead-lettered", DEADLINE, || async {
+        seen.ok_acked.load(Ordering::SeqCst) == 1 || jet.messages_in(&jet.dead_stream).await > 0
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(
+        jet.messages_in(&jet.dead_stream).await,
+        0,
+        "dead-lettered for the store's outage: {summary:?}"
+    );
+    assert_eq!(seen.effects.load(Ordering::SeqCst), 1);
+    assert_eq!(summary.acked, 1, "{summary:?}");
+    let (pending, ack_pending, _) = jet.consumer_state().await;
+    assert_eq!((pending, ack_pending), (0, 0), "the message was acked");
     jet.cleanup().await;
 }
 

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,9 @@ use idem_consumer::nats::async_nats::{
 use idem_consumer::{
     ConsumeError, ConsumeOptions, ConsumeSummary, Disposition, Message, RequeueReason, amqp, nats,
 };
-use idem_core::Retryable;
+use idem_core::{
+    Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Retryable, Ttl,
+};
 use idem_mysql::MySqlStore;
 use idem_redis::RedisStore;
 use tokio::net::{TcpListener, TcpStream};
@@ -276,6 +278,58 @@ pub fn unreachable_store() -> MySqlStore {
     MySqlStore::from_pool(pool)
 }
 
+/// A memory store that is down, every call `Unavailable`, until the test ends the outage
+/// through the flag [`OutageStore::new`] returns with it.
+#[derive(Debug)]
+pub struct OutageStore {
+    store: idem_memory::MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl OutageStore {
+    /// A store that is down, and the flag that brings it up when cleared.
+    pub fn new() -> (Self, Arc<AtomicBool>) {
+        let down = Arc::new(AtomicBool::new(true));
+        let store = Self {
+            store: idem_memory::MemoryStore::new(),
+            down: Arc::clone(&down),
+        };
+        (store, down)
+    }
+
+    fn up(&self) -> Result<&idem_memory::MemoryStore, Error> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::unavailable("the store is down"));
+        }
+        Ok(&self.store)
+    }
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for OutageStore {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        self.up()?.claim(request).await
+    }
+    async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.up()?.complete(lease, response, retention).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
+        self.up()?.fail(lease, failure, retention).await
+    }
+    async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
+        self.up()?.renew(lease, ttl).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.up()?.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
+        self.up()?.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.up()?.remove(key).await
+    }
+}
+
 /// A Redis store on a key prefix of its own, and that prefix: the test removes its keys
 /// with [`delete_keys`] (the records would otherwise stay for their 24 h retention).
 pub async fn redis_store() -> (RedisStore, String) {
@@ -421,6 +475,12 @@ pub struct Rabbit {
 
 impl Rabbit {
     pub async fn new() -> Self {
+        Self::with_queue_args(FieldTable::default()).await
+    }
+
+    /// Like [`Rabbit::new`], the queue declared with `extra` arguments too
+    /// (`x-delivery-limit`, say).
+    pub async fn with_queue_args(extra: FieldTable) -> Self {
         let sfx = suffix();
         let conn = amqp_connect(&amqp_url()).await;
         let channel = conn.create_channel().await.expect("channel");
@@ -473,6 +533,9 @@ impl Rabbit {
             AMQPValue::LongString(dlx.as_str().into()),
         );
         args.insert("x-expires".into(), AMQPValue::LongInt(600_000));
+        for (name, value) in extra.inner() {
+            args.insert(name.clone(), value.clone());
+        }
         channel
             .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
             .await
