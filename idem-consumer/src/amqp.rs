@@ -130,7 +130,7 @@ where
         consume::run(
             rabbit,
             &mut consumer,
-            &options,
+            consume::slots(&options),
             shutdown,
             Arc::clone(&tally),
             handler,

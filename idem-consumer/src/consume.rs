@@ -37,8 +37,9 @@ impl Default for ConsumeOptions {
 }
 
 impl ConsumeOptions {
-    /// The most messages handled at once; on RabbitMQ also the channel's prefetch, so the
-    /// broker never hands this consumer more than it can work on. At least 1. Default: 64.
+    /// The most messages handled at once; on RabbitMQ also the channel's prefetch, and on
+    /// JetStream the most its pull requests ask for, so the broker never hands this
+    /// consumer more than it can work on. At least 1. Default: 64.
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = limit.max(1);
         self
@@ -293,16 +294,22 @@ impl Stopping {
     }
 }
 
-/// Runs `handler` on each delivery of `stream`, at most the options' concurrency at once,
-/// and settles each through `broker`, until the stream ends, fails, or `shutdown`
-/// resolves; then waits for every message it started.
+/// The handler slots of one loop: one per message it may run at once.
+pub(crate) fn slots(options: &ConsumeOptions) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(options.concurrency))
+}
+
+/// Runs `handler` on each delivery of `stream`, at most one per slot of `slots` at once
+/// ([`slots`]), and settles each through `broker`, until the stream ends, fails, or
+/// `shutdown` resolves; then waits for every message it started. The loop holds a slot
+/// while it waits for the stream's next delivery.
 ///
 /// Returns the stream's failure (its end counts as one) if that is what stopped it; the
 /// tally has the rest.
 pub(crate) async fn run<B, Er, St, F, Fut>(
     broker: Arc<B>,
     mut stream: St,
-    options: &ConsumeOptions,
+    slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
     tally: Arc<Tally>,
     handler: F,
@@ -315,7 +322,6 @@ where
     Fut: Future<Output = Disposition> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let slots = Arc::new(Semaphore::new(options.concurrency));
     let (stop, stopping) = watch::channel(false);
     let mut tasks = InFlight(JoinSet::new());
     let mut failure = None;

@@ -1,8 +1,9 @@
 //! The NATS JetStream adapter, on async-nats: a pull consumer, `ack`, `nak` with delay,
 //! `term`.
 //!
-//! [`consume`] pulls messages in batches of the concurrency limit, hands each to the
-//! handler as a [`Message`] and applies the [`Disposition`] it returns:
+//! [`consume`] pulls no more messages than it has free handler slots for (the concurrency
+//! limit, less the messages running), hands each to the handler as a [`Message`] and
+//! applies the [`Disposition`] it returns:
 //!
 //! | disposition | on the server |
 //! |---|---|
@@ -35,15 +36,21 @@
 //! `ack_wait`, which idem answers as a replay: acked, not run.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::consumer::pull::Batch;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer};
 use async_nats::jetstream::message::{AckKind, Acker};
 use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
+use futures::stream::SelectAll;
+use idem_core::BoxError;
+use tokio::sync::Semaphore;
 
 use crate::consume::{
     self, Broker, ConsumeError, ConsumeFailure, ConsumeOptions, ConsumeSummary, Settled, Stopping,
@@ -76,9 +83,14 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// Consumes `consumer` until `shutdown` resolves or the subscription fails, running
 /// `handler` on each message, at most `options`' concurrency at once.
 ///
+/// It pulls only for free slots, so a message it receives starts at once: none waits in
+/// the client while its `ack_wait` runs. Each pull request lives 5 s on the server (less if
+/// the consumer's `max_expires` says so) and asks for at most the consumer's `max_batch`.
+///
 /// On shutdown it stops pulling, waits for the messages in flight, applies their
-/// dispositions and flushes the acks. Messages pulled but not started are left to
-/// JetStream, which delivers them again after `ack_wait`: nothing is lost.
+/// dispositions and flushes the acks. A message the server sends to a pull still open
+/// after that is left to JetStream, which delivers it again after `ack_wait`: nothing is
+/// lost.
 ///
 /// # Errors
 ///
@@ -89,7 +101,8 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) past
 /// [`ConsumeOptions::setup_timeout`]) or its stream fails or ends with no shutdown asked for
 /// ([`Stream`](crate::ConsumeFailure::Stream): the consumer deleted, the client given up
-/// reconnecting; a missed heartbeat is not a failure: the client recovers from it).
+/// reconnecting, a pull request the server refused). A pull lost with a dropped connection
+/// is not a failure: it runs out, and the next one goes to the reconnected client.
 pub async fn consume<F, Fut>(
     jetstream: &Context,
     consumer: &PullConsumer,
@@ -102,21 +115,10 @@ where
     Fut: Future<Output = Disposition> + Send + 'static,
 {
     explicit_acks(consumer)?;
-    let subscribe = consumer
-        .stream()
-        .max_messages_per_batch(options.concurrency)
-        .messages();
-    let messages = consume::setup("the pull subscription", &options, subscribe).await?;
-    // A missed heartbeat is reported and then recovered from by the client: not fatal.
-    let messages = messages
-        .filter(|item| {
-            let fatal = !matches!(item, Err(e) if e.kind() == MessagesErrorKind::MissingHeartbeat);
-            if !fatal {
-                tracing::debug!("JetStream heartbeat missed; the client recovers");
-            }
-            std::future::ready(fatal)
-        })
-        .boxed();
+    let slots = consume::slots(&options);
+    let mut puller = Puller::new(consumer, Arc::clone(&slots));
+    let first = puller.pull(options.concurrency);
+    consume::setup("the pull subscription", &options, first).await?;
     let jet = Arc::new(Jet {
         id_source: options
             .id_source
@@ -132,8 +134,8 @@ where
     let tally = Arc::new(Tally::default());
     let failure = consume::run(
         jet,
-        messages,
-        &options,
+        puller.into_stream(),
+        slots,
         shutdown,
         Arc::clone(&tally),
         handler,
@@ -152,6 +154,132 @@ where
         );
     }
     tally.outcome(failure)
+}
+
+/// How long a pull request waits on the server for messages before it expires and the
+/// puller makes another (capped at the consumer's `max_expires`).
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+
+/// Pulls only as many messages as the loop has free slots for.
+///
+/// async-nats's pull stream asks for a batch ahead, whenever half its last batch has
+/// arrived, whether or not the loop can start them: with every slot busy, up to one and a
+/// half batches sat in the client unstarted, unreported, while their `ack_wait` ran.
+/// JetStream then delivered them again while the first copy still waited: each such
+/// message counted a delivery towards the poison limit and `max_deliver` without running,
+/// and came twice. Here the messages asked for and not yet handed to the loop never
+/// outnumber its free slots, so each one starts as soon as it arrives.
+struct Puller {
+    consumer: PullConsumer,
+    slots: Arc<Semaphore>,
+    /// Messages asked for and not yet handed to the loop, across the open pulls.
+    requested: Arc<AtomicUsize>,
+    pulls: SelectAll<Pull>,
+    /// The consumer's `max_batch`: no pull asks for more.
+    max_batch: usize,
+    expires: Duration,
+    /// The fewest uncovered slots worth a pull of their own while others are open: half
+    /// the slots, so a busy loop makes one pull per half of them, not one per message.
+    threshold: usize,
+}
+
+impl Puller {
+    fn new(consumer: &PullConsumer, slots: Arc<Semaphore>) -> Self {
+        let config = &consumer.cached_info().config;
+        let max_expires = Some(config.max_expires).filter(|max| !max.is_zero());
+        Self {
+            consumer: consumer.clone(),
+            threshold: (slots.available_permits() / 2).max(1),
+            slots,
+            requested: Arc::new(AtomicUsize::new(0)),
+            pulls: SelectAll::new(),
+            max_batch: usize::try_from(config.max_batch)
+                .ok()
+                .filter(|max| *max > 0)
+                .unwrap_or(usize::MAX),
+            expires: max_expires.map_or(PULL_EXPIRES, |max| max.min(PULL_EXPIRES)),
+        }
+    }
+
+    fn into_stream(
+        self,
+    ) -> impl futures::Stream<Item = Result<jetstream::Message, BoxError>> + Send + Unpin {
+        futures::stream::unfold(self, |mut puller| async move {
+            let next = puller.next().await;
+            Some((next, puller))
+        })
+        .boxed()
+    }
+
+    /// The next message; called by the loop with a slot in hand for it.
+    async fn next(&mut self) -> Result<jetstream::Message, BoxError> {
+        loop {
+            self.top_up().await?;
+            match self.pulls.next().await {
+                Some(message) => return message,
+                // Every pull expired with nothing for us: pull again.
+                None => continue,
+            }
+        }
+    }
+
+    /// Pulls for the free slots no open pull covers, if they are worth it.
+    async fn top_up(&mut self) -> Result<(), BoxError> {
+        // The loop holds one more slot: the one for the message it waits for.
+        let free = self.slots.available_permits() + 1;
+        let requested = self.requested.load(Ordering::SeqCst);
+        let uncovered = free.saturating_sub(requested);
+        if uncovered > 0 && (uncovered >= self.threshold || requested == 0) {
+            self.pull(uncovered).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens a pull for `count` messages (at most the consumer's `max_batch`).
+    async fn pull(&mut self, count: usize) -> Result<(), BoxError> {
+        let count = count.min(self.max_batch);
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(count)
+            .expires(self.expires)
+            .messages()
+            .await?;
+        self.requested.fetch_add(count, Ordering::SeqCst);
+        self.pulls.push(Pull {
+            batch,
+            remaining: count,
+            requested: Arc::clone(&self.requested),
+        });
+        Ok(())
+    }
+}
+
+/// One pull request's messages, counted off [`Puller::requested`] as they are handed on;
+/// what never came is counted off when it ends.
+struct Pull {
+    batch: Batch,
+    remaining: usize,
+    requested: Arc<AtomicUsize>,
+}
+
+impl futures::Stream for Pull {
+    type Item = Result<jetstream::Message, BoxError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let next = futures::ready!(self.batch.poll_next_unpin(cx));
+        if matches!(next, Some(Ok(_))) && self.remaining > 0 {
+            self.remaining -= 1;
+            self.requested.fetch_sub(1, Ordering::SeqCst);
+        }
+        Poll::Ready(next)
+    }
+}
+
+impl Drop for Pull {
+    fn drop(&mut self) {
+        self.requested.fetch_sub(self.remaining, Ordering::SeqCst);
+    }
 }
 
 /// Refuses a consumer whose ack policy is not `explicit`. Under `all` an ack also acks

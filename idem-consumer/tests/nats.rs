@@ -251,6 +251,53 @@ async fn an_unavailable_store_naks_with_a_delay_and_never_runs() {
     jet.cleanup().await;
 }
 
+/// The loop pulls no more messages than it has free slots for: with every slot busy for
+/// longer than `ack_wait`, the next messages wait on the server, not in the client. Pulled
+/// ahead, they sat in the client unstarted and unreported until their `ack_wait` ran out,
+/// and JetStream delivered them again while the first copy still waited: each came twice,
+/// a delivery counted towards the poison limit and `max_deliver` for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_beyond_the_free_slots_are_not_delivered_twice() {
+    const MESSAGES: usize = 4;
+    let jet = Jet::new().await;
+    jet.publish_all(&common::numbered(MESSAGES), idem_consumer::NATS_MSG_ID)
+        .await;
+    let consumer =
+        Consumer::new(Idempotency::new(MemoryStore::new()), "nats-free-slots").expect("consumer");
+    let seen = Arc::new(Seen::default());
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |message: Message| {
+            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+            async move {
+                consumer
+                    .handle_message(&message, || async {
+                        // Twice the ack_wait: the loop's two slots stay busy past it.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        seen.effects.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Failure>(())
+                    })
+                    .await
+            }
+        }
+    };
+    let pull = jet.consumer(Duration::from_secs(1), -1).await;
+    let options = ConsumeOptions::default().concurrency(2);
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    wait_until("every message ran and was acked", DEADLINE, || async {
+        seen.effects.load(Ordering::SeqCst) == MESSAGES && jet.consumer_state().await.1 == 0
+    })
+    .await;
+    let summary = running.stop().await;
+
+    assert_eq!(
+        jet.deliveries_made().await,
+        MESSAGES as u64,
+        "a message was delivered again while a copy waited unstarted: {summary:?}"
+    );
+    jet.cleanup().await;
+}
+
 /// A store outage longer than the consumer's `max_deliver` does not get a message
 /// dead-lettered: the loop holds a message the store cannot take (reporting it in
 /// progress) and handles it again, rather than `nak` it back. Handed back at each try,

@@ -786,6 +786,14 @@ impl Jet {
         (info.num_pending, info.num_ack_pending, info.num_redelivered)
     }
 
+    /// How many deliveries the consumer has made, redeliveries included.
+    pub async fn deliveries_made(&self) -> u64 {
+        let stream = self.js.get_stream(&self.stream).await.expect("stream");
+        let mut consumer: PullConsumer = stream.get_consumer("worker").await.expect("consumer");
+        let info = consumer.info().await.expect("consumer info");
+        info.delivered.consumer_sequence
+    }
+
     pub async fn cleanup(self) {
         let _ = self.js.delete_stream(&self.stream).await;
         let _ = self.js.delete_stream(&self.dead_stream).await;
