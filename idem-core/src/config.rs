@@ -81,8 +81,9 @@ impl ConfigBuilder {
 
     /// Sets how long a claim holds its key before another request may take it over. The
     /// executor renews the lease while the operation runs, so this bounds how long a crashed
-    /// owner blocks the key, not how long an operation may take. At least 1 ms (checked by
-    /// `build`).
+    /// owner blocks the key, not how long an operation may take. Longer than zero and at
+    /// most [`Ttl::MAX`] (checked by `build`); kept in whole milliseconds, a fraction rounded
+    /// up.
     ///
     /// Default: 30 s.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
@@ -90,7 +91,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Sets how long a success is replayed. At least 1 ms (checked by `build`).
+    /// Sets how long a success is replayed. Longer than zero and at most [`Ttl::MAX`]
+    /// (checked by `build`); kept in whole milliseconds, a fraction rounded up.
     ///
     /// Default: 24 h (Stripe keeps keys 24 hours).
     pub fn success_retention(mut self, retention: Duration) -> Self {
@@ -98,7 +100,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// Sets how long a permanent failure is replayed. At least 1 ms (checked by `build`).
+    /// Sets how long a permanent failure is replayed. Longer than zero and at most
+    /// [`Ttl::MAX`] (checked by `build`); kept in whole milliseconds, a fraction rounded up.
     ///
     /// Default: 24 h.
     pub fn failure_retention(mut self, retention: Duration) -> Self {
