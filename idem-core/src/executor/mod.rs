@@ -207,7 +207,10 @@ impl<S: IdempotencyStore> Idempotency<S> {
     /// - [`ExecuteError::Idempotency`]: it did not run: [`Error::FingerprintMismatch`] (the key was
     ///   used with another request), [`Error::InProgress`] (another caller holds the key and the
     ///   [`WaitPolicy`](crate::WaitPolicy) ran out), [`Error::Unavailable`] or another store error,
-    ///   or [`Error::Serialization`] when a stored outcome does not decode into `T`/`E`.
+    ///   [`Error::PayloadTooLarge`] when the first run's outcome was over
+    ///   [`Config::max_payload`] (a marker was stored in its place), or
+    ///   [`Error::Serialization`] when a stored outcome does not decode into `T`/`E` or the
+    ///   first run's could not be stored as itself (a NaN, say).
     /// - [`ExecuteError::NotRecorded`]: it ran, with its result, but the outcome could not be
     ///   stored (the lease was lost, the store stayed unavailable, the payload was refused).
     pub async fn execute<T, E, F, Fut>(
