@@ -3,7 +3,11 @@
 //! ```sh
 //! cargo run --example http_server                 # the in-memory store
 //! IDEM_STORE=redis cargo run --example http_server  # Redis at IDEM_REDIS_URL (default redis://127.0.0.1:6379)
+//! IDEM_HTTP_ADDR=127.0.0.1:8080 cargo run --example http_server  # another address
 //! ```
+//!
+//! On Redis the responses outlive the server (24 h): the same keys sent after a restart are
+//! replayed.
 //!
 //! Then, from another terminal (the README's HTTP section explains each answer):
 //!
