@@ -101,8 +101,10 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// [`SetupTimedOut`](crate::ConsumeFailure::SetupTimedOut) past
 /// [`ConsumeOptions::setup_timeout`]) or its stream fails or ends with no shutdown asked for
 /// ([`Stream`](crate::ConsumeFailure::Stream): the consumer deleted, the client given up
-/// reconnecting, a pull request the server refused). A pull lost with a dropped connection
-/// is not a failure: it runs out, and the next one goes to the reconnected client.
+/// reconnecting, a pull request the server refuses for good, as asking more than the
+/// consumer's `max_batch`). A pull the server ends on its side (a leadership change, a
+/// server shutting down) is not a failure, nor is a pull lost with a dropped connection: it
+/// runs out, and the next one goes to the reconnected client.
 pub async fn consume<F, Fut>(
     jetstream: &Context,
     consumer: &PullConsumer,
@@ -267,13 +269,35 @@ impl futures::Stream for Pull {
     type Item = Result<jetstream::Message, BoxError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let next = futures::ready!(self.batch.poll_next_unpin(cx));
+        let next = match futures::ready!(self.batch.poll_next_unpin(cx)) {
+            Some(Err(error)) if ends_the_pull_only(&error) => {
+                tracing::debug!(%error, "JetStream ended a pull request; the next one follows");
+                None
+            }
+            next => next,
+        };
         if matches!(next, Some(Ok(_))) && self.remaining > 0 {
             self.remaining -= 1;
             self.requested.fetch_sub(1, Ordering::SeqCst);
         }
         Poll::Ready(next)
     }
+}
+
+/// Whether a pull's error ends only that pull, as async-nats's own pull stream reads it: a
+/// 409 the server answers when it ends a pull request on its side (a leadership change, a
+/// server shutting down, too many pulls waiting), which the next pull does not meet. A
+/// consumer deleted or push based, or a pull asking more than the consumer allows, is
+/// refused at every pull again: those end the loop. async-nats's batch gives the status
+/// and its description only as text: "...: 409, Some(\"Leadership Change\")".
+fn ends_the_pull_only(error: &BoxError) -> bool {
+    const FOR_GOOD: [&str; 3] = [
+        "Consumer Deleted",
+        "Consumer is push based",
+        "Exceeded MaxRequest",
+    ];
+    let text = error.to_string();
+    text.contains(": 409,") && !FOR_GOOD.iter().any(|refusal| text.contains(refusal))
 }
 
 impl Drop for Pull {
@@ -552,4 +576,31 @@ pub fn message_id(
     found
         .filter(|id| !id.is_empty())
         .ok_or_else(|| MissingId::new(source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text async-nats's batch gives a status the server ends a pull request with.
+    fn status(code: u16, description: &str) -> BoxError {
+        Box::new(std::io::Error::other(format!(
+            "error while processing messages from the stream: {code}, {:?}",
+            Some(description)
+        )))
+    }
+
+    #[test]
+    fn a_pull_ended_by_the_server_ends_only_that_pull() {
+        assert!(ends_the_pull_only(&status(409, "Leadership Change")));
+        assert!(ends_the_pull_only(&status(409, "Server Shutdown")));
+        assert!(ends_the_pull_only(&status(409, "Exceeded MaxWaiting")));
+        assert!(!ends_the_pull_only(&status(409, "Consumer Deleted")));
+        assert!(!ends_the_pull_only(&status(409, "Consumer is push based")));
+        assert!(!ends_the_pull_only(&status(
+            409,
+            "Exceeded MaxRequestBatch of 10"
+        )));
+        assert!(!ends_the_pull_only(&status(503, "No Responders")));
+    }
 }
