@@ -167,6 +167,12 @@ pub enum Defect {
     IgnoresRetention,
     /// Renewing says yes and does nothing.
     NoopRenew,
+    /// Release checks the lease and answers `Ok`, but its write changes nothing (an update
+    /// whose row count is not looked at): the key stays claimed until its lease ends.
+    NoopRelease,
+    /// Fail records the failure as a completion (one finish statement for both, its state
+    /// column fixed): a repeat gets the failure's bytes back as a success.
+    FailRecordsCompletion,
     /// A claim retried by the same owner is told "in progress".
     ForgetsOwnClaim,
     /// A claim retried by the same owner gets its lease back but not extended.
@@ -255,6 +261,8 @@ impl Defect {
         Defect::IgnoresPayloadLimit,
         Defect::IgnoresRetention,
         Defect::NoopRenew,
+        Defect::NoopRelease,
+        Defect::FailRecordsCompletion,
         Defect::ForgetsOwnClaim,
         Defect::ReclaimDoesNotExtend,
         Defect::ReclaimKeepsExpiry,
@@ -466,6 +474,35 @@ impl Defect {
                 "spent_lease",
                 "stale_lease",
                 "trace_lifetime",
+            ],
+            Defect::NoopRelease => &[
+                "exclusive_every_path",
+                "failures",
+                "fencing_memory",
+                "finishes_race_each_other",
+                "free_key",
+                "granted_lease",
+                "lease_identity",
+                "model",
+                "reads_race_claims_and_removals",
+                "reads_race_writes",
+                "removal_races_holder",
+                "retried_claim_races_own_lease",
+                "spent_lease",
+            ],
+            Defect::FailRecordsCompletion => &[
+                "claim_fingerprint_decides",
+                "failures",
+                "fingerprints",
+                "finish_races_takeover",
+                "finishes_race_each_other",
+                "lapsed_lease_still_finishes",
+                "model",
+                "reads_race_claims_and_removals",
+                "reads_race_writes",
+                "replay_fidelity",
+                "retention",
+                "retried_claim_races_own_lease",
             ],
             Defect::ForgetsOwnClaim => &[
                 "fingerprints",

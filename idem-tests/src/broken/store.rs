@@ -662,7 +662,11 @@ impl IdempotencyStore for BrokenStore {
 
     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
         let failure = self.payload(failure)?;
-        self.finish(lease, Phase::Failed(failure), retention).await
+        let phase = match self.defect {
+            Defect::FailRecordsCompletion => Phase::Completed(failure),
+            _ => Phase::Failed(failure),
+        };
+        self.finish(lease, phase, retention).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
@@ -710,7 +714,12 @@ impl IdempotencyStore for BrokenStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
         let as_expiry = self.defect == Defect::ReleaseAsExpiry;
+        let noop = self.defect == Defect::NoopRelease;
         self.transition(lease, Op::Release, |entry, now| {
+            if noop {
+                // The lease is checked, then the write changes nothing.
+                return entry.clone();
+            }
             let lease_ttl = match entry.phase {
                 Phase::Claimed { lease_ttl, .. } => lease_ttl,
                 _ => 0,

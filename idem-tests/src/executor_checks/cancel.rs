@@ -138,7 +138,10 @@ pub async fn cancel_during_write_keeps_the_key(
                         "Release: a caller dropped during the outcome write released the key \
                          (its operation had run): {record:?}"
                     );
-                    let repeat = super::run_counted(&idem, &key, &runs, 52u64).await;
+                    // The repeat goes to the store itself: one that wrongly acquired would
+                    // hang in the stalled write for a whole lease before failing the check.
+                    let plain = detached(&ctx, LONG)?;
+                    let repeat = super::run_counted(&plain, &key, &runs, 52u64).await;
                     expect_in_progress(
                         "Release: a repeat after a drop during the write",
                         &repeat,
