@@ -739,3 +739,75 @@ async fn a_renewal_whose_reply_never_comes_does_not_stop_the_renewals() {
     );
     running.await.expect("joined").expect("released");
 }
+
+/// A congested store: every claim, renewal and outcome write waits `delay` before it
+/// reaches the store (queued behind other work), then takes effect.
+#[derive(Debug, Default)]
+struct Congested {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+#[idem_core::async_trait]
+impl IdempotencyStore for Congested {
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.claim(request).await
+    }
+    async fn complete(&self, lease: &idem_core::Lease, r: Bytes, t: Ttl) -> Result<(), Error> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.complete(lease, r, t).await
+    }
+    async fn fail(&self, lease: &idem_core::Lease, f: Bytes, t: Ttl) -> Result<(), Error> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.fail(lease, f, t).await
+    }
+    async fn renew(&self, lease: &idem_core::Lease, t: Ttl) -> Result<(), Error> {
+        tokio::time::sleep(self.delay).await;
+        self.inner.renew(lease, t).await
+    }
+    async fn release(&self, lease: &idem_core::Lease) -> Result<(), Error> {
+        self.inner.release(lease).await
+    }
+    async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
+        self.inner.read(key).await
+    }
+    async fn remove(&self, key: &Key) -> Result<bool, Error> {
+        self.inner.remove(key).await
+    }
+}
+
+/// An outcome write is awaited for at least a second, however little of the lease the
+/// attempt knows is left: on a store where every call takes 700 ms, under a 1 s lease, the
+/// claim's answer leaves 300 ms, and the write that answers 700 ms later is still stored
+/// (the store keeps a lapsed lease nobody took over able to finish). A write given up on
+/// once the lease's end passed was cut off unanswered, every retry too, and the run ended
+/// "not recorded", free to run a second time once the lease ended.
+#[tokio::test(start_paused = true)]
+async fn an_outcome_write_slower_than_the_lease_left_is_still_awaited() {
+    let lease_ttl = ttl(1);
+    let store = Arc::new(Congested {
+        delay: Duration::from_millis(700),
+        ..Congested::default()
+    });
+    let engine = Engine::new(Arc::clone(&store), lease_ttl);
+    let key = Key::new("attempt-tests", "congested-write").expect("key");
+    let Ok(Claim::Acquired(lease)) = engine
+        .claim(&ClaimRequest::new(key.clone(), lease_ttl))
+        .await
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let output = engine
+        .attempt(lease)
+        .run(async { 7_u32 }, complete(b"7"))
+        .await;
+    assert!(matches!(output, Ok(7)), "{output:?}");
+    let record = store.inner.read(&key).await.expect("read").map(|r| r.state);
+    assert_eq!(
+        record,
+        Some(RecordState::Completed {
+            response: Bytes::from_static(b"7")
+        })
+    );
+}
