@@ -1136,6 +1136,7 @@ async fn an_operation_that_panics_before_giving_its_future_frees_the_key() {
 /// while `hang` is set (a connection hangs), answered `Unavailable` while `lost` counts down
 /// (a client timeout fires). With `refuse_again` set, a claim after one was applied is
 /// refused with a `Backend` error, unapplied (the server failing otherwise on the resend).
+/// `released` counts the releases sent to it.
 #[derive(Debug, Default)]
 struct ClaimReplyHangs {
     inner: MemoryStore,
@@ -1143,6 +1144,7 @@ struct ClaimReplyHangs {
     lost: std::sync::atomic::AtomicU32,
     applied: AtomicUsize,
     refuse_again: AtomicBool,
+    released: AtomicUsize,
 }
 
 #[idem_core::async_trait]
@@ -1177,6 +1179,7 @@ impl IdempotencyStore for ClaimReplyHangs {
         self.inner.renew(lease, ttl).await
     }
     async fn release(&self, lease: &Lease) -> Result<(), Error> {
+        self.released.fetch_add(1, Ordering::SeqCst);
         self.inner.release(lease).await
     }
     async fn read(&self, key: &Key) -> Result<Option<idem_core::Record>, Error> {
@@ -1213,6 +1216,55 @@ async fn a_caller_gone_while_its_claim_is_in_flight_frees_the_key() {
         .await
         .expect("runs");
     assert_eq!((next.result, next.replayed), (Ok(2), false));
+}
+
+/// A caller that goes away while its claim is in flight, on a key another caller holds,
+/// frees nothing: the key shows another owner, so no release is sent for it (one would
+/// present a lease the caller never held, the other owner's fencing number with its own
+/// token, and only the store's owner check would stand between it and the other caller's
+/// key). The other caller's lease is untouched and finishes the key.
+#[tokio::test]
+async fn a_caller_gone_while_its_claim_is_in_flight_sends_no_release_for_another_owners_key() {
+    let idem = Idempotency::with_config(
+        ClaimReplyHangs::default(),
+        config(ms(30_000), WaitPolicy::FailFast),
+    )
+    .expect("valid config");
+    let key = key("claim-in-flight-held-elsewhere");
+    let holder = ClaimRequest::new(key.clone(), Ttl::from_secs(30).expect("ttl"));
+    let Ok(Claim::Acquired(held)) = idem.store().inner.claim(&holder).await else {
+        panic!("a fresh key is acquired");
+    };
+    idem.store().hang.store(true, Ordering::SeqCst);
+    let runs = counter();
+    let call = idem.execute(&key, None, counted(&runs, Ok(1_u64)));
+    let gone = tokio::time::timeout(ms(100), call).await;
+    assert!(gone.is_err(), "the claim's reply never came: {gone:?}");
+    // The freeing runs on a task of this (single-threaded) runtime: let it run to its end.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..1_000 {
+        if metrics.num_alive_tasks() == 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), 0, "the freeing never ended");
+    assert_eq!(
+        idem.store().released.load(Ordering::SeqCst),
+        0,
+        "a release was sent"
+    );
+    assert_eq!(count(&runs), 0, "the operation never started");
+    assert_claimed_by(&idem.store().inner, &key, &held).await;
+    idem.store()
+        .inner
+        .complete(
+            &held,
+            Bytes::from_static(b"1"),
+            Ttl::from_secs(60).expect("ttl"),
+        )
+        .await
+        .expect("the holder finishes the key");
 }
 
 /// A claim whose every send was applied but answered `Unavailable` (the replies lost) holds
