@@ -380,3 +380,34 @@ async fn a_write_whose_reply_never_comes_is_recognised() {
         "the retry found the key finished"
     );
 }
+
+/// The read that would recognise a write whose reply was lost meets a store that stays
+/// down: it is read again while the lease lasts (at least three times), then given up on,
+/// and the caller gets its value back as not recorded, instead of waiting for the store for
+/// ever, past the lease's end.
+#[tokio::test(start_paused = true)]
+async fn a_read_back_that_stays_down_is_given_up_on_as_the_lease_ends() {
+    let config = Config::builder()
+        .lease_ttl(std::time::Duration::from_secs(2))
+        .build()
+        .expect("valid config");
+    let store = FlakyStore::new(Blink::ReplyLost, 1);
+    store.reads_failing.store(u32::MAX, Ordering::SeqCst);
+    let called = repeatedly(store, config, 1);
+    // Paused time: the lease's 2 s pass at once; 20 s is only the bound of a hang.
+    let (store, results, runs) = tokio::time::timeout(std::time::Duration::from_secs(20), called)
+        .await
+        .expect("the caller still waits, past the lease, for a read the store never answers");
+    match &results[..] {
+        [
+            Err(ExecuteError::NotRecorded {
+                result: Ok(7),
+                error: Error::NotRecorded { cause },
+            }),
+        ] => assert!(matches!(**cause, Error::LeaseLost), "cause {cause:?}"),
+        other => panic!("expected NotRecorded with the value, got {other:?}"),
+    }
+    assert_eq!(runs, 1);
+    let reads = u32::MAX - store.reads_failing.load(Ordering::SeqCst);
+    assert!(reads >= 3, "the key was read back only {reads} times");
+}
