@@ -411,3 +411,26 @@ async fn a_read_back_that_stays_down_is_given_up_on_as_the_lease_ends() {
     let reads = u32::MAX - store.reads_failing.load(Ordering::SeqCst);
     assert!(reads >= 3, "the key was read back only {reads} times");
 }
+
+/// An outcome written at the first try is written once: the write that ended in its
+/// caller's future is not handed on to be carried out again (as a write dropped before it
+/// ended is), which would send every outcome to the store twice.
+#[tokio::test(start_paused = true)]
+async fn an_outcome_written_at_once_is_sent_once() {
+    let (store, results, runs) = twice(FlakyStore::new(Blink::Refused, 0)).await;
+    assert!(matches!(results[..], [Ok(7), Ok(7)]), "{results:?}");
+    assert_eq!(runs, 1);
+    // Paused time: every task the attempt left (a write handed on, the renewal supervisor)
+    // runs to its end while this sleeps past the lease.
+    tokio::time::sleep(Config::default().lease_ttl * 2).await;
+    assert_eq!(
+        store.completes.load(Ordering::SeqCst),
+        1,
+        "the outcome was sent again"
+    );
+    assert_eq!(
+        store.releases.load(Ordering::SeqCst),
+        0,
+        "the key was released"
+    );
+}
