@@ -117,6 +117,25 @@ mod tests {
         assert!(Ttl::new(Ttl::MAX).is_ok());
     }
 
+    /// The longest TTL is about ten years, as documented: nine years is a TTL, eleven is
+    /// refused as a unit mistake.
+    #[test]
+    fn the_longest_ttl_is_about_ten_years() {
+        const YEAR: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+        assert!(Ttl::new(YEAR * 9).is_ok());
+        assert!(matches!(
+            Ttl::new(YEAR * 11),
+            Err(Error::InvalidInput(InvalidInput::TtlOutOfRange { .. }))
+        ));
+    }
+
+    /// A TTL converts back to the duration it holds.
+    #[test]
+    fn a_ttl_converts_back_to_its_duration() {
+        let ttl = Ttl::from_millis(1500).expect("a valid TTL");
+        assert_eq!(Duration::from(ttl), Duration::from_millis(1500));
+    }
+
     #[test]
     fn clamped_constructor_stays_in_range() {
         assert_eq!(Ttl::from_millis_clamped(0).as_millis(), 1);
