@@ -41,6 +41,8 @@ impl<S: IdempotencyStore> Engine<S> {
         }
     }
 
+    /// Polls a key found in progress (`retry_after` is what its lease has left) until it is
+    /// not, or the wait ends.
     async fn wait_out(
         &self,
         request: &ClaimRequest,
