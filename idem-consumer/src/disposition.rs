@@ -10,11 +10,11 @@ use std::time::Duration;
 /// |---|---|---|
 /// | [`Ack`](Self::Ack) | `basic_ack` | `ack` |
 /// | [`Requeue`](Self::Requeue) | wait `delay`, then `basic_nack` with `requeue` | `nak` with `delay` |
+/// | [`DeadLetter`](Self::DeadLetter) | `basic_reject` without requeue: the queue's dead-letter exchange routes it | publish to the dead-letter subject (if set), then `term` |
 ///
 /// The consume loops hold a requeue that is no fault of the message's (the store
 /// unavailable, its key in progress elsewhere) and run the handler on it again after the
 /// delay: see [the consume loop](crate#the-consume-loop).
-/// | [`DeadLetter`](Self::DeadLetter) | `basic_reject` without requeue: the queue's dead-letter exchange routes it | publish to the dead-letter subject (if set), then `term` |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Disposition {
