@@ -64,6 +64,7 @@ mod back_at;
 mod backoff;
 mod claim;
 mod guard;
+mod here;
 mod renewal;
 mod running;
 mod settle;
@@ -76,14 +77,13 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::runtime::Handle;
-
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::Error;
 use crate::lease::Lease;
 use crate::store::IdempotencyStore;
 use crate::ttl::Ttl;
 use guard::ReleaseOnDrop;
+use here::RunHere;
 use renewal::Held;
 use running::Running;
 use unwritten::Unwritten;
@@ -308,60 +308,74 @@ impl<S: IdempotencyStore> Attempt<S> {
 }
 
 /// The attempt, from its guard: the operation under the lease, then the settlement.
-async fn run_here<S, T, Fut, St>(
+fn run_here<S, T, Fut, St>(
     guard: ReleaseOnDrop<S>,
     operation: Fut,
-    mut settle: St,
-) -> Result<T, AttemptError<T>>
+    settle: St,
+) -> impl Future<Output = Result<T, AttemptError<T>>>
 where
     S: IdempotencyStore,
     Fut: Future<Output = T>,
     St: Settle<T>,
 {
-    let (watched, spawned) = guard
-        .watchlist
-        .enter(Arc::clone(&guard.held), &Handle::current());
-    if spawned {
-        // Let the new task (the supervisor, or an overdue lease's renewal) start: it would
-        // otherwise wait in this worker's next-task slot, which other workers do not steal
-        // from, behind an operation that may block the thread.
-        tokio::task::yield_now().await;
-    }
-    let output = operation.await;
-    guard.disarm();
-    drop(watched);
-    let (store, held) = (guard.watchlist.store(), &guard.held);
-    let lease = &held.lease;
+    RunHere::new(guard, operation, settle, finish::<S, T, St>)
+}
 
-    let settlement = settle.settle(&output);
-    let written = if held.is_lost() {
-        match settlement {
-            // Nothing to free: the key is no longer ours.
-            Settlement::Release => Ok(()),
-            _ => Err(Error::LeaseLost),
-        }
-    } else {
-        // Finished on a task if this future is dropped before the write ends.
-        let unwritten = Unwritten::new(store, &guard.held, &settlement);
-        let written =
-            write::carry_out::<_, T, _>(&**store, lease, &settlement, &mut settle, held.until())
-                .await;
-        unwritten.written();
-        written
-    };
-    match written {
-        Ok(()) => Ok(output),
-        Err(cause) => {
-            tracing::warn!(
-                error = %cause,
-                namespace = lease.key.namespace(),
-                fencing = lease.fencing,
-                "the operation ran but its outcome was not stored"
-            );
-            Err(AttemptError::NotRecorded {
-                output,
-                error: Error::not_recorded(cause),
-            })
+/// What follows the operation: its outcome written as `settle` says, from the guard that
+/// holds the lease.
+///
+/// An `async` block, not an `async fn`: an `async fn` moves each argument from where the
+/// call put it into a local of its own, and the output, the settle step and the guard were
+/// held twice, in every attempt's box.
+#[allow(clippy::manual_async_fn)]
+fn finish<S, T, St>(
+    guard: ReleaseOnDrop<S>,
+    output: T,
+    mut settle: St,
+) -> impl Future<Output = Result<T, AttemptError<T>>>
+where
+    S: IdempotencyStore,
+    St: Settle<T>,
+{
+    async move {
+        let (store, held) = (guard.watchlist.store(), &guard.held);
+        let lease = &held.lease;
+
+        let settlement = settle.settle(&output);
+        let written = if held.is_lost() {
+            match settlement {
+                // Nothing to free: the key is no longer ours.
+                Settlement::Release => Ok(()),
+                _ => Err(Error::LeaseLost),
+            }
+        } else {
+            // Finished on a task if this future is dropped before the write ends.
+            let unwritten = Unwritten::new(store, &guard.held, &settlement);
+            let written = write::carry_out::<_, T, _>(
+                &**store,
+                lease,
+                &settlement,
+                &mut settle,
+                held.until(),
+            )
+            .await;
+            unwritten.written();
+            written
+        };
+        match written {
+            Ok(()) => Ok(output),
+            Err(cause) => {
+                tracing::warn!(
+                    error = %cause,
+                    namespace = lease.key.namespace(),
+                    fencing = lease.fencing,
+                    "the operation ran but its outcome was not stored"
+                );
+                Err(AttemptError::NotRecorded {
+                    output,
+                    error: Error::not_recorded(cause),
+                })
+            }
         }
     }
 }

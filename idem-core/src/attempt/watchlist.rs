@@ -94,11 +94,7 @@ impl<S: IdempotencyStore> Watchlist<S> {
     /// already overdue): the caller should yield once, so that the new task is not left in
     /// this worker's next-task slot (which other workers do not steal from) behind an
     /// operation that may block the thread.
-    pub(crate) fn enter(
-        self: &Arc<Self>,
-        held: Arc<Held>,
-        runtime: &Handle,
-    ) -> (Watched<'_, S>, bool) {
+    pub(crate) fn enter(self: &Arc<Self>, held: Arc<Held>, runtime: &Handle) -> (Watched<S>, bool) {
         let id = runtime.id();
         // A lease whose claim was slow to answer has already run a while: renewed from now,
         // not from the supervisor's next look (up to a sixth of the TTL later).
@@ -149,7 +145,10 @@ impl<S: IdempotencyStore> Watchlist<S> {
         if let Some((number, first_look)) = supervisor {
             runtime.spawn(supervise(Arc::downgrade(self), id, number, first_look));
         }
-        let watched = Watched { list: self, index };
+        let watched = Watched {
+            list: Arc::clone(self),
+            index,
+        };
         (watched, spawned)
     }
 
@@ -186,13 +185,14 @@ impl<S: IdempotencyStore> Watchlist<S> {
 
 /// An attempt's place on the watchlist. Dropping it takes the attempt off the list and stops
 /// its renewal, if one started.
-pub(crate) struct Watched<'a, S: IdempotencyStore> {
-    /// Borrowed: the attempt holds the list for longer than its place on it.
-    list: &'a Watchlist<S>,
+pub(crate) struct Watched<S: IdempotencyStore> {
+    /// Shared, not borrowed: the attempt's future holds its place beside the guard that
+    /// holds the list, and a future cannot borrow from itself.
+    list: Arc<Watchlist<S>>,
     index: usize,
 }
 
-impl<S: IdempotencyStore> Drop for Watched<'_, S> {
+impl<S: IdempotencyStore> Drop for Watched<S> {
     fn drop(&mut self) {
         let slot = {
             let mut state = self.list.lock();
@@ -308,7 +308,7 @@ mod tests {
     }
 
     /// Puts an attempt holding fencing number `fencing` on `list`.
-    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<'_, Renewals>, bool) {
+    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<Renewals>, bool) {
         let lease = Lease::new(
             Key::new("watchlist", "k").expect("a valid key"),
             OwnerToken::random(),

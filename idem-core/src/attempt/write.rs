@@ -120,7 +120,9 @@ where
                 limit,
                 "the outcome is over the store's payload limit; writing what the settle step gave instead"
             );
-            write(store, lease, &instead, lease_until).await
+            // Boxed: rare, and inline its future took as much room in every attempt's
+            // future as the first write's, with which it never overlapped.
+            Box::pin(write(store, lease, &instead, lease_until)).await
         }
         None => Err(Error::PayloadTooLarge { size, limit }),
     }
