@@ -1,5 +1,6 @@
 //! Bodies: buffering requests and responses under a limit, and the layer's response body.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -205,47 +206,90 @@ pub(crate) enum BufferedResponse<B> {
 }
 
 /// Reads a whole response body, up to `limit` bytes.
-pub(crate) async fn buffer_response<B>(response: Response<B>, limit: usize) -> BufferedResponse<B>
+///
+/// A future written by hand, not an `async fn`: it lives in the attempt's box, where an
+/// `async fn` would keep the response it was given beside the parts and body it splits it
+/// into.
+pub(crate) struct BufferResponse<B> {
+    /// The response's head and body; `None` once read.
+    response: Option<(Parts, Pin<Box<B>>)>,
+    collected: BytesMut,
+    trailers: Option<Box<HeaderMap>>,
+    limit: usize,
+}
+
+impl<B> BufferResponse<B> {
+    pub(crate) fn new(response: Response<B>, limit: usize) -> Self {
+        let (parts, body) = response.into_parts();
+        Self {
+            response: Some((parts, Box::pin(body))),
+            collected: BytesMut::new(),
+            trailers: None,
+            limit,
+        }
+    }
+}
+
+impl<B> Future for BufferResponse<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = response.into_parts();
-    let mut collected = BytesMut::new();
-    let mut trailers = None;
-    let mut body = Box::pin(body);
-    loop {
-        let data = match body.frame().await {
-            None => return BufferedResponse::Complete(parts, collected.freeze(), trailers),
-            Some(Err(error)) => return BufferedResponse::Unreadable(parts.status, error.into()),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                // The last frame: kept for the first client.
-                Err(frame) => {
-                    trailers = frame.into_trailers().ok().map(Box::new);
-                    continue;
+    type Output = BufferedResponse<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<BufferedResponse<B>> {
+        let this = &mut *self;
+        loop {
+            // Taken out while polled, put back while more is to come.
+            let Some((parts, mut body)) = this.response.take() else {
+                // Polled again after it finished: there is nothing more to give.
+                return Poll::Pending;
+            };
+            let Poll::Ready(frame) = body.as_mut().poll_frame(cx) else {
+                this.response = Some((parts, body));
+                return Poll::Pending;
+            };
+            let data = match frame {
+                None => {
+                    let collected = std::mem::take(&mut this.collected).freeze();
+                    let trailers = this.trailers.take();
+                    return Poll::Ready(BufferedResponse::Complete(parts, collected, trailers));
                 }
-            },
-        };
-        if collected.is_empty() && body.is_end_stream() {
-            // The common case, one frame: keep its bytes as they are.
-            if data.len() > limit {
-                let size = data.len() as u64;
-                return BufferedResponse::TooLarge(
-                    Response::from_parts(parts, ResponseBody::prefixed(data, body)),
-                    size,
-                );
+                Some(Err(error)) => {
+                    return Poll::Ready(BufferedResponse::Unreadable(parts.status, error.into()));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // The last frame: kept for the first client.
+                    Err(frame) => {
+                        this.trailers = frame.into_trailers().ok().map(Box::new);
+                        this.response = Some((parts, body));
+                        continue;
+                    }
+                },
+            };
+            if this.collected.is_empty() && body.is_end_stream() {
+                // The common case, one frame: keep its bytes as they are.
+                return Poll::Ready(if data.len() > this.limit {
+                    let size = data.len() as u64;
+                    BufferedResponse::TooLarge(
+                        Response::from_parts(parts, ResponseBody::prefixed(data, body)),
+                        size,
+                    )
+                } else {
+                    BufferedResponse::Complete(parts, data, None)
+                });
             }
-            return BufferedResponse::Complete(parts, data, None);
-        }
-        collected.extend_from_slice(&data);
-        if collected.len() > limit {
-            let size = collected.len() as u64;
-            let read = collected.freeze();
-            return BufferedResponse::TooLarge(
-                Response::from_parts(parts, ResponseBody::prefixed(read, body)),
-                size,
-            );
+            this.collected.extend_from_slice(&data);
+            if this.collected.len() > this.limit {
+                let size = this.collected.len() as u64;
+                let read = std::mem::take(&mut this.collected).freeze();
+                return Poll::Ready(BufferedResponse::TooLarge(
+                    Response::from_parts(parts, ResponseBody::prefixed(read, body)),
+                    size,
+                ));
+            }
+            this.response = Some((parts, body));
         }
     }
 }

@@ -7,6 +7,7 @@ mod estimate;
 mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
+mod handler_run;
 mod header;
 mod key_header;
 mod layer;

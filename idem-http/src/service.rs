@@ -19,11 +19,10 @@ use idem_core::{
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::{
-    BufferedResponse, RequestBodyError, ResponseBody, buffer_request, buffer_response,
-};
+use crate::body::{BufferedResponse, RequestBodyError, ResponseBody, buffer_request};
 use crate::estimate::RunTimes;
 use crate::fingerprint::request_fingerprint;
+use crate::handler_run::HandlerRun;
 use crate::header::IDEMPOTENT_REPLAYED;
 use crate::key_header::{KeyHeader, read_key};
 use crate::policy::OversizedResponse;
@@ -32,7 +31,6 @@ use crate::record::StoredOutcome;
 use crate::scope::route;
 use crate::settings::Settings;
 use crate::settle::{Output, SettleResponse};
-use crate::unwind::CatchPanic;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer): wraps `Inner` so each
 /// request with an `Idempotency-Key` runs it at most once and repeats get the first
@@ -374,7 +372,7 @@ impl<S: IdempotencyStore> Shared<S> {
     /// future holds a pointer to it rather than the handler and the attempt inline.
     fn run<Inner, ReqBody, ResBody>(
         &self,
-        mut inner: Inner,
+        inner: Inner,
         lease: Lease,
         request: Request<ReqBody>,
     ) -> impl Future<Output = Result<Response<ResponseBody<ResBody>>, Inner::Error>> + Send + '_
@@ -396,24 +394,7 @@ impl<S: IdempotencyStore> Shared<S> {
         request.extensions_mut().insert(lease.clone());
         // A panic, in the handler or its body, is caught here, where the output settles the
         // key, and resumed by `respond` once it is settled.
-        let handler = async move {
-            let called = CatchPanic::new(async move { inner.call(request).await }).await;
-            // The handler's own mark, read before the layer's below.
-            let committed = lease.is_committed();
-            let response = match called {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => return Output::new(committed, Err(error)),
-                Err(panic) => return Output::new(committed, Ok(BufferedResponse::Panicked(panic))),
-            };
-            // The handler returned: whatever it did is done, even if its body, read next, is
-            // still streaming. A client gone from here on (under `Release` too) never frees
-            // the key for a second run.
-            lease.commit();
-            let buffered = CatchPanic::new(buffer_response(response, limit))
-                .await
-                .unwrap_or_else(BufferedResponse::Panicked);
-            Output::new(committed, Ok(buffered))
-        };
+        let handler = HandlerRun::new(inner, request, lease, limit);
         // Only under `Refuse` does the first answer depend on whether the store took the
         // record.
         let store_refused = (self.settings.options.oversized == OversizedResponse::Refuse)
