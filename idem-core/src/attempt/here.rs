@@ -140,14 +140,23 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
+    use async_trait::async_trait;
+    use bytes::Bytes;
     use tokio::time::Instant;
 
     use crate::attempt::back_at::BackAt;
     use crate::attempt::{Engine, Settlement};
+    use crate::claim::{Claim, ClaimRequest};
+    use crate::error::Error;
     use crate::key::Key;
     use crate::lease::{Lease, OwnerToken};
+    use crate::record::Record;
+    use crate::store::IdempotencyStore;
     use crate::ttl::Ttl;
 
     /// The room an operation's future or its output takes in the tests below.
@@ -184,5 +193,96 @@ mod tests {
         assert!(size < 2 * ROOM, "the attempt's future takes {size} bytes");
         let output = attempt.await.expect("stored");
         assert_eq!(output, [7_u8; ROOM]);
+    }
+
+    /// The lease TTL of the tests below: the supervisor looks every 5 s.
+    const TTL_SECS: u64 = 30;
+
+    /// A store whose outcome writes take `write` to answer, and that counts the renewals
+    /// it is sent.
+    #[derive(Debug)]
+    struct SlowWrite {
+        write: Duration,
+        renewals: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl IdempotencyStore for SlowWrite {
+        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
+            unimplemented!("not claimed in these tests")
+        }
+        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            tokio::time::sleep(self.write).await;
+            Ok(())
+        }
+        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
+            unimplemented!("not failed in these tests")
+        }
+        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn release(&self, _: &Lease) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
+            Ok(None)
+        }
+        async fn remove(&self, _: &Key) -> Result<bool, Error> {
+            Ok(false)
+        }
+    }
+
+    /// An attempt on an engine whose store's outcome writes take `write`.
+    fn slow_write_attempt(
+        write: Duration,
+    ) -> (
+        Arc<SlowWrite>,
+        impl Future<Output = Result<u32, crate::attempt::AttemptError<u32>>>,
+    ) {
+        let store = Arc::new(SlowWrite {
+            write,
+            renewals: AtomicUsize::new(0),
+        });
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
+        );
+        let lease = Lease::new(
+            Key::new("here", "k").expect("a valid key"),
+            OwnerToken::random(),
+            1,
+        );
+        let attempt = engine
+            .attempt(lease)
+            .run_scoped(async { 7_u32 }, |_: &u32| Settlement::Complete {
+                payload: Bytes::from_static(b"seven"),
+                retention: Ttl::from_secs(60).expect("a valid TTL"),
+            });
+        (store, attempt)
+    }
+
+    /// An attempt leaves the watchlist once its operation returned, before its outcome is
+    /// written: a write slower than the supervisor's look gets no renewal, and once the
+    /// attempt ended no supervisor is left looking.
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_leaves_the_watchlist_before_its_outcome_write() {
+        // Four of the supervisor's looks (every sixth of the TTL) pass during the write.
+        let (store, attempt) = slow_write_attempt(Duration::from_secs(TTL_SECS * 2 / 3));
+        assert_eq!(attempt.await.expect("stored"), 7);
+        assert_eq!(
+            store.renewals.load(Ordering::SeqCst),
+            0,
+            "the lease was renewed during the outcome write"
+        );
+        tokio::time::sleep(Duration::from_secs(TTL_SECS * 2)).await;
+        assert_eq!(store.renewals.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0,
+            "a task outlived the attempt"
+        );
     }
 }
