@@ -140,9 +140,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
+    use std::future::{Future, poll_fn};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
     use std::time::Duration;
 
     use async_trait::async_trait;
@@ -284,5 +285,16 @@ mod tests {
             0,
             "a task outlived the attempt"
         );
+    }
+
+    /// An attempt polled again after it returned its output is pending, not a panic: there
+    /// is nothing more to give, and nothing of the finished write is polled again.
+    #[tokio::test]
+    async fn an_attempt_polled_after_it_finished_is_pending() {
+        let (_store, attempt) = slow_write_attempt(Duration::ZERO);
+        let mut attempt = std::pin::pin!(attempt);
+        assert_eq!(attempt.as_mut().await.expect("stored"), 7);
+        let again = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+        assert!(again.is_pending());
     }
 }
