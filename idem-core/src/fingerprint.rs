@@ -294,6 +294,13 @@ mod tests {
         ));
     }
 
+    /// A fingerprint rebuilt from the digest a store kept is the one that was stored.
+    #[test]
+    fn a_fingerprint_rebuilt_from_its_digest_is_the_same() {
+        let fp = Fingerprint::from_bytes(b"body");
+        assert_eq!(Fingerprint::from_digest(*fp.as_bytes()), fp);
+    }
+
     #[test]
     fn unserializable_values_are_a_typed_error() {
         let mut map = HashMap::new();
