@@ -125,13 +125,23 @@ where
         let _ = shutting_down.send(());
     };
     // Ends unsent when the loop stops on its own (the sender is dropped with the loop).
-    let cancel = async { shutdown_came.await.is_ok() && cancel(channel, tag).await };
+    // Its end (the broker's answer, or none within the timeout) lets the loop hand back
+    // what it holds.
+    let (cancel_ended, deliveries_stopped) = oneshot::channel::<()>();
+    let cancel = async {
+        let cancelled = shutdown_came.await.is_ok() && cancel(channel, tag).await;
+        drop(cancel_ended);
+        cancelled
+    };
     let (failure, cancelled) = tokio::join!(
         consume::run(
             rabbit,
             &mut consumer,
             consume::slots(&options),
             shutdown,
+            async {
+                let _ = deliveries_stopped.await;
+            },
             Arc::clone(&tally),
             handler,
         ),

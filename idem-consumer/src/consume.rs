@@ -304,6 +304,12 @@ pub(crate) fn slots(options: &ConsumeOptions) -> Arc<Semaphore> {
 /// `shutdown` resolves; then waits for every message it started. The loop holds a slot
 /// while it waits for the stream's next delivery.
 ///
+/// After a shutdown, the messages in flight are told the loop is stopping (a held message
+/// is handed back, a requeue's delay is cut short) only once `deliveries_stopped` resolves:
+/// the broker sends this loop nothing more (RabbitMQ: its consumer's cancel confirmed).
+/// Handed back before, a message could be delivered to this loop again, to be handed back
+/// once more, each time counted as a delivery towards the queue's limit.
+///
 /// Returns the stream's failure (its end counts as one) if that is what stopped it; the
 /// tally has the rest.
 pub(crate) async fn run<B, Er, St, F, Fut>(
@@ -311,6 +317,7 @@ pub(crate) async fn run<B, Er, St, F, Fut>(
     mut stream: St,
     slots: Arc<Semaphore>,
     shutdown: impl Future<Output = ()>,
+    deliveries_stopped: impl Future<Output = ()>,
     tally: Arc<Tally>,
     handler: F,
 ) -> Option<ConsumeFailure>
@@ -326,12 +333,16 @@ where
     let mut tasks = InFlight(JoinSet::new());
     let mut failure = None;
     tokio::pin!(shutdown);
+    let mut asked = false;
     loop {
         // A slot first, then a message: a message is taken from the broker only when it can
         // start at once, so none waits here unacked while the loop shuts down.
         let slot = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                asked = true;
+                break;
+            }
             slot = Arc::clone(&slots).acquire_owned() => match slot {
                 Ok(slot) => slot,
                 Err(_) => break, // never closed
@@ -339,7 +350,10 @@ where
         };
         let next = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                asked = true;
+                break;
+            }
             next = stream.next() => next,
         };
         match next {
@@ -380,6 +394,9 @@ where
         reap(&mut tasks.0, &tally);
     }
     // Graceful: nothing new is taken; what started finishes and is settled.
+    if asked {
+        deliveries_stopped.await;
+    }
     let _ = stop.send(true);
     tracing::debug!(in_flight = tasks.0.len(), "consume loop draining");
     while let Some(joined) = tasks.0.join_next().await {

@@ -139,6 +139,8 @@ where
         puller.into_stream(),
         slots,
         shutdown,
+        // JetStream: no consumer to cancel first.
+        std::future::ready(()),
         Arc::clone(&tally),
         handler,
     )
