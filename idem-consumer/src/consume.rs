@@ -554,3 +554,97 @@ fn reap(tasks: &mut JoinSet<()>, tally: &Tally) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A broker whose deliveries are the messages themselves, and which keeps the
+    /// dispositions it is given.
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<String>>);
+
+    impl Kept {
+        fn settled(&self) -> Vec<String> {
+            self.0.lock().expect("not poisoned").clone()
+        }
+    }
+
+    impl Broker for Kept {
+        type Delivery = Message;
+        type Settler = ();
+
+        fn open(&self, delivery: Message) -> (Result<Message, MissingId>, ()) {
+            (Ok(delivery), ())
+        }
+
+        fn keep_alive(&self, (): &()) -> impl Future<Output = ()> + Send {
+            std::future::pending()
+        }
+
+        async fn settle(&self, (): (), disposition: &Disposition, _: Stopping) -> Settled {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push(disposition.to_string());
+            Settled::AsGiven
+        }
+    }
+
+    /// A message held through a store outage is handed back at a shutdown only once the
+    /// broker sends the loop nothing more: handed back before (RabbitMQ's cancel still in
+    /// flight), it could be delivered to the loop again and handed back once more, each
+    /// time counted as a delivery.
+    #[tokio::test]
+    async fn a_held_message_is_handed_back_only_once_the_broker_stopped_delivering() {
+        let broker = Arc::new(Kept::default());
+        let (handled, shutdown) = oneshot::channel::<()>();
+        let handled = Mutex::new(Some(handled));
+        let handler = move |_: Message| {
+            let first = handled.lock().expect("not poisoned").take();
+            async move {
+                if let Some(handled) = first {
+                    let _ = handled.send(());
+                }
+                Disposition::Requeue {
+                    delay: Duration::from_millis(5),
+                    reason: RequeueReason::StoreUnavailable,
+                }
+            }
+        };
+        let delivery = Ok::<_, Infallible>(Message::new("m1", "body"));
+        let stream = futures::stream::iter([delivery]).chain(futures::stream::pending());
+        let (stop_delivering, deliveries_stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(run(
+            Arc::clone(&broker),
+            stream,
+            Arc::new(Semaphore::new(1)),
+            async {
+                let _ = shutdown.await;
+            },
+            async {
+                let _ = deliveries_stopped.await;
+            },
+            Arc::new(Tally::default()),
+            handler,
+        ));
+        // The shutdown came with the first try; the message is held, tried again every 5 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            broker.settled(),
+            Vec::<String>::new(),
+            "handed back while the broker could still deliver it"
+        );
+        stop_delivering.send(()).expect("the loop waits");
+        let failure = running.await.expect("the loop does not panic");
+        assert!(failure.is_none(), "a shutdown, not a failure");
+        let settled = broker.settled();
+        assert_eq!(settled.len(), 1, "{settled:?}");
+        assert!(settled[0].contains("requeue"), "{settled:?}");
+    }
+}
