@@ -205,6 +205,18 @@ pub(crate) enum BufferedResponse<B> {
     Panicked(Panic),
 }
 
+impl<B> BufferedResponse<B> {
+    /// A response found over the limit once `read` was read: streamed on with `read` in
+    /// front of the rest of `body`.
+    fn too_large(parts: Parts, read: Bytes, body: Pin<Box<B>>) -> Self {
+        let size = read.len() as u64;
+        Self::TooLarge(
+            Response::from_parts(parts, ResponseBody::prefixed(read, body)),
+            size,
+        )
+    }
+}
+
 /// Reads a whole response body, up to `limit` bytes.
 ///
 /// A future written by hand, not an `async fn`: it lives in the attempt's box, where an
@@ -271,23 +283,15 @@ where
             if this.collected.is_empty() && body.is_end_stream() {
                 // The common case, one frame: keep its bytes as they are.
                 return Poll::Ready(if data.len() > this.limit {
-                    let size = data.len() as u64;
-                    BufferedResponse::TooLarge(
-                        Response::from_parts(parts, ResponseBody::prefixed(data, body)),
-                        size,
-                    )
+                    BufferedResponse::too_large(parts, data, body)
                 } else {
                     BufferedResponse::Complete(parts, data, None)
                 });
             }
             this.collected.extend_from_slice(&data);
             if this.collected.len() > this.limit {
-                let size = this.collected.len() as u64;
                 let read = std::mem::take(&mut this.collected).freeze();
-                return Poll::Ready(BufferedResponse::TooLarge(
-                    Response::from_parts(parts, ResponseBody::prefixed(read, body)),
-                    size,
-                ));
+                return Poll::Ready(BufferedResponse::too_large(parts, read, body));
             }
             this.response = Some((parts, body));
         }
