@@ -310,6 +310,12 @@ pub(crate) fn slots(options: &ConsumeOptions) -> Arc<Semaphore> {
 /// Handed back before, a message could be delivered to this loop again, to be handed back
 /// once more, each time counted as a delivery towards the queue's limit.
 ///
+/// The loop drops `stream` as soon as it stops taking messages: a JetStream pull request
+/// still open would be sent the very messages the drain hands back (the server gives a
+/// `nak`ed message to any pull still listening), and they would wait out their `ack_wait`
+/// in a client that no longer reads them. Dropped, the pulls' subscriptions end before
+/// the first `nak` goes out, and the server passes them by.
+///
 /// Returns the stream's failure (its end counts as one) if that is what stopped it; the
 /// tally has the rest.
 pub(crate) async fn run<B, Er, St, F, Fut>(
@@ -394,6 +400,7 @@ where
         reap(&mut tasks.0, &tally);
     }
     // Graceful: nothing new is taken; what started finishes and is settled.
+    drop(stream);
     if asked {
         deliveries_stopped.await;
     }

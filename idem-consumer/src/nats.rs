@@ -87,10 +87,11 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// the client while its `ack_wait` runs. Each pull request lives 5 s on the server (less if
 /// the consumer's `max_expires` says so) and asks for at most the consumer's `max_batch`.
 ///
-/// On shutdown it stops pulling, waits for the messages in flight, applies their
-/// dispositions and flushes the acks. A message the server sends to a pull still open
-/// after that is left to JetStream, which delivers it again after `ack_wait`: nothing is
-/// lost.
+/// On shutdown it ends its open pull requests (their subscriptions), waits for the messages
+/// in flight, applies their dispositions and flushes the acks. What is published or handed
+/// back meanwhile waits on the server for the next consumer; only a message the server had
+/// already sent when the pulls ended is left to JetStream, which delivers it again after
+/// `ack_wait`: nothing is lost.
 ///
 /// # Errors
 ///
@@ -139,7 +140,7 @@ where
         puller.into_stream(),
         slots,
         shutdown,
-        // JetStream: no consumer to cancel first.
+        // JetStream: no consumer to cancel; the loop ends its pulls by dropping the stream.
         std::future::ready(()),
         Arc::clone(&tally),
         handler,

@@ -548,6 +548,61 @@ async fn a_handler_slower_than_ack_wait_is_not_redelivered_while_it_runs() {
     jet.cleanup().await;
 }
 
+/// A message published while a stopping loop drains waits on the server for the next
+/// consumer. The loop's pull requests stayed open until it returned: JetStream delivered
+/// the message to one of them, into a client that no longer read it, where it waited out
+/// its `ack_wait` before any other consumer could have it, one delivery spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_during_the_drain_waits_for_the_next_consumer() {
+    let jet = Jet::new().await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-slow"), b"slow")
+        .await;
+    let (started, mut slow_started) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |message: Message| {
+        let started = started.clone();
+        async move {
+            if message.body().as_ref() == b"slow" {
+                let _ = started.send(());
+                // The drain: the loop's other slots are free, their pull open.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            idem_consumer::Disposition::Ack {
+                reason: idem_consumer::AckReason::Processed,
+            }
+        }
+    };
+    // ack_wait far past the next pull below: a stranded message would miss it.
+    let pull = jet.consumer(Duration::from_secs(30), -1).await;
+    let options = ConsumeOptions::default().concurrency(4);
+    let running = common::consume_nats(jet.js.clone(), pull, options, handler);
+    slow_started.recv().await.expect("the slow message started");
+    let stopping = tokio::spawn(running.stop());
+    // Well after the shutdown reached the loop, well before the slow handler returns.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    jet.publish(idem_consumer::NATS_MSG_ID, Some("m-late"), b"late")
+        .await;
+    let summary = stopping.await.expect("stop");
+    assert_eq!(summary.acked, 1, "only the slow message ran: {summary:?}");
+
+    let mut next_pull = jet
+        .consumer(Duration::from_secs(30), -1)
+        .await
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await
+        .expect("pull");
+    let late = futures::StreamExt::next(&mut next_pull)
+        .await
+        .expect("the late message, at the next pull")
+        .expect("a message");
+    assert_eq!(late.payload.as_ref(), b"late");
+    let info = late.info().expect("JetStream metadata");
+    assert_eq!(info.delivered, 1, "its first delivery");
+    jet.cleanup().await;
+}
+
 /// A client that has given up reconnecting ends the consume loop with an error: the
 /// caller must connect and consume again. Not with `Ok`, the answer of a shutdown the
 /// caller asked for, which a service would take for one and stop consuming.
