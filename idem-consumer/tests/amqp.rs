@@ -39,20 +39,7 @@ async fn every_disposition_is_observed_on_the_broker() {
     }
 
     let seen = Arc::new(Seen::default());
-    let handler = {
-        let seen = Arc::clone(&seen);
-        move |message: Message| {
-            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
-            async move {
-                seen.delivered(&message);
-                let body = message.body().clone();
-                let disposition = consumer
-                    .handle_message(&message, || async { common::outcome_for(&body, &seen) })
-                    .await;
-                seen.settled(&message, disposition)
-            }
-        }
-    };
+    let handler = common::handler(consumer, &seen, common::outcome_for);
     let channel = rabbit.conn.create_channel().await.expect("channel");
     let options = ConsumeOptions::default().concurrency(4);
     let running = common::consume_amqp(channel, &rabbit.queue, options, handler);
@@ -137,21 +124,7 @@ async fn an_unavailable_store_requeues_and_never_runs() {
     rabbit.publish(Some("m-1"), b"pay").await;
 
     let seen = Arc::new(Seen::default());
-    let handler = {
-        let seen = Arc::clone(&seen);
-        move |message: Message| {
-            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
-            async move {
-                let disposition = consumer
-                    .handle_message(&message, || async {
-                        seen.effects.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Failure>(())
-                    })
-                    .await;
-                seen.settled(&message, disposition)
-            }
-        }
-    };
+    let handler = common::handler(consumer, &seen, common::counted);
     let channel = rabbit.conn.create_channel().await.expect("channel");
     let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
     wait_until("three deliveries", DEADLINE, || async {
@@ -216,21 +189,7 @@ async fn store_outage(queue_args: lapin::types::FieldTable, policy: Policy) {
     rabbit.publish(Some("m-1"), b"ok").await;
 
     let seen = Arc::new(Seen::default());
-    let handler = {
-        let seen = Arc::clone(&seen);
-        move |message: Message| {
-            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
-            async move {
-                let disposition = consumer
-                    .handle_message(&message, || async {
-                        seen.effects.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Failure>(())
-                    })
-                    .await;
-                seen.settled(&message, disposition)
-            }
-        }
-    };
+    let handler = common::handler(consumer, &seen, common::counted);
     let channel = rabbit.conn.create_channel().await.expect("channel");
     let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
     wait_until("four tries, or a dead letter", DEADLINE, || async {
@@ -331,19 +290,7 @@ async fn a_first_delivery_is_not_poison_whatever_count_its_publisher_wrote() {
     rabbit.publish_with(properties, b"ok").await;
 
     let seen = Arc::new(Seen::default());
-    let handler = {
-        let seen = Arc::clone(&seen);
-        move |message: Message| {
-            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
-            async move {
-                let body = message.body().clone();
-                let disposition = consumer
-                    .handle_message(&message, || async { common::outcome_for(&body, &seen) })
-                    .await;
-                seen.settled(&message, disposition)
-            }
-        }
-    };
+    let handler = common::handler(consumer, &seen, common::outcome_for);
     let channel = rabbit.conn.create_channel().await.expect("channel");
     let running = common::consume_amqp(channel, &rabbit.queue, ConsumeOptions::default(), handler);
     wait_until("the message settled", DEADLINE, || async {

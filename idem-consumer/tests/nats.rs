@@ -329,21 +329,7 @@ async fn store_outage(max_deliver: i64, policy: Policy) {
         .await;
 
     let seen = Arc::new(Seen::default());
-    let handler = {
-        let seen = Arc::clone(&seen);
-        move |message: Message| {
-            let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
-            async move {
-                let disposition = consumer
-                    .handle_message(&message, || async {
-                        seen.effects.fetch_add(1, Ordering::SeqCst);
-                        Ok::<_, Failure>(())
-                    })
-                    .await;
-                seen.settled(&message, disposition)
-            }
-        }
-    };
+    let handler = common::handler(consumer, &seen, common::counted);
     let pull = jet.consumer(Duration::from_secs(10), max_deliver).await;
     let options = ConsumeOptions::default().dead_letter_subject(jet.dead_subject.clone());
     let running = common::consume_nats(jet.js.clone(), pull, options, handler);

@@ -23,7 +23,8 @@ use idem_consumer::nats::async_nats::{
     jetstream::{self, consumer::PullConsumer, stream},
 };
 use idem_consumer::{
-    ConsumeError, ConsumeOptions, ConsumeSummary, Disposition, Message, RequeueReason, amqp, nats,
+    ConsumeError, ConsumeOptions, ConsumeSummary, Consumer, Disposition, Message, RequeueReason,
+    amqp, nats,
 };
 use idem_core::{
     Bytes, Claim, ClaimRequest, Error, IdempotencyStore, Key, Lease, Record, Retryable, Ttl,
@@ -244,6 +245,36 @@ impl Seen {
             .any(|(seen_id, _, seen)| seen_id == id && *seen == disposition)
     }
 }
+
+/// A test handler: `consumer` handles each message with `operation` (given its body), and
+/// `seen` notes each delivery and disposition. The operations: [`counted`], [`outcome_for`].
+pub fn handler<S: IdempotencyStore>(
+    consumer: Consumer<S>,
+    seen: &Arc<Seen>,
+    operation: fn(&[u8], &Seen) -> Result<(), Failure>,
+) -> impl Fn(Message) -> Handled + Clone + Send + Sync + 'static {
+    let seen = Arc::clone(seen);
+    move |message: Message| -> Handled {
+        let (consumer, seen) = (consumer.clone(), Arc::clone(&seen));
+        Box::pin(async move {
+            seen.delivered(&message);
+            let body = message.body().clone();
+            let disposition = consumer
+                .handle_message(&message, || async { operation(&body, &seen) })
+                .await;
+            seen.settled(&message, disposition)
+        })
+    }
+}
+
+/// The operation of tests that only count: succeeds, and counts its runs.
+pub fn counted(_: &[u8], seen: &Seen) -> Result<(), Failure> {
+    seen.effects.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
+
+/// A test handler's future, boxed so that the handler's type can be named.
+pub type Handled = Pin<Box<dyn Future<Output = Disposition> + Send>>;
 
 /// What a test whose store never answers must see: the message requeued as
 /// `StoreUnavailable` at every delivery, and its operation never run.
