@@ -39,6 +39,8 @@ pub struct RunId {
 #[derive(Debug, Clone)]
 struct Run {
     id: RunId,
+    /// When its caller called the executor: the key's claim was written after this.
+    called: Instant,
     /// When the operation began: its claim was acquired just before.
     started: Instant,
     /// When the effect took place (the end of the operation).
@@ -142,9 +144,10 @@ pub enum Fault {
         /// that client has reconnected, not when the server first answers).
         to: Instant,
     },
-    /// The store lost every record at this instant (a server without persistence killed).
+    /// The store lost every record written before this instant (a server without
+    /// persistence killed).
     DataLoss {
-        /// When.
+        /// When: once the server was gone.
         at: Instant,
     },
     /// A fault with no duration that no rule may explain a second run by: a query or a
@@ -211,10 +214,12 @@ impl History {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The operation of `id`, begun at `started`, took effect now.
-    pub fn ran(&self, id: RunId, started: Instant) {
+    /// The operation of `id`, whose caller called the executor at `called`, begun at
+    /// `started`, took effect now.
+    pub fn ran(&self, id: RunId, called: Instant, started: Instant) {
         let run = Run {
             id,
+            called,
             started,
             at: Instant::now(),
             returned: None,
@@ -402,12 +407,17 @@ impl History {
     /// through the locks of that key that follow it less than a write pause apart
     /// ([`chained_end`]).
     fn explain(&self, inner: &Inner, first: &Run, second: &Run) -> Option<Rule> {
-        // The first run's claim was written before it started, at most a lease earlier.
-        let since = first
-            .started
-            .checked_sub(self.lease)
-            .unwrap_or(first.started);
-        let between = |at: Instant| at > since && at < second.at;
+        // A loss explains two runs of a key when it fell between their claims: after the
+        // earlier one was written (its caller had called) and before the later one was
+        // granted (its run had not begun). The earlier claim is not always the first run's:
+        // an owner that claimed before a loss can take effect after an owner that claimed
+        // after it. Timed from the callers' calls, not back from the runs' starts: on a
+        // loaded machine a claim can take longer than a lease to answer.
+        let (earliest_claim, latest_grant) = (
+            first.called.min(second.called),
+            first.started.max(second.started),
+        );
+        let between = |at: Instant| at > earliest_claim && at < latest_grant;
         let lost = inner
             .faults
             .iter()
@@ -668,7 +678,8 @@ mod tests {
         // The run ends now (`ran` takes now as its end), 40 ms after it began: its lease
         // ends about 960 ms from now.
         let now = Instant::now();
-        history.ran(run(1), now.checked_sub(ms(40)).expect("40 ms back"));
+        let began = now.checked_sub(ms(40)).expect("40 ms back");
+        history.ran(run(1), began, began);
         let lock = |from, to| Fault::Outage {
             what: "short-lock",
             key: Some(7),
@@ -681,8 +692,67 @@ mod tests {
             released,
         ));
         history.fault(lock(released + gap, now + ms(1000)));
-        history.ran(run(2), Instant::now());
+        let now = Instant::now();
+        history.ran(run(2), now, now);
         history.check("").unexplained == 0
+    }
+
+    /// A key run at fencing 1, run again at fencing 1 after a data loss at `lost`: whether
+    /// the history explains the second run. The first run's caller called at `called` and
+    /// the run began 40 ms ago.
+    fn retake_after_a_loss_explained(called: Duration, lost: Duration) -> bool {
+        let history = History::new(LEASE);
+        let now = Instant::now();
+        let ago = |d: Duration| now.checked_sub(d).expect("in the past");
+        let run = |request| RunId {
+            key: 3,
+            request,
+            fencing: 1,
+        };
+        history.ran(run(1), ago(called), ago(Duration::from_millis(40)));
+        history.fault(Fault::DataLoss { at: ago(lost) });
+        let later = Instant::now();
+        history.ran(run(2), later, later);
+        let summary = history.check("");
+        summary.unexplained == 0 && summary.explained.get(&Rule::DataLoss) == Some(&1)
+    }
+
+    /// On a loaded machine a claim can take longer than a lease to answer: a loss after the
+    /// caller called wiped the claim, even if it came over a lease before the run began.
+    #[test]
+    fn a_loss_after_the_call_explains_a_retake_however_slow_the_claim() {
+        let ms = Duration::from_millis;
+        assert!(retake_after_a_loss_explained(ms(1500), ms(1200)));
+    }
+
+    /// A loss before the caller called wiped nothing of this key's: the claim was written
+    /// after it. A retake at fencing 1 then means the store forgot a record it held.
+    #[test]
+    fn a_loss_before_the_call_explains_nothing() {
+        let ms = Duration::from_millis;
+        assert!(!retake_after_a_loss_explained(ms(100), ms(500)));
+    }
+
+    /// An owner that claimed before a loss can take effect after one that claimed after
+    /// it (here: claimed and began 300 ms ago, before a loss 200 ms ago, and took effect
+    /// after the other owner, which claimed 100 ms ago): the loss between their claims
+    /// explains both runs at fencing 1, whichever took effect first.
+    #[test]
+    fn a_loss_explains_a_stale_owner_that_takes_effect_last() {
+        let history = History::new(LEASE);
+        let now = Instant::now();
+        let ago = |ms| now.checked_sub(Duration::from_millis(ms)).expect("past");
+        let run = |request| RunId {
+            key: 4,
+            request,
+            fencing: 1,
+        };
+        history.fault(Fault::DataLoss { at: ago(200) });
+        history.ran(run(2), ago(100), ago(90));
+        history.ran(run(1), ago(300), ago(290));
+        let summary = history.check("");
+        assert_eq!(summary.unexplained, 0, "{:?}", summary.examples);
+        assert_eq!(summary.explained.get(&Rule::DataLoss), Some(&1));
     }
 
     #[test]

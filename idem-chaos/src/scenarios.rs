@@ -132,7 +132,9 @@ pub(crate) async fn redis_kill(workload: &Workload, aof: bool) -> Outcome {
             let from = Instant::now();
             tokio::task::block_in_place(|| server.kill());
             if !aof {
-                history.fault(Fault::DataLoss { at: from });
+                // Timed once the process is gone (`kill` waits for it), not as the kill
+                // was sent: a write that reached the server in between is lost too.
+                history.fault(Fault::DataLoss { at: Instant::now() });
             }
             pause_ms(&mut rng, 10..600).await;
             if let Err(error) = tokio::task::block_in_place(|| server.restart()) {
@@ -401,6 +403,7 @@ pub(crate) async fn mysql_tx(workload: &Workload) -> Outcome {
                 fencing,
             },
             started,
+            started,
         );
     }
     let summary = verdict(&history);
@@ -588,7 +591,8 @@ async fn execute_once<S: IdempotencyStore>(
                 request: 0,
                 fencing: lease.fencing,
             };
-            history.ran(id, Instant::now());
+            let now = Instant::now();
+            history.ran(id, now, now);
             let _ = store.release(&lease).await;
         }
         Ok(_) => {}

@@ -214,6 +214,7 @@ impl<S: IdempotencyStore> Caller<S> {
         // Spawned, so a panic is caught and counted; a caller that goes away has its future
         // dropped at a random moment.
         let handle = tokio::spawn(async move {
+            let called = Instant::now();
             let call = idem.execute_with_lease(&key, fingerprint, move |lease| async move {
                 let started = Instant::now();
                 tokio::time::sleep(plan.duration).await;
@@ -230,7 +231,7 @@ impl<S: IdempotencyStore> Caller<S> {
                     lease.commit();
                 }
                 // The effect: from here on the operation has taken place.
-                history.ran(id, started);
+                history.ran(id, called, started);
                 ran_inside.store(true, Ordering::SeqCst);
                 if commits {
                     // The rest of the operation after its effect, which a caller going
