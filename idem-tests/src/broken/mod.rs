@@ -130,6 +130,9 @@ pub enum Defect {
     LeasesInWholeSeconds,
     /// Payloads are stored through a lossy UTF-8 conversion.
     ReencodesPayloads,
+    /// Trailing spaces are cut from payloads, as a `CHAR` column keeps them (and as MySQL
+    /// before 5.0.3 kept a `VARCHAR`): a response that ends in spaces replays shorter.
+    TrimsPayloads,
     /// Fingerprints are dropped on claim.
     IgnoresFingerprints,
     /// Complete and fail write the fingerprint the presented lease carries instead of the
@@ -247,6 +250,7 @@ impl Defect {
         Defect::NeverExpiresLeases,
         Defect::LeasesInWholeSeconds,
         Defect::ReencodesPayloads,
+        Defect::TrimsPayloads,
         Defect::IgnoresFingerprints,
         Defect::FinishWritesLeaseFingerprint,
         Defect::HeldComparesLeaseFingerprint,
@@ -412,6 +416,7 @@ impl Defect {
             ],
             Defect::LeasesInWholeSeconds => &["lease_expiry"],
             Defect::ReencodesPayloads => &["replay_fidelity"],
+            Defect::TrimsPayloads => &["replay_fidelity"],
             Defect::IgnoresFingerprints => &[
                 "claim_fingerprint_decides",
                 "fingerprints",

@@ -190,6 +190,13 @@ impl BrokenStore {
             Defect::ReencodesPayloads => {
                 Bytes::from(String::from_utf8_lossy(&payload).into_owned())
             }
+            Defect::TrimsPayloads => {
+                let kept = payload
+                    .iter()
+                    .rposition(|b| *b != b' ')
+                    .map_or(0, |i| i + 1);
+                payload.slice(..kept)
+            }
             _ => payload,
         })
     }

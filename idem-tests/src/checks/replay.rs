@@ -4,8 +4,8 @@ use idem_core::{Claim, RecordState};
 use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
 use crate::{Capabilities, CheckResult, Store};
 
-/// Completed and failed payloads come back byte for byte: empty, every byte value, valid and
-/// invalid UTF-8, NULs, and 1 MiB.
+/// Completed and failed payloads come back byte for byte: empty, only spaces, ending in
+/// whitespace, every byte value, valid and invalid UTF-8, NULs, and 1 MiB.
 ///
 /// # Errors
 ///
@@ -78,6 +78,10 @@ fn payloads(max_payload: usize) -> Vec<Bytes> {
     let big = pseudo_random(max_payload.min(1024 * 1024));
     vec![
         Bytes::new(),
+        // What a `CHAR` column, or a string type compared with trailing spaces ignored,
+        // would cut.
+        Bytes::from_static(b"   "),
+        Bytes::from_static(b"{\"ok\":true}  \t\r\n "),
         Bytes::from(every_byte),
         Bytes::from("héllo wörld ✓ 🙂 日本語".as_bytes().to_vec()),
         // Invalid UTF-8: a lone continuation byte, an overlong form, a truncated sequence.
