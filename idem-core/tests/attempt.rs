@@ -550,6 +550,60 @@ async fn an_attempt_dropped_before_its_first_poll_frees_its_key() {
     }
 }
 
+/// Under `Release`, an operation that said through its lease handle that its effects may
+/// have happened (`commit`: a payment sent) is not dropped with a caller that goes away
+/// after it: it runs to the end and its outcome is stored, rather than its key being freed
+/// for a second run of what already took effect.
+#[tokio::test]
+async fn under_release_an_operation_that_committed_outlives_its_caller() {
+    use idem_core::attempt::CancelPolicy;
+    use tokio::sync::oneshot;
+    let engine = Engine::new(Arc::new(MemoryStore::new()), ttl(30))
+        .with_cancel_policy(CancelPolicy::Release);
+    let lease = acquired(&engine, "committed-then-dropped").await;
+    let key = lease.key.clone();
+    let attempt = engine.attempt(lease);
+    let handle = attempt.lease_handle();
+    let (committed, has_committed) = oneshot::channel();
+    let (go, wait) = oneshot::channel::<()>();
+    let mut caller = Box::pin(attempt.run(
+        async move {
+            handle.commit(); // the payment is sent from here on
+            let _ = committed.send(());
+            let _ = wait.await;
+            7u32
+        },
+        complete(b"charged"),
+    ));
+    tokio::select! {
+        output = &mut caller => panic!("the operation waits for `go`, got {output:?}"),
+        sent = has_committed => sent.expect("the operation commits"),
+    }
+    drop(caller);
+    go.send(())
+        .expect("the committed operation runs on after its caller went away");
+    let mut state = None;
+    for _ in 0..100 {
+        state = engine
+            .store()
+            .read(&key)
+            .await
+            .expect("read")
+            .map(|r| r.state);
+        if matches!(state, Some(RecordState::Completed { .. })) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        state,
+        Some(RecordState::Completed {
+            response: Bytes::from_static(b"charged")
+        }),
+        "the committed operation's outcome is stored"
+    );
+}
+
 /// An attempt whose operation had not returned when its runtime shut down (its task dropped
 /// with the runtime) frees its key, as one dropped outside a runtime does: the release
 /// cannot run on the runtime that is going away, so it must not be spawned there.
