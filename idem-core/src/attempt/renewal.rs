@@ -334,6 +334,22 @@ mod tests {
         assert!(handle.is_lost());
     }
 
+    /// A layer running an operation it did not write (an HTTP handler) learns from its own
+    /// clone of the handle whether the operation said its effects may have happened: not
+    /// before the operation commits, so the key may still be freed, and from then on, so
+    /// that whatever the operation answers keeps it.
+    #[test]
+    fn a_handle_says_the_operation_committed_only_once_it_did() {
+        let handle = LeaseHandle::new(held(1));
+        let layers = handle.clone();
+        assert!(
+            !layers.is_committed(),
+            "committed before the operation said so"
+        );
+        handle.commit();
+        assert!(layers.is_committed(), "the operation's commit is not seen");
+    }
+
     /// What a long job logs of its handle: the lease, and whether it was lost.
     #[tokio::test]
     async fn a_lease_handle_shows_its_lease_and_whether_it_was_lost() {
