@@ -1106,3 +1106,49 @@ async fn a_chunked_body_over_the_limit_is_413_too() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A response body sent in one frame (a `String`, a `Vec`: most handlers' answers) is read
+/// at once rather than piece by piece, and the limit holds there too: one of exactly
+/// `max_response_body` bytes is stored and replayed, and one a byte over it is passed on
+/// whole to its first client and never stored, so its retry gets `response-not-stored`
+/// and the handler does not run again.
+#[tokio::test]
+async fn a_response_in_one_frame_is_stored_up_to_the_limit_and_not_past_it() {
+    for (bytes, stored) in [(4096, true), (4097, false)] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+            .max_response_body(4096)
+            .build()
+            .expect("valid");
+        let service = layer.layer(first_answers(StatusCode::OK, bytes, Arc::clone(&runs)));
+        let first = service
+            .clone()
+            .oneshot(post("\"k\""))
+            .await
+            .expect("infallible");
+        assert_eq!(first.status(), StatusCode::OK);
+        let body = first.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.len(), bytes, "the first client gets it all");
+        let retry = service.oneshot(post("\"k\"")).await.expect("infallible");
+        assert!(retry.headers().contains_key("idempotent-replayed"));
+        let (status, body) = (retry.status(), retry.into_body());
+        let body = body.collect().await.expect("body").to_bytes();
+        if stored {
+            assert_eq!(status, StatusCode::OK, "{bytes} bytes: replayed");
+            assert_eq!(body.len(), bytes, "{bytes} bytes: replayed whole");
+        } else {
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{bytes} bytes");
+            let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(
+                answer["type"],
+                problem::RESPONSE_NOT_STORED,
+                "{bytes} bytes"
+            );
+        }
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            1,
+            "{bytes} bytes: never run twice"
+        );
+    }
+}
