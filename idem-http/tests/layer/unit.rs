@@ -1152,3 +1152,37 @@ async fn a_response_in_one_frame_is_stored_up_to_the_limit_and_not_past_it() {
         );
     }
 }
+
+/// A request body that breaks off mid-way (the client's connection reset) is not a body
+/// over a limit: the client gets 400 `request-unreadable`, not 413 telling it to send
+/// less, and the handler never runs, so the key stays free for the request sent again.
+#[tokio::test]
+async fn a_request_body_that_fails_mid_way_is_400_not_413() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(first_answers(StatusCode::OK, 2, Arc::clone(&runs)));
+    let chunks = [
+        Ok(vec![b'a'; 8]),
+        Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+    ];
+    let request = Request::post("/x")
+        .header("idempotency-key", "\"k\"")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("a valid request");
+    let response = service.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::REQUEST_UNREADABLE);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler never ran");
+    let again = service.oneshot(post("\"k\"")).await.expect("infallible");
+    assert_eq!(again.status(), StatusCode::OK, "the key was never taken");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
