@@ -1186,3 +1186,34 @@ async fn a_request_body_that_fails_mid_way_is_400_not_413() {
     assert_eq!(again.status(), StatusCode::OK, "the key was never taken");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A chunked body over the layer's own `max_request_body` is told that limit, so its
+/// client knows how much it may send with a key; "the server's size limit" is for a limit
+/// in front of the layer, whose size the layer does not know.
+#[tokio::test]
+async fn a_chunked_body_over_the_layers_limit_is_told_that_limit() {
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .max_request_body(16)
+        .build()
+        .expect("valid");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let service = layer.layer(first_answers(StatusCode::OK, 2, Arc::clone(&runs)));
+    let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 8]));
+    let request = Request::post("/x")
+        .header("idempotency-key", "\"k\"")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("a valid request");
+    let response = service.oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::REQUEST_TOO_LARGE);
+    let detail = answer["detail"].as_str().expect("a detail");
+    assert!(detail.contains("16 byte limit"), "{detail}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
