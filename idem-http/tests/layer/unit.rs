@@ -1217,3 +1217,39 @@ async fn a_chunked_body_over_the_layers_limit_is_told_that_limit() {
     assert!(detail.contains("16 byte limit"), "{detail}");
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
+
+/// Every answer the layer buffers is sent with its `Content-Length`, as the handler's own
+/// answer was: the first response, its replay, and one over `max_response_body` passed on
+/// with the part the layer read put back in front. Without its length the server sends it
+/// chunked, which an HTTP/1.0 client or a proxy that wants a length cannot take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_answer_is_sent_with_its_length() {
+    use crate::support::{Call, builder, by_principal, key, send, serve};
+
+    let layer = builder(MemoryStore::new(), by_principal())
+        .max_response_body(64)
+        .build()
+        .expect("valid");
+    let app = serve(layer).await;
+    let (small, big) = (key("small"), key("big"));
+    let large_body = "a".repeat(100);
+    let calls = [
+        (Call::post("/orders", &small, "alice", "{}"), false),
+        (Call::post("/orders", &small, "alice", "{}"), true),
+        (Call::post("/orders", &big, "alice", &large_body), false),
+    ];
+    for (call, replayed) in &calls {
+        let reply = send(app.addr, call).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        assert_eq!(reply.replayed(), *replayed, "{}", reply.text());
+        let length = reply.headers.get(http::header::CONTENT_LENGTH);
+        assert_eq!(
+            length.and_then(|l| l.to_str().ok()),
+            Some(reply.body.len().to_string().as_str()),
+            "{} bytes, replayed: {replayed}: {:?}",
+            reply.body.len(),
+            reply.headers
+        );
+    }
+    assert_eq!(app.runs(), 2);
+}
