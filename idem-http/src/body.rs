@@ -297,3 +297,21 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Empty;
+
+    use super::*;
+
+    /// The layer's response body is `Debug` whatever the inner service's body is, so a
+    /// `Response` it returns can be logged with `{:?}`: it names which body it is, buffered
+    /// or the inner service's own, and never dumps the bytes (up to `max_response_body`).
+    #[test]
+    fn a_response_body_debugs_as_its_kind_not_its_bytes() {
+        let full = ResponseBody::<Empty<Bytes>>::full(Bytes::from_static(b"the receipt"));
+        assert_eq!(format!("{full:?}"), r#"ResponseBody { kind: "full" }"#);
+        let inner = ResponseBody::inner(Empty::<Bytes>::new());
+        assert_eq!(format!("{inner:?}"), r#"ResponseBody { kind: "inner" }"#);
+    }
+}
