@@ -1253,3 +1253,44 @@ async fn a_buffered_answer_is_sent_with_its_length() {
     }
     assert_eq!(app.runs(), 2);
 }
+
+/// A handler that returned has done its work, and a panic in the body it returned (a
+/// stream that hits a bug writing the receipt) is still the handler's panic: caught while
+/// the layer reads the body so that the key is settled first, then resumed for the first
+/// caller, as without the layer. The key is never freed for a second run: every retry
+/// gets the `response-failed` problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_panics_while_it_is_read_reaches_its_caller_and_never_runs_twice() {
+    type NextFrame =
+        std::task::Poll<Option<Result<http_body::Frame<axum::body::Bytes>, std::io::Error>>>;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let inner = service_fn({
+        let runs = Arc::clone(&runs);
+        move |_: Request<Body>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let frames = futures::stream::poll_fn(|_| -> NextFrame {
+                    panic!("the receipt writer has a bug")
+                });
+                let body = Body::new(http_body_util::StreamBody::new(frames));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            }
+        }
+    });
+    let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+        .build()
+        .expect("valid");
+    let service = layer.layer(inner);
+    let first = tokio::spawn(service.clone().oneshot(post("\"k\""))).await;
+    assert!(
+        first.is_err_and(|error| error.is_panic()),
+        "the panic reaches its caller"
+    );
+    let retry = service.oneshot(post("\"k\"")).await.expect("infallible");
+    assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(retry.headers().contains_key("idempotent-replayed"));
+    let body = retry.into_body().collect().await.expect("body").to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    assert_eq!(answer["type"], problem::RESPONSE_FAILED);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
+}
