@@ -1294,3 +1294,41 @@ async fn a_body_that_panics_while_it_is_read_reaches_its_caller_and_never_runs_t
     assert_eq!(answer["type"], problem::RESPONSE_FAILED);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
 }
+
+/// A panic is settled as a 500 whose body failed, so under `server_errors(Storage::Release)`
+/// ("a 5xx means nothing happened, try again") a handler that panics before it committed
+/// frees its key, whether it panics in `call` itself, before it hands back a future, or
+/// in that future: the retry runs the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_released_server_errors_a_handler_that_panics_uncommitted_frees_its_key() {
+    for in_call in [true, false] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let inner = service_fn({
+            let runs = Arc::clone(&runs);
+            move |_: Request<Body>| {
+                let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                assert!(!(first && in_call), "the handler panics in its call");
+                async move {
+                    assert!(!first, "the handler panics in its future");
+                    Ok::<_, std::convert::Infallible>(Response::new(Body::from("ran again")))
+                }
+            }
+        });
+        let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
+            .server_errors(Storage::Release)
+            .build()
+            .expect("valid");
+        let service = layer.layer(inner);
+        let first = tokio::spawn(service.clone().oneshot(post("\"k\""))).await;
+        assert!(
+            first.is_err_and(|error| error.is_panic()),
+            "in call: {in_call}: the panic reaches its caller"
+        );
+        let retry = service.oneshot(post("\"k\"")).await.expect("infallible");
+        assert_eq!(retry.status(), StatusCode::OK, "in call: {in_call}");
+        assert!(!retry.headers().contains_key("idempotent-replayed"));
+        let body = retry.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body.as_ref(), b"ran again", "in call: {in_call}");
+        assert_eq!(runs.load(Ordering::SeqCst), 2, "in call: {in_call}: freed");
+    }
+}
