@@ -141,8 +141,8 @@ where
 #[cfg(test)]
 mod tests {
     use std::future::{Future, poll_fn};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex as StdMutex};
     use std::task::Poll;
     use std::time::Duration;
 
@@ -151,7 +151,7 @@ mod tests {
     use tokio::time::Instant;
 
     use crate::attempt::back_at::BackAt;
-    use crate::attempt::{Engine, Settlement};
+    use crate::attempt::{Engine, Settle, Settlement};
     use crate::claim::{Claim, ClaimRequest};
     use crate::error::Error;
     use crate::key::Key;
@@ -199,12 +199,37 @@ mod tests {
     /// The lease TTL of the tests below: the supervisor looks every 5 s.
     const TTL_SECS: u64 = 30;
 
-    /// A store whose outcome writes take `write` to answer, and that counts the renewals
-    /// it is sent.
+    /// A store whose outcome writes take `write` to answer (a payload over `limit` bytes is
+    /// refused at once), that keeps the payloads it wrote and counts the renewals it is
+    /// sent.
     #[derive(Debug)]
     struct SlowWrite {
         write: Duration,
+        limit: usize,
+        /// Outcome writes sent, refused ones included.
+        writes: AtomicUsize,
+        stored: StdMutex<Vec<Bytes>>,
         renewals: AtomicUsize,
+    }
+
+    impl SlowWrite {
+        fn new(write: Duration, limit: usize) -> Self {
+            Self {
+                write,
+                limit,
+                writes: AtomicUsize::new(0),
+                stored: StdMutex::default(),
+                renewals: AtomicUsize::new(0),
+            }
+        }
+
+        async fn finish(&self, payload: Bytes) -> Result<(), Error> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            crate::backend::check_payload(payload.len(), self.limit)?;
+            tokio::time::sleep(self.write).await;
+            self.stored.lock().expect("not poisoned").push(payload);
+            Ok(())
+        }
     }
 
     #[async_trait]
@@ -212,12 +237,11 @@ mod tests {
         async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
             unimplemented!("not claimed in these tests")
         }
-        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            tokio::time::sleep(self.write).await;
-            Ok(())
+        async fn complete(&self, _: &Lease, payload: Bytes, _: Ttl) -> Result<(), Error> {
+            self.finish(payload).await
         }
-        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("not failed in these tests")
+        async fn fail(&self, _: &Lease, payload: Bytes, _: Ttl) -> Result<(), Error> {
+            self.finish(payload).await
         }
         async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
             self.renewals.fetch_add(1, Ordering::SeqCst);
@@ -241,10 +265,7 @@ mod tests {
         Arc<SlowWrite>,
         impl Future<Output = Result<u32, crate::attempt::AttemptError<u32>>>,
     ) {
-        let store = Arc::new(SlowWrite {
-            write,
-            renewals: AtomicUsize::new(0),
-        });
+        let store = Arc::new(SlowWrite::new(write, usize::MAX));
         let engine = Engine::new(
             Arc::clone(&store),
             Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
@@ -296,5 +317,61 @@ mod tests {
         assert_eq!(attempt.as_mut().await.expect("stored"), 7);
         let again = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
         assert!(again.is_pending());
+    }
+
+    /// A settle step whose outcome is too large for the store, with a small marker to
+    /// write instead.
+    struct TooLargeToStore;
+
+    impl Settle<u32> for TooLargeToStore {
+        fn settle(&mut self, _: &u32) -> Settlement {
+            Settlement::Complete {
+                payload: Bytes::from(vec![b'x'; 64]),
+                retention: Ttl::from_secs(60).expect("a valid TTL"),
+            }
+        }
+
+        fn too_large(&mut self, _: usize, _: usize) -> Option<Settlement> {
+            Some(Settlement::Fail {
+                payload: Bytes::from_static(b"too large"),
+                retention: Ttl::from_secs(60).expect("a valid TTL"),
+            })
+        }
+    }
+
+    /// An attempt dropped while it writes what its settle step gave instead of a payload the
+    /// store refused as too large has that fallback finished elsewhere. Finished with the
+    /// refused settlement again, the write was refused again and stored nothing: the key,
+    /// whose operation ran, was left to run it a second time once the lease ended.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_write_of_a_too_large_outcomes_fallback_is_finished_with_the_fallback() {
+        let store = Arc::new(SlowWrite::new(Duration::from_secs(1), 16));
+        let engine = Engine::new(
+            Arc::clone(&store),
+            Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
+        );
+        let lease = Lease::new(
+            Key::new("here", "k").expect("a valid key"),
+            OwnerToken::random(),
+            1,
+        );
+        let attempt = engine
+            .attempt(lease)
+            .run_scoped(async { 7_u32 }, TooLargeToStore);
+        let mut attempt = Box::pin(attempt);
+        // The operation returns, its outcome is refused at once, and the fallback's write
+        // waits on the store: the caller goes away then.
+        while store.writes.load(Ordering::SeqCst) < 2 {
+            let polled = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the fallback's write takes a second");
+            tokio::task::yield_now().await;
+        }
+        drop(attempt);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            *store.stored.lock().expect("not poisoned"),
+            vec![Bytes::from_static(b"too large")],
+            "the fallback is stored"
+        );
     }
 }

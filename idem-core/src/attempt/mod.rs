@@ -350,12 +350,12 @@ where
             }
         } else {
             // Finished on a task if this future is dropped before the write ends.
-            let unwritten = Unwritten::new(store, &guard.held, &settlement);
+            let mut unwritten = Unwritten::new(store, &guard.held, &settlement);
             let written = write::carry_out::<_, T, _>(
                 &**store,
                 lease,
                 &settlement,
-                &mut settle,
+                &mut unwritten.tracking(&mut settle),
                 held.until(),
             )
             .await;
