@@ -664,6 +664,57 @@ mod tests {
         });
     }
 
+    /// The unboxed steps the executor calls on a concrete store run the same transitions as
+    /// the boxed ones: a claim acquires and later replays, completing stores a response
+    /// and failing a failure (not one for the other), and a lost lease is still refused.
+    #[test]
+    fn the_unboxed_steps_claim_complete_and_fail_like_the_boxed_ones() {
+        block_on(async {
+            let store = LifecycleStore::new(TestMap::default());
+            let done = ClaimRequest::new(key(), ttl(1_000));
+            let lease = acquired(store.claim_unboxed(&done).await);
+            assert_eq!(lease.fencing, 1);
+            store
+                .complete_unboxed(&lease, Bytes::from_static(b"ok"), ttl(5_000))
+                .await
+                .expect("the holder completes");
+            assert_eq!(
+                store.read(&key()).await.expect("read").map(|r| r.state),
+                Some(crate::RecordState::Completed {
+                    response: Bytes::from_static(b"ok")
+                })
+            );
+            assert_eq!(
+                store.claim_unboxed(&done).await.expect("a replay"),
+                Claim::Completed(Bytes::from_static(b"ok"))
+            );
+            assert!(matches!(
+                store
+                    .complete_unboxed(&lease, Bytes::new(), ttl(5_000))
+                    .await,
+                Err(Error::LeaseLost)
+            ));
+
+            let failing = Key::new("adapter", "failing").expect("valid key");
+            let request = ClaimRequest::new(failing.clone(), ttl(1_000));
+            let lease = acquired(store.claim_unboxed(&request).await);
+            store
+                .fail_unboxed(&lease, Bytes::from_static(b"no"), ttl(5_000))
+                .await
+                .expect("the holder fails");
+            assert_eq!(
+                store.read(&failing).await.expect("read").map(|r| r.state),
+                Some(crate::RecordState::Failed {
+                    failure: Bytes::from_static(b"no")
+                })
+            );
+            assert!(matches!(
+                store.fail_unboxed(&lease, Bytes::new(), ttl(5_000)).await,
+                Err(Error::LeaseLost)
+            ));
+        });
+    }
+
     #[test]
     fn tokens_live_until_their_expiry_and_keep_it_when_used() {
         block_on(async {
