@@ -115,7 +115,7 @@ macro_rules! conformance {
     };
     ($factory:expr, $capabilities:expr $(,)?) => {
         $crate::__with_check_names!(__conformance_tests {
-            conformance checks ($factory) ($capabilities)
+            conformance checks ($factory) ($capabilities) unboxed_steps
         });
     };
 }
@@ -209,7 +209,8 @@ macro_rules! __with_token_check_names {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ([$module:ident $checks:ident ($factory:expr) ($capabilities:expr)] $($name:ident)*) => {
+    ([$module:ident $checks:ident ($factory:expr) ($capabilities:expr) $($typed:ident)*]
+     $($name:ident)*) => {
         /// The idem-tests conformance suite, one test per rule.
         mod $module {
             #[allow(unused_imports)]
@@ -218,6 +219,12 @@ macro_rules! __conformance_tests {
                 #[test]
                 fn $name() {
                     $crate::run_check($crate::$checks::$name, $factory, $capabilities);
+                }
+            )*
+            $(
+                #[test]
+                fn $typed() {
+                    $crate::run_typed_check($crate::$checks::$typed, $factory, $capabilities);
                 }
             )*
         }
@@ -237,6 +244,11 @@ macro_rules! __check_list {
 }
 
 __with_check_names!(__check_list { CHECKS Store, checks, "Every store check, in order." });
+
+/// The store checks that need the store's type, not the trait object (they call the steps a
+/// store hands back unboxed): [`conformance!`] runs them beside [`CHECKS`], [`run_all`]
+/// cannot.
+pub const TYPED_CHECKS: &[&str] = &["unboxed_steps"];
 __with_token_check_names!(__check_list {
     TOKEN_CHECKS SharedTokenStore, token_checks, "Every token check, in order."
 });
@@ -349,6 +361,18 @@ where
     S: Shared<T>,
 {
     block_on_check(async { check(factory().await.shared(), capabilities).await });
+}
+
+/// Runs one of the [`TYPED_CHECKS`] on what `factory` builds, given by its type, as
+/// [`run_check`] runs the others; [`conformance!`] calls it.
+pub fn run_typed_check<S, C, CFut, F, FFut>(check: C, factory: F, capabilities: Capabilities)
+where
+    C: FnOnce(Arc<S>, Capabilities) -> CFut,
+    CFut: Future<Output = CheckResult>,
+    F: FnOnce() -> FFut,
+    FFut: Future<Output = S>,
+{
+    block_on_check(async { check(Arc::new(factory().await), capabilities).await });
 }
 
 fn block_on_check(check: impl Future<Output = CheckResult>) {

@@ -15,8 +15,8 @@ use idem_core::{BoxError, Key, async_trait};
 use idem_tests::executor_checks::EXECUTOR_CHECKS;
 use idem_tests::{
     CHECKS, Capabilities, Check, CheckFailure, FAULT_CHECKS, Sabotage, SharedSabotage,
-    SharedTokenSabotage, SharedTokenStore, Store, TOKEN_CHECKS, TOKEN_FAULT_CHECKS, run_all,
-    run_all_faults, run_all_token_faults, run_all_tokens, sabotage_checks,
+    SharedTokenSabotage, SharedTokenStore, Store, TOKEN_CHECKS, TOKEN_FAULT_CHECKS, TYPED_CHECKS,
+    checks, run_all, run_all_faults, run_all_token_faults, run_all_tokens, sabotage_checks,
 };
 
 fn capabilities() -> Capabilities {
@@ -108,8 +108,10 @@ async fn every_defect_is_caught_by_exactly_its_checks() {
         let store = Arc::new(defect.store(max_payload));
         let sabotage: SharedSabotage = Arc::new(Arc::clone(&store));
         async move {
+            let typed = checks::unboxed_steps(Arc::clone(&store), capabilities()).await;
             let mut failures = run_all(store, capabilities()).await;
             failures.extend(run_all_faults(sabotage, capabilities()).await);
+            failures.extend(typed.err());
             failures
         }
     })
@@ -151,11 +153,15 @@ fn every_check_is_proven_by_some_defect() {
         .iter()
         .flat_map(|d| d.caught_by().iter().copied())
         .collect();
-    let unproven: Vec<_> = CHECKS
+    let checks: Vec<&str> = CHECKS
         .iter()
         .map(|c| c.name)
         .chain(FAULT_CHECKS.iter().map(|c| c.name))
-        .filter(|name| !proven.contains(name))
+        .chain(TYPED_CHECKS.iter().copied())
+        .collect();
+    let unproven: Vec<_> = checks
+        .iter()
+        .filter(|name| !proven.contains(*name))
         .collect();
     assert!(
         unproven.is_empty(),
@@ -163,7 +169,7 @@ fn every_check_is_proven_by_some_defect() {
     );
     for name in &proven {
         assert!(
-            CHECKS.iter().any(|c| c.name == *name) || FAULT_CHECKS.iter().any(|c| c.name == *name),
+            checks.contains(name),
             "caught_by names an unknown check `{name}`"
         );
     }

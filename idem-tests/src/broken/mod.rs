@@ -130,6 +130,9 @@ pub enum Defect {
     LeasesInWholeSeconds,
     /// Payloads are stored through a lossy UTF-8 conversion.
     ReencodesPayloads,
+    /// `complete_unboxed`, the step the engine calls, stores a permanent failure: every
+    /// other check goes through the trait object, which calls `complete`.
+    UnboxedCompleteFails,
     /// Trailing spaces are cut from payloads, as a `CHAR` column keeps them (and as MySQL
     /// before 5.0.3 kept a `VARCHAR`): a response that ends in spaces replays shorter.
     TrimsPayloads,
@@ -251,6 +254,7 @@ impl Defect {
         Defect::LeasesInWholeSeconds,
         Defect::ReencodesPayloads,
         Defect::TrimsPayloads,
+        Defect::UnboxedCompleteFails,
         Defect::IgnoresFingerprints,
         Defect::FinishWritesLeaseFingerprint,
         Defect::HeldComparesLeaseFingerprint,
@@ -303,6 +307,7 @@ impl Defect {
                 "own_retry_after_takeover",
                 "renewal",
                 "renewal_from_now",
+                "unboxed_steps",
                 "uncertain_claim",
             ],
             Defect::TwoWinnersOnTakeover => &[
@@ -319,11 +324,12 @@ impl Defect {
                 "removal_fencing",
                 "spent_lease",
                 "stale_lease",
+                "unboxed_steps",
             ],
             Defect::ChecksOwnerOnly => {
                 &["lease_identity", "model", "removal_fencing", "spent_lease"]
             }
-            Defect::ChecksFencingOnly => &["lease_identity", "model"],
+            Defect::ChecksFencingOnly => &["lease_identity", "model", "unboxed_steps"],
             Defect::FinishIgnoresState => &["finishes_race_each_other", "model", "spent_lease"],
             Defect::ReleaseAsExpiry => &[
                 "finishes_race_each_other",
@@ -417,6 +423,7 @@ impl Defect {
             Defect::LeasesInWholeSeconds => &["lease_expiry"],
             Defect::ReencodesPayloads => &["replay_fidelity"],
             Defect::TrimsPayloads => &["replay_fidelity"],
+            Defect::UnboxedCompleteFails => &["unboxed_steps"],
             Defect::IgnoresFingerprints => &[
                 "claim_fingerprint_decides",
                 "fingerprints",
@@ -508,6 +515,7 @@ impl Defect {
                 "replay_fidelity",
                 "retention",
                 "retried_claim_races_own_lease",
+                "unboxed_steps",
             ],
             Defect::ForgetsOwnClaim => &[
                 "fingerprints",

@@ -4,6 +4,7 @@
 //! write path, the key encoding or the clock.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -674,6 +675,23 @@ impl IdempotencyStore for BrokenStore {
             _ => Phase::Failed(failure),
         };
         self.finish(lease, phase, retention).await
+    }
+
+    /// As a store that hands back its futures unboxed would, and where
+    /// [`Defect::UnboxedCompleteFails`] breaks it.
+    #[allow(clippy::manual_async_fn)] // the trait's signature, which async_trait leaves as is
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        async move {
+            match self.defect {
+                Defect::UnboxedCompleteFails => self.fail(lease, response, retention).await,
+                _ => self.complete(lease, response, retention).await,
+            }
+        }
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {

@@ -17,6 +17,7 @@ mod reads;
 mod replay;
 mod same_lease;
 mod timing;
+mod unboxed;
 
 pub use claim::{exclusive_claim, exclusive_claim_many_keys, exclusive_takeover, uncertain_claim};
 pub use fingerprint::{claim_fingerprint_decides, fingerprints, granted_lease};
@@ -41,3 +42,4 @@ pub use timing::{
     FENCING_MEMORY_CHECKED, fencing_memory, in_progress_retry_after, renewal_from_now,
     retention_from_finish,
 };
+pub use unboxed::unboxed_steps;
