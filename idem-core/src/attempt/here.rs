@@ -141,23 +141,16 @@ where
 #[cfg(test)]
 mod tests {
     use std::future::{Future, poll_fn};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex as StdMutex};
+    use std::sync::Arc;
     use std::task::Poll;
     use std::time::Duration;
 
-    use async_trait::async_trait;
     use bytes::Bytes;
-    use tokio::time::Instant;
 
-    use crate::attempt::back_at::BackAt;
+    use crate::attempt::test_store::TestStore;
     use crate::attempt::{Engine, Settle, Settlement};
-    use crate::claim::{Claim, ClaimRequest};
-    use crate::error::Error;
     use crate::key::Key;
     use crate::lease::{Lease, OwnerToken};
-    use crate::record::Record;
-    use crate::store::IdempotencyStore;
     use crate::ttl::Ttl;
 
     /// The room an operation's future or its output takes in the tests below.
@@ -170,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn the_attempts_future_holds_its_operation_and_its_output_once() {
         let engine = Engine::new(
-            Arc::new(BackAt::new(Instant::now())),
+            Arc::new(TestStore::new()),
             Ttl::from_secs(30).expect("a valid TTL"),
         );
         let lease = Lease::new(
@@ -199,73 +192,14 @@ mod tests {
     /// The lease TTL of the tests below: the supervisor looks every 5 s.
     const TTL_SECS: u64 = 30;
 
-    /// A store whose outcome writes take `write` to answer (a payload over `limit` bytes is
-    /// refused at once), that keeps the payloads it wrote and counts the renewals it is
-    /// sent.
-    #[derive(Debug)]
-    struct SlowWrite {
-        write: Duration,
-        limit: usize,
-        /// Outcome writes sent, refused ones included.
-        writes: AtomicUsize,
-        stored: StdMutex<Vec<Bytes>>,
-        renewals: AtomicUsize,
-    }
-
-    impl SlowWrite {
-        fn new(write: Duration, limit: usize) -> Self {
-            Self {
-                write,
-                limit,
-                writes: AtomicUsize::new(0),
-                stored: StdMutex::default(),
-                renewals: AtomicUsize::new(0),
-            }
-        }
-
-        async fn finish(&self, payload: Bytes) -> Result<(), Error> {
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            crate::backend::check_payload(payload.len(), self.limit)?;
-            tokio::time::sleep(self.write).await;
-            self.stored.lock().expect("not poisoned").push(payload);
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl IdempotencyStore for SlowWrite {
-        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
-            unimplemented!("not claimed in these tests")
-        }
-        async fn complete(&self, _: &Lease, payload: Bytes, _: Ttl) -> Result<(), Error> {
-            self.finish(payload).await
-        }
-        async fn fail(&self, _: &Lease, payload: Bytes, _: Ttl) -> Result<(), Error> {
-            self.finish(payload).await
-        }
-        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        async fn release(&self, _: &Lease) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
-            Ok(None)
-        }
-        async fn remove(&self, _: &Key) -> Result<bool, Error> {
-            Ok(false)
-        }
-    }
-
     /// An attempt on an engine whose store's outcome writes take `write`.
     fn slow_write_attempt(
         write: Duration,
     ) -> (
-        Arc<SlowWrite>,
+        Arc<TestStore>,
         impl Future<Output = Result<u32, crate::attempt::AttemptError<u32>>>,
     ) {
-        let store = Arc::new(SlowWrite::new(write, usize::MAX));
+        let store = Arc::new(TestStore::new().writes_take(write));
         let engine = Engine::new(
             Arc::clone(&store),
             Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
@@ -293,12 +227,12 @@ mod tests {
         let (store, attempt) = slow_write_attempt(Duration::from_secs(TTL_SECS * 2 / 3));
         assert_eq!(attempt.await.expect("stored"), 7);
         assert_eq!(
-            store.renewals.load(Ordering::SeqCst),
+            store.renewals.lock().expect("not poisoned").len(),
             0,
             "the lease was renewed during the outcome write"
         );
         tokio::time::sleep(Duration::from_secs(TTL_SECS * 2)).await;
-        assert_eq!(store.renewals.load(Ordering::SeqCst), 0);
+        assert_eq!(store.renewals.lock().expect("not poisoned").len(), 0);
         assert_eq!(
             tokio::runtime::Handle::current()
                 .metrics()
@@ -345,7 +279,11 @@ mod tests {
     /// whose operation ran, was left to run it a second time once the lease ended.
     #[tokio::test(start_paused = true)]
     async fn a_dropped_write_of_a_too_large_outcomes_fallback_is_finished_with_the_fallback() {
-        let store = Arc::new(SlowWrite::new(Duration::from_secs(1), 16));
+        let store = Arc::new(
+            TestStore::new()
+                .writes_take(Duration::from_secs(1))
+                .limit(16),
+        );
         let engine = Engine::new(
             Arc::clone(&store),
             Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
@@ -361,7 +299,7 @@ mod tests {
         let mut attempt = Box::pin(attempt);
         // The operation returns, its outcome is refused at once, and the fallback's write
         // waits on the store: the caller goes away then.
-        while store.writes.load(Ordering::SeqCst) < 2 {
+        while store.tries.lock().expect("not poisoned").len() < 2 {
             let polled = poll_fn(|cx| Poll::Ready(attempt.as_mut().poll(cx))).await;
             assert!(polled.is_pending(), "the fallback's write takes a second");
             tokio::task::yield_now().await;

@@ -59,8 +59,6 @@
 //! # }).unwrap();
 //! ```
 
-#[cfg(test)]
-mod back_at;
 mod backoff;
 mod claim;
 mod guard;
@@ -68,6 +66,8 @@ mod here;
 mod renewal;
 mod running;
 mod settle;
+#[cfg(test)]
+mod test_store;
 mod unwritten;
 mod wait;
 mod watchlist;

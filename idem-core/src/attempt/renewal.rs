@@ -246,7 +246,7 @@ impl Deref for LeaseHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attempt::back_at::BackAt;
+    use crate::attempt::test_store::TestStore;
     use crate::key::Key;
     use crate::lease::OwnerToken;
 
@@ -267,7 +267,7 @@ mod tests {
     }
 
     /// Renews a lease on `store` for `run`; the lease as it is then known, and the store.
-    async fn renew_on(store: BackAt, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
+    async fn renew_on(store: TestStore, run: Duration) -> (Arc<Held>, Arc<TestStore>) {
         let (store, held) = (Arc::new(store), held(1));
         let task = tokio::spawn(keep_renewed(Arc::clone(&store), Arc::clone(&held), ttl()));
         tokio::time::sleep(run).await;
@@ -276,8 +276,8 @@ mod tests {
     }
 
     /// Renews a lease on a store back after `back`, for `run`.
-    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<BackAt>) {
-        renew_on(BackAt::new(Instant::now() + back), run).await
+    async fn renew_for(back: Duration, run: Duration) -> (Arc<Held>, Arc<TestStore>) {
+        renew_on(TestStore::new().back_at(Instant::now() + back), run).await
     }
 
     /// Renewals that fail at their regular times (0, 1 and 2 s of a 3 s lease) while the
@@ -303,7 +303,9 @@ mod tests {
     /// is sent after it.
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_finds_the_lease_lost_marks_it_and_stops() {
-        let taken = BackAt::taken_over(Instant::now() + Duration::from_millis(1500));
+        let taken = TestStore::new()
+            .back_at(Instant::now() + Duration::from_millis(1500))
+            .taken_over();
         let (held, store) = renew_on(taken, Duration::from_secs(10)).await;
         assert!(held.is_lost());
         let sent = store.tries.lock().expect("not poisoned");

@@ -251,64 +251,20 @@ impl<S: IdempotencyStore> Drop for OffDuty<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex as StdMutex;
-
-    use async_trait::async_trait;
-    use bytes::Bytes;
-
     use super::*;
-    use crate::claim::{Claim, ClaimRequest};
-    use crate::error::Error;
+    use crate::attempt::test_store::TestStore;
     use crate::key::Key;
     use crate::lease::{Lease, OwnerToken};
-    use crate::record::Record;
-
-    /// A store that only renews, and remembers the fencing number of every renewal.
-    #[derive(Debug, Default)]
-    struct Renewals(StdMutex<Vec<u64>>);
-
-    impl Renewals {
-        fn of(&self, fencing: u64) -> usize {
-            let renewed = self.0.lock().expect("not poisoned");
-            renewed.iter().filter(|&&f| f == fencing).count()
-        }
-    }
-
-    #[async_trait]
-    impl IdempotencyStore for Renewals {
-        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
-            unimplemented!("the watchlist never claims")
-        }
-        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("the watchlist never finishes")
-        }
-        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            unimplemented!("the watchlist never finishes")
-        }
-        async fn renew(&self, lease: &Lease, _: Ttl) -> Result<(), Error> {
-            self.0.lock().expect("not poisoned").push(lease.fencing);
-            Ok(())
-        }
-        async fn release(&self, _: &Lease) -> Result<(), Error> {
-            unimplemented!("the watchlist never releases")
-        }
-        async fn read(&self, _: &Key) -> Result<Option<Record>, Error> {
-            unimplemented!("the watchlist never reads")
-        }
-        async fn remove(&self, _: &Key) -> Result<bool, Error> {
-            unimplemented!("the watchlist never removes")
-        }
-    }
 
     const TTL_SECS: u64 = 60;
 
-    fn list() -> Arc<Watchlist<Renewals>> {
+    fn list() -> Arc<Watchlist<TestStore>> {
         let ttl = Ttl::from_secs(TTL_SECS).expect("a valid TTL");
-        Arc::new(Watchlist::new(Arc::new(Renewals::default()), ttl))
+        Arc::new(Watchlist::new(Arc::new(TestStore::new()), ttl))
     }
 
     /// Puts an attempt holding fencing number `fencing` on `list`.
-    fn enter(list: &Arc<Watchlist<Renewals>>, fencing: u64) -> (Watched<Renewals>, bool) {
+    fn enter(list: &Arc<Watchlist<TestStore>>, fencing: u64) -> (Watched<TestStore>, bool) {
         let lease = Lease::new(
             Key::new("watchlist", "k").expect("a valid key"),
             OwnerToken::random(),
@@ -318,7 +274,7 @@ mod tests {
         list.enter(Arc::new(held), &Handle::current())
     }
 
-    fn supervisors(list: &Watchlist<Renewals>) -> Vec<(runtime::Id, u64)> {
+    fn supervisors(list: &Watchlist<TestStore>) -> Vec<(runtime::Id, u64)> {
         list.lock().supervisors.clone()
     }
 
@@ -377,7 +333,11 @@ mod tests {
 
         assert!(list.renew_long_runners(runtime, number, Duration::from_secs(3600)));
         settle().await;
-        assert_eq!(list.store().of(1), 0, "a young attempt is not renewed");
+        assert_eq!(
+            list.store().renewals_of(1),
+            0,
+            "a young attempt is not renewed"
+        );
         assert_eq!(
             supervisors(&list),
             vec![(runtime, number)],
@@ -386,11 +346,15 @@ mod tests {
 
         assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
         settle().await;
-        assert_eq!(list.store().of(1), 1, "an old attempt is renewed at once");
+        assert_eq!(
+            list.store().renewals_of(1),
+            1,
+            "an old attempt is renewed at once"
+        );
         assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
         settle().await;
         assert_eq!(
-            list.store().of(1),
+            list.store().renewals_of(1),
             1,
             "an attempt already being renewed gets no second renewal task"
         );
@@ -421,7 +385,7 @@ mod tests {
         };
         assert!(list.renew_long_runners(runtime, number, Duration::ZERO));
         settle().await;
-        assert_eq!(list.store().of(1), 1);
+        assert_eq!(list.store().renewals_of(1), 1);
 
         drop(watched);
         {
@@ -434,7 +398,11 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(TTL_SECS * 2)).await;
         settle().await;
-        assert_eq!(list.store().of(1), 1, "no renewal after the attempt left");
+        assert_eq!(
+            list.store().renewals_of(1),
+            1,
+            "no renewal after the attempt left"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -452,12 +420,19 @@ mod tests {
         // The first look renews the early attempt; the late one is too young yet.
         tokio::time::advance(patience / 2).await;
         settle().await;
-        assert_eq!((list.store().of(1), list.store().of(2)), (1, 0));
+        assert_eq!(
+            (list.store().renewals_of(1), list.store().renewals_of(2)),
+            (1, 0)
+        );
 
         // The next look must still come, and renew the late one.
         tokio::time::advance(patience).await;
         settle().await;
-        assert_eq!(list.store().of(2), 1, "the late attempt was never renewed");
+        assert_eq!(
+            list.store().renewals_of(2),
+            1,
+            "the late attempt was never renewed"
+        );
     }
 
     #[test]

@@ -350,16 +350,10 @@ async fn holds<S: IdempotencyStore + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
-    use async_trait::async_trait;
-
     use super::*;
-    use crate::attempt::back_at::BackAt;
-    use crate::claim::{Claim, ClaimRequest};
+    use crate::attempt::test_store::TestStore;
     use crate::key::Key;
     use crate::lease::OwnerToken;
-    use crate::record::Record;
 
     fn lease() -> Lease {
         Lease::new(
@@ -369,9 +363,12 @@ mod tests {
         )
     }
 
-    async fn write_with(back_after: Duration, lease_left: Duration) -> (Result<(), Error>, BackAt) {
+    async fn write_with(
+        back_after: Duration,
+        lease_left: Duration,
+    ) -> (Result<(), Error>, TestStore) {
         let start = Instant::now();
-        let store = BackAt::new(start + back_after);
+        let store = TestStore::new().back_at(start + back_after);
         let written = finish(
             &store,
             &lease(),
@@ -443,54 +440,14 @@ mod tests {
         }
     }
 
-    /// A store whose every complete is `LeaseLost` and whose key shows the very outcome
-    /// under the lease's fencing number, counting reads.
-    #[derive(Debug, Default)]
-    struct LostAtOnce {
-        reads: Mutex<u32>,
-    }
-
-    #[async_trait]
-    impl IdempotencyStore for LostAtOnce {
-        async fn claim(&self, _: &ClaimRequest) -> Result<Claim, Error> {
-            unimplemented!("not claimed in these tests")
-        }
-        async fn complete(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            Err(Error::LeaseLost)
-        }
-        async fn fail(&self, _: &Lease, _: Bytes, _: Ttl) -> Result<(), Error> {
-            Err(Error::LeaseLost)
-        }
-        async fn renew(&self, _: &Lease, _: Ttl) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn release(&self, _: &Lease) -> Result<(), Error> {
-            Ok(())
-        }
-        async fn read(&self, key: &Key) -> Result<Option<Record>, Error> {
-            *self.reads.lock().expect("not poisoned") += 1;
-            let done = RecordState::Completed {
-                response: Bytes::from_static(b"done"),
-            };
-            Ok(Some(Record::new(
-                key.clone(),
-                done,
-                1,
-                None,
-                Duration::from_secs(60),
-            )))
-        }
-        async fn remove(&self, _: &Key) -> Result<bool, Error> {
-            Ok(false)
-        }
-    }
-
     /// `LeaseLost` on the first write is the answer as it is, with no read: nothing of this
     /// attempt can be in the store yet, so what the key shows (here, a look-alike outcome
     /// under the same fencing number) is someone else's. Only a retried write looks.
     #[tokio::test(start_paused = true)]
     async fn a_lease_lost_on_the_first_write_is_reported_without_a_read() {
-        let store = LostAtOnce::default();
+        // Every write is `LeaseLost`, and the key shows the very outcome under the lease's
+        // fencing number.
+        let store = TestStore::new().taken_over().showing_completed(b"done");
         let written = finish(
             &store,
             &lease(),
@@ -501,7 +458,7 @@ mod tests {
         )
         .await;
         assert!(matches!(written, Err(Error::LeaseLost)), "{written:?}");
-        assert_eq!(*store.reads.lock().expect("not poisoned"), 0);
+        assert_eq!(store.reads.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     /// The first attempts keep their backoff pauses even when the lease has no time left:
