@@ -324,6 +324,23 @@ mod tests {
         }
     }
 
+    /// Only an outcome holding a `Some` written as `null` must read back as the same bytes:
+    /// any other is stored as written. A map's keys come back in another order from a fresh
+    /// map (its hasher is seeded anew), so it writes other bytes, yet it is the same value
+    /// and must be stored and replayed, not refused as a marker.
+    #[test]
+    fn an_outcome_without_a_some_written_as_null_is_stored_even_if_it_writes_back_otherwise() {
+        let map: HashMap<String, u32> = (0..64).map(|i| (format!("k{i}"), i)).collect();
+        match settled(4096, &Ok::<_, OpError>(map.clone())) {
+            Settlement::Complete { payload, .. } => {
+                let replay =
+                    replay_success::<HashMap<String, u32>, OpError>(&payload).expect("decodes");
+                assert_eq!(replay.result, Ok(map));
+            }
+            other => panic!("expected a completion, got {other:?}"),
+        }
+    }
+
     #[test]
     fn stored_bytes_decode_by_what_is_wrong_with_them() {
         assert!(matches!(
