@@ -341,6 +341,48 @@ mod tests {
         }
     }
 
+    /// A value whose `Serialize` panics with `message`: as a `String` when `formatted`, as
+    /// the `&str` itself otherwise.
+    struct PanicsWhenWritten {
+        message: &'static str,
+        formatted: bool,
+    }
+
+    impl Serialize for PanicsWhenWritten {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            if self.formatted {
+                panic!("{}", self.message)
+            }
+            std::panic::panic_any(self.message)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for PanicsWhenWritten {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(serde::de::Error::custom("never stored"))
+        }
+    }
+
+    /// An outcome whose `Serialize` panics is recorded as one that could not be stored, and
+    /// the error a repeat gets says what the panic said, whether it panicked with a literal
+    /// (`&str`) or a formatted message (`String`), so the cause can be found.
+    #[test]
+    fn the_marker_of_a_panicking_serialize_says_what_the_panic_said() {
+        for (message, formatted) in [("a literal panic", false), ("a formatted panic", true)] {
+            let marker = failed(settled(
+                1024,
+                &Ok::<_, OpError>(PanicsWhenWritten { message, formatted }),
+            ));
+            match replay_failure::<u8, OpError>(&marker) {
+                Err(Error::Serialization { source }) => assert_eq!(
+                    source.to_string(),
+                    format!("writing the outcome panicked: {message}")
+                ),
+                other => panic!("expected a serialization error, got {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn stored_bytes_decode_by_what_is_wrong_with_them() {
         assert!(matches!(
