@@ -566,6 +566,32 @@ mod tests {
         assert_eq!(stripe.swept_at, 5_000);
     }
 
+    /// A stripe gives back the room of the entries that left: once a sweep drops most of a
+    /// big stripe's entries, its table shrinks to at most the floor it keeps
+    /// ([`SHRINK_ABOVE`]), however many entries it once held, or the memory of a burst of
+    /// claims stays held by empty tables that no capacity counts.
+    #[test]
+    fn a_stripe_emptied_by_a_sweep_gives_its_room_back() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        let mut stripe = Stripe::default();
+        for i in 0..200 {
+            let (key, entry) = (key(&format!("k{i}")), open_entry(10));
+            records
+                .open_bytes
+                .fetch_add(u64::from(weight(&key, &entry)), Ordering::Relaxed);
+            stripe.open.insert(key, entry);
+        }
+        assert!(stripe.open.capacity() > 4 * SHRINK_ABOVE, "the premise");
+        records.sweep(&mut stripe, 1_000, true);
+        assert!(stripe.open.is_empty(), "the premise: every entry expired");
+        assert!(
+            stripe.open.capacity() <= SHRINK_ABOVE,
+            "an emptied stripe kept room for {} entries",
+            stripe.open.capacity()
+        );
+    }
+
     /// A write sweeps its stripe on the clock reading its own step took: an open entry past
     /// its expiry is dropped, and its bytes return to the budget, by the next write to its
     /// stripe once a second has gone by since the store began, with no housekeeping run.
