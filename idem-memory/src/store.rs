@@ -632,6 +632,32 @@ mod tests {
         );
     }
 
+    /// A full store sweeps every stripe (1024 locks) at most once a second across the
+    /// store, not on every claim it refuses: an open entry that expired just after a full
+    /// sweep stays until the next one is due.
+    #[test]
+    fn a_full_sweep_runs_at_most_once_a_second() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        // Past the store's first millisecond, so the first full sweep is not at the instant
+        // the next is due from (0).
+        while records.clock.now() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        records.sweep_all();
+        let stale = key("stale");
+        let expired = open_entry(0);
+        records
+            .open_bytes
+            .fetch_add(u64::from(weight(&stale, &expired)), Ordering::Relaxed);
+        records.stripe(&stale).open.insert(stale.clone(), expired);
+        records.sweep_all();
+        assert!(
+            records.stripe(&stale).open.contains_key(&stale),
+            "swept every stripe again within a second"
+        );
+    }
+
     /// A claim's quick look (`peek`) finds finished records, so a replay is answered
     /// without the key's stripe; open entries are left to `update`.
     #[tokio::test]
