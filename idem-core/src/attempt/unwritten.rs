@@ -12,10 +12,10 @@ use crate::store::IdempotencyStore;
 /// [`CancelPolicy::Release`]; or its runtime shut down), it writes again what the dropped write
 /// was storing (the settlement, or what the settle step gave instead of a payload the store
 /// refused: [`tracking`](Self::tracking)), on a task of the current runtime or on a helper
-/// thread, as the release guard frees a key: the
-/// operation's effects happened, and an outcome left unstored would let the key run it a
-/// second time once the lease ends. A try the dropped write made may have been applied
-/// already: the new write then finds the key finished, which changes nothing.
+/// thread, as the release guard frees a key: the operation's effects happened, and an outcome
+/// left unstored would let the key run it a second time once the lease ends. A try the
+/// dropped write made may have been applied already: the new write then finds the key
+/// finished, which changes nothing.
 ///
 /// Holds what it needs by reference, and copies it only when dropped armed: nearly every
 /// write ends in its caller's future.
