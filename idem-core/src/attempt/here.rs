@@ -192,6 +192,21 @@ mod tests {
     /// The lease TTL of the tests below: the supervisor looks every 5 s.
     const TTL_SECS: u64 = 30;
 
+    /// The attempt of an operation that returns 7, under a fresh lease of an engine on
+    /// `store`, settled by `settle`.
+    fn attempt_on(
+        store: Arc<TestStore>,
+        settle: impl Settle<u32>,
+    ) -> impl Future<Output = Result<u32, crate::attempt::AttemptError<u32>>> {
+        let engine = Engine::new(store, Ttl::from_secs(TTL_SECS).expect("a valid TTL"));
+        let lease = Lease::new(
+            Key::new("here", "k").expect("a valid key"),
+            OwnerToken::random(),
+            1,
+        );
+        engine.attempt(lease).run_scoped(async { 7_u32 }, settle)
+    }
+
     /// An attempt on an engine whose store's outcome writes take `write`.
     fn slow_write_attempt(
         write: Duration,
@@ -200,21 +215,10 @@ mod tests {
         impl Future<Output = Result<u32, crate::attempt::AttemptError<u32>>>,
     ) {
         let store = Arc::new(TestStore::new().writes_take(write));
-        let engine = Engine::new(
-            Arc::clone(&store),
-            Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
-        );
-        let lease = Lease::new(
-            Key::new("here", "k").expect("a valid key"),
-            OwnerToken::random(),
-            1,
-        );
-        let attempt = engine
-            .attempt(lease)
-            .run_scoped(async { 7_u32 }, |_: &u32| Settlement::Complete {
-                payload: Bytes::from_static(b"seven"),
-                retention: Ttl::from_secs(60).expect("a valid TTL"),
-            });
+        let attempt = attempt_on(Arc::clone(&store), |_: &u32| Settlement::Complete {
+            payload: Bytes::from_static(b"seven"),
+            retention: Ttl::from_secs(60).expect("a valid TTL"),
+        });
         (store, attempt)
     }
 
@@ -284,19 +288,7 @@ mod tests {
                 .writes_take(Duration::from_secs(1))
                 .limit(16),
         );
-        let engine = Engine::new(
-            Arc::clone(&store),
-            Ttl::from_secs(TTL_SECS).expect("a valid TTL"),
-        );
-        let lease = Lease::new(
-            Key::new("here", "k").expect("a valid key"),
-            OwnerToken::random(),
-            1,
-        );
-        let attempt = engine
-            .attempt(lease)
-            .run_scoped(async { 7_u32 }, TooLargeToStore);
-        let mut attempt = Box::pin(attempt);
+        let mut attempt = Box::pin(attempt_on(Arc::clone(&store), TooLargeToStore));
         // The operation returns, its outcome is refused at once, and the fallback's write
         // waits on the store: the caller goes away then.
         while store.tries.lock().expect("not poisoned").len() < 2 {
