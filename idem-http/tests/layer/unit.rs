@@ -61,6 +61,21 @@ where
     );
 }
 
+/// The JSON of a whole response body: the problem the layer answered with.
+async fn json_of<B>(response: Response<B>) -> serde_json::Value
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("JSON")
+}
+
 /// Repeats `post("k")` until the answer is no longer 409 (10 s at most), and returns it.
 async fn first_settled<S, B>(service: &S) -> Response<B>
 where
@@ -246,8 +261,7 @@ async fn a_handler_dropped_after_it_committed_never_runs_twice() {
     let retry = service.clone().oneshot(at("/error")).await.expect("kept");
     assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(retry.headers().contains_key("idempotent-replayed"));
-    let body = retry.into_body().collect().await.expect("body").to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(retry).await;
     assert_eq!(answer["type"], problem::RESPONSE_FAILED);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the charge ran once");
     for attempt in 0..2 {
@@ -298,13 +312,7 @@ async fn a_response_body_failing_mid_way_never_runs_the_handler_twice() {
             .await
             .expect("infallible");
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let answer = json_of(response).await;
         assert_eq!(
             answer["type"],
             problem::RESPONSE_FAILED,
@@ -356,8 +364,7 @@ async fn a_handler_that_panics_never_runs_twice() {
         .expect("infallible");
     assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(retry.headers().contains_key("idempotent-replayed"));
-    let body = retry.into_body().collect().await.expect("body").to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(retry).await;
     assert_eq!(answer["type"], problem::RESPONSE_FAILED);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
 }
@@ -375,13 +382,7 @@ async fn a_full_store_is_503() {
         .await
         .expect("infallible");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let problem = json_of(response).await;
     assert_eq!(problem["type"], problem::STORE_UNAVAILABLE);
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
@@ -766,13 +767,7 @@ async fn a_body_over_a_limit_in_front_of_the_layer_is_413() {
         .expect("a valid request");
     let response = service.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let problem = json_of(response).await;
     assert_eq!(problem["type"], problem::REQUEST_TOO_LARGE);
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }
@@ -1027,13 +1022,7 @@ async fn a_keyed_request_with_trailers_is_refused_not_stripped() {
         .expect("a valid request");
     let response = service.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(response).await;
     assert_eq!(answer["type"], problem::REQUEST_TRAILERS);
     assert_eq!(
         runs.load(Ordering::SeqCst),
@@ -1173,13 +1162,7 @@ async fn a_request_body_that_fails_mid_way_is_400_not_413() {
         .expect("a valid request");
     let response = service.clone().oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(response).await;
     assert_eq!(answer["type"], problem::REQUEST_UNREADABLE);
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler never ran");
     let again = service.oneshot(post("\"k\"")).await.expect("infallible");
@@ -1205,13 +1188,7 @@ async fn a_chunked_body_over_the_layers_limit_is_told_that_limit() {
         .expect("a valid request");
     let response = service.oneshot(request).await.expect("infallible");
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(response).await;
     assert_eq!(answer["type"], problem::REQUEST_TOO_LARGE);
     let detail = answer["detail"].as_str().expect("a detail");
     assert!(detail.contains("16 byte limit"), "{detail}");
@@ -1289,8 +1266,7 @@ async fn a_body_that_panics_while_it_is_read_reaches_its_caller_and_never_runs_t
     let retry = service.oneshot(post("\"k\"")).await.expect("infallible");
     assert_eq!(retry.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert!(retry.headers().contains_key("idempotent-replayed"));
-    let body = retry.into_body().collect().await.expect("body").to_bytes();
-    let answer: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let answer = json_of(retry).await;
     assert_eq!(answer["type"], problem::RESPONSE_FAILED);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler ran once");
 }
