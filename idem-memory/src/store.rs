@@ -658,6 +658,40 @@ mod tests {
         );
     }
 
+    /// A full sweep runs at the very millisecond it is due, not one later: an open entry
+    /// that expired before then is dropped by a sweep on the clock reading it was put off
+    /// to. Tried until one sweep starts and ends within the millisecond it was due at
+    /// (bounded), since only then does its clock reading equal that instant.
+    #[test]
+    fn a_full_sweep_runs_at_the_millisecond_it_is_due() {
+        let store = MemoryStore::new();
+        let records = store.inner.map();
+        let stale = key("stale");
+        for _ in 0..1_000 {
+            let expired = open_entry(0);
+            records
+                .open_bytes
+                .fetch_add(u64::from(weight(&stale, &expired)), Ordering::Relaxed);
+            if let Some(old) = records.stripe(&stale).open.insert(stale.clone(), expired) {
+                records
+                    .open_bytes
+                    .fetch_sub(u64::from(weight(&stale, &old)), Ordering::Relaxed);
+            }
+            let due = records.clock.now();
+            records.next_full_sweep.store(due, Ordering::Relaxed);
+            records.sweep_all();
+            if records.clock.now() == due {
+                assert!(
+                    !records.stripe(&stale).open.contains_key(&stale),
+                    "a full sweep due at {due} ms did not run at {due} ms"
+                );
+                assert_eq!(records.open_bytes.load(Ordering::Relaxed), 0);
+                return;
+            }
+        }
+        panic!("no full sweep ran within one millisecond in 1000 tries");
+    }
+
     /// A claim's quick look (`peek`) finds finished records, so a replay is answered
     /// without the key's stripe; open entries are left to `update`.
     #[tokio::test]
