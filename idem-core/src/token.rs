@@ -8,7 +8,9 @@
 //! 2. the business request carries the token;
 //! 3. the server consumes it ([`Tokens::consume`]): the check and the invalidation are one
 //!    atomic step in the store, so of any number of concurrent submissions exactly one is
-//!    [`Consumption::Consumed`] and runs the business;
+//!    [`Consumption::Consumed`] and runs the business; a consume the store could not
+//!    answer is sent again by the same consumer, and one that was applied with only its
+//!    reply lost is `Consumed` again, not refused as used;
 //! 4. every repeat is [`Consumption::Rejected`] with the reason, and gets the "already done"
 //!    answer.
 //!
@@ -24,9 +26,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::{NoContext, Timestamp, Uuid};
 
+use crate::attempt::backoff;
 use crate::error::{Error, InputField, InvalidInput};
 use crate::fingerprint::Fingerprint;
 use crate::key::{self, Key};
+use crate::lease::OwnerToken;
 use crate::ttl::Ttl;
 
 /// The longest token accepted, in bytes.
@@ -185,17 +189,27 @@ impl TokenGenerator for UuidV7Tokens {
 
 /// Where tokens live. Implement this to add a backend; `idem-tests` checks it.
 ///
-/// Both operations are atomic per token. A consumed token is kept, marked used, until it
-/// expires, so a repeat is told [`Rejection::AlreadyUsed`] rather than
-/// [`Rejection::Unknown`].
+/// Both operations are atomic per token. A consumed token is kept, marked used by its
+/// consumer, until it expires, so a repeat is told [`Rejection::AlreadyUsed`] rather than
+/// [`Rejection::Unknown`], and the consumer's own resend is told
+/// [`Consumption::Consumed`] again ([`TokenRecord::consume`] is the rule).
 #[async_trait]
 pub trait TokenStore: fmt::Debug + Send + Sync + 'static {
     /// Stores a new token for `scope`, valid for `ttl`. A token already stored is left
     /// untouched and the call fails with [`Error::TokenCollision`].
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error>;
 
-    /// Uses the token up if it is live, unused and belongs to `scope`, in one atomic step.
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error>;
+    /// Uses the token up for `consumer` if it is live, unused and belongs to `scope`, in
+    /// one atomic step. A token `consumer` used up already, for `scope`, is
+    /// [`Consumption::Consumed`] again and stays as it is: the same consumer's resend after
+    /// a reply was lost (a timeout, a dropped connection) must not find its own consume and
+    /// refuse it as [`Rejection::AlreadyUsed`]. Any other consumer is refused.
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error>;
 }
 
 #[async_trait]
@@ -203,8 +217,13 @@ impl<T: TokenStore + ?Sized> TokenStore for Arc<T> {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         (**self).issue(token, scope, ttl).await
     }
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-        (**self).consume(token, scope).await
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
+        (**self).consume(token, scope, consumer).await
     }
 }
 
@@ -213,8 +232,13 @@ impl<T: TokenStore + ?Sized> TokenStore for Box<T> {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         (**self).issue(token, scope, ttl).await
     }
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-        (**self).consume(token, scope).await
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
+        (**self).consume(token, scope, consumer).await
     }
 }
 
@@ -226,31 +250,63 @@ pub struct TokenRecord {
     pub scope: Scope,
     /// Whether it was consumed.
     pub used: bool,
+    /// Who consumed it, where the store knows: a token used before its store kept consumers
+    /// says only that it was used, and no resend is recognised as its consumer's.
+    pub used_by: Option<OwnerToken>,
 }
 
 impl TokenRecord {
-    /// A token issued to `scope`, `used` up or not yet.
+    /// A token issued to `scope` and not used yet.
     #[must_use]
-    pub const fn new(scope: Scope, used: bool) -> Self {
-        Self { scope, used }
+    pub const fn issued(scope: Scope) -> Self {
+        Self {
+            scope,
+            used: false,
+            used_by: None,
+        }
+    }
+
+    /// A token of `scope` that `consumer` used up (`None`: used by a consumer the store did
+    /// not keep).
+    #[must_use]
+    pub const fn used(scope: Scope, consumer: Option<OwnerToken>) -> Self {
+        Self {
+            scope,
+            used: true,
+            used_by: consumer,
+        }
     }
 
     /// The consume rule, once for every store that keeps [`TokenRecord`]s: answers what
-    /// consuming finds, and the record to write back when the token was used up.
+    /// `consumer` consuming for `scope` finds, and the record to write back when this call
+    /// used the token up (`None`: leave the store as it is).
+    ///
+    /// In order: no record is [`Rejection::Unknown`]; a record `consumer` used for `scope`
+    /// is [`Consumption::Consumed`], written already (its own resend); any other used
+    /// record is [`Rejection::AlreadyUsed`], whatever its scope; an unused record of
+    /// another scope is [`Rejection::WrongScope`]; an unused record of `scope` is
+    /// `Consumed`, with the record it becomes.
     #[must_use]
     pub fn consume(
         current: Option<&TokenRecord>,
         scope: &Scope,
+        consumer: &OwnerToken,
     ) -> (Consumption, Option<TokenRecord>) {
         match current {
             None => (Consumption::Rejected(Rejection::Unknown), None),
-            Some(record) if record.used => (Consumption::Rejected(Rejection::AlreadyUsed), None),
+            Some(record) if record.used => {
+                if record.used_by == Some(*consumer) && record.scope == *scope {
+                    (Consumption::Consumed, None)
+                } else {
+                    (Consumption::Rejected(Rejection::AlreadyUsed), None)
+                }
+            }
             Some(record) if record.scope != *scope => {
                 (Consumption::Rejected(Rejection::WrongScope), None)
             }
             Some(record) => (
                 Consumption::Consumed,
-                Some(TokenRecord::new(record.scope.clone(), true)),
+                Some(TokenRecord::used(record.scope.clone(), Some(*consumer))),
             ),
         }
     }
@@ -342,14 +398,31 @@ impl<S: TokenStore> Tokens<S> {
     /// Uses up the token the client presented, if it is live, unused and belongs to `scope`.
     /// A malformed token is [`InvalidInput::MalformedToken`], and the store is not asked.
     ///
+    /// Each call is one consumer ([`OwnerToken::random`]). A store that does not answer
+    /// ([`Error::Unavailable`]: a timeout, a dropped connection) is asked again by the same
+    /// consumer, a few times within a second: a consume that was applied with only its
+    /// reply lost is then answered `Consumed`, and the business runs, where a fresh
+    /// consumer's retry would be refused as used and the token lost.
+    ///
     /// # Errors
     ///
     /// [`InvalidInput::MalformedToken`] for a malformed `raw`; the store's [`TokenStore::consume`]
-    /// errors ([`Error::Unavailable`], [`Error::CorruptRecord`]). A token that is unknown, used,
-    /// expired or of another scope is not an error: it is [`Consumption::Rejected`].
+    /// errors ([`Error::Unavailable`] once the resends ran out, [`Error::CorruptRecord`]). A
+    /// token that is unknown, used, expired or of another scope is not an error: it is
+    /// [`Consumption::Rejected`].
     pub async fn consume(&self, scope: &Scope, raw: &str) -> Result<Consumption, Error> {
         let token = self.parse(raw)?;
-        self.store.consume(&token, scope).await
+        let consumer = OwnerToken::random();
+        let sent = tokio::time::Instant::now();
+        match self.store.consume(&token, scope, &consumer).await {
+            Err(Error::Unavailable { source }) => {
+                backoff::resend(sent, source, || {
+                    self.store.consume(&token, scope, &consumer)
+                })
+                .await
+            }
+            answer => answer,
+        }
     }
 }
 
@@ -409,25 +482,38 @@ mod tests {
     fn consume_rule() {
         let alice = Scope::new("alice").expect("valid");
         let bob = Scope::new("bob").expect("valid");
-        let fresh = TokenRecord {
-            scope: alice.clone(),
-            used: false,
-        };
+        let (first, second) = (OwnerToken::random(), OwnerToken::random());
+        let fresh = TokenRecord::issued(alice.clone());
         assert_eq!(
-            TokenRecord::consume(None, &alice).0,
+            TokenRecord::consume(None, &alice, &first).0,
             Consumption::Rejected(Rejection::Unknown)
         );
         assert_eq!(
-            TokenRecord::consume(Some(&fresh), &bob),
+            TokenRecord::consume(Some(&fresh), &bob, &first),
             (Consumption::Rejected(Rejection::WrongScope), None)
         );
-        let (answer, write) = TokenRecord::consume(Some(&fresh), &alice);
+        let (answer, write) = TokenRecord::consume(Some(&fresh), &alice, &first);
         assert_eq!(answer, Consumption::Consumed);
         let used = write.expect("consuming writes the used mark");
-        assert!(used.used);
+        assert_eq!(used, TokenRecord::used(alice.clone(), Some(first)));
         assert_eq!(
-            TokenRecord::consume(Some(&used), &alice).0,
-            Consumption::Rejected(Rejection::AlreadyUsed)
+            TokenRecord::consume(Some(&used), &alice, &first),
+            (Consumption::Consumed, None),
+            "the consumer's own resend is answered as its first send, and writes nothing"
+        );
+        assert_eq!(
+            TokenRecord::consume(Some(&used), &alice, &second),
+            (Consumption::Rejected(Rejection::AlreadyUsed), None)
+        );
+        assert_eq!(
+            TokenRecord::consume(Some(&used), &bob, &first),
+            (Consumption::Rejected(Rejection::AlreadyUsed), None),
+            "the consumer of one scope does not consume for another"
+        );
+        let kept_no_consumer = TokenRecord::used(alice.clone(), None);
+        assert_eq!(
+            TokenRecord::consume(Some(&kept_no_consumer), &alice, &first),
+            (Consumption::Rejected(Rejection::AlreadyUsed), None)
         );
     }
 
@@ -510,26 +596,45 @@ mod tests {
 
     #[test]
     fn a_used_token_is_already_used_in_any_scope() {
-        let used = TokenRecord {
-            scope: Scope::new("alice").expect("valid"),
-            used: true,
-        };
+        let used = TokenRecord::used(Scope::new("alice").expect("valid"), None);
         let bob = Scope::new("bob").expect("valid");
+        let consumer = OwnerToken::random();
         assert_eq!(
-            TokenRecord::consume(Some(&used), &bob),
+            TokenRecord::consume(Some(&used), &bob, &consumer),
             (Consumption::Rejected(Rejection::AlreadyUsed), None)
         );
         assert_eq!(
-            TokenRecord::consume(None, &bob),
+            TokenRecord::consume(None, &bob, &consumer),
             (Consumption::Rejected(Rejection::Unknown), None)
         );
     }
 
-    /// A token store that records what it was asked.
+    /// A token store that keeps [`TokenRecord`]s and records every consume it was asked,
+    /// and can lose replies.
     #[derive(Debug, Default)]
     struct Recording {
         issued: std::sync::Mutex<Vec<(Token, Scope, Ttl)>>,
-        consumed: std::sync::Mutex<Vec<(Token, Scope)>>,
+        records: std::sync::Mutex<std::collections::HashMap<Token, TokenRecord>>,
+        /// Every consume asked: the token and the consumer.
+        consumes: std::sync::Mutex<Vec<(Token, OwnerToken)>>,
+        /// How many of the next consumes are applied and then answered `Unavailable`, as
+        /// if their reply was lost.
+        lose_replies: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Recording {
+        fn losing_replies(count: usize) -> Self {
+            let store = Self::default();
+            store
+                .lose_replies
+                .store(count, std::sync::atomic::Ordering::SeqCst);
+            store
+        }
+
+        fn consumers(&self) -> Vec<OwnerToken> {
+            let consumes = self.consumes.lock().expect("not poisoned");
+            consumes.iter().map(|(_, consumer)| *consumer).collect()
+        }
     }
 
     #[async_trait]
@@ -540,26 +645,97 @@ mod tests {
                 return Err(Error::TokenCollision);
             }
             issued.push((token.clone(), scope.clone(), ttl));
+            let mut records = self.records.lock().expect("not poisoned");
+            records.insert(token.clone(), TokenRecord::issued(scope.clone()));
             Ok(())
         }
-        async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-            let mut consumed = self.consumed.lock().expect("not poisoned");
-            let issued = self.issued.lock().expect("not poisoned");
-            let answer = match issued.iter().find(|(t, _, _)| t == token) {
-                None => Consumption::Rejected(Rejection::Unknown),
-                Some(_) if consumed.iter().any(|(t, _)| t == token) => {
-                    Consumption::Rejected(Rejection::AlreadyUsed)
-                }
-                Some((_, owner, _)) if owner != scope => {
-                    Consumption::Rejected(Rejection::WrongScope)
-                }
-                Some(_) => Consumption::Consumed,
-            };
-            if answer == Consumption::Consumed {
-                consumed.push((token.clone(), scope.clone()));
+        async fn consume(
+            &self,
+            token: &Token,
+            scope: &Scope,
+            consumer: &OwnerToken,
+        ) -> Result<Consumption, Error> {
+            let mut consumes = self.consumes.lock().expect("not poisoned");
+            consumes.push((token.clone(), *consumer));
+            let mut records = self.records.lock().expect("not poisoned");
+            let (answer, write) = TokenRecord::consume(records.get(token), scope, consumer);
+            if let Some(record) = write {
+                records.insert(token.clone(), record);
             }
-            Ok(answer)
+            let lost = self.lose_replies.fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |left| left.checked_sub(1),
+            );
+            match lost {
+                Ok(_) => Err(Error::unavailable("the reply was lost")),
+                Err(_) => Ok(answer),
+            }
         }
+    }
+
+    /// A current-thread runtime whose clock moves only when every task waits, so the
+    /// pauses between resends take no real time.
+    fn block_on_paused<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    /// A consume the store applied but whose reply was lost is sent again by the same
+    /// consumer and answered `Consumed`: the business runs, where a fresh consumer would be
+    /// refused as already used and the client's token lost to its own first send.
+    #[test]
+    fn a_consume_whose_reply_was_lost_is_consumed_by_its_resend() {
+        block_on_paused(async {
+            let alice = Scope::new("alice").expect("valid");
+            let tokens = Tokens::new(Recording::losing_replies(1));
+            let token = tokens.issue(&alice).await.expect("issued");
+            assert_eq!(
+                tokens
+                    .consume(&alice, token.as_str())
+                    .await
+                    .expect("answered by the resend"),
+                Consumption::Consumed
+            );
+            let consumers = tokens.store().consumers();
+            assert_eq!(consumers.len(), 2, "one send, one resend");
+            assert_eq!(
+                consumers[0], consumers[1],
+                "the resend is the same consumer's"
+            );
+            assert_eq!(
+                tokens
+                    .consume(&alice, token.as_str())
+                    .await
+                    .expect("answered"),
+                Consumption::Rejected(Rejection::AlreadyUsed),
+                "the next call is another consumer"
+            );
+        });
+    }
+
+    /// A store that stays unavailable is asked a few times within a second, then the
+    /// caller gets `Unavailable`.
+    #[test]
+    fn a_store_that_stays_unavailable_is_asked_four_times_within_a_second() {
+        block_on_paused(async {
+            let alice = Scope::new("alice").expect("valid");
+            let tokens = Tokens::new(Recording::losing_replies(usize::MAX));
+            let token = tokens.issue(&alice).await.expect("issued");
+            let started = tokio::time::Instant::now();
+            assert!(matches!(
+                tokens.consume(&alice, token.as_str()).await,
+                Err(Error::Unavailable { .. })
+            ));
+            assert!(started.elapsed() < Duration::from_secs(1));
+            let consumers = tokens.store().consumers();
+            assert_eq!(consumers.len(), 4);
+            assert!(consumers.iter().all(|consumer| *consumer == consumers[0]));
+        });
     }
 
     fn block_on<F: std::future::Future>(future: F) -> F::Output {
@@ -629,7 +805,10 @@ mod tests {
                 Consumption::Rejected(Rejection::WrongScope)
             );
             assert_eq!(
-                boxed.consume(&token, &alice).await.expect("answered"),
+                boxed
+                    .consume(&token, &alice, &OwnerToken::random())
+                    .await
+                    .expect("answered"),
                 Consumption::Consumed
             );
             assert_eq!(
@@ -639,13 +818,13 @@ mod tests {
                     .expect("answered"),
                 Consumption::Rejected(Rejection::AlreadyUsed)
             );
-            let asked = store.consumed.lock().expect("not poisoned").len();
+            let asked = store.consumes.lock().expect("not poisoned").len();
             assert!(matches!(
                 tokens.consume(&alice, "not a token").await,
                 Err(Error::InvalidInput(InvalidInput::MalformedToken { .. }))
             ));
             assert!(tokens.parse(token.as_str()).is_ok());
-            assert_eq!(store.consumed.lock().expect("not poisoned").len(), asked);
+            assert_eq!(store.consumes.lock().expect("not poisoned").len(), asked);
         });
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use idem_core::backend::{TokenEntry, TokenMap, TokenMapStore};
-use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl, async_trait};
+use idem_core::{Consumption, Error, OwnerToken, Scope, Token, TokenStore, Ttl, async_trait};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 
@@ -199,8 +199,13 @@ impl TokenStore for MemoryTokenStore {
     async fn issue(&self, token: &Token, scope: &Scope, ttl: Ttl) -> Result<(), Error> {
         self.inner.issue(token, scope, ttl).await
     }
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
-        self.inner.consume(token, scope).await
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
+        self.inner.consume(token, scope, consumer).await
     }
 }
 
@@ -244,7 +249,10 @@ mod tests {
         store.inner.map().apply_pending().await;
         assert_eq!(store.held_bytes(), weight_of(&token, &scope));
         assert_eq!(
-            store.consume(&token, &scope).await.expect("consume"),
+            store
+                .consume(&token, &scope, &OwnerToken::random())
+                .await
+                .expect("consume"),
             Consumption::Consumed
         );
         store.inner.map().apply_pending().await;
@@ -269,7 +277,7 @@ mod tests {
         let tokens = &store.inner.map().cache;
         for token in [first, token()] {
             let entry = TokenEntry::new(
-                idem_core::backend::TokenRecord::new(scope.clone(), false),
+                idem_core::backend::TokenRecord::issued(scope.clone()),
                 store.inner.map().now() + 60_000,
             );
             tokens.insert(token, entry).await;
@@ -337,7 +345,10 @@ mod tests {
             .expect("an expired token made room");
         // Issued seconds into the store's life, its second of life counts from now.
         assert_eq!(
-            store.consume(&late, &scope).await.expect("consume"),
+            store
+                .consume(&late, &scope, &OwnerToken::random())
+                .await
+                .expect("consume"),
             Consumption::Consumed
         );
     }

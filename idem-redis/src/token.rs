@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use idem_core::{Consumption, Error, Rejection, Scope, Token, TokenStore, Ttl, async_trait};
+use idem_core::{
+    Consumption, Error, OwnerToken, Rejection, Scope, Token, TokenStore, Ttl, async_trait,
+};
 use redis::Value;
 use redis::aio::ConnectionManager;
 
@@ -105,7 +107,12 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
     /// One script run: [`TokenRecord::consume`](idem_core::backend::TokenRecord::consume)'s rule on
     /// the stored value. A value that does not decode, or a Redis type other than a string,
     /// is [`Error::CorruptRecord`] and is left as it is.
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        _consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
         let script = &SCRIPTS.consume_token;
         let mut call = script.call(self.redis_key(token), 1, scope.as_str().len());
         call.arg(scope.as_str());

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use idem_core::backend::TokenRecord;
-use idem_core::{Consumption, Error, Scope, Token, TokenStore, Ttl};
+use idem_core::{Consumption, Error, OwnerToken, Scope, Token, TokenStore, Ttl};
 use tokio::time::Instant;
 
 use crate::builder::{FromTable, SqlBuilder};
@@ -192,7 +192,13 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
             return Ok(None);
         };
         let (scope, used) = D::token(&row)?;
-        Ok(Some(TokenRecord::new(decode_scope(scope)?, used)))
+        let scope = decode_scope(scope)?;
+        // The table does not keep the consumer yet: a used token is used by nobody known.
+        Ok(Some(if used {
+            TokenRecord::used(scope, None)
+        } else {
+            TokenRecord::issued(scope)
+        }))
     }
 }
 
@@ -205,10 +211,15 @@ impl<D: SqlDialect> TokenStore for SqlTokenStore<D> {
             .await
     }
 
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
         let steps = Steps::new(self);
         self.table
-            .run(|| tokens::consume(&steps, token, scope))
+            .run(|| tokens::consume(&steps, token, scope, consumer))
             .await
     }
 }

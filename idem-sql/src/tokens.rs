@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use idem_core::backend::TokenRecord;
-use idem_core::{Consumption, Error, Scope, Token, Ttl};
+use idem_core::{Consumption, Error, OwnerToken, Scope, Token, Ttl};
 
 use crate::claim::ROUNDS;
 use crate::row::micros;
@@ -81,15 +81,18 @@ pub async fn consume<S: TokenSteps + Sync>(
     steps: &S,
     token: &Token,
     scope: &Scope,
+    consumer: &OwnerToken,
 ) -> Result<Consumption, Error> {
     for _ in 0..ROUNDS {
         if steps.mark_used(token, scope).await? {
             return Ok(Consumption::Consumed);
         }
         let current = steps.inspect(token).await?;
-        match TokenRecord::consume(current.as_ref(), scope) {
+        match TokenRecord::consume(current.as_ref(), scope, consumer) {
             // The token was (re)issued between the write and the read: try again.
-            (Consumption::Consumed, _) => continue,
+            (Consumption::Consumed, Some(_)) => continue,
+            // Used by this very consumer: its resend.
+            (Consumption::Consumed, None) => return Ok(Consumption::Consumed),
             (rejected, _) => return Ok(rejected),
         }
     }

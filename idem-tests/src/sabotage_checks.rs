@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use idem_core::backend::lifecycle::{FENCING_MEMORY, trace_ttl};
 use idem_core::{
-    Claim, ClaimRequest, Consumption, Error, Fingerprint, Key, Lease, Record, Scope, Token, Tokens,
-    Ttl,
+    Claim, ClaimRequest, Consumption, Error, Fingerprint, Key, Lease, OwnerToken, Record, Scope,
+    Token, Tokens, Ttl,
 };
 
 use crate::context::{Ctx, Doing, LONG, RETENTION, ensure, run, ttl};
@@ -530,7 +530,7 @@ pub async fn corrupt_token(
             let store = Arc::clone(ctx.tokens.store());
             let consume = |scope: Scope| {
                 let (store, token) = (Arc::clone(&store), token.clone());
-                async move { store.consume(&token, &scope).await }
+                async move { store.consume(&token, &scope, &OwnerToken::random()).await }
             };
             for (which, scope) in [("its scope", ctx.scope.clone()), ("another", other)] {
                 let got = settle("consume", consume(scope)).await?;
@@ -599,7 +599,9 @@ pub async fn unavailable_token_backend(
                     "consume",
                     boxed(
                         clone2(&down, &(token, ctx.scope.clone())),
-                        |s, (t, sc)| async move { s.consume(&t, &sc).await.map(drop) },
+                        |s, (t, sc)| async move {
+                            s.consume(&t, &sc, &OwnerToken::random()).await.map(drop)
+                        },
                     ),
                 ),
             ];

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use idem_core::{
-    Consumption, Error, InvalidInput, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
-    Ttl, UuidV7Tokens, async_trait,
+    Consumption, Error, InvalidInput, OwnerToken, Rejection, Scope, Token, TokenGenerator,
+    TokenStore, Tokens, Ttl, UuidV7Tokens, async_trait,
 };
 use tokio::sync::Barrier;
 
@@ -84,7 +84,10 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
                 let (ctx, barrier, token) = (Arc::clone(&ctx), Arc::clone(&barrier), token.clone());
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    ctx.tokens.store().consume(&token, &ctx.scope).await
+                    ctx.tokens
+                        .store()
+                        .consume(&token, &ctx.scope, &OwnerToken::random())
+                        .await
                 })
             })
             .collect();
@@ -427,7 +430,10 @@ pub async fn token_fidelity(store: SharedTokenStore, capabilities: Capabilities)
                  {issued:?}"
             );
             for (token, scope) in [(&first, &ctx.scope), (&second, &other)] {
-                let answer = store.consume(token, scope).await.doing("consume")?;
+                let answer = store
+                    .consume(token, scope, &OwnerToken::random())
+                    .await
+                    .doing("consume")?;
                 ensure!(
                     answer == Consumption::Consumed,
                     "{token:?} by its own scope, next to {first:?} and {second:?}: expected \
@@ -454,9 +460,14 @@ impl TokenStore for CountingStore {
         self.inner.issue(token, scope, ttl).await
     }
 
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.consume(token, scope).await
+        self.inner.consume(token, scope, consumer).await
     }
 }
 
@@ -769,7 +780,10 @@ pub async fn issue_races(store: SharedTokenStore, capabilities: Capabilities) ->
                 let scope = ctx.scope.clone();
                 tokio::spawn(async move {
                     gate.wait().await;
-                    store.consume(&token, &scope).await.map(Some)
+                    store
+                        .consume(&token, &scope, &OwnerToken::random())
+                        .await
+                        .map(Some)
                 })
             };
             races.push((token, first, second));

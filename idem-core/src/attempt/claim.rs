@@ -1,29 +1,21 @@
 //! A claim, retried by its owner when the store's answer is lost.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::backoff::Backoff;
+use super::backoff;
 use super::guard::{self, Abandoned};
 use super::{Engine, WaitPolicy};
 use crate::claim::{Claim, ClaimRequest};
-use crate::error::{BoxError, Error};
+use crate::error::Error;
 use crate::fingerprint::Fingerprint;
 use crate::key::Key;
 use crate::lease::OwnerToken;
 use crate::store::IdempotencyStore;
 
-/// How often a claim is sent at most while the store is unavailable.
-const CLAIM_ATTEMPTS: u32 = 4;
-/// How long a caller waits in all for an unavailable store to answer a claim.
-const CLAIM_WINDOW: Duration = Duration::from_secs(1);
-const FIRST_PAUSE: Duration = Duration::from_millis(20);
-const MAX_PAUSE: Duration = Duration::from_millis(250);
-
 /// Claims, retrying with the same owner token while the store is unavailable (a few
-/// attempts within [`CLAIM_WINDOW`]). An acquired lease carries when the claim that granted
+/// attempts within a second: [`backoff::resend`]). An acquired lease carries when the claim that granted
 /// it was sent ([`Lease::claim_sent`](crate::Lease::claim_sent)): a retry by the same owner
 /// extends the lease from its own send, so the last send is the lease's start.
 ///
@@ -43,7 +35,17 @@ pub(crate) async fn claim<S: IdempotencyStore>(
     match claim_once(store, request).await {
         Ok(Claim::Acquired(lease)) => Ok(Claim::Acquired(lease.sent_at(sent))),
         Err(Error::Unavailable { source }) => {
-            Box::pin(retry(store, request, sent + CLAIM_WINDOW, source)).await
+            Box::pin(backoff::resend(sent, source, || {
+                let sent = Instant::now();
+                let send = claim_once(store, request);
+                async move {
+                    match send.await {
+                        Ok(Claim::Acquired(lease)) => Ok(Claim::Acquired(lease.sent_at(sent))),
+                        answer => answer,
+                    }
+                }
+            }))
+            .await
         }
         answer => answer,
     }
@@ -124,33 +126,6 @@ impl<S: IdempotencyStore> Drop for InFlight<'_, S> {
             Arc::clone(self.store),
             Abandoned::Claim(self.request.clone()),
         );
-    }
-}
-
-/// Sends the claim again after the first send (counted in `CLAIM_ATTEMPTS`) was unavailable
-/// with `source`, until `deadline`.
-async fn retry<S: IdempotencyStore>(
-    store: &S,
-    request: &ClaimRequest,
-    deadline: Instant,
-    mut source: BoxError,
-) -> Result<Claim, Error> {
-    let mut backoff = Backoff::new(FIRST_PAUSE, MAX_PAUSE);
-    let mut attempt = 1;
-    loop {
-        let pause = backoff.pause();
-        if attempt >= CLAIM_ATTEMPTS || Instant::now() + pause >= deadline {
-            return Err(Error::Unavailable { source });
-        }
-        tracing::debug!(attempt, error = %source, "claiming failed; retrying with the same owner");
-        tokio::time::sleep(pause).await;
-        attempt += 1;
-        let sent = Instant::now();
-        match claim_once(store, request).await {
-            Ok(Claim::Acquired(lease)) => return Ok(Claim::Acquired(lease.sent_at(sent))),
-            Err(Error::Unavailable { source: again }) => source = again,
-            answer => return answer,
-        }
     }
 }
 

@@ -59,7 +59,7 @@
 //! # }).unwrap();
 //! ```
 
-mod backoff;
+pub(crate) mod backoff;
 mod claim;
 mod guard;
 mod here;

@@ -22,7 +22,7 @@ use crate::backend::lifecycle::{self, Entry, Step, Write};
 use crate::claim::{Claim, ClaimRequest};
 use crate::error::{Error, check_payload};
 use crate::key::Key;
-use crate::lease::Lease;
+use crate::lease::{Lease, OwnerToken};
 use crate::record::Record;
 use crate::store::IdempotencyStore;
 use crate::token::{Consumption, Scope, Token, TokenRecord, TokenStore};
@@ -362,7 +362,7 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
                 return (Err(Error::TokenCollision), None);
             }
             let entry = TokenEntry::new(
-                TokenRecord::new(scope.clone(), false),
+                TokenRecord::issued(scope.clone()),
                 now.saturating_add(ttl.as_millis()),
             );
             (Ok(()), Some(entry))
@@ -370,11 +370,17 @@ impl<M: TokenMap> TokenStore for TokenMapStore<M> {
         .await?
     }
 
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
         let map = &self.map;
         map.update(token, |current| {
             let live = current.filter(|entry| entry.is_live(map.now()));
-            let (consumption, write) = TokenRecord::consume(live.map(|e| &e.record), scope);
+            let (consumption, write) =
+                TokenRecord::consume(live.map(|e| &e.record), scope, consumer);
             // The used mark keeps the token's own expiry.
             let write = write
                 .zip(live)
@@ -737,21 +743,47 @@ mod tests {
                 store.issue(&token, &alice, ttl(5_000)).await,
                 Err(Error::TokenCollision)
             ));
+            let consumer = OwnerToken::random();
             assert_eq!(
-                store.consume(&token, &alice).await.expect("answered"),
+                store
+                    .consume(&token, &alice, &consumer)
+                    .await
+                    .expect("answered"),
                 Consumption::Consumed
             );
             let used = map.tokens.lock().expect("not poisoned")[&token].clone();
-            assert!(used.record.used);
+            assert_eq!(
+                used.record,
+                TokenRecord::used(alice.clone(), Some(consumer))
+            );
             assert_eq!(used.expires_at, 1_100, "the used mark keeps the expiry");
             assert_eq!(
-                store.consume(&token, &alice).await.expect("answered"),
+                store
+                    .consume(&token, &alice, &consumer)
+                    .await
+                    .expect("answered"),
+                Consumption::Consumed,
+                "the consumer's own resend"
+            );
+            assert_eq!(
+                map.tokens.lock().expect("not poisoned")[&token],
+                used,
+                "a resend writes nothing"
+            );
+            assert_eq!(
+                store
+                    .consume(&token, &alice, &OwnerToken::random())
+                    .await
+                    .expect("answered"),
                 Consumption::Rejected(crate::Rejection::AlreadyUsed)
             );
             // At its expiry the token is unknown, and may be issued again.
             map.now.store(1_100, Ordering::SeqCst);
             assert_eq!(
-                store.consume(&token, &alice).await.expect("answered"),
+                store
+                    .consume(&token, &alice, &consumer)
+                    .await
+                    .expect("answered"),
                 Consumption::Rejected(crate::Rejection::Unknown)
             );
             store

@@ -362,13 +362,18 @@ async fn a_consume_given_up_behind_a_row_lock_changes_nothing() {
     .fetch_optional(&mut *tx)
     .await
     .expect("lock the token's row");
-    let given_up = store.consume(&token, &scope).await;
+    let given_up = store
+        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .await;
     tx.rollback().await.expect("rollback");
     assert!(
         matches!(given_up, Err(Error::Unavailable { .. })),
         "{given_up:?}"
     );
-    let retried = store.consume(&token, &scope).await.expect("consume");
+    let retried = store
+        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(retried, Consumption::Consumed);
 }
 
@@ -402,7 +407,11 @@ async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
     let busy = store.pool().acquire().await.expect("the one connection");
     let consuming = {
         let (store, token, scope) = (store.clone(), token.clone(), scope.clone());
-        tokio::spawn(async move { store.consume(&token, &scope).await })
+        tokio::spawn(async move {
+            store
+                .consume(&token, &scope, &idem_core::OwnerToken::random())
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     drop(busy);
@@ -412,6 +421,9 @@ async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
         matches!(given_up, Err(Error::Unavailable { .. })),
         "{given_up:?}"
     );
-    let retried = store.consume(&token, &scope).await.expect("consume");
+    let retried = store
+        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(retried, Consumption::Consumed);
 }

@@ -27,7 +27,12 @@ async fn a_token_with_an_infinite_expiry_is_a_corrupt_record() {
     assert_eq!(PostgreSql::exec(pool, set).await, 1, "the issued row");
     let mut consumed = Vec::new();
     for scope in [&owner, &other, &owner] {
-        consumed.push((scope, store.consume(&token, scope).await));
+        consumed.push((
+            scope,
+            store
+                .consume(&token, scope, &idem_core::OwnerToken::random())
+                .await,
+        ));
     }
     let issued = store.issue(&token, &owner, ttl(RETENTION)).await;
     // The row goes before anything is asserted: a failing run leaves no row behind.

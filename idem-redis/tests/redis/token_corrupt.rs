@@ -53,7 +53,9 @@ async fn assert_corrupt_and_kept(
     scope: &Scope,
     what: &str,
 ) {
-    let consumed = store.consume(token, scope).await;
+    let consumed = store
+        .consume(token, scope, &idem_core::OwnerToken::random())
+        .await;
     assert!(
         matches!(consumed, Err(Error::CorruptRecord { .. })),
         "consume of {what}: {consumed:?}"
@@ -113,7 +115,10 @@ async fn a_handmade_token_in_the_documented_layout_is_consumed() {
     plant(&mut raw, &redis_key, b"\x01\x00handmade").await;
     let handmade = Scope::new("handmade").expect("a valid scope");
     assert_eq!(
-        store.consume(&token, &handmade).await.expect("consume"),
+        store
+            .consume(&token, &handmade, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Consumed
     );
     assert_eq!(

@@ -68,16 +68,25 @@ async fn a_used_token_is_forgotten_when_it_expires() {
     let short = Ttl::from_millis(300).expect("a valid TTL");
     store.issue(&token, &alice, short).await.expect("issue");
     assert_eq!(
-        store.consume(&token, &alice).await.expect("consume"),
+        store
+            .consume(&token, &alice, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Consumed
     );
     assert_eq!(
-        store.consume(&token, &alice).await.expect("consume"),
+        store
+            .consume(&token, &alice, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Rejected(Rejection::AlreadyUsed)
     );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(
-        store.consume(&token, &alice).await.expect("consume"),
+        store
+            .consume(&token, &alice, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Rejected(Rejection::Unknown)
     );
     // Gone, so the same token may be issued again.
@@ -159,7 +168,10 @@ async fn tokens_of_any_characters_get_keys_of_their_own() {
     for raw in lookalikes {
         let token = tokens.parse(raw).expect("well-formed here");
         assert_eq!(
-            store.consume(&token, &alice).await.expect("consume"),
+            store
+                .consume(&token, &alice, &idem_core::OwnerToken::random())
+                .await
+                .expect("consume"),
             Consumption::Consumed,
             "{raw}"
         );

@@ -76,7 +76,10 @@ pub async fn migrating_twice_is_harmless<S: TestServer>() {
     store.migrate().await.expect("second migration");
     store.check_schema().await.expect("at the current version");
     // The token issued in between survived.
-    let answer = store.consume(&token, &scope).await.expect("consume");
+    let answer = store
+        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(answer, Consumption::Consumed);
     drop_table::<S>(&pool, &table).await;
 }

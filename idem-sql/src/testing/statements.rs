@@ -122,8 +122,14 @@ pub async fn issue_and_a_winning_consume_are_one_statement_each<S: TestServer>()
     // Prepares each statement once on the one connection, so the counts are the steady state.
     let warm = new_token(&store);
     store.issue(&warm, &alice, long).await.expect("issue");
-    store.consume(&warm, &alice).await.expect("consume");
-    store.consume(&warm, &alice).await.expect("repeat");
+    store
+        .consume(&warm, &alice, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
+    store
+        .consume(&warm, &alice, &idem_core::OwnerToken::random())
+        .await
+        .expect("repeat");
     let refused = store.issue(&warm, &alice, long).await;
     assert!(matches!(refused, Err(idem_core::Error::TokenCollision)));
 
@@ -132,11 +138,19 @@ pub async fn issue_and_a_winning_consume_are_one_statement_each<S: TestServer>()
     issued.expect("issue");
     assert_eq!(n, 1, "issuing is one INSERT");
 
-    let (n, first) = count(&counter, store.consume(&token, &alice)).await;
+    let (n, first) = count(
+        &counter,
+        store.consume(&token, &alice, &idem_core::OwnerToken::random()),
+    )
+    .await;
     assert_eq!(first.expect("consume"), Consumption::Consumed);
     assert_eq!(n, 1, "a winning consume is one UPDATE");
 
-    let (n, repeat) = count(&counter, store.consume(&token, &alice)).await;
+    let (n, repeat) = count(
+        &counter,
+        store.consume(&token, &alice, &idem_core::OwnerToken::random()),
+    )
+    .await;
     assert_eq!(
         repeat.expect("repeat"),
         Consumption::Rejected(Rejection::AlreadyUsed)

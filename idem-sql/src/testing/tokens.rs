@@ -47,7 +47,10 @@ pub async fn an_expired_token_is_reissued_once_and_a_live_one_never_overwritten<
         .issue(&token, &first, ttl(SHORT))
         .await
         .expect("issue");
-    let used = store.consume(&token, &first).await.expect("consume");
+    let used = store
+        .consume(&token, &first, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(used, Consumption::Consumed);
     tokio::time::sleep(PAST_SHORT).await;
 
@@ -79,11 +82,20 @@ pub async fn an_expired_token_is_reissued_once_and_a_live_one_never_overwritten<
     assert_eq!(losers.len(), RACERS - 1);
 
     // The winner's token is fresh and unused: the others' scopes cannot use it up.
-    let intruder = store.consume(&token, &losers[0]).await.expect("consume");
+    let intruder = store
+        .consume(&token, &losers[0], &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(intruder, Consumption::Rejected(Rejection::WrongScope));
-    let owner = store.consume(&token, &winners[0]).await.expect("consume");
+    let owner = store
+        .consume(&token, &winners[0], &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(owner, Consumption::Consumed);
-    let stale = store.consume(&token, &first).await.expect("consume");
+    let stale = store
+        .consume(&token, &first, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(stale, REJECTED_USED, "used comes before the scope");
     drop_own::<S>(&store).await;
 }
@@ -101,7 +113,10 @@ pub async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten<
     let again = store.issue(&token, &bob, ttl(LONG)).await;
     assert!(is_collision(&again), "{again:?}");
     assert_eq!(
-        store.consume(&token, &bob).await.expect("consume"),
+        store
+            .consume(&token, &bob, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Rejected(Rejection::WrongScope)
     );
     tokio::time::sleep(PAST_SHORT).await;
@@ -111,7 +126,10 @@ pub async fn expired_tokens_are_reissued_purged_and_live_ones_never_overwritten<
         .await
         .expect("reissue an expired token");
     assert_eq!(
-        store.consume(&token, &bob).await.expect("consume"),
+        store
+            .consume(&token, &bob, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Consumed
     );
 
@@ -135,7 +153,10 @@ pub async fn consume_checks_in_the_cores_order<S: TestServer>() {
     let store = own_token_store::<S>(S::pool(2).await).await;
     let (alice, bob) = (scope::<S>("alice"), scope::<S>("bob"));
     let token = new_token(&store);
-    let never = store.consume(&token, &alice).await.expect("consume");
+    let never = store
+        .consume(&token, &alice, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
     assert_eq!(never, Consumption::Rejected(Rejection::Unknown));
 
     store
@@ -145,22 +166,34 @@ pub async fn consume_checks_in_the_cores_order<S: TestServer>() {
     let used = new_token(&store);
     store.issue(&used, &alice, ttl(SHORT)).await.expect("issue");
     assert_eq!(
-        store.consume(&used, &alice).await.expect("consume"),
+        store
+            .consume(&used, &alice, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Consumed
     );
     // A used token is used for everyone, its owner's scope or another.
     assert_eq!(
-        store.consume(&used, &bob).await.expect("consume"),
+        store
+            .consume(&used, &bob, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         REJECTED_USED
     );
     assert_eq!(
-        store.consume(&token, &bob).await.expect("consume"),
+        store
+            .consume(&token, &bob, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Rejected(Rejection::WrongScope)
     );
     tokio::time::sleep(PAST_SHORT).await;
     // Expired is unknown, whether it was used or not, and whoever asks.
     for (t, s) in [(&token, &alice), (&token, &bob), (&used, &alice)] {
-        let late = store.consume(t, s).await.expect("consume");
+        let late = store
+            .consume(t, s, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume");
         assert_eq!(late, Consumption::Rejected(Rejection::Unknown));
     }
     drop_own::<S>(&store).await;
@@ -179,7 +212,10 @@ pub async fn purging_removes_only_expired_tokens<S: TestServer>() {
             .await
             .expect("issue");
         if i % 2 == 0 {
-            store.consume(&short, &alice).await.expect("consume");
+            store
+                .consume(&short, &alice, &idem_core::OwnerToken::random())
+                .await
+                .expect("consume");
         }
     }
     tokio::time::sleep(PAST_SHORT).await;
@@ -193,7 +229,10 @@ pub async fn purging_removes_only_expired_tokens<S: TestServer>() {
         "the live token stays"
     );
     assert_eq!(
-        store.consume(&live, &alice).await.expect("consume"),
+        store
+            .consume(&live, &alice, &idem_core::OwnerToken::random())
+            .await
+            .expect("consume"),
         Consumption::Consumed
     );
     drop_own::<S>(&store).await;
@@ -208,7 +247,13 @@ pub async fn a_stored_scope_that_does_not_decode_is_corrupt<S: TestServer>() {
         S::undecodable_scope(store.table(), token.as_str()),
     )
     .await;
-    let answer = store.consume(&token, &scope::<S>("alice")).await;
+    let answer = store
+        .consume(
+            &token,
+            &scope::<S>("alice"),
+            &idem_core::OwnerToken::random(),
+        )
+        .await;
     assert!(
         matches!(answer, Err(Error::CorruptRecord { .. })),
         "{answer:?}"
@@ -222,7 +267,9 @@ pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     let token = new_token(&store);
     let alice = scope::<S>("alice");
     let issued = store.issue(&token, &alice, ttl(LONG)).await;
-    let consumed = store.consume(&token, &alice).await;
+    let consumed = store
+        .consume(&token, &alice, &idem_core::OwnerToken::random())
+        .await;
     for error in [issued.err(), consumed.err()] {
         match error {
             Some(Error::Unavailable { source }) => {

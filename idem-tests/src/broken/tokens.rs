@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use idem_core::backend::TokenRecord;
-use idem_core::{Consumption, Error, Rejection, Scope, Token, TokenStore, Ttl};
+use idem_core::{Consumption, Error, OwnerToken, Rejection, Scope, Token, TokenStore, Ttl};
 
 use crate::token_checks::AnyTokenText;
 
@@ -308,7 +308,7 @@ impl TokenStore for BrokenTokenStore {
             })?,
             _ => None,
         };
-        let record = TokenRecord::new(kept.unwrap_or_else(|| scope.clone()), false);
+        let record = TokenRecord::issued(kept.unwrap_or_else(|| scope.clone()));
         if self.defect == TokenDefect::CheckThenIssue {
             // The window between the check and the write that a conditional insert closes.
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -327,7 +327,12 @@ impl TokenStore for BrokenTokenStore {
         Ok(())
     }
 
-    async fn consume(&self, token: &Token, scope: &Scope) -> Result<Consumption, Error> {
+    async fn consume(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<Consumption, Error> {
         self.reachable()?;
         let token = &self.stored_as(token)?;
         if self.undecodable(token, false)? {
@@ -339,7 +344,7 @@ impl TokenStore for BrokenTokenStore {
             };
         }
         let Some(record) = self.live(token)? else {
-            return Ok(TokenRecord::consume(None, scope).0);
+            return Ok(TokenRecord::consume(None, scope, consumer).0);
         };
         let folds = |a: &Scope, b: &Scope| {
             a.as_str().trim().to_lowercase() == b.as_str().trim().to_lowercase()
@@ -366,9 +371,9 @@ impl TokenStore for BrokenTokenStore {
             }
             _ => scope.clone(),
         };
-        let (answer, write) = TokenRecord::consume(Some(&record), &asked_as);
+        let (answer, write) = TokenRecord::consume(Some(&record), &asked_as, consumer);
         if self.defect == TokenDefect::BurnsOnWrongScope && !record.used {
-            self.write(token, TokenRecord::new(record.scope.clone(), true))?;
+            self.write(token, TokenRecord::used(record.scope.clone(), None))?;
         }
         if let Some(used) = write {
             if self.defect == TokenDefect::CheckThenMark {
