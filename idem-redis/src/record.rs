@@ -30,14 +30,22 @@ shared_with_lua! {
 shared_with_lua! {
     /// The token layout as Lua locals, under the same names.
     LUA_TOKEN_LAYOUT, lua prefix "";
-    /// The token layout version: `version u8 | state u8 | scope`, written by
-    /// [`RedisTokenStore`](crate::RedisTokenStore), read by `lua/token_consume.lua`.
+    /// The token layout version: `version u8 | state u8 | [consumer 16 |] scope`, written
+    /// by [`RedisTokenStore`](crate::RedisTokenStore), read by `lua/token_consume.lua`.
     const TOKEN_VERSION: u8 = 1;
-    /// A token not used yet.
+    /// A token not used yet: `version | ISSUED | scope`.
     const ISSUED: u8 = 0;
-    /// A consumed token (only the consume script writes it).
+    /// A token used by a consumer not kept: `version | USED | scope`. Only read, as used by
+    /// nobody known: stores before consumers were kept wrote it, and tokens they used may
+    /// still be live.
     #[allow(dead_code)]
     const USED: u8 = 1;
+    /// A token used by the consumer whose bytes follow: `version | USED_BY | consumer 16 |
+    /// scope`. Only the consume script writes it.
+    #[allow(dead_code)]
+    const USED_BY: u8 = 2;
+    /// The bytes of a consumer ([`OwnerToken::as_bytes`]) in a used token.
+    const CONSUMER_LEN: usize = 16;
 }
 
 /// `version | phase | fencing`.

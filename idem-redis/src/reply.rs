@@ -31,7 +31,7 @@ shared_with_lua! {
     const FREE: i64 = 8;
     /// A live record; its fields follow.
     const RECORD: i64 = 9;
-    /// The token was consumed by this call.
+    /// The token was consumed by this call, or by its consumer before: a resend.
     const CONSUMED: i64 = 10;
     /// No token under the key.
     const UNKNOWN: i64 = 11;

@@ -122,5 +122,6 @@ mod tests {
                 .code
                 .contains("local TOKEN_VERSION = 1\n")
         );
+        assert!(record::LUA_TOKEN_LAYOUT.contains("local USED_BY = 2\nlocal CONSUMER_LEN = 16\n"));
     }
 }

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 
 use crate::connection::{Connection, RedisConnection};
 use crate::keys::tagged_key;
-use crate::record::{ISSUED, TOKEN_VERSION};
+use crate::record::{CONSUMER_LEN, ISSUED, TOKEN_VERSION};
 use crate::reply::{self, unexpected, unknown_code};
 use crate::scripts::SCRIPTS;
 
@@ -21,8 +21,10 @@ use crate::scripts::SCRIPTS;
 /// Each call is one command: issuing is `SET key value NX PX ttl`, so a live token is never
 /// overwritten and Redis expires it on its own clock; consuming is one Lua script that
 /// checks and marks the token in one step, so of any number of concurrent consumes exactly
-/// one wins. A used token is kept, marked, until it was due to expire (`SET ... KEEPTTL`,
-/// Redis 6.0 or later).
+/// one wins. A used token is kept, marked with its consumer, until it was due to expire
+/// (`SET ... KEEPTTL`, Redis 6.0 or later): the consumer's own resend, after a reply lost
+/// to a timeout or a dropped connection, is told it consumed, and anyone else that the token
+/// was used.
 ///
 /// Like [`RedisStore`](crate::RedisStore), it runs on a [`ConnectionManager`] by default, or on any other
 /// [`RedisConnection`], a Redis Cluster one included: a call touches one key.
@@ -65,7 +67,14 @@ impl<C: RedisConnection> RedisTokenStore<C> {
 
     /// The Redis key holding `token`: `prefix{token}`, with `%`, `{` and `}` percent-escaped
     /// as in idem record keys, so every token is a hash tag of its own. Its value is
-    /// `version u8 = 1 | used u8 (0 or 1) | scope` (the scope's bytes exactly).
+    /// `version u8 = 1 | state u8 | ...`, the scope's bytes exactly at the end:
+    ///
+    /// - issued (state 0): `scope`;
+    /// - used by a consumer (state 2): `consumer 16 | scope`, the consumer's
+    ///   [`OwnerToken::as_bytes`];
+    /// - used, consumer not kept (state 1): `scope`. No longer written, but read: a token
+    ///   used before the store kept consumers is [`Rejection::AlreadyUsed`] for every
+    ///   consumer.
     pub fn redis_key(&self, token: &Token) -> String {
         tagged_key(self.connection.prefix(), token.as_str())
     }
@@ -105,17 +114,22 @@ impl<C: RedisConnection> TokenStore for RedisTokenStore<C> {
     }
 
     /// One script run: [`TokenRecord::consume`](idem_core::backend::TokenRecord::consume)'s rule on
-    /// the stored value. A value that does not decode, or a Redis type other than a string,
-    /// is [`Error::CorruptRecord`] and is left as it is.
+    /// the stored value. The used mark keeps `consumer`, so its resend is `Consumed` again
+    /// and writes nothing. A value that does not decode, or a Redis type other than a
+    /// string, is [`Error::CorruptRecord`] and is left as it is.
     async fn consume(
         &self,
         token: &Token,
         scope: &Scope,
-        _consumer: &OwnerToken,
+        consumer: &OwnerToken,
     ) -> Result<Consumption, Error> {
         let script = &SCRIPTS.consume_token;
-        let mut call = script.call(self.redis_key(token), 1, scope.as_str().len());
-        call.arg(scope.as_str());
+        let mut call = script.call(
+            self.redis_key(token),
+            2,
+            scope.as_str().len() + CONSUMER_LEN,
+        );
+        call.arg(scope.as_str()).arg(consumer.as_bytes().as_slice());
         let mut reply = self.connection.run(script, &call).await?;
         let rejection = match reply.code()? {
             reply::CONSUMED => return Ok(Consumption::Consumed),

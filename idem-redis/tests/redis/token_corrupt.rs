@@ -5,7 +5,8 @@ use crate::common::{
     OTHER_TYPES, plant, plant_other_type, raw_connection, token_store, url, value_of,
 };
 use idem_core::{
-    Consumption, Error, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
+    Consumption, Error, OwnerToken, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
+    Ttl, UuidV7Tokens,
 };
 use idem_redis::RedisTokenStore;
 use idem_redis::redis;
@@ -35,6 +36,20 @@ fn garbage() -> Vec<(&'static str, Vec<u8>)> {
             "a used token's scope that is not UTF-8",
             b"\x01\x01\xff\xfe".to_vec(),
         ),
+        // Used by a consumer (state 2): 16 consumer bytes, then a scope that is never
+        // empty.
+        (
+            "a used mark with a short consumer",
+            [&[1, 2][..], &[7; 10]].concat(),
+        ),
+        (
+            "a used mark with a consumer and no scope",
+            [&[1, 2][..], &[7; 16]].concat(),
+        ),
+        (
+            "a used mark whose scope is not UTF-8",
+            [&[1, 2][..], &[7; 16], b"\xff\xfe"].concat(),
+        ),
         (
             "a scope with a control character",
             b"\x01\x00al\x07ice".to_vec(),
@@ -53,9 +68,7 @@ async fn assert_corrupt_and_kept(
     scope: &Scope,
     what: &str,
 ) {
-    let consumed = store
-        .consume(token, scope, &idem_core::OwnerToken::random())
-        .await;
+    let consumed = store.consume(token, scope, &OwnerToken::random()).await;
     assert!(
         matches!(consumed, Err(Error::CorruptRecord { .. })),
         "consume of {what}: {consumed:?}"
@@ -114,15 +127,86 @@ async fn a_handmade_token_in_the_documented_layout_is_consumed() {
     let redis_key = store.redis_key(&token);
     plant(&mut raw, &redis_key, b"\x01\x00handmade").await;
     let handmade = Scope::new("handmade").expect("a valid scope");
+    let consumer = OwnerToken::random();
     assert_eq!(
         store
-            .consume(&token, &handmade, &idem_core::OwnerToken::random())
+            .consume(&token, &handmade, &consumer)
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    let used = [b"\x01\x02".as_slice(), consumer.as_bytes(), b"handmade"].concat();
+    assert_eq!(value_of(&mut raw, &redis_key).await, Some(used));
+}
+
+#[tokio::test]
+async fn a_handmade_used_mark_is_its_consumers_alone() {
+    let tokens = Tokens::new(token_store().await);
+    let store = tokens.store();
+    let mut raw = raw_connection(&url()).await;
+    let token = fresh_token(&tokens);
+    let redis_key = store.redis_key(&token);
+    let consumer = OwnerToken::from_bytes(*b"handmade-owner16");
+    let used = [b"\x01\x02".as_slice(), consumer.as_bytes(), b"handmade"].concat();
+    plant(&mut raw, &redis_key, &used).await;
+    let handmade = Scope::new("handmade").expect("a valid scope");
+    assert_eq!(
+        store
+            .consume(&token, &handmade, &consumer)
             .await
             .expect("consume"),
         Consumption::Consumed
     );
     assert_eq!(
+        store
+            .consume(&token, &handmade, &OwnerToken::random())
+            .await
+            .expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed)
+    );
+    assert_eq!(value_of(&mut raw, &redis_key).await, Some(used));
+}
+
+/// A token used before the store kept consumers (state 1, no consumer) may still be live
+/// after an upgrade: it reads as used by nobody known, so every consumer is refused, and it
+/// stays as it is.
+#[tokio::test]
+async fn a_token_used_before_consumers_were_kept_is_already_used_for_everyone() {
+    let tokens = Tokens::new(token_store().await);
+    let store = tokens.store();
+    let mut raw = raw_connection(&url()).await;
+    let token = fresh_token(&tokens);
+    let redis_key = store.redis_key(&token);
+    plant(&mut raw, &redis_key, b"\x01\x01alice").await;
+    let alice = Scope::new("alice").expect("a valid scope");
+    let consumer = OwnerToken::random();
+    for (who, scope) in [
+        ("a consumer", &alice),
+        ("the same consumer again", &alice),
+        (
+            "the same consumer for another scope",
+            &Scope::new("bob").expect("a valid scope"),
+        ),
+    ] {
+        assert_eq!(
+            store
+                .consume(&token, scope, &consumer)
+                .await
+                .expect("consume"),
+            Consumption::Rejected(Rejection::AlreadyUsed),
+            "{who}"
+        );
+    }
+    assert_eq!(
+        tokens
+            .consume(&alice, token.as_str())
+            .await
+            .expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed),
+        "through Tokens"
+    );
+    assert_eq!(
         value_of(&mut raw, &redis_key).await.as_deref(),
-        Some(b"\x01\x01handmade".as_slice())
+        Some(b"\x01\x01alice".as_slice())
     );
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::common::{raw_connection, token_store, url, value_of};
 use idem_core::{
-    Consumption, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl, UuidV7Tokens,
+    Consumption, OwnerToken, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens, Ttl,
+    UuidV7Tokens,
 };
 use idem_redis::RedisTokenStore;
 use idem_redis::redis::{self, aio::MultiplexedConnection};
@@ -48,13 +49,91 @@ async fn a_used_token_keeps_its_expiry() {
         consume(&tokens, &alice, &token).await,
         Consumption::Consumed
     );
+    // Used by a consumer (state 2): its 16 bytes, then the scope.
+    let used = value_of(&mut raw, &redis_key).await.expect("kept");
     assert_eq!(
-        value_of(&mut raw, &redis_key).await.as_deref(),
-        Some(b"\x01\x01alice".as_slice())
+        (&used[..2], &used[18..]),
+        (b"\x01\x02".as_slice(), b"alice".as_slice())
     );
+    assert_eq!(used.len(), 2 + 16 + 5);
     // Marked, not made permanent: the key still expires within the TTL it was issued with.
     let left = pttl(&mut raw, &redis_key).await;
     assert!(0 < left && left <= 60_000, "PTTL {left}");
+}
+
+/// The value of a token of `scope` that `consumer` used up.
+fn used_by(consumer: &OwnerToken, scope: &str) -> Vec<u8> {
+    [
+        b"\x01\x02".as_slice(),
+        consumer.as_bytes(),
+        scope.as_bytes(),
+    ]
+    .concat()
+}
+
+#[tokio::test]
+async fn the_consumers_resend_is_consumed_again_and_writes_nothing() {
+    let store = token_store().await;
+    let mut raw = raw_connection(&url()).await;
+    let alice = scope("alice");
+    let token = Tokens::new(store.clone())
+        .parse(&UuidV7Tokens.generate())
+        .expect("a well-formed token");
+    let redis_key = store.redis_key(&token);
+    let ttl = Ttl::from_secs(60).expect("a valid TTL");
+    store.issue(&token, &alice, ttl).await.expect("issue");
+    let (first, second) = (OwnerToken::random(), OwnerToken::random());
+
+    assert_eq!(
+        store
+            .consume(&token, &alice, &first)
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    let used = used_by(&first, "alice");
+    assert_eq!(value_of(&mut raw, &redis_key).await, Some(used.clone()));
+    let left = pttl(&mut raw, &redis_key).await;
+    assert!(0 < left && left <= 60_000, "PTTL {left}");
+
+    // Its reply lost, the same consumer asks again: told it consumed, as the first time.
+    assert_eq!(
+        store
+            .consume(&token, &alice, &first)
+            .await
+            .expect("consume"),
+        Consumption::Consumed,
+        "the consumer's own resend"
+    );
+    assert_eq!(
+        value_of(&mut raw, &redis_key).await,
+        Some(used.clone()),
+        "a resend writes nothing"
+    );
+    // A rewrite without KEEPTTL would have made the key permanent (-1), one with a fresh
+    // PX would have put the expiry back up.
+    let after = pttl(&mut raw, &redis_key).await;
+    assert!(
+        0 < after && after <= left,
+        "PTTL {after}, {left} before the resend"
+    );
+
+    // Anyone else is refused, and so is the consumer for another scope.
+    assert_eq!(
+        store
+            .consume(&token, &alice, &second)
+            .await
+            .expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed)
+    );
+    assert_eq!(
+        store
+            .consume(&token, &scope("bob"), &first)
+            .await
+            .expect("consume"),
+        Consumption::Rejected(Rejection::AlreadyUsed)
+    );
+    assert_eq!(value_of(&mut raw, &redis_key).await, Some(used));
 }
 
 #[tokio::test]

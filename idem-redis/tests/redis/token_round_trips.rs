@@ -4,7 +4,7 @@
 use crate::common;
 
 use crate::common::{RedisServer, commands_during, expected, raw_connection, sent_by_client};
-use idem_core::{Consumption, Error, Rejection, Scope, TokenStore, Tokens, Ttl};
+use idem_core::{Consumption, Error, OwnerToken, Rejection, Scope, TokenStore, Tokens, Ttl};
 use idem_redis::RedisTokenStore;
 use idem_redis::redis;
 
@@ -59,6 +59,29 @@ async fn issue_and_consume_are_one_command_each() {
         Consumption::Rejected(Rejection::AlreadyUsed)
     );
     assert_eq!(repeat, expected(&["evalsha", "get"]));
+}
+
+#[tokio::test]
+async fn a_consumers_resend_is_one_command_and_writes_nothing() {
+    let server = RedisServer::start();
+    let tokens = tokens_at(&server).await;
+    tokens.store().load_scripts().await.expect("load scripts");
+    let mut stats = raw_connection(&server.url()).await;
+    let alice = scope("alice");
+    let token = tokens.issue(&alice).await.expect("issue");
+    let consumer = OwnerToken::random();
+    let store = tokens.store();
+
+    let (answer, consume) =
+        commands_during(&mut stats, store.consume(&token, &alice, &consumer)).await;
+    assert_eq!(answer.expect("consume"), Consumption::Consumed);
+    assert_eq!(consume, expected(&["evalsha", "get", "set"]));
+
+    // The same consumer again: read, found its own, nothing written.
+    let (answer, resend) =
+        commands_during(&mut stats, store.consume(&token, &alice, &consumer)).await;
+    assert_eq!(answer.expect("consume"), Consumption::Consumed);
+    assert_eq!(resend, expected(&["evalsha", "get"]));
 }
 
 #[tokio::test]
