@@ -82,8 +82,51 @@ pub(crate) fn create_table(table: &TableName, columns: &str, comment_prefix: &st
     )
 }
 
+/// How long `migrate` waits for another instance's migration of the same table.
+const MIGRATION_LOCK_WAIT_SECS: u32 = 60;
+
+/// The name of the server-wide lock that orders the migrations of `table` (bound) in the
+/// connection's database: hashed, since MySQL takes lock names of at most 64 characters.
+const MIGRATION_LOCK: &str =
+    "CONCAT('idem-mysql migrate ', SHA1(CONCAT(IFNULL(DATABASE(), ''), '.', ?)))";
+
 /// Runs the steps `table` still needs; a table already at the kind's version is left alone.
+///
+/// Under a named lock (`GET_LOCK`) for the table, so that instances starting together
+/// migrate one after the other, as on PostgreSQL: a step that cannot run twice (`ADD
+/// COLUMN`) would otherwise fail in every instance but the first, each having read the
+/// same older version.
 pub(crate) async fn migrate(
+    conn: &mut MySqlConnection,
+    kind: &TableKind,
+    table: &TableName,
+) -> Result<(), Error> {
+    let acquired: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT GET_LOCK({MIGRATION_LOCK}, {MIGRATION_LOCK_WAIT_SECS})"
+    )))
+    .bind(table.as_str())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(MySqlDialect::error)?;
+    if acquired != Some(1) {
+        return Err(Error::unavailable(format!(
+            "another migration of table {table} held its lock for {MIGRATION_LOCK_WAIT_SECS} s"
+        )));
+    }
+    let migrated = run_pending(conn, kind, table).await;
+    // Released whatever the steps did: the pooled connection outlives this call.
+    let released = sqlx::query(AssertSqlSafe(format!(
+        "SELECT RELEASE_LOCK({MIGRATION_LOCK})"
+    )))
+    .bind(table.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(MySqlDialect::error);
+    migrated.and(released.map(drop))
+}
+
+/// The steps of [`migrate`], its lock held.
+async fn run_pending(
     conn: &mut MySqlConnection,
     kind: &TableKind,
     table: &TableName,
