@@ -7,8 +7,8 @@ use idem_core::{Error, Key};
 use idem_sql::driver::{Query, column, query};
 use idem_sql::row::micros;
 use idem_sql::{
-    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, TableKind, TableName,
-    TokenStatements,
+    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, StoredToken, TableKind,
+    TableName, TokenStatements,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Executor, MySql, MySqlConnection, MySqlPool};
@@ -104,9 +104,13 @@ impl SqlDialect for MySqlDialect {
         })
     }
 
-    fn token(row: &MySqlRow) -> Result<(Vec<u8>, bool), Error> {
+    fn token(row: &MySqlRow) -> Result<StoredToken, Error> {
         let used: i64 = column(row, "used")?;
-        Ok((column(row, "scope")?, used != 0))
+        Ok(StoredToken {
+            scope: column(row, "scope")?,
+            used: used != 0,
+            used_by: column(row, "used_by")?,
+        })
     }
 
     /// The takeover reports the new fencing number through `LAST_INSERT_ID(expr)`.

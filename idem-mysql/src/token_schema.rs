@@ -2,7 +2,7 @@
 
 use idem_sql::{Migration, TableKind, TableName};
 
-use crate::schema::create_table;
+use crate::schema::{create_table, quoted};
 
 /// The token table's name unless another is configured.
 pub(crate) const DEFAULT_TABLE: &str = "idem_tokens";
@@ -17,10 +17,16 @@ pub(crate) const TOKENS: TableKind = TableKind {
     noun: "an idem-mysql token table",
     store: "MySqlTokenStore",
     default_table: DEFAULT_TABLE,
-    migrations: &[Migration {
-        version: 1,
-        ddl: create_table_v1,
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            ddl: create_table_v1,
+        },
+        Migration {
+            version: 2,
+            ddl: add_consumer_v2,
+        },
+    ],
 };
 
 /// Version 1. Why each column is what it is:
@@ -46,6 +52,21 @@ fn create_table_v1(table: &TableName) -> String {
     )
 }
 
+/// Version 2: `used_by`, `BINARY(16)`, the [`OwnerToken`](idem_core::OwnerToken) of the
+/// consume that used the token, written with `used_at`, so that consumer's resend (its
+/// reply lost) is answered "consumed" again rather than "already used". NULL on a row used
+/// before this version: used by no one known, so "already used" for everyone.
+///
+/// One `ALTER TABLE`, the column and the comment together, so a table has both or neither;
+/// adding a NULL column is instant on MySQL 8 and MariaDB 10.3+, whatever the rows.
+fn add_consumer_v2(table: &TableName) -> String {
+    format!(
+        "ALTER TABLE {} ADD COLUMN used_by BINARY(16) NULL AFTER used_at, \
+         COMMENT='{COMMENT_PREFIX}2'",
+        quoted(table)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,11 +76,14 @@ mod tests {
     fn ddl_names_the_table_and_version() {
         let sql =
             TOKENS.migration_sql(&TableName::new("my_tokens", MAX_TABLE_NAME).expect("valid"));
-        assert_eq!(TOKENS.version(), 1);
+        assert_eq!(TOKENS.version(), 2);
         assert!(sql.starts_with("-- idem-mysql token schema v1\n"), "{sql}");
         assert!(sql.contains("CREATE TABLE IF NOT EXISTS `my_tokens`"));
         assert!(sql.contains("token VARBINARY(128) NOT NULL"));
-        assert!(sql.contains("COMMENT='idem-mysql token schema v1'"));
+        assert!(sql.contains("COMMENT='idem-mysql token schema v1';"));
+        assert!(sql.contains("\n-- idem-mysql token schema v2\nALTER TABLE `my_tokens` "));
+        assert!(sql.contains("ADD COLUMN used_by BINARY(16) NULL"));
+        assert!(sql.contains("COMMENT='idem-mysql token schema v2';"));
         assert!(sql.trim_end().ends_with(';'));
     }
 }

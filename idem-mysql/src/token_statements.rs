@@ -22,18 +22,21 @@ pub(crate) fn tokens(table: &TableName) -> TokenStatements {
         // The WHERE clause sees the row as it is before the SET list changes it.
         replace_expired: Statement::reordered(
             format!(
-                "UPDATE {t} SET scope = ?, used_at = NULL, \
+                "UPDATE {t} SET scope = ?, used_at = NULL, used_by = NULL, \
                  expires_at = TIMESTAMPADD(MICROSECOND, ?, UTC_TIMESTAMP(6)) \
                  WHERE token = ? AND NOT ({LIVE})"
             ),
             &[1, 2, 0],
         ),
-        consume: Statement::new(format!(
-            "UPDATE {t} SET used_at = UTC_TIMESTAMP(6) \
-             WHERE token = ? AND scope = ? AND used_at IS NULL AND {LIVE}"
-        )),
+        consume: Statement::reordered(
+            format!(
+                "UPDATE {t} SET used_at = UTC_TIMESTAMP(6), used_by = ? \
+                 WHERE token = ? AND scope = ? AND used_at IS NULL AND {LIVE}"
+            ),
+            &[2, 0, 1],
+        ),
         inspect: Statement::new(format!(
-            "SELECT scope, CAST(used_at IS NOT NULL AS SIGNED) AS used \
+            "SELECT scope, CAST(used_at IS NOT NULL AS SIGNED) AS used, used_by \
              FROM {t} WHERE token = ? AND {LIVE}"
         )),
     }

@@ -5,8 +5,8 @@ use idem_core::{Error, Key};
 use idem_sql::driver::{Query, column, query};
 use idem_sql::row::{self, micros};
 use idem_sql::{
-    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, TableKind, TableName,
-    TokenStatements,
+    Arg, CallPolicy, RecordStatements, SqlDialect, Statement, StoredRow, StoredToken, TableKind,
+    TableName, TokenStatements,
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -101,8 +101,12 @@ impl SqlDialect for PgDialect {
         })
     }
 
-    fn token(row: &PgRow) -> Result<(Vec<u8>, bool), Error> {
-        Ok((column(row, "scope")?, column(row, "used")?))
+    fn token(row: &PgRow) -> Result<StoredToken, Error> {
+        Ok(StoredToken {
+            scope: column(row, "scope")?,
+            used: column(row, "used")?,
+            used_by: column(row, "used_by")?,
+        })
     }
 
     /// The takeover returns the new fencing number.

@@ -44,10 +44,16 @@ pub(crate) const TOKENS: TableKind = TableKind {
     noun: "an idem-postgres token table",
     store: "PgTokenStore",
     default_table: "idem_tokens",
-    migrations: &[Migration {
-        version: 1,
-        ddl: tokens_v1,
-    }],
+    migrations: &[
+        Migration {
+            version: 1,
+            ddl: tokens_v1,
+        },
+        Migration {
+            version: 2,
+            ddl: tokens_v2,
+        },
+    ],
 };
 
 /// Version 1 of the records table. Why each column is what it is:
@@ -88,6 +94,20 @@ fn tokens_v1(table: &TableName) -> String {
   expires_at timestamptz NOT NULL,
   PRIMARY KEY (token)",
         TOKENS.comment_prefix,
+    )
+}
+
+/// Version 2 of the token table: `used_by`, the 16 bytes of the
+/// [`OwnerToken`](idem_core::OwnerToken) whose consume used the token, written with
+/// `used_at`, so that consumer's resend (its reply lost) is answered "consumed" again
+/// rather than "already used". NULL on a row used before this version: used by no one
+/// known, so "already used" for everyone. Adding a NULL column rewrites no row.
+fn tokens_v2(table: &TableName) -> String {
+    let t = quoted(table);
+    format!(
+        "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS used_by bytea NULL;
+COMMENT ON TABLE {t} IS '{}2'",
+        TOKENS.comment_prefix
     )
 }
 
@@ -204,6 +224,11 @@ mod tests {
         assert!(sql.contains("COMMENT ON TABLE \"My_idem\" IS 'idem-postgres schema v1';"));
         let sql = TOKENS.migration_sql(&t);
         assert!(sql.contains("COMMENT ON TABLE \"My_idem\" IS 'idem-postgres token schema v1';"));
+        assert!(sql.contains(
+            "\n-- idem-postgres token schema v2\nALTER TABLE \"My_idem\" ADD COLUMN IF NOT EXISTS used_by bytea NULL;\n\
+             COMMENT ON TABLE \"My_idem\" IS 'idem-postgres token schema v2';"
+        ));
+        assert_eq!(TOKENS.version(), 2);
     }
 
     #[test]

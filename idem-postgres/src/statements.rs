@@ -187,7 +187,8 @@ pub(crate) fn tokens(table: &TableName) -> TokenStatements {
             micros!(3)
         )),
         replace_expired: Statement::new(format!(
-            "UPDATE {t} AS t SET scope = $2, used_at = NULL, expires_at = c.now + {} \
+            "UPDATE {t} AS t SET scope = $2, used_at = NULL, used_by = NULL, \
+             expires_at = c.now + {} \
              FROM {CLOCK} WHERE t.token = $1 AND t.expires_at <= c.now",
             micros!(3)
         )),
@@ -197,13 +198,13 @@ pub(crate) fn tokens(table: &TableName) -> TokenStatements {
         // (`CorruptRecord`), as an infinite time in the records table. Consumed, it would
         // be kept, marked, forever, never purged.
         consume: Statement::new(format!(
-            "UPDATE {t} AS t SET used_at = c.now FROM {CLOCK} \
+            "UPDATE {t} AS t SET used_at = c.now, used_by = $3 FROM {CLOCK} \
              WHERE t.token = $1 AND t.scope = $2 AND t.used_at IS NULL AND t.expires_at > c.now \
              AND isfinite(t.expires_at)"
         )),
         inspect: Statement::new(format!(
             "SELECT CASE WHEN isfinite(t.expires_at) THEN t.scope END AS scope, \
-             t.used_at IS NOT NULL AS used FROM {t} AS t, {CLOCK} \
+             t.used_at IS NOT NULL AS used, t.used_by FROM {t} AS t, {CLOCK} \
              WHERE t.token = $1 AND t.expires_at > c.now"
         )),
     }

@@ -9,6 +9,7 @@ use sqlx::Database;
 
 use crate::driver::Query;
 use crate::statement::{Arg, RecordStatements, Statement, TokenStatements};
+use crate::tokens::StoredToken;
 use crate::{CallPolicy, StoredRow, TableKind, TableName};
 
 /// A connection of the dialect's driver: pooled, or the caller's own in a transaction.
@@ -120,12 +121,12 @@ pub trait SqlDialect: Debug + Send + Sync + Sized + 'static {
     /// [`Error::CorruptRecord`] for a column that does not decode.
     fn record(row: &Row<Self>) -> Result<StoredRow, Error>;
 
-    /// A token row, as [`TokenStatements::inspect`] reads it: its scope's bytes and whether
-    /// it was used.
+    /// A token row, as [`TokenStatements::inspect`] reads it: its scope's bytes, whether
+    /// it was used, and by whom.
     ///
     /// # Errors
     /// [`Error::CorruptRecord`] for a column that does not decode.
-    fn token(row: &Row<Self>) -> Result<(Vec<u8>, bool), Error>;
+    fn token(row: &Row<Self>) -> Result<StoredToken, Error>;
 
     /// The takeover ([`RecordStatements::take_over`], its arguments given): the new
     /// fencing number, or `None` when the row no longer was free.

@@ -30,3 +30,4 @@ pub use statement::{Arg, RecordStatements, Statement, TokenStatements};
 pub use store::SqlStore;
 pub use table::{Migration, TableKind, TableName};
 pub use token_store::SqlTokenStore;
+pub use tokens::StoredToken;

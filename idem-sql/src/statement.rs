@@ -119,10 +119,11 @@ pub struct TokenStatements {
     /// Reissues a token whose row has expired; a live row matches nothing: token, scope,
     /// TTL µs.
     pub replace_expired: Statement,
-    /// Uses a token up: the whole consume rule in one WHERE clause, re-checked under the
-    /// row lock, so of concurrent consumes exactly one matches: token, scope.
+    /// Uses a token up and writes who did: the whole consume rule in one WHERE clause,
+    /// re-checked under the row lock, so of concurrent consumes exactly one matches:
+    /// token, scope, consumer.
     pub consume: Statement,
-    /// A live token's scope and whether it was used: token.
+    /// A live token's `scope`, whether it was `used` and by whom (`used_by`): token.
     pub inspect: Statement,
 }
 

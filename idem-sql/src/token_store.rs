@@ -12,7 +12,7 @@ use crate::builder::{FromTable, SqlBuilder};
 use crate::dialect::Pool;
 use crate::sql_table::SqlTable;
 use crate::statement::{Arg, Statement, TokenStatements};
-use crate::tokens::{self, TokenSteps, decode_scope};
+use crate::tokens::{self, TokenSteps};
 use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
 
 /// A [`TokenStore`] on a SQL engine `D`, for [`Tokens`](idem_core::Tokens): one row per
@@ -23,12 +23,17 @@ use crate::{CallPolicy, PurgeExpired, SqlDialect, TableKind, TableName};
 ///   expired (one UPDATE conditioned on the expiry), so a live token is never overwritten,
 ///   even by a racing issue; otherwise the call fails with
 ///   [`Error::TokenCollision`].
-/// - **consume** is one conditional UPDATE that marks the token used only where it is live,
-///   unused and of this scope; its affected-row count picks the single winner of any
-///   number of concurrent consumes. Only when it matched nothing does one SELECT tell why
-///   ([`TokenRecord::consume`] decides, so the order of the checks is the core's).
+/// - **consume** is one conditional UPDATE that marks the token used, and by whom (the
+///   consumer's 16 bytes), only where it is live, unused and of this scope; its
+///   affected-row count picks the single winner of any number of concurrent consumes. Only
+///   when it matched nothing does one SELECT tell why ([`TokenRecord::consume`] decides, so
+///   the order of the checks is the core's): the consumer's own resend, whose first send
+///   was applied with its reply lost, is `Consumed` again and writes nothing.
 /// - A used token is kept, marked, until it expires; [`PurgeExpired::purge_expired`] then
 ///   reclaims its row. Every time is the server's.
+/// - The table keeps the consumer from schema version 2 of its kind on; `migrate()` adds
+///   the column to a version 1 table, whose tokens used before then stay used for every
+///   consumer.
 ///
 /// Cloning is cheap: clones share the pool.
 #[derive(Debug)]
@@ -164,11 +169,18 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
 
     /// Not sent once the server could still run it after the call gave up (a wait for a
     /// connection, say, used up the call's slack): a consume taking effect after its caller
-    /// got `Unavailable` would refuse the caller's retry as already used.
-    async fn mark_used(&self, token: &Token, scope: &Scope) -> Result<bool, Error> {
+    /// got `Unavailable` would be there for that caller's resend, but not for a new call
+    /// (another consumer) the caller makes once it has given up.
+    async fn mark_used(
+        &self,
+        token: &Token,
+        scope: &Scope,
+        consumer: &OwnerToken,
+    ) -> Result<bool, Error> {
         let args = [
             Arg::Bytes(token.as_str().as_bytes()),
             Arg::Bytes(scope.as_str().as_bytes()),
+            Arg::Bytes(consumer.as_bytes()),
         ];
         let mut conn = self.0.table.connection().await?;
         if !self.0.table.ends_in_time(self.1) {
@@ -188,17 +200,7 @@ impl<D: SqlDialect> TokenSteps for Steps<'_, D> {
         let row = D::fetch_optional(&mut *conn, &self.0.statements.inspect, &args)
             .await
             .map_err(D::error)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let (scope, used) = D::token(&row)?;
-        let scope = decode_scope(scope)?;
-        // The table does not keep the consumer yet: a used token is used by nobody known.
-        Ok(Some(if used {
-            TokenRecord::used(scope, None)
-        } else {
-            TokenRecord::issued(scope)
-        }))
+        row.map(|row| D::token(&row)?.into_record()).transpose()
     }
 }
 
