@@ -139,6 +139,19 @@ impl TestServer for MariaDb {
         )
     }
 
+    fn raw_token_row(table: &str) -> String {
+        format!(
+            "SELECT CAST(CONCAT_WS('|', HEX(scope), IFNULL(used_at, '-'), \
+             IFNULL(HEX(used_by), '-'), expires_at) AS CHAR) FROM `{table}` WHERE token = ?"
+        )
+    }
+
+    fn token_consumer_hex(table: &str) -> String {
+        format!(
+            "SELECT CAST(IFNULL(LOWER(HEX(used_by)), '-') AS CHAR) FROM `{table}` WHERE token = ?"
+        )
+    }
+
     fn kept_for_ms(table: &str) -> String {
         format!(
             "SELECT CAST(TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) DIV 1000 AS CHAR) \
@@ -211,6 +224,13 @@ impl TestServer for MariaDb {
     fn prepare_corruption(table: &str) -> Option<String> {
         Some(format!(
             "ALTER TABLE `{table}` MODIFY fingerprint VARBINARY(64) NULL"
+        ))
+    }
+
+    /// `BINARY(16)` pads short consumers and refuses long ones, as for fingerprints.
+    fn prepare_token_corruption(table: &str) -> Option<String> {
+        Some(format!(
+            "ALTER TABLE `{table}` MODIFY used_by VARBINARY(64) NULL"
         ))
     }
 }

@@ -162,6 +162,17 @@ impl TestServer for PostgreSql {
         )
     }
 
+    fn raw_token_row(table: &str) -> String {
+        format!(
+            "SELECT concat_ws('|', encode(scope, 'hex'), coalesce(used_at::text, '-'), \
+             coalesce(encode(used_by, 'hex'), '-'), expires_at) FROM \"{table}\" WHERE token = $1"
+        )
+    }
+
+    fn token_consumer_hex(table: &str) -> String {
+        format!("SELECT coalesce(encode(used_by, 'hex'), '-') FROM \"{table}\" WHERE token = $1")
+    }
+
     fn kept_for_ms(table: &str) -> String {
         format!(
             "SELECT floor(extract(epoch FROM expires_at - clock_timestamp()) * 1000)::bigint::text \

@@ -90,6 +90,14 @@ pub trait TestServer: Send + Sync + 'static {
     /// one text, so a check can show that a call changed nothing.
     fn raw_row(table: &str) -> String;
 
+    /// A statement that reads a token's raw row (token bound), every column as one text
+    /// (NULLs shown), so a check can show that a call changed nothing and who used it.
+    fn raw_token_row(table: &str) -> String;
+
+    /// A statement that reads a token's stored consumer (token bound) as lowercase hex,
+    /// `-` when it is NULL.
+    fn token_consumer_hex(table: &str) -> String;
+
     /// A statement that reads how many milliseconds a key's row (namespace, key bound) has
     /// until its `expires_at` by the server's clock, as text (negative once past).
     fn kept_for_ms(table: &str) -> String;
@@ -133,6 +141,13 @@ pub trait TestServer: Send + Sync + 'static {
     /// DDL that lets a table take [`corruptions`](Self::corruptions) the engine's own
     /// types would refuse (a wider column, say); none by default.
     fn prepare_corruption(table: &str) -> Option<String> {
+        let _ = table;
+        None
+    }
+
+    /// DDL that lets a token table take a consumer of another length than 16 bytes, where
+    /// the engine's column would pad or refuse one; none by default.
+    fn prepare_token_corruption(table: &str) -> Option<String> {
         let _ = table;
         None
     }
@@ -407,6 +422,7 @@ macro_rules! sql_conformance {
                     a_call_never_waits_longer_than_the_statement_timeout;
                 schema: migrating_twice_is_harmless,
                     the_printed_ddl_is_what_runs,
+                    a_previous_token_table_is_migrated_and_its_used_tokens_stay_used,
                     a_foreign_table_of_the_same_name_is_refused,
                     neither_store_takes_the_other_kind_of_table,
                     table_names_are_identifiers_only;
@@ -416,6 +432,8 @@ macro_rules! sql_conformance {
                     consume_checks_in_the_cores_order,
                     purging_removes_only_expired_tokens,
                     a_stored_scope_that_does_not_decode_is_corrupt,
+                    a_consumers_resend_is_consumed_again_and_changes_nothing,
+                    a_stored_consumer_that_is_not_sixteen_bytes_is_corrupt,
                     an_unreachable_server_is_unavailable,
                     expired_tokens_are_reissued_purged_and_live_ones_never_overwritten;
                 transactional: rollback_frees_the_key_and_leaves_no_row,

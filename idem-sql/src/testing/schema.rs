@@ -1,13 +1,13 @@
 //! The migration of both kinds of table: versioned, repeatable, the printed DDL is what
 //! runs, and a table of another kind or of no idem store is refused.
 
-use idem_core::{Consumption, Error, IdempotencyStore, Scope, TokenStore};
+use idem_core::{Consumption, Error, IdempotencyStore, Rejection, Scope, TokenStore};
 
 use super::*;
 use crate::builder::FromTable;
 use std::ops::Deref;
 
-use crate::{SqlBuilder, SqlTable, TableKind};
+use crate::{SqlBuilder, SqlTable, TableKind, TableName};
 
 /// Either store: its table's maintenance through [`SqlTable`], and the DDL for a table of
 /// its kind without a store.
@@ -119,6 +119,96 @@ async fn printed_ddl<S: TestServer, T: Maintained<S::Dialect>>(pool: &Pool<S::Di
 
     drop_table::<S>(pool, &migrated).await;
     drop_table::<S>(pool, &printed).await;
+}
+
+/// A token table at the version before this build's, holding a used and an unused token,
+/// is brought to this build's schema by `migrate` (several instances at once), and ends as
+/// a table made at this version would be. Its rows keep working: the token used before
+/// the migration kept no consumer, so it is used for everyone, its first consumer
+/// included; the unused one is consumed, and its consumer's resend is consumed again.
+pub async fn a_previous_token_table_is_migrated_and_its_used_tokens_stay_used<S: TestServer>() {
+    let pool = S::pool(4).await;
+    let kind = S::Dialect::TOKENS;
+    let (_, previous) = kind
+        .migrations
+        .split_last()
+        .expect("the token table has versions");
+    let table = S::fresh_table(&pool).await;
+    let name = TableName::new(&table, S::Dialect::MAX_TABLE_NAME).expect("valid");
+    for step in previous {
+        S::exec(&pool, (step.ddl)(&name)).await;
+    }
+    let store: SqlTokenStore<S::Dialect> = on::<S, _>(&pool, &table);
+    let behind = store.check_schema().await;
+    assert!(
+        matches!(&behind, Err(Error::Backend { source }) if source.to_string().contains(&format!("this build uses v{}", kind.version()))),
+        "{behind:?}"
+    );
+
+    // Rows as the previous build left them: its INSERT is this build's (it names no
+    // column added since), and its consume only set `used_at`.
+    let alice = Scope::new(namespace::<S>("previous")).expect("scope");
+    let (used, unused) = (tokens::new_token(&store), tokens::new_token(&store));
+    for token in [&used, &unused] {
+        store.issue(token, &alice, ttl(LONG)).await.expect("issue");
+    }
+    let consume_before = format!(
+        "UPDATE {} SET used_at = expires_at WHERE token = {}",
+        quoted::<S>(&table),
+        S::placeholder(1)
+    );
+    let args = [Arg::Bytes(used.as_str().as_bytes())];
+    assert_eq!(execute::<S>(&pool, consume_before, &args).await, 1);
+
+    // Instances starting together migrate one after the other.
+    let instances: Vec<_> = (0..3)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.migrate().await })
+        })
+        .collect();
+    for instance in instances {
+        instance.await.expect("no panic").expect("migrate");
+    }
+    store.check_schema().await.expect("at the current version");
+    let made_now = S::fresh_table(&pool).await;
+    let current: SqlTokenStore<S::Dialect> = on::<S, _>(&pool, &made_now);
+    current.migrate().await.expect("migrate a new table");
+    assert_eq!(
+        S::definition(&pool, &table).await,
+        S::definition(&pool, &made_now).await,
+        "a migrated table is a table made at this version"
+    );
+    drop_table::<S>(&pool, &made_now).await;
+
+    assert_eq!(tokens::stored_consumer::<S>(&store, &used).await, "-");
+    let used_row = tokens::raw_token_row::<S>(&store, &used).await;
+    let first = idem_core::OwnerToken::random();
+    for consumer in [&first, &first, &idem_core::OwnerToken::random()] {
+        let answer = store.consume(&used, &alice, consumer).await;
+        assert_eq!(
+            answer.expect("consume"),
+            Consumption::Rejected(Rejection::AlreadyUsed),
+            "used before the consumer was kept: used for everyone"
+        );
+    }
+    assert_eq!(
+        tokens::raw_token_row::<S>(&store, &used).await,
+        used_row,
+        "refusals write nothing"
+    );
+    for (consumer, answer) in [
+        (&first, Consumption::Consumed),
+        (&first, Consumption::Consumed),
+        (
+            &idem_core::OwnerToken::random(),
+            Consumption::Rejected(Rejection::AlreadyUsed),
+        ),
+    ] {
+        let consumed = store.consume(&unused, &alice, consumer).await;
+        assert_eq!(consumed.expect("consume"), answer);
+    }
+    drop_table::<S>(&pool, &table).await;
 }
 
 /// A foreign table of the same name is refused.

@@ -1,11 +1,13 @@
 //! The token store where the SQL matters: reissuing expired rows under a race, the order of
-//! the consume checks, purging, rows that do not decode, a server that is not there.
+//! the consume checks, the consumer kept for its resend, purging, rows that do not decode,
+//! a server that is not there.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use idem_core::{
-    Consumption, Error, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens, UuidV7Tokens,
+    Consumption, Error, OwnerToken, Rejection, Scope, Token, TokenGenerator, TokenStore, Tokens,
+    UuidV7Tokens,
 };
 use tokio::sync::Barrier;
 
@@ -258,6 +260,110 @@ pub async fn a_stored_scope_that_does_not_decode_is_corrupt<S: TestServer>() {
         matches!(answer, Err(Error::CorruptRecord { .. })),
         "{answer:?}"
     );
+    drop_own::<S>(&store).await;
+}
+
+/// A token's raw row, every column as one text; `None` when it has none.
+pub async fn raw_token_row<S: TestServer>(
+    store: &SqlTokenStore<S::Dialect>,
+    token: &Token,
+) -> Option<String> {
+    let args = [Arg::Bytes(token.as_str().as_bytes())];
+    read_text::<S>(store.pool(), S::raw_token_row(store.table()), &args).await
+}
+
+/// Who the table says used a token, as lowercase hex (`-`: no one kept).
+pub async fn stored_consumer<S: TestServer>(
+    store: &SqlTokenStore<S::Dialect>,
+    token: &Token,
+) -> String {
+    let args = [Arg::Bytes(token.as_str().as_bytes())];
+    read_text::<S>(store.pool(), S::token_consumer_hex(store.table()), &args)
+        .await
+        .expect("the token's row")
+}
+
+/// The consumer that used a token up is answered `Consumed` again when it sends the same
+/// consume (its first reply lost), and the row stays as that consume left it, expiry
+/// included; any other consumer, or the same one for another scope, is refused as used.
+pub async fn a_consumers_resend_is_consumed_again_and_changes_nothing<S: TestServer>() {
+    let store = own_token_store::<S>(S::pool(2).await).await;
+    let (alice, bob) = (scope::<S>("alice"), scope::<S>("bob"));
+    let (first, other) = (OwnerToken::random(), OwnerToken::random());
+    let token = new_token(&store);
+    store.issue(&token, &alice, ttl(LONG)).await.expect("issue");
+    assert_eq!(
+        store
+            .consume(&token, &alice, &first)
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    assert_eq!(
+        stored_consumer::<S>(&store, &token).await,
+        hex(first.as_bytes()),
+        "the consume wrote its consumer"
+    );
+    let used = raw_token_row::<S>(&store, &token).await.expect("a row");
+    // Later than the first consume's clock reading, so a rewrite would show.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            store.consume(&token, &alice, &first).await.expect("resend"),
+            Consumption::Consumed,
+            "the consumer's own resend"
+        );
+    }
+    assert_eq!(
+        raw_token_row::<S>(&store, &token).await.as_ref(),
+        Some(&used),
+        "a resend writes nothing: not the time it was used, not its expiry"
+    );
+    for (who, whose) in [(&other, &alice), (&other, &bob), (&first, &bob)] {
+        assert_eq!(
+            store.consume(&token, whose, who).await.expect("consume"),
+            REJECTED_USED,
+            "another consumer, or another scope"
+        );
+    }
+    assert_eq!(
+        raw_token_row::<S>(&store, &token).await.as_ref(),
+        Some(&used),
+        "a refusal writes nothing"
+    );
+    drop_own::<S>(&store).await;
+}
+
+/// A stored consumer that is not 16 bytes is corrupt, whoever asks.
+pub async fn a_stored_consumer_that_is_not_sixteen_bytes_is_corrupt<S: TestServer>() {
+    let store = own_token_store::<S>(S::pool(2).await).await;
+    if let Some(ddl) = S::prepare_token_corruption(store.table()) {
+        S::exec(store.pool(), ddl).await;
+    }
+    let alice = scope::<S>("alice");
+    let consumer = OwnerToken::random();
+    let plant = format!(
+        "UPDATE {} SET used_at = expires_at, used_by = {} WHERE token = {}",
+        quoted::<S>(store.table()),
+        S::placeholder(1),
+        S::placeholder(2)
+    );
+    let short = &consumer.as_bytes()[..15];
+    let long = [consumer.as_bytes().as_slice(), &[0]].concat();
+    for stored in [short, long.as_slice(), &[]] {
+        let token = new_token(&store);
+        store.issue(&token, &alice, ttl(LONG)).await.expect("issue");
+        let args = [Arg::Bytes(stored), Arg::Bytes(token.as_str().as_bytes())];
+        assert_eq!(execute::<S>(store.pool(), plant.clone(), &args).await, 1);
+        for who in [&consumer, &OwnerToken::random()] {
+            let answer = store.consume(&token, &alice, who).await;
+            assert!(
+                matches!(answer, Err(Error::CorruptRecord { .. })),
+                "a consumer of {} bytes: {answer:?}",
+                stored.len()
+            );
+        }
+    }
     drop_own::<S>(&store).await;
 }
 
