@@ -340,7 +340,10 @@ async fn a_payload_over_max_allowed_packet_is_too_large() {
 /// there for the retry. The store ran the statement again after the 4 s lock wait timeout
 /// and gave up on it a second later, while the server went on waiting, so the consume
 /// took effect once the lock was free, after its caller got `Unavailable`, and the retry
-/// was refused as `AlreadyUsed`.
+/// was refused as `AlreadyUsed`. The retry is the same consumer's, as `Tokens` resends it;
+/// since that consumer would now be answered `Consumed` either way, a consume of another
+/// scope, queued behind the lock like the retry, tells first whether the token is unused
+/// (`WrongScope`) or was used after all (`AlreadyUsed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_given_up_behind_a_row_lock_changes_nothing() {
     let store = MySqlTokenStore::builder()
@@ -362,25 +365,47 @@ async fn a_consume_given_up_behind_a_row_lock_changes_nothing() {
     .fetch_optional(&mut *tx)
     .await
     .expect("lock the token's row");
-    let given_up = store
-        .consume(&token, &scope, &idem_core::OwnerToken::random())
-        .await;
+    let consumer = idem_core::OwnerToken::random();
+    let given_up = store.consume(&token, &scope, &consumer).await;
     tx.rollback().await.expect("rollback");
     assert!(
         matches!(given_up, Err(Error::Unavailable { .. })),
         "{given_up:?}"
     );
+    assert_token_unused(&store, &token, &consumer).await;
     let retried = store
-        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .consume(&token, &scope, &consumer)
         .await
         .expect("consume");
     assert_eq!(retried, Consumption::Consumed);
 }
 
+/// Fails unless `token` is still unused after a consume by `consumer` was given up: a
+/// consume of another scope, by another consumer, is told `WrongScope` (`AlreadyUsed` if
+/// the given-up consume took effect) and changes nothing.
+async fn assert_token_unused(
+    store: &MySqlTokenStore,
+    token: &idem_core::Token,
+    consumer: &idem_core::OwnerToken,
+) {
+    let elsewhere = idem_sql::testing::tokens::scope::<MariaDb>("elsewhere");
+    let probe = store
+        .consume(token, &elsewhere, &idem_core::OwnerToken::random())
+        .await
+        .expect("consume");
+    assert_eq!(
+        probe,
+        Consumption::Rejected(idem_core::Rejection::WrongScope),
+        "the consume by {consumer} that was given up changed nothing"
+    );
+}
+
 /// A consume that waited for a pooled connection, then behind a row lock, is `Unavailable`
 /// and changes nothing. It was sent late in its call, the server's lock wait (4 s) outlived
 /// the call's 5 s, and the server went on waiting after the store gave up: the consume took
-/// effect once the lock was free, and the caller's retry was refused as `AlreadyUsed`.
+/// effect once the lock was free, and the caller's retry was refused as `AlreadyUsed`. The
+/// retry is the same consumer's, as `Tokens` resends it, after a probe of another scope
+/// shows the token unused (see [`assert_token_unused`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
     let store = MySqlTokenStore::builder()
@@ -405,13 +430,10 @@ async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
     .expect("lock the token's row");
     // The pool's one connection, busy elsewhere for the first 1.5 s of the consume.
     let busy = store.pool().acquire().await.expect("the one connection");
+    let consumer = idem_core::OwnerToken::random();
     let consuming = {
         let (store, token, scope) = (store.clone(), token.clone(), scope.clone());
-        tokio::spawn(async move {
-            store
-                .consume(&token, &scope, &idem_core::OwnerToken::random())
-                .await
-        })
+        tokio::spawn(async move { store.consume(&token, &scope, &consumer).await })
     };
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     drop(busy);
@@ -421,8 +443,9 @@ async fn a_consume_sent_late_in_its_call_changes_nothing_once_given_up() {
         matches!(given_up, Err(Error::Unavailable { .. })),
         "{given_up:?}"
     );
+    assert_token_unused(&store, &token, &consumer).await;
     let retried = store
-        .consume(&token, &scope, &idem_core::OwnerToken::random())
+        .consume(&token, &scope, &consumer)
         .await
         .expect("consume");
     assert_eq!(retried, Consumption::Consumed);
