@@ -172,6 +172,9 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(&self.extra_args)
+            // A replica writes the snapshot of its full sync into its working directory:
+            // the temporary one, not the crate's.
+            .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

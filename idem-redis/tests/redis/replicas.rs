@@ -21,14 +21,17 @@ fn replica_pair() -> (RedisServer, RedisServer) {
         "127.0.0.1".into(),
         primary.port.to_string(),
     ]);
-    let client = redis::Client::open(replica.url()).expect("a valid URL");
+    // In sync once the primary shows the replica online: the replica reports its link up
+    // as soon as it connected, while the primary may still be making the snapshot of its
+    // full sync (`state=wait_bgsave`), and a WAIT then counts no replica.
+    let client = redis::Client::open(primary.url()).expect("a valid URL");
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         let info: String = client
             .get_connection()
             .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
             .unwrap_or_default();
-        if info.contains("master_link_status:up") {
+        if info.contains("state=online") {
             return (primary, replica);
         }
         std::thread::sleep(Duration::from_millis(50));
