@@ -190,6 +190,7 @@ macro_rules! __with_token_check_names {
     ($callback:ident { $($args:tt)* }) => {
         $crate::$callback! { [$($args)*]
             exclusive_consume
+            consume_resend
             token_expiry
             scope_binding
             malformed_tokens

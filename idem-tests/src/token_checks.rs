@@ -121,6 +121,68 @@ pub async fn exclusive_consume(store: SharedTokenStore, capabilities: Capabiliti
     .await
 }
 
+/// A consume sent again by its consumer (its reply was lost: a timeout, a dropped
+/// connection, and [`Tokens::consume`] sends it again as the same consumer) is answered
+/// `Consumed` again, as often as it comes, before and after other consumers tried; every
+/// other consumer is refused `AlreadyUsed`, and so is the consumer asking for another
+/// scope. A store that keeps no consumer refuses the resend, and the client's token is lost
+/// to its own first send though the business never ran.
+///
+/// # Errors
+///
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when the consumer's resend is
+/// not `Consumed`, or another consumer is not refused; or when a store call the check needs
+/// fails unexpectedly.
+pub async fn consume_resend(store: SharedTokenStore, capabilities: Capabilities) -> CheckResult {
+    run("consume_resend", store, capabilities, |ctx| async move {
+        let token = ctx.tokens.issue(&ctx.scope).await.doing("issue")?;
+        let (consumer, other) = (OwnerToken::random(), OwnerToken::random());
+        let consume = |scope: &Scope, consumer: &OwnerToken| {
+            let (store, token, scope, consumer) =
+                (ctx.tokens.store(), token.clone(), scope.clone(), *consumer);
+            async move {
+                store
+                    .consume(&token, &scope, &consumer)
+                    .await
+                    .doing("consume")
+            }
+        };
+        let first = consume(&ctx.scope, &consumer).await?;
+        ensure!(
+            first == Consumption::Consumed,
+            "the first consume got {first:?}"
+        );
+        let resend = consume(&ctx.scope, &consumer).await?;
+        ensure!(
+            resend == Consumption::Consumed,
+            "the consumer's resend should be Consumed again, got {resend:?}"
+        );
+        let another = consume(&ctx.scope, &other).await?;
+        ensure!(
+            another == Consumption::Rejected(Rejection::AlreadyUsed),
+            "another consumer should be AlreadyUsed, got {another:?}"
+        );
+        let again = consume(&ctx.scope, &consumer).await?;
+        ensure!(
+            again == Consumption::Consumed,
+            "the consumer's resend after another consumer's try should be Consumed, got \
+             {again:?}"
+        );
+        let elsewhere = consume(&ctx.other_scope("resend")?, &consumer).await?;
+        ensure!(
+            elsewhere == Consumption::Rejected(Rejection::AlreadyUsed),
+            "the consumer asking for another scope should be AlreadyUsed, got {elsewhere:?}"
+        );
+        let fresh = ctx.consume(&ctx.scope, &token).await?;
+        ensure!(
+            fresh == Consumption::Rejected(Rejection::AlreadyUsed),
+            "a later request (another consumer) should be AlreadyUsed, got {fresh:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A token is usable within its TTL and unknown after it; a used token's mark expires
 /// with it too (it is kept only to tell repeats "already used" meanwhile). Unknown means
 /// not stored: the ID of an expired token, used or not, is issued afresh, to another scope,
@@ -594,13 +656,15 @@ pub async fn rejection_reasons(store: SharedTokenStore, capabilities: Capabiliti
 }
 
 /// A used token's mark lasts exactly as long as the token would have: repeats late in its
-/// TTL are still `AlreadyUsed`, and consuming does not restart the TTL (after the token's
-/// own expiry a repeat is `Unknown`).
+/// TTL are still `AlreadyUsed` and the consumer's own resend still `Consumed`, and neither
+/// consuming nor the resend restarts the TTL (after the token's own expiry a repeat and the
+/// resend are `Unknown`).
 ///
 /// # Errors
 ///
-/// A [`CheckFailure`](crate::CheckFailure) naming this check when a repeat is not `AlreadyUsed` within the token's TTL
-/// or not `Unknown` after it; or when a store call the check needs fails unexpectedly.
+/// A [`CheckFailure`](crate::CheckFailure) naming this check when a repeat is not
+/// `AlreadyUsed` or the resend not `Consumed` within the token's TTL, or either is not
+/// `Unknown` after it; or when a store call the check needs fails unexpectedly.
 pub async fn used_mark_lifetime(
     store: SharedTokenStore,
     capabilities: Capabilities,
@@ -619,8 +683,18 @@ pub async fn used_mark_lifetime(
                 .issue(&token, &ctx.scope, Ttl::new(lifetime).doing("ttl")?)
                 .await
                 .doing("issue")?;
+            let consumer = OwnerToken::random();
+            let consume_as = |consumer: OwnerToken| {
+                let (store, token, scope) = (ctx.tokens.store(), token.clone(), ctx.scope.clone());
+                async move {
+                    store
+                        .consume(&token, &scope, &consumer)
+                        .await
+                        .doing("consume")
+                }
+            };
             tokio::time::sleep(lifetime / 2).await;
-            let first = ctx.consume(&ctx.scope, &token).await?;
+            let first = consume_as(consumer).await?;
             ensure!(
                 first == Consumption::Consumed,
                 "halfway through its TTL: got {first:?}"
@@ -631,12 +705,23 @@ pub async fn used_mark_lifetime(
                 late == Consumption::Rejected(Rejection::AlreadyUsed),
                 "late in its TTL a used token should still be AlreadyUsed, got {late:?}"
             );
+            let resend = consume_as(consumer).await?;
+            ensure!(
+                resend == Consumption::Consumed,
+                "late in its TTL the consumer's resend should still be Consumed, got {resend:?}"
+            );
             tokio::time::sleep_until((Instant::now() + 2 * ctx.caps.time_slack).into()).await;
             let after = ctx.consume(&ctx.scope, &token).await?;
             ensure!(
                 after == Consumption::Rejected(Rejection::Unknown),
-                "past the token's own TTL its used mark should be gone (consuming must not \
-             restart the TTL), got {after:?}"
+                "past the token's own TTL its used mark should be gone (consuming, or the \
+                 consumer's resend, must not restart the TTL), got {after:?}"
+            );
+            let resend_after = consume_as(consumer).await?;
+            ensure!(
+                resend_after == Consumption::Rejected(Rejection::Unknown),
+                "past the token's own TTL the consumer's resend should be Unknown, got \
+                 {resend_after:?}"
             );
             Ok(())
         },

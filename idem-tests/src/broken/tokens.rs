@@ -73,6 +73,16 @@ pub enum TokenDefect {
     /// `INTERVAL` would keep them: a token issued for 1.99 s is `Unknown` after 1 s, and
     /// its holder's request is refused.
     TtlInWholeSeconds,
+    /// The used mark keeps no consumer (a bare used flag, as before stores kept one): the
+    /// consumer's own resend after a lost reply is refused as `AlreadyUsed`, and the
+    /// client's token is lost though its business never ran.
+    ForgetsConsumer,
+    /// A used token is `Consumed` again for any consumer of its scope, the consumer not
+    /// compared: every repeat runs the business again.
+    IgnoresConsumer,
+    /// The consumer's resend writes the used mark again with the token's whole TTL (a
+    /// `SET` without `KEEPTTL`): the mark outlives the token.
+    ResendRestartsTtl,
 }
 
 /// How long [`TokenDefect::CapsLifetime`] and [`TokenDefect::CapsUsedMark`] keep a token:
@@ -104,6 +114,9 @@ impl TokenDefect {
         TokenDefect::CapsLifetime,
         TokenDefect::CapsUsedMark,
         TokenDefect::TtlInWholeSeconds,
+        TokenDefect::ForgetsConsumer,
+        TokenDefect::IgnoresConsumer,
+        TokenDefect::ResendRestartsTtl,
     ];
 
     /// Exactly the token checks that fail against this defect (asserted both ways by this
@@ -114,6 +127,7 @@ impl TokenDefect {
         match self {
             TokenDefect::CheckThenMark => &["exclusive_consume"],
             TokenDefect::IgnoresScope => &[
+                "consume_resend",
                 "issue_races",
                 "scope_binding",
                 "scope_compared_exactly",
@@ -149,7 +163,9 @@ impl TokenDefect {
             TokenDefect::TruncatesScopes => &["scope_compared_exactly"],
             TokenDefect::ScopeReplacesAstralChars => &["scope_compared_exactly"],
             TokenDefect::FoldsTokenCase => &["token_fidelity"],
-            TokenDefect::ScopeCheckedFirst => &["issue_against_used", "rejection_reasons"],
+            TokenDefect::ScopeCheckedFirst => {
+                &["consume_resend", "issue_against_used", "rejection_reasons"]
+            }
             TokenDefect::UsedMarkRestartsTtl => &["used_mark_lifetime"],
             TokenDefect::IssueRevivesUsed => &["collision_keeps_expiry", "issue_against_used"],
             TokenDefect::CollisionRestartsTtl => &["collision_keeps_expiry"],
@@ -161,6 +177,17 @@ impl TokenDefect {
             TokenDefect::CapsLifetime => &["token_lifetime"],
             TokenDefect::CapsUsedMark => &["token_lifetime"],
             TokenDefect::TtlInWholeSeconds => &["token_expiry"],
+            TokenDefect::ForgetsConsumer => &["consume_resend", "used_mark_lifetime"],
+            TokenDefect::IgnoresConsumer => &[
+                "consume_resend",
+                "exclusive_consume",
+                "issue_against_used",
+                "issue_races",
+                "rejection_reasons",
+                "token_expiry",
+                "used_mark_lifetime",
+            ],
+            TokenDefect::ResendRestartsTtl => &["used_mark_lifetime"],
         }
     }
 
@@ -371,7 +398,26 @@ impl TokenStore for BrokenTokenStore {
             }
             _ => scope.clone(),
         };
-        let (answer, write) = TokenRecord::consume(Some(&record), &asked_as, consumer);
+        let (answer, write) = match self.defect {
+            TokenDefect::IgnoresConsumer if record.used && record.scope == asked_as => {
+                (Consumption::Consumed, None)
+            }
+            _ => TokenRecord::consume(Some(&record), &asked_as, consumer),
+        };
+        if self.defect == TokenDefect::ResendRestartsTtl
+            && answer == Consumption::Consumed
+            && write.is_none()
+        {
+            self.with_tokens(|tokens| {
+                if let Some(entry) = tokens.get_mut(token) {
+                    entry.1 = Instant::now() + entry.2;
+                }
+            })?;
+        }
+        let write = match self.defect {
+            TokenDefect::ForgetsConsumer => write.map(|used| TokenRecord::used(used.scope, None)),
+            _ => write,
+        };
         if self.defect == TokenDefect::BurnsOnWrongScope && !record.used {
             self.write(token, TokenRecord::used(record.scope.clone(), None))?;
         }
