@@ -53,9 +53,8 @@ impl Key {
     ///
     /// [`Error::InvalidInput`] naming the field ([`InputField::Namespace`](crate::InputField) or
     /// [`InputField::Key`](crate::InputField)):
-    /// [`InvalidInput::Empty`](crate::InvalidInput::Empty),
-    /// [`InvalidInput::TooLong`](crate::InvalidInput::TooLong) (over [`MAX_KEY_LEN`] bytes) or
-    /// [`InvalidInput::ControlCharacter`](crate::InvalidInput::ControlCharacter).
+    /// [`InvalidInput::Empty`], [`InvalidInput::TooLong`] (over [`MAX_KEY_LEN`] bytes) or
+    /// [`InvalidInput::ControlCharacter`].
     pub fn new(namespace: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self, Error> {
         let (namespace, id) = (namespace.as_ref(), id.as_ref());
         validate(InputField::Namespace, namespace)?;

@@ -1,11 +1,11 @@
 //! The future of [`Attempt::run`](super::Attempt::run): the attempt in a box of its own, polled
 //! in its caller's task, and what happens to it when its caller goes away.
 //!
-//! Under [`CancelPolicy::Detach`] the attempt runs inside its caller's future, like any other;
+//! Under [`CancelPolicy::Detach`](super::CancelPolicy::Detach) the attempt runs inside its caller's future, like any other;
 //! only if the caller drops that future before the attempt finished is the attempt handed to a
 //! task of its own, where it runs to the end. Spawning every attempt up front would cost a
 //! spawn and two cross-task wake-ups per request, for the rare caller that goes away. Under
-//! [`CancelPolicy::Release`] the unfinished attempt is dropped with its caller's future, and
+//! [`CancelPolicy::Release`](super::CancelPolicy::Release) the unfinished attempt is dropped with its caller's future, and
 //! its guard frees the key, unless the operation committed (returned, or said its effects may
 //! have happened: [`LeaseHandle::commit`](super::LeaseHandle::commit)): what is left of it then
 //! moves to a task as under `Detach`, so that its outcome is stored.
@@ -25,7 +25,7 @@ use tracing::{Instrument, Span};
 
 use super::renewal::Held;
 
-/// A boxed attempt, polled in its caller's task. Under [`CancelPolicy::Detach`] it moves to
+/// A boxed attempt, polled in its caller's task. Under [`CancelPolicy::Detach`](super::CancelPolicy::Detach) it moves to
 /// a task on the runtime it was first polled on when dropped unfinished.
 pub(crate) struct Running<F: Future + Send + 'static>
 where
@@ -33,7 +33,7 @@ where
 {
     /// `None` once finished.
     attempt: Option<Pin<Box<F>>>,
-    /// Under [`CancelPolicy::Release`], the lease, which says whether the operation
+    /// Under [`CancelPolicy::Release`](super::CancelPolicy::Release), the lease, which says whether the operation
     /// committed; `None` under `Detach`, which moves every unfinished attempt.
     release_until_committed: Option<Arc<Held>>,
     /// The runtime of the first poll (a caller may be dropped on a thread outside it);
@@ -53,7 +53,7 @@ impl<F: Future + Send + 'static> Running<F>
 where
     F::Output: Send + 'static,
 {
-    /// Under [`CancelPolicy::Detach`], `release_until_committed` is `None`; under `Release`,
+    /// Under [`CancelPolicy::Detach`](super::CancelPolicy::Detach), `release_until_committed` is `None`; under `Release`,
     /// it is the attempt's lease, and the attempt detaches only once its operation committed.
     pub(crate) fn new(attempt: Pin<Box<F>>, release_until_committed: Option<Arc<Held>>) -> Self {
         Self {

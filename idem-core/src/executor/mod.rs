@@ -151,6 +151,12 @@ enum Started<S: IdempotencyStore, T, E> {
 
 impl<S: IdempotencyStore> Idempotency<S> {
     /// An executor with the default [`Config`].
+    ///
+    /// To share one store between executors (and with the HTTP layer or a consumer), clone
+    /// the store: every store of idem is cheap to clone and its clones share the records. An
+    /// `Arc<S>` is a store too, but one that reaches `S` through the trait's boxed futures,
+    /// which costs one allocation per step that `S`'s own unboxed steps avoid
+    /// ([`IdempotencyStore::claim_unboxed`]).
     pub fn new(store: S) -> Self {
         Self::from_arc(Arc::new(store))
     }
