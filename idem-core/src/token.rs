@@ -17,7 +17,8 @@
 //! Pick tokens when the server must refuse requests it did not hand a ticket out for, and
 //! key-based idempotency ([`Idempotency`](crate::Idempotency)) when clients make their own
 //! keys and repeats should get the first response back. The two combine: use the token as
-//! the idempotency key ([`Token::key`]) and a repeat is answered with the stored response.
+//! the idempotency key ([`Token::key`]) and a repeat is answered with the stored response;
+//! consume it inside the execution with [`Tokens::consume_for`], as the request.
 
 use std::fmt;
 use std::sync::Arc;
@@ -411,8 +412,47 @@ impl<S: TokenStore> Tokens<S> {
     /// token that is unknown, used, expired or of another scope is not an error: it is
     /// [`Consumption::Rejected`].
     pub async fn consume(&self, scope: &Scope, raw: &str) -> Result<Consumption, Error> {
+        self.consume_as(scope, raw, OwnerToken::random()).await
+    }
+
+    /// Uses up the token for the request keyed `key`, as [`consume`](Self::consume) does,
+    /// with one consumer for every attempt at that request: for tokens combined with keys,
+    /// inside an execution of [`Idempotency`](crate::Idempotency) under `key` (made by
+    /// [`Token::key`]).
+    ///
+    /// There the executor runs one attempt at a time, replays the first outcome, and frees
+    /// the key after a retryable failure, such as a consume left `Unavailable`. If that
+    /// consume was applied with only its reply lost, the next attempt finds the token used
+    /// by its own request and is answered `Consumed`, and the business runs; with a fresh
+    /// consumer per call ([`consume`](Self::consume)) it would be refused as used, and that
+    /// refusal stored and replayed though nothing ran. As for every operation under a key,
+    /// an attempt whose outcome could not be stored
+    /// ([`ExecuteError::NotRecorded`](crate::ExecuteError::NotRecorded)) may run again once
+    /// its lease ends, the token's consume included.
+    ///
+    /// Only there: outside an execution under `key`, every call with `key` is one consumer,
+    /// and each would be answered `Consumed`.
+    ///
+    /// # Errors
+    ///
+    /// As [`consume`](Self::consume).
+    pub async fn consume_for(
+        &self,
+        key: &Key,
+        scope: &Scope,
+        raw: &str,
+    ) -> Result<Consumption, Error> {
+        self.consume_as(scope, raw, consumer_of(key)).await
+    }
+
+    /// Consumes as `consumer`, sending the consume again while the store is unavailable.
+    async fn consume_as(
+        &self,
+        scope: &Scope,
+        raw: &str,
+        consumer: OwnerToken,
+    ) -> Result<Consumption, Error> {
         let token = self.parse(raw)?;
-        let consumer = OwnerToken::random();
         let sent = tokio::time::Instant::now();
         match self.store.consume(&token, scope, &consumer).await {
             Err(Error::Unavailable { source }) => {
@@ -424,6 +464,22 @@ impl<S: TokenStore> Tokens<S> {
             answer => answer,
         }
     }
+}
+
+/// The consumer of every attempt at the request keyed `key`: the first 16 bytes of a
+/// SHA-256 over the key's parts, each after its length (no two keys share the bytes hashed),
+/// behind a label of this use.
+fn consumer_of(key: &Key) -> OwnerToken {
+    let mut bytes = Vec::with_capacity(32 + key.namespace().len() + key.id().len());
+    bytes.extend_from_slice(b"idem token consumer of a key\0");
+    for part in [key.namespace(), key.id()] {
+        bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(part.as_bytes());
+    }
+    let digest = Fingerprint::from_bytes(&bytes);
+    let mut first = [0_u8; 16];
+    first.copy_from_slice(&digest.as_bytes()[..16]);
+    OwnerToken::from_bytes(first)
 }
 
 #[cfg(test)]
@@ -716,6 +772,77 @@ mod tests {
                 "the next call is another consumer"
             );
         });
+    }
+
+    /// Combined with keys, a consume applied whose every reply was lost (the resends ran
+    /// out: the attempt failed retryably and its key was freed) is `Consumed` for the next
+    /// attempt at the same request, which is the same consumer; any other request is
+    /// refused.
+    #[test]
+    fn the_next_attempt_at_a_request_finds_the_token_its_lost_consume_used() {
+        block_on_paused(async {
+            let alice = Scope::new("alice").expect("valid");
+            let tokens = Tokens::new(Recording::losing_replies(4));
+            let token = tokens.issue(&alice).await.expect("issued");
+            let key = token.key("orders", &alice).expect("a key");
+            assert!(matches!(
+                tokens.consume_for(&key, &alice, token.as_str()).await,
+                Err(Error::Unavailable { .. })
+            ));
+            assert_eq!(
+                tokens
+                    .consume_for(&key, &alice, token.as_str())
+                    .await
+                    .expect("answered"),
+                Consumption::Consumed,
+                "the next attempt at the request"
+            );
+            let consumers = tokens.store().consumers();
+            assert_eq!(consumers.len(), 5);
+            assert!(consumers.iter().all(|consumer| *consumer == consumers[0]));
+            assert_eq!(
+                tokens
+                    .consume(&alice, token.as_str())
+                    .await
+                    .expect("answered"),
+                Consumption::Rejected(Rejection::AlreadyUsed),
+                "a call of its own"
+            );
+            let other = Token::parse("other", &AnyText)
+                .expect("well formed")
+                .key("orders", &alice)
+                .expect("a key");
+            assert_eq!(
+                tokens
+                    .consume_for(&other, &alice, token.as_str())
+                    .await
+                    .expect("answered"),
+                Consumption::Rejected(Rejection::AlreadyUsed),
+                "another request"
+            );
+        });
+    }
+
+    #[test]
+    fn each_key_is_a_consumer_of_its_own() {
+        let key = |namespace: &str, id: &str| Key::new(namespace, id).expect("a key");
+        let consumers: std::collections::HashSet<_> = [
+            key("a", "bc"),
+            key("ab", "c"),
+            key("a", "b/c"),
+            key("a/b", "c"),
+            key("orders", "1"),
+        ]
+        .iter()
+        .map(consumer_of)
+        .collect();
+        assert_eq!(consumers.len(), 5);
+        assert_eq!(
+            consumer_of(&key("orders", "1")),
+            consumer_of(&key("orders", "1")),
+            "every attempt at one key is one consumer"
+        );
+        assert_ne!(consumer_of(&key("orders", "1")), OwnerToken::random());
     }
 
     /// A store that stays unavailable is asked a few times within a second, then the

@@ -79,16 +79,20 @@ async fn main() -> Result<(), BoxError> {
     // 4. Tokens and keys combine: with the token as the idempotency key, the repeat of a
     //    request gets the first response back instead of a bare rejection. The key holds
     //    the scope that presents the token, so another user's attempt is stored apart and
-    //    never answers (or refuses) Alice's.
+    //    never answers (or refuses) Alice's. `consume_for` makes every attempt at the key
+    //    one consumer: an attempt after one whose consume reply was lost (it failed as
+    //    `TokensUnavailable`, and the key was freed) finds the token used by its own
+    //    request, and places the order instead of storing a refusal.
     let idem = Idempotency::new(MemoryStore::new());
     let token = tokens.issue(&alice).await?;
     let key = token.key("orders", &alice)?;
     for submission in 1..=2 {
         // The operation owns what it uses: it may finish on its own task if we go away.
-        let (tokens, alice, token) = (tokens.clone(), alice.clone(), token.clone());
+        let (tokens, alice, token, request) =
+            (tokens.clone(), alice.clone(), token.clone(), key.clone());
         let outcome = idem
             .execute_outcome(&key, None, || async move {
-                match tokens.consume(&alice, token.as_str()).await {
+                match tokens.consume_for(&request, &alice, token.as_str()).await {
                     Ok(Consumption::Consumed) => Ok(Order { id: 1001 }),
                     Ok(Consumption::Rejected(reason)) => {
                         Err(NotPlaced::Refused(format!("{reason:?}")))
