@@ -403,7 +403,11 @@ impl<S: TokenStore> Tokens<S> {
     /// ([`Error::Unavailable`]: a timeout, a dropped connection) is asked again by the same
     /// consumer, a few times within a second: a consume that was applied with only its
     /// reply lost is then answered `Consumed`, and the business runs, where a fresh
-    /// consumer's retry would be refused as used and the token lost.
+    /// consumer's retry would be refused as used and the token lost. What no resend can
+    /// recover is a consume applied for a caller that went away (a client gone, a timeout,
+    /// a store down past the resends): the token is used and the business never ran, and
+    /// the client's next request, a consumer of its own, is refused. Where that matters,
+    /// combine the token with a key ([`consume_for`](Self::consume_for)).
     ///
     /// # Errors
     ///
