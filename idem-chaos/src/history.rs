@@ -11,6 +11,8 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::tokens::TokenTally;
+
 /// How long the first write of an outcome may be in flight: an outage that begins this soon
 /// after a run ended may still have kept that write from the store.
 pub const IN_FLIGHT: Duration = Duration::from_millis(100);
@@ -529,11 +531,15 @@ pub struct Summary {
     pub elapsed: Duration,
     /// Why the scenario could not run (a server that did not start, say): a failure.
     pub setup_error: Option<String>,
+    /// For `redis-tokens`: what the token flow promised, per token. Its promise broken is a
+    /// failure, and the line shows tokens rather than keys.
+    pub tokens: Option<TokenTally>,
 }
 
 impl Summary {
     /// Whether the scenario passed: no unexplained second run, no wrong replay, no fencing
-    /// number going backwards unexplained, no panic.
+    /// number going backwards unexplained, no panic; for tokens, the flow's promise held
+    /// ([`TokenTally::held`]).
     #[must_use]
     pub fn passed(&self) -> bool {
         self.unexplained == 0
@@ -541,6 +547,7 @@ impl Summary {
             && self.fencing_back == 0
             && self.panics == 0
             && self.setup_error.is_none()
+            && self.tokens.as_ref().is_none_or(TokenTally::held)
     }
 
     /// Marks every error of `kinds` as one this scenario must not see.
@@ -557,6 +564,9 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(error) = &self.setup_error {
             return write!(f, "{:<16} FAIL could not run: {error}", self.scenario);
+        }
+        if let Some(tokens) = &self.tokens {
+            return self.fmt_tokens(tokens, f);
         }
         let explained: usize = self.explained.values().sum();
         write!(
@@ -592,6 +602,40 @@ impl fmt::Display for Summary {
             self.gave_up,
             self.cancelled,
         )?;
+        self.fmt_tail(f)
+    }
+}
+
+impl Summary {
+    /// The line of a token scenario: per token, not per key.
+    fn fmt_tokens(&self, t: &TokenTally, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<16} {} tokens={} submissions={} runs={} replays={} refused={} unrun={} doubles: unexplained={} explained={} (not-recorded:{}) split={} consumes={} resends={} consume_unavailable={} consumed_after_unavailable={} panics={} gave_up={}",
+            self.scenario,
+            if self.passed() { "PASS" } else { "FAIL" },
+            t.tokens,
+            t.submissions,
+            t.runs,
+            t.replays,
+            t.refused,
+            t.unrun,
+            t.doubles,
+            t.explained_doubles,
+            t.not_recorded,
+            t.split,
+            t.consumes,
+            t.resends,
+            t.consume_unavailable,
+            t.consumed_after_unavailable,
+            self.panics,
+            t.gave_up,
+        )?;
+        self.fmt_tail(f)
+    }
+
+    /// Errors, faults and time, the end of every line.
+    fn fmt_tail(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let errors: Vec<String> = self
             .errors
             .iter()

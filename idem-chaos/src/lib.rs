@@ -6,6 +6,7 @@ mod run;
 mod scenarios;
 mod servers;
 mod sql;
+mod tokens;
 mod workload;
 
 use std::sync::Once;
@@ -14,6 +15,7 @@ use std::time::Instant;
 
 pub use history::{Answer, ErrorKind, FINAL_MARGIN, Fault, History, Rule, RunId, Summary};
 pub use servers::{MariaDb, RedisServer, StartError};
+pub use tokens::TokenTally;
 pub use workload::{OpError, Receipt, Workload};
 
 /// How long and how hard a scenario runs.
@@ -54,6 +56,10 @@ pub enum Scenario {
     RedisRelease,
     /// The store's Redis connections closed by the server (`CLIENT KILL`), busy or idle.
     RedisClients,
+    /// One-time tokens combined with keys (`Tokens::consume_for` inside the execution under
+    /// the token's key), on one server whose writes are paused past the consume's resends
+    /// and whose connections are closed: each token's business runs once, none is refused.
+    RedisTokens,
     /// MariaDB queries and connections killed while row locks make queries wait.
     MysqlKill,
     /// MariaDB row locks held on claimed rows, past the lock wait timeout.
@@ -71,7 +77,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 15] = [
         Self::Memory,
         Self::MemoryFull,
         Self::MemoryRelease,
@@ -80,6 +86,7 @@ impl Scenario {
         Self::RedisPause,
         Self::RedisRelease,
         Self::RedisClients,
+        Self::RedisTokens,
         Self::MysqlKill,
         Self::MysqlLocks,
         Self::MysqlTx,
@@ -100,6 +107,7 @@ impl Scenario {
             Self::RedisPause => "redis-pause",
             Self::RedisRelease => "redis-release",
             Self::RedisClients => "redis-clients",
+            Self::RedisTokens => "redis-tokens",
             Self::MysqlKill => "mysql-kill",
             Self::MysqlLocks => "mysql-locks",
             Self::MysqlTx => "mysql-tx",
@@ -130,6 +138,9 @@ impl Scenario {
             }
             Self::RedisClients => {
                 "private redis-server closing the store's connections (CLIENT KILL), busy or idle"
+            }
+            Self::RedisTokens => {
+                "tokens as keys (consume_for), private redis-server: CLIENT PAUSE WRITE past the resends, CLIENT KILL"
             }
             Self::MysqlKill => {
                 "private mariadbd: KILL QUERY / KILL CONNECTION while locks make queries wait"
@@ -172,6 +183,7 @@ impl Scenario {
             Self::RedisPause => scenarios::redis_pause(&workload).await,
             Self::RedisRelease => scenarios::redis_pause(&scenarios::releasing(&workload)).await,
             Self::RedisClients => scenarios::redis_clients(&workload).await,
+            Self::RedisTokens => tokens::redis_tokens(&workload).await,
             Self::MysqlKill => scenarios::mysql_kill(&workload).await,
             Self::MysqlLocks => scenarios::mysql_locks(&workload).await,
             Self::MysqlTx => scenarios::mysql_tx(&workload).await,

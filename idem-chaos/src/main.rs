@@ -9,7 +9,8 @@ const USAGE: &str = "usage: idem-chaos [--short] [--seed N] <all | SCENARIO...>
 Runs the fault campaign against private servers it starts itself on free loopback ports
 (redis-server, mariadbd + mariadb-install-db must be installed), prints one line per
 scenario, and exits 1 on any unexplained double execution, wrong replay, fencing number
-going backwards or panic.
+going backwards or panic, or (redis-tokens) a token whose business did not run exactly once
+or that was refused.
 
 options:
   --short     the small load the test suite runs

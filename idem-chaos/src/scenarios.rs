@@ -61,7 +61,7 @@ pub(crate) fn releasing(workload: &Workload) -> Workload {
 // ---- Redis ----
 
 /// A store on a private server that gives up quickly while the server is away.
-async fn redis_store(server: &RedisServer) -> Result<RedisStore, StartError> {
+pub(crate) async fn redis_store(server: &RedisServer) -> Result<RedisStore, StartError> {
     Ok(RedisStore::builder()
         .prefix("chaos:")
         .connection_timeout(Duration::from_millis(300))
