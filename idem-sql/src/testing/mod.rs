@@ -435,6 +435,7 @@ macro_rules! sql_conformance {
                     a_consumers_resend_is_consumed_again_and_changes_nothing,
                     a_stored_consumer_that_is_not_sixteen_bytes_is_corrupt,
                     an_unreachable_server_is_unavailable,
+                    an_insert_refused_otherwise_is_its_error_not_a_collision,
                     expired_tokens_are_reissued_purged_and_live_ones_never_overwritten;
                 transactional: rollback_frees_the_key_and_leaves_no_row,
                     commit_stores_both_and_the_key_replays,

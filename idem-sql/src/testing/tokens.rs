@@ -367,6 +367,41 @@ pub async fn a_stored_consumer_that_is_not_sixteen_bytes_is_corrupt<S: TestServe
     drop_own::<S>(&store).await;
 }
 
+/// An INSERT the server refuses for another reason than the token's row (here a CHECK
+/// constraint on the scope's length) is that error, not [`Error::TokenCollision`]: only a
+/// duplicate key means the token is taken. Nothing is written, and the table keeps
+/// issuing other tokens.
+pub async fn an_insert_refused_otherwise_is_its_error_not_a_collision<S: TestServer>() {
+    let store = own_token_store::<S>(S::pool(2).await).await;
+    S::exec(
+        store.pool(),
+        format!(
+            "ALTER TABLE {} ADD CONSTRAINT short_scopes CHECK (LENGTH(scope) < 200)",
+            quoted::<S>(store.table())
+        ),
+    )
+    .await;
+    let long = Scope::new(format!("{}.{}", namespace::<S>("long"), "s".repeat(200)))
+        .expect("a valid scope");
+    let token = new_token(&store);
+    let refused = store.issue(&token, &long, ttl(LONG)).await;
+    assert!(
+        refused.is_err() && !is_collision(&refused),
+        "an INSERT refused by a CHECK constraint: {refused:?}"
+    );
+    assert_eq!(raw_token_row::<S>(&store, &token).await, None);
+    let alice = scope::<S>("alice");
+    store.issue(&token, &alice, ttl(LONG)).await.expect("issue");
+    assert_eq!(
+        store
+            .consume(&token, &alice, &OwnerToken::random())
+            .await
+            .expect("consume"),
+        Consumption::Consumed
+    );
+    drop_own::<S>(&store).await;
+}
+
 /// An unreachable server is unavailable.
 pub async fn an_unreachable_server_is_unavailable<S: TestServer>() {
     let store = SqlTokenStore::<S::Dialect>::from_pool(S::unreachable_pool());
