@@ -117,6 +117,36 @@ async fn other_redis_types_are_corrupt_records() {
     }
 }
 
+/// A used mark (state 2) too short for its 16 consumer bytes and a scope is stopped by the
+/// script's own length check, whose reason names what is missing; read on as a used token
+/// of an empty scope, it would be corrupt only by the scope's decoding ("not a scope"),
+/// and a consumer's bytes would be compared against a stub. Even for the consumer whose
+/// bytes the mark begins with.
+#[tokio::test]
+async fn a_used_mark_too_short_for_its_consumer_and_scope_is_corrupt_for_that_reason() {
+    let tokens = Tokens::new(token_store().await);
+    let store = tokens.store();
+    let mut raw = raw_connection(&url()).await;
+    let alice = Scope::new("alice").expect("a valid scope");
+    let consumer = OwnerToken::from_bytes([7; 16]);
+    for (what, value) in [
+        ("a short consumer", [&[1, 2][..], &[7; 10]].concat()),
+        ("a consumer and no scope", [&[1, 2][..], &[7; 16]].concat()),
+    ] {
+        let token = fresh_token(&tokens);
+        let redis_key = store.redis_key(&token);
+        plant(&mut raw, &redis_key, &value).await;
+        match store.consume(&token, &alice, &consumer).await {
+            Err(Error::CorruptRecord { reason, .. }) => assert!(
+                reason.contains("shorter than its header, consumer and scope"),
+                "{what}: {reason}"
+            ),
+            other => panic!("{what}: not CorruptRecord but {other:?}"),
+        }
+        assert_eq!(value_of(&mut raw, &redis_key).await, Some(value), "{what}");
+    }
+}
+
 #[tokio::test]
 async fn a_handmade_token_in_the_documented_layout_is_consumed() {
     // The counterpart of the garbage: the layout of the docs, well-formed, is accepted.
