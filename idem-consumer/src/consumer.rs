@@ -318,4 +318,16 @@ mod tests {
             }
         );
     }
+
+    /// A consumer's debug output (in a log line, a panic message) says which namespace it
+    /// keys its messages in, and how it decides.
+    #[test]
+    fn its_debug_output_names_its_namespace_and_policy() {
+        let consumer =
+            Consumer::new(Idempotency::new(MemoryStore::new()), "orders").expect("consumer");
+        let shown = format!("{consumer:?}");
+        assert!(shown.starts_with("Consumer {"), "{shown}");
+        assert!(shown.contains("namespace: \"orders\""), "{shown}");
+        assert!(shown.contains("policy: "), "{shown}");
+    }
 }
