@@ -567,7 +567,9 @@ mod tests {
     use std::convert::Infallible;
     use std::sync::Mutex;
 
-    use tokio::sync::oneshot;
+    use tokio::sync::{mpsc, oneshot};
+
+    use crate::disposition::AckReason;
 
     use super::*;
 
@@ -653,5 +655,308 @@ mod tests {
         let settled = broker.settled();
         assert_eq!(settled.len(), 1, "{settled:?}");
         assert!(settled[0].contains("requeue"), "{settled:?}");
+    }
+
+    /// Each option given is the one the loop runs with: its slots, where it looks for
+    /// the ID, where a dead-letter copy goes, how long a setup call may wait.
+    #[tokio::test]
+    async fn each_option_given_is_the_one_the_loop_runs_with() {
+        let options = ConsumeOptions::default()
+            .concurrency(3)
+            .id_source(IdSource::BodyDigest)
+            .dead_letter_subject("orders.dead")
+            .setup_timeout(Duration::from_millis(1));
+        assert_eq!(slots(&options).available_permits(), 3);
+        assert_eq!(options.id_source, Some(IdSource::BodyDigest));
+        assert_eq!(options.dead_letter_subject.as_deref(), Some("orders.dead"));
+        let silent = std::future::pending::<Result<(), Infallible>>();
+        let error = setup("basic.qos", &options, silent)
+            .await
+            .expect_err("the broker never answers");
+        assert!(
+            matches!(
+                error.failure,
+                ConsumeFailure::SetupTimedOut { step: "basic.qos", waited } if waited == Duration::from_millis(1)
+            ),
+            "{error:?}"
+        );
+        // No slot at all would stop the loop before its first message.
+        let none = ConsumeOptions::default().concurrency(0);
+        assert_eq!(slots(&none).available_permits(), 1);
+    }
+
+    /// The loop's answer counts each disposition as the broker took it, whether the loop
+    /// ended on a shutdown or on a failure.
+    #[test]
+    fn the_outcome_counts_each_disposition_as_the_broker_took_it() {
+        let tally = Tally::default();
+        let ack = Disposition::Ack {
+            reason: AckReason::Processed,
+        };
+        let requeue = Disposition::Requeue {
+            delay: Duration::ZERO,
+            reason: RequeueReason::RetryableFailure,
+        };
+        let dead_letter = Disposition::DeadLetter {
+            reason: DeadLetterReason::PermanentFailure,
+        };
+        tally.count(&ack, Settled::AsGiven);
+        tally.count(&requeue, Settled::AsGiven);
+        tally.count(&dead_letter, Settled::AsRequeue);
+        tally.count(&dead_letter, Settled::AsGiven);
+        tally.count(&requeue, Settled::AsDeadLetter);
+        tally.count(&dead_letter, Settled::AsGiven);
+        for _ in 0..4 {
+            tally.count(&ack, Settled::Not);
+        }
+        let expected = ConsumeSummary {
+            acked: 1,
+            requeued: 2,
+            dead_lettered: 3,
+            unsettled: 4,
+        };
+        assert_eq!(tally.outcome(None).expect("no failure"), expected);
+        let failure = ConsumeFailure::Stream {
+            source: "the connection is gone".into(),
+        };
+        let error = tally.outcome(Some(failure)).expect_err("a failure");
+        assert_eq!(error.summary, expected);
+        assert!(
+            matches!(error.failure, ConsumeFailure::Stream { .. }),
+            "{error:?}"
+        );
+    }
+
+    /// A requeue that is the message's own fault (its operation failed, retryably) goes
+    /// back to the broker at once: held and run again here, it would never count against
+    /// the message's delivery limit, and a message that always fails would go round its
+    /// handler for ever.
+    #[tokio::test]
+    async fn a_requeue_that_is_the_messages_fault_is_handed_back_not_held() {
+        let calls = AtomicU64::new(0);
+        let handler = |_: Message| {
+            let call = calls.fetch_add(1, Ordering::Relaxed);
+            async move {
+                if call == 0 {
+                    Disposition::Requeue {
+                        delay: Duration::ZERO,
+                        reason: RequeueReason::RetryableFailure,
+                    }
+                } else {
+                    Disposition::Ack {
+                        reason: AckReason::Processed,
+                    }
+                }
+            }
+        };
+        let (_running, stopping) = watch::channel(false);
+        let disposition = handled(&handler, Message::new("m1", "body"), Stopping(stopping))
+            .await
+            .expect("the handler does not panic");
+        assert_eq!(
+            disposition,
+            Disposition::Requeue {
+                delay: Duration::ZERO,
+                reason: RequeueReason::RetryableFailure,
+            }
+        );
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+
+    async fn broken(_: Message) -> Disposition {
+        panic!("the handler broke")
+    }
+
+    /// A broker at a message's last delivery: a requeue goes to the dead-letter route.
+    struct LastDelivery;
+
+    impl Broker for LastDelivery {
+        type Delivery = Message;
+        type Settler = ();
+
+        fn open(&self, delivery: Message) -> (Result<Message, MissingId>, ()) {
+            (Ok(delivery), ())
+        }
+
+        fn keep_alive(&self, (): &()) -> impl Future<Output = ()> + Send {
+            std::future::pending()
+        }
+
+        async fn settle(&self, (): (), disposition: &Disposition, _: Stopping) -> Settled {
+            match disposition {
+                Disposition::Requeue { .. } => Settled::AsDeadLetter,
+                _ => Settled::AsGiven,
+            }
+        }
+    }
+
+    /// A message whose handler panicked at its last delivery is dead-lettered, not coming
+    /// back: counted as unsettled, the summary said the broker would deliver it again.
+    #[tokio::test]
+    async fn a_panicked_message_sent_to_the_dead_letter_route_is_counted_dead_lettered() {
+        let tally = Arc::new(Tally::default());
+        let stream = futures::stream::iter([Ok::<_, Infallible>(Message::new("m1", "body"))]);
+        let failure = run(
+            Arc::new(LastDelivery),
+            stream,
+            Arc::new(Semaphore::new(1)),
+            std::future::pending(),
+            async {},
+            Arc::clone(&tally),
+            broken,
+        )
+        .await;
+        assert!(
+            matches!(failure, Some(ConsumeFailure::Stream { .. })),
+            "the stream ended: {failure:?}"
+        );
+        let summary = tally.outcome(None).expect("no failure");
+        assert_eq!(
+            summary,
+            ConsumeSummary {
+                dead_lettered: 1,
+                ..ConsumeSummary::default()
+            }
+        );
+    }
+
+    /// A broker whose client panics when it settles the message `m1`.
+    struct PanicsOnM1;
+
+    impl Broker for PanicsOnM1 {
+        type Delivery = Message;
+        type Settler = String;
+
+        fn open(&self, delivery: Message) -> (Result<Message, MissingId>, String) {
+            let id = delivery.id().to_owned();
+            (Ok(delivery), id)
+        }
+
+        fn keep_alive(&self, _: &String) -> impl Future<Output = ()> + Send {
+            std::future::pending()
+        }
+
+        async fn settle(&self, id: String, _: &Disposition, _: Stopping) -> Settled {
+            assert_ne!(id, "m1", "the broker client broke");
+            Settled::AsGiven
+        }
+    }
+
+    /// The loop collects its finished tasks as it goes, not only at its end: one that ran
+    /// for days would otherwise hold every task it ever started, and a panicked one would
+    /// be counted only once it stopped.
+    #[tokio::test]
+    async fn finished_tasks_are_collected_while_the_loop_runs() {
+        let tally = Arc::new(Tally::default());
+        let (started, second_started) = oneshot::channel::<()>();
+        let started = Mutex::new(Some(started));
+        let (finish, may_finish) = watch::channel(false);
+        let handler = move |message: Message| {
+            let second = (message.id() == "m2")
+                .then(|| started.lock().expect("not poisoned").take())
+                .flatten();
+            let mut may_finish = may_finish.clone();
+            async move {
+                if let Some(started) = second {
+                    let _ = started.send(());
+                    let _ = may_finish.wait_for(|finish| *finish).await;
+                }
+                Disposition::Ack {
+                    reason: AckReason::Processed,
+                }
+            }
+        };
+        let messages = ["m1", "m2"].map(|id| Ok::<_, Infallible>(Message::new(id, "body")));
+        let running = tokio::spawn(run(
+            Arc::new(PanicsOnM1),
+            futures::stream::iter(messages),
+            // One slot: `m2` is taken only once `m1`'s task is over.
+            Arc::new(Semaphore::new(1)),
+            std::future::pending(),
+            async {},
+            Arc::clone(&tally),
+            handler,
+        ));
+        second_started.await.expect("m2 runs");
+        assert_eq!(
+            tally.summary().unsettled,
+            1,
+            "m1's task panicked before m2 was taken, and is not collected yet"
+        );
+        finish.send(true).expect("m2 waits");
+        running.await.expect("the loop does not panic");
+        assert_eq!(
+            tally.summary(),
+            ConsumeSummary {
+                acked: 1,
+                unsettled: 1,
+                ..ConsumeSummary::default()
+            }
+        );
+    }
+
+    /// A broker that tells each disposition it is given.
+    struct Told(mpsc::UnboundedSender<String>);
+
+    impl Broker for Told {
+        type Delivery = Message;
+        type Settler = ();
+
+        fn open(&self, delivery: Message) -> (Result<Message, MissingId>, ()) {
+            (Ok(delivery), ())
+        }
+
+        fn keep_alive(&self, (): &()) -> impl Future<Output = ()> + Send {
+            std::future::pending()
+        }
+
+        async fn settle(&self, (): (), disposition: &Disposition, _: Stopping) -> Settled {
+            let _ = self.0.send(disposition.to_string());
+            Settled::AsGiven
+        }
+    }
+
+    /// A loop whose future is dropped (a `select!` on ctrl-c) leaves its messages in
+    /// flight to finish and be settled: aborted, one whose operation had run would lose its
+    /// outcome write and its ack, and its redelivery would run it again.
+    #[tokio::test]
+    async fn a_dropped_loop_leaves_its_messages_to_finish_and_be_settled() {
+        let (told, mut settled) = mpsc::unbounded_channel();
+        let (started, handler_started) = oneshot::channel::<()>();
+        let started = Mutex::new(Some(started));
+        let (finish, may_finish) = watch::channel(false);
+        let handler = move |_: Message| {
+            let started = started.lock().expect("not poisoned").take();
+            let mut may_finish = may_finish.clone();
+            async move {
+                if let Some(started) = started {
+                    let _ = started.send(());
+                }
+                let _ = may_finish.wait_for(|finish| *finish).await;
+                Disposition::Ack {
+                    reason: AckReason::Processed,
+                }
+            }
+        };
+        let delivery = Ok::<_, Infallible>(Message::new("m1", "body"));
+        let stream = futures::stream::iter([delivery]).chain(futures::stream::pending());
+        let running = tokio::spawn(run(
+            Arc::new(Told(told)),
+            stream,
+            Arc::new(Semaphore::new(1)),
+            std::future::pending(),
+            async {},
+            Arc::new(Tally::default()),
+            handler,
+        ));
+        handler_started.await.expect("m1 runs");
+        running.abort();
+        let _ = running.await;
+        let _ = finish.send(true);
+        assert_eq!(
+            settled.recv().await.as_deref(),
+            Some("ack (Processed)"),
+            "the message in flight was never settled"
+        );
     }
 }
