@@ -474,13 +474,15 @@ impl<S: TokenStore> Tokens<S> {
 /// SHA-256 over the key's parts, each after its length (no two keys share the bytes hashed),
 /// behind a label of this use.
 fn consumer_of(key: &Key) -> OwnerToken {
-    let mut bytes = Vec::with_capacity(32 + key.namespace().len() + key.id().len());
-    bytes.extend_from_slice(b"idem token consumer of a key\0");
-    for part in [key.namespace(), key.id()] {
-        bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(part.as_bytes());
-    }
-    let digest = Fingerprint::from_bytes(&bytes);
+    let (namespace, id) = (key.namespace().as_bytes(), key.id().as_bytes());
+    let lengths = [namespace.len() as u64, id.len() as u64].map(u64::to_be_bytes);
+    let digest = Fingerprint::from_byte_parts([
+        b"idem token consumer of a key\0".as_slice(),
+        &lengths[0],
+        namespace,
+        &lengths[1],
+        id,
+    ]);
     let mut first = [0_u8; 16];
     first.copy_from_slice(&digest.as_bytes()[..16]);
     OwnerToken::from_bytes(first)
