@@ -132,7 +132,7 @@ impl<S: IdempotencyStore> Drop for InFlight<'_, S> {
 /// One send of the claim, without the trait's box where the store has none.
 ///
 /// Awaited through this function, whose future is `Send` by its signature, and not as
-/// `store.claim_unboxed(..)` in the loop above: there rustc would have to prove the
+/// `store.claim_unboxed(..)` in `claim` and its resends: there rustc would have to prove the
 /// store's own future `Send` for every lifetime of a `dyn IdempotencyStore` behind an `Arc`,
 /// which it cannot ("implementation of `Send` is not general enough"), and a spawned
 /// `execute` on an `Arc<dyn IdempotencyStore>` would not compile
