@@ -1,18 +1,25 @@
 //! The consumer rows: messages/s through idem-consumer's helper (`handle_message` on the
-//! Redis store, inside the adapter's consume loop) against the same consume loop acking
-//! every message without idem, on the same broker, in the same run, at T messages in
-//! flight (`--tasks`, 64 by default: the loop's concurrency and RabbitMQ's prefetch).
+//! Redis store, inside the adapter's consume loop), on the same broker, in the same run,
+//! at T messages in flight (`--tasks`, 64 by default: the loop's concurrency and
+//! RabbitMQ's prefetch), against two loops:
+//!
+//! - the floor: the same consume loop doing the raw two-round-trip protocol on Redis for
+//!   each message before acking it (the Redis section's execute floor: `SET NX PX GET`,
+//!   then a minimal Lua compare-and-set), the least any store-backed deduplication costs;
+//!   the target is against it;
+//! - the bare loop, acking without any store: what deduplication costs on this broker at
+//!   all, printed without a target, since it is the store's cost over the broker's.
 //!
 //! Each slice publishes fresh messages (each with an ID never seen, so idem runs the
 //! operation and stores its outcome: the claim and the complete, two Redis round trips)
 //! into a queue or stream of its own, untimed; then times one consume loop from its start
-//! until every message is acked and the loop has returned. The two sides take slices in
-//! turns, as [`compare`](crate::measure::compare) does, and every queue, stream and Redis
-//! key a run makes is deleted at its end.
+//! until every message is acked and the loop has returned. The sides take slices in
+//! rotating turns, as [`compare`](crate::measure::compare) does for two, and every queue,
+//! stream and Redis key a run makes is deleted at its end.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use idem::consumer::amqp::{self, lapin};
@@ -22,17 +29,22 @@ use idem::redis::RedisStore;
 use idem::{Config, Error, Idempotency};
 use tokio::sync::Notify;
 
+use crate::backend::BenchBackend;
 use crate::claims::Never;
 use crate::keys::fresh_tag;
 use crate::measure::{Figure, Mode, SLICES, measured_ops};
+use crate::redis::Redis;
 use crate::report::Row;
 use crate::settings::Settings;
 
 /// What the floor side is.
-const FLOOR: &str = "the same consume loop, acking without idem";
+const FLOOR: &str = "the same loop + SET NX PX GET + EVALSHA CAS";
 
-/// The target: idem's loop at 0.8× the bare loop's messages/s, on Redis.
-const TARGET: f64 = 0.8;
+/// What the bare side is.
+const BARE: &str = "the same loop, acking without a store";
+
+/// The target: idem's loop at 0.85× the floor's messages/s, as for the Redis section's execute.
+const TARGET: f64 = 0.85;
 
 /// The RabbitMQ row.
 pub async fn amqp_rows(settings: &Settings) -> Result<Vec<Row>, Error> {
@@ -74,64 +86,72 @@ trait Broker: Send + Sync + Sized {
 
 /// Connects the store, measures, and cleans up whatever happened.
 async fn rows<B: Broker>(broker: B, settings: &Settings) -> Result<Vec<Row>, Error> {
-    let url = service_url("IDEM_REDIS_URL", "redis://127.0.0.1:6379");
-    let prefix = format!("idem-bench-consumer:{}:", fresh_tag());
+    let redis = match Redis::connect(settings).await {
+        Ok(redis) => Arc::new(redis),
+        Err(e) => {
+            broker.close().await;
+            return Err(e);
+        }
+    };
     let measured = async {
-        let store = RedisStore::builder()
-            .prefix(prefix.clone())
-            .connect(&url)
-            .await?;
         // Records outlive a run that dies before deleting them by ten minutes at most.
         let config = Config::builder()
             .success_retention(Duration::from_secs(600))
             .build()?;
-        let consumer = Consumer::new(Idempotency::with_config(store, config)?, "bench")?;
-        measure(&broker, &consumer, settings).await
+        let idempotency = Idempotency::with_config(redis.store().clone(), config)?;
+        let consumer = Consumer::new(idempotency, "bench")?;
+        measure(&broker, &consumer, &redis, settings).await
     }
     .await;
     broker.close().await;
-    let deleted = crate::redis::delete_prefix(&url, &prefix).await;
-    let (idem, raw) = measured?;
+    let deleted = redis.close().await;
+    let [idem, floor, bare] = measured?;
     deleted?;
-    Ok(vec![Row {
+    let row = |operation, floor_name, floor, target| Row {
         backend: B::NAME,
-        operation: "consume",
-        floor: FLOOR,
+        operation,
+        floor: floor_name,
         mode: Mode::Throughput(settings.tasks),
         idem,
-        raw,
-        target: Some(TARGET),
-    }])
+        raw: floor,
+        target,
+    };
+    Ok(vec![
+        row("consume", FLOOR, floor, Some(TARGET)),
+        row("consume (bare)", BARE, bare, None),
+    ])
 }
 
-/// Times both sides over [`SLICES`] slices each, in turns, after a warm-up of each.
+/// Times the three sides (idem, the floor, the bare loop) over [`SLICES`] slices each, in
+/// rotating turns, after a warm-up of each; answers their figures in that order.
 async fn measure<B: Broker>(
     broker: &B,
     consumer: &Consumer<RedisStore>,
+    redis: &Arc<Redis>,
     settings: &Settings,
-) -> Result<(Figure, Figure), Error> {
-    let mode = Mode::Throughput(settings.tasks);
-    let per_slice = measured_ops(settings, mode).div_ceil(SLICES);
-    let idem = Side::Idem(consumer.clone());
-    for side in [&idem, &Side::Bare] {
+) -> Result<[Figure; 3], Error> {
+    let per_slice = measured_ops(settings, Mode::Throughput(settings.tasks)).div_ceil(SLICES);
+    let sides = [
+        Side::Idem(consumer.clone()),
+        Side::Floor(Arc::clone(redis)),
+        Side::Bare,
+    ];
+    for side in &sides {
         slice(broker, side, per_slice / 4, settings.tasks).await?;
     }
-    let (mut idem_time, mut bare_time) = (Duration::ZERO, Duration::ZERO);
+    let mut elapsed = [Duration::ZERO; 3];
     for n in 0..SLICES {
-        if n % 2 == 0 {
-            idem_time += slice(broker, &idem, per_slice, settings.tasks).await?;
-            bare_time += slice(broker, &Side::Bare, per_slice, settings.tasks).await?;
-        } else {
-            bare_time += slice(broker, &Side::Bare, per_slice, settings.tasks).await?;
-            idem_time += slice(broker, &idem, per_slice, settings.tasks).await?;
+        // Each side goes first, second and third in turn, so none always follows the same.
+        for k in 0..sides.len() {
+            let which = (n + k) % sides.len();
+            elapsed[which] += slice(broker, &sides[which], per_slice, settings.tasks).await?;
         }
     }
-    let figure = |elapsed: Duration| Figure {
+    Ok(elapsed.map(|elapsed| Figure {
         p50: Duration::ZERO,
         p99: Duration::ZERO,
         per_sec: (per_slice * SLICES) as f64 / elapsed.as_secs_f64(),
-    };
-    Ok((figure(idem_time), figure(bare_time)))
+    }))
 }
 
 /// Publishes `count` new messages into a queue of their own (untimed), then times one
@@ -149,18 +169,26 @@ async fn slice<B: Broker>(
         handled: AtomicUsize::new(0),
         count,
         all_handled: Notify::new(),
+        floor_failed: OnceLock::new(),
     });
     let handler = Handler {
         side: side.clone(),
         finish: Arc::clone(&finish),
     };
     let started = Instant::now();
-    let done = async move { finish.all_handled.notified().await };
+    let handled = Arc::clone(&finish);
+    let done = async move { handled.all_handled.notified().await };
     let consumed = broker.consume(&queue, concurrency, handler, done).await;
     let elapsed = started.elapsed();
     let removed = broker.remove(queue).await;
     let summary = consumed?;
     removed?;
+    if let Some(e) = finish.floor_failed.get() {
+        return Err(Error::backend(format!(
+            "{}: the floor's protocol failed: {e}",
+            B::NAME
+        )));
+    }
     let clean = summary.requeued == 0 && summary.dead_lettered == 0 && summary.unsettled == 0;
     if usize::try_from(summary.acked).ok() != Some(count) || !clean {
         return Err(Error::backend(format!(
@@ -178,6 +206,8 @@ struct Finish {
     count: usize,
     /// `notify_one` keeps a permit, so the loop's shutdown sees it even if it polls later.
     all_handled: Notify,
+    /// The first error of the floor's protocol, if any.
+    floor_failed: OnceLock<String>,
 }
 
 /// Which side of the comparison a loop is.
@@ -185,7 +215,10 @@ struct Finish {
 enum Side {
     /// idem-consumer's helper on the Redis store, with an operation that does nothing.
     Idem(Consumer<RedisStore>),
-    /// The floor: ack at once.
+    /// The floor: the raw claim and compare-and-set on Redis under the message's ID, then
+    /// ack.
+    Floor(Arc<Redis>),
+    /// Ack at once.
     Bare,
 }
 
@@ -206,6 +239,16 @@ impl Handler {
                     consumer
                         .handle_message(&message, || async { Ok::<_, Never>(()) })
                         .await
+                }
+                Side::Floor(redis) => {
+                    if let Err(e) = redis.raw_execute(message.id(), 0).await {
+                        // The slice then fails: a floor that skipped its protocol would
+                        // flatter idem.
+                        let _ = this.finish.floor_failed.set(e.to_string());
+                    }
+                    Disposition::Ack {
+                        reason: AckReason::Processed,
+                    }
                 }
                 Side::Bare => Disposition::Ack {
                     reason: AckReason::Processed,

@@ -230,12 +230,6 @@ fn driver(error: RedisError) -> Error {
     Error::backend(error)
 }
 
-/// Deletes every key under `prefix` on the server at `url`, over a connection of its own:
-/// for sections that run a Redis store without a [`Redis`] backend.
-pub async fn delete_prefix(url: &str, prefix: &str) -> Result<(), Error> {
-    delete_run_keys(&manager(url).await?, prefix).await
-}
-
 /// Deletes every key under `prefix` (SCAN, then UNLINK each batch found).
 async fn delete_run_keys(raw: &ConnectionManager, prefix: &str) -> Result<(), Error> {
     let mut connection = raw.clone();

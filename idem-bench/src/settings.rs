@@ -14,7 +14,8 @@ OPTIONS:
                       on memory, Redis and Redis behind the replay cache, served by a
                       child process of this binary, amqp / nats:
                       idem-consumer's consume loop on RabbitMQ / NATS JetStream with
-                      the Redis store, against the same loop acking without idem)
+                      the Redis store, against the same loop doing the raw Redis
+                      protocol per message, and the same loop acking without a store)
                       [default: memory,redis,mysql,postgres,redis+cache,http,amqp,nats]
     --ops N           operations per latency measurement; throughput uses 4N, and
                       more where one operation takes microseconds (memory 64N,
@@ -29,9 +30,10 @@ OPTIONS:
 
 Each row times idem and its floor (the raw client doing the same steps) in turns, at one
 task (p50/p99 latency, timed inside a spawned task) and at T tasks (ops/s). The consumer
-rows (amqp, nats) are messages/s only: 4N fresh messages per side, in slices, each slice
-in a queue or stream of its own that is deleted afterwards. The exit code is 1 when a row
-misses its target, 2 on a bad option.
+rows (amqp, nats) are messages/s only: 4N fresh messages per side (idem, the raw
+protocol's floor, the bare loop, taking slices in turns), each slice in a queue or
+stream of its own that is deleted afterwards. The exit code is 1 when a row misses its
+target, 2 on a bad option.
 ";
 
 /// What to run, from the command line.
