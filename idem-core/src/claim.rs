@@ -50,10 +50,13 @@ impl ClaimRequest {
     }
 
     /// The lease a store grants this request under `fencing`, for its
-    /// [`Claim::Acquired`].
+    /// [`Claim::Acquired`]: this request's key, owner and fingerprint, and its lease TTL as
+    /// the lease's [`granted_ttl`](Lease::granted_ttl).
     #[must_use]
     pub fn lease(&self, fencing: u64) -> Lease {
-        Lease::new(self.key.clone(), self.owner, fencing).with_fingerprint(self.fingerprint)
+        Lease::new(self.key.clone(), self.owner, fencing)
+            .with_fingerprint(self.fingerprint)
+            .granted_for(self.lease_ttl)
     }
 }
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::fingerprint::Fingerprint;
 use crate::key::Key;
+use crate::ttl::Ttl;
 
 /// Names one attempt at a request. Made once per attempt (the executor makes one per call)
 /// and sent with every claim of that attempt.
@@ -71,8 +72,9 @@ impl fmt::Debug for OwnerToken {
 /// [`Error::LeaseLost`]: crate::Error::LeaseLost
 ///
 /// Two leases are equal when their key, owner, fencing number and fingerprint are. When
-/// this process sent the claim that granted the lease ([`Lease::claim_sent`]) is local
-/// knowledge, not part of the right, and not compared.
+/// this process sent the claim that granted the lease ([`Lease::claim_sent`]) and the TTL it
+/// asked for ([`Lease::granted_ttl`]) are local knowledge, not part of the right, and not
+/// compared.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Lease {
@@ -91,6 +93,8 @@ pub struct Lease {
     pub fingerprint: Option<Fingerprint>,
     /// When the claim that granted the lease was sent, where the engine knows it.
     claim_sent: Option<Instant>,
+    /// The lease TTL the granting claim asked for, where the lease came from one.
+    granted_ttl: Option<Ttl>,
 }
 
 impl PartialEq for Lease {
@@ -136,6 +140,7 @@ impl Lease {
             fencing,
             fingerprint: None,
             claim_sent: None,
+            granted_ttl: None,
         }
     }
 
@@ -155,6 +160,23 @@ impl Lease {
     #[must_use]
     pub(crate) fn sent_at(mut self, sent: Instant) -> Self {
         self.claim_sent = Some(sent);
+        self
+    }
+
+    /// The lease TTL of the claim that granted this lease, if known: set by
+    /// [`ClaimRequest::lease`](crate::ClaimRequest::lease), unknown on a lease built with
+    /// [`Lease::new`]. A store whose claimed record depends on it (idem-redis's does) can
+    /// then rebuild that record exactly; a renewal with another TTL may have changed it
+    /// since, so it is a hint to check against the store, never proof.
+    #[must_use]
+    pub const fn granted_ttl(&self) -> Option<Ttl> {
+        self.granted_ttl
+    }
+
+    /// This lease, granted by a claim that asked for `ttl`.
+    #[must_use]
+    pub(crate) fn granted_for(mut self, ttl: Ttl) -> Self {
+        self.granted_ttl = Some(ttl);
         self
     }
 
@@ -183,7 +205,7 @@ mod tests {
 
     /// A lease is its key, owner, fencing number and fingerprint: two leases that differ
     /// in any one of them are different rights, and compare and hash apart; when the claim
-    /// was sent is local knowledge and changes neither.
+    /// was sent and the TTL it asked for are local knowledge and change neither.
     #[test]
     fn leases_compare_and_hash_by_their_right_alone() {
         let state = RandomState::new();
@@ -194,6 +216,11 @@ mod tests {
         let sent = lease.clone().sent_at(Instant::now());
         assert_eq!(sent, lease);
         assert_eq!(state.hash_one(&sent), state.hash_one(&lease));
+        let granted = lease
+            .clone()
+            .granted_for(Ttl::from_secs(90).expect("valid"));
+        assert_eq!(granted, lease);
+        assert_eq!(state.hash_one(&granted), state.hash_one(&lease));
 
         let other_key = Lease {
             key: Key::new("lease", "other").expect("valid"),
@@ -212,5 +239,15 @@ mod tests {
             assert_ne!(other, lease, "{other:?}");
             assert_ne!(state.hash_one(&other), state.hash_one(&lease), "{other:?}");
         }
+    }
+
+    /// A store's lease carries the TTL its claim asked for; a lease made by hand knows none.
+    #[test]
+    fn a_granted_lease_knows_its_claims_ttl() {
+        let key = Key::new("lease", "k").expect("valid");
+        let ttl = Ttl::from_secs(90).expect("valid");
+        let request = crate::ClaimRequest::new(key.clone(), ttl);
+        assert_eq!(request.lease(3).granted_ttl(), Some(ttl));
+        assert_eq!(Lease::new(key, OwnerToken::random(), 3).granted_ttl(), None);
     }
 }

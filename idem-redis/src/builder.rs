@@ -8,6 +8,7 @@ use idem_core::Error;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ErrorKind, ProtocolVersion, ServerErrorKind};
 
+use crate::conditional_set::ConditionalSet;
 use crate::connection::{Connection, Deadline, RedisConnection};
 use crate::errors::{from_redis, timed_out};
 use crate::keys::validate_prefix;
@@ -49,6 +50,7 @@ pub struct RedisStoreBuilder<S = RedisStore> {
     connection_timeout: Duration,
     response_timeout: Duration,
     replicas: Option<(u32, Duration)>,
+    conditional_set: bool,
     store: PhantomData<fn() -> S>,
 }
 
@@ -72,6 +74,7 @@ impl<S> fmt::Debug for RedisStoreBuilder<S> {
             .field("connection_timeout", &self.connection_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("replicas", &self.replicas)
+            .field("conditional_set", &self.conditional_set)
             .finish()
     }
 }
@@ -84,6 +87,7 @@ impl<S> RedisStoreBuilder<S> {
             connection_timeout: RedisStore::DEFAULT_CONNECTION_TIMEOUT,
             response_timeout: RedisStore::DEFAULT_RESPONSE_TIMEOUT,
             replicas: None,
+            conditional_set: true,
             store: PhantomData,
         }
     }
@@ -226,46 +230,49 @@ fn refused_hello(err: &redis::RedisError) -> bool {
     )
 }
 
-/// How each store is put together from its connection and the builder's settings (a token
-/// store takes neither a payload limit nor a replica wait).
+/// What a store is put together from, besides its connection: the builder's settings and
+/// what connecting found.
+struct Parts<C> {
+    max_payload: usize,
+    replication: Option<Replication>,
+    /// Connections of their own for replicated finishes (none on an application's).
+    wait_lanes: Vec<Connection<C>>,
+    conditional_set: ConditionalSet,
+}
+
+/// How each store is put together from its connection and [`Parts`] (a token store takes
+/// none of them: it has no payload limit, no replica wait and no finish).
 trait Assemble {
     /// The store on a connection of type `C`.
     type On<C: RedisConnection>;
+    /// Whether the store finishes records, and so asks the server for its conditional `SET`.
+    const FINISHES: bool;
 
-    fn assemble<C: RedisConnection>(
-        connection: Connection<C>,
-        max_payload: usize,
-        replication: Option<Replication>,
-        wait_lanes: Vec<Connection<C>>,
-    ) -> Self::On<C>;
+    fn assemble<C: RedisConnection>(connection: Connection<C>, parts: Parts<C>) -> Self::On<C>;
 }
 
 impl Assemble for RedisStore {
     type On<C: RedisConnection> = RedisStore<C>;
+    const FINISHES: bool = true;
 
-    fn assemble<C: RedisConnection>(
-        connection: Connection<C>,
-        max_payload: usize,
-        replication: Option<Replication>,
-        wait_lanes: Vec<Connection<C>>,
-    ) -> RedisStore<C> {
+    fn assemble<C: RedisConnection>(connection: Connection<C>, parts: Parts<C>) -> RedisStore<C> {
         RedisStore::new(
             connection,
-            max_payload,
-            replication,
-            WaitLanes::new(wait_lanes),
+            parts.max_payload,
+            parts.replication,
+            WaitLanes::new(parts.wait_lanes),
+            parts.conditional_set,
         )
     }
 }
 
 impl Assemble for RedisTokenStore {
     type On<C: RedisConnection> = RedisTokenStore<C>;
+    const FINISHES: bool = false;
 
     fn assemble<C: RedisConnection>(
         connection: Connection<C>,
-        _max_payload: usize,
-        _replication: Option<Replication>,
-        _wait_lanes: Vec<Connection<C>>,
+        _parts: Parts<C>,
     ) -> RedisTokenStore<C> {
         RedisTokenStore::new(connection)
     }
@@ -295,12 +302,18 @@ impl<S> RedisStoreBuilder<S> {
             self.managed(client.clone()),
             self.wait_lanes(&client, replication.as_ref())
         )?;
-        Ok(S::assemble(
-            connection,
-            self.max_payload,
+        // Asked now, so that even the first finish is one round trip.
+        let conditional_set = self
+            .finishing::<S>(replication.as_ref())
+            .probe(&connection)
+            .await;
+        let parts = Parts {
+            max_payload: self.max_payload,
             replication,
             wait_lanes,
-        ))
+            conditional_set,
+        };
+        Ok(S::assemble(connection, parts))
     }
 
     fn build_on<C: RedisConnection>(self, connection: C) -> Result<S::On<C>, Error>
@@ -310,12 +323,13 @@ impl<S> RedisStoreBuilder<S> {
         let replication = self.replication()?;
         let connection = self.checked(connection)?;
         // The application's connection is the only one: replicated finishes go on it too.
-        Ok(S::assemble(
-            connection,
-            self.max_payload,
+        let parts = Parts {
+            max_payload: self.max_payload,
+            conditional_set: self.finishing::<S>(replication.as_ref()),
             replication,
-            Vec::new(),
-        ))
+            wait_lanes: Vec::new(),
+        };
+        Ok(S::assemble(connection, parts))
     }
 
     /// A manager with the default settings, which need no check: its own timeouts apply, and
@@ -325,7 +339,24 @@ impl<S> RedisStoreBuilder<S> {
         S: Assemble,
     {
         let connection = self.on(manager, Deadline::Store(self.deadline()));
-        S::assemble(connection, self.max_payload, None, Vec::new())
+        let parts = Parts {
+            max_payload: self.max_payload,
+            replication: None,
+            wait_lanes: Vec::new(),
+            conditional_set: self.finishing::<S>(None),
+        };
+        S::assemble(connection, parts)
+    }
+
+    /// Whether the store is to try the server's conditional `SET`: where it finishes, the
+    /// builder allows it, and no `WAIT` follows a finish (the script recognises a finish
+    /// sent again for its `WAIT` to count; the conditional `SET` cannot).
+    fn finishing<A: Assemble>(&self, replication: Option<&Replication>) -> ConditionalSet {
+        if A::FINISHES && self.conditional_set && replication.is_none() {
+            ConditionalSet::untried()
+        } else {
+            ConditionalSet::off()
+        }
     }
 }
 
@@ -383,6 +414,25 @@ impl RedisStoreBuilder<RedisStore> {
     /// Default: no waiting (a finish returns once the primary applied it).
     pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replicas = Some((replicas, timeout));
+        self
+    }
+
+    /// Whether a complete or fail is sent as the server's own compare-and-set, `SET key
+    /// finished IFEQ claimed PX retention`, where the server offers it (Valkey 8.1 and
+    /// later, Redis 8.4 and later): one plain command, which costs the server about a fifth
+    /// of what the finish script does. It writes only where the key holds exactly the
+    /// claimed record the lease's claim wrote; where it writes nothing (a lost lease, a
+    /// lease renewed with another TTL, a lease made by hand), the finish script runs after
+    /// it and decides, so the answers are the script's either way. Whether the server
+    /// offers it is asked as the store connects ([`connect`](Self::connect),
+    /// [`connect_client`](Self::connect_client)), or learnt from the first finish of a
+    /// store [`build`](Self::build) on an application's connection; servers that do not
+    /// know it get the script, as with `false`. A store that waits for replicas
+    /// ([`wait_for_replicas`](Self::wait_for_replicas)) always runs the script.
+    ///
+    /// Default: `true`.
+    pub fn conditional_set(mut self, use_it: bool) -> Self {
+        self.conditional_set = use_it;
         self
     }
 }

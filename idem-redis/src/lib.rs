@@ -5,6 +5,7 @@
 mod lua_shared;
 
 mod builder;
+mod conditional_set;
 mod connection;
 mod errors;
 #[doc(hidden)]

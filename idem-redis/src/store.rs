@@ -13,6 +13,7 @@ use idem_core::{
 use redis::aio::ConnectionManager;
 use redis::{Cmd, RedisWrite, Value};
 
+use crate::conditional_set::{ConditionalSet, not_offered};
 use crate::connection::{Connection, RedisConnection};
 use crate::errors::is_write_refused;
 use crate::keys::{RecordKey, record_key};
@@ -40,6 +41,8 @@ pub struct RedisStore<C = ConnectionManager> {
     /// The connections those finishes are sent on, so that their `WAIT` holds up no other
     /// call (none on an application's connection: they then go on `connection`).
     wait_lanes: WaitLanes<C>,
+    /// Whether finishes try the server's conditional `SET` before the script.
+    conditional_set: ConditionalSet,
 }
 
 impl<C: Clone> Clone for RedisStore<C> {
@@ -49,6 +52,7 @@ impl<C: Clone> Clone for RedisStore<C> {
             max_payload: self.max_payload,
             replication: self.replication,
             wait_lanes: self.wait_lanes.clone(),
+            conditional_set: self.conditional_set.clone(),
         }
     }
 }
@@ -60,6 +64,7 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("max_payload", &self.max_payload)
             .field("replication", &self.replication)
             .field("wait_lanes", &self.wait_lanes.len())
+            .field("conditional_set", &self.conditional_set)
             .finish_non_exhaustive()
     }
 }
@@ -81,12 +86,14 @@ impl<C: RedisConnection> RedisStore<C> {
         max_payload: usize,
         replication: Option<Replication>,
         wait_lanes: WaitLanes<C>,
+        conditional_set: ConditionalSet,
     ) -> Self {
         Self {
             connection,
             max_payload,
             replication,
             wait_lanes,
+            conditional_set,
         }
     }
 
@@ -153,6 +160,17 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
+        let started = Instant::now();
+        // A finish whose `WAIT` must count the replicas of a resent finish too runs the
+        // script, which recognises one (the conditional `SET` cannot).
+        let tried = self.replication.is_none() && self.conditional_set.usable();
+        if tried
+            && self
+                .finish_by_conditional_set(lease, &payload, retention, phase)
+                .await?
+        {
+            return Ok(());
+        }
         let mut call = self.transition(&SCRIPTS.finish, lease, 3, 64 + payload.len())?;
         call.arg(retention.as_millis());
         // The finished record whole, with the lease's fingerprint, as one argument: the
@@ -165,6 +183,15 @@ impl<C: RedisConnection> RedisStore<C> {
             value.put_slice(&payload);
         }
         let Some(replication) = &self.replication else {
+            if tried {
+                // What the conditional `SET` did not write, the script decides, within the
+                // same call's deadline.
+                let reply = self
+                    .connection
+                    .run_after(started, &SCRIPTS.finish, &call)
+                    .await?;
+                return transition_done(reply);
+            }
             return self.run_transition(&SCRIPTS.finish, &call).await;
         };
         // A `WAIT` follows: the script is to recognise the same finish sent again.
@@ -190,6 +217,55 @@ impl<C: RedisConnection> RedisStore<C> {
             Ok(())
         } else {
             Err(Error::LeaseLost)
+        }
+    }
+
+    /// The finish as one `SET key finished IFEQ claimed PX retention`, where `claimed` is the
+    /// record the lease's claim wrote (see the `conditional_set` module):
+    /// `true` when it wrote; `false` when it did not, or the server does not know the
+    /// command, or the lease cannot tell what its claim wrote: the script then decides.
+    async fn finish_by_conditional_set(
+        &self,
+        lease: &Lease,
+        payload: &[u8],
+        retention: Ttl,
+        phase: u8,
+    ) -> Result<bool, Error> {
+        let Some(granted) = lease.granted_ttl() else {
+            return Ok(false);
+        };
+        // As `transition`: no fencing number the store cannot compare exactly.
+        if lease.fencing >= MAX_EXACT {
+            return Err(Error::LeaseLost);
+        }
+        let fingerprint = lease.fingerprint.as_ref();
+        let trace_ttl = lifecycle::trace_ttl(granted.as_millis());
+        let claimed = Claimed::new(lease.fencing, fingerprint, &lease.owner, trace_ttl);
+        let head = record::finished_head(phase, lease.fencing, fingerprint);
+        let head = head.as_bytes();
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &lease.key,
+        };
+        let mut set = Cmd::with_capacity(7, self.connection.prefix().len() + 200 + payload.len());
+        set.arg("SET").arg(&key);
+        {
+            let mut value = set.bufmut_for_next_arg(head.len() + payload.len());
+            value.put_slice(head);
+            value.put_slice(payload);
+        }
+        set.arg("IFEQ")
+            .arg(claimed.as_bytes())
+            .arg("PX")
+            .arg(retention.as_millis());
+        let answer = self.connection.query::<Value>(&set).await;
+        self.conditional_set.learn(&answer);
+        match answer {
+            Ok(Value::Okay) => Ok(true),
+            Ok(Value::Nil) => Ok(false),
+            Ok(other) => Err(reply::unexpected(format!("SET IFEQ answered {other:?}"))),
+            Err(error) if not_offered(&error) => Ok(false),
+            Err(error) => Err(error),
         }
     }
 

@@ -136,10 +136,25 @@ pub fn ttl_ms(millis: u64) -> Ttl {
     Ttl::from_millis(millis).expect("a valid TTL")
 }
 
-/// A `redis-server` of the test's own on a free loopback port, killed when dropped (also
-/// when the test fails).
+/// How to start the shared Valkey server (built into /opt on its first start).
+pub const START_VALKEY: &str = "bash .ci/services valkey";
+
+/// The shared Valkey server (8.1, which offers `SET ... IFEQ`), from `IDEM_VALKEY_URL`.
+pub fn valkey_url() -> String {
+    std::env::var("IDEM_VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6380".to_owned())
+}
+
+/// The `valkey-server` binary `.ci/services valkey` builds, or `IDEM_VALKEY_SERVER`.
+fn valkey_server() -> String {
+    std::env::var("IDEM_VALKEY_SERVER")
+        .unwrap_or_else(|_| "/opt/valkey-8.1.1/valkey-server".to_owned())
+}
+
+/// A `redis-server` (or `valkey-server`) of the test's own on a free loopback port, killed
+/// when dropped (also when the test fails).
 pub struct RedisServer {
     pub port: u16,
+    binary: String,
     extra_args: Vec<String>,
     child: Option<Child>,
 }
@@ -151,9 +166,19 @@ impl RedisServer {
 
     /// A server with more command-line options.
     pub fn start_with(extra_args: Vec<String>) -> Self {
+        Self::start_binary("redis-server".to_owned(), extra_args)
+    }
+
+    /// A Valkey 8.1 server, which offers `SET ... IFEQ`.
+    pub fn start_valkey() -> Self {
+        Self::start_binary(valkey_server(), Vec::new())
+    }
+
+    fn start_binary(binary: String, extra_args: Vec<String>) -> Self {
         let port = free_port();
         let mut server = Self {
             port,
+            binary,
             extra_args,
             child: None,
         };
@@ -168,7 +193,7 @@ impl RedisServer {
     /// Starts the server (again) on its port and waits until it answers.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "the server is already running");
-        let child = Command::new("redis-server")
+        let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(&self.extra_args)
@@ -178,7 +203,13 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
+            .unwrap_or_else(|err| {
+                panic!(
+                    "{} does not start ({err}): redis-server comes with apt-get install \
+                     redis-server, valkey-server with {START_VALKEY}",
+                    self.binary
+                )
+            });
         self.child = Some(child);
         self.wait_until_up();
     }
@@ -221,7 +252,7 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server on port {} did not start", self.port);
+        panic!("{} on port {} did not start", self.binary, self.port);
     }
 }
 
