@@ -36,6 +36,7 @@ type Section = fn(&Settings) -> Rows<'_>;
 const SECTIONS: &[(&str, Section)] = &[
     ("memory", |s| Box::pin(backend::rows::<memory::Memory>(s))),
     ("redis", |s| Box::pin(backend::rows::<redis::Redis>(s))),
+    ("valkey", |s| Box::pin(backend::rows::<redis::Valkey>(s))),
     ("mysql", |s| Box::pin(backend::rows::<mysql::Mysql>(s))),
     ("postgres", |s| Box::pin(backend::rows::<postgres::Pg>(s))),
     ("redis+cache", |s| {

@@ -1,4 +1,5 @@
-//! idem-redis against the raw `redis` client.
+//! idem-redis against the raw `redis` client, on Redis and on Valkey (8.1, whose `SET ...
+//! IFEQ` idem-redis finishes with, and so does the raw side there).
 //!
 //! Each side gets a [`ConnectionManager`] of its own with the same settings (the store the
 //! one `RedisStoreBuilder::connect_client` makes, the raw side one configured alike), shared
@@ -27,8 +28,11 @@ use crate::settings::Settings;
 const START_REDIS: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
      --save \"\" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log";
 
-/// The Redis store and a raw client of its own.
-pub struct Redis {
+/// How to start the shared Valkey server (built on its first start).
+const START_VALKEY: &str = "bash .ci/services valkey";
+
+/// The Redis store and a raw client of its own; on the shared Valkey server when `VALKEY`.
+pub struct Redis<const VALKEY: bool = false> {
     store: RedisStore,
     raw: ConnectionManager,
     /// Every Redis key of this run starts with it.
@@ -44,7 +48,10 @@ pub struct Redis {
     compare_and_set_sha: String,
 }
 
-impl Redis {
+/// The Valkey section: the same store and raw client, on Valkey 8.1.
+pub type Valkey = Redis<true>;
+
+impl<const VALKEY: bool> Redis<VALKEY> {
     /// The raw side's Redis key number `i` under `tag`, as long as idem's.
     fn raw_key(&self, tag: &str, i: usize) -> String {
         format!("{}raw:{{{tag}:{NAMESPACE}:{i}}}", self.prefix)
@@ -66,14 +73,18 @@ impl Redis {
     }
 }
 
-impl BenchBackend for Redis {
+impl<const VALKEY: bool> BenchBackend for Redis<VALKEY> {
     type Store = RedisStore;
-    const NAME: &'static str = "redis";
+    const NAME: &'static str = if VALKEY { "valkey" } else { "redis" };
 
     async fn connect(_: &Settings) -> Result<Self, Error> {
-        let url =
-            std::env::var("IDEM_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-        connect(&url).await
+        let (var, default, start) = if VALKEY {
+            ("IDEM_VALKEY_URL", "redis://127.0.0.1:6380", START_VALKEY)
+        } else {
+            ("IDEM_REDIS_URL", "redis://127.0.0.1:6379", START_REDIS)
+        };
+        let url = std::env::var(var).unwrap_or_else(|_| default.to_owned());
+        connect(&url, var, start).await
     }
 
     fn store(&self) -> &RedisStore {
@@ -85,10 +96,12 @@ impl BenchBackend for Redis {
     }
 
     fn floor(&self, operation: Operation) -> &'static str {
-        match operation {
-            Operation::ClaimNew | Operation::Replay => "SET NX PX GET",
-            Operation::Complete => "EVALSHA of a minimal Lua CAS",
-            Operation::Execute => "SET NX PX GET + EVALSHA CAS",
+        match (operation, VALKEY) {
+            (Operation::ClaimNew | Operation::Replay, _) => "SET NX PX GET",
+            (Operation::Complete, false) => "EVALSHA of a minimal Lua CAS",
+            (Operation::Execute, false) => "SET NX PX GET + EVALSHA CAS",
+            (Operation::Complete, true) => "SET IFEQ PX",
+            (Operation::Execute, true) => "SET NX PX GET + SET IFEQ PX",
         }
     }
 
@@ -147,12 +160,31 @@ impl BenchBackend for Redis {
             .map_err(driver)
     }
 
+    /// The leanest compare-and-set the server offers: `SET IFEQ` on Valkey, the minimal
+    /// script on Redis.
     async fn raw_complete(&self, tag: &str, i: usize) -> Result<(), Error> {
         let mut connection = self.raw.clone();
+        let key = self.raw_key(tag, i);
+        if VALKEY {
+            let written: Option<String> = ::redis::cmd("SET")
+                .arg(key)
+                .arg(&self.payload[..])
+                .arg("IFEQ")
+                .arg(&self.claim_value[..])
+                .arg("PX")
+                .arg(self.ttl.as_millis())
+                .query_async(&mut connection)
+                .await
+                .map_err(driver)?;
+            return match written {
+                Some(_) => Ok(()),
+                None => Err(Error::backend("raw SET IFEQ did not match")),
+            };
+        }
         let swapped: i64 = ::redis::cmd("EVALSHA")
             .arg(&self.compare_and_set_sha)
             .arg(1)
-            .arg(self.raw_key(tag, i))
+            .arg(key)
             .arg(&self.owner[..])
             .arg(&self.payload[..])
             .arg(self.ttl.as_millis())
@@ -179,11 +211,10 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_number_of_retries(0)
 }
 
-async fn manager(url: &str) -> Result<ConnectionManager, Error> {
+async fn manager(url: &str, var: &str, start: &str) -> Result<ConnectionManager, Error> {
     let unreachable = |reason: String| {
         Error::unavailable(format!(
-            "cannot reach Redis at {url} ({reason}); start it with: {START_REDIS} \
-             (or set IDEM_REDIS_URL)"
+            "cannot reach the server at {url} ({reason}); start it with: {start} (or set {var})"
         ))
     };
     let client = Client::open(url).map_err(|e| unreachable(e.to_string()))?;
@@ -194,7 +225,11 @@ async fn manager(url: &str) -> Result<ConnectionManager, Error> {
         .map_err(|e| unreachable(e.to_string()))
 }
 
-async fn connect(url: &str) -> Result<Redis, Error> {
+async fn connect<const VALKEY: bool>(
+    url: &str,
+    var: &str,
+    start: &str,
+) -> Result<Redis<VALKEY>, Error> {
     let prefix = format!("idem-bench:{}:", uuid::Uuid::new_v4().simple());
     // Connected as applications connect it: on the store's own manager, which bounds every
     // call itself, so the store adds no timer (`build` on a manager of the bench's would).
@@ -204,7 +239,13 @@ async fn connect(url: &str) -> Result<Redis, Error> {
         .connect_client(client)
         .await?;
     store.load_scripts().await?;
-    let mut raw = manager(url).await?;
+    if VALKEY && !store.finishes_by_conditional_set() {
+        // The section would measure the script path and say it measured the other.
+        return Err(Error::backend(format!(
+            "the server at {url} does not offer SET ... IFEQ (Valkey 8.1 or later does)"
+        )));
+    }
+    let mut raw = manager(url, var, start).await?;
     let compare_and_set_sha: String = ::redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(COMPARE_AND_SET)

@@ -9,14 +9,16 @@ USAGE:
 
 OPTIONS:
     --backends LIST   comma-separated sections to run, in this order
-                      (memory, redis, mysql, postgres, redis+cache: the replay
+                      (memory, redis, valkey: the Redis store on Valkey 8.1, which
+                      finishes with SET IFEQ, mysql, postgres, redis+cache: the replay
                       cache in front of Redis, http: an axum handler behind the layer
                       on memory, Redis and Redis behind the replay cache, served by a
                       child process of this binary, amqp / nats:
                       idem-consumer's consume loop on RabbitMQ / NATS JetStream with
                       the Redis store, against the same loop doing the raw Redis
                       protocol per message, and the same loop acking without a store)
-                      [default: memory,redis,mysql,postgres,redis+cache,http,amqp,nats]
+                      [default: memory,redis,valkey,mysql,postgres,redis+cache,http,amqp,
+                      nats]
     --ops N           operations per latency measurement; throughput uses 4N, and
                       more where one operation takes microseconds (memory 64N,
                       redis+cache 16N), so those rows last long enough to be steady
@@ -77,6 +79,7 @@ impl Default for Settings {
             backends: [
                 "memory",
                 "redis",
+                "valkey",
                 "mysql",
                 "postgres",
                 "redis+cache",

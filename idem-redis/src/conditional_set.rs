@@ -89,6 +89,11 @@ impl ConditionalSet {
         self
     }
 
+    /// Whether the server said it runs the command.
+    pub(crate) fn offered(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == OFFERED
+    }
+
     /// Whether a finish is to try the command first.
     pub(crate) fn usable(&self) -> bool {
         matches!(self.0.load(Ordering::Relaxed), UNTRIED | OFFERED)

@@ -107,6 +107,13 @@ impl<C: RedisConnection> RedisStore<C> {
         self.max_payload
     }
 
+    /// Whether completes and fails go as the server's own compare-and-set (`SET ... IFEQ`):
+    /// the server said it offers it, as the store connected or at its first finish. See
+    /// [`RedisStoreBuilder::conditional_set`](crate::RedisStoreBuilder::conditional_set).
+    pub fn finishes_by_conditional_set(&self) -> bool {
+        self.conditional_set.offered()
+    }
+
     /// The Redis key holding `key`'s record, to inspect it with `redis-cli` (the value is
     /// binary; see the crate docs for its layout).
     pub fn redis_key(&self, key: &Key) -> String {

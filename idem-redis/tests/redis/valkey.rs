@@ -273,6 +273,7 @@ async fn a_store_on_an_application_connection_learns_from_its_first_finish() {
             .expect("a valid builder");
         store.load_scripts().await.expect("load scripts");
         assert_eq!(finishing(&store), "untried");
+        assert!(!store.finishes_by_conditional_set());
 
         let mut finishes = Vec::new();
         for id in ["first", "second"] {
@@ -285,6 +286,7 @@ async fn a_store_on_an_application_connection_learns_from_its_first_finish() {
             done.expect("complete");
             finishes.push(commands);
         }
+        assert_eq!(store.finishes_by_conditional_set(), offered);
         if offered {
             assert_eq!(finishing(&store), "offered");
             assert_eq!(finishes, [expected(&["set"]), expected(&["set"])]);
