@@ -20,8 +20,9 @@ OPTIONS:
                       [default: memory,redis,valkey,mysql,postgres,redis+cache,http,amqp,
                       nats]
     --ops N           operations per latency measurement; throughput uses 4N, and
-                      more where one operation takes microseconds (memory 64N,
-                      redis+cache 16N), so those rows last long enough to be steady
+                      more where one operation takes microseconds (memory 64N;
+                      redis, valkey, redis+cache 16N), so those rows last long
+                      enough to be steady
                       [default: 2000, at least 100]
     --rounds R        rounds; every figure is the median over them [default: 3]
     --tasks T         concurrent tasks of the throughput rows, and messages in flight
