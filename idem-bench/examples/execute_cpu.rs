@@ -34,7 +34,9 @@ const TASKS: usize = 64;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().unwrap_or_else(|| "redis://127.0.0.1:6403".to_owned());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6403".to_owned());
     let calls: usize = args.next().map_or(Ok(100_000), |n| n.parse())?;
     let sides = match args.next() {
         Some(side) => vec![side],

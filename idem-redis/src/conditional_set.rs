@@ -125,3 +125,61 @@ pub(crate) fn not_offered(error: &Error) -> bool {
         error.code() == Some("ERR") && error.detail().is_some_and(|d| d.contains("syntax error"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error a server answers with `line` (`-CODE detail`), as a store call reports it.
+    fn answered(line: &str) -> Error {
+        let value =
+            redis::parse_redis_value(format!("{line}\r\n").as_bytes()).expect("a RESP error line");
+        let error = value.extract_error().expect_err("an error reply");
+        crate::errors::from_record_call(error)
+    }
+
+    #[test]
+    fn only_a_syntax_error_says_the_server_lacks_it() {
+        assert!(not_offered(&answered("-ERR syntax error")));
+        for other in [
+            "-ERR value is not an integer or out of range",
+            "-WRONGTYPE Operation against a key holding the wrong kind of value",
+            "-OOM command not allowed when used memory > 'maxmemory'",
+            "-NOPERM this user has no permissions to run the 'set' command",
+        ] {
+            assert!(!not_offered(&answered(other)), "{other}");
+        }
+        assert!(!not_offered(&Error::unavailable("connection refused")));
+    }
+
+    #[test]
+    fn answers_teach_an_untried_store_and_errors_of_another_kind_do_not() {
+        let set = ConditionalSet::untried();
+        set.learn(&answered_err(
+            "-OOM command not allowed when used memory > 'maxmemory'",
+        ));
+        set.learn(&answered_err(
+            "-ERR value is not an integer or out of range",
+        ));
+        assert_eq!(format!("{set:?}"), "untried");
+        assert!(set.usable() && !set.offered());
+        set.learn(&Ok(()));
+        assert!(set.usable() && set.offered());
+        set.learn(&answered_err("-ERR syntax error"));
+        assert!(!set.usable() && !set.offered());
+        assert_eq!(format!("{set:?}"), "not offered");
+    }
+
+    #[test]
+    fn what_the_builder_turned_off_stays_off() {
+        let set = ConditionalSet::off();
+        set.learn(&Ok(()));
+        set.learn(&answered_err("-ERR syntax error"));
+        assert!(!set.usable() && !set.offered());
+        assert_eq!(format!("{set:?}"), "off");
+    }
+
+    fn answered_err(line: &str) -> Result<(), Error> {
+        Err(answered(line))
+    }
+}

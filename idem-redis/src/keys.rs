@@ -172,7 +172,18 @@ mod tests {
                 })
                 .collect()
         };
-        for text in ["", "plain", "%", "{}", "}{%%", "a%", "%a", "é{€}ü%", "{{x}}", "日本%語"] {
+        for text in [
+            "",
+            "plain",
+            "%",
+            "{}",
+            "}{%%",
+            "a%",
+            "%a",
+            "é{€}ü%",
+            "{{x}}",
+            "日本%語",
+        ] {
             let mut out = String::new();
             push_escaped(&mut out, text).expect("a String takes anything");
             assert_eq!(out, reference(text), "{text:?}");
