@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 pub use history::{Answer, ErrorKind, FINAL_MARGIN, Fault, History, Rule, RunId, Summary};
-pub use servers::{MariaDb, RedisServer, StartError};
+pub use servers::{Flavor, MariaDb, RedisServer, StartError};
 pub use tokens::TokenTally;
 pub use workload::{OpError, Receipt, Workload};
 
@@ -60,6 +60,11 @@ pub enum Scenario {
     /// the token's key), on one server whose writes are paused past the consume's resends
     /// and whose connections are closed: each token's business runs once, none is refused.
     RedisTokens,
+    /// `redis-kill` on Valkey 8.1, where the store finishes with `SET ... IFEQ`.
+    ValkeyKill,
+    /// `redis-pause` on Valkey 8.1, where the store finishes with `SET ... IFEQ`: finishes
+    /// held up past their lease meet other owners' claims.
+    ValkeyPause,
     /// MariaDB queries and connections killed while row locks make queries wait.
     MysqlKill,
     /// MariaDB row locks held on claimed rows, past the lock wait timeout.
@@ -77,7 +82,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 17] = [
         Self::Memory,
         Self::MemoryFull,
         Self::MemoryRelease,
@@ -87,6 +92,8 @@ impl Scenario {
         Self::RedisRelease,
         Self::RedisClients,
         Self::RedisTokens,
+        Self::ValkeyKill,
+        Self::ValkeyPause,
         Self::MysqlKill,
         Self::MysqlLocks,
         Self::MysqlTx,
@@ -108,6 +115,8 @@ impl Scenario {
             Self::RedisRelease => "redis-release",
             Self::RedisClients => "redis-clients",
             Self::RedisTokens => "redis-tokens",
+            Self::ValkeyKill => "valkey-kill",
+            Self::ValkeyPause => "valkey-pause",
             Self::MysqlKill => "mysql-kill",
             Self::MysqlLocks => "mysql-locks",
             Self::MysqlTx => "mysql-tx",
@@ -142,6 +151,8 @@ impl Scenario {
             Self::RedisTokens => {
                 "tokens as keys (consume_for), private redis-server: CLIENT PAUSE WRITE past the resends, CLIENT KILL"
             }
+            Self::ValkeyKill => "redis-kill on a private valkey-server 8.1: finishes by SET IFEQ",
+            Self::ValkeyPause => "redis-pause on a private valkey-server 8.1: finishes by SET IFEQ",
             Self::MysqlKill => {
                 "private mariadbd: KILL QUERY / KILL CONNECTION while locks make queries wait"
             }
@@ -178,10 +189,14 @@ impl Scenario {
             Self::Memory => scenarios::memory(&workload).await,
             Self::MemoryFull => scenarios::memory_full(&workload).await,
             Self::MemoryRelease => scenarios::memory(&scenarios::releasing(&workload)).await,
-            Self::RedisKill => scenarios::redis_kill(&workload, false).await,
-            Self::RedisAof => scenarios::redis_kill(&workload, true).await,
-            Self::RedisPause => scenarios::redis_pause(&workload).await,
-            Self::RedisRelease => scenarios::redis_pause(&scenarios::releasing(&workload)).await,
+            Self::RedisKill => scenarios::redis_kill(&workload, Flavor::Redis, false).await,
+            Self::RedisAof => scenarios::redis_kill(&workload, Flavor::Redis, true).await,
+            Self::RedisPause => scenarios::redis_pause(&workload, Flavor::Redis).await,
+            Self::RedisRelease => {
+                scenarios::redis_pause(&scenarios::releasing(&workload), Flavor::Redis).await
+            }
+            Self::ValkeyKill => scenarios::redis_kill(&workload, Flavor::Valkey, false).await,
+            Self::ValkeyPause => scenarios::redis_pause(&workload, Flavor::Valkey).await,
             Self::RedisClients => scenarios::redis_clients(&workload).await,
             Self::RedisTokens => tokens::redis_tokens(&workload).await,
             Self::MysqlKill => scenarios::mysql_kill(&workload).await,

@@ -7,10 +7,10 @@ use idem_chaos::{Mode, Scenario};
 const USAGE: &str = "usage: idem-chaos [--short] [--seed N] <all | SCENARIO...>
 
 Runs the fault campaign against private servers it starts itself on free loopback ports
-(redis-server, mariadbd + mariadb-install-db must be installed), prints one line per
-scenario, and exits 1 on any unexplained double execution, wrong replay, fencing number
-going backwards or panic, or (redis-tokens) a token whose business did not run exactly once
-or that was refused.
+(redis-server, mariadbd + mariadb-install-db must be installed, and valkey-server, built by
+`bash .ci/services valkey`), prints one line per scenario, and exits 1 on any unexplained
+double execution, wrong replay, fencing number going backwards or panic, or (redis-tokens)
+a token whose business did not run exactly once or that was refused.
 
 options:
   --short     the small load the test suite runs

@@ -23,8 +23,37 @@ fn signal(child: &Child, signal: &str) {
         .status();
 }
 
-/// A `redis-server` of the campaign's own, killed when dropped.
+/// Which server speaks the Redis protocol: Redis itself, or Valkey 8.1, whose `SET ...
+/// IFEQ` idem-redis finishes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// `redis-server`, from the machine's packages.
+    Redis,
+    /// `valkey-server`, built into /opt by `bash .ci/services valkey` (or
+    /// `IDEM_VALKEY_SERVER`).
+    Valkey,
+}
+
+impl Flavor {
+    fn binary(self) -> String {
+        match self {
+            Self::Redis => "redis-server".to_owned(),
+            Self::Valkey => std::env::var("IDEM_VALKEY_SERVER")
+                .unwrap_or_else(|_| "/opt/valkey-8.1.1/valkey-server".to_owned()),
+        }
+    }
+
+    fn install(self) -> &'static str {
+        match self {
+            Self::Redis => "apt-get install redis-server",
+            Self::Valkey => "bash .ci/services valkey",
+        }
+    }
+}
+
+/// A `redis-server` (or `valkey-server`) of the campaign's own, killed when dropped.
 pub struct RedisServer {
+    flavor: Flavor,
     port: u16,
     dir: TempDir,
     args: Vec<String>,
@@ -32,14 +61,24 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server with `args` on top of a private port and directory.
+    /// Starts a `redis-server` with `args` on top of a private port and directory.
     ///
     /// # Errors
     ///
     /// A [`StartError`] when no free port or temporary directory could be had, or the server did
     /// not start, as [`restart`](Self::restart).
     pub fn start(args: &[&str]) -> Result<Self, StartError> {
+        Self::start_flavor(Flavor::Redis, args)
+    }
+
+    /// Starts a server of `flavor` with `args` on top of a private port and directory.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_flavor(flavor: Flavor, args: &[&str]) -> Result<Self, StartError> {
         let mut server = Self {
+            flavor,
             port: free_port()?,
             dir: tempfile::Builder::new()
                 .prefix("idem-chaos-redis")
@@ -61,9 +100,10 @@ impl RedisServer {
     ///
     /// # Errors
     ///
-    /// A [`StartError`] when `redis-server` cannot be spawned or does not answer `PING` in time.
+    /// A [`StartError`] when the server cannot be spawned or does not answer `PING` in time.
     pub fn restart(&mut self) -> Result<(), StartError> {
-        let child = Command::new("redis-server")
+        let binary = self.flavor.binary();
+        let child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--daemonize", "no", "--save", ""])
             .arg("--dir")
@@ -72,9 +112,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| {
-                format!("redis-server did not start ({e}); apt-get install redis-server")
-            })?;
+            .map_err(|e| format!("{binary} did not start ({e}); {}", self.flavor.install()))?;
         self.child = Some(child);
         self.wait_until_up()
     }
@@ -112,7 +150,7 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("redis-server on port {} did not answer", self.port).into())
+        Err(format!("{:?} on port {} did not answer", self.flavor, self.port).into())
     }
 }
 
