@@ -12,8 +12,8 @@ use idem_redis::RedisStore;
 use idem_redis::redis::aio::MultiplexedConnection;
 
 use crate::common::{
-    RedisServer, START_VALKEY, acquire, commands_during, expected, key, raw_connection, store_at,
-    ttl_ms, unique_prefix, valkey_url,
+    OTHER_TYPES, RedisServer, START_VALKEY, acquire, commands_during, expected, key,
+    plant_other_type, raw_connection, store_at, ttl_ms, unique_prefix, valkey_url,
 };
 
 /// A store on the shared Valkey under a fresh prefix; fails with how to start Valkey.
@@ -217,6 +217,38 @@ async fn a_lease_whose_claim_the_store_cannot_rebuild_completes_by_script() {
             .await
             .expect("replay");
         assert_eq!(replay, Claim::Completed(Bytes::from(outcome)), "{id}");
+    }
+}
+
+/// A key overwritten with another Redis type under a lease: the conditional `SET`'s own
+/// error is the answer (a corrupt record, nothing written), with no script after it, and it
+/// teaches the store nothing about the server.
+#[tokio::test]
+async fn an_error_of_the_conditional_set_is_the_answer() {
+    let server = RedisServer::start_valkey();
+    let store = store_at(&server.url(), RedisStore::builder()).await;
+    store.load_scripts().await.expect("load scripts");
+    let mut stats = raw_connection(&server.url()).await;
+    for (name, command, args) in OTHER_TYPES {
+        let lease = acquire(&store, &ClaimRequest::new(key(name), ttl_ms(30_000))).await;
+        let redis_key = store.redis_key(&key(name));
+        idem_redis::redis::cmd("DEL")
+            .arg(&redis_key)
+            .query_async::<()>(&mut stats)
+            .await
+            .expect("DEL");
+        plant_other_type(&mut stats, &redis_key, command, args).await;
+        let (done, commands) = finish_counted(
+            &mut stats,
+            store.complete(&lease, Bytes::from_static(b"late"), ttl_ms(30_000)),
+        )
+        .await;
+        assert!(
+            matches!(done, Err(Error::CorruptRecord { .. })),
+            "{name}: {done:?}"
+        );
+        assert_eq!(commands, expected(&["set"]), "{name}");
+        assert!(store.finishes_by_conditional_set(), "{name}");
     }
 }
 
