@@ -26,6 +26,14 @@ pub fn unique_prefix() -> String {
     format!("idem-test:{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// What the store offers the conformance suite: payloads up to its default limit.
+pub fn capabilities() -> idem_tests::Capabilities {
+    idem_tests::Capabilities {
+        max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
+        ..Default::default()
+    }
+}
+
 /// A store on the shared server under a fresh prefix; fails with how to start Redis.
 pub async fn store() -> RedisStore {
     store_at(&url(), RedisStore::builder().prefix(unique_prefix())).await

@@ -9,10 +9,4 @@ async fn make_store() -> RedisStore {
     common::store().await
 }
 
-idem_tests::conformance!(
-    make_store,
-    idem_tests::Capabilities {
-        max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
-        ..Default::default()
-    }
-);
+idem_tests::conformance!(make_store, common::capabilities());

@@ -55,13 +55,7 @@ mod conditional_set {
         store
     }
 
-    idem_tests::conformance!(
-        make_store,
-        idem_tests::Capabilities {
-            max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
-            ..Default::default()
-        }
-    );
+    idem_tests::conformance!(make_store, crate::common::capabilities());
 
     idem_tests::executor_conformance!(make_store);
 }
@@ -75,13 +69,7 @@ mod script {
         store
     }
 
-    idem_tests::conformance!(
-        make_store,
-        idem_tests::Capabilities {
-            max_payload: RedisStore::DEFAULT_MAX_PAYLOAD,
-            ..Default::default()
-        }
-    );
+    idem_tests::conformance!(make_store, crate::common::capabilities());
 }
 
 /// The script path's commands: the script, its `GET`, its `SET`.
