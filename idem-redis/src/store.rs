@@ -276,6 +276,53 @@ impl<C: RedisConnection> RedisStore<C> {
         }
     }
 
+    /// The claim ([`IdempotencyStore::claim`]), as a future of its own type: the trait's
+    /// method boxes it, [`claim_unboxed`](IdempotencyStore::claim_unboxed) does not.
+    async fn claim_now(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        let started = Instant::now();
+        let lease_ttl = request.lease_ttl.as_millis();
+        let trace_ttl = lifecycle::trace_ttl(lease_ttl);
+        let px = lease_ttl.saturating_add(trace_ttl);
+        // Built on the stack and written straight into one command buffer of the right size:
+        // a replay, which only reads what the command answers, allocates nothing else.
+        let value = Claimed::new(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
+        let key = RecordKey {
+            prefix: self.connection.prefix(),
+            key: &request.key,
+        };
+        let mut set = Cmd::with_capacity(7, self.connection.prefix().len() + 160);
+        set.arg("SET")
+            .arg(&key)
+            .arg(value.as_bytes())
+            .arg("NX")
+            .arg("PX")
+            .arg(px)
+            .arg("GET");
+        let found = match self.connection.query(&set).await {
+            Ok(Value::Nil) => {
+                return Ok(Claim::Acquired(request.lease(1)));
+            }
+            Ok(Value::BulkString(raw)) => record::found(raw)?,
+            Ok(other) => {
+                return Err(reply::unexpected(format!("SET NX GET answered {other:?}")));
+            }
+            // A full server, or a primary short of replicas, refuses the SET whatever it
+            // would find, a replay too. The claim script writes only where the key is free:
+            // it still replays a finished key and reports one in progress, and is refused
+            // like the SET where it would write.
+            Err(error) if is_write_refused(&error) => Found::Held,
+            Err(error) => return Err(error),
+        };
+        match replay(request, found) {
+            Some(answer) => answer,
+            None => {
+                let redis_key = self.redis_key(&request.key);
+                self.claim_by_script(started, request, &redis_key, value.as_bytes(), px)
+                    .await
+            }
+        }
+    }
+
     /// The claim script, for a key the plain claim (sent at `started`) found claimed or
     /// released: only there does Redis's clock decide, atomically with the write. Both
     /// round trips together keep within one call's deadline.
@@ -355,48 +402,7 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
     /// claimed or released takes a second round trip, the claim script, because only Redis's
     /// clock can tell whether that lease lapsed.
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        let started = Instant::now();
-        let lease_ttl = request.lease_ttl.as_millis();
-        let trace_ttl = lifecycle::trace_ttl(lease_ttl);
-        let px = lease_ttl.saturating_add(trace_ttl);
-        // Built on the stack and written straight into one command buffer of the right size:
-        // a replay, which only reads what the command answers, allocates nothing else.
-        let value = Claimed::new(1, request.fingerprint.as_ref(), &request.owner, trace_ttl);
-        let key = RecordKey {
-            prefix: self.connection.prefix(),
-            key: &request.key,
-        };
-        let mut set = Cmd::with_capacity(7, self.connection.prefix().len() + 160);
-        set.arg("SET")
-            .arg(&key)
-            .arg(value.as_bytes())
-            .arg("NX")
-            .arg("PX")
-            .arg(px)
-            .arg("GET");
-        let found = match self.connection.query(&set).await {
-            Ok(Value::Nil) => {
-                return Ok(Claim::Acquired(request.lease(1)));
-            }
-            Ok(Value::BulkString(raw)) => record::found(raw)?,
-            Ok(other) => {
-                return Err(reply::unexpected(format!("SET NX GET answered {other:?}")));
-            }
-            // A full server, or a primary short of replicas, refuses the SET whatever it
-            // would find, a replay too. The claim script writes only where the key is free:
-            // it still replays a finished key and reports one in progress, and is refused
-            // like the SET where it would write.
-            Err(error) if is_write_refused(&error) => Found::Held,
-            Err(error) => return Err(error),
-        };
-        match replay(request, found) {
-            Some(answer) => answer,
-            None => {
-                let redis_key = self.redis_key(&request.key);
-                self.claim_by_script(started, request, &redis_key, value.as_bytes(), px)
-                    .await
-            }
-        }
+        self.claim_now(request).await
     }
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
@@ -440,6 +446,31 @@ impl<C: RedisConnection> IdempotencyStore for RedisStore<C> {
             reply::DONE => Ok(reply.int()? == 1),
             code => Err(unknown_code(code)),
         }
+    }
+
+    fn claim_unboxed<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+        self.claim_now(request)
+    }
+
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.finish(lease, response, retention, record::COMPLETED)
+    }
+
+    fn fail_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.finish(lease, failure, retention, record::FAILED)
     }
 }
 
