@@ -186,6 +186,20 @@ impl<S: IdempotencyStore> ReplayCache<S> {
         }))
     }
 
+    /// The claim: the cached copy if there is one; else the store's answer (its claim
+    /// without the trait's box), keeping a copy of a finished record.
+    async fn claim_through(&self, request: &ClaimRequest) -> Result<Claim, Error> {
+        if let Some(answer) = self.cached(request) {
+            return answer;
+        }
+        let removals = self.removals.load(Ordering::Acquire);
+        let claim = self.inner.claim_unboxed(request).await?;
+        if matches!(claim, Claim::Completed(_) | Claim::Failed(_)) {
+            self.fill(&request.key, removals).await;
+        }
+        Ok(claim)
+    }
+
     /// Reads `key`'s record and keeps a copy if it is finished and no remove through this
     /// instance started since `removals` was read. Best effort: a failed read only means
     /// the next repeat asks the store again.
@@ -263,23 +277,17 @@ impl Expiry<Key, Finished> for UntilExpiry {
 #[async_trait]
 impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
     async fn claim(&self, request: &ClaimRequest) -> Result<Claim, Error> {
-        if let Some(answer) = self.cached(request) {
-            return answer;
-        }
-        let removals = self.removals.load(Ordering::Acquire);
-        let claim = self.inner.claim(request).await?;
-        if matches!(claim, Claim::Completed(_) | Claim::Failed(_)) {
-            self.fill(&request.key, removals).await;
-        }
-        Ok(claim)
+        self.claim_through(request).await
     }
 
     async fn complete(&self, lease: &Lease, response: Bytes, retention: Ttl) -> Result<(), Error> {
-        self.inner.complete(lease, response, retention).await
+        self.inner
+            .complete_unboxed(lease, response, retention)
+            .await
     }
 
     async fn fail(&self, lease: &Lease, failure: Bytes, retention: Ttl) -> Result<(), Error> {
-        self.inner.fail(lease, failure, retention).await
+        self.inner.fail_unboxed(lease, failure, retention).await
     }
 
     async fn renew(&self, lease: &Lease, ttl: Ttl) -> Result<(), Error> {
@@ -304,6 +312,31 @@ impl<S: IdempotencyStore> IdempotencyStore for ReplayCache<S> {
             key,
         };
         self.inner.remove(key).await
+    }
+
+    fn claim_unboxed<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> impl Future<Output = Result<Claim, Error>> + Send + 'a {
+        self.claim_through(request)
+    }
+
+    fn complete_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        response: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner.complete_unboxed(lease, response, retention)
+    }
+
+    fn fail_unboxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        failure: Bytes,
+        retention: Ttl,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+        self.inner.fail_unboxed(lease, failure, retention)
     }
 }
 

@@ -423,3 +423,46 @@ async fn a_remove_whose_caller_went_away_still_drops_the_copy() {
         "a record removed through this cache is still replayed from it"
     );
 }
+
+/// What the executor's operation can fail with here: nothing.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Never;
+
+impl idem_core::Retryable for Never {
+    fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// The executor knows its store's type and claims without the trait's box
+/// (`claim_unboxed`): those claims are served by the cache too. The record is removed
+/// behind the cache once a repeat filled it, so only a cached replay keeps the operation
+/// from running again.
+#[tokio::test]
+async fn the_executors_repeats_are_served_by_the_cache() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (cache, behind) = cached(Duration::from_secs(60));
+    let idempotency = idem_core::Idempotency::new(cache);
+    let k = key("executor");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let execute = || {
+        let runs = Arc::clone(&runs);
+        idempotency.execute(&k, None, || async move {
+            let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok::<_, Never>(format!("run {run}"))
+        })
+    };
+    // The run, then the repeat that fills the cache.
+    for _ in 0..2 {
+        assert_eq!(execute().await.expect("execute"), "run 1");
+    }
+    assert!(behind.remove(&k).await.expect("remove behind"));
+    assert_eq!(
+        execute().await.expect("execute"),
+        "run 1",
+        "the repeat was not served by the cache"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
