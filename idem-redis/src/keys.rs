@@ -29,9 +29,7 @@ pub(crate) fn record_key(prefix: &str, key: &Key) -> String {
 fn write_record_key(out: &mut impl fmt::Write, prefix: &str, key: &Key) -> fmt::Result {
     let (namespace, id) = (key.namespace(), key.id());
     out.write_str(prefix)?;
-    out.write_char('{')?;
-    push_decimal(out, namespace.len())?;
-    out.write_char(':')?;
+    write!(out, "{{{}:", namespace.len())?;
     push_escaped(out, namespace)?;
     out.write_char(':')?;
     push_escaped(out, id)?;
@@ -75,40 +73,20 @@ pub(crate) fn tagged_key(prefix: &str, tag: &str) -> String {
     out
 }
 
-/// `text` with `%`, `{` and `}` percent-escaped, in one pass over its bytes: the runs
-/// between them (most keys are one run) are copied whole. The three are ASCII, so every
-/// run ends on a character boundary.
 fn push_escaped(out: &mut impl fmt::Write, text: &str) -> fmt::Result {
-    let mut run = 0;
-    for (at, byte) in text.bytes().enumerate() {
-        let escaped = match byte {
-            b'%' => "%25",
-            b'{' => "%7B",
-            b'}' => "%7D",
-            _ => continue,
-        };
-        out.write_str(&text[run..at])?;
-        out.write_str(escaped)?;
-        run = at + 1;
+    // Most keys hold none of the three: copy them whole.
+    if !text.contains(['%', '{', '}']) {
+        return out.write_str(text);
     }
-    out.write_str(&text[run..])
-}
-
-/// `n` in decimal, without the formatting machinery (a record key is written per call).
-fn push_decimal(out: &mut impl fmt::Write, mut n: usize) -> fmt::Result {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        // A digit: n % 10 < 10.
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+    for c in text.chars() {
+        match c {
+            '%' => out.write_str("%25")?,
+            '{' => out.write_str("%7B")?,
+            '}' => out.write_str("%7D")?,
+            c => out.write_char(c)?,
         }
     }
-    // ASCII digits only.
-    out.write_str(std::str::from_utf8(&digits[at..]).map_err(|_| fmt::Error)?)
+    Ok(())
 }
 
 /// A prefix with a brace would move or empty the hash tag, and with it the slot rules above.
@@ -158,8 +136,9 @@ mod tests {
         assert_eq!(record_key("", &key), tagged_key("", &key.encoded()));
     }
 
-    /// The one-pass escape writes what escaping each character would, wherever the three
-    /// fall (first, last, side by side, next to characters of several bytes).
+    /// The escape writes what escaping each character would, wherever the three fall
+    /// (first, last, side by side, next to characters of several bytes), and copies a text
+    /// without them whole.
     #[test]
     fn escaping_matches_character_by_character() {
         let reference = |text: &str| -> String {
@@ -187,15 +166,6 @@ mod tests {
             let mut out = String::new();
             push_escaped(&mut out, text).expect("a String takes anything");
             assert_eq!(out, reference(text), "{text:?}");
-        }
-    }
-
-    #[test]
-    fn lengths_are_written_in_decimal() {
-        for n in [0, 7, 9, 10, 99, 100, 123, 65_535, usize::MAX] {
-            let mut out = String::new();
-            push_decimal(&mut out, n).expect("a String takes anything");
-            assert_eq!(out, n.to_string());
         }
     }
 
