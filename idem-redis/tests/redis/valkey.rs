@@ -9,7 +9,6 @@ use idem_core::{
     Bytes, Claim, ClaimRequest, Error, Fingerprint, IdempotencyStore, Lease, RecordState,
 };
 use idem_redis::RedisStore;
-use idem_redis::redis::aio::MultiplexedConnection;
 
 use crate::common::{
     OTHER_TYPES, RedisServer, START_VALKEY, acquire, commands_during, expected, key,
@@ -77,14 +76,6 @@ fn by_script() -> BTreeMap<String, u64> {
     expected(&["evalsha", "get", "set"])
 }
 
-/// Finishes `lease` with `finish` and answers what the finish made the server run.
-async fn finish_counted(
-    stats: &mut MultiplexedConnection,
-    finish: impl Future<Output = Result<(), Error>>,
-) -> (Result<(), Error>, BTreeMap<String, u64>) {
-    commands_during(stats, finish).await
-}
-
 #[tokio::test]
 async fn a_finish_is_one_conditional_set_and_replays_byte_for_byte() {
     let server = RedisServer::start_valkey();
@@ -106,7 +97,7 @@ async fn a_finish_is_one_conditional_set_and_replays_byte_for_byte() {
                     .await
             }
         };
-        let (done, commands) = finish_counted(&mut stats, finish).await;
+        let (done, commands) = commands_during(&mut stats, finish).await;
         done.expect("finish");
         assert_eq!(commands, expected(&["set"]), "{id}");
 
@@ -144,7 +135,7 @@ async fn a_lost_lease_changes_nothing_and_the_script_says_so() {
     let taker = ClaimRequest::new(key("lost"), ttl_ms(30_000));
     let current = acquire(&store, &taker).await;
 
-    let (done, commands) = finish_counted(
+    let (done, commands) = commands_during(
         &mut stats,
         store.complete(&stale, Bytes::from_static(b"late"), ttl_ms(30_000)),
     )
@@ -177,7 +168,7 @@ async fn a_lease_whose_claim_the_store_cannot_rebuild_completes_by_script() {
     // trace TTL changed.
     let renewed = acquire(&store, &ClaimRequest::new(key("renewed"), ttl_ms(30_000))).await;
     store.renew(&renewed, ttl_ms(120_000)).await.expect("renew");
-    let (done, commands) = finish_counted(
+    let (done, commands) = commands_during(
         &mut stats,
         store.complete(&renewed, Bytes::from_static(b"renewed"), ttl_ms(30_000)),
     )
@@ -191,7 +182,7 @@ async fn a_lease_whose_claim_the_store_cannot_rebuild_completes_by_script() {
     // alone, no conditional SET first.
     let granted = acquire(&store, &ClaimRequest::new(key("by-hand"), ttl_ms(30_000))).await;
     let by_hand = Lease::new(granted.key.clone(), granted.owner, granted.fencing);
-    let (done, commands) = finish_counted(
+    let (done, commands) = commands_during(
         &mut stats,
         store.complete(&by_hand, Bytes::from_static(b"by hand"), ttl_ms(30_000)),
     )
@@ -226,7 +217,7 @@ async fn an_error_of_the_conditional_set_is_the_answer() {
             .await
             .expect("DEL");
         plant_other_type(&mut stats, &redis_key, command, args).await;
-        let (done, commands) = finish_counted(
+        let (done, commands) = commands_during(
             &mut stats,
             store.complete(&lease, Bytes::from_static(b"late"), ttl_ms(30_000)),
         )
@@ -250,7 +241,7 @@ async fn turned_off_or_waiting_for_replicas_a_finish_runs_the_script() {
     off.load_scripts().await.expect("load scripts");
     assert_eq!(finishing(&off), "off");
     let lease = acquire(&off, &ClaimRequest::new(key("off"), ttl_ms(30_000))).await;
-    let (done, commands) = finish_counted(
+    let (done, commands) = commands_during(
         &mut stats,
         off.complete(&lease, Bytes::new(), ttl_ms(30_000)),
     )
@@ -266,7 +257,7 @@ async fn turned_off_or_waiting_for_replicas_a_finish_runs_the_script() {
     waiting.load_scripts().await.expect("load scripts");
     assert_eq!(finishing(&waiting), "off");
     let lease = acquire(&waiting, &ClaimRequest::new(key("waiting"), ttl_ms(30_000))).await;
-    let (done, commands) = finish_counted(
+    let (done, commands) = commands_during(
         &mut stats,
         waiting.complete(&lease, Bytes::new(), ttl_ms(30_000)),
     )
@@ -298,7 +289,7 @@ async fn a_store_on_an_application_connection_learns_from_its_first_finish() {
         let mut finishes = Vec::new();
         for id in ["first", "second"] {
             let lease = acquire(&store, &ClaimRequest::new(key(id), ttl_ms(30_000))).await;
-            let (done, commands) = finish_counted(
+            let (done, commands) = commands_during(
                 &mut stats,
                 store.complete(&lease, Bytes::new(), ttl_ms(30_000)),
             )
