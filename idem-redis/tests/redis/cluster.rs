@@ -25,18 +25,24 @@ impl RedisCluster {
             dir,
         };
         for i in 0..3 {
-            let args = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-port",
-                &free_port().to_string(),
-                "--cluster-config-file",
-                &format!("nodes-{i}.conf"),
-                "--dir",
-                &cluster.dir.to_string_lossy(),
-            ];
-            let args = args.iter().map(|a| (*a).to_owned()).collect();
-            cluster.nodes.push(RedisServer::start_with(args));
+            // A fresh bus port for each try, as the node's own port.
+            let args = || {
+                [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--cluster-config-file",
+                    &format!("nodes-{i}.conf"),
+                    "--dir",
+                    &cluster.dir.to_string_lossy(),
+                ]
+                .iter()
+                .map(|a| (*a).to_owned())
+                .collect()
+            };
+            let node = RedisServer::start_with_fresh(args);
+            cluster.nodes.push(node);
         }
         let addresses: Vec<String> = cluster
             .nodes

@@ -174,24 +174,36 @@ impl RedisServer {
 
     /// A server with more command-line options.
     pub fn start_with(extra_args: Vec<String>) -> Self {
+        Self::start_with_fresh(move || extra_args.clone())
+    }
+
+    /// A server with more command-line options, made anew for each try (one that names a
+    /// port of its own draws a fresh one with [`free_port`] each time).
+    pub fn start_with_fresh(extra_args: impl Fn() -> Vec<String>) -> Self {
         Self::start_binary("redis-server".to_owned(), extra_args)
     }
 
     /// A Valkey 8.1 server, which offers `SET ... IFEQ`.
     pub fn start_valkey() -> Self {
-        Self::start_binary(valkey_server(), Vec::new())
+        Self::start_binary(valkey_server(), Vec::new)
     }
 
-    fn start_binary(binary: String, extra_args: Vec<String>) -> Self {
-        let port = free_port();
-        let mut server = Self {
-            port,
-            binary,
-            extra_args,
-            child: None,
-        };
-        server.restart();
-        server
+    /// Starts `binary` on a free port. A port is free when [`free_port`] finds it, not
+    /// necessarily when the server binds it a moment later, with other tests starting
+    /// servers in parallel: a server that exits at once is started again on other ports.
+    fn start_binary(binary: String, extra_args: impl Fn() -> Vec<String>) -> Self {
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                binary: binary.clone(),
+                extra_args: extra_args(),
+                child: None,
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("{binary} exited at once on five free ports in a row");
     }
 
     pub fn url(&self) -> String {
@@ -200,6 +212,17 @@ impl RedisServer {
 
     /// Starts the server (again) on its port and waits until it answers.
     pub fn restart(&mut self) {
+        assert!(
+            self.spawn(),
+            "{} on port {} exited at once (its port taken?)",
+            self.binary,
+            self.port
+        );
+    }
+
+    /// Starts the server on its port and waits until it answers: `false` when it exited
+    /// first (a port it was to bind is taken).
+    fn spawn(&mut self) -> bool {
         assert!(self.child.is_none(), "the server is already running");
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -219,7 +242,7 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -249,14 +272,22 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    fn wait_until_up(&self) {
+    /// Waits until the server answers `PING`: `false` when its process ended first (it is
+    /// then reaped, and the server not running).
+    fn wait_until_up(&mut self) -> bool {
         let started = Instant::now();
         let client = redis::Client::open(self.url()).expect("a valid URL");
         while started.elapsed() < Duration::from_secs(10) {
+            if let Some(child) = self.child.as_mut()
+                && matches!(child.try_wait(), Ok(Some(_)))
+            {
+                self.child = None;
+                return false;
+            }
             if let Ok(mut connection) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut connection).is_ok()
             {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

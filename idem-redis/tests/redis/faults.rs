@@ -521,3 +521,28 @@ async fn a_store_waiting_for_replicas_connects_within_one_deadline_on_a_slow_ser
         CONNECT + RESPOND
     );
 }
+
+/// The tests' own servers: one whose port was taken between `free_port` and its start
+/// exits at once, and is started again on another port instead of being waited for.
+#[test]
+fn a_test_server_whose_port_is_taken_starts_on_another() {
+    let taken = RedisServer::start();
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let server = RedisServer::start_with_fresh(|| {
+        // The first try binds the taken port (a later --port wins over the first).
+        match tries.fetch_add(1, Ordering::SeqCst) {
+            0 => vec!["--port".to_owned(), taken.port.to_string()],
+            _ => Vec::new(),
+        }
+    });
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+    assert_ne!(server.port, taken.port);
+    let mut connection = idem_redis::redis::Client::open(server.url())
+        .expect("a valid URL")
+        .get_connection()
+        .expect("the second try answers");
+    let pong: String = idem_redis::redis::cmd("PING")
+        .query(&mut connection)
+        .expect("PING");
+    assert_eq!(pong, "PONG");
+}
