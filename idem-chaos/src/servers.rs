@@ -23,6 +23,57 @@ fn signal(child: &Child, signal: &str) {
         .status();
 }
 
+/// How many ports a server is tried on before its start fails.
+const PORT_TRIES: usize = 5;
+
+/// Why a server did not come up.
+#[derive(Debug)]
+pub enum StartFailure {
+    /// It exited before answering: a port it was to bind was taken (between `free_port`
+    /// and its bind, by another process), or it could not start at all.
+    ExitedAtOnce(String),
+    /// Anything else: it could not be spawned, or it did not answer in time.
+    Other(StartError),
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ExitedAtOnce(why) => f.write_str(why),
+            Self::Other(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartFailure {}
+
+/// The exit status of `child` if it has exited (and is reaped: `child` is then `None`).
+fn exited(child: &mut Option<Child>) -> Option<std::process::ExitStatus> {
+    let status = child.as_mut()?.try_wait().ok()??;
+    *child = None;
+    Some(status)
+}
+
+/// Whether the server at `client`'s address is the process `pid`: another process on the
+/// port (whoever took it first) answers too, and a listener that never answers is given up
+/// on.
+fn answered_by(client: &redis::Client, pid: u32) -> bool {
+    let patience = Duration::from_millis(500);
+    let Ok(mut connection) = client.get_connection_with_timeout(patience) else {
+        return false;
+    };
+    if connection.set_read_timeout(Some(patience)).is_err() {
+        return false;
+    }
+    redis::cmd("INFO")
+        .arg("server")
+        .query::<String>(&mut connection)
+        .is_ok_and(|info| {
+            info.lines()
+                .any(|line| line.trim_end() == format!("process_id:{pid}"))
+        })
+}
+
 /// Which server speaks the Redis protocol: Redis itself, or Valkey 8.1, whose `SET ...
 /// IFEQ` idem-redis finishes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,15 +128,29 @@ impl RedisServer {
     ///
     /// As [`start`](Self::start).
     pub fn start_flavor(flavor: Flavor, args: &[&str]) -> Result<Self, StartError> {
+        Self::start_from(flavor, args, free_port()?)
+    }
+
+    /// Starts a server of `flavor` on `port`, or on other free ports if it exits at once.
+    fn start_from(flavor: Flavor, args: &[&str], port: u16) -> Result<Self, StartError> {
         let mut server = Self {
             flavor,
-            port: free_port()?,
+            port,
             dir: tempfile::Builder::new()
                 .prefix("idem-chaos-redis")
                 .tempdir()?,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             child: None,
         };
+        // A port is free when `free_port` finds it, not always when the server binds it a
+        // moment later: a server that exits at once (its port taken meanwhile) is started
+        // again on another.
+        for _ in 1..PORT_TRIES {
+            match server.restart() {
+                Err(StartFailure::ExitedAtOnce(_)) => server.port = free_port()?,
+                started => return started.map(|()| server).map_err(StartError::from),
+            }
+        }
         server.restart()?;
         Ok(server)
     }
@@ -101,7 +166,7 @@ impl RedisServer {
     /// # Errors
     ///
     /// A [`StartError`] when the server cannot be spawned or does not answer `PING` in time.
-    pub fn restart(&mut self) -> Result<(), StartError> {
+    pub fn restart(&mut self) -> Result<(), StartFailure> {
         let binary = self.flavor.binary();
         let child = Command::new(&binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -112,7 +177,11 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("{binary} did not start ({e}); {}", self.flavor.install()))?;
+            .map_err(|e| {
+                StartFailure::Other(
+                    format!("{binary} did not start ({e}); {}", self.flavor.install()).into(),
+                )
+            })?;
         self.child = Some(child);
         self.wait_until_up()
     }
@@ -139,18 +208,26 @@ impl RedisServer {
         }
     }
 
-    fn wait_until_up(&self) -> Result<(), StartError> {
+    /// Waits until the server answers `PING`; a server that exits first is reaped.
+    fn wait_until_up(&mut self) -> Result<(), StartFailure> {
         let started = Instant::now();
-        let client = redis::Client::open(self.url())?;
+        let client = redis::Client::open(self.url()).map_err(|e| StartFailure::Other(e.into()))?;
+        let pid = self.child.as_ref().map_or(0, Child::id);
         while started.elapsed() < Duration::from_secs(20) {
-            if let Ok(mut connection) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
-            {
+            if answered_by(&client, pid) {
                 return Ok(());
+            }
+            if let Some(status) = exited(&mut self.child) {
+                return Err(StartFailure::ExitedAtOnce(format!(
+                    "{:?} on port {} exited at once ({status}; its port taken?)",
+                    self.flavor, self.port
+                )));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(format!("{:?} on port {} did not answer", self.flavor, self.port).into())
+        Err(StartFailure::Other(
+            format!("{:?} on port {} did not answer", self.flavor, self.port).into(),
+        ))
     }
 }
 
@@ -203,6 +280,14 @@ impl MariaDb {
             dir,
             child: None,
         };
+        // As for Redis: a server that exits at once lost its port; it gets another.
+        for _ in 1..PORT_TRIES {
+            server.launch()?;
+            match server.wait_until_up().await {
+                Err(StartFailure::ExitedAtOnce(_)) => server.port = free_port()?,
+                up => return up.map(|()| server).map_err(StartError::from),
+            }
+        }
         server.launch()?;
         server.wait_until_up().await?;
         Ok(server)
@@ -237,26 +322,40 @@ impl MariaDb {
         format!("mysql://root@127.0.0.1:{}/test", self.port)
     }
 
-    async fn wait_until_up(&self) -> Result<(), StartError> {
+    /// Waits until the server takes connections, and makes the `test` database; a server
+    /// that exits first is reaped.
+    async fn wait_until_up(&mut self) -> Result<(), StartFailure> {
         use sqlx::Connection;
         let root = format!("mysql://root@127.0.0.1:{}/mysql", self.port);
         let started = Instant::now();
         loop {
             match sqlx::MySqlConnection::connect(&root).await {
                 Ok(mut connection) => {
-                    sqlx::raw_sql("CREATE DATABASE IF NOT EXISTS test")
+                    return sqlx::raw_sql("CREATE DATABASE IF NOT EXISTS test")
                         .execute(&mut connection)
-                        .await?;
-                    return Ok(());
+                        .await
+                        .map(drop)
+                        .map_err(|e| StartFailure::Other(e.into()));
+                }
+                Err(_) if exited(&mut self.child).is_some() => {
+                    return Err(StartFailure::ExitedAtOnce(format!(
+                        "mariadbd on port {} exited at once:\n{}",
+                        self.port,
+                        self.error_log()
+                    )));
                 }
                 Err(error) if started.elapsed() > Duration::from_secs(60) => {
-                    let log = std::fs::read_to_string(self.dir.path().join("error.log"))
-                        .unwrap_or_default();
-                    return Err(format!("mariadbd did not answer: {error}\n{log}").into());
+                    return Err(StartFailure::Other(
+                        format!("mariadbd did not answer: {error}\n{}", self.error_log()).into(),
+                    ));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 }
 
@@ -269,6 +368,38 @@ impl Drop for MariaDb {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server whose port was taken between `free_port` and its bind (by another test's
+    /// server, say) exits at once; it is started on another port, not waited for 20 s and
+    /// failed.
+    ///
+    /// Taken by a listener that never answers, and by another `redis-server`, which answers
+    /// `PING` as well as the server being started would: only the server's own process counts.
+    #[test]
+    fn a_server_whose_port_is_taken_starts_on_another() {
+        let silent = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let silent_port = silent.local_addr().expect("its address").port();
+        let other = RedisServer::start(&[]).expect("a first server");
+        for taken in [silent_port, other.port] {
+            let started = Instant::now();
+            let server = RedisServer::start_from(Flavor::Redis, &[], taken)
+                .unwrap_or_else(|e| panic!("the server did not start: {e}"));
+            assert_ne!(server.port, taken);
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the start waited {:?} on the taken port",
+                started.elapsed()
+            );
+            let pid = server.child.as_ref().expect("the server runs").id();
+            let client = redis::Client::open(server.url()).expect("a valid URL");
+            assert!(answered_by(&client, pid), "the server answers on its port");
         }
     }
 }

@@ -20,34 +20,64 @@ struct PrivateRedis {
 }
 
 impl PrivateRedis {
+    /// Started on a free port; one that exits at once (its port taken, between the draw and
+    /// its bind, by another test's server) is started again on another.
     fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        Self { port, child }
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (apt-get install redis-server)");
+            let mut server = Self { port, child };
+            if server.answers() {
+                return server;
+            }
+        }
+        panic!("redis-server exited at once on five free ports in a row");
+    }
+
+    /// Waits until this server's process answers on its port (`INFO server` names its
+    /// PID: the server of another test that took the port would answer too); `false` once
+    /// the process has exited.
+    fn answers(&mut self) -> bool {
+        let client = idem_redis::redis::Client::open(self.url()).expect("a valid URL");
+        let me = format!("process_id:{}", self.child.id());
+        for _ in 0..500 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            let patience = Duration::from_millis(500);
+            if let Ok(mut connection) = client.get_connection_with_timeout(patience)
+                && connection.set_read_timeout(Some(patience)).is_ok()
+                && idem_redis::redis::cmd("INFO")
+                    .arg("server")
+                    .query::<String>(&mut connection)
+                    .is_ok_and(|info| info.lines().any(|line| line.trim_end() == me))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not start", self.port);
     }
 
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// A store on the server, once it answers.
+    /// A store on the server.
     async fn store(&self) -> RedisStore {
-        for _ in 0..500 {
-            if let Ok(store) = RedisStore::builder().connect(&self.url()).await {
-                return store;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server on port {} did not start", self.port);
+        RedisStore::builder()
+            .connect(&self.url())
+            .await
+            .expect("a store on the server that answers")
     }
 
     /// Stops the server without closing its connections: commands sent meanwhile wait

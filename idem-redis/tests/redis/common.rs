@@ -192,9 +192,20 @@ impl RedisServer {
     /// necessarily when the server binds it a moment later, with other tests starting
     /// servers in parallel: a server that exits at once is started again on other ports.
     fn start_binary(binary: String, extra_args: impl Fn() -> Vec<String>) -> Self {
+        Self::start_from(binary, free_port(), extra_args)
+    }
+
+    /// A `redis-server` on `port`, or on fresh ports if it exits at once there (the
+    /// tests' model of a port taken before the server bound it).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_from("redis-server".to_owned(), port, Vec::new)
+    }
+
+    fn start_from(binary: String, first_port: u16, extra_args: impl Fn() -> Vec<String>) -> Self {
+        let mut port = first_port;
         for _ in 0..5 {
             let mut server = Self {
-                port: free_port(),
+                port,
                 binary: binary.clone(),
                 extra_args: extra_args(),
                 child: None,
@@ -202,6 +213,7 @@ impl RedisServer {
             if server.spawn() {
                 return server;
             }
+            port = free_port();
         }
         panic!("{binary} exited at once on five free ports in a row");
     }
@@ -272,11 +284,13 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} failed");
     }
 
-    /// Waits until the server answers `PING`: `false` when its process ended first (it is
-    /// then reaped, and the server not running).
+    /// Waits until the server answers on its port: `false` when its process ended first
+    /// (it is then reaped, and the server not running). Another process on the port (the
+    /// server of another test that took it first) answers too: only this one's counts.
     fn wait_until_up(&mut self) -> bool {
         let started = Instant::now();
         let client = redis::Client::open(self.url()).expect("a valid URL");
+        let pid = self.child.as_ref().map_or(0, Child::id);
         while started.elapsed() < Duration::from_secs(10) {
             if let Some(child) = self.child.as_mut()
                 && matches!(child.try_wait(), Ok(Some(_)))
@@ -284,15 +298,37 @@ impl RedisServer {
                 self.child = None;
                 return false;
             }
-            if let Ok(mut connection) = client.get_connection()
-                && redis::cmd("PING").query::<String>(&mut connection).is_ok()
-            {
+            if answered_by(&client, pid) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("{} on port {} did not start", self.binary, self.port);
     }
+
+    /// The server's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+}
+
+/// Whether the server at `client`'s address is the process `pid` (by `INFO server`), within
+/// half a second: a listener that never answers is given up on.
+pub fn answered_by(client: &redis::Client, pid: u32) -> bool {
+    let patience = Duration::from_millis(500);
+    let Ok(mut connection) = client.get_connection_with_timeout(patience) else {
+        return false;
+    };
+    if connection.set_read_timeout(Some(patience)).is_err() {
+        return false;
+    }
+    redis::cmd("INFO")
+        .arg("server")
+        .query::<String>(&mut connection)
+        .is_ok_and(|info| {
+            info.lines()
+                .any(|line| line.trim_end() == format!("process_id:{pid}"))
+        })
 }
 
 impl Drop for RedisServer {
