@@ -85,13 +85,16 @@ fn main() -> Result<(), Error> {
 }
 
 async fn run(step: &str, calls: usize) -> Result<Duration, Error> {
-    let bare = Router::new().route("/charges", post(charge));
+    // Both routers with their state given, as `axum::serve` gives it: a router without
+    // boxes its handler anew for every request, and behind a layer clones the layer too.
+    let bare = Router::new().route("/charges", post(charge)).with_state(());
     let layer = IdempotencyLayer::builder(MemoryStore::new(), KeyScope::global())
         .retention(Duration::from_secs(60))
         .build()?;
     let idem = Router::new()
         .route("/charges", post(charge))
-        .layer(layer.clone());
+        .layer(layer.clone())
+        .with_state(());
     let started = Instant::now();
     match step {
         "bare" => send(&bare, calls, false).await?,
