@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 pub use history::{Answer, ErrorKind, FINAL_MARGIN, Fault, History, Rule, RunId, Summary};
-pub use servers::{Flavor, MariaDb, RedisServer, StartError};
+pub use servers::{Flavor, MariaDb, RedisServer, StartError, StartFailure};
 pub use tokens::TokenTally;
 pub use workload::{OpError, Receipt, Workload};
 

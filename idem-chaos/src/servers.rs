@@ -165,7 +165,8 @@ impl RedisServer {
     ///
     /// # Errors
     ///
-    /// A [`StartError`] when the server cannot be spawned or does not answer `PING` in time.
+    /// [`StartFailure::ExitedAtOnce`] when the server exited before answering (its port
+    /// taken), [`StartFailure::Other`] when it cannot be spawned or does not answer in time.
     pub fn restart(&mut self) -> Result<(), StartFailure> {
         let binary = self.flavor.binary();
         let child = Command::new(&binary)
@@ -208,7 +209,8 @@ impl RedisServer {
         }
     }
 
-    /// Waits until the server answers `PING`; a server that exits first is reaped.
+    /// Waits until the server's own process answers on its port; a server that exits
+    /// first is reaped.
     fn wait_until_up(&mut self) -> Result<(), StartFailure> {
         let started = Instant::now();
         let client = redis::Client::open(self.url()).map_err(|e| StartFailure::Other(e.into()))?;
