@@ -167,11 +167,10 @@ impl<C: RedisConnection> RedisStore<C> {
         phase: u8,
     ) -> Result<(), Error> {
         check_payload(payload.len(), self.max_payload)?;
-        let started = Instant::now();
-        // A finish whose `WAIT` must count the replicas of a resent finish too runs the
-        // script, which recognises one (the conditional `SET` cannot).
-        let tried = self.replication.is_none() && self.conditional_set.usable();
-        if tried
+        // When the conditional `SET` went, where it is tried first (never on a store that
+        // waits for replicas: the builder turns it off there).
+        let tried_at = self.conditional_set.usable().then(Instant::now);
+        if tried_at.is_some()
             && self
                 .finish_by_conditional_set(lease, &payload, retention, phase)
                 .await?
@@ -190,16 +189,16 @@ impl<C: RedisConnection> RedisStore<C> {
             value.put_slice(&payload);
         }
         let Some(replication) = &self.replication else {
-            if tried {
-                // What the conditional `SET` did not write, the script decides, within the
-                // same call's deadline.
-                let reply = self
-                    .connection
-                    .run_after(started, &SCRIPTS.finish, &call)
-                    .await?;
-                return transition_done(reply);
-            }
-            return self.run_transition(&SCRIPTS.finish, &call).await;
+            let Some(started) = tried_at else {
+                return self.run_transition(&SCRIPTS.finish, &call).await;
+            };
+            // What the conditional `SET` did not write, the script decides, within the same
+            // call's deadline.
+            let reply = self
+                .connection
+                .run_after(started, &SCRIPTS.finish, &call)
+                .await?;
+            return transition_done(reply);
         };
         // A `WAIT` follows: the script is to recognise the same finish sent again.
         call.arg(1);
