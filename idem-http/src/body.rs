@@ -362,15 +362,11 @@ mod tests {
     }
 
     /// A body of the given frames, each a chunk of data or, for `None`, trailers.
-    fn frames(
-        chunks: &[Option<&'static [u8]>],
-    ) -> http_body_util::StreamBody<
-        futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
-    > {
+    fn frames(chunks: &[Option<&'static [u8]>]) -> impl Body<Data = Bytes, Error = BoxError> {
         let frames: Vec<_> = chunks
             .iter()
             .map(|chunk| {
-                Ok(match chunk {
+                Ok::<_, BoxError>(match chunk {
                     Some(data) => Frame::data(Bytes::from_static(data)),
                     None => Frame::trailers(HeaderMap::new()),
                 })
