@@ -62,7 +62,6 @@ pub fn medians(rounds: &[Vec<Row>]) -> Vec<Folded> {
         .filter_map(|id| {
             let rows = grouped.remove(&id)?;
             let first = rows.first()?;
-            let pick = |f: fn(&Row) -> f64| median(rows.iter().map(|r| f(r)).collect());
             let figure = |which: fn(&Row) -> Figure| Figure {
                 p50: Duration::from_secs_f64(median(
                     rows.iter().map(|r| which(r).p50.as_secs_f64()).collect(),
@@ -77,13 +76,15 @@ pub fn medians(rounds: &[Vec<Row>]) -> Vec<Folded> {
                 raw: figure(|r| r.raw),
                 ..(*first).clone()
             };
-            let ratios = rows.iter().map(|r| r.ratio());
-            let range = ratios.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), r| {
-                (low.min(r), high.max(r))
-            });
+            let ratios: Vec<f64> = rows.iter().map(|r| r.ratio()).collect();
+            let range = ratios
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &r| {
+                    (low.min(r), high.max(r))
+                });
             Some(Folded {
                 row,
-                ratio: pick(Row::ratio),
+                ratio: median(ratios),
                 range,
             })
         })

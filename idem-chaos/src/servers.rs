@@ -65,13 +65,11 @@ fn answered_by(client: &redis::Client, pid: u32) -> bool {
     if connection.set_read_timeout(Some(patience)).is_err() {
         return false;
     }
+    let me = format!("process_id:{pid}");
     redis::cmd("INFO")
         .arg("server")
         .query::<String>(&mut connection)
-        .is_ok_and(|info| {
-            info.lines()
-                .any(|line| line.trim_end() == format!("process_id:{pid}"))
-        })
+        .is_ok_and(|info| info.lines().any(|line| line.trim_end() == me))
 }
 
 /// Which server speaks the Redis protocol: Redis itself, or Valkey 8.1, whose `SET ...
